@@ -1,0 +1,430 @@
+"""The ``sampledrec`` command: a thin layer over the public API.
+
+Exit codes (DESIGN.md §9): 0 done; 1 a check failed or an action was refused; 2 usage error;
+3 the store could not be used at all. ``--json`` prints one JSON document, with 56-bit integers
+as decimal strings. A user's mistake never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from . import __version__
+from ._progress import Progress
+from .clock import SYSTEM_CLOCK, FixedClock, parse_time
+from .errors import (
+    InvalidArgument,
+    InvalidPolicy,
+    KeyNotRevealable,
+    KeyringError,
+    SampledrecError,
+    StoreError,
+)
+from .policy import Policy
+from .store import Store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+
+
+class CommandFailed(Exception):
+    """A check failed or an action was refused (exit 1); the message is shown as is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str, out: TextIO) -> None:
+    if getattr(args, "json", False):
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(text.rstrip("\n") + "\n")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _open_store(path: str) -> Store:
+    return Store.open(path)
+
+
+def _at(args: argparse.Namespace, store: Store | None = None) -> datetime:
+    """The time to act at: ``--at`` if given (forward only, except in a simulated store)."""
+    real = SYSTEM_CLOCK.now()
+    if getattr(args, "at", None) is None:
+        return real
+    at = parse_time(args.at)
+    if at < real and not (store is not None and store.simulated):
+        raise InvalidArgument(
+            f"--at {args.at} is in the past; --at may move the clock forward, never back "
+            "(only a store made by 'sampledrec demo' may replay the past)"
+        )
+    return at
+
+
+def _attrs(pairs: Sequence[str]) -> dict[str, str]:
+    attrs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(
+                f"--attr {pair!r} is not KEY=VALUE; write it like --attr queue=sales"
+            )
+        attrs[key.strip()] = value.strip()
+    return attrs
+
+
+def _read_lines(source: str) -> list[str]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        store = Store.init(
+            args.store, policy=args.policy, keys_dir=args.keys, simulated=args.simulated
+        )
+    except InvalidPolicy as exc:
+        raise CommandFailed(f"policy refused: {exc}") from None
+    except FileNotFoundError as exc:
+        raise InvalidArgument(f"--policy {exc.filename}: file not found") from None
+    policy = store.policy()
+    _emit(
+        args,
+        {
+            "store": str(store.path),
+            "keys": str(store.keys_path),
+            "policy_version": policy.version,
+            "simulated": store.simulated,
+        },
+        f"Created store {store.path}\n"
+        f"  keys:    {store.keys_path} (keep this folder out of backups: docs/operations.md)\n"
+        f"  policy:  {store.policy_path} (version {policy.version[:16]})"
+        + ("\n  marked simulated: for demos and tests only" if store.simulated else ""),
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_policy_check(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        policy = Policy.load(args.file)
+    except InvalidPolicy as exc:
+        if args.json:
+            _emit(args, {"ok": False, "error": str(exc)}, "", out)
+            return EXIT_FAILED
+        raise CommandFailed(str(exc)) from None
+    rows = [
+        (
+            r.name,
+            ", ".join(f"{k}={'|'.join(sorted(v))}" for k, v in r.match.items()) or "(all other)",
+            r.rate,
+            r.purpose,
+            r.retention.text,
+            _caps_text(r.max_per_agent_per_day, r.max_per_agent_per_week),
+        )
+        for r in policy.all_rules
+    ]
+    text = (
+        f"{args.file}: OK, version {policy.version}\n"
+        + _table(["rule", "match", "rate", "purpose", "retention", "cap/agent"], rows)
+        + "".join(f"\nwarning: {w}" for w in policy.warnings)
+    )
+    doc = {
+        "ok": True,
+        "file": str(args.file),
+        "version": policy.version,
+        "canonical": json.loads(policy.canonical),
+        "warnings": list(policy.warnings),
+    }
+    _emit(args, doc, text, out)
+    return EXIT_OK
+
+
+def _caps_text(day: int | None, week: int | None) -> str:
+    parts = []
+    if day is not None:
+        parts.append(f"{day}/day")
+    if week is not None:
+        parts.append(f"{week}/week")
+    return ", ".join(parts) or "-"
+
+
+def cmd_policy_simulate(args: argparse.Namespace, out: TextIO) -> int:
+    from .simulate import simulate_policy
+
+    try:
+        policy = Policy.load(args.file)
+    except InvalidPolicy as exc:
+        raise CommandFailed(str(exc)) from None
+    if args.calls < 1:
+        raise InvalidArgument(f"--calls {args.calls} must be at least 1")
+    with Progress(args.calls, "simulating") as bar:
+        result = simulate_policy(
+            policy,
+            args.calls,
+            agents=args.agents,
+            days=args.days,
+            seed=args.seed,
+            progress=bar.advance,
+        )
+    rule_rows = [
+        (r.rule, r.rate, r.calls, f"{r.expected:.1f}", r.selected, r.capped)
+        for r in result.rules
+    ]
+    agent_rows = [(a, f"{e:.1f}", s) for a, (e, s) in result.agents.items()]
+    text = (
+        f"{result.calls:,} simulated calls over {args.days} day(s), {args.agents} agents\n\n"
+        + _table(["rule", "rate", "calls", "expected", "simulated", "capped"], rule_rows)
+        + "\n\n"
+        + _table(["agent", "expected", "simulated"], agent_rows)
+    )
+    _emit(args, {"version": policy.version, **result.to_json()}, text, out)
+    return EXIT_OK
+
+
+def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    at = _at(args, store)
+    caller = None
+    if args.caller_file is not None:
+        lines = _read_lines(args.caller_file)
+        if len(lines) != 1:
+            raise InvalidArgument(
+                f"--caller-file must hold exactly one phone number, found {len(lines)}"
+            )
+        caller = lines[0]
+    sampler = store.sampler(clock=FixedClock(at))
+    decision = sampler.decide(args.call_ref, _attrs(args.attr), caller=caller)
+    verdict = "RECORD" if decision.record else "do not record"
+    text = (
+        f"{verdict} ({decision.reason})\n"
+        f"  call ref: {decision.call_ref}\n"
+        f"  rule:     {decision.rule} (purpose {decision.purpose}, rate {decision.rate})\n"
+        f"  draw:     {decision.draw} {'<' if decision.draw < decision.threshold else '>='} "
+        f"threshold {decision.threshold}\n"
+        f"  epoch:    {decision.epoch_id}, policy {decision.policy_version[:16]}"
+    )
+    _emit(args, decision.to_json(), text, out)
+    return EXIT_OK
+
+
+def cmd_keys_reveal(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    real = SYSTEM_CLOCK.now()
+    at = parse_time(args.at) if args.at else real
+    if at < real:
+        raise InvalidArgument(f"--at {args.at} is in the past; --at may only move the clock forward")
+    try:
+        keys = store.reveal_keys(now=at, real_now=real)
+    except KeyNotRevealable as exc:
+        raise CommandFailed(str(exc)) from None
+    except InvalidArgument as exc:
+        raise CommandFailed(str(exc)) from None
+    store.write_revealed(keys, args.out)
+    epochs = [k.epoch_id for k in keys]
+    text = (
+        f"Revealed {len(keys)} ended epoch key(s) to {args.out}"
+        + (f": {epochs[0]} .. {epochs[-1]}" if epochs else " (no epoch has ended yet)")
+        + ("\nThis store is SIMULATED (made by 'sampledrec demo')." if store.simulated else "")
+    )
+    doc = {
+        "out": str(args.out),
+        "simulated": store.simulated,
+        "epochs": [{"epoch_id": k.epoch_id, "commitment": k.commitment.hex()} for k in keys],
+    }
+    _emit(args, doc, text, out)
+    return EXIT_OK
+
+
+def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    numbers = _read_lines(args.file)
+    if not numbers:
+        raise InvalidArgument(f"no phone number found in {'standard input' if args.file == '-' else args.file}")
+    objections = store.objections()
+    before = len(objections)
+    for number in numbers:
+        objections.add(number)
+    added = len(objections) - before
+    _emit(
+        args,
+        {"read": len(numbers), "added": added, "total": len(objections)},
+        f"Added {added} caller(s) to the objection list ({len(objections)} in all); "
+        "numbers are kept only as keyed pseudonyms.",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from .demo import run_demo
+
+    if args.calls < 1:
+        raise InvalidArgument(f"--calls {args.calls} must be at least 1")
+    with Progress(args.calls, "deciding") as bar:
+        result = run_demo(args.store, calls=args.calls, seed=args.seed, progress=bar.advance)
+    rows = [
+        (r["rule"], r["purpose"], r["rate"], r["calls"], r["selected"], f"{r['expected']:.1f}",
+         r["objections"], r["capped"])
+        for r in result.rules
+    ]
+    ok = result.key_matches_commitment and result.mismatches == 0
+    text = (
+        f"sampledrec demo: a SIMULATED call-centre day ({result.day}) in {result.store}\n\n"
+        + _table(
+            ["rule", "purpose", "rate", "calls", "selected", "expected", "objected", "capped"],
+            rows,
+        )
+        + f"\n\n{result.selected} of {result.calls} calls selected for recording; "
+        f"{result.objections} callers objected and were not recorded; "
+        f"{result.capped} calls hit an agent's daily cap.\n"
+        f"Auditor check: the day's key matches its commitment: "
+        f"{'yes' if result.key_matches_commitment else 'NO'}; "
+        f"{result.recomputed} decisions recomputed from the revealed key, "
+        f"{result.mismatches} mismatches.\n"
+        f"Revealed keys: {result.store / 'revealed-keys.json'}\n"
+        f"Try: sampledrec decide --store {result.store} --call-ref my-call-1 --attr queue=sales"
+    )
+    _emit(args, result.to_json(), text, out)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sampledrec",
+        description="Auditable random sampling of call recordings.",
+        epilog="Exit codes: 0 done, 1 check failed or refused, 2 usage error, 3 store unusable.",
+    )
+    parser.add_argument("--version", action="version", version=f"sampledrec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, func: Callable[[argparse.Namespace, TextIO], int], help: str,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("init", cmd_init, "create a store (default policy: quality, 5%, 6 months)")
+    p.add_argument("store", help="folder to create")
+    p.add_argument("--policy", help="policy TOML file to start with")
+    p.add_argument("--keys", help="keyring folder, kept apart from the store (default STORE/keys)")
+    p.add_argument("--simulated", action="store_true",
+                   help="mark the store as simulated (demos and tests; shown in every report)")
+    p.add_argument("--json", action="store_true")
+
+    policy = sub.add_parser("policy", help="check or simulate a policy file")
+    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    p = add("check", cmd_policy_check, "check a policy file and show its rules", psub)
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p = add("simulate", cmd_policy_simulate,
+            "expected and simulated recordings per rule and per agent", psub)
+    p.add_argument("file")
+    p.add_argument("--calls", type=int, required=True, help="number of calls to simulate")
+    p.add_argument("--agents", type=int, default=20, help="number of agents (default 20)")
+    p.add_argument("--days", type=int, default=1, help="spread the calls over D days")
+    p.add_argument("--seed", type=int, help="random seed, for a repeatable simulation")
+    p.add_argument("--json", action="store_true")
+
+    p = add("decide", cmd_decide, "decide whether to record one call")
+    p.add_argument("--store", required=True)
+    p.add_argument("--call-ref", required=True, help="the call's reference (SIP Call-ID, ...)")
+    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                   help="a call attribute (repeat); objection=true means the caller objected")
+    p.add_argument("--caller-file", metavar="FILE",
+                   help="file holding the caller's number ('-' for standard input)")
+    p.add_argument("--at", help="decide at this time (ISO 8601; forward only)")
+    p.add_argument("--json", action="store_true")
+
+    keys = sub.add_parser("keys", help="epoch keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    p = add("reveal", cmd_keys_reveal, "write the keys of ended epochs for an auditor", ksub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="JSON file to write (0600)")
+    p.add_argument("--at", help="reveal as of this time (simulated stores only may go ahead)")
+    p.add_argument("--json", action="store_true")
+
+    obj = sub.add_parser("objections", help="callers who objected to recording")
+    osub = obj.add_subparsers(dest="objections_command", required=True, parser_class=_Parser)
+    p = add("add", cmd_objections_add, "add callers' numbers, read from a file or stdin", osub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--file", default="-", help="one number per line ('-', the default: stdin)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("demo", cmd_demo, "simulate a call-centre day in a new simulated store")
+    p.add_argument("store", nargs="?", help="folder to create (default: a new temporary folder)")
+    p.add_argument("--calls", type=int, default=2000, help="calls in the day (default 2000)")
+    p.add_argument("--seed", type=int, help="random seed, for a repeatable demo")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    stdout = out if out is not None else sys.stdout
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return int(args.func(args, stdout))
+    except CommandFailed as exc:
+        return _fail(args, EXIT_FAILED, str(exc), stdout)
+    except KeyNotRevealable as exc:
+        return _fail(args, EXIT_FAILED, str(exc), stdout)
+    except (StoreError, KeyringError) as exc:
+        return _fail(args, EXIT_STORE, str(exc), stdout)
+    except InvalidArgument as exc:
+        return _fail(args, EXIT_USAGE, str(exc), stdout)
+    except SampledrecError as exc:
+        return _fail(args, EXIT_FAILED, str(exc), stdout)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        return _fail(args, EXIT_USAGE, f"{exc.filename}: {exc.strerror}", stdout)
+    except PermissionError as exc:
+        return _fail(args, EXIT_STORE, f"{exc.filename}: {exc.strerror}", stdout)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, code: int, message: str, out: TextIO) -> int:
+    if getattr(args, "json", False):
+        out.write(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False) + "\n")
+    print(f"sampledrec: {message}", file=sys.stderr)
+    return code
+
+
+def entry_point() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry_point()

@@ -1,0 +1,444 @@
+"""The sampler: for each call, decide whether to record it, and why.
+
+:meth:`Sampler.decide` applies the policy (first matching rule), the keyed draw of the current
+epoch (DESIGN.md §4), objections, and per-agent caps. :meth:`Sampler.decide_batch` does the same
+for whole arrays of calls with the vectorised draw, with results identical to calling
+:meth:`~Sampler.decide` call by call in order.
+
+Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
+order, so an auditor can replay them from the log. A call whose draw is below the threshold is
+remembered for its epoch, so asking again about the same reference returns the same decision and
+never counts twice against a cap (retries cannot re-roll).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from .clock import SYSTEM_CLOCK, Clock
+from .draw import call_ref_bytes, draw_many
+from .errors import InvalidArgument
+from .keyring import EpochKey, Keyring, epoch_end, epoch_id_at, epoch_start, epochs_ahead
+from .objections import ObjectionList
+from .policy import Policy, Rule
+
+__all__ = ["REASONS", "Decision", "DecisionBatch", "Reason", "Sampler"]
+
+Reason = Literal["sampled", "not_sampled", "objection", "cap_reached"]
+REASONS: Final[tuple[Reason, ...]] = ("sampled", "not_sampled", "objection", "cap_reached")
+_SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
+_TRUE_TEXT: Final = frozenset({"true", "yes", "1", "y", "on"})
+
+
+class Decision(NamedTuple):
+    """Whether one call is recorded, with everything an auditor needs to recompute it.
+
+    ``draw`` and ``threshold`` are the 56-bit integers of DESIGN.md §4: ``record`` is
+    ``draw < threshold`` unless the caller objected or a cap was reached (see ``reason``).
+    An immutable record (a named tuple: cheap to build on the per-call hot path).
+    """
+
+    call_ref: str | bytes
+    record: bool
+    reason: Reason
+    rule: str
+    purpose: str
+    rate: str
+    threshold: int
+    draw: int
+    epoch_id: str
+    policy_version: str
+    decided_at: datetime
+    agent: str | None = None
+    caller_pseudonym: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9)."""
+        ref = self.call_ref
+        return {
+            "call_ref": ref if isinstance(ref, str) else None,
+            "call_ref_hex": ref.hex() if isinstance(ref, bytes) else None,
+            "record": self.record,
+            "reason": self.reason,
+            "rule": self.rule,
+            "purpose": self.purpose,
+            "rate": self.rate,
+            "threshold": str(self.threshold),
+            "draw": str(self.draw),
+            "epoch_id": self.epoch_id,
+            "policy_version": self.policy_version,
+            "decided_at": self.decided_at.isoformat(),
+            "agent": self.agent,
+        }
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """The decisions of :meth:`Sampler.decide_batch`, as arrays (one element per call)."""
+
+    call_refs: Sequence[str | bytes] | npt.NDArray[Any]
+    record: npt.NDArray[np.bool_]
+    reason_codes: npt.NDArray[np.uint8]
+    rule_index: npt.NDArray[np.intp]
+    draws: npt.NDArray[np.uint64]
+    thresholds: npt.NDArray[np.uint64]
+    rules: tuple[Rule, ...]
+    agents: npt.NDArray[np.object_]
+    epoch_id: str
+    policy_version: str
+    decided_at: datetime
+
+    def __len__(self) -> int:
+        return int(self.record.shape[0])
+
+    @property
+    def reasons(self) -> npt.NDArray[np.str_]:
+        return np.asarray(REASONS)[self.reason_codes]
+
+    @property
+    def rule_names(self) -> npt.NDArray[np.str_]:
+        return np.asarray([r.name for r in self.rules])[self.rule_index]
+
+    def __getitem__(self, i: int) -> Decision:
+        rule = self.rules[int(self.rule_index[i])]
+        ref = self.call_refs[i]
+        if isinstance(ref, np.bytes_ | np.str_):
+            ref = ref.item()
+        elif isinstance(ref, np.ndarray):
+            ref = ref.tobytes()
+        return Decision(
+            call_ref=ref,
+            record=bool(self.record[i]),
+            reason=REASONS[int(self.reason_codes[i])],
+            rule=rule.name,
+            purpose=rule.purpose,
+            rate=rule.rate,
+            threshold=int(self.thresholds[i]),
+            draw=int(self.draws[i]),
+            epoch_id=self.epoch_id,
+            policy_version=self.policy_version,
+            decided_at=self.decided_at,
+            agent=self.agents[i],
+        )
+
+    def __iter__(self) -> Iterator[Decision]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _is_true(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_TEXT
+    return value is not None and value == 1
+
+
+class Sampler:
+    """Decides, call by call, whether to record, under a policy and the epoch keys of a keyring.
+
+    >>> from sampledrec.testing import MemoryKeyring
+    >>> from sampledrec.clock import FixedClock
+    >>> policy = Policy.from_toml('[default]\\nrate = "0.5"\\npurpose = "quality"\\n'
+    ...                           'retention = "6 months"\\nrate_ceiling = "0.5"'.replace(
+    ...                           'rate_ceiling = "0.5"', ''), source="example")
+    >>> sampler = Sampler(policy, MemoryKeyring(), clock=FixedClock("2026-11-22T10:00Z"))
+    >>> sampler.decide("call-1", {"queue": "sales"}).reason in ("sampled", "not_sampled")
+    True
+
+    Parameters
+    ----------
+    policy:
+        The policy in force.
+    keyring:
+        Where epoch keys are created (``ahead`` epochs at a time) and read.
+    clock:
+        Time source (keyword-only); decisions use the epoch of ``clock.now()``.
+    objections:
+        Callers who objected; a call whose ``caller`` is on it is never recorded.
+    on_new_keys:
+        Called with the keys created ahead of use, before any is used (the decision log
+        records their commitments there).
+    key_lock:
+        A context manager factory held while keys are created (the store's lock).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        keyring: Keyring,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        objections: ObjectionList | None = None,
+        ahead: int = 7,
+        on_new_keys: Callable[[list[EpochKey]], None] | None = None,
+        key_lock: Callable[[], Any] | None = None,
+    ) -> None:
+        if not isinstance(policy, Policy):
+            raise InvalidArgument(
+                f"policy must be a Policy (Policy.load(path)), got {type(policy).__name__}"
+            )
+        if not isinstance(keyring, Keyring):
+            raise InvalidArgument(
+                f"keyring must implement the Keyring protocol, got {type(keyring).__name__}"
+            )
+        if ahead < 1:
+            raise InvalidArgument(f"ahead={ahead} must be at least 1 epoch")
+        self._policy = policy
+        self._keyring = keyring
+        self._clock = clock
+        self._objections = objections
+        self._ahead = ahead
+        self._on_new_keys = on_new_keys
+        self._key_lock = key_lock
+        self._epoch: tuple[datetime, datetime, EpochKey] | None = None
+        self._cap_lock = threading.Lock()
+        self._cap_counts: dict[tuple[str, str, str], int] = {}
+        self._memo: dict[tuple[str, bytes], Decision] = {}
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def set_policy(self, policy: Policy) -> None:
+        """Switch to a new policy version; later decisions name it."""
+        self._policy = policy
+
+    def epoch_key(self, now: datetime) -> EpochKey:
+        """The key of the epoch containing ``now``, creating it (and those ahead) if needed."""
+        cached = self._epoch
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        epoch_id = epoch_id_at(now)
+        wanted = epochs_ahead(now, self._ahead)
+        if self._key_lock is not None:
+            with self._key_lock():
+                created = self._keyring.ensure_epochs(wanted)
+        else:
+            created = self._keyring.ensure_epochs(wanted)
+        if created and self._on_new_keys is not None:
+            self._on_new_keys(created)
+        key = self._keyring.epoch_key(epoch_id)
+        self._epoch = (epoch_start(epoch_id), epoch_end(epoch_id), key)
+        return key
+
+    # -- one call ----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        call_ref: str | bytes,
+        attrs: Mapping[str, object] | None = None,
+        *,
+        caller: str | None = None,
+    ) -> Decision:
+        """Decide whether to record one call.
+
+        ``attrs`` are the call's attributes (queue, campaign, direction, agent, ...); an
+        ``objection`` attribute that is true means the caller objected. ``caller`` is the
+        caller's phone number, checked against the objection list and never stored in clear.
+        """
+        raw = call_ref_bytes(call_ref)
+        now = self._clock.now()
+        key = self.epoch_key(now)
+        policy = self._policy
+        attrs = attrs or {}
+        rule = policy.rule_for(attrs)
+        mac = key._cmac_copy()
+        mac.update(raw)
+        r = int.from_bytes(mac.finalize()[:7], "big")
+        agent_value = attrs.get(policy.agent_attribute)
+        agent = None if agent_value is None else str(agent_value)
+        pseudonym = None
+        objected = _is_true(attrs.get("objection"))
+        if caller is not None and self._objections is not None:
+            pseudonym = self._objections.pseudonym(caller)
+            objected = objected or self._objections.contains_pseudonym(pseudonym)
+        if objected:
+            reason: Reason = "objection"
+        elif r < rule.threshold:
+            if rule.has_cap and agent is not None:
+                with self._cap_lock:
+                    memo_key = (key.epoch_id, raw)
+                    earlier = self._memo.get(memo_key)
+                    if earlier is not None:
+                        return earlier
+                    reason = self._count_cap(rule, agent, now)
+                    decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym)
+                    self._memo[memo_key] = decision
+                    return decision
+            reason = "sampled"
+        else:
+            reason = "not_sampled"
+        return self._make(call_ref, reason, rule, r, key, now, agent, pseudonym)
+
+    def _make(
+        self,
+        call_ref: str | bytes,
+        reason: Reason,
+        rule: Rule,
+        r: int,
+        key: EpochKey,
+        now: datetime,
+        agent: str | None,
+        pseudonym: str | None,
+    ) -> Decision:
+        return Decision(
+            call_ref if isinstance(call_ref, str) else bytes(call_ref),
+            reason == "sampled",
+            reason,
+            rule.name,
+            rule.purpose,
+            rule.rate,
+            rule.threshold,
+            r,
+            key.epoch_id,
+            self._policy.version,
+            now,
+            agent,
+            pseudonym,
+        )
+
+    def _count_cap(self, rule: Rule, agent: str, now: datetime) -> Reason:
+        """Count a selected call against the rule's caps (call with the cap lock held)."""
+        periods = []
+        if rule.max_per_agent_per_day is not None:
+            periods.append((f"D{now.date().isoformat()}", rule.max_per_agent_per_day))
+        if rule.max_per_agent_per_week is not None:
+            year, week, _ = now.isocalendar()
+            periods.append((f"W{year}-{week:02d}", rule.max_per_agent_per_week))
+        keys = [(rule.name, agent, period) for period, _ in periods]
+        if any(self._cap_counts.get(k, 0) >= limit for k, (_, limit) in zip(keys, periods, strict=True)):
+            return "cap_reached"
+        for k in keys:
+            self._cap_counts[k] = self._cap_counts.get(k, 0) + 1
+        return "sampled"
+
+    # -- many calls --------------------------------------------------------------------------
+
+    def decide_batch(
+        self,
+        call_refs: Sequence[str | bytes] | npt.NDArray[Any],
+        attrs: Mapping[str, Sequence[object] | npt.NDArray[Any]] | None = None,
+        *,
+        callers: Sequence[str | None] | None = None,
+    ) -> DecisionBatch:
+        """Decide for many calls at once (all at the clock's current time).
+
+        ``attrs`` maps an attribute name to a column with one value per call (a list or numpy
+        array; ``None`` where a call lacks the attribute). Results are identical to calling
+        :meth:`decide` for each call in order.
+        """
+        now = self._clock.now()
+        key = self.epoch_key(now)
+        policy = self._policy
+        draws = draw_many(key, call_refs)
+        n = draws.shape[0]
+        columns = {name: _column(name, col, n) for name, col in (attrs or {}).items()}
+        rules = policy.all_rules
+        rule_index = np.full(n, len(rules) - 1, dtype=np.intp)
+        unassigned = np.ones(n, dtype=bool)
+        for i, rule in enumerate(policy.rules):
+            mask = unassigned.copy()
+            for name, allowed in rule.match.items():
+                col = columns.get(name)
+                if col is None:
+                    mask[:] = False
+                    break
+                mask &= np.isin(col, np.asarray(sorted(allowed), dtype=object))
+            rule_index[mask] = i
+            unassigned &= ~mask
+        thresholds = np.asarray([r.threshold for r in rules], dtype=np.uint64)[rule_index]
+        objected = np.zeros(n, dtype=bool)
+        if "objection" in columns:
+            objected |= np.asarray([_is_true(v) for v in columns["objection"]], dtype=bool)
+        if callers is not None and self._objections is not None:
+            if len(callers) != n:
+                raise InvalidArgument(f"callers has {len(callers)} entries for {n} calls")
+            objected |= np.asarray(
+                [c is not None and c in self._objections for c in callers], dtype=bool
+            )
+        below = draws < thresholds
+        codes = np.where(below, _SAMPLED, _NOT_SAMPLED).astype(np.uint8)
+        codes[objected] = _OBJECTION
+        agent_col = columns.get(policy.agent_attribute)
+        agents = (
+            np.full(n, None, dtype=object)
+            if agent_col is None
+            else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
+        )
+        capped_rules = [i for i, r in enumerate(rules) if r.has_cap]
+        if capped_rules:
+            candidates = np.flatnonzero(
+                (codes == _SAMPLED) & np.isin(rule_index, capped_rules) & (agents != None)  # noqa: E711
+            )
+            with self._cap_lock:
+                for i in candidates.tolist():
+                    raw = call_ref_bytes(_item(call_refs, i))
+                    memo_key = (key.epoch_id, raw)
+                    earlier = self._memo.get(memo_key)
+                    if earlier is not None:
+                        codes[i] = REASONS.index(earlier.reason)
+                        rule_index[i] = policy.all_rules.index(policy.rule_named(earlier.rule))
+                        continue
+                    rule = rules[int(rule_index[i])]
+                    reason = self._count_cap(rule, agents[i], now)
+                    codes[i] = REASONS.index(reason)
+                    self._memo[memo_key] = self._make(
+                        _item(call_refs, i), reason, rule, int(draws[i]), key, now, agents[i], None
+                    )
+        return DecisionBatch(
+            call_refs=call_refs,
+            record=codes == _SAMPLED,
+            reason_codes=codes,
+            rule_index=rule_index,
+            draws=draws,
+            thresholds=thresholds,
+            rules=rules,
+            agents=agents,
+            epoch_id=key.epoch_id,
+            policy_version=policy.version,
+            decided_at=now,
+        )
+
+
+def _item(call_refs: Sequence[str | bytes] | npt.NDArray[Any], i: int) -> str | bytes:
+    ref = call_refs[i]
+    if isinstance(ref, np.ndarray):
+        return ref.tobytes()
+    if isinstance(ref, np.bytes_ | np.str_):
+        return ref.item()  # type: ignore[no-any-return]
+    return ref  # type: ignore[return-value]
+
+
+def _column(name: str, col: Sequence[object] | npt.NDArray[Any], n: int) -> npt.NDArray[Any]:
+    """An attribute column as an object array of text (None where missing)."""
+    if len(col) != n:
+        raise InvalidArgument(
+            f"attribute column {name!r} has {len(col)} values for {n} calls; give one value "
+            "per call (None where a call lacks it)"
+        )
+    arr = np.asarray(col)
+    if arr.dtype.kind in "US":
+        return arr.astype(str).astype(object)
+    if arr.dtype.kind == "b":
+        return np.where(arr, "true", "false").astype(object)
+    out = np.empty(n, dtype=object)
+    for i, v in enumerate(col):
+        if v is None:
+            out[i] = None
+        elif isinstance(v, bool):
+            out[i] = "true" if v else "false"
+        else:
+            out[i] = v if isinstance(v, str) else str(v)
+    return out
