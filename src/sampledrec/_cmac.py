@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -50,9 +50,7 @@ def subkeys(key: bytes) -> tuple[bytes, bytes]:
 CHUNK_ROWS: Final = 1 << 15  # 512 KiB of 16-byte blocks: each step stays in the CPU cache
 
 
-def cmac_rows(
-    key: bytes, msgs: U8Array, lengths: npt.NDArray[np.int64] | None = None
-) -> U64Array:
+def cmac_rows(key: bytes, msgs: U8Array, lengths: npt.NDArray[np.int64] | None = None) -> U64Array:
     """AES-CMAC of every row of ``msgs``; returns the tags as an ``(n, 2)`` uint64 array.
 
     ``msgs`` is an ``(n, w)`` uint8 array. When ``lengths`` is ``None`` every row is a whole
@@ -66,9 +64,7 @@ def cmac_rows(
     return tags
 
 
-def draws_rows(
-    key: bytes, msgs: U8Array, lengths: npt.NDArray[np.int64] | None = None
-) -> U64Array:
+def draws_rows(key: bytes, msgs: U8Array, lengths: npt.NDArray[np.int64] | None = None) -> U64Array:
     """The 56-bit draws of every row of ``msgs`` (same conventions as :func:`cmac_rows`)."""
     n = msgs.shape[0]
     draws = np.empty(n, dtype=np.uint64)
@@ -92,7 +88,7 @@ class _Ctx:
         self.k2 = np.tile(np.frombuffer(k2, dtype=np.uint64), rows).reshape(rows, 2)
         self.x = np.empty((rows, 2), dtype=np.uint64)
         self.y = np.empty(2 * rows + 2, dtype=np.uint64)  # update_into wants a spare block
-        self.y8 = self.y.view(np.uint8)
+        self.y8 = memoryview(cast(Any, self.y.view(np.uint8)))
 
 
 def _run(
@@ -161,7 +157,7 @@ def _chunk(ctx: _Ctx, msgs: U8Array, lengths: npt.NDArray[np.int64] | None) -> U
 
 
 def _encrypt(ctx: _Ctx, n: int) -> U64Array:
-    ctx.enc.update_into(ctx.x[:n].view(np.uint8), ctx.y8)
+    ctx.enc.update_into(memoryview(cast(Any, ctx.x[:n].reshape(-1).view(np.uint8))), ctx.y8)
     return ctx.y[: 2 * n].reshape(n, 2)
 
 

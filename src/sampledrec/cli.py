@@ -193,8 +193,7 @@ def cmd_policy_simulate(args: argparse.Namespace, out: TextIO) -> int:
             progress=bar.advance,
         )
     rule_rows = [
-        (r.rule, r.rate, r.calls, f"{r.expected:.1f}", r.selected, r.capped)
-        for r in result.rules
+        (r.rule, r.rate, r.calls, f"{r.expected:.1f}", r.selected, r.capped) for r in result.rules
     ]
     agent_rows = [(a, f"{e:.1f}", s) for a, (e, s) in result.agents.items()]
     text = (
@@ -223,7 +222,7 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
     verdict = "RECORD" if decision.record else "do not record"
     text = (
         f"{verdict} ({decision.reason})\n"
-        f"  call ref: {decision.call_ref}\n"
+        f"  call ref: {_ref_text(decision.call_ref)}\n"
         f"  rule:     {decision.rule} (purpose {decision.purpose}, rate {decision.rate})\n"
         f"  draw:     {decision.draw} {'<' if decision.draw < decision.threshold else '>='} "
         f"threshold {decision.threshold}\n"
@@ -233,12 +232,18 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _ref_text(ref: str | bytes) -> str:
+    return ref if isinstance(ref, str) else f"0x{ref.hex()}"
+
+
 def cmd_keys_reveal(args: argparse.Namespace, out: TextIO) -> int:
     store = _open_store(args.store)
     real = SYSTEM_CLOCK.now()
     at = parse_time(args.at) if args.at else real
     if at < real:
-        raise InvalidArgument(f"--at {args.at} is in the past; --at may only move the clock forward")
+        raise InvalidArgument(
+            f"--at {args.at} is in the past; --at may only move the clock forward"
+        )
     try:
         keys = store.reveal_keys(now=at, real_now=real)
     except KeyNotRevealable as exc:
@@ -265,7 +270,9 @@ def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
     store = _open_store(args.store)
     numbers = _read_lines(args.file)
     if not numbers:
-        raise InvalidArgument(f"no phone number found in {'standard input' if args.file == '-' else args.file}")
+        raise InvalidArgument(
+            f"no phone number found in {'standard input' if args.file == '-' else args.file}"
+        )
     objections = store.objections()
     before = len(objections)
     for number in numbers:
@@ -289,8 +296,16 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     with Progress(args.calls, "deciding") as bar:
         result = run_demo(args.store, calls=args.calls, seed=args.seed, progress=bar.advance)
     rows = [
-        (r["rule"], r["purpose"], r["rate"], r["calls"], r["selected"], f"{r['expected']:.1f}",
-         r["objections"], r["capped"])
+        (
+            r["rule"],
+            r["purpose"],
+            r["rate"],
+            r["calls"],
+            r["selected"],
+            f"{r['expected']:.1f}",
+            r["objections"],
+            r["capped"],
+        )
         for r in result.rules
     ]
     ok = result.key_matches_commitment and result.mismatches == 0
@@ -326,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sampledrec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add(name: str, func: Callable[[argparse.Namespace, TextIO], int], help: str,
-            parent: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace, TextIO], int], help: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         return p
@@ -336,8 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="folder to create")
     p.add_argument("--policy", help="policy TOML file to start with")
     p.add_argument("--keys", help="keyring folder, kept apart from the store (default STORE/keys)")
-    p.add_argument("--simulated", action="store_true",
-                   help="mark the store as simulated (demos and tests; shown in every report)")
+    p.add_argument(
+        "--simulated",
+        action="store_true",
+        help="mark the store as simulated (demos and tests; shown in every report)",
+    )
     p.add_argument("--json", action="store_true")
 
     policy = sub.add_parser("policy", help="check or simulate a policy file")
@@ -345,8 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("check", cmd_policy_check, "check a policy file and show its rules", psub)
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
-    p = add("simulate", cmd_policy_simulate,
-            "expected and simulated recordings per rule and per agent", psub)
+    p = add(
+        "simulate",
+        cmd_policy_simulate,
+        "expected and simulated recordings per rule and per agent",
+        psub,
+    )
     p.add_argument("file")
     p.add_argument("--calls", type=int, required=True, help="number of calls to simulate")
     p.add_argument("--agents", type=int, default=20, help="number of agents (default 20)")
@@ -357,10 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("decide", cmd_decide, "decide whether to record one call")
     p.add_argument("--store", required=True)
     p.add_argument("--call-ref", required=True, help="the call's reference (SIP Call-ID, ...)")
-    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
-                   help="a call attribute (repeat); objection=true means the caller objected")
-    p.add_argument("--caller-file", metavar="FILE",
-                   help="file holding the caller's number ('-' for standard input)")
+    p.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a call attribute (repeat); objection=true means the caller objected",
+    )
+    p.add_argument(
+        "--caller-file",
+        metavar="FILE",
+        help="file holding the caller's number ('-' for standard input)",
+    )
     p.add_argument("--at", help="decide at this time (ISO 8601; forward only)")
     p.add_argument("--json", action="store_true")
 

@@ -60,7 +60,7 @@ match = { queue = "billing", campaign = "dispute-callback" }
 rate = "0.30"
 purpose = "proof"
 retention = "6 months"
-justification = "Disputed charges are settled by phone and the customer gets no written confirmation of the settlement, so the call is the only proof."
+justification = "Disputes are settled by phone with no written confirmation: the call is the proof"
 
 [default]
 rate = "0.02"
@@ -126,8 +126,12 @@ def _make_calls(n: int, day: datetime, rng: np.random.Generator) -> list[dict[st
         caller = _OBJECTORS[i % 3] if rng.random() < 0.01 else None
         ref = f"{uuid.UUID(bytes=rng.bytes(16), version=4).hex}@pbx.demo.example"
         calls.append(
-            {"at": day + timedelta(seconds=float(seconds[i])), "ref": ref, "attrs": attrs,
-             "caller": caller}
+            {
+                "at": day + timedelta(seconds=float(seconds[i])),
+                "ref": ref,
+                "attrs": attrs,
+                "caller": caller,
+            }
         )
     return calls
 
@@ -201,4 +205,3 @@ def run_demo(
         for r, rec, d in zip(draws.tolist(), recomputed, decisions, strict=True)
     )
     return result
-

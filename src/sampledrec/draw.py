@@ -92,9 +92,7 @@ def call_ref_bytes(call_ref: object) -> bytes:
                 f"call_ref={_show(call_ref)} is not valid Unicode text ({exc.reason}); "
                 "pass the reference as bytes if it is not text"
             ) from None
-    elif isinstance(call_ref, bytes | bytearray | memoryview) and not isinstance(
-        call_ref, np.ndarray
-    ):
+    elif isinstance(call_ref, bytes | bytearray | memoryview):
         raw = bytes(call_ref)
     else:
         raise CallRefTypeError(
@@ -187,8 +185,7 @@ def _as_rows(call_refs: object) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.i
         call_refs = arr.reshape(-1).tolist()
     if not isinstance(call_refs, Iterable):
         raise CallRefTypeError(
-            f"call_refs must be a list or numpy array of references, got "
-            f"{type(call_refs).__name__}"
+            f"call_refs must be a list or numpy array of references, got {type(call_refs).__name__}"
         )
     encoded = [call_ref_bytes(ref) for ref in call_refs]
     n = len(encoded)
@@ -234,9 +231,7 @@ def _rows_from_unicode(
     chars = np.ascontiguousarray(arr).view(np.uint32).reshape(n, arr.dtype.itemsize // 4)
     if chars.size and int(chars.max()) < 0x80:
         # ASCII: UTF-8 is one byte per character, so narrow the code points in one pass.
-        return _rows_from_fixed_bytes(
-            chars.astype(np.uint8).view(f"S{chars.shape[1]}").reshape(n)
-        )
+        return _rows_from_fixed_bytes(chars.astype(np.uint8).view(f"S{chars.shape[1]}").reshape(n))
     try:
         encoded = np.char.encode(arr, "utf-8")
     except UnicodeEncodeError:

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from .errors import (
     InvalidArgument,
     InvalidKey,
-    KeyringError,
     KeyNotRevealable,
+    KeyringError,
     StorePermissionError,
 )
 
@@ -57,9 +57,7 @@ _EPOCH_ID = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def epoch_commitment(epoch_id: str, key: bytes) -> bytes:
     """``SHA-256(b"sampledrec/v1/epoch-commit" || epoch_id_utf8 || b"\\x00" || K)``."""
-    return hashlib.sha256(
-        EPOCH_COMMIT_DOMAIN + epoch_id.encode("utf-8") + b"\x00" + key
-    ).digest()
+    return hashlib.sha256(EPOCH_COMMIT_DOMAIN + epoch_id.encode("utf-8") + b"\x00" + key).digest()
 
 
 def _check_epoch_id(epoch_id: str) -> date:
@@ -119,8 +117,7 @@ class EpochKey:
         _check_epoch_id(epoch_id)
         if not isinstance(secret, bytes) or len(secret) != KEY_BYTES:
             raise InvalidKey(
-                f"an epoch key must be {KEY_BYTES} bytes; create keys with the keyring, "
-                "not by hand"
+                f"an epoch key must be {KEY_BYTES} bytes; create keys with the keyring, not by hand"
             )
         self._epoch_id = epoch_id
         self._secret = secret
@@ -148,7 +145,9 @@ class EpochKey:
 
     def __repr__(self) -> str:
         # Deliberately no secret material: the commitment is public.
-        return f"EpochKey(epoch_id={self._epoch_id!r}, commitment='{self._commitment.hex()[:16]}...')"
+        return (
+            f"EpochKey(epoch_id={self._epoch_id!r}, commitment='{self._commitment.hex()[:16]}...')"
+        )
 
     __str__ = __repr__
 
@@ -256,7 +255,12 @@ class LocalKeyring:
 
     def _check_permissions(self) -> None:
         for item in [self.path, *self._files()]:
-            mode = item.lstat().st_mode
+            if item.name.startswith(".tmp-"):
+                continue  # another process is creating a key right now
+            try:
+                mode = item.lstat().st_mode
+            except FileNotFoundError:
+                continue
             if stat.S_ISLNK(mode):
                 raise StorePermissionError(
                     f"{item} is a symbolic link; the keyring must hold real files only"

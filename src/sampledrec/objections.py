@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 from .errors import InvalidArgument
 
@@ -95,7 +95,7 @@ class ObjectionList:
     def __repr__(self) -> str:
         return f"ObjectionList({len(self._items)} callers)"
 
-    def __reduce_ex__(self, protocol: object) -> object:
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("an ObjectionList holds the pseudonym key and cannot be pickled")
 
     def __len__(self) -> int:

@@ -302,9 +302,7 @@ def _build(document: Mapping[str, Any], source: str | None) -> Policy:
         )
     raw_rules = document.get("rules", [])
     if not isinstance(raw_rules, list):
-        raise fail(
-            "'rules' must be an array of tables: write each rule as [[rules]]", fld="rules"
-        )
+        raise fail("'rules' must be an array of tables: write each rule as [[rules]]", fld="rules")
     if "default" not in document:
         raise fail(
             "a [default] rule is required, for calls that no rule matches; add for example\n"
@@ -323,7 +321,7 @@ def _build(document: Mapping[str, Any], source: str | None) -> Policy:
         if not rule.match:
             raise fail(
                 "this rule has no `match` table, so it would take every call and hide the "
-                "rules after it; add match = { queue = \"...\" } or move its settings to "
+                'rules after it; add match = { queue = "..." } or move its settings to '
                 "[default]",
                 label,
                 "match",
@@ -371,18 +369,17 @@ def _build_rule(
         )
     name = raw.get("name", "default" if is_default else None)
     if not isinstance(name, str) or not name.strip():
-        raise fail(f"value {name!r}: every rule needs a name, such as name = \"sales\"", label, "name")
+        raise fail(
+            f'value {name!r}: every rule needs a name, such as name = "sales"', label, "name"
+        )
     for required in ("rate", "purpose", "retention"):
         if required not in raw:
-            raise fail(f"missing; every rule needs rate, purpose and retention", label, required)
+            raise fail("missing; every rule needs rate, purpose and retention", label, required)
     try:
         value = rate_fraction(raw["rate"])
     except InvalidRate as exc:
         raise fail(str(exc), label, "rate") from None
-    if isinstance(raw["rate"], float):
-        rate = repr(raw["rate"])
-    else:
-        rate = str(raw["rate"]).strip()
+    rate = repr(raw["rate"]) if isinstance(raw["rate"], float) else str(raw["rate"]).strip()
     purpose = raw["purpose"]
     if purpose not in PURPOSES:
         raise fail(
@@ -412,29 +409,29 @@ def _build_rule(
         if purpose != "legal_obligation" or not legal_basis:
             raise fail(
                 f"value {rate!r} records every call, which is refused unless purpose = "
-                "\"legal_obligation\" and legal_basis names the law that requires it; "
-                "for quality control sample a few calls instead (for example rate = \"0.05\")",
+                '"legal_obligation" and legal_basis names the law that requires it; '
+                'for quality control sample a few calls instead (for example rate = "0.05")',
                 label,
                 "rate",
             )
     elif value > ceiling and (justification is None or len(justification) < MIN_JUSTIFICATION):
         raise fail(
             f"value {rate!r} is above the rate ceiling {_fraction_text(ceiling)}; "
-            "lower it, or add a written justification = \"...\" explaining why this rate is "
+            'lower it, or add a written justification = "..." explaining why this rate is '
             f"necessary (at least {MIN_JUSTIFICATION} characters)",
             label,
             "justification" if justification else "rate",
         )
     if purpose == "legal_obligation" and not legal_basis:
         raise fail(
-            "purpose \"legal_obligation\" needs legal_basis = \"...\" naming the law or "
+            'purpose "legal_obligation" needs legal_basis = "..." naming the law or '
             "regulation that requires the recording",
             label,
             "legal_basis",
         )
     if purpose == "proof" and (justification is None or len(justification) < MIN_JUSTIFICATION):
         raise fail(
-            "purpose \"proof\" needs justification = \"...\" saying why a written confirmation "
+            'purpose "proof" needs justification = "..." saying why a written confirmation '
             "of the contract is not available (recording to prove a contract is unnecessary "
             f"when the law requires a written confirmation; at least {MIN_JUSTIFICATION} "
             "characters)",
@@ -475,7 +472,7 @@ def _text_field(raw: Mapping[str, Any], key: str, label: str, fail: Any) -> str 
 def _build_match(raw: object, label: str, fail: Any) -> dict[str, frozenset[str]]:
     if not isinstance(raw, dict):
         raise fail(
-            f"value {raw!r} must be a table such as match = {{ queue = \"sales\" }}",
+            f'value {raw!r} must be a table such as match = {{ queue = "sales" }}',
             label,
             "match",
         )
@@ -483,10 +480,12 @@ def _build_match(raw: object, label: str, fail: Any) -> dict[str, frozenset[str]
     for attr, allowed in raw.items():
         values = allowed if isinstance(allowed, list) else [allowed]
         if not values:
-            raise fail(f"match.{attr} is an empty list, so the rule can never match", label, "match")
+            raise fail(
+                f"match.{attr} is an empty list, so the rule can never match", label, "match"
+            )
         texts = []
         for v in values:
-            if isinstance(v, dict | list) or isinstance(v, float):
+            if isinstance(v, dict | list | float):
                 raise fail(
                     f"match.{attr} = {v!r}: attribute values are text, numbers or true/false",
                     label,

@@ -318,7 +318,9 @@ class Sampler:
             year, week, _ = now.isocalendar()
             periods.append((f"W{year}-{week:02d}", rule.max_per_agent_per_week))
         keys = [(rule.name, agent, period) for period, _ in periods]
-        if any(self._cap_counts.get(k, 0) >= limit for k, (_, limit) in zip(keys, periods, strict=True)):
+        if any(
+            self._cap_counts.get(k, 0) >= limit for k, (_, limit) in zip(keys, periods, strict=True)
+        ):
             return "cap_reached"
         for k in keys:
             self._cap_counts[k] = self._cap_counts.get(k, 0) + 1
@@ -417,8 +419,8 @@ def _item(call_refs: Sequence[str | bytes] | npt.NDArray[Any], i: int) -> str | 
     if isinstance(ref, np.ndarray):
         return ref.tobytes()
     if isinstance(ref, np.bytes_ | np.str_):
-        return ref.item()  # type: ignore[no-any-return]
-    return ref  # type: ignore[return-value]
+        return ref.item()
+    return ref
 
 
 def _column(name: str, col: Sequence[object] | npt.NDArray[Any], n: int) -> npt.NDArray[Any]:

@@ -98,7 +98,7 @@ def simulate_policy(
     sampler = Sampler(policy, MemoryKeyring(), clock=clock, ahead=1)
     stats = {r.name: RuleStats(r.name, r.rate) for r in policy.all_rules}
     rates = {r.name: Fraction(r.rate_value) for r in policy.all_rules}
-    agent_exp: Counter[str] = Counter()
+    agent_exp: dict[str, float] = {}
     agent_sel: Counter[str] = Counter()
     per_day = [calls // days + (1 if d < calls % days else 0) for d in range(days)]
     serial = 0
@@ -125,7 +125,9 @@ def simulate_policy(
             rate_of_call = np.asarray([float(rates[n]) for n in names.tolist()])
             for agent in np.unique(agent_col):
                 mine = agent_col == agent
-                agent_exp[str(agent)] += float(rate_of_call[mine].sum())
+                agent_exp[str(agent)] = agent_exp.get(str(agent), 0.0) + float(
+                    rate_of_call[mine].sum()
+                )
                 agent_sel[str(agent)] += int((mine & result.record).sum())
             done += m
             if progress is not None:

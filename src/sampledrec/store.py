@@ -94,9 +94,7 @@ class Store:
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} exists and is not a folder; choose another path")
         if root.exists() and any(root.iterdir()):
-            raise StoreError(
-                f"{root} is not empty; create the store in a new or empty folder"
-            )
+            raise StoreError(f"{root} is not empty; create the store in a new or empty folder")
         if policy is not None:
             text = Path(policy).read_text(encoding="utf-8")
             Policy.from_toml(text, source=str(policy))  # refuse a bad policy before creating

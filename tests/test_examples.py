@@ -1,0 +1,22 @@
+"""The examples run as part of the tests, as a user would run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "quickstart.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "of 500 calls selected" in proc.stdout
+    assert (tmp_path / "store" / "store.json").exists()

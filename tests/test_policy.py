@@ -1,0 +1,232 @@
+"""Policy files: parsing, guardrails, canonical form and version id, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from sampledrec import InvalidPolicy, Policy, Retention, threshold
+from sampledrec.policy import DEFAULT_POLICY_TOML
+
+BASE = """
+[[rules]]
+name = "sales"
+match = { queue = "sales", direction = ["inbound", "outbound"] }
+rate = "0.05"
+purpose = "quality"
+retention = "6 months"
+max_per_agent_per_day = 3
+
+[[rules]]
+name = "support"
+match = { queue = "support" }
+rate = 0.1
+purpose = "training"
+retention = "90 days"
+
+[default]
+rate = "0.02"
+purpose = "quality"
+retention = "P6M"
+"""
+
+
+def load(text: str) -> Policy:
+    return Policy.from_toml(text, source="policy.toml")
+
+
+def test_rules_in_order_and_default() -> None:
+    policy = load(BASE)
+    assert [r.name for r in policy.all_rules] == ["sales", "support", "default"]
+    assert policy.rule_for({"queue": "sales", "direction": "inbound"}).name == "sales"
+    assert policy.rule_for({"queue": "sales", "direction": "internal"}).name == "default"
+    assert policy.rule_for({"queue": "support"}).name == "support"
+    assert policy.rule_for({}).name == "default"
+    sales = policy.rule_named("sales")
+    assert sales.threshold == threshold("0.05")
+    assert sales.max_per_agent_per_day == 3
+    assert sales.has_cap
+    assert not policy.rule_named("support").has_cap
+
+
+def test_float_rate_means_its_decimal_text() -> None:
+    support = load(BASE).rule_named("support")
+    assert support.rate == "0.1"
+    assert support.rate_value == Fraction(1, 10)
+    assert support.threshold == 2**56 // 10
+
+
+def test_match_values_compare_as_text() -> None:
+    policy = load(
+        BASE.replace('match = { queue = "support" }', "match = { queue = 7, vip = true }")
+    )
+    assert policy.rule_for({"queue": "7", "vip": "true"}).name == "support"
+    assert policy.rule_for({"queue": 7, "vip": True}).name == "support"
+    assert policy.rule_for({"queue": "7", "vip": False}).name == "default"
+
+
+def test_version_is_sha256_of_canonical_json() -> None:
+    policy = load(BASE)
+    canonical = json.loads(policy.canonical)
+    assert canonical["rules"][1]["rate"] == "0.1"  # TOML float written as its decimal text
+    assert canonical["default"]["rate"] == "0.02"
+    expected = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert policy.canonical == expected.encode()
+    assert policy.version == hashlib.sha256(policy.canonical).hexdigest()
+
+
+def test_version_ignores_layout_and_comments_but_not_content() -> None:
+    a = load(BASE)
+    b = load("# a comment\n" + BASE.replace("name = ", "name   =   "))
+    assert a.version == b.version
+    c = load(BASE.replace('rate = "0.02"', 'rate = "0.03"'))
+    assert c.version != a.version
+
+
+def test_default_policy_is_valid() -> None:
+    policy = load(DEFAULT_POLICY_TOML)
+    assert policy.default.rate == "0.05"
+    assert policy.default.purpose == "quality"
+    assert policy.default.retention.months == 6
+    assert policy.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "months", "days"),
+    [
+        ("6 months", 6, 0),
+        ("1 month", 1, 0),
+        ("90 days", 0, 90),
+        ("2 weeks", 0, 14),
+        ("1 year", 12, 0),
+        ("P6M", 6, 0),
+        ("P1Y2M3W4D", 14, 25),
+    ],
+)
+def test_retention_parse(text: str, months: int, days: int) -> None:
+    r = Retention.parse(text)
+    assert (r.months, r.days) == (months, days)
+
+
+def test_retention_clamps_month_end() -> None:
+    r = Retention.parse("1 month")
+    assert r.expires_at(datetime(2026, 1, 31)) == datetime(2026, 2, 28)
+    assert Retention.parse("6 months").expires_at(datetime(2026, 8, 31, 12)) == datetime(
+        2027, 2, 28, 12
+    )
+
+
+def expect_error(text: str, *fragments: str) -> InvalidPolicy:
+    with pytest.raises(InvalidPolicy) as info:
+        load(text)
+    message = str(info.value)
+    assert message.startswith("policy.toml"), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert isinstance(info.value, ValueError)
+    return info.value
+
+
+def test_missing_default_rule() -> None:
+    text = BASE[: BASE.index("[default]")]
+    expect_error(text, "[default]", "required")
+
+
+def test_rate_out_of_range_names_rule_field_value() -> None:
+    err = expect_error(BASE.replace('rate = "0.05"', 'rate = "1.5"'), "'sales'", "'rate'", "1.5")
+    assert err.rule == "sales"
+    assert err.field == "rate"
+
+
+@pytest.mark.parametrize("bad", ['"abc"', '"-0.1"', '"nan"', "true", '"inf"'])
+def test_bad_rate_values(bad: str) -> None:
+    expect_error(BASE.replace('rate = "0.05"', f"rate = {bad}"), "'sales'", "'rate'")
+
+
+def test_rate_above_ceiling_needs_justification() -> None:
+    high = BASE.replace('rate = "0.05"', 'rate = "0.5"')
+    expect_error(high, "ceiling", "justification")
+    ok = high.replace(
+        'purpose = "quality"\nretention = "6 months"\nmax',
+        'purpose = "quality"\njustification = "New sales team in its first month of coaching"\n'
+        'retention = "6 months"\nmax',
+        1,
+    )
+    assert load(ok).rule_named("sales").rate == "0.5"
+
+
+def test_custom_ceiling() -> None:
+    text = 'rate_ceiling = "0.6"\n' + BASE.replace('rate = "0.05"', 'rate = "0.5"')
+    assert load(text).rule_named("sales").rate == "0.5"
+
+
+def test_rate_one_refused_without_legal_obligation() -> None:
+    everything = BASE.replace('rate = "0.05"', 'rate = "1"')
+    expect_error(everything, "legal_obligation", "legal_basis")
+    # Even a justification does not allow recording everything for quality.
+    justified = everything.replace(
+        "max_per_agent_per_day = 3", 'max_per_agent_per_day = 3\njustification = "' + "x" * 40 + '"'
+    )
+    expect_error(justified, "legal_obligation")
+    legal = everything.replace(
+        'purpose = "quality"\nretention = "6 months"\nmax',
+        (
+            'purpose = "legal_obligation"\nlegal_basis = "Financial services act, art. 12"\n'
+            'retention = "6 months"\nmax'
+        ),
+        1,
+    )
+    assert load(legal).rule_named("sales").rate_value == 1
+
+
+def test_legal_obligation_needs_legal_basis_at_any_rate() -> None:
+    text = BASE.replace('purpose = "training"', 'purpose = "legal_obligation"')
+    expect_error(text, "'support'", "legal_basis")
+
+
+def test_proof_needs_justification() -> None:
+    text = BASE.replace('purpose = "training"', 'purpose = "proof"')
+    expect_error(text, "'support'", "written confirmation")
+    short = text.replace('retention = "90 days"', 'retention = "90 days"\njustification = "x"')
+    expect_error(short, "'support'", "justification")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragments"),
+    [
+        ('purpose = "training"', 'purpose = "marketing"', ("purpose", "marketing", "quality")),
+        ('retention = "90 days"', 'retention = "forever"', ("retention", "forever", "months")),
+        ('retention = "90 days"', 'retention = "0 days"', ("retention", "at least one day")),
+        ("max_per_agent_per_day = 3", "max_per_agent_per_day = -1", ("max_per_agent_per_day",)),
+        ("max_per_agent_per_day = 3", "max_per_agent_per_dya = 3", ("max_per_agent_per_dya",)),
+        ('match = { queue = "support" }', "match = {}", ("match",)),
+        ('match = { queue = "support" }', "match = { queue = [] }", ("empty",)),
+        ('name = "support"', 'name = "sales"', ("two rules",)),
+    ],
+)
+def test_rule_mistakes(old: str, new: str, fragments: tuple[str, ...]) -> None:
+    assert old in BASE
+    expect_error(BASE.replace(old, new, 1), *fragments)
+
+
+def test_unknown_top_level_key() -> None:
+    expect_error("colour = 'blue'\n" + BASE, "colour")
+
+
+def test_invalid_toml_names_the_file() -> None:
+    expect_error("[default\nrate=", "not valid TOML")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidPolicy, match="not found"):
+        Policy.load(tmp_path / "nope.toml")
+
+
+def test_long_retention_warns() -> None:
+    policy = load(BASE.replace('retention = "90 days"', 'retention = "2 years"'))
+    assert any("2 years" in w for w in policy.warnings)

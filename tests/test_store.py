@@ -1,0 +1,61 @@
+"""The store directory: permissions, locking, refusal of unsafe keyrings."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from sampledrec import FixedClock, Store, StoreLocked, StoreNotFound, StorePermissionError
+from sampledrec.errors import StoreError
+
+
+def test_open_missing(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFound, match="sampledrec init"):
+        Store.open(tmp_path)
+
+
+def test_refuses_keyring_readable_by_others(tmp_path: Path) -> None:
+    Store.init(tmp_path / "s")
+    os.chmod(tmp_path / "s" / "keys", 0o755)
+    with pytest.raises(StorePermissionError, match="chmod"):
+        Store.open(tmp_path / "s")
+
+
+def test_refuses_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "file").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        Store.init(tmp_path / "s")
+
+
+def test_lock_is_exclusive(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    other = Store.open(tmp_path / "s")
+    with store.lock(), pytest.raises(StoreLocked), other.lock(timeout=0.1):
+        pass
+    with other.lock(timeout=0.1):
+        pass
+
+
+def test_concurrent_samplers_share_epoch_keys(tmp_path: Path) -> None:
+    Store.init(tmp_path / "s")
+    draws: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            sampler = Store.open(tmp_path / "s").sampler(clock=FixedClock("2030-01-01T10:00Z"))
+            draws.append(sampler.decide("shared-call").draw)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(draws)) == 1
