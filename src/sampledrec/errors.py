@@ -9,6 +9,7 @@
     │   ├── InvalidKey                      not 32 bytes
     │   │   └── KeyTypeError (TypeError)      not bytes or an EpochKey
     │   ├── InvalidRate                     not a decimal in [0, 1]
+    │   │   └── RateTypeError (TypeError)     not text or a number
     │   ├── InvalidTime                     not ISO 8601, or moves a clock back
     │   └── InvalidPolicy                   a policy file breaks a rule or a guardrail
     ├── KeyringError                        a key cannot be created, found or revealed
@@ -35,6 +36,7 @@ __all__ = [
     "KeyNotRevealable",
     "KeyTypeError",
     "KeyringError",
+    "RateTypeError",
     "SampledrecError",
     "StoreError",
     "StoreLocked",
@@ -69,6 +71,10 @@ class KeyTypeError(InvalidKey, TypeError):
 
 class InvalidRate(InvalidArgument):
     """A sampling rate is not a finite decimal number between 0 and 1."""
+
+
+class RateTypeError(InvalidRate, TypeError):
+    """A rate is neither text nor a number."""
 
 
 class InvalidTime(InvalidArgument):

@@ -47,12 +47,13 @@ __all__ = [
     "epoch_id_at",
     "epoch_start",
     "epochs_ahead",
+    "reveal",
 ]
 
 EPOCH_COMMIT_DOMAIN: Final = b"sampledrec/v1/epoch-commit"
 KEY_BYTES: Final = 32
 DEFAULT_AHEAD: Final = 7
-_EPOCH_ID = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_EPOCH_ID = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
 
 def epoch_commitment(epoch_id: str, key: bytes) -> bytes:
@@ -61,7 +62,7 @@ def epoch_commitment(epoch_id: str, key: bytes) -> bytes:
 
 
 def _check_epoch_id(epoch_id: str) -> date:
-    if not isinstance(epoch_id, str) or not _EPOCH_ID.match(epoch_id):
+    if not isinstance(epoch_id, str) or not _EPOCH_ID.fullmatch(epoch_id):
         raise InvalidArgument(
             f"epoch_id={epoch_id!r} is not a daily epoch id; epochs are UTC days named "
             "YYYY-MM-DD, such as '2026-11-22'"
@@ -154,7 +155,8 @@ class EpochKey:
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError(
             "EpochKey objects cannot be pickled or copied, so that keys never leave the keyring "
-            "by accident; reveal an ended epoch with Keyring.reveal() instead"
+            "by accident; reveal an ended epoch with sampledrec.keyring.reveal() or "
+            "'sampledrec keys reveal' instead"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -207,6 +209,15 @@ class Keyring(Protocol):
         """The store's secret key for keyed pseudonyms of phone numbers (HMAC-SHA-256)."""
         ...
 
+    def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        """The key that seals the log's personal fields of one retention class and period
+        (``kid`` like ``calls/2026-11``); ``None`` if it does not exist (or was destroyed)."""
+        ...
+
+    def signing_seed(self) -> bytes:
+        """The store's Ed25519 private key seed, for signing log checkpoints."""
+        ...
+
 
 def reveal(keyring: Keyring, epoch_ids: Iterable[str], *, now: datetime) -> list[RevealedKey]:
     """Reveal ended epochs' keys. Refuses any epoch that has not ended at ``now``."""
@@ -234,11 +245,14 @@ class LocalKeyring:
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
         self.path = Path(path)
         if create:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.path, 0o700)
+            if not self.path.exists():
+                self.path.mkdir(mode=0o700, parents=True)
+                os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
             (self.path / "epochs").mkdir(mode=0o700, exist_ok=True)
-            if not (self.path / "pseudonym.key").exists():
-                self._write_new(self.path / "pseudonym.key", secrets.token_bytes(KEY_BYTES))
+            (self.path / "periods").mkdir(mode=0o700, exist_ok=True)
+            for name in ("pseudonym.key", "log-signing.key"):
+                if not (self.path / name).exists():
+                    self._write_new(self.path / name, secrets.token_bytes(KEY_BYTES))
         if not self.path.is_dir():
             raise KeyringError(
                 f"keyring folder {self.path} does not exist; create the store with "
@@ -246,6 +260,7 @@ class LocalKeyring:
             )
         self._check_permissions()
         self._cache: dict[str, EpochKey] = {}
+        self._sealing: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         return f"LocalKeyring({str(self.path)!r})"
@@ -275,9 +290,10 @@ class LocalKeyring:
 
     def _files(self) -> Iterator[Path]:
         yield from self.path.iterdir()
-        epochs = self.path / "epochs"
-        if epochs.is_dir():
-            yield from epochs.iterdir()
+        for sub in ("epochs", "periods"):
+            folder = self.path / sub
+            if folder.is_dir():
+                yield from folder.iterdir()
 
     def _write_new(self, final: Path, secret: bytes) -> bool:
         """Atomically create ``final`` holding ``secret``; False if it already existed."""
@@ -343,12 +359,72 @@ class LocalKeyring:
         )
 
     def pseudonym_key(self) -> bytes:
+        return self._read_fixed("pseudonym.key")
+
+    def signing_seed(self) -> bytes:
+        return self._read_fixed("log-signing.key")
+
+    def _read_fixed(self, name: str) -> bytes:
         try:
-            return (self.path / "pseudonym.key").read_bytes()
+            data = (self.path / name).read_bytes()
         except FileNotFoundError:
             raise KeyringError(
-                f"{self.path} has no pseudonym key; was the keyring created by 'sampledrec init'?"
+                f"{self.path} has no {name}; was the keyring created by 'sampledrec init'?"
             ) from None
+        if len(data) != KEY_BYTES:
+            raise KeyringError(f"{self.path / name} is damaged (not {KEY_BYTES} bytes)")
+        return data
+
+    def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        cached = self._sealing.get(kid)
+        if cached is not None:
+            return cached
+        path = self.path / "periods" / f"{_kid_file(kid)}.key"
+        if create and not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            self._write_new(path, secrets.token_bytes(KEY_BYTES))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) != KEY_BYTES:
+            raise KeyringError(f"{path} is damaged (not {KEY_BYTES} bytes)")
+        self._sealing[kid] = data
+        return data
+
+    def destroy_sealing_key(self, kid: str) -> bool:
+        """Destroy a period's sealing key (crypto-shredding its personal fields)."""
+        self._sealing.pop(kid, None)
+        path = self.path / "periods" / f"{_kid_file(kid)}.key"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+
+    def mark_committed(self, epoch_id: str) -> None:
+        """Remember that an epoch's commitment is durable in the log."""
+        marker = self._epoch_path(epoch_id).with_suffix(".committed")
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+
+    def uncommitted_epochs(self) -> list[str]:
+        """Epochs whose key exists but whose commitment was never confirmed in the log."""
+        return [
+            e
+            for e in self.epoch_ids()
+            if not self._epoch_path(e).with_suffix(".committed").exists()
+        ]
+
+
+_KID = re.compile(r"^(calls|access)/\d{4}-\d{2}$")
+
+
+def _kid_file(kid: str) -> str:
+    if not _KID.match(kid):
+        raise InvalidArgument(f"sealing key id {kid!r} is not of the form calls/YYYY-MM")
+    return kid.replace("/", "-")
 
 
 def _fsync_dir(path: Path) -> None:

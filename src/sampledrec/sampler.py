@@ -14,6 +14,7 @@ never counts twice against a cap (retries cannot re-roll).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,7 @@ class Decision(NamedTuple):
     decided_at: datetime
     agent: str | None = None
     caller_pseudonym: str | None = None
+    log_ticket: int | None = None  # the queued log entry (see DecisionLog.wait_durable)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9)."""
@@ -168,6 +170,12 @@ class Sampler:
         records their commitments there).
     key_lock:
         A context manager factory held while keys are created (the store's lock).
+    log:
+        A :class:`~sampledrec.log.DecisionLog`: every decision is queued to it, and
+        ``Decision.log_ticket`` lets a recorder wait until the entry is durable.
+    policy_source:
+        ``policy_source(now)`` returns the policy in force at ``now``; consulted at most once a
+        second, so that a policy applied to the store is picked up by running samplers.
     """
 
     def __init__(
@@ -180,6 +188,8 @@ class Sampler:
         ahead: int = 7,
         on_new_keys: Callable[[list[EpochKey]], None] | None = None,
         key_lock: Callable[[], Any] | None = None,
+        log: Any | None = None,
+        policy_source: Callable[[datetime], Policy] | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise InvalidArgument(
@@ -202,6 +212,9 @@ class Sampler:
         self._cap_lock = threading.Lock()
         self._cap_counts: dict[tuple[str, str, str], int] = {}
         self._memo: dict[tuple[str, bytes], Decision] = {}
+        self._log = log
+        self._policy_source = policy_source
+        self._policy_checked = time.monotonic()
 
     @property
     def policy(self) -> Policy:
@@ -222,13 +235,11 @@ class Sampler:
             return cached[2]
         epoch_id = epoch_id_at(now)
         wanted = epochs_ahead(now, self._ahead)
-        if self._key_lock is not None:
-            with self._key_lock():
-                created = self._keyring.ensure_epochs(wanted)
-        else:
+        with self._key_lock() if self._key_lock is not None else _nolock():
             created = self._keyring.ensure_epochs(wanted)
-        if created and self._on_new_keys is not None:
-            self._on_new_keys(created)
+            if created and self._on_new_keys is not None:
+                # Still under the lock: commitments are durable before any process uses a key.
+                self._on_new_keys(created)
         key = self._keyring.epoch_key(epoch_id)
         self._epoch = (epoch_start(epoch_id), epoch_end(epoch_id), key)
         return key
@@ -251,6 +262,8 @@ class Sampler:
         raw = call_ref_bytes(call_ref)
         now = self._clock.now()
         key = self.epoch_key(now)
+        if self._policy_source is not None:
+            self._refresh_policy(now)
         policy = self._policy
         attrs = attrs or {}
         rule = policy.rule_for(attrs)
@@ -292,9 +305,27 @@ class Sampler:
         now: datetime,
         agent: str | None,
         pseudonym: str | None,
+        *,
+        log: bool = True,
     ) -> Decision:
+        ref = call_ref if isinstance(call_ref, str) else bytes(call_ref)
+        version = self._policy.version
+        ticket = None
+        if self._log is not None and log:
+            ticket = self._log.append_decision(
+                key.epoch_id,
+                version,
+                rule.name,
+                rule.threshold,
+                reason,
+                r,
+                ref,
+                agent,
+                pseudonym,
+                now,
+            )
         return Decision(
-            call_ref if isinstance(call_ref, str) else bytes(call_ref),
+            ref,
             reason == "sampled",
             reason,
             rule.name,
@@ -303,11 +334,22 @@ class Sampler:
             rule.threshold,
             r,
             key.epoch_id,
-            self._policy.version,
+            version,
             now,
             agent,
             pseudonym,
+            ticket,
         )
+
+    def _refresh_policy(self, now: datetime) -> None:
+        mono = time.monotonic()
+        if mono - self._policy_checked < 1.0:
+            return
+        self._policy_checked = mono
+        assert self._policy_source is not None
+        policy = self._policy_source(now)
+        if policy.version != self._policy.version:
+            self._policy = policy
 
     def _count_cap(self, rule: Rule, agent: str, now: datetime) -> Reason:
         """Count a selected call against the rule's caps (call with the cap lock held)."""
@@ -343,6 +385,8 @@ class Sampler:
         """
         now = self._clock.now()
         key = self.epoch_key(now)
+        if self._policy_source is not None:
+            self._refresh_policy(now)
         policy = self._policy
         draws = draw_many(key, call_refs)
         n = draws.shape[0]
@@ -397,8 +441,20 @@ class Sampler:
                     reason = self._count_cap(rule, agents[i], now)
                     codes[i] = REASONS.index(reason)
                     self._memo[memo_key] = self._make(
-                        _item(call_refs, i), reason, rule, int(draws[i]), key, now, agents[i], None
+                        _item(call_refs, i),
+                        reason,
+                        rule,
+                        int(draws[i]),
+                        key,
+                        now,
+                        agents[i],
+                        None,
+                        log=False,  # the whole batch is logged below, in order
                     )
+        if self._log is not None:
+            self._log_batch(
+                call_refs, codes, rule_index, draws, thresholds, rules, agents, key, now
+            )
         return DecisionBatch(
             call_refs=call_refs,
             record=codes == _SAMPLED,
@@ -412,6 +468,48 @@ class Sampler:
             policy_version=policy.version,
             decided_at=now,
         )
+
+    def _log_batch(
+        self,
+        call_refs: Sequence[str | bytes] | npt.NDArray[Any],
+        codes: npt.NDArray[np.uint8],
+        rule_index: npt.NDArray[np.intp],
+        draws: npt.NDArray[np.uint64],
+        thresholds: npt.NDArray[np.uint64],
+        rules: tuple[Rule, ...],
+        agents: npt.NDArray[np.object_],
+        key: EpochKey,
+        now: datetime,
+    ) -> None:
+        log = self._log
+        assert log is not None
+        version = self._policy.version
+        names = [r.name for r in rules]
+        append = log.append_decision
+        for ref, code, ri, r, thr, agent in zip(
+            _refs_list(call_refs),
+            codes.tolist(),
+            rule_index.tolist(),
+            draws.tolist(),
+            thresholds.tolist(),
+            agents.tolist(),
+            strict=True,
+        ):
+            append(key.epoch_id, version, names[ri], thr, REASONS[code], r, ref, agent, None, now)
+
+
+def _refs_list(call_refs: Sequence[str | bytes] | npt.NDArray[Any]) -> list[str | bytes]:
+    if isinstance(call_refs, np.ndarray):
+        if call_refs.dtype == np.uint8 and call_refs.ndim == 2:
+            return [row.tobytes() for row in call_refs]
+        return [_item(call_refs, i) for i in range(call_refs.shape[0])]
+    return list(call_refs)
+
+
+def _nolock() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _item(call_refs: Sequence[str | bytes] | npt.NDArray[Any], i: int) -> str | bytes:

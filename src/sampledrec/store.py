@@ -4,11 +4,15 @@ catalog and recordings, with no server.
 ::
 
     STORE/
-      store.json        format marker, creation time, simulated flag, keyring location
-      policy.toml       the policy in force
+      store.json        format marker, store id, creation time, simulated flag, keyring location
+      policy.toml       the policy most recently applied (for people to read)
+      policies/         every applied policy, by version id, and schedule.json (when each
+                        takes effect); the log records each one too
       objections.txt    pseudonyms of callers who objected (never numbers)
       keys/             the local keyring (0700), unless the store names another folder
-      lock              the store's lock file (fcntl), outside every covered folder
+      log/              the decision log (sampledrec.log), every byte covered by verification
+      lock, log.lock    lock files (fcntl), outside every covered folder
+      recovered/        incomplete log tails set aside after a crash, if any
 
 Folders are 0700 and files 0600. A store created by ``sampledrec demo`` (or ``init
 --simulated``) is marked *simulated*: it may reveal keys of epochs that have not ended by the real
@@ -20,15 +24,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import getpass
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
     InvalidArgument,
     InvalidPolicy,
@@ -37,7 +43,9 @@ from .errors import (
     StoreNotFound,
     StorePermissionError,
 )
-from .keyring import LocalKeyring, RevealedKey, reveal
+from .keyring import EpochKey, LocalKeyring, RevealedKey, reveal
+from .log import DecisionLog
+from .logformat import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
 from .objections import ObjectionList
 from .policy import DEFAULT_POLICY_TOML, Policy
 from .sampler import Sampler
@@ -55,9 +63,12 @@ class Store:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self._meta = meta
+        self._policies: dict[str, Policy] = {}
         keys_dir = meta.get("keys_dir")
         self.keys_path = Path(keys_dir) if keys_dir else path / "keys"
         self.keyring = LocalKeyring(self.keys_path)
+        self.store_id = bytes.fromhex(meta["store_id"])
+        self.origin = str(meta["origin"])
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}{', simulated' if self.simulated else ''})"
@@ -105,21 +116,39 @@ class Store:
             os.chmod(root, 0o700)
             keys_path = Path(keys_dir).resolve() if keys_dir else root / "keys"
             LocalKeyring(keys_path, create=True)
-            _write_private(root / "policy.toml", text.encode("utf-8"))
             _write_private(root / "objections.txt", b"")
+            store_id = secrets.token_bytes(16)
             meta = {
                 "format": STORE_FORMAT,
                 "version": STORE_VERSION,
+                "store_id": store_id.hex(),
+                "origin": f"sampledrec.local/{store_id.hex()}",
                 "created_at": clock.now().isoformat(),
                 "simulated": simulated,
                 "keys_dir": str(keys_path) if keys_dir else None,
             }
             _write_private(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
+            store = cls(root, meta)
+            from . import __version__
+
+            log = DecisionLog.create(
+                root,
+                store.keyring,
+                origin=store.origin,
+                store_id=store_id,
+                simulated=simulated,
+                clock=clock,
+                software=f"sampledrec {__version__}",
+            )
+            try:
+                store._apply_policy_text(text, clock.now(), getpass.getuser(), log)
+            finally:
+                log.close()
         except PermissionError as exc:
             raise StorePermissionError(f"cannot create the store at {root}: {exc}") from exc
         except OSError as exc:
             raise StoreError(f"cannot create the store at {root}: {exc}") from exc
-        return cls(root, meta)
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
@@ -145,12 +174,98 @@ class Store:
 
     # -- what lives in it --------------------------------------------------------------------
 
-    def policy(self) -> Policy:
-        """The policy in force."""
+    def policy(self, at: datetime | None = None) -> Policy:
+        """The policy in force at ``at`` (default: now): the latest applied version whose
+        effective time has come."""
+        when = at or SYSTEM_CLOCK.now()
+        chosen = None
+        for item in self._schedule():
+            if datetime.fromisoformat(item["effective_at"]) <= when:
+                chosen = item["version"]
+        if chosen is None:
+            schedule = self._schedule()
+            if not schedule:
+                raise StoreError(
+                    f"{self.path} has no policy; apply one with 'sampledrec policy apply'"
+                )
+            chosen = schedule[0]["version"]  # nothing in force yet: the first one
+        return self._policy_version(chosen)
+
+    def _schedule(self) -> list[dict[str, str]]:
         try:
-            return Policy.load(self.policy_path)
+            data = json.loads((self.path / "policies" / "schedule.json").read_text("utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the policy schedule: {exc}") from exc
+        return list(data)
+
+    def _policy_version(self, version: str) -> Policy:
+        cached = self._policies.get(version)
+        if cached is not None:
+            return cached
+        path = self.path / "policies" / f"{version}.toml"
+        try:
+            policy = Policy.load(path)
         except InvalidPolicy as exc:
             raise StoreError(f"the store's policy cannot be used: {exc}") from exc
+        if policy.version != version:
+            raise StoreError(f"{path} does not hash to its version id: it was edited")
+        self._policies[version] = policy
+        return policy
+
+    def apply_policy(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        effective_at: datetime | None = None,
+        principal: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> Policy:
+        """Check a policy file, log it with the time it takes effect, and schedule it."""
+        text = Path(file).read_text(encoding="utf-8")
+        Policy.from_toml(text, source=str(file))
+        with self.open_log(clock=clock) as log:
+            return self._apply_policy_text(
+                text, effective_at or clock.now(), principal or getpass.getuser(), log
+            )
+
+    def _apply_policy_text(
+        self, text: str, effective_at: datetime, principal: str, log: DecisionLog
+    ) -> Policy:
+        policy = Policy.from_toml(text, source="policy.toml")
+        folder = self.path / "policies"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        with self.lock():
+            target = folder / f"{policy.version}.toml"
+            if not target.exists():
+                _write_private(target, text.encode("utf-8"))
+            ticket = log.append(
+                T_POLICY,
+                {
+                    "version": bytes.fromhex(policy.version),
+                    "effective_at": to_micros(effective_at),
+                    "canonical": policy.canonical,
+                    "principal": principal,
+                },
+            )
+            log.wait_durable(ticket)
+            schedule = [s for s in self._schedule() if s["version"] != policy.version]
+            schedule.append({"version": policy.version, "effective_at": effective_at.isoformat()})
+            schedule.sort(key=lambda s: datetime.fromisoformat(s["effective_at"]))
+            _write_private(
+                folder / "schedule.json",
+                json.dumps(schedule, indent=2).encode() + b"\n",
+                replace=True,
+            )
+            _write_private(self.policy_path, text.encode("utf-8"), replace=True)
+        return Policy.from_toml(text, source=str(self.policy_path))
+
+    def open_log(self, *, clock: Clock = SYSTEM_CLOCK, **kw: Any) -> DecisionLog:
+        """Open the decision log for appending (recovering from a crash if needed)."""
+        return DecisionLog.open(
+            self.path, self.keyring, origin=self.origin, store_id=self.store_id, clock=clock, **kw
+        )
 
     def objections(self) -> ObjectionList:
         return ObjectionList.load(self.keyring.pseudonym_key(), self.path / "objections.txt")
@@ -178,15 +293,44 @@ class Store:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def sampler(self, *, clock: Clock = SYSTEM_CLOCK) -> Sampler:
-        """A sampler for this store: its policy, keyring, objection list and lock."""
+    def sampler(self, *, clock: Clock = SYSTEM_CLOCK, log: DecisionLog | None = None) -> Sampler:
+        """A sampler for this store: its policy schedule, keyring, objection list and lock.
+
+        With ``log`` every decision is logged, and epoch keys are committed in the log (durably)
+        before their first use.
+        """
+        if log is not None:
+            self._commit_pending(log, clock.now())
         return Sampler(
-            self.policy(),
+            self.policy(clock.now()),
             self.keyring,
             clock=clock,
             objections=self.objections(),
             key_lock=self.lock,
+            log=log,
+            on_new_keys=None if log is None else lambda keys: self._commit(log, keys, clock),
+            policy_source=self.policy,
         )
+
+    def _commit(self, log: DecisionLog, keys: list[EpochKey], clock: Clock) -> None:
+        last = 0
+        for key in keys:
+            last = log.append(
+                T_KEY_COMMIT,
+                {"epoch_id": key.epoch_id, "commitment": key.commitment},
+                at=clock.now(),
+            )
+        if last:
+            log.wait_durable(last)
+        for key in keys:
+            self.keyring.mark_committed(key.epoch_id)
+
+    def _commit_pending(self, log: DecisionLog, now: datetime) -> None:
+        """Log the commitments of keys created by a process that crashed before logging them."""
+        with self.lock():
+            pending = self.keyring.uncommitted_epochs()
+            if pending:
+                self._commit(log, [self.keyring.epoch_key(e) for e in pending], FixedClock(now))
 
     def reveal_keys(
         self,
@@ -209,7 +353,20 @@ class Store:
         from .keyring import epoch_end
 
         ended = [e for e in self.keyring.epoch_ids() if epoch_end(e) <= now]
-        return reveal(self.keyring, ended, now=now)
+        keys = reveal(self.keyring, ended, now=now)
+        if keys:
+            with self.open_log(clock=FixedClock(min(now, real))) as log:
+                for k in keys:
+                    log.append(
+                        T_KEY_REVEAL,
+                        {
+                            "epoch_id": k.epoch_id,
+                            "commitment": k.commitment,
+                            "principal": getpass.getuser(),
+                        },
+                        klass="access",
+                    )
+        return keys
 
     def write_revealed(self, keys: list[RevealedKey], out: str | os.PathLike[str]) -> None:
         """Write revealed keys as JSON for an auditor (0600; the keys are still secrets until

@@ -17,13 +17,15 @@ __all__ = ["FixedClock", "MemoryKeyring"]
 class MemoryKeyring:
     """A :class:`~sampledrec.keyring.Keyring` held in memory.
 
-    ``seed`` makes the keys deterministic (tests only): key = SHA-256(seed || epoch_id).
+    ``seed`` makes the keys deterministic (tests only): key = SHA-256(seed || 0x00 || epoch_id).
     """
 
     def __init__(self, *, seed: bytes | None = None) -> None:
         self._seed = seed
         self._keys: dict[str, EpochKey] = {}
         self._pseudonym = secrets.token_bytes(32) if seed is None else _derive(seed, "pseudonym")
+        self._signing = secrets.token_bytes(32) if seed is None else _derive(seed, "signing")
+        self._sealing: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         return f"MemoryKeyring({len(self._keys)} epochs)"
@@ -54,6 +56,19 @@ class MemoryKeyring:
 
     def pseudonym_key(self) -> bytes:
         return self._pseudonym
+
+    def signing_seed(self) -> bytes:
+        return self._signing
+
+    def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        if kid not in self._sealing and create:
+            self._sealing[kid] = (
+                secrets.token_bytes(32) if self._seed is None else _derive(self._seed, kid)
+            )
+        return self._sealing.get(kid)
+
+    def destroy_sealing_key(self, kid: str) -> bool:
+        return self._sealing.pop(kid, None) is not None
 
 
 def _derive(seed: bytes, label: str) -> bytes:

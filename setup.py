@@ -1,0 +1,19 @@
+"""Build the optional C accelerator for Merkle hashing; everything else is in pyproject.toml.
+
+The extension is optional: without a C compiler or the OpenSSL headers (Debian: gcc, libssl-dev,
+python3-dev) the install still succeeds and sampledrec uses its pure-Python hashing.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "sampledrec._merklefast",
+            ["src/sampledrec/_merklefast.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
+            optional=True,
+        )
+    ]
+)
