@@ -255,10 +255,26 @@ class Policy:
 
     def rule_for(self, attrs: Mapping[str, object]) -> Rule:
         """The first rule whose ``match`` fits ``attrs``, else the default rule."""
-        for rule in self.rules:
-            if rule.matches(attrs):
+        for rule, conditions in self.compiled:
+            for name, allowed in conditions:
+                value = attrs.get(name)
+                if (
+                    value is None
+                    or (value if value.__class__ is str else _attr_text(value)) not in allowed
+                ):
+                    break
+            else:
                 return rule
         return self.default
+
+    @property
+    def compiled(self) -> tuple[tuple[Rule, tuple[tuple[str, frozenset[str]], ...]], ...]:
+        """The rules with their conditions as tuples: what the per-call matching loop reads."""
+        cached: Any = self.__dict__.get("_compiled")
+        if cached is None:
+            cached = tuple((r, tuple(r.match.items())) for r in self.rules)
+            object.__setattr__(self, "_compiled", cached)
+        return cached  # type: ignore[no-any-return]
 
     @property
     def all_rules(self) -> tuple[Rule, ...]:
