@@ -55,7 +55,7 @@ def test_separate_keys_folder(tmp_path: Path, cli: CliRun) -> None:
     assert (tmp_path / "vault-keys" / "pseudonym.key").exists()
     assert not (tmp_path / "s" / "keys").exists()
     assert cli("decide", "--store", tmp_path / "s", "--call-ref", "c1")[0] == 0
-    assert len(list((tmp_path / "vault-keys" / "epochs").iterdir())) == 7
+    assert len(list((tmp_path / "vault-keys" / "epochs").glob("*.key"))) == 7
 
 
 def test_decide_json_and_text(store: Path, cli: CliRun, cli_json: CliJson) -> None:
@@ -190,6 +190,7 @@ def test_demo_runs_and_audits(tmp_path: Path, cli: CliRun, cli_json: CliJson) ->
     assert code == 0
     assert doc["simulated"] is True and doc["calls"] == 1500
     assert doc["audit"] == {"key_matches_commitment": True, "recomputed": 1500, "mismatches": 0}
+    assert doc["log"]["ok"] is True and doc["log"]["entries"] > 1500
     assert doc["objections"] > 0
     assert sum(r["calls"] for r in doc["rules"]) == 1500
     assert Store.open(tmp_path / "demo").simulated

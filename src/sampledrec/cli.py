@@ -217,8 +217,11 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
                 f"--caller-file must hold exactly one phone number, found {len(lines)}"
             )
         caller = lines[0]
-    sampler = store.sampler(clock=FixedClock(at))
-    decision = sampler.decide(args.call_ref, _attrs(args.attr), caller=caller)
+    clock = FixedClock(at)
+    with store.open_log(clock=clock) as log:
+        sampler = store.sampler(clock=clock, log=log)
+        decision = sampler.decide(args.call_ref, _attrs(args.attr), caller=caller)
+        index = log.wait_durable(decision.log_ticket) if decision.log_ticket else -1
     verdict = "RECORD" if decision.record else "do not record"
     text = (
         f"{verdict} ({decision.reason})\n"
@@ -226,9 +229,10 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
         f"  rule:     {decision.rule} (purpose {decision.purpose}, rate {decision.rate})\n"
         f"  draw:     {decision.draw} {'<' if decision.draw < decision.threshold else '>='} "
         f"threshold {decision.threshold}\n"
-        f"  epoch:    {decision.epoch_id}, policy {decision.policy_version[:16]}"
+        f"  epoch:    {decision.epoch_id}, policy {decision.policy_version[:16]}\n"
+        f"  logged:   entry {index} of {store.path / 'log'}"
     )
-    _emit(args, decision.to_json(), text, out)
+    _emit(args, {**decision.to_json(), "log_index": index}, text, out)
     return EXIT_OK
 
 
@@ -288,6 +292,112 @@ def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_policy_apply(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    effective = _at(args, store)
+    try:
+        policy = store.apply_policy(args.file, effective_at=effective)
+    except InvalidPolicy as exc:
+        raise CommandFailed(f"policy refused: {exc}") from None
+    _emit(
+        args,
+        {"version": policy.version, "effective_at": effective.isoformat()},
+        f"Applied policy {policy.version} (effective {effective.isoformat()}); "
+        "it is in the decision log, and running samplers pick it up within a second.",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_log_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from .logverify import CHECKS, verify_log
+
+    store = _open_store(args.store)
+    total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
+    with Progress(total, "verifying") as bar:
+        report = verify_log(
+            store.path,
+            checkpoint_file=Path(args.checkpoint) if args.checkpoint else None,
+            store_id=store.store_id,
+            progress=bar.advance,
+        )
+    lines = [
+        f"log {store.path / 'log'}: {report.size:,} entries, root {report.root.hex()[:16]}..., "
+        f"{report.checkpoints} checkpoints (latest covers {report.latest_checkpoint})"
+        + (" [SIMULATED store]" if report.simulated else "")
+    ]
+    for check in CHECKS:
+        if check == "exported" and not report.exported_checked and not report.failed(check):
+            lines.append(f"  {check:<12} -     (no --checkpoint given)")
+            continue
+        lines.append(f"  {check:<12} {'FAIL' if report.failed(check) else 'PASS'}")
+    for f in report.findings:
+        where = ", ".join(
+            x for x in (f.where, None if f.index is None else f"entry {f.index}") if x
+        )
+        lines.append(f"FAIL {f.check}: {f.message}" + (f" ({where})" if where else ""))
+    lines.extend(f"note: {n}" for n in report.notes)
+    lines.append("VERIFIED" if report.ok else "VERIFICATION FAILED")
+    _emit(args, report.to_json(), "\n".join(lines), out)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_log_show(args: argparse.Namespace, out: TextIO) -> int:
+    from .log import LogCorrupt, iter_entries
+
+    store = _open_store(args.store)
+    keyring = None if args.no_personal else store.keyring
+    docs = []
+    try:
+        for entry in iter_entries(store.path / "log", keyring, since=args.since):
+            docs.append(entry.to_json())
+            if args.limit and len(docs) >= args.limit:
+                break
+    except (LogCorrupt, ValueError) as exc:
+        raise CommandFailed(f"the log cannot be read: {exc}; run 'sampledrec log verify'") from None
+    if args.json:
+        _emit(args, {"entries": docs}, "", out)
+        return EXIT_OK
+    for d in docs:
+        rest = {k: v for k, v in d.items() if k not in ("index", "type", "time")}
+        fields = " ".join(f"{k}={_short(v)}" for k, v in rest.items())
+        out.write(f"{d['index']:>8}  {d['time']}  {d['type']:<12} {fields}\n")
+    return EXIT_OK
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def cmd_log_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
+    from .log import iter_entries
+    from .logformat import T_KEY_COMMIT
+    from .logverify import export_checkpoint
+
+    store = _open_store(args.store)
+    with store.open_log() as log:
+        cp = log.checkpoint()
+        public_key = log.signer.public_key
+    commitments = [
+        (e.index, str(e.fields["epoch_id"]), bytes(e.fields["commitment"]))
+        for e in iter_entries(store.path / "log")
+        if e.type == T_KEY_COMMIT and e.index < cp.size
+    ]
+    data = export_checkpoint(cp, public_key, commitments)
+    Path(args.out).write_bytes(data)
+    _emit(
+        args,
+        json.loads(data),
+        f"Exported the checkpoint of {cp.size:,} entries (root {cp.root.hex()[:16]}...) with "
+        f"{len(commitments)} epoch-key commitments to {args.out}.\n"
+        "Keep it outside the store: 'sampledrec log verify --checkpoint FILE' then detects a "
+        "log rewritten or truncated after it.",
+        out,
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from .demo import run_demo
 
@@ -308,7 +418,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         )
         for r in result.rules
     ]
-    ok = result.key_matches_commitment and result.mismatches == 0
+    ok = result.key_matches_commitment and result.mismatches == 0 and result.log_ok
     text = (
         f"sampledrec demo: a SIMULATED call-centre day ({result.day}) in {result.store}\n\n"
         + _table(
@@ -322,6 +432,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"{'yes' if result.key_matches_commitment else 'NO'}; "
         f"{result.recomputed} decisions recomputed from the revealed key, "
         f"{result.mismatches} mismatches.\n"
+        f"Decision log: {result.log_entries:,} entries, signed and verified: "
+        f"{'PASS' if result.log_ok else 'FAIL ' + '; '.join(result.log_findings)}.\n"
         f"Revealed keys: {result.store / 'revealed-keys.json'}\n"
         f"Try: sampledrec decide --store {result.store} --call-ref my-call-1 --attr queue=sales"
     )
@@ -375,6 +487,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=int, default=20, help="number of agents (default 20)")
     p.add_argument("--days", type=int, default=1, help="spread the calls over D days")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable simulation")
+    p.add_argument("--json", action="store_true")
+
+    p = add("apply", cmd_policy_apply, "log a new policy version and schedule it", psub)
+    p.add_argument("file")
+    p.add_argument("--store", required=True)
+    p.add_argument("--at", help="when it takes effect (ISO 8601; default now, forward only)")
+    p.add_argument("--json", action="store_true")
+
+    logp = sub.add_parser("log", help="the signed decision log")
+    lsub = logp.add_subparsers(dest="log_command", required=True, parser_class=_Parser)
+    p = add("verify", cmd_log_verify, "verify every byte, hash and signature of the log", lsub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--checkpoint", help="an exported checkpoint kept outside the store")
+    p.add_argument("--json", action="store_true")
+    p = add("show", cmd_log_show, "print log entries", lsub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--since", type=int, default=0, help="first entry index (default 0)")
+    p.add_argument("--limit", type=int, default=0, help="at most N entries")
+    p.add_argument("--no-personal", action="store_true", help="do not open sealed fields")
+    p.add_argument("--json", action="store_true")
+    p = add("checkpoint", cmd_log_checkpoint, "export the latest checkpoint for a DPO", lsub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
 
     p = add("decide", cmd_decide, "decide whether to record one call")

@@ -4,7 +4,8 @@ The demo creates a store marked *simulated*, writes a policy with several rules,
 calls (queues, agents, directions, a few objecting callers) through the sampler, shows per rule
 the calls, the recordings selected and the number expected from the declared rates, and ends as
 an auditor would: it reveals the day's key, checks it against its commitment and recomputes
-every decision with the vectorised draw.
+every decision with the vectorised draw. Every decision goes to the store's signed decision
+log, which the demo verifies last.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .draw import draw_many
 from .errors import SampledrecError
+from .logverify import verify_log
 from .sampler import Decision
 from .store import Store
 
@@ -84,6 +86,9 @@ class DemoResult:
     recomputed: int = 0
     mismatches: int = 0
     key_matches_commitment: bool = False
+    log_entries: int = 0
+    log_ok: bool = False
+    log_findings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +105,7 @@ class DemoResult:
                 "recomputed": self.recomputed,
                 "mismatches": self.mismatches,
             },
+            "log": {"entries": self.log_entries, "ok": self.log_ok, "findings": self.log_findings},
         }
 
 
@@ -159,13 +165,14 @@ def run_demo(
     for number in _OBJECTORS:
         objections.add(number)
     sim_clock = FixedClock(day)
-    sampler = st.sampler(clock=sim_clock)
     decisions: list[Decision] = []
-    for call in _make_calls(calls, day, rng):
-        sim_clock.set(call["at"])
-        decisions.append(sampler.decide(call["ref"], call["attrs"], caller=call["caller"]))
-        if progress is not None:
-            progress(1)
+    with st.open_log(clock=sim_clock) as log:
+        sampler = st.sampler(clock=sim_clock, log=log)
+        for call in _make_calls(calls, day, rng):
+            sim_clock.set(call["at"])
+            decisions.append(sampler.decide(call["ref"], call["attrs"], caller=call["caller"]))
+            if progress is not None:
+                progress(1)
 
     result = DemoResult(store=path, day=day.date().isoformat(), calls=calls)
     policy = sampler.policy
@@ -204,4 +211,9 @@ def run_demo(
         (int(r) != d.draw) or (rec != d.record)
         for r, rec, d in zip(draws.tolist(), recomputed, decisions, strict=True)
     )
+    # The decision log: every decision is in it, and the whole log verifies.
+    report = verify_log(path)
+    result.log_entries = report.size
+    result.log_ok = report.ok
+    result.log_findings = [f.message for f in report.findings]
     return result

@@ -455,6 +455,7 @@ class Sampler:
                     if earlier is not None:
                         codes[i] = REASONS.index(earlier.reason)
                         rule_index[i] = policy.all_rules.index(policy.rule_named(earlier.rule))
+                        agents[i] = earlier.agent  # the remembered decision, whole
                         continue
                     rule = rules[int(rule_index[i])]
                     reason = self._count_cap(rule, agents[i], now)
