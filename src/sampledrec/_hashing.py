@@ -56,20 +56,26 @@ def extend(cr: CompactRange, leaves: Sequence[bytes]) -> None:
 
 
 def hash_records(
-    buf: bytes | memoryview, offset: int, count: int, cr: CompactRange
-) -> tuple[int, npt.NDArray[np.uint64]] | None:
+    buf: bytes | memoryview, offset: int, count: int, cr: CompactRange, probe: int = 0
+) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint8]] | None:
     """Parse ``count`` records (u32 big-endian length, then the entry) from ``buf[offset:]``,
-    append their leaf hashes to ``cr`` and return ``(end_offset, entry_offsets)``; ``None`` if
-    the records run past the buffer (``cr`` is then left unchanged)."""
+    append their leaf hashes to ``cr`` and return ``(end_offset, entry_offsets, probes)``, where
+    ``probes`` is an ``(count, probe)`` array of each entry's first ``probe`` bytes (zero-padded);
+    ``None`` if the records run past the buffer (``cr`` is then left unchanged)."""
     if _fast is not None:
-        got = _fast.hash_records(buf, offset, count, cr.hashes, cr.size)
+        got = _fast.hash_records(buf, offset, count, cr.hashes, cr.size, probe)
         if got is None:
             return None
-        cr.hashes, cr.size, end, offs = got
-        return end, np.frombuffer(offs, dtype=np.uint64)
+        cr.hashes, cr.size, end, offs, probes = got
+        return (
+            end,
+            np.frombuffer(offs, dtype=np.uint64),
+            np.frombuffer(probes, dtype=np.uint8).reshape(count, probe),
+        )
     pos = offset
     size = len(buf)
     offsets = np.empty(count, dtype=np.uint64)
+    probes_out = np.zeros((count, probe), dtype=np.uint8)
     leaves = []
     for i in range(count):
         if pos + 4 > size:
@@ -79,7 +85,11 @@ def hash_records(
         if n > size - pos:
             return None
         offsets[i] = pos
-        leaves.append(leaf_hash(bytes(buf[pos : pos + n])))
+        entry = bytes(buf[pos : pos + n])
+        if probe:
+            head = entry[:probe]
+            probes_out[i, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+        leaves.append(leaf_hash(entry))
         pos += n
     cr.extend(leaves)
-    return pos, offsets
+    return pos, offsets, probes_out

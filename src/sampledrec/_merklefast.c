@@ -7,10 +7,12 @@
  *
  *   leaf_hashes(entries) -> bytes                      SHA-256(0x00 || e) for each, concatenated
  *   extend(range, size, leaf_hashes) -> (range, size)  append leaves to a compact range
- *   hash_records(buf, offset, count, range, size)
- *       -> (range, size, end_offset, offsets)          parse `count` records (u32be length, data)
+ *   hash_records(buf, offset, count, range, size, probe=0)
+ *       -> (range, size, end, offsets, probes)         parse `count` records (u32be length, data)
  *                                                      from buf[offset:], hash them, extend the
- *                                                      range; offsets = uint64 start of each entry
+ *                                                      range; offsets = uint64 start of each
+ *                                                      entry; probes = first `probe` bytes of
+ *                                                      each entry, zero-padded
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -153,11 +155,13 @@ static PyObject *py_extend(PyObject *self, PyObject *args) {
 
 static PyObject *py_hash_records(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    Py_ssize_t offset, count;
+    Py_ssize_t offset, count, probe = 0;
     PyObject *list;
     unsigned long long size;
     crange cr;
-    if (!PyArg_ParseTuple(args, "y*nnOK", &buf, &offset, &count, &list, &size)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nnOK|n", &buf, &offset, &count, &list, &size, &probe))
+        return NULL;
+    if (probe < 0) probe = 0;
     if (crange_from_py(list, size, &cr) < 0 || offset < 0 || count < 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad offset or count");
         PyBuffer_Release(&buf);
@@ -169,6 +173,14 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
         return NULL;
     }
     uint64_t *offs = (uint64_t *)PyBytes_AS_STRING(offsets);
+    /* probes: the first `probe` bytes of every entry (zero-padded), for column-wise checks */
+    PyObject *probes = PyBytes_FromStringAndSize(NULL, count * probe);
+    if (!probes) {
+        Py_DECREF(offsets);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    unsigned char *pr = (unsigned char *)PyBytes_AS_STRING(probes);
     const unsigned char *p = (const unsigned char *)buf.buf;
     Py_ssize_t pos = offset, len = buf.len;
     int bad = 0;
@@ -183,20 +195,27 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
         leaf_hash(p + pos, n, lh);
         crange_append(&cr, lh);
         offs[i] = (uint64_t)pos;
+        if (probe) {
+            Py_ssize_t k = (Py_ssize_t)n < probe ? (Py_ssize_t)n : probe;
+            memcpy(pr + i * probe, p + pos, k);
+            memset(pr + i * probe + k, 0, probe - k);
+        }
         pos += n;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
     if (bad) {
         Py_DECREF(offsets);
+        Py_DECREF(probes);
         Py_RETURN_NONE;
     }
     PyObject *l = crange_to_py(&cr);
     if (!l) {
         Py_DECREF(offsets);
+        Py_DECREF(probes);
         return NULL;
     }
-    return Py_BuildValue("(NKnN)", l, cr.size, pos, offsets);
+    return Py_BuildValue("(NKnNN)", l, cr.size, pos, offsets, probes);
 }
 
 static PyMethodDef methods[] = {

@@ -20,7 +20,10 @@ is built, so verification runs at a good fraction of raw SHA-256 speed.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,13 +139,12 @@ def _load_export(path: Path) -> tuple[Checkpoint, bytes, list[dict[str, Any]]]:
 
 
 class _Scan:
-    """Per-entry columns gathered while hashing: type, and the decision fields we check."""
+    """What hashing gathers for the semantic checks: every entry's type, the first use of each
+    (epoch, policy version) run of decisions, and the few entries that are not decisions."""
 
     def __init__(self) -> None:
         self.types: list[npt.NDArray[np.uint8]] = []
-        self.dec_index: list[npt.NDArray[np.int64]] = []
-        self.dec_epoch: list[npt.NDArray[np.uint8]] = []
-        self.dec_policy: list[npt.NDArray[np.uint8]] = []
+        self.first_uses: list[tuple[int, bytes, bytes]] = []  # (index, epoch id, version)
         self.others: list[tuple[int, bytes]] = []  # (index, entry) of non-decision entries
 
 
@@ -229,7 +231,7 @@ def verify_log(
                 )
             )
             break
-        data = seg.read_bytes()
+        data = _map(seg)
         if len(data) < SEG_HEADER.size:
             rep.findings.append(Finding("structure", "truncated segment header", where))
             break
@@ -242,7 +244,6 @@ def verify_log(
             )
             break
         pos = SEG_HEADER.size
-        buf = np.frombuffer(data, dtype=np.uint8)
         broken = False
         while pos < len(data):
             if pos + BATCH_HEADER.size > len(data):
@@ -253,9 +254,9 @@ def verify_log(
             if bmagic != BATCH_MAGIC or bfirst != cr.size or start + plen > len(data):
                 broken = True
                 break
-            offsets = _hash_batch(data, start, plen, count, cr, wanted, roots_at)
+            hashed = _hash_batch(data, start, plen, count, cr, wanted, roots_at)
             trailer = _read_trailer(data, start + plen)
-            if offsets is None or trailer is None:
+            if hashed is None or trailer is None:
                 broken = True
                 break
             if trailer[0] != cr:
@@ -271,7 +272,7 @@ def verify_log(
                 return _finish(
                     rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at
                 )
-            _gather(scan, buf, data, offsets, bfirst)
+            _gather(scan, data, hashed[0], hashed[1], bfirst)
             if progress is not None:
                 progress(trailer[1] - pos)
             pos = trailer[1]
@@ -292,16 +293,26 @@ def verify_log(
     return _finish(rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at)
 
 
+def _map(path: Path) -> Any:
+    """The file's bytes, memory-mapped (no copy); an empty file gives ``b""``."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def _hash_batch(
-    data: bytes,
+    data: Any,
     start: int,
     plen: int,
     count: int,
     cr: CompactRange,
     wanted: set[int],
     roots_at: dict[int, bytes],
-) -> npt.NDArray[np.uint64] | None:
-    """Hash a batch's records into ``cr``, noting the root at every wanted size inside it."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]] | None:
+    """Hash a batch's records into ``cr``, noting the root at every wanted size inside it.
+
+    Returns each entry's offset in ``data`` and its first ``PROBE`` bytes."""
     view = memoryview(data)[start : start + plen]
     base = cr.size
     cuts = sorted(s - base for s in wanted if base < s <= base + count)
@@ -309,59 +320,63 @@ def _hash_batch(
         roots_at[base] = cr.root()
     pos = 0
     done = 0
-    parts = []
+    offs, probes = [], []
     for cut in [*cuts, count]:
         if cut <= done:
             continue
-        got = _hashing.hash_records(view, pos, cut - done, cr)
+        got = _hashing.hash_records(view, pos, cut - done, cr, PROBE)
         if got is None:
             return None
-        pos, offs = got
-        parts.append(offs)
+        pos, o, p = got
+        offs.append(o)
+        probes.append(p)
         done = cut
         if cr.size in wanted:
             roots_at[cr.size] = cr.root()
     if pos != plen:
         return None
-    offsets = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
-    return offsets + np.uint64(start)
+    if len(offs) == 1:
+        return offs[0].astype(np.int64) + start, probes[0]
+    return np.concatenate(offs).astype(np.int64) + start, np.concatenate(probes)
 
 
 # Fixed layout of a decision entry's first two fields (epoch id "YYYY-MM-DD", policy version):
 #   header (10) | 0x01 0x0A epoch (10) | 0x02 0x20 version (32)
-_EPOCH_AT, _POLICY_AT = 12, 24
+PROBE: Final = 56
 
 
 def _gather(
     scan: _Scan,
-    buf: npt.NDArray[np.uint8],
-    data: bytes,
-    offsets_u: npt.NDArray[np.uint64],
+    data: Any,
+    offsets: npt.NDArray[np.int64],
+    probes: npt.NDArray[np.uint8],
     first: int,
 ) -> None:
-    offsets = offsets_u.astype(np.int64)
-    types = buf[offsets + 1]
+    types = probes[:, 1]
     scan.types.append(types)
     is_dec = types == T_DECISION
-    dec = offsets[is_dec]
+    dec = np.flatnonzero(is_dec)
     if dec.size:
-        ok = (
-            (buf[dec + 10] == 0x01)
-            & (buf[dec + 11] == 10)
-            & (buf[dec + 22] == 0x02)
-            & (buf[dec + 23] == 32)
+        rows = probes[dec]
+        layout_ok = (
+            (rows[:, 10] == 0x01)
+            & (rows[:, 11] == 10)
+            & (rows[:, 22] == 0x02)
+            & (rows[:, 23] == 32)
         )
-        idx = np.flatnonzero(is_dec) + first
-        scan.dec_index.append(idx)
-        scan.dec_epoch.append(buf[dec[:, None] + np.arange(_EPOCH_AT, _EPOCH_AT + 10)])
-        scan.dec_policy.append(buf[dec[:, None] + np.arange(_POLICY_AT, _POLICY_AT + 32)])
-        if not ok.all():
-            bad = int(idx[np.flatnonzero(~ok)[0]])
-            scan.others.append((bad, b""))  # reported as malformed below
+        if not layout_ok.all():
+            scan.others.append((first + int(dec[np.flatnonzero(~layout_ok)[0]]), b""))
+        # Decisions come in long runs with the same epoch and policy: keep each run's first.
+        key = rows[:, 12:56]
+        starts = np.flatnonzero(np.concatenate(([True], np.any(key[1:] != key[:-1], axis=1))))
+        for j in starts.tolist():
+            scan.first_uses.append(
+                (first + int(dec[j]), bytes(rows[j, 12:22]), bytes(rows[j, 24:56]))
+            )
     for j in np.flatnonzero(~is_dec).tolist():
         off = int(offsets[j])
-        (n,) = np.frombuffer(data[off - 4 : off], dtype=">u4")
-        scan.others.append((first + j, data[off : off + int(n)]))
+        (n,) = struct.unpack_from(">I", data, off - 4)
+        scan.others.append((first + j, bytes(data[off : off + n])))
 
 
 def _finish(
@@ -522,48 +537,44 @@ def _finish(
                 )
 
     # Decisions: epoch keys committed before first use, policy versions logged before use.
-    if scan.dec_index:
-        idx = np.concatenate(scan.dec_index)
-        epochs = np.concatenate(scan.dec_epoch)
-        versions = np.concatenate(scan.dec_policy)
-        ep_view = np.ascontiguousarray(epochs).view("S10").ravel()
-        uniq, first_pos = np.unique(ep_view, return_index=True)
-        for epoch_b, pos in zip(uniq.tolist(), first_pos.tolist(), strict=True):
-            epoch = epoch_b.decode("ascii", "replace")
-            first_use = int(idx[pos])
-            got = commits.get(epoch)
-            if got is None:
-                rep.findings.append(
-                    Finding(
-                        "keys",
-                        f"epoch {epoch} is used but its key was never committed",
-                        index=first_use,
-                    )
+    first_epoch: dict[str, int] = {}
+    first_version: dict[bytes, int] = {}
+    for index, epoch_b, version in scan.first_uses:
+        epoch = epoch_b.decode("ascii", "replace")
+        if epoch not in first_epoch or index < first_epoch[epoch]:
+            first_epoch[epoch] = index
+        if version not in first_version or index < first_version[version]:
+            first_version[version] = index
+    for epoch, first_use in sorted(first_epoch.items()):
+        got = commits.get(epoch)
+        if got is None:
+            rep.findings.append(
+                Finding(
+                    "keys",
+                    f"epoch {epoch} is used but its key was never committed",
+                    index=first_use,
                 )
-            elif got[0] > first_use:
-                rep.findings.append(
-                    Finding(
-                        "keys",
-                        f"epoch {epoch} is used at entry {first_use} before its commitment at "
-                        f"entry {got[0]}",
-                        index=first_use,
-                    )
+            )
+        elif got[0] > first_use:
+            rep.findings.append(
+                Finding(
+                    "keys",
+                    f"epoch {epoch} is used at entry {first_use} before its commitment at "
+                    f"entry {got[0]}",
+                    index=first_use,
                 )
-        v_view = np.ascontiguousarray(versions).view("V32").ravel()
-        vuniq, vfirst = np.unique(v_view, return_index=True)
-        for v, pos in zip(vuniq.tolist(), vfirst.tolist(), strict=True):
-            version = bytes(v)
-            first_use = int(idx[pos])
-            logged = policies.get(version)
-            if logged is None or logged > first_use:
-                rep.findings.append(
-                    Finding(
-                        "policies",
-                        f"policy {version.hex()[:16]} is used at entry {first_use} but was "
-                        "not logged before it",
-                        index=first_use,
-                    )
+            )
+    for version, first_use in first_version.items():
+        logged = policies.get(version)
+        if logged is None or logged > first_use:
+            rep.findings.append(
+                Finding(
+                    "policies",
+                    f"policy {version.hex()[:16]} is used at entry {first_use} but was "
+                    "not logged before it",
+                    index=first_use,
                 )
+            )
     return rep
 
 

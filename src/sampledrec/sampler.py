@@ -167,8 +167,8 @@ class Sampler:
     objections:
         Callers who objected; a call whose ``caller`` is on it is never recorded.
     on_new_keys:
-        Called with the keys created ahead of use, before any is used (the decision log
-        records their commitments there).
+        Called (under ``key_lock``) with the keys just created, each time the sampler moves to
+        an epoch and before it uses its key: the store logs every commitment not yet logged.
     key_lock:
         A context manager factory held while keys are created (the store's lock).
     log:
@@ -238,8 +238,9 @@ class Sampler:
         wanted = epochs_ahead(now, self._ahead)
         with self._key_lock() if self._key_lock is not None else _nolock():
             created = self._keyring.ensure_epochs(wanted)
-            if created and self._on_new_keys is not None:
-                # Still under the lock: commitments are durable before any process uses a key.
+            if self._on_new_keys is not None:
+                # Still under the lock, and also when another sampler created the keys: the
+                # hook makes sure commitments are durable before any of them is used.
                 self._on_new_keys(created)
         key = self._keyring.epoch_key(epoch_id)
         self._epoch = (epoch_start(epoch_id), epoch_end(epoch_id), key)

@@ -308,7 +308,7 @@ class Store:
             objections=self.objections(),
             key_lock=self.lock,
             log=log,
-            on_new_keys=None if log is None else lambda keys: self._commit(log, keys, clock),
+            on_new_keys=None if log is None else lambda _keys: self._commit_uncommitted(log, clock),
             policy_source=self.policy,
         )
 
@@ -326,11 +326,15 @@ class Store:
             self.keyring.mark_committed(key.epoch_id)
 
     def _commit_pending(self, log: DecisionLog, now: datetime) -> None:
-        """Log the commitments of keys created by a process that crashed before logging them."""
+        """Log the commitments of keys created without a log, or by a process that crashed
+        before logging them."""
         with self.lock():
-            pending = self.keyring.uncommitted_epochs()
-            if pending:
-                self._commit(log, [self.keyring.epoch_key(e) for e in pending], FixedClock(now))
+            self._commit_uncommitted(log, FixedClock(now))
+
+    def _commit_uncommitted(self, log: DecisionLog, clock: Clock) -> None:
+        pending = self.keyring.uncommitted_epochs()
+        if pending:
+            self._commit(log, [self.keyring.epoch_key(e) for e in pending], clock)
 
     def reveal_keys(
         self,
