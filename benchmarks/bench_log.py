@@ -161,7 +161,9 @@ def main() -> int:
         raw = raw_sha256(1.0 if quick else 3.0)
         sizes = [
             len(e.raw)
-            for i, e in zip(range(20_000), iter_entries(store.path / "log", since=1000), strict=False)
+            for i, e in zip(
+                range(20_000), iter_entries(store.path / "log", since=1000), strict=False
+            )
             if e.type_name == "decision" and i >= 0
         ]
         entry_bytes = float(np.mean(sizes))

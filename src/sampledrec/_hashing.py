@@ -34,6 +34,8 @@ def _load_accelerator() -> Any:
 
 _fast: Any = _load_accelerator()
 ACCELERATED = _fast is not None
+#: The log writer's C encoder for decision batches (``None`` without the accelerator).
+encode_decisions: Any = None if _fast is None else _fast.encode_decisions
 
 _sha256 = hashlib.sha256
 _U32 = struct.Struct(">I")

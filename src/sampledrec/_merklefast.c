@@ -13,11 +13,20 @@
  *                                                      range; offsets = uint64 start of each
  *                                                      entry; probes = first `probe` bytes of
  *                                                      each entry, zero-padded
+ *   encode_decisions(items, cache, prefix_for, key, iv_prefix, counter, kid)
+ *       -> (records, counter) | None                  the decision-log writer's hot loop: encode
+ *                                                      queued decisions (see log.py _encode),
+ *                                                      seal their personal fields with
+ *                                                      AES-256-CTR, frame them as records;
+ *                                                      None when an item needs the Python path
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define HASH 32
@@ -218,11 +227,285 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NKnNN)", l, cr.size, pos, offsets, probes);
 }
 
+
+/* ---- decision encoding (mirrors DecisionLog._encode in log.py; tests compare the two) ---- */
+
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} sbuf;
+
+static int sb_reserve(sbuf *b, size_t more) {
+    if (b->n + more <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + more) cap *= 2;
+    unsigned char *q = realloc(b->p, cap);
+    if (!q) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = q;
+    b->cap = cap;
+    return 0;
+}
+
+static int sb_put(sbuf *b, const void *src, size_t n) {
+    if (sb_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+    return 0;
+}
+
+static int sb_field(sbuf *b, unsigned char tag, const unsigned char *v, size_t n) {
+    unsigned char h[6];
+    size_t hn;
+    h[0] = tag;
+    if (n < 0xFF) {
+        h[1] = (unsigned char)n;
+        hn = 2;
+    } else {
+        h[1] = 0xFF;
+        h[2] = (unsigned char)(n >> 24);
+        h[3] = (unsigned char)(n >> 16);
+        h[4] = (unsigned char)(n >> 8);
+        h[5] = (unsigned char)n;
+        hn = 6;
+    }
+    if (sb_put(b, h, hn) < 0) return -1;
+    return sb_put(b, v, n);
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm). */
+static long long days_from_civil(long long y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const long long era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (long long)doe - 719468;
+}
+
+static PyObject *utc_singleton = NULL;
+
+/* Microseconds since 1970 of an aware UTC datetime; -1 if it is not one (Python path). */
+static long long micros_utc(PyObject *dt) {
+    if (!PyDateTime_Check(dt)) return -1;
+    PyObject *tz = PyDateTime_DATE_GET_TZINFO(dt);
+    if (tz != utc_singleton) return -1;
+    long long days = days_from_civil(PyDateTime_GET_YEAR(dt), PyDateTime_GET_MONTH(dt),
+                                     PyDateTime_GET_DAY(dt));
+    long long secs = days * 86400 + PyDateTime_DATE_GET_HOUR(dt) * 3600 +
+                     PyDateTime_DATE_GET_MINUTE(dt) * 60 + PyDateTime_DATE_GET_SECOND(dt);
+    return secs * 1000000 + PyDateTime_DATE_GET_MICROSECOND(dt);
+}
+
+static void put_be(unsigned char *o, unsigned long long v, int n) {
+    for (int i = n - 1; i >= 0; i--) {
+        o[i] = (unsigned char)v;
+        v >>= 8;
+    }
+}
+
+static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
+    PyObject *items, *cache, *prefix_for;
+    Py_buffer key, ivp, kid;
+    unsigned long long counter;
+    if (!PyArg_ParseTuple(args, "O!O!Oy*y*Ky*", &PyList_Type, &items, &PyDict_Type, &cache,
+                          &prefix_for, &key, &ivp, &counter, &kid))
+        return NULL;
+    PyObject *result = NULL;
+    sbuf pub = {0}, plain = {0}, out = {0};
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    size_t *pub_end = NULL, *plain_len = NULL;
+    long long month = -1;
+    EVP_CIPHER_CTX *ctx = NULL;
+    if (key.len != 32 || ivp.len != 8 || kid.len > 64) {
+        PyErr_SetString(PyExc_ValueError, "bad key, iv prefix or kid");
+        goto done;
+    }
+    pub_end = malloc(sizeof(size_t) * (n ? n : 1));
+    plain_len = malloc(sizeof(size_t) * (n ? n : 1));
+    if (!pub_end || !plain_len) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 12 || PyTuple_GET_ITEM(it, 1) != Py_None)
+            goto fallback;
+        PyObject *draw = PyTuple_GET_ITEM(it, 7), *ref = PyTuple_GET_ITEM(it, 8);
+        PyObject *agent = PyTuple_GET_ITEM(it, 9), *pseudo = PyTuple_GET_ITEM(it, 10);
+        long long us = micros_utc(PyTuple_GET_ITEM(it, 11));
+        if (us < 0 || pseudo != Py_None || !PyLong_Check(draw)) goto fallback;
+        /* One sealing key per call: every decision must fall in the same UTC month. */
+        long long days = us / 86400000000LL;
+        {
+            /* civil month of `days` */
+            long long z = days + 719468;
+            long long era = (z >= 0 ? z : z - 146096) / 146097;
+            unsigned doe = (unsigned)(z - era * 146097);
+            unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+            unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            unsigned mp = (5 * doy + 2) / 153;
+            unsigned m = mp < 10 ? mp + 3 : mp - 9;
+            long long y = (long long)yoe + era * 400 + (m <= 2);
+            long long ym = y * 12 + m;
+            if (month < 0) month = ym;
+            else if (ym != month) goto fallback;
+        }
+        /* the fields shared by decisions of one epoch, policy, rule and reason: cached */
+        PyObject *ckey = PyTuple_GetSlice(it, 2, 7);
+        if (!ckey) goto done;
+        PyObject *fixed = PyDict_GetItemWithError(cache, ckey);
+        if (fixed) {
+            Py_INCREF(fixed);
+        } else if (PyErr_Occurred()) {
+            Py_DECREF(ckey);
+            goto done;
+        } else {
+            fixed = PyObject_CallOneArg(prefix_for, it);
+            if (!fixed || PyDict_SetItem(cache, ckey, fixed) < 0) {
+                Py_XDECREF(fixed);
+                Py_DECREF(ckey);
+                goto done;
+            }
+        }
+        Py_DECREF(ckey);
+        if (!PyTuple_Check(fixed) || PyTuple_GET_SIZE(fixed) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(fixed, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(fixed, 1))) {
+            Py_DECREF(fixed);
+            PyErr_SetString(PyExc_TypeError, "prefix_for must return (bytes, bytes)");
+            goto done;
+        }
+        unsigned long long r = PyLong_AsUnsignedLongLong(draw);
+        if (PyErr_Occurred() || r >> 56) {
+            Py_DECREF(fixed);
+            PyErr_Clear();
+            goto fallback;
+        }
+        unsigned char hdr[10];
+        hdr[0] = 1;
+        hdr[1] = 0x05;
+        put_be(hdr + 2, (unsigned long long)us, 8);
+        unsigned char d7[7];
+        put_be(d7, r, 7);
+        PyObject *pre = PyTuple_GET_ITEM(fixed, 0), *post = PyTuple_GET_ITEM(fixed, 1);
+        int bad = sb_put(&pub, hdr, 10) < 0 ||
+                  sb_put(&pub, PyBytes_AS_STRING(pre), PyBytes_GET_SIZE(pre)) < 0 ||
+                  sb_put(&pub, d7, 7) < 0 ||
+                  sb_put(&pub, PyBytes_AS_STRING(post), PyBytes_GET_SIZE(post)) < 0;
+        Py_DECREF(fixed);
+        if (bad) goto done;
+        pub_end[i] = pub.n;
+        /* personal fields: 0x20 call ref (kind byte + bytes), 0x21 agent */
+        size_t start = plain.n;
+        const char *rp;
+        Py_ssize_t rn;
+        unsigned char kind;
+        if (PyUnicode_Check(ref)) {
+            rp = PyUnicode_AsUTF8AndSize(ref, &rn);
+            if (!rp) goto done;
+            kind = 1;
+        } else if (PyBytes_Check(ref)) {
+            rp = PyBytes_AS_STRING(ref);
+            rn = PyBytes_GET_SIZE(ref);
+            kind = 0;
+        } else {
+            goto fallback;
+        }
+        unsigned char tmp[1 + 256];
+        if (rn > 256) goto fallback;
+        tmp[0] = kind;
+        memcpy(tmp + 1, rp, rn);
+        if (sb_field(&plain, 0x20, tmp, (size_t)rn + 1) < 0) goto done;
+        if (agent != Py_None) {
+            Py_ssize_t an;
+            const char *ap;
+            if (!PyUnicode_Check(agent)) goto fallback;
+            ap = PyUnicode_AsUTF8AndSize(agent, &an);
+            if (!ap) goto done;
+            if (sb_field(&plain, 0x21, (const unsigned char *)ap, (size_t)an) < 0) goto done;
+        }
+        plain_len[i] = plain.n - start;
+        /* pad to a whole number of AES blocks: each entry starts on a fresh counter block */
+        size_t pad = (16 - plain_len[i] % 16) % 16;
+        if (sb_reserve(&plain, pad) < 0) goto done;
+        memset(plain.p + plain.n, 0, pad);
+        plain.n += pad;
+    }
+    {
+        /* one AES-256-CTR keystream for the batch, from prefix || counter */
+        unsigned char iv[16];
+        memcpy(iv, ivp.buf, 8);
+        put_be(iv + 8, counter, 8);
+        int outl = 0;
+        ctx = EVP_CIPHER_CTX_new();
+        if (!ctx || !EVP_EncryptInit_ex(ctx, EVP_aes_256_ctr(), NULL, key.buf, iv) ||
+            (plain.n && !EVP_EncryptUpdate(ctx, plain.p, &outl, plain.p, (int)plain.n))) {
+            PyErr_SetString(PyExc_RuntimeError, "AES-256-CTR failed");
+            goto done;
+        }
+    }
+    {
+        size_t pub_start = 0, ct_pos = 0;
+        unsigned long long block = counter;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            size_t pl = plain_len[i];
+            size_t body = 1 + (size_t)kid.len + 16 + pl;
+            size_t field_hdr = body < 0xFF ? 2 : 6;
+            size_t entry = (pub_end[i] - pub_start) + field_hdr + body;
+            unsigned char rec[4];
+            put_be(rec, entry, 4);
+            unsigned char iv[16];
+            memcpy(iv, ivp.buf, 8);
+            put_be(iv + 8, block, 8);
+            unsigned char kl = (unsigned char)kid.len;
+            unsigned char fh[6] = {0xF0, 0, 0, 0, 0, 0};
+            if (body < 0xFF) {
+                fh[1] = (unsigned char)body;
+            } else {
+                fh[1] = 0xFF;
+                put_be(fh + 2, body, 4);
+            }
+            if (sb_put(&out, rec, 4) < 0 || sb_put(&out, pub.p + pub_start, pub_end[i] - pub_start) < 0 ||
+                sb_put(&out, fh, field_hdr) < 0 || sb_put(&out, &kl, 1) < 0 ||
+                sb_put(&out, kid.buf, kid.len) < 0 || sb_put(&out, iv, 16) < 0 ||
+                sb_put(&out, plain.p + ct_pos, pl) < 0)
+                goto done;
+            size_t padded = (pl + 15) & ~(size_t)15;
+            ct_pos += padded;
+            block += padded / 16;
+            pub_start = pub_end[i];
+        }
+        PyObject *records = PyBytes_FromStringAndSize((const char *)out.p, (Py_ssize_t)out.n);
+        if (!records) goto done;
+        result = Py_BuildValue("(NK)", records, block);
+    }
+    goto done;
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (ctx) EVP_CIPHER_CTX_free(ctx);
+    if (plain.p) OPENSSL_cleanse(plain.p, plain.cap); /* personal plaintext: wipe */
+    free(pub.p);
+    free(plain.p);
+    free(out.p);
+    free(pub_end);
+    free(plain_len);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&ivp);
+    PyBuffer_Release(&kid);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"leaf_hashes", py_leaf_hashes, METH_O, "SHA-256(0x00 || e) of each entry, concatenated."},
     {"extend", py_extend, METH_VARARGS, "Append 32-byte leaf hashes to a compact range."},
     {"hash_records", py_hash_records, METH_VARARGS,
      "Hash length-prefixed records and extend a compact range."},
+    {"encode_decisions", py_encode_decisions, METH_VARARGS,
+     "Encode, seal and frame queued decisions (the log writer's hot loop)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -231,4 +514,16 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__merklefast(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__merklefast(void) {
+    PyDateTime_IMPORT;
+    if (!PyDateTimeAPI) return NULL;
+    PyObject *m = PyImport_ImportModule("datetime");
+    if (!m) return NULL;
+    PyObject *tzcls = PyObject_GetAttrString(m, "timezone");
+    Py_DECREF(m);
+    if (!tzcls) return NULL;
+    utc_singleton = PyObject_GetAttrString(tzcls, "utc");
+    Py_DECREF(tzcls);
+    if (!utc_singleton) return NULL;
+    return PyModule_Create(&module);
+}
