@@ -56,7 +56,7 @@ def vkey(name: str, public_key: bytes) -> str:
 def parse_vkey(text: str) -> tuple[str, bytes]:
     """``(name, public key)`` from a verifier key; raises :class:`CheckpointError`."""
     try:
-        name, kid_hex, b64 = text.strip().rsplit("+", 2)
+        name, kid_hex, b64 = text.strip().split("+", 2)  # names have no "+"; base64 may
         raw = base64.b64decode(b64, validate=True)
     except (ValueError, binascii.Error):
         raise CheckpointError(f"{text!r} is not a verifier key (name+keyid+base64)") from None
