@@ -95,3 +95,40 @@ def hash_records(
         pos += n
     cr.extend(leaves)
     return pos, offsets, probes_out
+
+
+def leaf_records(
+    buf: bytes | memoryview, offset: int, count: int, probe: int = 0
+) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint8], bytes] | None:
+    """Like :func:`hash_records` without the tree: ``(end, offsets, probes, leaf hashes)``,
+    the leaf hashes concatenated. Releases the GIL in C, so batches can be hashed on several
+    threads; :func:`extend_concat` then adds them to the tree in order."""
+    if _fast is not None:
+        got = _fast.leaf_records(buf, offset, count, probe)
+        if got is None:
+            return None
+        end, offs, probes, leaves = got
+        return (
+            end,
+            np.frombuffer(offs, dtype=np.uint64),
+            np.frombuffer(probes, dtype=np.uint8).reshape(count, probe),
+            leaves,
+        )
+    cr = CompactRange()
+    got_py = hash_records(buf, offset, count, cr, probe)
+    if got_py is None:
+        return None
+    end, offs_py, probes_py = got_py
+    leaves_py = b"".join(
+        leaf_hash(bytes(buf[int(o) : int(o) + _U32.unpack_from(buf, int(o) - 4)[0]]))
+        for o in offs_py
+    )
+    return end, offs_py, probes_py, leaves_py
+
+
+def extend_concat(cr: CompactRange, leaves: bytes) -> None:
+    """Append concatenated 32-byte leaf hashes to a compact range, in place."""
+    if _fast is not None and leaves:
+        cr.hashes, cr.size = _fast.extend(cr.hashes, cr.size, leaves)
+        return
+    cr.extend([leaves[i : i + 32] for i in range(0, len(leaves), 32)])

@@ -499,11 +499,68 @@ done:
     return result;
 }
 
+
+static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
+    /* Like hash_records, but only the leaf hashes (no tree): safe to run on several threads. */
+    Py_buffer buf;
+    Py_ssize_t offset, count, probe = 0;
+    if (!PyArg_ParseTuple(args, "y*nn|n", &buf, &offset, &count, &probe)) return NULL;
+    if (probe < 0) probe = 0;
+    if (offset < 0 || count < 0) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "bad offset or count");
+        return NULL;
+    }
+    PyObject *offsets = PyBytes_FromStringAndSize(NULL, count * 8);
+    PyObject *probes = PyBytes_FromStringAndSize(NULL, count * probe);
+    PyObject *leaves = PyBytes_FromStringAndSize(NULL, count * HASH);
+    if (!offsets || !probes || !leaves) {
+        Py_XDECREF(offsets);
+        Py_XDECREF(probes);
+        Py_XDECREF(leaves);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    uint64_t *offs = (uint64_t *)PyBytes_AS_STRING(offsets);
+    unsigned char *pr = (unsigned char *)PyBytes_AS_STRING(probes);
+    unsigned char *lv = (unsigned char *)PyBytes_AS_STRING(leaves);
+    const unsigned char *p = (const unsigned char *)buf.buf;
+    Py_ssize_t pos = offset, len = buf.len;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (pos + 4 > len) { bad = 1; break; }
+        uint32_t n = ((uint32_t)p[pos] << 24) | ((uint32_t)p[pos + 1] << 16) |
+                     ((uint32_t)p[pos + 2] << 8) | (uint32_t)p[pos + 3];
+        pos += 4;
+        if ((Py_ssize_t)n > len - pos) { bad = 1; break; }
+        leaf_hash(p + pos, n, lv + i * HASH);
+        offs[i] = (uint64_t)pos;
+        if (probe) {
+            Py_ssize_t k = (Py_ssize_t)n < probe ? (Py_ssize_t)n : probe;
+            memcpy(pr + i * probe, p + pos, k);
+            memset(pr + i * probe + k, 0, probe - k);
+        }
+        pos += n;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    if (bad) {
+        Py_DECREF(offsets);
+        Py_DECREF(probes);
+        Py_DECREF(leaves);
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(nNNN)", pos, offsets, probes, leaves);
+}
+
 static PyMethodDef methods[] = {
     {"leaf_hashes", py_leaf_hashes, METH_O, "SHA-256(0x00 || e) of each entry, concatenated."},
     {"extend", py_extend, METH_VARARGS, "Append 32-byte leaf hashes to a compact range."},
     {"hash_records", py_hash_records, METH_VARARGS,
      "Hash length-prefixed records and extend a compact range."},
+    {"leaf_records", py_leaf_records, METH_VARARGS,
+     "Leaf hashes of length-prefixed records (no tree; thread-safe)."},
     {"encode_decisions", py_encode_decisions, METH_VARARGS,
      "Encode, seal and frame queued decisions (the log writer's hot loop)."},
     {NULL, NULL, 0, NULL},

@@ -25,6 +25,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -243,39 +244,52 @@ def verify_log(
                 Finding("structure", "segment header does not match this log", where)
             )
             break
-        pos = SEG_HEADER.size
-        broken = False
-        while pos < len(data):
-            if pos + BATCH_HEADER.size > len(data):
-                broken = True
-                break
-            bmagic, bfirst, count, plen = BATCH_HEADER.unpack_from(data, pos)
-            start = pos + BATCH_HEADER.size
-            if bmagic != BATCH_MAGIC or bfirst != cr.size or start + plen > len(data):
-                broken = True
-                break
-            hashed = _hash_batch(data, start, plen, count, cr, wanted, roots_at)
-            trailer = _read_trailer(data, start + plen)
-            if hashed is None or trailer is None:
-                broken = True
-                break
-            if trailer[0] != cr:
-                rep.findings.append(
-                    Finding(
-                        "tree",
-                        f"the entries of batch {bfirst}..{bfirst + count - 1} do not hash to "
-                        "its recorded tree: an entry, a length or the trailer was changed",
-                        f"{where}@{pos}",
-                        bfirst,
+        batches, pos = _walk(data, cr.size)
+        broken = pos < len(data)
+        # Leaf hashing releases the GIL: hash the segment's batches on two threads, then add
+        # them to the tree in order (node hashing is sequential by nature).
+        view = memoryview(data)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [
+                pool.submit(
+                    _hashing.leaf_records, view[b.start : b.start + b.plen], 0, b.count, PROBE
+                )
+                for b in batches
+            ]
+            for b, fut in zip(batches, futures, strict=True):
+                got = fut.result()
+                if got is None or got[0] != b.plen:
+                    broken, pos = True, b.pos
+                    break
+                _, offs, probes, leaves = got
+                _extend_noting_roots(cr, leaves, wanted, roots_at)
+                if b.trailer != cr:
+                    rep.findings.append(
+                        Finding(
+                            "tree",
+                            f"the entries of batch {b.first}..{b.first + b.count - 1} do not "
+                            "hash to its recorded tree: an entry, a length or the trailer was "
+                            "changed",
+                            f"{where}@{b.pos}",
+                            b.first,
+                        )
                     )
-                )
-                return _finish(
-                    rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at
-                )
-            _gather(scan, data, hashed[0], hashed[1], bfirst)
-            if progress is not None:
-                progress(trailer[1] - pos)
-            pos = trailer[1]
+                    for other in futures:
+                        other.cancel()
+                    return _finish(
+                        rep,
+                        cr,
+                        scan,
+                        stored,
+                        exported,
+                        exported_key,
+                        exported_commitments,
+                        roots_at,
+                    )
+                _gather(scan, data, offs.astype(np.int64) + b.start, probes, b.first)
+                if progress is not None:
+                    progress(b.end - b.pos)
+        del view
         rep.bytes_verified += pos
         if broken:
             rep.findings.append(
@@ -293,51 +307,59 @@ def verify_log(
     return _finish(rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at)
 
 
+@dataclass
+class _Batch:
+    pos: int  # offset of the batch header
+    first: int
+    count: int
+    start: int  # offset of the first record
+    plen: int
+    trailer: CompactRange
+    end: int  # offset after the trailer
+
+
+def _walk(data: Any, first: int) -> tuple[list[_Batch], int]:
+    """The batches of a segment from their headers and trailers (no hashing yet), and the
+    offset where the whole, well-formed batches end."""
+    out = []
+    pos = SEG_HEADER.size
+    expected = first
+    while pos + BATCH_HEADER.size <= len(data):
+        magic, bfirst, count, plen = BATCH_HEADER.unpack_from(data, pos)
+        start = pos + BATCH_HEADER.size
+        if magic != BATCH_MAGIC or bfirst != expected or start + plen > len(data):
+            break
+        trailer = _read_trailer(data, start + plen)
+        if trailer is None or trailer[0].size != bfirst + count:
+            break
+        out.append(_Batch(pos, bfirst, count, start, plen, trailer[0], trailer[1]))
+        expected = bfirst + count
+        pos = trailer[1]
+    return out, pos
+
+
+def _extend_noting_roots(
+    cr: CompactRange, leaves: bytes, wanted: set[int], roots_at: dict[int, bytes]
+) -> None:
+    """Add concatenated leaf hashes to ``cr``, noting the root at every wanted size."""
+    base = cr.size
+    count = len(leaves) // 32
+    if base in wanted:
+        roots_at[base] = cr.root()
+    done = 0
+    for cut in sorted(s - base for s in wanted if base < s <= base + count):
+        _hashing.extend_concat(cr, leaves[done * 32 : cut * 32])
+        roots_at[cr.size] = cr.root()
+        done = cut
+    _hashing.extend_concat(cr, leaves[done * 32 :])
+
+
 def _map(path: Path) -> Any:
     """The file's bytes, memory-mapped (no copy); an empty file gives ``b""``."""
     with open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             return b""
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _hash_batch(
-    data: Any,
-    start: int,
-    plen: int,
-    count: int,
-    cr: CompactRange,
-    wanted: set[int],
-    roots_at: dict[int, bytes],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]] | None:
-    """Hash a batch's records into ``cr``, noting the root at every wanted size inside it.
-
-    Returns each entry's offset in ``data`` and its first ``PROBE`` bytes."""
-    view = memoryview(data)[start : start + plen]
-    base = cr.size
-    cuts = sorted(s - base for s in wanted if base < s <= base + count)
-    if base in wanted:
-        roots_at[base] = cr.root()
-    pos = 0
-    done = 0
-    offs, probes = [], []
-    for cut in [*cuts, count]:
-        if cut <= done:
-            continue
-        got = _hashing.hash_records(view, pos, cut - done, cr, PROBE)
-        if got is None:
-            return None
-        pos, o, p = got
-        offs.append(o)
-        probes.append(p)
-        done = cut
-        if cr.size in wanted:
-            roots_at[cr.size] = cr.root()
-    if pos != plen:
-        return None
-    if len(offs) == 1:
-        return offs[0].astype(np.int64) + start, probes[0]
-    return np.concatenate(offs).astype(np.int64) + start, np.concatenate(probes)
 
 
 # Fixed layout of a decision entry's first two fields (epoch id "YYYY-MM-DD", policy version):
