@@ -99,31 +99,54 @@ def hash_records(
 
 def leaf_records(
     buf: bytes | memoryview, offset: int, count: int, probe: int = 0
-) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint8], bytes] | None:
-    """Like :func:`hash_records` without the tree: ``(end, offsets, probes, leaf hashes)``,
-    the leaf hashes concatenated. Releases the GIL in C, so batches can be hashed on several
-    threads; :func:`extend_concat` then adds them to the tree in order."""
+) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint8], bytes, npt.NDArray[np.bool_]] | None:
+    """Like :func:`hash_records` without the tree: ``(end, offsets, probes, leaf hashes,
+    well_formed)``, the leaf hashes concatenated and ``well_formed[i]`` telling whether entry
+    ``i`` is a well-formed v1 entry (version byte, header, fields ending exactly at its end with
+    ascending tags). Releases the GIL in C, so batches can be hashed on several threads;
+    :func:`extend_concat` then adds them to the tree in order."""
     if _fast is not None:
         got = _fast.leaf_records(buf, offset, count, probe)
         if got is None:
             return None
-        end, offs, probes, leaves = got
+        end, offs, probes, leaves, valid = got
         return (
             end,
             np.frombuffer(offs, dtype=np.uint64),
             np.frombuffer(probes, dtype=np.uint8).reshape(count, probe),
             leaves,
+            np.frombuffer(valid, dtype=np.uint8).astype(bool),
         )
     cr = CompactRange()
     got_py = hash_records(buf, offset, count, cr, probe)
     if got_py is None:
         return None
     end, offs_py, probes_py = got_py
-    leaves_py = b"".join(
-        leaf_hash(bytes(buf[int(o) : int(o) + _U32.unpack_from(buf, int(o) - 4)[0]]))
-        for o in offs_py
-    )
-    return end, offs_py, probes_py, leaves_py
+    entries = [bytes(buf[int(o) : int(o) + _U32.unpack_from(buf, int(o) - 4)[0]]) for o in offs_py]
+    leaves_py = b"".join(leaf_hash(e) for e in entries)
+    valid_py = np.asarray([_entry_ok(e) for e in entries], dtype=bool)
+    return end, offs_py, probes_py, leaves_py, valid_py
+
+
+def _entry_ok(e: bytes) -> bool:
+    if len(e) < 10 or e[0] != 1:
+        return False
+    pos, last = 10, -1
+    while pos < len(e):
+        if pos + 2 > len(e):
+            return False
+        tag, n = e[pos], e[pos + 1]
+        pos += 2
+        if n == 0xFF:
+            if pos + 4 > len(e):
+                return False
+            (n,) = _U32.unpack_from(e, pos)
+            pos += 4
+        if tag <= last or n > len(e) - pos:
+            return False
+        last = tag
+        pos += n
+    return True
 
 
 def extend_concat(cr: CompactRange, leaves: bytes) -> None:

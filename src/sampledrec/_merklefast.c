@@ -500,6 +500,31 @@ done:
 }
 
 
+
+/* Is this a well-formed v1 entry: version 1, a 10-byte header, then fields (tag, length,
+ * value) that end exactly at the end, tags strictly ascending? */
+static int entry_ok(const unsigned char *e, size_t n) {
+    if (n < 10 || e[0] != 1) return 0;
+    size_t pos = 10;
+    int last = -1;
+    while (pos < n) {
+        if (pos + 2 > n) return 0;
+        int tag = e[pos];
+        size_t len = e[pos + 1];
+        pos += 2;
+        if (len == 0xFF) {
+            if (pos + 4 > n) return 0;
+            len = ((size_t)e[pos] << 24) | ((size_t)e[pos + 1] << 16) | ((size_t)e[pos + 2] << 8) |
+                  (size_t)e[pos + 3];
+            pos += 4;
+        }
+        if (tag <= last || len > n - pos) return 0;
+        last = tag;
+        pos += len;
+    }
+    return 1;
+}
+
 static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
     /* Like hash_records, but only the leaf hashes (no tree): safe to run on several threads. */
     Py_buffer buf;
@@ -514,13 +539,16 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
     PyObject *offsets = PyBytes_FromStringAndSize(NULL, count * 8);
     PyObject *probes = PyBytes_FromStringAndSize(NULL, count * probe);
     PyObject *leaves = PyBytes_FromStringAndSize(NULL, count * HASH);
-    if (!offsets || !probes || !leaves) {
+    PyObject *valid = PyBytes_FromStringAndSize(NULL, count);
+    if (!offsets || !probes || !leaves || !valid) {
         Py_XDECREF(offsets);
         Py_XDECREF(probes);
         Py_XDECREF(leaves);
+        Py_XDECREF(valid);
         PyBuffer_Release(&buf);
         return NULL;
     }
+    unsigned char *ok = (unsigned char *)PyBytes_AS_STRING(valid);
     uint64_t *offs = (uint64_t *)PyBytes_AS_STRING(offsets);
     unsigned char *pr = (unsigned char *)PyBytes_AS_STRING(probes);
     unsigned char *lv = (unsigned char *)PyBytes_AS_STRING(leaves);
@@ -535,6 +563,7 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
         pos += 4;
         if ((Py_ssize_t)n > len - pos) { bad = 1; break; }
         leaf_hash(p + pos, n, lv + i * HASH);
+        ok[i] = (unsigned char)entry_ok(p + pos, n);
         offs[i] = (uint64_t)pos;
         if (probe) {
             Py_ssize_t k = (Py_ssize_t)n < probe ? (Py_ssize_t)n : probe;
@@ -549,9 +578,10 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
         Py_DECREF(offsets);
         Py_DECREF(probes);
         Py_DECREF(leaves);
+        Py_DECREF(valid);
         Py_RETURN_NONE;
     }
-    return Py_BuildValue("(nNNN)", pos, offsets, probes, leaves);
+    return Py_BuildValue("(nNNNN)", pos, offsets, probes, leaves, valid);
 }
 
 static PyMethodDef methods[] = {

@@ -2,12 +2,12 @@
 
 A checkpoint commits to the log's size and root hash at a time::
 
-    sampledrec.invalid/store/8c1f...e2            origin: one per store
+    sampledrec.local/8c1f...e2                    origin: one per store
     1532                                          tree size
     V1p4...bM=                                    base64 RFC 6962 root hash
     sampledrec-time 2026-11-22T19:37:14.123456Z   extension line: when it was signed (UTC)
 
-    — sampledrec.invalid/store/8c1f...e2 q3v1...==
+    — sampledrec.local/8c1f...e2 q3v1...==
 
 The signature line holds ``base64(key_id || Ed25519 signature)``, with ``key_id =
 SHA-256(name || 0x0A || 0x01 || public_key)[:4]``; the signature covers the text up to and
@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, NoReturn
@@ -33,6 +34,7 @@ from .logformat import from_micros, to_micros
 __all__ = ["Checkpoint", "CheckpointError", "LogSigner", "parse_vkey", "verify_checkpoint"]
 
 ALG_ED25519: Final = 0x01
+_SIZE: Final = re.compile(r"0|[1-9][0-9]{0,19}", re.ASCII)
 SIG_PREFIX: Final = "\u2014 "
 TIME_EXT: Final = "sampledrec-time "
 
@@ -56,7 +58,7 @@ def vkey(name: str, public_key: bytes) -> str:
 def parse_vkey(text: str) -> tuple[str, bytes]:
     """``(name, public key)`` from a verifier key; raises :class:`CheckpointError`."""
     try:
-        name, kid_hex, b64 = text.strip().split("+", 2)  # names have no "+"; base64 may
+        name, kid_hex, b64 = str(text).strip().split("+", 2)  # names have no "+"; base64 may
         raw = base64.b64decode(b64, validate=True)
     except (ValueError, binascii.Error):
         raise CheckpointError(f"{text!r} is not a verifier key (name+keyid+base64)") from None
@@ -93,11 +95,11 @@ class Checkpoint:
         if len(lines) < 3 or any(not line for line in lines):
             raise CheckpointError("a checkpoint has at least 3 non-empty lines")
         origin, size_text, root_b64 = lines[:3]
-        if not size_text.isdigit() or (size_text.startswith("0") and size_text != "0"):
-            raise CheckpointError(f"tree size {size_text!r} is not a decimal number")
+        if not _SIZE.fullmatch(size_text):
+            raise CheckpointError(f"tree size {size_text[:30]!r} is not a decimal number")
         try:
             root = base64.b64decode(root_b64, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):
             raise CheckpointError("the root hash is not base64") from None
         if len(root) != 32:
             raise CheckpointError("the root hash is not 32 bytes")
@@ -106,9 +108,11 @@ class Checkpoint:
             if ext.startswith(TIME_EXT):
                 try:
                     moment = datetime.fromisoformat(ext[len(TIME_EXT) :].replace("Z", "+00:00"))
-                except ValueError:
-                    raise CheckpointError(f"bad time extension line {ext!r}") from None
-                time_us = to_micros(moment)
+                    if moment.tzinfo is None:
+                        raise ValueError("no time zone")
+                    time_us = to_micros(moment)
+                except (ValueError, OverflowError):
+                    raise CheckpointError(f"bad time extension line {ext[:60]!r}") from None
         return cls(origin, int(size_text), root, time_us, note)
 
 
@@ -148,6 +152,8 @@ def verify_checkpoint(note: bytes, name: str, public_key: bytes) -> Checkpoint:
     keys (witnesses, rotated keys) are ignored, as the signed-note spec requires.
     """
     cp = Checkpoint.parse(note)
+    if len(public_key) != 32:
+        raise CheckpointError(f"the log's public key is {len(public_key)} bytes, not 32")
     text = note.decode("utf-8")
     body, _, sigs = text.rpartition("\n\n")
     signed = (body + "\n").encode()
@@ -161,10 +167,12 @@ def verify_checkpoint(note: bytes, name: str, public_key: bytes) -> Checkpoint:
         signer, _, b64 = line[len(SIG_PREFIX) :].rpartition(" ")
         try:
             raw = base64.b64decode(b64, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):
             raise CheckpointError("a signature is not base64") from None
         if signer != name or raw[:4] != kid:
             continue
+        if base64.b64encode(raw).decode() != b64 or len(raw) != 68:
+            raise CheckpointError("the signature is not in canonical form")
         try:
             verifier.verify(raw[4:], signed)
         except InvalidSignature:

@@ -120,10 +120,12 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
             "keys": str(store.keys_path),
             "policy_version": policy.version,
             "simulated": store.simulated,
+            "vkey": store.vkey,
         },
         f"Created store {store.path}\n"
         f"  keys:    {store.keys_path} (keep this folder out of backups: docs/operations.md)\n"
-        f"  policy:  {store.policy_path} (version {policy.version[:16]})"
+        f"  policy:  {store.policy_path} (version {policy.version[:16]})\n"
+        f"  log verifier key (give it to your DPO and auditor):\n    {store.vkey}"
         + ("\n  marked simulated: for demos and tests only" if store.simulated else ""),
         out,
     )
@@ -310,15 +312,24 @@ def cmd_policy_apply(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_log_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from .checkpoint import CheckpointError, parse_vkey
     from .logverify import CHECKS, verify_log
 
     store = _open_store(args.store)
+    if args.vkey:
+        try:
+            _, public_key = parse_vkey(args.vkey)
+        except CheckpointError as exc:
+            raise InvalidArgument(f"--vkey: {exc}") from None
+    else:
+        public_key = store.public_key
     total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
     with Progress(total, "verifying") as bar:
         report = verify_log(
             store.path,
             checkpoint_file=Path(args.checkpoint) if args.checkpoint else None,
             store_id=store.store_id,
+            public_key=public_key,
             progress=bar.advance,
         )
     lines = [
@@ -391,6 +402,7 @@ def cmd_log_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
         json.loads(data),
         f"Exported the checkpoint of {cp.size:,} entries (root {cp.root.hex()[:16]}...) with "
         f"{len(commitments)} epoch-key commitments to {args.out}.\n"
+        f"Verifier key: {store.vkey}\n"
         "Keep it outside the store: 'sampledrec log verify --checkpoint FILE' then detects a "
         "log rewritten or truncated after it.",
         out,
@@ -500,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_log_verify, "verify every byte, hash and signature of the log", lsub)
     p.add_argument("--store", required=True)
     p.add_argument("--checkpoint", help="an exported checkpoint kept outside the store")
+    p.add_argument(
+        "--vkey", help="the log's verifier key (name+keyid+key), if not the store keyring's"
+    )
     p.add_argument("--json", action="store_true")
     p = add("show", cmd_log_show, "print log entries", lsub)
     p.add_argument("--store", required=True)

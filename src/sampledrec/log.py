@@ -41,7 +41,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import _hashing
-from .checkpoint import Checkpoint, LogSigner
+from .checkpoint import Checkpoint, CheckpointError, LogSigner
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import SampledrecError, StoreError, StoreLocked
 from .logformat import (
@@ -80,12 +80,13 @@ _ONE_US: Final = timedelta(microseconds=1)
 def _decision_fields(
     epoch_id: str, version: str, rule: str, threshold: int, reason: str
 ) -> tuple[bytes, bytes]:
-    """The fields of a decision entry around its draw (which is field 0x05, 7 bytes)."""
+    """The fields of a decision entry around its draw (field 0x05, 7 bytes); the threshold is
+    written in 8 bytes, since T(1) = 2**56."""
     return (
         field_bytes(0x01, epoch_id.encode())
         + field_bytes(0x02, bytes.fromhex(version))
         + field_bytes(0x03, rule.encode())
-        + field_bytes(0x04, threshold.to_bytes(7, "big"))
+        + field_bytes(0x04, threshold.to_bytes(8, "big"))  # T(1) = 2**56 needs 8 bytes
         + b"\x05\x07",
         b"\x06\x01" + bytes((_REASON_INDEX[reason],)),
     )
@@ -350,60 +351,95 @@ class DecisionLog:
     def _segments(self) -> list[Path]:
         return sorted(self.path.glob("seg-*.log"))
 
-    def _recover(self) -> RecoveryReport:
-        """Find the end of the durable log (under the lock); set aside an incomplete tail."""
+    def _recover(self, *, at_open: bool = True) -> RecoveryReport:
+        """Find the end of the durable log (under the lock) and set aside a torn last batch.
+
+        Only the *last* batch of the log can be torn by a crash (each batch is fsynced before
+        the next is written), and only if no checkpoint covers it. Anything else that does not
+        verify is damage or tampering: nothing is touched and :class:`LogCorrupt` says so.
+        """
         report = RecoveryReport()
         segs = self._segments()
         if not segs:
             raise LogCorrupt(f"{self.path} has no segment; the log was deleted or damaged")
+        # Checkpoints first: they bound what may be set aside.
+        cp_path = self.path / CHECKPOINTS
+        cps = cp_path.read_bytes() if cp_path.exists() else b""
+        notes, cp_end = _split_records(cps)
+        latest = 0
+        for note in notes:
+            try:
+                latest = max(latest, Checkpoint.parse(note).size)
+            except CheckpointError:
+                raise LogCorrupt(
+                    f"{CHECKPOINTS}: a checkpoint record is damaged; run 'sampledrec log verify'"
+                ) from None
         seg = segs[-1]
         data = seg.read_bytes()
         if len(data) < SEG_HEADER.size:
-            raise LogCorrupt(f"{seg.name}: truncated segment header")
+            raise LogCorrupt(f"{seg.name}: truncated segment header; run 'sampledrec log verify'")
         magic, store_id, first = SEG_HEADER.unpack_from(data, 0)
         if magic != SEG_MAGIC or store_id != self.store_id:
             raise LogCorrupt(f"{seg.name}: not a segment of this store's log")
-        pos = SEG_HEADER.size
         cr = self._range_before(segs) if first > 0 else CompactRange()
-        good_end = pos
+        pos = SEG_HEADER.size
         while pos < len(data):
             parsed = _parse_batch(data, pos, cr)
             if parsed is None:
                 break
             cr, pos = parsed
-            good_end = pos
-        if good_end < len(data):
-            tail = data[good_end:]
+        if pos < len(data):
+            tail = data[pos:]
+            whole = _batch_extent(tail)
+            if whole is not None and pos + whole < len(data):
+                raise LogCorrupt(
+                    f"{seg.name}: the batch at offset {pos} does not verify and is not the last "
+                    "one: the log was damaged or tampered with; run 'sampledrec log verify'"
+                )
+            if cr.size < latest:
+                raise LogCorrupt(
+                    f"{seg.name}: the batch at offset {pos} does not verify but a checkpoint "
+                    f"covers {latest} entries: the log was damaged or tampered with; run "
+                    "'sampledrec log verify'"
+                )
             count = 0
             if len(tail) >= BATCH_HEADER.size and tail[:4] == BATCH_MAGIC:
                 count = BATCH_HEADER.unpack_from(tail, 0)[2]
             report.dropped_bytes = len(tail)
             report.dropped_entries = count
-            report.moved_to = self._set_aside(seg, good_end, tail)
+            report.moved_to = self._set_aside(seg, pos, tail)
+            if whole is not None:
+                report.notes.append(
+                    "the last batch was whole but did not verify: after a power loss this is a "
+                    "torn write; if the machine did not crash, it is tampering"
+                )
             with open(seg, "r+b") as fh:
-                fh.truncate(good_end)
+                fh.truncate(pos)
                 fh.flush()
                 os.fsync(fh.fileno())
+        if latest > cr.size:
+            raise LogCorrupt(
+                f"the latest checkpoint covers {latest} entries but the log holds only "
+                f"{cr.size}: the log was truncated; run 'sampledrec log verify'"
+            )
         self._cr = cr
-        self._seg_path, self._seg_end = seg, good_end
-        # Checkpoints: drop a torn last record the same way.
-        cp_path = self.path / CHECKPOINTS
-        cps = cp_path.read_bytes() if cp_path.exists() else b""
-        notes, end = _split_records(cps)
-        if end < len(cps):
-            moved = self._set_aside(cp_path, end, cps[end:])
+        self._seg_path, self._seg_end = seg, pos
+        if cp_end < len(cps):
+            moved = self._set_aside(cp_path, cp_end, cps[cp_end:])
             report.notes.append(f"a torn checkpoint record was moved to {moved}")
             with open(cp_path, "r+b") as fh:
-                fh.truncate(end)
+                fh.truncate(cp_end)
                 os.fsync(fh.fileno())
-        self._cp_end = end
+        self._cp_end = cp_end
+        self._last_cp_size = latest if notes else -1
         if notes:
             last = Checkpoint.parse(notes[-1])
-            self._last_cp_size = last.size
-            if last.size > cr.size:
-                raise LogCorrupt(
-                    f"the latest checkpoint covers {last.size} entries but the log holds only "
-                    f"{cr.size}: the log was truncated; run 'sampledrec log verify'"
+            if at_open and last.size == cr.size and cr.size and last.root == cr.root():
+                # The checkpoint written when the log was last closed is not in the tree yet:
+                # record it now, so that deleting it is detected like any other.
+                public, _ = split_personal(T_CHECKPOINT, {"size": last.size, "root": last.root})
+                self._queue.append(
+                    (0, T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None)
                 )
         return report
 
@@ -705,10 +741,13 @@ class DecisionLog:
     def _append_blob(self, blob: bytes, first: int) -> None:
         assert self._seg_path is not None
         if self._seg_end >= SEGMENT_BYTES:
+            # A new segment is created with its first batch in one write: a segment without a
+            # batch never exists, so verification can refuse one.
             seg = self.path / segment_name(first)
-            _write_new_file(seg, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first))
+            _write_new_file(seg, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
             _fsync_dir(self.path)
-            self._seg_path, self._seg_end = seg, SEG_HEADER.size
+            self._seg_path, self._seg_end = seg, SEG_HEADER.size + len(blob)
+            return
         fd = os.open(self._seg_path, os.O_WRONLY)
         try:
             os.lseek(fd, self._seg_end, os.SEEK_SET)
@@ -749,6 +788,12 @@ class DecisionLog:
         while pos < len(data):
             got = _skip_batch(data, pos)
             if got is None:
+                if _batch_extent(data[pos:]) is None and self._seg_path == self._segments()[-1]:
+                    # Another writer crashed mid-batch (we hold the lock, so nobody is
+                    # writing): set its torn tail aside, as reopening would.
+                    self._seg_end += pos
+                    self.recovery = self._recover(at_open=False)
+                    return
                 raise LogCorrupt(
                     f"{self._seg_path.name}: another writer left a damaged batch at offset "
                     f"{self._seg_end + pos}; run 'sampledrec log verify'"
@@ -757,7 +802,8 @@ class DecisionLog:
         self._seg_end += pos
 
     def _write_checkpoint(self) -> Checkpoint:
-        cp = self._signer.sign(self._cr.size, self._cr.root(), to_micros(self._clock.now()))
+        # Signed at the real time, even in a simulated store: it says when the tree was signed.
+        cp = self._signer.sign(self._cr.size, self._cr.root(), to_micros(SYSTEM_CLOCK.now()))
         record = U32.pack(len(cp.note)) + cp.note
         fd = os.open(self.path / CHECKPOINTS, os.O_WRONLY)
         try:
@@ -808,6 +854,20 @@ def _read_trailer(data: bytes, pos: int) -> tuple[CompactRange, int] | None:
         return None
     hashes = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n)]
     return CompactRange(size, hashes), pos + 32 * n
+
+
+def _batch_extent(tail: bytes) -> int | None:
+    """The length of the batch at the start of ``tail`` if it lies wholly inside ``tail``
+    (whatever its content), else ``None`` (it runs past the end: a torn write)."""
+    if len(tail) < BATCH_HEADER.size:
+        return None
+    _, _, _, plen = BATCH_HEADER.unpack_from(tail, 0)
+    trailer_at = BATCH_HEADER.size + plen
+    if trailer_at + TRAILER_HEAD.size > len(tail):
+        return None
+    n = tail[trailer_at + TRAILER_HEAD.size - 1]
+    end = trailer_at + TRAILER_HEAD.size + 32 * n
+    return end if end <= len(tail) else None
 
 
 def _skip_batch(data: bytes, pos: int) -> tuple[CompactRange, int] | None:

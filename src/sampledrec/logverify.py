@@ -19,6 +19,7 @@ is built, so verification runs at a good fraction of raw SHA-256 speed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -58,8 +59,17 @@ from .merkle import CompactRange
 __all__ = ["EXPORT_FORMAT", "Finding", "LogReport", "export_checkpoint", "verify_log"]
 
 EXPORT_FORMAT: Final = "sampledrec-checkpoint"
-_SEG_RE: Final = re.compile(r"^seg-(\d{12})\.log$")
-CHECKS: Final = ("files", "structure", "tree", "checkpoints", "exported", "keys", "policies")
+_SEG_RE: Final = re.compile(r"seg-([0-9]{12})\.log", re.ASCII)
+CHECKS: Final = (
+    "files",
+    "structure",
+    "identity",
+    "tree",
+    "checkpoints",
+    "exported",
+    "keys",
+    "policies",
+)
 
 
 @dataclass
@@ -82,6 +92,8 @@ class LogReport:
     latest_checkpoint: int | None = None
     exported_checked: bool = False
     simulated: bool = False
+    store_id_seen: bytes | None = None
+    expected_key: bytes | None = None
     origin: str | None = None
     public_key: bytes | None = None
     entries_by_type: dict[str, int] = field(default_factory=dict)
@@ -132,11 +144,21 @@ def export_checkpoint(
 
 def _load_export(path: Path) -> tuple[Checkpoint, bytes, list[dict[str, Any]]]:
     doc = json.loads(path.read_text(encoding="utf-8"))
-    if doc.get("format") != EXPORT_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path} is not an exported sampledrec checkpoint")
-    name, public_key = parse_vkey(doc["vkey"])
-    cp = verify_checkpoint(doc["checkpoint"].encode("utf-8"), name, public_key)
-    return cp, public_key, list(doc.get("commitments", []))
+    vk, note, commitments = doc.get("vkey"), doc.get("checkpoint"), doc.get("commitments", [])
+    if not isinstance(vk, str) or not isinstance(note, str) or not isinstance(commitments, list):
+        raise CheckpointError(f"{path}: vkey, checkpoint and commitments have the wrong types")
+    for c in commitments:
+        if not (
+            isinstance(c, dict)
+            and isinstance(c.get("epoch_id"), str)
+            and isinstance(c.get("commitment"), str)
+        ):
+            raise CheckpointError(f"{path}: a commitment is not {{epoch_id, commitment}} text")
+    name, public_key = parse_vkey(vk)
+    cp = verify_checkpoint(note.encode("utf-8"), name, public_key)
+    return cp, public_key, commitments
 
 
 class _Scan:
@@ -154,9 +176,17 @@ def verify_log(
     *,
     checkpoint_file: Path | None = None,
     store_id: bytes | None = None,
+    public_key: bytes | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LogReport:
-    """Verify ``STORE/log/``; returns a report whose ``findings`` list every failure."""
+    """Verify ``STORE/log/``; returns a report whose ``findings`` list every failure.
+
+    ``public_key`` is the key the log must be signed with, taken from *outside* the log (the
+    store's keyring, or a verifier key given to an auditor): a log re-created and re-signed
+    with another key then fails. ``store_id`` (from ``store.json``) likewise pins the log to
+    its store. With ``checkpoint_file`` (an exported checkpoint), truncations and rewrites after
+    the export are detected too.
+    """
     log_path = Path(store_path) / "log"
     rep = LogReport()
     if not log_path.is_dir():
@@ -167,7 +197,7 @@ def verify_log(
     segments: list[tuple[int, Path]] = []
     has_checkpoints = False
     for item in sorted(log_path.iterdir()):
-        m = _SEG_RE.match(item.name)
+        m = _SEG_RE.fullmatch(item.name)
         if m and item.is_file() and not item.is_symlink():
             segments.append((int(m.group(1)), item))
         elif item.name == CHECKPOINTS and item.is_file() and not item.is_symlink():
@@ -197,11 +227,18 @@ def verify_log(
                     f"{CHECKPOINTS}@{end}",
                 )
             )
+        seen_notes: set[bytes] = set()
         for i, note in enumerate(notes):
             try:
                 stored.append(Checkpoint.parse(note))
             except CheckpointError as exc:
                 rep.findings.append(Finding("checkpoints", f"record {i}: {exc}", CHECKPOINTS))
+                continue
+            if note in seen_notes:
+                rep.findings.append(
+                    Finding("checkpoints", f"record {i} repeats an earlier checkpoint", CHECKPOINTS)
+                )
+            seen_notes.add(note)
     exported: Checkpoint | None = None
     exported_key: bytes | None = None
     exported_commitments: list[dict[str, Any]] = []
@@ -233,6 +270,15 @@ def verify_log(
             )
             break
         data = _map(seg)
+        if seg is not segments[-1][1] and len(data) < _segment_bytes():
+            rep.findings.append(
+                Finding(
+                    "structure",
+                    "a segment other than the last is smaller than the segment size: segments "
+                    "were split, merged or cut",
+                    where,
+                )
+            )
         if len(data) < SEG_HEADER.size:
             rep.findings.append(Finding("structure", "truncated segment header", where))
             break
@@ -246,6 +292,10 @@ def verify_log(
             break
         batches, pos = _walk(data, cr.size)
         broken = pos < len(data)
+        if not batches and not broken:
+            rep.findings.append(
+                Finding("structure", "a segment holds no batch (it was added or emptied)", where)
+            )
         # Leaf hashing releases the GIL: hash the segment's batches on two threads, then add
         # them to the tree in order (node hashing is sequential by nature).
         view = memoryview(data)
@@ -261,7 +311,17 @@ def verify_log(
                 if got is None or got[0] != b.plen:
                     broken, pos = True, b.pos
                     break
-                _, offs, probes, leaves = got
+                _, offs, probes, leaves, well_formed = got
+                if not well_formed.all():
+                    bad = int(np.flatnonzero(~well_formed)[0])
+                    rep.findings.append(
+                        Finding(
+                            "structure",
+                            "an entry is not a well-formed v1 entry (version, header, fields)",
+                            f"{where}@{b.pos}",
+                            b.first + bad,
+                        )
+                    )
                 _extend_noting_roots(cr, leaves, wanted, roots_at)
                 if b.trailer != cr:
                     rep.findings.append(
@@ -304,7 +364,19 @@ def verify_log(
             if seg is not segments[-1][1]:
                 break
         expected_first = cr.size
+    rep.store_id_seen = first_store_id
+    if store_id is not None and first_store_id is not None and first_store_id != store_id:
+        rep.findings.append(
+            Finding("identity", "the log's segments belong to another store (store id differs)")
+        )
+    rep.expected_key = public_key
     return _finish(rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at)
+
+
+def _segment_bytes() -> int:
+    from . import log
+
+    return log.SEGMENT_BYTES
 
 
 @dataclass
@@ -327,7 +399,7 @@ def _walk(data: Any, first: int) -> tuple[list[_Batch], int]:
     while pos + BATCH_HEADER.size <= len(data):
         magic, bfirst, count, plen = BATCH_HEADER.unpack_from(data, pos)
         start = pos + BATCH_HEADER.size
-        if magic != BATCH_MAGIC or bfirst != expected or start + plen > len(data):
+        if magic != BATCH_MAGIC or bfirst != expected or count < 1 or start + plen > len(data):
             break
         trailer = _read_trailer(data, start + plen)
         if trailer is None or trailer[0].size != bfirst + count:
@@ -415,6 +487,14 @@ def _finish(
     rep.root = cr.root()
     roots_at.setdefault(0, CompactRange().root())
     types = np.concatenate(scan.types) if scan.types else np.empty(0, dtype=np.uint8)
+    if types.size == 0 or types[0] != T_LOG_CREATED:
+        rep.findings.append(
+            Finding(
+                "identity",
+                "the log does not start with its log_created entry: it was emptied or replaced",
+                index=0,
+            )
+        )
     from .logformat import TYPE_NAMES
 
     counts = np.bincount(types, minlength=256)
@@ -442,11 +522,29 @@ def _finish(
         f = entry.fields
         if entry.type == T_LOG_CREATED:
             if index != 0:
-                rep.findings.append(Finding("structure", "a second log_created entry", index=index))
-            else:
-                rep.origin = f.get("origin")
-                rep.public_key = f.get("public_key")
-                rep.simulated = bool(f.get("simulated"))
+                rep.findings.append(Finding("identity", "a second log_created entry", index=index))
+                continue
+            origin, key, sid = f.get("origin"), f.get("public_key"), f.get("store_id")
+            if not isinstance(origin, str) or not isinstance(key, bytes) or len(key) != 32:
+                rep.findings.append(
+                    Finding("identity", "log_created lacks its origin or a 32-byte key", index=0)
+                )
+                continue
+            rep.origin, rep.public_key = origin, key
+            rep.simulated = bool(f.get("simulated"))
+            if rep.expected_key is not None and key != rep.expected_key:
+                rep.findings.append(
+                    Finding(
+                        "identity",
+                        "the log is signed by another key than the store's (or the verifier key "
+                        "given): it was re-created or re-keyed",
+                        index=0,
+                    )
+                )
+            if rep.store_id_seen is not None and sid != rep.store_id_seen:
+                rep.findings.append(
+                    Finding("identity", "log_created names another store id than its segments")
+                )
         elif entry.type == T_KEY_COMMIT:
             epoch, commitment = str(f.get("epoch_id")), bytes(f.get("commitment", b""))
             if epoch in commits and commits[epoch][1] != commitment:
@@ -460,29 +558,43 @@ def _finish(
                 )
             commits.setdefault(epoch, (index, commitment))
         elif entry.type == T_POLICY:
-            policies.setdefault(f.get("version", b""), index)
+            version, canonical = f.get("version", b""), f.get("canonical", b"")
+            if not isinstance(canonical, bytes) or hashlib.sha256(canonical).digest() != version:
+                rep.findings.append(
+                    Finding(
+                        "policies",
+                        "a policy entry's version is not the SHA-256 of its canonical form",
+                        index=index,
+                    )
+                )
+            policies.setdefault(version, index)
         elif entry.type == T_CHECKPOINT:
             recorded_cps.append((index, f.get("size", -1), f.get("root", b"")))
-    if cr.size and (types[0] != T_LOG_CREATED or rep.public_key is None):
-        rep.findings.append(
-            Finding("structure", "the log does not start with log_created", index=0)
-        )
 
     # Checkpoints stored in the log folder.
     rep.checkpoints = len(stored)
-    prev = -1
+    prev, prev_time = -1, -1
     for i, cp in enumerate(stored):
         where = f"{CHECKPOINTS}#{i}"
-        if rep.public_key is None or rep.origin is None:
-            break
-        try:
-            verify_checkpoint(cp.note, rep.origin, rep.public_key)
-        except CheckpointError as exc:
-            rep.findings.append(Finding("checkpoints", str(exc), where))
-            continue
+        if rep.public_key is not None and rep.origin is not None:
+            try:
+                verify_checkpoint(cp.note, rep.origin, rep.public_key)
+            except CheckpointError as exc:
+                rep.findings.append(Finding("checkpoints", str(exc), where))
+            else:
+                if cp.note.count("\n\u2014 ".encode()) != 1:
+                    rep.findings.append(
+                        Finding("checkpoints", "a checkpoint carries extra signature lines", where)
+                    )
         if cp.size < prev:
-            rep.findings.append(Finding("checkpoints", "checkpoints go backwards", where))
+            rep.findings.append(Finding("checkpoints", "checkpoint sizes go backwards", where))
+        if (cp.time_us or 0) < prev_time:
+            rep.notes.append(
+                f"{where}: signed at an earlier time than the checkpoint before it (a clock "
+                "step back, or checkpoints reordered)"
+            )
         prev = max(prev, cp.size)
+        prev_time = max(prev_time, cp.time_us or 0)
         if cp.size > cr.size:
             rep.findings.append(
                 Finding(
@@ -507,6 +619,13 @@ def _finish(
         tail = cr.size - rep.latest_checkpoint
         if tail > 0:
             rep.notes.append(f"{tail} entries after the latest checkpoint are not signed yet")
+    elif cr.size:
+        rep.findings.append(Finding("checkpoints", "the log has entries but no checkpoint"))
+    if exported is None:
+        rep.notes.append(
+            "without an exported checkpoint (--checkpoint), a log cut back together with its "
+            "latest checkpoints cannot be told from an older log: keep exports outside the store"
+        )
     stored_pairs = {(cp.size, cp.root) for cp in stored}
     for index, size, root in recorded_cps:
         if (size, root) not in stored_pairs:

@@ -261,6 +261,20 @@ class Store:
             _write_private(self.policy_path, text.encode("utf-8"), replace=True)
         return Policy.from_toml(text, source=str(self.policy_path))
 
+    @property
+    def public_key(self) -> bytes:
+        """The store's log-signing public key (from the keyring, not from the log)."""
+        from .checkpoint import LogSigner
+
+        return LogSigner(self.origin, self.keyring.signing_seed()).public_key
+
+    @property
+    def vkey(self) -> str:
+        """The verifier key of the store's log, for an auditor: ``name+keyid+base64key``."""
+        from .checkpoint import vkey
+
+        return vkey(self.origin, self.public_key)
+
     def open_log(self, *, clock: Clock = SYSTEM_CLOCK, **kw: Any) -> DecisionLog:
         """Open the decision log for appending (recovering from a crash if needed)."""
         return DecisionLog.open(
