@@ -59,3 +59,22 @@ def test_concurrent_samplers_share_epoch_keys(tmp_path: Path) -> None:
         t.join()
     assert not errors
     assert len(set(draws)) == 1
+
+
+def test_a_keyring_serves_one_store(tmp_path: Path) -> None:
+    Store.init(tmp_path / "a", keys_dir=tmp_path / "keys")
+    with pytest.raises(StoreError, match="belongs to another store"):
+        Store.init(tmp_path / "b", keys_dir=tmp_path / "keys")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_store_refuses_another_stores_keyring(tmp_path: Path) -> None:
+    import json
+
+    a = Store.init(tmp_path / "a", keys_dir=tmp_path / "ka")
+    Store.init(tmp_path / "b", keys_dir=tmp_path / "kb")
+    meta = json.loads((a.path / "store.json").read_text())
+    meta["keys_dir"] = str(tmp_path / "kb")
+    (a.path / "store.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="belongs to another store"):
+        Store.open(a.path)

@@ -69,6 +69,15 @@ class Store:
         self.keyring = LocalKeyring(self.keys_path)
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
+        try:
+            owner = (self.keys_path / "store-id").read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            owner = None
+        if owner is not None and owner != self.store_id.hex():
+            raise StoreError(
+                f"the keyring {self.keys_path} belongs to another store ({owner[:12]}...), not "
+                f"to {path} ({self.store_id.hex()[:12]}...): use this store's own keyring"
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}{', simulated' if self.simulated else ''})"
@@ -106,6 +115,12 @@ class Store:
             raise StoreError(f"{root} exists and is not a folder; choose another path")
         if root.exists() and any(root.iterdir()):
             raise StoreError(f"{root} is not empty; create the store in a new or empty folder")
+        if keys_dir is not None and (Path(keys_dir) / "store-id").exists():
+            raise StoreError(
+                f"the keyring {keys_dir} already belongs to another store; a keyring serves one "
+                "store (its markers, signing and sealing keys are the store's own): name a new "
+                "folder"
+            )
         if policy is not None:
             text = Path(policy).read_text(encoding="utf-8")
             Policy.from_toml(text, source=str(policy))  # refuse a bad policy before creating
@@ -127,6 +142,7 @@ class Store:
                 "simulated": simulated,
                 "keys_dir": str(keys_path) if keys_dir else None,
             }
+            _write_private(keys_path / "store-id", store_id.hex().encode() + b"\n")
             _write_private(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
             store = cls(root, meta)
             from . import __version__
