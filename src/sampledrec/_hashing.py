@@ -65,7 +65,10 @@ def hash_records(
     ``probes`` is an ``(count, probe)`` array of each entry's first ``probe`` bytes (zero-padded);
     ``None`` if the records run past the buffer (``cr`` is then left unchanged)."""
     if _fast is not None:
-        got = _fast.hash_records(buf, offset, count, cr.hashes, cr.size, probe)
+        try:
+            got = _fast.hash_records(buf, offset, count, cr.hashes, cr.size, probe)
+        except ValueError:  # a count that cannot fit in the buffer
+            return None
         if got is None:
             return None
         cr.hashes, cr.size, end, offs, probes = got
@@ -106,7 +109,10 @@ def leaf_records(
     ascending tags). Releases the GIL in C, so batches can be hashed on several threads;
     :func:`extend_concat` then adds them to the tree in order."""
     if _fast is not None:
-        got = _fast.leaf_records(buf, offset, count, probe)
+        try:
+            got = _fast.leaf_records(buf, offset, count, probe)
+        except ValueError:  # a count that cannot fit in the buffer
+            return None
         if got is None:
             return None
         end, offs, probes, leaves, valid = got

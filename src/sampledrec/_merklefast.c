@@ -13,7 +13,7 @@
  *                                                      range; offsets = uint64 start of each
  *                                                      entry; probes = first `probe` bytes of
  *                                                      each entry, zero-padded
- *   encode_decisions(items, cache, prefix_for, key, iv_prefix, counter, kid)
+ *   encode_decisions(items, cache, prefix_for, key, iv_prefix, counter, kid, kcv)
  *       -> (records, counter) | None                  the decision-log writer's hot loop: encode
  *                                                      queued decisions (see log.py _encode),
  *                                                      seal their personal fields with
@@ -113,7 +113,8 @@ static PyObject *crange_to_py(const crange *cr) {
 }
 
 static PyObject *py_leaf_hashes(PyObject *self, PyObject *arg) {
-    PyObject *seq = PySequence_Fast(arg, "entries must be a sequence of bytes");
+    /* A tuple of our own: a list could be changed by another thread while the GIL is released. */
+    PyObject *seq = PySequence_Tuple(arg);
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
@@ -171,7 +172,9 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnOK|n", &buf, &offset, &count, &list, &size, &probe))
         return NULL;
     if (probe < 0) probe = 0;
-    if (crange_from_py(list, size, &cr) < 0 || offset < 0 || count < 0) {
+    if (crange_from_py(list, size, &cr) < 0 || offset < 0 || count < 0 ||
+        count > (buf.len - offset) / 4 + 1) {
+        /* every record takes at least its 4-byte length: a larger count cannot be right */
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad offset or count");
         PyBuffer_Release(&buf);
         return NULL;
@@ -308,10 +311,10 @@ static void put_be(unsigned char *o, unsigned long long v, int n) {
 
 static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     PyObject *items, *cache, *prefix_for;
-    Py_buffer key, ivp, kid;
+    Py_buffer key, ivp, kid, kcv;
     unsigned long long counter;
-    if (!PyArg_ParseTuple(args, "O!O!Oy*y*Ky*", &PyList_Type, &items, &PyDict_Type, &cache,
-                          &prefix_for, &key, &ivp, &counter, &kid))
+    if (!PyArg_ParseTuple(args, "O!O!Oy*y*Ky*y*", &PyList_Type, &items, &PyDict_Type, &cache,
+                          &prefix_for, &key, &ivp, &counter, &kid, &kcv))
         return NULL;
     PyObject *result = NULL;
     sbuf pub = {0}, plain = {0}, out = {0};
@@ -319,7 +322,7 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     size_t *pub_end = NULL, *plain_len = NULL;
     long long month = -1;
     EVP_CIPHER_CTX *ctx = NULL;
-    if (key.len != 32 || ivp.len != 8 || kid.len > 64) {
+    if (key.len != 32 || ivp.len != 8 || kid.len > 64 || kcv.len != 4) {
         PyErr_SetString(PyExc_ValueError, "bad key, iv prefix or kid");
         goto done;
     }
@@ -451,7 +454,7 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
         unsigned long long block = counter;
         for (Py_ssize_t i = 0; i < n; i++) {
             size_t pl = plain_len[i];
-            size_t body = 1 + (size_t)kid.len + 16 + pl;
+            size_t body = 1 + (size_t)kid.len + 4 + 16 + pl;
             size_t field_hdr = body < 0xFF ? 2 : 6;
             size_t entry = (pub_end[i] - pub_start) + field_hdr + body;
             unsigned char rec[4];
@@ -469,7 +472,8 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
             }
             if (sb_put(&out, rec, 4) < 0 || sb_put(&out, pub.p + pub_start, pub_end[i] - pub_start) < 0 ||
                 sb_put(&out, fh, field_hdr) < 0 || sb_put(&out, &kl, 1) < 0 ||
-                sb_put(&out, kid.buf, kid.len) < 0 || sb_put(&out, iv, 16) < 0 ||
+                sb_put(&out, kid.buf, kid.len) < 0 || sb_put(&out, kcv.buf, 4) < 0 ||
+                sb_put(&out, iv, 16) < 0 ||
                 sb_put(&out, plain.p + ct_pos, pl) < 0)
                 goto done;
             size_t padded = (pl + 15) & ~(size_t)15;
@@ -496,6 +500,7 @@ done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&ivp);
     PyBuffer_Release(&kid);
+    PyBuffer_Release(&kcv);
     return result;
 }
 
@@ -531,7 +536,7 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
     Py_ssize_t offset, count, probe = 0;
     if (!PyArg_ParseTuple(args, "y*nn|n", &buf, &offset, &count, &probe)) return NULL;
     if (probe < 0) probe = 0;
-    if (offset < 0 || count < 0) {
+    if (offset < 0 || count < 0 || offset > buf.len || count > (buf.len - offset) / 4 + 1) {
         PyBuffer_Release(&buf);
         PyErr_SetString(PyExc_ValueError, "bad offset or count");
         return NULL;

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hmac
 import os
 import secrets
 import struct
@@ -54,6 +55,7 @@ from .logformat import (
     Entry,
     decode_entry,
     field_bytes,
+    key_check_value,
     split_personal,
     to_micros,
 )
@@ -69,6 +71,7 @@ BATCH_HEADER: Final = struct.Struct(">4sQII")
 TRAILER_HEAD: Final = struct.Struct(">4sQB")
 U32: Final = struct.Struct(">I")
 SEGMENT_BYTES: Final = 64 << 20
+MIN_RECORD: Final = 14  # a 4-byte length and the 10-byte entry header
 CHECKPOINTS: Final = "checkpoints"
 _REASON_INDEX: Final = {r: i for i, r in enumerate(REASON_CODES)}
 _HEADER: Final = struct.Struct(">BBQ")
@@ -172,7 +175,7 @@ class _Sealer:
         enc = Cipher(algorithms.AES(key), modes.CTR(prefix + base.to_bytes(8, "big")))
         stream = enc.encryptor().update(b"".join(padded))
         kid_b = kid.encode("ascii")
-        head = bytes((len(kid_b),)) + kid_b
+        head = bytes((len(kid_b),)) + kid_b + key_check_value(key)
         out = []
         pos = 0
         for iv, p in zip(ivs, plaintexts, strict=True):
@@ -185,13 +188,13 @@ class _Sealer:
 _ZEROS: Final = bytes(16)
 
 
-def unsealer(keyring: Any) -> Callable[[str, bytes, bytes], bytes | None]:
-    def unseal(kid: str, iv: bytes, ciphertext: bytes) -> bytes | None:
+def unsealer(keyring: Any) -> Callable[[str, bytes, bytes, bytes], bytes | None]:
+    def unseal(kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes | None:
         try:
             key = keyring.sealing_key(kid)
         except SampledrecError:
             return None
-        if key is None:
+        if key is None or not hmac.compare_digest(key_check_value(key), kcv):
             return None
         dec = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
         return dec.update(ciphertext)
@@ -282,10 +285,8 @@ class DecisionLog:
         """Create the log folder with its first entry (``log_created``) and first checkpoint."""
         log = cls(store_path, keyring, origin=origin, store_id=store_id, clock=clock)
         log.path.mkdir(mode=0o700)
-        seg = log.path / segment_name(0)
-        _write_new_file(seg, SEG_HEADER.pack(SEG_MAGIC, store_id, 0))
         _write_new_file(log.path / CHECKPOINTS, b"")
-        log._seg_path, log._seg_end = seg, SEG_HEADER.size
+        log._seg_path, log._seg_end = None, 0  # segment 0 comes with the first batch
         log._start()
         log.append(
             T_LOG_CREATED,
@@ -560,6 +561,10 @@ class DecisionLog:
                 self._cond.wait(remaining)
             return self._ticket_index.pop(ticket, -1)
 
+    def is_durable(self, ticket: int) -> bool:
+        """Whether the entry of ``ticket`` is on disk (never blocks)."""
+        return self._durable_ticket >= ticket
+
     def flush(self) -> None:
         """Block until everything queued so far is durable."""
         with self._qlock:
@@ -713,6 +718,7 @@ class DecisionLog:
                 self._sealer.prefix,
                 self._sealer.counter,
                 kid.encode("ascii"),
+                key_check_value(key),
             )
             if got is not None:
                 records, self._sealer.counter = got
@@ -739,12 +745,15 @@ class DecisionLog:
         return list(range(first, first + count))
 
     def _append_blob(self, blob: bytes, first: int) -> None:
-        assert self._seg_path is not None
-        if self._seg_end >= SEGMENT_BYTES:
-            # A new segment is created with its first batch in one write: a segment without a
-            # batch never exists, so verification can refuse one.
+        if self._seg_path is None or self._seg_end >= SEGMENT_BYTES:
+            # A new segment is born whole, header and first batch: written and fsynced outside
+            # log/, then renamed in. A crash leaves either no segment or a complete one.
             seg = self.path / segment_name(first)
-            _write_new_file(seg, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
+            tmp = self.store_path / f".{seg.name}.new-{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            _write_new_file(tmp, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
+            os.rename(tmp, seg)
             _fsync_dir(self.path)
             self._seg_path, self._seg_end = seg, SEG_HEADER.size + len(blob)
             return
@@ -777,7 +786,11 @@ class DecisionLog:
                 self._last_cp_size = Checkpoint.parse(notes[-1]).size
 
     def _read_trailers(self) -> None:
-        assert self._seg_path is not None
+        if self._seg_path is None:
+            segs = self._segments()
+            if not segs:
+                return
+            self._seg_path, self._seg_end = segs[0], SEG_HEADER.size
         size = self._seg_path.stat().st_size
         if size == self._seg_end:
             return
@@ -875,7 +888,7 @@ def _skip_batch(data: bytes, pos: int) -> tuple[CompactRange, int] | None:
     if pos + BATCH_HEADER.size > len(data):
         return None
     magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
-    if magic != BATCH_MAGIC:
+    if magic != BATCH_MAGIC or not 1 <= count <= plen // MIN_RECORD:
         return None
     got = _read_trailer(data, pos + BATCH_HEADER.size + plen)
     if got is None or got[0].size != first + count:
@@ -889,7 +902,12 @@ def _parse_batch(data: bytes, pos: int, cr: CompactRange) -> tuple[CompactRange,
         return None
     magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
     start = pos + BATCH_HEADER.size
-    if magic != BATCH_MAGIC or first != cr.size or start + plen > len(data):
+    if (
+        magic != BATCH_MAGIC
+        or first != cr.size
+        or start + plen > len(data)
+        or not 1 <= count <= plen // MIN_RECORD
+    ):
         return None
     work = cr.copy()
     got = _hashing.hash_records(data[start : start + plen], 0, count, work)

@@ -11,7 +11,11 @@ in clear: they are encoded as fields themselves, then encrypted with AES-256-CTR
 their retention class and period (``calls/2026-11``, ``access/2026-11``), and stored in one
 *sealed* field, always last::
 
-    sealed = kid_len:u8 | kid (ASCII) | iv:16 | ciphertext        (tag 0xF0)
+    sealed = kid_len:u8 | kid (ASCII) | kcv:4 | iv:16 | ciphertext        (tag 0xF0)
+
+``kcv`` is a key check value, ``HMAC-SHA-256(key, "sampledrec/v1/kcv")[:4]``: a reader holding
+the wrong key for ``kid`` (a keyring restored from elsewhere) sees the fields as unreadable
+instead of decrypting garbage.
 
 Integrity comes from the Merkle tree and the signed checkpoints, which cover the ciphertext;
 destroying a period's key erases its fields while every entry's hash stays verifiable.
@@ -20,6 +24,8 @@ destroying a period's key erases its fields while every entry's hash stays verif
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,12 +34,17 @@ from typing import Any, Final
 
 __all__ = [
     "FORMAT_VERSION",
+    "T_ACCESS",
     "T_CHECKPOINT",
     "T_DECISION",
     "T_KEY_COMMIT",
     "T_KEY_REVEAL",
     "T_LOG_CREATED",
     "T_POLICY",
+    "T_RECORDING_ABORTED",
+    "T_RECORDING_OPENED",
+    "T_RECORDING_SEALED",
+    "T_RECORD_REFUSED",
     "Entry",
     "decode_entry",
     "encode_fields",
@@ -49,6 +60,11 @@ T_KEY_REVEAL: Final = 0x03
 T_POLICY: Final = 0x04
 T_DECISION: Final = 0x05
 T_CHECKPOINT: Final = 0x06
+T_RECORDING_OPENED: Final = 0x10
+T_RECORDING_SEALED: Final = 0x11
+T_RECORDING_ABORTED: Final = 0x12
+T_RECORD_REFUSED: Final = 0x13
+T_ACCESS: Final = 0x14
 
 TYPE_NAMES: Final = {
     T_LOG_CREATED: "log_created",
@@ -57,6 +73,11 @@ TYPE_NAMES: Final = {
     T_POLICY: "policy",
     T_DECISION: "decision",
     T_CHECKPOINT: "checkpoint",
+    T_RECORDING_OPENED: "recording_opened",
+    T_RECORDING_SEALED: "recording_sealed",
+    T_RECORDING_ABORTED: "recording_aborted",
+    T_RECORD_REFUSED: "record_refused",
+    T_ACCESS: "access",
 }
 
 TAG_SEALED: Final = 0xF0
@@ -95,6 +116,37 @@ FIELDS: Final[dict[int, dict[int, tuple[str, str]]]] = {
         0x22: ("caller_pseudonym", "bytes"),
     },
     T_CHECKPOINT: {0x01: ("size", "uint"), 0x02: ("root", "bytes")},
+    T_RECORDING_OPENED: {
+        0x01: ("recording_id", "str"),
+        0x02: ("decision_index", "uint"),
+        0x03: ("bucket", "str"),
+        0x04: ("expires_at", "uint"),
+        0x05: ("rule", "str"),
+        0x06: ("policy_version", "bytes"),
+        0x20: ("call_ref", "ref"),
+    },
+    T_RECORDING_SEALED: {
+        0x01: ("recording_id", "str"),
+        0x02: ("ciphertext_sha256", "bytes"),
+        0x03: ("duration_ms", "uint"),
+        0x04: ("plaintext_bytes", "uint"),
+        0x05: ("truncated", "bool"),
+        0x06: ("pauses", "str"),
+    },
+    T_RECORDING_ABORTED: {0x01: ("recording_id", "str"), 0x02: ("reason", "str")},
+    T_RECORD_REFUSED: {
+        0x01: ("reason", "str"),
+        0x02: ("decision_index", "uint"),
+        0x20: ("call_ref", "ref"),
+        0x21: ("principal", "str"),
+    },
+    T_ACCESS: {
+        0x01: ("action", "str"),
+        0x02: ("outcome", "str"),
+        0x20: ("principal", "str"),
+        0x21: ("recording_id", "str"),
+        0x22: ("detail", "str"),
+    },
 }
 
 REASON_CODES: Final = ("sampled", "not_sampled", "objection", "cap_reached")
@@ -225,7 +277,8 @@ class Entry:
 
 
 def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
-    """Decode one entry. ``unseal(kid, iv, ciphertext) -> bytes | None`` opens sealed fields."""
+    """Decode one entry. ``unseal(kid, kcv, iv, ciphertext) -> bytes | None`` opens sealed
+    fields (``None``: the key is gone or is not the one the fields were sealed with)."""
     if len(data) < _HEADER.size:
         raise ValueError("entry shorter than its header")
     version, etype, time_us = _HEADER.unpack_from(data, 0)
@@ -242,15 +295,20 @@ def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
             if not raw:
                 raise ValueError("empty sealed field")
             klen = raw[0]
-            if len(raw) < 1 + klen + 16:
+            if len(raw) < 1 + klen + 20:
                 raise ValueError("truncated sealed field")
-            entry.kid = raw[1 : 1 + klen].decode("ascii")
-            iv = raw[1 + klen : 17 + klen]
-            plain = unseal(entry.kid, iv, raw[17 + klen :]) if unseal is not None else None
-            if plain is None:
+            entry.kid = raw[1 : 1 + klen].decode("ascii", "replace")
+            kcv = raw[1 + klen : 5 + klen]
+            iv = raw[5 + klen : 21 + klen]
+            plain = unseal(entry.kid, kcv, iv, raw[21 + klen :]) if unseal is not None else None
+            try:
+                personal = iter_fields(plain) if plain is not None else None
+            except ValueError:
+                personal = None  # cannot happen with the right key: treat as unreadable
+            if personal is None:
                 entry.sealed = True
                 continue
-            for ptag, praw in iter_fields(plain):
+            for ptag, praw in personal:
                 if ptag in spec:
                     name, kind = spec[ptag]
                     entry.fields[name] = _parse_value(kind, praw)
@@ -261,9 +319,14 @@ def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
     return entry
 
 
-def sealed_field(kid: str, iv: bytes, ciphertext: bytes) -> bytes:
+def key_check_value(key: bytes) -> bytes:
+    """The 4-byte check value of a sealing key, stored with every sealed field."""
+    return hmac.new(key, b"sampledrec/v1/kcv", hashlib.sha256).digest()[:4]
+
+
+def sealed_field(kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes:
     kid_b = kid.encode("ascii")
-    return field_bytes(TAG_SEALED, bytes((len(kid_b),)) + kid_b + iv + ciphertext)
+    return field_bytes(TAG_SEALED, bytes((len(kid_b),)) + kid_b + kcv + iv + ciphertext)
 
 
 PERSONAL_TAG_MIN: Final = 0x20  # tags 0x20..0xEF are personal: they go in the sealed field

@@ -40,6 +40,7 @@ from .log import (
     BATCH_HEADER,
     BATCH_MAGIC,
     CHECKPOINTS,
+    MIN_RECORD,
     SEG_HEADER,
     SEG_MAGIC,
     _read_trailer,
@@ -399,7 +400,12 @@ def _walk(data: Any, first: int) -> tuple[list[_Batch], int]:
     while pos + BATCH_HEADER.size <= len(data):
         magic, bfirst, count, plen = BATCH_HEADER.unpack_from(data, pos)
         start = pos + BATCH_HEADER.size
-        if magic != BATCH_MAGIC or bfirst != expected or count < 1 or start + plen > len(data):
+        if (
+            magic != BATCH_MAGIC
+            or bfirst != expected
+            or not 1 <= count <= plen // MIN_RECORD
+            or start + plen > len(data)
+        ):
             break
         trailer = _read_trailer(data, start + plen)
         if trailer is None or trailer[0].size != bfirst + count:
