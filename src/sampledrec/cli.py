@@ -410,6 +410,141 @@ def cmd_log_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _pause_spans(texts: Sequence[str]) -> list[tuple[float, float]]:
+    spans = []
+    for text in texts:
+        start, sep, end = text.partition("-")
+        try:
+            a, b = float(start), float(end)
+        except ValueError:
+            a = b = -1.0
+        if not sep or not 0 <= a < b:
+            raise InvalidArgument(
+                f"--pause {text!r} is not START-END in seconds (for example --pause 12.5-31)"
+            )
+        spans.append((a, b))
+    return spans
+
+
+def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
+    from .audio import frames, read_audio_file
+    from .errors import NotSelected
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    spans = _pause_spans(args.pause)
+    fmt, audio = read_audio_file(args.audio)
+    at = _at(args, store)
+    clock = FixedClock(at)
+    with store.open_log(clock=clock) as log:
+        sampler = store.sampler(clock=clock, log=log)
+        decision = sampler.decide(args.call_ref, _attrs(args.attr))
+        with Vault(store, log, clock=clock) as vault:
+            try:
+                recorder = vault.record(decision, audio_format=fmt)
+            except NotSelected as exc:
+                log.flush()
+                if args.json:
+                    _emit(args, {"recorded": False, **decision.to_json()}, "", out)
+                    return EXIT_FAILED
+                raise CommandFailed(f"{exc} (the decision is logged)") from None
+            ms = 0
+            with recorder:
+                for frame in frames(audio, fmt, 20):
+                    seconds = ms / 1000
+                    if any(a <= seconds < b for a, b in spans):
+                        recorder.pause()
+                    else:
+                        recorder.resume()
+                    recorder.write(frame)
+                    ms += 20
+            row = recorder.row
+    doc = {"recorded": True, **decision.to_json(), "recording": row.to_json()}
+    text = (
+        f"RECORDED {row.recording_id}\n"
+        f"  call ref: {_ref_text(decision.call_ref)} (rule {decision.rule}, purpose "
+        f"{decision.purpose})\n"
+        f"  audio:    {row.duration_ms / 1000 if row.duration_ms else 0:.2f} s, "
+        f"{row.audio_format}, encrypted ({row.ciphertext_bytes} bytes, sha256 "
+        f"{(row.ciphertext_sha256 or '')[:16]}...)\n"
+        f"  pauses:   {', '.join(f'{a}-{b} ms' for a, b in row.pauses) or 'none'}\n"
+        f"  expires:  {_iso_us(row.expires_at)}"
+    )
+    _emit(args, doc, text, out)
+    return EXIT_OK
+
+
+def _iso_us(us: int) -> str:
+    from .logformat import from_micros
+
+    return from_micros(us).isoformat()
+
+
+def cmd_recordings_list(args: argparse.Namespace, out: TextIO) -> int:
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    with store.open_log() as log, Vault(store, log) as vault:
+        rows = vault.recordings(principal=_owner())
+    docs = [r.to_json() for r in rows]
+    if args.json:
+        _emit(args, {"recordings": docs}, "", out)
+        return EXIT_OK
+    table = [
+        (
+            r.recording_id,
+            r.status,
+            r.rule,
+            f"{(r.duration_ms or 0) / 1000:.1f}s",
+            _iso_us(r.started_at)[:19],
+            _iso_us(r.expires_at)[:10],
+        )
+        for r in rows
+    ]
+    out.write(
+        _table(["id", "status", "rule", "duration", "started (UTC)", "expires"], table) + "\n"
+        if table
+        else "no recordings\n"
+    )
+    return EXIT_OK
+
+
+def cmd_recordings_export(args: argparse.Namespace, out: TextIO) -> int:
+    from .errors import InvalidRecording, RecordingExpired, RecordingNotFound
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    at = _at(args, store)
+    with store.open_log() as log, Vault(store, log) as vault:
+        try:
+            path = vault.export(args.id, args.out, _owner(), at=at)
+        except (RecordingExpired, RecordingNotFound, InvalidRecording) as exc:
+            raise CommandFailed(str(exc)) from None
+    _emit(args, {"id": args.id, "out": str(path)}, f"Exported {args.id} to {path}", out)
+    return EXIT_OK
+
+
+def cmd_recordings_recover(args: argparse.Namespace, out: TextIO) -> int:
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    with store.open_log() as log, Vault(store, log) as vault:
+        outcomes = vault.recover()
+    _emit(
+        args,
+        {"recovered": [{"id": i, "outcome": o} for i, o in outcomes]},
+        "\n".join(f"{i}: {o}" for i, o in outcomes) or "no recording was left open",
+        out,
+    )
+    return EXIT_OK
+
+
+def _owner() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from .demo import run_demo
 
@@ -525,6 +660,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("checkpoint", cmd_log_checkpoint, "export the latest checkpoint for a DPO", lsub)
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+
+    p = add("record", cmd_record, "decide, and if selected record an audio file (20 ms frames)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--call-ref", required=True)
+    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--audio", required=True, help="WAV (or any format ffmpeg reads)")
+    p.add_argument(
+        "--pause",
+        action="append",
+        default=[],
+        metavar="START-END",
+        help="mask a span (seconds) as silence, e.g. a card payment (repeatable)",
+    )
+    p.add_argument("--at", help="act at this time (ISO 8601; forward only)")
+    p.add_argument("--json", action="store_true")
+
+    recs = sub.add_parser("recordings", help="list, export and recover recordings")
+    rsub = recs.add_subparsers(dest="recordings_command", required=True, parser_class=_Parser)
+    p = add("list", cmd_recordings_list, "list the recordings", rsub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--json", action="store_true")
+    p = add("export", cmd_recordings_export, "export a recording as a WAV file", rsub)
+    p.add_argument("id")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="the WAV file to write (must not exist)")
+    p.add_argument("--at", help="as of this time (forward only): expired recordings are refused")
+    p.add_argument("--json", action="store_true")
+    p = add("recover", cmd_recordings_recover, "re-seal or destroy recordings left open", rsub)
+    p.add_argument("--store", required=True)
     p.add_argument("--json", action="store_true")
 
     p = add("decide", cmd_decide, "decide whether to record one call")

@@ -11,9 +11,17 @@
     │   ├── InvalidRate                     not a decimal in [0, 1]
     │   │   └── RateTypeError (TypeError)     not text or a number
     │   ├── InvalidTime                     not ISO 8601, or moves a clock back
-    │   └── InvalidPolicy                   a policy file breaks a rule or a guardrail
+    │   ├── InvalidPolicy                   a policy file breaks a rule or a guardrail
+    │   └── InvalidAudio                    audio of a wrong format, length, dtype or shape
+    │       ├── AudioTypeError (TypeError)    not bytes or a numpy array
+    │       └── FFmpegNotFound                decoding a file needs ffmpeg, not installed
+    ├── InvalidRecording                    a recording cannot be decrypted or authenticated
+    ├── NotSelected                         recording refused: the call was not selected
+    ├── RecordingExpired                    a recording is past its expiry, or erased
+    ├── RecordingNotFound (KeyError)        no recording with that id
     ├── KeyringError                        a key cannot be created, found or revealed
-    │   └── KeyNotRevealable                the epoch has not ended yet
+    │   ├── KeyNotRevealable                the epoch has not ended yet
+    │   └── KeyDestroyed                    a bucket's key was destroyed (crypto-shredded)
     └── StoreError                          the store cannot be used at all
         ├── StoreNotFound
         ├── StoreLocked
@@ -21,22 +29,31 @@
 
 Misuse errors also subclass the matching built-in, so ``except ValueError`` keeps working in
 code that does not know sampledrec. Messages name the argument, its value and what to do.
+:class:`InvalidRecording` is the one exception: it is deliberately opaque (see its docstring).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AudioTypeError",
     "CallRefTypeError",
+    "FFmpegNotFound",
     "InvalidArgument",
+    "InvalidAudio",
     "InvalidCallRef",
     "InvalidKey",
     "InvalidPolicy",
     "InvalidRate",
+    "InvalidRecording",
     "InvalidTime",
+    "KeyDestroyed",
     "KeyNotRevealable",
     "KeyTypeError",
     "KeyringError",
+    "NotSelected",
     "RateTypeError",
+    "RecordingExpired",
+    "RecordingNotFound",
     "SampledrecError",
     "StoreError",
     "StoreLocked",
@@ -108,12 +125,53 @@ class InvalidPolicy(InvalidArgument):
         self.field = field
 
 
+class InvalidAudio(InvalidArgument):
+    """Audio cannot be used: bad format or length, wrong array dtype or shape, undecodable file."""
+
+
+class AudioTypeError(InvalidAudio, TypeError):
+    """Audio (or an audio format) is given as a type that is not accepted, such as a list."""
+
+
+class FFmpegNotFound(InvalidAudio):
+    """A file needs ffmpeg to be decoded (it is no WAV read in memory), and ffmpeg is missing."""
+
+
+class InvalidRecording(SampledrecError):
+    """A recording cannot be read: it is damaged, truncated, or the key is wrong.
+
+    Every failure to parse, authenticate or decrypt a recording container raises this one
+    error with one fixed message and no chained cause: neither callers nor logs learn which
+    check failed, so a damaged file, a truncated one and a wrong key look the same.
+    """
+
+
+class NotSelected(SampledrecError):
+    """A recorder was asked for a call that the sampler did not select (the attempt is logged)."""
+
+
+class RecordingExpired(SampledrecError):
+    """A recording is past its effective expiry, was erased or aborted: it can no longer be read."""
+
+
+class RecordingNotFound(SampledrecError, KeyError):
+    """No recording has that id in the catalog."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "no such recording"
+
+
 class KeyringError(SampledrecError):
     """A key cannot be created, found, read or revealed."""
 
 
 class KeyNotRevealable(KeyringError):
     """The key of an epoch that has not ended (by the real clock) was asked to be revealed."""
+
+
+class KeyDestroyed(KeyringError):
+    """The key of an expiry bucket (or hold) does not exist: it was destroyed when the bucket
+    expired, or never created. Everything wrapped under it is unrecoverable, by design."""
 
 
 class StoreError(SampledrecError):

@@ -1,17 +1,29 @@
-"""In-memory fakes for tests and examples: a keyring that never touches the disk, and a
-clock that stays where it is put. Not for production use: the keys die with the process."""
+"""In-memory fakes for tests and examples: a keyring and a keystore that never touch the
+disk, and a clock that stays where it is put. Not for production use: the keys die with the
+process."""
 
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterable
 from typing import NoReturn
 
 from .clock import FixedClock
 from .errors import KeyringError
 from .keyring import EpochKey, _check_epoch_id
+from .keystore import (
+    BUCKET_KEY_BYTES,
+    _check_aad,
+    _check_data_key,
+    _check_wrapped,
+    _destroyed,
+    _seal,
+    _unseal,
+    check_bucket_id,
+)
 
-__all__ = ["FixedClock", "MemoryKeyring"]
+__all__ = ["FixedClock", "MemoryKeyStore", "MemoryKeyring"]
 
 
 class MemoryKeyring:
@@ -69,6 +81,68 @@ class MemoryKeyring:
 
     def destroy_sealing_key(self, kid: str) -> bool:
         return self._sealing.pop(kid, None) is not None
+
+
+class MemoryKeyStore:
+    """A :class:`~sampledrec.keystore.KeyStore` held in memory, thread-safe.
+
+    Wraps exactly like :class:`~sampledrec.keystore.LocalKeyStore` (same format, same errors).
+
+    >>> ks = MemoryKeyStore()
+    >>> ks.ensure_bucket("bucket-2027-05-22")
+    >>> wrapped = ks.wrap("bucket-2027-05-22", bytes(32), aad=b"recording-1")
+    >>> ks.unwrap("bucket-2027-05-22", wrapped, aad=b"recording-1") == bytes(32)
+    True
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryKeyStore({len(self._keys)} buckets)"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a keystore cannot be pickled or copied")
+
+    def ensure_bucket(self, bucket: str) -> None:
+        check_bucket_id(bucket)
+        with self._lock:
+            if bucket not in self._keys:
+                self._keys[bucket] = secrets.token_bytes(BUCKET_KEY_BYTES)
+
+    def wrap(self, bucket: str, data_key: bytes, *, aad: bytes) -> bytes:
+        check_bucket_id(bucket)
+        _check_data_key(data_key)
+        _check_aad(aad)
+        return _seal(self._key(bucket, wrapping=True), bucket, data_key, aad)
+
+    def unwrap(self, bucket: str, wrapped: bytes, *, aad: bytes) -> bytes:
+        check_bucket_id(bucket)
+        _check_wrapped(wrapped)
+        _check_aad(aad)
+        return _unseal(self._key(bucket), bucket, wrapped, aad)
+
+    def destroy_bucket(self, bucket: str) -> bool:
+        check_bucket_id(bucket)
+        with self._lock:
+            return self._keys.pop(bucket, None) is not None
+
+    def buckets(self) -> list[str]:
+        with self._lock:
+            return sorted(self._keys)
+
+    def has_bucket(self, bucket: str) -> bool:
+        check_bucket_id(bucket)
+        with self._lock:
+            return bucket in self._keys
+
+    def _key(self, bucket: str, *, wrapping: bool = False) -> bytes:
+        with self._lock:
+            key = self._keys.get(bucket)
+        if key is None:
+            raise _destroyed(bucket, "this MemoryKeyStore", wrapping=wrapping)
+        return key
 
 
 def _derive(seed: bytes, label: str) -> bytes:

@@ -1,0 +1,639 @@
+"""The vault: recordings encrypted from their first byte, read back only by the rules.
+
+:meth:`Vault.record` opens a :class:`Recorder` for a :class:`~sampledrec.Decision` to record
+(a decision not to record raises :class:`~sampledrec.errors.NotSelected`, and the attempt is
+logged). The recorder:
+
+- draws a random data key, wraps it with the key of the recording's *expiry bucket* (the UTC day
+  of its expiry) bound to the recording id and expiry, and stores the wrapped key in the catalog
+  at once (status ``open``), so that a crash leaves a recording that can be recovered;
+- keeps frames in memory until the decision's log entry is durable, then streams them through
+  the recording container (:mod:`sampledrec._container`): nothing reaches the disk before the
+  decision does, and no plaintext ever does;
+- masks card-payment pauses as silence of the same length, listed in the metadata;
+- on ``close()`` seals the container, records its SHA-256 in the catalog and the log; on
+  ``abort()`` (the caller objected) destroys what was written and its data key.
+
+Reads (:meth:`Vault.open`, :meth:`Vault.export`, :meth:`Vault.read_range`) are refused from the
+recording's effective expiry on, authenticate the whole recording (or, for a range, the final
+chunk and the chunks needed) before releasing anything, and are logged with their outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
+
+from . import _container
+from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
+from .catalog import Catalog, RecordingRow, SqliteCatalog
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import (
+    InvalidArgument,
+    InvalidRecording,
+    KeyDestroyed,
+    NotSelected,
+    RecordingExpired,
+    RecordingNotFound,
+)
+from .keystore import KeyStore, LocalKeyStore
+from .logformat import (
+    T_ACCESS,
+    T_RECORD_REFUSED,
+    T_RECORDING_ABORTED,
+    T_RECORDING_OPENED,
+    T_RECORDING_SEALED,
+    from_micros,
+    to_micros,
+)
+
+if TYPE_CHECKING:
+    from .log import DecisionLog
+    from .sampler import Decision
+    from .store import Store
+
+__all__ = ["Principal", "Recorder", "Recording", "Vault", "bucket_of"]
+
+DEFAULT_CHUNK: Final = 64 * 1024
+_AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: a user of the host application (which authenticates them) and roles."""
+
+    name: str
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InvalidArgument("a principal needs a name (the user the host application knows)")
+
+
+def bucket_of(expires_at_us: int) -> str:
+    """The expiry bucket of a recording: the UTC day that contains its expiry."""
+    return "bucket-" + from_micros(expires_at_us).date().isoformat()
+
+
+def data_key_aad(recording_id: str, expires_at_us: int) -> bytes:
+    """What a wrapped data key is bound to: its recording and its expiry."""
+    return _AAD_DOMAIN + recording_id.encode("ascii") + b"\x00" + expires_at_us.to_bytes(8, "big")
+
+
+def _principal(p: Principal | str | None) -> Principal:
+    if p is None:
+        return Principal("sampledrec")
+    return p if isinstance(p, Principal) else Principal(p)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording read back: its catalog row, audio format and audio (never written to disk)."""
+
+    row: RecordingRow
+    format: AudioFormat
+    audio: bytes
+
+    def __repr__(self) -> str:
+        fmt = self.format.to_text()
+        return f"Recording({self.row.recording_id!r}, {fmt}, {len(self.audio)} bytes)"
+
+
+class Vault:
+    """Encrypted recordings of a store: record, list, read, export, recover."""
+
+    def __init__(
+        self,
+        store: Store,
+        log: DecisionLog,
+        *,
+        keystore: KeyStore | None = None,
+        catalog: Catalog | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.keystore = keystore if keystore is not None else LocalKeyStore(store.keys_path)
+        self.catalog = (
+            catalog if catalog is not None else SqliteCatalog(store.path / "catalog.sqlite")
+        )
+        self.clock = clock
+        self.root = store.path / "recordings"
+        self.root.mkdir(mode=0o700, exist_ok=True)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def record(
+        self,
+        decision: Decision,
+        *,
+        audio_format: AudioFormat,
+        principal: Principal | str | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> Recorder:
+        """Open a recorder for a decision to record; raises :class:`NotSelected` otherwise."""
+        who = _principal(principal)
+        if not decision.record:
+            self.log.append(
+                T_RECORD_REFUSED,
+                {
+                    "reason": f"not selected ({decision.reason})",
+                    "call_ref": decision.call_ref,
+                    "principal": who.name,
+                },
+                at=self.clock.now(),
+                klass="access",
+            )
+            raise NotSelected(
+                f"call {decision.call_ref!r} was not selected for recording "
+                f"({decision.reason}, rule {decision.rule!r}); store no audio for it"
+            )
+        if decision.log_ticket is None:
+            raise InvalidArgument(
+                "the decision was not logged: decide with a sampler that has this store's log "
+                "(store.sampler(log=log)) before recording"
+            )
+        policy = self.store._policy_version(decision.policy_version)
+        rule = policy.rule_named(decision.rule)
+        started = self.clock.now()
+        expires = rule.retention.expires_at(decision.decided_at)
+        expires_us = to_micros(expires)
+        recording_id = str(uuid.uuid4())
+        bucket = bucket_of(expires_us)
+        data_key = secrets.token_bytes(32)
+        self.keystore.ensure_bucket(bucket)
+        wrapped = self.keystore.wrap(bucket, data_key, aad=data_key_aad(recording_id, expires_us))
+        ref = decision.call_ref
+        row = RecordingRow(
+            recording_id=recording_id,
+            call_ref=ref if isinstance(ref, str) else "hex:" + ref.hex(),
+            rule=decision.rule,
+            purpose=decision.purpose,
+            policy_version=decision.policy_version,
+            epoch_id=decision.epoch_id,
+            decision_index=-1,
+            started_at=to_micros(started),
+            expires_at_sealed=expires_us,
+            expires_at=expires_us,
+            bucket=bucket,
+            wrapped_key=wrapped,
+            audio_format=audio_format.to_text(),
+            file=f"recordings/{bucket}/{recording_id}.sdr",
+            caller_pseudonym=decision.caller_pseudonym,
+            agent=decision.agent,
+        )
+        self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
+        self.log.append(
+            T_RECORDING_OPENED,
+            {
+                "recording_id": recording_id,
+                "bucket": bucket,
+                "expires_at": expires_us,
+                "rule": decision.rule,
+                "policy_version": bytes.fromhex(decision.policy_version),
+                "call_ref": ref,
+            },
+            at=started,
+        )
+        return Recorder(self, row, data_key, audio_format, decision.log_ticket, chunk_size)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def recordings(self, *, principal: Principal | str | None = None) -> list[RecordingRow]:
+        """Every recording's catalog row (logged as an access)."""
+        rows = self.catalog.find()
+        self._access("list", "granted", _principal(principal), None, f"{len(rows)} recordings")
+        return rows
+
+    def open(
+        self,
+        recording_id: str,
+        principal: Principal | str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> Recording:
+        """The whole recording, authenticated before anything is returned."""
+        who = _principal(principal)
+        row, reader = self._reader(recording_id, who, "listen", at)
+        try:
+            audio = reader.read_all()
+        except InvalidRecording:
+            self._access("listen", "failed", who, recording_id, "damaged")
+            raise
+        self._access("listen", "granted", who, recording_id, None)
+        return Recording(row, AudioFormat.from_text(row.audio_format), audio)
+
+    def read_range(
+        self,
+        recording_id: str,
+        start_ms: int,
+        end_ms: int,
+        principal: Principal | str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> bytes:
+        """Audio between two times (ms), decrypting only the chunks needed (after the final
+        chunk is authenticated)."""
+        if not 0 <= start_ms <= end_ms:
+            raise InvalidArgument(f"range {start_ms}-{end_ms} ms: start must be <= end, both >= 0")
+        who = _principal(principal)
+        row, reader = self._reader(recording_id, who, "listen", at)
+        fmt = AudioFormat.from_text(row.audio_format)
+        try:
+            data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
+        except InvalidRecording:
+            self._access("listen", "failed", who, recording_id, "damaged")
+            raise
+        self._access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
+        return data
+
+    def export(
+        self,
+        recording_id: str,
+        out: str | os.PathLike[str],
+        principal: Principal | str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> Path:
+        """Write the recording as a WAV file at ``out`` (and nowhere else), only after the
+        whole recording has been authenticated; a failed export leaves no file."""
+        who = _principal(principal)
+        row, reader = self._reader(recording_id, who, "export", at)
+        try:
+            audio = reader.read_all()
+        except InvalidRecording:
+            self._access("export", "failed", who, recording_id, "damaged")
+            raise
+        fmt = AudioFormat.from_text(row.audio_format)
+        pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
+        wav = encode_wav(pcm_fmt, to_pcm16(audio, fmt))
+        path = Path(out)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise InvalidArgument(f"{path} exists; choose a new file to export to") from None
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(wav)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._access("export", "granted", who, recording_id, None)
+        return path
+
+    def _reader(
+        self, recording_id: str, who: Principal, action: str, at: datetime | None
+    ) -> tuple[RecordingRow, _container.ContainerReader]:
+        now = at or self.clock.now()
+        row = self.catalog.get(recording_id)
+        if row is None:
+            self._access(action, "denied", who, recording_id, "no such recording")
+            raise RecordingNotFound(f"no recording {recording_id!r} in {self.store.path}")
+        if row.status not in ("sealed", "truncated"):
+            self._access(action, "denied", who, recording_id, f"status {row.status}")
+            if row.status in ("expired", "erased", "aborted"):
+                raise RecordingExpired(
+                    f"recording {recording_id} is {row.status}: it can no longer be read"
+                )
+            raise InvalidArgument(
+                f"recording {recording_id} is still {row.status}; read it once it is sealed "
+                "(or run recovery after a crash)"
+            )
+        if to_micros(now) >= row.expires_at:
+            self._access(action, "denied", who, recording_id, "expired")
+            raise RecordingExpired(
+                f"recording {recording_id} expired at {from_micros(row.expires_at).isoformat()}: "
+                "it can no longer be read"
+            )
+        try:
+            data_key = self.keystore.unwrap(
+                row.bucket, row.wrapped_key, aad=data_key_aad(recording_id, row.expires_at_sealed)
+            )
+        except KeyDestroyed:
+            self._access(action, "denied", who, recording_id, "key destroyed")
+            raise RecordingExpired(
+                f"recording {recording_id}: its key was destroyed; it can no longer be read"
+            ) from None
+        except InvalidRecording:
+            self._access(action, "failed", who, recording_id, "wrapped key does not verify")
+            raise
+        try:
+            blob = (self.store.path / row.file).read_bytes()
+            reader = _container.ContainerReader(blob, data_key)
+            header = reader.header
+            if (
+                header.recording_id != recording_id
+                or header.expires_at_us != row.expires_at_sealed
+                or header.policy_version != row.policy_version
+            ):
+                raise InvalidRecording("the recording cannot be read")
+        except (OSError, InvalidRecording):
+            self._access(action, "failed", who, recording_id, "damaged or missing")
+            raise InvalidRecording(
+                "the recording cannot be read: it is damaged, truncated, or the key is wrong"
+            ) from None
+        return row, reader
+
+    def _access(
+        self,
+        action: str,
+        outcome: str,
+        who: Principal,
+        recording_id: str | None,
+        detail: str | None,
+    ) -> None:
+        self.log.append(
+            T_ACCESS,
+            {
+                "action": action,
+                "outcome": outcome,
+                "principal": who.name,
+                "recording_id": recording_id,
+                "detail": detail,
+            },
+            at=self.clock.now(),
+            klass="access",
+        )
+
+    # -- crash recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> list[tuple[str, str]]:
+        """Deal with recordings left open by a crash: re-seal the verified prefix of each as a
+        recording marked truncated, or destroy it when nothing of it verifies (a recording
+        whose final chunk was written before the crash is simply marked sealed). Returns
+        ``(recording_id, "sealed" | "truncated" | "destroyed")`` pairs."""
+        outcomes = []
+        for row in self.catalog.find(status=["open"]):
+            path = self.store.path / row.file
+            found = None
+            blob = b""
+            try:
+                data_key = self.keystore.unwrap(
+                    row.bucket,
+                    row.wrapped_key,
+                    aad=data_key_aad(row.recording_id, row.expires_at_sealed),
+                )
+                blob = path.read_bytes()
+                found = _container.recover_prefix(blob, data_key)
+            except (KeyDestroyed, InvalidRecording, FileNotFoundError):
+                found = None
+            if found is not None and found.sealed:
+                info = _container.SealInfo(
+                    plaintext_bytes=found.plaintext_bytes,
+                    chunks=found.chunks,
+                    ciphertext_bytes=len(blob),
+                    sha256=hashlib.sha256(blob).digest(),
+                )
+                self._sealed(row, info, truncated=False, pauses=row.pauses)
+                outcomes.append((row.recording_id, "sealed"))
+                continue
+            if found is None or found.chunks == 0:
+                self._destroy(row, "crash: nothing verifiable was written")
+                outcomes.append((row.recording_id, "destroyed"))
+                continue
+            tmp = path.with_name(path.name + ".recovering")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                # A fresh random salt: re-sealing under the same data key is safe.
+                writer = _container.ContainerWriter(
+                    fh,
+                    data_key,
+                    recording_id=row.recording_id,
+                    policy_version=row.policy_version,
+                    expires_at_us=row.expires_at_sealed,
+                    audio_format=row.audio_format.encode(),
+                    chunk_size=found.header.chunk_size,
+                )
+                for part in _container.ContainerReader(blob, data_key).iter_prefix(found.chunks):
+                    writer.write(part)
+                info = writer.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            self._sealed(row, info, truncated=True, pauses=row.pauses)
+            outcomes.append((row.recording_id, "truncated"))
+        return outcomes
+
+    def _sealed(
+        self,
+        row: RecordingRow,
+        info: Any,
+        *,
+        truncated: bool,
+        pauses: Sequence[tuple[int, int]],
+    ) -> None:
+        fmt = AudioFormat.from_text(row.audio_format)
+        duration = info.plaintext_bytes // max(1, fmt.bytes_per_ms(1))
+        now = self.clock.now()
+        self.catalog.update(
+            row.recording_id,
+            status="truncated" if truncated else "sealed",
+            ended_at=to_micros(now),
+            duration_ms=duration,
+            plaintext_bytes=info.plaintext_bytes,
+            ciphertext_bytes=info.ciphertext_bytes,
+            ciphertext_sha256=info.sha256.hex(),
+            pauses=list(pauses),
+            truncated=truncated,
+        )
+        self.log.append(
+            T_RECORDING_SEALED,
+            {
+                "recording_id": row.recording_id,
+                "ciphertext_sha256": info.sha256,
+                "duration_ms": duration,
+                "plaintext_bytes": info.plaintext_bytes,
+                "truncated": truncated,
+                "pauses": json.dumps([list(p) for p in pauses]),
+            },
+            at=now,
+        )
+
+    def _destroy(self, row: RecordingRow, reason: str) -> None:
+        path = self.store.path / row.file
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.catalog.update(row.recording_id, status="aborted", wrapped_key=None)
+        self.log.append(
+            T_RECORDING_ABORTED,
+            {"recording_id": row.recording_id, "reason": reason},
+            at=self.clock.now(),
+        )
+
+
+class Recorder:
+    """Streams one call's audio into an encrypted recording. Use as a context manager::
+
+    with vault.record(decision, audio_format=fmt) as rec:
+        for frame in frames:
+            rec.write(frame)
+    """
+
+    def __init__(
+        self,
+        vault: Vault,
+        row: RecordingRow,
+        data_key: bytes,
+        fmt: AudioFormat,
+        ticket: int,
+        chunk_size: int,
+    ) -> None:
+        self._vault = vault
+        self.row = row
+        self._key = data_key
+        self.format = fmt
+        self._ticket = ticket
+        self._chunk_size = chunk_size
+        self._pending: list[bytes] = []
+        self._writer: _container.ContainerWriter | None = None
+        self._file: BinaryIO | None = None
+        self._position = 0  # bytes of audio received, pauses included
+        self._paused_at: int | None = None
+        self._pauses: list[tuple[int, int]] = []
+        self._state = "open"
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Recorder({self.row.recording_id!r}, {self._state})"
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError("a Recorder holds a data key and cannot be pickled")
+
+    @property
+    def recording_id(self) -> str:
+        return self.row.recording_id
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether anything has been written to disk yet (only once the decision is durable)."""
+        return self._writer is not None
+
+    def _ms(self, nbytes: int) -> int:
+        return nbytes // max(1, self.format.bytes_per_ms(1))
+
+    def write(self, frame: Any) -> None:
+        """Append audio as it arrives (bytes in the recording's format, or a numpy array)."""
+        data = as_bytes(frame, self.format)
+        with self._lock:
+            if self._state != "open":
+                raise InvalidArgument(f"the recording is {self._state}; open a new one")
+            if self._paused_at is not None:
+                data = silence_like(self.format, len(data))
+            self._position += len(data)
+            if self._writer is None:
+                if not self._vault.log.is_durable(self._ticket):
+                    self._pending.append(data)
+                    return
+                self._start()
+            assert self._writer is not None
+            self._writer.write(data)
+
+    def pause(self) -> None:
+        """Mask what follows (a card payment): it is kept as silence of the same length."""
+        with self._lock:
+            if self._paused_at is None:
+                self._paused_at = self._position
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._paused_at is not None:
+                self._pauses.append((self._ms(self._paused_at), self._ms(self._position)))
+                self._paused_at = None
+
+    def _start(self) -> None:
+        index = self._vault.log.wait_durable(self._ticket)
+        path = self._vault.store.path / self.row.file
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb")
+        self._writer = _container.ContainerWriter(
+            self._file,
+            self._key,
+            recording_id=self.row.recording_id,
+            policy_version=self.row.policy_version,
+            expires_at_us=self.row.expires_at_sealed,
+            audio_format=self.row.audio_format.encode(),
+            chunk_size=self._chunk_size,
+        )
+        if index >= 0:
+            self._vault.catalog.update(self.row.recording_id, decision_index=index)
+        for data in self._pending:
+            self._writer.write(data)
+        self._pending.clear()
+
+    def close(self) -> RecordingRow:
+        """Seal the recording: final chunk, catalog row, log entry with the ciphertext's hash."""
+        self.resume()
+        with self._lock:
+            if self._state != "open":
+                raise InvalidArgument(f"the recording is already {self._state}")
+            if self._writer is None:
+                self._start()  # waits for the decision to be durable
+            assert self._writer is not None and self._file is not None
+            info = self._writer.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._state = "sealed"
+        self._vault._sealed(self.row, info, truncated=False, pauses=self._pauses)
+        self._key = b""
+        row = self._vault.catalog.get(self.row.recording_id)
+        assert row is not None
+        self.row = row
+        return row
+
+    def abort(self, reason: str = "the caller objected during the call") -> None:
+        """Destroy what was written and the data key (the caller objected mid-call)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "aborted"
+            self._pending.clear()
+            if self._file is not None:
+                self._file.close()
+        self._key = b""
+        self._vault._destroy(self.row, reason)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == "open":
+            self.close()
+
+
+def silence_like(fmt: AudioFormat, nbytes: int) -> bytes:
+    """``nbytes`` of silence in ``fmt`` (whole frames)."""
+    frame = silence(fmt, 1) or b"\x00"
+    reps = -(-nbytes // len(frame))
+    return (frame * reps)[:nbytes]
