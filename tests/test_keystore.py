@@ -8,6 +8,7 @@ The PKCS#11 tests skip when SoftHSM2 is not installed, unless ``SAMPLEDREC_REQUI
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import doctest
 import errno
@@ -745,6 +746,39 @@ def test_pkcs11_recovers_a_lost_session(hsm: Pkcs11KeyStore) -> None:
     wrapped = hsm.wrap(BUCKET, bytes(32), aad=AAD)
     hsm._session()._session.close()  # as a token reset would: the handle becomes invalid
     assert hsm.unwrap(BUCKET, wrapped, aad=AAD) == bytes(32)
+
+
+def test_pkcs11_works_beside_other_code_using_the_token(softhsm: SoftHsm) -> None:
+    import pkcs11
+
+    # Other code of the process logged in to the token first.
+    token = pkcs11.lib(softhsm.module).get_token(token_label=softhsm.label)
+    session = token.open(rw=True, user_pin=softhsm.pin)
+    try:
+        with Pkcs11KeyStore(
+            softhsm.module, softhsm.label, softhsm.pin, label_prefix="beside-"
+        ) as keys:
+            keys.ensure_bucket(BUCKET)
+            wrapped = keys.wrap(BUCKET, bytes(32), aad=AAD)
+            session.close()  # the other code logs out: the keystore logs in again by itself
+            assert keys.unwrap(BUCKET, wrapped, aad=AAD) == bytes(32)
+            assert keys.destroy_bucket(BUCKET)
+    finally:
+        with contextlib.suppress(pkcs11.PKCS11Error):
+            session.close()
+
+
+def test_pkcs11_module_loaded_under_another_name_is_reused(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    import pkcs11
+
+    from sampledrec.keystore import _load_module
+
+    loaded = pkcs11.lib(softhsm.module)
+    alias = tmp_path / "alias.so"  # a second name for the same file: a new C_Initialize fails
+    alias.symlink_to(os.path.realpath(softhsm.module))
+    assert _load_module(pkcs11, str(alias)) is loaded
 
 
 def test_pkcs11_closed_handle(softhsm: SoftHsm) -> None:

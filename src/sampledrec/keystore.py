@@ -528,6 +528,20 @@ _PIN_ERRORS: Final = {
 }
 
 
+def _load_module(p11: Any, module_path: str) -> Any:
+    """python-pkcs11's handle on a module, loading and initialising it once per process."""
+    try:
+        return p11.lib(module_path)
+    except p11.exceptions.PKCS11Error:
+        # Other code may have loaded the same file under another name (a symbolic link): a
+        # second C_Initialize fails, so reuse the handle python-pkcs11 already has.
+        real = os.path.realpath(module_path)
+        for name, loaded in dict(getattr(p11, "_loaded", {})).items():
+            if os.path.realpath(name) == real:
+                return loaded
+        raise
+
+
 def _errors(p11: Any, names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
     return tuple(getattr(p11.exceptions, name) for name in names if hasattr(p11.exceptions, name))
 
@@ -555,7 +569,7 @@ class _TokenSession:
         self._device = _errors(p11, _DEVICE_FAILED)
         self.key_gone = _errors(p11, _KEY_GONE)
         try:
-            lib = p11.lib(module_path)
+            lib = _load_module(p11, module_path)
         except p11.exceptions.PKCS11Error as exc:
             raise KeyringError(
                 f"cannot load the PKCS#11 module {module_path!r}: {exc}; give the path of the "
@@ -670,7 +684,8 @@ class Pkcs11KeyStore:
     The keystore logs in when it is built (a wrong PIN, an unknown token or a token without
     AES-GCM fail at once). Keystores of one process on one token share one session and one lock
     (PKCS#11 has one login state per process), so they are thread-safe; they cannot cross a
-    ``fork()``. :meth:`close` (or ``with``) logs out once the last one is closed.
+    ``fork()``. :meth:`close` (or ``with``) logs out once the last one is closed. If other code
+    of the process logs out of the token, the keystore notices and logs in again.
 
     PKCS#11 cannot create an object atomically if absent, so two *processes* racing in
     :meth:`ensure_bucket` may both create a key for a bucket. That is harmless: :meth:`wrap`
@@ -708,7 +723,7 @@ class Pkcs11KeyStore:
                     "worker processes with the 'spawn' method"
                 )
             if shared is None:
-                shared = _TokenSession(p11, key[0], token_label, pin)
+                shared = _TokenSession(p11, self.module_path, token_label, pin)
                 _TOKENS[key] = shared
             elif not shared.pin_matches(pin):
                 raise KeyringError(
@@ -878,7 +893,10 @@ class Pkcs11KeyStore:
                     p11.Attribute.KEY_TYPE: p11.KeyType.AES,
                 }
             )
-            return [str(obj[p11.Attribute.LABEL]) for obj in list(found)]
+            names = [str(obj[p11.Attribute.LABEL]) for obj in list(found)]
+            if not names:
+                self._check_logged_in(session)
+            return names
 
         names = self._session().run("list the bucket keys", labels)
         return sorted(
@@ -959,4 +977,24 @@ class Pkcs11KeyStore:
                 }
             )
         )
+        if not found:
+            self._check_logged_in(session)
         return sorted(found, key=lambda key: bytes(key[p11.Attribute.ID]))
+
+    def _check_logged_in(self, session: Any) -> None:
+        """Make sure that finding nothing means that nothing is there.
+
+        Bucket keys are private objects, which a search without a login silently skips; and
+        any code of this process can log the whole process out of the token. Creating a private
+        session object needs a login: without one this raises ``UserNotLoggedIn``, on which
+        :meth:`_TokenSession.run` logs in again and retries.
+        """
+        p11 = self._p11
+        probe = session.generate_key(
+            p11.KeyType.AES,
+            128,
+            store=False,
+            capabilities=p11.MechanismFlag.ENCRYPT,
+            template={p11.Attribute.PRIVATE: True},
+        )
+        probe.destroy()
