@@ -20,3 +20,17 @@ def test_quickstart(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "of 500 calls selected" in proc.stdout
     assert (tmp_path / "store" / "store.json").exists()
+
+
+def test_record_calls(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "record_calls.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "caller objected" in proc.stdout
+    assert "pauses [(1000, 2000)]" in proc.stdout
+    assert (tmp_path / "exported.wav").stat().st_size > 44

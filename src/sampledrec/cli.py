@@ -581,6 +581,9 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"{result.mismatches} mismatches.\n"
         f"Decision log: {result.log_entries:,} entries, signed and verified: "
         f"{'PASS' if result.log_ok else 'FAIL ' + '; '.join(result.log_findings)}.\n"
+        f"Recorded {len(result.recordings)} calls, encrypted in the vault"
+        + (f"; one exported to {result.exported}" if result.exported else "")
+        + ".\n"
         f"Revealed keys: {result.store / 'revealed-keys.json'}\n"
         f"Try: sampledrec decide --store {result.store} --call-ref my-call-1 --attr queue=sales"
     )

@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from .audio import AudioFormat, frames, synthetic_speech
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .draw import draw_many
 from .errors import SampledrecError
 from .logverify import verify_log
 from .sampler import Decision
 from .store import Store
+from .vault import Vault
 
 __all__ = ["DEMO_POLICY", "DemoResult", "run_demo"]
 
@@ -88,6 +90,8 @@ class DemoResult:
     key_matches_commitment: bool = False
     log_entries: int = 0
     log_ok: bool = False
+    recordings: list[str] = field(default_factory=list)
+    exported: Path | None = None
     log_findings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +110,8 @@ class DemoResult:
                 "mismatches": self.mismatches,
             },
             "log": {"entries": self.log_entries, "ok": self.log_ok, "findings": self.log_findings},
+            "recordings": len(self.recordings),
+            "exported": None if self.exported is None else str(self.exported),
         }
 
 
@@ -166,15 +172,28 @@ def run_demo(
         objections.add(number)
     sim_clock = FixedClock(day)
     decisions: list[Decision] = []
-    with st.open_log(clock=sim_clock) as log:
+    result = DemoResult(store=path, day=day.date().isoformat(), calls=calls)
+    fmt = AudioFormat("pcm16", 8000, 1)
+    export_path = Path(str(path).rstrip("/") + "-sample.wav")
+    with st.open_log(clock=sim_clock) as log, Vault(st, log, clock=sim_clock) as vault:
         sampler = st.sampler(clock=sim_clock, log=log)
-        for call in _make_calls(calls, day, rng):
+        for n, call in enumerate(_make_calls(calls, day, rng)):
             sim_clock.set(call["at"])
-            decisions.append(sampler.decide(call["ref"], call["attrs"], caller=call["caller"]))
+            decision = sampler.decide(call["ref"], call["attrs"], caller=call["caller"])
+            decisions.append(decision)
+            if decision.record:
+                # The selected calls are recorded as they stream in, 20 ms at a time.
+                speech = synthetic_speech(2.0, sample_rate=fmt.sample_rate, seed=n)
+                with vault.record(decision, audio_format=fmt) as recorder:
+                    for frame in frames(speech, fmt, 20):
+                        recorder.write(frame)
+                result.recordings.append(recorder.recording_id)
             if progress is not None:
                 progress(1)
+        if result.recordings and not export_path.exists():
+            vault.export(result.recordings[0], export_path, "demo", at=sim_clock.now())
+            result.exported = export_path
 
-    result = DemoResult(store=path, day=day.date().isoformat(), calls=calls)
     policy = sampler.policy
     for rule in policy.all_rules:
         mine = [d for d in decisions if d.rule == rule.name]
@@ -212,7 +231,7 @@ def run_demo(
         for r, rec, d in zip(draws.tolist(), recomputed, decisions, strict=True)
     )
     # The decision log: every decision is in it, and the whole log verifies.
-    report = verify_log(path)
+    report = verify_log(path, public_key=st.public_key, store_id=st.store_id)
     result.log_entries = report.size
     result.log_ok = report.ok
     result.log_findings = [f.message for f in report.findings]
