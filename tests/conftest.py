@@ -10,6 +10,10 @@ import pytest
 
 from sampledrec.cli import main
 
+from .softhsm import SoftHsm, softhsm
+
+__all__ = ["SoftHsm", "softhsm"]
+
 CliRun = Callable[..., tuple[int, str]]
 
 

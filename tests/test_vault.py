@@ -26,6 +26,8 @@ from sampledrec.logverify import verify_log
 from sampledrec.sampler import Decision, Sampler
 from sampledrec.vault import Recorder, Vault
 
+from .softhsm import SoftHsm
+
 PCM = AudioFormat("pcm16", 8000, 1)
 ALL = """
 [[rules]]
@@ -241,8 +243,6 @@ CHILD = textwrap.dedent(
     for i, frame in enumerate(frames(synthetic_speech(3.0), AudioFormat("pcm16", 8000, 1), 20)):
         rec.write(frame)
         if i == int(sys.argv[2]):
-            if rec._file is not None:
-                rec._file.flush()
             os._exit(9)  # the process dies mid-call
     """
 )
@@ -372,3 +372,22 @@ def test_recordings_cli(tmp_path: Path, store: Store) -> None:
         ]
     )
     assert code == 1 and not (tmp_path / "late.wav").exists()
+
+
+def test_vault_with_an_hsm_keystore(store: Store, softhsm: SoftHsm) -> None:
+    """Bucket keys on a real SoftHSM2 token (non-extractable): record, read, crypto-shred."""
+    from sampledrec.keystore import Pkcs11KeyStore
+
+    clock = FixedClock(AT)
+    with Pkcs11KeyStore(
+        softhsm.module, softhsm.label, softhsm.pin, label_prefix=f"vault-{id(store)}-"
+    ) as hsm, store.open_log(clock=clock) as log, Vault(store, log, keystore=hsm, clock=clock) as v:
+        audio = synthetic_speech(1.0, seed=9)
+        rid = record(v, selected(store.sampler(clock=clock, log=log)), audio)
+        assert v.open(rid).audio == audio
+        row = v.catalog.get(rid)
+        assert row is not None and hsm.has_bucket(row.bucket)
+        assert not (store.keys_path / "buckets").exists()  # nothing in the local keyring
+        hsm.destroy_bucket(row.bucket)
+        with pytest.raises(RecordingExpired, match="key was destroyed"):
+            v.open(rid)

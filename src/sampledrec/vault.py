@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from . import _container
 from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
@@ -486,6 +486,33 @@ class Vault:
         )
 
 
+class _AppendFile:
+    """A sink that opens the recording file only to append a chunk: a call centre with
+    thousands of calls in progress then holds no file descriptor per call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+
+    def write(self, data: bytes | memoryview) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return len(data)
+
+    def sync(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Recorder:
     """Streams one call's audio into an encrypted recording. Use as a context manager::
 
@@ -511,7 +538,7 @@ class Recorder:
         self._chunk_size = chunk_size
         self._pending: list[bytes] = []
         self._writer: _container.ContainerWriter | None = None
-        self._file: BinaryIO | None = None
+        self._file: _AppendFile | None = None
         self._position = 0  # bytes of audio received, pauses included
         self._paused_at: int | None = None
         self._pauses: list[tuple[int, int]] = []
@@ -569,10 +596,9 @@ class Recorder:
         index = self._vault.log.wait_durable(self._ticket)
         path = self._vault.store.path / self.row.file
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb")
+        self._file = _AppendFile(path)
         self._writer = _container.ContainerWriter(
-            self._file,
+            cast(BinaryIO, self._file),
             self._key,
             recording_id=self.row.recording_id,
             policy_version=self.row.policy_version,
@@ -596,9 +622,7 @@ class Recorder:
                 self._start()  # waits for the decision to be durable
             assert self._writer is not None and self._file is not None
             info = self._writer.close()
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self._file.sync()
             self._state = "sealed"
         self._vault._sealed(self.row, info, truncated=False, pauses=self._pauses)
         self._key = b""
@@ -614,8 +638,6 @@ class Recorder:
                 return
             self._state = "aborted"
             self._pending.clear()
-            if self._file is not None:
-                self._file.close()
         self._key = b""
         self._vault._destroy(self.row, reason)
 
