@@ -9,20 +9,30 @@ True
 
 from __future__ import annotations
 
+from .audio import AudioFormat
+from .catalog import Catalog, RecordingRow, SqliteCatalog
 from .clock import SYSTEM_CLOCK, Clock, FixedClock, SystemClock, parse_time
 from .draw import draw, draw_many, threshold
 from .errors import (
+    AudioTypeError,
     CallRefTypeError,
+    FFmpegNotFound,
     InvalidArgument,
+    InvalidAudio,
     InvalidCallRef,
     InvalidKey,
     InvalidPolicy,
     InvalidRate,
+    InvalidRecording,
     InvalidTime,
+    KeyDestroyed,
     KeyNotRevealable,
     KeyringError,
     KeyTypeError,
+    NotSelected,
     RateTypeError,
+    RecordingExpired,
+    RecordingNotFound,
     SampledrecError,
     StoreError,
     StoreLocked,
@@ -30,46 +40,70 @@ from .errors import (
     StorePermissionError,
 )
 from .keyring import EpochKey, Keyring, LocalKeyring, RevealedKey, epoch_commitment
+from .keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
+from .log import DecisionLog, LogCorrupt
 from .objections import ObjectionList
 from .policy import Policy, Retention, Rule
 from .sampler import Decision, DecisionBatch, Sampler
 from .store import Store
+from .vault import Principal, Recorder, Recording, Vault
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SYSTEM_CLOCK",
+    "AudioFormat",
+    "AudioTypeError",
     "CallRefTypeError",
+    "Catalog",
     "Clock",
     "Decision",
     "DecisionBatch",
+    "DecisionLog",
     "EpochKey",
+    "FFmpegNotFound",
     "FixedClock",
     "InvalidArgument",
+    "InvalidAudio",
     "InvalidCallRef",
     "InvalidKey",
     "InvalidPolicy",
     "InvalidRate",
+    "InvalidRecording",
     "InvalidTime",
+    "KeyDestroyed",
     "KeyNotRevealable",
+    "KeyStore",
     "KeyTypeError",
     "Keyring",
     "KeyringError",
+    "LocalKeyStore",
     "LocalKeyring",
+    "LogCorrupt",
+    "NotSelected",
     "ObjectionList",
+    "Pkcs11KeyStore",
     "Policy",
+    "Principal",
     "RateTypeError",
+    "Recorder",
+    "Recording",
+    "RecordingExpired",
+    "RecordingNotFound",
+    "RecordingRow",
     "Retention",
     "RevealedKey",
     "Rule",
     "SampledrecError",
     "Sampler",
+    "SqliteCatalog",
     "Store",
     "StoreError",
     "StoreLocked",
     "StoreNotFound",
     "StorePermissionError",
     "SystemClock",
+    "Vault",
     "draw",
     "draw_many",
     "epoch_commitment",
