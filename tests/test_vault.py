@@ -379,9 +379,13 @@ def test_vault_with_an_hsm_keystore(store: Store, softhsm: SoftHsm) -> None:
     from sampledrec.keystore import Pkcs11KeyStore
 
     clock = FixedClock(AT)
-    with Pkcs11KeyStore(
-        softhsm.module, softhsm.label, softhsm.pin, label_prefix=f"vault-{id(store)}-"
-    ) as hsm, store.open_log(clock=clock) as log, Vault(store, log, keystore=hsm, clock=clock) as v:
+    with (
+        Pkcs11KeyStore(
+            softhsm.module, softhsm.label, softhsm.pin, label_prefix=f"vault-{id(store)}-"
+        ) as hsm,
+        store.open_log(clock=clock) as log,
+        Vault(store, log, keystore=hsm, clock=clock) as v,
+    ):
         audio = synthetic_speech(1.0, seed=9)
         rid = record(v, selected(store.sampler(clock=clock, log=log)), audio)
         assert v.open(rid).audio == audio
