@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from .errors import StoreError
 
-__all__ = ["Catalog", "RecordingRow", "SqliteCatalog", "Status"]
+__all__ = ["Catalog", "Hold", "RecordingRow", "SqliteCatalog", "Status", "SubjectRequest"]
 
 Status = Literal["open", "sealed", "truncated", "aborted", "expired", "erased"]
 
@@ -63,6 +63,35 @@ class RecordingRow:
         return doc
 
 
+@dataclass
+class Hold:
+    """A legal hold: while active, its recordings' data keys are wrapped (also) by the hold's
+    key, so destroying their expiry bucket does not erase them. Times in µs since 1970."""
+
+    hold_id: str
+    reason: str
+    created_at: int
+    until: int | None = None
+    released_at: int | None = None
+
+    def active(self, now_us: int) -> bool:
+        return self.released_at is None and (self.until is None or now_us < self.until)
+
+
+@dataclass
+class SubjectRequest:
+    """A data-subject request (access/export or erasure), due one month after receipt."""
+
+    request_id: str
+    kind: str  # export | erase
+    caller_pseudonym: str | None
+    received_at: int
+    deadline: int
+    status: str  # open | done | deferred
+    detail: str = ""
+    completed_at: int | None = None
+
+
 @runtime_checkable
 class Catalog(Protocol):
     """Where recordings are listed. Implementations: :class:`SqliteCatalog`."""
@@ -78,6 +107,30 @@ class Catalog(Protocol):
     ) -> list[RecordingRow]: ...
 
     def close(self) -> None: ...
+
+    # holds
+    def add_hold(self, hold: Hold) -> None: ...
+
+    def get_hold(self, hold_id: str) -> Hold | None: ...
+
+    def holds(self) -> list[Hold]: ...
+
+    def update_hold(self, hold_id: str, **changes: Any) -> None: ...
+
+    def add_hold_member(self, hold_id: str, recording_id: str, wrapped_key: bytes) -> None: ...
+
+    def hold_members(self, hold_id: str) -> list[tuple[str, bytes | None]]: ...
+
+    def holds_of(self, recording_id: str) -> list[tuple[Hold, bytes | None]]: ...
+
+    def forget_hold_key(self, hold_id: str, recording_id: str) -> None: ...
+
+    # data-subject requests
+    def add_request(self, request: SubjectRequest) -> None: ...
+
+    def update_request(self, request_id: str, **changes: Any) -> None: ...
+
+    def requests(self, *, status: Sequence[str] | None = None) -> list[SubjectRequest]: ...
 
 
 _COLUMNS = [f.name for f in fields(RecordingRow)]
@@ -112,6 +165,30 @@ CREATE INDEX IF NOT EXISTS recordings_status ON recordings(status);
 CREATE INDEX IF NOT EXISTS recordings_expiry ON recordings(expires_at);
 CREATE INDEX IF NOT EXISTS recordings_caller ON recordings(caller_pseudonym);
 CREATE INDEX IF NOT EXISTS recordings_bucket ON recordings(bucket);
+CREATE TABLE IF NOT EXISTS holds (
+    hold_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    until INTEGER,
+    released_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS hold_members (
+    hold_id TEXT NOT NULL,
+    recording_id TEXT NOT NULL,
+    wrapped_key BLOB,
+    PRIMARY KEY (hold_id, recording_id)
+);
+CREATE INDEX IF NOT EXISTS hold_members_recording ON hold_members(recording_id);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    caller_pseudonym TEXT,
+    received_at INTEGER NOT NULL,
+    deadline INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    completed_at INTEGER
+);
 """
 
 
@@ -189,6 +266,105 @@ class SqliteCatalog:
 
     def __iter__(self) -> Iterator[RecordingRow]:
         return iter(self.find())
+
+    # -- holds --------------------------------------------------------------------------------
+
+    def add_hold(self, hold: Hold) -> None:
+        self._exec(
+            "INSERT INTO holds (hold_id, reason, created_at, until, released_at) "
+            "VALUES (?,?,?,?,?)",
+            [hold.hold_id, hold.reason, hold.created_at, hold.until, hold.released_at],
+        )
+
+    def get_hold(self, hold_id: str) -> Hold | None:
+        got = self._exec(
+            "SELECT hold_id, reason, created_at, until, released_at FROM holds WHERE hold_id=?",
+            [hold_id],
+        ).fetchone()
+        return None if got is None else Hold(*got)
+
+    def holds(self) -> list[Hold]:
+        rows = self._exec(
+            "SELECT hold_id, reason, created_at, until, released_at FROM holds "
+            "ORDER BY created_at, hold_id"
+        ).fetchall()
+        return [Hold(*r) for r in rows]
+
+    def update_hold(self, hold_id: str, **changes: Any) -> None:
+        allowed = {"reason", "until", "released_at"}
+        if set(changes) - allowed:
+            raise ValueError(f"unknown hold columns {sorted(set(changes) - allowed)}")
+        sets = ",".join(f"{k}=?" for k in changes)
+        self._exec(f"UPDATE holds SET {sets} WHERE hold_id=?", [*changes.values(), hold_id])
+
+    def add_hold_member(self, hold_id: str, recording_id: str, wrapped_key: bytes) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO hold_members (hold_id, recording_id, wrapped_key) "
+            "VALUES (?,?,?)",
+            [hold_id, recording_id, wrapped_key],
+        )
+
+    def hold_members(self, hold_id: str) -> list[tuple[str, bytes | None]]:
+        rows = self._exec(
+            "SELECT recording_id, wrapped_key FROM hold_members WHERE hold_id=? "
+            "ORDER BY recording_id",
+            [hold_id],
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def holds_of(self, recording_id: str) -> list[tuple[Hold, bytes | None]]:
+        rows = self._exec(
+            "SELECT h.hold_id, h.reason, h.created_at, h.until, h.released_at, m.wrapped_key "
+            "FROM hold_members m JOIN holds h ON h.hold_id = m.hold_id "
+            "WHERE m.recording_id=? ORDER BY h.created_at",
+            [recording_id],
+        ).fetchall()
+        return [(Hold(*r[:5]), r[5]) for r in rows]
+
+    def forget_hold_key(self, hold_id: str, recording_id: str) -> None:
+        self._exec(
+            "UPDATE hold_members SET wrapped_key=NULL WHERE hold_id=? AND recording_id=?",
+            [hold_id, recording_id],
+        )
+
+    # -- data-subject requests ----------------------------------------------------------------
+
+    def add_request(self, request: SubjectRequest) -> None:
+        self._exec(
+            "INSERT INTO requests (request_id, kind, caller_pseudonym, received_at, deadline, "
+            "status, detail, completed_at) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                request.request_id,
+                request.kind,
+                request.caller_pseudonym,
+                request.received_at,
+                request.deadline,
+                request.status,
+                request.detail,
+                request.completed_at,
+            ],
+        )
+
+    def update_request(self, request_id: str, **changes: Any) -> None:
+        allowed = {"status", "detail", "completed_at", "caller_pseudonym"}
+        if set(changes) - allowed:
+            raise ValueError(f"unknown request columns {sorted(set(changes) - allowed)}")
+        sets = ",".join(f"{k}=?" for k in changes)
+        self._exec(
+            f"UPDATE requests SET {sets} WHERE request_id=?", [*changes.values(), request_id]
+        )
+
+    def requests(self, *, status: Sequence[str] | None = None) -> list[SubjectRequest]:
+        sql = (
+            "SELECT request_id, kind, caller_pseudonym, received_at, deadline, status, detail, "
+            "completed_at FROM requests"
+        )
+        params: list[Any] = []
+        if status is not None:
+            sql += f" WHERE status IN ({','.join('?' * len(status))})"
+            params.extend(status)
+        sql += " ORDER BY received_at, request_id"
+        return [SubjectRequest(*r) for r in self._exec(sql, params).fetchall()]
 
 
 def _to_sql(name: str, value: Any) -> Any:

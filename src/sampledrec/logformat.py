@@ -37,7 +37,11 @@ __all__ = [
     "T_ACCESS",
     "T_CHECKPOINT",
     "T_DECISION",
+    "T_ERASURE",
+    "T_EXPIRED",
+    "T_HOLD",
     "T_KEY_COMMIT",
+    "T_KEY_DESTROYED",
     "T_KEY_REVEAL",
     "T_LOG_CREATED",
     "T_POLICY",
@@ -45,6 +49,7 @@ __all__ = [
     "T_RECORDING_OPENED",
     "T_RECORDING_SEALED",
     "T_RECORD_REFUSED",
+    "T_SUBJECT_REQUEST",
     "Entry",
     "decode_entry",
     "encode_fields",
@@ -65,6 +70,11 @@ T_RECORDING_SEALED: Final = 0x11
 T_RECORDING_ABORTED: Final = 0x12
 T_RECORD_REFUSED: Final = 0x13
 T_ACCESS: Final = 0x14
+T_EXPIRED: Final = 0x15
+T_HOLD: Final = 0x16
+T_ERASURE: Final = 0x17
+T_SUBJECT_REQUEST: Final = 0x18
+T_KEY_DESTROYED: Final = 0x19
 
 TYPE_NAMES: Final = {
     T_LOG_CREATED: "log_created",
@@ -78,6 +88,11 @@ TYPE_NAMES: Final = {
     T_RECORDING_ABORTED: "recording_aborted",
     T_RECORD_REFUSED: "record_refused",
     T_ACCESS: "access",
+    T_EXPIRED: "expired",
+    T_HOLD: "hold",
+    T_ERASURE: "erasure",
+    T_SUBJECT_REQUEST: "subject_request",
+    T_KEY_DESTROYED: "key_destroyed",
 }
 
 TAG_SEALED: Final = 0xF0
@@ -147,6 +162,35 @@ FIELDS: Final[dict[int, dict[int, tuple[str, str]]]] = {
         0x21: ("recording_id", "str"),
         0x22: ("detail", "str"),
     },
+    # A tombstone: the recording expired, its file is gone and its personal fields removed.
+    T_EXPIRED: {
+        0x01: ("recording_id", "str"),
+        0x02: ("bucket", "str"),
+        0x03: ("expires_at", "uint"),
+    },
+    T_HOLD: {
+        0x01: ("hold_id", "str"),
+        0x02: ("action", "str"),  # placed | released
+        0x03: ("recordings", "uint"),
+        0x04: ("until", "uint"),
+        0x20: ("reason", "str"),
+        0x21: ("principal", "str"),
+    },
+    T_ERASURE: {
+        0x01: ("recording_id", "str"),
+        0x02: ("outcome", "str"),  # erased | deferred
+        0x03: ("request_id", "str"),
+        0x04: ("reason", "str"),
+    },
+    T_SUBJECT_REQUEST: {
+        0x01: ("request_id", "str"),
+        0x02: ("kind", "str"),  # export | erase
+        0x03: ("received_at", "uint"),
+        0x04: ("status", "str"),
+        0x20: ("caller_pseudonym", "bytes"),
+        0x21: ("principal", "str"),
+    },
+    T_KEY_DESTROYED: {0x01: ("key", "str"), 0x02: ("reason", "str")},
 }
 
 REASON_CODES: Final = ("sampled", "not_sampled", "objection", "cap_reached")
