@@ -23,7 +23,7 @@ from .errors import StoreError
 
 __all__ = ["Catalog", "Hold", "RecordingRow", "SqliteCatalog", "Status", "SubjectRequest"]
 
-Status = Literal["open", "sealed", "truncated", "aborted", "expired", "erased"]
+Status = Literal["open", "sealed", "truncated", "aborted", "expiring", "expired", "erased"]
 
 
 @dataclass
@@ -99,6 +99,8 @@ class Catalog(Protocol):
     def add(self, row: RecordingRow) -> None: ...
 
     def update(self, recording_id: str, **changes: Any) -> None: ...
+
+    def update_many(self, recording_ids: Sequence[str], **changes: Any) -> None: ...
 
     def get(self, recording_id: str) -> RecordingRow | None: ...
 
@@ -239,6 +241,30 @@ class SqliteCatalog:
         sets = ",".join(f"{k}=?" for k in changes)
         values = [_to_sql(k, v) for k, v in changes.items()]
         self._exec(f"UPDATE recordings SET {sets} WHERE recording_id=?", [*values, recording_id])
+
+    def update_many(self, recording_ids: Sequence[str], **changes: Any) -> None:
+        """Apply the same changes to many recordings, in one transaction."""
+        if not recording_ids:
+            return
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown catalog columns {sorted(unknown)}")
+        sets = ",".join(f"{k}=?" for k in changes)
+        values = [_to_sql(k, v) for k, v in changes.items()]
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        f"UPDATE recordings SET {sets} WHERE recording_id=?",
+                        [[*values, rid] for rid in recording_ids],
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"catalog {self.path}: {exc}") from exc
 
     def get(self, recording_id: str) -> RecordingRow | None:
         cur = self._exec(

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from .sampler import Decision
     from .store import Store
 
-__all__ = ["Principal", "Recorder", "Recording", "Vault", "bucket_of"]
+__all__ = ["Principal", "Recorder", "Recording", "Vault", "bucket_of", "hold_bucket"]
 
 DEFAULT_CHUNK: Final = 64 * 1024
 _AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
@@ -84,6 +84,11 @@ class Principal:
 def bucket_of(expires_at_us: int) -> str:
     """The expiry bucket of a recording: the UTC day that contains its expiry."""
     return "bucket-" + from_micros(expires_at_us).date().isoformat()
+
+
+def hold_bucket(hold_id: str) -> str:
+    """The key-store name of a legal hold's key."""
+    return "hold-" + hold_id
 
 
 def data_key_aad(recording_id: str, expires_at_us: int) -> bytes:
@@ -329,9 +334,7 @@ class Vault:
                 "it can no longer be read"
             )
         try:
-            data_key = self.keystore.unwrap(
-                row.bucket, row.wrapped_key, aad=data_key_aad(recording_id, row.expires_at_sealed)
-            )
+            data_key = self.data_key(row, now=now)
         except KeyDestroyed:
             self._access(action, "denied", who, recording_id, "key destroyed")
             raise RecordingExpired(
@@ -356,6 +359,24 @@ class Vault:
                 "the recording cannot be read: it is damaged, truncated, or the key is wrong"
             ) from None
         return row, reader
+
+    def data_key(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
+        """Unwrap a recording's data key: from its expiry bucket, or, once that bucket is
+        destroyed, from an active legal hold that re-wrapped it. :class:`KeyDestroyed` if
+        neither can (the recording is crypto-shredded)."""
+        aad = data_key_aad(row.recording_id, row.expires_at_sealed)
+        if row.wrapped_key is not None:
+            try:
+                return self.keystore.unwrap(row.bucket, row.wrapped_key, aad=aad)
+            except KeyDestroyed:
+                pass
+        now_us = to_micros(now or self.clock.now())
+        for hold, wrapped in self.catalog.holds_of(row.recording_id):
+            if wrapped is not None and hold.active(now_us):
+                return self.keystore.unwrap(hold_bucket(hold.hold_id), wrapped, aad=aad)
+        raise KeyDestroyed(
+            f"the key of recording {row.recording_id} was destroyed (it expired or was erased)"
+        )
 
     def _access(
         self,
@@ -391,11 +412,7 @@ class Vault:
             found = None
             blob = b""
             try:
-                data_key = self.keystore.unwrap(
-                    row.bucket,
-                    row.wrapped_key,
-                    aad=data_key_aad(row.recording_id, row.expires_at_sealed),
-                )
+                data_key = self.data_key(row)
                 blob = path.read_bytes()
                 found = _container.recover_prefix(blob, data_key)
             except (KeyDestroyed, InvalidRecording, FileNotFoundError):
