@@ -9,11 +9,13 @@ True
 
 from __future__ import annotations
 
+from .access import Principal
 from .audio import AudioFormat
 from .catalog import Catalog, RecordingRow, SqliteCatalog
 from .clock import SYSTEM_CLOCK, Clock, FixedClock, SystemClock, parse_time
 from .draw import draw, draw_many, threshold
 from .errors import (
+    AccessDenied,
     AudioTypeError,
     CallRefTypeError,
     FFmpegNotFound,
@@ -46,12 +48,13 @@ from .objections import ObjectionList
 from .policy import Policy, Retention, Rule
 from .sampler import Decision, DecisionBatch, Sampler
 from .store import Store
-from .vault import Principal, Recorder, Recording, Vault
+from .vault import Recorder, Recording, Vault
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "SYSTEM_CLOCK",
+    "AccessDenied",
     "AudioFormat",
     "AudioTypeError",
     "CallRefTypeError",

@@ -41,7 +41,7 @@ class RecordingRow:
     expires_at_sealed: int
     expires_at: int  # effective: holds and releases change it
     bucket: str
-    wrapped_key: bytes
+    wrapped_key: bytes | None  # None once crypto-shredded
     audio_format: str
     file: str  # relative to the store
     status: Status = "open"
@@ -54,6 +54,9 @@ class RecordingRow:
     agent: str | None = None
     pauses: list[tuple[int, int]] = field(default_factory=list)
     truncated: bool = False
+    # The call attributes given when recording (``Vault.record(attrs=...)``), as text; what
+    # role scopes are matched against. Empty for recordings made before they were stored.
+    attrs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -161,7 +164,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     caller_pseudonym TEXT,
     agent TEXT,
     pauses TEXT NOT NULL DEFAULT '[]',
-    truncated INTEGER NOT NULL DEFAULT 0
+    truncated INTEGER NOT NULL DEFAULT 0,
+    attrs TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS recordings_status ON recordings(status);
 CREATE INDEX IF NOT EXISTS recordings_expiry ON recordings(expires_at);
@@ -211,6 +215,7 @@ class SqliteCatalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the catalog {self.path}: {exc}") from exc
         self._lock = threading.Lock()
@@ -393,9 +398,27 @@ class SqliteCatalog:
         return [SubjectRequest(*r) for r in self._exec(sql, params).fetchall()]
 
 
+# Columns added after a store's catalog may have been created, with their SQL definitions.
+_ADDED_COLUMNS = {"attrs": "TEXT NOT NULL DEFAULT '{}'"}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a catalog made by an earlier version up to the current schema."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(recordings)").fetchall()}
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE recordings ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it first
+                    raise
+
+
 def _to_sql(name: str, value: Any) -> Any:
     if name == "pauses":
         return json.dumps([list(p) for p in value])
+    if name == "attrs":
+        return json.dumps(dict(value or {}), sort_keys=True, ensure_ascii=False)
     if name == "truncated":
         return int(bool(value))
     return value
@@ -405,4 +428,5 @@ def _row(values: Sequence[Any]) -> RecordingRow:
     data = dict(zip(_COLUMNS, values, strict=True))
     data["pauses"] = [tuple(p) for p in json.loads(data["pauses"] or "[]")]
     data["truncated"] = bool(data["truncated"])
+    data["attrs"] = json.loads(data["attrs"] or "{}")
     return RecordingRow(**data)

@@ -17,8 +17,10 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from ._progress import Progress
+from .access import Principal
 from .clock import SYSTEM_CLOCK, FixedClock, parse_time
 from .errors import (
+    AccessDenied,
     InvalidArgument,
     InvalidPolicy,
     KeyNotRevealable,
@@ -438,10 +440,11 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     clock = FixedClock(at)
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)
-        decision = sampler.decide(args.call_ref, _attrs(args.attr))
+        attrs = _attrs(args.attr)
+        decision = sampler.decide(args.call_ref, attrs)
         with Vault(store, log, clock=clock) as vault:
             try:
-                recorder = vault.record(decision, audio_format=fmt)
+                recorder = vault.record(decision, audio_format=fmt, attrs=attrs)
             except NotSelected as exc:
                 log.flush()
                 if args.json:
@@ -485,7 +488,7 @@ def cmd_recordings_list(args: argparse.Namespace, out: TextIO) -> int:
 
     store = _open_store(args.store)
     with store.open_log() as log, Vault(store, log) as vault:
-        rows = vault.recordings(principal=_owner())
+        rows = vault.recordings(principal=Principal.owner(_owner()))
     docs = [r.to_json() for r in rows]
     if args.json:
         _emit(args, {"recordings": docs}, "", out)
@@ -517,7 +520,7 @@ def cmd_recordings_export(args: argparse.Namespace, out: TextIO) -> int:
     at = _at(args, store)
     with store.open_log() as log, Vault(store, log) as vault:
         try:
-            path = vault.export(args.id, args.out, _owner(), at=at)
+            path = vault.export(args.id, args.out, Principal.owner(_owner()), at=at)
         except (RecordingExpired, RecordingNotFound, InvalidRecording) as exc:
             raise CommandFailed(str(exc)) from None
     _emit(args, {"id": args.id, "out": str(path)}, f"Exported {args.id} to {path}", out)
@@ -539,7 +542,131 @@ def cmd_recordings_recover(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
+    from .retention import Retention
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    at = _at(args, store)
+    clock = FixedClock(at)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        total = len(vault.catalog.find(status=["sealed", "truncated", "expiring"]))
+        with Progress(total, "sweeping") as bar:
+            report = Retention(vault, clock=clock).sweep(
+                at, dry_run=args.dry_run, progress=bar.advance
+            )
+    rows = [
+        ("recordings expired", len(report.expired)),
+        ("kept by legal holds", report.held),
+        ("expiry buckets destroyed", len(report.buckets_destroyed)),
+        ("holds ended", len(report.holds_released)),
+        ("log detail keys destroyed", len(report.log_keys_destroyed)),
+    ]
+    text = (
+        f"Sweep at {at.isoformat()}{' (dry run: nothing changed)' if args.dry_run else ''}\n"
+        + _table(["", "count"], rows)
+    )
+    _emit(args, report.to_json(), text, out)
+    return EXIT_OK
+
+
+def _hold_doc(hold: Any) -> dict[str, Any]:
+    return {
+        "hold_id": hold.hold_id,
+        "reason": hold.reason,
+        "created_at": _iso_us(hold.created_at),
+        "until": None if hold.until is None else _iso_us(hold.until),
+        "released_at": None if hold.released_at is None else _iso_us(hold.released_at),
+    }
+
+
+def cmd_hold_add(args: argparse.Namespace, out: TextIO) -> int:
+    from .retention import Retention
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    query: dict[str, Any] = {}
+    if args.rule:
+        query["rule"] = args.rule
+    if args.agent:
+        query["agent"] = args.agent
+    if args.since:
+        query["from"] = parse_time(args.since)
+    if args.before:
+        query["to"] = parse_time(args.before)
+    if not args.ids and not query:
+        raise InvalidArgument(
+            "name the recordings to hold: ids, or --rule/--agent/--since/--before"
+        )
+    until = parse_time(args.until) if args.until else None
+    with store.open_log() as log, Vault(store, log) as vault:
+        retention = Retention(vault)
+        selector: Any = args.ids if args.ids else query
+        if args.ids and query:
+            selector = {**query, "ids": args.ids}
+        hold = retention.hold(selector, reason=args.reason, until=until, principal=_owner())
+        members = vault.catalog.hold_members(hold.hold_id)
+    doc = {**_hold_doc(hold), "recordings": [rid for rid, _ in members]}
+    _emit(
+        args,
+        doc,
+        f"Hold {hold.hold_id} placed on {len(members)} recording(s): {hold.reason}"
+        + (f" (until {doc['until']})" if hold.until else " (until released)"),
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_hold_release(args: argparse.Namespace, out: TextIO) -> int:
+    from .retention import Retention
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    with store.open_log() as log, Vault(store, log) as vault:
+        hold = Retention(vault).release(args.hold_id, principal=_owner())
+    _emit(args, _hold_doc(hold), f"Hold {hold.hold_id} released", out)
+    return EXIT_OK
+
+
+def cmd_hold_list(args: argparse.Namespace, out: TextIO) -> int:
+    from .catalog import SqliteCatalog
+
+    store = _open_store(args.store)
+    catalog = SqliteCatalog(store.path / "catalog.sqlite")
+    try:
+        holds = [
+            {**_hold_doc(h), "recordings": len(catalog.hold_members(h.hold_id))}
+            for h in catalog.holds()
+        ]
+    finally:
+        catalog.close()
+    if args.json:
+        _emit(args, {"holds": holds}, "", out)
+        return EXIT_OK
+    rows = [
+        (
+            h["hold_id"],
+            h["recordings"],
+            h["created_at"][:10],
+            h["until"] or "-",
+            "released" if h["released_at"] else "active",
+            h["reason"],
+        )
+        for h in holds
+    ]
+    out.write(
+        (
+            _table(["hold", "recordings", "placed", "until", "status", "reason"], rows)
+            if rows
+            else "no holds"
+        )
+        + "\n"
+    )
+    return EXIT_OK
+
+
 def _owner() -> str:
+    """The operating-system user, as whom the CLI acts: the store's owner (DESIGN.md §9)."""
     import getpass
 
     return getpass.getuser()
@@ -695,6 +822,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--json", action="store_true")
 
+    p = add("sweep", cmd_sweep, "expire what is due: crypto-shred recordings and keys")
+    p.add_argument("--store", required=True)
+    p.add_argument("--at", help="sweep as of this time (ISO 8601; forward only)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="report what would expire, change nothing"
+    )
+    p.add_argument("--json", action="store_true")
+
+    holds = sub.add_parser("hold", help="legal holds")
+    hsub = holds.add_subparsers(dest="hold_command", required=True, parser_class=_Parser)
+    p = add("add", cmd_hold_add, "hold recordings (ids or a query) past their expiry", hsub)
+    p.add_argument("ids", nargs="*", help="recording ids")
+    p.add_argument("--store", required=True)
+    p.add_argument("--reason", required=True, help="the case or request behind the hold")
+    p.add_argument("--until", help="when the hold ends (default: until released)")
+    p.add_argument("--rule", help="hold the recordings of this rule")
+    p.add_argument("--agent", help="hold the recordings of this agent")
+    p.add_argument("--since", help="recordings started at or after this time")
+    p.add_argument("--before", help="recordings started before this time")
+    p.add_argument("--json", action="store_true")
+    p = add("release", cmd_hold_release, "release a hold", hsub)
+    p.add_argument("hold_id")
+    p.add_argument("--store", required=True)
+    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_hold_list, "list the holds", hsub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--json", action="store_true")
+
     p = add("decide", cmd_decide, "decide whether to record one call")
     p.add_argument("--store", required=True)
     p.add_argument("--call-ref", required=True, help="the call's reference (SIP Call-ID, ...)")
@@ -746,7 +901,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return int(args.func(args, stdout))
-    except CommandFailed as exc:
+    except (CommandFailed, AccessDenied) as exc:
         return _fail(args, EXIT_FAILED, str(exc), stdout)
     except KeyNotRevealable as exc:
         return _fail(args, EXIT_FAILED, str(exc), stdout)

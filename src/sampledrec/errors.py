@@ -17,6 +17,7 @@
     │       └── FFmpegNotFound                decoding a file needs ffmpeg, not installed
     ├── InvalidRecording                    a recording cannot be decrypted or authenticated
     ├── NotSelected                         recording refused: the call was not selected
+    ├── AccessDenied (PermissionError)      a principal's roles do not allow the action
     ├── RecordingExpired                    a recording is past its expiry, or erased
     ├── RecordingNotFound (KeyError)        no recording with that id
     ├── KeyringError                        a key cannot be created, found or revealed
@@ -35,6 +36,7 @@ code that does not know sampledrec. Messages name the argument, its value and wh
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "AudioTypeError",
     "CallRefTypeError",
     "FFmpegNotFound",
@@ -148,6 +150,11 @@ class InvalidRecording(SampledrecError):
 
 class NotSelected(SampledrecError):
     """A recorder was asked for a call that the sampler did not select (the attempt is logged)."""
+
+
+class AccessDenied(SampledrecError, PermissionError):
+    """A principal's roles do not grant the permission an action needs, or do not reach the
+    recording (its scope). The attempt is logged with outcome ``denied``."""
 
 
 class RecordingExpired(SampledrecError):

@@ -19,7 +19,7 @@ from typing import Final, NoReturn
 
 from .errors import InvalidArgument
 
-__all__ = ["ObjectionList", "caller_pseudonym", "normalize_number"]
+__all__ = ["ObjectionList", "caller_pseudonym", "check_region", "normalize_number"]
 
 _DOMAIN: Final = b"sampledrec/v1/caller\x00"
 _SEPARATORS = re.compile(r"[\s().\-/]")
@@ -35,20 +35,28 @@ def normalize_number(number: str, *, region: str | None = None) -> str:
         raise InvalidArgument(f"a phone number must be text, got {type(number).__name__}")
     text = number.strip()
     try:
-        import phonenumbers  # type: ignore[import-not-found, unused-ignore]
+        import phonenumbers
     except ImportError:
-        phonenumbers = None
-    if phonenumbers is not None:
-        try:
-            parsed = phonenumbers.parse(text, region)
-        except phonenumbers.NumberParseException:
-            raise InvalidArgument(
-                f"{_mask(text)} is not a phone number; write it in international form "
-                "(+33 6 12 34 56 78) or set the store's default region"
-            ) from None
-        if not phonenumbers.is_possible_number(parsed):
-            raise InvalidArgument(f"{_mask(text)} is not a possible phone number")
-        return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+        return _international(text)
+    compact = _SEPARATORS.sub("", text)
+    if region is None and compact.startswith("00"):
+        # Without a region phonenumbers knows no international prefix; "00" is the ITU one,
+        # and the one the fallback accepts, so both paths read it alike.
+        text = "+" + compact[2:]
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        raise InvalidArgument(
+            f"{_mask(text)} is not a phone number; write it in international form "
+            "(+33 6 12 34 56 78) or set the store's default region"
+        ) from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise InvalidArgument(f"{_mask(text)} is not a possible phone number")
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _international(text: str) -> str:
+    """E.164 without the ``phonenumbers`` package: international forms only."""
     compact = _SEPARATORS.sub("", text)
     if compact.startswith("00"):
         compact = "+" + compact[2:]
@@ -59,6 +67,30 @@ def normalize_number(number: str, *, region: str | None = None) -> str:
             "national numbers"
         )
     return compact
+
+
+def check_region(region: object) -> str:
+    """A default region for national numbers: an ISO 3166 two-letter code, upper-cased.
+
+    >>> check_region("fr")
+    'FR'
+    """
+    text = region.strip().upper() if isinstance(region, str) else ""
+    if not re.fullmatch(r"[A-Z]{2}", text):
+        raise InvalidArgument(
+            f"region={region!r} is not a country code; give the two-letter ISO 3166 code of the "
+            "country whose national numbers callers use (for example FR)"
+        )
+    try:
+        import phonenumbers
+    except ImportError:
+        return text
+    if text not in phonenumbers.SUPPORTED_REGIONS:
+        raise InvalidArgument(
+            f"region={region!r} is not a region phonenumbers knows; give the two-letter ISO 3166 "
+            "code of a country (for example FR)"
+        )
+    return text
 
 
 def _mask(text: str) -> str:

@@ -19,6 +19,10 @@ whose ``match`` table fits the call's attributes decides its rate, purpose, rete
     purpose = "quality"
     retention = "6 months"
 
+Roles (who may list, listen to or export recordings, and within which scope) are declared in
+``[roles.<name>]`` tables, checked by :func:`sampledrec.access.parse_roles`; default roles exist
+even when the file declares none (:mod:`sampledrec.access`).
+
 Guardrails (DESIGN.md §2): a rate above the ceiling needs a written ``justification``; rate 1 is
 refused unless the purpose is ``legal_obligation`` with a ``legal_basis``; ``legal_obligation``
 always names its ``legal_basis``; ``proof`` needs a ``justification`` saying why a written
@@ -44,6 +48,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+from .access import DEFAULT_ROLES, Role, parse_roles
 from .draw import rate_fraction, threshold
 from .errors import InvalidPolicy, InvalidRate
 
@@ -63,7 +68,15 @@ DEFAULT_CEILING: Final = Fraction(1, 4)
 MIN_JUSTIFICATION: Final = 20
 GUIDANCE_RETENTION: Final = "6 months"
 
-_TOP_KEYS: Final = {"name", "description", "rate_ceiling", "agent_attribute", "rules", "default"}
+_TOP_KEYS: Final = {
+    "name",
+    "description",
+    "rate_ceiling",
+    "agent_attribute",
+    "rules",
+    "default",
+    "roles",
+}
 _RULE_KEYS: Final = {
     "name",
     "match",
@@ -210,7 +223,10 @@ def canonical_json(document: Mapping[str, Any]) -> bytes:
 class Policy:
     """A validated sampling policy. Build it with :meth:`load`, :meth:`from_toml` or
     :meth:`from_dict`; every mistake raises :class:`~sampledrec.errors.InvalidPolicy` naming the
-    file, the rule, the field, the value and what to do."""
+    file, the rule, the field, the value and what to do.
+
+    ``roles`` is the role table (:mod:`sampledrec.access`): the default roles, replaced or
+    extended by the file's ``[roles.<name>]`` tables."""
 
     rules: tuple[Rule, ...]
     default: Rule
@@ -221,6 +237,7 @@ class Policy:
     name: str | None = None
     source: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    roles: Mapping[str, Role] = field(default_factory=lambda: DEFAULT_ROLES)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -350,6 +367,7 @@ def _build(document: Mapping[str, Any], source: str | None) -> Policy:
         raise fail("the default rule takes every call; remove its `match`", "default", "match")
     if default.name in seen:
         raise fail(f"a rule is named {default.name!r} like the default rule; rename it", "default")
+    roles = parse_roles(document.get("roles", {}), source=source)
     canonical = canonical_json(document)
     return Policy(
         rules=tuple(rules),
@@ -361,6 +379,7 @@ def _build(document: Mapping[str, Any], source: str | None) -> Policy:
         name=document.get("name") if isinstance(document.get("name"), str) else None,
         source=source,
         warnings=tuple(warnings),
+        roles=roles,
     )
 
 

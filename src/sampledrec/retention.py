@@ -105,7 +105,8 @@ class Retention:
             if hold.released_at is None and hold.until is not None and hold.until <= now_us:
                 report.holds_released.append(hold.hold_id)
                 if not dry_run:
-                    self._release(hold, hold.until, "the hold ended")
+                    # Its recordings return to their own expiry; those past it expire below.
+                    self._release(hold, hold.until, "the hold ended", expire_now=False)
 
         live = self.catalog.find(status=["open", "sealed", "truncated", "expiring"])
         held = self._held_ids(now_us)
@@ -337,7 +338,15 @@ class Retention:
         assert released is not None
         return released
 
-    def _release(self, hold: Hold, at_us: int, why: str, *, principal: str = "sampledrec") -> None:
+    def _release(
+        self,
+        hold: Hold,
+        at_us: int,
+        why: str,
+        *,
+        principal: str = "sampledrec",
+        expire_now: bool = True,
+    ) -> None:
         self.catalog.update_hold(hold.hold_id, released_at=at_us)
         now = from_micros(max(at_us, to_micros(self.clock.now())))
         members = self.catalog.hold_members(hold.hold_id)
@@ -348,7 +357,7 @@ class Retention:
             if self._actively_held(row, to_micros(now)):
                 continue  # another hold still keeps it
             self.catalog.update(rid, expires_at=row.expires_at_sealed)
-            if row.expires_at_sealed <= to_micros(now):
+            if expire_now and row.expires_at_sealed <= to_micros(now):
                 fresh = self.catalog.get(rid)
                 assert fresh is not None
                 self._expire(fresh, now)

@@ -4,7 +4,8 @@ catalog and recordings, with no server.
 ::
 
     STORE/
-      store.json        format marker, store id, creation time, simulated flag, keyring location
+      store.json        format marker, store id, creation time, simulated flag, keyring location,
+                        default region for national phone numbers (optional)
       policy.toml       the policy most recently applied (for people to read)
       policies/         every applied policy, by version id, and schedule.json (when each
                         takes effect); the log records each one too
@@ -46,7 +47,7 @@ from .errors import (
 from .keyring import EpochKey, LocalKeyring, RevealedKey, reveal
 from .log import DecisionLog
 from .logformat import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
-from .objections import ObjectionList
+from .objections import ObjectionList, check_region
 from .policy import DEFAULT_POLICY_TOML, Policy
 from .sampler import Sampler
 
@@ -87,6 +88,12 @@ class Store:
         return bool(self._meta.get("simulated"))
 
     @property
+    def region(self) -> str | None:
+        """The default region in which national phone numbers are read (``"FR"``), if set."""
+        region = self._meta.get("region")
+        return str(region) if region else None
+
+    @property
     def created_at(self) -> str:
         return str(self._meta.get("created_at", ""))
 
@@ -104,11 +111,15 @@ class Store:
         policy: str | os.PathLike[str] | None = None,
         keys_dir: str | os.PathLike[str] | None = None,
         simulated: bool = False,
+        region: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> Store:
         """Create a new store. ``policy`` is a policy file (checked first); without it the
-        default policy is written (purpose quality, rate 5%, retention 6 months)."""
+        default policy is written (purpose quality, rate 5%, retention 6 months). ``region``
+        (``"FR"``) is where callers' national numbers (``06 12 34 56 78``) are read."""
         root = Path(path)
+        if region is not None:
+            region = check_region(region)
         if (root / "store.json").exists():
             raise StoreError(f"{root} is already a sampledrec store; open it instead")
         if root.exists() and not root.is_dir():
@@ -142,6 +153,8 @@ class Store:
                 "simulated": simulated,
                 "keys_dir": str(keys_path) if keys_dir else None,
             }
+            if region is not None:
+                meta["region"] = region
             _write_private(keys_path / "store-id", store_id.hex().encode() + b"\n")
             _write_private(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
             store = cls(root, meta)
@@ -298,7 +311,9 @@ class Store:
         )
 
     def objections(self) -> ObjectionList:
-        return ObjectionList.load(self.keyring.pseudonym_key(), self.path / "objections.txt")
+        return ObjectionList.load(
+            self.keyring.pseudonym_key(), self.path / "objections.txt", region=self.region
+        )
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 30.0) -> Iterator[None]:

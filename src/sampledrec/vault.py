@@ -28,7 +28,7 @@ import os
 import secrets
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,10 +36,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from . import _container
+from .access import OWNER, PERMISSIONS, Grant, Principal, Role, grant, granting_roles
 from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
 from .catalog import Catalog, RecordingRow, SqliteCatalog
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
+    AccessDenied,
     InvalidArgument,
     InvalidRecording,
     KeyDestroyed,
@@ -69,18 +71,6 @@ DEFAULT_CHUNK: Final = 64 * 1024
 _AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is acting: a user of the host application (which authenticates them) and roles."""
-
-    name: str
-    roles: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise InvalidArgument("a principal needs a name (the user the host application knows)")
-
-
 def bucket_of(expires_at_us: int) -> str:
     """The expiry bucket of a recording: the UTC day that contains its expiry."""
     return "bucket-" + from_micros(expires_at_us).date().isoformat()
@@ -97,9 +87,35 @@ def data_key_aad(recording_id: str, expires_at_us: int) -> bytes:
 
 
 def _principal(p: Principal | str | None) -> Principal:
+    # No principal: a library caller acting as the store's owner. A bare name holds no role,
+    # so it may do nothing (never guess a role from a name).
     if p is None:
-        return Principal("sampledrec")
+        return Principal.owner()
     return p if isinstance(p, Principal) else Principal(p)
+
+
+def _call_attrs(attrs: Mapping[str, object] | None) -> dict[str, str]:
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, Mapping):
+        raise InvalidArgument(
+            f"attrs={attrs!r} must be a mapping of call attributes, such as {{'queue': 'sales'}}"
+        )
+    out: dict[str, str] = {}
+    for name, value in attrs.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"attrs: attribute name {name!r} must be non-empty text")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+        else:
+            raise InvalidArgument(
+                f"attrs[{name!r}] = {value!r}: attribute values are text, numbers or true/false"
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -155,8 +171,14 @@ class Vault:
         audio_format: AudioFormat,
         principal: Principal | str | None = None,
         chunk_size: int = DEFAULT_CHUNK,
+        attrs: Mapping[str, object] | None = None,
     ) -> Recorder:
-        """Open a recorder for a decision to record; raises :class:`NotSelected` otherwise."""
+        """Open a recorder for a decision to record; raises :class:`NotSelected` otherwise.
+
+        ``attrs`` are the call's attributes (those given to ``decide``); they are kept, as
+        text, in the catalog, where role scopes are matched against them
+        (:mod:`sampledrec.access`)."""
+        call_attrs = _call_attrs(attrs)
         who = _principal(principal)
         if not decision.record:
             self.log.append(
@@ -206,6 +228,7 @@ class Vault:
             file=f"recordings/{bucket}/{recording_id}.sdr",
             caller_pseudonym=decision.caller_pseudonym,
             agent=decision.agent,
+            attrs=call_attrs,
         )
         self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
         self.log.append(
@@ -225,10 +248,19 @@ class Vault:
     # -- reading ---------------------------------------------------------------------------------
 
     def recordings(self, *, principal: Principal | str | None = None) -> list[RecordingRow]:
-        """Every recording's catalog row (logged as an access)."""
+        """The catalog rows that ``principal`` may list: those in the scope of a role of theirs
+        with the ``list`` permission (metadata only; no audio). Logged as one access, with how
+        many rows were shown; :class:`AccessDenied` if none of their roles may list."""
+        who = _principal(principal)
+        allowed = self._grant(who, "list", None, None)
         rows = self.catalog.find()
-        self._access("list", "granted", _principal(principal), None, f"{len(rows)} recordings")
-        return rows
+        if allowed.unrestricted:
+            shown, detail = rows, f"{len(rows)} recordings"
+        else:
+            shown = [r for r in rows if self.in_scope(allowed, r)]
+            detail = f"{len(shown)} of {len(rows)} recordings (scope)"
+        self._access("list", "granted", who, None, detail)
+        return shown
 
     def open(
         self,
@@ -313,10 +345,8 @@ class Vault:
         self, recording_id: str, who: Principal, action: str, at: datetime | None
     ) -> tuple[RecordingRow, _container.ContainerReader]:
         now = at or self.clock.now()
-        row = self.catalog.get(recording_id)
-        if row is None:
-            self._access(action, "denied", who, recording_id, "no such recording")
-            raise RecordingNotFound(f"no recording {recording_id!r} in {self.store.path}")
+        allowed = self._grant(who, action, recording_id, now)
+        row = self._row_in_scope(recording_id, who, action, allowed)
         if row.status not in ("sealed", "truncated"):
             self._access(action, "denied", who, recording_id, f"status {row.status}")
             if row.status in ("expired", "erased", "aborted"):
@@ -377,6 +407,92 @@ class Vault:
         raise KeyDestroyed(
             f"the key of recording {row.recording_id} was destroyed (it expired or was erased)"
         )
+
+    # -- access control (sampledrec.access) --------------------------------------------------------
+
+    def authorize(
+        self,
+        principal: Principal | str | None,
+        permission: str,
+        *,
+        recording_id: str | None = None,
+        at: datetime | None = None,
+    ) -> Grant:
+        """Check that ``principal`` holds ``permission`` under the policy in force at ``at``
+        (default: now) and, with ``recording_id``, that the recording is within the scope of a
+        role granting it. The attempt is logged with its outcome either way; raises
+        :class:`AccessDenied` when refused. Reads (:meth:`recordings`, :meth:`open`,
+        :meth:`read_range`, :meth:`export`) check by themselves; this is for the other
+        actions (holds, subject requests, verifying, reading the log, policy and keys)."""
+        if permission not in PERMISSIONS:
+            raise InvalidArgument(
+                f"permission {permission!r} does not exist; use one of {', '.join(PERMISSIONS)}"
+            )
+        who = _principal(principal)
+        now = at or self.clock.now()
+        allowed = self._grant(who, permission, recording_id, now)
+        if recording_id is not None:
+            self._row_in_scope(recording_id, who, permission, allowed)
+        self._access(permission, "granted", who, recording_id, None)
+        return allowed
+
+    def in_scope(self, allowed: Grant, row: RecordingRow) -> bool:
+        """Whether ``row`` is in the scope of one of the roles of ``allowed``: by the call
+        attributes stored with it, and for a scope attribute it did not store, by the values
+        its policy rule required of the call (in scope only if all of them are)."""
+        if allowed.unrestricted:
+            return True
+        required: Mapping[str, frozenset[str]] = {}
+        if not all(name in row.attrs for name in allowed.scope_attributes):
+            try:
+                policy = self.store._policy_version(row.policy_version)
+                required = policy.rule_named(row.rule).match
+            except KeyError:
+                required = {}
+        return allowed.reaches(row.attrs, required)
+
+    def _roles(self, who: Principal, now: datetime) -> Mapping[str, Role]:
+        if all(name == OWNER for name in who.roles):
+            return {}  # the owner needs no policy; a principal without roles gets nothing
+        return self.store.policy(now).roles
+
+    def _grant(
+        self, who: Principal, permission: str, recording_id: str | None, at: datetime | None
+    ) -> Grant:
+        """The grant of ``permission`` to ``who``; logs a refusal and raises
+        :class:`AccessDenied` when no role of theirs grants it."""
+        roles = self._roles(who, at or self.clock.now())
+        try:
+            allowed = grant(who, permission, roles)
+        except InvalidArgument:
+            self._access(permission, "denied", who, recording_id, "unknown role")
+            raise
+        if not allowed:
+            self._access(permission, "denied", who, recording_id, f"no role grants {permission}")
+            on = f" on recording {recording_id}" if recording_id else ""
+            holders = ", ".join(granting_roles(permission, roles)) or "owner"
+            raise AccessDenied(
+                f"principal {who.name!r} may not {permission}{on}: none of its roles "
+                f"({', '.join(who.roles) or 'it has none'}) grants {permission!r}; roles that "
+                f"do: {holders}"
+            )
+        return allowed
+
+    def _row_in_scope(
+        self, recording_id: str, who: Principal, permission: str, allowed: Grant
+    ) -> RecordingRow:
+        """The catalog row of a recording that ``allowed`` reaches; each refusal is logged."""
+        row = self.catalog.get(recording_id)
+        if row is None:
+            self._access(permission, "denied", who, recording_id, "no such recording")
+            raise RecordingNotFound(f"no recording {recording_id!r} in {self.store.path}")
+        if not self.in_scope(allowed, row):
+            self._access(permission, "denied", who, recording_id, "out of scope")
+            raise AccessDenied(
+                f"principal {who.name!r} may not {permission} on recording {recording_id}: it "
+                f"is outside the scope of its roles ({allowed.describe()})"
+            )
+        return row
 
     def _access(
         self,
