@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
 from ._progress import Progress
@@ -30,6 +30,9 @@ from .errors import (
 )
 from .policy import Policy
 from .store import Store
+
+if TYPE_CHECKING:
+    from .vault import Principal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 
@@ -108,7 +111,11 @@ def _read_lines(source: str) -> list[str]:
 def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     try:
         store = Store.init(
-            args.store, policy=args.policy, keys_dir=args.keys, simulated=args.simulated
+            args.store,
+            policy=args.policy,
+            keys_dir=args.keys,
+            simulated=args.simulated,
+            region=args.region,
         )
     except InvalidPolicy as exc:
         raise CommandFailed(f"policy refused: {exc}") from None
@@ -122,12 +129,14 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
             "keys": str(store.keys_path),
             "policy_version": policy.version,
             "simulated": store.simulated,
+            "region": store.region,
             "vkey": store.vkey,
         },
         f"Created store {store.path}\n"
         f"  keys:    {store.keys_path} (keep this folder out of backups: docs/operations.md)\n"
         f"  policy:  {store.policy_path} (version {policy.version[:16]})\n"
-        f"  log verifier key (give it to your DPO and auditor):\n    {store.vkey}"
+        + (f"  region:  {store.region} (national phone numbers)\n" if store.region else "")
+        + f"  log verifier key (give it to your DPO and auditor):\n    {store.vkey}"
         + ("\n  marked simulated: for demos and tests only" if store.simulated else ""),
         out,
     )
@@ -293,6 +302,169 @@ def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
         "numbers are kept only as keyed pseudonyms.",
         out,
     )
+    return EXIT_OK
+
+
+# -- data-subject requests ----------------------------------------------------------------------
+# The operator (the store's owner) confirms the requester's identity before running these
+# commands: the library trusts the number it is given (docs: sampledrec.subjects).
+
+
+def _subject_numbers(args: argparse.Namespace, store: Store) -> list[str]:
+    """The numbers to act on, from a file or stdin (DESIGN.md §9), all checked before any
+    request is recorded, so that a typo does not leave half the list answered."""
+    from .objections import normalize_number
+
+    where = "standard input" if args.file == "-" else args.file
+    numbers = _read_lines(args.file)
+    if not numbers:
+        raise InvalidArgument(f"no phone number found in {where}; write one number per line")
+    for i, number in enumerate(numbers, 1):
+        try:
+            normalize_number(number, region=store.region)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"number {i} of {where}: {exc}") from None
+    return numbers
+
+
+def _owner_principal() -> Principal:
+    from .vault import Principal
+
+    return Principal.owner(_owner())
+
+
+def cmd_subject_export(args: argparse.Namespace, out: TextIO) -> int:
+    import zipfile
+
+    from .errors import InvalidRecording
+    from .subjects import SubjectRequests
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    numbers = _subject_numbers(args, store)
+    target = Path(args.out)
+    # One file per person: never two people's recordings in one archive.
+    paths = (
+        [target]
+        if len(numbers) == 1
+        else [
+            target.with_name(f"{target.stem}-{i}{target.suffix}")
+            for i in range(1, len(numbers) + 1)
+        ]
+    )
+    for path in paths:
+        if path.exists():
+            raise InvalidArgument(f"{path} exists; choose a new --out file")
+    who = _owner_principal()
+    docs = []
+    with store.open_log() as log, Vault(store, log) as vault:
+        subjects = SubjectRequests(store, vault, log)
+        for number, path in zip(numbers, paths, strict=True):
+            request = subjects.receive("export", number, principal=who)
+            try:
+                subjects.subject_export(number, path, principal=who, request=request)
+            except InvalidRecording as exc:
+                raise CommandFailed(f"request {request.request_id}: {exc}") from None
+            with zipfile.ZipFile(path) as zf:
+                meta = json.loads(zf.read("metadata.json"))
+            docs.append(
+                {
+                    "request_id": request.request_id,
+                    "out": str(path),
+                    "deadline": _iso_us(request.deadline),
+                    "recordings": [r["id"] for r in meta["recordings"]],
+                    "not_included": meta["not_included"],
+                }
+            )
+    rows = [(d["request_id"], len(d["recordings"]), len(d["not_included"]), d["out"]) for d in docs]
+    text = (
+        _table(["request", "recordings", "not included", "file"], rows)
+        + "\nEach file holds one person's recordings (WAV) and metadata.json; it is not "
+        "encrypted: hand it over securely, then delete it."
+    )
+    _emit(args, {"requests": docs}, text, out)
+    return EXIT_OK
+
+
+def cmd_subject_erase(args: argparse.Namespace, out: TextIO) -> int:
+    from .subjects import SubjectRequests
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    numbers = _subject_numbers(args, store)
+    who = _owner_principal()
+    docs: list[dict[str, Any]] = []
+    with store.open_log() as log, Vault(store, log) as vault:
+        subjects = SubjectRequests(store, vault, log)
+        for number in numbers:
+            request = subjects.receive("erase", number, principal=who)
+            outcomes = subjects.subject_erase(number, principal=who, request=request)
+            docs.append(
+                {
+                    "request_id": request.request_id,
+                    "status": request.status,
+                    "detail": request.detail,
+                    "recordings": [{"id": rid, "outcome": o} for rid, o in outcomes],
+                }
+            )
+    deferred = [d for d in docs if d["status"] == "deferred"]
+    rows = [
+        (d["request_id"], r["id"], r["outcome"])
+        for d in docs
+        for r in d["recordings"] or [{"id": "(no recording found)", "outcome": "-"}]
+    ]
+    text = _table(["request", "recording", "outcome"], rows) + "".join(
+        f"\n{d['request_id']} DEFERRED: {d['detail']}" for d in deferred
+    )
+    _emit(args, {"requests": docs}, text, out)
+    return EXIT_FAILED if deferred else EXIT_OK
+
+
+def cmd_subject_requests(args: argparse.Namespace, out: TextIO) -> int:
+    from .subjects import SubjectRequests
+    from .vault import Vault
+
+    store = _open_store(args.store)
+    at = _at(args, store)
+    with store.open_log() as log, Vault(store, log) as vault:
+        subjects = SubjectRequests(store, vault, log)
+        pending = subjects.open_requests(at)
+        done = [r for r in subjects.requests() if r.status == "done"] if args.all else []
+    docs = [p.to_json() for p in pending]
+    rows: list[tuple[object, ...]] = [
+        (
+            p.request.request_id,
+            p.received_at.isoformat()[:10],
+            p.request.kind,
+            p.request.status,
+            p.deadline.isoformat()[:10],
+            p.days_left,
+            "OVERDUE" if p.overdue else "",
+        )
+        for p in pending
+    ]
+    for r in done:
+        docs.append(
+            {
+                "request_id": r.request_id,
+                "kind": r.kind,
+                "status": r.status,
+                "detail": r.detail,
+                "received_at": _iso_us(r.received_at),
+                "deadline": _iso_us(r.deadline),
+                "completed_at": None if r.completed_at is None else _iso_us(r.completed_at),
+            }
+        )
+        rows.append((r.request_id, _iso_us(r.received_at)[:10], r.kind, r.status, "-", "-", ""))
+    overdue = sum(p.overdue for p in pending)
+    text = (
+        _table(["request", "received", "kind", "status", "deadline", "days left", "note"], rows)
+        if rows
+        else "no open data-subject request"
+    )
+    if overdue:
+        text += f"\n{overdue} request(s) OVERDUE: answer them now (one month from receipt)."
+    _emit(args, {"at": at.isoformat(), "requests": docs, "overdue": overdue}, text, out)
     return EXIT_OK
 
 
@@ -692,7 +864,12 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         )
         for r in result.rules
     ]
-    ok = result.key_matches_commitment and result.mismatches == 0 and result.log_ok
+    ok = (
+        result.key_matches_commitment
+        and result.mismatches == 0
+        and result.log_ok
+        and result.readable_after_a_year == 0
+    )
     text = (
         f"sampledrec demo: a SIMULATED call-centre day ({result.day}) in {result.store}\n\n"
         + _table(
@@ -711,6 +888,9 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"Recorded {len(result.recordings)} calls, encrypted in the vault"
         + (f"; one exported to {result.exported}" if result.exported else "")
         + ".\n"
+        f"A year later: the sweep expired {result.swept} recordings and destroyed "
+        f"{result.buckets_destroyed} expiry-bucket keys; recordings still readable: "
+        f"{result.readable_after_a_year}.\n"
         f"Revealed keys: {result.store / 'revealed-keys.json'}\n"
         f"Try: sampledrec decide --store {result.store} --call-ref my-call-1 --attr queue=sales"
     )
@@ -745,6 +925,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--simulated",
         action="store_true",
         help="mark the store as simulated (demos and tests; shown in every report)",
+    )
+    p.add_argument(
+        "--region",
+        help="country whose national phone numbers callers use (ISO 3166 code, e.g. FR)",
     )
     p.add_argument("--json", action="store_true")
 
@@ -881,6 +1065,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("add", cmd_objections_add, "add callers' numbers, read from a file or stdin", osub)
     p.add_argument("--store", required=True)
     p.add_argument("--file", default="-", help="one number per line ('-', the default: stdin)")
+    p.add_argument("--json", action="store_true")
+
+    subj = sub.add_parser("subject", help="data-subject requests: export, erase, deadlines")
+    ssub = subj.add_subparsers(dest="subject_command", required=True, parser_class=_Parser)
+    numbers_help = "callers' numbers, one per line ('-', the default: stdin); one request each"
+    p = add(
+        "export",
+        cmd_subject_export,
+        "write a caller's recordings and their metadata to a ZIP (identity checked first)",
+        ssub,
+    )
+    p.add_argument("--store", required=True)
+    p.add_argument("--file", default="-", help=numbers_help)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="ZIP file to write (must not exist); several numbers: FILE-1.zip, FILE-2.zip, ...",
+    )
+    p.add_argument("--json", action="store_true")
+    p = add(
+        "erase",
+        cmd_subject_erase,
+        "crypto-shred a caller's recordings (exit 1 if a legal hold defers any)",
+        ssub,
+    )
+    p.add_argument("--store", required=True)
+    p.add_argument("--file", default="-", help=numbers_help)
+    p.add_argument("--json", action="store_true")
+    p = add("requests", cmd_subject_requests, "open requests with their one-month deadline", ssub)
+    p.add_argument("--store", required=True)
+    p.add_argument("--all", action="store_true", help="also list answered requests")
+    p.add_argument("--at", help="deadlines as of this time (ISO 8601; forward only)")
     p.add_argument("--json", action="store_true")
 
     p = add("demo", cmd_demo, "simulate a call-centre day in a new simulated store")

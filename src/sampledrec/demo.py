@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from .access import Principal
 from .audio import AudioFormat, frames, synthetic_speech
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .draw import draw_many
-from .errors import SampledrecError
+from .errors import RecordingExpired, SampledrecError
 from .logverify import verify_log
+from .retention import Retention
 from .sampler import Decision
 from .store import Store
 from .vault import Vault
@@ -93,6 +95,9 @@ class DemoResult:
     recordings: list[str] = field(default_factory=list)
     exported: Path | None = None
     log_findings: list[str] = field(default_factory=list)
+    swept: int = 0
+    buckets_destroyed: int = 0
+    readable_after_a_year: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +117,11 @@ class DemoResult:
             "log": {"entries": self.log_entries, "ok": self.log_ok, "findings": self.log_findings},
             "recordings": len(self.recordings),
             "exported": None if self.exported is None else str(self.exported),
+            "a_year_later": {
+                "expired": self.swept,
+                "buckets_destroyed": self.buckets_destroyed,
+                "readable": self.readable_after_a_year,
+            },
         }
 
 
@@ -184,14 +194,15 @@ def run_demo(
             if decision.record:
                 # The selected calls are recorded as they stream in, 20 ms at a time.
                 speech = synthetic_speech(2.0, sample_rate=fmt.sample_rate, seed=n)
-                with vault.record(decision, audio_format=fmt) as recorder:
+                with vault.record(decision, audio_format=fmt, attrs=call["attrs"]) as recorder:
                     for frame in frames(speech, fmt, 20):
                         recorder.write(frame)
                 result.recordings.append(recorder.recording_id)
             if progress is not None:
                 progress(1)
         if result.recordings and not export_path.exists():
-            vault.export(result.recordings[0], export_path, "demo", at=sim_clock.now())
+            owner = Principal.owner("demo")  # the demo acts as its store's owner
+            vault.export(result.recordings[0], export_path, owner, at=sim_clock.now())
             result.exported = export_path
 
     policy = sampler.policy
@@ -230,6 +241,20 @@ def run_demo(
         (int(r) != d.draw) or (rec != d.record)
         for r, rec, d in zip(draws.tolist(), recomputed, decisions, strict=True)
     )
+    # A year later, every recording has passed its retention: a sweep crypto-shreds them all.
+    later = day + timedelta(days=366)
+    year_clock = FixedClock(later)
+    with st.open_log(clock=year_clock) as log, Vault(st, log, clock=year_clock) as vault:
+        sweep = Retention(vault, clock=year_clock).sweep(later)
+        result.swept = len(sweep.expired)
+        result.buckets_destroyed = len(sweep.buckets_destroyed)
+        for rid in result.recordings:
+            try:
+                vault.open(rid, at=later)
+            except RecordingExpired:
+                continue
+            result.readable_after_a_year += 1
+
     # The decision log: every decision is in it, and the whole log verifies.
     report = verify_log(path, public_key=st.public_key, store_id=st.store_id)
     result.log_entries = report.size
