@@ -4,7 +4,8 @@ An asyncio loop simulates concurrent calls sending audio frames. Each call is de
 starts; the selected ones are recorded, encrypted from their first byte (nothing reaches the disk
 before the decision is durable in the log). One recorded call pauses for a card payment (the gap
 is kept as silence and listed), one caller objects mid-call (the recording is destroyed). Then
-the recordings are listed and one is exported as a WAV file.
+the recordings are listed and one is exported as a WAV file by a QA lead with the
+``supervisor`` role (list, listen, export).
 
 Run it:  python examples/record_calls.py [FOLDER]
 (without FOLDER it works in a temporary folder and deletes it afterwards)
@@ -18,7 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from sampledrec import Sampler, Store
+from sampledrec import Principal, Sampler, Store
 from sampledrec.audio import AudioFormat, frames, synthetic_speech
 from sampledrec.vault import Vault
 
@@ -45,13 +46,14 @@ async def call(n: int, store: Store, vault: Vault, plan: dict[str, int], out: li
     """One call: decide at set-up, then (if selected) stream its frames into a recorder."""
     await asyncio.sleep(0.001 * (n % 7))  # calls start at slightly different times
     sampler = plan_sampler(store, vault)
-    decision = sampler.decide(f"{uuid.uuid4()}@pbx.example.com", {"queue": "support"})
+    attrs = {"queue": "support"}
+    decision = sampler.decide(f"{uuid.uuid4()}@pbx.example.com", attrs)
     if not decision.record:
         return
     order = plan["selected"]
     plan["selected"] += 1
     audio = synthetic_speech(SECONDS, sample_rate=FORMAT.sample_rate, seed=n)
-    recorder = vault.record(decision, audio_format=FORMAT)
+    recorder = vault.record(decision, audio_format=FORMAT, attrs=attrs)  # for role scopes
     for i, frame in enumerate(frames(audio, FORMAT, 20)):
         if order == 0 and i == 50:
             recorder.pause()  # the caller reads out a card number: masked as silence
@@ -85,12 +87,14 @@ async def main(folder: Path) -> int:
     with store.open_log() as log, Vault(store, log) as vault:
         plan = {"selected": 0}
         await asyncio.gather(*(call(n, store, vault, plan, report) for n in range(CALLS)))
-        rows = vault.recordings(principal="qa-lead")
+        # The host application authenticated its user and knows their roles (policy roles).
+        qa_lead = Principal("qa-lead", ("supervisor",))
+        rows = vault.recordings(principal=qa_lead)
         sealed = [r for r in rows if r.status == "sealed"]
         print("\n".join(report))
         print(f"{len(sealed)} recordings sealed, {len(rows) - len(sealed)} destroyed")
         if sealed:
-            out = vault.export(sealed[0].recording_id, folder / "exported.wav", "qa-lead")
+            out = vault.export(sealed[0].recording_id, folder / "exported.wav", qa_lead)
             print(f"exported {sealed[0].recording_id} to {out} ({out.stat().st_size} bytes)")
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sampledrec import InvalidPolicy, Policy, Retention, threshold
+from sampledrec import InvalidPolicy, Policy, RetentionPeriod, threshold
 from sampledrec.policy import DEFAULT_POLICY_TOML
 
 BASE = """
@@ -109,14 +109,14 @@ def test_default_policy_is_valid() -> None:
     ],
 )
 def test_retention_parse(text: str, months: int, days: int) -> None:
-    r = Retention.parse(text)
+    r = RetentionPeriod.parse(text)
     assert (r.months, r.days) == (months, days)
 
 
 def test_retention_clamps_month_end() -> None:
-    r = Retention.parse("1 month")
+    r = RetentionPeriod.parse("1 month")
     assert r.expires_at(datetime(2026, 1, 31)) == datetime(2026, 2, 28)
-    assert Retention.parse("6 months").expires_at(datetime(2026, 8, 31, 12)) == datetime(
+    assert RetentionPeriod.parse("6 months").expires_at(datetime(2026, 8, 31, 12)) == datetime(
         2027, 2, 28, 12
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sampledrec import FixedClock, Store
+from sampledrec import FixedClock, Principal, Store
 from sampledrec.audio import AudioFormat, encode_wav, frames, synthetic_speech
 from sampledrec.errors import (
     InvalidRecording,
@@ -76,10 +76,11 @@ def test_round_trip_and_bit_exact_export(opened: tuple, tmp_path: Path) -> None:
     _, _, sampler, vault, _ = opened
     audio = synthetic_speech(2.5, seed=1)
     rid = record(vault, selected(sampler), audio)
-    got = vault.open(rid, "qa")
+    qa = Principal("qa-lead", ("supervisor",))
+    got = vault.open(rid, qa)
     assert got.audio == audio and got.format == PCM
-    assert vault.read_range(rid, 500, 1500, "qa") == audio[8000:24000]
-    out = vault.export(rid, tmp_path / "out.wav", "qa")
+    assert vault.read_range(rid, 500, 1500, qa) == audio[8000:24000]
+    out = vault.export(rid, tmp_path / "out.wav", qa)
     assert out.read_bytes() == encode_wav(PCM, audio)  # a PCM16 recording exports bit-exact
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     row = vault.catalog.get(rid)
@@ -213,8 +214,8 @@ def test_header_swapped_between_recordings_is_refused(opened: tuple) -> None:  #
 def test_every_access_is_logged_with_its_outcome(opened: tuple) -> None:  # type: ignore[type-arg]
     store, log, sampler, vault, _ = opened
     rid = record(vault, selected(sampler), synthetic_speech(0.2))
-    vault.recordings(principal="auditor-1")
-    vault.open(rid, "qa-1")
+    vault.recordings(principal=Principal("auditor-1", ("auditor",)))
+    vault.open(rid, Principal("qa-1", ("qa_reviewer",)))
     log.flush()
     accesses = [
         e.fields for e in iter_entries(store.path / "log", store.keyring) if e.type_name == "access"

@@ -45,9 +45,11 @@ from .keyring import EpochKey, Keyring, LocalKeyring, RevealedKey, epoch_commitm
 from .keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
 from .log import DecisionLog, LogCorrupt
 from .objections import ObjectionList
-from .policy import Policy, Retention, Rule
+from .policy import Policy, RetentionPeriod, Rule
+from .retention import Retention, SweepReport
 from .sampler import Decision, DecisionBatch, Sampler
 from .store import Store
+from .subjects import SubjectRequests
 from .vault import Recorder, Recording, Vault
 
 __version__ = "0.1.0.dev0"
@@ -95,6 +97,7 @@ __all__ = [
     "RecordingNotFound",
     "RecordingRow",
     "Retention",
+    "RetentionPeriod",
     "RevealedKey",
     "Rule",
     "SampledrecError",
@@ -105,6 +108,8 @@ __all__ = [
     "StoreLocked",
     "StoreNotFound",
     "StorePermissionError",
+    "SubjectRequests",
+    "SweepReport",
     "SystemClock",
     "Vault",
     "draw",

@@ -13,19 +13,19 @@ policy file (``docs/policy-format.md``, "Roles and access")::
 These roles exist even when the file declares none; a ``[roles.<name>]`` table replaces the
 default role of that name, or adds a role:
 
-============  ========================================================  =====
-role          permissions                                               scope
-============  ========================================================  =====
-qa_reviewer   list, listen                                              none
-supervisor    list, listen, export                                      none
-dpo           list, hold, subject_requests, read_log, verify            none
-auditor       list, verify, read_log (metadata and the log, no audio)  none
-admin         list, manage_policy, manage_keys                          none
-============  ========================================================  =====
+============  =========================================================
+role          permissions (none of these roles has a scope)
+============  =========================================================
+qa_reviewer   list, listen
+supervisor    list, listen, export
+dpo           list, hold, subject_requests, read_log, verify
+auditor       list, verify, read_log (metadata and the log, never audio)
+admin         list, manage_policy, manage_keys
+============  =========================================================
 
 ``auditor`` can never be given ``listen`` or ``export``. ``owner`` is reserved: it holds every
-permission without scope, and is the role of the store's owner, as which the CLI acts
-(DESIGN.md §9) and as which library callers act when they pass no principal
+permission without scope, and is the role of the store's owner, as whom the CLI acts
+(DESIGN.md §9) and as whom library callers act when they pass no principal
 (:meth:`Principal.owner`). A principal without roles may do nothing.
 """
 
@@ -48,6 +48,7 @@ __all__ = [
     "Principal",
     "Role",
     "grant",
+    "granting_roles",
     "parse_roles",
 ]
 
@@ -121,9 +122,9 @@ class Role:
                 f"{', '.join(PERMISSIONS)}"
             )
         object.__setattr__(self, "permissions", frozenset(self.permissions))
-        object.__setattr__(
-            self, "scope", MappingProxyType({k: frozenset(v) for k, v in self.scope.items()})
-        )
+        given: Mapping[str, Any] = self.scope  # a lone value (str) stands for itself
+        scope = {k: frozenset([v] if isinstance(v, str) else v) for k, v in given.items()}
+        object.__setattr__(self, "scope", MappingProxyType(scope))
 
     def grants(self, permission: str) -> bool:
         return permission in self.permissions

@@ -214,6 +214,9 @@ class SqliteCatalog:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # Deleted content (wrapped keys, personal fields) is overwritten, not left in free
+            # pages where a copy of the file could still show it.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
             _migrate(self._db)
         except sqlite3.Error as exc:

@@ -57,7 +57,7 @@ __all__ = [
     "PURPOSES",
     "Policy",
     "Purpose",
-    "Retention",
+    "RetentionPeriod",
     "Rule",
     "canonical_json",
 ]
@@ -111,10 +111,10 @@ _UNITS: Final = {"day": (0, 1), "week": (0, 7), "month": (1, 0), "year": (12, 0)
 
 
 @dataclass(frozen=True, slots=True)
-class Retention:
+class RetentionPeriod:
     """How long a recording is kept: whole calendar months plus days.
 
-    >>> Retention.parse("6 months").expires_at(datetime(2026, 8, 31)).date().isoformat()
+    >>> RetentionPeriod.parse("6 months").expires_at(datetime(2026, 8, 31)).date().isoformat()
     '2027-02-28'
     """
 
@@ -123,7 +123,7 @@ class Retention:
     text: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> Retention:
+    def parse(cls, text: str) -> RetentionPeriod:
         if not isinstance(text, str):
             raise ValueError(f"must be text like '6 months' or 'P6M', got {text!r}")
         raw = text.strip()
@@ -170,7 +170,7 @@ class Rule:
     rate_value: Fraction
     threshold: int
     purpose: str
-    retention: Retention
+    retention: RetentionPeriod
     justification: str | None = None
     legal_basis: str | None = None
     max_per_agent_per_day: int | None = None
@@ -423,7 +423,7 @@ def _build_rule(
             "purpose",
         )
     try:
-        retention = Retention.parse(raw["retention"])
+        retention = RetentionPeriod.parse(raw["retention"])
     except ValueError as exc:
         raise fail(f"value {exc}", label, "retention") from None
     match = _build_match(raw.get("match", {}), label, fail)
@@ -473,7 +473,7 @@ def _build_rule(
             label,
             "justification",
         )
-    if retention.approx_days() > Retention.parse(GUIDANCE_RETENTION).approx_days() + 0.5:
+    if retention.approx_days() > RetentionPeriod.parse(GUIDANCE_RETENTION).approx_days() + 0.5:
         warnings.append(
             f"rule {name!r}: retention {retention.text!r} is longer than the "
             f"{GUIDANCE_RETENTION} usually recommended for call recordings"

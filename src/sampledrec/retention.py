@@ -96,7 +96,12 @@ class Retention:
         progress: Callable[[int], None] | None = None,
     ) -> SweepReport:
         """Expire what is due at ``now`` (default: the clock). See the module docstring."""
-        now = now or self.clock.now()
+        with self.vault.store.lock():  # one sweep, hold or erasure at a time
+            return self._sweep(now or self.clock.now(), dry_run, progress)
+
+    def _sweep(
+        self, now: datetime, dry_run: bool, progress: Callable[[int], None] | None
+    ) -> SweepReport:
         now_us = to_micros(now)
         report = SweepReport(now=now, dry_run=dry_run)
 
@@ -218,7 +223,7 @@ class Retention:
                 if wrapped is not None:
                     self.catalog.forget_hold_key(hold.hold_id, row.recording_id)
         self.catalog.update_many(
-            ids, wrapped_key=None, call_ref=None, caller_pseudonym=None, agent=None
+            ids, wrapped_key=None, call_ref=None, caller_pseudonym=None, agent=None, attrs={}
         )
         for row in rows:
             self.log.append(
@@ -268,6 +273,17 @@ class Retention:
     ) -> Hold:
         """Place a legal hold on recordings (ids, or a query for :meth:`select`): their data
         keys are re-wrapped to the hold's key before their bucket can be destroyed."""
+        with self.vault.store.lock():
+            return self._hold(recordings, reason=reason, until=until, principal=principal)
+
+    def _hold(
+        self,
+        recordings: Iterable[str] | Mapping[str, Any],
+        *,
+        reason: str,
+        until: datetime | None,
+        principal: str,
+    ) -> Hold:
         if not reason or not reason.strip():
             raise InvalidArgument("a legal hold needs a reason (the case or request behind it)")
         now = self.clock.now()
@@ -332,7 +348,8 @@ class Retention:
         if hold.released_at is not None:
             return hold
         now = self.clock.now()
-        self._release(hold, to_micros(now), "released", principal=principal)
+        with self.vault.store.lock():
+            self._release(hold, to_micros(now), "released", principal=principal)
         self.log.flush()
         released = self.catalog.get_hold(hold_id)
         assert released is not None

@@ -452,8 +452,8 @@ class Vault:
         return allowed.reaches(row.attrs, required)
 
     def _roles(self, who: Principal, now: datetime) -> Mapping[str, Role]:
-        if all(name == OWNER for name in who.roles):
-            return {}  # the owner needs no policy; a principal without roles gets nothing
+        if who.roles and all(name == OWNER for name in who.roles):
+            return {}  # the owner needs no policy
         return self.store.policy(now).roles
 
     def _grant(
@@ -471,10 +471,13 @@ class Vault:
             self._access(permission, "denied", who, recording_id, f"no role grants {permission}")
             on = f" on recording {recording_id}" if recording_id else ""
             holders = ", ".join(granting_roles(permission, roles)) or "owner"
+            hint = (
+                "" if who.roles else f" (pass Principal({who.name!r}, roles) with the user's roles)"
+            )
             raise AccessDenied(
                 f"principal {who.name!r} may not {permission}{on}: none of its roles "
                 f"({', '.join(who.roles) or 'it has none'}) grants {permission!r}; roles that "
-                f"do: {holders}"
+                f"do: {holders}{hint}"
             )
         return allowed
 

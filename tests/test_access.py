@@ -1,0 +1,480 @@
+"""Access control: roles in the policy file, defaults, scopes, enforcement, and the access log."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sampledrec import (
+    AccessDenied,
+    FixedClock,
+    InvalidArgument,
+    InvalidPolicy,
+    Policy,
+    Principal,
+    SampledrecError,
+    Store,
+)
+from sampledrec.access import DEFAULT_ROLES, OWNER, PERMISSIONS, Role, grant
+from sampledrec.audio import AudioFormat, encode_wav, frames, synthetic_speech
+from sampledrec.catalog import _SCHEMA, SqliteCatalog
+from sampledrec.log import DecisionLog, iter_entries
+from sampledrec.logverify import verify_log
+from sampledrec.sampler import Sampler
+from sampledrec.vault import Vault
+
+PCM = AudioFormat("pcm16", 8000, 1)
+AT = "2030-03-04T10:00:00Z"
+RULES = """
+[[rules]]
+name = "sales"
+match = { queue = "sales" }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue must be recorded"
+retention = "3 months"
+
+[[rules]]
+name = "support"
+match = { queue = ["support", "support-vip"] }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue must be recorded"
+retention = "3 months"
+
+[default]
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call must be recorded"
+retention = "3 months"
+"""
+ROLES = """
+[roles.sales_reviewer]
+permissions = ["list", "listen"]
+scope = { queue = "sales" }
+
+[roles.support_reviewer]
+permissions = ["list", "listen"]
+scope = { queue = "support" }
+
+[roles.support_lead]
+permissions = ["list", "listen", "export"]
+scope = { queue = ["support", "support-vip"] }
+"""
+MINIMAL = """
+[default]
+rate = "0.05"
+purpose = "quality"
+retention = "6 months"
+"""
+
+# What each default role may do (issue 5): the permission matrix the tests hold them to.
+EXPECTED = {
+    "qa_reviewer": {"list", "listen"},
+    "supervisor": {"list", "listen", "export"},
+    "dpo": {"list", "hold", "subject_requests", "read_log", "verify"},
+    "auditor": {"list", "verify", "read_log"},
+    "admin": {"list", "manage_policy", "manage_keys"},
+}
+
+Opened = tuple[Store, DecisionLog, Sampler, Vault]
+
+
+def load(text: str) -> Policy:
+    return Policy.from_toml(text, source="policy.toml")
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[Opened]:
+    (tmp_path / "p.toml").write_text(RULES + ROLES)
+    store = Store.init(tmp_path / "s", policy=tmp_path / "p.toml")
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        yield store, log, store.sampler(clock=clock, log=log), vault
+
+
+def record(
+    vault: Vault, sampler: Sampler, ref: str, attrs: dict[str, str], *, store_attrs: bool = True
+) -> str:
+    d = sampler.decide(ref, attrs)
+    assert d.record
+    audio = synthetic_speech(0.2, seed=len(ref))
+    with vault.record(
+        d, audio_format=PCM, chunk_size=1024, attrs=attrs if store_attrs else None
+    ) as rec:
+        for frame in frames(audio, PCM, 20):
+            rec.write(frame)
+    return rec.recording_id
+
+
+def accesses(store: Store, log: DecisionLog) -> list[dict[str, Any]]:
+    log.flush()
+    return [
+        e.fields for e in iter_entries(store.path / "log", store.keyring) if e.type_name == "access"
+    ]
+
+
+def who(role: str, name: str = "user") -> Principal:
+    return Principal(name, (role,))
+
+
+# -- the policy file --------------------------------------------------------------------------
+
+
+def test_default_roles_exist_without_a_roles_table() -> None:
+    roles = load(MINIMAL).roles
+    assert {name: set(r.permissions) for name, r in roles.items()} == EXPECTED
+    assert all(not r.scope for r in roles.values())
+    assert "listen" not in roles["dpo"].permissions
+    assert not {"listen", "export"} & roles["auditor"].permissions
+
+
+def test_roles_table_overrides_and_extends_the_defaults() -> None:
+    policy = load(
+        MINIMAL
+        + """
+[roles.qa_reviewer]
+permissions = ["list", "listen"]
+scope = { queue = ["sales", "support"], direction = "inbound", vip = true, level = 2 }
+
+[roles.trainer]
+description = "Listens to training calls"
+permissions = ["listen"]
+"""
+    )
+    qa = policy.roles["qa_reviewer"]
+    assert dict(qa.scope) == {
+        "queue": frozenset({"sales", "support"}),
+        "direction": frozenset({"inbound"}),
+        "vip": frozenset({"true"}),
+        "level": frozenset({"2"}),
+    }
+    assert policy.roles["trainer"].permissions == frozenset({"listen"})
+    assert policy.roles["supervisor"] == DEFAULT_ROLES["supervisor"]  # untouched defaults stay
+    disabled = load(MINIMAL + "[roles.supervisor]\npermissions = []\n")
+    assert disabled.roles["supervisor"].permissions == frozenset()
+
+
+def test_roles_are_part_of_the_canonical_form_and_version() -> None:
+    plain, with_roles = load(MINIMAL), load(MINIMAL + ROLES)
+    assert plain.version != with_roles.version
+    doc = json.loads(with_roles.canonical)
+    assert doc["roles"]["support_lead"] == {
+        "permissions": ["list", "listen", "export"],
+        "scope": {"queue": ["support", "support-vip"]},
+    }
+    assert load(MINIMAL + ROLES).version == with_roles.version
+
+
+@pytest.mark.parametrize(
+    ("table", "needles"),
+    [
+        (
+            '[roles.qa]\npermissions = ["list", "lisen"]',
+            ["policy.toml", "roles.qa.permissions", "'lisen'", ", ".join(PERMISSIONS)],
+        ),
+        ('roles = "qa"', ["field 'roles'", "must be a table of roles"]),
+        ('[roles]\nqa = "list"', ["roles.qa", "must be a table"]),
+        ("[roles.qa]\nscope = {}", ["roles.qa.permissions", "missing"]),
+        ('[roles.qa]\npermissions = "list"', ["roles.qa.permissions", "must be a list"]),
+        ('[roles.qa]\npermissions = ["list"]\ncolour = "red"', ["'colour'", "a role may have"]),
+        ('[roles.owner]\npermissions = ["list"]', ["roles.owner", "reserved"]),
+        ('[roles."q a"]\npermissions = ["list"]', ["role name 'q a'"]),
+        ('[roles.auditor]\npermissions = ["list", "listen"]', ["roles.auditor", "'listen'"]),
+        ('[roles.auditor]\npermissions = ["export"]', ["never hear or export"]),
+        ('[roles.qa]\npermissions = ["list"]\nscope = "sales"', ["roles.qa.scope"]),
+        ('[roles.qa]\npermissions = ["list"]\nscope = { queue = [] }', ["empty list"]),
+        ('[roles.qa]\npermissions = ["list"]\nscope = { level = 1.5 }', ["text, numbers"]),
+        ('[roles.qa]\npermissions = ["list"]\ndescription = 3', ["roles.qa.description"]),
+    ],
+)
+def test_role_mistakes_are_refused_clearly(table: str, needles: list[str]) -> None:
+    text = table + "\n" + MINIMAL if table.startswith("roles =") else MINIMAL + table + "\n"
+    with pytest.raises(InvalidPolicy) as info:
+        load(text)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+# -- principals and grants --------------------------------------------------------------------
+
+
+def test_principal_is_checked_when_built() -> None:
+    with pytest.raises(InvalidArgument, match="needs a name"):
+        Principal("  ")
+    with pytest.raises(InvalidArgument, match="sequence of role names"):
+        Principal("ann", "supervisor")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="is not a role name"):
+        Principal("ann", ("",))
+    assert Principal("ann", ["supervisor"]).roles == ("supervisor",)  # type: ignore[arg-type]
+    assert Principal("ann").roles == ()
+
+
+def test_owner_principal_holds_every_permission() -> None:
+    owner = Principal.owner("root")
+    assert owner == Principal("root", (OWNER,)) and owner.is_owner
+    assert not Principal("ann", ("supervisor",)).is_owner
+    assert Principal.owner().name == "sampledrec"
+    for permission in PERMISSIONS:
+        g = grant(owner, permission, {})
+        assert g and g.unrestricted
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED))
+@pytest.mark.parametrize("permission", PERMISSIONS)
+def test_each_default_role_grants_exactly_its_permissions(role: str, permission: str) -> None:
+    assert bool(grant(who(role), permission, DEFAULT_ROLES)) == (permission in EXPECTED[role])
+
+
+def test_no_roles_grant_nothing_and_unknown_roles_are_named() -> None:
+    for permission in PERMISSIONS:
+        assert not grant(Principal("ann"), permission, DEFAULT_ROLES)
+    with pytest.raises(InvalidArgument, match=r"role 'reviewr'.*known roles are admin, auditor"):
+        grant(who("reviewr"), "list", DEFAULT_ROLES)
+    with pytest.raises(InvalidArgument, match="permission 'delete' does not exist"):
+        grant(who("admin"), "delete", DEFAULT_ROLES)
+
+
+def test_role_scope_matching() -> None:
+    role = Role("r", frozenset({"list"}), {"queue": frozenset({"sales", "support"})})
+    assert role.reaches({"queue": "sales"}) and not role.reaches({"queue": "billing"})
+    assert not role.reaches({})  # an attribute the recording lacks never widens a scope
+    assert role.reaches({}, {"queue": frozenset({"sales"})})
+    assert not role.reaches({}, {"queue": frozenset({"sales", "billing"})})
+    assert Role("all", frozenset({"list"})).reaches({})
+    with pytest.raises(InvalidArgument, match="'fly' is not a permission"):
+        Role("r", frozenset({"fly"}))
+    assert role.describe() == "r (queue in sales, support)"
+
+
+# -- enforcement in the vault -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED))
+def test_reads_are_granted_or_refused_by_role(opened: Opened, role: str, tmp_path: Path) -> None:
+    _, _, sampler, vault = opened
+    rid = record(vault, sampler, "c1", {"queue": "sales"})
+    p = who(role)
+    allowed = EXPECTED[role]
+    assert [r.recording_id for r in vault.recordings(principal=p)] == [rid]  # all may list
+    reads: list[tuple[str, Callable[[], object]]] = [
+        ("listen", lambda: vault.open(rid, p)),
+        ("listen", lambda: vault.read_range(rid, 0, 100, p)),
+        ("export", lambda: vault.export(rid, tmp_path / f"{role}.wav", p)),
+    ]
+    for action, read in reads:
+        if action in allowed:
+            assert read()
+        else:
+            with pytest.raises(AccessDenied, match=f"may not {action}"):
+                read()
+    assert (tmp_path / f"{role}.wav").exists() == ("export" in allowed)
+
+
+def test_a_bare_name_holds_no_role_and_none_means_the_owner(opened: Opened) -> None:
+    _, _, sampler, vault = opened
+    rid = record(vault, sampler, "c1", {"queue": "sales"})
+    with pytest.raises(AccessDenied, match=r"none of its roles \(it has none\)") as info:
+        vault.open(rid, "qa")
+    assert isinstance(info.value, PermissionError) and isinstance(info.value, SampledrecError)
+    assert (
+        "roles that do: qa_reviewer, sales_reviewer, supervisor, support_lead, support_reviewer "
+        "(pass Principal('qa', roles)" in str(info.value)
+    )
+    with pytest.raises(AccessDenied):
+        vault.recordings(principal="qa")
+    assert vault.open(rid).audio  # no principal: the store's owner
+    assert vault.open(rid, Principal.owner("root")).audio
+    with pytest.raises(InvalidArgument, match="role 'ghost'"):
+        vault.open(rid, who("ghost"))
+
+
+def test_auditor_lists_metadata_but_never_listens(opened: Opened, tmp_path: Path) -> None:
+    _, _, sampler, vault = opened
+    rid = record(vault, sampler, "c1", {"queue": "support"})
+    auditor = who("auditor", "aud")
+    (row,) = vault.recordings(principal=auditor)
+    assert row.recording_id == rid and row.duration_ms == 200
+    for read in (
+        lambda: vault.open(rid, auditor),
+        lambda: vault.read_range(rid, 0, 50, auditor),
+        lambda: vault.export(rid, tmp_path / "a.wav", auditor),
+    ):
+        with pytest.raises(AccessDenied):
+            read()
+    with pytest.raises(AccessDenied):  # even for a recording that does not exist
+        vault.open("no-such-id", auditor)
+    assert not (tmp_path / "a.wav").exists()
+
+
+def test_scopes_by_stored_attributes(opened: Opened) -> None:
+    _, _, sampler, vault = opened
+    sales = record(vault, sampler, "c1", {"queue": "sales", "agent": "a1"})
+    support = record(vault, sampler, "c2", {"queue": "support"})
+    other = record(vault, sampler, "c3", {"queue": "billing"})
+    assert vault.catalog.get(sales).attrs == {"queue": "sales", "agent": "a1"}  # type: ignore[union-attr]
+    listed = {
+        role: {r.recording_id for r in vault.recordings(principal=who(role))}
+        for role in ("sales_reviewer", "support_reviewer", "support_lead", "qa_reviewer")
+    }
+    assert listed == {
+        "sales_reviewer": {sales},
+        "support_reviewer": {support},
+        "support_lead": {support},
+        "qa_reviewer": {sales, support, other},
+    }
+    assert vault.open(sales, who("sales_reviewer")).audio
+    with pytest.raises(AccessDenied, match=r"outside the scope .*support_reviewer \(queue in"):
+        vault.open(sales, who("support_reviewer"))
+    both = Principal("ann", ("sales_reviewer", "support_reviewer"))
+    assert len(vault.recordings(principal=both)) == 2
+    assert vault.open(support, both).audio
+
+
+def test_scopes_by_rule_match_when_no_attributes_were_stored(opened: Opened) -> None:
+    _, _, sampler, vault = opened
+    sales = record(vault, sampler, "c1", {"queue": "sales"}, store_attrs=False)
+    vip = record(vault, sampler, "c2", {"queue": "support-vip"}, store_attrs=False)
+    other = record(vault, sampler, "c3", {"queue": "billing"}, store_attrs=False)
+    assert vault.catalog.get(sales).attrs == {}  # type: ignore[union-attr]
+    assert vault.open(sales, who("sales_reviewer")).audio  # rule "sales" requires queue=sales
+    # Rule "support" takes support or support-vip: only a scope holding both may reach it.
+    with pytest.raises(AccessDenied):
+        vault.open(vip, who("support_reviewer"))
+    assert vault.open(vip, who("support_lead")).audio
+    # The default rule required nothing: no scoped role reaches its recordings.
+    assert [r.recording_id for r in vault.recordings(principal=who("support_lead"))] == [vip]
+    assert other not in {r.recording_id for r in vault.recordings(principal=who("sales_reviewer"))}
+
+
+def test_record_attrs_are_checked(opened: Opened) -> None:
+    _, _, sampler, vault = opened
+    d = sampler.decide("c1", {"queue": "sales"})
+    with pytest.raises(InvalidArgument, match=r"attrs\['queue'\]"):
+        vault.record(d, audio_format=PCM, attrs={"queue": ["sales"]})
+    with pytest.raises(InvalidArgument, match="must be a mapping"):
+        vault.record(d, audio_format=PCM, attrs="queue=sales")  # type: ignore[arg-type]
+    with vault.record(d, audio_format=PCM, attrs={"vip": True, "level": 2, "x": None}) as rec:
+        rec.write(bytes(320))
+    assert rec.row.attrs == {"vip": "true", "level": "2"}
+
+
+def test_every_attempt_is_logged_with_principal_action_and_outcome(
+    opened: Opened, tmp_path: Path
+) -> None:
+    store, log, sampler, vault = opened
+    rid = record(vault, sampler, "c1", {"queue": "sales"})
+    before = len(accesses(store, log))
+    attempts: list[tuple[Principal | str, str, Any]] = [
+        (who("sales_reviewer", "sam"), "list", lambda p: vault.recordings(principal=p)),
+        (who("support_reviewer", "sue"), "list", lambda p: vault.recordings(principal=p)),
+        (who("sales_reviewer", "sam"), "listen", lambda p: vault.open(rid, p)),
+        (who("support_reviewer", "sue"), "listen", lambda p: vault.read_range(rid, 0, 50, p)),
+        (who("auditor", "aud"), "listen", lambda p: vault.open(rid, p)),
+        (who("qa_reviewer", "quinn"), "export", lambda p: vault.export(rid, tmp_path / "q.wav", p)),
+        (who("supervisor", "sup"), "export", lambda p: vault.export(rid, tmp_path / "s.wav", p)),
+        ("mallory", "list", lambda p: vault.recordings(principal=p)),
+        (who("dpo", "dee"), "hold", lambda p: vault.authorize(p, "hold", recording_id=rid)),
+        (who("qa_reviewer", "quinn"), "read_log", lambda p: vault.authorize(p, "read_log")),
+        (who("auditor", "aud"), "verify", lambda p: vault.authorize(p, "verify")),
+    ]
+    expected = []
+    for principal, action, attempt in attempts:
+        try:
+            attempt(principal)
+            outcome = "granted"
+        except AccessDenied:
+            outcome = "denied"
+        name = principal if isinstance(principal, str) else principal.name
+        expected.append((name, action, outcome))
+    got = [(e["principal"], e["action"], e["outcome"]) for e in accesses(store, log)[before:]]
+    assert got == expected
+    assert [o for _, _, o in expected] == [
+        "granted",
+        "granted",  # sue may list, and sees nothing of the sales queue
+        "granted",
+        "denied",
+        "denied",
+        "denied",
+        "granted",
+        "denied",
+        "granted",
+        "denied",
+        "granted",
+    ]
+    entries = accesses(store, log)[before:]
+    assert entries[1]["detail"] == "0 of 1 recordings (scope)"
+    assert entries[3]["recording_id"] == rid and entries[3]["detail"] == "out of scope"
+    assert entries[4]["detail"] == "no role grants listen"
+    assert verify_log(store.path, public_key=store.public_key).ok
+
+
+def test_authorize_checks_permission_names_and_scope(opened: Opened) -> None:
+    _, _, sampler, vault = opened
+    rid = record(vault, sampler, "c1", {"queue": "sales"})
+    with pytest.raises(InvalidArgument, match="permission 'delete' does not exist"):
+        vault.authorize(who("admin"), "delete")
+    assert vault.authorize(who("admin"), "manage_keys").roles[0].name == "admin"
+    assert vault.authorize(None, "manage_policy").unrestricted  # the owner
+    with pytest.raises(AccessDenied, match="may not manage_keys"):
+        vault.authorize(who("dpo"), "manage_keys")
+    with pytest.raises(AccessDenied, match="outside the scope"):
+        vault.authorize(who("support_lead"), "listen", recording_id=rid)
+
+
+# -- the catalog and the CLI ------------------------------------------------------------------
+
+
+def test_catalog_of_an_earlier_version_gains_the_attrs_column(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    old = _SCHEMA.replace(",\n    attrs TEXT NOT NULL DEFAULT '{}'", "")
+    assert old != _SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(old)
+    db.execute(
+        "INSERT INTO recordings (recording_id, rule, purpose, policy_version, epoch_id, "
+        "decision_index, started_at, expires_at_sealed, expires_at, bucket, audio_format, "
+        "file, status) VALUES ('r1', 'sales', 'quality', 'v', 'e', 1, 0, 1, 1, 'b', 'f', "
+        "'x', 'sealed')"
+    )
+    db.commit()
+    db.close()
+    catalog = SqliteCatalog(path)
+    row = catalog.get("r1")
+    assert row is not None and row.attrs == {}
+    catalog.update("r1", attrs={"queue": "sales"})
+    catalog.close()
+    catalog = SqliteCatalog(path)  # opening it again changes nothing
+    assert catalog.find()[0].attrs == {"queue": "sales"}
+    catalog.close()
+
+
+def test_cli_record_stores_the_attributes_and_acts_as_owner(tmp_path: Path) -> None:
+    from sampledrec.cli import main
+
+    (tmp_path / "p.toml").write_text(RULES + ROLES)
+    store = Store.init(tmp_path / "s", policy=tmp_path / "p.toml")
+    wav = tmp_path / "in.wav"
+    wav.write_bytes(encode_wav(PCM, synthetic_speech(0.2)))
+    out = io.StringIO()
+    argv = ["record", "--store", str(store.path), "--call-ref", "c1", "--audio", str(wav)]
+    assert main([*argv, "--attr", "queue=sales", "--json"], out=out) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["recording"]["attrs"] == {"queue": "sales"}
+    out = io.StringIO()
+    assert main(["recordings", "list", "--store", str(store.path), "--json"], out=out) == 0
+    assert [r["attrs"] for r in json.loads(out.getvalue())["recordings"]] == [{"queue": "sales"}]
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    from sampledrec import access
+
+    assert doctest.testmod(access, raise_on_error=False).failed == 0

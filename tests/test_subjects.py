@@ -1,0 +1,539 @@
+"""Data-subject requests: one person by any form of their number, export, erasure, holds,
+deadlines, and the ``sampledrec subject`` commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sampledrec import FixedClock, Store
+from sampledrec.audio import AudioFormat, encode_wav, frames, synthetic_speech
+from sampledrec.catalog import Hold
+from sampledrec.cli import main
+from sampledrec.errors import (
+    AccessDenied,
+    InvalidArgument,
+    InvalidRecording,
+    KeyDestroyed,
+    RecordingExpired,
+)
+from sampledrec.log import DecisionLog, iter_entries
+from sampledrec.logformat import T_ERASURE, T_SUBJECT_REQUEST, to_micros
+from sampledrec.logverify import verify_log
+from sampledrec.objections import normalize_number
+from sampledrec.sampler import Sampler
+from sampledrec.subjects import SubjectRequests, one_month_after
+from sampledrec.vault import Principal, Vault, data_key_aad
+
+PCM = AudioFormat("pcm16", 8000, 1)
+POLICY = """
+[[rules]]
+name = "all"
+match = { queue = "regulated" }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue must be recorded"
+retention = "3 months"
+
+[default]
+rate = "0"
+purpose = "quality"
+retention = "6 months"
+"""
+AT = "2030-03-04T10:00:00Z"
+ALICE = ("0612345678", "+33 6 12 34 56 78", "0033612345678")  # one person, three forms
+BOB = "+44 20 7946 0000"
+DPO = Principal("dana", ("dpo",))
+OWNER = Principal.owner("owner")
+
+
+@dataclass
+class Env:
+    store: Store
+    log: DecisionLog
+    sampler: Sampler
+    vault: Vault
+    clock: FixedClock
+    subjects: SubjectRequests
+
+    def record(self, ref: str, caller: str, audio: bytes) -> str:
+        d = self.sampler.decide(ref, {"queue": "regulated", "agent": "a7"}, caller=caller)
+        assert d.record and d.caller_pseudonym is not None
+        with self.vault.record(d, audio_format=PCM, chunk_size=4096) as rec:
+            for frame in frames(audio, PCM, 20):
+                rec.write(frame)
+        return rec.recording_id
+
+
+def _new_store(tmp_path: Path, region: str | None = None) -> Store:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "p.toml").write_text(POLICY)
+    return Store.init(tmp_path / "s", policy=tmp_path / "p.toml", region=region)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return _new_store(tmp_path, region="FR")
+
+
+@pytest.fixture
+def env(store: Store) -> Iterator[Env]:
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        sampler = store.sampler(clock=clock, log=log)
+        yield Env(store, log, sampler, vault, clock, SubjectRequests(store, vault, log))
+
+
+def _entries(store: Store, etype: int, keyring: bool = True) -> list[dict[str, object]]:
+    return [
+        e.fields
+        for e in iter_entries(store.path / "log", store.keyring if keyring else None)
+        if e.type == etype
+    ]
+
+
+def _zip(path: Path) -> tuple[dict[str, bytes], dict[str, Any]]:
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    return files, json.loads(files["metadata.json"])
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+def test_three_forms_of_a_number_find_the_same_person(env: Env, tmp_path: Path) -> None:
+    assert {normalize_number(n, region="FR") for n in ALICE} == {"+33612345678"}
+    assert len({env.subjects.pseudonym(n) for n in ALICE}) == 1
+    rid = env.record("c1", ALICE[0], synthetic_speech(0.2, seed=1))
+    for i, number in enumerate(ALICE):
+        files, meta = _zip(
+            env.subjects.subject_export(number, tmp_path / f"{i}.zip", principal=DPO)
+        )
+        assert [r["id"] for r in meta["recordings"]] == [rid]
+        assert f"recordings/{rid}.wav" in files
+
+
+def test_the_store_region_is_kept_and_checked(tmp_path: Path) -> None:
+    store = Store.open(_new_store(tmp_path / "a", region="fr").path)
+    assert store.region == "FR" and store.objections().region == "FR"
+    assert json.loads((store.path / "store.json").read_text())["region"] == "FR"
+    plain = _new_store(tmp_path / "b")
+    assert plain.region is None
+    with pytest.raises(InvalidArgument, match="region"):
+        _new_store(tmp_path / "c", region="XX")
+    assert not (tmp_path / "c" / "s").exists()
+    # Without a region only international forms can be read; "00" is read as "+".
+    assert normalize_number("0033 6 12 34 56 78") == "+33612345678"
+    with pytest.raises(InvalidArgument, match="ending in '78'") as caught:
+        normalize_number("0612345678")
+    assert "0612345678" not in str(caught.value)
+
+
+def test_without_phonenumbers_international_forms_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "phonenumbers", None)  # import raises ImportError
+    assert normalize_number("+33 6 12 34 56 78") == normalize_number("0033612345678")
+    with pytest.raises(InvalidArgument, match=r"sampledrec\[phone\]"):
+        normalize_number("0612345678", region="FR")
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def test_export_writes_the_persons_recordings_and_metadata(env: Env, tmp_path: Path) -> None:
+    a1 = synthetic_speech(0.5, seed=1)
+    a2 = np.random.default_rng(2).integers(-9000, 9000, 4000, dtype=np.int16).tobytes()
+    r1 = env.record("call-a1", ALICE[0], a1)
+    env.clock.advance(minutes=5)
+    r2 = env.record("call-a2", ALICE[1], a2)
+    rb = env.record("call-b", BOB, synthetic_speech(0.3, seed=3))
+    # One still open (the call goes on), one expired without a sweep yet.
+    env.clock.advance(minutes=5)
+    d = env.sampler.decide("call-a3", {"queue": "regulated"}, caller=ALICE[2])
+    live = env.vault.record(d, audio_format=PCM)
+    r4 = env.record("call-a4", ALICE[0], synthetic_speech(0.1, seed=4))
+    env.vault.catalog.update(r4, expires_at=to_micros(env.clock.now()))
+    out = tmp_path / "alice.zip"
+
+    assert env.subjects.subject_export(ALICE[2], out, principal=DPO) == out
+    assert out.stat().st_mode & 0o777 == 0o600
+    files, meta = _zip(out)
+    assert set(files) == {f"recordings/{r1}.wav", f"recordings/{r2}.wav", "metadata.json"}
+    assert files[f"recordings/{r1}.wav"] == encode_wav(PCM, a1)  # bit-exact PCM16
+    assert files[f"recordings/{r2}.wav"] == encode_wav(PCM, a2)
+    assert rb not in json.dumps(meta)
+    first = meta["recordings"][0]
+    assert first["id"] == r1 and first["call_ref"] == "call-a1"
+    assert first["started_at"] == "2030-03-04T10:00:00+00:00"
+    assert first["duration_ms"] == 500 and first["status"] == "sealed"
+    assert first["expires_at"] == "2030-06-04T10:00:00+00:00" and first["pauses"] == []
+    decision = first["decision"]
+    assert decision["rule"] == "all" and decision["purpose"] == "legal_obligation"
+    assert decision["rate"] == "1" and decision["threshold"] == str(2**56)
+    assert decision["reason"] == "sampled" and decision["epoch_id"] == "2030-03-04"
+    assert int(decision["draw"]) < 2**56 and isinstance(decision["log_index"], int)
+    assert "agent" not in first  # the agent's name is the agent's data, not the caller's
+    gone = {x["id"]: x["reason"] for x in meta["not_included"]}
+    assert gone[live.recording_id] == "still being recorded"
+    assert gone[r4].startswith("expired on 2030-03-04")
+    request = env.subjects.requests()[-1]
+    assert meta["request"]["id"] == request.request_id
+    assert request.kind == "export" and request.status == "done"
+    assert request.completed_at == to_micros(env.clock.now())
+    assert request.detail == "2 recording(s) exported, 2 no longer readable"
+    live.close()
+
+    env.log.flush()
+    granted = [
+        a for a in _entries(env.store, 0x14) if a.get("action") == "subject_export"
+    ]  # access entries
+    assert {a["recording_id"] for a in granted} == {r1, r2}
+    logged = _entries(env.store, T_SUBJECT_REQUEST)
+    assert [e["status"] for e in logged] == ["open", "done"]
+    assert logged[0]["caller_pseudonym"] == bytes.fromhex(env.subjects.pseudonym(ALICE[0]))
+    # The pseudonym is sealed: not readable without the keyring.
+    assert all("caller_pseudonym" not in e for e in _entries(env.store, T_SUBJECT_REQUEST, False))
+    assert verify_log(env.store.path, public_key=env.store.public_key).ok
+
+
+def test_export_leaves_no_plaintext_anywhere_else(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "tmp"
+    empty.mkdir()
+    monkeypatch.setenv("TMPDIR", str(empty))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    signal = np.random.default_rng(11).integers(-20000, 20000, 8000 * 2, dtype=np.int16).tobytes()
+    env.record("call-1", ALICE[0], signal)
+    out = tmp_path / "out" / "alice.zip"
+    out.parent.mkdir()
+    env.subjects.subject_export(ALICE[1], out, principal=DPO)
+    assert list(empty.iterdir()) == [] and list(out.parent.iterdir()) == [out]
+    probes = [signal[i : i + 32] for i in range(0, len(signal) - 32, 997)]
+    for path in env.store.path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(p in data for p in probes), path
+
+
+def test_a_failed_export_leaves_no_file(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r1 = env.record("c1", ALICE[0], synthetic_speech(0.3, seed=1))
+    env.record("c2", ALICE[0], synthetic_speech(0.3, seed=2))
+    out = tmp_path / "x.zip"
+    calls = []
+
+    def boom(*args: object) -> object:
+        calls.append(args)
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(env.subjects, "_metadata", boom)
+        with pytest.raises(RuntimeError):
+            env.subjects.subject_export(ALICE[0], out, principal=DPO)
+    assert calls and not out.exists()
+
+    row = env.vault.catalog.get(r1)
+    assert row is not None
+    path = env.store.path / row.file
+    damaged = bytearray(path.read_bytes())
+    damaged[-40] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InvalidRecording, match="not written"):
+        env.subjects.subject_export(ALICE[0], out, principal=DPO)
+    assert not out.exists()
+    # Those requests are still due; an existing file is never overwritten.
+    assert [p.request.status for p in env.subjects.open_requests()] == ["open", "open"]
+    out.write_bytes(b"keep me")
+    with pytest.raises(InvalidArgument, match="exists"):
+        env.subjects.subject_export(ALICE[0], out, principal=DPO)
+    assert out.read_bytes() == b"keep me"
+    assert len(env.subjects.requests()) == 2  # refused before a request was recorded
+
+
+def test_subject_requests_need_the_permission(env: Env, tmp_path: Path) -> None:
+    env.record("c1", ALICE[0], synthetic_speech(0.1))
+    for who in (Principal("quinn", ("qa_reviewer",)), Principal("aude", ("auditor",)), "nobody"):
+        with pytest.raises(AccessDenied, match="subject_requests"):
+            env.subjects.subject_export(ALICE[0], tmp_path / "x.zip", principal=who)
+        with pytest.raises(AccessDenied):
+            env.subjects.subject_erase(ALICE[0], principal=who)
+    assert not (tmp_path / "x.zip").exists() and env.subjects.requests() == []
+    env.log.flush()
+    denied = [a for a in _entries(env.store, 0x14) if a.get("outcome") == "denied"]
+    assert {a["principal"] for a in denied} == {"quinn", "aude", "nobody"}
+    env.subjects.subject_export(ALICE[0], tmp_path / "x.zip", principal=OWNER)
+
+
+# -- erasure ----------------------------------------------------------------------------------
+
+
+def test_erase_shreds_the_persons_recordings_only(env: Env, tmp_path: Path) -> None:
+    b_audio = synthetic_speech(0.4, seed=9)
+    ra = [env.record(f"a{i}", ALICE[i], synthetic_speech(0.2, seed=i)) for i in range(3)]
+    rb = env.record("b", BOB, b_audio)
+    rows = {rid: env.vault.catalog.get(rid) for rid in ra}
+
+    outcomes = env.subjects.subject_erase(ALICE[1], principal=DPO)
+
+    assert sorted(outcomes) == sorted((rid, "erased") for rid in ra)
+    for rid, before in rows.items():
+        assert before is not None
+        assert not (env.store.path / before.file).exists()
+        row = env.vault.catalog.get(rid)
+        assert row is not None and row.status == "erased" and row.wrapped_key is None
+        assert (row.call_ref, row.caller_pseudonym, row.agent) == (None, None, None)
+        with pytest.raises(KeyDestroyed):
+            env.vault.data_key(row)
+        with pytest.raises(RecordingExpired):
+            env.vault.open(rid, OWNER)
+    assert env.vault.open(rb, OWNER).audio == b_audio  # other callers untouched
+    (request,) = env.subjects.requests()
+    assert request.kind == "erase" and request.status == "done"
+    assert request.detail == "3 recording(s) erased"
+    env.log.flush()
+    tombstones = _entries(env.store, T_ERASURE)
+    assert {t["recording_id"] for t in tombstones} == set(ra)
+    assert {(t["outcome"], t["request_id"]) for t in tombstones} == {("erased", request.request_id)}
+    assert verify_log(env.store.path, public_key=env.store.public_key).ok
+
+    # Nothing left to find; an export now says an erasure was made, and when.
+    assert env.subjects.subject_erase(ALICE[0], principal=DPO) == []
+    _, meta = _zip(env.subjects.subject_export(ALICE[2], tmp_path / "a.zip", principal=DPO))
+    assert meta["recordings"] == [] and meta["not_included"] == []
+    earlier = [e["id"] for e in meta["earlier_erasures"]]
+    assert earlier == [r.request_id for r in env.subjects.requests() if r.kind == "erase"]
+    assert request.request_id in earlier and len(earlier) == 2
+
+
+def test_erasure_of_a_held_recording_is_deferred(env: Env) -> None:
+    held = env.record("a1", ALICE[0], synthetic_speech(0.2, seed=1))
+    free = env.record("a2", ALICE[0], synthetic_speech(0.2, seed=2))
+    row = env.vault.catalog.get(held)
+    assert row is not None
+    keystore = env.vault.keystore
+    keystore.ensure_bucket("hold-case42")
+    wrapped = keystore.wrap(
+        "hold-case42",
+        env.vault.data_key(row),
+        aad=data_key_aad(held, row.expires_at_sealed),
+    )
+    env.vault.catalog.add_hold(Hold("case42", "litigation 42", to_micros(env.clock.now())))
+    env.vault.catalog.add_hold_member("case42", held, wrapped)
+
+    outcomes = env.subjects.subject_erase(ALICE[0], principal=DPO)
+
+    assert sorted(outcomes) == sorted([(held, "deferred"), (free, "erased")])
+    assert env.vault.open(held, OWNER).audio == synthetic_speech(0.2, seed=1)
+    kept = env.vault.catalog.get(held)
+    assert kept is not None and kept.caller_pseudonym is not None and kept.status == "sealed"
+    (request,) = env.subjects.requests()
+    assert request.status == "deferred" and "legal hold case42" in request.detail
+    env.log.flush()
+    deferred = [t for t in _entries(env.store, T_ERASURE) if t["outcome"] == "deferred"]
+    assert deferred == [
+        {
+            "recording_id": held,
+            "outcome": "deferred",
+            "request_id": request.request_id,
+            "reason": "legal hold case42",
+        }
+    ]
+    (pending,) = env.subjects.open_requests()
+    assert pending.request.request_id == request.request_id
+
+    # Once the hold is released, the same request finishes, and the hold's copy of the key goes.
+    env.clock.advance(days=1)
+    env.vault.catalog.update_hold("case42", released_at=to_micros(env.clock.now()))
+    assert env.subjects.subject_erase(ALICE[2], principal=DPO, request=request) == [
+        (held, "erased")
+    ]
+    assert request.status == "done" and env.subjects.open_requests() == []
+    assert env.vault.catalog.hold_members("case42") == [(held, None)]
+    with pytest.raises(InvalidArgument, match="another caller"):
+        env.subjects.subject_erase(BOB, principal=DPO, request=request)
+    with pytest.raises(InvalidArgument, match="not an export request"):
+        env.subjects.subject_export(ALICE[0], Path("never.zip"), principal=DPO, request=request)
+    assert not Path("never.zip").exists()
+
+
+# -- requests and deadlines -------------------------------------------------------------------
+
+
+def test_requests_are_due_one_month_after_receipt(env: Env) -> None:
+    assert one_month_after(datetime(2031, 1, 31, 9, tzinfo=UTC)) == datetime(
+        2031, 2, 28, 9, tzinfo=UTC
+    )
+    assert one_month_after(datetime(2032, 1, 30, tzinfo=UTC)).day == 29  # leap year
+    assert one_month_after(datetime(2030, 12, 15, tzinfo=UTC)).date().isoformat() == "2031-01-15"
+    s = env.subjects
+    old = s.receive("export", ALICE[0], principal=DPO, received_at=datetime(2030, 1, 31, 9))
+    new = s.receive("erase", BOB, principal=DPO)
+    assert old.received_at == to_micros(datetime(2030, 1, 31, 9, tzinfo=UTC))
+    assert old.deadline == to_micros(datetime(2030, 2, 28, 9, tzinfo=UTC))
+    assert new.deadline == to_micros(datetime(2030, 4, 4, 10, tzinfo=UTC))
+    pending = {p.request.request_id: p for p in s.open_requests()}
+    assert pending[old.request_id].overdue and pending[old.request_id].days_left == -4
+    assert not pending[new.request_id].overdue and pending[new.request_id].days_left == 31
+    later = {p.request.request_id: p for p in s.open_requests(env.clock.now() + timedelta(31))}
+    assert later[new.request_id].overdue and later[new.request_id].days_left == 0
+    doc = pending[new.request_id].to_json()
+    assert doc["deadline"] == "2030-04-04T10:00:00+00:00" and doc["kind"] == "erase"
+    s.subject_erase(BOB, principal=DPO, request=new)
+    assert [p.request.request_id for p in s.open_requests()] == [old.request_id]
+    with pytest.raises(InvalidArgument, match="kind='delete'"):
+        s.receive("delete", ALICE[0], principal=DPO)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="ending in '12'"):
+        s.receive("erase", "06 12", principal=DPO)
+    assert len(s.requests()) == 2
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def _cli(*argv: str | Path, stdin: str | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    saved = sys.stdin
+    try:
+        if stdin is not None:
+            sys.stdin = io.StringIO(stdin)
+        code = main([str(a) for a in argv], out=out)
+    finally:
+        sys.stdin = saved
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def cli_store(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "p.toml").write_text(POLICY)
+    code, _ = _cli("init", tmp_path / "s", "--policy", tmp_path / "p.toml", "--region", "FR")
+    assert code == 0
+    store = Store.open(tmp_path / "s")
+    assert store.region == "FR"
+    ids = {}
+    with store.open_log() as log, Vault(store, log) as vault:
+        sampler = store.sampler(log=log)
+        for name, number in (("alice", ALICE[0]), ("bob", BOB)):
+            d = sampler.decide(f"call-{name}", {"queue": "regulated"}, caller=number)
+            with vault.record(d, audio_format=PCM) as rec:
+                rec.write(synthetic_speech(0.2, seed=len(name)))
+            ids[name] = rec.recording_id
+    return store.path, ids
+
+
+def test_cli_export_reads_numbers_from_stdin_or_a_file(
+    cli_store: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    store, ids = cli_store
+    code, text = _cli(
+        "subject", "export", "--store", store, "--out", tmp_path / "a.zip", stdin=ALICE[1] + "\n"
+    )
+    assert code == 0 and "a.zip" in text and "not encrypted" in text
+    _, meta = _zip(tmp_path / "a.zip")
+    assert [r["id"] for r in meta["recordings"]] == [ids["alice"]]
+
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text(f"# two people\n{ALICE[2]}\n\n{BOB}\n")
+    argv = ("subject", "export", "--store", store, "--file", numbers, "--out", tmp_path / "b.zip")
+    code, text = _cli(*argv, "--json")
+    assert code == 0
+    docs = json.loads(text)["requests"]
+    assert [d["out"] for d in docs] == [str(tmp_path / "b-1.zip"), str(tmp_path / "b-2.zip")]
+    assert [d["recordings"] for d in docs] == [[ids["alice"]], [ids["bob"]]]
+    assert _cli(*argv)[0] == 2  # the files exist: nothing is overwritten
+
+    code, text = _cli("subject", "requests", "--store", store, "--all", "--json")
+    assert code == 0 and [r["status"] for r in json.loads(text)["requests"]] == ["done"] * 3
+
+
+def test_cli_erase_and_the_open_requests_table(
+    cli_store: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    store, ids = cli_store
+    s = Store.open(store)
+    with s.open_log() as log, Vault(s, log) as vault:
+        row = vault.catalog.get(ids["bob"])
+        assert row is not None
+        vault.catalog.add_hold(Hold("h1", "case", to_micros(datetime.now(UTC))))
+        vault.catalog.add_hold_member("h1", ids["bob"], b"wrapped elsewhere")
+    code, text = _cli("subject", "erase", "--store", store, "--json", stdin=ALICE[2])
+    assert code == 0
+    (doc,) = json.loads(text)["requests"]
+    assert doc["status"] == "done" and doc["recordings"] == [
+        {"id": ids["alice"], "outcome": "erased"}
+    ]
+
+    code, text = _cli("subject", "erase", "--store", store, stdin=BOB)
+    assert code == 1 and "DEFERRED" in text and "legal hold h1" in text  # held: refused for now
+    code, text = _cli("subject", "requests", "--store", store)
+    assert code == 0 and "deferred" in text and "erase" in text and "OVERDUE" not in text
+    later = (datetime.now(UTC) + timedelta(days=40)).isoformat()
+    code, text = _cli("subject", "requests", "--store", store, "--at", later)
+    assert code == 0 and "OVERDUE" in text
+    code, text = _cli("subject", "requests", "--store", store, "--at", later, "--json")
+    (pending,) = json.loads(text)["requests"]
+    assert pending["overdue"] is True and pending["days_left"] < 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "code"),
+    [
+        (["subject", "erase", "--store", "{store}"], "", 2),  # no number
+        (["subject", "erase", "--store", "{store}"], "0612345678\n06 12\n", 2),  # a bad one
+        (["subject", "erase", "--store", "{store}", "--file", "{missing}"], None, 2),
+        (["subject", "erase", "--store", "{missing}"], BOB, 3),
+        (["subject", "export", "--store", "{store}"], BOB, 2),  # --out is required
+        (["subject", "requests", "--store", "{store}", "--at", "2001-01-01"], None, 2),
+        (["init", "{new}", "--region", "XX"], None, 2),
+    ],
+)
+def test_cli_usage_errors(
+    cli_store: tuple[Path, dict[str, str]],
+    tmp_path: Path,
+    argv: list[str],
+    stdin: str | None,
+    code: int,
+) -> None:
+    store, _ = cli_store
+    names = {"store": store, "missing": tmp_path / "missing", "new": tmp_path / "new"}
+    got, _ = _cli(*[a.format(**names) for a in argv], stdin=stdin)
+    assert got == code
+    s = Store.open(store)
+    with s.open_log() as log, Vault(s, log) as vault:
+        assert SubjectRequests(s, vault, log).requests() == []  # nothing half done
+
+
+def test_a_call_still_being_recorded_is_deferred(env: Env) -> None:
+    d = env.sampler.decide("live", {"queue": "regulated"}, caller=ALICE[0])
+    live = env.vault.record(d, audio_format=PCM)
+    live.write(synthetic_speech(0.1))
+    assert env.subjects.subject_erase(ALICE[1], principal=DPO) == [(live.recording_id, "deferred")]
+    (request,) = env.subjects.requests()
+    assert request.status == "deferred" and "still being recorded" in request.detail
+    live.close()
+    assert env.subjects.subject_erase(ALICE[1], principal=DPO, request=request) == [
+        (live.recording_id, "erased")
+    ]
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    import sampledrec.objections
+    import sampledrec.subjects
+
+    for module in (sampledrec.subjects, sampledrec.objections):
+        assert doctest.testmod(module).failed == 0, module.__name__
