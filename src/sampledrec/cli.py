@@ -898,6 +898,59 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from .audit import audit_verify
+
+    store = _open_store(args.store)
+    total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
+    with Progress(total, "auditing") as bar:
+        report = audit_verify(
+            store.path,
+            Path(args.revealed_keys),
+            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+            cdr=Path(args.cdr) if args.cdr else None,
+            progress=bar.advance,
+            now=_at(args, store),
+        )
+    _emit(args, report.to_json(), report.to_text(), out)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_audit_report(args: argparse.Namespace, out: TextIO) -> int:
+    from .report import _write, render
+
+    store = _open_store(args.store)
+    audit = None
+    if args.revealed_keys:
+        try:
+            from .audit import audit_verify
+        except ImportError:  # pragma: no cover - the auditor's module is optional here
+            audit = None
+        else:
+            total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
+            with Progress(total, "auditing") as bar:
+                audit = audit_verify(
+                    store.path,
+                    Path(args.revealed_keys),
+                    progress=bar.advance,
+                    now=_at(args, store),
+                )
+    text, ok = render(
+        store.path, revealed_keys=args.revealed_keys, audit=audit, now=_at(args, store)
+    )
+    target = Path(args.out)
+    _write(target, text)
+    _emit(
+        args,
+        {"out": str(target), "ok": ok, "simulated": store.simulated},
+        f"Wrote {target} (verification {'PASS' if ok else 'FAIL'}"
+        + (", SIMULATED store" if store.simulated else "")
+        + ")",
+        out,
+    )
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -1050,6 +1103,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the caller's number ('-' for standard input)",
     )
     p.add_argument("--at", help="decide at this time (ISO 8601; forward only)")
+    p.add_argument("--json", action="store_true")
+
+    # audit verify (the auditor's checks); other audit commands go in the same ``asub`` group
+    audit = sub.add_parser("audit", help="independent verification for an auditor or DPO")
+    asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    p = add(
+        "verify",
+        cmd_audit_verify,
+        "verify the log, revealed keys, decisions, recordings, call records and rates",
+        asub,
+    )
+    p.add_argument("--store", required=True)
+    p.add_argument("--revealed-keys", required=True, help="file written by 'keys reveal'")
+    p.add_argument("--checkpoint", help="an exported checkpoint kept outside the store")
+    p.add_argument("--cdr", help="the carrier's call records (CSV, or Parquet with pyarrow)")
+    p.add_argument("--at", help="audit time for expiry checks (ISO 8601; forward only)")
+    p.add_argument("--json", action="store_true")
+    p = add(
+        "report",
+        cmd_audit_report,
+        "write a self-contained HTML report for the data-protection officer",
+        asub,
+    )
+    p.add_argument("--store", required=True)
+    p.add_argument(
+        "--revealed-keys", help="file written by 'keys reveal' (then the full audit is shown)"
+    )
+    p.add_argument("--out", required=True, help="the HTML file to write (0600)")
+    p.add_argument("--at", help="report as of this time (ISO 8601; forward only)")
     p.add_argument("--json", action="store_true")
 
     keys = sub.add_parser("keys", help="epoch keys")
