@@ -869,6 +869,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         and result.mismatches == 0
         and result.log_ok
         and result.readable_after_a_year == 0
+        and result.audit_ok
     )
     text = (
         f"sampledrec demo: a SIMULATED call-centre day ({result.day}) in {result.store}\n\n"
@@ -891,6 +892,11 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"A year later: the sweep expired {result.swept} recordings and destroyed "
         f"{result.buckets_destroyed} expiry-bucket keys; recordings still readable: "
         f"{result.readable_after_a_year}.\n"
+        f"Audit verify: {'PASS' if result.audit_ok else 'FAIL'} ("
+        + ", ".join(f"{k} {v}" for k, v in result.audit_checks.items())
+        + ")"
+        + (f"; DPO report: {result.report}" if result.report else "")
+        + ".\n"
         f"Revealed keys: {result.store / 'revealed-keys.json'}\n"
         f"Try: sampledrec decide --store {result.store} --call-ref my-call-1 --attr queue=sales"
     )

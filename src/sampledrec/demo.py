@@ -22,10 +22,12 @@ import numpy as np
 
 from .access import Principal
 from .audio import AudioFormat, frames, synthetic_speech
+from .audit import audit_verify
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .draw import draw_many
 from .errors import RecordingExpired, SampledrecError
 from .logverify import verify_log
+from .report import write_report
 from .retention import Retention
 from .sampler import Decision
 from .store import Store
@@ -96,6 +98,9 @@ class DemoResult:
     exported: Path | None = None
     log_findings: list[str] = field(default_factory=list)
     swept: int = 0
+    audit_ok: bool = False
+    audit_checks: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
     buckets_destroyed: int = 0
     readable_after_a_year: int = 0
 
@@ -117,6 +122,8 @@ class DemoResult:
             "log": {"entries": self.log_entries, "ok": self.log_ok, "findings": self.log_findings},
             "recordings": len(self.recordings),
             "exported": None if self.exported is None else str(self.exported),
+            "audit_verify": {"ok": self.audit_ok, "checks": self.audit_checks},
+            "report": None if self.report is None else str(self.report),
             "a_year_later": {
                 "expired": self.swept,
                 "buckets_destroyed": self.buckets_destroyed,
@@ -260,4 +267,15 @@ def run_demo(
     result.log_entries = report.size
     result.log_ok = report.ok
     result.log_findings = [f.message for f in report.findings]
+
+    # The auditor's verdict and the DPO's report, as of a year later.
+    audit = audit_verify(path, path / "revealed-keys.json", now=later)
+    doc = audit.to_json()
+    result.audit_ok = bool(doc.get("ok"))
+    result.audit_checks = {str(k): str(v) for k, v in dict(doc.get("checks", {})).items()}
+    report_path = Path(str(path).rstrip("/") + "-report.html")
+    if not report_path.exists():
+        result.report = write_report(
+            path, report_path, revealed_keys=path / "revealed-keys.json", audit=audit, now=later
+        )
     return result

@@ -1,0 +1,123 @@
+"""Benchmark the audit: ``audit verify`` end to end against the bare draws it must recompute.
+
+Run ``python benchmarks/bench_audit.py [--quick]``. It builds a simulated store with 10 million
+decisions (1 million with ``--quick``) on a past day, reveals that day's key, then in one run
+times ``sampledrec.audit.audit_verify`` end to end (log verification, key commitments, every
+decision recomputed, recordings, statistics) and ``draw_many`` alone over the same references.
+
+Target (DESIGN.md §11): ``verify_s <= 10 x draws_only_s``. The last line of output is one JSON
+object: ``decisions``, ``verify_s``, ``draws_only_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from sampledrec import FixedClock, Store, __version__, draw_many
+from sampledrec.audit import audit_verify
+
+POLICY = """
+[[rules]]
+name = "sales"
+match = { queue = "sales" }
+rate = "0.05"
+purpose = "quality"
+retention = "6 months"
+
+[default]
+rate = "0.02"
+purpose = "quality"
+retention = "6 months"
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 million decisions instead of 10")
+    args = parser.parse_args()
+    n = 1_000_000 if args.quick else 10_000_000
+    tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-audit-"))
+    try:
+        (tmp / "policy.toml").write_text(POLICY, encoding="utf-8")
+        store = Store.init(tmp / "store", policy=tmp / "policy.toml", simulated=True)
+        real_now = datetime.now(UTC)
+        day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+        clock = FixedClock(day)
+        refs = np.asarray([f"{i:016x}@pbx.example.com" for i in range(n)], dtype="S")
+        queues = np.asarray(["sales", "support"])[np.arange(n) % 2]
+        t0 = time.perf_counter()
+        with store.open_log(clock=clock) as log:
+            sampler = store.sampler(clock=clock, log=log)
+            batch = 50_000
+            for s in range(0, n, batch):
+                sampler.decide_batch(refs[s : s + batch], {"queue": queues[s : s + batch]})
+            log.flush()
+        built = time.perf_counter() - t0
+        keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
+        revealed = tmp / "revealed.json"
+        store.write_revealed(keys, revealed)
+        key = next(k for k in keys if k.epoch_id == day.date().isoformat())
+
+        t0 = time.perf_counter()
+        report = audit_verify(store.path, revealed)
+        verify_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        draw_many(key.key, refs)
+        draws_s = time.perf_counter() - t0
+        ok = report.to_json().get("ok")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = verify_s / draws_s
+    print(
+        f"sampledrec {__version__} bench_audit ({'quick' if args.quick else 'full'}): "
+        f"{n:,} decisions (store built in {built:.1f} s), audit {'PASS' if ok else 'FAIL'}; "
+        f"Python {platform.python_version()} on {platform.machine()}"
+    )
+    rows = [
+        ("draw_many alone (s)", f"{draws_s:.3f}", "reference", "", ""),
+        (
+            "audit verify end to end (s)",
+            f"{verify_s:.3f}",
+            "<= 10 x draws",
+            f"{ratio:.1f}",
+            "pass" if ratio <= 10 else "FAIL",
+        ),
+    ]
+    head = ("metric", "value", "target", "measured", "result")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
+    for row in [head, tuple("-" * w for w in widths), *rows]:
+        cells = zip(row, widths, strict=True)
+        print(
+            "  ".join(
+                str(c).ljust(w) if i in (0, 2) else str(c).rjust(w)
+                for i, (c, w) in enumerate(cells)
+            ).rstrip()
+        )
+    print(
+        json.dumps(
+            {
+                "decisions": n,
+                "verify_s": verify_s,
+                "draws_only_s": draws_s,
+                "ratio": ratio,
+                "audit_ok": ok,
+                "targets_met": ratio <= 10,
+                "quick": args.quick,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
