@@ -74,7 +74,12 @@ def main() -> int:
         t0 = time.perf_counter()
         draw_many(key.key, refs)
         draws_s = time.perf_counter() - t0
-        ok = report.to_json().get("ok")
+        doc = report.to_json()
+        ok = doc.get("ok")
+        if not ok:
+            print("audit checks:", doc.get("checks"), file=sys.stderr)
+            for finding in list(doc.get("findings", []))[:5]:
+                print("  ", finding, file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = verify_s / draws_s
