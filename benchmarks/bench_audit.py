@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from _table import print_table
 
 from sampledrec import FixedClock, Store, __version__, draw_many
 from sampledrec.audit import audit_verify
@@ -98,16 +99,7 @@ def main() -> int:
             "pass" if ratio <= 10 else "FAIL",
         ),
     ]
-    head = ("metric", "value", "target", "measured", "result")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    for row in [head, tuple("-" * w for w in widths), *rows]:
-        cells = zip(row, widths, strict=True)
-        print(
-            "  ".join(
-                str(c).ljust(w) if i in (0, 2) else str(c).rjust(w)
-                for i, (c, w) in enumerate(cells)
-            ).rstrip()
-        )
+    print_table(rows)
     print(
         json.dumps(
             {

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _table import print_table
 
 from sampledrec import FixedClock, Store, __version__
 from sampledrec._hashing import ACCELERATED
@@ -197,16 +198,7 @@ def main() -> int:
         f"{log_bytes / 1e6:.1f} MB; C hashing accelerator: {'yes' if ACCELERATED else 'no'}; "
         f"Python {platform.python_version()} on {platform.machine()}"
     )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    head = ("metric", "value", "target", "measured", "result")
-    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
-    for row in [head, tuple("-" * w for w in widths), *rows]:
-        print(
-            "  ".join(
-                str(c).ljust(w) if i in (0, 2) else str(c).rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    print_table(rows)
     print(
         json.dumps(
             {

@@ -28,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _table import print_table
+
 from sampledrec import FixedClock, Store, __version__
 from sampledrec._container import ContainerWriter
 from sampledrec.catalog import _COLUMNS, RecordingRow, _to_sql
@@ -157,15 +159,7 @@ def main() -> int:
         ),
         ("buckets destroyed", str(len(report.buckets_destroyed)), "", "", ""),
     ]
-    head = ("metric", "value", "target", "measured", "result")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    for row in [head, tuple("-" * w for w in widths), *rows]:
-        print(
-            "  ".join(
-                str(c).ljust(w) if i in (0, 2) else str(c).rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    print_table(rows)
     print(
         json.dumps(
             {

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from _table import print_table
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sampledrec import FixedClock, Store, __version__
@@ -288,15 +289,7 @@ def main() -> int:
         f"{total >> 20} MiB stream, {frames:,} frames; Python {platform.python_version()} on "
         f"{platform.machine()}"
     )
-    head = ("metric", "value", "target", "measured", "result")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    for row in [head, tuple("-" * w for w in widths), *rows]:
-        print(
-            "  ".join(
-                str(c).ljust(w) if i in (0, 2) else str(c).rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    print_table(rows)
     print(
         json.dumps(
             {
