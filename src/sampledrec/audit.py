@@ -897,6 +897,14 @@ def _unique(decisions: Iterable[_Dec]) -> list[_Dec]:
     return out
 
 
+# (logged reason, draw below the threshold) -> what is wrong with that decision.
+_REASON_CONTRADICTIONS: Final = {
+    (_SAMPLED, False): "logged as sampled but the draw is not below the threshold",
+    (_NOT_SAMPLED, True): "logged as not sampled but the draw is below the threshold",
+    (_CAP, False): "logged as cap reached but the draw is not below the threshold",
+}
+
+
 def _check_decisions(
     rep: AuditReport, decisions: list[_Dec], keys: dict[str, bytes], policies: dict[bytes, Any]
 ) -> None:
@@ -993,32 +1001,10 @@ def _check_decisions(
                     epoch_id=epoch,
                     evidence=ev,
                 )
-            if d.reason == _SAMPLED and not below:
+            wrong = _REASON_CONTRADICTIONS.get((d.reason, below))
+            if wrong is not None:
                 rep.add(
-                    "decisions",
-                    "logged as sampled but the draw is not below the threshold",
-                    index=d.index,
-                    call_ref=ref,
-                    epoch_id=epoch,
-                    evidence=ev,
-                )
-            elif d.reason == _NOT_SAMPLED and below:
-                rep.add(
-                    "decisions",
-                    "logged as not sampled but the draw is below the threshold",
-                    index=d.index,
-                    call_ref=ref,
-                    epoch_id=epoch,
-                    evidence=ev,
-                )
-            elif d.reason == _CAP and not below:
-                rep.add(
-                    "decisions",
-                    "logged as cap reached but the draw is not below the threshold",
-                    index=d.index,
-                    call_ref=ref,
-                    epoch_id=epoch,
-                    evidence=ev,
+                    "decisions", wrong, index=d.index, call_ref=ref, epoch_id=epoch, evidence=ev
                 )
     rep.counts["decisions_recomputed"] = recomputed
 
