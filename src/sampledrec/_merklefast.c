@@ -112,6 +112,16 @@ static PyObject *crange_to_py(const crange *cr) {
     return list;
 }
 
+/* The length of the record at p[*pos] (a u32 big-endian length, then that many bytes), with
+ * *pos moved to its first byte; -1 if the record runs past len. */
+static Py_ssize_t next_record(const unsigned char *p, Py_ssize_t len, Py_ssize_t *pos) {
+    if (*pos + 4 > len) return -1;
+    Py_ssize_t n = ((Py_ssize_t)p[*pos] << 24) | ((Py_ssize_t)p[*pos + 1] << 16) |
+                   ((Py_ssize_t)p[*pos + 2] << 8) | (Py_ssize_t)p[*pos + 3];
+    *pos += 4;
+    return n > len - *pos ? -1 : n;
+}
+
 static PyObject *py_leaf_hashes(PyObject *self, PyObject *arg) {
     /* A tuple of our own: a list could be changed by another thread while the GIL is released. */
     PyObject *seq = PySequence_Tuple(arg);
@@ -198,11 +208,8 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (pos + 4 > len) { bad = 1; break; }
-        uint32_t n = ((uint32_t)p[pos] << 24) | ((uint32_t)p[pos + 1] << 16) |
-                     ((uint32_t)p[pos + 2] << 8) | (uint32_t)p[pos + 3];
-        pos += 4;
-        if ((Py_ssize_t)n > len - pos) { bad = 1; break; }
+        Py_ssize_t n = next_record(p, len, &pos);
+        if (n < 0) { bad = 1; break; }
         unsigned char lh[HASH];
         leaf_hash(p + pos, n, lh);
         crange_append(&cr, lh);
@@ -562,11 +569,8 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (pos + 4 > len) { bad = 1; break; }
-        uint32_t n = ((uint32_t)p[pos] << 24) | ((uint32_t)p[pos + 1] << 16) |
-                     ((uint32_t)p[pos + 2] << 8) | (uint32_t)p[pos + 3];
-        pos += 4;
-        if ((Py_ssize_t)n > len - pos) { bad = 1; break; }
+        Py_ssize_t n = next_record(p, len, &pos);
+        if (n < 0) { bad = 1; break; }
         leaf_hash(p + pos, n, lv + i * HASH);
         ok[i] = (unsigned char)entry_ok(p + pos, n);
         offs[i] = (uint64_t)pos;
