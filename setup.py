@@ -10,7 +10,7 @@ setup(
     ext_modules=[
         Extension(
             "sampledrec._merklefast",
-            ["src/sampledrec/_merklefast.c"],
+            ["src/sampledrec/_merklefast.c", "src/sampledrec/_decisionscan.c"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
             optional=True,

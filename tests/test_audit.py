@@ -24,10 +24,11 @@ from sampledrec.audit import (
     clopper_pearson,
     holm,
 )
+from sampledrec.auditlog import Decisions, call_firsts, decisions_from_entries
 from sampledrec.catalog import SqliteCatalog
 from sampledrec.cli import main
 from sampledrec.log import iter_entries
-from sampledrec.logformat import REASON_CODES, T_DECISION
+from sampledrec.logformat import REASON_CODES, T_DECISION, Entry
 from sampledrec.retention import Retention
 from sampledrec.vault import Vault
 
@@ -174,27 +175,55 @@ def test_a_signed_decision_that_recomputation_contradicts(case: Path) -> None:
     )
 
 
+def _decisions(rows: list[tuple[int, int, str | None, str | None]]) -> Decisions:
+    """Decisions (threshold, reason, call reference, agent) for one rule "r" in one epoch."""
+    return decisions_from_entries(
+        [
+            Entry(
+                i,
+                T_DECISION,
+                0,
+                {"epoch_id": "e", "policy_version": b"", "rule": "r", "threshold": thr}
+                | {"reason": reason, "call_ref": ref, "agent": agent},
+            )
+            for i, (thr, reason, ref, agent) in enumerate(rows)
+        ]
+    )
+
+
 def test_a_biased_rate_fails_the_statistics() -> None:
-    from sampledrec.audit import _check_statistics, _Dec
+    from sampledrec.audit import _check_statistics
 
     thr = 2**56 // 10  # 10%
-    decs = [
-        _Dec(i, 0, "2030-03-04", b"", "r", thr, None, 0 if i % 3 == 0 else 1, f"c{i}", "a0")
-        for i in range(900)
-    ]
+    decs = _decisions([(thr, 0 if i % 3 == 0 else 1, f"c{i}", "a0") for i in range(900)])
     rep = AuditReport(store="x", at=AUDIT_AT)
-    _check_statistics(rep, decs)
+    _check_statistics(rep, decs, call_firsts(decs))
     assert rep.status("statistics") == "FAIL"
     ev = _findings(rep, "statistics")[0]["evidence"]
     assert ev["eligible"] == 900 and ev["selected"] == 300  # type: ignore[index]
     assert ev["ci95"][0] > 0.1  # type: ignore[index]
-    fair = [
-        _Dec(i, 0, "e", b"", "r", thr, None, 0 if i % 10 == 0 else 1, f"c{i}", None)
-        for i in range(900)
-    ]
+    fair = _decisions([(thr, 0 if i % 10 == 0 else 1, f"c{i}", None) for i in range(900)])
     rep = AuditReport(store="x", at=AUDIT_AT)
-    _check_statistics(rep, fair)
+    _check_statistics(rep, fair, call_firsts(fair))
     assert not rep.findings and rep.groups[0].p_holm > 0.5
+
+
+def test_statistics_count_each_call_once_and_per_agent() -> None:
+    from sampledrec.audit import _check_statistics
+
+    thr = 2**56 // 2
+    rows: list[tuple[int, int, str | None, str | None]] = []
+    for i in range(60):
+        rows.append((thr, i % 2, f"c{i}", f"a{i % 3}"))
+        rows.append((thr, i % 2, f"c{i}", f"a{i % 3}"))  # a retry: the same call again
+    rows += [(thr, 2, "objector", "a0"), (thr, 0, None, None)]  # an objection; an erased ref
+    decs = _decisions(rows)
+    rep = AuditReport(store="x", at=AUDIT_AT)
+    _check_statistics(rep, decs, call_firsts(decs))
+    got = {(g.rule, g.agent): (g.eligible, g.selected) for g in rep.groups}
+    assert got == {("r", None): (61, 31), ("r", "a0"): (20, 10), ("r", "a1"): (20, 10)} | {
+        ("r", "a2"): (20, 10)
+    }
 
 
 def test_an_edited_decision_entry(case: Path) -> None:

@@ -19,6 +19,10 @@
  *                                                      seal their personal fields with
  *                                                      AES-256-CTR, frame them as records;
  *                                                      None when an item needs the Python path
+ *   decision_columns(buf, start, end, key_for) -> tuple  in _decisionscan.c: the auditor's
+ *                                                      column-wise reader of decision entries
+ *   call_firsts(fp, epoch, kind, lens, refs, width) -> bytes  in _decisionscan.c: the first
+ *                                                      decision of each call
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -593,6 +597,10 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nNNNN)", pos, offsets, probes, leaves, valid);
 }
 
+/* in _decisionscan.c */
+PyObject *py_decision_columns(PyObject *self, PyObject *args);
+PyObject *py_call_firsts(PyObject *self, PyObject *args);
+
 static PyMethodDef methods[] = {
     {"leaf_hashes", py_leaf_hashes, METH_O, "SHA-256(0x00 || e) of each entry, concatenated."},
     {"extend", py_extend, METH_VARARGS, "Append 32-byte leaf hashes to a compact range."},
@@ -602,6 +610,10 @@ static PyMethodDef methods[] = {
      "Leaf hashes of length-prefixed records (no tree; thread-safe)."},
     {"encode_decisions", py_encode_decisions, METH_VARARGS,
      "Encode, seal and frame queued decisions (the log writer's hot loop)."},
+    {"decision_columns", py_decision_columns, METH_VARARGS,
+     "The decision entries of one batch as columns, unsealed (the auditor's reader)."},
+    {"call_firsts", py_call_firsts, METH_VARARGS,
+     "For each decision, the row of the first decision of the same call (exact)."},
     {NULL, NULL, 0, NULL},
 };
 

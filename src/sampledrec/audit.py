@@ -21,27 +21,29 @@
 from __future__ import annotations
 
 import csv
-import hmac
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+
+from ._cmac import draws_rows
+from .auditlog import I64, Decisions, RefMatcher, call_firsts, read_log, ref_text
 from .clock import SYSTEM_CLOCK
+from .draw import MAX_CALL_REF_BYTES
 from .errors import InvalidArgument, KeyDestroyed, SampledrecError
 from .logformat import (
     REASON_CODES,
-    T_DECISION,
     T_ERASURE,
     T_EXPIRED,
     T_KEY_COMMIT,
     T_POLICY,
     T_RECORDING_OPENED,
-    Entry,
     from_micros,
     to_micros,
 )
@@ -65,6 +67,7 @@ STAT_ALPHA: Final = 0.001
 MIN_GROUP: Final = 20
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _TWO56: Final = 2**56
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 
 
 @dataclass
@@ -338,344 +341,6 @@ def holm(p_values: list[float]) -> list[float]:
 # -- the audit -----------------------------------------------------------------------------------
 
 
-def _ref_text(ref: str | bytes) -> str:
-    return ref if isinstance(ref, str) else "hex:" + ref.hex()
-
-
-@dataclass(slots=True)
-class _Dec:
-    index: int
-    time_us: int
-    epoch: str
-    version: bytes
-    rule: str
-    threshold: int
-    draw: int | None
-    reason: int
-    ref: str | bytes | None
-    agent: str | None
-
-
-def _entries(log_path: Path, keyring: Any) -> Iterator[Entry | list[_Dec]]:
-    """:func:`sampledrec.log.iter_entries` with the sealing keys and their check values looked
-    up once per key id instead of once per entry, in log order; decision entries come already
-    read (column-wise, per batch: :func:`_fast_decisions`) in runs, as lists of :class:`_Dec`."""
-    import numpy as np
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    from .log import (
-        BATCH_HEADER,
-        BATCH_MAGIC,
-        SEG_HEADER,
-        LogCorrupt,
-        _read_trailer,
-        _split_records,
-    )
-    from .logformat import decode_entry, key_check_value
-
-    keys: dict[str, tuple[bytes, bytes] | None] = {}
-
-    def key_for(kid: str) -> tuple[bytes, bytes] | None:
-        if kid not in keys:
-            try:
-                key = keyring.sealing_key(kid)
-            except SampledrecError:
-                key = None
-            keys[kid] = None if key is None else (key, key_check_value(key))
-        return keys[kid]
-
-    def unseal(kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes | None:
-        got = key_for(kid)
-        if got is None or not hmac.compare_digest(got[1], kcv):
-            return None
-        dec = Cipher(algorithms.AES(got[0]), modes.CTR(iv)).decryptor()
-        return dec.update(ciphertext)
-
-    for seg in sorted(log_path.glob("seg-*.log")):
-        data = seg.read_bytes()
-        pos = SEG_HEADER.size
-        while pos + BATCH_HEADER.size <= len(data):
-            magic, bfirst, _count, plen = BATCH_HEADER.unpack_from(data, pos)
-            start = pos + BATCH_HEADER.size
-            trailer = _read_trailer(data, start + plen)
-            if magic != BATCH_MAGIC or trailer is None:
-                raise LogCorrupt(f"{seg.name}: damaged batch at offset {pos}")
-            payload = data[start : start + plen]
-            records, _ = _split_records(payload)
-            at, decs = _fast_decisions(payload, records, bfirst, key_for)
-            done = 0  # the records before this one are out
-            if len(decs):
-                cuts = (np.flatnonzero(np.diff(at) != 1) + 1).tolist()
-                for s, e in zip([0, *cuts], [*cuts, len(decs)], strict=True):
-                    for i in range(done, int(at[s])):
-                        yield decode_entry(bfirst + i, records[i], unseal)
-                    yield decs[s:e]  # a run of consecutive decisions
-                    done = int(at[e - 1]) + 1
-            for i in range(done, len(records)):
-                yield decode_entry(bfirst + i, records[i], unseal)
-            pos = trailer[1]
-
-
-# -- column-wise reading of decision entries -----------------------------------------------------
-
-_F_SEQ: Final = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0xF0)
-_F_OPTIONAL: Final = frozenset({0x05})
-
-
-def _gather_rows(buf: Any, start: Any, n: Any) -> Any:
-    """A ``(rows, max(n))`` uint8 array of ``buf[start:start+n]`` per row, zero-padded."""
-    import numpy as np
-
-    width = int(n.max()) if n.size else 0
-    cols = np.arange(width, dtype=np.int64)
-    idx = start[:, None] + cols[None, :]
-    inside = cols[None, :] < n[:, None]
-    out = buf[np.where(inside, idx, 0)]
-    out[~inside] = 0
-    return out
-
-
-def _distinct(buf: Any, start: Any, n: Any) -> tuple[Any, list[bytes]]:
-    """Codes and distinct values of the byte strings ``buf[start:start+n]`` (few distinct)."""
-    import numpy as np
-
-    rows = _gather_rows(buf, start, n)
-    lens = n.astype(">u2").view(np.uint8).reshape(-1, 2)
-    keyed = np.ascontiguousarray(np.concatenate([lens, rows], axis=1))
-    if bool((keyed == keyed[0]).all()):  # the usual case: one value for the whole batch
-        return np.zeros(keyed.shape[0], dtype=np.intp), [bytes(keyed[0, 2 : 2 + int(n[0])])]
-    void = keyed.view(np.dtype((np.void, keyed.shape[1]))).ravel()
-    uniq, codes = np.unique(void, return_inverse=True)
-    values = []
-    for u in uniq:
-        b = bytes(u)
-        values.append(b[2 : 2 + int.from_bytes(b[:2], "big")])
-    return codes.ravel(), values
-
-
-def _uints(buf: Any, start: Any, n: Any) -> Any:
-    """Big-endian unsigned integers of at most 8 bytes, as uint64."""
-    import numpy as np
-
-    out = np.zeros(start.shape[0], dtype=np.uint64)
-    for k in range(8):
-        have = k < n
-        byte = buf[np.where(have, start + k, 0)].astype(np.uint64)
-        out = np.where(have, (out << np.uint64(8)) | byte, out)
-    return out
-
-
-def _ctr_keystream(key: bytes, ivs: Any, blocks: int) -> Any:
-    """AES-CTR keystreams, ``blocks`` blocks from each 16-byte IV (a 128-bit big-endian counter),
-    as a ``(rows, 16 * blocks)`` uint8 array; one AES-ECB call for all of them."""
-    import numpy as np
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    m = ivs.shape[0]
-    hi = np.ascontiguousarray(ivs[:, :8]).view(">u8").ravel().astype(np.uint64)
-    lo = np.ascontiguousarray(ivs[:, 8:]).view(">u8").ravel().astype(np.uint64)
-    counters = np.empty((m, blocks, 2), dtype=">u8")
-    for j in range(blocks):
-        lo_j = lo + np.uint64(j)
-        counters[:, j, 0] = hi + (lo_j < lo).astype(np.uint64)
-        counters[:, j, 1] = lo_j
-    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # CTR by hand: ECB over the counters
-    stream = enc.update(counters.tobytes()) + enc.finalize()
-    return np.frombuffer(stream, dtype=np.uint8).reshape(m, blocks * 16)
-
-
-def _fast_decisions(
-    payload: bytes,
-    records: list[bytes],
-    first: int,
-    key_for: Callable[[str], tuple[bytes, bytes] | None],
-) -> tuple[Any, list[_Dec]]:
-    """The batch's decision entries read column-wise: ``(positions, decisions)``, the positions
-    in the batch (ascending) of the decisions read. The entries left out (not decisions, or
-    decisions of an unusual shape) are decoded one by one, with exactly the same results."""
-    import numpy as np
-
-    count = len(records)
-    if not count:
-        return np.empty(0, dtype=np.int64), []
-    lens = np.fromiter(map(len, records), dtype=np.int64, count=count)
-    offs = np.cumsum(lens + 4) - lens
-    buf = np.concatenate([np.frombuffer(payload, dtype=np.uint8), np.zeros(16, dtype=np.uint8)])
-    okh = lens >= 10
-    safe = np.where(okh, offs, 0)
-    is_dec = okh & (buf[safe] == 1) & (buf[safe + 1] == T_DECISION)
-    rows = np.flatnonzero(is_dec)
-    if not rows.size:
-        return rows, []
-    o = offs[rows]
-    end = o + lens[rows]
-    good = np.ones(rows.size, dtype=bool)
-    pos = o + 10
-    fpos: dict[int, Any] = {}
-    flen: dict[int, Any] = {}
-    for tag in _F_SEQ:
-        inb = pos + 2 <= end
-        p = np.where(inb, pos, 0)
-        present = inb & (buf[p] == tag)
-        n = buf[p + 1].astype(np.int64)
-        if tag in _F_OPTIONAL:
-            good &= ~present | ((n != 0xFF) & (pos + 2 + n <= end))
-        else:
-            good &= present & (n != 0xFF) & (pos + 2 + n <= end)
-        fpos[tag] = np.where(present & good, pos + 2, 0)
-        flen[tag] = np.where(present & good, n, -1)
-        pos = np.where(present & good, pos + 2 + n, pos)
-    good &= pos == end
-    for tag in (0x04, 0x05, 0x06):
-        good &= flen[tag] <= 8
-    # the sealed field: kid_len | kid | kcv (4) | iv (16) | ciphertext
-    sp, sn = fpos[0xF0], flen[0xF0]
-    klen = np.where(good & (sn >= 1), buf[sp], 0).astype(np.int64)
-    good &= (sn >= 1) & (sn >= 1 + klen + 20)
-    rows, o, sp, sn, klen = rows[good], o[good], sp[good], sn[good], klen[good]
-    for tag in _F_SEQ:
-        fpos[tag], flen[tag] = fpos[tag][good], flen[tag][good]
-    if not rows.size:
-        return rows, []
-    bad = np.zeros(rows.size, dtype=bool)
-
-    times = _gather_rows(buf, o + 2, np.full(rows.size, 8)).view(">u8").ravel()
-    text_cols: list[Any] = []
-    for tag in (0x01, 0x03):
-        codes, values = _distinct(buf, fpos[tag], flen[tag])
-        names: list[str] = []
-        for u, v in enumerate(values):
-            try:
-                names.append(v.decode("utf-8"))
-            except UnicodeDecodeError:  # decode_entry raises: let it
-                names.append("")
-                bad |= codes == u
-        text_cols.append(_objects(names)[codes])
-    epochs, rules = text_cols
-    vcodes, version_values = _distinct(buf, fpos[0x02], flen[0x02])
-    versions = _objects(version_values)[vcodes]
-    thresholds = _uints(buf, fpos[0x04], flen[0x04])
-    draws = _uints(buf, fpos[0x05], flen[0x05]).tolist()
-    has_draw = flen[0x05] >= 0
-    reasons = _uints(buf, fpos[0x06], flen[0x06])
-
-    refs = np.full(rows.size, None, dtype=object)
-    agents = np.full(rows.size, None, dtype=object)
-    kcodes, kids = _distinct(buf, sp + 1, klen)
-    ct_start = sp + 21 + klen
-    ct_len = sn - 21 - klen
-    for code, kid_b in enumerate(kids):
-        sel = np.flatnonzero(kcodes == code)
-        got = key_for(kid_b.decode("ascii", "replace"))
-        if got is None:
-            continue  # unreadable: call_ref and agent stay None
-        key, kcv = got
-        kcv_rows = _gather_rows(buf, sp[sel] + 1 + klen[sel], np.full(sel.size, 4))
-        sel = sel[np.all(kcv_rows == np.frombuffer(kcv, dtype=np.uint8), axis=1)]
-        if not sel.size:
-            continue
-        clen = ct_len[sel]
-        blocks = int((clen.max() + 15) // 16)
-        if blocks == 0:
-            continue  # empty plaintext: no personal fields
-        ivs = _gather_rows(buf, sp[sel] + 5 + klen[sel], np.full(sel.size, 16))
-        ct = _gather_rows(buf, ct_start[sel], clen)
-        width = blocks * 16
-        plain = np.zeros((sel.size, width + 2), dtype=np.uint8)
-        plain[:, : ct.shape[1]] = ct
-        plain[:, :width] ^= _ctr_keystream(key, ivs, blocks)
-        plain[np.arange(width + 2)[None, :] >= clen[:, None]] = 0
-        rix = np.arange(sel.size)
-        ppos = np.zeros(sel.size, dtype=np.int64)
-        pgood = np.ones(sel.size, dtype=bool)
-        pp: dict[int, Any] = {}
-        pl: dict[int, Any] = {}
-        for tag in (0x20, 0x21, 0x22):
-            inb = ppos + 2 <= clen
-            p = np.where(inb, ppos, 0)
-            present = inb & (plain[rix, p] == tag)
-            n = plain[rix, p + 1].astype(np.int64)
-            pgood &= ~present | ((n != 0xFF) & (ppos + 2 + n <= clen))
-            pp[tag] = np.where(present & pgood, ppos + 2, 0)
-            pl[tag] = np.where(present & pgood, n, -1)
-            ppos = np.where(present & pgood, ppos + 2 + n, ppos)
-        pgood &= (ppos == clen) & (pl[0x20] != 0)
-        kinds = plain[rix, pp[0x20]]
-        has_ref = pl[0x20] > 0
-        has_agent = pl[0x21] >= 0
-        ref_raw = _bytes_at(plain, pp[0x20] + 1, pl[0x20] - 1)
-        agent_raw = _bytes_at(plain, pp[0x21], pl[0x21])
-        try:
-            ref_sel = [
-                (v.decode("utf-8") if k == 1 else v) if h else None
-                for v, k, h in zip(ref_raw, kinds.tolist(), has_ref.tolist(), strict=True)
-            ]
-            agent_sel = [
-                v.decode("utf-8") if h else None
-                for v, h in zip(agent_raw, has_agent.tolist(), strict=True)
-            ]
-        except UnicodeDecodeError:  # rare: those rows are decoded one by one
-            ref_sel, agent_sel = [], []
-            for v, k, h, av, ah in zip(
-                ref_raw,
-                kinds.tolist(),
-                has_ref.tolist(),
-                agent_raw,
-                has_agent.tolist(),
-                strict=True,
-            ):
-                ref_v: str | bytes | None = None
-                agent_v: str | None = None
-                try:
-                    ref_v = (v.decode("utf-8") if k == 1 else v) if h else None
-                    agent_v = av.decode("utf-8") if ah else None
-                except UnicodeDecodeError:
-                    bad[sel[len(ref_sel)]] = True
-                ref_sel.append(ref_v)
-                agent_sel.append(agent_v)
-        bad[sel[~pgood]] = True
-        refs[sel] = _objects(ref_sel)
-        agents[sel] = _objects(agent_sel)
-
-    draws_obj = _objects(draws)
-    draws_obj[~has_draw] = None
-    cols = [rows, times, epochs, versions, rules, thresholds, draws_obj, reasons, refs, agents]
-    if bad.any():
-        keep = np.flatnonzero(~bad)
-        cols = [c[keep] for c in cols]
-    decs = list(map(_Dec, (cols[0] + first).tolist(), *(c.tolist() for c in cols[1:])))
-    return cols[0], decs
-
-
-def _objects(values: list[Any]) -> Any:
-    """A 1-D object array of ``values`` (as they are: no nesting into a 2-D array)."""
-    import numpy as np
-
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-def _bytes_at(mat: Any, start: Any, n: Any) -> list[bytes]:
-    """Per row ``j``, the bytes ``mat[j, start[j] : start[j] + n[j]]`` (empty where ``n <= 0``)."""
-    import numpy as np
-
-    m = mat.shape[0]
-    width = int(n.max()) if m else 0
-    if width <= 0:
-        return [b""] * m
-    cols = np.arange(width, dtype=np.int64)
-    inside = cols[None, :] < n[:, None]
-    got = np.take_along_axis(mat, np.where(inside, start[:, None] + cols[None, :], 0), axis=1)
-    got[~inside] = 0
-    vals: list[bytes] = np.ascontiguousarray(got).view(f"S{width}").ravel().tolist()
-    # numpy drops trailing NUL bytes: take those rows one by one
-    last = got[np.arange(m), np.maximum(n - 1, 0)]
-    for j in np.flatnonzero((n > 0) & (last == 0)).tolist():
-        vals[j] = got[j, : int(n[j])].tobytes()
-    return vals
-
-
 def _read_cdr(path: Path) -> list[tuple[str, str]]:
     """``(call_ref, start_time)`` rows of a carrier's call records (CSV or Parquet)."""
     if path.suffix.lower() == ".parquet":
@@ -718,7 +383,6 @@ def audit_verify(
     ``keyring`` opens the log's sealed call references (default: the store's own keyring);
     ``now`` is the audit time for expiry checks (default: the real clock).
     """
-    from .log import LogCorrupt
     from .logverify import verify_log
     from .store import Store, read_revealed
 
@@ -751,67 +415,47 @@ def audit_verify(
             evidence={"where": f.where} if f.where else {},
         )
 
-    # Read the log once.
-    kr = keyring if keyring is not None else store.keyring
+    # Read the log once: decisions as columns, the other entries decoded.
+    contents = read_log(store.path / "log", keyring if keyring is not None else store.keyring)
+    decisions = contents.decisions
     commits: dict[str, tuple[int, bytes]] = {}
     policies: dict[bytes, Any] = {}
-    decisions: list[_Dec] = []
-    opened: dict[str, tuple[int, str | bytes | None]] = {}
+    opened: dict[str, tuple[int, str | None]] = {}
     tombstones: dict[str, int] = {}
     from .policy import Policy
 
-    try:
-        for e in _entries(store.path / "log", kr):
-            if isinstance(e, list):
-                decisions.extend(e)
+    for e in contents.others:
+        fl = e.fields
+        if e.type == T_KEY_COMMIT:
+            commits.setdefault(str(fl.get("epoch_id")), (e.index, bytes(fl["commitment"])))
+        elif e.type == T_POLICY:
+            version = bytes(fl.get("version", b""))
+            try:
+                pol = Policy.from_dict(json.loads(bytes(fl.get("canonical", b""))))
+            except (SampledrecError, ValueError) as exc:
+                rep.add("decisions", f"a logged policy cannot be read: {exc}", index=e.index)
                 continue
-            fl = e.fields
-            if e.type == T_DECISION:
-                ref = fl.get("call_ref")
-                decisions.append(
-                    _Dec(
-                        e.index,
-                        e.time_us,
-                        str(fl.get("epoch_id", "")),
-                        bytes(fl.get("policy_version", b"")),
-                        str(fl.get("rule", "")),
-                        int(fl.get("threshold", -1)),
-                        fl.get("draw"),
-                        int(fl.get("reason", -1)),
-                        ref if isinstance(ref, str | bytes) and not e.sealed else None,
-                        fl.get("agent"),
-                    )
+            if pol.version != version.hex():
+                rep.add(
+                    "decisions",
+                    "a logged policy does not rebuild to its version id",
+                    index=e.index,
+                    evidence={"logged": version.hex(), "rebuilt": pol.version},
                 )
-            elif e.type == T_KEY_COMMIT:
-                commits.setdefault(str(fl.get("epoch_id")), (e.index, bytes(fl["commitment"])))
-            elif e.type == T_POLICY:
-                version = bytes(fl.get("version", b""))
-                try:
-                    pol = Policy.from_dict(json.loads(bytes(fl.get("canonical", b""))))
-                except (SampledrecError, ValueError) as exc:
-                    rep.add("decisions", f"a logged policy cannot be read: {exc}", index=e.index)
-                    continue
-                if pol.version != version.hex():
-                    rep.add(
-                        "decisions",
-                        "a logged policy does not rebuild to its version id",
-                        index=e.index,
-                        evidence={"logged": version.hex(), "rebuilt": pol.version},
-                    )
-                    continue
-                policies.setdefault(version, pol)
-            elif e.type == T_RECORDING_OPENED:
-                ref = fl.get("call_ref")
-                opened[str(fl.get("recording_id"))] = (
-                    e.index,
-                    ref if isinstance(ref, str | bytes) else None,
-                )
-            elif e.type in (T_EXPIRED, T_ERASURE):
-                if e.type == T_ERASURE and fl.get("outcome") not in (None, "erased"):
-                    continue
-                tombstones.setdefault(str(fl.get("recording_id")), e.index)
-    except (LogCorrupt, ValueError) as exc:
-        rep.add("log", f"the log cannot be decoded: {exc}")
+                continue
+            policies.setdefault(version, pol)
+        elif e.type == T_RECORDING_OPENED:
+            ref = fl.get("call_ref")
+            opened[str(fl.get("recording_id"))] = (
+                e.index,
+                ref_text(ref) if isinstance(ref, str | bytes) and not e.sealed else None,
+            )
+        elif e.type in (T_EXPIRED, T_ERASURE):
+            if e.type == T_ERASURE and fl.get("outcome") not in (None, "erased"):
+                continue
+            tombstones.setdefault(str(fl.get("recording_id")), e.index)
+    if contents.error is not None:
+        rep.add("log", f"the log cannot be decoded: {contents.error}")
         rep.notes.append("the log could not be read to the end: later checks are incomplete")
 
     # 2. keys -----------------------------------------------------------------------------------
@@ -843,7 +487,8 @@ def audit_verify(
 
     # 3. decisions ------------------------------------------------------------------------------
     rep.ran.add("decisions")
-    _check_decisions(rep, decisions, keys, policies)
+    firsts = call_firsts(decisions)
+    _check_decisions(rep, decisions, firsts, keys, policies)
 
     # 4. recordings -----------------------------------------------------------------------------
     rep.ran.add("recordings")
@@ -852,49 +497,14 @@ def audit_verify(
     # 5. cdr ------------------------------------------------------------------------------------
     if cdr is not None:
         rep.ran.add("cdr")
-        carrier = {r for r, _ in cdr_rows}
-        decided: dict[str, int] = {}
-        for d in decisions:
-            if d.ref is not None:
-                decided.setdefault(_ref_text(d.ref), d.index)
-        rep.counts["cdr_calls"] = len(carrier)
-        for ref in sorted(carrier - decided.keys()):
-            rep.add("cdr", "a carrier call has no decision in the log", call_ref=ref)
-        for ref in sorted(decided.keys() - carrier):
-            rep.add(
-                "cdr",
-                "a decision for a reference that is not a carrier call (a re-rolled or "
-                "invented reference)",
-                index=decided[ref],
-                call_ref=ref,
-            )
-        unreadable = sum(1 for d in decisions if d.ref is None)
-        if unreadable:
-            rep.notes.append(
-                f"{unreadable} decisions have erased call references and were not matched "
-                "against the call records"
-            )
+        _check_cdr(rep, decisions, cdr_rows)
 
     # 6. statistics -----------------------------------------------------------------------------
     rep.ran.add("statistics")
-    _check_statistics(rep, decisions)
+    _check_statistics(rep, decisions, firsts)
     if rep.simulated:
         rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
     return rep
-
-
-def _unique(decisions: Iterable[_Dec]) -> list[_Dec]:
-    """One decision per (epoch, call reference): retries of the same call count once."""
-    seen: set[tuple[str, str | bytes]] = set()
-    out = []
-    for d in decisions:
-        if d.ref is not None:
-            key = (d.epoch, d.ref)
-            if key in seen:
-                continue
-            seen.add(key)
-        out.append(d)
-    return out
 
 
 # (logged reason, draw below the threshold) -> what is wrong with that decision.
@@ -905,140 +515,206 @@ _REASON_CONTRADICTIONS: Final = {
 }
 
 
-def _check_decisions(
-    rep: AuditReport, decisions: list[_Dec], keys: dict[str, bytes], policies: dict[bytes, Any]
-) -> None:
-    from .draw import draw_many
+@dataclass(frozen=True)
+class _RuleInForce:
+    """What a decision's (policy version, rule) names: 0 found, 1 no such policy version logged,
+    2 no such rule in it; then the rule's threshold and caps."""
 
-    rep.counts["decisions"] = len(decisions)
-    by_epoch: dict[str, list[_Dec]] = defaultdict(list)
-    first_reason: dict[tuple[str, str | bytes], tuple[int, int]] = {}
-    rules_seen: dict[tuple[bytes, str], tuple[bool, int]] = {}
-    for d in decisions:
-        if d.ref is not None:
-            key = (d.epoch, d.ref)
-            prev = first_reason.get(key)
-            if prev is None:
-                first_reason[key] = (d.index, d.reason)
-            elif prev[1] != d.reason:
-                rep.add(
-                    "decisions",
-                    f"the same call was decided twice in one epoch with different reasons "
-                    f"(first at entry {prev[0]})",
-                    index=d.index,
-                    call_ref=_ref_text(d.ref),
-                    epoch_id=d.epoch,
-                )
-        if d.reason == _OBJECTION:
-            rep.counts["decisions_objection"] += 1
-        elif d.reason == _CAP:
-            rep.counts["decisions_cap_reached"] += 1
-        if d.epoch not in keys:
-            rep.counts["decisions_not_yet_verifiable"] += 1
-        elif d.ref is None:
-            rep.counts["decisions_not_recomputable"] += 1
-        else:
-            by_epoch[d.epoch].append(d)
-        # Policy and threshold: checked for every decision (the rule is public).
-        pol = policies.get(d.version)
-        if pol is not None:
-            rkey = (d.version, d.rule)
-            known = rules_seen.get(rkey)
-            if known is None:
-                try:
-                    known = rules_seen[rkey] = (True, pol.rule_named(d.rule).threshold)
-                except KeyError:
-                    known = rules_seen[rkey] = (False, 0)
-            if known[0] and known[1] == d.threshold and 0 <= d.reason < len(REASON_CODES):
-                continue  # the usual case: nothing to report
+    status: int
+    rule: Any = None
+
+
+def _rules_in_force(d: Decisions, policies: dict[bytes, Any]) -> tuple[list[_RuleInForce], I64]:
+    """The distinct (policy version, rule) pairs of the decisions, and each decision's pair."""
+    pair = d.version.astype(np.int64) * max(1, len(d.rules)) + d.rule
+    pairs, inverse = np.unique(pair, return_inverse=True)
+    found = []
+    for p in pairs.tolist():
+        v, r = divmod(p, max(1, len(d.rules)))
+        pol = policies.get(d.versions[v])
         if pol is None:
+            found.append(_RuleInForce(1))
+            continue
+        try:
+            found.append(_RuleInForce(0, pol.rule_named(d.rules[r])))
+        except KeyError:
+            found.append(_RuleInForce(2))
+    return found, inverse.ravel()
+
+
+def _check_decisions(
+    rep: AuditReport,
+    d: Decisions,
+    firsts: I64,
+    keys: dict[str, bytes],
+    policies: dict[bytes, Any],
+) -> None:
+    n = len(d)
+    rows = np.arange(n, dtype=np.int64)
+    rep.counts["decisions"] = n
+    rep.counts["decisions_objection"] = int(np.count_nonzero(d.reason == _OBJECTION))
+    rep.counts["decisions_cap_reached"] = int(np.count_nonzero(d.reason == _CAP))
+
+    # The same call decided twice in one epoch must agree.
+    again = np.flatnonzero((firsts >= 0) & (firsts != rows))
+    for i in again[d.reason[again] != d.reason[firsts[again]]].tolist():
+        rep.add(
+            "decisions",
+            "the same call was decided twice in one epoch with different reasons "
+            f"(first at entry {int(d.index[firsts[i]])})",
+            index=int(d.index[i]),
+            call_ref=d.ref_text(i),
+            epoch_id=d.epochs[int(d.epoch[i])],
+        )
+
+    # Policy and threshold: checked for every decision (the rule is public).
+    found, which = _rules_in_force(d, policies)
+    status = np.asarray([f.status for f in found], dtype=np.int8)[which]
+    expected = np.asarray(
+        [f.rule.threshold if f.status == 0 else 0 for f in found], dtype=np.uint64
+    )[which]
+    known_reason = (d.reason >= 0) & (d.reason < len(REASON_CODES))
+    for i in np.flatnonzero(
+        (status != 0) | ~d.threshold_ok | (d.threshold != expected) | ~known_reason
+    ).tolist():
+        version = d.versions[int(d.version[i])].hex()
+        index = int(d.index[i])
+        if status[i] == 1:
             rep.add(
                 "decisions",
                 "the decision names a policy version that was not logged",
-                index=d.index,
-                evidence={"policy_version": d.version.hex()},
+                index=index,
+                evidence={"policy_version": version},
             )
             continue
-        try:
-            rule = pol.rule_named(d.rule)
-        except KeyError:
+        rule_name = d.rules[int(d.rule[i])]
+        if status[i] == 2:
             rep.add(
                 "decisions",
-                f"rule {d.rule!r} is not in the policy version in force",
-                index=d.index,
-                evidence={"policy_version": d.version.hex()},
+                f"rule {rule_name!r} is not in the policy version in force",
+                index=index,
+                evidence={"policy_version": version},
             )
             continue
-        if rule.threshold != d.threshold:
+        rule = found[int(which[i])].rule
+        if not d.threshold_ok[i] or int(d.threshold[i]) != rule.threshold:
+            logged = str(int(d.threshold[i])) if d.threshold_ok[i] else "missing or malformed"
             rep.add(
                 "decisions",
-                f"the threshold does not match rule {d.rule!r} (rate {rule.rate})",
-                index=d.index,
-                evidence={"logged": str(d.threshold), "expected": str(rule.threshold)},
+                f"the threshold does not match rule {rule_name!r} (rate {rule.rate})",
+                index=index,
+                evidence={"logged": logged, "expected": str(rule.threshold)},
             )
-        if not 0 <= d.reason < len(REASON_CODES):
-            rep.add("decisions", f"unknown reason code {d.reason}", index=d.index)
+        if not known_reason[i]:
+            rep.add("decisions", f"unknown reason code {int(d.reason[i])}", index=index)
 
+    # Every draw of a revealed epoch, recomputed.
+    has_ref = d.ref_kind > 0
+    revealed = np.zeros(len(d.epochs) + 1, dtype=bool)
+    revealed[[j for j, e in enumerate(d.epochs) if e in keys]] = True
+    in_revealed = revealed[d.epoch]
+    rep.counts["decisions_not_yet_verifiable"] = int(np.count_nonzero(~in_revealed))
+    rep.counts["decisions_not_recomputable"] = int(np.count_nonzero(in_revealed & ~has_ref))
+    valid = (d.ref_len >= 1) & (d.ref_len <= MAX_CALL_REF_BYTES)
+    for i in np.flatnonzero(in_revealed & has_ref & ~valid).tolist():
+        rep.add(
+            "decisions",
+            f"the logged call reference is {int(d.ref_len[i])} bytes long: not a reference "
+            f"that can be drawn (1 to {MAX_CALL_REF_BYTES} bytes)",
+            index=int(d.index[i]),
+            epoch_id=d.epochs[int(d.epoch[i])],
+        )
     recomputed = 0
-    for epoch, group in by_epoch.items():
-        draws = draw_many(keys[epoch], [d.ref for d in group if d.ref is not None])
-        for d, r in zip(group, draws.tolist(), strict=True):
-            recomputed += 1
-            below = r < d.threshold
-            if (d.draw is None or d.draw == r) and (
-                below if d.reason in (_SAMPLED, _CAP) else not below or d.reason != _NOT_SAMPLED
-            ):
-                continue  # the usual case: nothing to report
-            ev = {"draw": str(r), "threshold": str(d.threshold), "reason": _reason(d.reason)}
-            ref = _ref_text(d.ref) if d.ref is not None else None
-            if d.draw is not None and d.draw != r:
-                ev["logged_draw"] = str(d.draw)
+    for code, epoch in enumerate(d.epochs):
+        if epoch not in keys:
+            continue
+        sel = np.flatnonzero((d.epoch == code) & has_ref & valid)
+        if not sel.size:
+            continue
+        lengths = d.ref_len[sel]
+        width = int(lengths.max())
+        msgs = np.ascontiguousarray(d.refs[sel, :width])
+        draws = draws_rows(keys[epoch], msgs, None if int(lengths.min()) == width else lengths)
+        recomputed += sel.size
+        reason = d.reason[sel]
+        below = draws < d.threshold[sel]
+        ok = (~d.has_draw[sel] | (d.draw[sel] == draws)) & np.where(
+            (reason == _SAMPLED) | (reason == _CAP), below, ~below | (reason != _NOT_SAMPLED)
+        )
+        for j in np.flatnonzero(~ok).tolist():
+            i = int(sel[j])
+            r, why = int(draws[j]), int(reason[j])
+            ev = {"draw": str(r), "threshold": str(int(d.threshold[i])), "reason": _reason(why)}
+            where = {"index": int(d.index[i]), "call_ref": d.ref_text(i), "epoch_id": epoch}
+            if d.has_draw[i] and int(d.draw[i]) != r:
+                ev["logged_draw"] = str(int(d.draw[i]))
                 rep.add(
                     "decisions",
                     "the logged draw is not the draw recomputed from the revealed key",
-                    index=d.index,
-                    call_ref=ref,
-                    epoch_id=epoch,
                     evidence=ev,
+                    **where,
                 )
-            wrong = _REASON_CONTRADICTIONS.get((d.reason, below))
+            wrong = _REASON_CONTRADICTIONS.get((why, bool(below[j])))
             if wrong is not None:
-                rep.add(
-                    "decisions", wrong, index=d.index, call_ref=ref, epoch_id=epoch, evidence=ev
-                )
+                rep.add("decisions", wrong, evidence=ev, **where)
     rep.counts["decisions_recomputed"] = recomputed
+    _check_caps(rep, d, firsts, found, which)
 
-    # Caps, replayed in log order over unique calls.
-    counts: dict[tuple[str, str, str], int] = defaultdict(int)
-    for d in _unique(decisions):
-        if d.reason != _SAMPLED or d.agent is None:
+
+def _check_caps(
+    rep: AuditReport, d: Decisions, firsts: I64, found: list[_RuleInForce], which: I64
+) -> None:
+    """Per-agent caps, replayed in log order over distinct calls: the k-th selected call of an
+    agent under a rule in a day (or ISO week) must not exceed that rule's cap."""
+    capped = np.asarray([f.status == 0 and f.rule.has_cap for f in found], dtype=bool)
+    unique = (firsts < 0) | (firsts == np.arange(len(d)))
+    sel = np.flatnonzero(unique & (d.reason == _SAMPLED) & (d.agent >= 0) & capped[which])
+    if not sel.size:
+        return
+    day = (d.time_us[sel] // np.uint64(86_400_000_000)).astype(np.int64)
+    days, day_code = np.unique(day, return_inverse=True)
+    dates = [date.fromordinal(_EPOCH_ORDINAL + int(x)) for x in days.tolist()]
+    weeks = [f"W{y}-{w:02d}" for y, w, _ in (x.isocalendar() for x in dates)]
+    week_names, week_of_day = np.unique(np.asarray(weeks), return_inverse=True)
+    periods = (
+        ("max_per_agent_per_day", day_code.ravel(), [f"D{x.isoformat()}" for x in dates]),
+        ("max_per_agent_per_week", week_of_day.ravel()[day_code.ravel()], week_names.tolist()),
+    )
+    for attr, period, names in periods:
+        limits = np.asarray(
+            [
+                -1 if f.status != 0 or getattr(f.rule, attr) is None else getattr(f.rule, attr)
+                for f in found
+            ],
+            dtype=np.int64,
+        )[which[sel]]
+        on = np.flatnonzero(limits >= 0)
+        if not on.size:
             continue
-        pol = policies.get(d.version)
-        try:
-            rule = pol.rule_named(d.rule) if pol is not None else None
-        except KeyError:
-            rule = None
-        if rule is None or not rule.has_cap:
-            continue
-        when = from_micros(d.time_us)
-        periods = []
-        if rule.max_per_agent_per_day is not None:
-            periods.append((f"D{when.date().isoformat()}", rule.max_per_agent_per_day))
-        if rule.max_per_agent_per_week is not None:
-            year, week, _ = when.isocalendar()
-            periods.append((f"W{year}-{week:02d}", rule.max_per_agent_per_week))
-        for period, limit in periods:
-            k = (d.rule, d.agent, period)
-            counts[k] += 1
-            if counts[k] > limit:
-                rep.add(
-                    "decisions",
-                    f"agent {d.agent!r} has {counts[k]} selected calls under rule {d.rule!r} "
-                    f"in {period}, over the cap of {limit}",
-                    index=d.index,
-                    call_ref=_ref_text(d.ref) if d.ref is not None else None,
-                    epoch_id=d.epoch,
-                )
+        rows = sel[on]
+        # (rule name, agent, period): the running count of each group in log order
+        group = np.unique(
+            np.stack([d.rule[rows], d.agent[rows], period[on]], axis=1),
+            axis=0,
+            return_inverse=True,
+        )[1].ravel()
+        order = np.argsort(group, kind="stable")
+        g = group[order]
+        starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+        count = np.empty(rows.size, dtype=np.int64)
+        count[order] = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, g.size]))
+        count += 1
+        for j in np.flatnonzero(count > limits[on]).tolist():
+            i = int(rows[j])
+            rep.add(
+                "decisions",
+                f"agent {d.agent_name(i)!r} has {int(count[j])} selected calls under rule "
+                f"{d.rules[int(d.rule[i])]!r} in {names[int(period[on][j])]}, over the cap of "
+                f"{int(limits[on][j])}",
+                index=int(d.index[i]),
+                call_ref=d.ref_text(i),
+                epoch_id=d.epochs[int(d.epoch[i])],
+            )
 
 
 def _reason(code: int) -> str:
@@ -1048,8 +724,8 @@ def _reason(code: int) -> str:
 def _check_recordings(
     rep: AuditReport,
     store: Any,
-    decisions: list[_Dec],
-    opened: dict[str, tuple[int, str | bytes | None]],
+    decisions: Decisions,
+    opened: dict[str, tuple[int, str | None]],
     tombstones: dict[str, int],
     at: datetime,
 ) -> None:
@@ -1068,11 +744,17 @@ def _check_recordings(
     finally:
         catalog.close()
     keystore = LocalKeyStore(store.keys_path)
-    by_ref: dict[str, list[_Dec]] = defaultdict(list)
-    for d in decisions:
-        if d.ref is not None:
-            by_ref[_ref_text(d.ref)].append(d)
-    objecting = {ref for ref, ds in by_ref.items() if any(d.reason == _OBJECTION for d in ds)}
+    wanted = sorted(
+        {r.call_ref for r in rows if r.call_ref is not None}
+        | {op[1] for op in opened.values() if op[1] is not None}
+    )
+    by_ref: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (entry index, reason)
+    with_ref = np.flatnonzero(decisions.ref_kind > 0)
+    matched = RefMatcher(decisions, wanted).match(with_ref)
+    for j in np.flatnonzero(matched >= 0).tolist():
+        i = int(with_ref[j])
+        by_ref[wanted[int(matched[j])]].append((int(decisions.index[i]), int(decisions.reason[i])))
+    objecting = {ref for ref, ds in by_ref.items() if any(r == _OBJECTION for _, r in ds)}
     now_us = to_micros(at)
     rep.counts["recordings"] = len(rows)
 
@@ -1104,13 +786,8 @@ def _check_recordings(
             )
         ref = row.call_ref
         if ref is None and op is not None and op[1] is not None:
-            ref = _ref_text(op[1])
-        if (
-            op is not None
-            and op[1] is not None
-            and row.call_ref is not None
-            and _ref_text(op[1]) != row.call_ref
-        ):
+            ref = op[1]
+        if op is not None and op[1] is not None and row.call_ref is not None and op[1] != ref:
             rep.add(
                 "recordings",
                 "the catalog's call reference differs from the logged one",
@@ -1122,20 +799,15 @@ def _check_recordings(
             rep.counts["recordings_ref_erased"] += 1
         else:
             limit = op[0] if op is not None else None
-            positive = [
-                d
-                for d in by_ref.get(ref, [])
-                if d.reason == _SAMPLED and (limit is None or d.index < limit)
-            ]
-            if not positive:
-                seen = by_ref.get(ref, [])
+            seen = by_ref.get(ref, [])
+            if not any(r == _SAMPLED and (limit is None or i < limit) for i, r in seen):
                 rep.add(
                     "recordings",
                     "no positive decision earlier in the log for the recorded call",
                     index=op[0] if op is not None else None,
                     recording_id=rid,
                     call_ref=ref,
-                    evidence={"decisions": {str(d.index): _reason(d.reason) for d in seen}},
+                    evidence={"decisions": {str(i): _reason(r) for i, r in seen}},
                 )
             if ref in objecting:
                 rep.add(
@@ -1187,18 +859,70 @@ def _check_recordings(
                 rep.add("recordings", f"{row.status} but still readable", recording_id=rid)
 
 
-def _check_statistics(rep: AuditReport, decisions: list[_Dec]) -> None:
-    groups: dict[tuple[str, int, str | None], list[int]] = defaultdict(lambda: [0, 0])
-    for d in _unique(decisions):
-        if d.reason in (_OBJECTION,) or not 0 <= d.reason < len(REASON_CODES):
-            continue
-        hit = 1 if d.reason in (_SAMPLED, _CAP) else 0
-        for agent in (None, d.agent) if d.agent is not None else (None,):
-            tally = groups[(d.rule, d.threshold, agent)]
-            tally[0] += 1
-            tally[1] += hit
+def _check_cdr(rep: AuditReport, d: Decisions, cdr_rows: list[tuple[str, str]]) -> None:
+    """Completeness both ways: every carrier call has a decision, every decided reference is
+    a carrier call (a re-rolled or invented reference is not)."""
+    carrier = sorted({r for r, _ in cdr_rows})
+    rep.counts["cdr_calls"] = len(carrier)
+    with_ref = np.flatnonzero(d.ref_kind > 0)
+    matched = RefMatcher(d, carrier).match(with_ref)
+    decided = np.zeros(len(carrier), dtype=bool)
+    decided[matched[matched >= 0]] = True
+    for j in np.flatnonzero(~decided).tolist():
+        rep.add("cdr", "a carrier call has no decision in the log", call_ref=carrier[j])
+    strangers: dict[str, int] = {}
+    for i in with_ref[matched < 0].tolist():
+        strangers.setdefault(d.ref_text(i) or "", int(d.index[i]))
+    for ref, index in sorted(strangers.items()):
+        rep.add(
+            "cdr",
+            "a decision for a reference that is not a carrier call (a re-rolled or "
+            "invented reference)",
+            index=index,
+            call_ref=ref,
+        )
+    unreadable = len(d) - with_ref.size
+    if unreadable:
+        rep.notes.append(
+            f"{unreadable} decisions have erased call references and were not matched "
+            "against the call records"
+        )
+
+
+def _check_statistics(rep: AuditReport, d: Decisions, firsts: I64) -> None:
+    unique = (firsts < 0) | (firsts == np.arange(len(d)))
+    counted = np.flatnonzero(
+        unique
+        & d.threshold_ok
+        & (d.reason != _OBJECTION)
+        & (d.reason >= 0)
+        & (d.reason < len(REASON_CODES))
+    )
+    hit = np.isin(d.reason[counted], (_SAMPLED, _CAP)).astype(np.int64)
+    thresholds, thr_code = np.unique(d.threshold[counted], return_inverse=True)
+    rule_thr = d.rule[counted].astype(np.int64) * thresholds.size + thr_code.ravel()
+    agent = d.agent[counted].astype(np.int64)
+    # one group per (rule, threshold), and one per (rule, threshold, agent)
+    per_rule = rule_thr * (len(d.agents) + 1)
+    named = agent >= 0
+    key = np.concatenate([per_rule, (per_rule + agent + 1)[named]])
+    hits = np.concatenate([hit, hit[named]])
+    space = thresholds.size * max(1, len(d.rules)) * (len(d.agents) + 1)
+    if space <= 4 * key.size + 1024:  # the usual case: count straight into a table
+        n_all = np.bincount(key, minlength=space)
+        keys = np.flatnonzero(n_all)
+        n_of = n_all[keys]
+        k_of = np.bincount(key, weights=hits, minlength=space)[keys].astype(np.int64)
+    else:
+        keys, inverse, n_of = np.unique(key, return_inverse=True, return_counts=True)
+        k_of = np.bincount(inverse.ravel(), weights=hits, minlength=keys.size).astype(np.int64)
+    groups: dict[tuple[str, int, str | None], tuple[int, int]] = {}
+    for code, n, k in zip(keys.tolist(), n_of.tolist(), k_of.tolist(), strict=True):
+        rt, a = divmod(code, len(d.agents) + 1)
+        r, t = divmod(rt, thresholds.size)
+        groups[(d.rules[r], int(thresholds[t]), d.agents[a - 1] if a else None)] = (n, int(k))
     stats: list[GroupStats] = []
-    for (rule, thr, agent), (n, k) in sorted(
+    for (rule, thr, who), (n, k) in sorted(
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
     ):
         if n < MIN_GROUP:
@@ -1206,7 +930,7 @@ def _check_statistics(rep: AuditReport, decisions: list[_Dec]) -> None:
             continue
         p = thr / _TWO56
         low, high = clopper_pearson(k, n)
-        stats.append(GroupStats(rule, agent, p, n, k, low, high, binom_test(k, n, p)))
+        stats.append(GroupStats(rule, who, p, n, k, low, high, binom_test(k, n, p)))
     for g, adj in zip(stats, holm([g.p_value for g in stats]), strict=True):
         g.p_holm = adj
         if adj < STAT_ALPHA:

@@ -1,0 +1,271 @@
+"""The auditor's reader: the C column-wise path gives exactly what decoding entry by entry gives,
+and the same-call / reference matching is exact even when fingerprints collide."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from sampledrec import FixedClock, Store, _hashing
+from sampledrec import auditlog as al
+from sampledrec.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.errors import SampledrecError
+from sampledrec.logformat import (
+    T_DECISION,
+    Entry,
+    decode_entry,
+    encode_fields,
+    field_bytes,
+    header,
+    key_check_value,
+    sealed_field,
+)
+from sampledrec.vault import Vault
+
+needs_accel = pytest.mark.skipif(
+    not _hashing.ACCELERATED, reason="the C accelerator sampledrec._merklefast is not built"
+)
+PCM = AudioFormat("pcm16", 8000, 1)
+
+POLICY = """
+[[rules]]
+name = "sales"
+match = { queue = "sales" }
+rate = "0.25"
+purpose = "quality"
+retention = "6 months"
+max_per_agent_per_day = 3
+
+[default]
+rate = "0.2"
+purpose = "quality"
+retention = "2 days"
+"""
+
+COLUMNS = [
+    "index",
+    "time_us",
+    "epoch",
+    "version",
+    "rule",
+    "threshold",
+    "threshold_ok",
+    "draw",
+    "has_draw",
+    "reason",
+    "agent",
+    "ref_kind",
+    "ref_len",
+    "refs",
+    "ref_fp",
+]
+
+
+class _NoKeys:
+    def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        raise SampledrecError("no keys here")
+
+
+def _build(tmp_path: Path) -> Store:
+    (tmp_path / "p.toml").write_text(POLICY)
+    store = Store.init(tmp_path / "store", policy=tmp_path / "p.toml", simulated=True)
+    clock = FixedClock("2030-03-04T10:00:00Z")
+    refs: list[str | bytes] = [f"call-{i:03d}" for i in range(40)]
+    refs += ["é-ünïcode-" + "x" * 40, "y" * 256, b"\x00\x01binary\x00", "w" * 200, "z" * 17]
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        sampler = store.sampler(clock=clock, log=log)
+        for i, ref in enumerate(refs):
+            attrs: dict[str, object] = {"queue": "sales" if i % 2 else "support"}
+            if i % 3:
+                attrs["agent"] = f"agent-{i % 4}" * (1 + i % 5)
+            attrs["objection"] = i == 7
+            d = sampler.decide(ref, attrs, caller="+33 6 12 34 56 78" if i % 5 == 0 else None)
+            if d.record and i % 2:  # other entries between the decisions
+                with vault.record(d, audio_format=PCM, chunk_size=1024) as rec:
+                    for frame in frames(synthetic_speech(0.05, seed=i), PCM, 20):
+                        rec.write(frame)
+            if i == 20:
+                clock.advance(hours=30)
+        refs_b = np.asarray([f"{i:08x}@pbx" for i in range(500)], dtype="S")
+        sampler.decide_batch(refs_b, {"queue": np.asarray(["sales", "x"] * 250)})
+        sampler.decide("call-001", {"queue": "support"})  # a retry: the same call again
+    return store
+
+
+def _same(a: al.Decisions, b: al.Decisions) -> None:
+    for k in COLUMNS:
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.shape == y.shape and (x == y).all(), k
+    # codes may be numbered differently only if the values differ: they must not
+    assert (a.epochs, a.versions, a.rules, a.agents) == (b.epochs, b.versions, b.rules, b.agents)
+
+
+@needs_accel
+@pytest.mark.parametrize("keys", ["store", "none"])
+def test_column_wise_reading_matches_entry_by_entry(tmp_path: Path, keys: str) -> None:
+    store = _build(tmp_path)
+    keyring: Any = store.keyring if keys == "store" else _NoKeys()
+    fast = al.read_log(store.path / "log", keyring)
+    slow = al.read_log(store.path / "log", keyring, accelerated=False)
+    assert fast.error is None and slow.error is None
+    _same(fast.decisions, slow.decisions)
+    assert [e.index for e in fast.others] == [e.index for e in slow.others]
+    assert len(fast.others) > 10, "entries other than decisions in between"
+    d = fast.decisions
+    assert len(d) == 546
+    # only the decisions with fields of 255 bytes or more (the long length form) one by one
+    assert fast.one_by_one == 2 and slow.one_by_one == 546
+    refs = {d.ref(i) for i in range(len(d))}
+    if keys == "store":
+        assert refs >= {"call-000", "y" * 256, b"\x00\x01binary\x00", "é-ünïcode-" + "x" * 40}
+        assert (d.agent >= 0).any()
+    else:
+        assert refs == {None} and (d.agent == -1).all()
+
+
+def _entry(key: bytes, personal: bytes, iv: bytes | None = None, **public: Any) -> bytes:
+    kcv = key_check_value(key)
+    fields = {
+        "epoch_id": "2030-03-04",
+        "policy_version": b"v" * 32,
+        "rule": "r",
+        "threshold": 5,
+        "draw": 7,
+        "reason": 1,
+    } | public
+    iv = iv or os.urandom(16)
+    ct = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update(personal)
+    return (
+        header(T_DECISION, 123)
+        + encode_fields(T_DECISION, fields)
+        + sealed_field("k/1", kcv, iv, ct)
+    )
+
+
+def _read(records: list[bytes], key: bytes, *, accelerated: bool) -> al.LogContents:
+    class _Keys:
+        def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+            return key if kid == "k/1" else None
+
+    payload = b"".join(len(r).to_bytes(4, "big") + r for r in records)
+    reader = al._Reader(_Keys(), accelerated=accelerated)
+    reader.batch(payload, 0, len(payload), 100)
+    return reader.result()
+
+
+@needs_accel
+def test_odd_entries_read_the_same_both_ways() -> None:
+    key = os.urandom(32)
+    ref = field_bytes(0x20, b"\x01ok")
+    records = [
+        _entry(key, field_bytes(0x20, b"\x00\x00bin\x00")),  # binary, ends with NUL
+        _entry(key, field_bytes(0x20, b"\x01x") + field_bytes(0x21, b"agent")),
+        _entry(key, b""),  # no personal fields
+        _entry(key, field_bytes(0x21, b"a") + field_bytes(0x20, b"\x01x")),  # out of order
+        _entry(key, field_bytes(0x20, b"\x02odd kind")),
+        _entry(key, field_bytes(0x20, b"")),  # empty reference field
+        _entry(key, ref + field_bytes(0x22, b"pseudo") + field_bytes(0x23, b"?")),  # unknown
+        _entry(key, ref, draw=None),  # no draw
+        _entry(key, ref, threshold=2**64 - 1, reason=2**64 - 1),  # 8-byte integers
+        _entry(key, ref, rule="é"),
+        _entry(key, ref, epoch_id="2030-03-05", rule="r" * 200),
+        _entry(key, field_bytes(0x20, b"\x01" + "ü".encode() * 100)),  # long, not ASCII
+        _entry(key, ref, iv=b"\x00" * 8 + b"\xff" * 8),  # the CTR counter carries
+        _entry(key, field_bytes(0x20, b"\x01" + b"c" * 60), iv=b"\xff" * 16),
+        _entry(key, field_bytes(0x20, b"\x01" + b"c" * 60), iv=b"\x01" * 8 + b"\xff" * 7 + b"\xfe"),
+        header(T_DECISION, 5) + encode_fields(T_DECISION, {"rule": "no seal"}),
+        header(0x10, 5),  # another entry type
+    ]
+    fast = _read(records, key, accelerated=True)
+    slow = _read(records, key, accelerated=False)
+    _same(fast.decisions, slow.decisions)
+    assert fast.one_by_one == 5, "only the odd decisions are decoded one by one"
+    d = fast.decisions
+    assert d.ref(0) == b"\x00bin\x00" and d.ref(4) == b"odd kind" and d.ref(5) == b""
+    assert d.ref(11) == "ü" * 100 and d.ref(13) == "c" * 60 and d.ref(14) == "c" * 60
+    assert not d.has_draw[7] and d.threshold[8] == 2**64 - 1 and d.reason[8] == 2**62
+    assert [e.type for e in fast.others] == [0x10]
+
+    def unseal(kid: str, kcv: bytes, iv: bytes, ct: bytes) -> bytes | None:
+        return Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor().update(ct)
+
+    for i, raw in enumerate(records[:15]):
+        e = decode_entry(100 + i, raw, unseal)
+        assert d.ref(i) == e.fields.get("call_ref"), i
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_text_that_is_not_utf8_stops_the_reading_both_ways(accelerated: bool) -> None:
+    key = os.urandom(32)
+    bad_agent = _entry(key, field_bytes(0x20, b"\x01ok") + field_bytes(0x21, b"\xff\xfe"))
+    bad_rule = header(T_DECISION, 5) + field_bytes(0x03, b"\xff")
+    for record in (bad_agent, bad_rule):
+        with pytest.raises(UnicodeDecodeError):
+            _read([record], key, accelerated=accelerated and _hashing.ACCELERATED)
+
+
+@needs_accel
+def test_a_wrong_key_leaves_the_personal_fields_unreadable() -> None:
+    key, other = os.urandom(32), os.urandom(32)
+    records = [_entry(key, field_bytes(0x20, b"\x01x") + field_bytes(0x21, b"agent"))]
+    for accelerated in (True, False):
+        d = _read(records, other, accelerated=accelerated).decisions
+        assert d.ref(0) is None and d.agent_name(0) is None and d.ref_fp[0] == 0
+
+
+def _decisions(refs: list[str | bytes | None], epochs: list[str] | None = None) -> al.Decisions:
+    return al.decisions_from_entries(
+        [
+            Entry(i, T_DECISION, 0, {"epoch_id": (epochs or ["e"] * len(refs))[i], "call_ref": r})
+            for i, r in enumerate(refs)
+        ]
+    )
+
+
+def _firsts_all_ways(d: al.Decisions) -> list[list[int]]:
+    out = [al._call_firsts_sorted(d).tolist()]
+    out.append(
+        al._call_firsts_exact(d, np.flatnonzero(d.ref_kind > 0), np.full(len(d), -1)).tolist()
+    )
+    if _hashing.ACCELERATED:
+        out.append(al.call_firsts(d).tolist())
+    return out
+
+
+def test_call_firsts_groups_the_same_call_in_the_same_epoch() -> None:
+    refs: list[str | bytes | None] = ["a", "b", "a", b"a", None, "b", "a", b"a", "ab"]
+    epochs = ["e1", "e1", "e1", "e1", "e1", "e1", "e2", "e1", "e1"]
+    d = _decisions(refs, epochs)
+    want = [0, 1, 0, 3, -1, 1, 6, 3, 8]
+    assert _firsts_all_ways(d) == [want] * len(_firsts_all_ways(d))
+
+
+def test_call_firsts_is_exact_when_fingerprints_collide() -> None:
+    d = _decisions(["a", "b", "a", "c", "b"])
+    d.ref_fp[:] = 42  # every reference "collides"
+    want = [0, 1, 0, 3, 1]
+    assert _firsts_all_ways(d) == [want] * len(_firsts_all_ways(d))
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_ref_matcher_is_exact(collide: bool) -> None:
+    d = _decisions(["a", b"\x01\x02", "hex:0102", "zz", None, "b"])
+    texts = ["hex:0102", "a", "nope", "hex:zz"]
+    m = al.RefMatcher(d, texts)
+    if collide:
+        d.ref_fp[d.ref_kind > 0] = 7
+        m.fps[:] = 7
+    got = m.match(np.arange(len(d))).tolist()
+    assert got == [1, 0, 0, -1, -1, -1]
+
+
+def test_fingerprints_do_not_depend_on_padding() -> None:
+    short = _decisions(["ab"])
+    wide = _decisions(["ab", "x" * 50])
+    assert short.ref_fp[0] == wide.ref_fp[0]
+    assert len({*_decisions(["ab", b"ab", "ab\x00"]).ref_fp.tolist()}) == 3
