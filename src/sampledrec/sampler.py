@@ -6,9 +6,11 @@ for whole arrays of calls with the vectorised draw, with results identical to ca
 :meth:`~Sampler.decide` call by call in order.
 
 Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
-order, so an auditor can replay them from the log. A call whose draw is below the threshold is
-remembered for its epoch, so asking again about the same reference returns the same decision and
-never counts twice against a cap (retries cannot re-roll).
+order, so an auditor can replay them from the log. The counts are kept by a
+:class:`~sampledrec.caps.CapLedger`: the store's (shared by every sampler of the store, in any
+process) or, for a bare sampler, this process's memory. A call whose draw is below the threshold
+of a capped rule is remembered for its epoch, so asking again about the same reference returns
+the same decision and never counts twice against a cap (retries cannot re-roll).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Final, Literal, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
+from .caps import CapLedger, CapRequest, MemoryCapLedger, cap_periods
 from .clock import SYSTEM_CLOCK, Clock
 from .draw import MAX_CALL_REF_BYTES, call_ref_bytes, draw_many
 from .errors import InvalidArgument
@@ -191,6 +194,7 @@ class Sampler:
         key_lock: Callable[[], Any] | None = None,
         log: Any | None = None,
         policy_source: Callable[[datetime], Policy] | None = None,
+        caps: CapLedger | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise InvalidArgument(
@@ -211,7 +215,7 @@ class Sampler:
         self._key_lock = key_lock
         self._epoch: tuple[datetime, datetime, EpochKey] | None = None
         self._cap_lock = threading.Lock()
-        self._cap_counts: dict[tuple[str, str, str], int] = {}
+        self._caps: CapLedger = caps if caps is not None else MemoryCapLedger()
         self._memo: dict[tuple[str, bytes], Decision] = {}
         self._log = log
         self._policy_source = policy_source
@@ -285,7 +289,8 @@ class Sampler:
         rule = policy.rule_for(attrs)
         mac = key._cmac_copy()
         mac.update(raw)
-        r = int.from_bytes(mac.finalize()[:7], "big")
+        tag = mac.finalize()
+        r = int.from_bytes(tag[:7], "big")
         agent_value = attrs.get(policy.agent_attribute)
         agent = (
             agent_value if agent_value.__class__ is str or agent_value is None else str(agent_value)
@@ -305,7 +310,7 @@ class Sampler:
                     earlier = self._memo.get(memo_key)
                     if earlier is not None:
                         return earlier
-                    reason = self._count_cap(rule, agent, now)
+                    (reason,) = self._caps.decide([_cap_request(key, tag, rule, agent, now)])
                     decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym)
                     self._memo[memo_key] = decision
                     return decision
@@ -371,23 +376,6 @@ class Sampler:
         if policy.version != self._policy.version:
             self._policy = policy
 
-    def _count_cap(self, rule: Rule, agent: str, now: datetime) -> Reason:
-        """Count a selected call against the rule's caps (call with the cap lock held)."""
-        periods = []
-        if rule.max_per_agent_per_day is not None:
-            periods.append((f"D{now.date().isoformat()}", rule.max_per_agent_per_day))
-        if rule.max_per_agent_per_week is not None:
-            year, week, _ = now.isocalendar()
-            periods.append((f"W{year}-{week:02d}", rule.max_per_agent_per_week))
-        keys = [(rule.name, agent, period) for period, _ in periods]
-        if any(
-            self._cap_counts.get(k, 0) >= limit for k, (_, limit) in zip(keys, periods, strict=True)
-        ):
-            return "cap_reached"
-        for k in keys:
-            self._cap_counts[k] = self._cap_counts.get(k, 0) + 1
-        return "sampled"
-
     # -- many calls --------------------------------------------------------------------------
 
     def decide_batch(
@@ -449,22 +437,28 @@ class Sampler:
                 (codes == _SAMPLED) & np.isin(rule_index, capped_rules) & (agents != None)  # noqa: E711
             )
             with self._cap_lock:
+                asks: list[tuple[int, bytes]] = []
                 for i in candidates.tolist():
                     raw = call_ref_bytes(_item(call_refs, i))
-                    memo_key = (key.epoch_id, raw)
-                    earlier = self._memo.get(memo_key)
+                    earlier = self._memo.get((key.epoch_id, raw))
                     if earlier is not None:
                         codes[i] = REASONS.index(earlier.reason)
                         rule_index[i] = policy.all_rules.index(policy.rule_named(earlier.rule))
                         agents[i] = earlier.agent  # the remembered decision, whole
-                        continue
-                    rule = rules[int(rule_index[i])]
-                    reason = self._count_cap(rule, agents[i], now)
+                    else:
+                        asks.append((i, raw))
+                answers = self._caps.decide(
+                    [
+                        _cap_request(key, _tag(key, raw), rules[int(rule_index[i])], agents[i], now)
+                        for i, raw in asks
+                    ]
+                )
+                for (i, raw), reason in zip(asks, answers, strict=True):
                     codes[i] = REASONS.index(reason)
-                    self._memo[memo_key] = self._make(
+                    self._memo[(key.epoch_id, raw)] = self._make(
                         _item(call_refs, i),
                         reason,
-                        rule,
+                        rules[int(rule_index[i])],
                         int(draws[i]),
                         key,
                         now,
@@ -531,6 +525,18 @@ def _nolock() -> Any:
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def _tag(key: EpochKey, raw: bytes) -> bytes:
+    """The call's full AES-CMAC tag under the epoch key (its draw is the first 7 bytes)."""
+    mac = key._cmac_copy()
+    mac.update(raw)
+    return mac.finalize()
+
+
+def _cap_request(key: EpochKey, tag: bytes, rule: Rule, agent: str, now: datetime) -> CapRequest:
+    limits = cap_periods(now, rule.max_per_agent_per_day, rule.max_per_agent_per_week)
+    return CapRequest(key.epoch_id, tag, rule.name, agent, limits)
 
 
 def _item(call_refs: Sequence[str | bytes] | npt.NDArray[Any], i: int) -> str | bytes:

@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from .caps import SqliteCapLedger
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
     InvalidArgument,
@@ -54,6 +55,7 @@ from .sampler import Sampler
 __all__ = ["Store"]
 
 STORE_FORMAT: Final = "sampledrec-store"
+CAPS_FILE: Final = "caps.sqlite"  # the per-agent caps ledger (sampledrec.caps)
 STORE_VERSION: Final = 1
 REVEALED_FORMAT: Final = "sampledrec-revealed-keys"
 
@@ -355,6 +357,7 @@ class Store:
             log=log,
             on_new_keys=None if log is None else lambda _keys: self._commit_uncommitted(log, clock),
             policy_source=self.policy,
+            caps=SqliteCapLedger(self.path / CAPS_FILE, now=clock.now()),
         )
 
     def _commit(self, log: DecisionLog, keys: list[EpochKey], clock: Clock) -> None:

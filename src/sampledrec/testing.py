@@ -1,6 +1,6 @@
 """In-memory fakes for tests and examples: a keyring and a keystore that never touch the
-disk, and a clock that stays where it is put. Not for production use: the keys die with the
-process."""
+disk, a caps ledger in memory, and a clock that stays where it is put. Not for production use:
+the keys (and counts) die with the process."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterable
 from typing import NoReturn
 
+from .caps import MemoryCapLedger
 from .clock import FixedClock
 from .errors import KeyringError
 from .keyring import EpochKey, _check_epoch_id
@@ -23,7 +24,7 @@ from .keystore import (
     check_bucket_id,
 )
 
-__all__ = ["FixedClock", "MemoryKeyStore", "MemoryKeyring"]
+__all__ = ["FixedClock", "MemoryCapLedger", "MemoryKeyStore", "MemoryKeyring"]
 
 
 class MemoryKeyring:

@@ -1,0 +1,174 @@
+"""Per-agent caps are the store's: shared by every sampler, in any process, across restarts,
+and what the audit replays from the log agrees with them."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sampledrec import FixedClock, Store
+from sampledrec.audit import audit_verify
+from sampledrec.caps import (
+    CapLedger,
+    CapRequest,
+    MemoryCapLedger,
+    SqliteCapLedger,
+    cap_periods,
+)
+from sampledrec.log import iter_entries
+
+POLICY = """
+[[rules]]
+name = "sales"
+match = { queue = "sales" }
+rate = "0.5"
+justification = "Pilot of the new sales script: QA listens to a few calls per agent a day"
+purpose = "quality"
+retention = "6 months"
+max_per_agent_per_day = 3
+max_per_agent_per_week = 5
+
+[default]
+rate = "0.1"
+purpose = "quality"
+retention = "6 months"
+"""
+
+MONDAY = datetime(2026, 11, 16, 9, tzinfo=UTC)
+
+
+def _req(tag: bytes, agent: str = "alice", at: datetime = MONDAY) -> CapRequest:
+    return CapRequest(at.date().isoformat(), tag, "sales", agent, cap_periods(at, 2, 3))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> CapLedger:
+    if request.param == "memory":
+        return MemoryCapLedger()
+    return SqliteCapLedger(tmp_path / "caps.sqlite")
+
+
+def test_cap_periods_name_the_utc_day_and_iso_week() -> None:
+    assert cap_periods(MONDAY, 2, 3) == (("D2026-11-16", 2), ("W2026-47", 3))
+    assert cap_periods(datetime(2027, 1, 1, tzinfo=UTC), None, 4) == (("W2026-53", 4),)
+    assert cap_periods(MONDAY, None, None) == ()
+
+
+def test_ledger_counts_per_agent_day_and_week(ledger: CapLedger) -> None:
+    got = ledger.decide([_req(bytes([i])) for i in range(4)])
+    assert got == ["sampled", "sampled", "cap_reached", "cap_reached"]  # 2 a day
+    assert ledger.decide([_req(b"b", agent="bob")]) == ["sampled"]  # bob has his own
+    tuesday = MONDAY + timedelta(days=1)
+    got = ledger.decide([_req(bytes([10 + i]), at=tuesday) for i in range(3)])
+    assert got == ["sampled", "cap_reached", "cap_reached"]  # the week's 3rd, then full
+    next_week = MONDAY + timedelta(days=7)
+    assert ledger.decide([_req(b"n", at=next_week)]) == ["sampled"]
+
+
+def test_a_retry_gets_the_same_answer_and_counts_once(ledger: CapLedger) -> None:
+    assert ledger.decide([_req(b"a"), _req(b"a"), _req(b"b")]) == ["sampled"] * 3
+    assert ledger.decide([_req(b"c"), _req(b"a")]) == ["cap_reached", "sampled"]
+    assert ledger.decide([_req(b"c")]) == ["cap_reached"]  # a refusal is remembered too
+
+
+def test_sqlite_ledger_is_shared_private_and_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "caps.sqlite"
+    a, b = SqliteCapLedger(path), SqliteCapLedger(path)
+    assert a.decide([_req(b"1")]) == ["sampled"]
+    assert b.decide([_req(b"2"), _req(b"1"), _req(b"3")]) == ["sampled", "sampled", "cap_reached"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    a.close()
+    b.close()
+    later = SqliteCapLedger(path, now=MONDAY + timedelta(days=30))  # old counts are dropped
+    assert later.decide([_req(b"4"), _req(b"1")]) == ["sampled", "sampled"]
+    assert later.decide([_req(b"5")]) == ["cap_reached"]
+
+
+def _store(tmp_path: Path) -> Store:
+    (tmp_path / "p.toml").write_text(POLICY)
+    return Store.init(tmp_path / "store", policy=tmp_path / "p.toml", simulated=True)
+
+
+def test_samplers_of_one_store_share_the_caps(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    clock = FixedClock(MONDAY)
+    attrs = {"queue": "sales", "agent": "alice"}
+    first = store.sampler(clock=clock)
+    second = Store.open(store.path).sampler(clock=clock)  # another sampler (or a restart)
+    ds = [(first if i % 2 else second).decide(f"c{i}", attrs) for i in range(60)]
+    assert sum(d.reason == "sampled" for d in ds) == 3
+    assert sum(d.reason == "cap_reached" for d in ds) > 0
+    # A retry in the other sampler gets the same decision.
+    for i, d in enumerate(ds):
+        assert (second if i % 2 else first).decide(f"c{i}", attrs).reason == d.reason
+    batch = second.decide_batch(
+        [f"c{i}" for i in range(60)], {"queue": ["sales"] * 60} | {"agent": ["alice"] * 60}
+    )
+    assert list(batch.reasons) == [d.reason for d in ds]
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from sampledrec import FixedClock, Store
+    path, tag, n, at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = Store.open(path)
+    clock = FixedClock(at)
+    while not (path.parent / "go").exists():
+        time.sleep(0.01)
+    with store.open_log(clock=clock) as log:
+        sampler = store.sampler(clock=clock, log=log)
+        for i in range(n):
+            sampler.decide(f"{tag}-{i}", {"queue": "sales", "agent": f"a{i % 2}"})
+        sampler.decide_batch(
+            [f"{tag}-b{i}" for i in range(n)],
+            {"queue": ["sales"] * n, "agent": [f"a{i % 2}" for i in range(n)]},
+        )
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    real_now = datetime.now(UTC)
+    day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    with store.open_log(clock=FixedClock(day)) as log:
+        store.sampler(clock=FixedClock(day), log=log).decide("warm-up", {"queue": "x"})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(store.path), f"p{k}", "40", day.isoformat()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(3)
+    ]
+    time.sleep(0.3)
+    (tmp_path / "go").write_bytes(b"")
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert out == "done\n"
+    reasons: dict[str, list[int]] = {"a0": [], "a1": []}
+    for e in iter_entries(store.path / "log", store.keyring):
+        if e.type == 0x05 and e.fields.get("agent") in reasons:
+            reasons[e.fields["agent"]].append(int(e.fields["reason"]))
+    for agent, got in reasons.items():
+        assert got.count(0) == 3, agent  # 3 selected a day, whichever process asked
+        assert got.count(3) > 0, agent  # and the others refused: the cap was reached
+    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
+    store.write_revealed(keys, tmp_path / "revealed.json")
+    report = audit_verify(store.path, tmp_path / "revealed.json")
+    assert report.ok, report.to_text()
+    assert report.counts["decisions_cap_reached"] > 0
