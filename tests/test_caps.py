@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +21,8 @@ from sampledrec.caps import (
     cap_periods,
 )
 from sampledrec.log import iter_entries
+
+from .together import run_together
 
 POLICY = """
 [[rules]]
@@ -145,21 +144,8 @@ def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path
     day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
     with store.open_log(clock=FixedClock(day)) as log:
         store.sampler(clock=FixedClock(day), log=log).decide("warm-up", {"queue": "x"})
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(store.path), f"p{k}", "40", day.isoformat()],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(3)
-    ]
-    time.sleep(0.3)
-    (tmp_path / "go").write_bytes(b"")
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        assert out == "done\n"
+    argvs = [[str(store.path), f"p{k}", "40", day.isoformat()] for k in range(3)]
+    assert run_together(WORKER, argvs, tmp_path / "go") == ["done\n"] * 3
     reasons: dict[str, list[int]] = {"a0": [], "a1": []}
     for e in iter_entries(store.path / "log", store.keyring):
         if e.type == 0x05 and e.fields.get("agent") in reasons:

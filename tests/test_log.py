@@ -45,6 +45,8 @@ from sampledrec.logformat import (
 from sampledrec.logverify import LogReport, export_checkpoint, verify_log
 from sampledrec.sampler import REASONS, Decision
 
+from .together import run_together
+
 AT = "2030-01-01T10:00:00Z"
 SEG0 = "seg-000000000000.log"
 CHECKPOINTS = "checkpoints"
@@ -1531,22 +1533,8 @@ PROCESS = textwrap.dedent(
 def test_processes_appending_to_one_store(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sampledrec.log, "SEGMENT_BYTES", 4096)  # as in the writers
     n = 150
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PROCESS, str(small), f"p{k}", str(n)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(3)
-    ]
-    time.sleep(0.3)
-    (small / "go").write_bytes(b"")
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        assert out == "done\n"
-    (small / "go").unlink()
+    outs = run_together(PROCESS, [[str(small), f"p{k}", str(n)] for k in range(3)], small / "go")
+    assert outs == ["done\n"] * 3
     report = verify(small)
     assert report.ok, describe(report)
     assert len(segments(small)) > 1
