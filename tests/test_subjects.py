@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sampledrec import FixedClock, Store
-from sampledrec.audio import AudioFormat, encode_wav, frames, synthetic_speech
+from sampledrec.audio import encode_wav, synthetic_speech
 from sampledrec.catalog import Hold
 from sampledrec.cli import main
 from sampledrec.errors import (
@@ -36,21 +36,8 @@ from sampledrec.sampler import Sampler
 from sampledrec.subjects import SubjectRequests, one_month_after
 from sampledrec.vault import Principal, Vault, data_key_aad
 
-PCM = AudioFormat("pcm16", 8000, 1)
-POLICY = """
-[[rules]]
-name = "all"
-match = { queue = "regulated" }
-rate = "1"
-purpose = "legal_obligation"
-legal_basis = "Test: every call of this queue must be recorded"
-retention = "3 months"
+from .recording import PCM, RECORD_REGULATED, new_store, write_call
 
-[default]
-rate = "0"
-purpose = "quality"
-retention = "6 months"
-"""
 AT = "2030-03-04T10:00:00Z"
 ALICE = ("0612345678", "+33 6 12 34 56 78", "0033612345678")  # one person, three forms
 BOB = "+44 20 7946 0000"
@@ -70,16 +57,11 @@ class Env:
     def record(self, ref: str, caller: str, audio: bytes) -> str:
         d = self.sampler.decide(ref, {"queue": "regulated", "agent": "a7"}, caller=caller)
         assert d.record and d.caller_pseudonym is not None
-        with self.vault.record(d, audio_format=PCM, chunk_size=4096) as rec:
-            for frame in frames(audio, PCM, 20):
-                rec.write(frame)
-        return rec.recording_id
+        return write_call(self.vault, d, audio)
 
 
 def _new_store(tmp_path: Path, region: str | None = None) -> Store:
-    tmp_path.mkdir(exist_ok=True)
-    (tmp_path / "p.toml").write_text(POLICY)
-    return Store.init(tmp_path / "s", policy=tmp_path / "p.toml", region=region)
+    return new_store(tmp_path, RECORD_REGULATED, region=region)
 
 
 @pytest.fixture
@@ -418,7 +400,7 @@ def _cli(*argv: str | Path, stdin: str | None = None) -> tuple[int, str]:
 
 @pytest.fixture
 def cli_store(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "p.toml").write_text(POLICY)
+    (tmp_path / "p.toml").write_text(RECORD_REGULATED)
     code, _ = _cli("init", tmp_path / "s", "--policy", tmp_path / "p.toml", "--region", "FR")
     assert code == 0
     store = Store.open(tmp_path / "s")

@@ -26,30 +26,15 @@ from sampledrec.logverify import verify_log
 from sampledrec.sampler import Decision, Sampler
 from sampledrec.vault import Recorder, Vault
 
+from .recording import PCM, RECORD_REGULATED, new_store, write_call
 from .softhsm import SoftHsm
 
-PCM = AudioFormat("pcm16", 8000, 1)
-ALL = """
-[[rules]]
-name = "all"
-match = { queue = "regulated" }
-rate = "1"
-purpose = "legal_obligation"
-legal_basis = "Test: every call of this queue must be recorded"
-retention = "3 months"
-
-[default]
-rate = "0"
-purpose = "quality"
-retention = "6 months"
-"""
 AT = "2030-03-04T10:00:00Z"
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    (tmp_path / "p.toml").write_text(ALL)
-    return Store.init(tmp_path / "s", policy=tmp_path / "p.toml")
+    return new_store(tmp_path, RECORD_REGULATED)
 
 
 @pytest.fixture
@@ -65,11 +50,7 @@ def selected(sampler: Sampler, ref: str = "call-1") -> Decision:
     return d
 
 
-def record(vault: Vault, d: Decision, audio: bytes, fmt: AudioFormat = PCM) -> str:
-    with vault.record(d, audio_format=fmt, chunk_size=4096) as rec:
-        for frame in frames(audio, fmt, 20):
-            rec.write(frame)
-    return rec.recording_id
+record = write_call
 
 
 def test_round_trip_and_bit_exact_export(opened: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]

@@ -970,13 +970,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(
-        name: str, func: Callable[[argparse.Namespace, TextIO], int], help: str, parent: Any = sub
+        name: str,
+        func: Callable[[argparse.Namespace, TextIO], int],
+        help: str,
+        parent: Any = sub,
+        *,
+        store: bool = False,
+        json: bool = False,
     ) -> argparse.ArgumentParser:
+        """A command; ``store``: it takes ``--store STORE``; ``json``: it can answer in JSON."""
         p: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        if store:
+            p.add_argument("--store", required=True, help="the store folder")
+        if json:
+            p.add_argument("--json", action="store_true", help="print one JSON document")
         return p
 
-    p = add("init", cmd_init, "create a store (default policy: quality, 5%, 6 months)")
+    p = add("init", cmd_init, "create a store (default policy: quality, 5%, 6 months)", json=True)
     p.add_argument("store", help="folder to create")
     p.add_argument("--policy", help="policy TOML file to start with")
     p.add_argument("--keys", help="keyring folder, kept apart from the store (default STORE/keys)")
@@ -989,54 +1000,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--region",
         help="country whose national phone numbers callers use (ISO 3166 code, e.g. FR)",
     )
-    p.add_argument("--json", action="store_true")
 
     policy = sub.add_parser("policy", help="check or simulate a policy file")
     psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
-    p = add("check", cmd_policy_check, "check a policy file and show its rules", psub)
+    p = add("check", cmd_policy_check, "check a policy file and show its rules", psub, json=True)
     p.add_argument("file")
-    p.add_argument("--json", action="store_true")
     p = add(
         "simulate",
         cmd_policy_simulate,
         "expected and simulated recordings per rule and per agent",
         psub,
+        json=True,
     )
     p.add_argument("file")
     p.add_argument("--calls", type=int, required=True, help="number of calls to simulate")
     p.add_argument("--agents", type=int, default=20, help="number of agents (default 20)")
     p.add_argument("--days", type=int, default=1, help="spread the calls over D days")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable simulation")
-    p.add_argument("--json", action="store_true")
 
-    p = add("apply", cmd_policy_apply, "log a new policy version and schedule it", psub)
+    p = add(
+        "apply",
+        cmd_policy_apply,
+        "log a new policy version and schedule it",
+        psub,
+        store=True,
+        json=True,
+    )
     p.add_argument("file")
-    p.add_argument("--store", required=True)
     p.add_argument("--at", help="when it takes effect (ISO 8601; default now, forward only)")
-    p.add_argument("--json", action="store_true")
 
     logp = sub.add_parser("log", help="the signed decision log")
     lsub = logp.add_subparsers(dest="log_command", required=True, parser_class=_Parser)
-    p = add("verify", cmd_log_verify, "verify every byte, hash and signature of the log", lsub)
-    p.add_argument("--store", required=True)
+    p = add(
+        "verify",
+        cmd_log_verify,
+        "verify every byte, hash and signature of the log",
+        lsub,
+        store=True,
+        json=True,
+    )
     p.add_argument("--checkpoint", help="an exported checkpoint kept outside the store")
     p.add_argument(
         "--vkey", help="the log's verifier key (name+keyid+key), if not the store keyring's"
     )
-    p.add_argument("--json", action="store_true")
-    p = add("show", cmd_log_show, "print log entries", lsub)
-    p.add_argument("--store", required=True)
+    p = add("show", cmd_log_show, "print log entries", lsub, store=True, json=True)
     p.add_argument("--since", type=int, default=0, help="first entry index (default 0)")
     p.add_argument("--limit", type=int, default=0, help="at most N entries")
     p.add_argument("--no-personal", action="store_true", help="do not open sealed fields")
-    p.add_argument("--json", action="store_true")
-    p = add("checkpoint", cmd_log_checkpoint, "export the latest checkpoint for a DPO", lsub)
-    p.add_argument("--store", required=True)
+    p = add(
+        "checkpoint",
+        cmd_log_checkpoint,
+        "export the latest checkpoint for a DPO",
+        lsub,
+        store=True,
+        json=True,
+    )
     p.add_argument("--out", required=True)
-    p.add_argument("--json", action="store_true")
 
-    p = add("record", cmd_record, "decide, and if selected record an audio file (20 ms frames)")
-    p.add_argument("--store", required=True)
+    p = add(
+        "record",
+        cmd_record,
+        "decide, and if selected record an audio file (20 ms frames)",
+        store=True,
+        json=True,
+    )
     p.add_argument("--call-ref", required=True)
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--audio", required=True, help="WAV (or any format ffmpeg reads)")
@@ -1048,53 +1075,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="mask a span (seconds) as silence, e.g. a card payment (repeatable)",
     )
     p.add_argument("--at", help="act at this time (ISO 8601; forward only)")
-    p.add_argument("--json", action="store_true")
 
     recs = sub.add_parser("recordings", help="list, export and recover recordings")
     rsub = recs.add_subparsers(dest="recordings_command", required=True, parser_class=_Parser)
-    p = add("list", cmd_recordings_list, "list the recordings", rsub)
-    p.add_argument("--store", required=True)
-    p.add_argument("--json", action="store_true")
-    p = add("export", cmd_recordings_export, "export a recording as a WAV file", rsub)
+    p = add("list", cmd_recordings_list, "list the recordings", rsub, store=True, json=True)
+    p = add(
+        "export",
+        cmd_recordings_export,
+        "export a recording as a WAV file",
+        rsub,
+        store=True,
+        json=True,
+    )
     p.add_argument("id")
-    p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, help="the WAV file to write (must not exist)")
     p.add_argument("--at", help="as of this time (forward only): expired recordings are refused")
-    p.add_argument("--json", action="store_true")
-    p = add("recover", cmd_recordings_recover, "re-seal or destroy recordings left open", rsub)
-    p.add_argument("--store", required=True)
-    p.add_argument("--json", action="store_true")
+    p = add(
+        "recover",
+        cmd_recordings_recover,
+        "re-seal or destroy recordings left open",
+        rsub,
+        store=True,
+        json=True,
+    )
 
-    p = add("sweep", cmd_sweep, "expire what is due: crypto-shred recordings and keys")
-    p.add_argument("--store", required=True)
+    p = add(
+        "sweep",
+        cmd_sweep,
+        "expire what is due: crypto-shred recordings and keys",
+        store=True,
+        json=True,
+    )
     p.add_argument("--at", help="sweep as of this time (ISO 8601; forward only)")
     p.add_argument(
         "--dry-run", action="store_true", help="report what would expire, change nothing"
     )
-    p.add_argument("--json", action="store_true")
 
     holds = sub.add_parser("hold", help="legal holds")
     hsub = holds.add_subparsers(dest="hold_command", required=True, parser_class=_Parser)
-    p = add("add", cmd_hold_add, "hold recordings (ids or a query) past their expiry", hsub)
+    p = add(
+        "add",
+        cmd_hold_add,
+        "hold recordings (ids or a query) past their expiry",
+        hsub,
+        store=True,
+        json=True,
+    )
     p.add_argument("ids", nargs="*", help="recording ids")
-    p.add_argument("--store", required=True)
     p.add_argument("--reason", required=True, help="the case or request behind the hold")
     p.add_argument("--until", help="when the hold ends (default: until released)")
     p.add_argument("--rule", help="hold the recordings of this rule")
     p.add_argument("--agent", help="hold the recordings of this agent")
     p.add_argument("--since", help="recordings started at or after this time")
     p.add_argument("--before", help="recordings started before this time")
-    p.add_argument("--json", action="store_true")
-    p = add("release", cmd_hold_release, "release a hold", hsub)
+    p = add("release", cmd_hold_release, "release a hold", hsub, store=True, json=True)
     p.add_argument("hold_id")
-    p.add_argument("--store", required=True)
-    p.add_argument("--json", action="store_true")
-    p = add("list", cmd_hold_list, "list the holds", hsub)
-    p.add_argument("--store", required=True)
-    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_hold_list, "list the holds", hsub, store=True, json=True)
 
-    p = add("decide", cmd_decide, "decide whether to record one call")
-    p.add_argument("--store", required=True)
+    p = add("decide", cmd_decide, "decide whether to record one call", store=True, json=True)
     p.add_argument("--call-ref", required=True, help="the call's reference (SIP Call-ID, ...)")
     p.add_argument(
         "--attr",
@@ -1109,7 +1147,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the caller's number ('-' for standard input)",
     )
     p.add_argument("--at", help="decide at this time (ISO 8601; forward only)")
-    p.add_argument("--json", action="store_true")
 
     # audit verify (the auditor's checks); other audit commands go in the same ``asub`` group
     audit = sub.add_parser("audit", help="independent verification for an auditor or DPO")
@@ -1119,41 +1156,51 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_audit_verify,
         "verify the log, revealed keys, decisions, recordings, call records and rates",
         asub,
+        store=True,
+        json=True,
     )
-    p.add_argument("--store", required=True)
     p.add_argument("--revealed-keys", required=True, help="file written by 'keys reveal'")
     p.add_argument("--checkpoint", help="an exported checkpoint kept outside the store")
     p.add_argument("--cdr", help="the carrier's call records (CSV, or Parquet with pyarrow)")
     p.add_argument("--at", help="audit time for expiry checks (ISO 8601; forward only)")
-    p.add_argument("--json", action="store_true")
     p = add(
         "report",
         cmd_audit_report,
         "write a self-contained HTML report for the data-protection officer",
         asub,
+        store=True,
+        json=True,
     )
-    p.add_argument("--store", required=True)
     p.add_argument(
         "--revealed-keys", help="file written by 'keys reveal' (then the full audit is shown)"
     )
     p.add_argument("--out", required=True, help="the HTML file to write (0600)")
     p.add_argument("--at", help="report as of this time (ISO 8601; forward only)")
-    p.add_argument("--json", action="store_true")
 
     keys = sub.add_parser("keys", help="epoch keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
-    p = add("reveal", cmd_keys_reveal, "write the keys of ended epochs for an auditor", ksub)
-    p.add_argument("--store", required=True)
+    p = add(
+        "reveal",
+        cmd_keys_reveal,
+        "write the keys of ended epochs for an auditor",
+        ksub,
+        store=True,
+        json=True,
+    )
     p.add_argument("--out", required=True, help="JSON file to write (0600)")
     p.add_argument("--at", help="reveal as of this time (simulated stores only may go ahead)")
-    p.add_argument("--json", action="store_true")
 
     obj = sub.add_parser("objections", help="callers who objected to recording")
     osub = obj.add_subparsers(dest="objections_command", required=True, parser_class=_Parser)
-    p = add("add", cmd_objections_add, "add callers' numbers, read from a file or stdin", osub)
-    p.add_argument("--store", required=True)
+    p = add(
+        "add",
+        cmd_objections_add,
+        "add callers' numbers, read from a file or stdin",
+        osub,
+        store=True,
+        json=True,
+    )
     p.add_argument("--file", default="-", help="one number per line ('-', the default: stdin)")
-    p.add_argument("--json", action="store_true")
 
     subj = sub.add_parser("subject", help="data-subject requests: export, erase, deadlines")
     ssub = subj.add_subparsers(dest="subject_command", required=True, parser_class=_Parser)
@@ -1163,35 +1210,39 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_subject_export,
         "write a caller's recordings and their metadata to a ZIP (identity checked first)",
         ssub,
+        store=True,
+        json=True,
     )
-    p.add_argument("--store", required=True)
     p.add_argument("--file", default="-", help=numbers_help)
     p.add_argument(
         "--out",
         required=True,
         help="ZIP file to write (must not exist); several numbers: FILE-1.zip, FILE-2.zip, ...",
     )
-    p.add_argument("--json", action="store_true")
     p = add(
         "erase",
         cmd_subject_erase,
         "crypto-shred a caller's recordings (exit 1 if a legal hold defers any)",
         ssub,
+        store=True,
+        json=True,
     )
-    p.add_argument("--store", required=True)
     p.add_argument("--file", default="-", help=numbers_help)
-    p.add_argument("--json", action="store_true")
-    p = add("requests", cmd_subject_requests, "open requests with their one-month deadline", ssub)
-    p.add_argument("--store", required=True)
+    p = add(
+        "requests",
+        cmd_subject_requests,
+        "open requests with their one-month deadline",
+        ssub,
+        store=True,
+        json=True,
+    )
     p.add_argument("--all", action="store_true", help="also list answered requests")
     p.add_argument("--at", help="deadlines as of this time (ISO 8601; forward only)")
-    p.add_argument("--json", action="store_true")
 
-    p = add("demo", cmd_demo, "simulate a call-centre day in a new simulated store")
+    p = add("demo", cmd_demo, "simulate a call-centre day in a new simulated store", json=True)
     p.add_argument("store", nargs="?", help="folder to create (default: a new temporary folder)")
     p.add_argument("--calls", type=int, default=2000, help="calls in the day (default 2000)")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable demo")
-    p.add_argument("--json", action="store_true")
     return parser
 
 
