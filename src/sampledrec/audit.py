@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from ._cmac import draws_rows
-from .auditlog import I64, Decisions, RefMatcher, call_firsts, read_log, ref_text
+from .auditlog import I64, Decisions, RefMatcher, call_firsts, counted_once, read_log, ref_text
 from .clock import SYSTEM_CLOCK
 from .draw import MAX_CALL_REF_BYTES
 from .errors import InvalidArgument, KeyDestroyed, SampledrecError
@@ -396,7 +397,7 @@ def audit_verify(
     if cdr is not None:
         cdr_rows = _read_cdr(Path(cdr))
 
-    # 1. log ------------------------------------------------------------------------------------
+    # 1. log -----------------------------------------------------------------------------------
     logrep = verify_log(
         store.path,
         checkpoint_file=Path(checkpoint) if checkpoint is not None else None,
@@ -404,6 +405,9 @@ def audit_verify(
         public_key=store.public_key,
         progress=progress,
     )
+    # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
+    # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
+    contents = read_log(store.path / "log", keyring if keyring is not None else store.keyring)
     rep.ran.add("log")
     rep.simulated = rep.simulated or logrep.simulated
     rep.counts["log_entries"] = logrep.size
@@ -415,8 +419,6 @@ def audit_verify(
             evidence={"where": f.where} if f.where else {},
         )
 
-    # Read the log once: decisions as columns, the other entries decoded.
-    contents = read_log(store.path / "log", keyring if keyring is not None else store.keyring)
     decisions = contents.decisions
     commits: dict[str, tuple[int, bytes]] = {}
     policies: dict[bytes, Any] = {}
@@ -487,8 +489,9 @@ def audit_verify(
 
     # 3. decisions ------------------------------------------------------------------------------
     rep.ran.add("decisions")
-    firsts = call_firsts(decisions)
-    _check_decisions(rep, decisions, firsts, keys, policies)
+    firsts = call_firsts(decisions)  # the first decision of each call
+    is_first = counted_once(firsts)
+    _check_decisions(rep, decisions, firsts, is_first, keys, policies)
 
     # 4. recordings -----------------------------------------------------------------------------
     rep.ran.add("recordings")
@@ -501,7 +504,7 @@ def audit_verify(
 
     # 6. statistics -----------------------------------------------------------------------------
     rep.ran.add("statistics")
-    _check_statistics(rep, decisions, firsts)
+    _check_statistics(rep, decisions, is_first)
     if rep.simulated:
         rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
     return rep
@@ -524,13 +527,26 @@ class _RuleInForce:
     rule: Any = None
 
 
+def _compact(keys: I64, space: int) -> tuple[I64, I64]:
+    """``(values, codes)``: the distinct values of ``keys`` (integers from 0 to ``space - 1``),
+    ascending, and each key's index among them. Counting into a table when the space is small
+    (the usual case: a few rules, thresholds, agents), sorting otherwise."""
+    if space <= 4 * keys.size + 1024:
+        present = np.bincount(keys, minlength=space) > 0
+        values = np.flatnonzero(present)
+        lut = np.cumsum(present) - 1
+        return values, lut[keys]
+    values, codes = np.unique(keys, return_inverse=True)
+    return values, codes.ravel()
+
+
 def _rules_in_force(d: Decisions, policies: dict[bytes, Any]) -> tuple[list[_RuleInForce], I64]:
     """The distinct (policy version, rule) pairs of the decisions, and each decision's pair."""
-    pair = d.version.astype(np.int64) * max(1, len(d.rules)) + d.rule
-    pairs, inverse = np.unique(pair, return_inverse=True)
+    width = max(1, len(d.rules))
+    pairs, which = _compact(d.version.astype(np.int64) * width + d.rule, len(d.versions) * width)
     found = []
     for p in pairs.tolist():
-        v, r = divmod(p, max(1, len(d.rules)))
+        v, r = divmod(p, width)
         pol = policies.get(d.versions[v])
         if pol is None:
             found.append(_RuleInForce(1))
@@ -539,24 +555,24 @@ def _rules_in_force(d: Decisions, policies: dict[bytes, Any]) -> tuple[list[_Rul
             found.append(_RuleInForce(0, pol.rule_named(d.rules[r])))
         except KeyError:
             found.append(_RuleInForce(2))
-    return found, inverse.ravel()
+    return found, which
 
 
 def _check_decisions(
     rep: AuditReport,
     d: Decisions,
     firsts: I64,
+    is_first: npt.NDArray[np.bool_],
     keys: dict[str, bytes],
     policies: dict[bytes, Any],
 ) -> None:
     n = len(d)
-    rows = np.arange(n, dtype=np.int64)
     rep.counts["decisions"] = n
     rep.counts["decisions_objection"] = int(np.count_nonzero(d.reason == _OBJECTION))
     rep.counts["decisions_cap_reached"] = int(np.count_nonzero(d.reason == _CAP))
 
     # The same call decided twice in one epoch must agree.
-    again = np.flatnonzero((firsts >= 0) & (firsts != rows))
+    again = np.flatnonzero(~is_first)
     for i in again[d.reason[again] != d.reason[firsts[again]]].tolist():
         rep.add(
             "decisions",
@@ -633,7 +649,8 @@ def _check_decisions(
             continue
         lengths = d.ref_len[sel]
         width = int(lengths.max())
-        msgs = np.ascontiguousarray(d.refs[sel, :width])
+        whole = sel.size == n and width == d.refs.shape[1]
+        msgs = d.refs if whole else np.ascontiguousarray(d.refs[sel, :width])
         draws = draws_rows(keys[epoch], msgs, None if int(lengths.min()) == width else lengths)
         recomputed += sel.size
         reason = d.reason[sel]
@@ -658,17 +675,20 @@ def _check_decisions(
             if wrong is not None:
                 rep.add("decisions", wrong, evidence=ev, **where)
     rep.counts["decisions_recomputed"] = recomputed
-    _check_caps(rep, d, firsts, found, which)
+    _check_caps(rep, d, is_first, found, which)
 
 
 def _check_caps(
-    rep: AuditReport, d: Decisions, firsts: I64, found: list[_RuleInForce], which: I64
+    rep: AuditReport,
+    d: Decisions,
+    is_first: npt.NDArray[np.bool_],
+    found: list[_RuleInForce],
+    which: I64,
 ) -> None:
     """Per-agent caps, replayed in log order over distinct calls: the k-th selected call of an
     agent under a rule in a day (or ISO week) must not exceed that rule's cap."""
     capped = np.asarray([f.status == 0 and f.rule.has_cap for f in found], dtype=bool)
-    unique = (firsts < 0) | (firsts == np.arange(len(d)))
-    sel = np.flatnonzero(unique & (d.reason == _SAMPLED) & (d.agent >= 0) & capped[which])
+    sel = np.flatnonzero(is_first & (d.reason == _SAMPLED) & (d.agent >= 0) & capped[which])
     if not sel.size:
         return
     day = (d.time_us[sel] // np.uint64(86_400_000_000)).astype(np.int64)
@@ -889,17 +909,21 @@ def _check_cdr(rep: AuditReport, d: Decisions, cdr_rows: list[tuple[str, str]]) 
         )
 
 
-def _check_statistics(rep: AuditReport, d: Decisions, firsts: I64) -> None:
-    unique = (firsts < 0) | (firsts == np.arange(len(d)))
+def _check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.bool_]) -> None:
     counted = np.flatnonzero(
-        unique
+        is_first
         & d.threshold_ok
         & (d.reason != _OBJECTION)
         & (d.reason >= 0)
         & (d.reason < len(REASON_CODES))
     )
     hit = np.isin(d.reason[counted], (_SAMPLED, _CAP)).astype(np.int64)
-    thresholds, thr_code = np.unique(d.threshold[counted], return_inverse=True)
+    # Thresholds: one per rule and policy version, so a sample finds them all (checked).
+    logged = d.threshold[counted]
+    thresholds = np.unique(logged[:: max(1, logged.size // 4096)])
+    thr_code = np.searchsorted(thresholds, logged).clip(0, max(0, thresholds.size - 1))
+    if logged.size and not (thresholds[thr_code] == logged).all():
+        thresholds, thr_code = np.unique(logged, return_inverse=True)
     rule_thr = d.rule[counted].astype(np.int64) * thresholds.size + thr_code.ravel()
     agent = d.agent[counted].astype(np.int64)
     # one group per (rule, threshold), and one per (rule, threshold, agent)
@@ -908,14 +932,9 @@ def _check_statistics(rep: AuditReport, d: Decisions, firsts: I64) -> None:
     key = np.concatenate([per_rule, (per_rule + agent + 1)[named]])
     hits = np.concatenate([hit, hit[named]])
     space = thresholds.size * max(1, len(d.rules)) * (len(d.agents) + 1)
-    if space <= 4 * key.size + 1024:  # the usual case: count straight into a table
-        n_all = np.bincount(key, minlength=space)
-        keys = np.flatnonzero(n_all)
-        n_of = n_all[keys]
-        k_of = np.bincount(key, weights=hits, minlength=space)[keys].astype(np.int64)
-    else:
-        keys, inverse, n_of = np.unique(key, return_inverse=True, return_counts=True)
-        k_of = np.bincount(inverse.ravel(), weights=hits, minlength=keys.size).astype(np.int64)
+    keys, codes = _compact(key, space)
+    n_of = np.bincount(codes, minlength=keys.size)
+    k_of = np.bincount(codes, weights=hits, minlength=keys.size).astype(np.int64)
     groups: dict[tuple[str, int, str | None], tuple[int, int]] = {}
     for code, n, k in zip(keys.tolist(), n_of.tolist(), k_of.tolist(), strict=True):
         rt, a = divmod(code, len(d.agents) + 1)

@@ -26,7 +26,14 @@ from ._hashing import _fast
 from .errors import SampledrecError
 from .logformat import T_DECISION, Entry, decode_entry, key_check_value
 
-__all__ = ["Decisions", "LogContents", "call_firsts", "decisions_from_entries", "read_log"]
+__all__ = [
+    "Decisions",
+    "LogContents",
+    "call_firsts",
+    "counted_once",
+    "decisions_from_entries",
+    "read_log",
+]
 
 #: ref_kind values
 NO_REF: Final = 0  # erased, not readable, or absent
@@ -417,6 +424,13 @@ def call_firsts(d: Decisions) -> I64:
         out: I64 = np.frombuffer(raw, dtype=np.int64)
         return out
     return _call_firsts_sorted(d)
+
+
+def counted_once(firsts: I64) -> npt.NDArray[np.bool_]:
+    """Which decisions count for their call (retries count once): the first of each call, and
+    every decision whose reference is gone (there is nothing to tell them apart by)."""
+    out: npt.NDArray[np.bool_] = (firsts < 0) | (firsts == np.arange(firsts.size))
+    return out
 
 
 def _call_firsts_sorted(d: Decisions) -> I64:
