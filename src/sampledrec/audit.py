@@ -407,7 +407,11 @@ def audit_verify(
     )
     # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
     # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
-    contents = read_log(store.path / "log", keyring if keyring is not None else store.keyring)
+    contents = read_log(
+        store.path / "log",
+        keyring if keyring is not None else store.keyring,
+        progress=progress,
+    )
     rep.ran.add("log")
     rep.simulated = rep.simulated or logrep.simulated
     rep.counts["log_entries"] = logrep.size

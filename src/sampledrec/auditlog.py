@@ -298,10 +298,17 @@ def _empty_chunk() -> dict[str, Any]:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def read_log(log_path: Path, keyring: Any, *, accelerated: bool = True) -> LogContents:
+def read_log(
+    log_path: Path,
+    keyring: Any,
+    *,
+    accelerated: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> LogContents:
     """Read every entry of the log in ``log_path``, opening sealed fields with ``keyring``
     (anything with ``sealing_key(kid)``). Damage stops the reading: what was read before it is
-    returned, with ``error`` saying why (verification reports the damage itself)."""
+    returned, with ``error`` saying why (verification reports the damage itself).
+    ``progress(n)`` is told of every ``n`` bytes read."""
     from .log import BATCH_HEADER, BATCH_MAGIC, SEG_HEADER, LogCorrupt, _read_trailer
     from .logverify import _map
 
@@ -311,6 +318,8 @@ def read_log(log_path: Path, keyring: Any, *, accelerated: bool = True) -> LogCo
         for seg in sorted(log_path.glob("seg-*.log")):
             data = _map(seg)
             pos = SEG_HEADER.size
+            if progress is not None:
+                progress(pos)
             while pos + BATCH_HEADER.size <= len(data):
                 magic, first, _count, plen = BATCH_HEADER.unpack_from(data, pos)
                 start = pos + BATCH_HEADER.size
@@ -318,6 +327,8 @@ def read_log(log_path: Path, keyring: Any, *, accelerated: bool = True) -> LogCo
                 if magic != BATCH_MAGIC or trailer is None:
                     raise LogCorrupt(f"{seg.name}: damaged batch at offset {pos}")
                 reader.batch(data, start, start + plen, first)
+                if progress is not None:
+                    progress(trailer[1] - pos)
                 pos = trailer[1]
     except (LogCorrupt, ValueError) as exc:
         error = str(exc)

@@ -904,20 +904,29 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
+def _audit(args: argparse.Namespace, store: Any, **kw: Any) -> Any:
+    """``audit_verify`` with a progress bar: the log is gone through twice (verified, then read)."""
     from .audit import audit_verify
 
-    store = _open_store(args.store)
     total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
-    with Progress(total, "auditing") as bar:
-        report = audit_verify(
+    with Progress(2 * total, "auditing") as bar:
+        return audit_verify(
             store.path,
             Path(args.revealed_keys),
-            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-            cdr=Path(args.cdr) if args.cdr else None,
             progress=bar.advance,
             now=_at(args, store),
+            **kw,
         )
+
+
+def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
+    store = _open_store(args.store)
+    report = _audit(
+        args,
+        store,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        cdr=Path(args.cdr) if args.cdr else None,
+    )
     _emit(args, report.to_json(), report.to_text(), out)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -926,21 +935,7 @@ def cmd_audit_report(args: argparse.Namespace, out: TextIO) -> int:
     from .report import _write, render
 
     store = _open_store(args.store)
-    audit = None
-    if args.revealed_keys:
-        try:
-            from .audit import audit_verify
-        except ImportError:  # pragma: no cover - the auditor's module is optional here
-            audit = None
-        else:
-            total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
-            with Progress(total, "auditing") as bar:
-                audit = audit_verify(
-                    store.path,
-                    Path(args.revealed_keys),
-                    progress=bar.advance,
-                    now=_at(args, store),
-                )
+    audit = _audit(args, store) if args.revealed_keys else None
     text, ok = render(
         store.path, revealed_keys=args.revealed_keys, audit=audit, now=_at(args, store)
     )
