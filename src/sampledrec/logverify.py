@@ -467,8 +467,11 @@ def _gather(
         if not layout_ok.all():
             scan.others.append((first + int(dec[np.flatnonzero(~layout_ok)[0]]), b""))
         # Decisions come in long runs with the same epoch and policy: keep each run's first.
-        key = rows[:, 12:56]
-        starts = np.flatnonzero(np.concatenate(([True], np.any(key[1:] != key[:-1], axis=1))))
+        # Bytes 12..55 compared as 64-bit words: the upper half of word 1, then words 2..6.
+        w = np.ascontiguousarray(rows).view("<u8")
+        changed = ((w[1:, 1] ^ w[:-1, 1]) & np.uint64(0xFFFFFFFF00000000)) != 0
+        changed |= np.any(w[1:, 2:] != w[:-1, 2:], axis=1)
+        starts = np.flatnonzero(np.concatenate(([True], changed)))
         for j in starts.tolist():
             scan.first_uses.append(
                 (first + int(dec[j]), bytes(rows[j, 12:22]), bytes(rows[j, 24:56]))
