@@ -103,6 +103,8 @@ def _same(a: al.Decisions, b: al.Decisions) -> None:
         got = [[getattr(d, values)[c] for c in getattr(d, codes).tolist()] for d in (a, b)]
         assert got[0] == got[1], codes
     assert [a.agent_name(i) for i in range(len(a))] == [b.agent_name(i) for i in range(len(b))]
+    # and the code lists themselves: the values in use, sorted, whatever the reading order
+    assert (a.epochs, a.versions, a.rules, a.agents) == (b.epochs, b.versions, b.rules, b.agents)
 
 
 @needs_accel
@@ -147,13 +149,19 @@ def _entry(key: bytes, personal: bytes, iv: bytes | None = None, **public: Any) 
     )
 
 
-def _read(records: list[bytes], key: bytes, *, accelerated: bool) -> al.LogContents:
-    class _Keys:
-        def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
-            return key if kid == "k/1" else None
+class _KeyFor:
+    """A keyring with one sealing key, ``k/1``."""
 
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        return self.key if kid == "k/1" else None
+
+
+def _read(records: list[bytes], key: bytes, *, accelerated: bool) -> al.LogContents:
     payload = b"".join(len(r).to_bytes(4, "big") + r for r in records)
-    reader = al._Reader(_Keys(), accelerated=accelerated)
+    reader = al._Reader(_KeyFor(key), accelerated=accelerated)
     reader.batch(payload, 0, len(payload), 100)
     return reader.result()
 
@@ -207,6 +215,40 @@ def test_text_that_is_not_utf8_stops_the_reading_both_ways(accelerated: bool) ->
     for record in (bad_agent, bad_rule):
         with pytest.raises(UnicodeDecodeError):
             _read([record], key, accelerated=accelerated and _hashing.ACCELERATED)
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_nothing_after_a_damaged_entry_is_kept(accelerated: bool) -> None:
+    key = os.urandom(32)
+    ref = field_bytes(0x20, b"\x01ok")
+    records = [_entry(key, ref), _entry(key, ref, rule="QQQ"), _entry(key, ref)]
+    records[1] = records[1].replace(b"QQQ", b"\xff\xfe\xfd")  # a rule name not UTF-8
+    reader = al._Reader(_KeyFor(key), accelerated=accelerated and _hashing.ACCELERATED)
+    payload = b"".join(len(r).to_bytes(4, "big") + r for r in records)
+    with pytest.raises(UnicodeDecodeError):
+        reader.batch(payload, 0, len(payload), 100)
+    assert reader.result().decisions.index.tolist() == [100]
+
+
+def test_sealed_bytes_never_stand_in_for_public_fields() -> None:
+    key = os.urandom(32)
+    record = _entry(key, field_bytes(0x01, b"1999-01-01") + field_bytes(0x20, b"\x01ok"))
+    for accelerated in (True, False):
+        d = _read([record], key, accelerated=accelerated and _hashing.ACCELERATED).decisions
+        assert d.epochs == ["2030-03-04"] and d.ref(0) == "ok"
+
+
+@needs_accel
+def test_call_firsts_checks_its_arguments() -> None:
+    fast: Any = _hashing._fast
+    n = 4
+    args = (b"\0" * 4 * n, b"\1" * n, (1).to_bytes(8, "little") * n)
+    with pytest.raises(ValueError, match="different lengths"):
+        fast.call_firsts(*args, b"", 2**62, bytes(16))  # n * width would wrap around
+    with pytest.raises(ValueError, match="different lengths"):
+        fast.call_firsts(*args, b"x" * n, 1, bytes(8))  # the hash key is 16 bytes
+    got = np.frombuffer(fast.call_firsts(*args, b"xxyx", 1, bytes(16)), dtype=np.int64)
+    assert got.tolist() == [0, 0, 2, 0]
 
 
 @needs_accel

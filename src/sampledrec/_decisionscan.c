@@ -1,7 +1,7 @@
 /*
  * The auditor's decision reader (part of the optional accelerator; see auditlog.py).
  *
- *   decision_columns(buf, start, end, key_for) -> tuple
+ *   decision_columns(buf, start, end, key_for, hash_key) -> tuple
  *
  * Reads the records (u32be length, entry) of one batch payload buf[start:end] and returns, for
  * the decision entries of the usual shape, their fields as columns, their personal fields
@@ -17,11 +17,12 @@
  * and, once unsealed, personal fields 0x20 call_ref (kind byte + value) | [0x21 agent] |
  * [0x22 caller_pseudonym], nothing else.
  *
- * key_for(kid: str) -> (key, kcv) | None is called once per distinct key id. A sealed field
+ * key_for(kid: str) -> (key, kcv) | None is called once per distinct key id. hash_key (16
+ * random bytes) keys the tables that intern text fields. A sealed field
  * whose key is missing or whose key check value differs is "unreadable" (ref_kind 0), as in
  * decode_entry. AES-CTR is computed as AES-ECB over the counter blocks, many rows per call.
  *
- *   call_firsts(fp, epoch, kind, lens, refs, width) -> bytes
+ *   call_firsts(epoch, kind, lens, refs, width, key) -> bytes
  *
  * For each decision, the row of the first decision of the same call (see below).
  */
@@ -37,12 +38,55 @@
 #define TABLE 8192   /* slots of an intern table (a power of two) */
 #define DISTINCT 4096 /* at most this many distinct values per field and batch, else slow path */
 #define SCRATCH (64 * 1024)
+#define END 256 /* "no more fields": not a tag */
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define BE64(x) (x)
 #else
 #define BE64(x) __builtin_bswap64(x)
 #endif
+
+/* ---- SipHash-2-4 (Aumasson and Bernstein), for hash tables an adversary cannot flood ---- */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                                 \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                                     \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                                     \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                                 \
+    } while (0)
+
+static uint64_t le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, size_t len) {
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+    size_t whole = len - len % 8;
+    for (size_t i = 0; i < whole; i += 8) {
+        uint64_t m = le64(in + i);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t b = (uint64_t)len << 56;
+    for (size_t i = whole; i < len; i++) b |= (uint64_t)in[i] << (8 * (i - whole));
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
 
 /* ---- intern tables: few distinct values (epochs, rules, agents, key ids) get small codes ---- */
 
@@ -59,9 +103,12 @@ typedef struct {
     int n;
     int kind;            /* 0 bytes, 1 UTF-8 text, 2 ASCII text with replacement */
     int32_t last;        /* last code found, tried first */
+    uint64_t k0, k1;     /* SipHash key: values cannot be chosen to collide in the table */
 } itable;
 
-static void it_init(itable *t, int kind) {
+static void it_init(itable *t, int kind, const unsigned char *key) {
+    t->k0 = le64(key);
+    t->k1 = le64(key + 8);
     memset(t->slot, 0xff, sizeof(t->slot));
     t->n = 0;
     t->kind = kind;
@@ -81,12 +128,6 @@ static void it_free(itable *t) {
 #define FNV_BASIS 1469598103934665603ULL
 #define FNV_PRIME 1099511628211ULL
 
-static uint64_t fnv(const unsigned char *p, size_t n) {
-    uint64_t h = FNV_BASIS;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * FNV_PRIME;
-    return h;
-}
-
 /* A call reference's fingerprint: FNV-1a 64 over its kind byte then its bytes (auditlog.py
  * computes the same with numpy). Only ever a hint: equality is always checked on the bytes. */
 static uint64_t ref_fingerprint(uint8_t kind, const unsigned char *p, size_t n) {
@@ -100,7 +141,7 @@ static uint64_t ref_fingerprint(uint8_t kind, const unsigned char *p, size_t n) 
 static int32_t it_code(itable *t, const unsigned char *p, size_t n) {
     if (t->last >= 0 && t->vals[t->last].len == n && memcmp(t->vals[t->last].data, p, n) == 0)
         return t->last;
-    uint64_t h = fnv(p, n);
+    uint64_t h = siphash24(t->k0, t->k1, p, n);
     size_t s = (size_t)h & (TABLE - 1);
     while (t->slot[s] >= 0) {
         ival *v = &t->vals[t->slot[s]];
@@ -253,16 +294,16 @@ static int parse_personal(const unsigned char *p, size_t n, row *r, itable *agen
         Py_DECREF(s);
     }
     r->agent = -1;
-    tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : 0;
+    tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
     if (tag == 0x21) {
         int32_t a = it_code(agents, p + vp, vl);
         if (a == -2) *err = 1;
         if (a < 0) return 0;
         r->agent = a;
-        tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : 0;
+        tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
     }
-    if (tag == 0x22) tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : 0;
-    return tag == 0 && pos == n;
+    if (tag == 0x22) tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
+    return tag == END && pos == n;
 }
 
 /* ---- AES-CTR over many rows: ECB over their counter blocks ---- */
@@ -312,7 +353,8 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t start, end;
     PyObject *key_for;
-    if (!PyArg_ParseTuple(args, "y*nnO", &buf, &start, &end, &key_for)) return NULL;
+    Py_buffer hkey;
+    if (!PyArg_ParseTuple(args, "y*nnOy*", &buf, &start, &end, &key_for, &hkey)) return NULL;
     PyObject *result = NULL, *keys = NULL;
     row *rows = NULL;
     uint64_t *rec_off = NULL;
@@ -324,14 +366,19 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     int err = 0;
     if (!t) {
         PyBuffer_Release(&buf);
+        PyBuffer_Release(&hkey);
         return PyErr_NoMemory();
     }
     itable *epochs = &t[0], *versions = &t[1], *rules = &t[2], *kids = &t[3], *agents = &t[4];
-    it_init(epochs, 1);
-    it_init(versions, 0);
-    it_init(rules, 1);
-    it_init(kids, 2);
-    it_init(agents, 1);
+    if (hkey.len != 16) {
+        PyErr_SetString(PyExc_ValueError, "the hash key must be 16 bytes");
+        goto done;
+    }
+    it_init(epochs, 1, hkey.buf);
+    it_init(versions, 0, hkey.buf);
+    it_init(rules, 1, hkey.buf);
+    it_init(kids, 2, hkey.buf);
+    it_init(agents, 1, hkey.buf);
     const unsigned char *b = (const unsigned char *)buf.buf;
     if (start < 0 || end > buf.len || start > end) {
         PyErr_SetString(PyExc_ValueError, "bad start or end");
@@ -542,43 +589,51 @@ done:
     for (int i = 0; i < 5; i++) it_free(&t[i]);
     free(t);
     PyBuffer_Release(&buf);
+    PyBuffer_Release(&hkey);
     return result;
 }
 
 /*
- *   call_firsts(fp, epoch, kind, lens, refs, width) -> bytes
+ *   call_firsts(epoch, kind, lens, refs, width, key) -> bytes
  *
  * For each decision row, the row of the first decision of the same call (same epoch code, same
  * reference kind and bytes) as int64, itself for the first, -1 where kind is 0 (no reference).
- * A hash table on the fingerprints, with every match confirmed on the bytes: exact.
+ * A hash table keyed with SipHash under `key` (16 random bytes per call: whoever chooses call
+ * references cannot make them collide, which an unkeyed hash would allow, making this
+ * quadratic), every match confirmed on the bytes: exact.
  */
+typedef struct {
+    uint32_t h; /* 32 bits of the row's hash, checked before the row itself */
+    int32_t j;  /* the row, -1 for an empty slot */
+} slot;
+
 PyObject *py_call_firsts(PyObject *self, PyObject *args) {
-    Py_buffer fpb, epb, kb, lb, rb;
+    Py_buffer epb, kb, lb, rb, keyb;
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*n", &fpb, &epb, &kb, &lb, &rb, &width)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ny*", &epb, &kb, &lb, &rb, &width, &keyb)) return NULL;
     PyObject *out = NULL;
-    int64_t *slots = NULL;
+    slot *slots = NULL;
     Py_ssize_t n = kb.len;
-    if (fpb.len != n * 8 || epb.len != n * 4 || lb.len != n * 8 || width < 1 ||
-        rb.len != n * width) {
+    if (width < 1 || n > INT32_MAX || keyb.len != 16 || epb.len != n * 4 || lb.len != n * 8 ||
+        (n > 0 && width > PY_SSIZE_T_MAX / n) || rb.len != n * width) {
         PyErr_SetString(PyExc_ValueError, "call_firsts: columns of different lengths");
         goto done;
     }
     size_t cap = 16;
     while (cap < (size_t)n * 2) cap <<= 1;
-    slots = malloc(cap * sizeof(int64_t));
+    slots = malloc(cap * sizeof(slot));
     out = PyBytes_FromStringAndSize(NULL, n * 8);
     if (!slots || !out) {
         Py_CLEAR(out);
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    memset(slots, 0xff, cap * sizeof(int64_t));
-    const uint64_t *fp = fpb.buf;
+    memset(slots, 0xff, cap * sizeof(slot));
     const int32_t *ep = epb.buf;
     const uint8_t *kind = kb.buf;
     const int64_t *len = lb.buf;
     const unsigned char *refs = rb.buf;
+    uint64_t k0 = le64(keyb.buf), k1 = le64((const unsigned char *)keyb.buf + 8);
     int64_t *first = (int64_t *)PyBytes_AS_STRING(out);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -586,16 +641,20 @@ PyObject *py_call_firsts(PyObject *self, PyObject *args) {
             first[i] = -1;
             continue;
         }
-        uint64_t h = (fp[i] ^ ((uint64_t)(uint32_t)ep[i] * 0x9E3779B97F4A7C15ULL)) * FNV_PRIME;
-        size_t s = (size_t)(h ^ (h >> 29)) & (cap - 1);
+        size_t li = len[i] < 0 ? 0 : (size_t)len[i] > (size_t)width ? (size_t)width : (size_t)len[i];
+        uint64_t h = siphash24(k0 ^ (uint32_t)ep[i], k1 ^ kind[i], refs + i * width, li);
+        size_t s = (size_t)h & (cap - 1);
+        uint32_t h32 = (uint32_t)(h >> 32);
         for (;;) {
-            int64_t j = slots[s];
-            if (j < 0) {
-                slots[s] = i;
+            slot *sl = &slots[s];
+            if (sl->j < 0) {
+                sl->h = h32;
+                sl->j = (int32_t)i;
                 first[i] = i;
                 break;
             }
-            if (fp[j] == fp[i] && ep[j] == ep[i] && kind[j] == kind[i] && len[j] == len[i] &&
+            Py_ssize_t j = sl->j;
+            if (sl->h == h32 && ep[j] == ep[i] && kind[j] == kind[i] && len[j] == len[i] &&
                 memcmp(refs + j * width, refs + i * width, (size_t)width) == 0) {
                 first[i] = j;
                 break;
@@ -606,10 +665,10 @@ PyObject *py_call_firsts(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
 done:
     free(slots);
-    PyBuffer_Release(&fpb);
     PyBuffer_Release(&epb);
     PyBuffer_Release(&kb);
     PyBuffer_Release(&lb);
     PyBuffer_Release(&rb);
+    PyBuffer_Release(&keyb);
     return out;
 }

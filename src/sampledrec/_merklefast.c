@@ -21,7 +21,7 @@
  *                                                      None when an item needs the Python path
  *   decision_columns(buf, start, end, key_for) -> tuple  in _decisionscan.c: the auditor's
  *                                                      column-wise reader of decision entries
- *   call_firsts(fp, epoch, kind, lens, refs, width) -> bytes  in _decisionscan.c: the first
+ *   call_firsts(epoch, kind, lens, refs, width, key) -> bytes  in _decisionscan.c: the first
  *                                                      decision of each call
  */
 #define PY_SSIZE_T_CLEAN

@@ -14,6 +14,7 @@ of them without the accelerator, goes through ``decode_entry``. Both give the sa
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,18 +245,41 @@ class _Builder:
             m = c["refs"].shape[0]
             refs[s : s + m, : c["refs"].shape[1]] = c["refs"]
             s += m
-        cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "refs"}
+        cols: dict[str, Any] = {
+            k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "refs"
+        }
         cols["refs"] = refs
         if self.slow:  # back to log order
             order = np.argsort(cols["index"], kind="stable")
             cols = {k: v[order] for k, v in cols.items()}
-        return Decisions(
-            epochs=self.epochs.values,
-            versions=self.versions.values,
-            rules=self.rules.values,
-            agents=self.agents.values,
-            **cols,
-        )
+        lists: dict[str, Any] = {}
+        for name, codes in (
+            ("epoch", self.epochs),
+            ("version", self.versions),
+            ("rule", self.rules),
+            ("agent", self.agents),
+        ):
+            cols[name], lists[name + "s"] = _canonical(cols[name], codes.values)
+        return Decisions(**lists, **cols)
+
+    def drop_from(self, index: int) -> None:
+        """Forget the decisions read column-wise at or after entry ``index`` (the reading
+        stopped at a damaged entry there: nothing after it counts)."""
+        for c in self.chunks:
+            keep = c["index"] < index
+            if not keep.all():
+                for k in c:
+                    c[k] = c[k][keep]
+
+
+def _canonical(codes: I32, values: list[Any]) -> tuple[I32, list[Any]]:
+    """The codes renumbered so that the list holds the values in use only, sorted: the same
+    whatever order the batches met them in (-1, no value, stays -1)."""
+    used = np.flatnonzero(np.bincount(codes + 1, minlength=len(values) + 1)[1:])
+    order = sorted(used.tolist(), key=lambda c: values[c])
+    lut = np.full(len(values) + 1, -1, dtype=np.int32)
+    lut[order] = np.arange(len(order), dtype=np.int32)
+    return lut[codes], [values[c] for c in order]
 
 
 def _reason_value(reason: Any) -> int:
@@ -345,6 +369,7 @@ class _Reader:
         self.fast = _fast if accelerated else None
         self.builder = _Builder()
         self.others: list[Entry] = []
+        self.hash_key = os.urandom(16)  # keys the C reader's tables: no value can flood them
 
     def key_for(self, kid: str) -> tuple[bytes, bytes] | None:
         """The sealing key and its check value, looked up once per key id."""
@@ -364,7 +389,7 @@ class _Reader:
             records, _ = _split_records(data[start:end])
             rest = list(enumerate(records))
         else:
-            out = self.fast.decision_columns(data, start, end, self.key_for)
+            out = self.fast.decision_columns(data, start, end, self.key_for, self.hash_key)
             left = self.builder.add_columns(first, out)
             offs = np.frombuffer(out[0], dtype=np.uint64)
             lens = np.frombuffer(out[1], dtype=np.uint32)
@@ -373,7 +398,11 @@ class _Reader:
                 for i in np.flatnonzero(left).tolist()
             ]
         for i, raw in rest:
-            e = decode_entry(first + i, raw, self.unseal)
+            try:
+                e = decode_entry(first + i, raw, self.unseal)
+            except ValueError:
+                self.builder.drop_from(first + i)
+                raise
             (self.builder.add_entry if e.type == T_DECISION else self.others.append)(e)
 
     def result(self, error: str | None = None) -> LogContents:
@@ -425,12 +454,12 @@ def call_firsts(d: Decisions) -> I64:
     reference), itself for the first; -1 where the reference is erased or unreadable."""
     if _fast is not None:
         raw = _fast.call_firsts(
-            d.ref_fp,
             np.ascontiguousarray(d.epoch, dtype=np.int32),
             np.ascontiguousarray(d.ref_kind),
             np.ascontiguousarray(d.ref_len, dtype=np.int64),
             np.ascontiguousarray(d.refs),
             d.refs.shape[1],
+            os.urandom(16),  # a fresh hash key: nobody can choose references that collide
         )
         out: I64 = np.frombuffer(raw, dtype=np.int64)
         return out

@@ -353,7 +353,8 @@ def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
                 entry.sealed = True
                 continue
             for ptag, praw in personal:
-                if ptag in spec:
+                # Only personal tags: sealed bytes never stand in for a public field.
+                if ptag in spec and ptag >= PERSONAL_TAG_MIN:
                     name, kind = spec[ptag]
                     entry.fields[name] = _parse_value(kind, praw)
             continue
