@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .clock import SYSTEM_CLOCK
 from .draw import DRAW_BITS
@@ -42,7 +42,6 @@ from .keyring import RevealedKey
 from .logformat import (
     REASON_CODES,
     T_ACCESS,
-    T_DECISION,
     T_KEY_COMMIT,
     T_KEY_REVEAL,
     from_micros,
@@ -201,51 +200,82 @@ class _LogFacts:
     error: str | None = None
 
 
+class _NoKeys:
+    """Decisions are tallied from their public fields: no personal field is opened for them."""
+
+    def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        return None
+
+
 def _read_log(store: Store) -> _LogFacts:
-    from .log import LogCorrupt, iter_entries, unsealer
+    import numpy as np
+
+    from .auditlog import read_log
+    from .log import unsealer
     from .logformat import decode_entry
 
     facts = _LogFacts()
-    scale = float(2**DRAW_BITS)
-    unseal = unsealer(store.keyring)
     try:
-        # Personal fields are opened only where the report shows them (who accessed what),
-        # not for every decision.
-        for entry in iter_entries(store.path / "log"):
-            facts.entries += 1
-            if entry.type in (T_ACCESS, T_KEY_REVEAL) and entry.kid is not None:
-                entry = decode_entry(entry.index, entry.raw, unseal)
-            f = entry.fields
-            if entry.type == T_DECISION:
-                rule, threshold = str(f.get("rule", "?")), int(f.get("threshold", 0))
-                row = facts.rates.get((rule, threshold))
-                if row is None:
-                    row = facts.rates[(rule, threshold)] = RateRow(rule, threshold / scale)
-                row.decisions += 1
-                if int(f.get("draw", 0)) < threshold:
-                    row.below += 1
-                reason = f.get("reason")
-                name = REASON_CODES[reason] if isinstance(reason, int) and reason < 4 else "?"
-                row.recorded += name == "sampled"
-                row.objections += name == "objection"
-                row.capped += name == "cap_reached"
-            elif entry.type == T_ACCESS:
-                who = f.get("principal")
-                principal = str(who) if who is not None else "(erased)"
-                facts.accesses[
-                    (principal, str(f.get("action", "?")), str(f.get("outcome", "?")))
-                ] += 1
-            elif entry.type == T_KEY_REVEAL:
-                who = f.get("principal")
-                principal = str(who) if who is not None else "(erased)"
-                facts.accesses[(principal, "keys_reveal", "granted")] += 1
-            elif entry.type == T_KEY_COMMIT:
-                facts.commitments.setdefault(
-                    str(f.get("epoch_id")), bytes(f.get("commitment", b""))
-                )
-    except (LogCorrupt, ValueError, OSError) as exc:
-        facts.error = f"the log could not be read to the end: {exc}"
+        contents = read_log(store.path / "log", _NoKeys())
+    except OSError as exc:
+        facts.error = f"the log could not be read: {exc}"
+        return facts
+    facts.error = (
+        None
+        if contents.error is None
+        else f"the log could not be read to the end: {contents.error}"
+    )
+    d = contents.decisions
+    facts.entries = len(d) + len(contents.others)
+    # Decisions, per (rule, threshold): counted column-wise.
+    thresholds, thr_code = np.unique(d.threshold, return_inverse=True)
+    groups, group = np.unique(
+        d.rule.astype(np.int64) * max(1, thresholds.size) + thr_code.ravel(), return_inverse=True
+    )
+    group = group.ravel()
+
+    def count(mask: Any) -> list[int]:
+        counts: list[int] = (
+            np.bincount(group, weights=mask, minlength=groups.size).astype(int).tolist()
+        )
+        return counts
+
+    below = count(d.draw < d.threshold)
+    reasons = {r: count(d.reason == REASON_CODES.index(r)) for r in _TALLIED}
+    total = np.bincount(group, minlength=groups.size).tolist()
+    scale = float(2**DRAW_BITS)
+    for j, g in enumerate(groups.tolist()):
+        r, t = divmod(g, max(1, thresholds.size))
+        threshold = int(thresholds[t])
+        facts.rates[(d.rules[r], threshold)] = RateRow(
+            d.rules[r],
+            threshold / scale,
+            decisions=total[j],
+            below=below[j],
+            recorded=reasons["sampled"][j],
+            objections=reasons["objection"][j],
+            capped=reasons["cap_reached"][j],
+        )
+    # Accesses and key reveals: their personal fields (who) are opened, they are few.
+    unseal = unsealer(store.keyring)
+    for entry in contents.others:
+        if entry.type in (T_ACCESS, T_KEY_REVEAL) and entry.kid is not None:
+            entry = decode_entry(entry.index, entry.raw, unseal)
+        f = entry.fields
+        if entry.type == T_ACCESS:
+            who = f.get("principal")
+            principal = str(who) if who is not None else "(erased)"
+            facts.accesses[(principal, str(f.get("action", "?")), str(f.get("outcome", "?")))] += 1
+        elif entry.type == T_KEY_REVEAL:
+            who = f.get("principal")
+            principal = str(who) if who is not None else "(erased)"
+            facts.accesses[(principal, "keys_reveal", "granted")] += 1
+        elif entry.type == T_KEY_COMMIT:
+            facts.commitments.setdefault(str(f.get("epoch_id")), bytes(f.get("commitment", b"")))
     return facts
+
+
+_TALLIED: Final = ("sampled", "objection", "cap_reached")
 
 
 def _catalog_rows(store: Store) -> tuple[list[Any], list[tuple[Any, int]], list[Any]]:
