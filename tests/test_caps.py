@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import textwrap
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -158,3 +158,74 @@ def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path
     report = audit_verify(store.path, tmp_path / "revealed.json")
     assert report.ok, report.to_text()
     assert report.counts["decisions_cap_reached"] > 0
+
+
+def test_a_cap_of_zero_refuses_every_call(ledger: CapLedger) -> None:
+    req = CapRequest("2026-11-16", b"x", "sales", "alice", cap_periods(MONDAY, 0, None))
+    assert ledger.decide([req, req._replace(call=b"y")]) == ["cap_reached"] * 2
+
+
+def test_cap_periods_are_utc_whatever_the_clock_zone() -> None:
+    paris = timezone(timedelta(hours=2))
+    late = datetime(2026, 11, 16, 23, 30, tzinfo=paris)  # 21:30 UTC
+    assert cap_periods(late, 1, None) == (("D2026-11-16", 1),)
+    early = datetime(2026, 11, 17, 0, 30, tzinfo=paris)  # still the 16th in UTC
+    assert cap_periods(early, 1, None) == (("D2026-11-16", 1),)
+
+
+def test_sqlite_ledger_keeps_agents_as_pseudonyms_and_fixes_the_mode(tmp_path: Path) -> None:
+    path = tmp_path / "caps.sqlite"
+    ledger = SqliteCapLedger(path, agent_key=b"k" * 32)
+    assert ledger.decide([_req(b"1", agent="alice.martin")]) == ["sampled"]
+    ledger.close()
+    for f in tmp_path.iterdir():
+        assert b"alice" not in f.read_bytes()
+    os.chmod(path, 0o644)
+    again = SqliteCapLedger(path, agent_key=b"k" * 32)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert again.decide([_req(b"2", agent="alice.martin"), _req(b"3", agent="alice.martin")]) == [
+        "sampled",
+        "cap_reached",
+    ]
+
+
+def test_text_and_bytes_references_are_different_calls_as_for_the_audit(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    clock = FixedClock(MONDAY)
+    attrs = {"queue": "sales", "agent": "alice"}
+    sampler = store.sampler(clock=clock)
+    text = [sampler.decide(f"c{i}", attrs) for i in range(60)]
+    as_bytes = [sampler.decide(f"c{i}".encode(), attrs) for i in range(60)]
+    assert sum(d.reason == "sampled" for d in text) == 3
+    assert sum(d.reason == "sampled" for d in as_bytes) == 0  # new calls: the cap is full
+
+
+def test_a_simulated_future_does_not_prune_todays_counts(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    now = datetime.now(UTC).replace(hour=10)
+    attrs = {"queue": "sales", "agent": "alice"}
+    first = store.sampler(clock=FixedClock(now))
+    ds = [first.decide(f"c{i}", attrs) for i in range(60)]
+    store.sampler(clock=FixedClock(now + timedelta(days=40)))  # e.g. decide --at, far ahead
+    again = store.sampler(clock=FixedClock(now))
+    assert [again.decide(f"c{i}", attrs).reason for i in range(60)] == [d.reason for d in ds]
+
+
+def test_batch_then_single_decision_of_a_capped_call_is_logged(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    clock = FixedClock(MONDAY)
+    with store.open_log(clock=clock) as log:
+        sampler = store.sampler(clock=clock, log=log)
+        refs = [f"c{i}" for i in range(40)]
+        batch = sampler.decide_batch(refs, {"queue": ["sales"] * 40, "agent": [b"alice"] * 40})
+        chosen = [r for r, reason in zip(refs, batch.reasons, strict=True) if reason == "sampled"]
+        assert len(chosen) == 3
+        # the agent given as bytes, True or text is the same agent in both paths
+        d = sampler.decide(chosen[0], {"queue": "sales", "agent": b"alice"})
+        assert d.reason == "sampled" and d.log_ticket is not None
+        assert sampler.decide("new-call", {"queue": "sales", "agent": "alice"}).reason in (
+            "cap_reached",
+            "not_sampled",
+        )
+        flag = sampler.decide_batch(["f1"], {"queue": ["sales"], "agent": [True]})
+        assert flag.agents[0] == sampler.decide("f2", {"queue": "sales", "agent": True}).agent

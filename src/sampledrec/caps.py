@@ -2,31 +2,34 @@
 
 A rule may cap the calls selected under it per agent and per UTC day or ISO week (docs/decisions
 0002 and 0010). The audit replays the caps over the whole log, so the counts must be the store's,
-not one sampler process's: several samplers (processes, machines sharing the store, a restart in
-the middle of the day) must see and update the same counts, one decision at a time.
+not one sampler process's: several samplers (threads, processes on the store's host, a restart
+in the middle of the day) must see and update the same counts, one decision at a time.
 
 A ledger answers, for a call whose draw selected it under a capped rule: "sampled" (and counts
 it) or "cap_reached". It also remembers the answer per (epoch, call), so that a retry of the same
 call, in any process, gets the same answer and is not counted twice. Calls are remembered by
-their full AES-CMAC tag under the epoch key (the draw is its first 7 bytes): without the key the
-tag says nothing about the call reference.
+their reference's kind (text or bytes) and full AES-CMAC tag under the epoch key (the draw is its
+first 7 bytes): without the key that says nothing about the call reference. Agents are kept as
+keyed pseudonyms when the ledger is given a key (the store's sampler gives it one).
 
 - :class:`SqliteCapLedger` (``STORE/caps.sqlite``; what :meth:`sampledrec.Store.sampler` uses):
   every answer is one SQLite write transaction (``BEGIN IMMEDIATE``, so processes take turns),
   durable (``synchronous=FULL``) before the decision is returned, so that a crash can only leave
   a call counted that was never logged (never the reverse, which could exceed a cap). Only calls
-  that a capped rule selected pay for it.
+  that a capped rule selected pay for it. SQLite's WAL needs the file on a local filesystem.
 - :class:`MemoryCapLedger`: one process's memory (a bare :class:`~sampledrec.Sampler`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -43,7 +46,7 @@ class CapRequest(NamedTuple):
     (see :func:`cap_periods`)."""
 
     epoch_id: str
-    tag: bytes  # the call's AES-CMAC tag under the epoch key
+    call: bytes  # names the call: its reference's kind, then its AES-CMAC tag under the epoch key
     rule: str
     agent: str
     limits: tuple[tuple[str, int], ...]
@@ -54,6 +57,8 @@ def cap_periods(
 ) -> tuple[tuple[str, int], ...]:
     """The periods a decision at ``now`` counts in: ``D2026-11-22`` (UTC day) and ``W2026-47``
     (ISO week), each with its cap; the audit names them the same way."""
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC)
     out = []
     if per_day is not None:
         out.append((f"D{now.date().isoformat()}", per_day))
@@ -87,7 +92,7 @@ class MemoryCapLedger:
             return [self._one(r) for r in requests]
 
     def _one(self, req: CapRequest) -> CapAnswer:
-        earlier = self._calls.get((req.epoch_id, req.tag))
+        earlier = self._calls.get((req.epoch_id, req.call))
         if earlier is not None:
             return earlier
         keys = [(req.rule, req.agent, period) for period, _ in req.limits]
@@ -98,7 +103,7 @@ class MemoryCapLedger:
         if not full:
             for k in keys:
                 self._counts[k] = self._counts.get(k, 0) + 1
-        self._calls[(req.epoch_id, req.tag)] = answer
+        self._calls[(req.epoch_id, req.call)] = answer
         return answer
 
     def close(self) -> None:
@@ -123,19 +128,38 @@ CREATE TABLE IF NOT EXISTS capped_calls (
 
 
 class SqliteCapLedger:
-    """The store's ledger in SQLite; safe to share between threads and processes."""
+    """The store's ledger in SQLite; safe to share between threads and processes of one host.
 
-    def __init__(self, path: str | Path, *, now: datetime | None = None) -> None:
+    ``now`` prunes what is older than :data:`KEEP_DAYS` (give the real time, not a simulated
+    one ahead of it); ``agent_key`` keeps agents as keyed pseudonyms instead of names.
+    """
+
+    def __init__(
+        self, path: str | Path, *, now: datetime | None = None, agent_key: bytes | None = None
+    ) -> None:
         self.path = Path(path)
+        self._agent_key = agent_key
+        if sqlite3.sqlite_version_info < (3, 24):
+            raise StoreError(
+                "the caps ledger needs SQLite 3.24 or later; this Python has "
+                f"{sqlite3.sqlite_version}"
+            )
         try:
-            with contextlib.suppress(FileExistsError):  # owner-only: agents' names are in it
+            with contextlib.suppress(FileExistsError):  # owner-only: it concerns the agents
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            if self.path.stat().st_mode & 0o077 and self.path.stat().st_uid == os.geteuid():
+                os.chmod(self.path, 0o600)  # e.g. restored from a backup with other modes
             self._db = sqlite3.connect(
                 self.path, timeout=60, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"{self.path}: SQLite cannot use its WAL journal here (got {mode!r}); keep "
+                    "the store on a local filesystem, not a network share"
+                )
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")  # pruned names do not linger
+            self._db.execute("PRAGMA secure_delete=ON")  # pruned rows do not linger
             self._db.executescript(_SCHEMA)
             if now is not None:
                 self._prune(now)
@@ -146,11 +170,16 @@ class SqliteCapLedger:
             ) from None
         self._lock = threading.Lock()
 
+    def _agent(self, agent: str) -> str:
+        if self._agent_key is None:
+            return agent
+        raw = b"sampledrec/v1/cap-agent\x00" + agent.encode("utf-8", "surrogatepass")
+        return hmac.new(self._agent_key, raw, hashlib.sha256).hexdigest()[:32]
+
     def _prune(self, now: datetime) -> None:
-        cutoff = now - timedelta(days=KEEP_DAYS)
+        cutoff = now.astimezone(UTC) - timedelta(days=KEEP_DAYS)
         year, week, _ = cutoff.isocalendar()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.execute(
                 "DELETE FROM cap_counts WHERE (period LIKE 'D%' AND period < ?) "
                 "OR (period LIKE 'W%' AND period < ?)",
@@ -159,53 +188,55 @@ class SqliteCapLedger:
             self._db.execute(
                 "DELETE FROM capped_calls WHERE epoch_id < ?", (cutoff.date().isoformat(),)
             )
-            self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
+        try:
+            yield
+            db.execute("COMMIT")  # durable (synchronous=FULL) before anybody acts on it
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT may already have rolled back
+                db.execute("ROLLBACK")
             raise
 
     def decide(self, requests: Sequence[CapRequest]) -> list[CapAnswer]:
         if not requests:
             return []
-        db = self._db
         with self._lock:
             try:
-                db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
-                try:
-                    out = [self._one(r) for r in requests]
-                    db.execute("COMMIT")  # durable before anybody acts on the answers
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                with self._transaction():
+                    return [self._one(r) for r in requests]
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: the caps ledger failed ({exc})") from None
-        return out
 
     def _one(self, req: CapRequest) -> CapAnswer:
         db = self._db
         row = db.execute(
             "SELECT answer FROM capped_calls WHERE epoch_id = ? AND tag = ?",
-            (req.epoch_id, req.tag),
+            (req.epoch_id, req.call),
         ).fetchone()
         if row is not None:
             return "cap_reached" if row[0] == "cap_reached" else "sampled"
+        agent = self._agent(req.agent)
         full = False
         for period, cap in req.limits:
             got = db.execute(
                 "SELECT count FROM cap_counts WHERE rule = ? AND agent = ? AND period = ?",
-                (req.rule, req.agent, period),
+                (req.rule, agent, period),
             ).fetchone()
-            full = full or (got is not None and got[0] >= cap)
+            full = full or (got[0] if got is not None else 0) >= cap
         answer: CapAnswer = "cap_reached" if full else "sampled"
         if not full:
             db.executemany(
                 "INSERT INTO cap_counts (rule, agent, period, count) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (rule, agent, period) DO UPDATE SET count = count + 1",
-                [(req.rule, req.agent, period) for period, _ in req.limits],
+                [(req.rule, agent, period) for period, _ in req.limits],
             )
         db.execute(
             "INSERT INTO capped_calls (epoch_id, tag, answer) VALUES (?, ?, ?)",
-            (req.epoch_id, req.tag, answer),
+            (req.epoch_id, req.call, answer),
         )
         return answer
 

@@ -189,10 +189,17 @@ class Rule:
         return self.max_per_agent_per_day is not None or self.max_per_agent_per_week is not None
 
 
-def _attr_text(value: object) -> str:
+def attr_text(value: object) -> str:
+    """An attribute value as the text rules match (and caps count agents by): text as is,
+    bytes as UTF-8, booleans as ``true``/``false``, numbers as written by ``str``."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
     return value if isinstance(value, str) else str(value)
+
+
+_attr_text = attr_text
 
 
 def _normalise(value: Any, key: str | None = None) -> Any:

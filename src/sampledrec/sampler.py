@@ -15,7 +15,6 @@ the same decision and never counts twice against a cap (retries cannot re-roll).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from .draw import MAX_CALL_REF_BYTES, call_ref_bytes, draw_many
 from .errors import InvalidArgument
 from .keyring import EpochKey, Keyring, epoch_end, epoch_id_at, epoch_start, epochs_ahead
 from .objections import ObjectionList
-from .policy import Policy, Rule
+from .policy import Policy, Rule, attr_text
 
 __all__ = ["REASONS", "Decision", "DecisionBatch", "Reason", "Sampler"]
 
@@ -214,9 +213,7 @@ class Sampler:
         self._on_new_keys = on_new_keys
         self._key_lock = key_lock
         self._epoch: tuple[datetime, datetime, EpochKey] | None = None
-        self._cap_lock = threading.Lock()
         self._caps: CapLedger = caps if caps is not None else MemoryCapLedger()
-        self._memo: dict[tuple[str, bytes], Decision] = {}
         self._log = log
         self._policy_source = policy_source
         self._policy_checked = time.monotonic()
@@ -293,7 +290,9 @@ class Sampler:
         r = int.from_bytes(tag[:7], "big")
         agent_value = attrs.get(policy.agent_attribute)
         agent = (
-            agent_value if agent_value.__class__ is str or agent_value is None else str(agent_value)
+            agent_value
+            if agent_value.__class__ is str or agent_value is None
+            else attr_text(agent_value)
         )
         pseudonym = None
         objection = attrs.get("objection")
@@ -305,19 +304,14 @@ class Sampler:
             reason: Reason = "objection"
         elif r < rule.threshold:
             if rule.has_cap and agent is not None:
-                with self._cap_lock:
-                    memo_key = (key.epoch_id, raw)
-                    earlier = self._memo.get(memo_key)
-                    if earlier is not None:
-                        return earlier
-                    (reason,) = self._caps.decide([_cap_request(key, tag, rule, agent, now)])
-                    decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym)
-                    self._memo[memo_key] = decision
-                    return decision
-            reason = "sampled"
+                # The store's ledger counts it, or gives the answer it gave this call before.
+                kind = _STR if call_ref.__class__ is str else _BYTES
+                (reason,) = self._caps.decide([_cap_request(key, kind + tag, rule, agent, now)])
+            else:
+                reason = "sampled"
         else:
             reason = "not_sampled"
-        return self._make(call_ref, reason, rule, r, key, now, agent, pseudonym)
+        return self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, policy.version)
 
     def _make(
         self,
@@ -329,13 +323,11 @@ class Sampler:
         now: datetime,
         agent: str | None,
         pseudonym: str | None,
-        *,
-        log: bool = True,
+        version: str,
     ) -> Decision:
         ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
-        version = self._policy.version
         ticket = None
-        if self._log is not None and log:
+        if self._log is not None:
             ticket = self._log.append_decision(
                 key.epoch_id,
                 version,
@@ -436,39 +428,25 @@ class Sampler:
             candidates = np.flatnonzero(
                 (codes == _SAMPLED) & np.isin(rule_index, capped_rules) & (agents != None)  # noqa: E711
             )
-            with self._cap_lock:
-                asks: list[tuple[int, bytes]] = []
-                for i in candidates.tolist():
-                    raw = call_ref_bytes(_item(call_refs, i))
-                    earlier = self._memo.get((key.epoch_id, raw))
-                    if earlier is not None:
-                        codes[i] = REASONS.index(earlier.reason)
-                        rule_index[i] = policy.all_rules.index(policy.rule_named(earlier.rule))
-                        agents[i] = earlier.agent  # the remembered decision, whole
-                    else:
-                        asks.append((i, raw))
-                answers = self._caps.decide(
-                    [
-                        _cap_request(key, _tag(key, raw), rules[int(rule_index[i])], agents[i], now)
-                        for i, raw in asks
-                    ]
-                )
-                for (i, raw), reason in zip(asks, answers, strict=True):
-                    codes[i] = REASONS.index(reason)
-                    self._memo[(key.epoch_id, raw)] = self._make(
-                        _item(call_refs, i),
-                        reason,
-                        rules[int(rule_index[i])],
-                        int(draws[i]),
+            # The store's ledger counts them in array order, or gives earlier answers again.
+            answers = self._caps.decide(
+                [
+                    _cap_request(
                         key,
-                        now,
+                        _ref_kind(ref) + _tag(key, call_ref_bytes(ref)),
+                        rules[int(rule_index[i])],
                         agents[i],
-                        None,
-                        log=False,  # the whole batch is logged below, in order
+                        now,
                     )
+                    for i in candidates.tolist()
+                    for ref in (_item(call_refs, i),)
+                ]
+            )
+            for i, reason in zip(candidates.tolist(), answers, strict=True):
+                codes[i] = REASONS.index(reason)
         if self._log is not None:
             self._log_batch(
-                call_refs, codes, rule_index, draws, thresholds, rules, agents, key, now
+                call_refs, codes, rule_index, draws, thresholds, rules, agents, key, now, policy
             )
         return DecisionBatch(
             call_refs=call_refs,
@@ -495,10 +473,11 @@ class Sampler:
         agents: npt.NDArray[np.object_],
         key: EpochKey,
         now: datetime,
+        policy: Policy,
     ) -> None:
         log = self._log
         assert log is not None
-        version = self._policy.version
+        version = policy.version  # the version the rules were taken from
         names = [r.name for r in rules]
         append = log.append_decision
         for ref, code, ri, r, thr, agent in zip(
@@ -527,6 +506,14 @@ def _nolock() -> Any:
     return contextlib.nullcontext()
 
 
+_STR: Final = b"\x01"  # the kind of a call reference, in the caps ledger's key: the audit
+_BYTES: Final = b"\x02"  # tells a text reference from the same bytes given as bytes
+
+
+def _ref_kind(ref: str | bytes) -> bytes:
+    return _STR if isinstance(ref, str) else _BYTES
+
+
 def _tag(key: EpochKey, raw: bytes) -> bytes:
     """The call's full AES-CMAC tag under the epoch key (its draw is the first 7 bytes)."""
     mac = key._cmac_copy()
@@ -534,9 +521,10 @@ def _tag(key: EpochKey, raw: bytes) -> bytes:
     return mac.finalize()
 
 
-def _cap_request(key: EpochKey, tag: bytes, rule: Rule, agent: str, now: datetime) -> CapRequest:
+def _cap_request(key: EpochKey, call: bytes, rule: Rule, agent: str, now: datetime) -> CapRequest:
+    """``call``: the reference's kind and full CMAC tag, which names the call in the ledger."""
     limits = cap_periods(now, rule.max_per_agent_per_day, rule.max_per_agent_per_week)
-    return CapRequest(key.epoch_id, tag, rule.name, agent, limits)
+    return CapRequest(key.epoch_id, call, rule.name, agent, limits)
 
 
 def _item(call_refs: Sequence[str | bytes] | npt.NDArray[Any], i: int) -> str | bytes:
@@ -556,16 +544,13 @@ def _column(name: str, col: Sequence[object] | npt.NDArray[Any], n: int) -> npt.
             "per call (None where a call lacks it)"
         )
     arr = np.asarray(col)
-    if arr.dtype.kind in "US":
-        return arr.astype(str).astype(object)
+    if arr.dtype.kind == "U":
+        return arr.astype(object)
+    if arr.dtype.kind == "S":  # bytes as UTF-8, as attr_text reads them
+        return np.char.decode(arr, "utf-8", "replace").astype(object)
     if arr.dtype.kind == "b":
         return np.where(arr, "true", "false").astype(object)
     out = np.empty(n, dtype=object)
     for i, v in enumerate(col):
-        if v is None:
-            out[i] = None
-        elif isinstance(v, bool):
-            out[i] = "true" if v else "false"
-        else:
-            out[i] = v if isinstance(v, str) else str(v)
+        out[i] = None if v is None else attr_text(v)
     return out

@@ -357,7 +357,11 @@ class Store:
             log=log,
             on_new_keys=None if log is None else lambda _keys: self._commit_uncommitted(log, clock),
             policy_source=self.policy,
-            caps=SqliteCapLedger(self.path / CAPS_FILE, now=clock.now()),
+            caps=SqliteCapLedger(
+                self.path / CAPS_FILE,
+                now=min(clock.now(), SYSTEM_CLOCK.now()),  # a simulated future prunes nothing
+                agent_key=self.keyring.pseudonym_key(),
+            ),
         )
 
     def _commit(self, log: DecisionLog, keys: list[EpochKey], clock: Clock) -> None:
