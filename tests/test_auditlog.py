@@ -357,3 +357,19 @@ def test_damaged_entries_read_the_same_both_ways(edits: list[Any]) -> None:
     else:
         _same(fast.decisions, slow.decisions)
         assert [(e.index, e.type) for e in fast.others] == [(e.index, e.type) for e in slow.others]
+
+
+def test_call_firsts_agree_on_many_calls_with_retries() -> None:
+    """Enough calls for the C table to be split into partitions."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    refs = [f"r{int(x)}" for x in rng.integers(0, 25_000, n)]
+    epochs = [f"e{int(x)}" for x in rng.integers(0, 3, n)]
+    d = _decisions(
+        [r if i % 7 else r.encode() for i, r in enumerate(refs)],  # some as bytes: other calls
+        epochs,
+    )
+    ways = _firsts_all_ways(d)
+    assert all(w == ways[0] for w in ways)
+    firsts = np.asarray(ways[0])
+    assert (firsts < np.arange(n)).sum() > 5_000  # many retries were found

@@ -602,73 +602,119 @@ done:
  * references cannot make them collide, which an unkeyed hash would allow, making this
  * quadratic), every match confirmed on the bytes: exact.
  */
-typedef struct {
-    uint32_t h; /* 32 bits of the row's hash, checked before the row itself */
-    int32_t j;  /* the row, -1 for an empty slot */
-} slot;
+/* Rows are first partitioned by the top bits of their hash, so that each partition's table is
+ * small enough to stay in the CPU cache: one table over ten million rows misses the cache on
+ * nearly every probe. */
+#define PART_ROWS 8192 /* about this many rows per partition */
 
 PyObject *py_call_firsts(PyObject *self, PyObject *args) {
     Py_buffer epb, kb, lb, rb, keyb;
     Py_ssize_t width;
     if (!PyArg_ParseTuple(args, "y*y*y*y*ny*", &epb, &kb, &lb, &rb, &width, &keyb)) return NULL;
     PyObject *out = NULL;
-    slot *slots = NULL;
+    uint64_t *hash = NULL;
+    int32_t *order = NULL, *table = NULL;
+    size_t *start = NULL;
     Py_ssize_t n = kb.len;
     if (width < 1 || n > INT32_MAX || keyb.len != 16 || epb.len != n * 4 || lb.len != n * 8 ||
         (n > 0 && width > PY_SSIZE_T_MAX / n) || rb.len != n * width) {
         PyErr_SetString(PyExc_ValueError, "call_firsts: columns of different lengths");
         goto done;
     }
-    size_t cap = 16;
-    while (cap < (size_t)n * 2) cap <<= 1;
-    slots = malloc(cap * sizeof(slot));
+    int bits = 0;
+    while (bits < 20 && ((size_t)PART_ROWS << bits) < (size_t)n) bits++;
+    size_t parts = (size_t)1 << bits;
+#define PART(h) (bits ? (size_t)((h) >> (64 - bits)) : 0) /* the top bits (a shift by 64 is UB) */
+    hash = malloc((n ? n : 1) * sizeof(uint64_t));
+    order = malloc((n ? n : 1) * sizeof(int32_t));
+    start = calloc(parts + 1, sizeof(size_t));
     out = PyBytes_FromStringAndSize(NULL, n * 8);
-    if (!slots || !out) {
+    if (!hash || !order || !start || !out) {
         Py_CLEAR(out);
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    memset(slots, 0xff, cap * sizeof(slot));
     const int32_t *ep = epb.buf;
     const uint8_t *kind = kb.buf;
     const int64_t *len = lb.buf;
     const unsigned char *refs = rb.buf;
     uint64_t k0 = le64(keyb.buf), k1 = le64((const unsigned char *)keyb.buf + 8);
     int64_t *first = (int64_t *)PyBytes_AS_STRING(out);
+    int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
+    /* 1. hash every row that has a reference; count the rows of each partition */
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!kind[i]) {
-            first[i] = -1;
-            continue;
-        }
+        first[i] = -1;
+        if (!kind[i]) continue;
         size_t li = len[i] < 0 ? 0 : (size_t)len[i] > (size_t)width ? (size_t)width : (size_t)len[i];
-        uint64_t h = siphash24(k0 ^ (uint32_t)ep[i], k1 ^ kind[i], refs + i * width, li);
-        size_t s = (size_t)h & (cap - 1);
-        uint32_t h32 = (uint32_t)(h >> 32);
-        for (;;) {
-            slot *sl = &slots[s];
-            if (sl->j < 0) {
-                sl->h = h32;
-                sl->j = (int32_t)i;
-                first[i] = i;
-                break;
+        hash[i] = siphash24(k0 ^ (uint32_t)ep[i], k1 ^ kind[i], refs + i * width, li);
+        start[PART(hash[i])] += 1;
+    }
+    /* 2. rows grouped by partition, in ascending order within each (a stable counting sort) */
+    size_t sum = 0, biggest = 0;
+    for (size_t q = 0; q < parts; q++) {
+        size_t c = start[q];
+        start[q] = sum;
+        sum += c;
+        if (c > biggest) biggest = c;
+    }
+    start[parts] = sum;
+    {
+        size_t *fill = malloc(parts * sizeof(size_t));
+        size_t cap = 16;
+        while (cap < biggest * 2) cap <<= 1;
+        table = malloc(cap * sizeof(int32_t));
+        if (!fill || !table) {
+            free(fill);
+            nomem = 1;
+        } else {
+            memcpy(fill, start, parts * sizeof(size_t));
+            for (Py_ssize_t i = 0; i < n; i++)
+                if (kind[i]) order[fill[PART(hash[i])]++] = (int32_t)i;
+            free(fill);
+            /* 3. per partition, a small open-addressing table; matches confirmed on the bytes */
+            for (size_t q = 0; q < parts; q++) {
+                size_t c = start[q + 1] - start[q], tc = 16;
+                while (tc < c * 2) tc <<= 1;
+                memset(table, 0xff, tc * sizeof(int32_t));
+                for (size_t x = start[q]; x < start[q + 1]; x++) {
+                    int32_t i = order[x];
+                    size_t s = (size_t)hash[i] & (tc - 1);
+                    for (;;) {
+                        int32_t j = table[s];
+                        if (j < 0) {
+                            table[s] = i;
+                            first[i] = i;
+                            break;
+                        }
+                        if (hash[j] == hash[i] && ep[j] == ep[i] && kind[j] == kind[i] &&
+                            len[j] == len[i] &&
+                            memcmp(refs + (size_t)j * width, refs + (size_t)i * width,
+                                   (size_t)width) == 0) {
+                            first[i] = j;
+                            break;
+                        }
+                        s = (s + 1) & (tc - 1);
+                    }
+                }
             }
-            Py_ssize_t j = sl->j;
-            if (sl->h == h32 && ep[j] == ep[i] && kind[j] == kind[i] && len[j] == len[i] &&
-                memcmp(refs + j * width, refs + i * width, (size_t)width) == 0) {
-                first[i] = j;
-                break;
-            }
-            s = (s + 1) & (cap - 1);
         }
     }
     Py_END_ALLOW_THREADS
+    if (nomem) {
+        Py_CLEAR(out);
+        PyErr_NoMemory();
+    }
 done:
-    free(slots);
+    free(hash);
+    free(order);
+    free(start);
+    free(table);
     PyBuffer_Release(&epb);
     PyBuffer_Release(&kb);
     PyBuffer_Release(&lb);
     PyBuffer_Release(&rb);
     PyBuffer_Release(&keyb);
     return out;
+#undef PART
 }
