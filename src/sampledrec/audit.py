@@ -651,15 +651,19 @@ def _check_decisions(
         sel = np.flatnonzero((d.epoch == code) & has_ref & valid)
         if not sel.size:
             continue
-        lengths = d.ref_len[sel]
+
+        def rows(column: Any, sel: Any = sel) -> Any:  # all of them (the usual case): no copy
+            return column if sel.size == n else column[sel]
+
+        lengths = rows(d.ref_len)
         width = int(lengths.max())
         whole = sel.size == n and width == d.refs.shape[1]
         msgs = d.refs if whole else np.ascontiguousarray(d.refs[sel, :width])
         draws = draws_rows(keys[epoch], msgs, None if int(lengths.min()) == width else lengths)
         recomputed += sel.size
-        reason = d.reason[sel]
-        below = draws < d.threshold[sel]
-        ok = (~d.has_draw[sel] | (d.draw[sel] == draws)) & np.where(
+        reason = rows(d.reason)
+        below = draws < rows(d.threshold)
+        ok = (~rows(d.has_draw) | (rows(d.draw) == draws)) & np.where(
             (reason == _SAMPLED) | (reason == _CAP), below, ~below | (reason != _NOT_SAMPLED)
         )
         for j in np.flatnonzero(~ok).tolist():
@@ -914,34 +918,43 @@ def _check_cdr(rep: AuditReport, d: Decisions, cdr_rows: list[tuple[str, str]]) 
 
 
 def _check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.bool_]) -> None:
-    counted = np.flatnonzero(
+    # Counted: each call once, with a known reason other than an objection.
+    counted = (
         is_first
         & d.threshold_ok
         & (d.reason != _OBJECTION)
         & (d.reason >= 0)
         & (d.reason < len(REASON_CODES))
     )
-    hit = np.isin(d.reason[counted], (_SAMPLED, _CAP)).astype(np.int64)
+    hit = counted & ((d.reason == _SAMPLED) | (d.reason == _CAP))
     # Thresholds: one per rule and policy version, so a sample finds them all (checked).
-    logged = d.threshold[counted]
-    thresholds = np.unique(logged[:: max(1, logged.size // 4096)])
-    thr_code = np.searchsorted(thresholds, logged).clip(0, max(0, thresholds.size - 1))
-    if logged.size and not (thresholds[thr_code] == logged).all():
-        thresholds, thr_code = np.unique(logged, return_inverse=True)
-    rule_thr = d.rule[counted].astype(np.int64) * thresholds.size + thr_code.ravel()
-    agent = d.agent[counted].astype(np.int64)
-    # one group per (rule, threshold), and one per (rule, threshold, agent)
-    per_rule = rule_thr * (len(d.agents) + 1)
-    named = agent >= 0
-    key = np.concatenate([per_rule, (per_rule + agent + 1)[named]])
-    hits = np.concatenate([hit, hit[named]])
-    space = thresholds.size * max(1, len(d.rules)) * (len(d.agents) + 1)
-    keys, codes = _compact(key, space)
-    n_of = np.bincount(codes, minlength=keys.size)
-    k_of = np.bincount(codes, weights=hits, minlength=keys.size).astype(np.int64)
+    thresholds = np.unique(d.threshold[:: max(1, len(d) // 4096)])
+    thr_code = np.searchsorted(thresholds, d.threshold).clip(0, max(0, thresholds.size - 1))
+    if len(d) and not (thresholds[thr_code] == d.threshold).all():
+        thresholds, thr_code = np.unique(d.threshold, return_inverse=True)
+    # One group per (rule, threshold), and one per (rule, threshold, agent): a group's number
+    # is (rule x thresholds + threshold) x (agents + 1) + (agent + 1, or 0 for the rule's own).
+    width = len(d.agents) + 1
+    per_rule = (d.rule.astype(np.int64) * thresholds.size + thr_code.ravel()) * width
+    per_agent = per_rule + d.agent + 1
+    named = d.agent >= 0
+    space = thresholds.size * max(1, len(d.rules)) * width
+    if space <= 4 * len(d) + 1024:  # count straight into a table, rows left out in a last slot
+        n_all = np.bincount(np.where(counted, per_rule, space), minlength=space + 1)
+        k_all = np.bincount(np.where(hit, per_rule, space), minlength=space + 1)
+        n_all += np.bincount(np.where(counted & named, per_agent, space), minlength=space + 1)
+        k_all += np.bincount(np.where(hit & named, per_agent, space), minlength=space + 1)
+        keys = np.flatnonzero(n_all[:space])
+        n_of, k_of = n_all[keys], k_all[keys]
+    else:
+        key = np.concatenate([per_rule[counted], per_agent[counted & named]])
+        hits = np.concatenate([hit[counted], hit[counted & named]])
+        keys, codes = _compact(key, space)
+        n_of = np.bincount(codes, minlength=keys.size)
+        k_of = np.bincount(codes, weights=hits, minlength=keys.size).astype(np.int64)
     groups: dict[tuple[str, int, str | None], tuple[int, int]] = {}
     for code, n, k in zip(keys.tolist(), n_of.tolist(), k_of.tolist(), strict=True):
-        rt, a = divmod(code, len(d.agents) + 1)
+        rt, a = divmod(code, width)
         r, t = divmod(rt, thresholds.size)
         groups[(d.rules[r], int(thresholds[t]), d.agents[a - 1] if a else None)] = (n, int(k))
     stats: list[GroupStats] = []

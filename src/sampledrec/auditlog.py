@@ -259,7 +259,9 @@ class _Builder:
             ("rule", self.rules),
             ("agent", self.agents),
         ):
-            cols[name], lists[name + "s"] = _canonical(cols[name], codes.values)
+            cols[name], lists[name + "s"] = _canonical(
+                cols[name], codes.values, missing=name == "agent"
+            )
         return Decisions(**lists, **cols)
 
     def drop_from(self, index: int) -> None:
@@ -272,11 +274,17 @@ class _Builder:
                     c[k] = c[k][keep]
 
 
-def _canonical(codes: I32, values: list[Any]) -> tuple[I32, list[Any]]:
+def _canonical(codes: I32, values: list[Any], *, missing: bool) -> tuple[I32, list[Any]]:
     """The codes renumbered so that the list holds the values in use only, sorted: the same
-    whatever order the batches met them in (-1, no value, stays -1)."""
-    used = np.flatnonzero(np.bincount(codes + 1, minlength=len(values) + 1)[1:])
-    order = sorted(used.tolist(), key=lambda c: values[c])
+    whatever order the batches met them in. ``missing``: codes may be -1 (no value; kept)."""
+    if not values:
+        return codes, []
+    counts = np.bincount(codes + 1, minlength=len(values) + 1)[1:] if missing else None
+    if counts is None:
+        counts = np.bincount(codes, minlength=len(values))
+    order = sorted(np.flatnonzero(counts).tolist(), key=lambda c: values[c])
+    if order == list(range(len(values))):
+        return codes, values  # already canonical: no need to rewrite the column
     lut = np.full(len(values) + 1, -1, dtype=np.int32)
     lut[order] = np.arange(len(order), dtype=np.int32)
     return lut[codes], [values[c] for c in order]
