@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sampledrec import FixedClock, Store, _hashing
 from sampledrec import auditlog as al
-from sampledrec.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.audio import frames, synthetic_speech
 from sampledrec.errors import SampledrecError
 from sampledrec.logformat import (
     T_DECISION,
@@ -29,11 +29,11 @@ from sampledrec.logformat import (
 )
 from sampledrec.vault import Vault
 
+from .recording import PCM
+
 needs_accel = pytest.mark.skipif(
     not _hashing.ACCELERATED, reason="the C accelerator sampledrec._merklefast is not built"
 )
-PCM = AudioFormat("pcm16", 8000, 1)
-
 POLICY = """
 [[rules]]
 name = "sales"
