@@ -20,6 +20,7 @@ from sampledrec.caps import (
     SqliteCapLedger,
     cap_periods,
 )
+from sampledrec.errors import StoreError
 from sampledrec.log import iter_entries
 
 from .together import run_together
@@ -198,6 +199,16 @@ def test_text_and_bytes_references_are_different_calls_as_for_the_audit(tmp_path
     as_bytes = [sampler.decide(f"c{i}".encode(), attrs) for i in range(60)]
     assert sum(d.reason == "sampled" for d in text) == 3
     assert sum(d.reason == "sampled" for d in as_bytes) == 0  # new calls: the cap is full
+
+
+def test_a_store_sampler_closes_its_ledger(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with store.sampler(clock=FixedClock(MONDAY)) as sampler:
+        sampler.decide("c1", {"queue": "sales", "agent": "alice"})
+    with pytest.raises(StoreError):  # the connection is gone
+        sampler.decide_batch(
+            [f"c{i}" for i in range(40)], {"queue": ["sales"] * 40, "agent": ["alice"] * 40}
+        )
 
 
 def test_a_simulated_future_does_not_prune_todays_counts(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from .logformat import T_DECISION, Entry, decode_entry, key_check_value
 __all__ = [
     "Decisions",
     "LogContents",
+    "RefMatcher",
     "call_firsts",
     "counted_once",
     "decisions_from_entries",

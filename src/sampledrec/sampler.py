@@ -226,6 +226,16 @@ class Sampler:
     def clock(self) -> Clock:
         return self._clock
 
+    def close(self) -> None:
+        """Release the caps ledger (the store's sampler holds a SQLite connection to it)."""
+        self._caps.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def set_policy(self, policy: Policy) -> None:
         """Switch to a new policy version; later decisions name it."""
         self._policy = policy
