@@ -240,3 +240,28 @@ def test_batch_then_single_decision_of_a_capped_call_is_logged(tmp_path: Path) -
         )
         flag = sampler.decide_batch(["f1"], {"queue": ["sales"], "agent": [True]})
         assert flag.agents[0] == sampler.decide("f2", {"queue": "sales", "agent": True}).agent
+
+
+def test_a_lost_ledger_is_rebuilt_from_the_log(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    real_now = datetime.now(UTC)
+    day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    clock = FixedClock(day)
+    attrs = {"queue": "sales", "agent": "alice"}
+    with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
+        first = [sampler.decide(f"c{i}", attrs) for i in range(40)]
+    assert sum(d.reason == "sampled" for d in first) == 3
+    for f in tmp_path.glob("store/caps.sqlite*"):
+        f.unlink()  # deleted by mistake (or a store from before the ledger)
+    with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
+        assert (tmp_path / "store" / "caps.sqlite").exists()
+        more = [sampler.decide(f"n{i}", attrs) for i in range(40)]  # new calls: the cap is full
+        assert not any(d.reason == "sampled" for d in more)
+        assert any(d.reason == "cap_reached" for d in more)
+        again = [sampler.decide(f"c{i}", attrs) for i in range(40)]  # retries: same answers
+        assert [d.reason for d in again] == [d.reason for d in first]
+    assert not list(tmp_path.glob("store/.caps*"))  # no leftover of the rebuild
+    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
+    store.write_revealed(keys, tmp_path / "revealed.json")
+    report = audit_verify(store.path, tmp_path / "revealed.json")
+    assert report.ok, report.to_text()

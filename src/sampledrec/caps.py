@@ -240,6 +240,25 @@ class SqliteCapLedger:
         )
         return answer
 
+    def replay(self, items: Sequence[tuple[CapRequest, CapAnswer]]) -> None:
+        """Write answers already given (rebuilding the ledger from the log): a ``sampled`` one
+        counts, every one is remembered; nothing is checked against the caps."""
+        with self._lock, self._transaction():
+            for req, answer in items:
+                agent = self._agent(req.agent)
+                if answer == "sampled":
+                    self._db.executemany(
+                        "INSERT INTO cap_counts (rule, agent, period, count) VALUES (?, ?, ?, 1) "
+                        "ON CONFLICT (rule, agent, period) DO UPDATE SET count = count + 1",
+                        [(req.rule, agent, period) for period, _ in req.limits],
+                    )
+                if req.call:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO capped_calls (epoch_id, tag, answer) "
+                        "VALUES (?, ?, ?)",
+                        (req.epoch_id, req.call, answer),
+                    )
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

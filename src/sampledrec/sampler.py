@@ -443,13 +443,12 @@ class Sampler:
                 [
                     _cap_request(
                         key,
-                        _ref_kind(ref) + _tag(key, call_ref_bytes(ref)),
+                        cap_call_name(key, _item(call_refs, i)),
                         rules[int(rule_index[i])],
                         agents[i],
                         now,
                     )
                     for i in candidates.tolist()
-                    for ref in (_item(call_refs, i),)
                 ]
             )
             for i, reason in zip(candidates.tolist(), answers, strict=True):
@@ -522,6 +521,11 @@ _BYTES: Final = b"\x02"  # tells a text reference from the same bytes given as b
 
 def _ref_kind(ref: str | bytes) -> bytes:
     return _STR if isinstance(ref, str) else _BYTES
+
+
+def cap_call_name(key: EpochKey, ref: str | bytes) -> bytes:
+    """How the caps ledger names a call: its reference's kind, then its full CMAC tag."""
+    return _ref_kind(ref) + _tag(key, call_ref_bytes(ref))
 
 
 def _tag(key: EpochKey, raw: bytes) -> bytes:

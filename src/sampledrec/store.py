@@ -31,15 +31,16 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from .caps import SqliteCapLedger
+from .caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
     InvalidArgument,
     InvalidPolicy,
+    KeyringError,
     StoreError,
     StoreLocked,
     StoreNotFound,
@@ -50,7 +51,7 @@ from .log import DecisionLog
 from .logformat import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
 from .objections import ObjectionList, check_region
 from .policy import DEFAULT_POLICY_TOML, Policy
-from .sampler import Sampler
+from .sampler import Sampler, cap_call_name
 
 __all__ = ["Store"]
 
@@ -357,12 +358,72 @@ class Store:
             log=log,
             on_new_keys=None if log is None else lambda _keys: self._commit_uncommitted(log, clock),
             policy_source=self.policy,
-            caps=SqliteCapLedger(
-                self.path / CAPS_FILE,
-                now=min(clock.now(), SYSTEM_CLOCK.now()),  # a simulated future prunes nothing
-                agent_key=self.keyring.pseudonym_key(),
-            ),
+            caps=self._caps_ledger(min(clock.now(), SYSTEM_CLOCK.now())),
         )
+
+    def _caps_ledger(self, now: datetime) -> SqliteCapLedger:
+        """The store's caps ledger. When it is missing (deleted, or a store from before it
+        existed) while the log has decisions, it is rebuilt from the log first, under the
+        store's lock: otherwise the day's and week's counts would start again from zero."""
+        path = self.path / CAPS_FILE
+        key = self.keyring.pseudonym_key()
+        if not path.exists() and any((self.path / "log").glob("seg-*.log")):
+            with self.lock():
+                if not path.exists():
+                    tmp = path.with_name(f".{CAPS_FILE}.rebuild-{os.getpid()}")
+                    for stale in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
+                        stale.unlink(missing_ok=True)
+                    ledger = SqliteCapLedger(tmp, agent_key=key)
+                    try:
+                        ledger.replay(self._caps_from_log(now))
+                    finally:
+                        ledger.close()
+                    os.replace(tmp, path)  # whole, or not at all
+        return SqliteCapLedger(path, now=now, agent_key=key)
+
+    def _caps_from_log(self, now: datetime) -> list[tuple[CapRequest, CapAnswer]]:
+        """The answers the log shows for calls that capped rules selected in the ledger's
+        window (:data:`sampledrec.caps.KEEP_DAYS`), in log order, each call once."""
+        import numpy as np
+
+        from .auditlog import call_firsts, counted_once, read_log
+        from .logformat import REASON_CODES, from_micros
+
+        d = read_log(self.path / "log", self.keyring).decisions
+        since = to_micros(now - timedelta(days=KEEP_DAYS))
+        sampled, capped = REASON_CODES.index("sampled"), REASON_CODES.index("cap_reached")
+        rows = np.flatnonzero(
+            counted_once(call_firsts(d))
+            & ((d.reason == sampled) | (d.reason == capped))
+            & (d.agent >= 0)
+            & (d.time_us >= np.uint64(max(0, since)))
+        )
+        out: list[tuple[CapRequest, CapAnswer]] = []
+        for i in rows.tolist():
+            try:
+                rule = self._policy_version(d.versions[int(d.version[i])].hex()).rule_named(
+                    d.rules[int(d.rule[i])]
+                )
+            except (StoreError, KeyError, OSError):
+                continue  # a version or rule this store does not have: nothing to count
+            if not rule.has_cap:
+                continue
+            when = from_micros(int(d.time_us[i]))
+            epoch_id = d.epochs[int(d.epoch[i])]
+            ref = d.ref(i)
+            try:
+                call = b"" if ref is None else cap_call_name(self.keyring.epoch_key(epoch_id), ref)
+            except KeyringError:
+                call = b""  # counted, but a retry of it cannot be recognised
+            req = CapRequest(
+                epoch_id,
+                call,
+                rule.name,
+                d.agent_name(i) or "",
+                cap_periods(when, rule.max_per_agent_per_day, rule.max_per_agent_per_week),
+            )
+            out.append((req, "sampled" if int(d.reason[i]) == sampled else "cap_reached"))
+        return out
 
     def _commit(self, log: DecisionLog, keys: list[EpochKey], clock: Clock) -> None:
         last = 0
