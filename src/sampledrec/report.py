@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import html
 import io
-import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -47,9 +46,10 @@ from .logformat import (
     from_micros,
     to_micros,
 )
+from .stats import binom_cdf, clopper_pearson
 from .store import Store, read_revealed
 
-__all__ = ["RateRow", "build_report", "clopper_pearson", "render", "write_report"]
+__all__ = ["RateRow", "binom_cdf", "build_report", "clopper_pearson", "render", "write_report"]
 
 _DAY_US = 86_400_000_000
 _LIVE = ("open", "sealed", "truncated", "expiring")
@@ -58,108 +58,6 @@ _CHECK_CLASS = {"PASS": "pass", "FAIL": "fail"}
 
 class _AuditLike(Protocol):
     def to_json(self) -> Mapping[str, Any]: ...
-
-
-# -- statistics -------------------------------------------------------------------------------
-
-
-def binom_cdf(k: int, n: int, p: float) -> float:
-    """``P(X <= k)`` for ``X ~ Binomial(n, p)``, exactly to double precision.
-
-    The probabilities are summed outwards from the mode (its log-probability from
-    ``math.lgamma``, the others by the ratio of neighbours) until the terms no longer change
-    the sum, so a call costs about 20 standard deviations of terms, not ``n``.
-    """
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    q = 1.0 - p
-    mode = min(n, max(0, math.floor((n + 1) * p)))
-    log_pm = (
-        math.lgamma(n + 1)
-        - math.lgamma(mode + 1)
-        - math.lgamma(n - mode + 1)
-        + mode * math.log(p)
-        + (n - mode) * math.log1p(-p)
-    )
-    term = math.exp(log_pm)
-    low = high = 0.0
-    if mode <= k:
-        low += term
-    else:
-        high += term
-    total = term
-    # downwards from the mode
-    t, i = term, mode
-    ratio_down = q / p
-    while i > 0:
-        t *= i / (n - i + 1) * ratio_down
-        i -= 1
-        if i <= k:
-            low += t
-        else:
-            high += t
-        total += t
-        if t < total * 1e-18:
-            break
-    # upwards from the mode
-    t, i = term, mode
-    ratio_up = p / q
-    while i < n:
-        t *= (n - i) / (i + 1) * ratio_up
-        i += 1
-        if i <= k:
-            low += t
-        else:
-            high += t
-        total += t
-        if t < total * 1e-18:
-            break
-    return low / (low + high)
-
-
-def _bisect(f: Any, target: float, increasing: bool) -> float:
-    lo, hi = 0.0, 1.0
-    for _ in range(64):
-        mid = (lo + hi) / 2
-        value = f(mid)
-        if (value < target) == increasing:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-15:
-            break
-    return (lo + hi) / 2
-
-
-def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) two-sided interval for a binomial proportion ``k / n``.
-
-    The lower bound is the ``p`` at which ``P(X >= k) = alpha / 2`` (0 when ``k == 0``), the
-    upper bound the ``p`` at which ``P(X <= k) = alpha / 2`` (1 when ``k == n``), each found
-    by bisection on the exact binomial distribution.
-
-    >>> lo, hi = clopper_pearson(5, 10)
-    >>> round(lo, 5), round(hi, 5)
-    (0.18709, 0.81291)
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= k <= n:
-        raise ValueError(f"k={k} must be between 0 and n={n}")
-    alpha = 1.0 - confidence
-    lower = (
-        0.0
-        if k == 0
-        else _bisect(lambda p: 1.0 - binom_cdf(k - 1, n, p), alpha / 2, increasing=True)
-    )
-    upper = 1.0 if k == n else _bisect(lambda p: binom_cdf(k, n, p), alpha / 2, increasing=False)
-    return lower, upper
 
 
 # -- what the report gathers ------------------------------------------------------------------
