@@ -25,8 +25,6 @@ trailers to catch up before appending, so threads and processes share one consis
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hmac
 import os
 import secrets
@@ -42,9 +40,10 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import _hashing
+from ._locking import wait_for_flock
 from .checkpoint import Checkpoint, CheckpointError, LogSigner
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import SampledrecError, StoreError, StoreLocked
+from .errors import SampledrecError, StoreError
 from .logformat import (
     FORMAT_VERSION,
     REASON_CODES,
@@ -331,20 +330,13 @@ class DecisionLog:
     def _locked(self, timeout: float = 30.0) -> Iterator[None]:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise StoreLocked(
-                            f"{self.lock_path} is held by another process for more than "
-                            f"{timeout:g} s; check for a stuck sampledrec process"
-                        ) from None
-                    time.sleep(0.002)
+            wait_for_flock(
+                fd,
+                timeout=timeout,
+                poll=0.002,
+                held=f"{self.lock_path} is held by another process for more than "
+                f"{timeout:g} s; check for a stuck sampledrec process",
+            )
             yield
         finally:
             os.close(fd)

@@ -23,18 +23,16 @@ clock, and every report says so.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import getpass
 import json
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from ._locking import wait_for_flock
 from .caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
@@ -42,7 +40,6 @@ from .errors import (
     InvalidPolicy,
     KeyringError,
     StoreError,
-    StoreLocked,
     StoreNotFound,
     StorePermissionError,
 )
@@ -323,20 +320,16 @@ class Store:
         """Hold the store's exclusive lock (across threads and processes)."""
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from exc
-                    if time.monotonic() > deadline:
-                        raise StoreLocked(
-                            f"{self.path} is locked by another process for more than "
-                            f"{timeout:g} s; wait for it to finish or check for a stuck process"
-                        ) from None
-                    time.sleep(0.01)
+            try:
+                wait_for_flock(
+                    fd,
+                    timeout=timeout,
+                    poll=0.01,
+                    held=f"{self.path} is locked by another process for more than "
+                    f"{timeout:g} s; wait for it to finish or check for a stuck process",
+                )
+            except OSError as exc:
+                raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from exc
             yield
         finally:
             os.close(fd)  # closing releases the lock
