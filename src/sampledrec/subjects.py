@@ -63,7 +63,7 @@ from .logformat import (
     to_micros,
 )
 from .objections import caller_pseudonym
-from .vault import Principal
+from .vault import Principal, new_export_file
 
 if TYPE_CHECKING:
     from .clock import Clock
@@ -229,20 +229,9 @@ class SubjectRequests:
         who = self._authorize(principal)
         pseudonym = self.pseudonym(phone)
         path = Path(out)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise InvalidArgument(f"{path} exists; choose a new file to export to") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                request = self._request_for("export", phone, pseudonym, who, request)
-                included, excluded = self._write_zip(fh, request, pseudonym, who)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        with new_export_file(path) as fh:
+            request = self._request_for("export", phone, pseudonym, who, request)
+            included, excluded = self._write_zip(fh, request, pseudonym, who)
         detail = f"{included} recording(s) exported"
         if excluded:
             detail += f", {excluded} no longer readable"

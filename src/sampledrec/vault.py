@@ -28,7 +28,7 @@ import os
 import secrets
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -129,6 +129,26 @@ class Recording:
     def __repr__(self) -> str:
         fmt = self.format.to_text()
         return f"Recording({self.row.recording_id!r}, {fmt}, {len(self.audio)} bytes)"
+
+
+@contextlib.contextmanager
+def new_export_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file for exported personal data: created 0600 (an existing file is refused with
+    :class:`InvalidArgument`, never overwritten), flushed and fsynced when the block ends, and
+    removed if it fails: a failed export leaves no file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidArgument(f"{path} exists; choose a new file to export to") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 class Vault:
@@ -325,19 +345,8 @@ class Vault:
         pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
         wav = encode_wav(pcm_fmt, to_pcm16(audio, fmt))
         path = Path(out)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise InvalidArgument(f"{path} exists; choose a new file to export to") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(wav)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        with new_export_file(path) as fh:
+            fh.write(wav)
         self._access("export", "granted", who, recording_id, None)
         return path
 
