@@ -13,7 +13,6 @@ of them without the accelerator, goes through ``decode_entry``. Both give the sa
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._hashing import _fast
-from .errors import SampledrecError
-from .logformat import T_DECISION, Entry, decode_entry, key_check_value
+from .log import SealingKeys
+from .logformat import T_DECISION, Entry, decode_entry
 
 __all__ = [
     "Decisions",
@@ -372,23 +371,11 @@ class _Reader:
     """Reads batches of records (u32 length, entry) into decision columns and other entries."""
 
     def __init__(self, keyring: Any, *, accelerated: bool = True) -> None:
-        self.keyring = keyring
-        self.keys: dict[str, tuple[bytes, bytes] | None] = {}
-        self.unseal = _unsealer(self.key_for)
+        self.keys = SealingKeys(keyring)
         self.fast = _fast if accelerated else None
         self.builder = _Builder()
         self.others: list[Entry] = []
         self.hash_key = os.urandom(16)  # keys the C reader's tables: no value can flood them
-
-    def key_for(self, kid: str) -> tuple[bytes, bytes] | None:
-        """The sealing key and its check value, looked up once per key id."""
-        if kid not in self.keys:
-            try:
-                key = self.keyring.sealing_key(kid)
-            except SampledrecError:
-                key = None
-            self.keys[kid] = None if key is None else (key, key_check_value(key))
-        return self.keys[kid]
 
     def batch(self, data: Any, start: int, end: int, first: int) -> None:
         """The records in ``data[start:end]``, the first being entry ``first``."""
@@ -398,7 +385,7 @@ class _Reader:
             records, _ = _split_records(data[start:end])
             rest = list(enumerate(records))
         else:
-            out = self.fast.decision_columns(data, start, end, self.key_for, self.hash_key)
+            out = self.fast.decision_columns(data, start, end, self.keys.key_for, self.hash_key)
             left = self.builder.add_columns(first, out)
             offs = np.frombuffer(out[0], dtype=np.uint64)
             lens = np.frombuffer(out[1], dtype=np.uint32)
@@ -408,7 +395,7 @@ class _Reader:
             ]
         for i, raw in rest:
             try:
-                e = decode_entry(first + i, raw, self.unseal)
+                e = decode_entry(first + i, raw, self.keys.unseal)
             except ValueError:
                 self.builder.drop_from(first + i)
                 raise
@@ -418,21 +405,6 @@ class _Reader:
         return LogContents(
             self.builder.build(), self.others, error, one_by_one=len(self.builder.slow)
         )
-
-
-def _unsealer(
-    key_for: Callable[[str], tuple[bytes, bytes] | None],
-) -> Callable[[str, bytes, bytes, bytes], bytes | None]:
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    def unseal(kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes | None:
-        got = key_for(kid)
-        if got is None or not hmac.compare_digest(got[1], kcv):
-            return None
-        dec = Cipher(algorithms.AES(got[0]), modes.CTR(iv)).decryptor()
-        return dec.update(ciphertext)
-
-    return unseal
 
 
 # -- calls: which decisions are about the same call ----------------------------------------------

@@ -187,18 +187,36 @@ class _Sealer:
 _ZEROS: Final = bytes(16)
 
 
-def unsealer(keyring: Any) -> Callable[[str, bytes, bytes, bytes], bytes | None]:
-    def unseal(kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes | None:
-        try:
-            key = keyring.sealing_key(kid)
-        except SampledrecError:
+class SealingKeys:
+    """The log's sealing keys read from a keyring (anything with ``sealing_key(kid)``), each
+    looked up, and its check value computed, once per key id: a log has millions of sealed
+    fields under a handful of keys."""
+
+    def __init__(self, keyring: Any) -> None:
+        self._keyring = keyring
+        self._keys: dict[str, tuple[bytes, bytes] | None] = {}
+
+    def key_for(self, kid: str) -> tuple[bytes, bytes] | None:
+        """``(key, key check value)``, or ``None`` when the key is gone or unreadable."""
+        if kid not in self._keys:
+            try:
+                key = self._keyring.sealing_key(kid)
+            except SampledrecError:
+                key = None
+            self._keys[kid] = None if key is None else (key, key_check_value(key))
+        return self._keys[kid]
+
+    def unseal(self, kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes | None:
+        """The plaintext of a sealed field, or ``None`` without the key it was sealed with."""
+        got = self.key_for(kid)
+        if got is None or not hmac.compare_digest(got[1], kcv):
             return None
-        if key is None or not hmac.compare_digest(key_check_value(key), kcv):
-            return None
-        dec = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
+        dec = Cipher(algorithms.AES(got[0]), modes.CTR(iv)).decryptor()
         return dec.update(ciphertext)
 
-    return unseal
+
+def unsealer(keyring: Any) -> Callable[[str, bytes, bytes, bytes], bytes | None]:
+    return SealingKeys(keyring).unseal
 
 
 _KIDS: dict[tuple[str, int], str] = {}
