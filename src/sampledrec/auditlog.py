@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._hashing import _fast
-from .log import SealingKeys
+from .log import SEG_HEADER, LogCorrupt, SealingKeys, iter_batches
 from .logformat import T_DECISION, Entry, decode_entry
 
 __all__ = [
@@ -341,27 +341,13 @@ def read_log(
     (anything with ``sealing_key(kid)``). Damage stops the reading: what was read before it is
     returned, with ``error`` saying why (verification reports the damage itself).
     ``progress(n)`` is told of every ``n`` bytes read."""
-    from .log import BATCH_HEADER, BATCH_MAGIC, SEG_HEADER, LogCorrupt, _read_trailer
-    from .logverify import _map
-
     reader = _Reader(keyring, accelerated=accelerated)
     error = None
     try:
-        for seg in sorted(log_path.glob("seg-*.log")):
-            data = _map(seg)
-            pos = SEG_HEADER.size
-            if progress is not None:
-                progress(pos)
-            while pos + BATCH_HEADER.size <= len(data):
-                magic, first, _count, plen = BATCH_HEADER.unpack_from(data, pos)
-                start = pos + BATCH_HEADER.size
-                trailer = _read_trailer(data, start + plen)
-                if magic != BATCH_MAGIC or trailer is None:
-                    raise LogCorrupt(f"{seg.name}: damaged batch at offset {pos}")
-                reader.batch(data, start, start + plen, first)
-                if progress is not None:
-                    progress(trailer[1] - pos)
-                pos = trailer[1]
+        for b in iter_batches(log_path, mapped=True):
+            reader.batch(b.data, b.start, b.end, b.first)
+            if progress is not None:  # the segment's header with its first batch
+                progress(b.next - b.at + (b.at if b.at == SEG_HEADER.size else 0))
     except (LogCorrupt, ValueError) as exc:
         error = str(exc)
     return reader.result(error)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import mmap
 import os
 import secrets
 import struct
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -949,23 +950,49 @@ def _fsync_dir(path: Path) -> None:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def iter_entries(log_path: Path, keyring: Any | None = None, since: int = 0) -> Iterator[Entry]:
-    """Decode entries from index ``since`` on (personal fields opened with ``keyring``)."""
-    unseal = unsealer(keyring) if keyring is not None else None
+def map_file(path: Path) -> Any:
+    """The file's bytes, memory-mapped read-only (no copy); an empty file gives ``b""``."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class BatchSpan(NamedTuple):
+    """Where one batch lies in its segment's bytes ``data``: its header at ``at``, its records
+    in ``data[start:end]`` (the first being entry ``first``), the next batch at ``next``."""
+
+    data: Any
+    at: int
+    first: int
+    entries: int
+    start: int
+    end: int
+    next: int
+
+
+def iter_batches(log_path: Path, *, mapped: bool = False) -> Iterator[BatchSpan]:
+    """Every batch of every segment, in order; :class:`LogCorrupt` at a damaged batch header or
+    trailer. ``mapped``: segments are memory-mapped instead of read (large logs)."""
     for seg in sorted(log_path.glob("seg-*.log")):
-        data = seg.read_bytes()
+        data = map_file(seg) if mapped else seg.read_bytes()
         pos = SEG_HEADER.size
-        while pos < len(data):
-            if pos + BATCH_HEADER.size > len(data):
-                break
-            magic, bfirst, count, plen = BATCH_HEADER.unpack_from(data, pos)
+        while pos + BATCH_HEADER.size <= len(data):
+            magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
             start = pos + BATCH_HEADER.size
             trailer = _read_trailer(data, start + plen)
             if magic != BATCH_MAGIC or trailer is None:
                 raise LogCorrupt(f"{seg.name}: damaged batch at offset {pos}")
-            if bfirst + count > since:
-                records, _ = _split_records(data[start : start + plen])
-                for i, rec in enumerate(records):
-                    if bfirst + i >= since:
-                        yield decode_entry(bfirst + i, rec, unseal)
+            yield BatchSpan(data, pos, first, count, start, start + plen, trailer[1])
             pos = trailer[1]
+
+
+def iter_entries(log_path: Path, keyring: Any | None = None, since: int = 0) -> Iterator[Entry]:
+    """Decode entries from index ``since`` on (personal fields opened with ``keyring``)."""
+    unseal = unsealer(keyring) if keyring is not None else None
+    for b in iter_batches(log_path):
+        if b.first + b.entries > since:
+            records, _ = _split_records(b.data[b.start : b.end])
+            for i, rec in enumerate(records):
+                if b.first + i >= since:
+                    yield decode_entry(b.first + i, rec, unseal)

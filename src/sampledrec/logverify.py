@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
-import os
 import re
 import struct
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from .log import (
     SEG_MAGIC,
     _read_trailer,
     _split_records,
+    map_file,
     segment_name,
 )
 from .logformat import (
@@ -270,7 +269,7 @@ def verify_log(
                 )
             )
             break
-        data = _map(seg)
+        data = map_file(seg)
         if seg is not segments[-1][1] and len(data) < _segment_bytes():
             rep.findings.append(
                 Finding(
@@ -430,14 +429,6 @@ def _extend_noting_roots(
         roots_at[cr.size] = cr.root()
         done = cut
     _hashing.extend_concat(cr, leaves[done * 32 :])
-
-
-def _map(path: Path) -> Any:
-    """The file's bytes, memory-mapped (no copy); an empty file gives ``b""``."""
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 # Fixed layout of a decision entry's first two fields (epoch id "YYYY-MM-DD", policy version):
