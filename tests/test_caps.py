@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sampledrec import FixedClock, Store
+from sampledrec import FixedClock, Sampler, Store
 from sampledrec.audit import audit_verify
 from sampledrec.caps import (
     CapLedger,
@@ -265,3 +265,24 @@ def test_a_lost_ledger_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     store.write_revealed(keys, tmp_path / "revealed.json")
     report = audit_verify(store.path, tmp_path / "revealed.json")
     assert report.ok, report.to_text()
+
+
+def test_the_audit_reports_a_sampler_that_ignored_the_stores_caps(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    real_now = datetime.now(UTC)
+    day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    clock = FixedClock(day)
+    attrs = {"queue": "sales", "agent": "alice"}
+    with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as honest:
+        rogue = Sampler(  # its own counts, not the store's
+            store.policy(day), store.keyring, clock=clock, log=log, caps=MemoryCapLedger()
+        )
+        ds = [(honest if i % 2 else rogue).decide(f"c{i}", attrs) for i in range(80)]
+    assert sum(d.reason == "sampled" for d in ds) > 3
+    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
+    store.write_revealed(keys, tmp_path / "revealed.json")
+    report = audit_verify(store.path, tmp_path / "revealed.json")
+    over = [f for f in report.findings if "over the cap" in f.message]
+    assert over and report.status("decisions") == "FAIL"
+    assert f"in D{day.date().isoformat()}, over the cap of 3" in over[0].message
+    assert over[0].call_ref is not None and over[0].index is not None

@@ -25,7 +25,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from ._cmac import draws_rows
 from .auditlog import I64, Decisions, RefMatcher, call_firsts, counted_once, read_log, ref_text
+from .caps import cap_periods
 from .clock import SYSTEM_CLOCK
 from .draw import MAX_CALL_REF_BYTES
 from .errors import InvalidArgument, KeyDestroyed, SampledrecError
@@ -68,7 +69,6 @@ STAT_ALPHA: Final = 0.001
 MIN_GROUP: Final = 20
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _TWO56: Final = 2**56
-_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 
 
 @dataclass
@@ -550,11 +550,11 @@ def _check_caps(
         return
     day = (d.time_us[sel] // np.uint64(86_400_000_000)).astype(np.int64)
     days, day_code = np.unique(day, return_inverse=True)
-    dates = [date.fromordinal(_EPOCH_ORDINAL + int(x)) for x in days.tolist()]
-    weeks = [f"W{y}-{w:02d}" for y, w, _ in (x.isocalendar() for x in dates)]
-    week_names, week_of_day = np.unique(np.asarray(weeks), return_inverse=True)
+    # each day's period names, exactly as the samplers' ledger names them
+    named = [cap_periods(from_micros(int(x) * 86_400_000_000), 1, 1) for x in days.tolist()]
+    week_names, week_of_day = np.unique(np.asarray([w for _, (w, _) in named]), return_inverse=True)
     periods = (
-        ("max_per_agent_per_day", day_code.ravel(), [f"D{x.isoformat()}" for x in dates]),
+        ("max_per_agent_per_day", day_code.ravel(), [dn for (dn, _), _ in named]),
         ("max_per_agent_per_week", week_of_day.ravel()[day_code.ravel()], week_names.tolist()),
     )
     for attr, period, names in periods:
