@@ -126,6 +126,13 @@ static Py_ssize_t next_record(const unsigned char *p, Py_ssize_t len, Py_ssize_t
     return n > len - *pos ? -1 : n;
 }
 
+/* The first `probe` bytes of an entry of n bytes, zero-padded, for column-wise checks. */
+static void put_probe(unsigned char *dst, Py_ssize_t probe, const unsigned char *e, Py_ssize_t n) {
+    Py_ssize_t k = n < probe ? n : probe;
+    memcpy(dst, e, k);
+    memset(dst + k, 0, probe - k);
+}
+
 static PyObject *py_leaf_hashes(PyObject *self, PyObject *arg) {
     /* A tuple of our own: a list could be changed by another thread while the GIL is released. */
     PyObject *seq = PySequence_Tuple(arg);
@@ -218,11 +225,7 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
         leaf_hash(p + pos, n, lh);
         crange_append(&cr, lh);
         offs[i] = (uint64_t)pos;
-        if (probe) {
-            Py_ssize_t k = (Py_ssize_t)n < probe ? (Py_ssize_t)n : probe;
-            memcpy(pr + i * probe, p + pos, k);
-            memset(pr + i * probe + k, 0, probe - k);
-        }
+        if (probe) put_probe(pr + i * probe, probe, p + pos, n);
         pos += n;
     }
     Py_END_ALLOW_THREADS
@@ -578,11 +581,7 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
         leaf_hash(p + pos, n, lv + i * HASH);
         ok[i] = (unsigned char)entry_ok(p + pos, n);
         offs[i] = (uint64_t)pos;
-        if (probe) {
-            Py_ssize_t k = (Py_ssize_t)n < probe ? (Py_ssize_t)n : probe;
-            memcpy(pr + i * probe, p + pos, k);
-            memset(pr + i * probe + k, 0, probe - k);
-        }
+        if (probe) put_probe(pr + i * probe, probe, p + pos, n);
         pos += n;
     }
     Py_END_ALLOW_THREADS
