@@ -35,7 +35,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from .errors import InvalidArgument, InvalidPolicy
 
@@ -63,17 +63,7 @@ Permission = Literal[
     "manage_policy",
     "manage_keys",
 ]
-PERMISSIONS: Final[tuple[str, ...]] = (
-    "list",
-    "listen",
-    "export",
-    "hold",
-    "subject_requests",
-    "verify",
-    "read_log",
-    "manage_policy",
-    "manage_keys",
-)
+PERMISSIONS: Final[tuple[str, ...]] = get_args(Permission)
 OWNER: Final = "owner"
 DEFAULT_OWNER_NAME: Final = "sampledrec"
 
