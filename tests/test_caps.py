@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sampledrec import FixedClock, Sampler, Store
-from sampledrec.audit import audit_verify
+from sampledrec.audit import AuditReport, audit_verify
 from sampledrec.caps import (
     CapLedger,
     CapRequest,
@@ -92,6 +92,19 @@ def test_sqlite_ledger_is_shared_private_and_pruned(tmp_path: Path) -> None:
     assert later.decide([_req(b"5")]) == ["cap_reached"]
 
 
+def _two_days_ago() -> datetime:
+    """9:00 UTC two days ago: a day that has ended, so its key can be revealed."""
+    real_now = datetime.now(UTC)
+    return (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+
+
+def _audit(store: Store, day: datetime) -> AuditReport:
+    """Reveal ``day``'s key and audit the store."""
+    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=datetime.now(UTC))
+    store.write_revealed(keys, store.path.parent / "revealed.json")
+    return audit_verify(store.path, store.path.parent / "revealed.json")
+
+
 def _store(tmp_path: Path) -> Store:
     (tmp_path / "p.toml").write_text(POLICY)
     return Store.init(tmp_path / "store", policy=tmp_path / "p.toml", simulated=True)
@@ -141,8 +154,7 @@ WORKER = textwrap.dedent(
 @pytest.mark.slow
 def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    real_now = datetime.now(UTC)
-    day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    day = _two_days_ago()
     with store.open_log(clock=FixedClock(day)) as log:
         store.sampler(clock=FixedClock(day), log=log).decide("warm-up", {"queue": "x"})
     argvs = [[str(store.path), f"p{k}", "40", day.isoformat()] for k in range(3)]
@@ -154,9 +166,7 @@ def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path
     for agent, got in reasons.items():
         assert got.count(0) == 3, agent  # 3 selected a day, whichever process asked
         assert got.count(3) > 0, agent  # and the others refused: the cap was reached
-    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
-    store.write_revealed(keys, tmp_path / "revealed.json")
-    report = audit_verify(store.path, tmp_path / "revealed.json")
+    report = _audit(store, day)
     assert report.ok, report.to_text()
     assert report.counts["decisions_cap_reached"] > 0
 
@@ -244,8 +254,7 @@ def test_batch_then_single_decision_of_a_capped_call_is_logged(tmp_path: Path) -
 
 def test_a_lost_ledger_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    real_now = datetime.now(UTC)
-    day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    day = _two_days_ago()
     clock = FixedClock(day)
     attrs = {"queue": "sales", "agent": "alice"}
     with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
@@ -261,16 +270,13 @@ def test_a_lost_ledger_is_rebuilt_from_the_log(tmp_path: Path) -> None:
         again = [sampler.decide(f"c{i}", attrs) for i in range(40)]  # retries: same answers
         assert [d.reason for d in again] == [d.reason for d in first]
     assert not list(tmp_path.glob("store/.caps*"))  # no leftover of the rebuild
-    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
-    store.write_revealed(keys, tmp_path / "revealed.json")
-    report = audit_verify(store.path, tmp_path / "revealed.json")
+    report = _audit(store, day)
     assert report.ok, report.to_text()
 
 
 def test_the_audit_reports_a_sampler_that_ignored_the_stores_caps(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    real_now = datetime.now(UTC)
-    day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    day = _two_days_ago()
     clock = FixedClock(day)
     attrs = {"queue": "sales", "agent": "alice"}
     with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as honest:
@@ -279,9 +285,7 @@ def test_the_audit_reports_a_sampler_that_ignored_the_stores_caps(tmp_path: Path
         )
         ds = [(honest if i % 2 else rogue).decide(f"c{i}", attrs) for i in range(80)]
     assert sum(d.reason == "sampled" for d in ds) > 3
-    keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
-    store.write_revealed(keys, tmp_path / "revealed.json")
-    report = audit_verify(store.path, tmp_path / "revealed.json")
+    report = _audit(store, day)
     over = [f for f in report.findings if "over the cap" in f.message]
     assert over and report.status("decisions") == "FAIL"
     assert f"in D{day.date().isoformat()}, over the cap of 3" in over[0].message
