@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "sampledrec._merklefast",
-            ["src/sampledrec/_merklefast.c", "src/sampledrec/_decisionscan.c"],
+            "sampledrec.log._merklefast",
+            ["src/sampledrec/log/_merklefast.c", "src/sampledrec/log/_decisionscan.c"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
             optional=True,

@@ -2,7 +2,7 @@
 
 Run ``python benchmarks/bench_audit.py [--quick]``. It builds a simulated store with 10 million
 decisions (1 million with ``--quick``) on a past day, reveals that day's key, then in one run
-times ``sampledrec.audit.audit_verify`` end to end (log verification, key commitments, every
+times ``sampledrec.audit.verify.audit_verify`` end to end (log verification, key commitments, every
 decision recomputed, recordings, statistics) and ``draw_many`` alone over the same references,
 in three alternating rounds, each keeping its best.
 
@@ -29,7 +29,7 @@ import numpy as np
 from _table import print_table
 
 from sampledrec import FixedClock, Store, __version__, draw_many
-from sampledrec.audit import audit_verify
+from sampledrec.audit.verify import audit_verify
 
 ROUNDS = 3
 

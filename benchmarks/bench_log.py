@@ -6,7 +6,7 @@ Run ``python benchmarks/bench_log.py [--quick]``. In one run it measures:
 - ``append_single_per_s``: the same with every decision logged (group commit on, one thread),
   until the last entry is durable (fsynced);
 - ``append_batch_per_s``: ``Sampler.decide_batch`` with logging, until durable;
-- ``verify_bytes_per_s``: full verification (``sampledrec.logverify.verify_log``: every hash,
+- ``verify_bytes_per_s``: full verification (``sampledrec.log.verify.verify_log``: every hash,
   batch trailer, checkpoint signature, key commitment and policy) of a log of at least 1M
   entries, in log bytes per second;
 - ``raw_sha256_bytes_per_s``: ``hashlib.sha256`` over 1 MiB buffers, the raw primitive;
@@ -38,9 +38,9 @@ import numpy as np
 from _table import print_table
 
 from sampledrec import FixedClock, Store, __version__
-from sampledrec._hashing import ACCELERATED
-from sampledrec.log import iter_entries
-from sampledrec.logverify import verify_log
+from sampledrec.log.hashing import ACCELERATED
+from sampledrec.log.verify import verify_log
+from sampledrec.log.writer import iter_entries
 
 POLICY = """
 [[rules]]

@@ -31,11 +31,11 @@ from pathlib import Path
 from _table import print_table
 
 from sampledrec import FixedClock, Store, __version__
-from sampledrec._container import ContainerWriter
-from sampledrec.catalog import _COLUMNS, RecordingRow, _to_sql
-from sampledrec.logformat import to_micros
-from sampledrec.retention import Retention
-from sampledrec.vault import Vault, bucket_of, data_key_aad
+from sampledrec.log.format import to_micros
+from sampledrec.retention.sweep import Retention
+from sampledrec.vault.catalog import _COLUMNS, RecordingRow, _to_sql
+from sampledrec.vault.container import ContainerWriter
+from sampledrec.vault.recorder import Vault, bucket_of, data_key_aad
 
 POLICY = """
 [default]

@@ -37,9 +37,9 @@ from _table import print_table
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sampledrec import FixedClock, Store, __version__
-from sampledrec._container import ContainerReader, ContainerWriter
-from sampledrec.audio import AudioFormat
-from sampledrec.vault import Vault
+from sampledrec.vault.audio import AudioFormat
+from sampledrec.vault.container import ContainerReader, ContainerWriter
+from sampledrec.vault.recorder import Vault
 
 CHUNK = 64 * 1024
 FRAME = 160
@@ -158,7 +158,7 @@ def open_speed(total: int) -> float:
 PEAK = textwrap.dedent(
     """
     import os, sys, time
-    from sampledrec._container import ContainerWriter
+    from sampledrec.vault.container import ContainerWriter
     def status(field):
         for line in open("/proc/self/status"):
             if line.startswith(field):

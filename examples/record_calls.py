@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 
 from sampledrec import Principal, Sampler, Store
-from sampledrec.audio import AudioFormat, frames, synthetic_speech
-from sampledrec.vault import Vault
+from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.vault.recorder import Vault
 
 POLICY = """
 [[rules]]

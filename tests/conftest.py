@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sampledrec.cli import main
+from sampledrec.cli.app import main
 
 from .softhsm import SoftHsm, softhsm
 

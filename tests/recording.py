@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from sampledrec import Store
-from sampledrec.audio import AudioFormat, frames
-from sampledrec.sampler import Decision
-from sampledrec.vault import Vault
+from sampledrec.sampling.sampler import Decision
+from sampledrec.vault.audio import AudioFormat, frames
+from sampledrec.vault.recorder import Vault
 
 PCM = AudioFormat("pcm16", 8000, 1)
 

@@ -21,13 +21,13 @@ from sampledrec import (
     SampledrecError,
     Store,
 )
-from sampledrec.access import DEFAULT_ROLES, OWNER, PERMISSIONS, Role, grant
-from sampledrec.audio import AudioFormat, encode_wav, frames, synthetic_speech
-from sampledrec.catalog import _SCHEMA, SqliteCatalog
-from sampledrec.log import DecisionLog, iter_entries
-from sampledrec.logverify import verify_log
-from sampledrec.sampler import Sampler
-from sampledrec.vault import Vault
+from sampledrec.log.verify import verify_log
+from sampledrec.log.writer import DecisionLog, iter_entries
+from sampledrec.sampling.sampler import Sampler
+from sampledrec.vault.access import DEFAULT_ROLES, OWNER, PERMISSIONS, Role, grant
+from sampledrec.vault.audio import AudioFormat, encode_wav, frames, synthetic_speech
+from sampledrec.vault.catalog import _SCHEMA, SqliteCatalog
+from sampledrec.vault.recorder import Vault
 
 PCM = AudioFormat("pcm16", 8000, 1)
 AT = "2030-03-04T10:00:00Z"
@@ -456,7 +456,7 @@ def test_catalog_of_an_earlier_version_gains_the_attrs_column(tmp_path: Path) ->
 
 
 def test_cli_record_stores_the_attributes_and_acts_as_owner(tmp_path: Path) -> None:
-    from sampledrec.cli import main
+    from sampledrec.cli.app import main
 
     (tmp_path / "p.toml").write_text(RULES + ROLES)
     store = Store.init(tmp_path / "s", policy=tmp_path / "p.toml")
@@ -475,6 +475,6 @@ def test_cli_record_stores_the_attributes_and_acts_as_owner(tmp_path: Path) -> N
 def test_module_doctests() -> None:
     import doctest
 
-    from sampledrec import access
+    from sampledrec.vault import access
 
     assert doctest.testmod(access, raise_on_error=False).failed == 0

@@ -1,4 +1,4 @@
-"""Tests of :mod:`sampledrec.audio` (DESIGN.md §10).
+"""Tests of :mod:`sampledrec.vault.audio` (DESIGN.md §10).
 
 G.711 is checked against known values and against the standard ``audioop`` module (deprecated,
 but present on 3.11-3.12, or through ``audioop-lts``). Files in other formats are made by the
@@ -28,8 +28,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sampledrec.audio as audio
-from sampledrec.audio import (
+import sampledrec.vault.audio as audio
+from sampledrec.errors import (
+    AudioTypeError,
+    FFmpegNotFound,
+    InvalidArgument,
+    InvalidAudio,
+    SampledrecError,
+)
+from sampledrec.vault.audio import (
     AudioFormat,
     alaw_to_pcm16,
     as_bytes,
@@ -46,13 +53,6 @@ from sampledrec.audio import (
     synthetic_speech,
     to_pcm16,
     ulaw_to_pcm16,
-)
-from sampledrec.errors import (
-    AudioTypeError,
-    FFmpegNotFound,
-    InvalidArgument,
-    InvalidAudio,
-    SampledrecError,
 )
 
 PCM8K = AudioFormat("pcm16", 8000, 1)

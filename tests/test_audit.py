@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from sampledrec import FixedClock, Store
-from sampledrec.audio import AudioFormat, frames, synthetic_speech
-from sampledrec.audit import (
+from sampledrec.audit.verify import (
     AuditReport,
     audit_verify,
     binom_cdf,
@@ -24,13 +23,14 @@ from sampledrec.audit import (
     clopper_pearson,
     holm,
 )
-from sampledrec.auditlog import Decisions, call_firsts, counted_once, decisions_from_entries
-from sampledrec.catalog import SqliteCatalog
-from sampledrec.cli import main
-from sampledrec.log import iter_entries
-from sampledrec.logformat import REASON_CODES, T_DECISION, Entry
-from sampledrec.retention import Retention
-from sampledrec.vault import Vault
+from sampledrec.cli.app import main
+from sampledrec.log.columns import Decisions, call_firsts, counted_once, decisions_from_entries
+from sampledrec.log.format import REASON_CODES, T_DECISION, Entry
+from sampledrec.log.writer import iter_entries
+from sampledrec.retention.sweep import Retention
+from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.vault.catalog import SqliteCatalog
+from sampledrec.vault.recorder import Vault
 
 PCM = AudioFormat("pcm16", 8000, 1)
 POLICY = """
@@ -192,7 +192,7 @@ def _decisions(rows: list[tuple[int, int, str | None, str | None]]) -> Decisions
 
 
 def test_a_biased_rate_fails_the_statistics() -> None:
-    from sampledrec.audit import _check_statistics
+    from sampledrec.audit.verify import _check_statistics
 
     thr = 2**56 // 10  # 10%
     decs = _decisions([(thr, 0 if i % 3 == 0 else 1, f"c{i}", "a0") for i in range(900)])
@@ -209,7 +209,7 @@ def test_a_biased_rate_fails_the_statistics() -> None:
 
 
 def test_statistics_count_each_call_once_and_per_agent() -> None:
-    from sampledrec.audit import _check_statistics
+    from sampledrec.audit.verify import _check_statistics
 
     thr = 2**56 // 2
     rows: list[tuple[int, int, str | None, str | None]] = []

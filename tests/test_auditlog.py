@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampledrec import FixedClock, Store, _hashing
-from sampledrec import auditlog as al
-from sampledrec.audio import frames, synthetic_speech
+from sampledrec import FixedClock, Store
 from sampledrec.errors import SampledrecError
-from sampledrec.logformat import (
+from sampledrec.log import columns as al
+from sampledrec.log import hashing as _hashing
+from sampledrec.log.format import (
     T_DECISION,
     Entry,
     decode_entry,
@@ -27,7 +27,8 @@ from sampledrec.logformat import (
     key_check_value,
     sealed_field,
 )
-from sampledrec.vault import Vault
+from sampledrec.vault.audio import frames, synthetic_speech
+from sampledrec.vault.recorder import Vault
 
 from .recording import PCM
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from sampledrec import FixedClock, Sampler, Store
-from sampledrec.audit import AuditReport, audit_verify
-from sampledrec.caps import (
+from sampledrec.audit.verify import AuditReport, audit_verify
+from sampledrec.errors import StoreError
+from sampledrec.log.writer import iter_entries
+from sampledrec.sampling.caps import (
     CapLedger,
     CapRequest,
     MemoryCapLedger,
     SqliteCapLedger,
     cap_periods,
 )
-from sampledrec.errors import StoreError
-from sampledrec.log import iter_entries
 
 from .together import run_together
 

@@ -9,7 +9,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sampledrec.checkpoint import (
+from sampledrec.log.checkpoint import (
     Checkpoint,
     CheckpointError,
     LogSigner,

@@ -1,4 +1,4 @@
-"""Tests of the recording container, format v1 (:mod:`sampledrec._container`, DESIGN.md §7).
+"""Tests of the recording container, format v1 (:mod:`sampledrec.vault.container`, DESIGN.md §7).
 
 Containers here use tiny chunks (16 bytes unless said otherwise) so that every chunk boundary,
 every byte and every bit of a multi-chunk container can be attacked in well under a second.
@@ -28,22 +28,22 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sampledrec._container as container
 import sampledrec.errors
-from sampledrec._container import (
-    ContainerReader,
-    ContainerWriter,
-    Header,
-    SealInfo,
-    read_header,
-    recover_prefix,
-)
+import sampledrec.vault.container as container
 from sampledrec.errors import (
     InvalidArgument,
     InvalidKey,
     InvalidRecording,
     KeyTypeError,
     SampledrecError,
+)
+from sampledrec.vault.container import (
+    ContainerReader,
+    ContainerWriter,
+    Header,
+    SealInfo,
+    read_header,
+    recover_prefix,
 )
 
 KEY = bytes(range(32))

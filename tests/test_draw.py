@@ -1,4 +1,4 @@
-"""Tests of :mod:`sampledrec.draw` and the vectorised CMAC under it (DESIGN.md section 4).
+"""Tests of :mod:`sampledrec.sampling.keyed` and the vectorised CMAC under it (DESIGN.md section 4).
 
 Expected values come from ``vectors/draw_v1.json`` (made by ``vectors/make_draw_vectors.py``
 with pyca/cryptography alone) and from an oracle written here with pyca's CMAC, never from
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from sampledrec import _cmac, draw, draw_many, threshold
-from sampledrec.draw import call_ref_bytes
+from sampledrec import draw, draw_many, threshold
+from sampledrec._hazmat import cmac as _cmac
 from sampledrec.errors import (
     CallRefTypeError,
     InvalidCallRef,
@@ -35,7 +35,8 @@ from sampledrec.errors import (
     KeyTypeError,
     SampledrecError,
 )
-from sampledrec.keyring import EpochKey
+from sampledrec.keys.keyring import EpochKey
+from sampledrec.sampling.keyed import call_ref_bytes
 from tests import strategies as sx
 
 VECTORS_DIR = Path(__file__).parent / "vectors"

@@ -1,4 +1,4 @@
-"""Tests of :mod:`sampledrec.keyring` and :class:`sampledrec.testing.MemoryKeyring`: epoch
+"""Tests of :mod:`sampledrec.keys.keyring` and :class:`sampledrec.testing.MemoryKeyring`: epoch
 keys that never leak, commitments (DESIGN.md section 4), the local keyring folder (section 6),
 reveal to an auditor, and the epoch calendar."""
 
@@ -37,7 +37,7 @@ from sampledrec.errors import (
     SampledrecError,
     StorePermissionError,
 )
-from sampledrec.keyring import (
+from sampledrec.keys.keyring import (
     EpochKey,
     Keyring,
     LocalKeyring,
@@ -503,7 +503,7 @@ def test_threads_racing_on_one_folder_end_with_one_key_per_epoch(keyring_dir: Pa
 RACER = textwrap.dedent(
     """
     import json, sys
-    from sampledrec.keyring import LocalKeyring
+    from sampledrec.keys.keyring import LocalKeyring
 
     keyring = LocalKeyring(sys.argv[1])
     epochs = json.loads(sys.argv[2])

@@ -1,6 +1,7 @@
-"""Tests of :mod:`sampledrec.keystore` and :class:`sampledrec.testing.MemoryKeyStore`: the keys of
-expiry buckets that wrap the data keys (DESIGN.md section 6), on every backend: in memory, the
-local keyring folder, and PKCS#11 on a real SoftHSM2 token that the ``softhsm`` fixture creates.
+"""Tests of :mod:`sampledrec.keys.keystore` and :class:`sampledrec.testing.MemoryKeyStore`: the
+keys of expiry buckets that wrap the data keys (DESIGN.md section 6), on every backend: in
+memory, the local keyring folder, and PKCS#11 on a real SoftHSM2 token that the ``softhsm`` fixture
+creates.
 
 The PKCS#11 tests skip when SoftHSM2 is not installed, unless ``SAMPLEDREC_REQUIRE_SOFTHSM=1``
 (set by ``./dev test`` when it runs as root and so can install it): then they fail instead.
@@ -37,8 +38,8 @@ from sampledrec.errors import (
     KeyTypeError,
     StorePermissionError,
 )
-from sampledrec.keyring import LocalKeyring
-from sampledrec.keystore import (
+from sampledrec.keys.keyring import LocalKeyring
+from sampledrec.keys.keystore import (
     WRAP_AD_DOMAIN,
     WRAPPED_KEY_BYTES,
     KeyStore,
@@ -374,10 +375,10 @@ def test_bad_bucket_ids_are_refused(store: KeyStore, bucket: Any) -> None:
 
 
 def test_doctests() -> None:
-    import sampledrec.keystore
+    import sampledrec.keys.keystore
     import sampledrec.testing
 
-    for module in (sampledrec.keystore, sampledrec.testing):
+    for module in (sampledrec.keys.keystore, sampledrec.testing):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
@@ -689,7 +690,7 @@ def test_pkcs11_module_loaded_under_another_name_is_reused(
 ) -> None:
     import pkcs11
 
-    from sampledrec.keystore import _load_module
+    from sampledrec.keys.keystore import _load_module
 
     loaded = pkcs11.lib(softhsm.module)
     alias = tmp_path / "alias.so"  # a second name for the same file: a new C_Initialize fails

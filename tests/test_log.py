@@ -1,7 +1,7 @@
-"""Tests of the decision log (:mod:`sampledrec.log`) and its verification
-(:mod:`sampledrec.logverify`), through the API on real stores (DESIGN.md section 8).
+"""Tests of the decision log (:mod:`sampledrec.log.writer`) and its verification
+(:mod:`sampledrec.log.verify`), through the API on real stores (DESIGN.md section 8).
 
-The layout of the files is parsed here from the format described in ``sampledrec.log``'s
+The layout of the files is parsed here from the format described in ``sampledrec.log.writer``'s
 docstring, as an auditor would, so that tampering can be aimed at each part of a file.
 Tests that show a bug or an undetected change are marked ``xfail(strict=True)``: they start
 passing, and so failing, once it is fixed.
@@ -28,13 +28,12 @@ from typing import Any
 
 import pytest
 
-import sampledrec.log
+import sampledrec.log.writer
 from sampledrec import FixedClock, Store
-from sampledrec.checkpoint import Checkpoint
 from sampledrec.errors import StoreError
-from sampledrec.keyring import LocalKeyring
-from sampledrec.log import DecisionLog, LogCorrupt, iter_entries
-from sampledrec.logformat import (
+from sampledrec.keys.keyring import LocalKeyring
+from sampledrec.log.checkpoint import Checkpoint
+from sampledrec.log.format import (
     T_CHECKPOINT,
     T_DECISION,
     T_KEY_COMMIT,
@@ -42,8 +41,9 @@ from sampledrec.logformat import (
     Entry,
     to_micros,
 )
-from sampledrec.logverify import LogReport, export_checkpoint, verify_log
-from sampledrec.sampler import REASONS, Decision
+from sampledrec.log.verify import LogReport, export_checkpoint, verify_log
+from sampledrec.log.writer import DecisionLog, LogCorrupt, iter_entries
+from sampledrec.sampling.sampler import REASONS, Decision
 
 from .together import run_together
 
@@ -394,7 +394,7 @@ READER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from sampledrec import Store
-    from sampledrec.log import iter_entries
+    from sampledrec.log.writer import iter_entries
     store = Store.open(sys.argv[1])
     found = iter_entries(Path(sys.argv[1]) / "log", store.keyring)
     print(json.dumps([e.fields["call_ref"] for e in found if "call_ref" in e.fields]))
@@ -810,7 +810,7 @@ def test_a_replayed_batch_is_detected(small: Path) -> None:
 @pytest.fixture
 def segmented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A closed store whose log spans several small segments."""
-    monkeypatch.setattr(sampledrec.log, "SEGMENT_BYTES", 1024)
+    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 1024)
     store = make_store(tmp_path / "s", [f"seg-call-{i}" for i in range(3)])
     with store.open_log() as log:
         sampler = store.sampler(clock=FixedClock(AT), log=log)
@@ -1308,7 +1308,7 @@ def test_a_damaged_durable_batch_is_not_taken_for_a_torn_tail(tmp_path: Path) ->
 def new_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, bytes]:
     """A durable snapshot whose last batch started a new segment (no checkpoint after it):
     the snapshot, that segment, and its bytes."""
-    monkeypatch.setattr(sampledrec.log, "SEGMENT_BYTES", 1024)
+    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 1024)
     store = Store.init(tmp_path / "s")
     with store.open_log(checkpoint_every=1e9) as log:
         sampler = store.sampler(clock=FixedClock(AT), log=log)
@@ -1356,7 +1356,7 @@ def test_a_crash_while_writing_a_new_segment_is_recovered(
 
 def test_a_new_segment_is_born_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash before a new segment is renamed into log/ leaves no trace there."""
-    monkeypatch.setattr(sampledrec.log, "SEGMENT_BYTES", 1024)
+    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 1024)
     store = Store.init(tmp_path / "s")
     real_rename = os.rename
 
@@ -1509,8 +1509,8 @@ PROCESS = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import sampledrec.log
-    sampledrec.log.SEGMENT_BYTES = 4096  # many segments: writers follow each other's
+    import sampledrec.log.writer
+    sampledrec.log.writer.SEGMENT_BYTES = 4096  # many segments: writers follow each other's
     from sampledrec import FixedClock, Store
     path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = Store.open(path)
@@ -1531,7 +1531,7 @@ PROCESS = textwrap.dedent(
 
 @pytest.mark.slow
 def test_processes_appending_to_one_store(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sampledrec.log, "SEGMENT_BYTES", 4096)  # as in the writers
+    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 4096)  # as in the writers
     n = 150
     outs = run_together(PROCESS, [[str(small), f"p{k}", str(n)] for k in range(3)], small / "go")
     assert outs == ["done\n"] * 3

@@ -1,5 +1,5 @@
-"""Tests of :mod:`sampledrec.merkle` (RFC 6962 / RFC 9162 trees and proofs) and of the batched
-hashing under it (:mod:`sampledrec._hashing` and its optional C accelerator).
+"""Tests of :mod:`sampledrec.log.merkle` (RFC 6962 / RFC 9162 trees and proofs) and of the batched
+hashing under it (:mod:`sampledrec.log.hashing` and its optional C accelerator).
 
 Expected values come from ``vectors/ct_merkle.json`` (the RFC 6962 example tree of the
 transparency-dev and Certificate Transparency test suites) and from a reference written here
@@ -24,8 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sampledrec import _hashing, merkle
-from sampledrec.merkle import (
+from sampledrec.log import hashing as _hashing
+from sampledrec.log import merkle
+from sampledrec.log.merkle import (
     EMPTY_ROOT,
     CompactRange,
     consistency_proof,
@@ -560,8 +561,8 @@ def test_accelerator_rejects_bad_arguments() -> None:
 NO_ACCEL_SCRIPT = textwrap.dedent(
     """
     import json, struct, sys
-    from sampledrec import _hashing
-    from sampledrec.merkle import CompactRange
+    from sampledrec.log import hashing as _hashing
+    from sampledrec.log.merkle import CompactRange
     entries = [bytes([i % 251]) * (i * 7 % 300) for i in range(200)]
     buf = b"".join(struct.pack(">I", len(e)) + e for e in entries)
     cr = CompactRange()

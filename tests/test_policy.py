@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sampledrec import InvalidPolicy, Policy, RetentionPeriod, threshold
-from sampledrec.policy import DEFAULT_POLICY_TOML
+from sampledrec.sampling.policy import DEFAULT_POLICY_TOML
 
 BASE = """
 [[rules]]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from sampledrec import FixedClock, Store
-from sampledrec.checkpoint import vkey
-from sampledrec.logformat import T_DECISION, decode_entry
-from sampledrec.proofs import (
+from sampledrec.log.checkpoint import vkey
+from sampledrec.log.format import T_DECISION, decode_entry
+from sampledrec.log.proofs import (
     InclusionProof,
     log_consistency_proof,
     log_inclusion_proof,

@@ -25,15 +25,15 @@ from pathlib import Path
 import pytest
 
 from sampledrec import FixedClock, Store
-from sampledrec.access import Principal
-from sampledrec.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.audit.report import binom_cdf, build_report, clopper_pearson, write_report
 from sampledrec.errors import AccessDenied, InvalidArgument
-from sampledrec.keyring import RevealedKey
-from sampledrec.report import binom_cdf, build_report, clopper_pearson, write_report
-from sampledrec.retention import Retention
-from sampledrec.sampler import Decision
-from sampledrec.subjects import SubjectRequests
-from sampledrec.vault import Vault
+from sampledrec.keys.keyring import RevealedKey
+from sampledrec.retention.subjects import SubjectRequests
+from sampledrec.retention.sweep import Retention
+from sampledrec.sampling.sampler import Decision
+from sampledrec.vault.access import Principal
+from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.vault.recorder import Vault
 
 from .conftest import CliRun
 

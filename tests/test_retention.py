@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from sampledrec import FixedClock, Store
-from sampledrec.audio import AudioFormat, frames, synthetic_speech
-from sampledrec.cli import main
+from sampledrec.cli.app import main
 from sampledrec.errors import InvalidArgument, RecordingExpired
-from sampledrec.log import iter_entries
-from sampledrec.logverify import verify_log
-from sampledrec.retention import Retention, SweepReport
-from sampledrec.vault import Vault
+from sampledrec.log.verify import verify_log
+from sampledrec.log.writer import iter_entries
+from sampledrec.retention.sweep import Retention, SweepReport
+from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
+from sampledrec.vault.recorder import Vault
 
 PCM = AudioFormat("pcm16", 8000, 1)
 POLICY = """
@@ -191,8 +191,8 @@ CHILD = textwrap.dedent(
     """
     import sys
     from sampledrec import FixedClock, Store
-    from sampledrec.retention import Retention, SweepReport
-    from sampledrec.vault import Vault
+    from sampledrec.retention.sweep import Retention, SweepReport
+    from sampledrec.vault.recorder import Vault
     store = Store.open(sys.argv[1])
     clock = FixedClock("2030-04-01T00:00:00Z")
     with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:

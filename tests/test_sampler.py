@@ -20,7 +20,7 @@ from sampledrec import (
     draw,
     threshold,
 )
-from sampledrec.draw import call_ref_bytes
+from sampledrec.sampling.keyed import call_ref_bytes
 from sampledrec.testing import MemoryKeyring
 
 POLICY = """

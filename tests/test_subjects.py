@@ -18,9 +18,7 @@ import numpy as np
 import pytest
 
 from sampledrec import FixedClock, Store
-from sampledrec.audio import encode_wav, synthetic_speech
-from sampledrec.catalog import Hold
-from sampledrec.cli import main
+from sampledrec.cli.app import main
 from sampledrec.errors import (
     AccessDenied,
     InvalidArgument,
@@ -28,13 +26,15 @@ from sampledrec.errors import (
     KeyDestroyed,
     RecordingExpired,
 )
-from sampledrec.log import DecisionLog, iter_entries
-from sampledrec.logformat import T_ERASURE, T_SUBJECT_REQUEST, to_micros
-from sampledrec.logverify import verify_log
-from sampledrec.objections import normalize_number
-from sampledrec.sampler import Sampler
-from sampledrec.subjects import SubjectRequests, one_month_after
-from sampledrec.vault import Principal, Vault, data_key_aad
+from sampledrec.log.format import T_ERASURE, T_SUBJECT_REQUEST, to_micros
+from sampledrec.log.verify import verify_log
+from sampledrec.log.writer import DecisionLog, iter_entries
+from sampledrec.retention.subjects import SubjectRequests, one_month_after
+from sampledrec.sampling.objections import normalize_number
+from sampledrec.sampling.sampler import Sampler
+from sampledrec.vault.audio import encode_wav, synthetic_speech
+from sampledrec.vault.catalog import Hold
+from sampledrec.vault.recorder import Principal, Vault, data_key_aad
 
 from .recording import PCM, RECORD_REGULATED, new_store, write_call
 
@@ -514,8 +514,8 @@ def test_a_call_still_being_recorded_is_deferred(env: Env) -> None:
 def test_module_doctests() -> None:
     import doctest
 
-    import sampledrec.objections
-    import sampledrec.subjects
+    import sampledrec.retention.subjects
+    import sampledrec.sampling.objections
 
-    for module in (sampledrec.subjects, sampledrec.objections):
+    for module in (sampledrec.retention.subjects, sampledrec.sampling.objections):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 
 from sampledrec import FixedClock, Principal, Store
-from sampledrec.audio import AudioFormat, encode_wav, frames, synthetic_speech
 from sampledrec.errors import (
     InvalidRecording,
     NotSelected,
     RecordingExpired,
     RecordingNotFound,
 )
-from sampledrec.log import DecisionLog, iter_entries
-from sampledrec.logverify import verify_log
-from sampledrec.sampler import Decision, Sampler
-from sampledrec.vault import Recorder, Vault
+from sampledrec.log.verify import verify_log
+from sampledrec.log.writer import DecisionLog, iter_entries
+from sampledrec.sampling.sampler import Decision, Sampler
+from sampledrec.vault.audio import AudioFormat, encode_wav, frames, synthetic_speech
+from sampledrec.vault.recorder import Recorder, Vault
 
 from .recording import PCM, RECORD_REGULATED, new_store, write_call
 from .softhsm import SoftHsm
@@ -67,7 +67,7 @@ def test_round_trip_and_bit_exact_export(opened: tuple, tmp_path: Path) -> None:
     row = vault.catalog.get(rid)
     assert row is not None and row.status == "sealed" and row.duration_ms == 2500
     assert row.ciphertext_sha256 and row.decision_index > 0
-    from sampledrec.logformat import from_micros
+    from sampledrec.log.format import from_micros
 
     assert row.bucket == "bucket-" + from_micros(row.expires_at).date().isoformat()
 
@@ -211,8 +211,8 @@ CHILD = textwrap.dedent(
     """
     import os, sys
     from sampledrec import FixedClock, Store
-    from sampledrec.audio import AudioFormat, frames, synthetic_speech
-    from sampledrec.vault import Recorder, Vault
+    from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
+    from sampledrec.vault.recorder import Recorder, Vault
     store = Store.open(sys.argv[1])
     clock = FixedClock("2030-03-04T10:00:00Z")
     durable = sys.argv[3] == "durable"
@@ -283,7 +283,7 @@ def test_no_plaintext_in_the_store_or_tmpdir(
 
 
 def test_recordings_cli(tmp_path: Path, store: Store) -> None:
-    from sampledrec.cli import main
+    from sampledrec.cli.app import main
 
     wav = tmp_path / "in.wav"
     audio = synthetic_speech(1.0, seed=5)
@@ -358,7 +358,7 @@ def test_recordings_cli(tmp_path: Path, store: Store) -> None:
 
 def test_vault_with_an_hsm_keystore(store: Store, softhsm: SoftHsm) -> None:
     """Bucket keys on a real SoftHSM2 token (non-extractable): record, read, crypto-shred."""
-    from sampledrec.keystore import Pkcs11KeyStore
+    from sampledrec.keys.keystore import Pkcs11KeyStore
 
     clock = FixedClock(AT)
     with (

@@ -9,11 +9,8 @@ True
 
 from __future__ import annotations
 
-from .access import Principal
-from .audio import AudioFormat
-from .catalog import Catalog, RecordingRow, SqliteCatalog
+from ._version import __version__ as __version__
 from .clock import SYSTEM_CLOCK, Clock, FixedClock, SystemClock, parse_time
-from .draw import draw, draw_many, threshold
 from .errors import (
     AccessDenied,
     AudioTypeError,
@@ -41,18 +38,20 @@ from .errors import (
     StoreNotFound,
     StorePermissionError,
 )
-from .keyring import EpochKey, Keyring, LocalKeyring, RevealedKey, epoch_commitment
-from .keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
-from .log import DecisionLog, LogCorrupt
-from .objections import ObjectionList
-from .policy import Policy, RetentionPeriod, Rule
-from .retention import Retention, SweepReport
-from .sampler import Decision, DecisionBatch, Sampler
+from .keys.keyring import EpochKey, Keyring, LocalKeyring, RevealedKey, epoch_commitment
+from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
+from .log.writer import DecisionLog, LogCorrupt
+from .retention.subjects import SubjectRequests
+from .retention.sweep import Retention, SweepReport
+from .sampling.keyed import draw, draw_many, threshold
+from .sampling.objections import ObjectionList
+from .sampling.policy import Policy, RetentionPeriod, Rule
+from .sampling.sampler import Decision, DecisionBatch, Sampler
 from .store import Store
-from .subjects import SubjectRequests
-from .vault import Recorder, Recording, Vault
-
-__version__ = "0.1.0.dev0"
+from .vault.access import Principal
+from .vault.audio import AudioFormat
+from .vault.catalog import Catalog, RecordingRow, SqliteCatalog
+from .vault.recorder import Recorder, Recording, Vault
 
 __all__ = [
     "SYSTEM_CLOCK",

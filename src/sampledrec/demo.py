@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from .access import Principal
-from .audio import AudioFormat, frames, synthetic_speech
-from .audit import CHECKS, audit_verify
+from .audit.report import write_report
+from .audit.verify import CHECKS, audit_verify
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import RecordingExpired, SampledrecError
-from .report import write_report
-from .retention import Retention
-from .sampler import Decision
+from .retention.sweep import Retention
+from .sampling.sampler import Decision
 from .store import Store
-from .vault import Vault
+from .vault.access import Principal
+from .vault.audio import AudioFormat, frames, synthetic_speech
+from .vault.recorder import Vault
 
 __all__ = ["DEMO_POLICY", "DemoResult", "run_demo"]
 

@@ -32,8 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from ._locking import wait_for_flock
-from .caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
+from ._hazmat.locking import wait_for_flock
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
     InvalidArgument,
@@ -43,12 +42,13 @@ from .errors import (
     StoreNotFound,
     StorePermissionError,
 )
-from .keyring import EpochKey, LocalKeyring, RevealedKey, reveal
-from .log import DecisionLog
-from .logformat import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
-from .objections import ObjectionList, check_region
-from .policy import DEFAULT_POLICY_TOML, Policy
-from .sampler import Sampler, cap_call_name
+from .keys.keyring import EpochKey, LocalKeyring, RevealedKey, reveal
+from .log.format import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
+from .log.writer import DecisionLog
+from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
+from .sampling.objections import ObjectionList, check_region
+from .sampling.policy import DEFAULT_POLICY_TOML, Policy
+from .sampling.sampler import Sampler, cap_call_name
 
 __all__ = ["Store"]
 
@@ -158,7 +158,7 @@ class Store:
             _write_private(keys_path / "store-id", store_id.hex().encode() + b"\n")
             _write_private(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
             store = cls(root, meta)
-            from . import __version__
+            from ._version import __version__
 
             log = DecisionLog.create(
                 root,
@@ -293,14 +293,14 @@ class Store:
     @property
     def public_key(self) -> bytes:
         """The store's log-signing public key (from the keyring, not from the log)."""
-        from .checkpoint import LogSigner
+        from .log.checkpoint import LogSigner
 
         return LogSigner(self.origin, self.keyring.signing_seed()).public_key
 
     @property
     def vkey(self) -> str:
         """The verifier key of the store's log, for an auditor: ``name+keyid+base64key``."""
-        from .checkpoint import vkey
+        from .log.checkpoint import vkey
 
         return vkey(self.origin, self.public_key)
 
@@ -379,8 +379,8 @@ class Store:
         window (:data:`sampledrec.caps.KEEP_DAYS`), in log order, each call once."""
         import numpy as np
 
-        from .auditlog import call_firsts, counted_once, read_log
-        from .logformat import REASON_CODES, from_micros
+        from .log.columns import call_firsts, counted_once, read_log
+        from .log.format import REASON_CODES, from_micros
 
         d = read_log(self.path / "log", self.keyring).decisions
         since = to_micros(now - timedelta(days=KEEP_DAYS))
@@ -460,7 +460,7 @@ class Store:
                 "only once their epoch has ended by the real clock (only a store made by "
                 "'sampledrec demo' may simulate the future)"
             )
-        from .keyring import epoch_end
+        from .keys.keyring import epoch_end
 
         ended = [e for e in self.keyring.epoch_ids() if epoch_end(e) <= now]
         keys = reveal(self.keyring, ended, now=now)

@@ -9,11 +9,10 @@ import threading
 from collections.abc import Iterable
 from typing import NoReturn
 
-from .caps import MemoryCapLedger
 from .clock import FixedClock
 from .errors import KeyringError
-from .keyring import EpochKey, _check_epoch_id
-from .keystore import (
+from .keys.keyring import EpochKey, _check_epoch_id
+from .keys.keystore import (
     BUCKET_KEY_BYTES,
     _check_aad,
     _check_data_key,
@@ -23,6 +22,7 @@ from .keystore import (
     _unseal,
     check_bucket_id,
 )
+from .sampling.caps import MemoryCapLedger
 
 __all__ = ["FixedClock", "MemoryCapLedger", "MemoryKeyStore", "MemoryKeyring"]
 

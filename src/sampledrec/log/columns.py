@@ -1,0 +1,542 @@
+"""The log as the auditor reads it: decision entries as numpy columns, everything else decoded.
+
+An audit looks at every decision of the log (millions of them) and at a handful of other
+entries (policies, key commitments, recordings, tombstones). :func:`read_log` gives the first as
+:class:`Decisions`, one numpy array per field in log order, with the call references and agents
+already unsealed, and the second as decoded :class:`~sampledrec.logformat.Entry` objects.
+
+:func:`~sampledrec.logformat.decode_entry` is the reference: the optional C accelerator reads the
+decisions of the usual shape column-wise (``_decisionscan.c``), and every other record, or all
+of them without the accelerator, goes through ``decode_entry``. Both give the same columns
+(tests/test_auditlog.py compares them on logs with odd entries).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .format import T_DECISION, Entry, decode_entry
+from .hashing import _fast
+from .writer import SEG_HEADER, LogCorrupt, SealingKeys, iter_batches
+
+__all__ = [
+    "Decisions",
+    "LogContents",
+    "RefMatcher",
+    "call_firsts",
+    "counted_once",
+    "decisions_from_entries",
+    "read_log",
+]
+
+#: ref_kind values
+NO_REF: Final = 0  # erased, not readable, or absent
+STR_REF: Final = 1
+BYTES_REF: Final = 2
+_CLAMP: Final = 2**62  # integers that do not fit a column are clamped (they are findings anyway)
+_U64: Final = 2**64
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+
+
+@dataclass(eq=False)
+class Decisions:
+    """The decision entries of a log, one array per field, in log order.
+
+    Text and small-domain fields are codes into lists (``epoch`` into ``epochs`` ...; ``agent``
+    is -1 where there is none). ``threshold_ok`` is False where the threshold is missing or does
+    not fit 64 bits; ``reason`` is -1 where it is missing. Call references are the rows
+    ``refs[i, :ref_len[i]]``, of kind ``ref_kind`` (0: erased or unreadable, 1: text as UTF-8,
+    2: bytes).
+    """
+
+    index: I64
+    time_us: npt.NDArray[np.uint64]
+    epoch: I32
+    epochs: list[str]
+    version: I32
+    versions: list[bytes]
+    rule: I32
+    rules: list[str]
+    threshold: npt.NDArray[np.uint64]
+    threshold_ok: npt.NDArray[np.bool_]
+    draw: npt.NDArray[np.uint64]
+    has_draw: npt.NDArray[np.bool_]
+    reason: I64
+    agent: I32
+    agents: list[str]
+    ref_kind: npt.NDArray[np.uint8]
+    ref_len: I64
+    refs: npt.NDArray[np.uint8]
+    ref_fp: npt.NDArray[np.uint64]  # :func:`ref_fingerprints` of each reference (0: none)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def ref(self, i: int) -> str | bytes | None:
+        kind = int(self.ref_kind[i])
+        if kind == NO_REF:
+            return None
+        raw = self.refs[i, : int(self.ref_len[i])].tobytes()
+        return raw.decode("utf-8") if kind == STR_REF else raw
+
+    def ref_text(self, i: int) -> str | None:
+        """The reference as the audit shows it: text as is, bytes as ``hex:...``."""
+        ref = self.ref(i)
+        return ref_text(ref) if ref is not None else None
+
+    def agent_name(self, i: int) -> str | None:
+        code = int(self.agent[i])
+        return self.agents[code] if code >= 0 else None
+
+
+def ref_text(ref: str | bytes) -> str:
+    return ref if isinstance(ref, str) else "hex:" + ref.hex()
+
+
+@dataclass
+class LogContents:
+    decisions: Decisions
+    others: list[Entry] = field(default_factory=list)  # every other entry, in log order
+    error: str | None = None  # why the log could not be read to the end
+    one_by_one: int = 0  # decisions decoded entry by entry (not column-wise)
+
+
+# -- building the columns ------------------------------------------------------------------------
+
+
+class _Codes:
+    """Global codes of values met batch by batch."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self._code: dict[Any, int] = {}
+
+    def code(self, value: Any) -> int:
+        c = self._code.get(value)
+        if c is None:
+            c = self._code[value] = len(self.values)
+            self.values.append(value)
+        return c
+
+    def lut(self, values: list[Any]) -> I32:
+        """Map a batch's codes to global ones; index -1 (no value) maps to -1."""
+        return np.asarray([*map(self.code, values), -1], dtype=np.int32)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.epochs, self.versions, self.rules, self.agents = _Codes(), _Codes(), _Codes(), _Codes()
+        self.chunks: list[dict[str, Any]] = []
+        self.slow: list[Entry] = []
+
+    def add_columns(self, first: int, out: tuple[Any, ...]) -> npt.NDArray[np.bool_]:
+        """Add what ``decision_columns`` read; returns which records it did not read."""
+        (_, lens, rec, time, thr, draw, hasd, reason, codes, kind, width, rlen, refs, fp) = out[:14]
+        epochs, versions, rules, agents = out[14:]
+        nrec = len(lens) // 4
+        rest = np.ones(nrec, dtype=bool)
+        r = np.frombuffer(rec, dtype=np.uint64).astype(np.int64)
+        rest[r] = False
+        m = r.shape[0]
+        if not m:
+            return rest
+        c = np.frombuffer(codes, dtype=np.int32).reshape(m, 4)
+        self.chunks.append(
+            {
+                "index": r + first,
+                "time_us": np.frombuffer(time, dtype=np.uint64),
+                "epoch": self.epochs.lut(epochs)[c[:, 0]],
+                "version": self.versions.lut(versions)[c[:, 1]],
+                "rule": self.rules.lut(rules)[c[:, 2]],
+                "agent": self.agents.lut(agents)[c[:, 3]],
+                "threshold": np.frombuffer(thr, dtype=np.uint64),
+                "threshold_ok": np.ones(m, dtype=bool),
+                "draw": np.frombuffer(draw, dtype=np.uint64),
+                "has_draw": np.frombuffer(hasd, dtype=np.uint8).astype(bool),
+                "reason": np.minimum(np.frombuffer(reason, dtype=np.uint64), _CLAMP).astype(
+                    np.int64
+                ),
+                "ref_kind": np.frombuffer(kind, dtype=np.uint8),
+                "ref_len": np.frombuffer(rlen, dtype=np.int32).astype(np.int64),
+                "refs": np.frombuffer(refs, dtype=np.uint8).reshape(m, width),
+                "ref_fp": np.frombuffer(fp, dtype=np.uint64),
+            }
+        )
+        return rest
+
+    def add_entry(self, e: Entry) -> None:
+        self.slow.append(e)
+
+    def _slow_chunk(self) -> dict[str, Any]:
+        rows = self.slow
+        m = len(rows)
+        fl = [e.fields for e in rows]
+        refs: list[bytes] = []
+        kinds: list[int] = []
+        for e, f in zip(rows, fl, strict=True):
+            ref = f.get("call_ref")
+            if isinstance(ref, str | bytes) and not e.sealed:
+                kinds.append(STR_REF if isinstance(ref, str) else BYTES_REF)
+                refs.append(ref.encode("utf-8") if isinstance(ref, str) else ref)
+            else:
+                kinds.append(NO_REF)
+                refs.append(b"")
+        width = max([1, *map(len, refs)])
+        mat = np.zeros((m, width), dtype=np.uint8)
+        for j, raw in enumerate(refs):
+            mat[j, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        thr = [f.get("threshold") for f in fl]
+        thr_ok = [isinstance(t, int) and 0 <= t < _U64 for t in thr]
+        draws = [f.get("draw") for f in fl]
+        has_draw = [isinstance(x, int) for x in draws]
+        agents = [f.get("agent") for f in fl]
+        return {
+            "index": np.asarray([e.index for e in rows], dtype=np.int64),
+            "time_us": np.asarray([e.time_us for e in rows], dtype=np.uint64),
+            "epoch": np.asarray(
+                [self.epochs.code(str(f.get("epoch_id", ""))) for f in fl], dtype=np.int32
+            ),
+            "version": np.asarray(
+                [self.versions.code(bytes(f.get("policy_version", b""))) for f in fl],
+                dtype=np.int32,
+            ),
+            "rule": np.asarray([self.rules.code(str(f.get("rule", ""))) for f in fl], np.int32),
+            "agent": np.asarray(
+                [self.agents.code(a) if isinstance(a, str) else -1 for a in agents], np.int32
+            ),
+            "threshold": np.asarray(
+                [t if ok else 0 for t, ok in zip(thr, thr_ok, strict=True)], dtype=np.uint64
+            ),
+            "threshold_ok": np.asarray(thr_ok, dtype=bool),
+            "draw": np.asarray(
+                [min(x, _U64 - 1) if isinstance(x, int) else 0 for x in draws],
+                dtype=np.uint64,
+            ),
+            "has_draw": np.asarray(has_draw, dtype=bool),
+            "reason": np.asarray([_reason_value(f.get("reason")) for f in fl], dtype=np.int64),
+            "ref_kind": np.asarray(kinds, dtype=np.uint8),
+            "ref_len": np.asarray(list(map(len, refs)), dtype=np.int64),
+            "refs": mat,
+            "ref_fp": ref_fingerprints(
+                np.asarray(kinds, dtype=np.uint8), np.asarray(list(map(len, refs))), mat
+            ),
+        }
+
+    def build(self) -> Decisions:
+        chunks = list(self.chunks)
+        if self.slow:
+            chunks.append(self._slow_chunk())
+        if not chunks:
+            chunks = [_empty_chunk()]
+        width = max(c["refs"].shape[1] for c in chunks)
+        n = sum(c["index"].shape[0] for c in chunks)
+        refs = np.zeros((n, width), dtype=np.uint8)
+        s = 0
+        for c in chunks:
+            m = c["refs"].shape[0]
+            refs[s : s + m, : c["refs"].shape[1]] = c["refs"]
+            s += m
+        cols: dict[str, Any] = {
+            k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "refs"
+        }
+        cols["refs"] = refs
+        if self.slow:  # back to log order
+            order = np.argsort(cols["index"], kind="stable")
+            cols = {k: v[order] for k, v in cols.items()}
+        lists: dict[str, Any] = {}
+        for name, codes in (
+            ("epoch", self.epochs),
+            ("version", self.versions),
+            ("rule", self.rules),
+            ("agent", self.agents),
+        ):
+            cols[name], lists[name + "s"] = _canonical(
+                cols[name], codes.values, missing=name == "agent"
+            )
+        return Decisions(**lists, **cols)
+
+    def drop_from(self, index: int) -> None:
+        """Forget the decisions read column-wise at or after entry ``index`` (the reading
+        stopped at a damaged entry there: nothing after it counts)."""
+        for c in self.chunks:
+            keep = c["index"] < index
+            if not keep.all():
+                for k in c:
+                    c[k] = c[k][keep]
+
+
+def _canonical(codes: I32, values: list[Any], *, missing: bool) -> tuple[I32, list[Any]]:
+    """The codes renumbered so that the list holds the values in use only, sorted: the same
+    whatever order the batches met them in. ``missing``: codes may be -1 (no value; kept)."""
+    if not values:
+        return codes, []
+    counts = np.bincount(codes + 1, minlength=len(values) + 1)[1:] if missing else None
+    if counts is None:
+        counts = np.bincount(codes, minlength=len(values))
+    order = sorted(np.flatnonzero(counts).tolist(), key=lambda c: values[c])
+    if order == list(range(len(values))):
+        return codes, values  # already canonical: no need to rewrite the column
+    lut = np.full(len(values) + 1, -1, dtype=np.int32)
+    lut[order] = np.arange(len(order), dtype=np.int32)
+    return lut[codes], [values[c] for c in order]
+
+
+def _reason_value(reason: Any) -> int:
+    return max(-1, min(reason, _CLAMP)) if isinstance(reason, int) else -1
+
+
+def decisions_from_entries(entries: list[Entry]) -> Decisions:
+    """Columns from decoded decision entries (what :func:`read_log` does without the
+    accelerator; also handy to build small sets of decisions in tests)."""
+    builder = _Builder()
+    for e in entries:
+        builder.add_entry(e)
+    return builder.build()
+
+
+def _empty_chunk() -> dict[str, Any]:
+    e = np.empty(0, dtype=np.int64)
+    i32 = np.empty(0, dtype=np.int32)
+    u64 = np.empty(0, dtype=np.uint64)
+    b = np.empty(0, dtype=bool)
+    return {
+        "index": e,
+        "time_us": u64,
+        "epoch": i32,
+        "version": i32,
+        "rule": i32,
+        "agent": i32,
+        "threshold": u64,
+        "threshold_ok": b,
+        "draw": u64,
+        "has_draw": b,
+        "reason": e,
+        "ref_kind": np.empty(0, dtype=np.uint8),
+        "ref_len": e,
+        "refs": np.zeros((0, 1), dtype=np.uint8),
+        "ref_fp": u64,
+    }
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def read_log(
+    log_path: Path,
+    keyring: Any,
+    *,
+    accelerated: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> LogContents:
+    """Read every entry of the log in ``log_path``, opening sealed fields with ``keyring``
+    (anything with ``sealing_key(kid)``). Damage stops the reading: what was read before it is
+    returned, with ``error`` saying why (verification reports the damage itself).
+    ``progress(n)`` is told of every ``n`` bytes read."""
+    reader = _Reader(keyring, accelerated=accelerated)
+    error = None
+    try:
+        for b in iter_batches(log_path, mapped=True):
+            reader.batch(b.data, b.start, b.end, b.first)
+            if progress is not None:  # the segment's header with its first batch
+                progress(b.next - b.at + (b.at if b.at == SEG_HEADER.size else 0))
+    except (LogCorrupt, ValueError) as exc:
+        error = str(exc)
+    return reader.result(error)
+
+
+class _Reader:
+    """Reads batches of records (u32 length, entry) into decision columns and other entries."""
+
+    def __init__(self, keyring: Any, *, accelerated: bool = True) -> None:
+        self.keys = SealingKeys(keyring)
+        self.fast = _fast if accelerated else None
+        self.builder = _Builder()
+        self.others: list[Entry] = []
+        self.hash_key = os.urandom(16)  # keys the C reader's tables: no value can flood them
+
+    def batch(self, data: Any, start: int, end: int, first: int) -> None:
+        """The records in ``data[start:end]``, the first being entry ``first``."""
+        if self.fast is None:
+            from .writer import _split_records
+
+            records, _ = _split_records(data[start:end])
+            rest = list(enumerate(records))
+        else:
+            out = self.fast.decision_columns(data, start, end, self.keys.key_for, self.hash_key)
+            left = self.builder.add_columns(first, out)
+            offs = np.frombuffer(out[0], dtype=np.uint64)
+            lens = np.frombuffer(out[1], dtype=np.uint32)
+            rest = [
+                (i, data[int(offs[i]) : int(offs[i]) + int(lens[i])])
+                for i in np.flatnonzero(left).tolist()
+            ]
+        for i, raw in rest:
+            try:
+                e = decode_entry(first + i, raw, self.keys.unseal)
+            except ValueError:
+                self.builder.drop_from(first + i)
+                raise
+            (self.builder.add_entry if e.type == T_DECISION else self.others.append)(e)
+
+    def result(self, error: str | None = None) -> LogContents:
+        return LogContents(
+            self.builder.build(), self.others, error, one_by_one=len(self.builder.slow)
+        )
+
+
+# -- calls: which decisions are about the same call ----------------------------------------------
+
+_FNV_BASIS: Final = np.uint64(1469598103934665603)
+_FNV_PRIME: Final = np.uint64(1099511628211)
+
+
+def ref_fingerprints(
+    kind: npt.NDArray[np.uint8], length: npt.NDArray[Any], refs: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint64]:
+    """FNV-1a 64 of each reference's kind byte then its bytes (0 where kind is 0), as the C
+    reader computes it. Only ever a hint: equal references give equal fingerprints, and
+    wherever a match matters the bytes are compared, because anyone who chooses call
+    references could make two fingerprints collide."""
+    h = np.full(kind.shape[0], _FNV_BASIS, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = (h ^ kind.astype(np.uint64)) * _FNV_PRIME
+        for j in range(refs.shape[1]):
+            on = j < length
+            h = np.where(on, (h ^ refs[:, j].astype(np.uint64)) * _FNV_PRIME, h)
+    out: npt.NDArray[np.uint64] = np.where(kind > 0, h, np.uint64(0))
+    return out
+
+
+def call_firsts(d: Decisions) -> I64:
+    """For each decision, the row of the first decision of the same call (same epoch, same
+    reference), itself for the first; -1 where the reference is erased or unreadable."""
+    if _fast is not None:
+        raw = _fast.call_firsts(
+            np.ascontiguousarray(d.epoch, dtype=np.int32),
+            np.ascontiguousarray(d.ref_kind),
+            np.ascontiguousarray(d.ref_len, dtype=np.int64),
+            np.ascontiguousarray(d.refs),
+            d.refs.shape[1],
+            os.urandom(16),  # a fresh hash key: nobody can choose references that collide
+        )
+        out: I64 = np.frombuffer(raw, dtype=np.int64)
+        return out
+    return _call_firsts_sorted(d)
+
+
+def counted_once(firsts: I64) -> npt.NDArray[np.bool_]:
+    """Which decisions count for their call (retries count once): the first of each call, and
+    every decision whose reference is gone (there is nothing to tell them apart by)."""
+    out: npt.NDArray[np.bool_] = (firsts < 0) | (firsts == np.arange(firsts.size))
+    return out
+
+
+def _call_firsts_sorted(d: Decisions) -> I64:
+    """:func:`call_firsts` without the accelerator: sort, then compare neighbours exactly."""
+    out = np.full(len(d), -1, dtype=np.int64)
+    has = np.flatnonzero(d.ref_kind > 0)
+    if not has.size:
+        return out
+    with np.errstate(over="ignore"):
+        fp = d.ref_fp[has] ^ (d.epoch[has].astype(np.uint64) * _FNV_PRIME)
+    order = np.argsort(fp, kind="stable")  # equal fingerprints stay in log order
+    rows = has[order]
+    fs = fp[order]
+    same = np.zeros(rows.size, dtype=bool)
+    same[1:] = fs[1:] == fs[:-1]
+    j = np.flatnonzero(same)
+    a, b = rows[j - 1], rows[j]
+    exact = (
+        (d.epoch[a] == d.epoch[b])
+        & (d.ref_kind[a] == d.ref_kind[b])
+        & (d.ref_len[a] == d.ref_len[b])
+        & (d.refs[a] == d.refs[b]).all(axis=1)
+    )
+    if not exact.all():  # a fingerprint collision: group on the whole keys instead
+        return _call_firsts_exact(d, has, out)
+    starts = np.flatnonzero(~same)
+    out[rows] = rows[starts][np.cumsum(~same) - 1]
+    return out
+
+
+def _call_firsts_exact(d: Decisions, has: I64, out: I64) -> I64:
+    m = has.size
+    key = np.zeros((m, 8 + d.refs.shape[1]), dtype=np.uint8)
+    key[:, :4] = d.epoch[has].astype(">i4").view(np.uint8).reshape(m, 4)
+    key[:, 4] = d.ref_kind[has]
+    key[:, 5:8] = d.ref_len[has].astype(">i4").view(np.uint8).reshape(m, 4)[:, 1:]
+    key[:, 8:] = d.refs[has]
+    void = np.ascontiguousarray(key).view(np.dtype((np.void, key.shape[1]))).ravel()
+    _, first, inverse = np.unique(void, return_index=True, return_inverse=True)
+    out[has] = has[first[inverse.ravel()]]
+    return out
+
+
+class RefMatcher:
+    """Exact matching of the decisions' call references against a set of reference texts (as
+    the audit shows them: text as is, bytes as ``hex:...``)."""
+
+    def __init__(self, d: Decisions, texts: list[str]) -> None:
+        self.d = d
+        self.texts = texts
+        ids: list[int] = []
+        kinds: list[int] = []
+        raws: list[bytes] = []
+        for i, t in enumerate(texts):
+            ids.append(i)
+            kinds.append(STR_REF)
+            raws.append(t.encode("utf-8", "surrogatepass"))
+            if t.startswith("hex:"):
+                try:
+                    raw = bytes.fromhex(t[4:])
+                except ValueError:
+                    continue
+                ids.append(i)
+                kinds.append(BYTES_REF)
+                raws.append(raw)
+        width = max([1, d.refs.shape[1], *map(len, raws)])
+        mat = np.zeros((len(raws), width), dtype=np.uint8)
+        for j, raw in enumerate(raws):
+            mat[j, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.kinds = np.asarray(kinds, dtype=np.uint8)
+        self.lens = np.asarray(list(map(len, raws)), dtype=np.int64)
+        self.mat = mat
+        fp = ref_fingerprints(self.kinds, self.lens, mat)
+        self.order = np.argsort(fp, kind="stable")
+        self.fps = fp[self.order]
+
+    def match(self, rows: I64) -> I64:
+        """For each decision row, the index in ``texts`` of its reference, or -1."""
+        d = self.d
+        out = np.full(rows.size, -1, dtype=np.int64)
+        if not rows.size or not self.fps.size:
+            return out
+        fp = d.ref_fp[rows]
+        pos = np.minimum(np.searchsorted(self.fps, fp), self.fps.size - 1)
+        hit = np.flatnonzero((self.fps[pos] == fp) & (d.ref_kind[rows] > 0))
+        if not hit.size:
+            return out
+        r, c = rows[hit], self.order[pos[hit]]
+        w = d.refs.shape[1]
+        exact = (
+            (d.ref_kind[r] == self.kinds[c])
+            & (d.ref_len[r] == self.lens[c])
+            & (self.lens[c] <= w)
+            & (d.refs[r] == self.mat[c, :w]).all(axis=1)
+        )
+        out[hit[exact]] = self.ids[c[exact]]
+        # Equal fingerprints but not the first candidate's reference: look at them one by one.
+        index = {t: i for i, t in enumerate(self.texts)}
+        for j in hit[~exact].tolist():
+            out[j] = index.get(d.ref_text(int(rows[j])) or "", -1)
+        return out

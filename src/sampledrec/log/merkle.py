@@ -1,0 +1,217 @@
+"""RFC 6962 / RFC 9162 Merkle trees: hashes, compact ranges, inclusion and consistency proofs.
+
+``leaf hash = SHA-256(0x00 || entry)``, ``node hash = SHA-256(0x01 || left || right)``, the root of
+an empty tree is ``SHA-256("")``. A :class:`CompactRange` holds the roots of the perfect subtrees
+on the right edge of a tree (at most 64 hashes), which is all that is needed to append leaves and
+compute the root: the log stores it after every batch.
+
+Proof verification follows RFC 9162 §2.1.3.2 and §2.1.4.2 and needs only hashes, the sizes and
+the root(s), so an auditor can check a proof with a checkpoint and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+__all__ = [
+    "EMPTY_ROOT",
+    "CompactRange",
+    "consistency_proof",
+    "inclusion_proof",
+    "leaf_hash",
+    "leaf_hashes",
+    "node_hash",
+    "root_of",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+HASH_SIZE: Final = 32
+EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
+
+
+def leaf_hash(entry: bytes) -> bytes:
+    return _sha256(b"\x00" + entry).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right).digest()
+
+
+def leaf_hashes(entries: Iterable[bytes]) -> list[bytes]:
+    """Leaf hashes of many entries, batched (in C when the accelerator is built)."""
+    from . import hashing as _hashing
+
+    return _hashing.leaf_hashes(list(entries))
+
+
+class CompactRange:
+    """The right edge of a Merkle tree of ``size`` leaves: one hash per set bit of ``size``,
+    largest subtree first. Appending a leaf costs at most ``log2(size)`` node hashes."""
+
+    __slots__ = ("hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if size < 0 or len(hashes) != bin(size).count("1"):
+            raise ValueError(
+                f"a compact range of size {size} has {bin(size).count('1')} hashes, "
+                f"got {len(hashes)}"
+            )
+        self.size = size
+        self.hashes = list(hashes)
+
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self.hashes)
+
+    def append(self, leaf: bytes) -> None:
+        """Append one leaf hash."""
+        h = leaf
+        size = self.size
+        hashes = self.hashes
+        # Merge with the subtrees whose sizes are the trailing one-bits of ``size``.
+        while size & 1:
+            h = node_hash(hashes.pop(), h)
+            size >>= 1
+        hashes.append(h)
+        self.size += 1
+
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        for leaf in leaves:
+            self.append(leaf)
+
+    def root(self) -> bytes:
+        if not self.hashes:
+            return EMPTY_ROOT
+        h = self.hashes[-1]
+        for left in reversed(self.hashes[:-1]):
+            h = node_hash(left, h)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompactRange):
+            return NotImplemented
+        return self.size == other.size and self.hashes == other.hashes
+
+    def __repr__(self) -> str:
+        return f"CompactRange(size={self.size}, root={self.root().hex()[:16]}...)"
+
+
+def root_of(leaves: Sequence[bytes]) -> bytes:
+    """The root hash of the tree over these leaf hashes."""
+    cr = CompactRange()
+    cr.extend(leaves)
+    return cr.root()
+
+
+def _largest_power_of_two_below(n: int) -> int:
+    """The k of RFC 6962: the largest power of two strictly smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def _subtree_root(leaves: Sequence[bytes], lo: int, hi: int) -> bytes:
+    return root_of(leaves[lo:hi])
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int, size: int | None = None) -> list[bytes]:
+    """The audit path of leaf ``index`` in the tree of the first ``size`` leaf hashes."""
+    n = len(leaves) if size is None else size
+    if not 0 <= index < n <= len(leaves):
+        raise ValueError(f"leaf {index} is not in a tree of size {n}")
+    proof: list[bytes] = []
+    lo, hi = 0, n
+    # Walk down from the root, collecting the sibling subtree at each level.
+    while hi - lo > 1:
+        k = _largest_power_of_two_below(hi - lo)
+        if index < lo + k:
+            proof.append(_subtree_root(leaves, lo + k, hi))
+            hi = lo + k
+        else:
+            proof.append(_subtree_root(leaves, lo, lo + k))
+            lo = lo + k
+    proof.reverse()
+    return proof
+
+
+def consistency_proof(leaves: Sequence[bytes], size1: int, size2: int | None = None) -> list[bytes]:
+    """The proof that the tree of ``size1`` leaves is a prefix of the tree of ``size2``."""
+    n = len(leaves) if size2 is None else size2
+    if not 0 <= size1 <= n <= len(leaves):
+        raise ValueError(f"no consistency proof from size {size1} to size {n}")
+    if size1 == 0 or size1 == n:
+        return []
+    return _subproof(leaves, size1, 0, n, True)
+
+
+def _subproof(leaves: Sequence[bytes], m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+    # RFC 6962 §2.1.2 SUBPROOF(m, D[lo:hi], b).
+    n = hi - lo
+    if m == n:
+        return [] if complete else [_subtree_root(leaves, lo, hi)]
+    k = _largest_power_of_two_below(n)
+    if m <= k:
+        return [*_subproof(leaves, m, lo, lo + k, complete), _subtree_root(leaves, lo + k, hi)]
+    return [*_subproof(leaves, m - k, lo + k, hi, False), _subtree_root(leaves, lo, lo + k)]
+
+
+def verify_inclusion(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
+) -> bool:
+    """RFC 9162 §2.1.3.2: does ``proof`` show leaf hash ``leaf`` at ``index`` under ``root``?"""
+    if not 0 <= index < size or len(leaf) != HASH_SIZE or len(root) != HASH_SIZE:
+        return False
+    fn, sn = index, size - 1
+    r = leaf
+    for p in proof:
+        if len(p) != HASH_SIZE or sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
+) -> bool:
+    """RFC 9162 §2.1.4.2: is the tree (size1, root1) a prefix of the tree (size2, root2)?"""
+    if size1 < 0 or size2 < size1:
+        return False
+    if size1 == size2:
+        return not proof and root1 == root2
+    if size1 == 0:
+        return not proof
+    if not proof or any(len(p) != HASH_SIZE for p in proof):
+        return False
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:  # size1 is a power of two: the first root is a proof node
+        path.insert(0, root1)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == root1 and sr == root2 and sn == 0

@@ -1,0 +1,998 @@
+"""The decision log: append-only, tamper-evident, signed, with group commit.
+
+Layout of ``STORE/log/`` (every byte of it is covered by verification)::
+
+    seg-000000000000.log   segments: a header, then batches
+    seg-000000104857.log   (a new segment every 64 MiB; its name is its first entry index)
+    checkpoints            signed checkpoints, each as u32be length + C2SP signed note
+
+A segment is ``b"SDRLOG01" | store_id (16) | first_index u64be`` then batches::
+
+    batch   = b"BTCH" | first_index u64 | count u32 | payload_len u32 | record* | trailer
+    record  = length u32 | entry                       (entry: see sampledrec.logformat)
+    trailer = b"ROOT" | tree_size u64 | n u8 | n x 32-byte hashes (the compact range)
+
+The trailer is the RFC 6962 compact range of the whole log after the batch, so any change to an
+entry, a length, a header or a trailer shows up when the batch is re-hashed. A batch is written
+and fsynced as a unit; a crash leaves at most one incomplete batch at the end, which reopening
+moves out to ``STORE/recovered/`` (it was never durable) and reports.
+
+Concurrency: every write happens under an exclusive ``fcntl`` lock on ``STORE/log.lock``
+(outside ``log/``). A writer that finds the log grown by another process reads the new batches'
+trailers to catch up before appending, so threads and processes share one consistent tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import mmap
+import os
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .._hazmat.locking import wait_for_flock
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import SampledrecError, StoreError
+from . import hashing as _hashing
+from .checkpoint import Checkpoint, CheckpointError, LogSigner
+from .format import (
+    FORMAT_VERSION,
+    REASON_CODES,
+    T_CHECKPOINT,
+    T_DECISION,
+    T_LOG_CREATED,
+    TAG_SEALED,
+    Entry,
+    decode_entry,
+    field_bytes,
+    key_check_value,
+    split_personal,
+    to_micros,
+)
+from .merkle import CompactRange
+
+__all__ = ["DecisionLog", "LogCorrupt", "RecoveryReport", "iter_entries", "unsealer"]
+
+SEG_MAGIC: Final = b"SDRLOG01"
+BATCH_MAGIC: Final = b"BTCH"
+TRAILER_MAGIC: Final = b"ROOT"
+SEG_HEADER: Final = struct.Struct(">8s16sQ")
+BATCH_HEADER: Final = struct.Struct(">4sQII")
+TRAILER_HEAD: Final = struct.Struct(">4sQB")
+U32: Final = struct.Struct(">I")
+SEGMENT_BYTES: Final = 64 << 20
+MIN_RECORD: Final = 14  # a 4-byte length and the 10-byte entry header
+CHECKPOINTS: Final = "checkpoints"
+_REASON_INDEX: Final = {r: i for i, r in enumerate(REASON_CODES)}
+_HEADER: Final = struct.Struct(">BBQ")
+_EPOCH_ORDINAL: Final = 719163  # date(1970, 1, 1).toordinal()
+_EPOCH_DT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
+
+
+def _decision_fields(
+    epoch_id: str, version: str, rule: str, threshold: int, reason: str
+) -> tuple[bytes, bytes]:
+    """The fields of a decision entry around its draw (field 0x05, 7 bytes); the threshold is
+    written in 8 bytes, since T(1) = 2**56."""
+    return (
+        field_bytes(0x01, epoch_id.encode())
+        + field_bytes(0x02, bytes.fromhex(version))
+        + field_bytes(0x03, rule.encode())
+        + field_bytes(0x04, threshold.to_bytes(8, "big"))  # T(1) = 2**56 needs 8 bytes
+        + b"\x05\x07",
+        b"\x06\x01" + bytes((_REASON_INDEX[reason],)),
+    )
+
+
+def _micros(moment: datetime) -> int:
+    """Microseconds since 1970 (UTC), without timedelta arithmetic when already in UTC."""
+    if moment.tzinfo is not UTC:
+        return to_micros(moment)
+    return (
+        (moment.toordinal() - _EPOCH_ORDINAL) * 86400
+        + moment.hour * 3600
+        + moment.minute * 60
+        + moment.second
+    ) * 1_000_000 + moment.microsecond
+
+
+class LogCorrupt(SampledrecError):
+    """The log cannot be trusted: a batch, entry or checkpoint does not verify."""
+
+
+def segment_name(first_index: int) -> str:
+    return f"seg-{first_index:012d}.log"
+
+
+def trailer_bytes(cr: CompactRange) -> bytes:
+    return TRAILER_HEAD.pack(TRAILER_MAGIC, cr.size, len(cr.hashes)) + b"".join(cr.hashes)
+
+
+@dataclass
+class RecoveryReport:
+    """What reopening after a crash found and set aside."""
+
+    dropped_bytes: int = 0
+    dropped_entries: int = 0
+    moved_to: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.dropped_bytes > 0 or bool(self.notes)
+
+    def __str__(self) -> str:
+        if not self:
+            return "log intact"
+        parts = list(self.notes)
+        if self.dropped_bytes:
+            parts.append(
+                f"an incomplete batch ({self.dropped_bytes} bytes, "
+                f"{self.dropped_entries or 'unknown number of'} entries) was never durable and "
+                f"was moved to {self.moved_to}"
+            )
+        return "; ".join(parts)
+
+
+# A queued entry: (ticket, etype, time_us, public fields, personal fields, kid), or, for a
+# decision queued on the hot path, (ticket, None, the raw decision values): the writer thread
+# encodes decisions in bulk.
+_Item = tuple[Any, ...]
+
+
+class _Sealer:
+    """AES-256-CTR sealing of personal fields: one keystream per batch and key, each entry's
+    plaintext starting on a fresh counter block, so each entry has its own initial counter."""
+
+    def __init__(self, keyring: Any) -> None:
+        self._keyring = keyring
+        self.prefix = secrets.token_bytes(8)  # unique per writer session
+        self.counter = 0  # the next free counter block
+
+    def seal(self, kid: str, plaintexts: list[bytes]) -> list[bytes]:
+        """The sealed fields of ``plaintexts`` under ``kid``."""
+        key = self._keyring.sealing_key(kid, create=True)
+        prefix = self.prefix
+        block = base = self.counter
+        ivs = []
+        padded = []
+        for p in plaintexts:
+            ivs.append(prefix + block.to_bytes(8, "big"))
+            nblocks = (len(p) + 15) >> 4
+            padded.append(p + _ZEROS[: nblocks * 16 - len(p)])
+            block += nblocks
+        self.counter = block
+        enc = Cipher(algorithms.AES(key), modes.CTR(prefix + base.to_bytes(8, "big")))
+        stream = enc.encryptor().update(b"".join(padded))
+        kid_b = kid.encode("ascii")
+        head = bytes((len(kid_b),)) + kid_b + key_check_value(key)
+        out = []
+        pos = 0
+        for iv, p in zip(ivs, plaintexts, strict=True):
+            n = len(p)
+            out.append(field_bytes(TAG_SEALED, head + iv + stream[pos : pos + n]))
+            pos += (n + 15) & ~15
+        return out
+
+
+_ZEROS: Final = bytes(16)
+
+
+class SealingKeys:
+    """The log's sealing keys read from a keyring (anything with ``sealing_key(kid)``), each
+    looked up, and its check value computed, once per key id: a log has millions of sealed
+    fields under a handful of keys."""
+
+    def __init__(self, keyring: Any) -> None:
+        self._keyring = keyring
+        self._keys: dict[str, tuple[bytes, bytes] | None] = {}
+
+    def key_for(self, kid: str) -> tuple[bytes, bytes] | None:
+        """``(key, key check value)``, or ``None`` when the key is gone or unreadable."""
+        if kid not in self._keys:
+            try:
+                key = self._keyring.sealing_key(kid)
+            except SampledrecError:
+                key = None
+            self._keys[kid] = None if key is None else (key, key_check_value(key))
+        return self._keys[kid]
+
+    def unseal(self, kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes | None:
+        """The plaintext of a sealed field, or ``None`` without the key it was sealed with."""
+        got = self.key_for(kid)
+        if got is None or not hmac.compare_digest(got[1], kcv):
+            return None
+        dec = Cipher(algorithms.AES(got[0]), modes.CTR(iv)).decryptor()
+        return dec.update(ciphertext)
+
+
+def unsealer(keyring: Any) -> Callable[[str, bytes, bytes, bytes], bytes | None]:
+    return SealingKeys(keyring).unseal
+
+
+_KIDS: dict[tuple[str, int], str] = {}
+
+
+def _kid(moment_us: int, klass: str = "calls") -> str:
+    """The sealing key id of a time: its retention class and UTC month."""
+    day = moment_us // 86_400_000_000
+    kid = _KIDS.get((klass, day))
+    if kid is None:
+        t = time.gmtime(day * 86_400)
+        kid = _KIDS[(klass, day)] = f"{klass}/{t.tm_year:04d}-{t.tm_mon:02d}"
+    return kid
+
+
+class DecisionLog:
+    """An open log, for appending. Use :meth:`create` once, then :meth:`open`.
+
+    ``append`` returns a ticket as soon as the entry is queued; a background writer encodes,
+    seals, hashes and fsyncs queued entries in batches at most ``group_commit`` seconds apart.
+    ``wait_durable(ticket)`` blocks until that entry is on disk.
+    """
+
+    def __init__(
+        self,
+        store_path: Path,
+        keyring: Any,
+        *,
+        origin: str,
+        store_id: bytes,
+        clock: Clock = SYSTEM_CLOCK,
+        group_commit: float = 0.05,
+        checkpoint_every: float = 2.0,
+        max_batch: int = 20000,
+    ) -> None:
+        self.store_path = Path(store_path)
+        self.path = self.store_path / "log"
+        self.lock_path = self.store_path / "log.lock"
+        self._keyring = keyring
+        self.origin = origin
+        self.store_id = store_id
+        self._clock = clock
+        self.group_commit = group_commit
+        self.checkpoint_every = checkpoint_every
+        self.max_batch = max_batch
+        self._signer = LogSigner(origin, keyring.signing_seed())
+        self._sealer = _Sealer(keyring)
+        self._cond = threading.Condition()  # wakes the writer and durability waiters
+        self._qlock = threading.Lock()  # guards the queue and ticket numbers (hot path)
+        self._write_lock = threading.Lock()  # one batch or checkpoint write at a time
+        self._queue: list[_Item] = []
+        self._next_ticket = 1
+        self._durable_ticket = 0
+        self._ticket_index: dict[int, int] = {}
+        self._flush_requested = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._cr = CompactRange()
+        self._seg_path: Path | None = None
+        self._seg_end = 0
+        self._last_cp_size = -1
+        self._last_cp_time = 0.0
+        self._cp_end = 0
+        self.recovery = RecoveryReport()
+        self._field_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+        self._c_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+        self._thread: threading.Thread | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        store_path: Path,
+        keyring: Any,
+        *,
+        origin: str,
+        store_id: bytes,
+        simulated: bool,
+        clock: Clock = SYSTEM_CLOCK,
+        software: str = "",
+    ) -> DecisionLog:
+        """Create the log folder with its first entry (``log_created``) and first checkpoint."""
+        log = cls(store_path, keyring, origin=origin, store_id=store_id, clock=clock)
+        log.path.mkdir(mode=0o700)
+        _write_new_file(log.path / CHECKPOINTS, b"")
+        log._seg_path, log._seg_end = None, 0  # segment 0 comes with the first batch
+        log._start()
+        log.append(
+            T_LOG_CREATED,
+            {
+                "origin": origin,
+                "store_id": store_id,
+                "public_key": log._signer.public_key,
+                "simulated": simulated,
+                "software": software,
+            },
+        )
+        log.flush()
+        return log
+
+    @classmethod
+    def open(
+        cls, store_path: Path, keyring: Any, *, origin: str, store_id: bytes, **kw: Any
+    ) -> DecisionLog:
+        """Open for appending; recovers from a crash (see :attr:`recovery`)."""
+        log = cls(store_path, keyring, origin=origin, store_id=store_id, **kw)
+        if not log.path.is_dir():
+            raise StoreError(f"{log.path} is missing: the store has no decision log")
+        with log._locked():
+            log.recovery = log._recover()
+        log._start()
+        return log
+
+    @property
+    def signer(self) -> LogSigner:
+        return self._signer
+
+    @property
+    def size(self) -> int:
+        """Entries durable in the log, as last seen by this writer."""
+        return self._cr.size
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sampledrec-log", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = 30.0) -> Iterator[None]:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            wait_for_flock(
+                fd,
+                timeout=timeout,
+                poll=0.002,
+                held=f"{self.lock_path} is held by another process for more than "
+                f"{timeout:g} s; check for a stuck sampledrec process",
+            )
+            yield
+        finally:
+            os.close(fd)
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.path.glob("seg-*.log"))
+
+    def _recover(self, *, at_open: bool = True) -> RecoveryReport:
+        """Find the end of the durable log (under the lock) and set aside a torn last batch.
+
+        Only the *last* batch of the log can be torn by a crash (each batch is fsynced before
+        the next is written), and only if no checkpoint covers it. Anything else that does not
+        verify is damage or tampering: nothing is touched and :class:`LogCorrupt` says so.
+        """
+        report = RecoveryReport()
+        segs = self._segments()
+        if not segs:
+            raise LogCorrupt(f"{self.path} has no segment; the log was deleted or damaged")
+        # Checkpoints first: they bound what may be set aside.
+        cp_path = self.path / CHECKPOINTS
+        cps = cp_path.read_bytes() if cp_path.exists() else b""
+        notes, cp_end = _split_records(cps)
+        latest = 0
+        for note in notes:
+            try:
+                latest = max(latest, Checkpoint.parse(note).size)
+            except CheckpointError:
+                raise LogCorrupt(
+                    f"{CHECKPOINTS}: a checkpoint record is damaged; run 'sampledrec log verify'"
+                ) from None
+        seg = segs[-1]
+        data = seg.read_bytes()
+        if len(data) < SEG_HEADER.size:
+            raise LogCorrupt(f"{seg.name}: truncated segment header; run 'sampledrec log verify'")
+        magic, store_id, first = SEG_HEADER.unpack_from(data, 0)
+        if magic != SEG_MAGIC or store_id != self.store_id:
+            raise LogCorrupt(f"{seg.name}: not a segment of this store's log")
+        cr = self._range_before(segs) if first > 0 else CompactRange()
+        pos = SEG_HEADER.size
+        while pos < len(data):
+            parsed = _parse_batch(data, pos, cr)
+            if parsed is None:
+                break
+            cr, pos = parsed
+        if pos < len(data):
+            tail = data[pos:]
+            whole = _batch_extent(tail)
+            if whole is not None and pos + whole < len(data):
+                raise LogCorrupt(
+                    f"{seg.name}: the batch at offset {pos} does not verify and is not the last "
+                    "one: the log was damaged or tampered with; run 'sampledrec log verify'"
+                )
+            if cr.size < latest:
+                raise LogCorrupt(
+                    f"{seg.name}: the batch at offset {pos} does not verify but a checkpoint "
+                    f"covers {latest} entries: the log was damaged or tampered with; run "
+                    "'sampledrec log verify'"
+                )
+            count = 0
+            if len(tail) >= BATCH_HEADER.size and tail[:4] == BATCH_MAGIC:
+                count = BATCH_HEADER.unpack_from(tail, 0)[2]
+            report.dropped_bytes = len(tail)
+            report.dropped_entries = count
+            report.moved_to = self._set_aside(seg, pos, tail)
+            if whole is not None:
+                report.notes.append(
+                    "the last batch was whole but did not verify: after a power loss this is a "
+                    "torn write; if the machine did not crash, it is tampering"
+                )
+            with open(seg, "r+b") as fh:
+                fh.truncate(pos)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if latest > cr.size:
+            raise LogCorrupt(
+                f"the latest checkpoint covers {latest} entries but the log holds only "
+                f"{cr.size}: the log was truncated; run 'sampledrec log verify'"
+            )
+        self._cr = cr
+        self._seg_path, self._seg_end = seg, pos
+        if cp_end < len(cps):
+            moved = self._set_aside(cp_path, cp_end, cps[cp_end:])
+            report.notes.append(f"a torn checkpoint record was moved to {moved}")
+            with open(cp_path, "r+b") as fh:
+                fh.truncate(cp_end)
+                os.fsync(fh.fileno())
+        self._cp_end = cp_end
+        self._last_cp_size = latest if notes else -1
+        if notes:
+            last = Checkpoint.parse(notes[-1])
+            if at_open and last.size == cr.size and cr.size and last.root == cr.root():
+                # The checkpoint written when the log was last closed is not in the tree yet:
+                # record it now, so that deleting it is detected like any other.
+                public, _ = split_personal(T_CHECKPOINT, {"size": last.size, "root": last.root})
+                self._queue.append(
+                    (0, T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None)
+                )
+        return report
+
+    def _range_before(self, segs: list[Path]) -> CompactRange:
+        """The compact range at the start of the last segment: the previous one's last trailer."""
+        if len(segs) < 2:
+            raise LogCorrupt("the first segment of the log is missing")
+        prev = segs[-2].read_bytes()
+        pos = SEG_HEADER.size
+        last: CompactRange | None = None
+        while pos < len(prev):
+            got = _skip_batch(prev, pos)
+            if got is None:
+                raise LogCorrupt(f"{segs[-2].name}: damaged batch at offset {pos}")
+            last, pos = got
+        if last is None:
+            raise LogCorrupt(f"{segs[-2].name} holds no batch")
+        return last
+
+    def _set_aside(self, source: Path, offset: int, data: bytes) -> Path:
+        folder = self.store_path / "recovered"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        dest = folder / f"{source.name}.{offset}.{int(time.time())}.bin"
+        _write_new_file(dest, data)
+        return dest
+
+    # -- appending -----------------------------------------------------------------------------
+
+    def append(
+        self,
+        etype: int,
+        values: dict[str, Any],
+        *,
+        at: datetime | None = None,
+        klass: str = "calls",
+    ) -> int:
+        """Queue an entry; returns its ticket (see :meth:`wait_durable`)."""
+        time_us = to_micros(at or self._clock.now())
+        public, personal = split_personal(etype, values)
+        kid = _kid(time_us, klass) if personal else None
+        return self._enqueue(etype, time_us, public, personal, kid)
+
+    def append_decision(
+        self,
+        epoch_id: str,
+        policy_version: str,
+        rule: str,
+        threshold: int,
+        reason: str,
+        draw: int,
+        call_ref: str | bytes,
+        agent: str | None,
+        caller_pseudonym: str | None,
+        decided_at: datetime,
+    ) -> int:
+        """Queue a decision (the hot path: the writer thread encodes decisions in bulk)."""
+        with self._qlock:
+            if self._closed or self._error is not None:
+                self._raise_closed()
+            ticket = self._next_ticket
+            self._next_ticket = ticket + 1
+            q = self._queue
+            q.append(
+                (
+                    ticket,
+                    None,
+                    epoch_id,
+                    policy_version,
+                    rule,
+                    threshold,
+                    reason,
+                    draw,
+                    call_ref,
+                    agent,
+                    caller_pseudonym,
+                    decided_at,
+                )
+            )
+            wake = len(q) == 1 or len(q) >= self.max_batch
+        if wake:
+            with self._cond:
+                self._cond.notify_all()
+        return ticket
+
+    def _enqueue(
+        self, etype: int, time_us: int, public: bytes, personal: bytes, kid: str | None
+    ) -> int:
+        with self._qlock:
+            if self._closed or self._error is not None:
+                self._raise_closed()
+            ticket = self._next_ticket
+            self._next_ticket = ticket + 1
+            self._queue.append((ticket, etype, time_us, public, personal, kid))
+        with self._cond:
+            self._cond.notify_all()
+        return ticket
+
+    def _raise_closed(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"the decision log writer failed: {self._error}")
+        raise StoreError("the decision log is closed")
+
+    def wait_durable(self, ticket: int, timeout: float | None = None) -> int:
+        """Block until the entry of ``ticket`` is fsynced; returns its index in the log
+        (or -1 if it was already collected)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._durable_ticket < ticket:
+                if self._error is not None:
+                    raise StoreError(f"the decision log writer failed: {self._error}")
+                if self._thread is None:
+                    raise StoreError("the decision log is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"entry {ticket} not durable after {timeout} s")
+                self._flush_requested = True  # a recorder is waiting: skip the group wait
+                self._cond.notify_all()
+                self._cond.wait(remaining)
+            return self._ticket_index.pop(ticket, -1)
+
+    def is_durable(self, ticket: int) -> bool:
+        """Whether the entry of ``ticket`` is on disk (never blocks)."""
+        return self._durable_ticket >= ticket
+
+    def flush(self) -> None:
+        """Block until everything queued so far is durable."""
+        with self._qlock:
+            last = self._next_ticket - 1
+        if last:
+            self.wait_durable(last)
+
+    def checkpoint(self) -> Checkpoint:
+        """Flush, then sign and store a checkpoint of the current tree."""
+        self.flush()
+        with self._write_lock, self._locked():
+            self._catch_up()
+            return self._write_checkpoint()
+
+    def close(self) -> None:
+        """Flush, write a final checkpoint and stop the writer."""
+        if self._thread is None:
+            return
+        try:
+            self.flush()
+        finally:
+            with self._qlock:
+                self._closed = True
+            with self._cond:
+                self._cond.notify_all()
+            self._thread.join()
+            self._thread = None
+        if self._error is None:
+            with self._write_lock, self._locked():
+                self._catch_up()
+                if self._cr.size != self._last_cp_size:
+                    self._write_checkpoint()
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closed:
+                        self._cond.wait(0.05)
+                    if not self._queue and self._closed:
+                        return
+                    # Group commit: let more entries arrive, unless someone waits for these.
+                    deadline = time.monotonic() + self.group_commit
+                    while (
+                        len(self._queue) < self.max_batch
+                        and not self._flush_requested
+                        and not self._closed
+                    ):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    self._flush_requested = False
+                with self._qlock:
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: self.max_batch]
+                if not batch:
+                    continue
+                indices = self._write_batch(batch)
+                with self._cond:
+                    top = 0
+                    for item, index in zip(batch, indices, strict=True):
+                        ticket = item[0]
+                        if ticket:
+                            self._ticket_index[ticket] = index
+                            top = ticket
+                    # Tickets are queued in order (checkpoint entries carry ticket 0), so every
+                    # ticket up to the batch's highest is now durable.
+                    self._durable_ticket = max(self._durable_ticket, top)
+                    # Tickets nobody waits for need no index: keep the map small.
+                    if len(self._ticket_index) > 4 * self.max_batch:
+                        for t in sorted(self._ticket_index)[: 2 * self.max_batch]:
+                            del self._ticket_index[t]
+                    self._cond.notify_all()
+        except BaseException as exc:  # the writer must never die silently
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _encode(self, batch: list[_Item]) -> list[bytes]:
+        """Encode a batch of queued items into entries.
+
+        Decisions are encoded in one tight loop (this runs for every call of a call centre):
+        the fields they share with other decisions are cached, and their personal fields are
+        sealed per key with one AES-CTR keystream for the whole batch.
+        """
+        cache = self._field_cache
+        pack_header = _HEADER.pack
+        epoch0, one_us = _EPOCH_DT, _ONE_US
+        entries: list[bytes] = []
+        sealing: dict[str, list[tuple[int, bytes]]] = {}
+        last_day, last_kid, plain = -1, "", []
+        for item in batch:
+            if item[1] is not None:
+                _, etype, time_us, public, personal, kid = item
+                entries.append(pack_header(FORMAT_VERSION, etype, time_us) + public)
+                if personal:
+                    sealing.setdefault(kid, []).append((len(entries) - 1, personal))
+                continue
+            (_, _, epoch_id, version, rule, thr, reason, draw, ref, agent, pseudo, at) = item
+            key = (epoch_id, rule, reason, version, thr)
+            fixed = cache.get(key)
+            if fixed is None:
+                fixed = cache[key] = _decision_fields(epoch_id, version, rule, thr, reason)
+            time_us = (at - epoch0) // one_us
+            entries.append(
+                pack_header(FORMAT_VERSION, T_DECISION, time_us)
+                + fixed[0]
+                + draw.to_bytes(7, "big")
+                + fixed[1]
+            )
+            rb = (b"\x01" + ref.encode()) if ref.__class__ is str else (b"\x00" + ref)
+            n = len(rb)
+            personal = (b"\x20" + bytes((n,)) if n < 0xFF else b"\x20\xff" + U32.pack(n)) + rb
+            if agent is not None:
+                personal += field_bytes(0x21, agent.encode())
+            if pseudo is not None:
+                personal += field_bytes(0x22, bytes.fromhex(pseudo))
+            day = time_us // 86_400_000_000
+            if day != last_day:
+                last_day, last_kid = day, _kid(time_us)
+                plain = sealing.setdefault(last_kid, [])
+            plain.append((len(entries) - 1, personal))
+        for kid, items in sealing.items():
+            sealed = self._sealer.seal(kid, [p for _, p in items])
+            for (i, _), field_ in zip(items, sealed, strict=True):
+                entries[i] += field_
+        return entries
+
+    def _records(self, batch: list[_Item]) -> bytes:
+        """The batch as framed records (u32 length + entry), in C when the accelerator is
+        built and the batch is all decisions of one month (the usual case)."""
+        fast = _hashing.encode_decisions
+        if fast is not None and batch[0][1] is None:
+            at = batch[0][11]
+            kid = _kid(_micros(at))
+            key = self._keyring.sealing_key(kid, create=True)
+            got = fast(
+                batch,
+                self._c_cache,
+                lambda item: _decision_fields(item[2], item[3], item[4], item[5], item[6]),
+                key,
+                self._sealer.prefix,
+                self._sealer.counter,
+                kid.encode("ascii"),
+                key_check_value(key),
+            )
+            if got is not None:
+                records, self._sealer.counter = got
+                return bytes(records)
+        return b"".join([U32.pack(len(e)) + e for e in self._encode(batch)])
+
+    def _write_batch(self, batch: list[_Item]) -> list[int]:
+        payload = self._records(batch)
+        count = len(batch)
+        with self._write_lock, self._locked():
+            self._catch_up()
+            first = self._cr.size
+            got = _hashing.hash_records(payload, 0, count, self._cr)
+            if got is None:  # pragma: no cover - we built the payload ourselves
+                raise LogCorrupt("internal error: a batch does not parse")
+            blob = (
+                BATCH_HEADER.pack(BATCH_MAGIC, first, count, len(payload))
+                + payload
+                + trailer_bytes(self._cr)
+            )
+            self._append_blob(blob, first)
+            if time.monotonic() - self._last_cp_time >= self.checkpoint_every:
+                self._write_checkpoint()
+        return list(range(first, first + count))
+
+    def _append_blob(self, blob: bytes, first: int) -> None:
+        if self._seg_path is None or self._seg_end >= SEGMENT_BYTES:
+            # A new segment is born whole, header and first batch: written and fsynced outside
+            # log/, then renamed in. A crash leaves either no segment or a complete one.
+            seg = self.path / segment_name(first)
+            tmp = self.store_path / f".{seg.name}.new-{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            _write_new_file(tmp, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
+            os.rename(tmp, seg)
+            _fsync_dir(self.path)
+            self._seg_path, self._seg_end = seg, SEG_HEADER.size + len(blob)
+            return
+        fd = os.open(self._seg_path, os.O_WRONLY)
+        try:
+            os.lseek(fd, self._seg_end, os.SEEK_SET)
+            view = memoryview(blob)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._seg_end += len(blob)
+
+    def _catch_up(self) -> None:
+        """Under the lock: take in batches other processes appended since we last wrote."""
+        # Finish the segment we knew, then follow any segment another writer started.
+        self._read_trailers()
+        for seg in self._segments():
+            if self._seg_path is not None and seg.name > self._seg_path.name:
+                self._seg_path, self._seg_end = seg, SEG_HEADER.size
+                self._read_trailers()
+        cp_path = self.path / CHECKPOINTS
+        size = cp_path.stat().st_size
+        if size != self._cp_end:
+            notes, end = _split_records(cp_path.read_bytes())
+            self._cp_end = end
+            if notes:
+                self._last_cp_size = Checkpoint.parse(notes[-1]).size
+
+    def _read_trailers(self) -> None:
+        if self._seg_path is None:
+            segs = self._segments()
+            if not segs:
+                return
+            self._seg_path, self._seg_end = segs[0], SEG_HEADER.size
+        size = self._seg_path.stat().st_size
+        if size == self._seg_end:
+            return
+        with open(self._seg_path, "rb") as fh:
+            fh.seek(self._seg_end)
+            data = fh.read(size - self._seg_end)
+        pos = 0
+        while pos < len(data):
+            got = _skip_batch(data, pos)
+            if got is None:
+                if _batch_extent(data[pos:]) is None and self._seg_path == self._segments()[-1]:
+                    # Another writer crashed mid-batch (we hold the lock, so nobody is
+                    # writing): set its torn tail aside, as reopening would.
+                    self._seg_end += pos
+                    self.recovery = self._recover(at_open=False)
+                    return
+                raise LogCorrupt(
+                    f"{self._seg_path.name}: another writer left a damaged batch at offset "
+                    f"{self._seg_end + pos}; run 'sampledrec log verify'"
+                )
+            self._cr, pos = got
+        self._seg_end += pos
+
+    def _write_checkpoint(self) -> Checkpoint:
+        # Signed at the real time, even in a simulated store: it says when the tree was signed.
+        cp = self._signer.sign(self._cr.size, self._cr.root(), to_micros(SYSTEM_CLOCK.now()))
+        record = U32.pack(len(cp.note)) + cp.note
+        fd = os.open(self.path / CHECKPOINTS, os.O_WRONLY)
+        try:
+            os.lseek(fd, self._cp_end, os.SEEK_SET)
+            os.write(fd, record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._cp_end += len(record)
+        self._last_cp_size = cp.size
+        self._last_cp_time = time.monotonic()
+        if not self._closed:
+            # Record the checkpoint in the tree too, so that deleting it is detected.
+            public, _ = split_personal(T_CHECKPOINT, {"size": cp.size, "root": cp.root})
+            with self._qlock:
+                self._queue.insert(
+                    0, (0, T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None)
+                )
+        return cp
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        notes, _ = _split_records((self.path / CHECKPOINTS).read_bytes())
+        return Checkpoint.parse(notes[-1]) if notes else None
+
+
+# -- parsing helpers (shared with verification) -----------------------------------------------
+
+
+def _split_records(data: bytes) -> tuple[list[bytes], int]:
+    """Split u32-length-prefixed records; returns them and the end of the last whole one."""
+    out = []
+    pos = 0
+    while pos + 4 <= len(data):
+        (n,) = U32.unpack_from(data, pos)
+        if pos + 4 + n > len(data):
+            break
+        out.append(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return out, pos
+
+
+def _read_trailer(data: bytes, pos: int) -> tuple[CompactRange, int] | None:
+    if pos + TRAILER_HEAD.size > len(data):
+        return None
+    magic, size, n = TRAILER_HEAD.unpack_from(data, pos)
+    pos += TRAILER_HEAD.size
+    if magic != TRAILER_MAGIC or pos + 32 * n > len(data) or n != bin(size).count("1"):
+        return None
+    hashes = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n)]
+    return CompactRange(size, hashes), pos + 32 * n
+
+
+def _batch_extent(tail: bytes) -> int | None:
+    """The length of the batch at the start of ``tail`` if it lies wholly inside ``tail``
+    (whatever its content), else ``None`` (it runs past the end: a torn write)."""
+    if len(tail) < BATCH_HEADER.size:
+        return None
+    _, _, _, plen = BATCH_HEADER.unpack_from(tail, 0)
+    trailer_at = BATCH_HEADER.size + plen
+    if trailer_at + TRAILER_HEAD.size > len(tail):
+        return None
+    n = tail[trailer_at + TRAILER_HEAD.size - 1]
+    end = trailer_at + TRAILER_HEAD.size + 32 * n
+    return end if end <= len(tail) else None
+
+
+def _skip_batch(data: bytes, pos: int) -> tuple[CompactRange, int] | None:
+    """Read a batch's header and trailer without hashing it (for catching up)."""
+    if pos + BATCH_HEADER.size > len(data):
+        return None
+    magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
+    if magic != BATCH_MAGIC or not 1 <= count <= plen // MIN_RECORD:
+        return None
+    got = _read_trailer(data, pos + BATCH_HEADER.size + plen)
+    if got is None or got[0].size != first + count:
+        return None
+    return got
+
+
+def _parse_batch(data: bytes, pos: int, cr: CompactRange) -> tuple[CompactRange, int] | None:
+    """Fully check one batch starting at ``pos`` against the range before it."""
+    if pos + BATCH_HEADER.size > len(data):
+        return None
+    magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
+    start = pos + BATCH_HEADER.size
+    if (
+        magic != BATCH_MAGIC
+        or first != cr.size
+        or start + plen > len(data)
+        or not 1 <= count <= plen // MIN_RECORD
+    ):
+        return None
+    work = cr.copy()
+    got = _hashing.hash_records(data[start : start + plen], 0, count, work)
+    if got is None or got[0] != plen:
+        return None
+    trailer = _read_trailer(data, start + plen)
+    if trailer is None or trailer[0] != work:
+        return None
+    return work, trailer[1]
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def map_file(path: Path) -> Any:
+    """The file's bytes, memory-mapped read-only (no copy); an empty file gives ``b""``."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class BatchSpan(NamedTuple):
+    """Where one batch lies in its segment's bytes ``data``: its header at ``at``, its records
+    in ``data[start:end]`` (the first being entry ``first``), the next batch at ``next``."""
+
+    data: Any
+    at: int
+    first: int
+    entries: int
+    start: int
+    end: int
+    next: int
+
+
+def iter_batches(log_path: Path, *, mapped: bool = False) -> Iterator[BatchSpan]:
+    """Every batch of every segment, in order; :class:`LogCorrupt` at a damaged batch header or
+    trailer. ``mapped``: segments are memory-mapped instead of read (large logs)."""
+    for seg in sorted(log_path.glob("seg-*.log")):
+        data = map_file(seg) if mapped else seg.read_bytes()
+        pos = SEG_HEADER.size
+        while pos + BATCH_HEADER.size <= len(data):
+            magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
+            start = pos + BATCH_HEADER.size
+            trailer = _read_trailer(data, start + plen)
+            if magic != BATCH_MAGIC or trailer is None:
+                raise LogCorrupt(f"{seg.name}: damaged batch at offset {pos}")
+            yield BatchSpan(data, pos, first, count, start, start + plen, trailer[1])
+            pos = trailer[1]
+
+
+def iter_entries(log_path: Path, keyring: Any | None = None, since: int = 0) -> Iterator[Entry]:
+    """Decode entries from index ``since`` on (personal fields opened with ``keyring``)."""
+    unseal = unsealer(keyring) if keyring is not None else None
+    for b in iter_batches(log_path):
+        if b.first + b.entries > since:
+            records, _ = _split_records(b.data[b.start : b.end])
+            for i, rec in enumerate(records):
+                if b.first + i >= since:
+                    yield decode_entry(b.first + i, rec, unseal)

@@ -1,0 +1,165 @@
+"""Callers who objected to being recorded, kept as keyed pseudonyms (never numbers in clear).
+
+A phone number is normalised to E.164 and turned into ``HMAC-SHA-256(pseudonym_key,
+b"sampledrec/v1/caller\\x00" || e164)`` (hex). With the optional ``phonenumbers`` package
+(``pip install sampledrec[phone]``) national forms such as ``06 12 34 56 78`` are read in the
+store's default region; without it, numbers must be international (``+33 6 ...`` or
+``0033 6 ...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final, NoReturn
+
+from ..errors import InvalidArgument
+
+__all__ = ["ObjectionList", "caller_pseudonym", "check_region", "normalize_number"]
+
+_DOMAIN: Final = b"sampledrec/v1/caller\x00"
+_SEPARATORS = re.compile(r"[\s().\-/]")
+
+
+def normalize_number(number: str, *, region: str | None = None) -> str:
+    """Normalise a phone number to E.164 (``+`` and digits).
+
+    >>> normalize_number("0033 6 12-34-56-78")
+    '+33612345678'
+    """
+    if not isinstance(number, str):
+        raise InvalidArgument(f"a phone number must be text, got {type(number).__name__}")
+    text = number.strip()
+    try:
+        import phonenumbers
+    except ImportError:
+        return _international(text)
+    compact = _SEPARATORS.sub("", text)
+    if region is None and compact.startswith("00"):
+        # Without a region phonenumbers knows no international prefix; "00" is the ITU one,
+        # and the one the fallback accepts, so both paths read it alike.
+        text = "+" + compact[2:]
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        raise InvalidArgument(
+            f"{_mask(text)} is not a phone number; write it in international form "
+            "(+33 6 12 34 56 78) or set the store's default region"
+        ) from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise InvalidArgument(f"{_mask(text)} is not a possible phone number")
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _international(text: str) -> str:
+    """E.164 without the ``phonenumbers`` package: international forms only."""
+    compact = _SEPARATORS.sub("", text)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if not re.fullmatch(r"\+[1-9]\d{6,14}", compact):
+        raise InvalidArgument(
+            f"{_mask(text)} is not an international phone number; write it as +<country code>"
+            "<number> (for example +33 6 12 34 56 78), or install sampledrec[phone] to read "
+            "national numbers"
+        )
+    return compact
+
+
+def check_region(region: object) -> str:
+    """A default region for national numbers: an ISO 3166 two-letter code, upper-cased.
+
+    >>> check_region("fr")
+    'FR'
+    """
+    text = region.strip().upper() if isinstance(region, str) else ""
+    if not re.fullmatch(r"[A-Z]{2}", text):
+        raise InvalidArgument(
+            f"region={region!r} is not a country code; give the two-letter ISO 3166 code of the "
+            "country whose national numbers callers use (for example FR)"
+        )
+    try:
+        import phonenumbers
+    except ImportError:
+        return text
+    if text not in phonenumbers.SUPPORTED_REGIONS:
+        raise InvalidArgument(
+            f"region={region!r} is not a region phonenumbers knows; give the two-letter ISO 3166 "
+            "code of a country (for example FR)"
+        )
+    return text
+
+
+def _mask(text: str) -> str:
+    # Error messages must not echo a whole phone number.
+    digits = re.sub(r"\D", "", text)
+    return f"the number ending in {digits[-2:]!r}" if len(digits) >= 2 else "the number given"
+
+
+def caller_pseudonym(key: bytes, number: str, *, region: str | None = None) -> str:
+    """The keyed pseudonym of a caller's number (hex), stable for one store's key."""
+    e164 = normalize_number(number, region=region)
+    return hmac.new(key, _DOMAIN + e164.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+class ObjectionList:
+    """Pseudonyms of callers who objected to recording. Numbers are never stored.
+
+    Saved as one pseudonym per line in ``STORE/objections.txt`` (0600).
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        pseudonyms: Iterable[str] = (),
+        *,
+        path: Path | None = None,
+        region: str | None = None,
+    ) -> None:
+        self._key = key
+        self._items = set(pseudonyms)
+        self.path = path
+        self.region = region
+
+    def __repr__(self) -> str:
+        return f"ObjectionList({len(self._items)} callers)"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("an ObjectionList holds the pseudonym key and cannot be pickled")
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def pseudonym(self, number: str) -> str:
+        return caller_pseudonym(self._key, number, region=self.region)
+
+    def add(self, number: str) -> str:
+        """Add a caller; returns their pseudonym. Saved at once when the list has a path."""
+        pseudo = self.pseudonym(number)
+        if pseudo not in self._items:
+            self._items.add(pseudo)
+            if self.path is not None:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a", encoding="ascii") as fh:
+                    fh.write(pseudo + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        return pseudo
+
+    def contains_pseudonym(self, pseudonym: str) -> bool:
+        return pseudonym in self._items
+
+    def __contains__(self, number: object) -> bool:
+        if not isinstance(number, str):
+            return False
+        return self.pseudonym(number) in self._items
+
+    @classmethod
+    def load(cls, key: bytes, path: Path, *, region: str | None = None) -> ObjectionList:
+        items: list[str] = []
+        if path.exists():
+            items = [line.strip() for line in path.read_text("ascii").splitlines() if line.strip()]
+        return cls(key, items, path=path, region=region)

@@ -1,0 +1,806 @@
+"""The vault: recordings encrypted from their first byte, read back only by the rules.
+
+:meth:`Vault.record` opens a :class:`Recorder` for a :class:`~sampledrec.Decision` to record
+(a decision not to record raises :class:`~sampledrec.errors.NotSelected`, and the attempt is
+logged). The recorder:
+
+- draws a random data key, wraps it with the key of the recording's *expiry bucket* (the UTC day
+  of its expiry) bound to the recording id and expiry, and stores the wrapped key in the catalog
+  at once (status ``open``), so that a crash leaves a recording that can be recovered;
+- keeps frames in memory until the decision's log entry is durable, then streams them through
+  the recording container (:mod:`sampledrec._container`): nothing reaches the disk before the
+  decision does, and no plaintext ever does;
+- masks card-payment pauses as silence of the same length, listed in the metadata;
+- on ``close()`` seals the container, records its SHA-256 in the catalog and the log; on
+  ``abort()`` (the caller objected) destroys what was written and its data key.
+
+Reads (:meth:`Vault.open`, :meth:`Vault.export`, :meth:`Vault.read_range`) are refused from the
+recording's effective expiry on, authenticate the whole recording (or, for a range, the final
+chunk and the chunks needed) before releasing anything, and are logged with their outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import (
+    AccessDenied,
+    InvalidArgument,
+    InvalidRecording,
+    KeyDestroyed,
+    NotSelected,
+    RecordingExpired,
+    RecordingNotFound,
+)
+from ..keys.keystore import KeyStore, LocalKeyStore
+from ..log.format import (
+    T_ACCESS,
+    T_RECORD_REFUSED,
+    T_RECORDING_ABORTED,
+    T_RECORDING_OPENED,
+    T_RECORDING_SEALED,
+    from_micros,
+    to_micros,
+)
+from . import container as _container
+from .access import OWNER, PERMISSIONS, Grant, Principal, Role, grant, granting_roles
+from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
+from .catalog import Catalog, RecordingRow, SqliteCatalog
+
+if TYPE_CHECKING:
+    from ..log.writer import DecisionLog
+    from ..sampling.sampler import Decision
+    from ..store import Store
+
+__all__ = ["Principal", "Recorder", "Recording", "Vault", "bucket_of", "hold_bucket"]
+
+DEFAULT_CHUNK: Final = 64 * 1024
+_AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
+
+
+def bucket_of(expires_at_us: int) -> str:
+    """The expiry bucket of a recording: the UTC day that contains its expiry."""
+    return "bucket-" + from_micros(expires_at_us).date().isoformat()
+
+
+def hold_bucket(hold_id: str) -> str:
+    """The key-store name of a legal hold's key."""
+    return "hold-" + hold_id
+
+
+def data_key_aad(recording_id: str, expires_at_us: int) -> bytes:
+    """What a wrapped data key is bound to: its recording and its expiry."""
+    return _AAD_DOMAIN + recording_id.encode("ascii") + b"\x00" + expires_at_us.to_bytes(8, "big")
+
+
+def _principal(p: Principal | str | None) -> Principal:
+    # No principal: a library caller acting as the store's owner. A bare name holds no role,
+    # so it may do nothing (never guess a role from a name).
+    if p is None:
+        return Principal.owner()
+    return p if isinstance(p, Principal) else Principal(p)
+
+
+def _call_attrs(attrs: Mapping[str, object] | None) -> dict[str, str]:
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, Mapping):
+        raise InvalidArgument(
+            f"attrs={attrs!r} must be a mapping of call attributes, such as {{'queue': 'sales'}}"
+        )
+    out: dict[str, str] = {}
+    for name, value in attrs.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"attrs: attribute name {name!r} must be non-empty text")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+        else:
+            raise InvalidArgument(
+                f"attrs[{name!r}] = {value!r}: attribute values are text, numbers or true/false"
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording read back: its catalog row, audio format and audio (never written to disk)."""
+
+    row: RecordingRow
+    format: AudioFormat
+    audio: bytes
+
+    def __repr__(self) -> str:
+        fmt = self.format.to_text()
+        return f"Recording({self.row.recording_id!r}, {fmt}, {len(self.audio)} bytes)"
+
+
+@contextlib.contextmanager
+def new_export_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file for exported personal data: created 0600 (an existing file is refused with
+    :class:`InvalidArgument`, never overwritten), flushed and fsynced when the block ends, and
+    removed if it fails: a failed export leaves no file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidArgument(f"{path} exists; choose a new file to export to") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
+class Vault:
+    """Encrypted recordings of a store: record, list, read, export, recover."""
+
+    def __init__(
+        self,
+        store: Store,
+        log: DecisionLog,
+        *,
+        keystore: KeyStore | None = None,
+        catalog: Catalog | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.keystore = keystore if keystore is not None else LocalKeyStore(store.keys_path)
+        self.catalog = (
+            catalog if catalog is not None else SqliteCatalog(store.path / "catalog.sqlite")
+        )
+        self.clock = clock
+        self.root = store.path / "recordings"
+        self.root.mkdir(mode=0o700, exist_ok=True)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def record(
+        self,
+        decision: Decision,
+        *,
+        audio_format: AudioFormat,
+        principal: Principal | str | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        attrs: Mapping[str, object] | None = None,
+    ) -> Recorder:
+        """Open a recorder for a decision to record; raises :class:`NotSelected` otherwise.
+
+        ``attrs`` are the call's attributes (those given to ``decide``); they are kept, as
+        text, in the catalog, where role scopes are matched against them
+        (:mod:`sampledrec.access`)."""
+        call_attrs = _call_attrs(attrs)
+        who = _principal(principal)
+        if not decision.record:
+            self.log.append(
+                T_RECORD_REFUSED,
+                {
+                    "reason": f"not selected ({decision.reason})",
+                    "call_ref": decision.call_ref,
+                    "principal": who.name,
+                },
+                at=self.clock.now(),
+                klass="access",
+            )
+            raise NotSelected(
+                f"call {decision.call_ref!r} was not selected for recording "
+                f"({decision.reason}, rule {decision.rule!r}); store no audio for it"
+            )
+        if decision.log_ticket is None:
+            raise InvalidArgument(
+                "the decision was not logged: decide with a sampler that has this store's log "
+                "(store.sampler(log=log)) before recording"
+            )
+        policy = self.store._policy_version(decision.policy_version)
+        rule = policy.rule_named(decision.rule)
+        started = self.clock.now()
+        expires = rule.retention.expires_at(decision.decided_at)
+        expires_us = to_micros(expires)
+        recording_id = str(uuid.uuid4())
+        bucket = bucket_of(expires_us)
+        data_key = secrets.token_bytes(32)
+        self.keystore.ensure_bucket(bucket)
+        wrapped = self.keystore.wrap(bucket, data_key, aad=data_key_aad(recording_id, expires_us))
+        ref = decision.call_ref
+        row = RecordingRow(
+            recording_id=recording_id,
+            call_ref=ref if isinstance(ref, str) else "hex:" + ref.hex(),
+            rule=decision.rule,
+            purpose=decision.purpose,
+            policy_version=decision.policy_version,
+            epoch_id=decision.epoch_id,
+            decision_index=-1,
+            started_at=to_micros(started),
+            expires_at_sealed=expires_us,
+            expires_at=expires_us,
+            bucket=bucket,
+            wrapped_key=wrapped,
+            audio_format=audio_format.to_text(),
+            file=f"recordings/{bucket}/{recording_id}.sdr",
+            caller_pseudonym=decision.caller_pseudonym,
+            agent=decision.agent,
+            attrs=call_attrs,
+        )
+        self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
+        self.log.append(
+            T_RECORDING_OPENED,
+            {
+                "recording_id": recording_id,
+                "bucket": bucket,
+                "expires_at": expires_us,
+                "rule": decision.rule,
+                "policy_version": bytes.fromhex(decision.policy_version),
+                "call_ref": ref,
+            },
+            at=started,
+        )
+        return Recorder(self, row, data_key, audio_format, decision.log_ticket, chunk_size)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def recordings(self, *, principal: Principal | str | None = None) -> list[RecordingRow]:
+        """The catalog rows that ``principal`` may list: those in the scope of a role of theirs
+        with the ``list`` permission (metadata only; no audio). Logged as one access, with how
+        many rows were shown; :class:`AccessDenied` if none of their roles may list."""
+        who = _principal(principal)
+        allowed = self._grant(who, "list", None, None)
+        rows = self.catalog.find()
+        if allowed.unrestricted:
+            shown, detail = rows, f"{len(rows)} recordings"
+        else:
+            shown = [r for r in rows if self.in_scope(allowed, r)]
+            detail = f"{len(shown)} of {len(rows)} recordings (scope)"
+        self._access("list", "granted", who, None, detail)
+        return shown
+
+    def open(
+        self,
+        recording_id: str,
+        principal: Principal | str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> Recording:
+        """The whole recording, authenticated before anything is returned."""
+        who = _principal(principal)
+        row, reader = self._reader(recording_id, who, "listen", at)
+        try:
+            audio = reader.read_all()
+        except InvalidRecording:
+            self._access("listen", "failed", who, recording_id, "damaged")
+            raise
+        self._access("listen", "granted", who, recording_id, None)
+        return Recording(row, AudioFormat.from_text(row.audio_format), audio)
+
+    def read_range(
+        self,
+        recording_id: str,
+        start_ms: int,
+        end_ms: int,
+        principal: Principal | str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> bytes:
+        """Audio between two times (ms), decrypting only the chunks needed (after the final
+        chunk is authenticated)."""
+        if not 0 <= start_ms <= end_ms:
+            raise InvalidArgument(f"range {start_ms}-{end_ms} ms: start must be <= end, both >= 0")
+        who = _principal(principal)
+        row, reader = self._reader(recording_id, who, "listen", at)
+        fmt = AudioFormat.from_text(row.audio_format)
+        try:
+            data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
+        except InvalidRecording:
+            self._access("listen", "failed", who, recording_id, "damaged")
+            raise
+        self._access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
+        return data
+
+    def export(
+        self,
+        recording_id: str,
+        out: str | os.PathLike[str],
+        principal: Principal | str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> Path:
+        """Write the recording as a WAV file at ``out`` (and nowhere else), only after the
+        whole recording has been authenticated; a failed export leaves no file."""
+        who = _principal(principal)
+        row, reader = self._reader(recording_id, who, "export", at)
+        try:
+            audio = reader.read_all()
+        except InvalidRecording:
+            self._access("export", "failed", who, recording_id, "damaged")
+            raise
+        fmt = AudioFormat.from_text(row.audio_format)
+        pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
+        wav = encode_wav(pcm_fmt, to_pcm16(audio, fmt))
+        path = Path(out)
+        with new_export_file(path) as fh:
+            fh.write(wav)
+        self._access("export", "granted", who, recording_id, None)
+        return path
+
+    def _reader(
+        self, recording_id: str, who: Principal, action: str, at: datetime | None
+    ) -> tuple[RecordingRow, _container.ContainerReader]:
+        now = at or self.clock.now()
+        allowed = self._grant(who, action, recording_id, now)
+        row = self._row_in_scope(recording_id, who, action, allowed)
+        if row.status not in ("sealed", "truncated"):
+            self._access(action, "denied", who, recording_id, f"status {row.status}")
+            if row.status in ("expired", "erased", "aborted"):
+                raise RecordingExpired(
+                    f"recording {recording_id} is {row.status}: it can no longer be read"
+                )
+            raise InvalidArgument(
+                f"recording {recording_id} is still {row.status}; read it once it is sealed "
+                "(or run recovery after a crash)"
+            )
+        if to_micros(now) >= row.expires_at:
+            self._access(action, "denied", who, recording_id, "expired")
+            raise RecordingExpired(
+                f"recording {recording_id} expired at {from_micros(row.expires_at).isoformat()}: "
+                "it can no longer be read"
+            )
+        try:
+            data_key = self.data_key(row, now=now)
+        except KeyDestroyed:
+            self._access(action, "denied", who, recording_id, "key destroyed")
+            raise RecordingExpired(
+                f"recording {recording_id}: its key was destroyed; it can no longer be read"
+            ) from None
+        except InvalidRecording:
+            self._access(action, "failed", who, recording_id, "wrapped key does not verify")
+            raise
+        try:
+            blob = (self.store.path / row.file).read_bytes()
+            reader = _container.ContainerReader(blob, data_key)
+            header = reader.header
+            if (
+                header.recording_id != recording_id
+                or header.expires_at_us != row.expires_at_sealed
+                or header.policy_version != row.policy_version
+            ):
+                raise InvalidRecording("the recording cannot be read")
+        except (OSError, InvalidRecording):
+            self._access(action, "failed", who, recording_id, "damaged or missing")
+            raise InvalidRecording(
+                "the recording cannot be read: it is damaged, truncated, or the key is wrong"
+            ) from None
+        return row, reader
+
+    def data_key(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
+        """Unwrap a recording's data key: from its expiry bucket, or, once that bucket is
+        destroyed, from an active legal hold that re-wrapped it. :class:`KeyDestroyed` if
+        neither can (the recording is crypto-shredded)."""
+        aad = data_key_aad(row.recording_id, row.expires_at_sealed)
+        if row.wrapped_key is not None:
+            try:
+                return self.keystore.unwrap(row.bucket, row.wrapped_key, aad=aad)
+            except KeyDestroyed:
+                pass
+        now_us = to_micros(now or self.clock.now())
+        for hold, wrapped in self.catalog.holds_of(row.recording_id):
+            if wrapped is not None and hold.active(now_us):
+                return self.keystore.unwrap(hold_bucket(hold.hold_id), wrapped, aad=aad)
+        raise KeyDestroyed(
+            f"the key of recording {row.recording_id} was destroyed (it expired or was erased)"
+        )
+
+    # -- access control (sampledrec.access) --------------------------------------------------------
+
+    def authorize(
+        self,
+        principal: Principal | str | None,
+        permission: str,
+        *,
+        recording_id: str | None = None,
+        at: datetime | None = None,
+    ) -> Grant:
+        """Check that ``principal`` holds ``permission`` under the policy in force at ``at``
+        (default: now) and, with ``recording_id``, that the recording is within the scope of a
+        role granting it. The attempt is logged with its outcome either way; raises
+        :class:`AccessDenied` when refused. Reads (:meth:`recordings`, :meth:`open`,
+        :meth:`read_range`, :meth:`export`) check by themselves; this is for the other
+        actions (holds, subject requests, verifying, reading the log, policy and keys)."""
+        if permission not in PERMISSIONS:
+            raise InvalidArgument(
+                f"permission {permission!r} does not exist; use one of {', '.join(PERMISSIONS)}"
+            )
+        who = _principal(principal)
+        now = at or self.clock.now()
+        allowed = self._grant(who, permission, recording_id, now)
+        if recording_id is not None:
+            self._row_in_scope(recording_id, who, permission, allowed)
+        self._access(permission, "granted", who, recording_id, None)
+        return allowed
+
+    def in_scope(self, allowed: Grant, row: RecordingRow) -> bool:
+        """Whether ``row`` is in the scope of one of the roles of ``allowed``: by the call
+        attributes stored with it, and for a scope attribute it did not store, by the values
+        its policy rule required of the call (in scope only if all of them are)."""
+        if allowed.unrestricted:
+            return True
+        required: Mapping[str, frozenset[str]] = {}
+        if not all(name in row.attrs for name in allowed.scope_attributes):
+            try:
+                policy = self.store._policy_version(row.policy_version)
+                required = policy.rule_named(row.rule).match
+            except KeyError:
+                required = {}
+        return allowed.reaches(row.attrs, required)
+
+    def _roles(self, who: Principal, now: datetime) -> Mapping[str, Role]:
+        if who.roles and all(name == OWNER for name in who.roles):
+            return {}  # the owner needs no policy
+        return self.store.policy(now).roles
+
+    def _grant(
+        self, who: Principal, permission: str, recording_id: str | None, at: datetime | None
+    ) -> Grant:
+        """The grant of ``permission`` to ``who``; logs a refusal and raises
+        :class:`AccessDenied` when no role of theirs grants it."""
+        roles = self._roles(who, at or self.clock.now())
+        try:
+            allowed = grant(who, permission, roles)
+        except InvalidArgument:
+            self._access(permission, "denied", who, recording_id, "unknown role")
+            raise
+        if not allowed:
+            self._access(permission, "denied", who, recording_id, f"no role grants {permission}")
+            on = f" on recording {recording_id}" if recording_id else ""
+            holders = ", ".join(granting_roles(permission, roles)) or "owner"
+            hint = (
+                "" if who.roles else f" (pass Principal({who.name!r}, roles) with the user's roles)"
+            )
+            raise AccessDenied(
+                f"principal {who.name!r} may not {permission}{on}: none of its roles "
+                f"({', '.join(who.roles) or 'it has none'}) grants {permission!r}; roles that "
+                f"do: {holders}{hint}"
+            )
+        return allowed
+
+    def _row_in_scope(
+        self, recording_id: str, who: Principal, permission: str, allowed: Grant
+    ) -> RecordingRow:
+        """The catalog row of a recording that ``allowed`` reaches; each refusal is logged."""
+        row = self.catalog.get(recording_id)
+        if row is None:
+            self._access(permission, "denied", who, recording_id, "no such recording")
+            raise RecordingNotFound(f"no recording {recording_id!r} in {self.store.path}")
+        if not self.in_scope(allowed, row):
+            self._access(permission, "denied", who, recording_id, "out of scope")
+            raise AccessDenied(
+                f"principal {who.name!r} may not {permission} on recording {recording_id}: it "
+                f"is outside the scope of its roles ({allowed.describe()})"
+            )
+        return row
+
+    def _access(
+        self,
+        action: str,
+        outcome: str,
+        who: Principal,
+        recording_id: str | None,
+        detail: str | None,
+    ) -> None:
+        self.log.append(
+            T_ACCESS,
+            {
+                "action": action,
+                "outcome": outcome,
+                "principal": who.name,
+                "recording_id": recording_id,
+                "detail": detail,
+            },
+            at=self.clock.now(),
+            klass="access",
+        )
+
+    # -- crash recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> list[tuple[str, str]]:
+        """Deal with recordings left open by a crash: re-seal the verified prefix of each as a
+        recording marked truncated, or destroy it when nothing of it verifies (a recording
+        whose final chunk was written before the crash is simply marked sealed). Returns
+        ``(recording_id, "sealed" | "truncated" | "destroyed")`` pairs."""
+        outcomes = []
+        for row in self.catalog.find(status=["open"]):
+            path = self.store.path / row.file
+            found = None
+            blob = b""
+            try:
+                data_key = self.data_key(row)
+                blob = path.read_bytes()
+                found = _container.recover_prefix(blob, data_key)
+            except (KeyDestroyed, InvalidRecording, FileNotFoundError):
+                found = None
+            if found is not None and found.sealed:
+                info = _container.SealInfo(
+                    plaintext_bytes=found.plaintext_bytes,
+                    chunks=found.chunks,
+                    ciphertext_bytes=len(blob),
+                    sha256=hashlib.sha256(blob).digest(),
+                )
+                self._sealed(row, info, truncated=False, pauses=row.pauses)
+                outcomes.append((row.recording_id, "sealed"))
+                continue
+            if found is None or found.chunks == 0:
+                self._destroy(row, "crash: nothing verifiable was written")
+                outcomes.append((row.recording_id, "destroyed"))
+                continue
+            tmp = path.with_name(path.name + ".recovering")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                # A fresh random salt: re-sealing under the same data key is safe.
+                writer = _container.ContainerWriter(
+                    fh,
+                    data_key,
+                    recording_id=row.recording_id,
+                    policy_version=row.policy_version,
+                    expires_at_us=row.expires_at_sealed,
+                    audio_format=row.audio_format.encode(),
+                    chunk_size=found.header.chunk_size,
+                )
+                for part in _container.ContainerReader(blob, data_key).iter_prefix(found.chunks):
+                    writer.write(part)
+                info = writer.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            self._sealed(row, info, truncated=True, pauses=row.pauses)
+            outcomes.append((row.recording_id, "truncated"))
+        return outcomes
+
+    def _sealed(
+        self,
+        row: RecordingRow,
+        info: Any,
+        *,
+        truncated: bool,
+        pauses: Sequence[tuple[int, int]],
+    ) -> None:
+        fmt = AudioFormat.from_text(row.audio_format)
+        duration = info.plaintext_bytes // max(1, fmt.bytes_per_ms(1))
+        now = self.clock.now()
+        self.catalog.update(
+            row.recording_id,
+            status="truncated" if truncated else "sealed",
+            ended_at=to_micros(now),
+            duration_ms=duration,
+            plaintext_bytes=info.plaintext_bytes,
+            ciphertext_bytes=info.ciphertext_bytes,
+            ciphertext_sha256=info.sha256.hex(),
+            pauses=list(pauses),
+            truncated=truncated,
+        )
+        self.log.append(
+            T_RECORDING_SEALED,
+            {
+                "recording_id": row.recording_id,
+                "ciphertext_sha256": info.sha256,
+                "duration_ms": duration,
+                "plaintext_bytes": info.plaintext_bytes,
+                "truncated": truncated,
+                "pauses": json.dumps([list(p) for p in pauses]),
+            },
+            at=now,
+        )
+
+    def _destroy(self, row: RecordingRow, reason: str) -> None:
+        path = self.store.path / row.file
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.catalog.update(row.recording_id, status="aborted", wrapped_key=None)
+        self.log.append(
+            T_RECORDING_ABORTED,
+            {"recording_id": row.recording_id, "reason": reason},
+            at=self.clock.now(),
+        )
+
+
+class _AppendFile:
+    """A sink that opens the recording file only to append a chunk: a call centre with
+    thousands of calls in progress then holds no file descriptor per call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+
+    def write(self, data: bytes | memoryview) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return len(data)
+
+    def sync(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Recorder:
+    """Streams one call's audio into an encrypted recording. Use as a context manager::
+
+    with vault.record(decision, audio_format=fmt) as rec:
+        for frame in frames:
+            rec.write(frame)
+    """
+
+    def __init__(
+        self,
+        vault: Vault,
+        row: RecordingRow,
+        data_key: bytes,
+        fmt: AudioFormat,
+        ticket: int,
+        chunk_size: int,
+    ) -> None:
+        self._vault = vault
+        self.row = row
+        self._key = data_key
+        self.format = fmt
+        self._ticket = ticket
+        self._chunk_size = chunk_size
+        self._pending: list[bytes] = []
+        self._writer: _container.ContainerWriter | None = None
+        self._file: _AppendFile | None = None
+        self._position = 0  # bytes of audio received, pauses included
+        self._paused_at: int | None = None
+        self._pauses: list[tuple[int, int]] = []
+        self._state = "open"
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Recorder({self.row.recording_id!r}, {self._state})"
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError("a Recorder holds a data key and cannot be pickled")
+
+    @property
+    def recording_id(self) -> str:
+        return self.row.recording_id
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether anything has been written to disk yet (only once the decision is durable)."""
+        return self._writer is not None
+
+    def _ms(self, nbytes: int) -> int:
+        return nbytes // max(1, self.format.bytes_per_ms(1))
+
+    def write(self, frame: Any) -> None:
+        """Append audio as it arrives (bytes in the recording's format, or a numpy array)."""
+        data = as_bytes(frame, self.format)
+        with self._lock:
+            if self._state != "open":
+                raise InvalidArgument(f"the recording is {self._state}; open a new one")
+            if self._paused_at is not None:
+                data = silence_like(self.format, len(data))
+            self._position += len(data)
+            if self._writer is None:
+                if not self._vault.log.is_durable(self._ticket):
+                    self._pending.append(data)
+                    return
+                self._start()
+            assert self._writer is not None
+            self._writer.write(data)
+
+    def pause(self) -> None:
+        """Mask what follows (a card payment): it is kept as silence of the same length."""
+        with self._lock:
+            if self._paused_at is None:
+                self._paused_at = self._position
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._paused_at is not None:
+                self._pauses.append((self._ms(self._paused_at), self._ms(self._position)))
+                self._paused_at = None
+
+    def _start(self) -> None:
+        index = self._vault.log.wait_durable(self._ticket)
+        path = self._vault.store.path / self.row.file
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        self._file = _AppendFile(path)
+        self._writer = _container.ContainerWriter(
+            cast(BinaryIO, self._file),
+            self._key,
+            recording_id=self.row.recording_id,
+            policy_version=self.row.policy_version,
+            expires_at_us=self.row.expires_at_sealed,
+            audio_format=self.row.audio_format.encode(),
+            chunk_size=self._chunk_size,
+        )
+        if index >= 0:
+            self._vault.catalog.update(self.row.recording_id, decision_index=index)
+        for data in self._pending:
+            self._writer.write(data)
+        self._pending.clear()
+
+    def close(self) -> RecordingRow:
+        """Seal the recording: final chunk, catalog row, log entry with the ciphertext's hash."""
+        self.resume()
+        with self._lock:
+            if self._state != "open":
+                raise InvalidArgument(f"the recording is already {self._state}")
+            if self._writer is None:
+                self._start()  # waits for the decision to be durable
+            assert self._writer is not None and self._file is not None
+            info = self._writer.close()
+            self._file.sync()
+            self._state = "sealed"
+        self._vault._sealed(self.row, info, truncated=False, pauses=self._pauses)
+        self._key = b""
+        row = self._vault.catalog.get(self.row.recording_id)
+        assert row is not None
+        self.row = row
+        return row
+
+    def abort(self, reason: str = "the caller objected during the call") -> None:
+        """Destroy what was written and the data key (the caller objected mid-call)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "aborted"
+            self._pending.clear()
+        self._key = b""
+        self._vault._destroy(self.row, reason)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == "open":
+            self.close()
+
+
+def silence_like(fmt: AudioFormat, nbytes: int) -> bytes:
+    """``nbytes`` of silence in ``fmt`` (whole frames)."""
+    frame = silence(fmt, 1) or b"\x00"
+    reps = -(-nbytes // len(frame))
+    return (frame * reps)[:nbytes]
