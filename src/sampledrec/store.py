@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
@@ -142,7 +143,7 @@ class Store:
             os.chmod(root, 0o700)
             keys_path = Path(keys_dir).resolve() if keys_dir else root / "keys"
             LocalKeyring(keys_path, create=True)
-            _write_private(root / "objections.txt", b"")
+            write_atomic(root / "objections.txt", b"")
             store_id = secrets.token_bytes(16)
             meta = {
                 "format": STORE_FORMAT,
@@ -155,8 +156,8 @@ class Store:
             }
             if region is not None:
                 meta["region"] = region
-            _write_private(keys_path / "store-id", store_id.hex().encode() + b"\n")
-            _write_private(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
+            write_atomic(keys_path / "store-id", store_id.hex().encode() + b"\n")
+            write_atomic(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
             store = cls(root, meta)
             from ._version import __version__
 
@@ -268,7 +269,7 @@ class Store:
         with self.lock():
             target = folder / f"{policy.version}.toml"
             if not target.exists():
-                _write_private(target, text.encode("utf-8"))
+                write_atomic(target, text.encode("utf-8"))
             ticket = log.append(
                 T_POLICY,
                 {
@@ -282,12 +283,12 @@ class Store:
             schedule = [s for s in self._schedule() if s["version"] != policy.version]
             schedule.append({"version": policy.version, "effective_at": effective_at.isoformat()})
             schedule.sort(key=lambda s: datetime.fromisoformat(s["effective_at"]))
-            _write_private(
+            write_atomic(
                 folder / "schedule.json",
                 json.dumps(schedule, indent=2).encode() + b"\n",
                 replace=True,
             )
-            _write_private(self.policy_path, text.encode("utf-8"), replace=True)
+            write_atomic(self.policy_path, text.encode("utf-8"), replace=True)
         return Policy.from_toml(text, source=str(self.policy_path))
 
     @property
@@ -491,7 +492,7 @@ class Store:
                 for k in keys
             ],
         }
-        _write_private(Path(out), json.dumps(doc, indent=2).encode() + b"\n", replace=True)
+        write_atomic(Path(out), json.dumps(doc, indent=2).encode() + b"\n", replace=True)
 
 
 def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:
@@ -503,20 +504,3 @@ def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:
         RevealedKey(e["epoch_id"], bytes.fromhex(e["key"]), bytes.fromhex(e["commitment"]))
         for e in doc["epochs"]
     ]
-
-
-def _write_private(path: Path, data: bytes, *, replace: bool = False) -> None:
-    """Write a 0600 file atomically (temp file in the same folder, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if not replace and path.exists():
-            raise StoreError(f"{path} already exists")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument
 from ..keys.keyring import RevealedKey
@@ -49,7 +50,15 @@ from ..sampling.keyed import DRAW_BITS
 from ..store import Store, read_revealed
 from .stats import binom_cdf, clopper_pearson
 
-__all__ = ["RateRow", "binom_cdf", "build_report", "clopper_pearson", "render", "write_report"]
+__all__ = [
+    "RateRow",
+    "binom_cdf",
+    "build_report",
+    "clopper_pearson",
+    "render",
+    "write_page",
+    "write_report",
+]
 
 _DAY_US = 86_400_000_000
 _LIVE = ("open", "sealed", "truncated", "expiring")
@@ -761,6 +770,11 @@ def _finding_row(f: Any) -> list[object]:
     return [f.get("check", ""), f.get("message", f.get("detail", "")), where]
 
 
+def write_page(path: Path, text: str) -> None:
+    """Write a rendered page whole (0600: it names who accessed what, which is personal data)."""
+    write_atomic(path, text.encode("utf-8"), replace=True)
+
+
 def write_report(
     store_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -772,12 +786,5 @@ def write_report(
     """Write :func:`build_report` to ``out`` (UTF-8, mode 0600); returns the path."""
     text = build_report(store_path, revealed_keys=revealed_keys, audit=audit, now=now)
     path = Path(out)
-    _write(path, text)
+    write_page(path, text)
     return path
-
-
-def _write(path: Path, text: str) -> None:
-    """Write the page 0600: it names who accessed what (personal data)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)

@@ -932,7 +932,7 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_audit_report(args: argparse.Namespace, out: TextIO) -> int:
-    from ..audit.report import _write, render
+    from ..audit.report import render, write_page
 
     store = _open_store(args.store)
     audit = _audit(args, store) if args.revealed_keys else None
@@ -940,7 +940,7 @@ def cmd_audit_report(args: argparse.Namespace, out: TextIO) -> int:
         store.path, revealed_keys=args.revealed_keys, audit=audit, now=_at(args, store)
     )
     target = Path(args.out)
-    _write(target, text)
+    write_page(target, text)
     _emit(
         args,
         {"out": str(target), "ok": ok, "simulated": store.simulated},

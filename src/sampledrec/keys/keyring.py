@@ -12,7 +12,6 @@ recordings and catalog. An in-memory keyring for tests lives in :mod:`sampledrec
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -28,6 +27,7 @@ from typing import Final, NoReturn, Protocol, runtime_checkable
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
 
+from .._hazmat.files import create_exclusive, fsync_dir
 from ..errors import (
     InvalidArgument,
     InvalidKey,
@@ -61,7 +61,7 @@ def epoch_commitment(epoch_id: str, key: bytes) -> bytes:
     return hashlib.sha256(EPOCH_COMMIT_DOMAIN + epoch_id.encode("utf-8") + b"\x00" + key).digest()
 
 
-def _check_epoch_id(epoch_id: str) -> date:
+def check_epoch_id(epoch_id: str) -> date:
     if not isinstance(epoch_id, str) or not _EPOCH_ID.fullmatch(epoch_id):
         raise InvalidArgument(
             f"epoch_id={epoch_id!r} is not a daily epoch id; epochs are UTC days named "
@@ -89,7 +89,7 @@ def epoch_id_at(moment: datetime) -> str:
 
 def epoch_start(epoch_id: str) -> datetime:
     """When an epoch begins (UTC midnight of its day)."""
-    day = _check_epoch_id(epoch_id)
+    day = check_epoch_id(epoch_id)
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
@@ -115,7 +115,7 @@ class EpochKey:
     __slots__ = ("_cmac", "_commitment", "_epoch_id", "_secret")
 
     def __init__(self, epoch_id: str, secret: bytes) -> None:
-        _check_epoch_id(epoch_id)
+        check_epoch_id(epoch_id)
         if not isinstance(secret, bytes) or len(secret) != KEY_BYTES:
             raise InvalidKey(
                 f"an epoch key must be {KEY_BYTES} bytes; create keys with the keyring, not by hand"
@@ -252,7 +252,7 @@ class LocalKeyring:
             (self.path / "periods").mkdir(mode=0o700, exist_ok=True)
             for name in ("pseudonym.key", "log-signing.key"):
                 if not (self.path / name).exists():
-                    self._write_new(self.path / name, secrets.token_bytes(KEY_BYTES))
+                    create_exclusive(self.path / name, secrets.token_bytes(KEY_BYTES))
         if not self.path.is_dir():
             raise KeyringError(
                 f"keyring folder {self.path} does not exist; create the store with "
@@ -295,27 +295,8 @@ class LocalKeyring:
             if folder.is_dir():
                 yield from folder.iterdir()
 
-    def _write_new(self, final: Path, secret: bytes) -> bool:
-        """Atomically create ``final`` holding ``secret``; False if it already existed."""
-        tmp = final.with_name(f".tmp-{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secret)
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, final)  # fails if another process created it first
-            except FileExistsError:
-                return False
-            _fsync_dir(final.parent)
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
     def _epoch_path(self, epoch_id: str) -> Path:
-        _check_epoch_id(epoch_id)
+        check_epoch_id(epoch_id)
         return self.path / "epochs" / f"{epoch_id}.key"
 
     def ensure_epochs(self, epoch_ids: Iterable[str]) -> list[EpochKey]:
@@ -324,7 +305,7 @@ class LocalKeyring:
             path = self._epoch_path(epoch_id)
             if path.exists():
                 continue
-            if self._write_new(path, secrets.token_bytes(KEY_BYTES)):
+            if create_exclusive(path, secrets.token_bytes(KEY_BYTES)):
                 created.append(self.epoch_key(epoch_id))
         return created
 
@@ -382,7 +363,7 @@ class LocalKeyring:
         path = self.path / "periods" / f"{_kid_file(kid)}.key"
         if create and not path.exists():
             path.parent.mkdir(mode=0o700, exist_ok=True)
-            self._write_new(path, secrets.token_bytes(KEY_BYTES))
+            create_exclusive(path, secrets.token_bytes(KEY_BYTES))
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -400,7 +381,7 @@ class LocalKeyring:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def mark_committed(self, epoch_id: str) -> None:
@@ -425,11 +406,3 @@ def _kid_file(kid: str) -> str:
     if not _KID.match(kid):
         raise InvalidArgument(f"sealing key id {kid!r} is not of the form calls/YYYY-MM")
     return kid.replace("/", "-")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

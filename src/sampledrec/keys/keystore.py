@@ -66,9 +66,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NoReturn, Protocol, TypeVar, runtime_checkable
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from .._hazmat.aead import (
+    DATA_KEY_BYTES,
+    NONCE_BYTES,
+    TAG_BYTES,
+    WRAP_AD_DOMAIN,
+    WRAPPED_KEY_BYTES,
+    WRAPPED_KEY_VERSION,
+    split_wrapped,
+    unwrap_key,
+    wrap_ad,
+    wrap_key,
+)
+from .._hazmat.files import create_exclusive, fsync_dir
 from ..errors import (
     InvalidArgument,
     InvalidKey,
@@ -78,7 +88,6 @@ from ..errors import (
     KeyTypeError,
     StorePermissionError,
 )
-from .keyring import _fsync_dir
 
 __all__ = [
     "BUCKET_KEY_BYTES",
@@ -93,12 +102,6 @@ __all__ = [
 ]
 
 BUCKET_KEY_BYTES: Final = 32
-DATA_KEY_BYTES: Final = 32
-WRAPPED_KEY_VERSION: Final = 0x01
-WRAP_AD_DOMAIN: Final = b"sampledrec/v1/bucket-wrap"
-_NONCE_BYTES: Final = 12
-_TAG_BYTES: Final = 16
-WRAPPED_KEY_BYTES: Final = 1 + _NONCE_BYTES + DATA_KEY_BYTES + _TAG_BYTES
 
 _BUCKET_ID = re.compile(r"(?:bucket|hold)-[A-Za-z0-9._-]{1,64}", re.ASCII)
 _LABEL_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,32}", re.ASCII)
@@ -169,7 +172,7 @@ def check_bucket_id(bucket: object) -> str:
     return bucket
 
 
-def _check_data_key(data_key: object) -> bytes:
+def check_data_key(data_key: object) -> bytes:
     if not isinstance(data_key, bytes):
         raise KeyTypeError(
             f"data_key must be bytes, not {type(data_key).__name__}; "
@@ -183,7 +186,7 @@ def _check_data_key(data_key: object) -> bytes:
     return data_key
 
 
-def _check_aad(aad: object) -> bytes:
+def check_aad(aad: object) -> bytes:
     if not isinstance(aad, bytes):
         raise InvalidArgument(f"aad must be bytes, not {type(aad).__name__}")
     if not aad:
@@ -194,7 +197,7 @@ def _check_aad(aad: object) -> bytes:
     return aad
 
 
-def _check_wrapped(wrapped: object) -> bytes:
+def check_wrapped(wrapped: object) -> bytes:
     if not isinstance(wrapped, bytes):
         raise InvalidArgument(
             f"wrapped must be bytes (as returned by wrap()), not {type(wrapped).__name__}"
@@ -202,44 +205,26 @@ def _check_wrapped(wrapped: object) -> bytes:
     return wrapped
 
 
-def _wrap_ad(bucket: str, aad: bytes) -> bytes:
-    return WRAP_AD_DOMAIN + b"\x00" + bucket.encode("ascii") + b"\x00" + aad
-
-
-def _fail_unwrap() -> NoReturn:
-    # Raised outside any ``except`` block, so the exception carries neither cause nor context.
+def fail_unwrap() -> NoReturn:
+    """The one opaque error of every failed unwrap. Raised outside any ``except`` block, so
+    the exception carries neither cause nor context."""
     raise InvalidRecording(_UNWRAP_FAILED)
 
 
-def _split_wrapped(wrapped: bytes) -> tuple[bytes, bytes] | None:
-    """(nonce, ciphertext and tag) of a version-1 wrapped key, or None if it is not one."""
-    if len(wrapped) != WRAPPED_KEY_BYTES or wrapped[0] != WRAPPED_KEY_VERSION:
-        return None
-    return wrapped[1 : 1 + _NONCE_BYTES], wrapped[1 + _NONCE_BYTES :]
+def software_wrap(bucket_key: bytes, bucket: str, data_key: bytes, aad: bytes) -> bytes:
+    """Wrap in software (the local and in-memory key stores)."""
+    return wrap_key(bucket_key, bucket, data_key, aad)
 
 
-def _seal(bucket_key: bytes, bucket: str, data_key: bytes, aad: bytes) -> bytes:
-    """Wrap in software (local and in-memory backends)."""
-    nonce = secrets.token_bytes(_NONCE_BYTES)
-    sealed = AESGCM(bucket_key).encrypt(nonce, data_key, _wrap_ad(bucket, aad))
-    return bytes([WRAPPED_KEY_VERSION]) + nonce + sealed
-
-
-def _unseal(bucket_key: bytes, bucket: str, wrapped: bytes, aad: bytes) -> bytes:
-    """Unwrap in software; the opaque InvalidRecording on any failure."""
-    parts = _split_wrapped(wrapped)
-    data_key = None
-    if parts is not None:
-        try:
-            data_key = AESGCM(bucket_key).decrypt(parts[0], parts[1], _wrap_ad(bucket, aad))
-        except InvalidTag:
-            data_key = None
-    if data_key is None or len(data_key) != DATA_KEY_BYTES:
-        _fail_unwrap()
+def software_unwrap(bucket_key: bytes, bucket: str, wrapped: bytes, aad: bytes) -> bytes:
+    """Unwrap in software; the opaque :class:`InvalidRecording` on any failure."""
+    data_key = unwrap_key(bucket_key, bucket, wrapped, aad)
+    if data_key is None:
+        fail_unwrap()
     return data_key
 
 
-def _destroyed(bucket: str, where: str, *, wrapping: bool = False) -> KeyDestroyed:
+def missing_bucket(bucket: str, where: str, *, wrapping: bool = False) -> KeyDestroyed:
     if wrapping:
         return KeyDestroyed(
             f"bucket {bucket!r} has no key in {where}; create it with "
@@ -308,22 +293,22 @@ class LocalKeyStore:
         path = self._key_path(bucket)
         if not os.path.lexists(path):
             self._ensure_dir()
-            _create_exclusive(path, secrets.token_bytes(BUCKET_KEY_BYTES))
+            create_exclusive(path, secrets.token_bytes(BUCKET_KEY_BYTES))
         self._read_key(bucket)  # an existing key must be sound (size, permissions)
 
     def wrap(self, bucket: str, data_key: bytes, *, aad: bytes) -> bytes:
         check_bucket_id(bucket)
-        _check_data_key(data_key)
-        _check_aad(aad)
+        check_data_key(data_key)
+        check_aad(aad)
         key = self._read_key(bucket, wrapping=True)
-        return _seal(key, bucket, data_key, aad)
+        return software_wrap(key, bucket, data_key, aad)
 
     def unwrap(self, bucket: str, wrapped: bytes, *, aad: bytes) -> bytes:
         check_bucket_id(bucket)
-        _check_wrapped(wrapped)
-        _check_aad(aad)
+        check_wrapped(wrapped)
+        check_aad(aad)
         key = self._read_key(bucket)
-        return _unseal(key, bucket, wrapped, aad)
+        return software_unwrap(key, bucket, wrapped, aad)
 
     def destroy_bucket(self, bucket: str) -> bool:
         path = self._key_path(bucket)
@@ -334,9 +319,9 @@ class LocalKeyStore:
             os.rename(path, doomed)
         except FileNotFoundError:
             return False
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         _shred(doomed)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         return True
 
     def buckets(self) -> list[str]:
@@ -364,14 +349,14 @@ class LocalKeyStore:
         except FileExistsError:
             return
         os.chmod(self._dir, 0o700)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _read_key(self, bucket: str, *, wrapping: bool = False) -> bytes:
         path = self._key_path(bucket)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise _destroyed(bucket, str(self.path), wrapping=wrapping) from None
+            raise missing_bucket(bucket, str(self.path), wrapping=wrapping) from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise StorePermissionError(
@@ -441,26 +426,6 @@ def _check_mode(item: Path, mode: int, keyring: Path) -> None:
             )
         return
     raise StorePermissionError(f"{item} is not a regular file; the keyring must hold keys only")
-
-
-def _create_exclusive(final: Path, secret: bytes) -> bool:
-    """Atomically create ``final`` (0600) holding ``secret``; False if it already existed."""
-    tmp = final.with_name(f".tmp-{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secret)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, final)  # fails if another thread or process created it first
-        except FileExistsError:
-            return False
-        _fsync_dir(final.parent)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _shred(path: Path) -> None:
@@ -804,24 +769,24 @@ class Pkcs11KeyStore:
 
     def wrap(self, bucket: str, data_key: bytes, *, aad: bytes) -> bytes:
         label = self._label(bucket)
-        _check_data_key(data_key)
-        _check_aad(aad)
+        check_data_key(data_key)
+        check_aad(aad)
         p11 = self._p11
         shared = self._session()
 
         def wrap(session: Any) -> bytes:
             keys = self._find(session, label)
             if not keys:
-                raise _destroyed(bucket, self._where(), wrapping=True)
-            nonce = secrets.token_bytes(_NONCE_BYTES)
-            params = p11.GCMParams(nonce, _wrap_ad(bucket, aad), _TAG_BYTES * 8)
+                raise missing_bucket(bucket, self._where(), wrapping=True)
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            params = p11.GCMParams(nonce, wrap_ad(bucket, aad), TAG_BYTES * 8)
             try:
                 sealed = keys[0].encrypt(
                     data_key, mechanism=p11.Mechanism.AES_GCM, mechanism_param=params
                 )
             except shared.key_gone:
-                raise _destroyed(bucket, self._where(), wrapping=True) from None
-            if len(sealed) != DATA_KEY_BYTES + _TAG_BYTES:
+                raise missing_bucket(bucket, self._where(), wrapping=True) from None
+            if len(sealed) != DATA_KEY_BYTES + TAG_BYTES:
                 raise KeyringError(
                     f"PKCS#11 token {self.token_label!r} returned {len(sealed)} bytes for an "
                     f"AES-GCM encryption of {DATA_KEY_BYTES} bytes; it does not follow PKCS#11"
@@ -832,21 +797,21 @@ class Pkcs11KeyStore:
 
     def unwrap(self, bucket: str, wrapped: bytes, *, aad: bytes) -> bytes:
         label = self._label(bucket)
-        _check_wrapped(wrapped)
-        _check_aad(aad)
+        check_wrapped(wrapped)
+        check_aad(aad)
         p11 = self._p11
         shared = self._session()
 
         def unwrap(session: Any) -> bytes | None:
             keys = self._find(session, label)
             if not keys:
-                raise _destroyed(bucket, self._where())
-            parts = _split_wrapped(wrapped)
+                raise missing_bucket(bucket, self._where())
+            parts = split_wrapped(wrapped)
             if parts is None:
                 return None
             gone = 0
             for key in keys:  # several only after a race between processes (class docstring)
-                params = p11.GCMParams(parts[0], _wrap_ad(bucket, aad), _TAG_BYTES * 8)
+                params = p11.GCMParams(parts[0], wrap_ad(bucket, aad), TAG_BYTES * 8)
                 try:
                     data_key = key.decrypt(
                         parts[1], mechanism=p11.Mechanism.AES_GCM, mechanism_param=params
@@ -861,12 +826,12 @@ class Pkcs11KeyStore:
                 if len(data_key) == DATA_KEY_BYTES:
                     return bytes(data_key)
             if gone == len(keys):
-                raise _destroyed(bucket, self._where())
+                raise missing_bucket(bucket, self._where())
             return None
 
         data_key = shared.run(f"unwrap a key of bucket {bucket}", unwrap)
         if data_key is None:
-            _fail_unwrap()
+            fail_unwrap()
         return data_key
 
     def destroy_bucket(self, bucket: str) -> bool:
@@ -943,7 +908,7 @@ class Pkcs11KeyStore:
         def describe(session: Any) -> dict[str, Any]:
             keys = self._find(session, label)
             if not keys:
-                raise _destroyed(bucket, self._where())
+                raise missing_bucket(bucket, self._where())
             info: dict[str, Any] = {"label": label, "objects": len(keys)}
             for name, attribute in names.items():
                 value = keys[0][attribute]

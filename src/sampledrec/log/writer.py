@@ -40,6 +40,7 @@ from typing import Any, Final, NamedTuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .._hazmat.files import fsync_dir, write_new
 from .._hazmat.locking import wait_for_flock
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import SampledrecError, StoreError
@@ -303,7 +304,7 @@ class DecisionLog:
         """Create the log folder with its first entry (``log_created``) and first checkpoint."""
         log = cls(store_path, keyring, origin=origin, store_id=store_id, clock=clock)
         log.path.mkdir(mode=0o700)
-        _write_new_file(log.path / CHECKPOINTS, b"")
+        write_new(log.path / CHECKPOINTS, b"")
         log._seg_path, log._seg_end = None, 0  # segment 0 comes with the first batch
         log._start()
         log.append(
@@ -475,7 +476,7 @@ class DecisionLog:
         folder = self.store_path / "recovered"
         folder.mkdir(mode=0o700, exist_ok=True)
         dest = folder / f"{source.name}.{offset}.{int(time.time())}.bin"
-        _write_new_file(dest, data)
+        write_new(dest, data)
         return dest
 
     # -- appending -----------------------------------------------------------------------------
@@ -763,9 +764,9 @@ class DecisionLog:
             tmp = self.store_path / f".{seg.name}.new-{os.getpid()}"
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-            _write_new_file(tmp, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
+            write_new(tmp, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
             os.rename(tmp, seg)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             self._seg_path, self._seg_end = seg, SEG_HEADER.size + len(blob)
             return
         fd = os.open(self._seg_path, os.O_WRONLY)
@@ -928,23 +929,6 @@ def _parse_batch(data: bytes, pos: int, cr: CompactRange) -> tuple[CompactRange,
     if trailer is None or trailer[0] != work:
         return None
     return work, trailer[1]
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def simulate_policy(
     batch: int = 100_000,
 ) -> SimulationResult:
     """Simulate ``calls`` calls over ``days`` days through the policy."""
-    from ..testing import MemoryKeyring
+    from ..keys.memory import MemoryKeyring
 
     if calls < 0 or agents < 1 or days < 1:
         raise InvalidArgument(
