@@ -11,16 +11,8 @@ from typing import Any
 
 import pytest
 
-from sampledrec import (
-    AccessDenied,
-    FixedClock,
-    InvalidArgument,
-    InvalidPolicy,
-    Policy,
-    Principal,
-    SampledrecError,
-    Store,
-)
+from sampledrec import FixedClock, Policy, Principal, SampledrecError, Store
+from sampledrec.errors import AccessDenied, InvalidArgument, InvalidPolicy
 from sampledrec.log.verify import verify_log
 from sampledrec.log.writer import DecisionLog, iter_entries
 from sampledrec.sampling.sampler import Sampler

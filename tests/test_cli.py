@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from sampledrec import Store, draw, epoch_commitment, threshold
+from sampledrec import Store, draw, threshold
+from sampledrec.keys import epoch_commitment
 from sampledrec.store import read_revealed
 
 from .conftest import CliRun

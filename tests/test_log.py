@@ -30,7 +30,7 @@ import pytest
 
 import sampledrec.log.writer
 from sampledrec import FixedClock, Store
-from sampledrec.errors import StoreError
+from sampledrec.errors import LogCorrupt, StoreError
 from sampledrec.keys.keyring import LocalKeyring
 from sampledrec.log.checkpoint import Checkpoint
 from sampledrec.log.format import (
@@ -42,7 +42,7 @@ from sampledrec.log.format import (
     to_micros,
 )
 from sampledrec.log.verify import LogReport, export_checkpoint, verify_log
-from sampledrec.log.writer import DecisionLog, LogCorrupt, iter_entries
+from sampledrec.log.writer import DecisionLog, iter_entries
 from sampledrec.sampling.sampler import REASONS, Decision
 
 from .together import run_together

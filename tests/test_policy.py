@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sampledrec import InvalidPolicy, Policy, RetentionPeriod, threshold
+from sampledrec import Policy, threshold
+from sampledrec.errors import InvalidPolicy
+from sampledrec.sampling import RetentionPeriod
 from sampledrec.sampling.policy import DEFAULT_POLICY_TOML
 
 BASE = """

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import pkgutil
+import types
+from pathlib import Path
+
 import sampledrec
 
 
@@ -40,3 +46,72 @@ def test_errors_share_one_root() -> None:
         obj = getattr(sampledrec, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, sampledrec.SampledrecError), name
+
+
+def test_top_level_api_stays_small() -> None:
+    # The top level is what a user reads first: at most 30 names, the rest in each stage's
+    # package (sampledrec.keys, .sampling, .log, .vault, .retention, .audit) and the errors in
+    # sampledrec.errors.
+    assert len(sampledrec.__all__) <= 30
+
+
+def _library_modules() -> list[types.ModuleType]:
+    import sampledrec.audit
+    import sampledrec.cli
+    import sampledrec.demo
+    import sampledrec.ingest
+    import sampledrec.testing  # noqa: F401  (imported for the walk below)
+
+    found = []
+    for info in pkgutil.walk_packages(sampledrec.__path__, "sampledrec."):
+        if info.name.endswith("._merklefast"):
+            continue  # the compiled accelerator
+        found.append(importlib.import_module(info.name))
+    return found
+
+
+def test_every_error_has_the_one_root_and_lives_in_errors() -> None:
+    import sampledrec.errors
+
+    for module in _library_modules():
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException):
+                if not value.__module__.startswith("sampledrec"):
+                    continue  # a built-in or a dependency's error, imported to be caught
+                assert issubclass(value, sampledrec.SampledrecError), value
+                assert value.__module__ == "sampledrec.errors", value
+    for name in sampledrec.errors.__all__:
+        assert issubclass(getattr(sampledrec.errors, name), sampledrec.SampledrecError), name
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    # A name with a leading underscore is its module's own business: other modules go through
+    # the public API (or the module is split so that what they need becomes public).
+    src = Path(sampledrec.__file__).parent
+    offences = []
+    for path in sorted(src.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                internal = node.level > 0 or (node.module or "").startswith("sampledrec")
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if internal and private and (node.module or "") != "":
+                        offences.append(f"{path.relative_to(src)}: imports {alias.name}")
+                    if internal:
+                        modules.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("sampledrec"):
+                        modules.add(alias.asname or alias.name.split(".")[0])
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                offences.append(f"{path.relative_to(src)}: uses {node.value.id}.{node.attr}")
+    assert offences == []

@@ -9,17 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampledrec import (
-    Decision,
-    FixedClock,
-    InvalidArgument,
-    InvalidCallRef,
-    ObjectionList,
-    Policy,
-    Sampler,
-    draw,
-    threshold,
-)
+from sampledrec import Decision, FixedClock, ObjectionList, Policy, Sampler, draw, threshold
+from sampledrec.errors import InvalidArgument, InvalidCallRef
 from sampledrec.sampling.keyed import call_ref_bytes
 from sampledrec.testing import MemoryKeyring
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sampledrec import FixedClock, Store, StoreLocked, StoreNotFound, StorePermissionError
-from sampledrec.errors import StoreError
+from sampledrec import FixedClock, Store
+from sampledrec.errors import StoreError, StoreLocked, StoreNotFound, StorePermissionError
 
 
 def test_open_missing(tmp_path: Path) -> None:

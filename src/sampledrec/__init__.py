@@ -1,6 +1,9 @@
 """sampledrec: decide per call whether to record it, by random and auditable sampling.
 
-The public API is re-exported here; everything else is private or low level.
+The public API is re-exported here; each stage's package holds the rest of its API
+(:mod:`sampledrec.keys`, :mod:`sampledrec.sampling`, :mod:`sampledrec.log`,
+:mod:`sampledrec.vault`, :mod:`sampledrec.retention`, :mod:`sampledrec.audit`), and every error is
+in :mod:`sampledrec.errors`. ``docs/architecture.md`` draws the stages.
 
 >>> import sampledrec
 >>> sampledrec.threshold("0.05") == (5 * 2**56) // 100
@@ -10,110 +13,48 @@ True
 from __future__ import annotations
 
 from ._version import __version__ as __version__
-from .clock import SYSTEM_CLOCK, Clock, FixedClock, SystemClock, parse_time
-from .errors import (
-    AccessDenied,
-    AudioTypeError,
-    CallRefTypeError,
-    FFmpegNotFound,
-    InvalidArgument,
-    InvalidAudio,
-    InvalidCallRef,
-    InvalidKey,
-    InvalidPolicy,
-    InvalidRate,
-    InvalidRecording,
-    InvalidTime,
-    KeyDestroyed,
-    KeyNotRevealable,
-    KeyringError,
-    KeyTypeError,
-    NotSelected,
-    RateTypeError,
-    RecordingExpired,
-    RecordingNotFound,
-    SampledrecError,
-    StoreError,
-    StoreLocked,
-    StoreNotFound,
-    StorePermissionError,
+from .clock import Clock, FixedClock, parse_time
+from .errors import SampledrecError
+from .keys import EpochKey, Pkcs11KeyStore, RevealedKey
+from .log import DecisionLog
+from .retention import Retention, SubjectRequests, SweepReport
+from .sampling import (
+    Decision,
+    DecisionBatch,
+    ObjectionList,
+    Policy,
+    Sampler,
+    draw,
+    draw_many,
+    threshold,
 )
-from .keys.keyring import EpochKey, Keyring, LocalKeyring, RevealedKey, epoch_commitment
-from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
-from .log.writer import DecisionLog, LogCorrupt
-from .retention.subjects import SubjectRequests
-from .retention.sweep import Retention, SweepReport
-from .sampling.keyed import draw, draw_many, threshold
-from .sampling.objections import ObjectionList
-from .sampling.policy import Policy, RetentionPeriod, Rule
-from .sampling.sampler import Decision, DecisionBatch, Sampler
 from .store import Store
-from .vault.access import Principal
-from .vault.audio import AudioFormat
-from .vault.catalog import Catalog, RecordingRow, SqliteCatalog
-from .vault.recorder import Recorder, Recording, Vault
+from .vault import AudioFormat, Principal, Recorder, Recording, Vault
 
 __all__ = [
-    "SYSTEM_CLOCK",
-    "AccessDenied",
     "AudioFormat",
-    "AudioTypeError",
-    "CallRefTypeError",
-    "Catalog",
     "Clock",
     "Decision",
     "DecisionBatch",
     "DecisionLog",
     "EpochKey",
-    "FFmpegNotFound",
     "FixedClock",
-    "InvalidArgument",
-    "InvalidAudio",
-    "InvalidCallRef",
-    "InvalidKey",
-    "InvalidPolicy",
-    "InvalidRate",
-    "InvalidRecording",
-    "InvalidTime",
-    "KeyDestroyed",
-    "KeyNotRevealable",
-    "KeyStore",
-    "KeyTypeError",
-    "Keyring",
-    "KeyringError",
-    "LocalKeyStore",
-    "LocalKeyring",
-    "LogCorrupt",
-    "NotSelected",
     "ObjectionList",
     "Pkcs11KeyStore",
     "Policy",
     "Principal",
-    "RateTypeError",
     "Recorder",
     "Recording",
-    "RecordingExpired",
-    "RecordingNotFound",
-    "RecordingRow",
     "Retention",
-    "RetentionPeriod",
     "RevealedKey",
-    "Rule",
     "SampledrecError",
     "Sampler",
-    "SqliteCatalog",
     "Store",
-    "StoreError",
-    "StoreLocked",
-    "StoreNotFound",
-    "StorePermissionError",
     "SubjectRequests",
     "SweepReport",
-    "SystemClock",
     "Vault",
     "draw",
     "draw_many",
-    "epoch_commitment",
     "parse_time",
     "threshold",
 ]

@@ -20,6 +20,10 @@
     ├── AccessDenied (PermissionError)      a principal's roles do not allow the action
     ├── RecordingExpired                    a recording is past its expiry, or erased
     ├── RecordingNotFound (KeyError)        no recording with that id
+    ├── CheckpointError (ValueError)        a checkpoint or verifier key is malformed, or its
+    │                                       signature does not verify
+    ├── LogCorrupt                          the decision log cannot be trusted: a batch, entry or
+    │                                       checkpoint does not verify
     ├── KeyringError                        a key cannot be created, found or revealed
     │   ├── KeyNotRevealable                the epoch has not ended yet
     │   └── KeyDestroyed                    a bucket's key was destroyed (crypto-shredded)
@@ -39,6 +43,7 @@ __all__ = [
     "AccessDenied",
     "AudioTypeError",
     "CallRefTypeError",
+    "CheckpointError",
     "FFmpegNotFound",
     "InvalidArgument",
     "InvalidAudio",
@@ -52,6 +57,7 @@ __all__ = [
     "KeyNotRevealable",
     "KeyTypeError",
     "KeyringError",
+    "LogCorrupt",
     "NotSelected",
     "RateTypeError",
     "RecordingExpired",
@@ -166,6 +172,14 @@ class RecordingNotFound(SampledrecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "no such recording"
+
+
+class CheckpointError(SampledrecError, ValueError):
+    """A checkpoint or verifier key is malformed or its signature does not verify."""
+
+
+class LogCorrupt(SampledrecError):
+    """The log cannot be trusted: a batch, entry or checkpoint does not verify."""
 
 
 class KeyringError(SampledrecError):

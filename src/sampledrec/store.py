@@ -219,7 +219,7 @@ class Store:
                     f"{self.path} has no policy; apply one with 'sampledrec policy apply'"
                 )
             chosen = schedule[0]["version"]  # nothing in force yet: the first one
-        return self._policy_version(chosen)
+        return self.policy_version(chosen)
 
     def _schedule(self) -> list[dict[str, str]]:
         try:
@@ -230,7 +230,8 @@ class Store:
             raise StoreError(f"cannot read the policy schedule: {exc}") from exc
         return list(data)
 
-    def _policy_version(self, version: str) -> Policy:
+    def policy_version(self, version: str) -> Policy:
+        """The applied policy with version id ``version`` (checked against its hash)."""
         cached = self._policies.get(version)
         if cached is not None:
             return cached
@@ -395,7 +396,7 @@ class Store:
         out: list[tuple[CapRequest, CapAnswer]] = []
         for i in rows.tolist():
             try:
-                rule = self._policy_version(d.versions[int(d.version[i])].hex()).rule_named(
+                rule = self.policy_version(d.versions[int(d.version[i])].hex()).rule_named(
                     d.rules[int(d.rule[i])]
                 )
             except (StoreError, KeyError, OSError):

@@ -138,7 +138,8 @@ class EpochKey:
         """The raw key. Only for the draw and for revealing an ended epoch to an auditor."""
         return self._secret
 
-    def _cmac_copy(self) -> cmac.CMAC:
+    def new_cmac(self) -> cmac.CMAC:
+        """A CMAC context keyed with this epoch's key, for the draw (the key never leaves it)."""
         # A keyed CMAC copied per call skips the AES key schedule (4x faster than a fresh one).
         if self._cmac is None:
             self._cmac = cmac.CMAC(algorithms.AES(self._secret))

@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..errors import CheckpointError
 from .format import from_micros, to_micros
 
 __all__ = ["Checkpoint", "CheckpointError", "LogSigner", "parse_vkey", "verify_checkpoint"]
@@ -37,10 +38,6 @@ ALG_ED25519: Final = 0x01
 _SIZE: Final = re.compile(r"0|[1-9][0-9]{0,19}", re.ASCII)
 SIG_PREFIX: Final = "\u2014 "
 TIME_EXT: Final = "sampledrec-time "
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or verifier key is malformed or its signature does not verify."""
 
 
 def key_id(name: str, public_key: bytes) -> bytes:

@@ -22,9 +22,10 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import LogCorrupt
 from .format import T_DECISION, Entry, decode_entry
 from .hashing import _fast
-from .writer import SEG_HEADER, LogCorrupt, SealingKeys, iter_batches
+from .writer import SEG_HEADER, SealingKeys, iter_batches
 
 __all__ = [
     "Decisions",

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import CheckpointError
 from . import hashing as _hashing
-from .checkpoint import Checkpoint, CheckpointError, parse_vkey, verify_checkpoint
+from .checkpoint import Checkpoint, parse_vkey, verify_checkpoint
 from .merkle import (
     consistency_proof,
     inclusion_proof,

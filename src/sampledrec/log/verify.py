@@ -32,8 +32,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import CheckpointError
 from . import hashing as _hashing
-from .checkpoint import Checkpoint, CheckpointError, parse_vkey, verify_checkpoint, vkey
+from .checkpoint import Checkpoint, parse_vkey, verify_checkpoint, vkey
 from .format import (
     T_CHECKPOINT,
     T_DECISION,

@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from .._hazmat.files import fsync_dir, write_new
 from .._hazmat.locking import wait_for_flock
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import SampledrecError, StoreError
+from ..errors import CheckpointError, LogCorrupt, SampledrecError, StoreError
 from . import hashing as _hashing
-from .checkpoint import Checkpoint, CheckpointError, LogSigner
+from .checkpoint import Checkpoint, LogSigner
 from .format import (
     FORMAT_VERSION,
     REASON_CODES,
@@ -106,10 +106,6 @@ def _micros(moment: datetime) -> int:
         + moment.minute * 60
         + moment.second
     ) * 1_000_000 + moment.microsecond
-
-
-class LogCorrupt(SampledrecError):
-    """The log cannot be trusted: a batch, entry or checkpoint does not verify."""
 
 
 def segment_name(first_index: int) -> str:

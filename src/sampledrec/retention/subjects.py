@@ -47,6 +47,7 @@ from ..errors import (
     InvalidArgument,
     InvalidRecording,
     KeyDestroyed,
+    LogCorrupt,
     SampledrecError,
 )
 from ..log.format import (
@@ -57,7 +58,7 @@ from ..log.format import (
     from_micros,
     to_micros,
 )
-from ..log.writer import LogCorrupt, iter_entries
+from ..log.writer import iter_entries
 from ..sampling.objections import caller_pseudonym
 from ..vault import container as _container
 from ..vault.access import grant
@@ -289,7 +290,7 @@ class SubjectRequests:
         try:
             data_key = self.vault.data_key(row, now=now)
         except KeyDestroyed:
-            self.vault._access("subject_export", "denied", who, rid, "key destroyed")
+            self.vault.log_access("subject_export", "denied", who, rid, "key destroyed")
             return None, "expired: its key was destroyed"
         try:
             reader = _container.ContainerReader((self.store.path / row.file).read_bytes(), data_key)
@@ -302,14 +303,14 @@ class SubjectRequests:
                 raise InvalidRecording("the recording cannot be read")
             audio = reader.read_all()
         except (OSError, InvalidRecording):
-            self.vault._access("subject_export", "failed", who, rid, "damaged or missing")
+            self.vault.log_access("subject_export", "failed", who, rid, "damaged or missing")
             raise InvalidRecording(
                 f"recording {rid} cannot be read: it is damaged, truncated or missing; the "
                 "export was not written (run 'sampledrec log verify' and check the store)"
             ) from None
         fmt = AudioFormat.from_text(row.audio_format)
         wav = encode_wav(AudioFormat("pcm16", fmt.sample_rate, fmt.channels), to_pcm16(audio, fmt))
-        self.vault._access("subject_export", "granted", who, rid, request_id)
+        self.vault.log_access("subject_export", "granted", who, rid, request_id)
         return wav, ""
 
     def _metadata(
@@ -327,7 +328,7 @@ class SubjectRequests:
             "log_index": row.decision_index if row.decision_index >= 0 else None,
         }
         with contextlib.suppress(SampledrecError, KeyError):
-            rule = self.store._policy_version(row.policy_version).rule_named(row.rule)
+            rule = self.store.policy_version(row.policy_version).rule_named(row.rule)
             decision["rate"] = rule.rate
             decision["threshold"] = str(rule.threshold)
         if logged is not None:
@@ -451,7 +452,7 @@ class SubjectRequests:
         who = principal if isinstance(principal, Principal) else Principal(principal)
         allowed = grant(who, "subject_requests", self.store.policy(self.clock.now()).roles)
         if not allowed or not allowed.unrestricted:
-            self.vault._access("subject_requests", "denied", who, None, None)
+            self.vault.log_access("subject_requests", "denied", who, None, None)
             raise AccessDenied(
                 f"principal {who.name!r} may not handle data-subject requests: that needs the "
                 "'subject_requests' permission without scope (role 'dpo', or the store's owner)"

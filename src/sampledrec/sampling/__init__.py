@@ -1,0 +1,35 @@
+"""Sampling: per call, whether to record it, and why (DESIGN.md §4).
+
+The keyed draw (:func:`draw`, :func:`draw_many`, :func:`threshold`), the policy that maps a
+call's attributes to a rule and a rate (:class:`Policy`, its roles), objections, per-agent caps
+(:class:`CapLedger`), and the :class:`Sampler` that combines them into a :class:`Decision`.
+:func:`simulate_policy` tries a policy on synthetic calls. Nothing here touches the disk except
+the caps ledger of a store.
+"""
+
+from .caps import CapLedger, MemoryCapLedger, SqliteCapLedger
+from .keyed import draw, draw_many, threshold
+from .objections import ObjectionList, caller_pseudonym
+from .policy import Policy, RetentionPeriod, Rule
+from .roles import Role
+from .sampler import Decision, DecisionBatch, Sampler
+from .simulate import simulate_policy
+
+__all__ = [
+    "CapLedger",
+    "Decision",
+    "DecisionBatch",
+    "MemoryCapLedger",
+    "ObjectionList",
+    "Policy",
+    "RetentionPeriod",
+    "Role",
+    "Rule",
+    "Sampler",
+    "SqliteCapLedger",
+    "caller_pseudonym",
+    "draw",
+    "draw_many",
+    "simulate_policy",
+    "threshold",
+]

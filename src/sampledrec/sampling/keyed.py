@@ -140,7 +140,7 @@ def draw(key: KeyLike, call_ref: str | bytes) -> int:
 
     msg = call_ref_bytes(call_ref)
     if isinstance(key, EpochKey):
-        mac = key._cmac_copy()
+        mac = key.new_cmac()
     else:
         mac = _pyca_cmac.CMAC(algorithms.AES(_key_bytes(key)))
     mac.update(msg)

@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from ..errors import InvalidPolicy, InvalidRate
-from ..vault.access import DEFAULT_ROLES, Role, parse_roles
 from .keyed import rate_fraction, threshold
+from .roles import DEFAULT_ROLES, Role, parse_roles
 
 __all__ = [
     "DEFAULT_POLICY_TOML",

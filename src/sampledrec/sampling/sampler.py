@@ -294,7 +294,7 @@ class Sampler:
         if attrs is None:
             attrs = {}
         rule = policy.rule_for(attrs)
-        mac = key._cmac_copy()
+        mac = key.new_cmac()
         mac.update(raw)
         tag = mac.finalize()
         r = int.from_bytes(tag[:7], "big")
@@ -530,7 +530,7 @@ def cap_call_name(key: EpochKey, ref: str | bytes) -> bytes:
 
 def _tag(key: EpochKey, raw: bytes) -> bytes:
     """The call's full AES-CMAC tag under the epoch key (its draw is the first 7 bytes)."""
-    mac = key._cmac_copy()
+    mac = key.new_cmac()
     mac.update(raw)
     return mac.finalize()
 

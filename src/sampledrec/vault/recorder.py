@@ -220,7 +220,7 @@ class Vault:
                 "the decision was not logged: decide with a sampler that has this store's log "
                 "(store.sampler(log=log)) before recording"
             )
-        policy = self.store._policy_version(decision.policy_version)
+        policy = self.store.policy_version(decision.policy_version)
         rule = policy.rule_named(decision.rule)
         started = self.clock.now()
         expires = rule.retention.expires_at(decision.decided_at)
@@ -279,7 +279,7 @@ class Vault:
         else:
             shown = [r for r in rows if self.in_scope(allowed, r)]
             detail = f"{len(shown)} of {len(rows)} recordings (scope)"
-        self._access("list", "granted", who, None, detail)
+        self.log_access("list", "granted", who, None, detail)
         return shown
 
     def open(
@@ -295,9 +295,9 @@ class Vault:
         try:
             audio = reader.read_all()
         except InvalidRecording:
-            self._access("listen", "failed", who, recording_id, "damaged")
+            self.log_access("listen", "failed", who, recording_id, "damaged")
             raise
-        self._access("listen", "granted", who, recording_id, None)
+        self.log_access("listen", "granted", who, recording_id, None)
         return Recording(row, AudioFormat.from_text(row.audio_format), audio)
 
     def read_range(
@@ -319,9 +319,9 @@ class Vault:
         try:
             data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
         except InvalidRecording:
-            self._access("listen", "failed", who, recording_id, "damaged")
+            self.log_access("listen", "failed", who, recording_id, "damaged")
             raise
-        self._access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
+        self.log_access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
         return data
 
     def export(
@@ -339,7 +339,7 @@ class Vault:
         try:
             audio = reader.read_all()
         except InvalidRecording:
-            self._access("export", "failed", who, recording_id, "damaged")
+            self.log_access("export", "failed", who, recording_id, "damaged")
             raise
         fmt = AudioFormat.from_text(row.audio_format)
         pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
@@ -347,7 +347,7 @@ class Vault:
         path = Path(out)
         with new_export_file(path) as fh:
             fh.write(wav)
-        self._access("export", "granted", who, recording_id, None)
+        self.log_access("export", "granted", who, recording_id, None)
         return path
 
     def _reader(
@@ -357,7 +357,7 @@ class Vault:
         allowed = self._grant(who, action, recording_id, now)
         row = self._row_in_scope(recording_id, who, action, allowed)
         if row.status not in ("sealed", "truncated"):
-            self._access(action, "denied", who, recording_id, f"status {row.status}")
+            self.log_access(action, "denied", who, recording_id, f"status {row.status}")
             if row.status in ("expired", "erased", "aborted"):
                 raise RecordingExpired(
                     f"recording {recording_id} is {row.status}: it can no longer be read"
@@ -367,7 +367,7 @@ class Vault:
                 "(or run recovery after a crash)"
             )
         if to_micros(now) >= row.expires_at:
-            self._access(action, "denied", who, recording_id, "expired")
+            self.log_access(action, "denied", who, recording_id, "expired")
             raise RecordingExpired(
                 f"recording {recording_id} expired at {from_micros(row.expires_at).isoformat()}: "
                 "it can no longer be read"
@@ -375,12 +375,12 @@ class Vault:
         try:
             data_key = self.data_key(row, now=now)
         except KeyDestroyed:
-            self._access(action, "denied", who, recording_id, "key destroyed")
+            self.log_access(action, "denied", who, recording_id, "key destroyed")
             raise RecordingExpired(
                 f"recording {recording_id}: its key was destroyed; it can no longer be read"
             ) from None
         except InvalidRecording:
-            self._access(action, "failed", who, recording_id, "wrapped key does not verify")
+            self.log_access(action, "failed", who, recording_id, "wrapped key does not verify")
             raise
         try:
             blob = (self.store.path / row.file).read_bytes()
@@ -393,7 +393,7 @@ class Vault:
             ):
                 raise InvalidRecording("the recording cannot be read")
         except (OSError, InvalidRecording):
-            self._access(action, "failed", who, recording_id, "damaged or missing")
+            self.log_access(action, "failed", who, recording_id, "damaged or missing")
             raise InvalidRecording(
                 "the recording cannot be read: it is damaged, truncated, or the key is wrong"
             ) from None
@@ -442,7 +442,7 @@ class Vault:
         allowed = self._grant(who, permission, recording_id, now)
         if recording_id is not None:
             self._row_in_scope(recording_id, who, permission, allowed)
-        self._access(permission, "granted", who, recording_id, None)
+        self.log_access(permission, "granted", who, recording_id, None)
         return allowed
 
     def in_scope(self, allowed: Grant, row: RecordingRow) -> bool:
@@ -454,7 +454,7 @@ class Vault:
         required: Mapping[str, frozenset[str]] = {}
         if not all(name in row.attrs for name in allowed.scope_attributes):
             try:
-                policy = self.store._policy_version(row.policy_version)
+                policy = self.store.policy_version(row.policy_version)
                 required = policy.rule_named(row.rule).match
             except KeyError:
                 required = {}
@@ -474,10 +474,10 @@ class Vault:
         try:
             allowed = grant(who, permission, roles)
         except InvalidArgument:
-            self._access(permission, "denied", who, recording_id, "unknown role")
+            self.log_access(permission, "denied", who, recording_id, "unknown role")
             raise
         if not allowed:
-            self._access(permission, "denied", who, recording_id, f"no role grants {permission}")
+            self.log_access(permission, "denied", who, recording_id, f"no role grants {permission}")
             on = f" on recording {recording_id}" if recording_id else ""
             holders = ", ".join(granting_roles(permission, roles)) or "owner"
             hint = (
@@ -496,17 +496,17 @@ class Vault:
         """The catalog row of a recording that ``allowed`` reaches; each refusal is logged."""
         row = self.catalog.get(recording_id)
         if row is None:
-            self._access(permission, "denied", who, recording_id, "no such recording")
+            self.log_access(permission, "denied", who, recording_id, "no such recording")
             raise RecordingNotFound(f"no recording {recording_id!r} in {self.store.path}")
         if not self.in_scope(allowed, row):
-            self._access(permission, "denied", who, recording_id, "out of scope")
+            self.log_access(permission, "denied", who, recording_id, "out of scope")
             raise AccessDenied(
                 f"principal {who.name!r} may not {permission} on recording {recording_id}: it "
                 f"is outside the scope of its roles ({allowed.describe()})"
             )
         return row
 
-    def _access(
+    def log_access(
         self,
         action: str,
         outcome: str,
@@ -514,6 +514,7 @@ class Vault:
         recording_id: str | None,
         detail: str | None,
     ) -> None:
+        """Log one access to recordings (granted, denied or failed: every attempt is logged)."""
         self.log.append(
             T_ACCESS,
             {
