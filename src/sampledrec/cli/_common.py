@@ -1,0 +1,162 @@
+"""What every command group shares: exit codes, the parser class and the helpers that add a
+command and its common options, output (``--json`` or text), and reading the arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO, TypeAlias
+
+from ..clock import SYSTEM_CLOCK, parse_time
+from ..errors import InvalidArgument, SampledrecError
+from ..store import Store
+from ..vault.access import Principal
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+
+Handler = Callable[[argparse.Namespace, TextIO], int]
+"""A command: it reads its parsed arguments, writes to ``out`` and returns the exit code."""
+
+Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
+"""Where a group's ``register`` adds its commands: ``add_subparsers()`` of the parent."""
+
+
+class CommandFailed(SampledrecError):
+    """A check failed or an action was refused (exit 1); the message is shown as is."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# -- building the parser ------------------------------------------------------------------------
+
+
+def add_command(
+    parent: Commands, name: str, func: Handler, help: str, *, store: bool = True
+) -> argparse.ArgumentParser:
+    """A command: it takes ``--store STORE`` unless ``store`` is false, and every command takes
+    ``--json`` (print one JSON document).
+
+    ``help`` is plain text: it is the command's description, and its line in the parent's list
+    of commands (where argparse %-formats it, so a ``%`` is escaped there)."""
+    p: argparse.ArgumentParser = parent.add_parser(
+        name, help=help.replace("%", "%%"), description=help
+    )
+    p.set_defaults(func=func)
+    if store:
+        p.add_argument("--store", required=True, help="the store folder")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return p
+
+
+def add_group(parent: Commands, name: str, help: str) -> Commands:
+    """A command with subcommands (``sampledrec NAME SUBCOMMAND``): add them to what it returns."""
+    group = parent.add_parser(name, help=help)
+    return group.add_subparsers(dest=f"{name}_command", required=True, parser_class=Parser)
+
+
+def add_at(p: argparse.ArgumentParser, help: str) -> None:
+    """``--at TIME``, read by :func:`at_time` (or as the command's help says)."""
+    p.add_argument("--at", help=help)
+
+
+CHECKPOINT_HELP = "an exported checkpoint kept outside the store"
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, doc: dict[str, Any], text: str, out: TextIO) -> None:
+    if getattr(args, "json", False):
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(text.rstrip("\n") + "\n")
+
+
+def fail(args: argparse.Namespace, code: int, message: str, out: TextIO) -> int:
+    if getattr(args, "json", False):
+        out.write(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False) + "\n")
+    print(f"sampledrec: {message}", file=sys.stderr)
+    return code
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def iso_us(us: int) -> str:
+    from ..log.format import from_micros
+
+    return from_micros(us).isoformat()
+
+
+def ref_text(ref: str | bytes) -> str:
+    return ref if isinstance(ref, str) else f"0x{ref.hex()}"
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+
+def open_store(path: str) -> Store:
+    return Store.open(path)
+
+
+def at_time(args: argparse.Namespace, store: Store | None = None) -> datetime:
+    """The time to act at: ``--at`` if given (forward only, except in a simulated store)."""
+    real = SYSTEM_CLOCK.now()
+    if getattr(args, "at", None) is None:
+        return real
+    at = parse_time(args.at)
+    if at < real and not (store is not None and store.simulated):
+        raise InvalidArgument(
+            f"--at {args.at} is in the past; --at may move the clock forward, never back "
+            "(only a store made by 'sampledrec demo' may replay the past)"
+        )
+    return at
+
+
+def parse_attrs(pairs: Sequence[str]) -> dict[str, str]:
+    attrs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(
+                f"--attr {pair!r} is not KEY=VALUE; write it like --attr queue=sales"
+            )
+        attrs[key.strip()] = value.strip()
+    return attrs
+
+
+def read_lines(source: str) -> list[str]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def owner_name() -> str:
+    """The operating-system user, as whom the CLI acts: the store's owner (DESIGN.md §9)."""
+    import getpass
+
+    return getpass.getuser()
+
+
+def owner_principal() -> Principal:
+    return Principal.owner(owner_name())
