@@ -21,6 +21,7 @@ from ._common import (
     iso_us,
     open_store,
     owner_principal,
+    table,
     parse_attrs,
     ref_text,
 )
