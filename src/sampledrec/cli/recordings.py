@@ -21,9 +21,9 @@ from ._common import (
     iso_us,
     open_store,
     owner_principal,
-    table,
     parse_attrs,
     ref_text,
+    table,
 )
 
 
