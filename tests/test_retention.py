@@ -76,7 +76,7 @@ def test_nothing_expires_early_and_everything_expires_on_time(store: Store) -> N
             row = vault.catalog.get(rid)
             assert row is not None and row.status == "expired"
             assert row.call_ref is None and row.agent is None and row.wrapped_key is None
-            assert not (store.path / row.file).exists()
+            assert not (store.path / "recordings" / row.file).exists()
             with pytest.raises(RecordingExpired):
                 vault.open(rid)
     assert not list((store.path / "recordings").rglob("*.sdr"))

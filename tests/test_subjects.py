@@ -230,7 +230,7 @@ def test_a_failed_export_leaves_no_file(
 
     row = env.vault.catalog.get(r1)
     assert row is not None
-    path = env.store.path / row.file
+    path = env.store.path / "recordings" / row.file
     damaged = bytearray(path.read_bytes())
     damaged[-40] ^= 1
     path.write_bytes(bytes(damaged))
@@ -274,7 +274,7 @@ def test_erase_shreds_the_persons_recordings_only(env: Env, tmp_path: Path) -> N
     assert sorted(outcomes) == sorted((rid, "erased") for rid in ra)
     for rid, before in rows.items():
         assert before is not None
-        assert not (env.store.path / before.file).exists()
+        assert not (env.store.path / "recordings" / before.file).exists()
         row = env.vault.catalog.get(rid)
         assert row is not None and row.status == "erased" and row.wrapped_key is None
         assert (row.call_ref, row.caller_pseudonym, row.agent) == (None, None, None)

@@ -138,7 +138,7 @@ def test_abort_destroys_the_recording(opened: tuple) -> None:  # type: ignore[ty
     rec.abort()
     row = vault.catalog.get(rec.recording_id)
     assert row is not None and row.status == "aborted" and row.wrapped_key is None
-    assert not (store.path / row.file).exists()
+    assert not (store.path / "recordings" / row.file).exists()
     with pytest.raises(RecordingExpired):
         vault.open(rec.recording_id)
     log.flush()
@@ -161,7 +161,7 @@ def test_damaged_recordings_fail_closed_and_are_logged(opened: tuple, tmp_path: 
     rid = record(vault, selected(sampler), synthetic_speech(0.5))
     row = vault.catalog.get(rid)
     assert row is not None
-    path = store.path / row.file
+    path = store.path / "recordings" / row.file
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
@@ -187,7 +187,7 @@ def test_header_swapped_between_recordings_is_refused(opened: tuple) -> None:  #
     b = record(vault, selected(sampler, "b"), synthetic_speech(0.5, seed=2))
     ra, rb = vault.catalog.get(a), vault.catalog.get(b)
     assert ra is not None and rb is not None
-    (store.path / ra.file).write_bytes((store.path / rb.file).read_bytes())
+    (store.path / "recordings" / ra.file).write_bytes((store.path / "recordings" / rb.file).read_bytes())
     with pytest.raises(InvalidRecording):
         vault.open(a)
 

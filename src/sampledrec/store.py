@@ -5,15 +5,34 @@ catalog and recordings, with no server.
 
     STORE/
       store.json        format marker, store id, creation time, simulated flag, keyring location,
-                        default region for national phone numbers (optional)
+                        default region for national phone numbers (optional), and the storage
+                        backends (below)
       policy.toml       the policy most recently applied (for people to read)
       policies/         every applied policy, by version id, and schedule.json (when each
                         takes effect); the log records each one too
       objections.txt    pseudonyms of callers who objected (never numbers)
       keys/             the local keyring (0700), unless the store names another folder
       log/              the decision log (sampledrec.log), every byte covered by verification
+      catalog.sqlite    the recordings catalog (backend "sqlite")
+      recordings/       sealed recordings (backend "local" of the blob store)
+      caps.sqlite       the per-agent caps ledger
       lock, log.lock    lock files (fcntl), outside every covered folder
       recovered/        incomplete log tails set aside after a crash, if any
+
+``store.json``'s ``backends`` names each storage backend and its settings; :meth:`Store.open`
+builds them, and nothing else in the library joins a path inside the store by hand::
+
+    "backends": {
+      "catalog":  {"kind": "sqlite", "path": "catalog.sqlite"},
+      "blobs":    {"kind": "local", "path": "recordings"},
+      "keystore": {"kind": "local"}                      (bucket keys in the keyring folder)
+              or  {"kind": "pkcs11", "module": "/usr/lib/softhsm/libsofthsm2.so",
+                   "token": "sampledrec", "pin_env": "SAMPLEDREC_PKCS11_PIN"}
+    }
+
+Relative paths are inside the store. A store without ``backends`` (made before they existed)
+uses these defaults. The PIN of a PKCS#11 token is never written: ``pin_env`` names the
+environment variable that holds it.
 
 Folders are 0700 and files 0600. A store created by ``sampledrec demo`` (or ``init
 --simulated``) is marked *simulated*: it may reveal keys of epochs that have not ended by the real
@@ -44,12 +63,15 @@ from .errors import (
     StorePermissionError,
 )
 from .keys.keyring import EpochKey, LocalKeyring, RevealedKey, reveal
+from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
 from .log.format import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
 from .log.writer import DecisionLog
 from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
 from .sampling.objections import ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
 from .sampling.sampler import Sampler, cap_call_name
+from .vault.blobs import BlobStore, LocalBlobStore
+from .vault.catalog import Catalog, SqliteCatalog
 
 __all__ = ["Store"]
 
@@ -57,6 +79,11 @@ STORE_FORMAT: Final = "sampledrec-store"
 CAPS_FILE: Final = "caps.sqlite"  # the per-agent caps ledger (sampledrec.caps)
 STORE_VERSION: Final = 1
 REVEALED_FORMAT: Final = "sampledrec-revealed-keys"
+DEFAULT_BACKENDS: Final[dict[str, dict[str, str]]] = {
+    "catalog": {"kind": "sqlite", "path": "catalog.sqlite"},
+    "blobs": {"kind": "local", "path": "recordings"},
+    "keystore": {"kind": "local"},
+}
 
 
 class Store:
@@ -69,6 +96,9 @@ class Store:
         keys_dir = meta.get("keys_dir")
         self.keys_path = Path(keys_dir) if keys_dir else path / "keys"
         self.keyring = LocalKeyring(self.keys_path)
+        self.backends = _backends(meta.get("backends"), path)
+        self._keystore: KeyStore | None = None
+        self._blobs: BlobStore | None = None
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
         try:
@@ -102,6 +132,38 @@ class Store:
     def policy_path(self) -> Path:
         return self.path / "policy.toml"
 
+    # -- the storage backends (store.json "backends") ------------------------------------------
+
+    @property
+    def keystore(self) -> KeyStore:
+        """The key store of the expiry buckets' keys (built once, on first use)."""
+        if self._keystore is None:
+            spec = self.backends["keystore"]
+            if spec["kind"] == "pkcs11":
+                self._keystore = _pkcs11_keystore(spec)
+            else:
+                self._keystore = LocalKeyStore(self.keys_path)
+        return self._keystore
+
+    @property
+    def blobs(self) -> BlobStore:
+        """Where sealed recordings are kept (built once, on first use)."""
+        if self._blobs is None:
+            self._blobs = LocalBlobStore(self._inside(self.backends["blobs"]["path"]), create=True)
+        return self._blobs
+
+    def open_catalog(self) -> Catalog:
+        """A new connection to the recordings catalog; the caller closes it."""
+        return SqliteCatalog(self._inside(self.backends["catalog"]["path"]))
+
+    @property
+    def log_path(self) -> Path:
+        """The decision log's folder."""
+        return self.path / "log"
+
+    def _inside(self, path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else self.path / path
+
     # -- creating and opening ----------------------------------------------------------------
 
     @classmethod
@@ -113,11 +175,13 @@ class Store:
         keys_dir: str | os.PathLike[str] | None = None,
         simulated: bool = False,
         region: str | None = None,
+        backends: dict[str, dict[str, str]] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> Store:
         """Create a new store. ``policy`` is a policy file (checked first); without it the
         default policy is written (purpose quality, rate 5%, retention 6 months). ``region``
-        (``"FR"``) is where callers' national numbers (``06 12 34 56 78``) are read."""
+        (``"FR"``) is where callers' national numbers (``06 12 34 56 78``) are read.
+        ``backends`` replaces some of :data:`DEFAULT_BACKENDS` (module docstring)."""
         root = Path(path)
         if region is not None:
             region = check_region(region)
@@ -133,6 +197,8 @@ class Store:
                 "store (its markers, signing and sealing keys are the store's own): name a new "
                 "folder"
             )
+        chosen = {**DEFAULT_BACKENDS, **(dict(backends) if backends else {})}
+        _backends(chosen, root)  # refuse unknown backends before creating anything
         if policy is not None:
             text = Path(policy).read_text(encoding="utf-8")
             Policy.from_toml(text, source=str(policy))  # refuse a bad policy before creating
@@ -153,6 +219,7 @@ class Store:
                 "created_at": clock.now().isoformat(),
                 "simulated": simulated,
                 "keys_dir": str(keys_path) if keys_dir else None,
+                "backends": chosen,
             }
             if region is not None:
                 meta["region"] = region
@@ -505,3 +572,55 @@ def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:
         RevealedKey(e["epoch_id"], bytes.fromhex(e["key"]), bytes.fromhex(e["commitment"]))
         for e in doc["epochs"]
     ]
+
+
+_KINDS: Final = {"catalog": ("sqlite",), "blobs": ("local",), "keystore": ("local", "pkcs11")}
+_REQUIRED: Final = {
+    ("catalog", "sqlite"): ("path",),
+    ("blobs", "local"): ("path",),
+    ("keystore", "local"): (),
+    ("keystore", "pkcs11"): ("module", "token", "pin_env"),
+}
+
+
+def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
+    """The store's backends from store.json (defaults for what it does not name), checked."""
+    if raw is None:
+        raw = DEFAULT_BACKENDS
+    where = root / "store.json"
+    if not isinstance(raw, dict):
+        raise StoreError(f"{where}: 'backends' must be a table of backends, not {raw!r}")
+    unknown = sorted(set(raw) - set(_KINDS))
+    if unknown:
+        raise StoreError(
+            f"{where}: unknown backend {unknown[0]!r}; backends are {', '.join(_KINDS)}"
+        )
+    out: dict[str, dict[str, str]] = {}
+    for name, kinds in _KINDS.items():
+        spec = raw.get(name, DEFAULT_BACKENDS[name])
+        if not isinstance(spec, dict) or spec.get("kind") not in kinds:
+            raise StoreError(
+                f"{where}: backends.{name} = {spec!r}; its kind must be one of {', '.join(kinds)}"
+            )
+        missing = [k for k in _REQUIRED[(name, spec["kind"])] if not spec.get(k)]
+        if missing:
+            raise StoreError(
+                f"{where}: backends.{name} of kind {spec['kind']!r} needs {', '.join(missing)}"
+            )
+        out[name] = {str(k): str(v) for k, v in spec.items()}
+    return out
+
+
+def _pkcs11_keystore(spec: dict[str, str]) -> KeyStore:
+    pin = os.environ.get(spec["pin_env"])
+    if not pin:
+        raise StoreError(
+            f"the store's key store is the PKCS#11 token {spec['token']!r}; set its user PIN "
+            f"in the environment variable {spec['pin_env']} (it is never written to disk)"
+        )
+    return Pkcs11KeyStore(
+        spec["module"],
+        spec["token"],
+        pin,
+        label_prefix=spec.get("label_prefix", "sampledrec-"),
+    )

@@ -123,7 +123,7 @@ def _read_log(store: Store) -> _LogFacts:
 
     facts = _LogFacts()
     try:
-        contents = read_log(store.path / "log", _NoKeys())
+        contents = read_log(store.log_path, _NoKeys())
     except OSError as exc:
         facts.error = f"the log could not be read: {exc}"
         return facts
@@ -187,12 +187,7 @@ _TALLIED: Final = ("sampled", "objection", "cap_reached")
 
 def _catalog_rows(store: Store) -> tuple[list[Any], list[tuple[Any, int]], list[Any]]:
     """(recordings, holds with member counts, subject requests); empty without a catalog."""
-    path = store.path / "catalog.sqlite"
-    if not path.exists():
-        return [], [], []
-    from ..vault.catalog import SqliteCatalog
-
-    catalog = SqliteCatalog(path)
+    catalog = store.open_catalog()
     try:
         rows = catalog.find()
         holds = [(h, len(catalog.hold_members(h.hold_id))) for h in catalog.holds()]

@@ -257,7 +257,7 @@ def audit_verify(
     # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
     # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
     contents = read_log(
-        store.path / "log",
+        store.log_path,
         keyring if keyring is not None else store.keyring,
         progress=progress,
     )
@@ -606,21 +606,16 @@ def _check_recordings(
     tombstones: dict[str, int],
     at: datetime,
 ) -> None:
-    from ..keys.keystore import LocalKeyStore
-    from ..vault.catalog import SqliteCatalog
     from ..vault.recorder import data_key_aad
 
-    path = store.path / "catalog.sqlite"
-    if not path.exists():
-        rep.counts["recordings"] = 0
-        return
-    catalog = SqliteCatalog(path)
+    catalog = store.open_catalog()
     try:
         rows = catalog.find()
         holds = {r.recording_id: catalog.holds_of(r.recording_id) for r in rows}
     finally:
         catalog.close()
-    keystore = LocalKeyStore(store.keys_path)
+    keystore = store.keystore
+    blobs = store.blobs
     wanted = sorted(
         {r.call_ref for r in rows if r.call_ref is not None}
         | {op[1] for op in opened.values() if op[1] is not None}
@@ -695,7 +690,7 @@ def _check_recordings(
                 )
         # Expiry.
         if row.expires_at <= now_us:
-            file_there = (store.path / row.file).exists()
+            file_there = blobs.exists(row.file)
             can_read = readable(row)
             ev = {
                 "expires_at": from_micros(row.expires_at).isoformat(),
@@ -732,7 +727,7 @@ def _check_recordings(
                     f"{row.status} without a tombstone in the log",
                     recording_id=rid,
                 )
-            elif readable(row) and (store.path / row.file).exists():
+            elif readable(row) and blobs.exists(row.file):
                 rep.add("recordings", f"{row.status} but still readable", recording_id=rid)
 
 

@@ -53,7 +53,7 @@ def cmd_log_verify(args: argparse.Namespace, out: TextIO) -> int:
             raise InvalidArgument(f"--vkey: {exc}") from None
     else:
         public_key = store.public_key
-    total = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
+    total = sum(p.stat().st_size for p in (store.log_path).glob("seg-*.log"))
     with Progress(total, "verifying") as bar:
         report = verify_log(
             store.path,
@@ -63,7 +63,7 @@ def cmd_log_verify(args: argparse.Namespace, out: TextIO) -> int:
             progress=bar.advance,
         )
     lines = [
-        f"log {store.path / 'log'}: {report.size:,} entries, root {report.root.hex()[:16]}..., "
+        f"log {store.log_path}: {report.size:,} entries, root {report.root.hex()[:16]}..., "
         f"{report.checkpoints} checkpoints (latest covers {report.latest_checkpoint})"
         + (" [SIMULATED store]" if report.simulated else "")
     ]
@@ -90,7 +90,7 @@ def cmd_log_show(args: argparse.Namespace, out: TextIO) -> int:
     keyring = None if args.no_personal else store.keyring
     docs = []
     try:
-        for entry in iter_entries(store.path / "log", keyring, since=args.since):
+        for entry in iter_entries(store.log_path, keyring, since=args.since):
             docs.append(entry.to_json())
             if args.limit and len(docs) >= args.limit:
                 break
@@ -122,7 +122,7 @@ def cmd_log_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
         public_key = log.signer.public_key
     commitments = [
         (e.index, str(e.fields["epoch_id"]), bytes(e.fields["commitment"]))
-        for e in iter_entries(store.path / "log")
+        for e in iter_entries(store.log_path)
         if e.type == T_KEY_COMMIT and e.index < cp.size
     ]
     data = export_checkpoint(cp, public_key, commitments)

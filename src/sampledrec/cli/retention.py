@@ -133,10 +133,9 @@ def cmd_hold_release(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_hold_list(args: argparse.Namespace, out: TextIO) -> int:
-    from ..vault.catalog import SqliteCatalog
 
     store = open_store(args.store)
-    catalog = SqliteCatalog(store.path / "catalog.sqlite")
+    catalog = store.open_catalog()
     try:
         holds = [
             {**_hold_doc(h), "recordings": len(catalog.hold_members(h.hold_id))}

@@ -219,6 +219,23 @@ class Keyring(Protocol):
         """The store's Ed25519 private key seed, for signing log checkpoints."""
         ...
 
+    def sealing_key_ids(self) -> list[str]:
+        """Every sealing key that exists (``calls/2026-11``, ``access/2026-11``), sorted."""
+        ...
+
+    def destroy_sealing_key(self, kid: str) -> bool:
+        """Destroy a period's sealing key (crypto-shredding its personal fields in the log);
+        False if it did not exist."""
+        ...
+
+    def mark_committed(self, epoch_id: str) -> None:
+        """Remember that an epoch's commitment is durable in the log."""
+        ...
+
+    def uncommitted_epochs(self) -> list[str]:
+        """Epochs whose key exists but whose commitment was never confirmed in the log."""
+        ...
+
 
 def reveal(keyring: Keyring, epoch_ids: Iterable[str], *, now: datetime) -> list[RevealedKey]:
     """Reveal ended epochs' keys. Refuses any epoch that has not ended at ``now``."""
@@ -373,6 +390,13 @@ class LocalKeyring:
             raise KeyringError(f"{path} is damaged (not {KEY_BYTES} bytes)")
         self._sealing[kid] = data
         return data
+
+    def sealing_key_ids(self) -> list[str]:
+        folder = self.path / "periods"
+        if not folder.is_dir():
+            return []
+        kids = (p.stem.replace("-", "/", 1) for p in folder.glob("*.key"))
+        return sorted(k for k in kids if _KID.match(k))
 
     def destroy_sealing_key(self, kid: str) -> bool:
         """Destroy a period's sealing key (crypto-shredding its personal fields)."""

@@ -40,6 +40,7 @@ class MemoryKeyring:
         self._pseudonym = secrets.token_bytes(32) if seed is None else _derive(seed, "pseudonym")
         self._signing = secrets.token_bytes(32) if seed is None else _derive(seed, "signing")
         self._sealing: dict[str, bytes] = {}
+        self._committed: set[str] = set()
 
     def __repr__(self) -> str:
         return f"MemoryKeyring({len(self._keys)} epochs)"
@@ -81,8 +82,18 @@ class MemoryKeyring:
             )
         return self._sealing.get(kid)
 
+    def sealing_key_ids(self) -> list[str]:
+        return sorted(self._sealing)
+
     def destroy_sealing_key(self, kid: str) -> bool:
         return self._sealing.pop(kid, None) is not None
+
+    def mark_committed(self, epoch_id: str) -> None:
+        self.epoch_key(epoch_id)  # a key that exists
+        self._committed.add(epoch_id)
+
+    def uncommitted_epochs(self) -> list[str]:
+        return [e for e in sorted(self._keys) if e not in self._committed]
 
 
 class MemoryKeyStore:

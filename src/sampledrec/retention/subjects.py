@@ -60,7 +60,6 @@ from ..log.format import (
 )
 from ..log.writer import iter_entries
 from ..sampling.objections import caller_pseudonym
-from ..vault import container as _container
 from ..vault.access import grant
 from ..vault.audio import AudioFormat, encode_wav, to_pcm16
 from ..vault.catalog import RecordingRow, SubjectRequest
@@ -288,21 +287,11 @@ class SubjectRequests:
         """The recording as WAV after authenticating all of it, or (None, why not)."""
         rid = row.recording_id
         try:
-            data_key = self.vault.data_key(row, now=now)
+            audio = self.vault.read_sealed(row, now=now)
         except KeyDestroyed:
             self.vault.log_access("subject_export", "denied", who, rid, "key destroyed")
             return None, "expired: its key was destroyed"
-        try:
-            reader = _container.ContainerReader((self.store.path / row.file).read_bytes(), data_key)
-            header = reader.header
-            if (
-                header.recording_id != rid
-                or header.expires_at_us != row.expires_at_sealed
-                or header.policy_version != row.policy_version
-            ):
-                raise InvalidRecording("the recording cannot be read")
-            audio = reader.read_all()
-        except (OSError, InvalidRecording):
+        except InvalidRecording:
             self.vault.log_access("subject_export", "failed", who, rid, "damaged or missing")
             raise InvalidRecording(
                 f"recording {rid} cannot be read: it is damaged, truncated or missing; the "
@@ -364,7 +353,7 @@ class SubjectRequests:
         if wanted:
             self.log.flush()
             try:
-                for entry in iter_entries(self.store.path / "log", None, since=min(wanted)):
+                for entry in iter_entries(self.store.log_path, None, since=min(wanted)):
                     if entry.index in wanted and entry.type == T_DECISION:
                         found[entry.index] = dict(entry.fields)
                         if len(found) == len(wanted):
@@ -418,8 +407,7 @@ class SubjectRequests:
                 for hold, wrapped in holds:
                     if wrapped is not None:
                         self.catalog.forget_hold_key(hold.hold_id, rid)
-                with contextlib.suppress(FileNotFoundError):
-                    (self.store.path / row.file).unlink()
+                self.vault.blobs.delete(row.file)
                 self._log_erasure(rid, "erased", request.request_id, "data-subject request", now)
                 shredded.append(row)
                 outcomes.append((rid, "erased"))

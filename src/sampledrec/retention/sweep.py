@@ -26,19 +26,20 @@ passed.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidArgument, KeyDestroyed, RecordingNotFound
+from ..keys.keyring import Keyring
 from ..log.format import T_EXPIRED, T_HOLD, T_KEY_DESTROYED, from_micros, to_micros
 from ..log.writer import DecisionLog
 from ..vault.catalog import Hold, RecordingRow
-from ..vault.recorder import Vault, data_key_aad, hold_bucket
+from ..vault.recorder import Vault, VaultStorage, data_key_aad, hold_bucket
 
 __all__ = ["Retention", "SweepReport"]
 
@@ -76,11 +77,35 @@ def _months_after(year: int, month: int, months: int) -> date:
     return date(total // 12, total % 12 + 1, 1)
 
 
+class RetentionStorage(VaultStorage, Protocol):
+    """What retention needs of a vault's store beyond the vault's own needs: the store's
+    lock (one sweep, hold or erasure at a time) and its keyring (the log's sealing keys)."""
+
+    @property
+    def keyring(self) -> Keyring: ...
+
+    def lock(self, timeout: float = 30.0) -> AbstractContextManager[None]: ...
+
+
+def retention_storage(vault: Vault) -> RetentionStorage:
+    """The vault's store, checked to be one that retention can work with."""
+    store = vault.store
+    # Not isinstance() on the protocol: on Python 3.11 that would evaluate every property,
+    # building backends (and asking for an HSM's PIN) just to check a type.
+    if not callable(getattr(store, "lock", None)) or getattr(store, "keyring", None) is None:
+        raise InvalidArgument(
+            f"{store!r} has no lock or keyring; retention needs a vault opened on a "
+            "sampledrec Store (Vault(store, log))"
+        )
+    return cast(RetentionStorage, store)
+
+
 class Retention:
     """Expiry, holds and log-detail retention for one store (through its vault and log)."""
 
     def __init__(self, vault: Vault, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.vault = vault
+        self.store = retention_storage(vault)
         self.log: DecisionLog = vault.log
         self.catalog = vault.catalog
         self.keystore = vault.keystore
@@ -96,7 +121,7 @@ class Retention:
         progress: Callable[[int], None] | None = None,
     ) -> SweepReport:
         """Expire what is due at ``now`` (default: the clock). See the module docstring."""
-        with self.vault.store.lock():  # one sweep, hold or erasure at a time
+        with self.store.lock():  # one sweep, hold or erasure at a time
             return self._sweep(now or self.clock.now(), dry_run, progress)
 
     def _sweep(
@@ -172,16 +197,12 @@ class Retention:
                 )
 
         # The log's personal fields: access details after 12 months, call refs after 13.
-        keyring = self.vault.store.keyring
-        for path in sorted((keyring.path / "periods").glob("*.key")):
-            klass, _, ym = path.stem.partition("-")
-            try:
-                year, month = int(ym[:4]), int(ym[5:7])
-            except ValueError:
-                continue
+        keyring = self.store.keyring
+        for kid in keyring.sealing_key_ids():
+            klass, _, ym = kid.partition("/")
+            year, month = int(ym[:4]), int(ym[5:7])
             keep = ACCESS_RETENTION_MONTHS if klass == "access" else CALLS_RETENTION_MONTHS
             if _months_after(year, month, keep) <= today:
-                kid = f"{klass}/{ym}"
                 report.log_keys_destroyed.append(kid)
                 if not dry_run:
                     keyring.destroy_sealing_key(kid)
@@ -214,10 +235,8 @@ class Retention:
         self.catalog.update_many(
             [r.recording_id for r in rows if r.status != "expiring"], status="expiring"
         )
-        root = self.vault.store.path
         for row in rows:
-            with contextlib.suppress(FileNotFoundError):
-                (root / row.file).unlink()
+            self.vault.blobs.delete(row.file)
         for row in rows:
             for hold, wrapped in self.catalog.holds_of(row.recording_id):
                 if wrapped is not None:
@@ -273,7 +292,7 @@ class Retention:
     ) -> Hold:
         """Place a legal hold on recordings (ids, or a query for :meth:`select`): their data
         keys are re-wrapped to the hold's key before their bucket can be destroyed."""
-        with self.vault.store.lock():
+        with self.store.lock():
             return self._hold(recordings, reason=reason, until=until, principal=principal)
 
     def _hold(
@@ -348,7 +367,7 @@ class Retention:
         if hold.released_at is not None:
             return hold
         now = self.clock.now()
-        with self.vault.store.lock():
+        with self.store.lock():
             self._release(hold, to_micros(now), "released", principal=principal)
         self.log.flush()
         released = self.catalog.get_hold(hold_id)

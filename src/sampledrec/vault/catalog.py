@@ -1,7 +1,7 @@
 """The recordings catalog: one row per recording, behind the :class:`Catalog` protocol.
 
-The default backend is SQLite at ``STORE/catalog.sqlite`` (WAL mode, so readers do not block the
-recorder); a PostgreSQL backend can implement the same protocol. A row holds the recording's
+The default backend is SQLite in the store (``catalog.sqlite``, WAL mode, so readers do not block
+the recorder); a PostgreSQL backend can implement the same protocol. A row holds the recording's
 metadata and its *wrapped* data key (never the key in clear), stored when the recording is
 opened, so that a crash mid-call leaves a recording that can be recovered or destroyed, never an
 orphan. Personal fields (call reference, caller pseudonym, agent) are removed when the recording
@@ -43,7 +43,7 @@ class RecordingRow:
     bucket: str
     wrapped_key: bytes | None  # None once crypto-shredded
     audio_format: str
-    file: str  # relative to the store
+    file: str  # the sealed container's name in the store's blob store (vault.blobs)
     status: Status = "open"
     ended_at: int | None = None
     duration_ms: int | None = None
@@ -415,6 +415,8 @@ def _migrate(db: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process added it first
                     raise
+    # Recordings were named by their path in the store before blob stores named them.
+    db.execute("UPDATE recordings SET file = substr(file, 12) WHERE file LIKE 'recordings/%'")
 
 
 def _to_sql(name: str, value: Any) -> Any:

@@ -8,7 +8,8 @@ logged). The recorder:
   of its expiry) bound to the recording id and expiry, and stores the wrapped key in the catalog
   at once (status ``open``), so that a crash leaves a recording that can be recovered;
 - keeps frames in memory until the decision's log entry is durable, then streams them through
-  the recording container (:mod:`sampledrec._container`): nothing reaches the disk before the
+  the recording container (:mod:`sampledrec.vault.container`) into the store's blob store
+  (:mod:`sampledrec.vault.blobs`): nothing reaches storage before the
   decision does, and no plaintext ever does;
 - masks card-payment pauses as silence of the same length, listed in the metadata;
 - on ``close()`` seals the container, records its SHA-256 in the catalog and the log; on
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn, Protocol, cast
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
@@ -45,7 +47,7 @@ from ..errors import (
     RecordingExpired,
     RecordingNotFound,
 )
-from ..keys.keystore import KeyStore, LocalKeyStore
+from ..keys.keystore import KeyStore
 from ..log.format import (
     T_ACCESS,
     T_RECORD_REFUSED,
@@ -58,14 +60,24 @@ from ..log.format import (
 from . import container as _container
 from .access import OWNER, PERMISSIONS, Grant, Principal, Role, grant, granting_roles
 from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
-from .catalog import Catalog, RecordingRow, SqliteCatalog
+from .blobs import BlobStore, BlobWriter
+from .catalog import Catalog, RecordingRow
 
 if TYPE_CHECKING:
     from ..log.writer import DecisionLog
+    from ..sampling.policy import Policy
     from ..sampling.sampler import Decision
-    from ..store import Store
 
-__all__ = ["Principal", "Recorder", "Recording", "Vault", "bucket_of", "hold_bucket"]
+__all__ = [
+    "Principal",
+    "Recorder",
+    "Recording",
+    "Vault",
+    "VaultStorage",
+    "blob_name",
+    "bucket_of",
+    "hold_bucket",
+]
 
 DEFAULT_CHUNK: Final = 64 * 1024
 _AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
@@ -74,6 +86,11 @@ _AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
 def bucket_of(expires_at_us: int) -> str:
     """The expiry bucket of a recording: the UTC day that contains its expiry."""
     return "bucket-" + from_micros(expires_at_us).date().isoformat()
+
+
+def blob_name(bucket: str, recording_id: str) -> str:
+    """The name of a recording's sealed container in the blob store."""
+    return f"{bucket}/{recording_id}.sdr"
 
 
 def hold_bucket(hold_id: str) -> str:
@@ -118,6 +135,23 @@ def _call_attrs(attrs: Mapping[str, object] | None) -> dict[str, str]:
     return out
 
 
+class VaultStorage(Protocol):
+    """What a vault needs of its store: the policies (rules, retention and roles), and the
+    storage backends (:class:`~sampledrec.Store` is one; a test may pass its own)."""
+
+    @property
+    def keystore(self) -> KeyStore: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    def open_catalog(self) -> Catalog: ...
+
+    def policy(self, at: datetime | None = None) -> Policy: ...
+
+    def policy_version(self, version: str) -> Policy: ...
+
+
 @dataclass(frozen=True)
 class Recording:
     """A recording read back: its catalog row, audio format and audio (never written to disk)."""
@@ -156,22 +190,20 @@ class Vault:
 
     def __init__(
         self,
-        store: Store,
+        store: VaultStorage,
         log: DecisionLog,
         *,
         keystore: KeyStore | None = None,
         catalog: Catalog | None = None,
+        blobs: BlobStore | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
         self.log = log
-        self.keystore = keystore if keystore is not None else LocalKeyStore(store.keys_path)
-        self.catalog = (
-            catalog if catalog is not None else SqliteCatalog(store.path / "catalog.sqlite")
-        )
+        self.keystore = keystore if keystore is not None else store.keystore
+        self.catalog = catalog if catalog is not None else store.open_catalog()
+        self.blobs = blobs if blobs is not None else store.blobs
         self.clock = clock
-        self.root = store.path / "recordings"
-        self.root.mkdir(mode=0o700, exist_ok=True)
 
     def close(self) -> None:
         self.catalog.close()
@@ -245,7 +277,7 @@ class Vault:
             bucket=bucket,
             wrapped_key=wrapped,
             audio_format=audio_format.to_text(),
-            file=f"recordings/{bucket}/{recording_id}.sdr",
+            file=blob_name(bucket, recording_id),
             caller_pseudonym=decision.caller_pseudonym,
             agent=decision.agent,
             attrs=call_attrs,
@@ -291,12 +323,12 @@ class Vault:
     ) -> Recording:
         """The whole recording, authenticated before anything is returned."""
         who = _principal(principal)
-        row, reader = self._reader(recording_id, who, "listen", at)
-        try:
-            audio = reader.read_all()
-        except InvalidRecording:
-            self.log_access("listen", "failed", who, recording_id, "damaged")
-            raise
+        with self._reading(recording_id, who, "listen", at) as (row, reader):
+            try:
+                audio = reader.read_all()
+            except InvalidRecording:
+                self.log_access("listen", "failed", who, recording_id, "damaged")
+                raise
         self.log_access("listen", "granted", who, recording_id, None)
         return Recording(row, AudioFormat.from_text(row.audio_format), audio)
 
@@ -314,13 +346,13 @@ class Vault:
         if not 0 <= start_ms <= end_ms:
             raise InvalidArgument(f"range {start_ms}-{end_ms} ms: start must be <= end, both >= 0")
         who = _principal(principal)
-        row, reader = self._reader(recording_id, who, "listen", at)
-        fmt = AudioFormat.from_text(row.audio_format)
-        try:
-            data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
-        except InvalidRecording:
-            self.log_access("listen", "failed", who, recording_id, "damaged")
-            raise
+        with self._reading(recording_id, who, "listen", at) as (row, reader):
+            fmt = AudioFormat.from_text(row.audio_format)
+            try:
+                data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
+            except InvalidRecording:
+                self.log_access("listen", "failed", who, recording_id, "damaged")
+                raise
         self.log_access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
         return data
 
@@ -335,12 +367,12 @@ class Vault:
         """Write the recording as a WAV file at ``out`` (and nowhere else), only after the
         whole recording has been authenticated; a failed export leaves no file."""
         who = _principal(principal)
-        row, reader = self._reader(recording_id, who, "export", at)
-        try:
-            audio = reader.read_all()
-        except InvalidRecording:
-            self.log_access("export", "failed", who, recording_id, "damaged")
-            raise
+        with self._reading(recording_id, who, "export", at) as (row, reader):
+            try:
+                audio = reader.read_all()
+            except InvalidRecording:
+                self.log_access("export", "failed", who, recording_id, "damaged")
+                raise
         fmt = AudioFormat.from_text(row.audio_format)
         pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
         wav = encode_wav(pcm_fmt, to_pcm16(audio, fmt))
@@ -350,9 +382,13 @@ class Vault:
         self.log_access("export", "granted", who, recording_id, None)
         return path
 
-    def _reader(
+    @contextlib.contextmanager
+    def _reading(
         self, recording_id: str, who: Principal, action: str, at: datetime | None
-    ) -> tuple[RecordingRow, _container.ContainerReader]:
+    ) -> Iterator[tuple[RecordingRow, _container.ContainerReader]]:
+        """The row and an authenticated reader of a recording ``who`` may ``action``; every
+        refusal and failure is logged. The blob stays open (ranged reads) until the block
+        ends."""
         now = at or self.clock.now()
         allowed = self._grant(who, action, recording_id, now)
         row = self._row_in_scope(recording_id, who, action, allowed)
@@ -382,22 +418,48 @@ class Vault:
         except InvalidRecording:
             self.log_access(action, "failed", who, recording_id, "wrapped key does not verify")
             raise
+        with contextlib.ExitStack() as stack:
+            reader = None
+            try:
+                source = stack.enter_context(self.blobs.open(row.file))
+                reader = self._container(row, source, data_key)
+            except (OSError, InvalidRecording):
+                pass
+            if reader is None:
+                self.log_access(action, "failed", who, recording_id, "damaged or missing")
+                _unreadable()
+            yield row, reader
+
+    @staticmethod
+    def _container(
+        row: RecordingRow, source: BinaryIO, data_key: bytes
+    ) -> _container.ContainerReader:
+        """A reader of ``row``'s container whose authenticated header names ``row``."""
+        reader = _container.ContainerReader(source, data_key)
+        header = reader.header
+        if (
+            header.recording_id != row.recording_id
+            or header.expires_at_us != row.expires_at_sealed
+            or header.policy_version != row.policy_version
+        ):
+            raise InvalidRecording("the recording cannot be read")
+        return reader
+
+    def read_sealed(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
+        """The whole audio of a sealed recording, every chunk authenticated, for a caller that
+        has checked its own permission and logs the access itself (the data-subject export).
+        :class:`KeyDestroyed` once it is crypto-shredded; the one opaque
+        :class:`InvalidRecording` for anything damaged, missing or wrongly keyed."""
+        data_key = self.data_key(row, now=now)
+        audio = None
         try:
-            blob = (self.store.path / row.file).read_bytes()
-            reader = _container.ContainerReader(blob, data_key)
-            header = reader.header
-            if (
-                header.recording_id != recording_id
-                or header.expires_at_us != row.expires_at_sealed
-                or header.policy_version != row.policy_version
-            ):
-                raise InvalidRecording("the recording cannot be read")
+            with self.blobs.open(row.file) as source:
+                audio = self._container(row, source, data_key).read_all()
         except (OSError, InvalidRecording):
-            self.log_access(action, "failed", who, recording_id, "damaged or missing")
-            raise InvalidRecording(
-                "the recording cannot be read: it is damaged, truncated, or the key is wrong"
-            ) from None
-        return row, reader
+            pass
+        if audio is None:
+            _unreadable()
+        return audio
 
     def data_key(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
         """Unwrap a recording's data key: from its expiry bucket, or, once that bucket is
@@ -497,7 +559,7 @@ class Vault:
         row = self.catalog.get(recording_id)
         if row is None:
             self.log_access(permission, "denied", who, recording_id, "no such recording")
-            raise RecordingNotFound(f"no recording {recording_id!r} in {self.store.path}")
+            raise RecordingNotFound(f"no recording {recording_id!r} in {self.store}")
         if not self.in_scope(allowed, row):
             self.log_access(permission, "denied", who, recording_id, "out of scope")
             raise AccessDenied(
@@ -537,12 +599,12 @@ class Vault:
         ``(recording_id, "sealed" | "truncated" | "destroyed")`` pairs."""
         outcomes = []
         for row in self.catalog.find(status=["open"]):
-            path = self.store.path / row.file
             found = None
             blob = b""
             try:
                 data_key = self.data_key(row)
-                blob = path.read_bytes()
+                with self.blobs.open(row.file) as fh:
+                    blob = fh.read()
                 found = _container.recover_prefix(blob, data_key)
             except (KeyDestroyed, InvalidRecording, FileNotFoundError):
                 found = None
@@ -560,27 +622,21 @@ class Vault:
                 self._destroy(row, "crash: nothing verifiable was written")
                 outcomes.append((row.recording_id, "destroyed"))
                 continue
-            tmp = path.with_name(path.name + ".recovering")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                # A fresh random salt: re-sealing under the same data key is safe.
-                writer = _container.ContainerWriter(
-                    fh,
-                    data_key,
-                    recording_id=row.recording_id,
-                    policy_version=row.policy_version,
-                    expires_at_us=row.expires_at_sealed,
-                    audio_format=row.audio_format.encode(),
-                    chunk_size=found.header.chunk_size,
-                )
-                for part in _container.ContainerReader(blob, data_key).iter_prefix(found.chunks):
-                    writer.write(part)
-                info = writer.close()
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            resealed = io.BytesIO()
+            # A fresh random salt: re-sealing under the same data key is safe.
+            writer = _container.ContainerWriter(
+                resealed,
+                data_key,
+                recording_id=row.recording_id,
+                policy_version=row.policy_version,
+                expires_at_us=row.expires_at_sealed,
+                audio_format=row.audio_format.encode(),
+                chunk_size=found.header.chunk_size,
+            )
+            for part in _container.ContainerReader(blob, data_key).iter_prefix(found.chunks):
+                writer.write(part)
+            info = writer.close()
+            self.blobs.put(row.file, resealed.getbuffer().tobytes())  # whole, or not at all
             self._sealed(row, info, truncated=True, pauses=row.pauses)
             outcomes.append((row.recording_id, "truncated"))
         return outcomes
@@ -621,42 +677,13 @@ class Vault:
         )
 
     def _destroy(self, row: RecordingRow, reason: str) -> None:
-        path = self.store.path / row.file
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        self.blobs.delete(row.file)
         self.catalog.update(row.recording_id, status="aborted", wrapped_key=None)
         self.log.append(
             T_RECORDING_ABORTED,
             {"recording_id": row.recording_id, "reason": reason},
             at=self.clock.now(),
         )
-
-
-class _AppendFile:
-    """A sink that opens the recording file only to append a chunk: a call centre with
-    thousands of calls in progress then holds no file descriptor per call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-
-    def write(self, data: bytes | memoryview) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        return len(data)
-
-    def sync(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class Recorder:
@@ -684,7 +711,7 @@ class Recorder:
         self._chunk_size = chunk_size
         self._pending: list[bytes] = []
         self._writer: _container.ContainerWriter | None = None
-        self._file: _AppendFile | None = None
+        self._file: BlobWriter | None = None
         self._position = 0  # bytes of audio received, pauses included
         self._paused_at: int | None = None
         self._pauses: list[tuple[int, int]] = []
@@ -740,9 +767,7 @@ class Recorder:
 
     def _start(self) -> None:
         index = self._vault.log.wait_durable(self._ticket)
-        path = self._vault.store.path / self.row.file
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        self._file = _AppendFile(path)
+        self._file = self._vault.blobs.create(self.row.file)
         self._writer = _container.ContainerWriter(
             cast(BinaryIO, self._file),
             self._key,
@@ -768,7 +793,7 @@ class Recorder:
                 self._start()  # waits for the decision to be durable
             assert self._writer is not None and self._file is not None
             info = self._writer.close()
-            self._file.sync()
+            self._file.close()  # durable before the catalog and the log call it sealed
             self._state = "sealed"
         self._vault._sealed(self.row, info, truncated=False, pauses=self._pauses)
         self._key = b""
@@ -805,3 +830,10 @@ def silence_like(fmt: AudioFormat, nbytes: int) -> bytes:
     frame = silence(fmt, 1) or b"\x00"
     reps = -(-nbytes // len(frame))
     return (frame * reps)[:nbytes]
+
+
+def _unreadable() -> NoReturn:
+    # Outside any ``except`` block, so the error carries neither cause nor context.
+    raise InvalidRecording(
+        "the recording cannot be read: it is damaged, truncated, or the key is wrong"
+    )
