@@ -119,3 +119,16 @@ def test_no_module_uses_another_modules_private_names() -> None:
             ):
                 offences.append(f"{path.relative_to(src)}: uses {node.value.id}.{node.attr}")
     assert offences == []
+
+
+def test_nothing_outside_the_library_imports_the_sharp_tools() -> None:
+    # sampledrec._hazmat (raw CMAC, key wrapping, durable files) is fenced: examples, benchmarks
+    # and the documentation use the public API. (Tests may test it directly.)
+    root = Path(sampledrec.__file__).parents[2]
+    found = [
+        str(path.relative_to(root))
+        for folder in ("examples", "benchmarks", "docs")
+        for path in sorted((root / folder).rglob("*"))
+        if path.suffix in (".py", ".md") and "_hazmat" in path.read_text(encoding="utf-8")
+    ]
+    assert found == []
