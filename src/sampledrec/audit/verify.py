@@ -3,7 +3,7 @@
 :func:`audit_verify` runs six checks, each PASS or FAIL with findings that carry their evidence
 (the log entry index, the recording id, the call reference):
 
-- ``log``: :func:`sampledrec.logverify.verify_log` (tree, signatures, checkpoints, an exported
+- ``log``: :func:`sampledrec.log.verify_log` (tree, signatures, checkpoints, an exported
   checkpoint when given); any finding fails the check;
 - ``keys``: every revealed key matches its commitment and the commitment the log recorded;
 - ``decisions``: every decision of a revealed epoch is recomputed (the draw with
@@ -46,6 +46,7 @@ from ..log.format import (
     from_micros,
     to_micros,
 )
+from ..log.verify import CheckedReport
 from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
@@ -124,7 +125,7 @@ class GroupStats:
 
 
 @dataclass
-class AuditReport:
+class AuditReport(CheckedReport):
     store: str
     at: datetime
     simulated: bool = False
@@ -133,13 +134,6 @@ class AuditReport:
     counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     groups: list[GroupStats] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-    def failed(self, check: str) -> bool:
-        return any(f.check == check for f in self.findings)
 
     def status(self, check: str) -> str:
         if self.failed(check):

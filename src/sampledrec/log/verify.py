@@ -23,11 +23,11 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,7 +57,14 @@ from .writer import (
     segment_name,
 )
 
-__all__ = ["EXPORT_FORMAT", "Finding", "LogReport", "export_checkpoint", "verify_log"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "CheckedReport",
+    "Finding",
+    "LogReport",
+    "export_checkpoint",
+    "verify_log",
+]
 
 EXPORT_FORMAT: Final = "sampledrec-checkpoint"
 _SEG_RE: Final = re.compile(r"seg-([0-9]{12})\.log", re.ASCII)
@@ -84,8 +91,26 @@ class Finding:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
+class _HasCheck(Protocol):
+    check: str
+
+
+class CheckedReport:
+    """What every verification report shares: its findings, each naming the check it fails.
+    The report is ok when nothing was found."""
+
+    findings: Sequence[_HasCheck]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def failed(self, check: str) -> bool:
+        return any(f.check == check for f in self.findings)
+
+
 @dataclass
-class LogReport:
+class LogReport(CheckedReport):
     size: int = 0
     root: bytes = b""
     bytes_verified: int = 0
@@ -100,13 +125,6 @@ class LogReport:
     entries_by_type: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-    def failed(self, check: str) -> bool:
-        return any(f.check == check for f in self.findings)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -324,11 +324,7 @@ class Vault:
         """The whole recording, authenticated before anything is returned."""
         who = _principal(principal)
         with self._reading(recording_id, who, "listen", at) as (row, reader):
-            try:
-                audio = reader.read_all()
-            except InvalidRecording:
-                self.log_access("listen", "failed", who, recording_id, "damaged")
-                raise
+            audio = reader.read_all()
         self.log_access("listen", "granted", who, recording_id, None)
         return Recording(row, AudioFormat.from_text(row.audio_format), audio)
 
@@ -348,11 +344,7 @@ class Vault:
         who = _principal(principal)
         with self._reading(recording_id, who, "listen", at) as (row, reader):
             fmt = AudioFormat.from_text(row.audio_format)
-            try:
-                data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
-            except InvalidRecording:
-                self.log_access("listen", "failed", who, recording_id, "damaged")
-                raise
+            data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
         self.log_access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
         return data
 
@@ -368,11 +360,7 @@ class Vault:
         whole recording has been authenticated; a failed export leaves no file."""
         who = _principal(principal)
         with self._reading(recording_id, who, "export", at) as (row, reader):
-            try:
-                audio = reader.read_all()
-            except InvalidRecording:
-                self.log_access("export", "failed", who, recording_id, "damaged")
-                raise
+            audio = reader.read_all()
         fmt = AudioFormat.from_text(row.audio_format)
         pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
         wav = encode_wav(pcm_fmt, to_pcm16(audio, fmt))
@@ -387,8 +375,8 @@ class Vault:
         self, recording_id: str, who: Principal, action: str, at: datetime | None
     ) -> Iterator[tuple[RecordingRow, _container.ContainerReader]]:
         """The row and an authenticated reader of a recording ``who`` may ``action``; every
-        refusal and failure is logged. The blob stays open (ranged reads) until the block
-        ends."""
+        refusal and failure is logged, including a chunk that fails to authenticate while the
+        block reads. The blob stays open (ranged reads) until the block ends."""
         now = at or self.clock.now()
         allowed = self._grant(who, action, recording_id, now)
         row = self._row_in_scope(recording_id, who, action, allowed)
@@ -428,7 +416,11 @@ class Vault:
             if reader is None:
                 self.log_access(action, "failed", who, recording_id, "damaged or missing")
                 _unreadable()
-            yield row, reader
+            try:
+                yield row, reader
+            except InvalidRecording:
+                self.log_access(action, "failed", who, recording_id, "damaged")
+                raise
 
     @staticmethod
     def _container(
