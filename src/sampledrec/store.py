@@ -101,10 +101,7 @@ class Store:
         self._blobs: BlobStore | None = None
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
-        try:
-            owner = (self.keys_path / "store-id").read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            owner = None
+        owner = self.keyring.owner()
         if owner is not None and owner != self.store_id.hex():
             raise StoreError(
                 f"the keyring {self.keys_path} belongs to another store ({owner[:12]}...), not "
@@ -191,7 +188,7 @@ class Store:
             raise StoreError(f"{root} exists and is not a folder; choose another path")
         if root.exists() and any(root.iterdir()):
             raise StoreError(f"{root} is not empty; create the store in a new or empty folder")
-        if keys_dir is not None and (Path(keys_dir) / "store-id").exists():
+        if keys_dir is not None and LocalKeyring.owner_of(keys_dir) is not None:
             raise StoreError(
                 f"the keyring {keys_dir} already belongs to another store; a keyring serves one "
                 "store (its markers, signing and sealing keys are the store's own): name a new "
@@ -223,7 +220,7 @@ class Store:
             }
             if region is not None:
                 meta["region"] = region
-            write_atomic(keys_path / "store-id", store_id.hex().encode() + b"\n")
+            LocalKeyring(keys_path).claim(store_id.hex())
             write_atomic(root / "store.json", json.dumps(meta, indent=2).encode() + b"\n")
             store = cls(root, meta)
             from ._version import __version__

@@ -391,6 +391,28 @@ class LocalKeyring:
         self._sealing[kid] = data
         return data
 
+    def owner(self) -> str | None:
+        """The id (hex) of the store this keyring serves, or None for a keyring of no store
+        yet: a keyring serves one store (its markers, signing and sealing keys are its own)."""
+        return self.owner_of(self.path)
+
+    @staticmethod
+    def owner_of(path: str | os.PathLike[str]) -> str | None:
+        """:meth:`owner` of the keyring folder ``path``, without opening it (None if absent)."""
+        try:
+            return (Path(path) / "store-id").read_text(encoding="ascii").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def claim(self, store_id: str) -> None:
+        """Mark this keyring as the keys of store ``store_id`` (hex); refuses a keyring that
+        already serves a store."""
+        if not create_exclusive(self.path / "store-id", store_id.encode("ascii") + b"\n"):
+            raise KeyringError(
+                f"the keyring {self.path} already belongs to a store ({self.owner()}); a "
+                "keyring serves one store: name a new folder"
+            )
+
     def sealing_key_ids(self) -> list[str]:
         folder = self.path / "periods"
         if not folder.is_dir():
