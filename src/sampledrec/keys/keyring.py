@@ -42,6 +42,8 @@ __all__ = [
     "Keyring",
     "LocalKeyring",
     "RevealedKey",
+    "check_epoch_id",
+    "check_sealing_kid",
     "epoch_commitment",
     "epoch_end",
     "epoch_id_at",
@@ -375,10 +377,12 @@ class LocalKeyring:
         return data
 
     def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        path = self.path / "periods" / f"{_kid_file(kid)}.key"
         cached = self._sealing.get(kid)
         if cached is not None:
-            return cached
-        path = self.path / "periods" / f"{_kid_file(kid)}.key"
+            if path.exists():  # another handle or process may have destroyed it
+                return cached
+            del self._sealing[kid]
         if create and not path.exists():
             path.parent.mkdir(mode=0o700, exist_ok=True)
             create_exclusive(path, secrets.token_bytes(KEY_BYTES))
@@ -433,6 +437,7 @@ class LocalKeyring:
 
     def mark_committed(self, epoch_id: str) -> None:
         """Remember that an epoch's commitment is durable in the log."""
+        self.epoch_key(epoch_id)  # only an epoch that has a key can be committed
         marker = self._epoch_path(epoch_id).with_suffix(".committed")
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)
@@ -449,7 +454,15 @@ class LocalKeyring:
 _KID = re.compile(r"^(calls|access)/\d{4}-\d{2}$")
 
 
+def check_sealing_kid(kid: str) -> str:
+    """Return ``kid`` if it names a sealing key (``calls/2026-11``, ``access/2026-11``), else
+    raise :class:`~sampledrec.errors.InvalidArgument`."""
+    if not isinstance(kid, str) or not _KID.match(kid):
+        raise InvalidArgument(
+            f"sealing key id {kid!r} is not of the form calls/YYYY-MM or access/YYYY-MM"
+        )
+    return kid
+
+
 def _kid_file(kid: str) -> str:
-    if not _KID.match(kid):
-        raise InvalidArgument(f"sealing key id {kid!r} is not of the form calls/YYYY-MM")
-    return kid.replace("/", "-")
+    return check_sealing_kid(kid).replace("/", "-")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import NoReturn
 
 from ..errors import KeyringError
-from .keyring import EpochKey, check_epoch_id
+from .keyring import EpochKey, check_epoch_id, check_sealing_kid
 from .keystore import (
     BUCKET_KEY_BYTES,
     check_aad,
@@ -41,6 +41,7 @@ class MemoryKeyring:
         self._signing = secrets.token_bytes(32) if seed is None else _derive(seed, "signing")
         self._sealing: dict[str, bytes] = {}
         self._committed: set[str] = set()
+        self._lock = threading.Lock()  # two threads racing for one epoch end with one key
 
     def __repr__(self) -> str:
         return f"MemoryKeyring({len(self._keys)} epochs)"
@@ -49,6 +50,10 @@ class MemoryKeyring:
         raise TypeError("a keyring cannot be pickled")
 
     def ensure_epochs(self, epoch_ids: Iterable[str]) -> list[EpochKey]:
+        with self._lock:
+            return self._ensure_epochs(epoch_ids)
+
+    def _ensure_epochs(self, epoch_ids: Iterable[str]) -> list[EpochKey]:
         created = []
         for epoch_id in epoch_ids:
             check_epoch_id(epoch_id)
@@ -76,6 +81,7 @@ class MemoryKeyring:
         return self._signing
 
     def sealing_key(self, kid: str, *, create: bool = False) -> bytes | None:
+        check_sealing_kid(kid)
         if kid not in self._sealing and create:
             self._sealing[kid] = (
                 secrets.token_bytes(32) if self._seed is None else _derive(self._seed, kid)
@@ -86,6 +92,7 @@ class MemoryKeyring:
         return sorted(self._sealing)
 
     def destroy_sealing_key(self, kid: str) -> bool:
+        check_sealing_kid(kid)
         return self._sealing.pop(kid, None) is not None
 
     def mark_committed(self, epoch_id: str) -> None:

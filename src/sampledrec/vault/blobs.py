@@ -15,6 +15,7 @@ backend passes the contract suite in ``tests/test_backends.py``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from pathlib import Path
@@ -153,16 +154,26 @@ class LocalBlobStore:
         write_atomic(self._path(name, parent=True), bytes(data), replace=True)
 
     def open(self, name: str) -> BinaryIO:
-        return open(self._path(name), "rb")
+        return open(self._file(name), "rb")
 
     def size(self, name: str) -> int:
-        return self._path(name).stat().st_size
+        return self._file(name).stat().st_size
+
+    def _file(self, name: str) -> Path:
+        """The blob's path; :class:`FileNotFoundError` also for a folder, or a name below a
+        blob's (which the OS would report as IsADirectoryError or NotADirectoryError)."""
+        path = self._path(name)
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return path
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
     def delete(self, name: str) -> bool:
         path = self._path(name)
+        if not path.is_file():
+            return False  # not a blob: missing, a folder, or a name below a blob's
         try:
             path.unlink()
         except FileNotFoundError:
@@ -174,9 +185,10 @@ class LocalBlobStore:
     def list(self, prefix: str = "") -> list[str]:
         names = []
         for path in self.root.rglob("*"):
-            if not path.is_file() or any(p.startswith(".") for p in path.parts[-4:]):
-                continue  # temp files of an interrupted put
+            if not path.is_file():
+                continue
             name = path.relative_to(self.root).as_posix()
+            # _NAME also leaves out the temp files of an interrupted put (".<name>.tmp-...").
             if name.startswith(prefix) and _NAME.fullmatch(name):
                 names.append(name)
         return sorted(names)

@@ -97,7 +97,9 @@ class SubjectRequest:
 
 @runtime_checkable
 class Catalog(Protocol):
-    """Where recordings are listed. Implementations: :class:`SqliteCatalog`."""
+    """Where recordings are listed. Implementations: :class:`SqliteCatalog`,
+    :class:`sampledrec.testing.MemoryCatalog`; every backend passes the contract suite in
+    ``tests/test_backends.py``."""
 
     def add(self, row: RecordingRow) -> None: ...
 
@@ -246,17 +248,19 @@ class SqliteCatalog:
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise ValueError(f"unknown catalog columns {sorted(unknown)}")
+        if not changes:
+            return
         sets = ",".join(f"{k}=?" for k in changes)
         values = [_to_sql(k, v) for k, v in changes.items()]
         self._exec(f"UPDATE recordings SET {sets} WHERE recording_id=?", [*values, recording_id])
 
     def update_many(self, recording_ids: Sequence[str], **changes: Any) -> None:
         """Apply the same changes to many recordings, in one transaction."""
-        if not recording_ids:
-            return
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise ValueError(f"unknown catalog columns {sorted(unknown)}")
+        if not recording_ids or not changes:
+            return
         sets = ",".join(f"{k}=?" for k in changes)
         values = [_to_sql(k, v) for k, v in changes.items()]
         try:
@@ -328,6 +332,8 @@ class SqliteCatalog:
         allowed = {"reason", "until", "released_at"}
         if set(changes) - allowed:
             raise ValueError(f"unknown hold columns {sorted(set(changes) - allowed)}")
+        if not changes:
+            return
         sets = ",".join(f"{k}=?" for k in changes)
         self._exec(f"UPDATE holds SET {sets} WHERE hold_id=?", [*changes.values(), hold_id])
 
@@ -350,7 +356,7 @@ class SqliteCatalog:
         rows = self._exec(
             "SELECT h.hold_id, h.reason, h.created_at, h.until, h.released_at, m.wrapped_key "
             "FROM hold_members m JOIN holds h ON h.hold_id = m.hold_id "
-            "WHERE m.recording_id=? ORDER BY h.created_at",
+            "WHERE m.recording_id=? ORDER BY h.created_at, h.hold_id",
             [recording_id],
         ).fetchall()
         return [(Hold(*r[:5]), r[5]) for r in rows]
@@ -383,6 +389,8 @@ class SqliteCatalog:
         allowed = {"status", "detail", "completed_at", "caller_pseudonym"}
         if set(changes) - allowed:
             raise ValueError(f"unknown request columns {sorted(set(changes) - allowed)}")
+        if not changes:
+            return
         sets = ",".join(f"{k}=?" for k in changes)
         self._exec(
             f"UPDATE requests SET {sets} WHERE request_id=?", [*changes.values(), request_id]
