@@ -11,6 +11,7 @@ setup(
         Extension(
             "sampledrec.log._merklefast",
             ["src/sampledrec/log/_merklefast.c", "src/sampledrec/log/_decisionscan.c"],
+            depends=["src/sampledrec/log/_decisionlayout.h"],
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wno-deprecated-declarations"],
             optional=True,

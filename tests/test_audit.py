@@ -28,6 +28,7 @@ from sampledrec.log.columns import Decisions, call_firsts, counted_once, decisio
 from sampledrec.log.format import REASON_CODES, T_DECISION, Entry
 from sampledrec.log.writer import iter_entries
 from sampledrec.retention.sweep import Retention
+from sampledrec.sampling import DecisionRecord
 from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
 from sampledrec.vault.catalog import SqliteCatalog
 from sampledrec.vault.recorder import Vault
@@ -159,9 +160,19 @@ def test_a_signed_decision_that_recomputation_contradicts(case: Path) -> None:
     rule = policy.rule_named("default")
     with store.open_log(clock=clock) as log:
         ticket = log.append_decision(
-            "2030-03-04", policy.version, "default", rule.threshold, "sampled", 0,
-            "call-001", "a1", None, clock.now(),
-        )  # fmt: skip
+            DecisionRecord(
+                epoch_id="2030-03-04",
+                policy_version=policy.version,
+                rule="default",
+                threshold=rule.threshold,
+                reason="sampled",
+                draw=0,
+                call_ref="call-001",
+                agent="a1",
+                caller_pseudonym=None,
+                decided_at=clock.now(),
+            )
+        )
         log.wait_durable(ticket)
     rep = _audit(case)
     assert rep.status("log") == "PASS"  # properly signed by the operator

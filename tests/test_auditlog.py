@@ -3,7 +3,9 @@ and the same-call / reference matching is exact even when fingerprints collide."
 
 from __future__ import annotations
 
+import importlib
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,20 @@ from sampledrec.errors import SampledrecError
 from sampledrec.log import columns as al
 from sampledrec.log import hashing as _hashing
 from sampledrec.log.format import (
+    REASON_CODES,
     T_DECISION,
     Entry,
+    decision_layout,
     decode_entry,
     encode_fields,
     field_bytes,
     header,
     key_check_value,
     sealed_field,
+    to_micros,
 )
+from sampledrec.sampling import DecisionRecord
+from sampledrec.sampling.record import REASONS
 from sampledrec.vault.audio import frames, synthetic_speech
 from sampledrec.vault.recorder import Vault
 
@@ -129,6 +136,68 @@ def test_column_wise_reading_matches_entry_by_entry(tmp_path: Path, keys: str) -
         assert (d.agent >= 0).any()
     else:
         assert refs == {None} and (d.agent == -1).all()
+
+
+def test_the_accelerator_has_the_decision_layout_of_format_py() -> None:
+    """The C code cannot read ``format.DECISION``: the writer's encoder (_merklefast.c) and this
+    reader (_decisionscan.c) take the tags and sizes from _decisionlayout.h, which the
+    accelerator reports. (``hashing`` does not use a build that disagrees: so import it here.)"""
+    try:
+        fast = importlib.import_module("sampledrec.log._merklefast")
+    except ImportError:
+        pytest.skip("the C accelerator sampledrec._merklefast is not built")
+    assert fast.decision_layout() == decision_layout()
+
+
+@needs_accel
+@pytest.mark.parametrize("encoder", ["python", "c"])
+def test_decisions_the_writer_encodes_read_the_same_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: str
+) -> None:
+    """Records written by the Python encoder (which follows ``format.DECISION``) or the C one
+    come back from the C reader and from ``decode_entry`` as the same columns, field for
+    field, and as the records that were written."""
+    if encoder == "python":
+        monkeypatch.setattr(_hashing, "encode_decisions", None)
+    store = Store.init(tmp_path / "store")
+    clock = FixedClock("2030-03-04T10:00:00Z")
+    version = store.policy().version
+    records = [
+        DecisionRecord(
+            epoch_id=("2030-03-04", "2030-03-05")[i % 2],
+            policy_version=version,
+            rule=("default", "sales", "équipe")[i % 3],
+            threshold=(0, 2**56, 7 * 2**50)[i % 3],
+            reason=REASONS[i % 4],
+            draw=(0, 2**56 - 1, i * 0x9E3779B97F4A7 % 2**56)[i % 3],
+            call_ref=f"call-{i}" if i % 3 else f"é-{i}".encode(),
+            agent=f"agent-{i % 3}" if i % 4 else None,
+            # Python writes the pseudonyms; the C encoder leaves such batches to it.
+            caller_pseudonym="cd" * 32 if encoder == "python" and i % 5 == 0 else None,
+            decided_at=clock.now() + timedelta(microseconds=i),
+        )
+        for i in range(200)
+    ]
+    with store.open_log(clock=clock) as log:
+        for r in records:
+            log.append_decision(r)
+    fast = al.read_log(store.path / "log", store.keyring)
+    slow = al.read_log(store.path / "log", store.keyring, accelerated=False)
+    assert fast.error is None and slow.error is None
+    _same(fast.decisions, slow.decisions)
+    assert fast.one_by_one == 0, "the C reader read every decision"
+    d = fast.decisions
+    got = [
+        (d.epochs[d.epoch[i]], d.versions[d.version[i]].hex(), d.rules[d.rule[i]],
+         int(d.threshold[i]), REASON_CODES[d.reason[i]], int(d.draw[i]), d.ref(i),
+         d.agent_name(i), int(d.time_us[i]))
+        for i in range(len(d))
+    ]  # fmt: skip
+    assert got == [
+        (r.epoch_id, r.policy_version, r.rule, r.threshold, r.reason, r.draw, r.call_ref,
+         r.agent, to_micros(r.decided_at))
+        for r in records
+    ]  # fmt: skip
 
 
 def _entry(key: bytes, personal: bytes, iv: bytes | None = None, **public: Any) -> bytes:

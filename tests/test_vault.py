@@ -187,7 +187,9 @@ def test_header_swapped_between_recordings_is_refused(opened: tuple) -> None:  #
     b = record(vault, selected(sampler, "b"), synthetic_speech(0.5, seed=2))
     ra, rb = vault.catalog.get(a), vault.catalog.get(b)
     assert ra is not None and rb is not None
-    (store.path / "recordings" / ra.file).write_bytes((store.path / "recordings" / rb.file).read_bytes())
+    (store.path / "recordings" / ra.file).write_bytes(
+        (store.path / "recordings" / rb.file).read_bytes()
+    )
     with pytest.raises(InvalidRecording):
         vault.open(a)
 

@@ -1,5 +1,5 @@
 /*
- * The auditor's decision reader (part of the optional accelerator; see auditlog.py).
+ * The auditor's decision reader (part of the optional accelerator; see columns.py).
  *
  *   decision_columns(buf, start, end, key_for, hash_key) -> tuple
  *
@@ -7,15 +7,15 @@
  * the decision entries of the usual shape, their fields as columns, their personal fields
  * (call reference, agent) already unsealed, and a fingerprint of each reference. Every other
  * record (another entry type, or a decision of an unusual shape) is only located: the caller
- * decodes it with logformat.decode_entry, which stays the reference. So the columns must equal,
+ * decodes it with format.decode_entry, which stays the reference. So the columns must equal,
  * field for field, what decode_entry gives; tests/test_auditlog.py compares the two.
  *
- * The usual shape of a decision (logformat.py FIELDS[T_DECISION]):
- *   version 1 | type 0x05 | time u64 | 0x01 epoch_id | 0x02 policy_version | 0x03 rule |
- *   0x04 threshold | [0x05 draw] | 0x06 reason | 0xF0 sealed
+ * The usual shape of a decision (format.py DECISION; the tags are in _decisionlayout.h):
+ *   version | type T_DECISION | time u64 | epoch_id | policy_version | rule | threshold |
+ *   [draw] | reason | sealed
  * every length in the short form (< 0xFF), the integers at most 8 bytes, text valid UTF-8,
- * and, once unsealed, personal fields 0x20 call_ref (kind byte + value) | [0x21 agent] |
- * [0x22 caller_pseudonym], nothing else.
+ * and, once unsealed, personal fields call_ref (kind byte + value) | [agent] |
+ * [caller_pseudonym], nothing else.
  *
  * key_for(kid: str) -> (key, kcv) | None is called once per distinct key id. hash_key (16
  * random bytes) keys the tables that intern text fields. A sealed field
@@ -34,11 +34,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define T_DECISION 0x05
+#include "_decisionlayout.h"
+
 #define TABLE 8192   /* slots of an intern table (a power of two) */
 #define DISTINCT 4096 /* at most this many distinct values per field and batch, else slow path */
 #define SCRATCH (64 * 1024)
 #define END 256 /* "no more fields": not a tag */
+/* The smallest record parse_public accepts: its length, the header, four fields and the reason
+ * (empty values), the sealed field with an empty key id and no ciphertext. */
+#define MIN_DECISION (4 + ENTRY_HEADER + 5 * 2 + 2 + 1 + KCV_SIZE + IV_SIZE)
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define BE64(x) (x)
@@ -128,7 +132,7 @@ static void it_free(itable *t) {
 #define FNV_BASIS 1469598103934665603ULL
 #define FNV_PRIME 1099511628211ULL
 
-/* A call reference's fingerprint: FNV-1a 64 over its kind byte then its bytes (auditlog.py
+/* A call reference's fingerprint: FNV-1a 64 over its kind byte then its bytes (columns.py
  * computes the same with numpy). Only ever a hint: equality is always checked on the bytes. */
 static uint64_t ref_fingerprint(uint8_t kind, const unsigned char *p, size_t n) {
     uint64_t h = (FNV_BASIS ^ kind) * FNV_PRIME;
@@ -231,11 +235,11 @@ typedef struct {
 static int parse_public(const unsigned char *b, size_t off, size_t n, row *r, itable *epochs,
                         itable *versions, itable *rules, itable *kids, int *err) {
     const unsigned char *e = b + off;
-    if (n < 10 || e[0] != 1 || e[1] != T_DECISION) return 0;
+    if (n < ENTRY_HEADER || e[0] != ENTRY_VERSION || e[1] != T_DECISION) return 0;
     r->time = be_uint(e + 2, 8);
-    size_t pos = 10, vp, vl;
+    size_t pos = ENTRY_HEADER, vp, vl;
     int tag = next_field(e, n, &pos, &vp, &vl);
-    static const int want[4] = {0x01, 0x02, 0x03, 0x04};
+    static const int want[4] = {TAG_EPOCH_ID, TAG_POLICY_VERSION, TAG_RULE, TAG_THRESHOLD};
     int32_t *codes[3] = {&r->epoch, &r->version, &r->rule};
     itable *tabs[3] = {epochs, versions, rules};
     for (int i = 0; i < 4; i++) {
@@ -253,26 +257,26 @@ static int parse_public(const unsigned char *b, size_t off, size_t n, row *r, it
     }
     r->has_draw = 0;
     r->draw = 0;
-    if (tag == 0x05) {
+    if (tag == TAG_DRAW) {
         if (vl > 8) return 0;
         r->has_draw = 1;
         r->draw = be_uint(e + vp, vl);
         tag = next_field(e, n, &pos, &vp, &vl);
     }
-    if (tag != 0x06 || vl > 8) return 0;
+    if (tag != TAG_REASON || vl > 8) return 0;
     r->reason = be_uint(e + vp, vl);
     tag = next_field(e, n, &pos, &vp, &vl);
-    if (tag != 0xF0 || pos != n || vl < 1) return 0;
+    if (tag != TAG_SEALED || pos != n || vl < 1) return 0;
     size_t klen = e[vp];
-    if (vl < 1 + klen + 20) return 0;
+    if (vl < 1 + klen + KCV_SIZE + IV_SIZE) return 0;
     int32_t k = it_code(kids, e + vp + 1, klen);
     if (k == -2) *err = 1;
     if (k < 0) return 0;
     r->kid = k;
     r->kcv = off + vp + 1 + klen;
-    r->iv = r->kcv + 4;
-    r->ct = r->iv + 16;
-    r->ct_len = vl - 1 - klen - 20;
+    r->iv = r->kcv + KCV_SIZE;
+    r->ct = r->iv + IV_SIZE;
+    r->ct_len = vl - 1 - klen - KCV_SIZE - IV_SIZE;
     return 1;
 }
 
@@ -280,8 +284,8 @@ static int parse_public(const unsigned char *b, size_t off, size_t n, row *r, it
 static int parse_personal(const unsigned char *p, size_t n, row *r, itable *agents, int *err) {
     size_t pos = 0, vp, vl;
     int tag = next_field(p, n, &pos, &vp, &vl);
-    if (tag != 0x20 || vl < 1) return 0;
-    r->kind = p[vp] == 1 ? 1 : 2;
+    if (tag != TAG_CALL_REF || vl < 1) return 0;
+    r->kind = p[vp] == REF_TEXT ? 1 : 2; /* the column's kinds: 1 text, 2 bytes */
     r->ref = r->pt + vp + 1;
     r->ref_len = vl - 1;
     if (r->kind == 1 && !ascii_only(p + vp + 1, vl - 1)) {
@@ -295,14 +299,14 @@ static int parse_personal(const unsigned char *p, size_t n, row *r, itable *agen
     }
     r->agent = -1;
     tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
-    if (tag == 0x21) {
+    if (tag == TAG_AGENT) {
         int32_t a = it_code(agents, p + vp, vl);
         if (a == -2) *err = 1;
         if (a < 0) return 0;
         r->agent = a;
         tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
     }
-    if (tag == 0x22) tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
+    if (tag == TAG_CALLER_PSEUDONYM) tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
     return tag == END && pos == n;
 }
 
@@ -385,9 +389,9 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
         goto done;
     }
     /* pass 1: framing and public fields */
-    /* every record takes 4 bytes or more, a decision of the usual shape 47 or more */
+    /* every record takes 4 bytes or more, a decision of the usual shape MIN_DECISION or more */
     size_t cap = (size_t)(end - start) / 4 + 1, nrec = 0, nrow = 0;
-    size_t rcap = (size_t)(end - start) / 47 + 1;
+    size_t rcap = (size_t)(end - start) / MIN_DECISION + 1;
     rec_off = malloc(cap * sizeof(uint64_t));
     rec_len = malloc(cap * sizeof(uint32_t));
     rows = malloc(rcap * sizeof(row));

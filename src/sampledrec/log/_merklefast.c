@@ -1,5 +1,5 @@
 /*
- * Optional accelerator for the log's RFC 6962 Merkle hashing (see _hashing.py).
+ * Optional accelerator for the log's RFC 6962 Merkle hashing (see hashing.py).
  *
  * Hashing one leaf from Python costs a microsecond of interpreter overhead; a log verifies
  * millions of them. These functions hash whole batches in C with OpenSSL's SHA-256, without
@@ -13,12 +13,17 @@
  *                                                      range; offsets = uint64 start of each
  *                                                      entry; probes = first `probe` bytes of
  *                                                      each entry, zero-padded
- *   encode_decisions(items, cache, prefix_for, key, iv_prefix, counter, kid, kcv)
+ *   encode_decisions(items, record_type, fields, cache, prefix_for, key, iv_prefix, counter,
+ *                    kid, kcv)
  *       -> (records, counter) | None                  the decision-log writer's hot loop: encode
- *                                                      queued decisions (see log.py _encode),
- *                                                      seal their personal fields with
- *                                                      AES-256-CTR, frame them as records;
- *                                                      None when an item needs the Python path
+ *                                                      queued decisions (see writer.py
+ *                                                      DecisionLog._encode), seal their personal
+ *                                                      fields with AES-256-CTR, frame them as
+ *                                                      records; None when an item needs the
+ *                                                      Python path
+ *   decision_layout() -> dict                          the decision layout this was compiled
+ *                                                      with (_decisionlayout.h), for
+ *                                                      format.decision_layout() to compare
  *   decision_columns(buf, start, end, key_for) -> tuple  in _decisionscan.c: the auditor's
  *                                                      column-wise reader of decision entries
  *   call_firsts(epoch, kind, lens, refs, width, key) -> bytes  in _decisionscan.c: the first
@@ -32,6 +37,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_decisionlayout.h"
 
 #define HASH 32
 #define MAX_LEVELS 64
@@ -245,7 +252,7 @@ static PyObject *py_hash_records(PyObject *self, PyObject *args) {
 }
 
 
-/* ---- decision encoding (mirrors DecisionLog._encode in log.py; tests compare the two) ---- */
+/* ---- decision encoding (mirrors DecisionLog._encode in writer.py; tests compare the two) ---- */
 
 typedef struct {
     unsigned char *p;
@@ -323,12 +330,18 @@ static void put_be(unsigned char *o, unsigned long long v, int n) {
     }
 }
 
+/* items: a list of (ticket, record), record an instance of record_type (a tuple: the writer's
+ * DecisionRecord); fields: the positions in the record of the draw, call reference, agent,
+ * caller pseudonym and decision time. The fields before the draw are those prefix_for(record)
+ * encodes, the same for long runs of decisions: they key the cache. */
 static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
-    PyObject *items, *cache, *prefix_for;
+    PyObject *items, *record_type, *cache, *prefix_for;
+    Py_ssize_t f_draw, f_ref, f_agent, f_pseudo, f_at;
     Py_buffer key, ivp, kid, kcv;
     unsigned long long counter;
-    if (!PyArg_ParseTuple(args, "O!O!Oy*y*Ky*y*", &PyList_Type, &items, &PyDict_Type, &cache,
-                          &prefix_for, &key, &ivp, &counter, &kid, &kcv))
+    if (!PyArg_ParseTuple(args, "O!O!(nnnnn)O!Oy*y*Ky*y*", &PyList_Type, &items, &PyType_Type,
+                          &record_type, &f_draw, &f_ref, &f_agent, &f_pseudo, &f_at,
+                          &PyDict_Type, &cache, &prefix_for, &key, &ivp, &counter, &kid, &kcv))
         return NULL;
     PyObject *result = NULL;
     sbuf pub = {0}, plain = {0}, out = {0};
@@ -336,8 +349,15 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     size_t *pub_end = NULL, *plain_len = NULL;
     long long month = -1;
     EVP_CIPHER_CTX *ctx = NULL;
-    if (key.len != 32 || ivp.len != 8 || kid.len > 64 || kcv.len != 4) {
-        PyErr_SetString(PyExc_ValueError, "bad key, iv prefix or kid");
+    Py_ssize_t f_max = f_draw;
+    Py_ssize_t f_min = f_draw;
+    const Py_ssize_t f_all[4] = {f_ref, f_agent, f_pseudo, f_at};
+    for (int k = 0; k < 4; k++) {
+        if (f_all[k] > f_max) f_max = f_all[k];
+        if (f_all[k] < f_min) f_min = f_all[k];
+    }
+    if (key.len != 32 || ivp.len != 8 || kid.len > 64 || kcv.len != KCV_SIZE || f_min < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad key, iv prefix, kid or field positions");
         goto done;
     }
     pub_end = malloc(sizeof(size_t) * (n ? n : 1));
@@ -348,11 +368,16 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *it = PyList_GET_ITEM(items, i);
-        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 12 || PyTuple_GET_ITEM(it, 1) != Py_None)
-            goto fallback;
-        PyObject *draw = PyTuple_GET_ITEM(it, 7), *ref = PyTuple_GET_ITEM(it, 8);
-        PyObject *agent = PyTuple_GET_ITEM(it, 9), *pseudo = PyTuple_GET_ITEM(it, 10);
-        long long us = micros_utc(PyTuple_GET_ITEM(it, 11));
+        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 2) goto fallback;
+        PyObject *rec = PyTuple_GET_ITEM(it, 1);
+        if (Py_TYPE(rec) != (PyTypeObject *)record_type) goto fallback; /* another entry */
+        if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) <= f_max) {
+            PyErr_SetString(PyExc_ValueError, "the field positions do not fit the record");
+            goto done;
+        }
+        PyObject *draw = PyTuple_GET_ITEM(rec, f_draw), *ref = PyTuple_GET_ITEM(rec, f_ref);
+        PyObject *agent = PyTuple_GET_ITEM(rec, f_agent), *pseudo = PyTuple_GET_ITEM(rec, f_pseudo);
+        long long us = micros_utc(PyTuple_GET_ITEM(rec, f_at));
         if (us < 0 || pseudo != Py_None || !PyLong_Check(draw)) goto fallback;
         /* One sealing key per call: every decision must fall in the same UTC month. */
         long long days = us / 86400000000LL;
@@ -371,7 +396,7 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
             else if (ym != month) goto fallback;
         }
         /* the fields shared by decisions of one epoch, policy, rule and reason: cached */
-        PyObject *ckey = PyTuple_GetSlice(it, 2, 7);
+        PyObject *ckey = PyTuple_GetSlice(rec, 0, f_draw);
         if (!ckey) goto done;
         PyObject *fixed = PyDict_GetItemWithError(cache, ckey);
         if (fixed) {
@@ -380,7 +405,7 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
             Py_DECREF(ckey);
             goto done;
         } else {
-            fixed = PyObject_CallOneArg(prefix_for, it);
+            fixed = PyObject_CallOneArg(prefix_for, rec);
             if (!fixed || PyDict_SetItem(cache, ckey, fixed) < 0) {
                 Py_XDECREF(fixed);
                 Py_DECREF(ckey);
@@ -395,26 +420,26 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
             goto done;
         }
         unsigned long long r = PyLong_AsUnsignedLongLong(draw);
-        if (PyErr_Occurred() || r >> 56) {
+        if (PyErr_Occurred() || r >> (8 * DRAW_SIZE)) {
             Py_DECREF(fixed);
             PyErr_Clear();
             goto fallback;
         }
-        unsigned char hdr[10];
-        hdr[0] = 1;
-        hdr[1] = 0x05;
+        unsigned char hdr[ENTRY_HEADER];
+        hdr[0] = ENTRY_VERSION;
+        hdr[1] = T_DECISION;
         put_be(hdr + 2, (unsigned long long)us, 8);
-        unsigned char d7[7];
-        put_be(d7, r, 7);
+        unsigned char dv[DRAW_SIZE]; /* the draw's value: prefix_for wrote its tag and length */
+        put_be(dv, r, DRAW_SIZE);
         PyObject *pre = PyTuple_GET_ITEM(fixed, 0), *post = PyTuple_GET_ITEM(fixed, 1);
-        int bad = sb_put(&pub, hdr, 10) < 0 ||
+        int bad = sb_put(&pub, hdr, ENTRY_HEADER) < 0 ||
                   sb_put(&pub, PyBytes_AS_STRING(pre), PyBytes_GET_SIZE(pre)) < 0 ||
-                  sb_put(&pub, d7, 7) < 0 ||
+                  sb_put(&pub, dv, DRAW_SIZE) < 0 ||
                   sb_put(&pub, PyBytes_AS_STRING(post), PyBytes_GET_SIZE(post)) < 0;
         Py_DECREF(fixed);
         if (bad) goto done;
         pub_end[i] = pub.n;
-        /* personal fields: 0x20 call ref (kind byte + bytes), 0x21 agent */
+        /* personal fields: the call ref (kind byte + bytes), the agent (no pseudonym: above) */
         size_t start = plain.n;
         const char *rp;
         Py_ssize_t rn;
@@ -422,11 +447,11 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
         if (PyUnicode_Check(ref)) {
             rp = PyUnicode_AsUTF8AndSize(ref, &rn);
             if (!rp) goto done;
-            kind = 1;
+            kind = REF_TEXT;
         } else if (PyBytes_Check(ref)) {
             rp = PyBytes_AS_STRING(ref);
             rn = PyBytes_GET_SIZE(ref);
-            kind = 0;
+            kind = REF_BYTES;
         } else {
             goto fallback;
         }
@@ -434,14 +459,14 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
         if (rn > 256) goto fallback;
         tmp[0] = kind;
         memcpy(tmp + 1, rp, rn);
-        if (sb_field(&plain, 0x20, tmp, (size_t)rn + 1) < 0) goto done;
+        if (sb_field(&plain, TAG_CALL_REF, tmp, (size_t)rn + 1) < 0) goto done;
         if (agent != Py_None) {
             Py_ssize_t an;
             const char *ap;
             if (!PyUnicode_Check(agent)) goto fallback;
             ap = PyUnicode_AsUTF8AndSize(agent, &an);
             if (!ap) goto done;
-            if (sb_field(&plain, 0x21, (const unsigned char *)ap, (size_t)an) < 0) goto done;
+            if (sb_field(&plain, TAG_AGENT, (const unsigned char *)ap, (size_t)an) < 0) goto done;
         }
         plain_len[i] = plain.n - start;
         /* pad to a whole number of AES blocks: each entry starts on a fresh counter block */
@@ -452,7 +477,7 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     }
     {
         /* one AES-256-CTR keystream for the batch, from prefix || counter */
-        unsigned char iv[16];
+        unsigned char iv[IV_SIZE];
         memcpy(iv, ivp.buf, 8);
         put_be(iv + 8, counter, 8);
         int outl = 0;
@@ -468,16 +493,16 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
         unsigned long long block = counter;
         for (Py_ssize_t i = 0; i < n; i++) {
             size_t pl = plain_len[i];
-            size_t body = 1 + (size_t)kid.len + 4 + 16 + pl;
+            size_t body = 1 + (size_t)kid.len + KCV_SIZE + IV_SIZE + pl;
             size_t field_hdr = body < 0xFF ? 2 : 6;
             size_t entry = (pub_end[i] - pub_start) + field_hdr + body;
             unsigned char rec[4];
             put_be(rec, entry, 4);
-            unsigned char iv[16];
+            unsigned char iv[IV_SIZE];
             memcpy(iv, ivp.buf, 8);
             put_be(iv + 8, block, 8);
             unsigned char kl = (unsigned char)kid.len;
-            unsigned char fh[6] = {0xF0, 0, 0, 0, 0, 0};
+            unsigned char fh[6] = {TAG_SEALED, 0, 0, 0, 0, 0};
             if (body < 0xFF) {
                 fh[1] = (unsigned char)body;
             } else {
@@ -486,8 +511,8 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
             }
             if (sb_put(&out, rec, 4) < 0 || sb_put(&out, pub.p + pub_start, pub_end[i] - pub_start) < 0 ||
                 sb_put(&out, fh, field_hdr) < 0 || sb_put(&out, &kl, 1) < 0 ||
-                sb_put(&out, kid.buf, kid.len) < 0 || sb_put(&out, kcv.buf, 4) < 0 ||
-                sb_put(&out, iv, 16) < 0 ||
+                sb_put(&out, kid.buf, kid.len) < 0 || sb_put(&out, kcv.buf, KCV_SIZE) < 0 ||
+                sb_put(&out, iv, IV_SIZE) < 0 ||
                 sb_put(&out, plain.p + ct_pos, pl) < 0)
                 goto done;
             size_t padded = (pl + 15) & ~(size_t)15;
@@ -523,8 +548,8 @@ done:
 /* Is this a well-formed v1 entry: version 1, a 10-byte header, then fields (tag, length,
  * value) that end exactly at the end, tags strictly ascending? */
 static int entry_ok(const unsigned char *e, size_t n) {
-    if (n < 10 || e[0] != 1) return 0;
-    size_t pos = 10;
+    if (n < ENTRY_HEADER || e[0] != ENTRY_VERSION) return 0;
+    size_t pos = ENTRY_HEADER;
     int last = -1;
     while (pos < n) {
         if (pos + 2 > n) return 0;
@@ -596,6 +621,44 @@ static PyObject *py_leaf_records(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nNNNN)", pos, offsets, probes, leaves, valid);
 }
 
+/* CPython's collector stops tracking a plain tuple that holds only values that cannot be part
+ * of a cycle (str, bytes, int, None, datetime, untracked tuples), but never an instance of a
+ * tuple subclass such as a named tuple, nor a tuple holding one. The log queues decision records
+ * (named tuples, in (ticket, record) pairs) until its writer takes them, up to max_batch of them:
+ * left tracked, each collection would traverse them all. untrack(t) does for t, and for the
+ * tuples in it, what the collector does for plain tuples; a tuple whose type adds storage (a
+ * __dict__) or that holds anything else that can be tracked stays tracked. Returns t. */
+static int untrack_tuple(PyObject *t, int depth) {
+    if (!PyObject_GC_IsTracked(t)) return 1;
+    PyTypeObject *tp = Py_TYPE(t);
+    if (depth > 3 || tp->tp_dictoffset != 0 || tp->tp_basicsize != PyTuple_Type.tp_basicsize)
+        return 0;
+    for (Py_ssize_t i = 0, n = PyTuple_GET_SIZE(t); i < n; i++) {
+        PyObject *e = PyTuple_GET_ITEM(t, i);
+        /* a tuple once untracked stays so: it cannot change */
+        if (PyObject_IS_GC(e) && (!PyTuple_Check(e) || !untrack_tuple(e, depth + 1))) return 0;
+    }
+    PyObject_GC_UnTrack(t);
+    return 1;
+}
+
+static PyObject *py_untrack(PyObject *self, PyObject *t) {
+    if (PyTuple_Check(t)) untrack_tuple(t, 0);
+    Py_INCREF(t);
+    return t;
+}
+
+static PyObject *py_decision_layout(PyObject *self, PyObject *unused) {
+    return Py_BuildValue(
+        "{s:i,s:i,s:i,s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:i,s:i,s:i,s:i,s:i}",
+        "format_version", ENTRY_VERSION, "header_size", ENTRY_HEADER, "entry_type", T_DECISION,
+        "tags", "epoch_id", TAG_EPOCH_ID, "policy_version", TAG_POLICY_VERSION, "rule", TAG_RULE,
+        "threshold", TAG_THRESHOLD, "draw", TAG_DRAW, "reason", TAG_REASON, "call_ref",
+        TAG_CALL_REF, "agent", TAG_AGENT, "caller_pseudonym", TAG_CALLER_PSEUDONYM, "sealed",
+        TAG_SEALED, "draw_size", DRAW_SIZE, "ref_bytes", REF_BYTES, "ref_text", REF_TEXT,
+        "kcv_size", KCV_SIZE, "iv_size", IV_SIZE);
+}
+
 /* in _decisionscan.c */
 PyObject *py_decision_columns(PyObject *self, PyObject *args);
 PyObject *py_call_firsts(PyObject *self, PyObject *args);
@@ -613,6 +676,10 @@ static PyMethodDef methods[] = {
      "The decision entries of one batch as columns, unsealed (the auditor's reader)."},
     {"call_firsts", py_call_firsts, METH_VARARGS,
      "For each decision, the row of the first decision of the same call (exact)."},
+    {"untrack", py_untrack, METH_O,
+     "Stop the collector tracking a tuple (and the tuples in it) that cannot be part of a cycle."},
+    {"decision_layout", py_decision_layout, METH_NOARGS,
+     "The decision layout (tags, sizes) this accelerator was compiled with."},
     {NULL, NULL, 0, NULL},
 };
 

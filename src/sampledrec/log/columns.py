@@ -3,12 +3,13 @@
 An audit looks at every decision of the log (millions of them) and at a handful of other
 entries (policies, key commitments, recordings, tombstones). :func:`read_log` gives the first as
 :class:`Decisions`, one numpy array per field in log order, with the call references and agents
-already unsealed, and the second as decoded :class:`~sampledrec.logformat.Entry` objects.
+already unsealed, and the second as decoded :class:`~sampledrec.log.format.Entry` objects.
 
-:func:`~sampledrec.logformat.decode_entry` is the reference: the optional C accelerator reads the
-decisions of the usual shape column-wise (``_decisionscan.c``), and every other record, or all
+:func:`~sampledrec.log.format.decode_entry` is the reference: the optional C accelerator reads
+the decisions of the usual shape column-wise (``_decisionscan.c``), and every other record, or all
 of them without the accelerator, goes through ``decode_entry``. Both give the same columns
-(tests/test_auditlog.py compares them on logs with odd entries).
+(tests/test_auditlog.py compares them on logs with odd entries). Both follow the decision layout
+of :data:`~sampledrec.log.format.DECISION`; the fields are named as there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import LogCorrupt
-from .format import T_DECISION, Entry, decode_entry
+from .format import DECISION, T_DECISION, Entry, decode_entry
 from .hashing import _fast
 from .writer import SEG_HEADER, SealingKeys, iter_batches
 
@@ -181,10 +182,11 @@ class _Builder:
         rows = self.slow
         m = len(rows)
         fl = [e.fields for e in rows]
+        d = DECISION
         refs: list[bytes] = []
         kinds: list[int] = []
         for e, f in zip(rows, fl, strict=True):
-            ref = f.get("call_ref")
+            ref = f.get(d.call_ref.name)
             if isinstance(ref, str | bytes) and not e.sealed:
                 kinds.append(STR_REF if isinstance(ref, str) else BYTES_REF)
                 refs.append(ref.encode("utf-8") if isinstance(ref, str) else ref)
@@ -195,22 +197,24 @@ class _Builder:
         mat = np.zeros((m, width), dtype=np.uint8)
         for j, raw in enumerate(refs):
             mat[j, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        thr = [f.get("threshold") for f in fl]
+        thr = [f.get(d.threshold.name) for f in fl]
         thr_ok = [isinstance(t, int) and 0 <= t < _U64 for t in thr]
-        draws = [f.get("draw") for f in fl]
+        draws = [f.get(d.draw.name) for f in fl]
         has_draw = [isinstance(x, int) for x in draws]
-        agents = [f.get("agent") for f in fl]
+        agents = [f.get(d.agent.name) for f in fl]
         return {
             "index": np.asarray([e.index for e in rows], dtype=np.int64),
             "time_us": np.asarray([e.time_us for e in rows], dtype=np.uint64),
             "epoch": np.asarray(
-                [self.epochs.code(str(f.get("epoch_id", ""))) for f in fl], dtype=np.int32
+                [self.epochs.code(str(f.get(d.epoch_id.name, ""))) for f in fl], dtype=np.int32
             ),
             "version": np.asarray(
-                [self.versions.code(bytes(f.get("policy_version", b""))) for f in fl],
+                [self.versions.code(bytes(f.get(d.policy_version.name, b""))) for f in fl],
                 dtype=np.int32,
             ),
-            "rule": np.asarray([self.rules.code(str(f.get("rule", ""))) for f in fl], np.int32),
+            "rule": np.asarray(
+                [self.rules.code(str(f.get(d.rule.name, ""))) for f in fl], dtype=np.int32
+            ),
             "agent": np.asarray(
                 [self.agents.code(a) if isinstance(a, str) else -1 for a in agents], np.int32
             ),
@@ -223,7 +227,7 @@ class _Builder:
                 dtype=np.uint64,
             ),
             "has_draw": np.asarray(has_draw, dtype=bool),
-            "reason": np.asarray([_reason_value(f.get("reason")) for f in fl], dtype=np.int64),
+            "reason": np.asarray([_reason_value(f.get(d.reason.name)) for f in fl], dtype=np.int64),
             "ref_kind": np.asarray(kinds, dtype=np.uint8),
             "ref_len": np.asarray(list(map(len, refs)), dtype=np.int64),
             "refs": mat,

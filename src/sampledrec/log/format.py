@@ -30,9 +30,11 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal, NamedTuple
 
 __all__ = [
+    "DECISION",
+    "FIELDS",
     "FORMAT_VERSION",
     "T_ACCESS",
     "T_CHECKPOINT",
@@ -50,7 +52,10 @@ __all__ = [
     "T_RECORDING_SEALED",
     "T_RECORD_REFUSED",
     "T_SUBJECT_REQUEST",
+    "DecisionFields",
     "Entry",
+    "Field",
+    "decision_layout",
     "decode_entry",
     "encode_fields",
     "from_micros",
@@ -96,106 +101,179 @@ TYPE_NAMES: Final = {
 }
 
 TAG_SEALED: Final = 0xF0
+PERSONAL_TAG_MIN: Final = 0x20  # tags 0x20..0xEF are personal: they go in the sealed field
+KCV_SIZE: Final = 4  # the sealed field's key check value
+IV_SIZE: Final = 16  # the sealed field's AES-CTR initial counter block
+REF_BYTES: Final = 0x00  # a ``ref`` value's first byte: the reference was given as bytes,
+REF_TEXT: Final = 0x01  # or as text (its UTF-8 follows)
 
-# Field tags per entry type: tag -> (name, kind). Kinds: str (UTF-8), bytes, uint (big-endian,
-# minimal length), bool (one byte), ref (a call reference: 0x00 + bytes, or 0x01 + UTF-8 text).
-FIELDS: Final[dict[int, dict[int, tuple[str, str]]]] = {
-    T_LOG_CREATED: {
-        0x01: ("origin", "str"),
-        0x02: ("store_id", "bytes"),
-        0x03: ("public_key", "bytes"),
-        0x04: ("simulated", "bool"),
-        0x05: ("software", "str"),
-    },
-    T_KEY_COMMIT: {0x01: ("epoch_id", "str"), 0x02: ("commitment", "bytes")},
-    T_KEY_REVEAL: {
-        0x01: ("epoch_id", "str"),
-        0x02: ("commitment", "bytes"),
-        0x20: ("principal", "str"),
-    },
-    T_POLICY: {
-        0x01: ("version", "bytes"),
-        0x02: ("effective_at", "uint"),
-        0x03: ("canonical", "bytes"),
-        0x20: ("principal", "str"),
-    },
-    T_DECISION: {
-        0x01: ("epoch_id", "str"),
-        0x02: ("policy_version", "bytes"),
-        0x03: ("rule", "str"),
-        0x04: ("threshold", "uint"),
-        0x05: ("draw", "uint"),
-        0x06: ("reason", "uint"),
-        0x20: ("call_ref", "ref"),
-        0x21: ("agent", "str"),
-        0x22: ("caller_pseudonym", "bytes"),
-    },
-    T_CHECKPOINT: {0x01: ("size", "uint"), 0x02: ("root", "bytes")},
-    T_RECORDING_OPENED: {
-        0x01: ("recording_id", "str"),
-        0x02: ("decision_index", "uint"),
-        0x03: ("bucket", "str"),
-        0x04: ("expires_at", "uint"),
-        0x05: ("rule", "str"),
-        0x06: ("policy_version", "bytes"),
-        0x20: ("call_ref", "ref"),
-    },
-    T_RECORDING_SEALED: {
-        0x01: ("recording_id", "str"),
-        0x02: ("ciphertext_sha256", "bytes"),
-        0x03: ("duration_ms", "uint"),
-        0x04: ("plaintext_bytes", "uint"),
-        0x05: ("truncated", "bool"),
-        0x06: ("pauses", "str"),
-    },
-    T_RECORDING_ABORTED: {0x01: ("recording_id", "str"), 0x02: ("reason", "str")},
-    T_RECORD_REFUSED: {
-        0x01: ("reason", "str"),
-        0x02: ("decision_index", "uint"),
-        0x20: ("call_ref", "ref"),
-        0x21: ("principal", "str"),
-    },
-    T_ACCESS: {
-        0x01: ("action", "str"),
-        0x02: ("outcome", "str"),
-        0x20: ("principal", "str"),
-        0x21: ("recording_id", "str"),
-        0x22: ("detail", "str"),
-    },
+Kind = Literal["str", "bytes", "uint", "bool", "ref"]
+
+
+class Field(NamedTuple):
+    """One field of an entry type: its tag, its name in :attr:`Entry.fields`, its kind and,
+    where it is fixed, the length of its value.
+
+    Kinds: str (UTF-8), bytes, uint (big-endian, minimal length), bool (one byte), ref (a call
+    reference: ``REF_BYTES`` + bytes, or ``REF_TEXT`` + UTF-8 text). ``size`` (0: any): the
+    length of every value the writer puts in a decision (a ``uint`` with a size is written in
+    exactly that many bytes); the verifier relies on it to find a decision's epoch and policy at
+    fixed offsets. Readers accept any length.
+    """
+
+    tag: int
+    name: str
+    kind: Kind
+    size: int = 0
+
+    @property
+    def personal(self) -> bool:
+        """Personal fields never appear in clear: they are sealed (section 6 of the spec)."""
+        return self.tag >= PERSONAL_TAG_MIN
+
+
+class DecisionFields(NamedTuple):
+    """The fields of a decision entry, in tag order (see :data:`DECISION`)."""
+
+    epoch_id: Field
+    policy_version: Field
+    rule: Field
+    threshold: Field
+    draw: Field
+    reason: Field
+    call_ref: Field
+    agent: Field
+    caller_pseudonym: Field
+
+
+#: The layout of a decision entry (type ``T_DECISION``), defined here only: the writer
+#: (``writer._decision_fields``), :func:`decode_entry`, the verifier's probe and, through
+#: ``_decisionlayout.h``, the C accelerator follow it (``hashing`` refuses an accelerator built
+#: with another layout: see :func:`decision_layout`).
+DECISION: Final = DecisionFields(
+    epoch_id=Field(0x01, "epoch_id", "str", 10),  # YYYY-MM-DD
+    policy_version=Field(0x02, "policy_version", "bytes", 32),  # the policy's SHA-256 id
+    rule=Field(0x03, "rule", "str"),
+    threshold=Field(0x04, "threshold", "uint", 8),  # T(1) = 2**56 needs 8 bytes
+    draw=Field(0x05, "draw", "uint", 7),  # 56 bits
+    reason=Field(0x06, "reason", "uint", 1),  # an index into REASON_CODES
+    call_ref=Field(0x20, "call_ref", "ref"),
+    agent=Field(0x21, "agent", "str"),
+    caller_pseudonym=Field(0x22, "caller_pseudonym", "bytes", 32),  # HMAC-SHA-256
+)
+
+
+def _by_tag(*fields: Field) -> dict[int, Field]:
+    return {f.tag: f for f in fields}
+
+
+# The fields of every entry type, by tag.
+FIELDS: Final[dict[int, dict[int, Field]]] = {
+    T_LOG_CREATED: _by_tag(
+        Field(0x01, "origin", "str"),
+        Field(0x02, "store_id", "bytes"),
+        Field(0x03, "public_key", "bytes"),
+        Field(0x04, "simulated", "bool"),
+        Field(0x05, "software", "str"),
+    ),
+    T_KEY_COMMIT: _by_tag(Field(0x01, "epoch_id", "str"), Field(0x02, "commitment", "bytes")),
+    T_KEY_REVEAL: _by_tag(
+        Field(0x01, "epoch_id", "str"),
+        Field(0x02, "commitment", "bytes"),
+        Field(0x20, "principal", "str"),
+    ),
+    T_POLICY: _by_tag(
+        Field(0x01, "version", "bytes"),
+        Field(0x02, "effective_at", "uint"),
+        Field(0x03, "canonical", "bytes"),
+        Field(0x20, "principal", "str"),
+    ),
+    T_DECISION: _by_tag(*DECISION),
+    T_CHECKPOINT: _by_tag(Field(0x01, "size", "uint"), Field(0x02, "root", "bytes")),
+    T_RECORDING_OPENED: _by_tag(
+        Field(0x01, "recording_id", "str"),
+        Field(0x02, "decision_index", "uint"),
+        Field(0x03, "bucket", "str"),
+        Field(0x04, "expires_at", "uint"),
+        Field(0x05, "rule", "str"),
+        Field(0x06, "policy_version", "bytes"),
+        Field(0x20, "call_ref", "ref"),
+    ),
+    T_RECORDING_SEALED: _by_tag(
+        Field(0x01, "recording_id", "str"),
+        Field(0x02, "ciphertext_sha256", "bytes"),
+        Field(0x03, "duration_ms", "uint"),
+        Field(0x04, "plaintext_bytes", "uint"),
+        Field(0x05, "truncated", "bool"),
+        Field(0x06, "pauses", "str"),
+    ),
+    T_RECORDING_ABORTED: _by_tag(Field(0x01, "recording_id", "str"), Field(0x02, "reason", "str")),
+    T_RECORD_REFUSED: _by_tag(
+        Field(0x01, "reason", "str"),
+        Field(0x02, "decision_index", "uint"),
+        Field(0x20, "call_ref", "ref"),
+        Field(0x21, "principal", "str"),
+    ),
+    T_ACCESS: _by_tag(
+        Field(0x01, "action", "str"),
+        Field(0x02, "outcome", "str"),
+        Field(0x20, "principal", "str"),
+        Field(0x21, "recording_id", "str"),
+        Field(0x22, "detail", "str"),
+    ),
     # A tombstone: the recording expired, its file is gone and its personal fields removed.
-    T_EXPIRED: {
-        0x01: ("recording_id", "str"),
-        0x02: ("bucket", "str"),
-        0x03: ("expires_at", "uint"),
-    },
-    T_HOLD: {
-        0x01: ("hold_id", "str"),
-        0x02: ("action", "str"),  # placed | released
-        0x03: ("recordings", "uint"),
-        0x04: ("until", "uint"),
-        0x20: ("reason", "str"),
-        0x21: ("principal", "str"),
-    },
-    T_ERASURE: {
-        0x01: ("recording_id", "str"),
-        0x02: ("outcome", "str"),  # erased | deferred
-        0x03: ("request_id", "str"),
-        0x04: ("reason", "str"),
-    },
-    T_SUBJECT_REQUEST: {
-        0x01: ("request_id", "str"),
-        0x02: ("kind", "str"),  # export | erase
-        0x03: ("received_at", "uint"),
-        0x04: ("status", "str"),
-        0x20: ("caller_pseudonym", "bytes"),
-        0x21: ("principal", "str"),
-    },
-    T_KEY_DESTROYED: {0x01: ("key", "str"), 0x02: ("reason", "str")},
+    T_EXPIRED: _by_tag(
+        Field(0x01, "recording_id", "str"),
+        Field(0x02, "bucket", "str"),
+        Field(0x03, "expires_at", "uint"),
+    ),
+    T_HOLD: _by_tag(
+        Field(0x01, "hold_id", "str"),
+        Field(0x02, "action", "str"),  # placed | released
+        Field(0x03, "recordings", "uint"),
+        Field(0x04, "until", "uint"),
+        Field(0x20, "reason", "str"),
+        Field(0x21, "principal", "str"),
+    ),
+    T_ERASURE: _by_tag(
+        Field(0x01, "recording_id", "str"),
+        Field(0x02, "outcome", "str"),  # erased | deferred
+        Field(0x03, "request_id", "str"),
+        Field(0x04, "reason", "str"),
+    ),
+    T_SUBJECT_REQUEST: _by_tag(
+        Field(0x01, "request_id", "str"),
+        Field(0x02, "kind", "str"),  # export | erase
+        Field(0x03, "received_at", "uint"),
+        Field(0x04, "status", "str"),
+        Field(0x20, "caller_pseudonym", "bytes"),
+        Field(0x21, "principal", "str"),
+    ),
+    T_KEY_DESTROYED: _by_tag(Field(0x01, "key", "str"), Field(0x02, "reason", "str")),
 }
 
 REASON_CODES: Final = ("sampled", "not_sampled", "objection", "cap_reached")
 _HEADER = struct.Struct(">BBQ")
 _U32 = struct.Struct(">I")
+_REF_BYTES: Final = bytes((REF_BYTES,))
+_REF_TEXT: Final = bytes((REF_TEXT,))
+
+
+def decision_layout() -> dict[str, Any]:
+    """The decision layout in the form ``_merklefast.decision_layout()`` reports the one the C
+    accelerator was compiled with (``_decisionlayout.h``): the C code cannot read
+    :data:`DECISION`, so the two are compared instead (``hashing`` at import, and the tests)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "header_size": _HEADER.size,
+        "entry_type": T_DECISION,
+        "tags": {f.name: f.tag for f in DECISION} | {"sealed": TAG_SEALED},
+        "draw_size": DECISION.draw.size,
+        "ref_bytes": REF_BYTES,
+        "ref_text": REF_TEXT,
+        "kcv_size": KCV_SIZE,
+        "iv_size": IV_SIZE,
+    }
 
 
 def to_micros(moment: datetime) -> int:
@@ -215,7 +293,7 @@ def field_bytes(tag: int, value: bytes) -> bytes:
     return bytes((tag, 0xFF)) + _U32.pack(n) + value
 
 
-def _value(kind: str, value: Any) -> bytes:
+def _value(kind: Kind, value: Any) -> bytes:
     if kind == "str":
         return str(value).encode("utf-8")
     if kind == "bytes":
@@ -226,11 +304,16 @@ def _value(kind: str, value: Any) -> bytes:
     if kind == "bool":
         return b"\x01" if value else b"\x00"
     if kind == "ref":
-        return b"\x01" + value.encode("utf-8") if isinstance(value, str) else b"\x00" + value
+        return ref_value(value)
     raise ValueError(kind)
 
 
-def _parse_value(kind: str, raw: bytes) -> Any:
+def ref_value(ref: str | bytes) -> bytes:
+    """A call reference as a ``ref`` value: its kind byte, then its bytes."""
+    return _REF_TEXT + ref.encode("utf-8") if isinstance(ref, str) else _REF_BYTES + ref
+
+
+def _parse_value(kind: Kind, raw: bytes) -> Any:
     if kind == "str":
         return raw.decode("utf-8")
     if kind == "uint":
@@ -238,7 +321,7 @@ def _parse_value(kind: str, raw: bytes) -> Any:
     if kind == "bool":
         return raw != b"\x00"
     if kind == "ref":
-        return raw[1:].decode("utf-8") if raw[:1] == b"\x01" else raw[1:]
+        return raw[1:].decode("utf-8") if raw[:1] == _REF_TEXT else raw[1:]
     return raw
 
 
@@ -247,10 +330,10 @@ def encode_fields(entry_type: int, values: Mapping[str, Any]) -> bytes:
     spec = FIELDS[entry_type]
     out = []
     for tag in sorted(spec):
-        name, kind = spec[tag]
-        value = values.get(name)
+        f = spec[tag]
+        value = values.get(f.name)
         if value is not None:
-            out.append(field_bytes(tag, _value(kind, value)))
+            out.append(field_bytes(tag, _value(f.kind, value)))
     return b"".join(out)
 
 
@@ -339,12 +422,14 @@ def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
             if not raw:
                 raise ValueError("empty sealed field")
             klen = raw[0]
-            if len(raw) < 1 + klen + 20:
+            kcv_at = 1 + klen
+            iv_at = kcv_at + KCV_SIZE
+            ct_at = iv_at + IV_SIZE
+            if len(raw) < ct_at:
                 raise ValueError("truncated sealed field")
-            entry.kid = raw[1 : 1 + klen].decode("ascii", "replace")
-            kcv = raw[1 + klen : 5 + klen]
-            iv = raw[5 + klen : 21 + klen]
-            plain = unseal(entry.kid, kcv, iv, raw[21 + klen :]) if unseal is not None else None
+            entry.kid = raw[1:kcv_at].decode("ascii", "replace")
+            kcv, iv = raw[kcv_at:iv_at], raw[iv_at:ct_at]
+            plain = unseal(entry.kid, kcv, iv, raw[ct_at:]) if unseal is not None else None
             try:
                 personal = iter_fields(plain) if plain is not None else None
             except ValueError:
@@ -354,13 +439,13 @@ def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
                 continue
             for ptag, praw in personal:
                 # Only personal tags: sealed bytes never stand in for a public field.
-                if ptag in spec and ptag >= PERSONAL_TAG_MIN:
-                    name, kind = spec[ptag]
-                    entry.fields[name] = _parse_value(kind, praw)
+                pf = spec.get(ptag)
+                if pf is not None and pf.personal:
+                    entry.fields[pf.name] = _parse_value(pf.kind, praw)
             continue
-        if tag in spec:
-            name, kind = spec[tag]
-            entry.fields[name] = _parse_value(kind, raw)
+        f = spec.get(tag)
+        if f is not None:
+            entry.fields[f.name] = _parse_value(f.kind, raw)
     return entry
 
 
@@ -374,20 +459,15 @@ def sealed_field(kid: str, kcv: bytes, iv: bytes, ciphertext: bytes) -> bytes:
     return field_bytes(TAG_SEALED, bytes((len(kid_b),)) + kid_b + kcv + iv + ciphertext)
 
 
-PERSONAL_TAG_MIN: Final = 0x20  # tags 0x20..0xEF are personal: they go in the sealed field
-
-
 def split_personal(entry_type: int, values: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """Encode ``values`` into (public fields, personal plaintext fields)."""
     spec = FIELDS[entry_type]
     public: list[bytes] = []
     personal: list[bytes] = []
     for tag in sorted(spec):
-        name, kind = spec[tag]
-        value = values.get(name)
+        f = spec[tag]
+        value = values.get(f.name)
         if value is None:
             continue
-        (personal if tag >= PERSONAL_TAG_MIN else public).append(
-            field_bytes(tag, _value(kind, value))
-        )
+        (personal if f.personal else public).append(field_bytes(tag, _value(f.kind, value)))
     return b"".join(public), b"".join(personal)

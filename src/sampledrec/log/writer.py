@@ -44,9 +44,11 @@ from .._hazmat.files import fsync_dir, write_new
 from .._hazmat.locking import wait_for_flock
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import CheckpointError, LogCorrupt, SampledrecError, StoreError
+from ..sampling.record import DecisionRecord
 from . import hashing as _hashing
 from .checkpoint import Checkpoint, LogSigner
 from .format import (
+    DECISION,
     FORMAT_VERSION,
     REASON_CODES,
     T_CHECKPOINT,
@@ -57,6 +59,7 @@ from .format import (
     decode_entry,
     field_bytes,
     key_check_value,
+    ref_value,
     split_personal,
     to_micros,
 )
@@ -81,19 +84,29 @@ _EPOCH_DT: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 
 
-def _decision_fields(
-    epoch_id: str, version: str, rule: str, threshold: int, reason: str
-) -> tuple[bytes, bytes]:
-    """The fields of a decision entry around its draw (field 0x05, 7 bytes); the threshold is
-    written in 8 bytes, since T(1) = 2**56."""
+def _decision_fields(record: DecisionRecord) -> tuple[bytes, bytes]:
+    """The public fields of a decision entry before its draw's value (the draw field's tag and
+    length included) and after it. They depend only on the record's first five fields, the
+    same for long runs of decisions: the encoders cache them."""
+    d = DECISION
     return (
-        field_bytes(0x01, epoch_id.encode())
-        + field_bytes(0x02, bytes.fromhex(version))
-        + field_bytes(0x03, rule.encode())
-        + field_bytes(0x04, threshold.to_bytes(8, "big"))  # T(1) = 2**56 needs 8 bytes
-        + b"\x05\x07",
-        b"\x06\x01" + bytes((_REASON_INDEX[reason],)),
+        field_bytes(d.epoch_id.tag, record.epoch_id.encode())
+        + field_bytes(d.policy_version.tag, bytes.fromhex(record.policy_version))
+        + field_bytes(d.rule.tag, record.rule.encode())
+        + field_bytes(d.threshold.tag, record.threshold.to_bytes(d.threshold.size, "big"))
+        + bytes((d.draw.tag, d.draw.size)),
+        field_bytes(d.reason.tag, _REASON_INDEX[record.reason].to_bytes(d.reason.size, "big")),
     )
+
+
+# Where the C encoder finds, by position, the fields of a record that it encodes itself (it
+# reads the tuple as it is); the fields before the draw are those ``_decision_fields`` encodes.
+_C_RECORD_FIELDS: Final = tuple(
+    map(
+        DecisionRecord._fields.index,
+        ("draw", "call_ref", "agent", "caller_pseudonym", "decided_at"),
+    )
+)
 
 
 def _micros(moment: datetime) -> int:
@@ -141,10 +154,23 @@ class RecoveryReport:
         return "; ".join(parts)
 
 
-# A queued entry: (ticket, etype, time_us, public fields, personal fields, kid), or, for a
-# decision queued on the hot path, (ticket, None, the raw decision values): the writer thread
-# encodes decisions in bulk.
-_Item = tuple[Any, ...]
+class _Prepared(NamedTuple):
+    """An entry other than a decision, encoded when it was queued: its personal fields are still
+    in clear, to be sealed under ``kid`` (``None`` when it has none)."""
+
+    etype: int
+    time_us: int
+    public: bytes
+    personal: bytes
+    kid: str | None
+
+
+# A queued entry: its ticket (0 for the entries nobody waits for) and what to write. Decisions
+# are queued as the sampler made them (the hot path); the writer thread encodes them in bulk.
+_Queued = tuple[int, DecisionRecord | _Prepared]
+# Queued decisions are kept out of the garbage collector's way, as plain tuples would be (see
+# hashing.untrack): the queue holds up to max_batch of them.
+_untrack: Final = _hashing.untrack
 
 
 class _Sealer:
@@ -265,7 +291,7 @@ class DecisionLog:
         self._cond = threading.Condition()  # wakes the writer and durability waiters
         self._qlock = threading.Lock()  # guards the queue and ticket numbers (hot path)
         self._write_lock = threading.Lock()  # one batch or checkpoint write at a time
-        self._queue: list[_Item] = []
+        self._queue: list[_Queued] = []
         self._next_ticket = 1
         self._durable_ticket = 0
         self._ticket_index: dict[int, int] = {}
@@ -448,7 +474,7 @@ class DecisionLog:
                 # record it now, so that deleting it is detected like any other.
                 public, _ = split_personal(T_CHECKPOINT, {"size": last.size, "root": last.root})
                 self._queue.append(
-                    (0, T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None)
+                    (0, _Prepared(T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None))
                 )
         return report
 
@@ -491,42 +517,17 @@ class DecisionLog:
         kid = _kid(time_us, klass) if personal else None
         return self._enqueue(etype, time_us, public, personal, kid)
 
-    def append_decision(
-        self,
-        epoch_id: str,
-        policy_version: str,
-        rule: str,
-        threshold: int,
-        reason: str,
-        draw: int,
-        call_ref: str | bytes,
-        agent: str | None,
-        caller_pseudonym: str | None,
-        decided_at: datetime,
-    ) -> int:
-        """Queue a decision (the hot path: the writer thread encodes decisions in bulk)."""
+    def append_decision(self, record: DecisionRecord) -> int:
+        """Queue a decision; returns its ticket (see :meth:`wait_durable`). This is the
+        :class:`~sampledrec.sampling.record.DecisionSink` of a store's samplers: the hot path,
+        so the record is queued as it is and the writer thread encodes decisions in bulk."""
         with self._qlock:
             if self._closed or self._error is not None:
                 self._raise_closed()
             ticket = self._next_ticket
             self._next_ticket = ticket + 1
             q = self._queue
-            q.append(
-                (
-                    ticket,
-                    None,
-                    epoch_id,
-                    policy_version,
-                    rule,
-                    threshold,
-                    reason,
-                    draw,
-                    call_ref,
-                    agent,
-                    caller_pseudonym,
-                    decided_at,
-                )
-            )
+            q.append(_untrack((ticket, record)))
             wake = len(q) == 1 or len(q) >= self.max_batch
         if wake:
             with self._cond:
@@ -541,7 +542,7 @@ class DecisionLog:
                 self._raise_closed()
             ticket = self._next_ticket
             self._next_ticket = ticket + 1
-            self._queue.append((ticket, etype, time_us, public, personal, kid))
+            self._queue.append((ticket, _Prepared(etype, time_us, public, personal, kid)))
         with self._cond:
             self._cond.notify_all()
         return ticket
@@ -642,8 +643,7 @@ class DecisionLog:
                 indices = self._write_batch(batch)
                 with self._cond:
                     top = 0
-                    for item, index in zip(batch, indices, strict=True):
-                        ticket = item[0]
+                    for (ticket, _), index in zip(batch, indices, strict=True):
                         if ticket:
                             self._ticket_index[ticket] = index
                             top = ticket
@@ -660,7 +660,7 @@ class DecisionLog:
                 self._error = exc
                 self._cond.notify_all()
 
-    def _encode(self, batch: list[_Item]) -> list[bytes]:
+    def _encode(self, batch: list[_Queued]) -> list[bytes]:
         """Encode a batch of queued items into entries.
 
         Decisions are encoded in one tight loop (this runs for every call of a call centre):
@@ -670,35 +670,35 @@ class DecisionLog:
         cache = self._field_cache
         pack_header = _HEADER.pack
         epoch0, one_us = _EPOCH_DT, _ONE_US
+        d = DECISION
+        draw_size = d.draw.size
         entries: list[bytes] = []
         sealing: dict[str, list[tuple[int, bytes]]] = {}
         last_day, last_kid, plain = -1, "", []
-        for item in batch:
-            if item[1] is not None:
-                _, etype, time_us, public, personal, kid = item
-                entries.append(pack_header(FORMAT_VERSION, etype, time_us) + public)
-                if personal:
-                    sealing.setdefault(kid, []).append((len(entries) - 1, personal))
+        for _, item in batch:
+            if isinstance(item, _Prepared):
+                entries.append(pack_header(FORMAT_VERSION, item.etype, item.time_us) + item.public)
+                if item.kid is not None:
+                    sealing.setdefault(item.kid, []).append((len(entries) - 1, item.personal))
                 continue
-            (_, _, epoch_id, version, rule, thr, reason, draw, ref, agent, pseudo, at) = item
-            key = (epoch_id, rule, reason, version, thr)
+            key = (item.epoch_id, item.rule, item.reason, item.policy_version, item.threshold)
             fixed = cache.get(key)
             if fixed is None:
-                fixed = cache[key] = _decision_fields(epoch_id, version, rule, thr, reason)
-            time_us = (at - epoch0) // one_us
+                fixed = cache[key] = _decision_fields(item)
+            time_us = (item.decided_at - epoch0) // one_us
             entries.append(
                 pack_header(FORMAT_VERSION, T_DECISION, time_us)
                 + fixed[0]
-                + draw.to_bytes(7, "big")
+                + item.draw.to_bytes(draw_size, "big")
                 + fixed[1]
             )
-            rb = (b"\x01" + ref.encode()) if ref.__class__ is str else (b"\x00" + ref)
-            n = len(rb)
-            personal = (b"\x20" + bytes((n,)) if n < 0xFF else b"\x20\xff" + U32.pack(n)) + rb
-            if agent is not None:
-                personal += field_bytes(0x21, agent.encode())
-            if pseudo is not None:
-                personal += field_bytes(0x22, bytes.fromhex(pseudo))
+            personal = field_bytes(d.call_ref.tag, ref_value(item.call_ref))
+            if item.agent is not None:
+                personal += field_bytes(d.agent.tag, item.agent.encode())
+            if item.caller_pseudonym is not None:
+                personal += field_bytes(
+                    d.caller_pseudonym.tag, bytes.fromhex(item.caller_pseudonym)
+                )
             day = time_us // 86_400_000_000
             if day != last_day:
                 last_day, last_kid = day, _kid(time_us)
@@ -710,18 +710,20 @@ class DecisionLog:
                 entries[i] += field_
         return entries
 
-    def _records(self, batch: list[_Item]) -> bytes:
+    def _records(self, batch: list[_Queued]) -> bytes:
         """The batch as framed records (u32 length + entry), in C when the accelerator is
         built and the batch is all decisions of one month (the usual case)."""
         fast = _hashing.encode_decisions
-        if fast is not None and batch[0][1] is None:
-            at = batch[0][11]
-            kid = _kid(_micros(at))
+        first = batch[0][1]
+        if fast is not None and isinstance(first, DecisionRecord):
+            kid = _kid(_micros(first.decided_at))
             key = self._keyring.sealing_key(kid, create=True)
             got = fast(
                 batch,
+                DecisionRecord,
+                _C_RECORD_FIELDS,
                 self._c_cache,
-                lambda item: _decision_fields(item[2], item[3], item[4], item[5], item[6]),
+                _decision_fields,
                 key,
                 self._sealer.prefix,
                 self._sealer.counter,
@@ -733,7 +735,7 @@ class DecisionLog:
                 return bytes(records)
         return b"".join([U32.pack(len(e)) + e for e in self._encode(batch)])
 
-    def _write_batch(self, batch: list[_Item]) -> list[int]:
+    def _write_batch(self, batch: list[_Queued]) -> list[int]:
         payload = self._records(batch)
         count = len(batch)
         with self._write_lock, self._locked():
@@ -841,7 +843,7 @@ class DecisionLog:
             public, _ = split_personal(T_CHECKPOINT, {"size": cp.size, "root": cp.root})
             with self._qlock:
                 self._queue.insert(
-                    0, (0, T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None)
+                    0, (0, _Prepared(T_CHECKPOINT, to_micros(self._clock.now()), public, b"", None))
                 )
         return cp
 

@@ -5,12 +5,16 @@ call's attributes to a rule and a rate (:class:`Policy`, its roles), objections,
 (:class:`CapLedger`), and the :class:`Sampler` that combines them into a :class:`Decision`.
 :func:`simulate_policy` tries a policy on synthetic calls. Nothing here touches the disk except
 the caps ledger of a store.
+
+The seam to the log is typed: the sampler hands each decision to a :class:`DecisionSink` (the
+log, above sampling in the dependency order) as a :class:`DecisionRecord`.
 """
 
 from .caps import CapLedger, MemoryCapLedger, SqliteCapLedger
 from .keyed import draw, draw_many, threshold
 from .objections import ObjectionList, caller_pseudonym
 from .policy import Policy, RetentionPeriod, Rule
+from .record import DecisionRecord, DecisionSink
 from .roles import Role
 from .sampler import Decision, DecisionBatch, Sampler
 from .simulate import simulate_policy
@@ -19,6 +23,8 @@ __all__ = [
     "CapLedger",
     "Decision",
     "DecisionBatch",
+    "DecisionRecord",
+    "DecisionSink",
     "MemoryCapLedger",
     "ObjectionList",
     "Policy",

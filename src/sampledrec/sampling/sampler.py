@@ -7,10 +7,14 @@ for whole arrays of calls with the vectorised draw, with results identical to ca
 
 Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
 order, so an auditor can replay them from the log. The counts are kept by a
-:class:`~sampledrec.caps.CapLedger`: the store's (shared by every sampler of the store, in any
-process) or, for a bare sampler, this process's memory. A call whose draw is below the threshold
-of a capped rule is remembered for its epoch, so asking again about the same reference returns
-the same decision and never counts twice against a cap (retries cannot re-roll).
+:class:`~sampledrec.sampling.caps.CapLedger`: the store's (shared by every sampler of the store,
+in any process) or, for a bare sampler, this process's memory. A call whose draw is below the
+threshold of a capped rule is remembered for its epoch, so asking again about the same reference
+returns the same decision and never counts twice against a cap (retries cannot re-roll).
+
+Every decision is handed to the sampler's ``log``, a
+:class:`~sampledrec.sampling.record.DecisionSink`, as a
+:class:`~sampledrec.sampling.record.DecisionRecord`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -31,11 +35,10 @@ from .caps import CapLedger, CapRequest, MemoryCapLedger, cap_periods
 from .keyed import MAX_CALL_REF_BYTES, call_ref_bytes, draw_many
 from .objections import ObjectionList
 from .policy import Policy, Rule, attr_text
+from .record import REASONS, DecisionRecord, DecisionSink, Reason
 
 __all__ = ["REASONS", "Decision", "DecisionBatch", "Reason", "Sampler"]
 
-Reason = Literal["sampled", "not_sampled", "objection", "cap_reached"]
-REASONS: Final[tuple[Reason, ...]] = ("sampled", "not_sampled", "objection", "cap_reached")
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _TRUE_TEXT: Final = frozenset({"true", "yes", "1", "y", "on"})
 _new_tuple: Final = tuple.__new__
@@ -174,8 +177,10 @@ class Sampler:
     key_lock:
         A context manager factory held while keys are created (the store's lock).
     log:
-        A :class:`~sampledrec.log.DecisionLog`: every decision is queued to it, and
-        ``Decision.log_ticket`` lets a recorder wait until the entry is durable.
+        A :class:`~sampledrec.sampling.record.DecisionSink`, usually the store's
+        :class:`~sampledrec.log.writer.DecisionLog`: every decision is handed to it as a
+        :class:`~sampledrec.sampling.record.DecisionRecord`, and ``Decision.log_ticket`` (its
+        ticket) lets a recorder wait until the entry is durable.
     policy_source:
         ``policy_source(now)`` returns the policy in force at ``now``; consulted at most once a
         second, so that a policy applied to the store is picked up by running samplers.
@@ -191,7 +196,7 @@ class Sampler:
         ahead: int = 7,
         on_new_keys: Callable[[list[EpochKey]], None] | None = None,
         key_lock: Callable[[], Any] | None = None,
-        log: Any | None = None,
+        log: DecisionSink | None = None,
         policy_source: Callable[[datetime], Policy] | None = None,
         caps: CapLedger | None = None,
     ) -> None:
@@ -202,6 +207,11 @@ class Sampler:
         if not isinstance(keyring, Keyring):
             raise InvalidArgument(
                 f"keyring must implement the Keyring protocol, got {type(keyring).__name__}"
+            )
+        if log is not None and not isinstance(log, DecisionSink):
+            raise InvalidArgument(
+                f"log must implement the DecisionSink protocol (append_decision), got "
+                f"{type(log).__name__}"
             )
         if ahead < 1:
             raise InvalidArgument(f"ahead={ahead} must be at least 1 epoch")
@@ -214,7 +224,10 @@ class Sampler:
         self._key_lock = key_lock
         self._epoch: tuple[datetime, datetime, EpochKey] | None = None
         self._caps: CapLedger = caps if caps is not None else MemoryCapLedger()
-        self._log = log
+        # The sink's method, looked up once: it is called for every decision.
+        self._append: Callable[[DecisionRecord], int] | None = (
+            None if log is None else log.append_decision
+        )
         self._policy_source = policy_source
         self._policy_checked = time.monotonic()
 
@@ -337,20 +350,26 @@ class Sampler:
     ) -> Decision:
         ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
         ticket = None
-        if self._log is not None:
-            ticket = self._log.append_decision(
-                key.epoch_id,
-                version,
-                rule.name,
-                rule.threshold,
-                reason,
-                r,
-                ref,
-                agent,
-                pseudonym,
-                now,
+        append = self._append
+        if append is not None:
+            # tuple.__new__ skips the named tuple's argument binding (half the cost, per call).
+            ticket = append(
+                _new_tuple(
+                    DecisionRecord,
+                    (
+                        key.epoch_id,
+                        version,
+                        rule.name,
+                        rule.threshold,
+                        reason,
+                        r,
+                        ref,
+                        agent,
+                        pseudonym,
+                        now,
+                    ),
+                )
             )
-        # tuple.__new__ skips the named tuple's argument binding (half the cost, per call).
         return _new_tuple(
             Decision,
             (
@@ -453,7 +472,7 @@ class Sampler:
             )
             for i, reason in zip(candidates.tolist(), answers, strict=True):
                 codes[i] = REASONS.index(reason)
-        if self._log is not None:
+        if self._append is not None:
             self._log_batch(
                 call_refs, codes, rule_index, draws, thresholds, rules, agents, key, now, policy
             )
@@ -484,11 +503,11 @@ class Sampler:
         now: datetime,
         policy: Policy,
     ) -> None:
-        log = self._log
-        assert log is not None
+        append = self._append
+        assert append is not None
         version = policy.version  # the version the rules were taken from
+        epoch_id = key.epoch_id
         names = [r.name for r in rules]
-        append = log.append_decision
         for ref, code, ri, r, thr, agent in zip(
             _refs_list(call_refs),
             codes.tolist(),
@@ -498,7 +517,12 @@ class Sampler:
             agents.tolist(),
             strict=True,
         ):
-            append(key.epoch_id, version, names[ri], thr, REASONS[code], r, ref, agent, None, now)
+            append(
+                _new_tuple(
+                    DecisionRecord,
+                    (epoch_id, version, names[ri], thr, REASONS[code], r, ref, agent, None, now),
+                )
+            )
 
 
 def _refs_list(call_refs: Sequence[str | bytes] | npt.NDArray[Any]) -> list[str | bytes]:

@@ -1,0 +1,54 @@
+"""The seam between the sampler and whatever keeps its decisions: the record of one decision,
+and :class:`DecisionSink`, what the sampler hands each record to.
+
+The sampler sits below the log in the dependency order (the log may import sampling, never the
+reverse), so the types both sides agree on live here. :class:`sampledrec.log.writer.DecisionLog`
+is the sink of a store; anything with the same ``append_decision`` (a test's list, a forwarder)
+can stand in for it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, Literal, NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["REASONS", "DecisionRecord", "DecisionSink", "Reason"]
+
+Reason = Literal["sampled", "not_sampled", "objection", "cap_reached"]
+REASONS: Final[tuple[Reason, ...]] = ("sampled", "not_sampled", "objection", "cap_reached")
+
+
+class DecisionRecord(NamedTuple):
+    """What the log keeps of one decision: everything an auditor needs to recompute it.
+
+    A named tuple because the sampler builds one per call on its hot path
+    (docs/decisions/0012-decision-record.md). ``policy_version`` and ``caller_pseudonym`` are
+    hex text; ``threshold`` and ``draw`` the 56-bit integers of DESIGN.md §4. The five fields
+    before ``draw`` are the same for long runs of decisions (one epoch, policy, rule and
+    reason): the log encodes them once per run, so they come first.
+    """
+
+    epoch_id: str
+    policy_version: str
+    rule: str
+    threshold: int
+    reason: Reason
+    draw: int
+    call_ref: str | bytes
+    agent: str | None
+    caller_pseudonym: str | None
+    decided_at: datetime
+
+
+@runtime_checkable
+class DecisionSink(Protocol):
+    """Where a sampler sends its decisions (``Sampler(..., log=sink)``)."""
+
+    def append_decision(self, record: DecisionRecord) -> int:
+        """Take one decision; return a ticket for it (``Decision.log_ticket``).
+
+        Called on the per-call hot path, so it should only queue the record. What a ticket
+        means is the sink's own business: :meth:`DecisionLog.wait_durable
+        <sampledrec.log.writer.DecisionLog.wait_durable>` blocks until its entry is on disk.
+        """
+        ...
