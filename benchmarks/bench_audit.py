@@ -88,10 +88,11 @@ def main() -> int:
             draw_many(key.key, refs)
             draws_s = min(draws_s, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for seg in sorted((store.path / "log").glob("seg-*.log")):
-            hashlib.sha256(seg.read_bytes()).digest()
+        storage = store.log_storage
+        for seg in storage.segments():
+            hashlib.sha256(storage.read_segment(seg)).digest()
         sha_s = time.perf_counter() - t0
-        log_bytes = sum(p.stat().st_size for p in (store.path / "log").glob("seg-*.log"))
+        log_bytes = storage.size()
         doc = report.to_json()
         ok = doc.get("ok")
         if not ok:

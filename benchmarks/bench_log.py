@@ -151,19 +151,19 @@ def main() -> int:
         store = Store.init(tmp / "store", policy=policy)
         decide_only, append_single = single_rounds(store, calls, rounds)
         append_batch = batch_append(store, batch_total, 20_000)
-        log_bytes = sum(p.stat().st_size for p in (store.path / "log").iterdir())
+        log_bytes = store.log_storage.size()
         best_verify = 0.0
         report = None
         for _ in range(2 if quick else 3):
             t0 = time.perf_counter()
-            report = verify_log(store.path)
+            report = verify_log(store.log_storage)
             best_verify = max(best_verify, report.bytes_verified / (time.perf_counter() - t0))
         assert report is not None and report.ok, report and report.findings
         raw = raw_sha256(1.0 if quick else 3.0)
         sizes = [
             len(e.raw)
             for i, e in zip(
-                range(20_000), iter_entries(store.path / "log", since=1000), strict=False
+                range(20_000), iter_entries(store.log_storage, since=1000), strict=False
             )
             if e.type_name == "decision" and i >= 0
         ]

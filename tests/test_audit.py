@@ -25,10 +25,11 @@ from sampledrec.audit.verify import (
 )
 from sampledrec.cli.app import main
 from sampledrec.log.columns import Decisions, call_firsts, counted_once, decisions_from_entries
-from sampledrec.log.format import REASON_CODES, T_DECISION, Entry
+from sampledrec.log.format import T_DECISION, Entry
 from sampledrec.log.writer import iter_entries
 from sampledrec.retention.sweep import Retention
 from sampledrec.sampling import DecisionRecord
+from sampledrec.sampling.record import REASONS
 from sampledrec.vault.audio import AudioFormat, frames, synthetic_speech
 from sampledrec.vault.catalog import SqliteCatalog
 from sampledrec.vault.recorder import Vault
@@ -117,7 +118,7 @@ def test_a_recording_for_a_call_that_was_not_selected(case: Path) -> None:
     unselected = next(
         e.fields["call_ref"]
         for e in entries
-        if e.type == T_DECISION and REASON_CODES[e.fields["reason"]] == "not_sampled"
+        if e.type == T_DECISION and REASONS[e.fields["reason"]] == "not_sampled"
     )
     catalog = SqliteCatalog(case / "store" / "catalog.sqlite")
     row = catalog.find()[0]

@@ -20,7 +20,6 @@ from sampledrec.errors import SampledrecError
 from sampledrec.log import columns as al
 from sampledrec.log import hashing as _hashing
 from sampledrec.log.format import (
-    REASON_CODES,
     T_DECISION,
     Entry,
     decision_layout,
@@ -189,7 +188,7 @@ def test_decisions_the_writer_encodes_read_the_same_both_ways(
     d = fast.decisions
     got = [
         (d.epochs[d.epoch[i]], d.versions[d.version[i]].hex(), d.rules[d.rule[i]],
-         int(d.threshold[i]), REASON_CODES[d.reason[i]], int(d.draw[i]), d.ref(i),
+         int(d.threshold[i]), REASONS[d.reason[i]], int(d.draw[i]), d.ref(i),
          d.agent_name(i), int(d.time_us[i]))
         for i in range(len(d))
     ]  # fmt: skip
@@ -310,7 +309,7 @@ def test_sealed_bytes_never_stand_in_for_public_fields() -> None:
 
 @needs_accel
 def test_call_firsts_checks_its_arguments() -> None:
-    fast: Any = _hashing._fast
+    fast: Any = _hashing.native
     n = 4
     args = (b"\0" * 4 * n, b"\1" * n, (1).to_bytes(8, "little") * n)
     with pytest.raises(ValueError, match="different lengths"):

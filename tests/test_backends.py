@@ -1,10 +1,11 @@
 """The contract suite of the storage backends: what every
-:class:`~sampledrec.vault.catalog.Catalog`, :class:`~sampledrec.vault.blobs.BlobStore` and
-:class:`~sampledrec.keys.Keyring` must do.
+:class:`~sampledrec.vault.catalog.Catalog`, :class:`~sampledrec.vault.blobs.BlobStore`,
+:class:`~sampledrec.keys.Keyring` and :class:`~sampledrec.log.storage.LogStorage` must do.
 
 This is the suite a new backend must pass. Each protocol has one fixture parametrised over its
-backends (``CATALOGS``, ``BLOB_STORES``, ``KEYRINGS``), built by one factory function
-(``open_catalog``, ``open_blob_store``, ``open_keyring``). To add a backend (PostgreSQL, S3,
+backends (``CATALOGS``, ``BLOB_STORES``, ``KEYRINGS``, ``LOG_STORAGES``), built by one factory
+function (``open_catalog``, ``open_blob_store``, ``open_keyring``, ``open_log_storage``). To
+add a backend (PostgreSQL, S3,
 ...): add its name to the list, add a branch to the factory (returning a function that opens a
 new handle on one and the same backend each time it is called), and name its class in
 ``SHIPPED``. Every test then runs against it; none may be skipped or weakened for it.
@@ -41,10 +42,11 @@ from typing import Any, Generic, TypeVar
 import pytest
 
 import sampledrec
-from sampledrec.errors import InvalidArgument, KeyringError, StoreError
+from sampledrec.errors import InvalidArgument, KeyringError, StoreError, StoreLocked
 from sampledrec.keys.keyring import Keyring, LocalKeyring, epoch_commitment
 from sampledrec.keys.keystore import KeyStore
-from sampledrec.testing import MemoryBlobStore, MemoryCatalog, MemoryKeyring
+from sampledrec.log.storage import LocalLogStorage, LogStorage, segment_name
+from sampledrec.testing import MemoryBlobStore, MemoryCatalog, MemoryKeyring, MemoryLogStorage
 from sampledrec.vault.blobs import BlobStore, BlobWriter, LocalBlobStore
 from sampledrec.vault.catalog import Catalog, Hold, RecordingRow, SqliteCatalog, SubjectRequest
 
@@ -53,6 +55,7 @@ T = TypeVar("T")
 CATALOGS = ["sqlite", "memory"]
 BLOB_STORES = ["local", "memory"]
 KEYRINGS = ["local", "memory"]
+LOG_STORAGES = ["local", "memory"]
 
 # Every backend class the library ships, by protocol, with its name in the lists above.
 SHIPPED: dict[type, dict[str, str]] = {
@@ -60,6 +63,7 @@ SHIPPED: dict[type, dict[str, str]] = {
     BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory"},
     Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory"},
     KeyStore: {"LocalKeyStore": "local", "MemoryKeyStore": "memory", "Pkcs11KeyStore": "pkcs11"},
+    LogStorage: {"LocalLogStorage": "local", "MemoryLogStorage": "memory"},
 }
 
 
@@ -88,6 +92,16 @@ def open_keyring(name: str, tmp_path: Path) -> Callable[[], Keyring]:
         only = MemoryKeyring()
         return lambda: only
     raise AssertionError(f"no factory for the keyring backend {name!r}")
+
+
+def open_log_storage(name: str, tmp_path: Path) -> Callable[[], LogStorage]:
+    if name == "local":
+        (tmp_path / "store").mkdir()  # the store's folder: the log folder is created in it
+        return functools.partial(LocalLogStorage, tmp_path / "store" / "log")
+    if name == "memory":
+        only = MemoryLogStorage()
+        return lambda: only
+    raise AssertionError(f"no factory for the log storage backend {name!r}")
 
 
 class Handles(Generic[T]):
@@ -135,6 +149,19 @@ def keyrings(request: pytest.FixtureRequest, tmp_path: Path) -> Handles[Keyring]
 @pytest.fixture
 def keyring(keyrings: Handles[Keyring]) -> Keyring:
     return keyrings.open()
+
+
+@pytest.fixture(params=LOG_STORAGES)
+def log_storages(request: pytest.FixtureRequest, tmp_path: Path) -> Handles[LogStorage]:
+    return Handles(request.param, open_log_storage(request.param, tmp_path))
+
+
+@pytest.fixture
+def log_storage(log_storages: Handles[LogStorage]) -> LogStorage:
+    """A handle on a log that was created (empty: no segment yet)."""
+    storage = log_storages.open()
+    storage.create()
+    return storage
 
 
 @pytest.fixture
@@ -202,8 +229,9 @@ def keystore_suite_params() -> list[str]:
         (BlobStore, BLOB_STORES),
         (Keyring, KEYRINGS),
         (KeyStore, keystore_suite_params()),
+        (LogStorage, LOG_STORAGES),
     ],
-    ids=["Catalog", "BlobStore", "Keyring", "KeyStore"],
+    ids=["Catalog", "BlobStore", "Keyring", "KeyStore", "LogStorage"],
 )
 def test_every_backend_the_library_ships_is_in_a_contract_suite(
     protocol: type, params: list[str]
@@ -1007,6 +1035,249 @@ def test_threads_racing_for_epochs_end_with_one_key_each(
 
 
 # --------------------------------------------------------------------------------------------
+# LogStorage
+
+SEGMENT = b"SDRLOG01" + bytes(24) + b"BTCH and the first batch, then its trailer"
+
+
+def test_log_storage_implements_the_protocol(log_storage: LogStorage) -> None:
+    assert isinstance(log_storage, LogStorage)
+    assert isinstance(log_storage.location(), str)
+    assert log_storage.location()
+
+
+def test_a_new_log_is_empty_and_created_once(log_storages: Handles[LogStorage]) -> None:
+    first = log_storages.open()
+    assert not first.exists()
+    assert first.segments() == []
+    assert first.strays() == []
+    with pytest.raises(FileNotFoundError):
+        first.read_checkpoints()
+    first.create()
+    second = log_storages.open()
+    for handle in (first, second):
+        assert handle.exists()
+        assert handle.segments() == []
+        assert handle.read_checkpoints() == b""
+        assert handle.size() == 0
+        assert handle.strays() == []
+        assert handle.set_aside_tails() == {}
+    with pytest.raises(FileExistsError):
+        second.create()
+    assert first.read_checkpoints() == b""
+
+
+def test_a_segment_is_born_whole_and_seen_by_another_handle(
+    log_storages: Handles[LogStorage],
+) -> None:
+    first = log_storages.open()
+    first.create()
+    with first.lock():
+        first.create_segment(0, SEGMENT)
+    second = log_storages.open()
+    assert second.segments() == [0]
+    assert second.read_segment(0) == SEGMENT
+    assert bytes(second.map_segment(0)) == SEGMENT
+    assert second.read_segment(0, 32) == SEGMENT[32:]
+    assert second.read_segment(0, len(SEGMENT)) == b""
+    assert second.size() == len(SEGMENT)
+    assert second.strays() == []  # whatever a backend keeps while a segment is born
+
+
+def test_creating_an_existing_segment_is_refused(log_storage: LogStorage) -> None:
+    with log_storage.lock():
+        log_storage.create_segment(0, SEGMENT)
+        with pytest.raises(FileExistsError):
+            log_storage.create_segment(0, b"another segment 0")
+    assert log_storage.read_segment(0) == SEGMENT
+    assert log_storage.segments() == [0]
+
+
+def test_writes_land_at_the_given_offset_durably(log_storages: Handles[LogStorage]) -> None:
+    writer = log_storages.open()
+    writer.create()
+    with writer.lock():
+        writer.create_segment(0, SEGMENT)
+        writer.write_segment(0, len(SEGMENT), b"second batch")
+    reader = log_storages.open()
+    assert reader.read_segment(0) == SEGMENT + b"second batch"
+    # A torn write at the end is overwritten by the next batch, written where the writer knows
+    # the whole batches end.
+    with writer.lock():
+        writer.write_segment(0, len(SEGMENT), b"SECOND")
+    assert reader.read_segment(0) == SEGMENT + b"SECOND batch"
+    assert reader.size() == len(SEGMENT) + 12
+    big = random.Random(3).randbytes(3 << 20)  # more than one write(2) may take
+    with writer.lock():
+        writer.write_segment(0, len(SEGMENT) + 12, big)
+    assert reader.read_segment(0, len(SEGMENT) + 12) == big
+
+
+def test_truncate_cuts_a_segment(log_storages: Handles[LogStorage]) -> None:
+    writer = log_storages.open()
+    writer.create()
+    with writer.lock():
+        writer.create_segment(0, SEGMENT + b"torn tail")
+        writer.truncate_segment(0, len(SEGMENT))
+    reader = log_storages.open()
+    assert reader.read_segment(0) == SEGMENT
+    assert reader.size() == len(SEGMENT)
+    with writer.lock():
+        writer.write_segment(0, len(SEGMENT), b"next batch")
+    assert reader.read_segment(0) == SEGMENT + b"next batch"
+
+
+def test_segments_are_listed_by_first_index(log_storage: LogStorage) -> None:
+    firsts = [1_048_576, 0, 999_999_999_999, 20_000, 3]
+    with log_storage.lock():
+        for first in firsts:
+            log_storage.create_segment(first, segment_name(first).encode())
+    assert log_storage.segments() == sorted(firsts)
+    for first in firsts:
+        assert log_storage.read_segment(first) == segment_name(first).encode()
+    assert log_storage.size() == sum(len(segment_name(f)) for f in firsts)
+    assert log_storage.strays() == []
+
+
+def test_a_missing_segment_is_not_found(log_storage: LogStorage) -> None:
+    for state in ("no segment", "another segment"):
+        calls: list[Callable[[], object]] = [
+            lambda: log_storage.read_segment(20),
+            lambda: log_storage.read_segment(20, 5),
+            lambda: log_storage.map_segment(20),
+            lambda: log_storage.write_segment(20, 0, b"x"),
+            lambda: log_storage.truncate_segment(20, 0),
+        ]
+        for call in calls:
+            with pytest.raises(FileNotFoundError):
+                call()
+        assert 20 not in log_storage.segments(), state
+        if not log_storage.segments():
+            with log_storage.lock():
+                log_storage.create_segment(0, SEGMENT)
+    assert log_storage.segments() == [0]
+
+
+def test_checkpoints_are_written_read_and_truncated(log_storages: Handles[LogStorage]) -> None:
+    writer = log_storages.open()
+    writer.create()
+    one, two = b"\x00\x00\x00\x05note1", b"\x00\x00\x00\x05note2"
+    with writer.lock():
+        writer.write_checkpoints(0, one)
+        writer.write_checkpoints(len(one), two)
+    reader = log_storages.open()
+    assert reader.read_checkpoints() == one + two
+    assert reader.read_checkpoints(len(one)) == two
+    assert reader.read_checkpoints(len(one + two)) == b""
+    with writer.lock():
+        writer.write_checkpoints(len(one + two), b"\x00\x00\x00\x05no")  # torn
+        writer.truncate_checkpoints(len(one + two))
+    assert reader.read_checkpoints() == one + two
+    assert reader.size() == 0  # the size counts segments only
+    assert reader.segments() == []
+
+
+def test_the_checkpoints_of_a_log_never_created_are_not_found(
+    log_storages: Handles[LogStorage],
+) -> None:
+    storage = log_storages.open()
+    calls: list[Callable[[], object]] = [
+        storage.read_checkpoints,
+        lambda: storage.write_checkpoints(0, b"x"),
+        lambda: storage.truncate_checkpoints(0),
+    ]
+    for call in calls:
+        with pytest.raises(FileNotFoundError):
+            call()
+    assert not storage.exists()
+
+
+def test_tails_set_aside_are_kept_outside_the_log(log_storages: Handles[LogStorage]) -> None:
+    storage = log_storages.open()
+    storage.create()
+    with storage.lock():
+        storage.create_segment(0, SEGMENT + b"torn")
+        first = storage.set_aside(segment_name(0), len(SEGMENT), b"torn")
+        storage.truncate_segment(0, len(SEGMENT))
+        second = storage.set_aside("checkpoints", 0, b"\x00\x00\x01")
+    assert isinstance(first, str)
+    assert first != second
+    assert segment_name(0) in first
+    other = log_storages.open()
+    assert other.set_aside_tails() == {first: b"torn", second: b"\x00\x00\x01"}
+    # Not log data: the log holds what it held, and nothing else.
+    assert other.segments() == [0]
+    assert other.read_segment(0) == SEGMENT
+    assert other.read_checkpoints() == b""
+    assert other.size() == len(SEGMENT)
+    assert other.strays() == []
+
+
+def test_the_lock_excludes_a_second_holder(log_storages: Handles[LogStorage]) -> None:
+    first, second = log_storages.open(), log_storages.open()
+    first.create()
+    with first.lock():
+        started = time.monotonic()
+        with pytest.raises(StoreLocked) as caught, second.lock(timeout=0.2):
+            pass
+        assert time.monotonic() - started >= 0.2
+        assert isinstance(caught.value, StoreError)
+        with pytest.raises(StoreLocked), first.lock(timeout=0):  # not re-entrant either
+            pass
+    with second.lock(timeout=0):  # released
+        pass
+    with first.lock(timeout=0):
+        pass
+
+
+def test_a_waiting_holder_gets_the_lock_when_it_is_released(
+    log_storages: Handles[LogStorage],
+) -> None:
+    first, second = log_storages.open(), log_storages.open()
+    first.create()
+    held, order = threading.Event(), []
+
+    def hold() -> None:
+        with first.lock():
+            held.set()
+            time.sleep(0.1)
+            order.append("first")
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait()
+    with second.lock(timeout=5):
+        order.append("second")
+    thread.join()
+    assert order == ["first", "second"]
+
+
+def test_writers_holding_the_lock_never_interleave(
+    log_storages: Handles[LogStorage], busy_switching: None
+) -> None:
+    setup = log_storages.open()
+    setup.create()
+    with setup.lock():
+        setup.create_segment(0, SEGMENT)
+    handles = [log_storages.open() for _ in range(6)]
+
+    def append(worker: int) -> None:
+        storage = handles[worker]
+        for i in range(15):
+            with storage.lock(timeout=10):
+                end = len(storage.read_segment(0))  # read, then write at the end: atomic
+                storage.write_segment(0, end, f"<{worker}:{i:02d}>".encode())
+                cps = storage.read_checkpoints()
+                storage.write_checkpoints(len(cps), bytes([worker]))
+
+    in_threads(len(handles), append)
+    data = setup.read_segment(0)[len(SEGMENT) :]
+    pieces = sorted(data[k : k + 6] for k in range(0, len(data), 6))
+    assert pieces == sorted(f"<{w}:{i:02d}>".encode() for w in range(6) for i in range(15))
+    assert sorted(setup.read_checkpoints()) == sorted(bytes(range(6)) * 15)
+
+
+# --------------------------------------------------------------------------------------------
 # Regressions of one backend
 
 
@@ -1018,3 +1289,50 @@ def test_local_blob_store_lists_blobs_under_a_hidden_folder(tmp_path: Path) -> N
     blobs.put("bucket-2027-05-22/rec-0001.sdr", b"2")
     (tmp_path / ".sampledrec" / "recordings" / "bucket-2027-05-22" / ".tmp-put").write_bytes(b"")
     assert blobs.list() == ["bucket-2027-05-22/rec-0001.sdr", "top.sdr"]
+
+
+def test_local_log_storage_keeps_the_store_layout(tmp_path: Path) -> None:
+    # The layout of docs/log-format.md section 1: log/ holds segments and checkpoints only;
+    # the lock, segments being born and the tails set aside are beside it. Folders are 0700,
+    # files 0600.
+    storage = LocalLogStorage.in_store(tmp_path)
+    assert storage.location() == str(tmp_path / "log")
+    storage.create()
+    with storage.lock():
+        storage.create_segment(0, SEGMENT + b"torn")
+        moved = storage.set_aside(segment_name(0), len(SEGMENT), b"torn")
+        storage.truncate_segment(0, len(SEGMENT))
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert files == [
+        "log",
+        "log.lock",
+        "log/checkpoints",
+        "log/seg-000000000000.log",
+        "recovered",
+        Path(moved).relative_to(tmp_path).as_posix(),
+    ]
+    assert Path(moved).name.startswith(f"seg-000000000000.log.{len(SEGMENT)}.")
+    for path in tmp_path.rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_local_log_storage_reports_what_else_is_in_the_log_folder(tmp_path: Path) -> None:
+    storage = LocalLogStorage.in_store(tmp_path)
+    storage.create()
+    with storage.lock():
+        storage.create_segment(0, SEGMENT)
+    folder = tmp_path / "log"
+    (folder / ".hidden").write_bytes(b"x")
+    (folder / "seg-1.log").write_bytes(b"x")
+    (folder / "sub").mkdir()
+    (folder / "seg-000000000009.log").symlink_to(folder / "seg-000000000000.log")
+    assert storage.strays() == [".hidden", "seg-000000000009.log", "seg-1.log", "sub"]
+    assert storage.segments() == [0]  # none of them is taken for a segment
+
+
+def test_local_log_storage_doctests() -> None:
+    import doctest
+
+    import sampledrec.log.storage
+
+    assert doctest.testmod(sampledrec.log.storage).failed == 0

@@ -24,7 +24,8 @@ from sampledrec.log.format import (
     decision_layout,
     split_personal,
 )
-from sampledrec.log.writer import U32, DecisionLog, _Prepared, _Queued
+from sampledrec.log.segments import U32
+from sampledrec.log.writer import DecisionLog, _Prepared, _Queued
 from sampledrec.sampling import DecisionRecord, DecisionSink
 from sampledrec.sampling.record import REASONS
 from sampledrec.testing import MemoryKeyring
@@ -240,7 +241,7 @@ def test_an_accelerator_with_another_layout_is_not_used(
 
 @pytest.fixture
 def untrack() -> Callable[[Any], Any]:
-    if _hashing._fast is None:
+    if _hashing.native is None:
         pytest.skip("the C accelerator sampledrec.log._merklefast is not built")
     return _hashing.untrack
 

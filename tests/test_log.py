@@ -1,7 +1,7 @@
 """Tests of the decision log (:mod:`sampledrec.log.writer`) and its verification
 (:mod:`sampledrec.log.verify`), through the API on real stores (DESIGN.md section 8).
 
-The layout of the files is parsed here from the format described in ``sampledrec.log.writer``'s
+The layout of the files is parsed here from the format described in ``sampledrec.log.segments``'s
 docstring, as an auditor would, so that tampering can be aimed at each part of a file.
 Tests that show a bug or an undetected change are marked ``xfail(strict=True)``: they start
 passing, and so failing, once it is fixed.
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-import sampledrec.log.writer
+import sampledrec.log.segments
 from sampledrec import FixedClock, Store
 from sampledrec.errors import LogCorrupt, StoreError
 from sampledrec.keys.keyring import LocalKeyring
@@ -680,7 +680,7 @@ def test_truncation_of_the_segment(tmp_path: Path) -> None:
         size = sum(b.count for b in batches if b.end <= cut)
         if at_boundary and size >= latest:
             # Indistinguishable from a crash before the lost batches were written: passes,
-            # and says how many entries are not signed yet (documented in logverify).
+            # and says how many entries are not signed yet (documented in sampledrec.log.verify).
             assert report.ok, f"cut at {cut}: {describe(report)}"
             assert report.size == size
             unsigned = size - latest
@@ -810,7 +810,7 @@ def test_a_replayed_batch_is_detected(small: Path) -> None:
 @pytest.fixture
 def segmented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A closed store whose log spans several small segments."""
-    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 1024)
+    monkeypatch.setattr(sampledrec.log.segments, "SEGMENT_BYTES", 1024)
     store = make_store(tmp_path / "s", [f"seg-call-{i}" for i in range(3)])
     with store.open_log() as log:
         sampler = store.sampler(clock=FixedClock(AT), log=log)
@@ -1162,8 +1162,9 @@ def test_killed_writers_lose_nothing_durable(tmp_path: Path) -> None:
                 assert report.dropped_bytes > 0
                 assert "was never durable" in str(report)
                 assert report.moved_to is not None
-                assert report.moved_to.parent == store.path / "recovered"
-                assert report.moved_to.stat().st_size == report.dropped_bytes
+                moved = Path(report.moved_to)
+                assert moved.parent == store.path / "recovered"
+                assert moved.stat().st_size == report.dropped_bytes
             else:
                 assert str(report) == "log intact"
         result = verify(store.path)
@@ -1225,8 +1226,8 @@ def test_a_torn_batch_is_set_aside_on_reopen(
             full_header = len(tail) >= BATCH_HEADER.size and tail[:4] == b"BTCH"
             assert report.dropped_entries == (count if full_header else 0), name
             assert report.moved_to is not None
-            assert report.moved_to.parent == copy / "recovered"
-            assert report.moved_to.read_bytes() == tail
+            assert Path(report.moved_to).parent == copy / "recovered"
+            assert Path(report.moved_to).read_bytes() == tail
             assert str(report).startswith("an incomplete batch"), name
             assert log.size == size
         assert seg.read_bytes()[: len(good)] == good
@@ -1308,7 +1309,7 @@ def test_a_damaged_durable_batch_is_not_taken_for_a_torn_tail(tmp_path: Path) ->
 def new_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, bytes]:
     """A durable snapshot whose last batch started a new segment (no checkpoint after it):
     the snapshot, that segment, and its bytes."""
-    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 1024)
+    monkeypatch.setattr(sampledrec.log.segments, "SEGMENT_BYTES", 1024)
     store = Store.init(tmp_path / "s")
     with store.open_log(checkpoint_every=1e9) as log:
         sampler = store.sampler(clock=FixedClock(AT), log=log)
@@ -1356,7 +1357,7 @@ def test_a_crash_while_writing_a_new_segment_is_recovered(
 
 def test_a_new_segment_is_born_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash before a new segment is renamed into log/ leaves no trace there."""
-    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 1024)
+    monkeypatch.setattr(sampledrec.log.segments, "SEGMENT_BYTES", 1024)
     store = Store.init(tmp_path / "s")
     real_rename = os.rename
 
@@ -1509,8 +1510,8 @@ PROCESS = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import sampledrec.log.writer
-    sampledrec.log.writer.SEGMENT_BYTES = 4096  # many segments: writers follow each other's
+    import sampledrec.log.segments
+    sampledrec.log.segments.SEGMENT_BYTES = 4096  # many segments: writers follow each other's
     from sampledrec import FixedClock, Store
     path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = Store.open(path)
@@ -1531,7 +1532,7 @@ PROCESS = textwrap.dedent(
 
 @pytest.mark.slow
 def test_processes_appending_to_one_store(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sampledrec.log.writer, "SEGMENT_BYTES", 4096)  # as in the writers
+    monkeypatch.setattr(sampledrec.log.segments, "SEGMENT_BYTES", 4096)  # as in the writers
     n = 150
     outs = run_together(PROCESS, [[str(small), f"p{k}", str(n)] for k in range(3)], small / "go")
     assert outs == ["done\n"] * 3

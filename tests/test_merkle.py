@@ -443,7 +443,7 @@ def hashing_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         if not _hashing.ACCELERATED:
             pytest.skip("the C accelerator sampledrec._merklefast is not built")
     else:
-        monkeypatch.setattr(_hashing, "_fast", None)
+        monkeypatch.setattr(_hashing, "native", None)
     return str(request.param)
 
 
@@ -541,7 +541,7 @@ def test_leaf_hashes_and_extend(hashing_path: str, entries: list[bytes], n0: int
 
 @needs_accel
 def test_accelerator_rejects_bad_arguments() -> None:
-    fast: Any = _hashing._fast
+    fast: Any = _hashing.native
     with pytest.raises(ValueError, match="range does not match its size"):
         fast.extend([], 1, b"")
     with pytest.raises(ValueError, match="32-byte"):

@@ -1,5 +1,5 @@
-"""The store directory: one folder that holds a deployment's policy, keys and (later) log,
-catalog and recordings, with no server.
+"""The store directory: one folder that holds a deployment's policy, keys, log, catalog and
+recordings, with no server.
 
 ::
 
@@ -13,14 +13,18 @@ catalog and recordings, with no server.
       objections.txt    pseudonyms of callers who objected (never numbers)
       keys/             the local keyring (0700), unless the store names another folder
       log/              the decision log (sampledrec.log), every byte covered by verification
+      log.lock          the log writers' lock
+      recovered/        incomplete log tails set aside after a crash, if any (log/, log.lock
+                        and recovered/ are sampledrec.log.storage.LocalLogStorage's)
       catalog.sqlite    the recordings catalog (backend "sqlite")
       recordings/       sealed recordings (backend "local" of the blob store)
       caps.sqlite       the per-agent caps ledger
-      lock, log.lock    lock files (fcntl), outside every covered folder
-      recovered/        incomplete log tails set aside after a crash, if any
+      lock              the store's lock file (fcntl), outside every covered folder
 
 ``store.json``'s ``backends`` names each storage backend and its settings; :meth:`Store.open`
-builds them, and nothing else in the library joins a path inside the store by hand::
+builds them, and nothing else in the library joins a path inside the store by hand (the
+decision log is not named there: each store keeps its own on local disk, and
+:attr:`Store.log_storage` is the one place that builds its storage)::
 
     "backends": {
       "catalog":  {"kind": "sqlite", "path": "catalog.sqlite"},
@@ -65,10 +69,12 @@ from .errors import (
 from .keys.keyring import EpochKey, LocalKeyring, RevealedKey, reveal
 from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
 from .log.format import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
+from .log.storage import LocalLogStorage, LogStorage
 from .log.writer import DecisionLog
 from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
 from .sampling.objections import ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
+from .sampling.record import REASONS
 from .sampling.sampler import Sampler, cap_call_name
 from .vault.blobs import BlobStore, LocalBlobStore
 from .vault.catalog import Catalog, SqliteCatalog
@@ -76,7 +82,7 @@ from .vault.catalog import Catalog, SqliteCatalog
 __all__ = ["Store"]
 
 STORE_FORMAT: Final = "sampledrec-store"
-CAPS_FILE: Final = "caps.sqlite"  # the per-agent caps ledger (sampledrec.caps)
+CAPS_FILE: Final = "caps.sqlite"  # the per-agent caps ledger (sampledrec.sampling.caps)
 STORE_VERSION: Final = 1
 REVEALED_FORMAT: Final = "sampledrec-revealed-keys"
 DEFAULT_BACKENDS: Final[dict[str, dict[str, str]]] = {
@@ -99,6 +105,7 @@ class Store:
         self.backends = _backends(meta.get("backends"), path)
         self._keystore: KeyStore | None = None
         self._blobs: BlobStore | None = None
+        self._log_storage: LogStorage | None = None
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
         owner = self.keyring.owner()
@@ -154,9 +161,12 @@ class Store:
         return SqliteCatalog(self._inside(self.backends["catalog"]["path"]))
 
     @property
-    def log_path(self) -> Path:
-        """The decision log's folder."""
-        return self.path / "log"
+    def log_storage(self) -> LogStorage:
+        """Where the decision log's bytes are kept: ``log/`` in the store's folder (its lock
+        and set-aside tails beside it; built once, on first use)."""
+        if self._log_storage is None:
+            self._log_storage = LocalLogStorage.in_store(self.path)
+        return self._log_storage
 
     def _inside(self, path: str) -> Path:
         return Path(path) if Path(path).is_absolute() else self.path / path
@@ -226,7 +236,7 @@ class Store:
             from ._version import __version__
 
             log = DecisionLog.create(
-                root,
+                store.log_storage,
                 store.keyring,
                 origin=store.origin,
                 store_id=store_id,
@@ -373,7 +383,12 @@ class Store:
     def open_log(self, *, clock: Clock = SYSTEM_CLOCK, **kw: Any) -> DecisionLog:
         """Open the decision log for appending (recovering from a crash if needed)."""
         return DecisionLog.open(
-            self.path, self.keyring, origin=self.origin, store_id=self.store_id, clock=clock, **kw
+            self.log_storage,
+            self.keyring,
+            origin=self.origin,
+            store_id=self.store_id,
+            clock=clock,
+            **kw,
         )
 
     def objections(self) -> ObjectionList:
@@ -426,7 +441,7 @@ class Store:
         store's lock: otherwise the day's and week's counts would start again from zero."""
         path = self.path / CAPS_FILE
         key = self.keyring.pseudonym_key()
-        if not path.exists() and any((self.path / "log").glob("seg-*.log")):
+        if not path.exists() and self.log_storage.segments():
             with self.lock():
                 if not path.exists():
                     tmp = path.with_name(f".{CAPS_FILE}.rebuild-{os.getpid()}")
@@ -442,15 +457,15 @@ class Store:
 
     def _caps_from_log(self, now: datetime) -> list[tuple[CapRequest, CapAnswer]]:
         """The answers the log shows for calls that capped rules selected in the ledger's
-        window (:data:`sampledrec.caps.KEEP_DAYS`), in log order, each call once."""
+        window (:data:`sampledrec.sampling.caps.KEEP_DAYS`), in log order, each call once."""
         import numpy as np
 
         from .log.columns import call_firsts, counted_once, read_log
-        from .log.format import REASON_CODES, from_micros
+        from .log.format import from_micros
 
-        d = read_log(self.path / "log", self.keyring).decisions
+        d = read_log(self.log_storage, self.keyring).decisions
         since = to_micros(now - timedelta(days=KEEP_DAYS))
-        sampled, capped = REASON_CODES.index("sampled"), REASON_CODES.index("cap_reached")
+        sampled, capped = REASONS.index("sampled"), REASONS.index("cap_reached")
         rows = np.flatnonzero(
             counted_once(call_firsts(d))
             & ((d.reason == sampled) | (d.reason == capped))

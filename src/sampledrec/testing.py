@@ -1,12 +1,13 @@
 """In-memory fakes for tests and examples: a keyring and a keystore that never touch the
-disk, a recordings catalog and a blob store in memory, a caps ledger in memory, and a clock that
-stays where it is put. Not for production use: the keys (and counts, rows and recordings) die
-with the process.
+disk, a recordings catalog, a blob store and a decision log's storage in memory, a caps ledger in
+memory, and a clock that stays where it is put. Not for production use: the keys (and counts,
+rows, recordings and log entries) die with the process.
 
 Each fake passes the same contract suite as the real backends (``tests/test_backends.py``, and
 ``tests/test_keystore.py`` for key stores): :class:`MemoryCatalog` behaves like
-:class:`~sampledrec.vault.catalog.SqliteCatalog` and :class:`MemoryBlobStore` like
-:class:`~sampledrec.vault.blobs.LocalBlobStore`, errors included.
+:class:`~sampledrec.vault.catalog.SqliteCatalog`, :class:`MemoryBlobStore` like
+:class:`~sampledrec.vault.blobs.LocalBlobStore` and :class:`MemoryLogStorage` like
+:class:`~sampledrec.log.storage.LocalLogStorage`, errors included.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from .clock import FixedClock
-from .errors import StoreError
+from .errors import StoreError, StoreLocked
 from .keys.memory import MemoryKeyring, MemoryKeyStore
+from .log.storage import CHECKPOINTS, segment_name
 from .sampling.caps import MemoryCapLedger
 from .vault.blobs import BlobWriter, check_blob_name
 from .vault.catalog import Hold, RecordingRow, SubjectRequest
@@ -34,6 +36,7 @@ __all__ = [
     "MemoryCatalog",
     "MemoryKeyStore",
     "MemoryKeyring",
+    "MemoryLogStorage",
 ]
 
 _ROW_COLUMNS = frozenset(f.name for f in dataclasses.fields(RecordingRow))
@@ -320,3 +323,134 @@ class _MemoryBlobWriter:
 
     def close(self) -> None:
         self._closed = True
+
+
+class MemoryLogStorage:
+    """A :class:`~sampledrec.log.storage.LogStorage` held in memory, thread-safe: the whole
+    decision log (``DecisionLog``, recovery, ``verify_log``, ``read_log``, proofs) runs on it.
+
+    Like :class:`~sampledrec.log.storage.LocalLogStorage`: a missing segment, or the
+    checkpoints of a log never created, is a :class:`FileNotFoundError`, creating what exists a
+    :class:`FileExistsError`, and :meth:`lock` excludes every other holder until it is released,
+    :class:`~sampledrec.errors.StoreLocked` after ``timeout`` seconds. A memory log holds
+    nothing but its segments and checkpoints, so it has no :meth:`strays`.
+
+    >>> log = MemoryLogStorage()
+    >>> log.create()
+    >>> with log.lock():
+    ...     log.create_segment(0, b"header and first batch")
+    ...     log.write_segment(0, 22, b", second batch")
+    >>> log.segments(), log.read_segment(0, 11), log.size()
+    ([0], b'first batch, second batch', 36)
+    """
+
+    def __init__(self) -> None:
+        self._segments: dict[int, bytearray] = {}
+        self._checkpoints: bytearray | None = None  # None until the log is created
+        self._aside: dict[str, bytes] = {}
+        self._data = threading.Lock()  # guards the bytes above
+        self._writers = threading.Lock()  # the writers' lock, held across calls
+
+    def __repr__(self) -> str:
+        return f"MemoryLogStorage({len(self._segments)} segments)"
+
+    def location(self) -> str:
+        return f"memory log {id(self):#x}"
+
+    def exists(self) -> bool:
+        with self._data:
+            return self._checkpoints is not None
+
+    def create(self) -> None:
+        with self._data:
+            if self._checkpoints is not None:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), self.location())
+            self._checkpoints = bytearray()
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 30.0) -> Iterator[None]:
+        if not self._writers.acquire(timeout=max(0.0, timeout)):
+            raise StoreLocked(
+                f"{self.location()} is locked by another writer for more than {timeout:g} s"
+            )
+        try:
+            yield
+        finally:
+            self._writers.release()
+
+    def segments(self) -> list[int]:
+        with self._data:
+            return sorted(self._segments)
+
+    def read_segment(self, first: int, start: int = 0) -> bytes:
+        with self._data:
+            return bytes(self._segment(first)[start:])
+
+    def map_segment(self, first: int) -> bytes:
+        return self.read_segment(first)
+
+    def create_segment(self, first: int, data: bytes) -> None:
+        content = bytearray(data)
+        with self._data:
+            if first in self._segments:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), segment_name(first))
+            self._segments[first] = content
+
+    def write_segment(self, first: int, at: int, data: bytes) -> None:
+        with self._data:
+            _write_at(self._segment(first), at, data)
+
+    def truncate_segment(self, first: int, size: int) -> None:
+        with self._data:
+            del self._segment(first)[size:]
+
+    def read_checkpoints(self, start: int = 0) -> bytes:
+        with self._data:
+            return bytes(self._checkpoints_file()[start:])
+
+    def write_checkpoints(self, at: int, data: bytes) -> None:
+        with self._data:
+            _write_at(self._checkpoints_file(), at, data)
+
+    def truncate_checkpoints(self, size: int) -> None:
+        with self._data:
+            del self._checkpoints_file()[size:]
+
+    def set_aside(self, name: str, offset: int, data: bytes) -> str:
+        with self._data:
+            where = f"{self.location()}/recovered/{name}.{offset}.{len(self._aside)}"
+            self._aside[where] = bytes(data)
+        return where
+
+    def set_aside_tails(self) -> dict[str, bytes]:
+        with self._data:
+            return dict(self._aside)
+
+    def strays(self) -> list[str]:
+        return []
+
+    def size(self) -> int:
+        with self._data:
+            return sum(map(len, self._segments.values()))
+
+    def _segment(self, first: int) -> bytearray:
+        """The segment's bytes; the caller holds ``_data``."""
+        try:
+            return self._segments[first]
+        except KeyError:
+            raise FileNotFoundError(
+                errno.ENOENT, os.strerror(errno.ENOENT), segment_name(first)
+            ) from None
+
+    def _checkpoints_file(self) -> bytearray:
+        """The checkpoints' bytes; the caller holds ``_data``."""
+        if self._checkpoints is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), CHECKPOINTS)
+        return self._checkpoints
+
+
+def _write_at(content: bytearray, at: int, data: bytes) -> None:
+    """Write ``data`` into ``content`` at ``at``, as a file is written (a gap is zeros)."""
+    if at > len(content):
+        content.extend(bytes(at - len(content)))
+    content[at : at + len(data)] = data

@@ -39,7 +39,6 @@ from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument
 from ..keys.keyring import RevealedKey
 from ..log.format import (
-    REASON_CODES,
     T_ACCESS,
     T_KEY_COMMIT,
     T_KEY_REVEAL,
@@ -47,6 +46,7 @@ from ..log.format import (
     to_micros,
 )
 from ..sampling.keyed import DRAW_BITS
+from ..sampling.record import REASONS
 from ..store import Store, read_revealed
 from .stats import binom_cdf, clopper_pearson
 
@@ -123,7 +123,7 @@ def _read_log(store: Store) -> _LogFacts:
 
     facts = _LogFacts()
     try:
-        contents = read_log(store.log_path, _NoKeys())
+        contents = read_log(store.log_storage, _NoKeys())
     except OSError as exc:
         facts.error = f"the log could not be read: {exc}"
         return facts
@@ -148,7 +148,7 @@ def _read_log(store: Store) -> _LogFacts:
         return counts
 
     below = count(d.draw < d.threshold)
-    reasons = {r: count(d.reason == REASON_CODES.index(r)) for r in _TALLIED}
+    reasons = {r: count(d.reason == REASONS.index(r)) for r in _TALLIED}
     total = np.bincount(group, minlength=groups.size).tolist()
     scale = float(2**DRAW_BITS)
     for j, g in enumerate(groups.tolist()):
@@ -691,7 +691,9 @@ def render(
     else:
         from ..log.verify import verify_log
 
-        doc = verify_log(store.path, public_key=store.public_key, store_id=store.store_id).to_json()
+        doc = verify_log(
+            store.log_storage, public_key=store.public_key, store_id=store.store_id
+        ).to_json()
         source = "log verification (files, structure, tree, signatures, keys, policies)"
     checks: Mapping[str, Any] = doc.get("checks", {}) or {}
     findings: list[Any] = list(doc.get("findings", []) or [])

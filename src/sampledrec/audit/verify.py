@@ -37,7 +37,6 @@ from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument, KeyDestroyed, SampledrecError
 from ..log.columns import I64, Decisions, RefMatcher, call_firsts, counted_once, read_log, ref_text
 from ..log.format import (
-    REASON_CODES,
     T_ERASURE,
     T_EXPIRED,
     T_KEY_COMMIT,
@@ -49,6 +48,7 @@ from ..log.format import (
 from ..log.verify import CheckedReport
 from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
+from ..sampling.record import REASONS
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
 
 __all__ = [
@@ -242,7 +242,7 @@ def audit_verify(
 
     # 1. log -----------------------------------------------------------------------------------
     logrep = verify_log(
-        store.path,
+        store.log_storage,
         checkpoint_file=Path(checkpoint) if checkpoint is not None else None,
         store_id=store.store_id,
         public_key=store.public_key,
@@ -251,7 +251,7 @@ def audit_verify(
     # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
     # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
     contents = read_log(
-        store.log_path,
+        store.log_storage,
         keyring if keyring is not None else store.keyring,
         progress=progress,
     )
@@ -436,7 +436,7 @@ def _check_decisions(
     expected = np.asarray(
         [f.rule.threshold if f.status == 0 else 0 for f in found], dtype=np.uint64
     )[which]
-    known_reason = (d.reason >= 0) & (d.reason < len(REASON_CODES))
+    known_reason = (d.reason >= 0) & (d.reason < len(REASONS))
     for i in np.flatnonzero(
         (status != 0) | ~d.threshold_ok | (d.threshold != expected) | ~known_reason
     ).tolist():
@@ -589,7 +589,7 @@ def _check_caps(
 
 
 def _reason(code: int) -> str:
-    return REASON_CODES[code] if 0 <= code < len(REASON_CODES) else f"#{code}"
+    return REASONS[code] if 0 <= code < len(REASONS) else f"#{code}"
 
 
 def _check_recordings(
@@ -762,7 +762,7 @@ def _check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.b
         & d.threshold_ok
         & (d.reason != _OBJECTION)
         & (d.reason >= 0)
-        & (d.reason < len(REASON_CODES))
+        & (d.reason < len(REASONS))
     )
     hit = counted & ((d.reason == _SAMPLED) | (d.reason == _CAP))
     # Thresholds: one per rule and policy version, so a sample finds them all (checked).

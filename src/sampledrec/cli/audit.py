@@ -50,8 +50,7 @@ def _audit(args: argparse.Namespace, store: Any, **kw: Any) -> Any:
     """``audit_verify`` with a progress bar: the log is gone through twice (verified, then read)."""
     from ..audit.verify import audit_verify
 
-    total = sum(p.stat().st_size for p in (store.log_path).glob("seg-*.log"))
-    with Progress(2 * total, "auditing") as bar:
+    with Progress(2 * store.log_storage.size(), "auditing") as bar:
         return audit_verify(
             store.path,
             Path(args.revealed_keys),

@@ -63,7 +63,7 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
         f"  draw:     {decision.draw} {'<' if decision.draw < decision.threshold else '>='} "
         f"threshold {decision.threshold}\n"
         f"  epoch:    {decision.epoch_id}, policy {decision.policy_version[:16]}\n"
-        f"  logged:   entry {index} of {store.log_path}"
+        f"  logged:   entry {index} of {store.log_storage.location()}"
     )
     emit(args, {**decision.to_json(), "log_index": index}, text, out)
     return EXIT_OK

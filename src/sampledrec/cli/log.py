@@ -53,17 +53,17 @@ def cmd_log_verify(args: argparse.Namespace, out: TextIO) -> int:
             raise InvalidArgument(f"--vkey: {exc}") from None
     else:
         public_key = store.public_key
-    total = sum(p.stat().st_size for p in (store.log_path).glob("seg-*.log"))
-    with Progress(total, "verifying") as bar:
+    with Progress(store.log_storage.size(), "verifying") as bar:
         report = verify_log(
-            store.path,
+            store.log_storage,
             checkpoint_file=Path(args.checkpoint) if args.checkpoint else None,
             store_id=store.store_id,
             public_key=public_key,
             progress=bar.advance,
         )
     lines = [
-        f"log {store.log_path}: {report.size:,} entries, root {report.root.hex()[:16]}..., "
+        f"log {store.log_storage.location()}: {report.size:,} entries, "
+        f"root {report.root.hex()[:16]}..., "
         f"{report.checkpoints} checkpoints (latest covers {report.latest_checkpoint})"
         + (" [SIMULATED store]" if report.simulated else "")
     ]
@@ -90,7 +90,7 @@ def cmd_log_show(args: argparse.Namespace, out: TextIO) -> int:
     keyring = None if args.no_personal else store.keyring
     docs = []
     try:
-        for entry in iter_entries(store.log_path, keyring, since=args.since):
+        for entry in iter_entries(store.log_storage, keyring, since=args.since):
             docs.append(entry.to_json())
             if args.limit and len(docs) >= args.limit:
                 break
@@ -122,7 +122,7 @@ def cmd_log_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
         public_key = log.signer.public_key
     commitments = [
         (e.index, str(e.fields["epoch_id"]), bytes(e.fields["commitment"]))
-        for e in iter_entries(store.log_path)
+        for e in iter_entries(store.log_storage)
         if e.type == T_KEY_COMMIT and e.index < cp.size
     ]
     data = export_checkpoint(cp, public_key, commitments)

@@ -3,7 +3,8 @@
 :class:`DecisionLog` appends entries (decisions in bulk, with group commit) to segments and signs
 checkpoints over an RFC 6962 Merkle tree; :func:`verify_log` re-checks every byte; proofs of
 inclusion and consistency need only a checkpoint and the verifier key; :func:`read_log` gives an
-auditor the decisions as numpy columns. The byte layout is ``docs/log-format.md``.
+auditor the decisions as numpy columns. The log's bytes are kept by a :class:`LogStorage`
+(:class:`LocalLogStorage`: ``STORE/log/``); the byte layout is ``docs/log-format.md``.
 """
 
 from .checkpoint import Checkpoint
@@ -16,6 +17,7 @@ from .proofs import (
     verify_consistency_proof,
     verify_inclusion_proof,
 )
+from .storage import LocalLogStorage, LogStorage
 from .verify import LogReport, export_checkpoint, verify_log
 from .writer import DecisionLog, RecoveryReport, iter_entries
 
@@ -25,7 +27,9 @@ __all__ = [
     "Decisions",
     "Entry",
     "InclusionProof",
+    "LocalLogStorage",
     "LogReport",
+    "LogStorage",
     "RecoveryReport",
     "decode_entry",
     "export_checkpoint",

@@ -17,16 +17,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import LogCorrupt
+from . import hashing
 from .format import DECISION, T_DECISION, Entry, decode_entry
-from .hashing import _fast
-from .writer import SEG_HEADER, SealingKeys, iter_batches
+from .segments import SEG_HEADER, iter_batches, split_records
+from .storage import LogStorage, SegmentBytes
+from .writer import SealingKeys
 
 __all__ = [
     "Decisions",
@@ -336,20 +337,21 @@ def _empty_chunk() -> dict[str, Any]:
 
 
 def read_log(
-    log_path: Path,
+    log: LogStorage | str | os.PathLike[str],
     keyring: Any,
     *,
     accelerated: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> LogContents:
-    """Read every entry of the log in ``log_path``, opening sealed fields with ``keyring``
+    """Read every entry of ``log`` (a storage, or the path of a local log folder), opening
+    sealed fields with ``keyring``
     (anything with ``sealing_key(kid)``). Damage stops the reading: what was read before it is
     returned, with ``error`` saying why (verification reports the damage itself).
     ``progress(n)`` is told of every ``n`` bytes read."""
     reader = _Reader(keyring, accelerated=accelerated)
     error = None
     try:
-        for b in iter_batches(log_path, mapped=True):
+        for b in iter_batches(log, mapped=True):
             reader.batch(b.data, b.start, b.end, b.first)
             if progress is not None:  # the segment's header with its first batch
                 progress(b.next - b.at + (b.at if b.at == SEG_HEADER.size else 0))
@@ -363,17 +365,15 @@ class _Reader:
 
     def __init__(self, keyring: Any, *, accelerated: bool = True) -> None:
         self.keys = SealingKeys(keyring)
-        self.fast = _fast if accelerated else None
+        self.fast = hashing.native if accelerated else None
         self.builder = _Builder()
         self.others: list[Entry] = []
         self.hash_key = os.urandom(16)  # keys the C reader's tables: no value can flood them
 
-    def batch(self, data: Any, start: int, end: int, first: int) -> None:
+    def batch(self, data: SegmentBytes, start: int, end: int, first: int) -> None:
         """The records in ``data[start:end]``, the first being entry ``first``."""
         if self.fast is None:
-            from .writer import _split_records
-
-            records, _ = _split_records(data[start:end])
+            records, _ = split_records(data[start:end])
             rest = list(enumerate(records))
         else:
             out = self.fast.decision_columns(data, start, end, self.keys.key_for, self.hash_key)
@@ -424,8 +424,8 @@ def ref_fingerprints(
 def call_firsts(d: Decisions) -> I64:
     """For each decision, the row of the first decision of the same call (same epoch, same
     reference), itself for the first; -1 where the reference is erased or unreadable."""
-    if _fast is not None:
-        raw = _fast.call_firsts(
+    if hashing.native is not None:
+        raw = hashing.native.call_firsts(
             np.ascontiguousarray(d.epoch, dtype=np.int32),
             np.ascontiguousarray(d.ref_kind),
             np.ascontiguousarray(d.ref_len, dtype=np.int64),

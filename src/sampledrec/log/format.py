@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
 
+from ..sampling.record import REASONS
+
 __all__ = [
     "DECISION",
+    "ENTRY_HEADER",
     "FIELDS",
     "FORMAT_VERSION",
     "T_ACCESS",
@@ -156,7 +159,7 @@ DECISION: Final = DecisionFields(
     rule=Field(0x03, "rule", "str"),
     threshold=Field(0x04, "threshold", "uint", 8),  # T(1) = 2**56 needs 8 bytes
     draw=Field(0x05, "draw", "uint", 7),  # 56 bits
-    reason=Field(0x06, "reason", "uint", 1),  # an index into REASON_CODES
+    reason=Field(0x06, "reason", "uint", 1),  # an index into sampling.record.REASONS
     call_ref=Field(0x20, "call_ref", "ref"),
     agent=Field(0x21, "agent", "str"),
     caller_pseudonym=Field(0x22, "caller_pseudonym", "bytes", 32),  # HMAC-SHA-256
@@ -252,8 +255,8 @@ FIELDS: Final[dict[int, dict[int, Field]]] = {
     T_KEY_DESTROYED: _by_tag(Field(0x01, "key", "str"), Field(0x02, "reason", "str")),
 }
 
-REASON_CODES: Final = ("sampled", "not_sampled", "objection", "cap_reached")
-_HEADER = struct.Struct(">BBQ")
+#: Every entry's header: format version, type, time (µs since 1970).
+ENTRY_HEADER: Final = struct.Struct(">BBQ")
 _U32 = struct.Struct(">I")
 _REF_BYTES: Final = bytes((REF_BYTES,))
 _REF_TEXT: Final = bytes((REF_TEXT,))
@@ -265,7 +268,7 @@ def decision_layout() -> dict[str, Any]:
     :data:`DECISION`, so the two are compared instead (``hashing`` at import, and the tests)."""
     return {
         "format_version": FORMAT_VERSION,
-        "header_size": _HEADER.size,
+        "header_size": ENTRY_HEADER.size,
         "entry_type": T_DECISION,
         "tags": {f.name: f.tag for f in DECISION} | {"sealed": TAG_SEALED},
         "draw_size": DECISION.draw.size,
@@ -338,7 +341,7 @@ def encode_fields(entry_type: int, values: Mapping[str, Any]) -> bytes:
 
 
 def header(entry_type: int, time_us: int) -> bytes:
-    return _HEADER.pack(FORMAT_VERSION, entry_type, time_us)
+    return ENTRY_HEADER.pack(FORMAT_VERSION, entry_type, time_us)
 
 
 def iter_fields(data: bytes | memoryview, pos: int = 0) -> list[tuple[int, bytes]]:
@@ -390,8 +393,8 @@ class Entry:
                 doc[name if name != "call_ref" else "call_ref_hex"] = value.hex()
             elif isinstance(value, int) and value > 2**53:
                 doc[name] = str(value)
-            elif name == "reason" and isinstance(value, int) and value < len(REASON_CODES):
-                doc[name] = REASON_CODES[value]
+            elif name == "reason" and isinstance(value, int) and value < len(REASONS):
+                doc[name] = REASONS[value]
             elif name in ("threshold", "draw"):
                 doc[name] = str(value)
             else:
@@ -406,15 +409,15 @@ class Entry:
 def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
     """Decode one entry. ``unseal(kid, kcv, iv, ciphertext) -> bytes | None`` opens sealed
     fields (``None``: the key is gone or is not the one the fields were sealed with)."""
-    if len(data) < _HEADER.size:
+    if len(data) < ENTRY_HEADER.size:
         raise ValueError("entry shorter than its header")
-    version, etype, time_us = _HEADER.unpack_from(data, 0)
+    version, etype, time_us = ENTRY_HEADER.unpack_from(data, 0)
     if version != FORMAT_VERSION:
         raise ValueError(f"entry format version {version} is not supported")
     entry = Entry(index=index, type=etype, time_us=time_us, raw=data)
     spec = FIELDS.get(etype, {})
     last = -1
-    for tag, raw in iter_fields(data, _HEADER.size):
+    for tag, raw in iter_fields(data, ENTRY_HEADER.size):
         if tag <= last:
             raise ValueError(f"field 0x{tag:02x} out of order")
         last = tag

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from .format import decision_layout
 from .merkle import CompactRange, leaf_hash
 
-__all__ = ["ACCELERATED", "extend", "hash_records", "leaf_hashes"]
+__all__ = ["ACCELERATED", "extend", "hash_records", "leaf_hashes", "native"]
 
 
 def _load_accelerator() -> Any:
@@ -51,10 +51,13 @@ def _load_accelerator() -> Any:
 
 
 _T = TypeVar("_T")
-_fast: Any = _load_accelerator()
-ACCELERATED = _fast is not None
+#: The C accelerator module ``sampledrec.log._merklefast`` as loaded, or ``None`` (not built,
+#: built for another decision layout, or ``SAMPLEDREC_NO_ACCEL`` set). Besides what this module
+#: wraps, the column reader calls its decision scanner through it.
+native: Any = _load_accelerator()
+ACCELERATED = native is not None
 #: The log writer's C encoder for decision batches (``None`` without the accelerator).
-encode_decisions: Any = None if _fast is None else _fast.encode_decisions
+encode_decisions: Any = None if native is None else native.encode_decisions
 
 
 def _tracked(t: _T) -> _T:
@@ -66,7 +69,7 @@ def _tracked(t: _T) -> _T:
 #: tuples, never for a named tuple: the log's queue of decision records (up to ``max_batch``
 #: named tuples) would be traversed by every collection, which made queueing a decision take
 #: about 1.7 times as long here. Without the accelerator, ``t`` stays tracked.
-untrack: Callable[[_T], _T] = _tracked if _fast is None else _fast.untrack
+untrack: Callable[[_T], _T] = _tracked if native is None else native.untrack
 
 _sha256 = hashlib.sha256
 _U32 = struct.Struct(">I")
@@ -74,16 +77,16 @@ _U32 = struct.Struct(">I")
 
 def leaf_hashes(entries: Sequence[bytes]) -> list[bytes]:
     """``SHA-256(0x00 || entry)`` for each entry."""
-    if _fast is not None:
-        out: bytes = _fast.leaf_hashes(entries)
+    if native is not None:
+        out: bytes = native.leaf_hashes(entries)
         return [out[i : i + 32] for i in range(0, len(out), 32)]
     return [_sha256(b"\x00" + e).digest() for e in entries]
 
 
 def extend(cr: CompactRange, leaves: Sequence[bytes]) -> None:
     """Append leaf hashes to a compact range, in place."""
-    if _fast is not None and leaves:
-        cr.hashes, cr.size = _fast.extend(cr.hashes, cr.size, b"".join(leaves))
+    if native is not None and leaves:
+        cr.hashes, cr.size = native.extend(cr.hashes, cr.size, b"".join(leaves))
         return
     cr.extend(leaves)
 
@@ -95,9 +98,9 @@ def hash_records(
     append their leaf hashes to ``cr`` and return ``(end_offset, entry_offsets, probes)``, where
     ``probes`` is an ``(count, probe)`` array of each entry's first ``probe`` bytes (zero-padded);
     ``None`` if the records run past the buffer (``cr`` is then left unchanged)."""
-    if _fast is not None:
+    if native is not None:
         try:
-            got = _fast.hash_records(buf, offset, count, cr.hashes, cr.size, probe)
+            got = native.hash_records(buf, offset, count, cr.hashes, cr.size, probe)
         except ValueError:  # a count that cannot fit in the buffer
             return None
         if got is None:
@@ -139,9 +142,9 @@ def leaf_records(
     ``i`` is a well-formed v1 entry (version byte, header, fields ending exactly at its end with
     ascending tags). Releases the GIL in C, so batches can be hashed on several threads;
     :func:`extend_concat` then adds them to the tree in order."""
-    if _fast is not None:
+    if native is not None:
         try:
-            got = _fast.leaf_records(buf, offset, count, probe)
+            got = native.leaf_records(buf, offset, count, probe)
         except ValueError:  # a count that cannot fit in the buffer
             return None
         if got is None:
@@ -188,7 +191,7 @@ def _entry_ok(e: bytes) -> bool:
 
 def extend_concat(cr: CompactRange, leaves: bytes) -> None:
     """Append concatenated 32-byte leaf hashes to a compact range, in place."""
-    if _fast is not None and leaves:
-        cr.hashes, cr.size = _fast.extend(cr.hashes, cr.size, leaves)
+    if native is not None and leaves:
+        cr.hashes, cr.size = native.extend(cr.hashes, cr.size, leaves)
         return
     cr.extend([leaves[i : i + 32] for i in range(0, len(leaves), 32)])

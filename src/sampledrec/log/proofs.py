@@ -26,7 +26,8 @@ from .merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from .writer import BATCH_HEADER, SEG_HEADER, _read_trailer, _split_records
+from .segments import iter_batches, split_records
+from .storage import LogStorage, log_storage
 
 __all__ = [
     "InclusionProof",
@@ -37,25 +38,13 @@ __all__ = [
 ]
 
 
-def _entries(store_path: Path) -> list[bytes]:
-    out: list[bytes] = []
-    for seg in sorted((Path(store_path) / "log").glob("seg-*.log")):
-        data = seg.read_bytes()
-        pos = SEG_HEADER.size
-        while pos + BATCH_HEADER.size <= len(data):
-            _, _, _, plen = BATCH_HEADER.unpack_from(data, pos)
-            start = pos + BATCH_HEADER.size
-            records, _ = _split_records(data[start : start + plen])
-            out.extend(records)
-            trailer = _read_trailer(data, start + plen)
-            if trailer is None:
-                break
-            pos = trailer[1]
-    return out
-
-
-def _leaves(store_path: Path, size: int) -> tuple[list[bytes], list[bytes]]:
-    entries = _entries(store_path)
+def _leaves(log: LogStorage | str | os.PathLike[str], size: int) -> tuple[list[bytes], list[bytes]]:
+    """The log's first ``size`` entries and their leaf hashes."""
+    entries: list[bytes] = []
+    for b in iter_batches(log_storage(log, in_store=True)):
+        if len(entries) >= size:
+            break
+        entries.extend(split_records(b.data[b.start : b.end])[0])
     if size > len(entries):
         raise ValueError(f"the log holds {len(entries)} entries, fewer than {size}")
     entries = entries[:size]
@@ -96,9 +85,12 @@ class InclusionProof:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
-def log_inclusion_proof(store_path: Path, index: int, checkpoint: Checkpoint) -> InclusionProof:
-    """Prove that entry ``index`` is in the log under ``checkpoint``."""
-    entries, leaves = _leaves(store_path, checkpoint.size)
+def log_inclusion_proof(
+    log: LogStorage | str | os.PathLike[str], index: int, checkpoint: Checkpoint
+) -> InclusionProof:
+    """Prove that entry ``index`` of ``log`` (a storage, or a store folder: its ``log/``) is
+    in the tree of ``checkpoint``."""
+    entries, leaves = _leaves(log, checkpoint.size)
     if not 0 <= index < checkpoint.size:
         raise ValueError(f"entry {index} is not covered by a checkpoint of {checkpoint.size}")
     return InclusionProof(
@@ -106,9 +98,12 @@ def log_inclusion_proof(store_path: Path, index: int, checkpoint: Checkpoint) ->
     )
 
 
-def log_consistency_proof(store_path: Path, old: Checkpoint, new: Checkpoint) -> list[bytes]:
-    """Prove that the tree of ``new`` extends the tree of ``old``."""
-    _, leaves = _leaves(store_path, new.size)
+def log_consistency_proof(
+    log: LogStorage | str | os.PathLike[str], old: Checkpoint, new: Checkpoint
+) -> list[bytes]:
+    """Prove, from ``log`` (a storage, or a store folder), that the tree of ``new`` extends
+    the tree of ``old``."""
+    _, leaves = _leaves(log, new.size)
     return consistency_proof(leaves, old.size, new.size)
 
 

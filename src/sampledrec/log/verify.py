@@ -19,9 +19,10 @@ is built, so verification runs at a good fraction of raw SHA-256 speed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import re
+import os
 import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,28 +35,30 @@ import numpy.typing as npt
 
 from ..errors import CheckpointError
 from . import hashing as _hashing
+from . import segments as _segments
 from .checkpoint import Checkpoint, parse_vkey, verify_checkpoint, vkey
 from .format import (
+    DECISION,
+    ENTRY_HEADER,
     T_CHECKPOINT,
     T_DECISION,
     T_KEY_COMMIT,
     T_LOG_CREATED,
     T_POLICY,
+    TYPE_NAMES,
     decode_entry,
 )
 from .merkle import CompactRange
-from .writer import (
+from .segments import (
     BATCH_HEADER,
     BATCH_MAGIC,
-    CHECKPOINTS,
     MIN_RECORD,
     SEG_HEADER,
     SEG_MAGIC,
-    _read_trailer,
-    _split_records,
-    map_file,
-    segment_name,
+    read_trailer,
+    split_records,
 )
+from .storage import CHECKPOINTS, LogStorage, SegmentBytes, log_storage, segment_name
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -67,7 +70,6 @@ __all__ = [
 ]
 
 EXPORT_FORMAT: Final = "sampledrec-checkpoint"
-_SEG_RE: Final = re.compile(r"seg-([0-9]{12})\.log", re.ASCII)
 CHECKS: Final = (
     "files",
     "structure",
@@ -191,14 +193,15 @@ class _Scan:
 
 
 def verify_log(
-    store_path: Path,
+    log: LogStorage | str | os.PathLike[str],
     *,
     checkpoint_file: Path | None = None,
     store_id: bytes | None = None,
     public_key: bytes | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LogReport:
-    """Verify ``STORE/log/``; returns a report whose ``findings`` list every failure.
+    """Verify the log in ``log`` (a storage, or a store folder: its ``log/``); returns a report
+    whose ``findings`` list every failure.
 
     ``public_key`` is the key the log must be signed with, taken from *outside* the log (the
     store's keyring, or a verifier key given to an auditor): a log re-created and re-signed
@@ -206,42 +209,39 @@ def verify_log(
     its store. With ``checkpoint_file`` (an exported checkpoint), truncations and rewrites after
     the export are detected too.
     """
-    log_path = Path(store_path) / "log"
+    storage = log_storage(log, in_store=True)
     rep = LogReport()
-    if not log_path.is_dir():
-        rep.findings.append(Finding("files", "the log folder is missing", str(log_path)))
+    if not storage.exists():
+        rep.findings.append(Finding("files", "the log folder is missing", storage.location()))
         return rep
 
     # -- files ----------------------------------------------------------------------------------
-    segments: list[tuple[int, Path]] = []
-    has_checkpoints = False
-    for item in sorted(log_path.iterdir()):
-        m = _SEG_RE.fullmatch(item.name)
-        if m and item.is_file() and not item.is_symlink():
-            segments.append((int(m.group(1)), item))
-        elif item.name == CHECKPOINTS and item.is_file() and not item.is_symlink():
-            has_checkpoints = True
-        else:
-            rep.findings.append(
-                Finding("files", "unexpected file in the log folder (not covered)", item.name)
-            )
-    if not has_checkpoints:
+    strays = storage.strays()
+    for name in strays:
+        rep.findings.append(
+            Finding("files", "unexpected file in the log folder (not covered)", name)
+        )
+    checkpoints_data: bytes | None = None
+    if CHECKPOINTS not in strays:
+        with contextlib.suppress(FileNotFoundError):
+            checkpoints_data = storage.read_checkpoints()
+    if checkpoints_data is None:
         rep.findings.append(Finding("files", "the checkpoints file is missing", CHECKPOINTS))
+    segments = storage.segments()
     if not segments:
         rep.findings.append(Finding("files", "no log segment: the log was deleted", "log/"))
         return rep
 
     # -- stored checkpoints ----------------------------------------------------------------------
     stored: list[Checkpoint] = []
-    if has_checkpoints:
-        data = (log_path / CHECKPOINTS).read_bytes()
-        notes, end = _split_records(data)
+    if checkpoints_data is not None:
+        notes, end = split_records(checkpoints_data)
         rep.bytes_verified += end
-        if end != len(data):
+        if end != len(checkpoints_data):
             rep.findings.append(
                 Finding(
                     "structure",
-                    f"{len(data) - end} bytes after the last whole checkpoint record "
+                    f"{len(checkpoints_data) - end} bytes after the last whole checkpoint record "
                     "(a torn write not yet recovered, or tampering)",
                     f"{CHECKPOINTS}@{end}",
                 )
@@ -276,8 +276,9 @@ def verify_log(
     scan = _Scan()
     expected_first = 0
     first_store_id = store_id
-    for seg_first, seg in segments:
-        where = seg.name
+    last_segment = segments[-1]
+    for seg_first in segments:
+        where = segment_name(seg_first)
         if seg_first != expected_first:
             rep.findings.append(
                 Finding(
@@ -288,8 +289,8 @@ def verify_log(
                 )
             )
             break
-        data = map_file(seg)
-        if seg is not segments[-1][1] and len(data) < _segment_bytes():
+        data = storage.map_segment(seg_first)
+        if seg_first != last_segment and len(data) < _segments.SEGMENT_BYTES:
             rep.findings.append(
                 Finding(
                     "structure",
@@ -380,7 +381,7 @@ def verify_log(
                     cr.size,
                 )
             )
-            if seg is not segments[-1][1]:
+            if seg_first != last_segment:
                 break
         expected_first = cr.size
     rep.store_id_seen = first_store_id
@@ -390,12 +391,6 @@ def verify_log(
         )
     rep.expected_key = public_key
     return _finish(rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at)
-
-
-def _segment_bytes() -> int:
-    from . import writer as log
-
-    return log.SEGMENT_BYTES
 
 
 @dataclass
@@ -409,7 +404,7 @@ class _Batch:
     end: int  # offset after the trailer
 
 
-def _walk(data: Any, first: int) -> tuple[list[_Batch], int]:
+def _walk(data: SegmentBytes, first: int) -> tuple[list[_Batch], int]:
     """The batches of a segment from their headers and trailers (no hashing yet), and the
     offset where the whole, well-formed batches end."""
     out = []
@@ -425,7 +420,7 @@ def _walk(data: Any, first: int) -> tuple[list[_Batch], int]:
             or start + plen > len(data)
         ):
             break
-        trailer = _read_trailer(data, start + plen)
+        trailer = read_trailer(data, start + plen)
         if trailer is None or trailer[0].size != bfirst + count:
             break
         out.append(_Batch(pos, bfirst, count, start, plen, trailer[0], trailer[1]))
@@ -450,9 +445,30 @@ def _extend_noting_roots(
     _hashing.extend_concat(cr, leaves[done * 32 :])
 
 
-# Fixed layout of a decision entry's first two fields (epoch id "YYYY-MM-DD", policy version):
+# A decision's first two fields, its epoch id and policy version, have fixed sizes (format.DECISION)
+# and one-byte lengths, so they lie at fixed offsets: the verifier reads them from each entry's
+# first PROBE bytes without decoding it. For the v1 layout:
 #   header (10) | 0x01 0x0A epoch (10) | 0x02 0x20 version (32)
-PROBE: Final = 56
+_EPOCH_TAG_AT: Final = ENTRY_HEADER.size
+_EPOCH_AT: Final = _EPOCH_TAG_AT + 2
+_VERSION_TAG_AT: Final = _EPOCH_AT + DECISION.epoch_id.size
+_VERSION_AT: Final = _VERSION_TAG_AT + 2
+_VERSION_END: Final = _VERSION_AT + DECISION.policy_version.size
+PROBE: Final = -(-_VERSION_END // 8) * 8  # in whole 64-bit words, compared as such below
+# The words of a probe that hold the epoch id and policy version, and in each the bits of those
+# bytes (the words are read little-endian: byte k of a word is bits 8k..8k+7).
+_RUN_WORDS: Final = slice(_EPOCH_AT // 8, PROBE // 8)
+_RUN_MASKS: Final = np.asarray(
+    [
+        sum(
+            0xFF << 8 * (b - 8 * w)
+            for b in range(8 * w, 8 * w + 8)
+            if _EPOCH_AT <= b < _VERSION_END
+        )
+        for w in range(_RUN_WORDS.start, _RUN_WORDS.stop)
+    ],
+    dtype=np.uint64,
+)
 
 
 def _gather(
@@ -469,22 +485,25 @@ def _gather(
     if dec.size:
         rows = probes[dec]
         layout_ok = (
-            (rows[:, 10] == 0x01)
-            & (rows[:, 11] == 10)
-            & (rows[:, 22] == 0x02)
-            & (rows[:, 23] == 32)
+            (rows[:, _EPOCH_TAG_AT] == DECISION.epoch_id.tag)
+            & (rows[:, _EPOCH_TAG_AT + 1] == DECISION.epoch_id.size)
+            & (rows[:, _VERSION_TAG_AT] == DECISION.policy_version.tag)
+            & (rows[:, _VERSION_TAG_AT + 1] == DECISION.policy_version.size)
         )
         if not layout_ok.all():
             scan.others.append((first + int(dec[np.flatnonzero(~layout_ok)[0]]), b""))
         # Decisions come in long runs with the same epoch and policy: keep each run's first.
-        # Bytes 12..55 compared as 64-bit words: the upper half of word 1, then words 2..6.
-        w = np.ascontiguousarray(rows).view("<u8")
-        changed = ((w[1:, 1] ^ w[:-1, 1]) & np.uint64(0xFFFFFFFF00000000)) != 0
-        changed |= np.any(w[1:, 2:] != w[:-1, 2:], axis=1)
+        # The epoch and version bytes are compared as 64-bit words (masked), not byte by byte.
+        w = np.ascontiguousarray(rows).view("<u8")[:, _RUN_WORDS]
+        changed = np.any(((w[1:] ^ w[:-1]) & _RUN_MASKS) != 0, axis=1)
         starts = np.flatnonzero(np.concatenate(([True], changed)))
         for j in starts.tolist():
             scan.first_uses.append(
-                (first + int(dec[j]), bytes(rows[j, 12:22]), bytes(rows[j, 24:56]))
+                (
+                    first + int(dec[j]),
+                    bytes(rows[j, _EPOCH_AT:_VERSION_TAG_AT]),
+                    bytes(rows[j, _VERSION_AT:_VERSION_END]),
+                )
             )
     for j in np.flatnonzero(~is_dec).tolist():
         off = int(offsets[j])
@@ -514,8 +533,6 @@ def _finish(
                 index=0,
             )
         )
-    from .format import TYPE_NAMES
-
     counts = np.bincount(types, minlength=256)
     rep.entries_by_type = {
         TYPE_NAMES.get(t, f"0x{t:02x}"): int(counts[t]) for t in np.flatnonzero(counts).tolist()
@@ -736,7 +753,3 @@ def _finish(
                 )
             )
     return rep
-
-
-def expected_segment(first: int) -> str:
-    return segment_name(first)

@@ -1,56 +1,43 @@
-"""The decision log: append-only, tamper-evident, signed, with group commit.
+"""The decision log's writer: append-only, tamper-evident, signed, with group commit.
 
-Layout of ``STORE/log/`` (every byte of it is covered by verification)::
+:class:`DecisionLog` appends entries to a log kept by a :class:`~.storage.LogStorage` (a store's
+``STORE/log/`` by default): in batches of records, each followed by a trailer holding the
+RFC 6962 compact range of the whole log after it (:mod:`.segments` has the byte layout,
+``docs/log-format.md`` the specification), in segments of about 64 MiB, and it signs
+checkpoints over the tree. Any change to an entry, a length, a header or a trailer shows up
+when the batch is re-hashed. A batch is written and made durable as a unit; a crash leaves at
+most one incomplete batch at the end, which reopening sets aside (it was never durable) and
+reports.
 
-    seg-000000000000.log   segments: a header, then batches
-    seg-000000104857.log   (a new segment every 64 MiB; its name is its first entry index)
-    checkpoints            signed checkpoints, each as u32be length + C2SP signed note
-
-A segment is ``b"SDRLOG01" | store_id (16) | first_index u64be`` then batches::
-
-    batch   = b"BTCH" | first_index u64 | count u32 | payload_len u32 | record* | trailer
-    record  = length u32 | entry                       (entry: see sampledrec.logformat)
-    trailer = b"ROOT" | tree_size u64 | n u8 | n x 32-byte hashes (the compact range)
-
-The trailer is the RFC 6962 compact range of the whole log after the batch, so any change to an
-entry, a length, a header or a trailer shows up when the batch is re-hashed. A batch is written
-and fsynced as a unit; a crash leaves at most one incomplete batch at the end, which reopening
-moves out to ``STORE/recovered/`` (it was never durable) and reports.
-
-Concurrency: every write happens under an exclusive ``fcntl`` lock on ``STORE/log.lock``
-(outside ``log/``). A writer that finds the log grown by another process reads the new batches'
-trailers to catch up before appending, so threads and processes share one consistent tree.
+Concurrency: every write happens under the storage's exclusive lock. A writer that finds the
+log grown by another process reads the new batches' trailers to catch up before appending, so
+threads and processes share one consistent tree.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import mmap
 import os
 import secrets
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .._hazmat.files import fsync_dir, write_new
-from .._hazmat.locking import wait_for_flock
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import CheckpointError, LogCorrupt, SampledrecError, StoreError
-from ..sampling.record import DecisionRecord
+from ..sampling.record import REASONS, DecisionRecord
 from . import hashing as _hashing
+from . import segments
 from .checkpoint import Checkpoint, LogSigner
 from .format import (
     DECISION,
+    ENTRY_HEADER,
     FORMAT_VERSION,
-    REASON_CODES,
     T_CHECKPOINT,
     T_DECISION,
     T_LOG_CREATED,
@@ -64,21 +51,24 @@ from .format import (
     to_micros,
 )
 from .merkle import CompactRange
+from .segments import (
+    BATCH_HEADER,
+    BATCH_MAGIC,
+    SEG_HEADER,
+    SEG_MAGIC,
+    U32,
+    batch_extent,
+    iter_batches,
+    parse_batch,
+    skip_batch,
+    split_records,
+    trailer_bytes,
+)
+from .storage import CHECKPOINTS, LogStorage, log_storage, segment_name
 
 __all__ = ["DecisionLog", "LogCorrupt", "RecoveryReport", "iter_entries", "unsealer"]
 
-SEG_MAGIC: Final = b"SDRLOG01"
-BATCH_MAGIC: Final = b"BTCH"
-TRAILER_MAGIC: Final = b"ROOT"
-SEG_HEADER: Final = struct.Struct(">8s16sQ")
-BATCH_HEADER: Final = struct.Struct(">4sQII")
-TRAILER_HEAD: Final = struct.Struct(">4sQB")
-U32: Final = struct.Struct(">I")
-SEGMENT_BYTES: Final = 64 << 20
-MIN_RECORD: Final = 14  # a 4-byte length and the 10-byte entry header
-CHECKPOINTS: Final = "checkpoints"
-_REASON_INDEX: Final = {r: i for i, r in enumerate(REASON_CODES)}
-_HEADER: Final = struct.Struct(">BBQ")
+_REASON_INDEX: Final = {r: i for i, r in enumerate(REASONS)}
 _EPOCH_ORDINAL: Final = 719163  # date(1970, 1, 1).toordinal()
 _EPOCH_DT: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
@@ -121,21 +111,13 @@ def _micros(moment: datetime) -> int:
     ) * 1_000_000 + moment.microsecond
 
 
-def segment_name(first_index: int) -> str:
-    return f"seg-{first_index:012d}.log"
-
-
-def trailer_bytes(cr: CompactRange) -> bytes:
-    return TRAILER_HEAD.pack(TRAILER_MAGIC, cr.size, len(cr.hashes)) + b"".join(cr.hashes)
-
-
 @dataclass
 class RecoveryReport:
     """What reopening after a crash found and set aside."""
 
     dropped_bytes: int = 0
     dropped_entries: int = 0
-    moved_to: Path | None = None
+    moved_to: str | None = None  # where the storage set the dropped bytes aside
     notes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -266,7 +248,7 @@ class DecisionLog:
 
     def __init__(
         self,
-        store_path: Path,
+        log: LogStorage | str | os.PathLike[str],
         keyring: Any,
         *,
         origin: str,
@@ -276,9 +258,8 @@ class DecisionLog:
         checkpoint_every: float = 2.0,
         max_batch: int = 20000,
     ) -> None:
-        self.store_path = Path(store_path)
-        self.path = self.store_path / "log"
-        self.lock_path = self.store_path / "log.lock"
+        #: Where the log's bytes are: ``log``, or the local log of the store folder ``log``.
+        self.storage = log_storage(log, in_store=True)
         self._keyring = keyring
         self.origin = origin
         self.store_id = store_id
@@ -299,8 +280,8 @@ class DecisionLog:
         self._closed = False
         self._error: BaseException | None = None
         self._cr = CompactRange()
-        self._seg_path: Path | None = None
-        self._seg_end = 0
+        self._seg: int | None = None  # the last segment (its first entry index), once known
+        self._seg_end = 0  # the end of its whole batches
         self._last_cp_size = -1
         self._last_cp_time = 0.0
         self._cp_end = 0
@@ -314,7 +295,7 @@ class DecisionLog:
     @classmethod
     def create(
         cls,
-        store_path: Path,
+        log: LogStorage | str | os.PathLike[str],
         keyring: Any,
         *,
         origin: str,
@@ -323,37 +304,46 @@ class DecisionLog:
         clock: Clock = SYSTEM_CLOCK,
         software: str = "",
     ) -> DecisionLog:
-        """Create the log folder with its first entry (``log_created``) and first checkpoint."""
-        log = cls(store_path, keyring, origin=origin, store_id=store_id, clock=clock)
-        log.path.mkdir(mode=0o700)
-        write_new(log.path / CHECKPOINTS, b"")
-        log._seg_path, log._seg_end = None, 0  # segment 0 comes with the first batch
-        log._start()
-        log.append(
+        """Create the log (in ``log``, a storage or a store folder) with its first entry
+        (``log_created``) and first checkpoint."""
+        writer = cls(log, keyring, origin=origin, store_id=store_id, clock=clock)
+        writer.storage.create()
+        writer._seg, writer._seg_end = None, 0  # segment 0 comes with the first batch
+        writer._start()
+        writer.append(
             T_LOG_CREATED,
             {
                 "origin": origin,
                 "store_id": store_id,
-                "public_key": log._signer.public_key,
+                "public_key": writer._signer.public_key,
                 "simulated": simulated,
                 "software": software,
             },
         )
-        log.flush()
-        return log
+        writer.flush()
+        return writer
 
     @classmethod
     def open(
-        cls, store_path: Path, keyring: Any, *, origin: str, store_id: bytes, **kw: Any
+        cls,
+        log: LogStorage | str | os.PathLike[str],
+        keyring: Any,
+        *,
+        origin: str,
+        store_id: bytes,
+        **kw: Any,
     ) -> DecisionLog:
-        """Open for appending; recovers from a crash (see :attr:`recovery`)."""
-        log = cls(store_path, keyring, origin=origin, store_id=store_id, **kw)
-        if not log.path.is_dir():
-            raise StoreError(f"{log.path} is missing: the store has no decision log")
-        with log._locked():
-            log.recovery = log._recover()
-        log._start()
-        return log
+        """Open the log in ``log`` (a storage or a store folder) for appending; recovers from a
+        crash (see :attr:`recovery`)."""
+        writer = cls(log, keyring, origin=origin, store_id=store_id, **kw)
+        if not writer.storage.exists():
+            raise StoreError(
+                f"{writer.storage.location()} is missing: the store has no decision log"
+            )
+        with writer.storage.lock():
+            writer.recovery = writer._recover()
+        writer._start()
+        return writer
 
     @property
     def signer(self) -> LogSigner:
@@ -368,24 +358,6 @@ class DecisionLog:
         self._thread = threading.Thread(target=self._run, name="sampledrec-log", daemon=True)
         self._thread.start()
 
-    @contextlib.contextmanager
-    def _locked(self, timeout: float = 30.0) -> Iterator[None]:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            wait_for_flock(
-                fd,
-                timeout=timeout,
-                poll=0.002,
-                held=f"{self.lock_path} is held by another process for more than "
-                f"{timeout:g} s; check for a stuck sampledrec process",
-            )
-            yield
-        finally:
-            os.close(fd)
-
-    def _segments(self) -> list[Path]:
-        return sorted(self.path.glob("seg-*.log"))
-
     def _recover(self, *, at_open: bool = True) -> RecoveryReport:
         """Find the end of the durable log (under the lock) and set aside a torn last batch.
 
@@ -394,13 +366,16 @@ class DecisionLog:
         verify is damage or tampering: nothing is touched and :class:`LogCorrupt` says so.
         """
         report = RecoveryReport()
-        segs = self._segments()
+        storage = self.storage
+        segs = storage.segments()
         if not segs:
-            raise LogCorrupt(f"{self.path} has no segment; the log was deleted or damaged")
+            raise LogCorrupt(f"{storage.location()} has no segment; the log was deleted or damaged")
         # Checkpoints first: they bound what may be set aside.
-        cp_path = self.path / CHECKPOINTS
-        cps = cp_path.read_bytes() if cp_path.exists() else b""
-        notes, cp_end = _split_records(cps)
+        try:
+            cps = storage.read_checkpoints()
+        except FileNotFoundError:
+            cps = b""
+        notes, cp_end = split_records(cps)
         latest = 0
         for note in notes:
             try:
@@ -410,30 +385,31 @@ class DecisionLog:
                     f"{CHECKPOINTS}: a checkpoint record is damaged; run 'sampledrec log verify'"
                 ) from None
         seg = segs[-1]
-        data = seg.read_bytes()
+        name = segment_name(seg)
+        data = storage.read_segment(seg)
         if len(data) < SEG_HEADER.size:
-            raise LogCorrupt(f"{seg.name}: truncated segment header; run 'sampledrec log verify'")
+            raise LogCorrupt(f"{name}: truncated segment header; run 'sampledrec log verify'")
         magic, store_id, first = SEG_HEADER.unpack_from(data, 0)
         if magic != SEG_MAGIC or store_id != self.store_id:
-            raise LogCorrupt(f"{seg.name}: not a segment of this store's log")
+            raise LogCorrupt(f"{name}: not a segment of this store's log")
         cr = self._range_before(segs) if first > 0 else CompactRange()
         pos = SEG_HEADER.size
         while pos < len(data):
-            parsed = _parse_batch(data, pos, cr)
+            parsed = parse_batch(data, pos, cr)
             if parsed is None:
                 break
             cr, pos = parsed
         if pos < len(data):
             tail = data[pos:]
-            whole = _batch_extent(tail)
+            whole = batch_extent(tail)
             if whole is not None and pos + whole < len(data):
                 raise LogCorrupt(
-                    f"{seg.name}: the batch at offset {pos} does not verify and is not the last "
+                    f"{name}: the batch at offset {pos} does not verify and is not the last "
                     "one: the log was damaged or tampered with; run 'sampledrec log verify'"
                 )
             if cr.size < latest:
                 raise LogCorrupt(
-                    f"{seg.name}: the batch at offset {pos} does not verify but a checkpoint "
+                    f"{name}: the batch at offset {pos} does not verify but a checkpoint "
                     f"covers {latest} entries: the log was damaged or tampered with; run "
                     "'sampledrec log verify'"
                 )
@@ -442,29 +418,24 @@ class DecisionLog:
                 count = BATCH_HEADER.unpack_from(tail, 0)[2]
             report.dropped_bytes = len(tail)
             report.dropped_entries = count
-            report.moved_to = self._set_aside(seg, pos, tail)
+            report.moved_to = storage.set_aside(name, pos, tail)
             if whole is not None:
                 report.notes.append(
                     "the last batch was whole but did not verify: after a power loss this is a "
                     "torn write; if the machine did not crash, it is tampering"
                 )
-            with open(seg, "r+b") as fh:
-                fh.truncate(pos)
-                fh.flush()
-                os.fsync(fh.fileno())
+            storage.truncate_segment(seg, pos)
         if latest > cr.size:
             raise LogCorrupt(
                 f"the latest checkpoint covers {latest} entries but the log holds only "
                 f"{cr.size}: the log was truncated; run 'sampledrec log verify'"
             )
         self._cr = cr
-        self._seg_path, self._seg_end = seg, pos
+        self._seg, self._seg_end = seg, pos
         if cp_end < len(cps):
-            moved = self._set_aside(cp_path, cp_end, cps[cp_end:])
+            moved = storage.set_aside(CHECKPOINTS, cp_end, cps[cp_end:])
             report.notes.append(f"a torn checkpoint record was moved to {moved}")
-            with open(cp_path, "r+b") as fh:
-                fh.truncate(cp_end)
-                os.fsync(fh.fileno())
+            storage.truncate_checkpoints(cp_end)
         self._cp_end = cp_end
         self._last_cp_size = latest if notes else -1
         if notes:
@@ -478,28 +449,22 @@ class DecisionLog:
                 )
         return report
 
-    def _range_before(self, segs: list[Path]) -> CompactRange:
+    def _range_before(self, segs: list[int]) -> CompactRange:
         """The compact range at the start of the last segment: the previous one's last trailer."""
         if len(segs) < 2:
             raise LogCorrupt("the first segment of the log is missing")
-        prev = segs[-2].read_bytes()
+        prev = self.storage.read_segment(segs[-2])
+        name = segment_name(segs[-2])
         pos = SEG_HEADER.size
         last: CompactRange | None = None
         while pos < len(prev):
-            got = _skip_batch(prev, pos)
+            got = skip_batch(prev, pos)
             if got is None:
-                raise LogCorrupt(f"{segs[-2].name}: damaged batch at offset {pos}")
+                raise LogCorrupt(f"{name}: damaged batch at offset {pos}")
             last, pos = got
         if last is None:
-            raise LogCorrupt(f"{segs[-2].name} holds no batch")
+            raise LogCorrupt(f"{name} holds no batch")
         return last
-
-    def _set_aside(self, source: Path, offset: int, data: bytes) -> Path:
-        folder = self.store_path / "recovered"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        dest = folder / f"{source.name}.{offset}.{int(time.time())}.bin"
-        write_new(dest, data)
-        return dest
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -584,7 +549,7 @@ class DecisionLog:
     def checkpoint(self) -> Checkpoint:
         """Flush, then sign and store a checkpoint of the current tree."""
         self.flush()
-        with self._write_lock, self._locked():
+        with self._write_lock, self.storage.lock():
             self._catch_up()
             return self._write_checkpoint()
 
@@ -602,7 +567,7 @@ class DecisionLog:
             self._thread.join()
             self._thread = None
         if self._error is None:
-            with self._write_lock, self._locked():
+            with self._write_lock, self.storage.lock():
                 self._catch_up()
                 if self._cr.size != self._last_cp_size:
                     self._write_checkpoint()
@@ -668,7 +633,7 @@ class DecisionLog:
         sealed per key with one AES-CTR keystream for the whole batch.
         """
         cache = self._field_cache
-        pack_header = _HEADER.pack
+        pack_header = ENTRY_HEADER.pack
         epoch0, one_us = _EPOCH_DT, _ONE_US
         d = DECISION
         draw_size = d.draw.size
@@ -738,7 +703,7 @@ class DecisionLog:
     def _write_batch(self, batch: list[_Queued]) -> list[int]:
         payload = self._records(batch)
         count = len(batch)
-        with self._write_lock, self._locked():
+        with self._write_lock, self.storage.lock():
             self._catch_up()
             first = self._cr.size
             got = _hashing.hash_records(payload, 0, count, self._cr)
@@ -755,70 +720,51 @@ class DecisionLog:
         return list(range(first, first + count))
 
     def _append_blob(self, blob: bytes, first: int) -> None:
-        if self._seg_path is None or self._seg_end >= SEGMENT_BYTES:
-            # A new segment is born whole, header and first batch: written and fsynced outside
-            # log/, then renamed in. A crash leaves either no segment or a complete one.
-            seg = self.path / segment_name(first)
-            tmp = self.store_path / f".{seg.name}.new-{os.getpid()}"
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            write_new(tmp, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob)
-            os.rename(tmp, seg)
-            fsync_dir(self.path)
-            self._seg_path, self._seg_end = seg, SEG_HEADER.size + len(blob)
+        if self._seg is None or self._seg_end >= segments.SEGMENT_BYTES:
+            # A new segment is born whole, header and first batch: a crash leaves either no
+            # segment or a complete one (never an empty one, which would be a finding).
+            self.storage.create_segment(
+                first, SEG_HEADER.pack(SEG_MAGIC, self.store_id, first) + blob
+            )
+            self._seg, self._seg_end = first, SEG_HEADER.size + len(blob)
             return
-        fd = os.open(self._seg_path, os.O_WRONLY)
-        try:
-            os.lseek(fd, self._seg_end, os.SEEK_SET)
-            view = memoryview(blob)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.storage.write_segment(self._seg, self._seg_end, blob)
         self._seg_end += len(blob)
 
     def _catch_up(self) -> None:
         """Under the lock: take in batches other processes appended since we last wrote."""
         # Finish the segment we knew, then follow any segment another writer started.
         self._read_trailers()
-        for seg in self._segments():
-            if self._seg_path is not None and seg.name > self._seg_path.name:
-                self._seg_path, self._seg_end = seg, SEG_HEADER.size
+        for seg in self.storage.segments():
+            if self._seg is not None and seg > self._seg:
+                self._seg, self._seg_end = seg, SEG_HEADER.size
                 self._read_trailers()
-        cp_path = self.path / CHECKPOINTS
-        size = cp_path.stat().st_size
-        if size != self._cp_end:
-            notes, end = _split_records(cp_path.read_bytes())
-            self._cp_end = end
+        new = self.storage.read_checkpoints(self._cp_end)
+        if new:
+            notes, end = split_records(new)
+            self._cp_end += end
             if notes:
                 self._last_cp_size = Checkpoint.parse(notes[-1]).size
 
     def _read_trailers(self) -> None:
-        if self._seg_path is None:
-            segs = self._segments()
+        if self._seg is None:
+            segs = self.storage.segments()
             if not segs:
                 return
-            self._seg_path, self._seg_end = segs[0], SEG_HEADER.size
-        size = self._seg_path.stat().st_size
-        if size == self._seg_end:
-            return
-        with open(self._seg_path, "rb") as fh:
-            fh.seek(self._seg_end)
-            data = fh.read(size - self._seg_end)
+            self._seg, self._seg_end = segs[0], SEG_HEADER.size
+        data = self.storage.read_segment(self._seg, self._seg_end)
         pos = 0
         while pos < len(data):
-            got = _skip_batch(data, pos)
+            got = skip_batch(data, pos)
             if got is None:
-                if _batch_extent(data[pos:]) is None and self._seg_path == self._segments()[-1]:
+                if batch_extent(data[pos:]) is None and self._seg == self.storage.segments()[-1]:
                     # Another writer crashed mid-batch (we hold the lock, so nobody is
                     # writing): set its torn tail aside, as reopening would.
                     self._seg_end += pos
                     self.recovery = self._recover(at_open=False)
                     return
                 raise LogCorrupt(
-                    f"{self._seg_path.name}: another writer left a damaged batch at offset "
+                    f"{segment_name(self._seg)}: another writer left a damaged batch at offset "
                     f"{self._seg_end + pos}; run 'sampledrec log verify'"
                 )
             self._cr, pos = got
@@ -828,13 +774,7 @@ class DecisionLog:
         # Signed at the real time, even in a simulated store: it says when the tree was signed.
         cp = self._signer.sign(self._cr.size, self._cr.root(), to_micros(SYSTEM_CLOCK.now()))
         record = U32.pack(len(cp.note)) + cp.note
-        fd = os.open(self.path / CHECKPOINTS, os.O_WRONLY)
-        try:
-            os.lseek(fd, self._cp_end, os.SEEK_SET)
-            os.write(fd, record)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.storage.write_checkpoints(self._cp_end, record)
         self._cp_end += len(record)
         self._last_cp_size = cp.size
         self._last_cp_time = time.monotonic()
@@ -848,133 +788,22 @@ class DecisionLog:
         return cp
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        notes, _ = _split_records((self.path / CHECKPOINTS).read_bytes())
+        notes, _ = split_records(self.storage.read_checkpoints())
         return Checkpoint.parse(notes[-1]) if notes else None
-
-
-# -- parsing helpers (shared with verification) -----------------------------------------------
-
-
-def _split_records(data: bytes) -> tuple[list[bytes], int]:
-    """Split u32-length-prefixed records; returns them and the end of the last whole one."""
-    out = []
-    pos = 0
-    while pos + 4 <= len(data):
-        (n,) = U32.unpack_from(data, pos)
-        if pos + 4 + n > len(data):
-            break
-        out.append(data[pos + 4 : pos + 4 + n])
-        pos += 4 + n
-    return out, pos
-
-
-def _read_trailer(data: bytes, pos: int) -> tuple[CompactRange, int] | None:
-    if pos + TRAILER_HEAD.size > len(data):
-        return None
-    magic, size, n = TRAILER_HEAD.unpack_from(data, pos)
-    pos += TRAILER_HEAD.size
-    if magic != TRAILER_MAGIC or pos + 32 * n > len(data) or n != bin(size).count("1"):
-        return None
-    hashes = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n)]
-    return CompactRange(size, hashes), pos + 32 * n
-
-
-def _batch_extent(tail: bytes) -> int | None:
-    """The length of the batch at the start of ``tail`` if it lies wholly inside ``tail``
-    (whatever its content), else ``None`` (it runs past the end: a torn write)."""
-    if len(tail) < BATCH_HEADER.size:
-        return None
-    _, _, _, plen = BATCH_HEADER.unpack_from(tail, 0)
-    trailer_at = BATCH_HEADER.size + plen
-    if trailer_at + TRAILER_HEAD.size > len(tail):
-        return None
-    n = tail[trailer_at + TRAILER_HEAD.size - 1]
-    end = trailer_at + TRAILER_HEAD.size + 32 * n
-    return end if end <= len(tail) else None
-
-
-def _skip_batch(data: bytes, pos: int) -> tuple[CompactRange, int] | None:
-    """Read a batch's header and trailer without hashing it (for catching up)."""
-    if pos + BATCH_HEADER.size > len(data):
-        return None
-    magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
-    if magic != BATCH_MAGIC or not 1 <= count <= plen // MIN_RECORD:
-        return None
-    got = _read_trailer(data, pos + BATCH_HEADER.size + plen)
-    if got is None or got[0].size != first + count:
-        return None
-    return got
-
-
-def _parse_batch(data: bytes, pos: int, cr: CompactRange) -> tuple[CompactRange, int] | None:
-    """Fully check one batch starting at ``pos`` against the range before it."""
-    if pos + BATCH_HEADER.size > len(data):
-        return None
-    magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
-    start = pos + BATCH_HEADER.size
-    if (
-        magic != BATCH_MAGIC
-        or first != cr.size
-        or start + plen > len(data)
-        or not 1 <= count <= plen // MIN_RECORD
-    ):
-        return None
-    work = cr.copy()
-    got = _hashing.hash_records(data[start : start + plen], 0, count, work)
-    if got is None or got[0] != plen:
-        return None
-    trailer = _read_trailer(data, start + plen)
-    if trailer is None or trailer[0] != work:
-        return None
-    return work, trailer[1]
 
 
 # -- reading ----------------------------------------------------------------------------------
 
 
-def map_file(path: Path) -> Any:
-    """The file's bytes, memory-mapped read-only (no copy); an empty file gives ``b""``."""
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-class BatchSpan(NamedTuple):
-    """Where one batch lies in its segment's bytes ``data``: its header at ``at``, its records
-    in ``data[start:end]`` (the first being entry ``first``), the next batch at ``next``."""
-
-    data: Any
-    at: int
-    first: int
-    entries: int
-    start: int
-    end: int
-    next: int
-
-
-def iter_batches(log_path: Path, *, mapped: bool = False) -> Iterator[BatchSpan]:
-    """Every batch of every segment, in order; :class:`LogCorrupt` at a damaged batch header or
-    trailer. ``mapped``: segments are memory-mapped instead of read (large logs)."""
-    for seg in sorted(log_path.glob("seg-*.log")):
-        data = map_file(seg) if mapped else seg.read_bytes()
-        pos = SEG_HEADER.size
-        while pos + BATCH_HEADER.size <= len(data):
-            magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
-            start = pos + BATCH_HEADER.size
-            trailer = _read_trailer(data, start + plen)
-            if magic != BATCH_MAGIC or trailer is None:
-                raise LogCorrupt(f"{seg.name}: damaged batch at offset {pos}")
-            yield BatchSpan(data, pos, first, count, start, start + plen, trailer[1])
-            pos = trailer[1]
-
-
-def iter_entries(log_path: Path, keyring: Any | None = None, since: int = 0) -> Iterator[Entry]:
-    """Decode entries from index ``since`` on (personal fields opened with ``keyring``)."""
+def iter_entries(
+    log: LogStorage | str | os.PathLike[str], keyring: Any | None = None, since: int = 0
+) -> Iterator[Entry]:
+    """Decode the entries of ``log`` (a storage, or the path of a local log folder) from index
+    ``since`` on, personal fields opened with ``keyring``."""
     unseal = unsealer(keyring) if keyring is not None else None
-    for b in iter_batches(log_path):
+    for b in iter_batches(log):
         if b.first + b.entries > since:
-            records, _ = _split_records(b.data[b.start : b.end])
+            records, _ = split_records(b.data[b.start : b.end])
             for i, rec in enumerate(records):
                 if b.first + i >= since:
                     yield decode_entry(b.first + i, rec, unseal)

@@ -51,7 +51,6 @@ from ..errors import (
     SampledrecError,
 )
 from ..log.format import (
-    REASON_CODES,
     T_DECISION,
     T_ERASURE,
     T_SUBJECT_REQUEST,
@@ -60,6 +59,7 @@ from ..log.format import (
 )
 from ..log.writer import iter_entries
 from ..sampling.objections import caller_pseudonym
+from ..sampling.record import REASONS
 from ..vault.access import grant
 from ..vault.audio import AudioFormat, encode_wav, to_pcm16
 from ..vault.catalog import RecordingRow, SubjectRequest
@@ -327,8 +327,8 @@ class SubjectRequests:
             if "draw" in logged:
                 decision["draw"] = str(logged["draw"])
             reason = logged.get("reason")
-            if isinstance(reason, int) and reason < len(REASON_CODES):
-                decision["reason"] = REASON_CODES[reason]
+            if isinstance(reason, int) and reason < len(REASONS):
+                decision["reason"] = REASONS[reason]
         return {
             "id": row.recording_id,
             "file": name,
@@ -353,7 +353,7 @@ class SubjectRequests:
         if wanted:
             self.log.flush()
             try:
-                for entry in iter_entries(self.store.log_path, None, since=min(wanted)):
+                for entry in iter_entries(self.store.log_storage, None, since=min(wanted)):
                     if entry.index in wanted and entry.type == T_DECISION:
                         found[entry.index] = dict(entry.fields)
                         if len(found) == len(wanted):
