@@ -151,6 +151,29 @@ def read_lines(source: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def add_caller_file(p: argparse.ArgumentParser) -> None:
+    """``--caller-file FILE|-``, read by :func:`read_caller`: a caller's number is personal data,
+    so it is never taken on the command line (where ``ps`` and shell histories show it)."""
+    p.add_argument(
+        "--caller-file",
+        metavar="FILE",
+        help="file holding the caller's number ('-' for standard input); checked against the "
+        "objection list and kept only as a keyed pseudonym",
+    )
+
+
+def read_caller(source: str | None) -> str | None:
+    """The caller's number from ``--caller-file`` (exactly one), or None without it."""
+    if source is None:
+        return None
+    lines = read_lines(source)
+    if len(lines) != 1:
+        raise InvalidArgument(
+            f"--caller-file must hold exactly one phone number, found {len(lines)}"
+        )
+    return lines[0]
+
+
 def owner_name() -> str:
     """The operating-system user, as whom the CLI acts: the store's owner (DESIGN.md §9)."""
     import getpass

@@ -14,6 +14,7 @@ from ._common import (
     CommandFailed,
     Commands,
     add_at,
+    add_caller_file,
     add_command,
     add_group,
     at_time,
@@ -22,6 +23,7 @@ from ._common import (
     open_store,
     owner_principal,
     parse_attrs,
+    read_caller,
     ref_text,
     table,
 )
@@ -36,6 +38,7 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--call-ref", required=True)
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    add_caller_file(p)
     p.add_argument("--audio", required=True, help="WAV (or any format ffmpeg reads)")
     p.add_argument(
         "--pause",
@@ -78,13 +81,14 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
 
     store = open_store(args.store)
     spans = _pause_spans(args.pause)
+    caller = read_caller(args.caller_file)
     fmt, audio = read_audio_file(args.audio)
     at = at_time(args, store)
     clock = FixedClock(at)
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)
         attrs = parse_attrs(args.attr)
-        decision = sampler.decide(args.call_ref, attrs)
+        decision = sampler.decide(args.call_ref, attrs, caller=caller)
         with Vault(store, log, clock=clock) as vault:
             try:
                 recorder = vault.record(decision, audio_format=fmt, attrs=attrs)

@@ -1,0 +1,112 @@
+"""The CLI's recording commands keep the library's promises: ``record`` hears the caller's number
+(objections and subject requests apply), times print as ISO 8601 (a held recording has no bogus
+expiry date), and WAV input is converted to the recording's format or refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sampledrec import Store
+from sampledrec.cli.app import main
+
+from .recording import PCM, RECORD_REGULATED, new_store
+
+OBJECTOR = "+33 6 12 34 56 78"
+CALLER = "+33 6 98 76 54 32"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return new_store(tmp_path, RECORD_REGULATED)
+
+
+def run(*argv: str | Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main([str(a) for a in argv], out=out)
+    return code, out.getvalue()
+
+
+def run_json(*argv: str | Path) -> tuple[int, Any]:
+    code, out = run(*argv, "--json")
+    return code, json.loads(out)
+
+
+def speech_wav(path: Path, seconds: float = 0.5) -> Path:
+    from sampledrec.vault.audio import encode_wav, synthetic_speech
+
+    path.write_bytes(encode_wav(PCM, synthetic_speech(seconds, seed=3)))
+    return path
+
+
+def record(store: Store, tmp_path: Path, ref: str, *extra: str | Path) -> tuple[int, Any]:
+    wav = speech_wav(tmp_path / f"{ref}.wav")
+    return run_json(
+        "record",
+        "--store",
+        store.path,
+        "--call-ref",
+        ref,
+        "--attr",
+        "queue=regulated",
+        "--audio",
+        wav,
+        *extra,
+    )
+
+
+def number_file(tmp_path: Path, name: str, number: str) -> Path:
+    path = tmp_path / name
+    path.write_text(number + "\n", encoding="utf-8")
+    return path
+
+
+# -- 1. record --caller-file ----------------------------------------------------------------------
+
+
+def test_record_does_not_record_an_objector(store: Store, tmp_path: Path) -> None:
+    objector = number_file(tmp_path, "objector.txt", OBJECTOR)
+    code, _ = run("objections", "add", "--store", store.path, "--file", objector)
+    assert code == 0
+    code, doc = record(store, tmp_path, "call-obj", "--caller-file", objector)
+    assert code == 1, doc
+    assert doc["recorded"] is False and doc["reason"] == "objection"
+    assert not list((store.path / "recordings").rglob("*.sdr"))
+    # Another caller of the same queue is recorded (every call of it is).
+    other = number_file(tmp_path, "other.txt", CALLER)
+    code, doc = record(store, tmp_path, "call-other", "--caller-file", other)
+    assert code == 0 and doc["recorded"] is True
+
+
+def test_a_recording_made_with_caller_file_is_found_by_subject_export(
+    store: Store, tmp_path: Path
+) -> None:
+    caller = number_file(tmp_path, "caller.txt", CALLER)
+    code, doc = record(store, tmp_path, "call-1", "--caller-file", caller)
+    assert code == 0, doc
+    rid = doc["recording"]["id"]
+    code, _ = record(store, tmp_path, "call-2")  # no caller: not this person's
+    assert code == 0
+    out = tmp_path / "person.zip"
+    code, exported = run_json(
+        "subject", "export", "--store", store.path, "--file", caller, "--out", out
+    )
+    assert code == 0, exported
+    assert exported["requests"][0]["recordings"] == [rid]
+    with zipfile.ZipFile(out) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+    assert [r["id"] for r in meta["recordings"]] == [rid]
+
+
+def test_record_caller_file_holds_one_number(store: Store, tmp_path: Path) -> None:
+    two = tmp_path / "two.txt"
+    two.write_text(f"{CALLER}\n{OBJECTOR}\n", encoding="utf-8")
+    code, doc = record(store, tmp_path, "call-2", "--caller-file", two)
+    assert code == 2 and "exactly one phone number" in doc["error"]
+    assert CALLER not in doc["error"]
+    assert not list((store.path / "recordings").rglob("*.sdr"))
