@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,72 @@ def test_record_caller_file_holds_one_number(store: Store, tmp_path: Path) -> No
     assert code == 2 and "exactly one phone number" in doc["error"]
     assert CALLER not in doc["error"]
     assert not list((store.path / "recordings").rglob("*.sdr"))
+
+
+# -- 2. times: ISO 8601 everywhere, and a held recording has no bogus date -------------------------
+
+TIME_FIELDS = ("started_at", "ended_at", "expires_at", "expires_at_sealed")
+
+
+def _is_utc_iso(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and value.endswith("+00:00")
+        and datetime.fromisoformat(value).utcoffset() == timedelta(0)
+    )
+
+
+def test_record_prints_iso_times(store: Store, tmp_path: Path) -> None:
+    code, doc = record(store, tmp_path, "call-t")
+    assert code == 0, doc
+    rec = doc["recording"]
+    assert all(_is_utc_iso(rec[name]) for name in TIME_FIELDS), rec
+    assert rec["held"] is False
+    assert _is_utc_iso(doc["decided_at"])
+
+
+def test_recordings_list_after_a_hold_without_an_end(store: Store, tmp_path: Path) -> None:
+    _, first = record(store, tmp_path, "call-h1")
+    _, second = record(store, tmp_path, "call-h2")
+    _, third = record(store, tmp_path, "call-h3")
+    held, dated, free = (d["recording"]["id"] for d in (first, second, third))
+    code, hold = run_json("hold", "add", held, "--store", store.path, "--reason", "case 17")
+    assert code == 0, hold
+    assert _is_utc_iso(hold["created_at"]) and hold["until"] is None
+    until = "2040-01-01T00:00:00+00:00"
+    code, hold2 = run_json(
+        "hold", "add", dated, "--store", store.path, "--reason", "case 18", "--until", until
+    )
+    assert code == 0 and hold2["until"] == until
+    code, text = run("recordings", "list", "--store", store.path)
+    assert code == 0, text
+    lines = {line.split()[0]: line for line in text.splitlines()[2:]}
+    assert lines[held].endswith("held (no end date)")
+    assert lines[dated].endswith("2040-01-01 (held)")
+    assert "held" not in lines[free]
+    code, doc = run_json("recordings", "list", "--store", store.path)
+    assert code == 0
+    rows = {r["id"]: r for r in doc["recordings"]}
+    assert rows[held]["expires_at"] is None and rows[held]["held"] is True
+    assert rows[dated]["expires_at"] == until and rows[dated]["held"] is True
+    assert rows[free]["held"] is False
+    for row in rows.values():
+        assert all(_is_utc_iso(row[n]) for n in TIME_FIELDS if row[n] is not None), row
+        assert _is_utc_iso(row["expires_at_sealed"])
+    code, holds = run_json("hold", "list", "--store", store.path)
+    assert code == 0
+    for h in holds["holds"]:
+        assert _is_utc_iso(h["created_at"])
+        assert h["until"] is None or _is_utc_iso(h["until"])
+
+
+def test_subject_requests_times_are_iso(store: Store, tmp_path: Path) -> None:
+    caller = number_file(tmp_path, "caller.txt", CALLER)
+    code, _ = run_json("subject", "erase", "--store", store.path, "--file", caller)
+    assert code == 0
+    code, doc = run_json("subject", "requests", "--store", store.path, "--all")
+    assert code == 0, doc
+    assert _is_utc_iso(doc["at"])
+    assert doc["requests"]
+    for r in doc["requests"]:
+        assert _is_utc_iso(r["received_at"]) and _is_utc_iso(r["deadline"])

@@ -8,11 +8,13 @@ from typing import TextIO
 
 from ..clock import FixedClock
 from ..errors import InvalidArgument
+from ..vault.catalog import Hold
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
     Commands,
+    Expiry,
     add_at,
     add_caller_file,
     add_command,
@@ -24,6 +26,7 @@ from ._common import (
     owner_principal,
     parse_attrs,
     read_caller,
+    recording_doc,
     ref_text,
     table,
 )
@@ -109,7 +112,8 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
                     recorder.write(frame)
                     ms += 20
             row = recorder.row
-    doc = {"recorded": True, **decision.to_json(), "recording": row.to_json()}
+    expiry = Expiry.of(row, lambda _rid: ())  # just recorded: no hold yet
+    doc = {"recorded": True, **decision.to_json(), "recording": recording_doc(row, expiry)}
     text = (
         f"RECORDED {row.recording_id}\n"
         f"  call ref: {ref_text(decision.call_ref)} (rule {decision.rule}, purpose "
@@ -118,7 +122,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
         f"{row.audio_format}, encrypted ({row.ciphertext_bytes} bytes, sha256 "
         f"{(row.ciphertext_sha256 or '')[:16]}...)\n"
         f"  pauses:   {', '.join(f'{a}-{b} ms' for a, b in row.pauses) or 'none'}\n"
-        f"  expires:  {iso_us(row.expires_at)}"
+        f"  expires:  {expiry.text()}"
     )
     emit(args, doc, text, out)
     return EXIT_OK
@@ -130,8 +134,13 @@ def cmd_recordings_list(args: argparse.Namespace, out: TextIO) -> int:
     store = open_store(args.store)
     with store.open_log() as log, Vault(store, log) as vault:
         rows = vault.recordings(principal=owner_principal())
-    docs = [r.to_json() for r in rows]
+
+        def holds(recording_id: str) -> list[Hold]:
+            return [h for h, _ in vault.catalog.holds_of(recording_id)]
+
+        expiries = [Expiry.of(r, holds) for r in rows]
     if args.json:
+        docs = [recording_doc(r, e) for r, e in zip(rows, expiries, strict=True)]
         emit(args, {"recordings": docs}, "", out)
         return EXIT_OK
     lines = [
@@ -141,9 +150,9 @@ def cmd_recordings_list(args: argparse.Namespace, out: TextIO) -> int:
             r.rule,
             f"{(r.duration_ms or 0) / 1000:.1f}s",
             iso_us(r.started_at)[:19],
-            iso_us(r.expires_at)[:10],
+            e.text(),
         )
-        for r in rows
+        for r, e in zip(rows, expiries, strict=True)
     ]
     out.write(
         table(["id", "status", "rule", "duration", "started (UTC)", "expires"], lines) + "\n"

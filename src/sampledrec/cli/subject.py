@@ -24,6 +24,7 @@ from ._common import (
     add_group,
     at_time,
     emit,
+    iso_time,
     iso_us,
     open_store,
     owner_principal,
@@ -232,5 +233,5 @@ def cmd_subject_requests(args: argparse.Namespace, out: TextIO) -> int:
     )
     if overdue:
         text += f"\n{overdue} request(s) OVERDUE: answer them now (one month from receipt)."
-    emit(args, {"at": at.isoformat(), "requests": docs, "overdue": overdue}, text, out)
+    emit(args, {"at": iso_time(at), "requests": docs, "overdue": overdue}, text, out)
     return EXIT_OK
