@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import wave
 import zipfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sampledrec import Store
@@ -180,3 +183,112 @@ def test_subject_requests_times_are_iso(store: Store, tmp_path: Path) -> None:
     assert doc["requests"]
     for r in doc["requests"]:
         assert _is_utc_iso(r["received_at"]) and _is_utc_iso(r["deadline"])
+
+
+# -- 4. WAV input: converted to the recording's format, a short file marked truncated -------------
+
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None,
+    reason="ffmpeg is not installed (apt-get install ffmpeg; ./dev test installs it)",
+)
+
+
+def wav_file(path: Path, width: int, rate: int, channels: int, seconds: float = 0.5) -> Path:
+    """A 440 Hz tone as a WAV of ``width``-byte samples (8-bit ones unsigned, as WAV has them)."""
+    t = np.arange(round(seconds * rate)) / rate
+    tone = np.round(12000 * np.sin(2 * np.pi * 440 * t)).astype(np.int32)
+    tone = np.repeat(tone, channels)
+    if width == 1:
+        data = ((tone >> 8) + 128).astype(np.uint8).tobytes()
+    else:
+        data = b"".join(
+            int(v << (8 * width - 16)).to_bytes(width, "little", signed=True) for v in tone
+        )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(data)
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def record_file(store: Store, wav: Path, ref: str, *extra: str) -> tuple[int, Any]:
+    return run_json(
+        "record", "--store", store.path, "--call-ref", ref, "--attr", "queue=regulated",
+        "--audio", wav, *extra,
+    )  # fmt: skip
+
+
+def exported(store: Store, tmp_path: Path, rid: str) -> tuple[int, int, int, int]:
+    """(rate, channels, sample width, frames) of the recording exported as WAV."""
+    target = tmp_path / f"{rid}.out.wav"
+    code, _ = run("recordings", "export", rid, "--store", store.path, "--out", target)
+    assert code == 0
+    with wave.open(str(target)) as w:
+        return w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+
+
+@pytest.mark.parametrize(
+    ("width", "rate", "channels"),
+    [
+        (2, 48000, 2),
+        pytest.param(1, 8000, 1, marks=needs_ffmpeg),
+        pytest.param(1, 22050, 1, marks=needs_ffmpeg),
+        pytest.param(3, 44100, 2, marks=needs_ffmpeg),
+    ],
+)
+def test_record_converts_to_the_recording_format(
+    store: Store, tmp_path: Path, width: int, rate: int, channels: int
+) -> None:
+    wav = wav_file(tmp_path / "in.wav", width, rate, channels)
+    code, doc = record_file(store, wav, f"call-{width}-{rate}")
+    assert code == 0, doc
+    rec = doc["recording"]
+    assert rec["audio_format"] == "pcm16/8000/1"
+    assert rec["status"] == "sealed" and rec["truncated"] is False
+    assert abs(rec["duration_ms"] - 500) <= 1
+    rate, channels, width, frames = exported(store, tmp_path, rec["id"])
+    assert (rate, channels, width) == (8000, 1, 2) and abs(frames - 4000) <= 4
+
+
+def test_record_to_a_declared_format(store: Store, tmp_path: Path) -> None:
+    wav = wav_file(tmp_path / "in.wav", 2, 48000, 2)
+    code, doc = record_file(store, wav, "call-f", "--format", "mulaw/16000/1")
+    assert code == 0, doc
+    assert doc["recording"]["audio_format"] == "mulaw/16000/1"
+    assert doc["source_format"] == "pcm16/48000/2"
+    assert abs(doc["recording"]["duration_ms"] - 500) <= 1
+    code, text = run("record", "--store", store.path, "--call-ref", "call-g", "--attr",
+                     "queue=regulated", "--audio", wav, "--format", "pcm16/8000/1")  # fmt: skip
+    assert code == 0 and "converted from pcm16/48000/2" in text
+    code, doc = record_file(store, wav, "call-h", "--format", "mp3/8000/1")
+    assert code == 2 and "mp3/8000/1" in doc["error"]
+
+
+def test_record_without_ffmpeg_refuses_8_bit_with_the_reason(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
+    wav = wav_file(tmp_path / "u8.wav", 1, 8000, 1)
+    code, doc = record_file(store, wav, "call-u8")
+    assert code != 0 and "8-bit PCM" in doc["error"] and "ffmpeg" in doc["error"]
+    assert not list((store.path / "recordings").rglob("*.sdr"))
+
+
+def test_record_marks_a_truncated_wav(store: Store, tmp_path: Path) -> None:
+    wav = wav_file(tmp_path / "cut.wav", 2, 8000, 1, seconds=1.0)
+    wav.write_bytes(wav.read_bytes()[:-8000])  # the last half second is missing
+    code, doc = record_file(store, wav, "call-cut")
+    assert code == 0, doc
+    rec = doc["recording"]
+    assert rec["truncated"] is True and rec["status"] == "truncated"
+    assert abs(rec["duration_ms"] - 500) <= 1
+    code, text = run("record", "--store", store.path, "--call-ref", "call-cut2", "--attr",
+                     "queue=regulated", "--audio", wav)  # fmt: skip
+    assert code == 0 and "TRUNCATED" in text
+    code, listed = run_json("recordings", "list", "--store", store.path)
+    assert {r["status"] for r in listed["recordings"]} == {"truncated"}
+    assert exported(store, tmp_path, rec["id"])[3] == 4000  # what the file held is readable
+    Store.open(store.path)  # the store is still fine

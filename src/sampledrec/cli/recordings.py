@@ -44,6 +44,13 @@ def register(commands: Commands) -> None:
     add_caller_file(p)
     p.add_argument("--audio", required=True, help="WAV (or any format ffmpeg reads)")
     p.add_argument(
+        "--format",
+        default=DEFAULT_FORMAT,
+        metavar="ENCODING/RATE/CHANNELS",
+        help="the recording's format: the audio is converted to it (default "
+        f"{DEFAULT_FORMAT}, telephone quality; encodings pcm16, mulaw, alaw)",
+    )
+    p.add_argument(
         "--pause",
         action="append",
         default=[],
@@ -59,6 +66,9 @@ def register(commands: Commands) -> None:
     p.add_argument("--out", required=True, help="the WAV file to write (must not exist)")
     add_at(p, "as of this time (forward only): expired recordings are refused")
     add_command(rsub, "recover", cmd_recordings_recover, "re-seal or destroy recordings left open")
+
+
+DEFAULT_FORMAT = "pcm16/8000/1"
 
 
 def _pause_spans(texts: Sequence[str]) -> list[tuple[float, float]]:
@@ -79,13 +89,14 @@ def _pause_spans(texts: Sequence[str]) -> list[tuple[float, float]]:
 
 def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     from ..errors import NotSelected
-    from ..vault.audio import frames, read_audio_file
+    from ..vault.audio import AudioFormat, frames, read_audio_file_as
     from ..vault.recorder import Vault
 
     store = open_store(args.store)
     spans = _pause_spans(args.pause)
     caller = read_caller(args.caller_file)
-    fmt, audio = read_audio_file(args.audio)
+    fmt = AudioFormat.from_text(args.format)
+    source = read_audio_file_as(args.audio, fmt)  # converted, or refused with the reason
     at = at_time(args, store)
     clock = FixedClock(at)
     with store.open_log(clock=clock) as log:
@@ -103,7 +114,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
                 raise CommandFailed(f"{exc} (the decision is logged)") from None
             ms = 0
             with recorder:
-                for frame in frames(audio, fmt, 20):
+                for frame in frames(source.audio, fmt, 20):
                     seconds = ms / 1000
                     if any(a <= seconds < b for a, b in spans):
                         recorder.pause()
@@ -111,17 +122,30 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
                         recorder.resume()
                     recorder.write(frame)
                     ms += 20
-            row = recorder.row
+                row = recorder.close(truncated=source.truncated)
     expiry = Expiry.of(row, lambda _rid: ())  # just recorded: no hold yet
-    doc = {"recorded": True, **decision.to_json(), "recording": recording_doc(row, expiry)}
+    doc = {
+        "recorded": True,
+        **decision.to_json(),
+        "recording": recording_doc(row, expiry),
+        "source_format": source.source.to_text(),
+    }
     text = (
         f"RECORDED {row.recording_id}\n"
         f"  call ref: {ref_text(decision.call_ref)} (rule {decision.rule}, purpose "
         f"{decision.purpose})\n"
         f"  audio:    {row.duration_ms / 1000 if row.duration_ms else 0:.2f} s, "
-        f"{row.audio_format}, encrypted ({row.ciphertext_bytes} bytes, sha256 "
+        f"{row.audio_format}"
+        + ("" if source.source == fmt else f" (converted from {source.source.to_text()})")
+        + f", encrypted ({row.ciphertext_bytes} bytes, sha256 "
         f"{(row.ciphertext_sha256 or '')[:16]}...)\n"
-        f"  pauses:   {', '.join(f'{a}-{b} ms' for a, b in row.pauses) or 'none'}\n"
+        + (
+            "  TRUNCATED: the file ends before the audio its header announces; what it holds "
+            "is kept, and the recording is marked truncated\n"
+            if source.truncated
+            else ""
+        )
+        + f"  pauses:   {', '.join(f'{a}-{b} ms' for a, b in row.pauses) or 'none'}\n"
         f"  expires:  {expiry.text()}"
     )
     emit(args, doc, text, out)
