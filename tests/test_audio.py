@@ -49,6 +49,7 @@ from sampledrec.vault.audio import (
     pcm16_to_ulaw,
     pcm_convert,
     read_audio_file,
+    read_audio_file_as,
     silence,
     synthetic_speech,
     to_pcm16,
@@ -870,6 +871,132 @@ def test_read_audio_file_reports_what_ffmpeg_says(tmp_path: Path, no_temp_files:
     ffmpeg("-f", "lavfi", "-i", "color=c=black:s=16x16", "-frames:v", "1", str(video_only))
     with pytest.raises(InvalidAudio, match=r"still\.png: ffmpeg cannot decode it"):
         read_audio_file(video_only)
+
+
+# --- Files for a recording: converted to its format, marked when cut short ------------------------
+
+
+def sine(seconds: float, rate: int, hz: float = 440.0, amplitude: float = 12000.0) -> bytes:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.round(amplitude * np.sin(2 * np.pi * hz * t)).astype("<i2").tobytes()
+
+
+def dominant_hz(pcm: bytes, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples(pcm).astype(float)))
+    return float(np.argmax(spectrum) * rate / (len(pcm) // 2))
+
+
+def wav_of_width(width: int, rate: int, channels: int, frames_: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(frames_)
+    return out.getvalue()
+
+
+def test_read_as_converts_48k_stereo_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_temp_files: Path
+) -> None:
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ffmpeg must not be needed for a 16-bit WAV")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    mono = sine(1.0, 48000)
+    _, stereo = pcm_convert(mono, AudioFormat("pcm16", 48000, 1), to_channels=2)
+    path = tmp_path / "wideband.wav"
+    path.write_bytes(encode_wav(AudioFormat("pcm16", 48000, 2), stereo))
+    got = read_audio_file_as(path, PCM8K)
+    assert got.format == PCM8K and got.source == AudioFormat("pcm16", 48000, 2)
+    assert not got.truncated
+    assert abs(len(got.audio) - 2 * 8000) <= 4
+    assert abs(dominant_hz(got.audio, 8000) - 440) < 2
+    peak = np.abs(samples(got.audio)).max()
+    assert 11000 < peak <= 12100  # the level is kept
+    # To G.711: the same audio, encoded.
+    ulaw = read_audio_file_as(path, MULAW8K)
+    assert ulaw.format == MULAW8K and ulaw.audio == pcm16_to_ulaw(got.audio)
+    # Audio already in the format asked for is kept bit-exact, G.711 included.
+    same = tmp_path / "same.wav"
+    pcm = random_pcm(800, seed=2)
+    same.write_bytes(encode_wav(PCM8K, pcm))
+    assert read_audio_file_as(same, PCM8K).audio == pcm
+    codes = bytes(range(256))
+    g711 = tmp_path / "g711.wav"
+    g711.write_bytes(riff((b"fmt ", fmt_chunk(7, 1, 8000, 8)), (b"data", codes)))
+    assert read_audio_file_as(g711, MULAW8K).audio == codes
+    assert read_audio_file_as(g711, PCM8K).audio == ulaw_to_pcm16(codes)
+
+
+@needs_ffmpeg
+def test_read_as_converts_8_bit_unsigned(tmp_path: Path, no_temp_files: Path) -> None:
+    pcm = sine(0.5, 8000)
+    unsigned = ((samples(pcm).astype(np.int32) >> 8) + 128).astype(np.uint8).tobytes()
+    path = tmp_path / "u8.wav"
+    path.write_bytes(wav_of_width(1, 8000, 1, unsigned))
+    got = read_audio_file_as(path, PCM8K)
+    assert got.format == PCM8K and not got.truncated
+    # Unsigned 8-bit samples (128 is silence) become signed 16-bit ones: (x - 128) * 256.
+    expected = (np.frombuffer(unsigned, np.uint8).astype(np.int32) - 128) * 256
+    assert np.array_equal(samples(got.audio).astype(np.int32), expected)
+
+
+@needs_ffmpeg
+def test_read_as_converts_24_bit(tmp_path: Path, no_temp_files: Path) -> None:
+    pcm = sine(0.5, 16000)
+    wide = b"".join(b"\x00" + pcm[i : i + 2] for i in range(0, len(pcm), 2))
+    path = tmp_path / "s24.wav"
+    path.write_bytes(wav_of_width(3, 16000, 1, wide))
+    got = read_audio_file_as(path, PCM8K)
+    assert got.format == PCM8K and got.source == AudioFormat("pcm16", 16000, 1)
+    assert abs(len(got.audio) - 8000) <= 4
+    assert abs(dominant_hz(got.audio, 8000) - 440) < 2
+    assert read_audio_file_as(path, got.source).audio == pcm  # 16-bit content: exact
+
+
+def test_read_as_refuses_other_widths_without_ffmpeg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
+    for width in (1, 3):
+        path = tmp_path / f"w{width}.wav"
+        path.write_bytes(wav_of_width(width, 8000, 1, bytes(width * 80)))
+        with pytest.raises(FFmpegNotFound, match=f"{8 * width}-bit PCM.*needs ffmpeg"):
+            read_audio_file_as(path, PCM8K)
+
+
+def test_read_as_marks_a_truncated_wav(tmp_path: Path, no_temp_files: Path) -> None:
+    pcm = random_pcm(8000, seed=7)
+    whole = encode_wav(PCM8K, pcm)
+    path = tmp_path / "call.wav"
+    path.write_bytes(whole)
+    assert read_audio_file_as(path, PCM8K).truncated is False
+    path.write_bytes(whole[:-1001])  # cut mid-sample
+    got = read_audio_file_as(path, PCM8K)
+    assert got.truncated is True
+    assert got.audio == pcm[: (len(pcm) - 1001) // 2 * 2]  # every whole sample kept
+    # G.711 parsed by hand, and a WAV streamed without sizes (never truncated).
+    codes = bytes(range(200))
+    g711 = riff((b"fmt ", fmt_chunk(6, 1, 8000, 8)), (b"data", codes))
+    path.write_bytes(g711[:-50])
+    assert read_audio_file_as(path, ALAW8K) == audio.AudioFile(ALAW8K, codes[:150], ALAW8K, True)
+    header = riff((b"fmt ", fmt_chunk(7, 1, 8000, 8)), declared_size=0xFFFFFFFF)
+    path.write_bytes(header + b"data" + b"\xff\xff\xff\xff" + codes)
+    assert read_audio_file_as(path, MULAW8K).truncated is False
+
+
+@needs_ffmpeg
+def test_read_as_marks_a_truncated_wav_that_ffmpeg_decodes(
+    tmp_path: Path, no_temp_files: Path
+) -> None:
+    pcm = sine(0.5, 8000)
+    wide = b"".join(b"\x00" + pcm[i : i + 2] for i in range(0, len(pcm), 2))
+    path = tmp_path / "s24.wav"
+    path.write_bytes(wav_of_width(3, 8000, 1, wide)[:-300])
+    got = read_audio_file_as(path, PCM8K)
+    assert got.truncated is True
+    assert got.audio == pcm[: len(got.audio)] and len(got.audio) == len(pcm) - 200
 
 
 # --- Synthetic speech ---------------------------------------------------------------------------

@@ -392,8 +392,13 @@ class Store:
         )
 
     def objections(self) -> ObjectionList:
+        """The callers who objected; :meth:`ObjectionList.add_all` saves under the store's
+        lock, in one atomic write."""
         return ObjectionList.load(
-            self.keyring.pseudonym_key(), self.path / "objections.txt", region=self.region
+            self.keyring.pseudonym_key(),
+            self.path / "objections.txt",
+            region=self.region,
+            lock=self.lock,
         )
 
     @contextlib.contextmanager
@@ -559,9 +564,12 @@ class Store:
                     )
         return keys
 
-    def write_revealed(self, keys: list[RevealedKey], out: str | os.PathLike[str]) -> None:
+    def write_revealed(
+        self, keys: list[RevealedKey], out: str | os.PathLike[str], *, replace: bool = False
+    ) -> None:
         """Write revealed keys as JSON for an auditor (0600; the keys are still secrets until
-        the auditor has them)."""
+        the auditor has them), whole or not at all. An existing file is refused
+        (:class:`InvalidArgument`) and left as it was, unless ``replace`` is true."""
         doc = {
             "format": REVEALED_FORMAT,
             "version": 1,
@@ -572,7 +580,14 @@ class Store:
                 for k in keys
             ],
         }
-        write_atomic(Path(out), json.dumps(doc, indent=2).encode() + b"\n", replace=True)
+        path = Path(out)
+        try:
+            write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", replace=replace)
+        except FileExistsError:
+            raise InvalidArgument(
+                f"{path} exists; write the revealed keys to a new file, or replace it on purpose "
+                "(replace=True)"
+            ) from None
 
 
 def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeAlias
 
@@ -15,6 +16,7 @@ from ..clock import SYSTEM_CLOCK, parse_time
 from ..errors import InvalidArgument, SampledrecError
 from ..store import Store
 from ..vault.access import Principal
+from ..vault.catalog import Hold, RecordingRow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 
@@ -103,10 +105,72 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+# Times, in text and in --json alike, are ISO 8601 in UTC with an explicit offset:
+# "2026-12-03T10:00:00+00:00" (microseconds only when there are some), as Python's isoformat()
+# writes them and as the library's to_json() methods do; never microsecond integers.
+
+
+def iso_time(moment: datetime) -> str:
+    """``moment`` as ISO 8601 in UTC: ``2026-12-03T10:00:00+00:00``."""
+    return moment.astimezone(UTC).isoformat()
+
+
 def iso_us(us: int) -> str:
+    """A time stored as microseconds since 1970 (UTC), as :func:`iso_time` writes it."""
     from ..log.format import from_micros
 
-    return from_micros(us).isoformat()
+    return iso_time(from_micros(us))
+
+
+def iso_us_or_none(us: int | None) -> str | None:
+    return None if us is None else iso_us(us)
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """When a recording expires, as people and machines should read it. A legal hold puts the
+    catalog's effective expiry at a sentinel far in the future (``retention.sweep.HELD_UNTIL``),
+    which is no date: held, the recording expires when its last hold ends (or at its own expiry,
+    if later), and never while a hold without an end date keeps it."""
+
+    at: int | None  # µs since 1970; None: held with no end date
+    held: bool
+
+    @classmethod
+    def of(cls, row: RecordingRow, holds: Callable[[str], Sequence[Hold]]) -> Expiry:
+        """``row``'s expiry; ``holds(recording_id)`` gives a recording's holds (asked only
+        when it is held)."""
+        from ..retention.sweep import HELD_UNTIL
+
+        if row.expires_at < HELD_UNTIL:
+            return cls(row.expires_at, held=False)
+        # A hold whose end has passed keeps the recording until the next sweep releases it.
+        ends = [h.until for h in holds(row.recording_id) if h.released_at is None]
+        if not ends:
+            return cls(row.expires_at_sealed, held=False)
+        if any(end is None for end in ends):
+            return cls(None, held=True)
+        return cls(max([row.expires_at_sealed, *(e for e in ends if e is not None)]), held=True)
+
+    def json(self) -> str | None:
+        return iso_us_or_none(self.at)
+
+    def text(self) -> str:
+        if self.at is None:
+            return "held (no end date)"
+        return iso_us(self.at)[:10] + (" (held)" if self.held else "")
+
+
+def recording_doc(row: RecordingRow, expiry: Expiry) -> dict[str, Any]:
+    """A catalog row for --json: every time ISO 8601 (:func:`iso_time`); ``expires_at`` is
+    null while a hold without an end date keeps the recording, and ``held`` says whether a
+    hold keeps it."""
+    doc = row.to_json()
+    for name in ("started_at", "ended_at", "expires_at_sealed"):
+        doc[name] = iso_us_or_none(doc[name])
+    doc["expires_at"] = expiry.json()
+    doc["held"] = expiry.held
+    return doc
 
 
 def ref_text(ref: str | bytes) -> str:
@@ -149,6 +213,29 @@ def parse_attrs(pairs: Sequence[str]) -> dict[str, str]:
 def read_lines(source: str) -> list[str]:
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def add_caller_file(p: argparse.ArgumentParser) -> None:
+    """``--caller-file FILE|-``, read by :func:`read_caller`: a caller's number is personal data,
+    so it is never taken on the command line (where ``ps`` and shell histories show it)."""
+    p.add_argument(
+        "--caller-file",
+        metavar="FILE",
+        help="file holding the caller's number ('-' for standard input); checked against the "
+        "objection list and kept only as a keyed pseudonym",
+    )
+
+
+def read_caller(source: str | None) -> str | None:
+    """The caller's number from ``--caller-file`` (exactly one), or None without it."""
+    if source is None:
+        return None
+    lines = read_lines(source)
+    if len(lines) != 1:
+        raise InvalidArgument(
+            f"--caller-file must hold exactly one phone number, found {len(lines)}"
+        )
+    return lines[0]
 
 
 def owner_name() -> str:

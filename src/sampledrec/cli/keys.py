@@ -24,7 +24,8 @@ def register(commands: Commands) -> None:
     p = add_command(
         ksub, "reveal", cmd_keys_reveal, "write the keys of ended epochs for an auditor"
     )
-    p.add_argument("--out", required=True, help="JSON file to write (0600)")
+    p.add_argument("--out", required=True, help="JSON file to write (0600; must not exist)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_at(p, "reveal as of this time (simulated stores only may go ahead)")
 
 
@@ -42,7 +43,12 @@ def cmd_keys_reveal(args: argparse.Namespace, out: TextIO) -> int:
         raise CommandFailed(str(exc)) from None
     except InvalidArgument as exc:
         raise CommandFailed(str(exc)) from None
-    store.write_revealed(keys, args.out)
+    try:
+        store.write_revealed(keys, args.out, replace=args.force)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"{args.out} exists; choose a new --out file, or pass --force to replace it"
+        ) from None
     epochs = [k.epoch_id for k in keys]
     text = (
         f"Revealed {len(keys)} ended epoch key(s) to {args.out}"

@@ -8,12 +8,15 @@ from typing import TextIO
 
 from ..clock import FixedClock
 from ..errors import InvalidArgument
+from ..vault.catalog import Hold
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandFailed,
     Commands,
+    Expiry,
     add_at,
+    add_caller_file,
     add_command,
     add_group,
     at_time,
@@ -22,6 +25,8 @@ from ._common import (
     open_store,
     owner_principal,
     parse_attrs,
+    read_caller,
+    recording_doc,
     ref_text,
     table,
 )
@@ -36,7 +41,15 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--call-ref", required=True)
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    add_caller_file(p)
     p.add_argument("--audio", required=True, help="WAV (or any format ffmpeg reads)")
+    p.add_argument(
+        "--format",
+        default=DEFAULT_FORMAT,
+        metavar="ENCODING/RATE/CHANNELS",
+        help="the recording's format: the audio is converted to it (default "
+        f"{DEFAULT_FORMAT}, telephone quality; encodings pcm16, mulaw, alaw)",
+    )
     p.add_argument(
         "--pause",
         action="append",
@@ -53,6 +66,9 @@ def register(commands: Commands) -> None:
     p.add_argument("--out", required=True, help="the WAV file to write (must not exist)")
     add_at(p, "as of this time (forward only): expired recordings are refused")
     add_command(rsub, "recover", cmd_recordings_recover, "re-seal or destroy recordings left open")
+
+
+DEFAULT_FORMAT = "pcm16/8000/1"
 
 
 def _pause_spans(texts: Sequence[str]) -> list[tuple[float, float]]:
@@ -73,18 +89,20 @@ def _pause_spans(texts: Sequence[str]) -> list[tuple[float, float]]:
 
 def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     from ..errors import NotSelected
-    from ..vault.audio import frames, read_audio_file
+    from ..vault.audio import AudioFormat, frames, read_audio_file_as
     from ..vault.recorder import Vault
 
     store = open_store(args.store)
     spans = _pause_spans(args.pause)
-    fmt, audio = read_audio_file(args.audio)
+    caller = read_caller(args.caller_file)
+    fmt = AudioFormat.from_text(args.format)
+    source = read_audio_file_as(args.audio, fmt)  # converted, or refused with the reason
     at = at_time(args, store)
     clock = FixedClock(at)
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)
         attrs = parse_attrs(args.attr)
-        decision = sampler.decide(args.call_ref, attrs)
+        decision = sampler.decide(args.call_ref, attrs, caller=caller)
         with Vault(store, log, clock=clock) as vault:
             try:
                 recorder = vault.record(decision, audio_format=fmt, attrs=attrs)
@@ -96,7 +114,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
                 raise CommandFailed(f"{exc} (the decision is logged)") from None
             ms = 0
             with recorder:
-                for frame in frames(audio, fmt, 20):
+                for frame in frames(source.audio, fmt, 20):
                     seconds = ms / 1000
                     if any(a <= seconds < b for a, b in spans):
                         recorder.pause()
@@ -104,17 +122,31 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
                         recorder.resume()
                     recorder.write(frame)
                     ms += 20
-            row = recorder.row
-    doc = {"recorded": True, **decision.to_json(), "recording": row.to_json()}
+                row = recorder.close(truncated=source.truncated)
+    expiry = Expiry.of(row, lambda _rid: ())  # just recorded: no hold yet
+    doc = {
+        "recorded": True,
+        **decision.to_json(),
+        "recording": recording_doc(row, expiry),
+        "source_format": source.source.to_text(),
+    }
     text = (
         f"RECORDED {row.recording_id}\n"
         f"  call ref: {ref_text(decision.call_ref)} (rule {decision.rule}, purpose "
         f"{decision.purpose})\n"
         f"  audio:    {row.duration_ms / 1000 if row.duration_ms else 0:.2f} s, "
-        f"{row.audio_format}, encrypted ({row.ciphertext_bytes} bytes, sha256 "
+        f"{row.audio_format}"
+        + ("" if source.source == fmt else f" (converted from {source.source.to_text()})")
+        + f", encrypted ({row.ciphertext_bytes} bytes, sha256 "
         f"{(row.ciphertext_sha256 or '')[:16]}...)\n"
-        f"  pauses:   {', '.join(f'{a}-{b} ms' for a, b in row.pauses) or 'none'}\n"
-        f"  expires:  {iso_us(row.expires_at)}"
+        + (
+            "  TRUNCATED: the file ends before the audio its header announces; what it holds "
+            "is kept, and the recording is marked truncated\n"
+            if source.truncated
+            else ""
+        )
+        + f"  pauses:   {', '.join(f'{a}-{b} ms' for a, b in row.pauses) or 'none'}\n"
+        f"  expires:  {expiry.text()}"
     )
     emit(args, doc, text, out)
     return EXIT_OK
@@ -126,8 +158,13 @@ def cmd_recordings_list(args: argparse.Namespace, out: TextIO) -> int:
     store = open_store(args.store)
     with store.open_log() as log, Vault(store, log) as vault:
         rows = vault.recordings(principal=owner_principal())
-    docs = [r.to_json() for r in rows]
+
+        def holds(recording_id: str) -> list[Hold]:
+            return [h for h, _ in vault.catalog.holds_of(recording_id)]
+
+        expiries = [Expiry.of(r, holds) for r in rows]
     if args.json:
+        docs = [recording_doc(r, e) for r, e in zip(rows, expiries, strict=True)]
         emit(args, {"recordings": docs}, "", out)
         return EXIT_OK
     lines = [
@@ -137,9 +174,9 @@ def cmd_recordings_list(args: argparse.Namespace, out: TextIO) -> int:
             r.rule,
             f"{(r.duration_ms or 0) / 1000:.1f}s",
             iso_us(r.started_at)[:19],
-            iso_us(r.expires_at)[:10],
+            e.text(),
         )
-        for r in rows
+        for r, e in zip(rows, expiries, strict=True)
     ]
     out.write(
         table(["id", "status", "rule", "duration", "started (UTC)", "expires"], lines) + "\n"

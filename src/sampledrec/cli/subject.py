@@ -24,6 +24,7 @@ from ._common import (
     add_group,
     at_time,
     emit,
+    iso_time,
     iso_us,
     open_store,
     owner_principal,
@@ -69,15 +70,10 @@ def register(commands: Commands) -> None:
 
 def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
     store = open_store(args.store)
-    numbers = read_lines(args.file)
-    if not numbers:
-        raise InvalidArgument(
-            f"no phone number found in {'standard input' if args.file == '-' else args.file}"
-        )
+    numbers = _numbers(args, store)
     objections = store.objections()
     before = len(objections)
-    for number in numbers:
-        objections.add(number)
+    objections.add_all(numbers)  # all or none, in one atomic write
     added = len(objections) - before
     emit(
         args,
@@ -89,9 +85,9 @@ def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _subject_numbers(args: argparse.Namespace, store: Store) -> list[str]:
-    """The numbers to act on, from a file or stdin (DESIGN.md §9), all checked before any
-    request is recorded, so that a typo does not leave half the list answered."""
+def _numbers(args: argparse.Namespace, store: Store) -> list[str]:
+    """The numbers to act on, from a file or stdin (DESIGN.md §9), all checked before anything
+    is saved or any request recorded, so that a typo does not leave half the list done."""
     from ..sampling.objections import normalize_number
 
     where = "standard input" if args.file == "-" else args.file
@@ -102,7 +98,7 @@ def _subject_numbers(args: argparse.Namespace, store: Store) -> list[str]:
         try:
             normalize_number(number, region=store.region)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"number {i} of {where}: {exc}") from None
+            raise InvalidArgument(f"number {i} of {where}: {exc}; nothing was done") from None
     return numbers
 
 
@@ -114,7 +110,7 @@ def cmd_subject_export(args: argparse.Namespace, out: TextIO) -> int:
     from ..vault.recorder import Vault
 
     store = open_store(args.store)
-    numbers = _subject_numbers(args, store)
+    numbers = _numbers(args, store)
     target = Path(args.out)
     # One file per person: never two people's recordings in one archive.
     paths = (
@@ -164,7 +160,7 @@ def cmd_subject_erase(args: argparse.Namespace, out: TextIO) -> int:
     from ..vault.recorder import Vault
 
     store = open_store(args.store)
-    numbers = _subject_numbers(args, store)
+    numbers = _numbers(args, store)
     who = owner_principal()
     docs: list[dict[str, Any]] = []
     with store.open_log() as log, Vault(store, log) as vault:
@@ -237,5 +233,5 @@ def cmd_subject_requests(args: argparse.Namespace, out: TextIO) -> int:
     )
     if overdue:
         text += f"\n{overdue} request(s) OVERDUE: answer them now (one month from receipt)."
-    emit(args, {"at": at.isoformat(), "requests": docs, "overdue": overdue}, text, out)
+    emit(args, {"at": iso_time(at), "requests": docs, "overdue": overdue}, text, out)
     return EXIT_OK

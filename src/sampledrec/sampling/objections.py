@@ -9,14 +9,15 @@ store's default region; without it, numbers must be international (``+33 6 ...``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
+from .._hazmat.files import write_atomic
 from ..errors import InvalidArgument
 
 __all__ = ["ObjectionList", "caller_pseudonym", "check_region", "normalize_number"]
@@ -108,7 +109,9 @@ def caller_pseudonym(key: bytes, number: str, *, region: str | None = None) -> s
 class ObjectionList:
     """Pseudonyms of callers who objected to recording. Numbers are never stored.
 
-    Saved as one pseudonym per line in ``STORE/objections.txt`` (0600).
+    Saved as one pseudonym per line in ``STORE/objections.txt`` (0600). Every change is one
+    atomic write of the whole file (under ``lock``, the store's lock, when given), so a list is
+    never saved half-changed and concurrent additions are all kept.
     """
 
     def __init__(
@@ -118,11 +121,13 @@ class ObjectionList:
         *,
         path: Path | None = None,
         region: str | None = None,
+        lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._key = key
         self._items = set(pseudonyms)
         self.path = path
         self.region = region
+        self._lock = lock
 
     def __repr__(self) -> str:
         return f"ObjectionList({len(self._items)} callers)"
@@ -138,16 +143,40 @@ class ObjectionList:
 
     def add(self, number: str) -> str:
         """Add a caller; returns their pseudonym. Saved at once when the list has a path."""
-        pseudo = self.pseudonym(number)
-        if pseudo not in self._items:
-            self._items.add(pseudo)
-            if self.path is not None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                with os.fdopen(fd, "a", encoding="ascii") as fh:
-                    fh.write(pseudo + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        return pseudo
+        return self.add_all([number])[0]
+
+    def add_all(self, numbers: Iterable[str]) -> list[str]:
+        """Add callers, all or none: every number is checked first, then the list is saved in
+        one atomic write (when it has a path). Returns their pseudonyms, in order.
+
+        Raises
+        ------
+        InvalidArgument
+            A number is not a phone number; the message gives its position (never the number)
+            and nothing is added.
+        """
+        numbers = list(numbers)
+        pseudonyms = []
+        for i, number in enumerate(numbers, 1):
+            try:
+                pseudonyms.append(self.pseudonym(number))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"number {i} of {len(numbers)}: {exc}; nothing was added"
+                ) from None
+        if self.path is None:
+            self._items.update(pseudonyms)
+            return pseudonyms
+        with self._lock() if self._lock is not None else contextlib.nullcontext():
+            # What is on disk now: another process may have added callers since this was read.
+            saved = _read_pseudonyms(self.path)
+            known = set(saved)
+            new = [p for p in dict.fromkeys(pseudonyms) if p not in known]
+            if new:
+                text = "".join(p + "\n" for p in [*saved, *new])
+                write_atomic(self.path, text.encode("ascii"), replace=True)
+            self._items.update(saved, new)
+        return pseudonyms
 
     def contains_pseudonym(self, pseudonym: str) -> bool:
         return pseudonym in self._items
@@ -158,8 +187,20 @@ class ObjectionList:
         return self.pseudonym(number) in self._items
 
     @classmethod
-    def load(cls, key: bytes, path: Path, *, region: str | None = None) -> ObjectionList:
-        items: list[str] = []
-        if path.exists():
-            items = [line.strip() for line in path.read_text("ascii").splitlines() if line.strip()]
-        return cls(key, items, path=path, region=region)
+    def load(
+        cls,
+        key: bytes,
+        path: Path,
+        *,
+        region: str | None = None,
+        lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> ObjectionList:
+        return cls(key, _read_pseudonyms(path), path=path, region=region, lock=lock)
+
+
+def _read_pseudonyms(path: Path) -> list[str]:
+    try:
+        text = path.read_text("ascii")
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -9,7 +9,8 @@ This module owns everything sampledrec knows about audio samples (DESIGN.md §10
 * WAV in memory (:func:`decode_wav`, :func:`encode_wav`), silence, 20 ms frames, durations and
   numpy arrays accepted as frames (:func:`as_bytes`);
 * :func:`read_audio_file`, which decodes WAV in memory and anything else (MP3, Ogg, FLAC...)
-  through ``ffmpeg`` over a pipe;
+  through ``ffmpeg`` over a pipe, and :func:`read_audio_file_as`, which also converts the audio
+  to a recording's format and tells whether the file was cut short (:class:`AudioFile`);
 * :func:`synthetic_speech`, a deterministic speech-like signal for demos and tests.
 
 Plaintext audio never touches the disk here: pydub's ``from_file``/``export`` write temporary
@@ -58,6 +59,7 @@ from ..errors import AudioTypeError, FFmpegNotFound, InvalidAudio
 __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
+    "AudioFile",
     "AudioFormat",
     "BytesLike",
     "Encoding",
@@ -72,6 +74,7 @@ __all__ = [
     "pcm16_to_ulaw",
     "pcm_convert",
     "read_audio_file",
+    "read_audio_file_as",
     "silence",
     "synthetic_speech",
     "to_pcm16",
@@ -747,7 +750,8 @@ def read_audio_file(
     48000 Hz; others are resampled to the nearest of those).
 
     ``sample_rate`` and ``channels``, when given, convert the audio to PCM16 at that rate and
-    channel count. The whole file is decoded in memory.
+    channel count. The whole file is decoded in memory. :func:`read_audio_file_as` converts to
+    any format and also says whether the file was cut short.
 
     Raises
     ------
@@ -764,29 +768,110 @@ def read_audio_file(
         sample_rate = AudioFormat("pcm16", sample_rate, 1).sample_rate
     if channels is not None:
         channels = AudioFormat("pcm16", MIN_SAMPLE_RATE, channels).channels
-    with path.open("rb") as f:
-        head = f.read(12)
-        is_wav = head[:4] == b"RIFF" and head[8:12] == b"WAVE"
-        data = head + f.read() if is_wav else b""
-    if is_wav:
-        try:
-            fmt, audio = decode_wav(data)
-        except _UnsupportedWav as exc:
-            if shutil.which("ffmpeg") is None:
-                raise FFmpegNotFound(
-                    f"{path}: {exc}; converting it needs ffmpeg, which is not installed "
-                    "(apt-get install ffmpeg)"
-                ) from None
-            fmt, audio = _ffmpeg_decode(path, sample_rate, channels)
-        except InvalidAudio as exc:
-            raise InvalidAudio(f"{path}: {exc}") from None
-    else:
-        fmt, audio = _ffmpeg_decode(path, sample_rate, channels)
+    fmt, audio, _ = _read_file(path, sample_rate, channels)
     if sample_rate is None and channels is None:
         return fmt, audio
     return pcm_convert(
         to_pcm16(audio, fmt), fmt.as_pcm16(), to_rate=sample_rate, to_channels=channels
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFile:
+    """Audio read from a file by :func:`read_audio_file_as`.
+
+    Attributes
+    ----------
+    format
+        The format asked for, which ``audio`` is in.
+    audio
+        The audio bytes.
+    source
+        The format the file's audio was decoded to before conversion (PCM16 for anything
+        ffmpeg decoded).
+    truncated
+        The file ends before the end of the audio its header announces (a WAV whose data chunk
+        is shorter than its stated size): what is there is kept, and a recording made of it
+        should be marked truncated.
+    """
+
+    format: AudioFormat
+    audio: bytes = dataclasses.field(repr=False)
+    source: AudioFormat
+    truncated: bool = False
+
+
+def read_audio_file_as(path: str | os.PathLike[str], fmt: AudioFormat) -> AudioFile:
+    """Read an audio file for a recording in ``fmt``, never writing anything to disk.
+
+    The file is decoded as :func:`read_audio_file` does (WAV in memory; other files, and WAV
+    samples other than 16-bit PCM and G.711, by ``ffmpeg`` over a pipe), then converted to
+    ``fmt`` in memory: decoded to PCM16, resampled and mixed down or up with pydub
+    (:func:`pcm_convert`), and encoded to G.711 if ``fmt`` asks for it. Audio already in
+    ``fmt`` is kept bit-exact.
+
+    Raises
+    ------
+    InvalidAudio
+        The file cannot be decoded, or ``fmt`` is no :class:`AudioFormat`.
+    FFmpegNotFound
+        The file needs ffmpeg (a non-WAV file, or a WAV of 8-, 24- or 32-bit samples), and
+        ffmpeg is not installed: the message gives the reason.
+    OSError
+        The file cannot be opened.
+    """
+    fmt = _check_format(fmt)
+    source, audio, truncated = _read_file(Path(path), None, None)
+    if source != fmt:
+        pcm = to_pcm16(audio, source)
+        if (source.sample_rate, source.channels) != (fmt.sample_rate, fmt.channels):
+            _, pcm = pcm_convert(
+                pcm, source.as_pcm16(), to_rate=fmt.sample_rate, to_channels=fmt.channels
+            )
+        audio = from_pcm16(pcm, fmt)
+    return AudioFile(fmt, audio, source, truncated)
+
+
+def _read_file(
+    path: Path, sample_rate: int | None, channels: int | None
+) -> tuple[AudioFormat, bytes, bool]:
+    """The file's audio, decoded (WAV in memory, else ffmpeg, asked for ``sample_rate`` and
+    ``channels`` when given), and whether it is cut short."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        is_wav = head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+        data = head + f.read() if is_wav else b""
+    if not is_wav:
+        return (*_ffmpeg_decode(path, sample_rate, channels), False)
+    truncated = _wav_truncated(data)
+    try:
+        fmt, audio = decode_wav(data)
+    except _UnsupportedWav as exc:
+        if shutil.which("ffmpeg") is None:
+            raise FFmpegNotFound(
+                f"{path}: {exc}; converting it needs ffmpeg, which is not installed "
+                "(apt-get install ffmpeg)"
+            ) from None
+        fmt, audio = _ffmpeg_decode(path, sample_rate, channels)
+    except InvalidAudio as exc:
+        raise InvalidAudio(f"{path}: {exc}") from None
+    return fmt, audio, truncated
+
+
+_STREAMED: Final = 0xFFFFFFFF  # the data size of a WAV written to a pipe: "to the end"
+
+
+def _wav_truncated(buf: bytes) -> bool:
+    """Whether a WAV file's data chunk is shorter than its header says (the file was cut
+    short). A WAV streamed through a pipe states no size (0xFFFFFFFF) and is never truncated."""
+    pos = 12
+    while pos + 8 <= len(buf):
+        chunk_id = buf[pos : pos + 4]
+        size: int = struct.unpack_from("<I", buf, pos + 4)[0]
+        if chunk_id == b"data":
+            return size != _STREAMED and pos + 8 + size > len(buf)
+        pos += 8 + size + (size & 1)
+    return False
 
 
 # The rates ffmpeg may keep; a source at any other rate is resampled to the nearest of them.

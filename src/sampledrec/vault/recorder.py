@@ -775,8 +775,10 @@ class Recorder:
             self._writer.write(data)
         self._pending.clear()
 
-    def close(self) -> RecordingRow:
-        """Seal the recording: final chunk, catalog row, log entry with the ciphertext's hash."""
+    def close(self, *, truncated: bool = False) -> RecordingRow:
+        """Seal the recording: final chunk, catalog row, log entry with the ciphertext's hash.
+        ``truncated``: the audio stopped early (its source was cut short); the recording is
+        marked truncated, as crash recovery marks a re-sealed prefix."""
         self.resume()
         with self._lock:
             if self._state != "open":
@@ -787,7 +789,7 @@ class Recorder:
             info = self._writer.close()
             self._file.close()  # durable before the catalog and the log call it sealed
             self._state = "sealed"
-        self._vault._sealed(self.row, info, truncated=False, pauses=self._pauses)
+        self._vault._sealed(self.row, info, truncated=truncated, pauses=self._pauses)
         self._key = b""
         row = self._vault.catalog.get(self.row.recording_id)
         assert row is not None
