@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -269,18 +270,20 @@ def test_reads_are_granted_or_refused_by_role(opened: Opened, role: str, tmp_pat
     assert (tmp_path / f"{role}.wav").exists() == ("export" in allowed)
 
 
-def test_a_bare_name_holds_no_role_and_none_means_the_owner(opened: Opened) -> None:
+def test_a_principal_without_roles_may_do_nothing_and_none_means_the_owner(
+    opened: Opened,
+) -> None:
     _, _, sampler, vault = opened
     rid = record(vault, sampler, "c1", {"queue": "sales"})
     with pytest.raises(AccessDenied, match=r"none of its roles \(it has none\)") as info:
-        vault.open(rid, "qa")
+        vault.open(rid, Principal("qa"))
     assert isinstance(info.value, PermissionError) and isinstance(info.value, SampledrecError)
     assert (
         "roles that do: qa_reviewer, sales_reviewer, supervisor, support_lead, support_reviewer "
         "(pass Principal('qa', roles)" in str(info.value)
     )
     with pytest.raises(AccessDenied):
-        vault.recordings(principal="qa")
+        vault.recordings(principal=Principal("qa"))
     assert vault.open(rid).audio  # no principal: the store's owner
     assert vault.open(rid, Principal.owner("root")).audio
     with pytest.raises(InvalidArgument, match="role 'ghost'"):
@@ -310,7 +313,8 @@ def test_scopes_by_stored_attributes(opened: Opened) -> None:
     sales = record(vault, sampler, "c1", {"queue": "sales", "agent": "a1"})
     support = record(vault, sampler, "c2", {"queue": "support"})
     other = record(vault, sampler, "c3", {"queue": "billing"})
-    assert vault.catalog.get(sales).attrs == {"queue": "sales", "agent": "a1"}  # type: ignore[union-attr]
+    # The agent is kept in its own column; attrs keeps what rules and scopes name (0014).
+    assert vault.catalog.get(sales).attrs == {"queue": "sales"}  # type: ignore[union-attr]
     listed = {
         role: {r.recording_id for r in vault.recordings(principal=who(role))}
         for role in ("sales_reviewer", "support_reviewer", "support_lead", "qa_reviewer")
@@ -352,9 +356,12 @@ def test_record_attrs_are_checked(opened: Opened) -> None:
         vault.record(d, audio_format=PCM, attrs={"queue": ["sales"]})
     with pytest.raises(InvalidArgument, match="must be a mapping"):
         vault.record(d, audio_format=PCM, attrs="queue=sales")  # type: ignore[arg-type]
-    with vault.record(d, audio_format=PCM, attrs={"vip": True, "level": 2, "x": None}) as rec:
+    attrs = {"queue": "sales", "vip": True, "level": 2, "x": None}
+    with vault.record(d, audio_format=PCM, attrs=attrs) as rec:
         rec.write(bytes(320))
-    assert rec.row.attrs == {"vip": "true", "level": "2"}
+    # Only what a rule or a role scope names is kept (docs/decisions/0014-catalog-attributes.md;
+    # how booleans and numbers are kept as text: test_the_catalog_keeps_only_named_attributes).
+    assert rec.row.attrs == {"queue": "sales"}
 
 
 def test_every_attempt_is_logged_with_principal_action_and_outcome(
@@ -381,7 +388,7 @@ def test_every_attempt_is_logged_with_principal_action_and_outcome(
         try:
             attempt(principal)
             outcome = "granted"
-        except AccessDenied:
+        except (AccessDenied, InvalidArgument):  # a bare name is refused as a misuse
             outcome = "denied"
         name = principal if isinstance(principal, str) else principal.name
         expected.append((name, action, outcome))
@@ -405,6 +412,86 @@ def test_every_attempt_is_logged_with_principal_action_and_outcome(
     assert entries[3]["recording_id"] == rid and entries[3]["detail"] == "out of scope"
     assert entries[4]["detail"] == "no role grants listen"
     assert verify_log(store.path, public_key=store.public_key).ok
+
+
+def test_a_bare_name_is_refused_by_every_entry_point_and_logged(
+    opened: Opened, tmp_path: Path
+) -> None:
+    """Red team (#12): Retention.hold(..., principal="quinn") succeeded for a qa_reviewer. Every
+    entry point that reads or changes recordings takes a Principal; a name alone is refused."""
+    from sampledrec import Retention, SubjectRequests
+
+    store, log, sampler, vault = opened
+    rid = record(vault, sampler, "c1", {"queue": "sales"})
+    retention = Retention(vault, clock=vault.clock)
+    subjects = SubjectRequests(store, vault, log)
+    before = len(accesses(store, log))
+    name: Any = "quinn"  # what a caller might pass instead of Principal("quinn", roles)
+    selected = sampler.decide("c2", {"queue": "sales"})
+    attempts: list[tuple[str, Callable[[], object]]] = [
+        ("list", lambda: vault.recordings(principal=name)),
+        ("listen", lambda: vault.open(rid, name)),
+        ("listen", lambda: vault.read_range(rid, 0, 50, name)),
+        ("export", lambda: vault.export(rid, tmp_path / "q.wav", name)),
+        ("read_log", lambda: vault.authorize(name, "read_log")),
+        ("hold", lambda: retention.hold([rid], reason="case 12", principal=name)),
+        ("subject_requests", lambda: subjects.receive("erase", "+33612345678", principal=name)),
+        ("subject_requests", lambda: subjects.subject_erase("+33612345678", principal=name)),
+        ("list", lambda: retention.select({"ids": [rid]}, principal=name)),
+        ("record", lambda: vault.record(selected, audio_format=PCM, principal=name)),
+    ]
+    for _, attempt in attempts:
+        with pytest.raises(
+            InvalidArgument, match=r"principal='quinn' is a bare name: pass Principal"
+        ):
+            attempt()
+    got = [(e["principal"], e["action"], e["outcome"]) for e in accesses(store, log)[before:]]
+    assert got == [("quinn", action, "denied") for action, _ in attempts]
+    assert vault.catalog.holds() == [] and subjects.requests() == []
+    assert not (tmp_path / "q.wav").exists()
+    with pytest.raises(InvalidArgument, match="is not a Principal"):
+        vault.open(rid, 42)  # type: ignore[arg-type]
+
+
+def test_holds_need_the_hold_permission_within_scope(tmp_path: Path) -> None:
+    from sampledrec import Retention
+
+    (tmp_path / "p.toml").write_text(
+        RULES + ROLES + '[roles.sales_dpo]\npermissions = ["hold"]\nscope = { queue = "sales" }\n'
+    )
+    store = Store.init(tmp_path / "s", policy=tmp_path / "p.toml")
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        sampler = store.sampler(clock=clock, log=log)
+        sales = record(vault, sampler, "c1", {"queue": "sales"})
+        support = record(vault, sampler, "c2", {"queue": "support"})
+        retention = Retention(vault, clock=clock)
+        with pytest.raises(AccessDenied, match="'quinn' may not hold"):
+            retention.hold([sales], reason="case 12", principal=who("qa_reviewer", "quinn"))
+        with pytest.raises(AccessDenied, match=r"may not hold recording .*outside the scope"):
+            retention.hold([sales, support], reason="case 12", principal=who("sales_dpo"))
+        assert vault.catalog.holds() == []  # refused before anything changed
+        hold = retention.hold([sales], reason="case 12", principal=who("sales_dpo", "sam"))
+        with pytest.raises(AccessDenied, match="may not hold"):
+            retention.release(hold.hold_id, principal=who("qa_reviewer", "quinn"))
+        assert retention.release(hold.hold_id, principal=who("sales_dpo")).released_at
+        dpo = retention.hold({"ids": [support]}, reason="case 13", principal=who("dpo", "dee"))
+        assert retention.release(dpo.hold_id).released_at  # no principal: the store's owner
+        # Selecting recordings is a read of their metadata: `list`, within scope.
+        listed = retention.select({"status": "sealed"}, principal=who("sales_reviewer"))
+        assert [r.recording_id for r in listed] == [sales]
+        assert len(retention.select({})) == 2
+        with pytest.raises(AccessDenied, match="may not list"):
+            retention.select({}, principal=who("sales_dpo"))
+        with pytest.raises(InvalidArgument, match="bare name"):
+            retention.select({}, principal="sam")  # type: ignore[arg-type]
+        log.flush()
+        placed = [
+            e.fields["principal"]
+            for e in iter_entries(store.path / "log", store.keyring)
+            if e.type_name == "hold"
+        ]
+        assert placed == ["sam", "user", "dee", "sampledrec"]
 
 
 def test_authorize_checks_permission_names_and_scope(opened: Opened) -> None:
@@ -462,6 +549,141 @@ def test_cli_record_stores_the_attributes_and_acts_as_owner(tmp_path: Path) -> N
     out = io.StringIO()
     assert main(["recordings", "list", "--store", str(store.path), "--json"], out=out) == 0
     assert [r["attrs"] for r in json.loads(out.getvalue())["recordings"]] == [{"queue": "sales"}]
+
+
+def test_the_catalog_keeps_only_named_attributes(tmp_path: Path) -> None:
+    """docs/decisions/0014: of the call's attributes, the catalog keeps those that a rule or a
+    role scope names (as text), and never a value that looks like a phone number."""
+    from sampledrec.vault.recorder import kept_attributes, looks_like_phone_number
+
+    policy = load(
+        RULES + '[roles.vip_desk]\npermissions = ["list"]\n'
+        'scope = { vip = true, level = 2, line = "main" }\n'
+    )
+    assert policy.attributes_used == {"queue", "vip", "level", "line"}
+    attrs = {
+        "queue": "sales",
+        "vip": "true",
+        "level": "2",
+        "line": "+33 1 40 00 00 00",  # named by a scope, but a phone number: not kept
+        "caller": "+33612345678",
+        "campaign": "spring",
+    }
+    assert kept_attributes(attrs, policy) == {"queue": "sales", "vip": "true", "level": "2"}
+    for phone in (
+        "+33612345678",
+        "0612345678",
+        "06 12 34 56 78",
+        "06.12.34.56.78",
+        "06-12-34-56-78",
+        "(0)6 12 34 56 78",
+        "sip:+33612345678@pbx.example.com",
+        "\uff10\uff16\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18",  # full-width digits
+    ):
+        assert looks_like_phone_number(phone), phone
+    for other in ("sales", "support-vip", "agent-07", "2", "true", "campaign 2026-12", "123456"):
+        assert not looks_like_phone_number(other), other
+    # Through the vault: booleans and numbers kept as the text scopes compare.
+    (tmp_path / "p.toml").write_text(
+        RULES + '[roles.vip_desk]\npermissions = ["list"]\nscope = { vip = true, level = 2 }\n'
+    )
+    store = Store.init(tmp_path / "s", policy=tmp_path / "p.toml")
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        d = store.sampler(clock=clock, log=log).decide("c1", {"queue": "sales"})
+        call = {"queue": "sales", "vip": True, "level": 2, "callback": "0612345678"}
+        with vault.record(d, audio_format=PCM, attrs=call) as rec:
+            rec.write(bytes(320))
+        assert rec.row.attrs == {"queue": "sales", "vip": "true", "level": "2"}
+        assert [r.recording_id for r in vault.recordings(principal=who("vip_desk"))] == [
+            rec.recording_id
+        ]
+
+
+NUMBER_DIGITS = "612345678"  # +33 6 12 34 56 78 without its country code or trunk prefix
+# The national significant number in any usual form: compact, spaced, dotted or dashed (it is
+# inside the E.164, 0033 and national forms as well).
+NUMBER_IN_ANY_FORM = re.compile(r"[ .\-]?".join(NUMBER_DIGITS))
+
+
+def number_in(data: bytes) -> bool:
+    """Whether ``data`` holds the number in any form, in ASCII (or UTF-8, Latin-1) or UTF-16
+    of either byte order and alignment."""
+    texts = [data.decode("latin-1")]
+    for codec in ("utf-16-le", "utf-16-be"):
+        for start in (0, 1):
+            texts.append(data[start:].decode(codec, errors="replace"))
+    return any(NUMBER_IN_ANY_FORM.search(text) for text in texts)
+
+
+def test_number_scanner_finds_every_form() -> None:
+    for form in (
+        "+33612345678",
+        "0612345678",
+        "06 12 34 56 78",
+        "+33 6 12 34 56 78",
+        "06.12.34.56.78",
+        "0033-6-12-34-56-78",
+    ):
+        for codec in ("ascii", "utf-16-le", "utf-16-be"):
+            assert number_in(b"\x00\x07" + form.encode(codec) + b"\x01"), (form, codec)
+            assert number_in(b"\x05" + form.encode(codec)), (form, codec)
+    assert not number_in("+33 6 12 34 56 79".encode("utf-16-le"))
+
+
+def test_no_phone_number_in_clear_anywhere_in_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """New user (#12): `--attr caller=+336...` was kept in plain text in the catalog, and
+    survived `subject erase`. Every file of the store and of its keyring is scanned."""
+    from sampledrec.cli.app import main
+
+    policy = RULES + '[roles.callbacks]\npermissions = ["list"]\nscope = { callback = "yes" }\n'
+    (tmp_path / "p.toml").write_text(policy)
+    keys = tmp_path / "keyring"
+    root = tmp_path / "s"
+    assert (
+        main(
+            [
+                "init",
+                str(root),
+                "--policy",
+                str(tmp_path / "p.toml"),
+                "--keys",
+                str(keys),
+                "--region",
+                "FR",
+            ],
+            out=io.StringIO(),
+        )
+        == 0
+    )
+    wav = tmp_path / "in.wav"
+    wav.write_bytes(encode_wav(PCM, synthetic_speech(0.2)))
+    for i, attrs in enumerate(
+        [
+            ["caller=+33612345678", "callback=06 12 34 56 78", "queue=sales"],
+            ["caller=06.12.34.56.78", "callback=0612345678", "queue=support"],
+        ]
+    ):
+        argv = ["record", "--store", str(root), "--call-ref", f"c{i}", "--audio", str(wav)]
+        argv += [a for attr in attrs for a in ("--attr", attr)]
+        assert main(argv, out=io.StringIO()) == 0
+
+    def scan() -> list[Path]:
+        files = [p for folder in (root, keys) for p in sorted(folder.rglob("*")) if p.is_file()]
+        assert len(files) > 10
+        return [p for p in files if number_in(p.read_bytes())]
+
+    assert scan() == []
+    assert "warning: attribute 'caller'" in capsys.readouterr().err  # no rule uses it
+    numbers = tmp_path / "numbers.txt"  # outside the store, as an operator would keep it
+    numbers.write_text("06 12 34 56 78\n")
+    assert (
+        main(["subject", "erase", "--store", str(root), "--file", str(numbers)], out=io.StringIO())
+        == 0
+    )
+    assert scan() == []
 
 
 def test_module_doctests() -> None:

@@ -235,3 +235,78 @@ def test_every_help(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]
     assert out.startswith(f"usage: {' '.join(('sampledrec', *command))}"), out
     if not command:  # a help text with a '%' is listed as written
         assert "create a store (default policy: quality, 5%, 6 months)" in out
+
+
+# -- library warnings on stderr; unknown attributes (issue #12) --------------------------------
+
+QUEUE_POLICY = """
+[[rules]]
+name = "sales"
+match = { queue = "sales" }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue is recorded"
+retention = "6 months"
+
+[default]
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call is recorded"
+retention = "6 months"
+"""
+
+
+def test_an_unknown_attribute_is_a_warning_on_stderr(
+    tmp_path: Path, cli: CliRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sampledrec.vault.audio import AudioFormat, encode_wav, synthetic_speech
+
+    (tmp_path / "p.toml").write_text(QUEUE_POLICY)
+    store = tmp_path / "s"
+    assert cli("init", store, "--policy", tmp_path / "p.toml")[0] == 0
+    capsys.readouterr()
+    code, out = cli("decide", "--store", store, "--call-ref", "c1", "--attr", "quue=sales")
+    err = capsys.readouterr().err
+    assert code == 0 and "rule:     default" in out  # decided, by the default rule...
+    assert err == (  # ...and said so, once, without a traceback
+        "warning: attribute 'quue' is not used by any rule or role scope of the policy, so it "
+        "changes nothing; did you mean 'queue'?\n"
+    )
+    # `record` (another command group) goes through the same generic handling.
+    wav = tmp_path / "in.wav"
+    wav.write_bytes(encode_wav(AudioFormat("pcm16", 8000, 1), synthetic_speech(0.2)))
+    argv = ["record", "--store", store, "--call-ref", "c2", "--audio", wav, "--attr", "quue=x"]
+    assert cli(*argv)[0] == 0
+    assert "warning: attribute 'quue'" in capsys.readouterr().err
+    # Known attributes: no warning.
+    assert cli("decide", "--store", store, "--call-ref", "c3", "--attr", "queue=sales")[0] == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_policy_that_declares_its_attributes_refuses_others(
+    tmp_path: Path, cli: CliRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "p.toml").write_text(QUEUE_POLICY + '[attributes]\nnames = ["queue"]\n')
+    store = tmp_path / "s"
+    assert cli("init", store, "--policy", tmp_path / "p.toml")[0] == 0
+    capsys.readouterr()
+    code, _ = cli("decide", "--store", store, "--call-ref", "c1", "--attr", "quue=sales")
+    err = capsys.readouterr().err
+    assert code == 2 and "attribute 'quue'" in err and "did you mean 'queue'?" in err
+    assert "Traceback" not in err
+
+
+def test_library_warnings_are_printed_once_each(capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    from sampledrec.cli.app import library_warnings_on_stderr
+    from sampledrec.errors import UnknownAttributeWarning
+
+    with library_warnings_on_stderr():
+        for _ in range(3):
+            warnings.warn(UnknownAttributeWarning("attribute 'a'"), stacklevel=1)
+        warnings.warn(UnknownAttributeWarning("attribute 'b'"), stacklevel=1)
+    assert capsys.readouterr().err == "warning: attribute 'a'\nwarning: attribute 'b'\n"
+    # Other warnings are left to Python's filters (here pytest's: an error).
+    with pytest.raises(DeprecationWarning), library_warnings_on_stderr():
+        warnings.warn("not ours", DeprecationWarning, stacklevel=1)

@@ -232,3 +232,132 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_long_retention_warns() -> None:
     policy = load(BASE.replace('retention = "90 days"', 'retention = "2 years"'))
     assert any("2 years" in w for w in policy.warnings)
+
+
+# -- every duration is bounded (issue #12) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "99999999999 months",
+        "101 years",
+        "P101Y",
+        "P1201M",
+        "36529 days",
+        "5219 weeks",
+        "P100Y1D",
+        "9" * 5000 + " days",  # more digits than int() reads: still a policy message
+    ],
+)
+def test_retention_longer_than_100_years_is_refused_at_load(text: str) -> None:
+    shown = text if len(text) < 50 else text[:20]
+    err = expect_error(
+        BASE.replace('retention = "90 days"', f'retention = "{text}"'),
+        "rule 'support'",
+        "field 'retention'",
+        shown,
+        "longer than 100 years, the longest retention sampledrec accepts",
+    )
+    assert err.rule == "support" and err.field == "retention"
+    with pytest.raises(ValueError, match="100 years"):
+        RetentionPeriod.parse(text)
+
+
+@pytest.mark.parametrize("text", ["100 years", "P100Y", "1200 months", "36528 days", "5218 weeks"])
+def test_retention_up_to_100_years_is_accepted_and_computes(text: str) -> None:
+    period = RetentionPeriod.parse(text)
+    end = period.expires_at(datetime(2026, 12, 3, 10))
+    # 100 years, with months counted as 30.44 days when days are given: within a week of it.
+    assert datetime(2126, 12, 3, 10) <= end <= datetime(2126, 12, 10, 10)
+
+
+def test_a_retention_period_is_bounded_however_it_is_built() -> None:
+    from sampledrec.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="longer than 100 years"):
+        RetentionPeriod(months=99999999999)
+    with pytest.raises(InvalidArgument, match="0 or more"):
+        RetentionPeriod(days=-1)
+
+
+def test_policy_check_refuses_a_huge_retention(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from sampledrec.cli.app import main
+
+    path = tmp_path / "p.toml"
+    path.write_text(BASE.replace('retention = "90 days"', 'retention = "99999999999 months"'))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["policy", "check", str(path)], out=io.StringIO()) != 0
+    assert "'99999999999 months' is longer than 100 years" in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+# -- declared attributes (issue #12) -----------------------------------------------------------
+
+DECLARED = (
+    BASE
+    + """
+[attributes]
+names = ["queue", "direction", "campaign"]
+"""
+)
+
+
+def test_attributes_declaration_is_read_and_part_of_the_version() -> None:
+    policy = load(DECLARED)
+    assert policy.attribute_names == frozenset({"queue", "direction", "campaign"})
+    assert policy.known_attributes == {"queue", "direction", "campaign", "agent", "objection"}
+    assert policy.attributes_used == {"queue", "direction"}
+    assert policy.version != load(BASE).version
+    undeclared = load(BASE)
+    assert undeclared.attribute_names is None
+    assert undeclared.known_attributes == {"queue", "direction", "agent", "objection"}
+
+
+@pytest.mark.parametrize(
+    ("table", "fragments"),
+    [
+        ("[attributes]\nnames = []", ("field 'attributes.names'", "non-empty list")),
+        ('[attributes]\nnames = "queue"', ("field 'attributes.names'", "non-empty list")),
+        ('[attributes]\nnames = ["queue", 3]', ("field 'attributes.names'", "value 3")),
+        ('[attributes]\nnames = ["queue", "queue"]', ("'queue' is listed twice",)),
+        ('[attributes]\nknown = ["queue"]', ("field 'attributes.known'", "unknown key 'known'")),
+        ('attributes = ["queue"]', ("field 'attributes'", "must be a table")),
+    ],
+)
+def test_attributes_declaration_mistakes(table: str, fragments: tuple[str, ...]) -> None:
+    expect_error(table + "\n" + BASE, *fragments)
+
+
+def test_rules_and_scopes_may_name_only_declared_attributes() -> None:
+    expect_error(
+        DECLARED.replace('names = ["queue", "direction", "campaign"]', 'names = ["queue"]'),
+        "rule 'sales'",
+        "field 'match'",
+        "attribute 'direction' is not declared in [attributes] names",
+    )
+    expect_error(
+        DECLARED + '\n[roles.reviewer]\npermissions = ["list"]\nscope = { campain = "x" }\n',
+        "field 'roles.reviewer.scope'",
+        "attribute 'campain' is not declared",
+        "did you mean 'campaign'?",
+    )
+
+
+def test_check_attributes_warns_or_refuses_with_a_suggestion() -> None:
+    from sampledrec.errors import InvalidArgument, UnknownAttributeWarning
+
+    undeclared = load(BASE)
+    undeclared.check_attributes(["queue", "agent", "objection"])  # silent: all known
+    with pytest.warns(UnknownAttributeWarning, match=r"'quue' .*did you mean 'queue'\?$"):
+        undeclared.check_attributes(["quue"])
+    with pytest.warns(UnknownAttributeWarning, match="'colour'.* declare it in the policy's"):
+        undeclared.check_attributes(["colour"])
+    declared = load(DECLARED)
+    declared.check_attributes(["campaign"])  # declared, although no rule uses it yet
+    with pytest.raises(InvalidArgument, match=r"'quue' is not one of .*did you mean 'queue'\?"):
+        declared.check_attributes(["queue", "quue"])

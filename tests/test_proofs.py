@@ -22,7 +22,7 @@ def make_store(tmp_path: Path, calls: int) -> tuple[Store, str]:
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)
         for i in range(calls):
-            sampler.decide(f"call-{i}", {"queue": "sales", "agent": f"a{i % 3}"})
+            sampler.decide(f"call-{i}", {"agent": f"a{i % 3}"})
         key = vkey(log.signer.origin, log.signer.public_key)
     return store, key
 

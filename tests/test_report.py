@@ -109,7 +109,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         with pytest.raises(AccessDenied):  # an access, denied
             vault.authorize(Principal("eve", ("qa_reviewer",)), "export")
         hold = Retention(vault, clock=clock).hold(
-            recordings[:1], reason="Case 42 <court> & co", principal="dpo-maria"
+            recordings[:1], reason="Case 42 <court> & co", principal=owner
         )
         requests = SubjectRequests(store, vault, log, clock=clock)
         req = requests.receive(

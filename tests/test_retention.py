@@ -10,7 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,10 @@ def test_a_sweep_killed_at_random_points_finishes_when_run_again(
     assert verify_log(store.path, public_key=store.public_key).ok
 
 
-def test_sweep_and_hold_cli(store: Store) -> None:
+def test_sweep_and_hold_cli(tmp_path: Path) -> None:
+    # Sweeping at a later --at is a simulation: a simulated store (sampledrec demo) may.
+    (tmp_path / "p.toml").write_text(POLICY)
+    store = Store.init(tmp_path / "sim", policy=tmp_path / "p.toml", simulated=True)
     clock = FixedClock(AT)
     held, free = record_some(store, 2, clock)
     out = io.StringIO()
@@ -261,3 +265,149 @@ def test_sweep_and_hold_cli(store: Store) -> None:
     assert code == 0
     assert json.loads(out.getvalue())["expired_ids"] == [free]
     assert main(["hold", "release", hold_id, "--store", str(store.path)]) == 0
+
+
+# -- time: reads never look back, destruction never runs ahead (issue #12) ---------------------
+
+
+def _accesses(store: Store) -> list[tuple[str, str, str | None]]:
+    return [
+        (e.fields["action"], e.fields["outcome"], e.fields["detail"])
+        for e in iter_entries(store.path / "log", store.keyring)
+        if e.type_name == "access"
+    ]
+
+
+def test_a_read_at_an_earlier_time_is_judged_by_the_clock(store: Store, tmp_path: Path) -> None:
+    """Red team: vault.open(rid, at=<before expiry>) read an expired recording while the real
+    clock was past its expiry, and logged the read as granted."""
+    clock = FixedClock(AT)
+    (rid,) = record_some(store, 1, clock)  # retention 2 days: expires 2030-03-06T10:00
+    before = datetime(2030, 3, 5, 10, tzinfo=UTC)
+    past_expiry = FixedClock("2030-03-06T12:00:00Z")  # not swept yet: the key still exists
+    with store.open_log(clock=past_expiry) as log, Vault(store, log, clock=past_expiry) as vault:
+        seen = len(_accesses(store))
+        reads: list[Callable[[], object]] = [
+            lambda: vault.open(rid, at=before),
+            lambda: vault.read_range(rid, 0, 50, at=before),
+            lambda: vault.export(rid, tmp_path / "x.wav", at=before),
+            lambda: vault.open(rid, at=before.replace(tzinfo=None)),  # naive: UTC
+            lambda: vault.open(rid),
+        ]
+        for read in reads:
+            with pytest.raises(RecordingExpired, match="expired at 2030-03-06T10:00:00"):
+                read()
+        log.flush()
+        assert [outcome for _, outcome, _ in _accesses(store)[seen:]] == ["denied"] * len(reads)
+        assert not (tmp_path / "x.wav").exists()
+        assert vault.read_time(before) == past_expiry.now()  # never back...
+        ahead = datetime(2030, 3, 7, tzinfo=UTC)
+        assert vault.read_time(ahead) == ahead  # ...but ahead, yes
+    # Looking ahead is honoured: before its expiry by the clock, a read as of later is refused.
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        assert vault.open(rid).audio
+        with pytest.raises(RecordingExpired):
+            vault.open(rid, at=datetime(2030, 3, 6, 10, tzinfo=UTC))
+
+
+def test_a_hold_that_has_ended_keeps_nothing_readable(store: Store) -> None:
+    clock = FixedClock(AT)
+    (rid,) = record_some(store, 1, clock)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        until = clock.now() + timedelta(days=5)
+        Retention(vault, clock=clock).hold([rid], reason="case 12", until=until)
+    # Past the hold's end and the recording's own expiry, before any sweep: expired, whatever
+    # time is asked for.
+    later = FixedClock(until + timedelta(hours=1))
+    with store.open_log(clock=later) as log, Vault(store, log, clock=later) as vault:
+        for at in (None, until - timedelta(days=1)):
+            with pytest.raises(RecordingExpired):
+                vault.open(rid, at=at)
+
+
+def test_reads_are_authorized_by_the_policy_in_force_now_not_at_a_later_at(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FixedClock(AT)
+    (rid,) = record_some(store, 1, clock)
+    generous = tmp_path / "generous.toml"
+    generous.write_text(POLICY + '\n[roles.qa_reviewer]\npermissions = ["list", "export"]\n')
+    store.apply_policy(generous, effective_at=clock.now() + timedelta(days=1), clock=clock)
+    from sampledrec import Principal
+    from sampledrec.errors import AccessDenied
+
+    quinn = Principal("quinn", ("qa_reviewer",))
+    with (
+        store.open_log(clock=clock) as log,
+        Vault(store, log, clock=clock) as vault,
+        pytest.raises(AccessDenied, match="may not export"),
+    ):
+        vault.export(rid, tmp_path / "q.wav", quinn, at=clock.now() + timedelta(days=1))
+    assert not (tmp_path / "q.wav").exists()
+
+
+def test_a_simulated_store_may_replay_an_earlier_time(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(POLICY)
+    sim = Store.init(tmp_path / "sim", policy=tmp_path / "p.toml", simulated=True)
+    (rid,) = record_some(sim, 1, FixedClock(AT))
+    later = FixedClock("2030-03-06T12:00:00Z")
+    with sim.open_log(clock=later) as log, Vault(sim, log, clock=later) as vault:
+        assert vault.open(rid, at=datetime(2030, 3, 5, tzinfo=UTC)).audio  # a replay
+        with pytest.raises(RecordingExpired):
+            vault.open(rid)
+
+
+def test_a_real_store_never_sweeps_ahead_of_the_clock(store: Store) -> None:
+    clock = FixedClock(AT)
+    ids = record_some(store, 2, clock)
+    future = datetime(2030, 4, 1, tzinfo=UTC)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        retention = Retention(vault, clock=clock)
+        with pytest.raises(InvalidArgument, match=r"in the future.*'sampledrec demo'"):
+            retention.sweep(future)
+        preview = retention.sweep(future, dry_run=True)  # a dry run may look ahead
+        assert sorted(preview.expired) == sorted(ids) and preview.dry_run
+        assert preview.buckets_destroyed == ["bucket-2030-03-06"]
+        assert retention.sweep(clock.now()).expired == []  # the clock's time: nothing due
+        assert all(r.status == "sealed" for r in vault.catalog.find())
+        assert store.keystore.has_bucket("bucket-2030-03-06")
+        hold = retention.hold([ids[0]], reason="case 12")
+        with pytest.raises(InvalidArgument, match="in the future"):
+            retention.release(hold.hold_id, now=future)
+        assert vault.catalog.get_hold(hold.hold_id).released_at is None  # type: ignore[union-attr]
+        assert vault.open(ids[0]).audio
+
+
+def test_a_simulated_store_sweeps_ahead_of_the_clock(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(POLICY)
+    sim = Store.init(tmp_path / "sim", policy=tmp_path / "p.toml", simulated=True)
+    clock = FixedClock(AT)
+    ids = record_some(sim, 2, clock)
+    with sim.open_log(clock=clock) as log, Vault(sim, log, clock=clock) as vault:
+        report = Retention(vault, clock=clock).sweep(datetime(2030, 4, 1, tzinfo=UTC))
+    assert sorted(report.expired) == sorted(ids)
+
+
+def test_cli_sweep_at_a_future_time_refuses_on_a_real_store(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """New user: `sampledrec sweep --at <future>` shredded recordings and keys not yet due."""
+    ids = record_some(store, 2, FixedClock(AT))  # expiring in 2030, after the real clock
+    argv = ["sweep", "--store", str(store.path), "--at", "2030-04-01T00:00:00Z"]
+    out = io.StringIO()
+    assert main(argv, out=out) == 2
+    err = capsys.readouterr().err
+    assert "in the future" in err and "'sampledrec demo'" in err and "Traceback" not in err
+    catalog = store.open_catalog()
+    try:
+        assert sorted(r.recording_id for r in catalog.find(status=["sealed"])) == sorted(ids)
+    finally:
+        catalog.close()
+    assert store.keystore.has_bucket("bucket-2030-03-06")
+    out = io.StringIO()
+    assert main([*argv, "--dry-run", "--json"], out=out) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["dry_run"] and sorted(doc["expired_ids"]) == sorted(ids)
+    out = io.StringIO()
+    assert main(["sweep", "--store", str(store.path), "--json"], out=out) == 0  # real time
+    assert json.loads(out.getvalue())["expired"] == 0

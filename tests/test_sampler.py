@@ -244,3 +244,42 @@ def test_epoch_changes_at_utc_midnight() -> None:
     assert sampler.decide("m").epoch_id == "2026-11-24"
     clock.set(clock.now() + timedelta(hours=5))
     assert sampler.decide_batch(["m"]).epoch_id == "2026-11-24"
+
+
+# -- attributes the policy does not know (issue #12) -------------------------------------------
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    def append_decision(self, record: object) -> int:
+        self.records.append(record)
+        return len(self.records)
+
+
+def test_a_typo_in_an_attribute_name_warns_with_a_suggestion() -> None:
+    from sampledrec.errors import UnknownAttributeWarning
+
+    sampler, _ = make()
+    with pytest.warns(UnknownAttributeWarning, match=r"'quue' .*did you mean 'queue'\?") as seen:
+        d = sampler.decide("c1", {"quue": "sales", "agent": "a1"})
+    assert d.rule == "default"  # where the typo sends the call: hence the warning
+    assert [w.filename for w in seen] == [__file__]  # it points at the caller's line
+    with pytest.warns(UnknownAttributeWarning, match="'quue'"):
+        sampler.decide_batch(["c1", "c2"], {"quue": ["sales", "support"]})
+    sampler.decide("c1", {"queue": "sales", "direction": "inbound", "objection": "no"})  # known
+
+
+def test_a_declared_policy_refuses_unknown_attributes_before_deciding() -> None:
+    policy = Policy.from_toml(
+        POLICY + '\n[attributes]\nnames = ["queue", "direction", "campaign"]\n', source="test"
+    )
+    sink = _Sink()
+    sampler = Sampler(policy, MemoryKeyring(), clock=FixedClock(T0), log=sink)
+    assert sampler.decide("c1", {"campaign": "spring", "queue": "sales"}).rule == "sales"
+    with pytest.raises(InvalidArgument, match=r"attribute 'quue' .*did you mean 'queue'\?"):
+        sampler.decide("c2", {"quue": "sales"})
+    with pytest.raises(InvalidArgument, match="attribute 'quue'"):
+        sampler.decide_batch(["c3"], {"quue": ["sales"]})
+    assert len(sink.records) == 1  # nothing was decided (or logged) for the refused calls

@@ -248,15 +248,24 @@ def test_a_failed_export_leaves_no_file(
 
 def test_subject_requests_need_the_permission(env: Env, tmp_path: Path) -> None:
     env.record("c1", ALICE[0], synthetic_speech(0.1))
-    for who in (Principal("quinn", ("qa_reviewer",)), Principal("aude", ("auditor",)), "nobody"):
+    for who in (
+        Principal("quinn", ("qa_reviewer",)),
+        Principal("aude", ("auditor",)),
+        Principal("nobody"),
+    ):
         with pytest.raises(AccessDenied, match="subject_requests"):
             env.subjects.subject_export(ALICE[0], tmp_path / "x.zip", principal=who)
         with pytest.raises(AccessDenied):
             env.subjects.subject_erase(ALICE[0], principal=who)
+    name: Any = "mallory"  # a bare name is refused as a misuse (and logged)
+    with pytest.raises(InvalidArgument, match="bare name"):
+        env.subjects.subject_export(ALICE[0], tmp_path / "x.zip", principal=name)
+    with pytest.raises(InvalidArgument, match="bare name"):
+        env.subjects.subject_erase(ALICE[0], principal=name)
     assert not (tmp_path / "x.zip").exists() and env.subjects.requests() == []
     env.log.flush()
     denied = [a for a in _entries(env.store, 0x14) if a.get("outcome") == "denied"]
-    assert {a["principal"] for a in denied} == {"quinn", "aude", "nobody"}
+    assert {a["principal"] for a in denied} == {"quinn", "aude", "nobody", "mallory"}
     env.subjects.subject_export(ALICE[0], tmp_path / "x.zip", principal=OWNER)
 
 
@@ -519,3 +528,47 @@ def test_module_doctests() -> None:
 
     for module in (sampledrec.retention.subjects, sampledrec.sampling.objections):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# -- issue #12: no attributes survive an erasure; no erasure ahead of the clock ----------------
+
+
+def test_an_erasure_removes_the_call_attributes_too(env: Env) -> None:
+    d = env.sampler.decide("c1", {"queue": "regulated"}, caller=ALICE[0])
+    rid = write_call(env.vault, d, synthetic_speech(0.1), attrs={"queue": "regulated"})
+    assert env.vault.catalog.get(rid).attrs == {"queue": "regulated"}  # type: ignore[union-attr]
+    assert env.subjects.subject_erase(ALICE[1], principal=DPO) == [(rid, "erased")]
+    row = env.vault.catalog.get(rid)
+    assert row is not None and row.status == "erased" and row.attrs == {}
+
+
+def test_a_real_store_never_erases_ahead_of_the_clock(env: Env) -> None:
+    from sampledrec import Retention
+
+    rid = env.record("c1", ALICE[0], synthetic_speech(0.1))
+    until = env.clock.now() + timedelta(days=10)
+    Retention(env.vault, clock=env.clock).hold([rid], reason="case 12", until=until)
+    with pytest.raises(InvalidArgument, match=r"in the future.*'sampledrec demo'"):
+        # The hold has ended by then: erasing as of then would erase what it still keeps.
+        env.subjects.subject_erase(ALICE[1], principal=DPO, now=until + timedelta(days=1))
+    assert env.subjects.requests() == []  # refused before the request was recorded
+    assert env.subjects.subject_erase(ALICE[1], principal=DPO, now=env.clock.now()) == [
+        (rid, "deferred")
+    ]
+    assert env.vault.open(rid).audio
+
+
+def test_a_simulated_store_may_erase_as_of_a_later_day(tmp_path: Path) -> None:
+    from sampledrec import Retention
+
+    store = new_store(tmp_path, RECORD_REGULATED, region="FR", simulated=True)
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        sampler = store.sampler(clock=clock, log=log)
+        d = sampler.decide("c1", {"queue": "regulated"}, caller=ALICE[0])
+        rid = write_call(vault, d, synthetic_speech(0.1))
+        until = clock.now() + timedelta(days=10)
+        Retention(vault, clock=clock).hold([rid], reason="case 12", until=until)
+        subjects = SubjectRequests(store, vault, log)
+        later = until + timedelta(days=1)
+        assert subjects.subject_erase(ALICE[1], principal=DPO, now=later) == [(rid, "erased")]

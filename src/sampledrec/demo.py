@@ -39,6 +39,10 @@ DEMO_POLICY = """\
 rate_ceiling = "0.25"
 agent_attribute = "agent"
 
+# Every attribute the call centre's switch sends; any other is refused (a typo, say).
+[attributes]
+names = ["queue", "direction", "campaign", "agent_group"]
+
 [[rules]]
 name = "sales-outbound"
 match = { queue = "sales", direction = "outbound" }

@@ -27,14 +27,20 @@
     ├── KeyringError                        a key cannot be created, found or revealed
     │   ├── KeyNotRevealable                the epoch has not ended yet
     │   └── KeyDestroyed                    a bucket's key was destroyed (crypto-shredded)
-    └── StoreError                          the store cannot be used at all
-        ├── StoreNotFound
-        ├── StoreLocked
-        └── StorePermissionError
+    ├── StoreError                          the store cannot be used at all
+    │   ├── StoreNotFound
+    │   ├── StoreLocked
+    │   └── StorePermissionError
+    └── SampledrecWarning (Warning)         what the library warns about (warnings.warn); an
+        │                                   error too when warnings are turned into errors
+        └── UnknownAttributeWarning (UserWarning)  a call attribute that no rule or role
+                                                   scope of the policy uses (a typo?)
 
 Misuse errors also subclass the matching built-in, so ``except ValueError`` keeps working in
 code that does not know sampledrec. Messages name the argument, its value and what to do.
 :class:`InvalidRecording` is the one exception: it is deliberately opaque (see its docstring).
+Warnings are issued with :func:`warnings.warn` (filter them by :class:`SampledrecWarning`); the
+CLI prints them as ``warning: ...`` lines on stderr.
 """
 
 from __future__ import annotations
@@ -63,10 +69,12 @@ __all__ = [
     "RecordingExpired",
     "RecordingNotFound",
     "SampledrecError",
+    "SampledrecWarning",
     "StoreError",
     "StoreLocked",
     "StoreNotFound",
     "StorePermissionError",
+    "UnknownAttributeWarning",
 ]
 
 
@@ -209,3 +217,19 @@ class StoreLocked(StoreError):
 
 class StorePermissionError(StoreError):
     """The store's files or keyring have unsafe or unusable permissions."""
+
+
+class SampledrecWarning(SampledrecError, Warning):
+    """Root of every warning sampledrec issues (with :func:`warnings.warn`).
+
+    Under the error root too, so that ``-W error`` (or pytest's ``filterwarnings = error``) turns
+    it into an error that ``except SampledrecError`` catches; filter warnings by this class.
+    """
+
+
+class UnknownAttributeWarning(SampledrecWarning, UserWarning):
+    """A call attribute was given that no rule's ``match`` and no role's ``scope`` of the policy
+    uses, so it cannot change the decision: often a typo (``quue`` for ``queue``). The message
+    suggests the closest known name. A policy that declares its attributes
+    (``[attributes] names = [...]``) refuses unknown ones instead, with
+    :class:`InvalidArgument`."""

@@ -39,8 +39,10 @@ uses these defaults. The PIN of a PKCS#11 token is never written: ``pin_env`` na
 environment variable that holds it.
 
 Folders are 0700 and files 0600. A store created by ``sampledrec demo`` (or ``init
---simulated``) is marked *simulated*: it may reveal keys of epochs that have not ended by the real
-clock, and every report says so.
+--simulated``) is marked *simulated*: it may act at a time ahead of the real clock (reveal keys of
+epochs that have not ended, sweep, release holds or erase as of a later day), and every report
+says so. A real store refuses to destroy, reveal or erase anything ahead of the real clock
+(:meth:`Store.act_at`, the one check every such action goes through); reads may look ahead.
 """
 
 from __future__ import annotations
@@ -528,6 +530,25 @@ class Store:
         if pending:
             self._commit(log, [self.keyring.epoch_key(e) for e in pending], clock)
 
+    def act_at(self, now: datetime, *, real_now: datetime | None = None, doing: str) -> datetime:
+        """``now``, checked as the time to destroy, reveal or erase something at.
+
+        A time ahead of the real clock (``real_now``, default the system clock) is a simulation:
+        only a simulated store (made by ``sampledrec demo`` or ``init --simulated``) may act
+        at it; a real store refuses with :class:`InvalidArgument`, so that nothing is
+        destroyed, revealed or erased before its time (DESIGN.md §9). ``doing`` says what was
+        asked, for the message ("sweeps", "reveals keys", ...). Reads need no such check: they
+        may look ahead, and a later time only refuses more.
+        """
+        real = real_now if real_now is not None else SYSTEM_CLOCK.now()
+        if now > real and not self.simulated:
+            raise InvalidArgument(
+                f"{now.isoformat()} is in the future (the real clock says {real.isoformat()}): "
+                f"a real store {doing} only as of the real clock; only a store made by "
+                "'sampledrec demo' may simulate the future"
+            )
+        return now
+
     def reveal_keys(
         self,
         *,
@@ -536,16 +557,11 @@ class Store:
     ) -> list[RevealedKey]:
         """The keys of every epoch that has ended at ``now``.
 
-        ``now`` may be later than the real clock only in a simulated store: a real store never
-        reveals an epoch that has not ended by the real clock (DESIGN.md §9).
+        ``now`` may be later than the real clock only in a simulated store (:meth:`act_at`): a
+        real store never reveals an epoch that has not ended by the real clock (DESIGN.md §9).
         """
         real = real_now if real_now is not None else SYSTEM_CLOCK.now()
-        if now > real and not self.simulated:
-            raise InvalidArgument(
-                f"--at {now.isoformat()} is in the future; keys of a real store are revealed "
-                "only once their epoch has ended by the real clock (only a store made by "
-                "'sampledrec demo' may simulate the future)"
-            )
+        self.act_at(now, real_now=real, doing="reveals the keys of ended epochs")
         from .keys.keyring import epoch_end
 
         ended = [e for e in self.keyring.epoch_ids() if epoch_end(e) <= now]

@@ -5,14 +5,18 @@ Exit codes (DESIGN.md §9): 0 done; 1 a check failed or an action was refused; 2
 as decimal strings. A user's mistake never prints a traceback.
 
 This module builds the parser from the command groups (one module each, a ``register`` that adds
-its commands) and runs the command, turning the library's errors into exit codes.
+its commands) and runs the command, turning the library's errors into exit codes and its warnings
+(:class:`~sampledrec.errors.SampledrecWarning`) into ``warning: ...`` lines on stderr, for every
+command.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
 
 from .._version import __version__
@@ -22,6 +26,7 @@ from ..errors import (
     KeyNotRevealable,
     KeyringError,
     SampledrecError,
+    SampledrecWarning,
     StoreError,
 )
 from . import audit, decide, demo, init, keys, log, policy, recordings, retention, subject
@@ -72,7 +77,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return int(args.func(args, stdout))
+        with library_warnings_on_stderr():
+            return int(args.func(args, stdout))
     except (CommandFailed, AccessDenied) as exc:
         return fail(args, EXIT_FAILED, str(exc), stdout)
     except KeyNotRevealable as exc:
@@ -89,6 +95,35 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return fail(args, EXIT_STORE, f"{exc.filename}: {exc.strerror}", stdout)
     except KeyboardInterrupt:
         return 130
+
+
+@contextlib.contextmanager
+def library_warnings_on_stderr() -> Iterator[None]:
+    """Show each warning the library issues while a command runs as one ``warning: ...`` line
+    on stderr, as it happens (each distinct message once per command, never turned into an
+    error); other warnings are left to Python's filters."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+        seen: set[str] = set()
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if issubclass(category, SampledrecWarning):
+                if str(message) not in seen:
+                    seen.add(str(message))
+                    print(f"warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", SampledrecWarning)
+        warnings.showwarning = show
+        yield
 
 
 def entry_point() -> NoReturn:

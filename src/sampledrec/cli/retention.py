@@ -1,11 +1,17 @@
-"""``sampledrec sweep`` and ``sampledrec hold add|release|list``: expiry and legal holds."""
+"""``sampledrec sweep`` and ``sampledrec hold add|release|list``: expiry and legal holds.
+
+``sweep --at`` a later time is a simulation: only a simulated store (``sampledrec demo``) sweeps
+ahead of the real clock; a real store refuses (exit 2), except for a ``--dry-run``, which only
+reports what would happen then. The library decides (``Retention.sweep``); the command passes
+the real clock and the time asked for.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any, TextIO
 
-from ..clock import FixedClock, parse_time
+from ..clock import SYSTEM_CLOCK, FixedClock, parse_time
 from ..errors import InvalidArgument
 from ._common import (
     EXIT_OK,
@@ -17,7 +23,7 @@ from ._common import (
     emit,
     iso_us,
     open_store,
-    owner_name,
+    owner_principal,
     table,
 )
 from ._progress import Progress
@@ -27,7 +33,11 @@ def register(commands: Commands) -> None:
     p = add_command(
         commands, "sweep", cmd_sweep, "expire what is due: crypto-shred recordings and keys"
     )
-    add_at(p, "sweep as of this time (ISO 8601; forward only)")
+    add_at(
+        p,
+        "sweep as of this time (ISO 8601; forward only, and ahead of the real clock only in a "
+        "simulated store or with --dry-run)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="report what would expire, change nothing"
     )
@@ -52,13 +62,15 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
     store = open_store(args.store)
     at = at_time(args, store)
-    clock = FixedClock(at)
-    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+    # The vault and the retention keep the real clock, and the sweep is given the time asked
+    # for: the library refuses to destroy ahead of the real clock (a simulated store's log
+    # follows the simulated time, as the demo's does).
+    log_clock = FixedClock(at) if store.simulated else SYSTEM_CLOCK
+    with store.open_log(clock=log_clock) as log, Vault(store, log) as vault:
+        retention = Retention(vault)
         total = len(vault.catalog.find(status=["sealed", "truncated", "expiring"]))
         with Progress(total, "sweeping") as bar:
-            report = Retention(vault, clock=clock).sweep(
-                at, dry_run=args.dry_run, progress=bar.advance
-            )
+            report = retention.sweep(at, dry_run=args.dry_run, progress=bar.advance)
     rows = [
         ("recordings expired", len(report.expired)),
         ("kept by legal holds", report.held),
@@ -108,7 +120,9 @@ def cmd_hold_add(args: argparse.Namespace, out: TextIO) -> int:
         selector: Any = args.ids if args.ids else query
         if args.ids and query:
             selector = {**query, "ids": args.ids}
-        hold = retention.hold(selector, reason=args.reason, until=until, principal=owner_name())
+        hold = retention.hold(
+            selector, reason=args.reason, until=until, principal=owner_principal()
+        )
         members = vault.catalog.hold_members(hold.hold_id)
     doc = {**_hold_doc(hold), "recordings": [rid for rid, _ in members]}
     emit(
@@ -127,7 +141,7 @@ def cmd_hold_release(args: argparse.Namespace, out: TextIO) -> int:
 
     store = open_store(args.store)
     with store.open_log() as log, Vault(store, log) as vault:
-        hold = Retention(vault).release(args.hold_id, principal=owner_name())
+        hold = Retention(vault).release(args.hold_id, principal=owner_principal())
     emit(args, _hold_doc(hold), f"Hold {hold.hold_id} released", out)
     return EXIT_OK
 

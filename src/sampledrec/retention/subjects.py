@@ -15,7 +15,8 @@ one month later (the same day of the next month, or that month's last day).
   and nowhere else; a failed export leaves no file.
 - :meth:`SubjectRequests.subject_erase` crypto-shreds each of the person's recordings: its
   wrapped data key is removed from the catalog (and from any hold no longer active), its file
-  deleted, its personal fields removed, and a tombstone logged. Nothing else is re-wrapped. A
+  deleted, its personal fields (call reference, pseudonym, agent, call attributes) removed, and
+  a tombstone logged. Nothing else is re-wrapped. A
   recording kept by an active legal hold is not erased: the erasure is recorded as *deferred*,
   with the hold as its reason (DESIGN.md §6); run the request again once the hold is released.
 
@@ -121,9 +122,10 @@ class PendingRequest:
 class SubjectRequests:
     """Data-subject requests on one store: receive, export, erase, and what is still due.
 
-    ``principal`` (every method) is who acts; they need the ``subject_requests`` permission
-    without scope (role ``dpo``, or the store's owner): a request covers every recording of
-    the person.
+    ``principal`` (every method) is who acts, a :class:`~sampledrec.Principal`; they need the
+    ``subject_requests`` permission without scope (role ``dpo``, or the store's owner, as whom
+    ``None`` acts): a request covers every recording of the person. A bare name is refused
+    with :class:`~sampledrec.errors.InvalidArgument`.
 
     Parameters
     ----------
@@ -162,7 +164,7 @@ class SubjectRequests:
         kind: RequestKind,
         phone: str,
         *,
-        principal: Principal | str,
+        principal: Principal | None,
         received_at: datetime | None = None,
     ) -> SubjectRequest:
         """Record a request (``export`` or ``erase``) from the caller of ``phone``, received at
@@ -217,7 +219,7 @@ class SubjectRequests:
         phone: str,
         out: str | os.PathLike[str],
         *,
-        principal: Principal | str,
+        principal: Principal | None,
         request: SubjectRequest | None = None,
     ) -> Path:
         """Write every recording of the caller of ``phone`` that can still be read to a new
@@ -368,15 +370,27 @@ class SubjectRequests:
         self,
         phone: str,
         *,
-        principal: Principal | str,
+        principal: Principal | None,
         request: SubjectRequest | None = None,
+        now: datetime | None = None,
     ) -> list[tuple[str, str]]:
         """Crypto-shred every recording of the caller of ``phone`` (see the module docstring);
         returns ``(recording_id, "erased" | "deferred")`` pairs. A recording under an active
         legal hold, or still being recorded, is deferred; ``request`` (default: a new erasure
         request) is then marked ``deferred`` with the reason, else ``done``. Running the same
-        request again finishes what was deferred."""
+        request again finishes what was deferred.
+
+        ``now`` (default: the clock) is when the holds are judged active and the erasure is
+        logged; a time later than the clock is a simulation, refused by a real store
+        (:meth:`Store.act_at <sampledrec.Store.act_at>`: nothing is erased ahead of the real
+        clock, such as a recording whose hold has not ended yet)."""
         who = self._authorize(principal)
+        real = self.clock.now()
+        when = (
+            real
+            if now is None
+            else self.store.act_at(_utc(now), real_now=real, doing="erases recordings")
+        )
         pseudonym = self.pseudonym(phone)
         request = self._request_for("erase", phone, pseudonym, who, request)
         outcomes: list[tuple[str, str]] = []
@@ -384,7 +398,7 @@ class SubjectRequests:
         # Under the store's lock, so that what takes it too (a hold being placed, a sweep)
         # does not act on these recordings half-way through.
         with self.store.lock():
-            now = self.clock.now()
+            now = self.clock.now() if now is None else when
             now_us = to_micros(now)
             shredded: list[RecordingRow] = []
             for row in self.catalog.find(caller_pseudonym=pseudonym):
@@ -421,6 +435,7 @@ class SubjectRequests:
                     call_ref=None,
                     caller_pseudonym=None,
                     agent=None,
+                    attrs={},
                 )
         erased = len(shredded)
         if deferred:
@@ -436,8 +451,8 @@ class SubjectRequests:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _authorize(self, principal: Principal | str) -> Principal:
-        who = principal if isinstance(principal, Principal) else Principal(principal)
+    def _authorize(self, principal: Principal | None) -> Principal:
+        who = self.vault.acting(principal, "subject_requests")
         allowed = grant(who, "subject_requests", self.store.policy(self.clock.now()).roles)
         if not allowed or not allowed.unrestricted:
             self.vault.log_access("subject_requests", "denied", who, None, None)

@@ -21,7 +21,16 @@ destroyed only once its day has passed, and only after its recordings have expir
 :meth:`Retention.hold` re-wraps the data keys of the held recordings to a key of the hold's
 own, before their bucket is destroyed; a recording stays held while any hold on it is active.
 :meth:`Retention.release` returns it to its original expiry, or expires it at once if that has
-passed.
+passed. Both act for a :class:`~sampledrec.Principal` that needs the ``hold`` permission, on
+recordings within the scope of the role granting it; no principal means the store's owner, and a
+bare name is refused.
+
+**Time.** The retention's clock is the real clock (the system clock unless a test passes
+another). :meth:`Retention.sweep` and :meth:`Retention.release` may be given a later ``now``
+only in a simulated store (:meth:`Store.act_at <sampledrec.Store.act_at>`): a real store never
+destroys anything ahead of the real clock, and refuses with
+:class:`~sampledrec.errors.InvalidArgument`. A dry run changes nothing, so it may look ahead in
+any store.
 """
 
 from __future__ import annotations
@@ -34,10 +43,11 @@ from datetime import UTC, date, datetime
 from typing import Any, Final, Protocol, cast
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import InvalidArgument, KeyDestroyed, RecordingNotFound
+from ..errors import AccessDenied, InvalidArgument, KeyDestroyed, RecordingNotFound
 from ..keys.keyring import Keyring
 from ..log.format import T_EXPIRED, T_HOLD, T_KEY_DESTROYED, from_micros, to_micros
 from ..log.writer import DecisionLog
+from ..vault.access import Grant, Principal
 from ..vault.catalog import Hold, RecordingRow
 from ..vault.recorder import Vault, VaultStorage, data_key_aad, hold_bucket
 
@@ -79,12 +89,17 @@ def _months_after(year: int, month: int, months: int) -> date:
 
 class RetentionStorage(VaultStorage, Protocol):
     """What retention needs of a vault's store beyond the vault's own needs: the store's
-    lock (one sweep, hold or erasure at a time) and its keyring (the log's sealing keys)."""
+    lock (one sweep, hold or erasure at a time), its keyring (the log's sealing keys), and the
+    check of a time to destroy at (:meth:`Store.act_at <sampledrec.Store.act_at>`)."""
 
     @property
     def keyring(self) -> Keyring: ...
 
     def lock(self, timeout: float = 30.0) -> AbstractContextManager[None]: ...
+
+    def act_at(
+        self, now: datetime, *, real_now: datetime | None = None, doing: str
+    ) -> datetime: ...
 
 
 def retention_storage(vault: Vault) -> RetentionStorage:
@@ -92,9 +107,13 @@ def retention_storage(vault: Vault) -> RetentionStorage:
     store = vault.store
     # Not isinstance() on the protocol: on Python 3.11 that would evaluate every property,
     # building backends (and asking for an HSM's PIN) just to check a type.
-    if not callable(getattr(store, "lock", None)) or getattr(store, "keyring", None) is None:
+    if (
+        not callable(getattr(store, "lock", None))
+        or not callable(getattr(store, "act_at", None))
+        or getattr(store, "keyring", None) is None
+    ):
         raise InvalidArgument(
-            f"{store!r} has no lock or keyring; retention needs a vault opened on a "
+            f"{store!r} has no lock, keyring or act_at; retention needs a vault opened on a "
             "sampledrec Store (Vault(store, log))"
         )
     return cast(RetentionStorage, store)
@@ -120,9 +139,25 @@ class Retention:
         dry_run: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> SweepReport:
-        """Expire what is due at ``now`` (default: the clock). See the module docstring."""
+        """Expire what is due at ``now`` (default: the clock). See the module docstring.
+
+        A ``now`` later than the clock is a simulation: a real store refuses it with
+        :class:`~sampledrec.errors.InvalidArgument` unless ``dry_run`` (which only reports
+        what would happen); a simulated store sweeps as of that time."""
+        when = self._destroying_at(now, "sweeps (destroys recordings and keys)", dry_run=dry_run)
         with self.store.lock():  # one sweep, hold or erasure at a time
-            return self._sweep(now or self.clock.now(), dry_run, progress)
+            return self._sweep(when, dry_run, progress)
+
+    def _destroying_at(
+        self, now: datetime | None, doing: str, *, dry_run: bool = False
+    ) -> datetime:
+        """The time to destroy at: the clock's, or ``now`` if the store may act at it."""
+        real = self.clock.now()
+        if now is None:
+            return real
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)  # a time without an offset is UTC, as everywhere
+        return now if dry_run else self.store.act_at(now, real_now=real, doing=doing)
 
     def _sweep(
         self, now: datetime, dry_run: bool, progress: Callable[[int], None] | None
@@ -259,9 +294,21 @@ class Retention:
 
     # -- holds -------------------------------------------------------------------------------------
 
-    def select(self, query: Mapping[str, Any]) -> list[RecordingRow]:
+    def select(
+        self, query: Mapping[str, Any], *, principal: Principal | None = None
+    ) -> list[RecordingRow]:
         """Recordings matching a query: ``rule``, ``purpose``, ``agent``, ``status`` equal to a
-        value, ``from``/``to`` bounds (datetimes) on the start time, ``ids`` a list of ids."""
+        value, ``from``/``to`` bounds (datetimes) on the start time, ``ids`` a list of ids.
+
+        Their metadata is a read: ``principal`` needs the ``list`` permission (no principal:
+        the store's owner), only the rows in the scope of a role granting it are returned, and
+        the access is logged, as for :meth:`Vault.recordings <sampledrec.Vault.recordings>`."""
+        who = self.vault.acting(principal, "list")
+        rows = self._select(query)
+        allowed = self.vault.authorize(who, "list")
+        return [row for row in rows if self.vault.in_scope(allowed, row)]
+
+    def _select(self, query: Mapping[str, Any]) -> list[RecordingRow]:
         allowed = {"rule", "purpose", "agent", "status", "from", "to", "ids"}
         unknown = set(query) - allowed
         if unknown:
@@ -288,10 +335,15 @@ class Retention:
         *,
         reason: str,
         until: datetime | None = None,
-        principal: str = "sampledrec",
+        principal: Principal | None = None,
     ) -> Hold:
         """Place a legal hold on recordings (ids, or a query for :meth:`select`): their data
-        keys are re-wrapped to the hold's key before their bucket can be destroyed."""
+        keys are re-wrapped to the hold's key before their bucket can be destroyed.
+
+        ``principal`` needs the ``hold`` permission (role ``dpo``; no principal: the store's
+        owner) on every recording held; a bare name is refused with
+        :class:`~sampledrec.errors.InvalidArgument`, a principal whose roles do not allow it
+        with :class:`~sampledrec.errors.AccessDenied`, and the attempt is logged either way."""
         with self.store.lock():
             return self._hold(recordings, reason=reason, until=until, principal=principal)
 
@@ -301,8 +353,9 @@ class Retention:
         *,
         reason: str,
         until: datetime | None,
-        principal: str,
+        principal: Principal | None,
     ) -> Hold:
+        who = self.vault.acting(principal, "hold")
         if not reason or not reason.strip():
             raise InvalidArgument("a legal hold needs a reason (the case or request behind it)")
         now = self.clock.now()
@@ -311,7 +364,7 @@ class Retention:
                 f"until={until.isoformat()} is in the past; a hold must end later"
             )
         if isinstance(recordings, Mapping):
-            rows = self.select(recordings)
+            rows = self._select(recordings)  # checked below, for the hold permission
         else:
             ids = list(recordings)
             rows = []
@@ -324,6 +377,7 @@ class Retention:
                         f"recording {rid} is {row.status}: only sealed recordings can be held"
                     )
                 rows.append(row)
+        self._may_hold(who, rows)
         hold = Hold(
             hold_id=str(uuid.uuid4()),
             reason=reason.strip(),
@@ -351,24 +405,51 @@ class Retention:
                 "recordings": len(rows),
                 "until": hold.until,
                 "reason": hold.reason,
-                "principal": principal,
+                "principal": who.name,
             },
             at=now,
         )
         self.log.flush()
         return hold
 
-    def release(self, hold_id: str, *, principal: str = "sampledrec") -> Hold:
+    def _may_hold(self, who: Principal, rows: Iterable[RecordingRow]) -> Grant:
+        """The grant of ``hold`` to ``who``, reaching every recording of ``rows``; a refusal
+        is logged and raises :class:`AccessDenied`, before anything changes."""
+        allowed = self.vault.authorize(who, "hold")
+        for row in rows:
+            if not self.vault.in_scope(allowed, row):
+                self.vault.log_access("hold", "denied", who, row.recording_id, "out of scope")
+                raise AccessDenied(
+                    f"principal {who.name!r} may not hold recording {row.recording_id}: it is "
+                    f"outside the scope of its roles ({allowed.describe()})"
+                )
+        return allowed
+
+    def release(
+        self,
+        hold_id: str,
+        *,
+        principal: Principal | None = None,
+        now: datetime | None = None,
+    ) -> Hold:
         """End a hold: its recordings return to their original expiry (expired at once if it
-        has passed and no other hold keeps them)."""
+        has passed and no other hold keeps them).
+
+        ``principal`` as for :meth:`hold`. ``now`` (default: the clock) may be later than the
+        clock only in a simulated store: releasing expires recordings, and a real store
+        destroys nothing ahead of the real clock (:class:`~sampledrec.errors.InvalidArgument`).
+        """
+        who = self.vault.acting(principal, "hold")
+        when = self._destroying_at(now, "releases holds (and expires what they kept)")
         hold = self.catalog.get_hold(hold_id)
         if hold is None:
             raise InvalidArgument(f"no hold {hold_id!r}; 'sampledrec hold list' shows them")
         if hold.released_at is not None:
             return hold
-        now = self.clock.now()
+        members = [self.catalog.get(rid) for rid, _ in self.catalog.hold_members(hold_id)]
+        self._may_hold(who, [row for row in members if row is not None])
         with self.store.lock():
-            self._release(hold, to_micros(now), "released", principal=principal)
+            self._release(hold, to_micros(when), "released", principal=who.name)
         self.log.flush()
         released = self.catalog.get_hold(hold_id)
         assert released is not None

@@ -23,6 +23,14 @@ Roles (who may list, listen to or export recordings, and within which scope) are
 ``[roles.<name>]`` tables, checked by :func:`sampledrec.access.parse_roles`; default roles exist
 even when the file declares none (:mod:`sampledrec.access`).
 
+A policy may declare the call attributes it expects (``[attributes] names = ["queue", ...]``):
+a call carrying any other attribute is then refused, naming it and the closest declared name.
+Without a declaration, an attribute that no rule and no role scope uses is accepted with an
+:class:`~sampledrec.errors.UnknownAttributeWarning` (:meth:`Policy.check_attributes`).
+
+Every retention period is at most :data:`MAX_RETENTION` (100 years), checked when the policy is
+loaded, so that no expiry can overflow a date later.
+
 Guardrails (DESIGN.md §2): a rate above the ceiling needs a written ``justification``; rate 1 is
 refused unless the purpose is ``legal_obligation`` with a ``legal_basis``; ``legal_obligation``
 always names its ``legal_basis``; ``proof`` needs a ``justification`` saying why a written
@@ -37,23 +45,27 @@ digits) and dates and times as ISO 8601 strings. See ``docs/policy-format.md``.
 from __future__ import annotations
 
 import calendar
+import difflib
 import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-from ..errors import InvalidPolicy, InvalidRate
+from ..errors import InvalidArgument, InvalidPolicy, InvalidRate, UnknownAttributeWarning
 from .keyed import rate_fraction, threshold
 from .roles import DEFAULT_ROLES, Role, parse_roles
 
 __all__ = [
+    "BUILTIN_ATTRIBUTES",
     "DEFAULT_POLICY_TOML",
+    "MAX_RETENTION",
     "PURPOSES",
     "Policy",
     "Purpose",
@@ -76,7 +88,12 @@ _TOP_KEYS: Final = {
     "rules",
     "default",
     "roles",
+    "attributes",
 }
+_ATTRIBUTES_KEYS: Final = {"names"}
+# Attributes with a meaning of their own, known to every policy: the caller's objection (and the
+# agent, whose name the policy's agent_attribute gives).
+BUILTIN_ATTRIBUTES: Final = frozenset({"objection"})
 _RULE_KEYS: Final = {
     "name",
     "match",
@@ -108,6 +125,7 @@ retention = "6 months"
 
 
 _UNITS: Final = {"day": (0, 1), "week": (0, 7), "month": (1, 0), "year": (12, 0)}
+_DAYS_PER_MONTH: Final = 30.44  # to compare a mix of months and days (approx_days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +140,27 @@ class RetentionPeriod:
     days: int = 0
     text: str = ""
 
+    def __post_init__(self) -> None:
+        # Every period is bounded when it is built, not when an expiry is computed: a huge one
+        # would pass `policy check` and overflow a date only once a call is recorded.
+        for name in ("months", "days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(
+                    f"{name}={value!r}: a retention period counts whole {name}, 0 or more"
+                )
+        if (
+            self.months > _MAX_MONTHS
+            or self.days > _MAX_DAYS
+            or self.months * _DAYS_PER_MONTH + self.days > _MAX_DAYS
+        ):
+            shown = self.text or f"{self.months} months and {self.days} days"
+            raise InvalidArgument(
+                f"{shown!r} is longer than {MAX_RETENTION_TEXT}, the longest retention "
+                f"sampledrec accepts (about {int(_MAX_DAYS)} days); keep recordings only as long "
+                "as their purpose needs (6 months is the usual guidance)"
+            )
+
     @classmethod
     def parse(cls, text: str) -> RetentionPeriod:
         if not isinstance(text, str):
@@ -130,7 +169,7 @@ class RetentionPeriod:
         m = re.fullmatch(r"(\d+)\s*(day|week|month|year)s?", raw, re.IGNORECASE)
         if m:
             months, days = _UNITS[m.group(2).lower()]
-            count = int(m.group(1))
+            count = _count(m.group(1))
             result = cls(months * count, days * count, raw)
         else:
             iso = re.fullmatch(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?", raw.upper())
@@ -139,7 +178,7 @@ class RetentionPeriod:
                     f"{text!r} is not a period; write it like '6 months', '90 days', '1 year' "
                     "or in ISO 8601 ('P6M')"
                 )
-            y, mo, w, d = (int(g) if g else 0 for g in iso.groups())
+            y, mo, w, d = (_count(g) if g else 0 for g in iso.groups())
             result = cls(12 * y + mo, 7 * w + d, raw)
         if result.months == 0 and result.days == 0:
             raise ValueError(f"{text!r} is zero; a retention period must be at least one day")
@@ -153,10 +192,23 @@ class RetentionPeriod:
         return start.replace(year=year, month=month, day=day) + timedelta(days=self.days)
 
     def approx_days(self) -> float:
-        return self.months * 30.44 + self.days
+        return self.months * _DAYS_PER_MONTH + self.days
 
     def __str__(self) -> str:
         return self.text
+
+
+def _count(digits: str) -> int:
+    # Past 9 digits a count is over any bound (and int() of thousands of digits would fail
+    # with a message about Python, not about the policy): the bound check names the value.
+    return int(digits) if len(digits) <= 9 else 10**9
+
+
+MAX_RETENTION_TEXT: Final = "100 years"
+_MAX_MONTHS: Final = 1200
+_MAX_DAYS: Final = _MAX_MONTHS * _DAYS_PER_MONTH  # 36528 days: 100 years, counted as months
+MAX_RETENTION: Final = RetentionPeriod(_MAX_MONTHS, 0, MAX_RETENTION_TEXT)
+"""The longest retention period a policy may give (every duration is checked against it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +285,9 @@ class Policy:
     file, the rule, the field, the value and what to do.
 
     ``roles`` is the role table (:mod:`sampledrec.access`): the default roles, replaced or
-    extended by the file's ``[roles.<name>]`` tables."""
+    extended by the file's ``[roles.<name>]`` tables. ``attribute_names`` is the file's
+    ``[attributes] names`` declaration, or None when it declares none (see
+    :meth:`check_attributes`)."""
 
     rules: tuple[Rule, ...]
     default: Rule
@@ -245,6 +299,7 @@ class Policy:
     source: str | None = None
     warnings: tuple[str, ...] = field(default=())
     roles: Mapping[str, Role] = field(default_factory=lambda: DEFAULT_ROLES)
+    attribute_names: frozenset[str] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -304,6 +359,65 @@ class Policy:
     def all_rules(self) -> tuple[Rule, ...]:
         """The rules in order, then the default rule."""
         return (*self.rules, self.default)
+
+    @property
+    def attributes_used(self) -> frozenset[str]:
+        """The call attributes that some rule's ``match`` or some role's ``scope`` names: the
+        ones that can change a decision or who may reach a recording."""
+        cached: Any = self.__dict__.get("_attributes_used")
+        if cached is None:
+            cached = _attributes_used(self.rules, self.roles)
+            object.__setattr__(self, "_attributes_used", cached)
+        return cached  # type: ignore[no-any-return]
+
+    @property
+    def known_attributes(self) -> frozenset[str]:
+        """The call attributes a call may carry without a warning or a refusal: the declared
+        ``[attributes] names`` if the file has them, else :attr:`attributes_used`; with the
+        agent attribute and :data:`BUILTIN_ATTRIBUTES` either way."""
+        cached: Any = self.__dict__.get("_known_attributes")
+        if cached is None:
+            base = self.attributes_used if self.attribute_names is None else self.attribute_names
+            cached = base | BUILTIN_ATTRIBUTES | {self.agent_attribute}
+            object.__setattr__(self, "_known_attributes", cached)
+        return cached  # type: ignore[no-any-return]
+
+    def check_attributes(self, names: Iterable[object], *, stacklevel: int = 2) -> None:
+        """Check the names of a call's attributes against the policy.
+
+        With an ``[attributes] names`` declaration, a name it does not declare raises
+        :class:`~sampledrec.errors.InvalidArgument`, naming it and the closest known name.
+        Without one, a name that no rule and no role scope uses (it cannot change anything)
+        issues an :class:`~sampledrec.errors.UnknownAttributeWarning`, with the same
+        suggestion: often a typo that silently sends calls to the default rule.
+        ``stacklevel`` is passed to :func:`warnings.warn` (2: the caller of this method).
+        """
+        known = self.known_attributes
+        unknown = sorted({str(n) for n in names if n not in known})
+        if not unknown:
+            return
+        if self.attribute_names is not None:
+            name = unknown[0]
+            hint = _suggestion(name, known) or "; fix the name, or declare it in the policy"
+            raise InvalidArgument(
+                f"attribute {name!r} is not one of the attributes the policy declares "
+                f"([attributes] names: {', '.join(sorted(self.attribute_names))}){hint}"
+            )
+        for name in unknown:
+            hint = _suggestion(name, known)
+            warnings.warn(
+                UnknownAttributeWarning(
+                    f"attribute {name!r} is not used by any rule or role scope of the policy, "
+                    "so it changes nothing"
+                    + (
+                        hint
+                        if hint
+                        else "; declare it in the policy's [attributes] names if it is "
+                        "passed on purpose"
+                    )
+                ),
+                stacklevel=stacklevel,
+            )
 
     def rule_named(self, name: str) -> Rule:
         for rule in self.all_rules:
@@ -375,6 +489,21 @@ def _build(document: Mapping[str, Any], source: str | None) -> Policy:
     if default.name in seen:
         raise fail(f"a rule is named {default.name!r} like the default rule; rename it", "default")
     roles = parse_roles(document.get("roles", {}), source=source)
+    attribute_names = _build_attributes(document.get("attributes"), fail)
+    if attribute_names is not None:
+        declared = attribute_names | BUILTIN_ATTRIBUTES | {agent_attribute}
+        for where, rule_name, names in (
+            *((f"rules.{r.name}.match", r.name, r.match) for r in rules),
+            *((f"roles.{n}.scope", None, role.scope) for n, role in roles.items()),
+        ):
+            for attr in sorted(names):
+                if attr not in declared:
+                    hint = _suggestion(attr, declared) or "; declare it, or fix the name"
+                    raise fail(
+                        f"attribute {attr!r} is not declared in [attributes] names{hint}",
+                        rule_name,
+                        where if rule_name is None else "match",
+                    )
     canonical = canonical_json(document)
     return Policy(
         rules=tuple(rules),
@@ -387,7 +516,53 @@ def _build(document: Mapping[str, Any], source: str | None) -> Policy:
         source=source,
         warnings=tuple(warnings),
         roles=roles,
+        attribute_names=attribute_names,
     )
+
+
+def _build_attributes(raw: object, fail: Any) -> frozenset[str] | None:
+    """The ``[attributes]`` table: ``names``, the call attributes the policy expects."""
+    if raw is None:
+        return None
+    example = '[attributes]\nnames = ["queue", "direction", "campaign"]'
+    if not isinstance(raw, Mapping):
+        raise fail(f"value {raw!r} must be a table such as\n{example}", fld="attributes")
+    unknown = sorted(set(raw) - _ATTRIBUTES_KEYS)
+    if unknown:
+        raise fail(
+            f"unknown key {unknown[0]!r}; [attributes] has names, the list of the call "
+            "attributes the policy expects",
+            fld=f"attributes.{unknown[0]}",
+        )
+    names = raw.get("names")
+    if not isinstance(names, list) or not names:
+        raise fail(
+            f"value {names!r} must be a non-empty list of attribute names, such as\n{example}",
+            fld="attributes.names",
+        )
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise fail(
+                f"value {name!r} must be an attribute name (text without surrounding spaces)",
+                fld="attributes.names",
+            )
+        if name in seen:
+            raise fail(f"{name!r} is listed twice", fld="attributes.names")
+        seen.add(name)
+    return frozenset(seen)
+
+
+def _attributes_used(rules: Iterable[Rule], roles: Mapping[str, Role]) -> frozenset[str]:
+    used = {name for rule in rules for name in rule.match}
+    used.update(name for role in roles.values() for name in role.scope)
+    return frozenset(used)
+
+
+def _suggestion(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'queue'?"`` for the known name closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _build_rule(

@@ -20,7 +20,7 @@ Every decision is handed to the sampler's ``log``, a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple, cast
@@ -216,6 +216,8 @@ class Sampler:
         if ahead < 1:
             raise InvalidArgument(f"ahead={ahead} must be at least 1 epoch")
         self._policy = policy
+        # Per call: are the attribute names all known? (a bound method, looked up once)
+        self._attrs_known: Callable[[Iterable[object]], bool] = policy.known_attributes.issuperset
         self._keyring = keyring
         self._clock = clock
         self._objections = objections
@@ -251,6 +253,7 @@ class Sampler:
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to a new policy version; later decisions name it."""
+        self._attrs_known = policy.known_attributes.issuperset
         self._policy = policy
 
     def epoch_key(self, now: datetime) -> EpochKey:
@@ -284,6 +287,8 @@ class Sampler:
         ``attrs`` are the call's attributes (queue, campaign, direction, agent, ...); an
         ``objection`` attribute that is true means the caller objected. ``caller`` is the
         caller's phone number, checked against the objection list and never stored in clear.
+        An attribute the policy does not know is refused (a policy that declares its
+        attributes) or warned about (:meth:`Policy.check_attributes`).
         """
         # This is the per-call hot path: a few inlined steps instead of helper calls.
         if call_ref.__class__ is str:
@@ -306,6 +311,8 @@ class Sampler:
         policy = self._policy
         if attrs is None:
             attrs = {}
+        elif not self._attrs_known(attrs):
+            policy.check_attributes(attrs, stacklevel=3)  # a typo must not pass in silence
         rule = policy.rule_for(attrs)
         mac = key.new_cmac()
         mac.update(raw)
@@ -395,7 +402,7 @@ class Sampler:
         assert self._policy_source is not None
         policy = self._policy_source(now)
         if policy.version != self._policy.version:
-            self._policy = policy
+            self.set_policy(policy)
 
     # -- many calls --------------------------------------------------------------------------
 
@@ -417,6 +424,8 @@ class Sampler:
         if self._policy_source is not None and time.monotonic() - self._policy_checked >= 1.0:
             self._refresh_policy(now)
         policy = self._policy
+        if attrs:
+            policy.check_attributes(attrs, stacklevel=3)
         draws = draw_many(key, call_refs)
         n = draws.shape[0]
         columns = {name: _column(name, col, n) for name, col in (attrs or {}).items()}

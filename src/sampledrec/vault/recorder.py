@@ -16,8 +16,17 @@ logged). The recorder:
   ``abort()`` (the caller objected) destroys what was written and its data key.
 
 Reads (:meth:`Vault.open`, :meth:`Vault.export`, :meth:`Vault.read_range`) are refused from the
-recording's effective expiry on, authenticate the whole recording (or, for a range, the final
+recording's effective expiry on, judged at :meth:`Vault.read_time` (an ``at=`` may look ahead of
+the vault's clock, never back), authenticate the whole recording (or, for a range, the final
 chunk and the chunks needed) before releasing anything, and are logged with their outcome.
+
+Every entry point that reads or changes recordings acts for a :class:`Principal` and checks its
+permission; no principal means the store's owner, and a bare name is refused
+(:func:`as_principal`).
+
+The catalog keeps, of a call's attributes, only those that the policy's rules and role scopes
+name, and never a value that looks like a phone number (:func:`kept_attributes`;
+``docs/decisions/0014-catalog-attributes.md``).
 """
 
 from __future__ import annotations
@@ -27,12 +36,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import threading
+import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn, Protocol, cast
@@ -74,9 +85,12 @@ __all__ = [
     "Recording",
     "Vault",
     "VaultStorage",
+    "as_principal",
     "blob_name",
     "bucket_of",
     "hold_bucket",
+    "kept_attributes",
+    "looks_like_phone_number",
 ]
 
 DEFAULT_CHUNK: Final = 64 * 1024
@@ -103,12 +117,63 @@ def data_key_aad(recording_id: str, expires_at_us: int) -> bytes:
     return _AAD_DOMAIN + recording_id.encode("ascii") + b"\x00" + expires_at_us.to_bytes(8, "big")
 
 
-def _principal(p: Principal | str | None) -> Principal:
-    # No principal: a library caller acting as the store's owner. A bare name holds no role,
-    # so it may do nothing (never guess a role from a name).
-    if p is None:
+def as_principal(principal: object) -> Principal:
+    """Who an entry point acts for: no principal (``None``) is a library caller acting as the
+    store's owner (:meth:`Principal.owner`); a :class:`Principal` acts with its roles. Anything
+    else is refused with :class:`InvalidArgument`, a bare name first of all: a name says nothing
+    of the roles the host application gave that user, and a role is never guessed from it.
+
+    >>> as_principal(None).roles
+    ('owner',)
+    >>> as_principal("quinn")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sampledrec.errors.InvalidArgument: principal='quinn' is a bare name: pass Principal(...
+    """
+    if principal is None:
         return Principal.owner()
-    return p if isinstance(p, Principal) else Principal(p)
+    if isinstance(principal, Principal):
+        return principal
+    if isinstance(principal, str):
+        raise InvalidArgument(
+            f"principal={principal!r} is a bare name: pass Principal({principal!r}, roles) with "
+            "the roles the host application gave that user (or no principal to act as the "
+            "store's owner)"
+        )
+    raise InvalidArgument(
+        f"principal={principal!r} is not a Principal: pass Principal(name, roles) with the "
+        "roles the host application gave that user (or no principal to act as the store's "
+        "owner)"
+    )
+
+
+# Seven digits or more, with separators allowed between them: every phone number in any usual
+# form (the shortest national numbers have seven digits), and some dates and codes as well.
+_PHONE_LIKE: Final = re.compile(r"\d(?:[\s.\-()/\u2010-\u2015]*\d){6,}")
+
+
+def looks_like_phone_number(value: str) -> bool:
+    """Whether an attribute value could be (or contain) a phone number: seven digits or more,
+    whatever spaces, dots, dashes, slashes or parentheses separate them, in any script's
+    digits. Meant to err on the side of privacy: dates and long codes look like one too.
+
+    >>> [looks_like_phone_number(v) for v in ("+33 6 12 34 56 78", "06.12.34.56.78", "sales")]
+    [True, True, False]
+    """
+    return _PHONE_LIKE.search(unicodedata.normalize("NFKC", value)) is not None
+
+
+def kept_attributes(attrs: Mapping[str, str], policy: Policy) -> dict[str, str]:
+    """What the catalog keeps of a call's attributes (``docs/decisions/0014``): those that a
+    rule's ``match`` or a role's ``scope`` of ``policy`` names (what access scopes are judged
+    by), and of those never a value that looks like a phone number
+    (:func:`looks_like_phone_number`). Everything else the sampler used in memory only."""
+    used = policy.attributes_used
+    return {
+        name: value
+        for name, value in attrs.items()
+        if name in used and not looks_like_phone_number(value)
+    }
 
 
 def _call_attrs(attrs: Mapping[str, object] | None) -> dict[str, str]:
@@ -150,6 +215,11 @@ class VaultStorage(Protocol):
     def policy(self, at: datetime | None = None) -> Policy: ...
 
     def policy_version(self, version: str) -> Policy: ...
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the store is simulated (``sampledrec demo``): its times may be replayed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -221,17 +291,18 @@ class Vault:
         decision: Decision,
         *,
         audio_format: AudioFormat,
-        principal: Principal | str | None = None,
+        principal: Principal | None = None,
         chunk_size: int = DEFAULT_CHUNK,
         attrs: Mapping[str, object] | None = None,
     ) -> Recorder:
         """Open a recorder for a decision to record; raises :class:`NotSelected` otherwise.
 
-        ``attrs`` are the call's attributes (those given to ``decide``); they are kept, as
-        text, in the catalog, where role scopes are matched against them
-        (:mod:`sampledrec.access`)."""
+        ``attrs`` are the call's attributes (those given to ``decide``). The catalog keeps, as
+        text, those that the policy's rules and role scopes name, where role scopes are
+        matched against them (:mod:`sampledrec.access`), and never a value that looks like a
+        phone number (:func:`kept_attributes`)."""
         call_attrs = _call_attrs(attrs)
-        who = _principal(principal)
+        who = self.acting(principal, "record")
         if not decision.record:
             self.log.append(
                 T_RECORD_REFUSED,
@@ -280,7 +351,7 @@ class Vault:
             file=blob_name(bucket, recording_id),
             caller_pseudonym=decision.caller_pseudonym,
             agent=decision.agent,
-            attrs=call_attrs,
+            attrs=kept_attributes(call_attrs, policy),
         )
         self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
         self.log.append(
@@ -299,11 +370,11 @@ class Vault:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def recordings(self, *, principal: Principal | str | None = None) -> list[RecordingRow]:
+    def recordings(self, *, principal: Principal | None = None) -> list[RecordingRow]:
         """The catalog rows that ``principal`` may list: those in the scope of a role of theirs
         with the ``list`` permission (metadata only; no audio). Logged as one access, with how
         many rows were shown; :class:`AccessDenied` if none of their roles may list."""
-        who = _principal(principal)
+        who = self.acting(principal, "list")
         allowed = self._grant(who, "list", None, None)
         rows = self.catalog.find()
         if allowed.unrestricted:
@@ -317,12 +388,14 @@ class Vault:
     def open(
         self,
         recording_id: str,
-        principal: Principal | str | None = None,
+        principal: Principal | None = None,
         *,
         at: datetime | None = None,
     ) -> Recording:
-        """The whole recording, authenticated before anything is returned."""
-        who = _principal(principal)
+        """The whole recording, authenticated before anything is returned. ``at``: read as of
+        that time, which may be later than the vault's clock but never earlier
+        (:meth:`read_time`)."""
+        who = self.acting(principal, "listen", recording_id)
         with self._reading(recording_id, who, "listen", at) as (row, reader):
             audio = reader.read_all()
         self.log_access("listen", "granted", who, recording_id, None)
@@ -333,15 +406,15 @@ class Vault:
         recording_id: str,
         start_ms: int,
         end_ms: int,
-        principal: Principal | str | None = None,
+        principal: Principal | None = None,
         *,
         at: datetime | None = None,
     ) -> bytes:
         """Audio between two times (ms), decrypting only the chunks needed (after the final
-        chunk is authenticated)."""
+        chunk is authenticated). ``at`` as for :meth:`open`."""
         if not 0 <= start_ms <= end_ms:
             raise InvalidArgument(f"range {start_ms}-{end_ms} ms: start must be <= end, both >= 0")
-        who = _principal(principal)
+        who = self.acting(principal, "listen", recording_id)
         with self._reading(recording_id, who, "listen", at) as (row, reader):
             fmt = AudioFormat.from_text(row.audio_format)
             data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
@@ -352,13 +425,14 @@ class Vault:
         self,
         recording_id: str,
         out: str | os.PathLike[str],
-        principal: Principal | str | None = None,
+        principal: Principal | None = None,
         *,
         at: datetime | None = None,
     ) -> Path:
         """Write the recording as a WAV file at ``out`` (and nowhere else), only after the
-        whole recording has been authenticated; a failed export leaves no file."""
-        who = _principal(principal)
+        whole recording has been authenticated; a failed export leaves no file. ``at`` as for
+        :meth:`open`."""
+        who = self.acting(principal, "export", recording_id)
         with self._reading(recording_id, who, "export", at) as (row, reader):
             audio = reader.read_all()
         fmt = AudioFormat.from_text(row.audio_format)
@@ -377,8 +451,8 @@ class Vault:
         """The row and an authenticated reader of a recording ``who`` may ``action``; every
         refusal and failure is logged, including a chunk that fails to authenticate while the
         block reads. The blob stays open (ranged reads) until the block ends."""
-        now = at or self.clock.now()
-        allowed = self._grant(who, action, recording_id, now)
+        now = self.read_time(at)
+        allowed = self._grant(who, action, recording_id, self._acting_time(at))
         row = self._row_in_scope(recording_id, who, action, allowed)
         if row.status not in ("sealed", "truncated"):
             self.log_access(action, "denied", who, recording_id, f"status {row.status}")
@@ -390,10 +464,16 @@ class Vault:
                 f"recording {recording_id} is still {row.status}; read it once it is sealed "
                 "(or run recovery after a crash)"
             )
-        if to_micros(now) >= row.expires_at:
+        now_us = to_micros(now)
+        if now_us >= row.expires_at or (
+            now_us >= row.expires_at_sealed and not self._held(row, now_us)
+        ):
+            # Past its own expiry and kept by no hold active now (one that ended, or was
+            # released, before a sweep put the row back to its own expiry): expired all the same.
+            ended = min(row.expires_at, row.expires_at_sealed)
             self.log_access(action, "denied", who, recording_id, "expired")
             raise RecordingExpired(
-                f"recording {recording_id} expired at {from_micros(row.expires_at).isoformat()}: "
+                f"recording {recording_id} expired at {from_micros(ended).isoformat()}: "
                 "it can no longer be read"
             )
         try:
@@ -455,7 +535,8 @@ class Vault:
 
     def data_key(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
         """Unwrap a recording's data key: from its expiry bucket, or, once that bucket is
-        destroyed, from an active legal hold that re-wrapped it. :class:`KeyDestroyed` if
+        destroyed, from a legal hold that re-wrapped it and is active at ``now``
+        (:meth:`read_time`: never earlier than the vault's clock). :class:`KeyDestroyed` if
         neither can (the recording is crypto-shredded)."""
         aad = data_key_aad(row.recording_id, row.expires_at_sealed)
         if row.wrapped_key is not None:
@@ -463,7 +544,7 @@ class Vault:
                 return self.keystore.unwrap(row.bucket, row.wrapped_key, aad=aad)
             except KeyDestroyed:
                 pass
-        now_us = to_micros(now or self.clock.now())
+        now_us = to_micros(self.read_time(now))
         for hold, wrapped in self.catalog.holds_of(row.recording_id):
             if wrapped is not None and hold.active(now_us):
                 return self.keystore.unwrap(hold_bucket(hold.hold_id), wrapped, aad=aad)
@@ -471,29 +552,85 @@ class Vault:
             f"the key of recording {row.recording_id} was destroyed (it expired or was erased)"
         )
 
+    def _held(self, row: RecordingRow, now_us: int) -> bool:
+        return any(hold.active(now_us) for hold, _ in self.catalog.holds_of(row.recording_id))
+
+    # -- time --------------------------------------------------------------------------------------
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the vault's store is simulated (``sampledrec demo``, ``init --simulated``).
+        A store that does not say is not."""
+        return bool(getattr(self.store, "simulated", False))
+
+    def read_time(self, at: datetime | None = None) -> datetime:
+        """The time a read judges expiry and legal holds at: ``at``, but never earlier than the
+        vault's clock.
+
+        Reads may look ahead, never back. A later ``at`` can only find more recordings expired
+        and fewer holds active, so it is taken as given. An earlier ``at`` would read again
+        what has expired, or through a hold that has ended, so the vault's clock wins: the
+        time is ``max(at, clock.now())``. The vault's clock is the real clock
+        (:data:`~sampledrec.clock.SYSTEM_CLOCK`) unless a test or a simulation passes another.
+
+        The one exception is a simulated store (:attr:`simulated`), whose calls are synthetic
+        and whose every report says so: there ``at`` is taken as given, so that a simulated day
+        can be replayed (the CLI's ``--at`` may go back only there too).
+
+        Permissions are judged at another time: a read happens now, so the roles are those of
+        the policy in force by the vault's clock (``at`` only in a simulated store), and a
+        policy scheduled for later grants nothing yet, whatever ``at`` says.
+        """
+        now = self.clock.now()
+        if at is None:
+            return now
+        at = _utc(at)
+        return at if self.simulated else max(at, now)
+
+    def _acting_time(self, at: datetime | None) -> datetime:
+        """When an access happens, for the policy whose roles decide it (see
+        :meth:`read_time`): the vault's clock, or ``at`` in a simulated store."""
+        if at is not None and self.simulated:
+            return _utc(at)
+        return self.clock.now()
+
     # -- access control (sampledrec.access) --------------------------------------------------------
+
+    def acting(
+        self, principal: Principal | None, action: str, recording_id: str | None = None
+    ) -> Principal:
+        """The principal an entry point acts for (:func:`as_principal`); a refusal (a bare
+        name) is logged as a denied ``action`` before :class:`InvalidArgument` is raised."""
+        given: object = principal  # typed Principal | None; a caller may pass anything
+        try:
+            return as_principal(given)
+        except InvalidArgument:
+            name = given if isinstance(given, str) and given.strip() else "?"
+            self.log_access(action, "denied", Principal(name), recording_id, "not a Principal")
+            raise
 
     def authorize(
         self,
-        principal: Principal | str | None,
+        principal: Principal | None,
         permission: str,
         *,
         recording_id: str | None = None,
         at: datetime | None = None,
     ) -> Grant:
-        """Check that ``principal`` holds ``permission`` under the policy in force at ``at``
-        (default: now) and, with ``recording_id``, that the recording is within the scope of a
-        role granting it. The attempt is logged with its outcome either way; raises
-        :class:`AccessDenied` when refused. Reads (:meth:`recordings`, :meth:`open`,
-        :meth:`read_range`, :meth:`export`) check by themselves; this is for the other
-        actions (holds, subject requests, verifying, reading the log, policy and keys)."""
+        """Check that ``principal`` holds ``permission`` under the policy in force now (the
+        vault's clock; ``at`` only in a simulated store, see :meth:`read_time`) and, with
+        ``recording_id``, that the recording is within the scope of a role granting it. The
+        attempt is logged with its outcome either way; raises :class:`AccessDenied` when
+        refused, and :class:`InvalidArgument` (logged too) for a principal given as a bare
+        name. Reads (:meth:`recordings`, :meth:`open`, :meth:`read_range`, :meth:`export`)
+        check by themselves; this is for the other actions (holds, subject requests,
+        verifying, reading the log, policy and keys)."""
         if permission not in PERMISSIONS:
             raise InvalidArgument(
                 f"permission {permission!r} does not exist; use one of {', '.join(PERMISSIONS)}"
             )
-        who = _principal(principal)
-        now = at or self.clock.now()
-        allowed = self._grant(who, permission, recording_id, now)
+        who = self.acting(principal, permission, recording_id)
+        allowed = self._grant(who, permission, recording_id, self._acting_time(at))
         if recording_id is not None:
             self._row_in_scope(recording_id, who, permission, allowed)
         self.log_access(permission, "granted", who, recording_id, None)
@@ -817,6 +954,12 @@ class Recorder:
     ) -> None:
         if self._state == "open":
             self.close()
+
+
+def _utc(moment: datetime) -> datetime:
+    if not isinstance(moment, datetime):
+        raise InvalidArgument(f"at={moment!r} must be a datetime (timezone-aware, or UTC)")
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def silence_like(fmt: AudioFormat, nbytes: int) -> bytes:
