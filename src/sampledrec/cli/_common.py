@@ -215,6 +215,17 @@ def read_lines(source: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def add_attrs(p: argparse.ArgumentParser) -> None:
+    """``--attr KEY=VALUE`` (repeatable), read by :func:`parse_attrs`."""
+    p.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a call attribute (repeat); objection=true means the caller objected",
+    )
+
+
 def add_caller_file(p: argparse.ArgumentParser) -> None:
     """``--caller-file FILE|-``, read by :func:`read_caller`: a caller's number is personal data,
     so it is never taken on the command line (where ``ps`` and shell histories show it)."""

@@ -6,17 +6,18 @@ import argparse
 from typing import TextIO
 
 from ..clock import FixedClock
-from ..errors import InvalidArgument
 from ._common import (
     EXIT_OK,
     Commands,
     add_at,
+    add_attrs,
+    add_caller_file,
     add_command,
     at_time,
     emit,
     open_store,
     parse_attrs,
-    read_lines,
+    read_caller,
     ref_text,
 )
 
@@ -24,32 +25,15 @@ from ._common import (
 def register(commands: Commands) -> None:
     p = add_command(commands, "decide", cmd_decide, "decide whether to record one call")
     p.add_argument("--call-ref", required=True, help="the call's reference (SIP Call-ID, ...)")
-    p.add_argument(
-        "--attr",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a call attribute (repeat); objection=true means the caller objected",
-    )
-    p.add_argument(
-        "--caller-file",
-        metavar="FILE",
-        help="file holding the caller's number ('-' for standard input)",
-    )
+    add_attrs(p)
+    add_caller_file(p)
     add_at(p, "decide at this time (ISO 8601; forward only)")
 
 
 def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
     store = open_store(args.store)
     at = at_time(args, store)
-    caller = None
-    if args.caller_file is not None:
-        lines = read_lines(args.caller_file)
-        if len(lines) != 1:
-            raise InvalidArgument(
-                f"--caller-file must hold exactly one phone number, found {len(lines)}"
-            )
-        caller = lines[0]
+    caller = read_caller(args.caller_file)
     clock = FixedClock(at)
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)

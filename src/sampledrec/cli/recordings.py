@@ -16,6 +16,7 @@ from ._common import (
     Commands,
     Expiry,
     add_at,
+    add_attrs,
     add_caller_file,
     add_command,
     add_group,
@@ -40,7 +41,7 @@ def register(commands: Commands) -> None:
         "decide, and if selected record an audio file (20 ms frames)",
     )
     p.add_argument("--call-ref", required=True)
-    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE")
+    add_attrs(p)
     add_caller_file(p)
     p.add_argument("--audio", required=True, help="WAV (or any format ffmpeg reads)")
     p.add_argument(
