@@ -1213,6 +1213,59 @@ def test_tails_set_aside_are_kept_outside_the_log(log_storages: Handles[LogStora
     assert other.strays() == []
 
 
+def test_a_whole_segment_is_set_aside_out_of_the_log(log_storages: Handles[LogStorage]) -> None:
+    # What a repair does to the segments after a log's damaged point: they leave the log whole,
+    # byte for byte, and are kept where the tails are.
+    storage = log_storages.open()
+    storage.create()
+    later = SEGMENT.replace(bytes(8), (20).to_bytes(8, "big"), 1)
+    with storage.lock():
+        storage.create_segment(0, SEGMENT)
+        storage.create_segment(20, later)
+        tail = storage.set_aside(segment_name(0), 32, SEGMENT[32:])
+        moved = storage.set_aside_segment(20)
+    assert isinstance(moved, str)
+    assert moved != tail
+    assert segment_name(20) in moved
+    other = log_storages.open()
+    assert other.segments() == [0]
+    assert other.set_aside_tails() == {tail: SEGMENT[32:], moved: later}
+    assert other.size() == len(SEGMENT)
+    assert other.strays() == []
+    with pytest.raises(FileNotFoundError), storage.lock():
+        storage.set_aside_segment(20)  # it is gone from the log
+    with pytest.raises(FileNotFoundError), storage.lock():
+        other.read_segment(20)
+    # A segment of the same name can be born again (a repaired log goes on from there).
+    with storage.lock():
+        storage.create_segment(20, later[:40])
+    assert other.segments() == [0, 20]
+    assert other.read_segment(20) == later[:40]
+    assert other.set_aside_tails()[moved] == later
+
+
+def test_a_pending_repair_is_kept_beside_the_log(log_storages: Handles[LogStorage]) -> None:
+    storage = log_storages.open()
+    storage.create()
+    assert storage.pending_repair() is None
+    with storage.lock():
+        storage.create_segment(0, SEGMENT)
+        storage.set_pending_repair(b'{"plan": 1}')
+        storage.set_pending_repair(b'{"plan": 2}')  # replaced whole
+    other = log_storages.open()
+    assert other.pending_repair() == b'{"plan": 2}'
+    # Not log data: the log holds what it held, and nothing else.
+    assert other.segments() == [0]
+    assert other.read_segment(0) == SEGMENT
+    assert other.read_checkpoints() == b""
+    assert other.strays() == []
+    assert other.set_aside_tails() == {}
+    with storage.lock():
+        storage.set_pending_repair(None)
+        storage.set_pending_repair(None)  # removing what is not there is no error
+    assert other.pending_repair() is None
+
+
 def test_the_lock_excludes_a_second_holder(log_storages: Handles[LogStorage]) -> None:
     first, second = log_storages.open(), log_storages.open()
     first.create()
@@ -1314,6 +1367,39 @@ def test_local_log_storage_keeps_the_store_layout(tmp_path: Path) -> None:
     assert Path(moved).name.startswith(f"seg-000000000000.log.{len(SEGMENT)}.")
     for path in tmp_path.rglob("*"):
         assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_local_log_storage_keeps_a_repair_beside_the_log(tmp_path: Path) -> None:
+    # A repair's plan is STORE/log.repair while it runs; whole segments it sets aside go to
+    # recovered/ like the tails, under a name that never replaces another.
+    storage = LocalLogStorage.in_store(tmp_path)
+    storage.create()
+    with storage.lock():
+        storage.create_segment(0, SEGMENT)
+        storage.create_segment(20, SEGMENT)
+        storage.set_pending_repair(b"plan")
+        first = storage.set_aside(segment_name(20), 0, SEGMENT)
+        moved = storage.set_aside_segment(20)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert files == sorted(
+        [
+            "log",
+            "log.lock",
+            "log.repair",
+            "log/checkpoints",
+            "log/seg-000000000000.log",
+            "recovered",
+            Path(first).relative_to(tmp_path).as_posix(),
+            Path(moved).relative_to(tmp_path).as_posix(),
+        ]
+    )
+    assert first != moved
+    assert Path(moved).read_bytes() == Path(first).read_bytes() == SEGMENT
+    for path in tmp_path.rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    with storage.lock():
+        storage.set_pending_repair(None)
+    assert not (tmp_path / "log.repair").exists()
 
 
 def test_local_log_storage_reports_what_else_is_in_the_log_folder(tmp_path: Path) -> None:

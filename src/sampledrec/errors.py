@@ -24,6 +24,8 @@
     │                                       signature does not verify
     ├── LogCorrupt                          the decision log cannot be trusted: a batch, entry or
     │                                       checkpoint does not verify
+    ├── LogRepairRefused                    a log repair was refused: nothing to repair, or
+    │                                       nothing before the damage to keep
     ├── KeyringError                        a key cannot be created, found or revealed
     │   ├── KeyNotRevealable                the epoch has not ended yet
     │   └── KeyDestroyed                    a bucket's key was destroyed (crypto-shredded)
@@ -64,6 +66,7 @@ __all__ = [
     "KeyTypeError",
     "KeyringError",
     "LogCorrupt",
+    "LogRepairRefused",
     "NotSelected",
     "RateTypeError",
     "RecordingExpired",
@@ -188,6 +191,13 @@ class CheckpointError(SampledrecError, ValueError):
 
 class LogCorrupt(SampledrecError):
     """The log cannot be trusted: a batch, entry or checkpoint does not verify."""
+
+
+class LogRepairRefused(SampledrecError):
+    """A repair of the decision log was refused, and nothing was changed: the log has nothing to
+    repair (it verifies, or only a torn last batch is left, which opening the log sets aside by
+    itself), nothing before its damage can be kept (its first batch is damaged), or it is not
+    this store's log (another store id or signing key: not damage, replacement)."""
 
 
 class KeyringError(SampledrecError):

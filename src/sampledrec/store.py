@@ -14,8 +14,10 @@ recordings, with no server.
       keys/             the local keyring (0700), unless the store names another folder
       log/              the decision log (sampledrec.log), every byte covered by verification
       log.lock          the log writers' lock
-      recovered/        incomplete log tails set aside after a crash, if any (log/, log.lock
-                        and recovered/ are sampledrec.log.storage.LocalLogStorage's)
+      recovered/        incomplete log tails set aside after a crash, and damaged parts set
+                        aside by a repair, if any
+      log.repair        the plan of a log repair under way, only while one is (log/,
+                        log.lock, log.repair and recovered/ are LocalLogStorage's)
       catalog.sqlite    the recordings catalog (backend "sqlite")
       recordings/       sealed recordings (backend "local" of the blob store)
       caps.sqlite       the per-agent caps ledger
@@ -52,7 +54,7 @@ import getpass
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -71,6 +73,7 @@ from .errors import (
 from .keys.keyring import EpochKey, LocalKeyring, RevealedKey, reveal
 from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
 from .log.format import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
+from .log.repair import RepairReport
 from .log.storage import LocalLogStorage, LogStorage
 from .log.writer import DecisionLog
 from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
@@ -392,6 +395,46 @@ class Store:
             clock=clock,
             **kw,
         )
+
+    def repair_log(
+        self, reason: str, *, principal: str | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> RepairReport:
+        """Repair the damaged decision log, deliberately (``sampledrec log repair``): the
+        damaged part is set aside untouched, the log is cut back to its last good batch and a
+        ``log_gap`` entry records the gap, by ``principal`` (default: the OS user) because of
+        ``reason`` (:meth:`DecisionLog.repair`). The commitments of the keyring's epoch keys and
+        the applied policies that the log kept does not hold are logged again right after it,
+        so that later decisions can be checked. Every other process using the store must be
+        stopped first. The audit reports the gap as a failure, for good."""
+        who = principal or getpass.getuser()
+        with self.lock():
+            restore: list[tuple[int, Mapping[str, Any]]] = []
+            for item in self._schedule():
+                policy = self.policy_version(item["version"])
+                restore.append(
+                    (
+                        T_POLICY,
+                        {
+                            "version": bytes.fromhex(policy.version),
+                            "effective_at": to_micros(datetime.fromisoformat(item["effective_at"])),
+                            "canonical": policy.canonical,
+                            "principal": who,
+                        },
+                    )
+                )
+            for epoch_id in self.keyring.epoch_ids():
+                key = self.keyring.epoch_key(epoch_id)
+                restore.append((T_KEY_COMMIT, {"epoch_id": epoch_id, "commitment": key.commitment}))
+            return DecisionLog.repair(
+                self.log_storage,
+                self.keyring,
+                origin=self.origin,
+                store_id=self.store_id,
+                principal=who,
+                reason=reason,
+                restore=restore,
+                clock=clock,
+            )
 
     def objections(self) -> ObjectionList:
         """The callers who objected; :meth:`ObjectionList.add_all` saves under the store's

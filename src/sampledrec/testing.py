@@ -348,6 +348,7 @@ class MemoryLogStorage:
         self._segments: dict[int, bytearray] = {}
         self._checkpoints: bytearray | None = None  # None until the log is created
         self._aside: dict[str, bytes] = {}
+        self._repair: bytes | None = None
         self._data = threading.Lock()  # guards the bytes above
         self._writers = threading.Lock()  # the writers' lock, held across calls
 
@@ -422,9 +423,25 @@ class MemoryLogStorage:
             self._aside[where] = bytes(data)
         return where
 
+    def set_aside_segment(self, first: int) -> str:
+        with self._data:
+            content = self._segment(first)
+            where = f"{self.location()}/recovered/{segment_name(first)}.0.{len(self._aside)}"
+            self._aside[where] = bytes(content)
+            del self._segments[first]
+        return where
+
     def set_aside_tails(self) -> dict[str, bytes]:
         with self._data:
             return dict(self._aside)
+
+    def pending_repair(self) -> bytes | None:
+        with self._data:
+            return self._repair
+
+    def set_pending_repair(self, plan: bytes | None) -> None:
+        with self._data:
+            self._repair = None if plan is None else bytes(plan)
 
     def strays(self) -> list[str]:
         return []

@@ -263,7 +263,7 @@ def audit_verify(
             "log",
             f"{f.check}: {f.message}",
             index=f.index,
-            evidence={"where": f.where} if f.where else {},
+            evidence=({"where": f.where} if f.where else {}) | (f.evidence or {}),
         )
 
     decisions = contents.decisions

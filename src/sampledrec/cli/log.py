@@ -1,4 +1,4 @@
-"""``sampledrec log verify|show|checkpoint``: the signed decision log."""
+"""``sampledrec log verify|show|checkpoint|repair``: the signed decision log."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ._common import (
     add_group,
     emit,
     open_store,
+    owner_name,
 )
 from ._progress import Progress
 
@@ -39,6 +40,17 @@ def register(commands: Commands) -> None:
         lsub, "checkpoint", cmd_log_checkpoint, "export the latest checkpoint for a DPO"
     )
     p.add_argument("--out", required=True)
+    p = add_command(
+        lsub,
+        "repair",
+        cmd_log_repair,
+        "repair a damaged log: keep the damaged part aside, untouched, cut the log back to its "
+        "last good batch and log the gap (the audit reports it as a FAIL, for good); stop every "
+        "other process using the store first",
+    )
+    p.add_argument(
+        "--reason", required=True, help="why the log is repaired (logged in the gap entry)"
+    )
 
 
 def cmd_log_verify(args: argparse.Namespace, out: TextIO) -> int:
@@ -135,6 +147,22 @@ def cmd_log_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
         f"Verifier key: {store.vkey}\n"
         "Keep it outside the store: 'sampledrec log verify --checkpoint FILE' then detects a "
         "log rewritten or truncated after it.",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_log_repair(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_store(args.store)
+    report = store.repair_log(args.reason, principal=owner_name())
+    emit(
+        args,
+        report.to_json(),
+        ("Finished the interrupted repair of " if report.resumed else "Repaired ")
+        + f"the log {store.log_storage.location()}.\n{report}\n"
+        "The store decides and records again. 'sampledrec log verify' and the audit report "
+        'the gap as a FAIL, for good: tell the DPO (docs/operations.md, "When the log is '
+        "damaged\"), and export a new checkpoint for them ('sampledrec log checkpoint').",
         out,
     )
     return EXIT_OK

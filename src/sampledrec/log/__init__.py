@@ -3,8 +3,10 @@
 :class:`DecisionLog` appends entries (decisions in bulk, with group commit) to segments and signs
 checkpoints over an RFC 6962 Merkle tree; :func:`verify_log` re-checks every byte; proofs of
 inclusion and consistency need only a checkpoint and the verifier key; :func:`read_log` gives an
-auditor the decisions as numpy columns. The log's bytes are kept by a :class:`LogStorage`
-(:class:`LocalLogStorage`: ``STORE/log/``); the byte layout is ``docs/log-format.md``.
+auditor the decisions as numpy columns. A damaged log stops the writer until
+:meth:`DecisionLog.repair` cuts it back, deliberately, and logs the gap (:class:`RepairReport`).
+The log's bytes are kept by a :class:`LogStorage` (:class:`LocalLogStorage`: ``STORE/log/``);
+the byte layout is ``docs/log-format.md``.
 """
 
 from .checkpoint import Checkpoint
@@ -17,6 +19,7 @@ from .proofs import (
     verify_consistency_proof,
     verify_inclusion_proof,
 )
+from .repair import RepairReport
 from .storage import LocalLogStorage, LogStorage
 from .verify import LogReport, export_checkpoint, verify_log
 from .writer import DecisionLog, RecoveryReport, iter_entries
@@ -31,6 +34,7 @@ __all__ = [
     "LogReport",
     "LogStorage",
     "RecoveryReport",
+    "RepairReport",
     "decode_entry",
     "export_checkpoint",
     "iter_entries",

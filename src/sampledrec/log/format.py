@@ -49,6 +49,7 @@ __all__ = [
     "T_KEY_DESTROYED",
     "T_KEY_REVEAL",
     "T_LOG_CREATED",
+    "T_LOG_GAP",
     "T_POLICY",
     "T_RECORDING_ABORTED",
     "T_RECORDING_OPENED",
@@ -73,6 +74,7 @@ T_KEY_REVEAL: Final = 0x03
 T_POLICY: Final = 0x04
 T_DECISION: Final = 0x05
 T_CHECKPOINT: Final = 0x06
+T_LOG_GAP: Final = 0x07
 T_RECORDING_OPENED: Final = 0x10
 T_RECORDING_SEALED: Final = 0x11
 T_RECORDING_ABORTED: Final = 0x12
@@ -91,6 +93,7 @@ TYPE_NAMES: Final = {
     T_POLICY: "policy",
     T_DECISION: "decision",
     T_CHECKPOINT: "checkpoint",
+    T_LOG_GAP: "log_gap",
     T_RECORDING_OPENED: "recording_opened",
     T_RECORDING_SEALED: "recording_sealed",
     T_RECORDING_ABORTED: "recording_aborted",
@@ -193,6 +196,19 @@ FIELDS: Final[dict[int, dict[int, Field]]] = {
     ),
     T_DECISION: _by_tag(*DECISION),
     T_CHECKPOINT: _by_tag(Field(0x01, "size", "uint"), Field(0x02, "root", "bytes")),
+    # A repair cut the log back to its last good batch: what was lost, and where it was kept.
+    T_LOG_GAP: _by_tag(
+        Field(0x01, "lost_from", "uint"),  # the first entry index lost: this entry's own
+        Field(0x02, "lost_to", "uint"),  # one past the last index the set-aside bytes show
+        Field(0x03, "damage", "str"),  # the first damaged point, and what was wrong there
+        Field(0x04, "set_aside_bytes", "uint"),
+        Field(0x05, "set_aside_sha256", "bytes"),  # of the pieces, concatenated in order
+        Field(0x06, "set_aside", "str"),  # JSON: [{name, offset, bytes, sha256, kept_at}]
+        Field(0x07, "checkpoints_set_aside", "uint"),  # whole checkpoint records set aside
+        Field(0x08, "reason", "str"),
+        Field(0x09, "restored", "uint"),  # entries re-logged right after this one
+        Field(0x20, "principal", "str"),  # who repaired (personal, "access")
+    ),
     T_RECORDING_OPENED: _by_tag(
         Field(0x01, "recording_id", "str"),
         Field(0x02, "decision_index", "uint"),

@@ -38,6 +38,7 @@ __all__ = [
     "BatchSpan",
     "batch_extent",
     "iter_batches",
+    "last_trailer",
     "parse_batch",
     "read_trailer",
     "skip_batch",
@@ -87,6 +88,20 @@ def read_trailer(data: SegmentBytes, pos: int) -> tuple[CompactRange, int] | Non
         return None
     hashes = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n)]
     return CompactRange(size, hashes), pos + 32 * n
+
+
+def last_trailer(data: SegmentBytes) -> CompactRange | None:
+    """The compact range recorded by the trailer that ends a segment's ``data`` (the log's after
+    the segment's last batch), found from the end without reading the batches (a trailer holds
+    ``popcount(tree_size)`` hashes), or ``None`` if no well-formed trailer ends it."""
+    for n in range(65):
+        pos = len(data) - TRAILER_HEAD.size - 32 * n
+        if pos < SEG_HEADER.size:
+            break
+        got = read_trailer(data, pos)
+        if got is not None and got[1] == len(data):
+            return got[0]
+    return None
 
 
 def batch_extent(tail: bytes) -> int | None:

@@ -3,9 +3,11 @@
 A log is made of *segments*, each named by the index of its first entry and only ever appended
 to, and one *checkpoints* file (``docs/log-format.md``, sections 1 to 3). Around them: the
 writers' lock, and the torn tails that crash recovery sets aside (they were never durable, but
-are kept for an operator to look at). :class:`LogStorage` is everything the writer, recovery,
-verification, the column reader and the proofs do with those bytes, and nothing more; what the
-bytes mean is theirs (:mod:`.segments`).
+are kept for an operator to look at), and the plan of a repair under way (``DecisionLog.repair``
+cuts a damaged log back to its last good batch, after setting the rest aside: whole segments
+too). :class:`LogStorage` is everything the writer, recovery, repair, verification, the column
+reader and the proofs do with those bytes, and nothing more; what the bytes mean is theirs
+(:mod:`.segments`).
 
 :class:`LocalLogStorage` keeps the log as ``docs/log-format.md`` lays it out::
 
@@ -15,7 +17,8 @@ bytes mean is theirs (:mod:`.segments`).
         checkpoints
       .seg-<12 digits>.log.new-<pid>    a segment being born (renamed into log/ once whole)
       log.lock                   the writers' lock (flock)
-      recovered/                 torn tails set aside by crash recovery
+      log.repair                 the plan of a repair under way (only while one is)
+      recovered/                 what recovery and repair set aside: torn tails, damaged parts
 
 Everything beside ``log/`` lives outside it because every byte in ``log/`` is covered by
 verification. Folders are 0700, files 0600; a segment is born whole (written and fsynced
@@ -38,7 +41,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Final, Protocol, TypeAlias, runtime_checkable
 
-from .._hazmat.files import fsync_dir, write_new
+from .._hazmat.files import fsync_dir, write_atomic, write_new
 from .._hazmat.locking import wait_for_flock
 
 __all__ = [
@@ -148,8 +151,26 @@ class LogStorage(Protocol):
         It is never read back into the log."""
         ...
 
+    def set_aside_segment(self, first: int) -> str:
+        """Move the whole segment out of the log, durably, to where :meth:`set_aside` keeps
+        its tails, byte for byte; returns where it went. Only a repair does this, to a segment
+        after the damaged point of a log; the segment is never read back into the log."""
+        ...
+
     def set_aside_tails(self) -> dict[str, bytes]:
-        """The tails set aside so far, by where :meth:`set_aside` said they went."""
+        """What was set aside so far (tails and whole segments), by where :meth:`set_aside` and
+        :meth:`set_aside_segment` said it went."""
+        ...
+
+    def pending_repair(self) -> bytes | None:
+        """The plan of a repair under way, as :meth:`set_pending_repair` last stored it, or
+        ``None``. It is kept beside the log, not in it; while it is there the log is being
+        repaired: the writer refuses to open it and verification reports it."""
+        ...
+
+    def set_pending_repair(self, plan: bytes | None) -> None:
+        """Store the plan of a repair under way, whole or not at all, durably (replacing the
+        one stored); ``None`` removes it, durably, when the repair is complete."""
         ...
 
     def strays(self) -> list[str]:
@@ -193,6 +214,7 @@ class LocalLogStorage:
         self.folder = Path(folder)
         self._parent = self.folder.parent
         self._lock_path = self._parent / f"{self.folder.name}.lock"
+        self._repair_path = self._parent / f"{self.folder.name}.repair"
         self._aside = self._parent / "recovered"
 
     @classmethod
@@ -311,18 +333,62 @@ class LocalLogStorage:
     def truncate_checkpoints(self, size: int) -> None:
         _truncate(self.folder / CHECKPOINTS, size)
 
-    # -- what recovery sets aside --------------------------------------------------------------
+    # -- what recovery and repair set aside ----------------------------------------------------
+
+    def _aside_path(self, name: str, offset: int) -> Path:
+        """A free name in ``recovered/`` for bytes of ``name`` from ``offset`` (the lock is
+        held: nobody takes it meanwhile)."""
+        if not self._aside.is_dir():
+            self._aside.mkdir(mode=0o700, exist_ok=True)
+            fsync_dir(self._parent)
+        stem = f"{name}.{offset}.{int(time.time())}"
+        dest = self._aside / f"{stem}.bin"
+        n = 1
+        while os.path.lexists(dest):
+            dest = self._aside / f"{stem}-{n}.bin"
+            n += 1
+        return dest
 
     def set_aside(self, name: str, offset: int, data: bytes) -> str:
-        self._aside.mkdir(mode=0o700, exist_ok=True)
-        dest = self._aside / f"{name}.{offset}.{int(time.time())}.bin"
-        write_new(dest, data)
+        dest = self._aside_path(name, offset)
+        write_atomic(dest, data)  # whole or not at all, and its folder entry durable
+        return str(dest)
+
+    def set_aside_segment(self, first: int) -> str:
+        seg = self._segment(first)
+        if not seg.is_file() or seg.is_symlink():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(seg))
+        dest = self._aside_path(seg.name, 0)
+        # Linked, then unlinked: never replaces a file, and a crash between the two leaves the
+        # segment in both places (a repair then sets it aside again), never in neither.
+        os.link(seg, dest)
+        fsync_dir(self._aside)
+        os.unlink(seg)
+        fsync_dir(self.folder)
         return str(dest)
 
     def set_aside_tails(self) -> dict[str, bytes]:
         if not self._aside.is_dir():
             return {}
-        return {str(p): p.read_bytes() for p in sorted(self._aside.iterdir()) if p.is_file()}
+        return {
+            str(p): p.read_bytes()
+            for p in sorted(self._aside.iterdir())
+            if p.is_file() and not p.name.startswith(".")  # not a temporary file
+        }
+
+    def pending_repair(self) -> bytes | None:
+        try:
+            return self._repair_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def set_pending_repair(self, plan: bytes | None) -> None:
+        if plan is not None:
+            write_atomic(self._repair_path, plan, replace=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._repair_path.unlink()
+            fsync_dir(self._parent)
 
 
 def _write_at(path: Path, at: int, data: bytes) -> None:

@@ -8,6 +8,9 @@ the file, offset and entry index of anything wrong:
 - ``tree``: each batch trailer equals the compact range recomputed from the entries;
 - ``checkpoints``: every stored checkpoint is signed by the log's key and matches the tree at its
   size; none is larger than the log (truncation); every checkpoint the log records is present;
+- ``gaps``: the log was never repaired: each ``log_gap`` entry (``sampledrec log repair`` cut the
+  log back after damage) is a failure with its evidence (the entries lost, the SHA-256 of what
+  was set aside and where it is kept, who repaired and why), and so is a repair under way;
 - ``exported``: with an exported checkpoint, the log still has that root at that size and the
   exported epoch-key commitments (a log rewritten and re-signed after the export fails here);
 - ``keys``: every epoch key used by a decision was committed, once, before its first use;
@@ -44,8 +47,10 @@ from .format import (
     T_DECISION,
     T_KEY_COMMIT,
     T_LOG_CREATED,
+    T_LOG_GAP,
     T_POLICY,
     TYPE_NAMES,
+    Entry,
     decode_entry,
 )
 from .merkle import CompactRange
@@ -76,6 +81,7 @@ CHECKS: Final = (
     "identity",
     "tree",
     "checkpoints",
+    "gaps",
     "exported",
     "keys",
     "policies",
@@ -88,6 +94,7 @@ class Finding:
     message: str
     where: str | None = None
     index: int | None = None
+    evidence: dict[str, Any] | None = None  # what backs the finding, for a report (a gap's)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -125,6 +132,7 @@ class LogReport(CheckedReport):
     origin: str | None = None
     public_key: bytes | None = None
     entries_by_type: dict[str, int] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # each repair: its evidence
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -139,6 +147,7 @@ class LogReport(CheckedReport):
             "exported_checkpoint_checked": self.exported_checked,
             "simulated": self.simulated,
             "entries_by_type": self.entries_by_type,
+            "gaps": self.gaps,
             "checks": {c: ("FAIL" if self.failed(c) else "PASS") for c in CHECKS},
             "findings": [f.to_json() for f in self.findings],
             "notes": self.notes,
@@ -214,6 +223,15 @@ def verify_log(
     if not storage.exists():
         rep.findings.append(Finding("files", "the log folder is missing", storage.location()))
         return rep
+    if storage.pending_repair() is not None:
+        rep.findings.append(
+            Finding(
+                "gaps",
+                "a repair of the log is under way or was interrupted: the log is being cut back "
+                "after damage ('sampledrec log repair' finishes it)",
+                storage.location(),
+            )
+        )
 
     # -- files ----------------------------------------------------------------------------------
     strays = storage.strays()
@@ -542,6 +560,7 @@ def _finish(
     commits: dict[str, tuple[int, bytes]] = {}
     policies: dict[bytes, int] = {}
     recorded_cps: list[tuple[int, int, bytes]] = []
+    gaps: list[Entry] = []
     for index, raw in scan.others:
         if not raw:
             rep.findings.append(
@@ -606,6 +625,11 @@ def _finish(
             policies.setdefault(version, index)
         elif entry.type == T_CHECKPOINT:
             recorded_cps.append((index, f.get("size", -1), f.get("root", b"")))
+        elif entry.type == T_LOG_GAP:
+            gaps.append(entry)
+            finding = _gap_finding(entry)
+            rep.findings.append(finding)
+            rep.gaps.append(finding.evidence or {})
 
     # Checkpoints stored in the log folder.
     rep.checkpoints = len(stored)
@@ -664,7 +688,22 @@ def _finish(
         )
     stored_pairs = {(cp.size, cp.root) for cp in stored}
     for index, size, root in recorded_cps:
-        if (size, root) not in stored_pairs:
+        if (size, root) in stored_pairs:
+            continue
+        repair = next(
+            (g for g in gaps if g.index > index and g.fields.get("checkpoints_set_aside")), None
+        )
+        if repair is not None:
+            rep.findings.append(
+                Finding(
+                    "gaps",
+                    f"the log records a checkpoint of size {size} that the repair logged at "
+                    f"entry {repair.index} set aside",
+                    CHECKPOINTS,
+                    index,
+                )
+            )
+        else:
             rep.findings.append(
                 Finding(
                     "checkpoints",
@@ -686,7 +725,22 @@ def _finish(
                     "it was re-created or re-keyed",
                 )
             )
-        if exported.size > cr.size:
+        # A repair after the export cut back entries that it covers: the log can no longer be
+        # consistent with it, and the gap entry says why.
+        repaired = [g for g in gaps if g.index < exported.size]
+        if (exported.size > cr.size or roots_at.get(exported.size) != exported.root) and repaired:
+            first = repaired[0]
+            rep.findings.append(
+                Finding(
+                    "exported",
+                    f"the log was repaired after this checkpoint was exported: the repair logged "
+                    f"at entry {first.index} cut the log back to {first.index} entries and set "
+                    f"aside the rest, which the exported checkpoint (of {exported.size} "
+                    "entries) covers; the log is no longer consistent with it",
+                    index=first.index,
+                )
+            )
+        elif exported.size > cr.size:
             rep.findings.append(
                 Finding(
                     "exported",
@@ -709,7 +763,8 @@ def _finish(
                 rep.findings.append(
                     Finding(
                         "exported",
-                        f"epoch {c.get('epoch_id')}: the exported commitment is not in the log",
+                        f"epoch {c.get('epoch_id')}: the exported commitment is not in the log"
+                        + (" (it may have been in what a repair set aside)" if gaps else ""),
                     )
                 )
 
@@ -753,3 +808,67 @@ def _finish(
                 )
             )
     return rep
+
+
+def _gap_finding(entry: Entry) -> Finding:
+    """The failure that a ``log_gap`` entry is, with its evidence: a repaired log is never
+    clean, whatever else verifies."""
+    f = entry.fields
+    lost_from, lost_to = f.get("lost_from"), f.get("lost_to")
+    digest = f.get("set_aside_sha256")
+    try:
+        pieces = json.loads(f.get("set_aside", ""))
+        kept = [str(p["kept_at"]) for p in pieces]
+    except (ValueError, TypeError, KeyError):
+        pieces, kept = None, []
+    first = lost_from if isinstance(lost_from, int) else -1
+    end = lost_to if isinstance(lost_to, int) else -1
+    well_formed = (
+        first == entry.index
+        and end >= first
+        and isinstance(digest, bytes)
+        and len(digest) == 32
+        and pieces is not None
+    )
+    lost = end - first if well_formed else None
+    digest_hex = digest.hex() if isinstance(digest, bytes) else None
+    evidence = {
+        "gap_entry": entry.index,
+        "repaired_at": entry.time.isoformat(),
+        "lost_from": lost_from,
+        "lost_to": lost_to,
+        "entries_lost": lost,
+        "checkpoints_set_aside": f.get("checkpoints_set_aside"),
+        "damage": f.get("damage"),
+        "reason": f.get("reason"),
+        "set_aside_bytes": f.get("set_aside_bytes"),
+        "set_aside_sha256": digest_hex,
+        "set_aside": pieces,
+        "restored": f.get("restored", 0),
+    }
+    if lost is None:
+        return Finding(
+            "gaps",
+            "a log_gap entry that is malformed or does not sit where the log was cut (it names "
+            f"entry {lost_from} as the first lost): the log was repaired, or tampered with",
+            index=entry.index,
+            evidence=evidence,
+        )
+    what = (
+        f"entries {first}..{end - 1} of the log as it was before ({lost:,}, "
+        "as far as the bytes set aside show) were lost"
+        if lost
+        else "no entry was lost"
+    )
+    cps = f.get("checkpoints_set_aside") or 0
+    if cps:
+        what += f", and {cps} signed checkpoint records were set aside"
+    return Finding(
+        "gaps",
+        f"the log was repaired at entry {entry.index} ({entry.time.isoformat()}): {what}; "
+        f"{f.get('set_aside_bytes', 0):,} bytes set aside, SHA-256 {digest_hex}, kept at "
+        f"{', '.join(kept) or '(nowhere named)'}; damage: {f.get('damage')}; reason given: "
+        f"{f.get('reason')}",
+        index=entry.index,
+        evidence=evidence,
+    )

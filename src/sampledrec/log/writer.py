@@ -16,12 +16,14 @@ threads and processes share one consistent tree.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import itertools
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
@@ -29,7 +31,14 @@ from typing import Any, Final, NamedTuple
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import CheckpointError, LogCorrupt, SampledrecError, StoreError
+from ..errors import (
+    CheckpointError,
+    InvalidArgument,
+    LogCorrupt,
+    LogRepairRefused,
+    SampledrecError,
+    StoreError,
+)
 from ..sampling.record import REASONS, DecisionRecord
 from . import hashing as _hashing
 from . import segments
@@ -40,17 +49,22 @@ from .format import (
     FORMAT_VERSION,
     T_CHECKPOINT,
     T_DECISION,
+    T_KEY_COMMIT,
     T_LOG_CREATED,
+    T_LOG_GAP,
+    T_POLICY,
     TAG_SEALED,
     Entry,
     decode_entry,
     field_bytes,
+    header,
     key_check_value,
     ref_value,
     split_personal,
     to_micros,
 )
 from .merkle import CompactRange
+from .repair import Piece, RepairPlan, RepairReport, gap_values, survey
 from .segments import (
     BATCH_HEADER,
     BATCH_MAGIC,
@@ -66,7 +80,13 @@ from .segments import (
 )
 from .storage import CHECKPOINTS, LogStorage, log_storage, segment_name
 
-__all__ = ["DecisionLog", "LogCorrupt", "RecoveryReport", "iter_entries", "unsealer"]
+__all__ = ["REPAIR_HINT", "DecisionLog", "LogCorrupt", "RecoveryReport", "iter_entries", "unsealer"]
+
+#: What every refusal to open a damaged log ends with: how to look, and the way out.
+REPAIR_HINT: Final = (
+    "run 'sampledrec log verify' to see the damage, then 'sampledrec log repair' to cut the log "
+    'back to its last good batch (docs/operations.md, "When the log is damaged")'
+)
 
 _REASON_INDEX: Final = {r: i for i, r in enumerate(REASONS)}
 _EPOCH_ORDINAL: Final = 719163  # date(1970, 1, 1).toordinal()
@@ -367,6 +387,11 @@ class DecisionLog:
         """
         report = RecoveryReport()
         storage = self.storage
+        if storage.pending_repair() is not None:
+            raise LogCorrupt(
+                f"{storage.location()}: a repair of the log was interrupted; run 'sampledrec log "
+                "repair' again to finish it"
+            )
         segs = storage.segments()
         if not segs:
             raise LogCorrupt(f"{storage.location()} has no segment; the log was deleted or damaged")
@@ -382,17 +407,23 @@ class DecisionLog:
                 latest = max(latest, Checkpoint.parse(note).size)
             except CheckpointError:
                 raise LogCorrupt(
-                    f"{CHECKPOINTS}: a checkpoint record is damaged; run 'sampledrec log verify'"
+                    f"{CHECKPOINTS}: a checkpoint record is damaged; {REPAIR_HINT}"
                 ) from None
+        self._check_chain(segs)
         seg = segs[-1]
         name = segment_name(seg)
         data = storage.read_segment(seg)
         if len(data) < SEG_HEADER.size:
-            raise LogCorrupt(f"{name}: truncated segment header; run 'sampledrec log verify'")
+            raise LogCorrupt(f"{name}: truncated segment header; {REPAIR_HINT}")
         magic, store_id, first = SEG_HEADER.unpack_from(data, 0)
-        if magic != SEG_MAGIC or store_id != self.store_id:
-            raise LogCorrupt(f"{name}: not a segment of this store's log")
+        if magic != SEG_MAGIC or store_id != self.store_id or first != seg:
+            raise LogCorrupt(f"{name}: not a segment of this store's log; {REPAIR_HINT}")
         cr = self._range_before(segs) if first > 0 else CompactRange()
+        if cr.size != first:
+            raise LogCorrupt(
+                f"{name} starts at entry {first} but the segments before it end at entry "
+                f"{cr.size}: a segment is missing; {REPAIR_HINT}"
+            )
         pos = SEG_HEADER.size
         while pos < len(data):
             parsed = parse_batch(data, pos, cr)
@@ -405,13 +436,13 @@ class DecisionLog:
             if whole is not None and pos + whole < len(data):
                 raise LogCorrupt(
                     f"{name}: the batch at offset {pos} does not verify and is not the last "
-                    "one: the log was damaged or tampered with; run 'sampledrec log verify'"
+                    f"one: the log was damaged or tampered with; {REPAIR_HINT}"
                 )
             if cr.size < latest:
                 raise LogCorrupt(
                     f"{name}: the batch at offset {pos} does not verify but a checkpoint "
-                    f"covers {latest} entries: the log was damaged or tampered with; run "
-                    "'sampledrec log verify'"
+                    f"covers {latest} entries: the log was damaged or tampered with; "
+                    f"{REPAIR_HINT}"
                 )
             count = 0
             if len(tail) >= BATCH_HEADER.size and tail[:4] == BATCH_MAGIC:
@@ -428,7 +459,7 @@ class DecisionLog:
         if latest > cr.size:
             raise LogCorrupt(
                 f"the latest checkpoint covers {latest} entries but the log holds only "
-                f"{cr.size}: the log was truncated; run 'sampledrec log verify'"
+                f"{cr.size}: the log was truncated; {REPAIR_HINT}"
             )
         self._cr = cr
         self._seg, self._seg_end = seg, pos
@@ -449,10 +480,34 @@ class DecisionLog:
                 )
         return report
 
+    def _check_chain(self, segs: list[int]) -> None:
+        """Every segment but the last is of this log and ends where the next one starts: read
+        from each one's header and last trailer only (cheap), so that a segment missing,
+        renamed or of another log stops the writer wherever it is."""
+        if segs[0] != 0:
+            raise LogCorrupt(f"the first segment of the log is missing; {REPAIR_HINT}")
+        for first, after in itertools.pairwise(segs):
+            name = segment_name(first)
+            data = self.storage.map_segment(first)
+            if len(data) < SEG_HEADER.size or SEG_HEADER.unpack_from(data, 0) != (
+                SEG_MAGIC,
+                self.store_id,
+                first,
+            ):
+                raise LogCorrupt(f"{name}: not a segment of this store's log; {REPAIR_HINT}")
+            end = segments.last_trailer(data)
+            del data
+            if end is None or end.size != after:
+                raise LogCorrupt(
+                    f"{segment_name(after)} starts at entry {after} but {name} does not end "
+                    f"there ({'damaged' if end is None else f'at entry {end.size}'}): a segment "
+                    f"is missing or damaged; {REPAIR_HINT}"
+                )
+
     def _range_before(self, segs: list[int]) -> CompactRange:
         """The compact range at the start of the last segment: the previous one's last trailer."""
         if len(segs) < 2:
-            raise LogCorrupt("the first segment of the log is missing")
+            raise LogCorrupt(f"the first segment of the log is missing; {REPAIR_HINT}")
         prev = self.storage.read_segment(segs[-2])
         name = segment_name(segs[-2])
         pos = SEG_HEADER.size
@@ -460,11 +515,225 @@ class DecisionLog:
         while pos < len(prev):
             got = skip_batch(prev, pos)
             if got is None:
-                raise LogCorrupt(f"{name}: damaged batch at offset {pos}")
+                raise LogCorrupt(f"{name}: damaged batch at offset {pos}; {REPAIR_HINT}")
             last, pos = got
         if last is None:
-            raise LogCorrupt(f"{name} holds no batch")
+            raise LogCorrupt(f"{name} holds no batch; {REPAIR_HINT}")
         return last
+
+    # -- repairing -----------------------------------------------------------------------------
+
+    @classmethod
+    def repair(
+        cls,
+        log: LogStorage | str | os.PathLike[str],
+        keyring: Any,
+        *,
+        origin: str,
+        store_id: bytes,
+        principal: str,
+        reason: str,
+        restore: Sequence[tuple[int, Mapping[str, Any]]] = (),
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> RepairReport:
+        """Repair a damaged log, deliberately: never done by :meth:`open`.
+
+        Finds the first damaged point (a batch that does not verify, a segment missing or not
+        of this log, a checkpoint that does not verify or covers more than the log holds, see
+        :func:`~.repair.survey`); sets aside, byte for byte and through the storage, everything
+        from there on (the rest of that segment, every later segment, the checkpoint records
+        from the first bad one on); cuts the log back to the last good batch; appends a
+        ``log_gap`` entry that records what was lost and where it was kept, by ``principal``,
+        because of ``reason``; and signs a fresh checkpoint. The store can then decide and
+        record again; verification reports the gap as a failure, for good.
+
+        ``restore``: entries to log right after the gap entry, of which the log kept before the
+        damage does not hold the same: key commitments (``T_KEY_COMMIT``: same epoch and
+        commitment) and policies (``T_POLICY``: same version), which may have been in the part
+        set aside, so that decisions made after the repair can be checked
+        (``Store.repair_log`` passes every epoch key of the keyring and every applied policy).
+
+        Every other process using the log must be stopped first. A crash at any step leaves a
+        log that still needs this repair (it refuses to open; the repair's plan, kept beside the
+        log, is finished by calling this again) or a repaired one. Raises
+        :class:`~sampledrec.errors.LogRepairRefused` when there is nothing to repair.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidArgument(
+                "a repair needs a reason: say why the log is cut back (it is logged)"
+            )
+        if not isinstance(principal, str) or not principal.strip():
+            raise InvalidArgument("a repair needs the name of who repairs (it is logged)")
+        writer = cls(log, keyring, origin=origin, store_id=store_id, clock=clock)
+        if not writer.storage.exists():
+            raise StoreError(
+                f"{writer.storage.location()} is missing: the store has no decision log"
+            )
+        with writer.storage.lock():
+            return writer._repair(principal.strip(), reason.strip(), restore)
+
+    def _repair(
+        self, principal: str, reason: str, restore: Sequence[tuple[int, Mapping[str, Any]]]
+    ) -> RepairReport:
+        storage = self.storage
+        pending = storage.pending_repair()
+        resumed = pending is not None
+        if pending is not None:
+            plan = RepairPlan.from_json(pending)
+        else:
+            found = survey(
+                storage,
+                store_id=self.store_id,
+                origin=self.origin,
+                public_key=self._signer.public_key,
+                keep_types=frozenset(etype for etype, _ in restore),
+            )
+            if found.torn_tail_only:
+                raise LogRepairRefused(
+                    "nothing to repair: the log only ends with a torn write that was never "
+                    "durable (a crash), which opening the log sets aside by itself"
+                )
+            if found.plan is None:
+                raise LogRepairRefused(
+                    "nothing to repair: every batch and every checkpoint of the log verifies"
+                )
+            plan = found.plan
+            plan.time_us = to_micros(self._clock.now())
+            plan.principal, plan.reason = principal, reason
+            plan.restore = self._restore_records(restore, found.kept, plan.time_us)
+            # Copies first: until the plan is stored, the log itself is not changed.
+            for piece in plan.pieces:
+                if not piece.whole:
+                    data = self._piece_bytes(piece)
+                    if hashlib.sha256(data).hexdigest() != piece.sha256:  # pragma: no cover
+                        raise LogCorrupt(f"{piece.name} changed while the repair read it")
+                    piece.kept_at = storage.set_aside(piece.name, piece.offset, data)
+            storage.set_pending_repair(plan.to_json())
+        # From here on every step can be done again, after a crash, from the stored plan.
+        for piece in plan.pieces:
+            if piece.whole and piece.kept_at is None:
+                piece.kept_at = self._move_aside(piece)
+                storage.set_pending_repair(plan.to_json())
+        if storage.read_segment(plan.segment, plan.segment_end):
+            storage.truncate_segment(plan.segment, plan.segment_end)
+        if storage.read_checkpoints(plan.checkpoints_cut):
+            storage.truncate_checkpoints(plan.checkpoints_cut)
+        self._write_gap(plan)
+        self._cp_end = plan.checkpoints_cut
+        self._closed = True  # the next writer that opens the log records the checkpoint
+        cp = self._write_checkpoint()
+        storage.set_pending_repair(None)
+        return RepairReport(
+            index=plan.size,
+            lost_to=plan.lost_to,
+            damage=plan.damage,
+            pieces=plan.pieces,
+            set_aside_sha256=plan.sha256,
+            checkpoints_set_aside=plan.checkpoints_set_aside,
+            restored=len(plan.restore),
+            checkpoint=cp,
+            resumed=resumed,
+        )
+
+    def _piece_bytes(self, piece: Piece) -> bytes:
+        if piece.segment is None:
+            return self.storage.read_checkpoints(piece.offset)
+        return self.storage.read_segment(piece.segment, piece.offset)
+
+    def _move_aside(self, piece: Piece) -> str:
+        """Move a whole segment of the plan out of the log; after a crash it may be out
+        already, set aside by the interrupted attempt before it could note where."""
+        assert piece.segment is not None
+        storage = self.storage
+        if piece.segment in storage.segments():
+            if hashlib.sha256(storage.read_segment(piece.segment)).hexdigest() != piece.sha256:
+                raise LogCorrupt(
+                    f"{piece.name} changed since the repair planned to set it aside; the plan "
+                    "of the interrupted repair no longer fits the log: ask for support"
+                )
+            return storage.set_aside_segment(piece.segment)
+        for where, data in storage.set_aside_tails().items():
+            if (
+                piece.name in where
+                and len(data) == piece.size
+                and hashlib.sha256(data).hexdigest() == piece.sha256
+            ):
+                return where
+        raise LogCorrupt(
+            f"{piece.name} is neither in the log nor among what was set aside; the plan of the "
+            "interrupted repair no longer fits the log: ask for support"
+        )
+
+    def _restore_records(
+        self,
+        restore: Sequence[tuple[int, Mapping[str, Any]]],
+        kept: list[Entry],
+        time_us: int,
+    ) -> list[bytes]:
+        """The records (u32 length + entry) of the ``restore`` entries that the log kept does
+        not hold, sealed now."""
+        commits = {
+            (e.fields.get("epoch_id"), e.fields.get("commitment"))
+            for e in kept
+            if e.type == T_KEY_COMMIT
+        }
+        policies = {e.fields.get("version") for e in kept if e.type == T_POLICY}
+        out = []
+        for etype, values in restore:
+            if etype == T_KEY_COMMIT:
+                commit = (str(values["epoch_id"]), bytes(values["commitment"]))
+                if commit in commits:
+                    continue
+                commits.add(commit)
+            elif etype == T_POLICY:
+                version = bytes(values["version"])
+                if version in policies:
+                    continue
+                policies.add(version)
+            else:
+                raise InvalidArgument(
+                    f"a repair re-logs key commitments and policies only, not entries of type "
+                    f"0x{etype:02x}"
+                )
+            out.append(self._record(etype, values, time_us, "calls"))
+        return out
+
+    def _record(self, etype: int, values: Mapping[str, Any], time_us: int, klass: str) -> bytes:
+        """One entry as a record (u32 length + entry), its personal fields sealed now."""
+        public, personal = split_personal(etype, values)
+        entry = header(etype, time_us) + public
+        if personal:
+            entry += self._sealer.seal(_kid(time_us, klass), [personal])[0]
+        return U32.pack(len(entry)) + entry
+
+    def _write_gap(self, plan: RepairPlan) -> None:
+        """Write the batch of the gap entry (and the entries re-logged after it) where the log
+        was cut, under the lock."""
+        payload = self._record(T_LOG_GAP, gap_values(plan), plan.time_us, "access") + b"".join(
+            plan.restore
+        )
+        count = 1 + len(plan.restore)
+        cr = CompactRange(plan.size, plan.hashes)
+        if _hashing.hash_records(payload, 0, count, cr) is None:  # pragma: no cover
+            raise LogCorrupt("internal error: the gap batch does not parse")
+        blob = (
+            BATCH_HEADER.pack(BATCH_MAGIC, plan.size, count, len(payload))
+            + payload
+            + trailer_bytes(cr)
+        )
+        self._cr = cr
+        if plan.segment_end < segments.SEGMENT_BYTES:
+            self.storage.write_segment(plan.segment, plan.segment_end, blob)
+            self._seg, self._seg_end = plan.segment, plan.segment_end + len(blob)
+        elif plan.size in self.storage.segments():
+            # Written by an interrupted attempt (the damaged segment of that name was set
+            # aside before): write it again.
+            self.storage.truncate_segment(plan.size, SEG_HEADER.size)
+            self.storage.write_segment(plan.size, SEG_HEADER.size, blob)
+            self._seg, self._seg_end = plan.size, SEG_HEADER.size + len(blob)
+        else:
+            self._seg, self._seg_end = plan.segment, plan.segment_end
+            self._append_blob(blob, plan.size)
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -765,7 +1034,7 @@ class DecisionLog:
                     return
                 raise LogCorrupt(
                     f"{segment_name(self._seg)}: another writer left a damaged batch at offset "
-                    f"{self._seg_end + pos}; run 'sampledrec log verify'"
+                    f"{self._seg_end + pos}; {REPAIR_HINT}"
                 )
             self._cr, pos = got
         self._seg_end += pos
