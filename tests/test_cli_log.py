@@ -125,3 +125,23 @@ def test_bad_policy_apply_is_refused(store: Path, tmp_path: Path, cli: CliRun) -
     bad = tmp_path / "bad.toml"
     bad.write_text('[default]\nrate = "1"\npurpose = "quality"\nretention = "6 months"\n')
     assert cli("policy", "apply", bad, "--store", store)[0] == 1
+
+
+def test_log_show_json_gives_times_in_iso_8601(
+    store: Path, tmp_path: Path, cli_json: CliJson
+) -> None:
+    # Every --json output gives times as ISO 8601 UTC strings, the log's entries too (policy
+    # effective_at, recording expiry, hold until, request received_at were µs integers).
+    policy = tmp_path / "p.toml"
+    policy.write_text('[default]\nrate = "0.2"\npurpose = "training"\nretention = "3 months"\n')
+    later = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    assert cli_json("policy", "apply", policy, "--store", store, "--at", later.isoformat())[0] == 0
+    code, shown = cli_json("log", "show", "--store", store)
+    assert code == 0
+    policies = [e for e in shown["entries"] if e["type"] == "policy"]
+    assert datetime.fromisoformat(policies[-1]["effective_at"]) == later
+    for entry in shown["entries"]:
+        for name in ("time", "effective_at", "expires_at", "until", "received_at"):
+            if name in entry:
+                assert isinstance(entry[name], str), (name, entry)
+                assert datetime.fromisoformat(entry[name]).utcoffset() == timedelta(0)

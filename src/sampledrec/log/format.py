@@ -402,10 +402,14 @@ class Entry:
         return from_micros(self.time_us)
 
     def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: times as ISO 8601 UTC strings (as every ``--json`` output),
+        56-bit integers as decimal strings, bytes as hex."""
         doc: dict[str, Any] = {"index": self.index, "type": self.type_name}
         doc["time"] = self.time.isoformat()
         for name, value in self.fields.items():
-            if isinstance(value, bytes):
+            if name in TIME_FIELDS and isinstance(value, int):
+                doc[name] = _iso_or_none(value)
+            elif isinstance(value, bytes):
                 doc[name if name != "call_ref" else "call_ref_hex"] = value.hex()
             elif isinstance(value, int) and value > 2**53:
                 doc[name] = str(value)
@@ -420,6 +424,18 @@ class Entry:
             if self.sealed:
                 doc["personal_fields"] = "unreadable (key erased or not available)"
         return doc
+
+
+#: Fields that hold a time, in µs since 1970 (UTC).
+TIME_FIELDS: Final = frozenset({"effective_at", "expires_at", "until", "received_at"})
+
+
+def _iso_or_none(us: int) -> str | None:
+    """ISO 8601 of a time field; None for a time past any calendar (a hold without an end)."""
+    try:
+        return from_micros(us).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def decode_entry(index: int, data: bytes, unseal: Any | None = None) -> Entry:
