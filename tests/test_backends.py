@@ -23,6 +23,7 @@ other backends.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -299,6 +300,9 @@ FULL = row(
     pauses=[(1_000, 2_500), (9_000, 9_100)],
     truncated=True,
     attrs={"queue": "sales", "lang": "fr", "région": "Île-de-France"},
+    recovery="truncated",
+    recovery_sha256="cd" * 32,
+    recovery_log_size=1_234,
 )
 
 
@@ -610,6 +614,85 @@ def test_readers_see_update_many_whole_or_not_at_all(
         thread.join()
     mixed = [s for s in seen if len(s) != 1]
     assert mixed == []
+
+
+def test_a_recovery_journal_is_kept_and_cleared_with_the_status(
+    catalogs: Handles[Catalog],
+) -> None:
+    # Vault.recover writes its journal into an open row, then seals the row and clears the
+    # journal in one update: a reader sees the journal, or the sealed row, never half of each.
+    catalog, other = catalogs.open(), catalogs.open()
+    catalog.add(row("rec-1", wrapped_key=b"k"))
+    catalog.add(row("rec-2", wrapped_key=b"k"))
+    journal = {"recovery": "truncated", "recovery_sha256": "ef" * 32, "recovery_log_size": 17}
+    catalog.update("rec-1", **journal)
+    for handle in (catalog, other):
+        assert handle.get("rec-1") == row("rec-1", wrapped_key=b"k", **journal)
+        assert ids(handle.find(status=["open"])) == ["rec-1", "rec-2"]  # still open meanwhile
+    catalog.update(
+        "rec-1",
+        status="truncated",
+        truncated=True,
+        ciphertext_sha256="ef" * 32,
+        recovery=None,
+        recovery_sha256=None,
+        recovery_log_size=None,
+    )
+    sealed = row("rec-1", wrapped_key=b"k", status="truncated", truncated=True)
+    sealed.ciphertext_sha256 = "ef" * 32
+    for handle in (catalog, other):
+        assert handle.get("rec-1") == sealed
+        assert handle.get("rec-2") == row("rec-2", wrapped_key=b"k")
+    catalog.update("rec-2", recovery="destroyed", recovery_log_size=0)
+    got = other.get("rec-2")
+    assert got is not None
+    assert (got.recovery, got.recovery_sha256, got.recovery_log_size) == ("destroyed", None, 0)
+
+
+def test_the_recovery_journal_is_not_in_a_rows_json() -> None:
+    doc = FULL.to_json()
+    assert not {"recovery", "recovery_sha256", "recovery_log_size", "wrapped_key"} & set(doc)
+    assert doc["id"] == "rec-full" and doc["status"] == "sealed"
+
+
+# The recordings table as the first released catalogs made it, before call attributes and the
+# recovery journal: SqliteCatalog adds the columns when it opens one.
+OLD_RECORDINGS_TABLE = """
+CREATE TABLE recordings (
+    recording_id TEXT PRIMARY KEY, call_ref TEXT, rule TEXT NOT NULL, purpose TEXT NOT NULL,
+    policy_version TEXT NOT NULL, epoch_id TEXT NOT NULL, decision_index INTEGER NOT NULL,
+    started_at INTEGER NOT NULL, expires_at_sealed INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL, bucket TEXT NOT NULL, wrapped_key BLOB,
+    audio_format TEXT NOT NULL, file TEXT NOT NULL, status TEXT NOT NULL, ended_at INTEGER,
+    duration_ms INTEGER, plaintext_bytes INTEGER, ciphertext_bytes INTEGER,
+    ciphertext_sha256 TEXT, caller_pseudonym TEXT, agent TEXT,
+    pauses TEXT NOT NULL DEFAULT '[]', truncated INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO recordings (recording_id, rule, purpose, policy_version, epoch_id, decision_index,
+    started_at, expires_at_sealed, expires_at, bucket, wrapped_key, audio_format, file, status)
+VALUES ('rec-old', 'regulated', 'quality', 'v1', '2027-05-22', 0, 1811000000000000,
+    1818776000000000, 1818776000000000, 'bucket-2027-08-20', x'6b',
+    'pcm_s16le/8000/1', 'recordings/bucket-2027-08-20/rec-old.sdr', 'open');
+"""
+
+
+def test_sqlite_catalog_migrates_an_old_catalog(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "catalog.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(OLD_RECORDINGS_TABLE)
+    for _ in range(2):  # and opening it again changes nothing more
+        catalog = SqliteCatalog(path)
+        try:
+            expected = row("rec-old", wrapped_key=b"k")
+            assert catalog.get("rec-old") == expected
+            catalog.update("rec-old", recovery="sealed", recovery_sha256="01" * 32)
+            got = catalog.get("rec-old")
+            assert got is not None and (got.recovery, got.recovery_log_size) == ("sealed", None)
+            catalog.update("rec-old", recovery=None, recovery_sha256=None)
+        finally:
+            catalog.close()
 
 
 # --------------------------------------------------------------------------------------------

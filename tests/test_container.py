@@ -824,6 +824,40 @@ def test_recover_prefix_stops_at_damage_and_sees_sealed_containers() -> None:
         list(ContainerReader(sealed, KEY).iter_prefix(-1))
 
 
+@pytest.mark.parametrize("frame", [None, 5])
+def test_recover_prefix_authenticates_every_chunk_not_only_the_final_one(
+    frame: int | None,
+) -> None:
+    # A whole container with one earlier chunk damaged: its final chunk still verifies, so
+    # the length is right, but it is never "sealed"; the prefix stops before the bad chunk.
+    data = os.urandom(100)  # 7 chunks: 6 full, a final one of 4 bytes
+    blob = seal(data, frame=frame)
+    header_len = read_header(blob).header_len
+    for bad in range(6):
+        damaged = bytearray(blob)
+        damaged[header_len + bad * (CHUNK + TAG) + 3] ^= 0x80
+        reader = ContainerReader(bytes(damaged), KEY)
+        assert reader.plaintext_size() == 100  # what a final-chunk-only check accepts
+        found = recover_prefix(bytes(damaged), KEY)
+        assert (found.sealed, found.chunks, found.plaintext_bytes) == (False, bad, bad * CHUNK)
+        got = b"".join(ContainerReader(bytes(damaged), KEY).iter_prefix(found.chunks))
+        assert got == data[: bad * CHUNK]
+    # A damaged final chunk: every earlier chunk verifies as non-final, the prefix is 6 chunks.
+    damaged = bytearray(blob)
+    damaged[-1] ^= 1
+    found = recover_prefix(bytes(damaged), KEY)
+    assert (found.sealed, found.chunks) == (False, 6)
+
+
+def test_recover_prefix_of_whole_containers_of_every_length() -> None:
+    for size in range(5 * CHUNK + 2):
+        data = os.urandom(size)
+        found = recover_prefix(seal(data), KEY)
+        assert found.sealed, size
+        assert found.chunks == max(1, -(-size // CHUNK))
+        assert found.plaintext_bytes == size
+
+
 def test_recover_prefix_of_a_crash_before_any_chunk() -> None:
     assert crashed(b"abc") == b""  # nothing was written: nothing to recover, or to leak
     with pytest.raises(InvalidRecording):

@@ -21,9 +21,20 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import StoreError
 
-__all__ = ["Catalog", "Hold", "RecordingRow", "SqliteCatalog", "Status", "SubjectRequest"]
+__all__ = [
+    "Catalog",
+    "Hold",
+    "RecordingRow",
+    "Recovery",
+    "SqliteCatalog",
+    "Status",
+    "SubjectRequest",
+]
 
 Status = Literal["open", "sealed", "truncated", "aborted", "expiring", "expired", "erased"]
+Recovery = Literal["sealed", "truncated", "destroyed"]
+"""What crash recovery (``Vault.recover``) decided for a recording left open: keep the
+container as it is, keep its verified prefix re-sealed, or destroy it."""
 
 
 @dataclass
@@ -57,11 +68,22 @@ class RecordingRow:
     # The call attributes given when recording (``Vault.record(attrs=...)``), as text; what
     # role scopes are matched against. Empty for recordings made before they were stored.
     attrs: dict[str, str] = field(default_factory=dict)
+    # The journal of a crash recovery in progress (``Vault.recover``), written before the
+    # recording's blob is replaced or deleted; the row stays ``open`` meanwhile. ``recovery``
+    # is the outcome decided, ``recovery_sha256`` the SHA-256 (hex) of the container the
+    # recording keeps (None when it is destroyed), and ``recovery_log_size`` the log's size when
+    # the journal was written: the entry that recovery logs has an index at least that. All
+    # None when no recovery is in progress; the update that seals the row clears them.
+    recovery: Recovery | None = None
+    recovery_sha256: str | None = None
+    recovery_log_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["id"] = doc.pop("recording_id")
         doc.pop("wrapped_key")
+        for name in ("recovery", "recovery_sha256", "recovery_log_size"):
+            doc.pop(name)  # the recovery's own bookkeeping: the row says "open" meanwhile
         doc["pauses"] = [list(p) for p in self.pauses]
         return doc
 
@@ -167,7 +189,10 @@ CREATE TABLE IF NOT EXISTS recordings (
     agent TEXT,
     pauses TEXT NOT NULL DEFAULT '[]',
     truncated INTEGER NOT NULL DEFAULT 0,
-    attrs TEXT NOT NULL DEFAULT '{}'
+    attrs TEXT NOT NULL DEFAULT '{}',
+    recovery TEXT,
+    recovery_sha256 TEXT,
+    recovery_log_size INTEGER
 );
 CREATE INDEX IF NOT EXISTS recordings_status ON recordings(status);
 CREATE INDEX IF NOT EXISTS recordings_expiry ON recordings(expires_at);
@@ -410,7 +435,12 @@ class SqliteCatalog:
 
 
 # Columns added after a store's catalog may have been created, with their SQL definitions.
-_ADDED_COLUMNS = {"attrs": "TEXT NOT NULL DEFAULT '{}'"}
+_ADDED_COLUMNS = {
+    "attrs": "TEXT NOT NULL DEFAULT '{}'",
+    "recovery": "TEXT",
+    "recovery_sha256": "TEXT",
+    "recovery_log_size": "INTEGER",
+}
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -136,11 +136,12 @@ class SealInfo:
 class RecoveredPrefix:
     """What :func:`recover_prefix` found in a container.
 
-    If ``sealed``, the container is whole and valid (its final chunk verifies): read it with
-    :class:`ContainerReader`; there is nothing to recover. Otherwise chunks ``0 .. chunks - 1``
+    If ``sealed``, the container is whole and valid: *every* chunk verifies, each at its index,
+    the last one as final; there is nothing to recover. Otherwise chunks ``0 .. chunks - 1``
     each verify as a *non-final* chunk at their index, and hold ``plaintext_bytes`` (``chunks *
     chunk_size``) bytes of audio; stream them with :meth:`ContainerReader.iter_prefix` into a
-    new container, and mark that recording truncated.
+    new container, and mark that recording truncated. A container whose final chunk verifies
+    but an earlier one does not is not sealed: its prefix stops before the first bad chunk.
     """
 
     header: Header
@@ -725,25 +726,41 @@ class ContainerReader:
 
     def recover_prefix(self) -> RecoveredPrefix:
         """See :func:`recover_prefix`."""
-        try:
-            count, size = self._check_final()
-        except InvalidRecording:
-            pass
-        else:
-            return RecoveredPrefix(self.header, sealed=True, chunks=count, plaintext_bytes=size)
+        # Every chunk is authenticated, from index 0 on: a final chunk that verifies proves the
+        # length, not that the chunks before it are intact.
         count = 0
         while (count + 1) * self._segment <= self._body and count < _MAX_CHUNKS - 1:
-            try:
-                self._open_chunk(count, final=False)
-            except InvalidRecording:
+            if not self._verifies(count, final=False, length=self._segment):
                 break
             count += 1
+        total = self._geometry()
+        if total is not None and count == total - 1:
+            last = self._last_length(total)
+            if self._verifies(total - 1, final=True, length=last):
+                size = (total - 1) * self.header.chunk_size + last - TAG_BYTES
+                self._checked = (total, size)
+                return RecoveredPrefix(self.header, sealed=True, chunks=total, plaintext_bytes=size)
         return RecoveredPrefix(
             self.header,
             sealed=False,
             chunks=count,
             plaintext_bytes=count * self.header.chunk_size,
         )
+
+    def _geometry(self) -> int | None:
+        """The number of chunks the container's length implies, or None if it is impossible."""
+        try:
+            return self._chunk_count()
+        except InvalidRecording:
+            return None
+
+    def _verifies(self, index: int, *, final: bool, length: int) -> bool:
+        """Whether chunk ``index`` authenticates (as final or not); its plaintext is dropped."""
+        try:
+            self._open_chunk(index, final=final, length=length)
+        except InvalidRecording:
+            return False
+        return True
 
     def iter_prefix(self, chunks: int) -> Iterator[bytes]:
         """Yield the plaintext of chunks ``0 .. chunks - 1``, each authenticated as a non-final
@@ -761,13 +778,15 @@ def recover_prefix(source: Source, data_key: bytes) -> RecoveredPrefix:
     """Find what can be saved from a container whose writer never closed it (a crash mid-call).
 
     Checks the header and key commitment (raising InvalidRecording if they fail: nothing can be
-    saved, destroy the file), then:
+    saved, destroy the file), then authenticates the chunks from index 0 on, each as a
+    *non-final* chunk at its index, stopping at the first that does not verify (or that the
+    file cuts short):
 
-    - if the final chunk authenticates, the container is whole: ``sealed=True``, and ``chunks``
-      and ``plaintext_bytes`` describe the whole recording;
-    - otherwise ``sealed=False`` and ``chunks`` is the number of leading chunks, from index 0
-      on, that each authenticate as a *non-final* chunk at their index; scanning stops at the
-      first that does not (or that the file cuts short). Bytes after them are ignored.
+    - if every chunk before the last verified and the last verifies as the final chunk, the
+      container is whole: ``sealed=True``, and ``chunks`` and ``plaintext_bytes`` describe the
+      whole recording. Every chunk was authenticated, not only the final one;
+    - otherwise ``sealed=False`` and ``chunks`` is the number of leading chunks that verified.
+      Bytes after them are ignored, even a final chunk that verifies after a damaged one.
 
     The prefix is exactly what the writer had written before the crash, or less if the file
     was also damaged: chunk tags bind the index, so no chunk can be moved or repeated into it.

@@ -41,8 +41,8 @@ import secrets
 import threading
 import unicodedata
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -65,14 +65,17 @@ from ..log.format import (
     T_RECORDING_ABORTED,
     T_RECORDING_OPENED,
     T_RECORDING_SEALED,
+    Entry,
     from_micros,
     to_micros,
 )
+from ..log.writer import iter_entries
 from . import container as _container
 from .access import OWNER, PERMISSIONS, Grant, Principal, Role, grant, granting_roles
 from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
 from .blobs import BlobStore, BlobWriter
-from .catalog import Catalog, RecordingRow
+from .catalog import Catalog, RecordingRow, Recovery
+from .container import RecoveredPrefix, SealInfo, Source
 
 if TYPE_CHECKING:
     from ..log.writer import DecisionLog
@@ -504,7 +507,7 @@ class Vault:
 
     @staticmethod
     def _container(
-        row: RecordingRow, source: BinaryIO, data_key: bytes
+        row: RecordingRow, source: Source, data_key: bytes
     ) -> _container.ContainerReader:
         """A reader of ``row``'s container whose authenticated header names ``row``."""
         reader = _container.ContainerReader(source, data_key)
@@ -722,88 +725,242 @@ class Vault:
     # -- crash recovery ----------------------------------------------------------------------------
 
     def recover(self) -> list[tuple[str, str]]:
-        """Deal with recordings left open by a crash: re-seal the verified prefix of each as a
-        recording marked truncated, or destroy it when nothing of it verifies (a recording
-        whose final chunk was written before the crash is simply marked sealed). Returns
-        ``(recording_id, "sealed" | "truncated" | "destroyed")`` pairs."""
-        outcomes = []
-        for row in self.catalog.find(status=["open"]):
-            found = None
-            blob = b""
-            try:
-                data_key = self.data_key(row)
-                with self.blobs.open(row.file) as fh:
-                    blob = fh.read()
-                found = _container.recover_prefix(blob, data_key)
-            except (KeyDestroyed, InvalidRecording, FileNotFoundError):
-                found = None
-            if found is not None and found.sealed:
-                info = _container.SealInfo(
-                    plaintext_bytes=found.plaintext_bytes,
-                    chunks=found.chunks,
-                    ciphertext_bytes=len(blob),
-                    sha256=hashlib.sha256(blob).digest(),
-                )
-                self._sealed(row, info, truncated=False, pauses=row.pauses)
-                outcomes.append((row.recording_id, "sealed"))
-                continue
-            if found is None or found.chunks == 0:
-                self._destroy(row, "crash: nothing verifiable was written")
-                outcomes.append((row.recording_id, "destroyed"))
-                continue
-            resealed = io.BytesIO()
-            # A fresh random salt: re-sealing under the same data key is safe.
-            writer = _container.ContainerWriter(
-                resealed,
-                data_key,
-                recording_id=row.recording_id,
-                policy_version=row.policy_version,
-                expires_at_us=row.expires_at_sealed,
-                audio_format=row.audio_format.encode(),
-                chunk_size=found.header.chunk_size,
+        """Deal with recordings left open by a crash; returns ``(recording_id, outcome)`` pairs.
+
+        Each open recording's container is examined with every chunk authenticated
+        (:func:`~sampledrec.vault.container.recover_prefix`): one that is whole is kept
+        (``"sealed"``); otherwise its verified prefix is re-sealed (fresh salt, same data key)
+        as a recording marked truncated (``"truncated"``); it is destroyed when nothing of it
+        verifies, its blob is missing or its key is gone (``"destroyed"``). A fourth outcome,
+        ``"damaged"``, is described below.
+
+        Recovery is journaled, so that a crash at any step of it is finished by the next run,
+        exactly once. For each recording, in this order:
+
+        1. the journal: the outcome, the SHA-256 of the container kept and the log's size go in
+           the catalog row (:attr:`RecordingRow.recovery`), which stays ``open``;
+        2. the blob: replaced whole by the re-sealed prefix, or deleted;
+        3. the log: ``recording_sealed`` (``truncated`` as decided) or ``recording_aborted``,
+           made durable;
+        4. the row: ``sealed``, ``truncated`` or ``aborted``, with the hash and size of the
+           container kept, in one update that also clears the journal.
+
+        A run that finds a journal finishes its job: if the blob is the journaled container, it
+        logs the entry unless the log has it already (an entry for the recording from the
+        journal's log size on) and updates the row; if the blob is not (the crash came before
+        it was replaced), it starts over. So the log never has two ``recording_sealed`` entries
+        for a recording, and the catalog never calls a cut recording whole. (A journaled
+        container whose key was destroyed before the rerun, its recording having expired
+        meanwhile, is destroyed.) A journaled recording whose log entry is there but whose
+        blob is no longer the container it names (changed since, which no crash does) is left
+        as it is and reported ``"damaged"``.
+
+        Holds the store's lock when the store has one (:class:`~sampledrec.Store` does), so
+        that two recoveries never work on one recording at once. Run it when no recorder of
+        the store is running: a recording in progress is ``open`` too.
+        """
+        lock = getattr(self.store, "lock", None)
+        with lock() if callable(lock) else contextlib.nullcontext():
+            self.log.flush()  # what this process queued is durable, where _logged can see it
+            return [
+                (row.recording_id, self._recover_one(row))
+                for row in self.catalog.find(status=["open"])
+            ]
+
+    def _recover_one(self, row: RecordingRow) -> str:
+        """Recover one open recording, or finish its journaled recovery; returns the outcome."""
+        if row.recovery == "destroyed":
+            return self._finish_destroying(row, resumed=True)
+        data_key = self._recovery_key(row)
+        blob = self._blob_or_none(row.file)
+        if row.recovery is not None:
+            if blob is not None and hashlib.sha256(blob).hexdigest() == row.recovery_sha256:
+                info = None if data_key is None else self._whole(row, blob, data_key)
+                if info is not None:
+                    return self._finish_sealing(row, info, resumed=True)
+                # The journaled container, but its key is gone meanwhile: destroyed below.
+            elif self._logged(row, T_RECORDING_SEALED) is not None:
+                return "damaged"  # logged, then changed: not by a crash; leave it for a person
+            # Otherwise the crash came before the blob was replaced: start over.
+        outcome, keep, info = self._plan(row, data_key, blob)
+        log_size = self.log.size  # the entry logged below gets an index at least this
+        if row.recovery_log_size is not None:
+            log_size = min(log_size, row.recovery_log_size)  # and an earlier attempt's too
+        row = replace(
+            row,
+            recovery=outcome,
+            recovery_sha256=None if info is None else info.sha256.hex(),
+            recovery_log_size=log_size,
+        )
+        self.catalog.update(
+            row.recording_id,
+            recovery=row.recovery,
+            recovery_sha256=row.recovery_sha256,
+            recovery_log_size=row.recovery_log_size,
+        )
+        _reached("journaled")
+        if outcome == "destroyed":
+            return self._finish_destroying(row, resumed=False)
+        assert keep is not None and info is not None
+        if outcome == "truncated":
+            self.blobs.put(row.file, keep)  # whole, or not at all
+            _reached("blob replaced")
+        return self._finish_sealing(row, info, resumed=False)
+
+    def _recovery_key(self, row: RecordingRow) -> bytes | None:
+        """The data key of an open recording, or None if it is gone or does not unwrap."""
+        try:
+            return self.data_key(row)
+        except (KeyDestroyed, InvalidRecording):
+            return None
+
+    def _blob_or_none(self, name: str) -> bytes | None:
+        try:
+            with self.blobs.open(name) as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def _plan(
+        self, row: RecordingRow, data_key: bytes | None, blob: bytes | None
+    ) -> tuple[Recovery, bytes | None, SealInfo | None]:
+        """What recovery does with an open recording: ``(outcome, container kept, its
+        SealInfo)``; the container kept is ``blob`` itself when it is whole, its verified prefix
+        re-sealed when it is cut or damaged, None when the recording is destroyed."""
+        if data_key is None or blob is None:
+            return "destroyed", None, None
+        try:
+            reader = self._container(row, blob, data_key)
+            found = reader.recover_prefix()  # every chunk authenticated
+        except InvalidRecording:
+            return "destroyed", None, None
+        if found.sealed:
+            return "sealed", blob, _seal_info(blob, found)
+        if found.chunks == 0:
+            return "destroyed", None, None
+        resealed = io.BytesIO()
+        # A fresh random salt: re-sealing under the same data key is safe.
+        writer = _container.ContainerWriter(
+            resealed,
+            data_key,
+            recording_id=row.recording_id,
+            policy_version=row.policy_version,
+            expires_at_us=row.expires_at_sealed,
+            audio_format=row.audio_format.encode(),
+            chunk_size=found.header.chunk_size,
+        )
+        for part in reader.iter_prefix(found.chunks):
+            writer.write(part)
+        writer.close()
+        keep = resealed.getvalue()
+        info = self._whole(row, keep, data_key)  # what replaces the blob is checked too
+        if info is None or info.plaintext_bytes != found.plaintext_bytes:
+            raise AssertionError("a re-sealed prefix does not read back")  # pragma: no cover
+        return "truncated", keep, info
+
+    def _whole(self, row: RecordingRow, blob: bytes, data_key: bytes) -> SealInfo | None:
+        """The SealInfo of ``blob`` if it is a whole container of ``row``, every chunk
+        authenticated; else None."""
+        try:
+            found = self._container(row, blob, data_key).recover_prefix()
+        except InvalidRecording:
+            return None
+        return _seal_info(blob, found) if found.sealed else None
+
+    def _logged(self, row: RecordingRow, etype: int) -> Entry | None:
+        """The ``etype`` entry for ``row`` in the log from its journal's log size on: what an
+        interrupted recovery of it may have logged. Read under the log's lock, so that no
+        batch is half-written meanwhile. Only ever called to finish a journaled recovery."""
+        since = row.recovery_log_size or 0
+        with self.log.storage.lock():
+            for entry in iter_entries(self.log.storage, since=since):
+                if entry.type == etype and entry.fields.get("recording_id") == row.recording_id:
+                    return entry
+        return None
+
+    def _finish_sealing(self, row: RecordingRow, info: SealInfo, *, resumed: bool) -> str:
+        """Steps 3 and 4 of :meth:`recover` for a recording kept, whose blob is the container
+        ``info`` describes."""
+        truncated = row.recovery == "truncated"
+        now = self.clock.now()
+        changes, fields = self._seal_record(row, info, now, truncated=truncated, pauses=row.pauses)
+        logged = self._logged(row, T_RECORDING_SEALED) if resumed else None
+        if logged is None:
+            self.log.append(T_RECORDING_SEALED, fields, at=now)
+            _reached("log appended")
+            self.log.flush()  # durable before the row stops saying the recording is open
+            _reached("log durable")
+        elif logged.fields.get("ciphertext_sha256") != info.sha256:
+            return "damaged"  # logged for another container: not by a crash
+        self.catalog.update(row.recording_id, **changes, **_NO_RECOVERY)
+        _reached("catalog updated")
+        return "truncated" if truncated else "sealed"
+
+    def _finish_destroying(self, row: RecordingRow, *, resumed: bool) -> str:
+        """Steps 2 to 4 of :meth:`recover` for a recording destroyed."""
+        self.blobs.delete(row.file)
+        _reached("blob deleted")
+        if not resumed or self._logged(row, T_RECORDING_ABORTED) is None:
+            self.log.append(
+                T_RECORDING_ABORTED,
+                {
+                    "recording_id": row.recording_id,
+                    "reason": "crash: nothing verifiable was written",
+                },
+                at=self.clock.now(),
             )
-            for part in _container.ContainerReader(blob, data_key).iter_prefix(found.chunks):
-                writer.write(part)
-            info = writer.close()
-            self.blobs.put(row.file, resealed.getbuffer().tobytes())  # whole, or not at all
-            self._sealed(row, info, truncated=True, pauses=row.pauses)
-            outcomes.append((row.recording_id, "truncated"))
-        return outcomes
+            _reached("log appended")
+            self.log.flush()
+            _reached("log durable")
+        self.catalog.update(row.recording_id, status="aborted", wrapped_key=None, **_NO_RECOVERY)
+        _reached("catalog updated")
+        return "destroyed"
+
+    def _seal_record(
+        self,
+        row: RecordingRow,
+        info: SealInfo,
+        now: datetime,
+        *,
+        truncated: bool,
+        pauses: Sequence[tuple[int, int]],
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The catalog changes and the ``recording_sealed`` fields of a recording sealed at
+        ``now``."""
+        fmt = AudioFormat.from_text(row.audio_format)
+        duration = info.plaintext_bytes // max(1, fmt.bytes_per_ms(1))
+        changes = {
+            "status": "truncated" if truncated else "sealed",
+            "ended_at": to_micros(now),
+            "duration_ms": duration,
+            "plaintext_bytes": info.plaintext_bytes,
+            "ciphertext_bytes": info.ciphertext_bytes,
+            "ciphertext_sha256": info.sha256.hex(),
+            "pauses": list(pauses),
+            "truncated": truncated,
+        }
+        fields = {
+            "recording_id": row.recording_id,
+            "ciphertext_sha256": info.sha256,
+            "duration_ms": duration,
+            "plaintext_bytes": info.plaintext_bytes,
+            "truncated": truncated,
+            "pauses": json.dumps([list(p) for p in pauses]),
+        }
+        return changes, fields
 
     def _sealed(
         self,
         row: RecordingRow,
-        info: Any,
+        info: SealInfo,
         *,
         truncated: bool,
         pauses: Sequence[tuple[int, int]],
     ) -> None:
-        fmt = AudioFormat.from_text(row.audio_format)
-        duration = info.plaintext_bytes // max(1, fmt.bytes_per_ms(1))
         now = self.clock.now()
-        self.catalog.update(
-            row.recording_id,
-            status="truncated" if truncated else "sealed",
-            ended_at=to_micros(now),
-            duration_ms=duration,
-            plaintext_bytes=info.plaintext_bytes,
-            ciphertext_bytes=info.ciphertext_bytes,
-            ciphertext_sha256=info.sha256.hex(),
-            pauses=list(pauses),
-            truncated=truncated,
-        )
-        self.log.append(
-            T_RECORDING_SEALED,
-            {
-                "recording_id": row.recording_id,
-                "ciphertext_sha256": info.sha256,
-                "duration_ms": duration,
-                "plaintext_bytes": info.plaintext_bytes,
-                "truncated": truncated,
-                "pauses": json.dumps([list(p) for p in pauses]),
-            },
-            at=now,
-        )
+        changes, fields = self._seal_record(row, info, now, truncated=truncated, pauses=pauses)
+        self.catalog.update(row.recording_id, **changes)
+        self.log.append(T_RECORDING_SEALED, fields, at=now)
 
     def _destroy(self, row: RecordingRow, reason: str) -> None:
         self.blobs.delete(row.file)
@@ -813,6 +970,42 @@ class Vault:
             {"recording_id": row.recording_id, "reason": reason},
             at=self.clock.now(),
         )
+
+
+#: The steps of crash recovery (:meth:`Vault.recover`), named for fault injection: ``_fault``,
+#: when set (by a test), is called with each name as that step completes, and may raise or end
+#: the process there. "blob replaced" is only reached by a recording kept truncated, "blob
+#: deleted" only by one destroyed.
+_RECOVERY_STEPS: Final = (
+    "journaled",
+    "blob replaced",
+    "blob deleted",
+    "log appended",
+    "log durable",
+    "catalog updated",
+)
+_fault: Callable[[str], object] | None = None
+_NO_RECOVERY: Final[Mapping[str, None]] = {
+    "recovery": None,
+    "recovery_sha256": None,
+    "recovery_log_size": None,
+}
+
+
+def _reached(step: str) -> None:
+    """A step of recovery is done (``_RECOVERY_STEPS``): where a test may inject a crash."""
+    if _fault is not None:
+        _fault(step)
+
+
+def _seal_info(blob: bytes, found: RecoveredPrefix) -> SealInfo:
+    """What a whole container ``blob`` holds, as its writer would have said when closing it."""
+    return SealInfo(
+        plaintext_bytes=found.plaintext_bytes,
+        chunks=found.chunks,
+        ciphertext_bytes=len(blob),
+        sha256=hashlib.sha256(blob).digest(),
+    )
 
 
 class Recorder:
