@@ -680,7 +680,13 @@ def test_no_phone_number_in_clear_anywhere_in_the_store(
     numbers = tmp_path / "numbers.txt"  # outside the store, as an operator would keep it
     numbers.write_text("06 12 34 56 78\n")
     assert (
-        main(["subject", "erase", "--store", str(root), "--file", str(numbers)], out=io.StringIO())
+        main(
+            [
+                *("subject", "erase", "--store", str(root), "--file", str(numbers)),
+                *("--identity-method", "in_person_id_document", "--identity-note", "seen in shop"),
+            ],
+            out=io.StringIO(),
+        )
         == 0
     )
     assert scan() == []

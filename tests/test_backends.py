@@ -556,6 +556,86 @@ def test_requests_in_receipt_order_by_status(catalogs: Handles[Catalog]) -> None
     assert catalog.requests()[0] == done
 
 
+def test_a_request_keeps_how_the_identity_was_verified(catalogs: Handles[Catalog]) -> None:
+    catalog = catalogs.open()
+    month = 30 * DAY
+    given = SubjectRequest(
+        "req-given",
+        "export",
+        "p-1",
+        T0,
+        T0 + month,
+        "open",
+        identity_method="in_person_id_document",
+        identity_note="passport seen at the front desk — Île-de-France office",
+        identity_verified_by="dana",
+        identity_verified_at=T0 + 5,
+    )
+    later = SubjectRequest("req-later", "erase", "p-2", T0 + 1, T0 + 1 + month, "open")
+    catalog.add_request(given)
+    catalog.add_request(later)
+    assert not later.identity_verified and given.identity_verified
+    assert catalog.requests()[1] == later  # no identity yet: None, "", None, None
+    catalog.update_request(
+        "req-later",
+        identity_method="callback_to_number",
+        identity_note="called back",
+        identity_verified_by="owner",
+        identity_verified_at=T0 + 9,
+    )
+    verified = dataclasses.replace(
+        later,
+        identity_method="callback_to_number",
+        identity_note="called back",
+        identity_verified_by="owner",
+        identity_verified_at=T0 + 9,
+    )
+    for handle in (catalog, catalogs.open()):
+        assert handle.requests() == [given, verified]
+        assert handle.requests()[1].identity_verified
+    for column in ("kind", "received_at", "deadline"):
+        with pytest.raises(ValueError, match="unknown"):
+            catalog.update_request("req-later", **{column: "changed"})
+    assert catalog.requests() == [given, verified]
+
+
+def test_sqlite_catalog_of_an_earlier_version_gains_the_identity_columns(tmp_path: Path) -> None:
+    """SQLite only: a catalog made before identity checks were recorded is migrated in place."""
+    import sqlite3
+
+    from sampledrec.vault.catalog import _SCHEMA
+
+    path = tmp_path / "catalog.sqlite"
+    old = _SCHEMA.replace(
+        ",\n    identity_method TEXT,\n    identity_note TEXT NOT NULL DEFAULT '',"
+        "\n    identity_verified_by TEXT,\n    identity_verified_at INTEGER",
+        "",
+    )
+    assert old != _SCHEMA and "identity" not in old
+    db = sqlite3.connect(path)
+    db.executescript(old)
+    db.execute(
+        "INSERT INTO requests (request_id, kind, caller_pseudonym, received_at, deadline, "
+        "status, detail) VALUES ('req-old', 'erase', 'p-1', 1, 2, 'deferred', 'held')"
+    )
+    db.commit()
+    db.close()
+    catalog = SqliteCatalog(path)
+    assert catalog.requests() == [
+        SubjectRequest("req-old", "erase", "p-1", 1, 2, "deferred", "held")
+    ]
+    catalog.update_request("req-old", identity_method="signed_letter", identity_verified_at=3)
+    catalog.close()
+    catalog = SqliteCatalog(path)  # opening it again changes nothing
+    (request,) = catalog.requests()
+    assert (request.identity_method, request.identity_note, request.identity_verified_at) == (
+        "signed_letter",
+        "",
+        3,
+    )
+    catalog.close()
+
+
 def test_a_closed_catalog_refuses_to_be_used(catalog: Catalog) -> None:
     catalog.add(row("rec-1"))
     catalog.close()

@@ -98,7 +98,16 @@ def test_a_recording_made_with_caller_file_is_found_by_subject_export(
     assert code == 0
     out = tmp_path / "person.zip"
     code, exported = run_json(
-        "subject", "export", "--store", store.path, "--file", caller, "--out", out
+        "subject",
+        "export",
+        "--store",
+        store.path,
+        "--file",
+        caller,
+        "--out",
+        out,
+        "--identity-method",
+        "account_login",
     )
     assert code == 0, exported
     assert exported["requests"][0]["recordings"] == [rid]
@@ -175,7 +184,16 @@ def test_recordings_list_after_a_hold_without_an_end(store: Store, tmp_path: Pat
 
 def test_subject_requests_times_are_iso(store: Store, tmp_path: Path) -> None:
     caller = number_file(tmp_path, "caller.txt", CALLER)
-    code, _ = run_json("subject", "erase", "--store", store.path, "--file", caller)
+    code, _ = run_json(
+        "subject",
+        "erase",
+        "--store",
+        store.path,
+        "--file",
+        caller,
+        "--identity-method",
+        "signed_letter",
+    )
     assert code == 0
     code, doc = run_json("subject", "requests", "--store", store.path, "--all")
     assert code == 0, doc

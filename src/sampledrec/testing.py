@@ -27,7 +27,7 @@ from .keys.memory import MemoryKeyring, MemoryKeyStore
 from .log.storage import CHECKPOINTS, segment_name
 from .sampling.caps import MemoryCapLedger
 from .vault.blobs import BlobWriter, check_blob_name
-from .vault.catalog import Hold, RecordingRow, SubjectRequest
+from .vault.catalog import REQUEST_UPDATABLE, Hold, RecordingRow, SubjectRequest
 
 __all__ = [
     "FixedClock",
@@ -41,7 +41,6 @@ __all__ = [
 
 _ROW_COLUMNS = frozenset(f.name for f in dataclasses.fields(RecordingRow))
 _HOLD_COLUMNS = frozenset({"reason", "until", "released_at"})
-_REQUEST_COLUMNS = frozenset({"status", "detail", "completed_at", "caller_pseudonym"})
 
 
 class MemoryCatalog:
@@ -186,7 +185,7 @@ class MemoryCatalog:
             self._requests[request.request_id] = dataclasses.replace(request)
 
     def update_request(self, request_id: str, **changes: Any) -> None:
-        _check_columns("request", changes, _REQUEST_COLUMNS)
+        _check_columns("request", changes, REQUEST_UPDATABLE)
         with self._open():
             if request_id in self._requests:
                 self._requests[request_id] = dataclasses.replace(

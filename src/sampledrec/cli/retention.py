@@ -76,6 +76,7 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO) -> int:
         ("kept by legal holds", report.held),
         ("expiry buckets destroyed", len(report.buckets_destroyed)),
         ("holds ended", len(report.holds_released)),
+        ("erasures completed (deferred by holds)", len(report.erasures_completed)),
         ("log detail keys destroyed", len(report.log_keys_destroyed)),
     ]
     text = (

@@ -265,8 +265,12 @@ FIELDS: Final[dict[int, dict[int, Field]]] = {
         Field(0x02, "kind", "str"),  # export | erase
         Field(0x03, "received_at", "uint"),
         Field(0x04, "status", "str"),
+        # Present once per request: in the entry that records how the requester's identity
+        # was verified (by ``principal``, at the entry's time). Never an ID document's number.
+        Field(0x05, "identity_method", "str"),
         Field(0x20, "caller_pseudonym", "bytes"),
         Field(0x21, "principal", "str"),
+        Field(0x22, "identity_note", "str"),
     ),
     T_KEY_DESTROYED: _by_tag(Field(0x01, "key", "str"), Field(0x02, "reason", "str")),
 }

@@ -8,6 +8,8 @@
 2. every expiry bucket whose whole UTC day has passed has its key destroyed, which makes every
    recording of that day unreadable at once, including copies in backups that lack the keyring;
 3. holds whose end has come are released, and the keys of released holds are destroyed;
+   the erasures that holds deferred and that nothing keeps any more are carried out
+   (:func:`~sampledrec.retention.subjects.erase_deferred`), before anything expires;
 4. the keys that seal the log's personal fields are destroyed when their retention ends: access
    details (``access/YYYY-MM``) 12 months after their month, call references (``calls/...``)
    13 months after — the log's tree still verifies, those fields just cannot be read any more.
@@ -21,9 +23,11 @@ destroyed only once its day has passed, and only after its recordings have expir
 :meth:`Retention.hold` re-wraps the data keys of the held recordings to a key of the hold's
 own, before their bucket is destroyed; a recording stays held while any hold on it is active.
 :meth:`Retention.release` returns it to its original expiry, or expires it at once if that has
-passed. Both act for a :class:`~sampledrec.Principal` that needs the ``hold`` permission, on
-recordings within the scope of the role granting it; no principal means the store's owner, and a
-bare name is refused.
+passed, and carries out the data-subject erasures it deferred, in the same operation (a crash
+in between leaves them deferred: the next sweep completes them). Both act for a
+:class:`~sampledrec.Principal` that needs the ``hold`` permission, on recordings within the
+scope of the role granting it; no principal means the store's owner, and a bare name is
+refused.
 
 **Time.** The retention's clock is the real clock (the system clock unless a test passes
 another). :meth:`Retention.sweep` and :meth:`Retention.release` may be given a later ``now``
@@ -50,6 +54,7 @@ from ..log.writer import DecisionLog
 from ..vault.access import Grant, Principal
 from ..vault.catalog import Hold, RecordingRow
 from ..vault.recorder import Vault, VaultStorage, data_key_aad, hold_bucket
+from .subjects import erase_deferred
 
 __all__ = ["Retention", "SweepReport"]
 
@@ -67,6 +72,7 @@ class SweepReport:
     holds_released: list[str] = field(default_factory=list)
     log_keys_destroyed: list[str] = field(default_factory=list)
     held: int = 0
+    erasures_completed: list[str] = field(default_factory=list)  # subject requests now done
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +84,7 @@ class SweepReport:
             "holds_released": self.holds_released,
             "log_keys_destroyed": self.log_keys_destroyed,
             "kept_by_holds": self.held,
+            "erasures_completed": self.erasures_completed,
         }
 
 
@@ -172,6 +179,10 @@ class Retention:
                 if not dry_run:
                     # Its recordings return to their own expiry; those past it expire below.
                     self._release(hold, hold.until, "the hold ended", expire_now=False)
+
+        # Erasures that holds deferred, now that they may have ended (here or before a crash):
+        # erased as the data subject asked, rather than expired below.
+        report.erasures_completed = erase_deferred(self.vault, self.log, now, dry_run=dry_run)
 
         live = self.catalog.find(status=["open", "sealed", "truncated", "expiring"])
         held = self._held_ids(now_us)
@@ -450,10 +461,24 @@ class Retention:
         self._may_hold(who, [row for row in members if row is not None])
         with self.store.lock():
             self._release(hold, to_micros(when), "released", principal=who.name)
+            # The erasures this hold deferred, in the same operation; a crash before this line
+            # leaves them deferred, and the next sweep carries them out (as it does those of
+            # other holds, which are not this principal's doing).
+            erase_deferred(
+                self.vault,
+                self.log,
+                self._acting_now(when),
+                by=who.name,
+                recordings={rid for rid, _ in self.catalog.hold_members(hold_id)},
+            )
         self.log.flush()
         released = self.catalog.get_hold(hold_id)
         assert released is not None
         return released
+
+    def _acting_now(self, when: datetime) -> datetime:
+        """``when``, or the clock if it is later: holds are judged as of the later of both."""
+        return from_micros(max(to_micros(when), to_micros(self.clock.now())))
 
     def _release(
         self,
@@ -465,7 +490,7 @@ class Retention:
         expire_now: bool = True,
     ) -> None:
         self.catalog.update_hold(hold.hold_id, released_at=at_us)
-        now = from_micros(max(at_us, to_micros(self.clock.now())))
+        now = self._acting_now(from_micros(at_us))
         members = self.catalog.hold_members(hold.hold_id)
         for rid, _ in members:
             row = self.catalog.get(rid)

@@ -105,7 +105,12 @@ class Hold:
 
 @dataclass
 class SubjectRequest:
-    """A data-subject request (access/export or erasure), due one month after receipt."""
+    """A data-subject request (access/export or erasure), due one month after receipt.
+
+    ``identity_*`` record how the requester's identity was verified (never a copy of an ID
+    document nor its number): the method (one of
+    :data:`~sampledrec.retention.subjects.IDENTITY_METHODS`), a short description, who
+    recorded it and when (µs since 1970); ``identity_method`` is None until then."""
 
     request_id: str
     kind: str  # export | erase
@@ -115,6 +120,15 @@ class SubjectRequest:
     status: str  # open | done | deferred
     detail: str = ""
     completed_at: int | None = None
+    identity_method: str | None = None
+    identity_note: str = ""
+    identity_verified_by: str | None = None
+    identity_verified_at: int | None = None
+
+    @property
+    def identity_verified(self) -> bool:
+        """Whether the requester's identity has been recorded as verified."""
+        return self.identity_method is not None
 
 
 @runtime_checkable
@@ -163,6 +177,9 @@ class Catalog(Protocol):
 
 
 _COLUMNS = [f.name for f in fields(RecordingRow)]
+_REQUEST_COLUMNS = [f.name for f in fields(SubjectRequest)]
+# What update_request may change: not a request's id, kind, receipt or deadline.
+REQUEST_UPDATABLE = frozenset(_REQUEST_COLUMNS) - {"request_id", "kind", "received_at", "deadline"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
     recording_id TEXT PRIMARY KEY,
@@ -220,7 +237,11 @@ CREATE TABLE IF NOT EXISTS requests (
     deadline INTEGER NOT NULL,
     status TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
-    completed_at INTEGER
+    completed_at INTEGER,
+    identity_method TEXT,
+    identity_note TEXT NOT NULL DEFAULT '',
+    identity_verified_by TEXT,
+    identity_verified_at INTEGER
 );
 """
 
@@ -395,25 +416,15 @@ class SqliteCatalog:
     # -- data-subject requests ----------------------------------------------------------------
 
     def add_request(self, request: SubjectRequest) -> None:
+        marks = ",".join("?" * len(_REQUEST_COLUMNS))
         self._exec(
-            "INSERT INTO requests (request_id, kind, caller_pseudonym, received_at, deadline, "
-            "status, detail, completed_at) VALUES (?,?,?,?,?,?,?,?)",
-            [
-                request.request_id,
-                request.kind,
-                request.caller_pseudonym,
-                request.received_at,
-                request.deadline,
-                request.status,
-                request.detail,
-                request.completed_at,
-            ],
+            f"INSERT INTO requests ({','.join(_REQUEST_COLUMNS)}) VALUES ({marks})",
+            [getattr(request, name) for name in _REQUEST_COLUMNS],
         )
 
     def update_request(self, request_id: str, **changes: Any) -> None:
-        allowed = {"status", "detail", "completed_at", "caller_pseudonym"}
-        if set(changes) - allowed:
-            raise ValueError(f"unknown request columns {sorted(set(changes) - allowed)}")
+        if set(changes) - REQUEST_UPDATABLE:
+            raise ValueError(f"unknown request columns {sorted(set(changes) - REQUEST_UPDATABLE)}")
         if not changes:
             return
         sets = ",".join(f"{k}=?" for k in changes)
@@ -422,10 +433,7 @@ class SqliteCatalog:
         )
 
     def requests(self, *, status: Sequence[str] | None = None) -> list[SubjectRequest]:
-        sql = (
-            "SELECT request_id, kind, caller_pseudonym, received_at, deadline, status, detail, "
-            "completed_at FROM requests"
-        )
+        sql = f"SELECT {','.join(_REQUEST_COLUMNS)} FROM requests"
         params: list[Any] = []
         if status is not None:
             sql += f" WHERE status IN ({','.join('?' * len(status))})"
@@ -434,25 +442,35 @@ class SqliteCatalog:
         return [SubjectRequest(*r) for r in self._exec(sql, params).fetchall()]
 
 
-# Columns added after a store's catalog may have been created, with their SQL definitions.
+# Columns added after a store's catalog may have been created, by table, with their SQL
+# definitions.
 _ADDED_COLUMNS = {
-    "attrs": "TEXT NOT NULL DEFAULT '{}'",
-    "recovery": "TEXT",
-    "recovery_sha256": "TEXT",
-    "recovery_log_size": "INTEGER",
+    "recordings": {
+        "attrs": "TEXT NOT NULL DEFAULT '{}'",
+        "recovery": "TEXT",
+        "recovery_sha256": "TEXT",
+        "recovery_log_size": "INTEGER",
+    },
+    "requests": {
+        "identity_method": "TEXT",
+        "identity_note": "TEXT NOT NULL DEFAULT ''",
+        "identity_verified_by": "TEXT",
+        "identity_verified_at": "INTEGER",
+    },
 }
 
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a catalog made by an earlier version up to the current schema."""
-    have = {r[1] for r in db.execute("PRAGMA table_info(recordings)").fetchall()}
-    for name, definition in _ADDED_COLUMNS.items():
-        if name not in have:
-            try:
-                db.execute(f"ALTER TABLE recordings ADD COLUMN {name} {definition}")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):  # another process added it first
-                    raise
+    for table, added in _ADDED_COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})").fetchall()}
+        for name, definition in added.items():
+            if name not in have:
+                try:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it first
+                        raise
     # Recordings were named by their path in the store before blob stores named them.
     db.execute("UPDATE recordings SET file = substr(file, 12) WHERE file LIKE 'recordings/%'")
 
