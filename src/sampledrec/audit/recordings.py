@@ -432,9 +432,12 @@ def _match_decision(
             **where,
         )
         return
-    expected = {
-        row: to_micros(rule.retention.expires_at(from_micros(int(d.time_us[row])))) for row in same
-    }
+    expected: dict[int, int | None] = {}
+    for row in same:
+        try:
+            expected[row] = to_micros(rule.retention.expires_at(from_micros(int(d.time_us[row]))))
+        except (OverflowError, ValueError, OSError):
+            expected[row] = None  # a time no calendar has: the time check reports it
     chosen = [row for row in same if expected[row] == rec.expires_at]
     if not chosen:
         last = same[-1]
@@ -444,12 +447,10 @@ def _match_decision(
             f"{rec.rule!r} ({rule.retention})",
             call_ref=rec.ref,
             evidence={
-                "logged_expires_at": None
-                if rec.expires_at is None
-                else from_micros(rec.expires_at).isoformat(),
-                "expected_expires_at": from_micros(expected[last]).isoformat(),
+                "logged_expires_at": None if rec.expires_at is None else _iso(rec.expires_at),
+                "expected_expires_at": _iso(expected[last]),
                 "decision_index": int(d.index[last]),
-                "decision_time": from_micros(int(d.time_us[last])).isoformat(),
+                "decision_time": _iso(int(d.time_us[last])),
             },
             **where,
         )
@@ -457,11 +458,15 @@ def _match_decision(
         return
     rec.call = chosen[-1]
     assert rec.expires_at is not None
-    if rec.bucket != bucket_of(rec.expires_at):
+    try:
+        bucket = bucket_of(rec.expires_at)
+    except (OverflowError, ValueError, OSError):
+        bucket = None
+    if rec.bucket != bucket:
         rep.add(
             "recordings",
             "the recording's bucket is not the UTC day of its expiry",
-            evidence={"bucket": rec.bucket, "expected": bucket_of(rec.expires_at)},
+            evidence={"bucket": rec.bucket, "expected": bucket},
             **where,
         )
 
@@ -561,7 +566,7 @@ def _check_state(
             return
         readable = present and bool(unwraps(rec.rid, rec.bucket, [expires]))
         ev = {
-            "expires_at": from_micros(expires).isoformat(),
+            "expires_at": _iso(expires),
             "file_present": present,
             "key_unwraps": readable,
         }
@@ -690,7 +695,9 @@ def _check_catalog(
             )
 
 
-def _iso(us: int) -> str:
+def _iso(us: int | None) -> str | None:
+    if us is None:
+        return None
     try:
         return from_micros(us).isoformat()
     except (OverflowError, ValueError, OSError):

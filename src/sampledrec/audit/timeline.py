@@ -43,7 +43,7 @@ from ..log.columns import Decisions, call_firsts
 from ..log.format import T_KEY_COMMIT, Entry, from_micros
 from .findings import AuditReport
 
-__all__ = ["COMMIT_HORIZON", "TIME_SLACK", "LoggedPolicy", "check_time"]
+__all__ = ["COMMIT_HORIZON", "MAX_TIME_US", "TIME_SLACK", "LoggedPolicy", "check_time"]
 
 #: How far an entry may be dated before an earlier one (concurrent writers; module docstring).
 TIME_SLACK: Final = timedelta(seconds=60)
@@ -53,6 +53,8 @@ _DAY_US: Final = 86_400_000_000
 _SLACK_US: Final = int(TIME_SLACK / timedelta(microseconds=1))
 _HORIZON_US: Final = int(COMMIT_HORIZON / timedelta(microseconds=1))
 _CLAMP: Final = 2**62
+#: The last microsecond of year 9999: an entry dated later is a finding (no calendar has it).
+MAX_TIME_US: Final = 253_402_300_799_999_999
 
 
 class LoggedPolicy(NamedTuple):
@@ -115,6 +117,18 @@ def _order(
     present[d.index] = True
     present[o_index] = True
     rep.checked.setdefault("time", {})["entries"] = int(np.count_nonzero(present))
+    far = np.flatnonzero(present & (t > MAX_TIME_US))
+    rep.add_listed(
+        "time",
+        [
+            (
+                "the entry is dated after the year 9999",
+                {"index": i, "evidence": {"time_us": str(int(t[i]))}},
+            )
+            for i in far.tolist()
+        ],
+        "entries dated after the year 9999",
+    )
     if size < 2:
         return
     latest = np.maximum.accumulate(t)

@@ -49,18 +49,28 @@ import numpy.typing as npt
 
 from .._hazmat.cmac import draws_rows
 from ..clock import SYSTEM_CLOCK
-from ..errors import InvalidArgument, SampledrecError
+from ..errors import InvalidArgument, LogCorrupt, SampledrecError
 from ..keys.keyring import epoch_end
-from ..log.columns import I64, Decisions, RefMatcher, call_firsts, counted_once, read_log
+from ..log.columns import (
+    I64,
+    Decisions,
+    LogContents,
+    RefMatcher,
+    call_firsts,
+    counted_once,
+    decisions_from_entries,
+    read_log,
+)
 from ..log.format import T_KEY_COMMIT, T_KEY_DESTROYED, T_POLICY, from_micros, to_micros
 from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
 from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport, GroupStats
+from .logview import InOrderLog
 from .recordings import check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
-from .timeline import LoggedPolicy, check_time, epoch_day
+from .timeline import MAX_TIME_US, LoggedPolicy, check_time, epoch_day
 
 __all__ = [
     "CHECKS",
@@ -152,7 +162,17 @@ def audit_verify(
     )
     # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
     # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
-    contents = read_log(store.log_storage, keyring, progress=progress)
+    # Only the batches that follow one another: a forged batch header cannot renumber entries.
+    view = InOrderLog(store.log_storage)
+    try:
+        contents = read_log(view, keyring, progress=progress)
+    except (LogCorrupt, ValueError, OverflowError) as exc:
+        contents = LogContents(decisions_from_entries([]), [], f"{exc}")
+    if view.cut is not None:
+        rep.notes.append(
+            f"the log's batches stop following one another in {view.cut}: the audit read the "
+            "log up to there (the log check reports the damage)"
+        )
     rep.ran.add("log")
     rep.expected["log"] = "the store has a log"
     rep.simulated = rep.simulated or logrep.simulated
@@ -305,7 +325,7 @@ def _check_keys(
                 index=e.index,
                 evidence={"key": kid},
             )
-        destroyed_month = _month_index(from_micros(e.time_us))
+        destroyed_month = _month_index(from_micros(min(e.time_us, MAX_TIME_US)))
         if kid.startswith("calls/") and destroyed_month < kept_until_month(month):
             rep.add(
                 "keys",
@@ -313,7 +333,7 @@ def _check_keys(
                 "ended: their decisions can no longer be recomputed",
                 index=e.index,
                 evidence={
-                    "destroyed_at": from_micros(e.time_us).isoformat(),
+                    "destroyed_at": from_micros(min(e.time_us, MAX_TIME_US)).isoformat(),
                     "kept_until": _month_start(kept_until_month(month)),
                 },
             )
@@ -605,7 +625,13 @@ def _check_caps(
     """Per-agent caps, replayed in log order over distinct calls: the k-th selected call of an
     agent under a rule in a day (or ISO week) must not exceed that rule's cap."""
     capped = np.asarray([f.status == 0 and f.rule.has_cap for f in found], dtype=bool)
-    sel = np.flatnonzero(is_first & (d.reason == _SAMPLED) & (d.agent >= 0) & capped[which])
+    sel = np.flatnonzero(
+        is_first
+        & (d.reason == _SAMPLED)
+        & (d.agent >= 0)
+        & capped[which]
+        & (d.time_us <= np.uint64(MAX_TIME_US))  # later: a finding of the time check
+    )
     if not sel.size:
         return
     day = (d.time_us[sel] // np.uint64(86_400_000_000)).astype(np.int64)
