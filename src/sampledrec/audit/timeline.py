@@ -61,6 +61,7 @@ class LoggedPolicy(NamedTuple):
     """A ``policy`` entry: where it is, the version it logs, and when that takes effect (µs)."""
 
     entry: int
+    time_us: int
     version: bytes
     effective_at: int
 
@@ -110,31 +111,38 @@ def _order(
     o_index = np.fromiter((e.index for e in others), dtype=np.int64, count=len(others))
     o_time = np.fromiter((min(e.time_us, _CLAMP) for e in others), np.int64, len(others))
     size = 1 + max(int(d.index[-1]) if len(d) else -1, int(o_index.max()) if o_index.size else -1)
-    t = np.zeros(size, dtype=np.int64)
-    present = np.zeros(size, dtype=bool)
+    # Every entry's time by index; entries not read (a damaged log) hold a time before all.
+    t = np.full(size, -_CLAMP, dtype=np.int64)
+    present = None
+    if size != len(d) + len(others):
+        present = np.zeros(size, dtype=bool)
+        present[d.index] = True
+        present[o_index] = True
     t[d.index] = times
     t[o_index] = o_time
-    present[d.index] = True
-    present[o_index] = True
-    rep.checked.setdefault("time", {})["entries"] = int(np.count_nonzero(present))
-    far = np.flatnonzero(present & (t > MAX_TIME_US))
-    rep.add_listed(
-        "time",
-        [
-            (
-                "the entry is dated after the year 9999",
-                {"index": i, "evidence": {"time_us": str(int(t[i]))}},
-            )
-            for i in far.tolist()
-        ],
-        "entries dated after the year 9999",
+    rep.checked.setdefault("time", {})["entries"] = (
+        size if present is None else int(np.count_nonzero(present))
     )
+    if size and int(t.max()) > MAX_TIME_US:
+        far = np.flatnonzero(t > MAX_TIME_US)
+        rep.add_listed(
+            "time",
+            [
+                (
+                    "the entry is dated after the year 9999",
+                    {"index": i, "evidence": {"time_us": str(int(t[i]))}},
+                )
+                for i in far.tolist()
+            ],
+            "entries dated after the year 9999",
+        )
     if size < 2:
         return
     latest = np.maximum.accumulate(t)
-    # Where the latest time so far was set (the last entry that reached it).
-    holder = np.maximum.accumulate(np.where(t == latest, np.arange(size), 0))
-    late = np.flatnonzero(present[1:] & (t[1:] + _SLACK_US < latest[:-1])) + 1
+    behind = t[1:] + _SLACK_US < latest[:-1]
+    if present is not None:
+        behind &= present[1:]
+    late = np.flatnonzero(behind) + 1
     if not late.size:
         return
     if simulated:
@@ -144,6 +152,8 @@ def _order(
             "and real times mix and the order of times is not held as a finding"
         )
         return
+    # Where the latest time so far was set (the last entry that reached it).
+    holder = np.maximum.accumulate(np.where(t == latest, np.arange(size), 0))
     items = []
     for i in late.tolist():
         before = int(holder[i - 1])
@@ -254,36 +264,51 @@ def _policy_in_force(
     p_code = np.asarray([code.get(p.version, -1) for p in policies], dtype=np.int64)
     p_index = np.asarray([p.entry for p in policies], dtype=np.int64)
     p_eff = np.asarray([min(p.effective_at, _CLAMP) for p in policies], dtype=np.int64)
+    p_time = np.asarray([min(p.time_us, _CLAMP) for p in policies], dtype=np.int64)
     bounds = np.searchsorted(d.index, p_index)  # the decisions after the k-th policy entry
+
+    def in_force(upto: int, at: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Which of the first ``upto`` policy entries is in force at each time: among them,
+        by (effective_at, log order), the last whose effective_at has come; -1 when none has
+        (simulated: the earliest one, as Store.policy falls back)."""
+        cand = np.lexsort((p_index[:upto], p_eff[:upto]))
+        pos = np.searchsorted(p_eff[:upto][cand], at, side="right") - 1
+        none = int(cand[0]) if simulated else -1
+        out: npt.NDArray[np.int64] = np.where(pos >= 0, cand[np.maximum(pos, 0)], none)
+        return out
+
+    def agrees(which: npt.NDArray[np.int64], named: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = (which >= 0) & (p_code[np.maximum(which, 0)] == named)
+        return out
+
     found: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
     for k in range(len(policies)):
         lo, hi = int(bounds[k]), int(bounds[k + 1]) if k + 1 < len(policies) else len(d)
         if lo >= hi:
             continue
-        # The entries logged so far, by (effective_at, log order): the one in force at a time
-        # is the last whose effective_at has come (or, simulated, the earliest: Store.policy).
-        cand = np.lexsort((p_index[: k + 1], p_eff[: k + 1]))
-        effs = p_eff[cand]
-        none = int(cand[0]) if simulated else -1
-
-        def in_force(
-            at: npt.NDArray[np.int64],
-            cand: npt.NDArray[np.int64] = cand,
-            effs: npt.NDArray[np.int64] = effs,
-            none: int = none,
-        ) -> npt.NDArray[np.int64]:
-            pos = np.searchsorted(effs, at, side="right") - 1
-            out: npt.NDArray[np.int64] = np.where(pos >= 0, cand[np.maximum(pos, 0)], none)
-            return out
-
-        at = times[lo:hi]
-        now, before = in_force(at), in_force(at - _SLACK_US)
-        named = d.version[lo:hi].astype(np.int64)
-        logged = np.isin(named, p_code[: k + 1])
-        agree = np.zeros(hi - lo, dtype=bool)
-        for which in (now, before):
-            agree |= (which >= 0) & (p_code[np.maximum(which, 0)] == named)
-        wrong = np.flatnonzero(logged & ~agree)
+        at, named = times[lo:hi], d.version[lo:hi]
+        if int(at.min()) >= int(p_eff[: k + 1].max()):
+            # Every entry so far took effect before these decisions: one version in force.
+            last = int(np.lexsort((p_index[: k + 1], p_eff[: k + 1]))[-1])
+            odd = np.flatnonzero(named != p_code[last])
+            now = np.full(hi - lo, last, dtype=np.int64)
+        else:
+            now = in_force(k + 1, at)
+            odd = np.flatnonzero(~agrees(now, named))
+        if not odd.size:
+            continue  # the usual case: every decision names the version in force
+        named_known = np.zeros(len(d.versions) + 1, dtype=bool)
+        named_known[p_code[: k + 1][p_code[: k + 1] >= 0]] = True
+        odd = odd[named_known[named[odd]]]  # a version never logged: the log check says so
+        # A sampler picks up a new version about a second late: accept the version in force
+        # TIME_SLACK earlier, and, just after this policy entry was logged, the version in
+        # force without it (a version applied with an effective time already past).
+        ok = agrees(in_force(k + 1, at[odd] - _SLACK_US), named[odd])
+        if k:
+            fresh = at[odd] < p_time[k] + _SLACK_US
+            for when in (at[odd], at[odd] - _SLACK_US):
+                ok |= fresh & agrees(in_force(k, when), named[odd])
+        wrong = odd[~ok]
         if wrong.size:
             # Each named version's effective time, as its latest entry so far logs it.
             latest = {int(p_code[j]): int(p_eff[j]) for j in range(k + 1)}
@@ -339,8 +364,9 @@ def _policy_in_force(
 
 
 def _one_epoch_per_reference(rep: AuditReport, d: Decisions) -> None:
-    if not len(d):
-        return
+    rep.checked["time"]["epochs"] = len(d.epochs)
+    if len(d.epochs) < 2:
+        return  # one epoch (or none): no reference can be in two
     # The first decision of each reference, whatever its epoch: call_firsts with one epoch.
     anywhen = dataclasses.replace(d, epoch=np.zeros(len(d), dtype=np.int32), epochs=[""])
     firsts = call_firsts(anywhen)

@@ -205,7 +205,9 @@ def audit_verify(
             version = bytes(fl.get("version", b""))
             effective = fl.get("effective_at")
             logged_policies.append(
-                LoggedPolicy(e.index, version, effective if isinstance(effective, int) else 0)
+                LoggedPolicy(
+                    e.index, e.time_us, version, effective if isinstance(effective, int) else 0
+                )
             )
             try:
                 pol = Policy.from_dict(json.loads(bytes(fl.get("canonical", b""))))
