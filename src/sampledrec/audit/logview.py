@@ -11,10 +11,8 @@ the batch at ``first_index + count``), and hides the segments after one that was
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
-from ..errors import StoreError
 from ..log.segments import (
     BATCH_HEADER,
     BATCH_MAGIC,
@@ -39,8 +37,9 @@ class Cut(NamedTuple):
 
 
 class InOrderLog:
-    """A read-only :class:`~sampledrec.log.storage.LogStorage` over ``storage`` that shows only
-    the batches that follow one another from entry 0 (module docstring)."""
+    """A read-only view of a :class:`~sampledrec.log.storage.LogStorage` that shows only the
+    batches that follow one another from entry 0 (module docstring). It has the storage's
+    reading methods only: it is no storage backend (nothing can write through it)."""
 
     def __init__(self, storage: LogStorage) -> None:
         self._storage = storage
@@ -115,32 +114,3 @@ class InOrderLog:
 
     def size(self) -> int:
         return sum(self._ends.get(seg, 0) for seg in self._walk())
-
-    # -- never writing ------------------------------------------------------------------------
-
-    def _read_only(self) -> NoReturn:
-        raise StoreError(f"{self.location()}: the audit reads the log, it never writes it")
-
-    def create(self) -> None:
-        self._read_only()
-
-    def lock(self, timeout: float = 30.0) -> AbstractContextManager[None]:
-        self._read_only()
-
-    def create_segment(self, first: int, data: bytes) -> None:
-        self._read_only()
-
-    def write_segment(self, first: int, at: int, data: bytes) -> None:
-        self._read_only()
-
-    def truncate_segment(self, first: int, size: int) -> None:
-        self._read_only()
-
-    def write_checkpoints(self, at: int, data: bytes) -> None:
-        self._read_only()
-
-    def truncate_checkpoints(self, size: int) -> None:
-        self._read_only()
-
-    def set_aside(self, name: str, offset: int, data: bytes) -> str:
-        self._read_only()

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,7 @@ from ..log.columns import (
     read_log,
 )
 from ..log.format import T_KEY_COMMIT, T_KEY_DESTROYED, T_POLICY, from_micros, to_micros
+from ..log.storage import LogStorage
 from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
@@ -165,7 +166,8 @@ def audit_verify(
     # Only the batches that follow one another: a forged batch header cannot renumber entries.
     view = InOrderLog(store.log_storage)
     try:
-        contents = read_log(view, keyring, progress=progress)
+        # The view has every reading method read_log uses, and no writing one.
+        contents = read_log(cast(LogStorage, view), keyring, progress=progress)
     except (LogCorrupt, ValueError, OverflowError) as exc:
         contents = LogContents(decisions_from_entries([]), [], f"{exc}")
     if view.cut is not None:
