@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampledrec import FixedClock, Store
+from sampledrec.audit.report import build_report
 from sampledrec.audit.revealed import parse_revealed_keys
 from sampledrec.audit.verify import AuditReport, audit_verify
 from sampledrec.errors import SampledrecError
@@ -93,6 +94,18 @@ def test_no_key_revealed_before_the_epoch_ends_is_incomplete(tmp_path: Path) -> 
     (bad,) = [f.to_json() for f in ended.findings]
     assert bad["epoch_id"] == "2026-04-01" and bad["evidence"]["decisions"] == 30
     assert "its key was not revealed" in bad["message"]
+
+
+def test_the_dpo_report_shows_each_checks_verdict_and_what_it_checked(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.write_revealed([], tmp_path / "none.json")
+    at = DAY + timedelta(hours=3)
+    page = build_report(
+        store.path, audit=audit_verify(store.path, tmp_path / "none.json", now=at), now=at
+    )
+    assert '<p class="verdict bad" id="verdict">INCOMPLETE</p>' in page
+    assert "<td>decisions</td><td>SKIPPED</td><td>no epoch key revealed</td>" in page
+    assert "<td>log</td><td>PASS</td><td>" in page and "decisions SKIPPED (no epoch key" in page
 
 
 def test_a_store_with_nothing_to_check_but_its_log_passes_and_says_so(tmp_path: Path) -> None:
