@@ -440,6 +440,17 @@ def test_a_recording_slipped_into_a_logged_hold(honest: Honest, case: Path) -> N
     assert bad["evidence"] == {"hold_id": hold.hold_id, "catalog": 2, "logged": 1}
 
 
+def test_a_recording_still_marked_held_after_its_hold_was_released(
+    honest: Honest, case: Path
+) -> None:
+    catalog = _catalog(case)
+    catalog.update(honest.released, status="sealed", expires_at=HELD_UNTIL)  # as if never let go
+    catalog.close()
+    rep = _audit(case)
+    (bad,) = _found(rep, "recordings", "no hold the log records names it")
+    assert bad["recording_id"] == honest.released and bad["evidence"]["holds"]
+
+
 def test_destroyed_bucket_keys_restored_from_a_copy(honest: Honest, case: Path) -> None:
     before = honest.base / "before-sweep" / "keys" / "buckets"
     now = case / "store" / "keys" / "buckets"
@@ -602,3 +613,5 @@ def test_a_sealing_key_logged_destroyed_but_kept(case: Path) -> None:
     rep = _audit(case)
     (bad,) = _found(rep, "keys", "access/2026-03 was destroyed, but the keyring still holds it")
     assert isinstance(bad["index"], int)
+    (early,) = _found(rep, "keys", "access details sealed under access/2026-03 were shredded")
+    assert early["evidence"]["kept_until"] == "2027-04-01"

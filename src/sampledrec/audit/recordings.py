@@ -56,7 +56,7 @@ from ..log.format import (
     from_micros,
     to_micros,
 )
-from ..retention.sweep import CALLS_RETENTION_MONTHS, HELD_UNTIL
+from ..retention.sweep import ACCESS_RETENTION_MONTHS, CALLS_RETENTION_MONTHS, HELD_UNTIL
 from ..sampling.record import REASONS
 from ..vault.catalog import Hold, RecordingRow
 from ..vault.recorder import blob_name, bucket_of, data_key_aad, hold_bucket
@@ -80,10 +80,12 @@ def month_of_kid(kid: str | None) -> int | None:
     return int(ym[:4]) * 12 + month - 1 if 1 <= month <= 12 else None
 
 
-def kept_until_month(month: int) -> int:
-    """The month index on whose first day the call references sealed in ``month`` may be
-    destroyed (retention.sweep: :data:`CALLS_RETENTION_MONTHS` months after their month)."""
-    return month + CALLS_RETENTION_MONTHS + 1
+def kept_until_month(month: int, *, calls: bool = True) -> int:
+    """The month index on whose first day the log's details sealed in ``month`` may be
+    destroyed (retention.sweep: call references :data:`CALLS_RETENTION_MONTHS` months after
+    their month, access details ``ACCESS_RETENTION_MONTHS``)."""
+    keep = CALLS_RETENTION_MONTHS if calls else ACCESS_RETENTION_MONTHS
+    return month + keep + 1
 
 
 def _month(moment: datetime) -> int:
@@ -647,7 +649,11 @@ def _check_catalog(
             )
         if rec.expires_at is not None and row.expires_at != rec.expires_at:
             holds = [h for h, _ in cat.members.get(rid, [])]
-            logged = [h for h in holds if h.hold_id in facts.holds_placed]
+            logged = [
+                h
+                for h in holds
+                if h.hold_id in facts.holds_placed and h.hold_id not in facts.holds_released
+            ]
             if row.expires_at != HELD_UNTIL or not logged:
                 rep.add(
                     "recordings",

@@ -330,15 +330,22 @@ def _check_keys(
                 evidence={"key": kid},
             )
         destroyed_month = _month_index(from_micros(min(e.time_us, MAX_TIME_US)))
-        if kid.startswith("calls/") and destroyed_month < kept_until_month(month):
+        calls = kid.startswith("calls/")
+        until = kept_until_month(month, calls=calls)
+        if destroyed_month < until:
             rep.add(
                 "keys",
-                f"the call references sealed under {kid} were shredded before their retention "
-                "ended: their decisions can no longer be recomputed",
+                (
+                    f"the call references sealed under {kid} were shredded before their "
+                    "retention ended: their decisions can no longer be recomputed"
+                    if calls
+                    else f"the access details sealed under {kid} were shredded before their "
+                    "retention ended: who accessed what can no longer be read"
+                ),
                 index=e.index,
                 evidence={
                     "destroyed_at": from_micros(min(e.time_us, MAX_TIME_US)).isoformat(),
-                    "kept_until": _month_start(kept_until_month(month)),
+                    "kept_until": _month_start(until),
                 },
             )
     if destroyed:
