@@ -213,7 +213,10 @@ def case(honest: Honest, tmp_path: Path) -> Path:
 
 def _audit(case: Path, **kw: Any) -> AuditReport:
     kw.setdefault("now", AUDIT_AT)
-    return audit_verify(case / "store", case / "revealed.json", **kw)
+    rep = audit_verify(case / "store", case / "revealed.json", **kw)
+    json.dumps(rep.to_json())  # what --json prints: every finding's evidence is JSON
+    assert rep.to_text().splitlines()[-1] in ("AUDIT PASSED", "AUDIT FAILED")
+    return rep
 
 
 def _found(rep: AuditReport, check: str, text: str) -> list[dict[str, Any]]:
