@@ -712,19 +712,40 @@ def render(
         )
         key_classes.append("pass" if good else "fail")
     ok = bool(doc.get("ok")) and keys_ok
+    # An auditor's report says FAIL, or INCOMPLETE when a core check could not run yet.
+    verdict = "PASS" if ok else "INCOMPLETE" if doc.get("verdict") == "INCOMPLETE" else "FAIL"
     add(
-        f'<p class="verdict {"ok" if ok else "bad"}" id="verdict">'
-        f"{'PASS' if ok else 'FAIL'}</p>"
+        f'<p class="verdict {"ok" if ok else "bad"}" id="verdict">{verdict}</p>'
         f'<p class="meta">Source: {_e(source)}</p>'
     )
-    add(
-        _table(
-            ["Check", "Result"],
-            [[name, result] for name, result in checks.items()],
-            row_classes=[_CHECK_CLASS.get(str(v), "") for v in checks.values()],
-            empty="No checks reported.",
+    for reason in doc.get("verdict_reasons", []) or []:
+        add(f'<p class="meta">{_e(reason)}</p>')
+    results: Mapping[str, Any] = doc.get("results", {}) or {}
+    if results:  # what each check checked, or why it was skipped
+        rows: list[list[object]] = []
+        for name, result in checks.items():
+            got = results.get(name, {}) if isinstance(results.get(name), Mapping) else {}
+            counted = ", ".join(
+                f"{v:,} {str(k).replace('_', ' ')}" for k, v in (got.get("checked") or {}).items()
+            )
+            rows.append([name, result, got.get("why") or counted])
+        add(
+            _table(
+                ["Check", "Result", "Checked (or why not)"],
+                rows,
+                row_classes=[_CHECK_CLASS.get(str(v), "") for v in checks.values()],
+                empty="No checks reported.",
+            )
         )
-    )
+    else:
+        add(
+            _table(
+                ["Check", "Result"],
+                [[name, result] for name, result in checks.items()],
+                row_classes=[_CHECK_CLASS.get(str(v), "") for v in checks.values()],
+                empty="No checks reported.",
+            )
+        )
     if keys is not None:
         add("<h3>Revealed epoch keys</h3>")
         add(

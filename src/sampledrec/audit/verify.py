@@ -1,58 +1,81 @@
 """The auditor's side: independent verification of a store against its log and revealed keys.
 
-:func:`audit_verify` runs six checks, each PASS or FAIL with findings that carry their evidence
-(the log entry index, the recording id, the call reference):
+:func:`audit_verify` runs seven checks (:data:`CHECKS`), each PASS, FAIL or SKIPPED, with what
+it checked (counts) and findings that carry their evidence (the log entry index, the recording
+id, the call reference, the epoch):
 
 - ``log``: :func:`sampledrec.log.verify_log` (tree, signatures, checkpoints, an exported
   checkpoint when given); any finding fails the check;
 - ``keys``: every revealed key matches its commitment and the commitment the log recorded;
+  every sealing key the log says was destroyed is gone, and none was destroyed before its
+  retention ended;
 - ``decisions``: every decision of a revealed epoch is recomputed (the draw with
   :func:`~sampledrec.sampling.draw_many`, the threshold from the policy version logged before
-  it, the reason, the per-agent caps replayed in log order);
-- ``recordings``: the catalog against the log (a positive, durable decision per recording, no
-  recording of an objecting caller, nothing readable or kept past its expiry);
+  it, the reason, the per-agent caps replayed in log order); an ended epoch with decisions and
+  no revealed key, and call references unreadable while they should still be kept, are
+  findings;
+- ``time``: entry times in order, each decision in the epoch of its UTC day, keys committed a
+  bounded time ahead, the policy in force, one epoch per reference
+  (:mod:`sampledrec.audit.timeline`);
+- ``recordings``: the recordings as the log tells them, against the decisions, the files'
+  SHA-256, the tombstones, the destroyed keys and the catalog
+  (:mod:`sampledrec.audit.recordings`);
 - ``cdr``: with the carrier's call records, completeness both ways;
 - ``statistics``: declared vs realised rates per rule and per (rule, agent), exact
   Clopper-Pearson intervals and two-sided exact binomial tests with Holm's correction. A group
   fails when its Holm-adjusted p-value is below :data:`STAT_ALPHA` (0.001): a strict threshold,
   so that a correct store fails by chance about once in a thousand audits at most.
+
+**The verdict rule.** A check FAILs when it has a finding, is SKIPPED (with the reason) when it
+had nothing to check, and PASSes otherwise. Whatever should have been verified and could not
+be is a finding, never a SKIPPED. The audit is PASS only when no check FAILed and no core check
+(log, keys, decisions) was SKIPPED while the log holds what it is about; FAIL when a check
+FAILed; INCOMPLETE otherwise (for example: decisions whose epochs have not ended yet, so that
+no key could be revealed). Only PASS exits 0 (:mod:`sampledrec.audit.findings`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from .._hazmat.cmac import draws_rows
 from ..clock import SYSTEM_CLOCK
-from ..errors import InvalidArgument, KeyDestroyed, SampledrecError
-from ..log.columns import I64, Decisions, RefMatcher, call_firsts, counted_once, read_log, ref_text
-from ..log.format import (
-    T_ERASURE,
-    T_EXPIRED,
-    T_KEY_COMMIT,
-    T_POLICY,
-    T_RECORDING_OPENED,
-    from_micros,
-    to_micros,
+from ..errors import InvalidArgument, LogCorrupt, SampledrecError
+from ..keys.keyring import epoch_end
+from ..log.columns import (
+    I64,
+    Decisions,
+    LogContents,
+    RefMatcher,
+    call_firsts,
+    counted_once,
+    decisions_from_entries,
+    read_log,
 )
-from ..log.verify import CheckedReport
+from ..log.format import T_KEY_COMMIT, T_KEY_DESTROYED, T_POLICY, from_micros, to_micros
+from ..log.storage import LogStorage
 from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
+from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport, GroupStats
+from .logview import InOrderLog
+from .recordings import check_recordings, kept_until_month, month_of_kid
+from .revealed import read_revealed_keys
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
+from .timeline import MAX_TIME_US, LoggedPolicy, check_time, epoch_day
 
 __all__ = [
     "CHECKS",
+    "CORE_CHECKS",
     "STAT_ALPHA",
     "AuditFinding",
     "AuditReport",
@@ -65,121 +88,10 @@ __all__ = [
     "holm",
 ]
 
-CHECKS: Final = ("log", "keys", "decisions", "recordings", "cdr", "statistics")
-STAT_ALPHA: Final = 0.001
 MIN_GROUP: Final = 20
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _TWO56: Final = 2**56
-
-
-@dataclass
-class AuditFinding:
-    check: str
-    message: str
-    index: int | None = None
-    recording_id: str | None = None
-    call_ref: str | None = None
-    epoch_id: str | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"check": self.check, "message": self.message}
-        for k in ("index", "recording_id", "call_ref", "epoch_id"):
-            v = getattr(self, k)
-            if v is not None:
-                doc[k] = v
-        if self.evidence:
-            doc["evidence"] = self.evidence
-        return doc
-
-
-@dataclass
-class GroupStats:
-    rule: str
-    agent: str | None
-    rate: float
-    eligible: int
-    selected: int
-    low: float
-    high: float
-    p_value: float
-    p_holm: float = 1.0
-
-    @property
-    def realised(self) -> float:
-        return self.selected / self.eligible if self.eligible else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "agent": self.agent,
-            "declared_rate": self.rate,
-            "eligible": self.eligible,
-            "selected": self.selected,
-            "realised_rate": self.realised,
-            "ci95": [self.low, self.high],
-            "p_value": self.p_value,
-            "p_holm": self.p_holm,
-            "verdict": "FAIL" if self.p_holm < STAT_ALPHA else "PASS",
-        }
-
-
-@dataclass
-class AuditReport(CheckedReport):
-    store: str
-    at: datetime
-    simulated: bool = False
-    findings: list[AuditFinding] = field(default_factory=list)
-    ran: set[str] = field(default_factory=set)
-    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    groups: list[GroupStats] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def status(self, check: str) -> str:
-        if self.failed(check):
-            return "FAIL"
-        return "PASS" if check in self.ran else "SKIPPED"
-
-    def add(self, check: str, message: str, **kw: Any) -> None:
-        self.findings.append(AuditFinding(check, message, **kw))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "verdict": "PASS" if self.ok else "FAIL",
-            "store": self.store,
-            "at": self.at.isoformat(),
-            "simulated": self.simulated,
-            "checks": {c: self.status(c) for c in CHECKS},
-            "counts": dict(self.counts),
-            "statistics": {"alpha_holm": STAT_ALPHA, "groups": [g.to_json() for g in self.groups]},
-            "findings": [f.to_json() for f in self.findings],
-            "notes": self.notes,
-        }
-
-    def to_text(self) -> str:
-        lines = [f"audit of {self.store} at {self.at.isoformat()}"]
-        if self.simulated:
-            lines[0] += " [SIMULATED store]"
-        for c in CHECKS:
-            lines.append(f"  {c:<12} {self.status(c)}")
-        for k, v in sorted(self.counts.items()):
-            lines.append(f"  {k}: {v:,}")
-        for f in self.findings:
-            where = ", ".join(
-                x
-                for x in (
-                    None if f.index is None else f"entry {f.index}",
-                    None if f.recording_id is None else f"recording {f.recording_id}",
-                    None if f.call_ref is None else f"call {f.call_ref}",
-                    None if f.epoch_id is None else f"epoch {f.epoch_id}",
-                )
-                if x
-            )
-            lines.append(f"FAIL {f.check}: {f.message}" + (f" ({where})" if where else ""))
-        lines.extend(f"note: {n}" for n in self.notes)
-        lines.append("AUDIT PASSED" if self.ok else "AUDIT FAILED")
-        return "\n".join(lines)
+_MONTH0: Final = 1970 * 12  # month index of 1970-01
 
 
 # -- the audit -----------------------------------------------------------------------------------
@@ -222,23 +134,24 @@ def audit_verify(
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
 ) -> AuditReport:
-    """Audit a store; raises :class:`StoreError` / :class:`InvalidArgument` when it cannot run.
+    """Audit a store; raises :class:`StoreError` / :class:`InvalidArgument` when it cannot run
+    (the store is missing, the revealed-keys file or the call records cannot be read).
 
     ``keyring`` opens the log's sealed call references (default: the store's own keyring);
-    ``now`` is the audit time for expiry checks (default: the real clock).
+    ``now`` is the audit time: which epochs have ended, what has expired, which call
+    references must still be readable (default: the real clock).
     """
     from ..log.verify import verify_log
-    from ..store import Store, read_revealed
+    from ..sampling.policy import Policy
+    from ..store import Store
 
     store = Store.open(store_path)
     at = now or SYSTEM_CLOCK.now()
     rep = AuditReport(store=str(store.path), at=at, simulated=store.simulated)
-    try:
-        revealed = read_revealed(revealed_keys_path)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"{revealed_keys_path}: not a revealed-keys file ({exc})") from None
+    revealed = read_revealed_keys(revealed_keys_path)
     if cdr is not None:
         cdr_rows = _read_cdr(Path(cdr))
+    keyring = keyring if keyring is not None else store.keyring
 
     # 1. log -----------------------------------------------------------------------------------
     logrep = verify_log(
@@ -250,14 +163,28 @@ def audit_verify(
     )
     # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
     # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
-    contents = read_log(
-        store.log_storage,
-        keyring if keyring is not None else store.keyring,
-        progress=progress,
-    )
+    # Only the batches that follow one another: a forged batch header cannot renumber entries.
+    view = InOrderLog(store.log_storage)
+    try:
+        # The view has every reading method read_log uses, and no writing one.
+        contents = read_log(cast(LogStorage, view), keyring, progress=progress)
+    except (LogCorrupt, ValueError, OverflowError) as exc:
+        contents = LogContents(decisions_from_entries([]), [], f"{exc}")
+    if view.cut is not None:
+        rep.notes.append(
+            f"the log's batches stop following one another in {view.cut}: the audit read the "
+            "log up to there (the log check reports the damage)"
+        )
     rep.ran.add("log")
+    rep.expected["log"] = "the store has a log"
     rep.simulated = rep.simulated or logrep.simulated
     rep.counts["log_entries"] = logrep.size
+    rep.checked["log"] = {
+        "entries": logrep.size,
+        "bytes": logrep.bytes_verified,
+        "checkpoints": logrep.checkpoints,
+        "exported_checkpoints": int(logrep.exported_checked),
+    }
     for f in logrep.findings:
         rep.add(
             "log",
@@ -265,23 +192,28 @@ def audit_verify(
             index=f.index,
             evidence=({"where": f.where} if f.where else {}) | (f.evidence or {}),
         )
+    if logrep.size == 0 and not logrep.findings:
+        rep.add("log", "the log holds no entry")
 
     decisions = contents.decisions
     commits: dict[str, tuple[int, bytes]] = {}
     policies: dict[bytes, Any] = {}
-    opened: dict[str, tuple[int, str | None]] = {}
-    tombstones: dict[str, int] = {}
-    from ..sampling.policy import Policy
-
+    logged_policies: list[LoggedPolicy] = []
     for e in contents.others:
         fl = e.fields
         if e.type == T_KEY_COMMIT:
-            commits.setdefault(str(fl.get("epoch_id")), (e.index, bytes(fl["commitment"])))
+            commits.setdefault(str(fl.get("epoch_id")), (e.index, bytes(fl.get("commitment", b""))))
         elif e.type == T_POLICY:
             version = bytes(fl.get("version", b""))
+            effective = fl.get("effective_at")
+            logged_policies.append(
+                LoggedPolicy(
+                    e.index, e.time_us, version, effective if isinstance(effective, int) else 0
+                )
+            )
             try:
                 pol = Policy.from_dict(json.loads(bytes(fl.get("canonical", b""))))
-            except (SampledrecError, ValueError) as exc:
+            except (SampledrecError, ValueError, TypeError, RecursionError) as exc:
                 rep.add("decisions", f"a logged policy cannot be read: {exc}", index=e.index)
                 continue
             if pol.version != version.hex():
@@ -293,21 +225,54 @@ def audit_verify(
                 )
                 continue
             policies.setdefault(version, pol)
-        elif e.type == T_RECORDING_OPENED:
-            ref = fl.get("call_ref")
-            opened[str(fl.get("recording_id"))] = (
-                e.index,
-                ref_text(ref) if isinstance(ref, str | bytes) and not e.sealed else None,
-            )
-        elif e.type in (T_EXPIRED, T_ERASURE):
-            if e.type == T_ERASURE and fl.get("outcome") not in (None, "erased"):
-                continue
-            tombstones.setdefault(str(fl.get("recording_id")), e.index)
     if contents.error is not None:
         rep.add("log", f"the log cannot be decoded: {contents.error}")
         rep.notes.append("the log could not be read to the end: later checks are incomplete")
 
     # 2. keys -----------------------------------------------------------------------------------
+    keys = _check_keys(rep, revealed, commits, contents.others, keyring, at)
+    if len(decisions):
+        rep.expected["keys"] = f"the log has {len(decisions):,} decisions"
+        rep.expected["decisions"] = f"the log has {len(decisions):,} decisions"
+
+    # 3. decisions ------------------------------------------------------------------------------
+    rep.ran.add("decisions")
+    firsts = call_firsts(decisions)  # the first decision of each call
+    is_first = counted_once(firsts)
+    _check_decisions(rep, decisions, firsts, is_first, keys, policies)
+    _check_unverifiable(rep, decisions, keys, revealed, at)
+
+    # 4. time -----------------------------------------------------------------------------------
+    check_time(rep, decisions, contents.others, logged_policies, simulated=logrep.simulated)
+
+    # 5. recordings -----------------------------------------------------------------------------
+    check_recordings(rep, store, decisions, firsts, contents.others, policies, at)
+    rep.counts["recordings"] = rep.checked["recordings"].get("opened", 0)
+
+    # 6. cdr ------------------------------------------------------------------------------------
+    if cdr is not None:
+        rep.ran.add("cdr")
+        _check_cdr(rep, decisions, cdr_rows)
+    else:
+        rep.skip("cdr", "no carrier call records given (--cdr)")
+
+    # 7. statistics -----------------------------------------------------------------------------
+    rep.ran.add("statistics")
+    _check_statistics(rep, decisions, is_first)
+    if rep.simulated:
+        rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
+    return rep
+
+
+def _check_keys(
+    rep: AuditReport,
+    revealed: list[Any],
+    commits: dict[str, tuple[int, bytes]],
+    others: list[Any],
+    keyring: Any,
+    at: datetime,
+) -> dict[str, bytes]:
+    """The ``keys`` check; returns the revealed keys that match the logged commitments."""
     rep.ran.add("keys")
     keys: dict[str, bytes] = {}
     for k in revealed:
@@ -329,32 +294,164 @@ def audit_verify(
                 epoch_id=k.epoch_id,
                 evidence={"logged": logged[1].hex(), "revealed": k.commitment.hex()},
             )
+        elif k.epoch_id in keys and keys[k.epoch_id] != k.key:
+            rep.add("keys", "two different keys revealed for one epoch", epoch_id=k.epoch_id)
         else:
             keys[k.epoch_id] = k.key
+    early = [k.epoch_id for k in revealed if epoch_end(k.epoch_id) > at]
+    if early:
+        rep.notes.append(
+            f"keys: {len(early)} revealed keys are of epochs that had not ended at the audit's "
+            f"time ({', '.join(sorted(early)[:5])}): their draws could be predicted"
+        )
     rep.counts["keys_revealed"] = len(revealed)
     rep.counts["keys_verified"] = len(keys)
+    checked = {"revealed": len(revealed), "verified": len(keys)}
 
-    # 3. decisions ------------------------------------------------------------------------------
-    rep.ran.add("decisions")
-    firsts = call_firsts(decisions)  # the first decision of each call
-    is_first = counted_once(firsts)
-    _check_decisions(rep, decisions, firsts, is_first, keys, policies)
+    # The log's sealing keys: what the log says was destroyed is gone, and not too early.
+    try:
+        present = set(keyring.sealing_key_ids())
+    except (AttributeError, SampledrecError, OSError):
+        present = None
+    destroyed = 0
+    for e in others:
+        if e.type != T_KEY_DESTROYED:
+            continue
+        kid = str(e.fields.get("key"))
+        month = month_of_kid(kid)
+        if month is None or not kid.startswith(("calls/", "access/")):
+            continue
+        destroyed += 1
+        if present is not None and kid in present:
+            rep.add(
+                "keys",
+                f"the log says sealing key {kid} was destroyed, but the keyring still holds it",
+                index=e.index,
+                evidence={"key": kid},
+            )
+        destroyed_month = _month_index(from_micros(min(e.time_us, MAX_TIME_US)))
+        calls = kid.startswith("calls/")
+        until = kept_until_month(month, calls=calls)
+        if destroyed_month < until:
+            rep.add(
+                "keys",
+                (
+                    f"the call references sealed under {kid} were shredded before their "
+                    "retention ended: their decisions can no longer be recomputed"
+                    if calls
+                    else f"the access details sealed under {kid} were shredded before their "
+                    "retention ended: who accessed what can no longer be read"
+                ),
+                index=e.index,
+                evidence={
+                    "destroyed_at": from_micros(min(e.time_us, MAX_TIME_US)).isoformat(),
+                    "kept_until": _month_start(until),
+                },
+            )
+    if destroyed:
+        checked["sealing_keys_destroyed"] = destroyed
+    rep.checked["keys"] = checked
+    if not revealed:
+        rep.skip("keys", "no epoch key revealed")
+    return keys
 
-    # 4. recordings -----------------------------------------------------------------------------
-    rep.ran.add("recordings")
-    _check_recordings(rep, store, decisions, opened, tombstones, at)
 
-    # 5. cdr ------------------------------------------------------------------------------------
-    if cdr is not None:
-        rep.ran.add("cdr")
-        _check_cdr(rep, decisions, cdr_rows)
+def _month_index(moment: datetime) -> int:
+    return moment.year * 12 + moment.month - 1
 
-    # 6. statistics -----------------------------------------------------------------------------
-    rep.ran.add("statistics")
-    _check_statistics(rep, decisions, is_first)
-    if rep.simulated:
-        rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
-    return rep
+
+def _month_start(month: int) -> str:
+    return f"{month // 12:04d}-{month % 12 + 1:02d}-01"
+
+
+def _check_unverifiable(
+    rep: AuditReport,
+    d: Decisions,
+    keys: dict[str, bytes],
+    revealed: list[Any],
+    at: datetime,
+) -> None:
+    """What should have been verified and could not be: an ended epoch with decisions whose
+    key is not revealed (or does not match), and call references unreadable while they
+    should still be kept. Then the decisions check's verdict when it recomputed nothing."""
+    n = len(d)
+    revealed_ids = {k.epoch_id for k in revealed}
+    counts = np.bincount(d.epoch, minlength=len(d.epochs)) if n else np.zeros(0, np.int64)
+    at_us = to_micros(at)
+    for code, epoch in enumerate(d.epochs):
+        if epoch in keys or not counts[code]:
+            continue
+        day = epoch_day(epoch)
+        if day is None or (day + 1) * 86_400_000_000 > at_us:
+            continue  # not a UTC day (the time check says so), or not ended yet
+        first = int(np.flatnonzero(d.epoch == code)[0])
+        rep.add(
+            "decisions",
+            f"epoch {epoch} has ended and has {int(counts[code]):,} decisions, but "
+            + (
+                "its revealed key does not match the logged commitment"
+                if epoch in revealed_ids
+                else "its key was not revealed"
+            )
+            + ": they cannot be recomputed",
+            index=int(d.index[first]),
+            epoch_id=epoch,
+            evidence={
+                "decisions": int(counts[code]),
+                "ended_at": from_micros((day + 1) * 86_400_000_000).isoformat(),
+            },
+        )
+    # Call references unreadable while their sealing key (calls/YYYY-MM of the decision's
+    # time) should still exist.
+    if n:
+        gone = np.flatnonzero(d.ref_kind == 0)
+        if gone.size:
+            months = (
+                np.minimum(d.time_us[gone], np.uint64(2**62))
+                .astype(np.int64)
+                .astype("datetime64[us]")
+                .astype("datetime64[M]")
+                .astype(np.int64)
+                + _MONTH0
+            )
+            kept = kept_until_month(0) + months > _month_index(at)  # key not destroyed yet
+            if kept.any():
+                rows = gone[kept]
+                ms, at_row, cnt = np.unique(months[kept], return_index=True, return_counts=True)
+                items = []
+                for m, j, c in zip(ms.tolist(), at_row.tolist(), cnt.tolist(), strict=True):
+                    i = int(rows[j])
+                    kid = f"calls/{m // 12:04d}-{m % 12 + 1:02d}"
+                    items.append(
+                        (
+                            f"{c:,} decisions have call references that cannot be read (sealed "
+                            f"under {kid}) while they should be kept until "
+                            f"{_month_start(kept_until_month(m))}: they cannot be recomputed",
+                            {
+                                "index": int(d.index[i]),
+                                "epoch_id": d.epochs[int(d.epoch[i])],
+                                "evidence": {"decisions": c, "key": kid},
+                            },
+                        )
+                    )
+                rep.add_listed("decisions", items, "months of unreadable call references")
+    recomputed = rep.counts.get("decisions_recomputed", 0)
+    rep.checked["decisions"] = {
+        "decisions": n,
+        "recomputed": recomputed,
+        "not_yet_verifiable": rep.counts.get("decisions_not_yet_verifiable", 0),
+        "not_recomputable": rep.counts.get("decisions_not_recomputable", 0),
+    }
+    if recomputed:
+        return
+    if not n:
+        rep.skip("decisions", "the log has no decisions")
+    elif not keys:
+        rep.skip("decisions", "no epoch key revealed")
+    elif not any(e in keys for e in d.epochs):
+        rep.skip("decisions", "no revealed key is of an epoch that has decisions")
+    else:
+        rep.skip("decisions", "every call reference of the revealed epochs was erased")
 
 
 # (logged reason, draw below the threshold) -> what is wrong with that decision.
@@ -539,7 +636,13 @@ def _check_caps(
     """Per-agent caps, replayed in log order over distinct calls: the k-th selected call of an
     agent under a rule in a day (or ISO week) must not exceed that rule's cap."""
     capped = np.asarray([f.status == 0 and f.rule.has_cap for f in found], dtype=bool)
-    sel = np.flatnonzero(is_first & (d.reason == _SAMPLED) & (d.agent >= 0) & capped[which])
+    sel = np.flatnonzero(
+        is_first
+        & (d.reason == _SAMPLED)
+        & (d.agent >= 0)
+        & capped[which]
+        & (d.time_us <= np.uint64(MAX_TIME_US))  # later: a finding of the time check
+    )
     if not sel.size:
         return
     day = (d.time_us[sel] // np.uint64(86_400_000_000)).astype(np.int64)
@@ -592,139 +695,6 @@ def _reason(code: int) -> str:
     return REASONS[code] if 0 <= code < len(REASONS) else f"#{code}"
 
 
-def _check_recordings(
-    rep: AuditReport,
-    store: Any,
-    decisions: Decisions,
-    opened: dict[str, tuple[int, str | None]],
-    tombstones: dict[str, int],
-    at: datetime,
-) -> None:
-    from ..vault.recorder import data_key_aad
-
-    catalog = store.open_catalog()
-    try:
-        rows = catalog.find()
-        holds = {r.recording_id: catalog.holds_of(r.recording_id) for r in rows}
-    finally:
-        catalog.close()
-    keystore = store.keystore
-    blobs = store.blobs
-    wanted = sorted(
-        {r.call_ref for r in rows if r.call_ref is not None}
-        | {op[1] for op in opened.values() if op[1] is not None}
-    )
-    by_ref: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (entry index, reason)
-    with_ref = np.flatnonzero(decisions.ref_kind > 0)
-    matched = RefMatcher(decisions, wanted).match(with_ref)
-    for j in np.flatnonzero(matched >= 0).tolist():
-        i = int(with_ref[j])
-        by_ref[wanted[int(matched[j])]].append((int(decisions.index[i]), int(decisions.reason[i])))
-    objecting = {ref for ref, ds in by_ref.items() if any(r == _OBJECTION for _, r in ds)}
-    now_us = to_micros(at)
-    rep.counts["recordings"] = len(rows)
-
-    def readable(row: Any) -> bool:
-        aad = data_key_aad(row.recording_id, row.expires_at_sealed)
-        wrapped = [(row.bucket, row.wrapped_key)] if row.wrapped_key is not None else []
-        from ..vault.recorder import hold_bucket
-
-        wrapped += [(hold_bucket(h.hold_id), w) for h, w in holds[row.recording_id] if w]
-        for bucket, w in wrapped:
-            try:
-                keystore.unwrap(bucket, w, aad=aad)
-                return True
-            except (KeyDestroyed, SampledrecError, ValueError):
-                continue
-        return False
-
-    for row in rows:
-        rid = row.recording_id
-        if row.status == "aborted":
-            continue
-        op = opened.get(rid)
-        if op is None:
-            rep.add(
-                "recordings",
-                "the recording has no recording_opened entry in the log",
-                recording_id=rid,
-                call_ref=row.call_ref,
-            )
-        ref = row.call_ref
-        if ref is None and op is not None and op[1] is not None:
-            ref = op[1]
-        if op is not None and op[1] is not None and row.call_ref is not None and op[1] != ref:
-            rep.add(
-                "recordings",
-                "the catalog's call reference differs from the logged one",
-                index=op[0],
-                recording_id=rid,
-                call_ref=row.call_ref,
-            )
-        if ref is None:
-            rep.counts["recordings_ref_erased"] += 1
-        else:
-            limit = op[0] if op is not None else None
-            seen = by_ref.get(ref, [])
-            if not any(r == _SAMPLED and (limit is None or i < limit) for i, r in seen):
-                rep.add(
-                    "recordings",
-                    "no positive decision earlier in the log for the recorded call",
-                    index=op[0] if op is not None else None,
-                    recording_id=rid,
-                    call_ref=ref,
-                    evidence={"decisions": {str(i): _reason(r) for i, r in seen}},
-                )
-            if ref in objecting:
-                rep.add(
-                    "recordings",
-                    "a recording of a caller who objected",
-                    recording_id=rid,
-                    call_ref=ref,
-                )
-        # Expiry.
-        if row.expires_at <= now_us:
-            file_there = blobs.exists(row.file)
-            can_read = readable(row)
-            ev = {
-                "expires_at": from_micros(row.expires_at).isoformat(),
-                "status": row.status,
-                "file_present": file_there,
-                "key_unwraps": can_read,
-            }
-            if row.status not in ("expired", "erased"):
-                rep.add(
-                    "recordings",
-                    "kept past its expiry (not expired in the catalog)",
-                    recording_id=rid,
-                    evidence=ev,
-                )
-            if file_there and can_read:
-                rep.add(
-                    "recordings",
-                    "still readable after its expiry (file present and key unwraps)",
-                    recording_id=rid,
-                    evidence=ev,
-                )
-            if row.status in ("expired", "erased") and rid not in tombstones:
-                rep.add(
-                    "recordings",
-                    f"{row.status} without a tombstone in the log",
-                    recording_id=rid,
-                    evidence=ev,
-                )
-            rep.counts["recordings_past_expiry"] += 1
-        elif row.status in ("expired", "erased"):
-            if rid not in tombstones:
-                rep.add(
-                    "recordings",
-                    f"{row.status} without a tombstone in the log",
-                    recording_id=rid,
-                )
-            elif readable(row) and blobs.exists(row.file):
-                rep.add("recordings", f"{row.status} but still readable", recording_id=rid)
-
-
 def _check_cdr(rep: AuditReport, d: Decisions, cdr_rows: list[tuple[str, str]]) -> None:
     """Completeness both ways: every carrier call has a decision, every decided reference is
     a carrier call (a re-rolled or invented reference is not)."""
@@ -747,6 +717,11 @@ def _check_cdr(rep: AuditReport, d: Decisions, cdr_rows: list[tuple[str, str]]) 
             index=index,
             call_ref=ref,
         )
+    rep.checked["cdr"] = {
+        "carrier_calls": len(carrier),
+        "carrier_calls_with_a_decision": int(np.count_nonzero(decided)),
+        "decisions_matched": int(np.count_nonzero(matched >= 0)),
+    }
     unreadable = len(d) - with_ref.size
     if unreadable:
         rep.notes.append(
@@ -817,3 +792,9 @@ def _check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.b
                 evidence=g.to_json(),
             )
     rep.groups = stats
+    rep.checked["statistics"] = {
+        "groups_tested": len(stats),
+        "groups_too_small": rep.counts.get("statistics_groups_skipped", 0),
+    }
+    if not stats:
+        rep.skip("statistics", f"no rule or (rule, agent) group has {MIN_GROUP} calls or more")
