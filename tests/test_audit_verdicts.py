@@ -20,8 +20,9 @@ from sampledrec import FixedClock, Store
 from sampledrec.audit.report import build_report
 from sampledrec.audit.revealed import parse_revealed_keys
 from sampledrec.audit.verify import AuditReport, audit_verify
-from sampledrec.errors import SampledrecError
+from sampledrec.errors import LogCorrupt, SampledrecError
 from sampledrec.keys.keyring import RevealedKey
+from sampledrec.log.segments import iter_batches
 
 from .conftest import CliRun
 
@@ -225,6 +226,9 @@ def test_a_batch_header_claiming_another_first_entry(
         "audit", "verify", "--store", tmp_path / "s", "--revealed-keys", small / "revealed.json"
     )
     assert code == 1 and "AUDIT FAILED" in out
+    # The log's own readers refuse it too, naming where, instead of renumbering the entries.
+    with pytest.raises(LogCorrupt, match="claims to start at entry"):
+        list(iter_batches(tmp_path / "s" / "log"))
 
 
 # -- Hypothesis: any revealed-keys document gives keys or a typed error ----------------------------

@@ -178,7 +178,14 @@ def iter_batches(
     ``mapped``: segments are memory-mapped instead of read, where the storage can (large
     logs)."""
     storage = log_storage(log)
+    expected: int | None = None  # the index the next batch must start at
     for seg in storage.segments():
+        if expected is not None and seg != expected:
+            raise LogCorrupt(
+                f"{segment_name(seg)} starts at entry {seg}, but the entries before it end at "
+                f"{expected}: a segment is missing or out of place"
+            )
+        expected = seg
         data = storage.map_segment(seg) if mapped else storage.read_segment(seg)
         pos = SEG_HEADER.size
         while pos + BATCH_HEADER.size <= len(data):
@@ -187,5 +194,13 @@ def iter_batches(
             trailer = read_trailer(data, start + plen)
             if magic != BATCH_MAGIC or trailer is None:
                 raise LogCorrupt(f"{segment_name(seg)}: damaged batch at offset {pos}")
+            if first != expected:
+                # Readers number entries from the batch headers: a header that does not follow
+                # on would renumber (or overflow) everything after it.
+                raise LogCorrupt(
+                    f"{segment_name(seg)}: the batch at offset {pos} claims to start at entry "
+                    f"{first}, where entry {expected} comes next"
+                )
             yield BatchSpan(data, pos, first, count, start, start + plen, trailer[1])
+            expected = first + count
             pos = trailer[1]
