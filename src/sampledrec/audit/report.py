@@ -45,6 +45,7 @@ from ..log.format import (
     from_micros,
     to_micros,
 )
+from ..retention.subjects import what_defers
 from ..sampling.keyed import DRAW_BITS
 from ..sampling.record import REASONS
 from ..store import Store, read_revealed
@@ -185,13 +186,24 @@ def _read_log(store: Store) -> _LogFacts:
 _TALLIED: Final = ("sampled", "objection", "cap_reached")
 
 
-def _catalog_rows(store: Store) -> tuple[list[Any], list[tuple[Any, int]], list[Any]]:
-    """(recordings, holds with member counts, subject requests); empty without a catalog."""
+def _catalog_rows(
+    store: Store, now_us: int
+) -> tuple[list[Any], list[tuple[Any, int]], list[tuple[Any, tuple[str, ...]]]]:
+    """(recordings, holds with member counts, subject requests with the active holds that
+    lawfully defer an erasure)."""
     catalog = store.open_catalog()
     try:
         rows = catalog.find()
         holds = [(h, len(catalog.hold_members(h.hold_id))) for h in catalog.holds()]
-        requests = catalog.requests()
+        requests = [
+            (
+                q,
+                what_defers(catalog, q.caller_pseudonym, now_us)[0]
+                if q.status == "deferred" and q.caller_pseudonym is not None
+                else (),
+            )
+            for q in catalog.requests()
+        ]
     finally:
         catalog.close()
     return rows, holds, requests
@@ -430,7 +442,7 @@ def render(
     now_us = to_micros(when)
     policy = store.policy(when)
     facts = _read_log(store)
-    recordings, holds, requests = _catalog_rows(store)
+    recordings, holds, requests = _catalog_rows(store, now_us)
     keys = _revealed(revealed_keys)
 
     parts: list[str] = []
@@ -623,11 +635,14 @@ def render(
     # subject requests
     add('<section id="requests"><h2>Data-subject requests</h2>')
     req_rows, req_classes = [], []
-    for q in requests:
+    for q, held_by in requests:
         pending = q.status in ("open", "deferred")
-        overdue = pending and now_us >= q.deadline
+        # A legal hold that keeps the person's recordings defers an erasure lawfully.
+        overdue = pending and now_us >= q.deadline and not held_by
         late = q.completed_at is not None and q.completed_at > q.deadline
-        if overdue:
+        if held_by:
+            state = f"deferred by hold {', '.join(held_by)} (a lawful delay)"
+        elif overdue:
             state = f"OVERDUE by {(now_us - q.deadline) // _DAY_US} day(s)"
         elif pending:
             state = f"{(q.deadline - now_us) // _DAY_US} day(s) left"

@@ -356,7 +356,7 @@ class SubjectRequests:
             held: tuple[str, ...] = ()
             live: tuple[str, ...] = ()
             if r.status == "deferred" and r.caller_pseudonym is not None:
-                held, live = _what_defers(self.catalog, r.caller_pseudonym, when_us)
+                held, live = what_defers(self.catalog, r.caller_pseudonym, when_us)
             out.append(
                 PendingRequest(
                     request=r,
@@ -702,7 +702,7 @@ def _already_verified(request: SubjectRequest) -> str:
     )
 
 
-def _what_defers(
+def what_defers(
     catalog: Catalog, pseudonym: str, now_us: int
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What keeps the person's recordings from being erased at ``now_us``: (the active legal
