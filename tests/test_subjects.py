@@ -504,9 +504,9 @@ def test_cli_erase_and_the_open_requests_table(
     assert held["state"] == "deferred (hold h1)"
     # The DPO's report says the same (it used to mark it OVERDUE).
     page = build_report(store, now=datetime.fromisoformat(later))
-    row = re.search(rf"<tr[^>]*><td>{held['request_id']}</td>.*?</tr>", page)
-    assert row is not None and "deferred by hold h1" in row[0] and "OVERDUE" not in row[0]
-    assert 'class="overdue"' not in row[0]
+    tr = re.search(rf"<tr[^>]*><td>{held['request_id']}</td>.*?</tr>", page)
+    assert tr is not None and "deferred by hold h1" in tr[0] and "OVERDUE" not in tr[0]
+    assert 'class="overdue"' not in tr[0]
     # The hold ends, but the erasure has not run (a crash in between): with nothing lawful
     # keeping it any more, the request is OVERDUE past its deadline...
     with s.open_log() as log, Vault(s, log) as vault:
