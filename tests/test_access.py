@@ -453,6 +453,33 @@ def test_a_bare_name_is_refused_by_every_entry_point_and_logged(
         vault.open(rid, 42)  # type: ignore[arg-type]
 
 
+def test_the_sharp_entry_points_check_their_principal_too(opened: Opened) -> None:
+    """Red team (#12): the raw data key, a sealed recording's audio and crash recovery were open
+    to any caller. Each checks its principal: ``hold`` for the data key (re-wrapping under a
+    hold), ``subject_requests`` for the audio (the data-subject export), the owner for
+    recovery; each refusal is logged."""
+    store, log, _sampler, vault = opened
+    rid = record(vault, _sampler, "c1", {"queue": "sales"})
+    row = vault.catalog.get(rid)
+    assert row is not None
+    reviewer = Principal("rita", ("qa_reviewer",))
+    before = len(accesses(store, log))
+    with pytest.raises(AccessDenied):
+        vault.data_key(row, principal=reviewer)
+    with pytest.raises(AccessDenied):
+        vault.read_sealed(row, principal=reviewer)
+    with pytest.raises(AccessDenied, match="only the store's owner"):
+        vault.recover(principal=reviewer)
+    got = [(e["principal"], e["action"], e["outcome"]) for e in accesses(store, log)[before:]]
+    assert got == [
+        ("rita", "hold", "denied"),
+        ("rita", "subject_requests", "denied"),
+        ("rita", "recover", "denied"),
+    ]
+    # The owner (no principal) still may.
+    assert len(vault.data_key(row)) == 32 and vault.read_sealed(row) and vault.recover() == []
+
+
 def test_holds_need_the_hold_permission_within_scope(tmp_path: Path) -> None:
     from sampledrec import Retention
 

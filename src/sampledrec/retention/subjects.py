@@ -457,7 +457,7 @@ class SubjectRequests:
         """The recording as WAV after authenticating all of it, or (None, why not)."""
         rid = row.recording_id
         try:
-            audio = self.vault.read_sealed(row, now=now)
+            audio = self.vault.read_sealed(row, principal=who, now=now)
         except KeyDestroyed:
             self.vault.log_access("subject_export", "denied", who, rid, "key destroyed")
             return None, "expired: its key was destroyed"

@@ -400,7 +400,7 @@ class Retention:
         self.catalog.add_hold(hold)
         for row in rows:
             try:
-                key = self.vault.data_key(row, now=now)
+                key = self.vault.data_key(row, principal=who, now=now)
             except KeyDestroyed:
                 continue  # already crypto-shredded: nothing left to hold
             wrapped = self.keystore.wrap(

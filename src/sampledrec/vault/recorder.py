@@ -480,7 +480,7 @@ class Vault:
                 "it can no longer be read"
             )
         try:
-            data_key = self.data_key(row, now=now)
+            data_key = self._unwrap(row, now)
         except KeyDestroyed:
             self.log_access(action, "denied", who, recording_id, "key destroyed")
             raise RecordingExpired(
@@ -520,12 +520,21 @@ class Vault:
             raise InvalidRecording("the recording cannot be read")
         return reader
 
-    def read_sealed(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
-        """The whole audio of a sealed recording, every chunk authenticated, for a caller that
-        has checked its own permission and logs the access itself (the data-subject export).
-        :class:`KeyDestroyed` once it is crypto-shredded; the one opaque
-        :class:`InvalidRecording` for anything damaged, missing or wrongly keyed."""
-        data_key = self.data_key(row, now=now)
+    def read_sealed(
+        self,
+        row: RecordingRow,
+        *,
+        principal: Principal | None = None,
+        now: datetime | None = None,
+    ) -> bytes:
+        """The whole audio of a sealed recording, every chunk authenticated, for the
+        data-subject export: ``principal`` needs ``subject_requests`` (a refusal is logged);
+        the caller logs the export itself. :class:`KeyDestroyed` once it is crypto-shredded;
+        the one opaque :class:`InvalidRecording` for anything damaged, missing or wrongly
+        keyed."""
+        who = self.acting(principal, "subject_requests", row.recording_id)
+        self._grant(who, "subject_requests", row.recording_id, None)
+        data_key = self._unwrap(row, now)
         audio = None
         try:
             with self.blobs.open(row.file) as source:
@@ -536,11 +545,30 @@ class Vault:
             _unreadable()
         return audio
 
-    def data_key(self, row: RecordingRow, *, now: datetime | None = None) -> bytes:
-        """Unwrap a recording's data key: from its expiry bucket, or, once that bucket is
-        destroyed, from a legal hold that re-wrapped it and is active at ``now``
-        (:meth:`read_time`: never earlier than the vault's clock). :class:`KeyDestroyed` if
-        neither can (the recording is crypto-shredded)."""
+    def data_key(
+        self,
+        row: RecordingRow,
+        *,
+        principal: Principal | None = None,
+        now: datetime | None = None,
+    ) -> bytes:
+        """A recording's raw data key, to re-wrap it under a legal hold's key: ``principal``
+        needs ``hold`` on the recording (in scope; a refusal is logged). Unwrapped from its
+        expiry bucket, or, once that bucket is destroyed, from a legal hold that re-wrapped it
+        and is active at ``now`` (:meth:`read_time`: never earlier than the vault's clock).
+        :class:`KeyDestroyed` if neither can (the recording is crypto-shredded)."""
+        who = self.acting(principal, "hold", row.recording_id)
+        allowed = self._grant(who, "hold", row.recording_id, None)
+        if not self.in_scope(allowed, row):
+            self.log_access("hold", "denied", who, row.recording_id, "out of scope")
+            raise AccessDenied(
+                f"principal {who.name!r} may not hold recording {row.recording_id}: it is "
+                f"outside the scope of its roles ({allowed.describe()})"
+            )
+        return self._unwrap(row, now)
+
+    def _unwrap(self, row: RecordingRow, now: datetime | None) -> bytes:
+        """:meth:`data_key` for the vault's own reads, which have checked their permission."""
         aad = data_key_aad(row.recording_id, row.expires_at_sealed)
         if row.wrapped_key is not None:
             try:
@@ -724,8 +752,10 @@ class Vault:
 
     # -- crash recovery ----------------------------------------------------------------------------
 
-    def recover(self) -> list[tuple[str, str]]:
+    def recover(self, *, principal: Principal | None = None) -> list[tuple[str, str]]:
         """Deal with recordings left open by a crash; returns ``(recording_id, outcome)`` pairs.
+        Only the store's owner recovers (``principal``: no role grants it; a refusal is
+        logged).
 
         Each open recording's container is examined with every chunk authenticated
         (:func:`~sampledrec.vault.container.recover_prefix`): one that is whole is kept
@@ -759,6 +789,13 @@ class Vault:
         that two recoveries never work on one recording at once. Run it when no recorder of
         the store is running: a recording in progress is ``open`` too.
         """
+        who = self.acting(principal, "recover")
+        if not who.is_owner:
+            self.log_access("recover", "denied", who, None, "only the store's owner recovers")
+            raise AccessDenied(
+                f"principal {who.name!r} may not recover recordings: only the store's owner "
+                "does, after a crash (pass no principal, or Principal.owner(name))"
+            )
         lock = getattr(self.store, "lock", None)
         with lock() if callable(lock) else contextlib.nullcontext():
             self.log.flush()  # what this process queued is durable, where _logged can see it
@@ -810,7 +847,7 @@ class Vault:
     def _recovery_key(self, row: RecordingRow) -> bytes | None:
         """The data key of an open recording, or None if it is gone or does not unwrap."""
         try:
-            return self.data_key(row)
+            return self._unwrap(row, None)
         except (KeyDestroyed, InvalidRecording):
             return None
 
