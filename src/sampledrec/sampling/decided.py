@@ -111,11 +111,17 @@ class MemoryDecidedCalls:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, bytes], FirstDecision] = {}
+        self._closed = False
+
+    def _open(self) -> dict[tuple[str, bytes], FirstDecision]:
+        if self._closed:  # as the SQLite index, whose connection is gone
+            raise StoreError("the decided-calls index is closed")
+        return self._calls
 
     def remember(self, decisions: Sequence[FirstDecision]) -> list[FirstDecision | None]:
         out: list[FirstDecision | None] = []
         with self._lock:
-            calls = self._calls
+            calls = self._open()
             for d in decisions:
                 earlier = calls.setdefault((d.epoch_id, d.call), d)
                 out.append(None if earlier is d else earlier)
@@ -123,23 +129,25 @@ class MemoryDecidedCalls:
 
     def get(self, epoch_id: str, call: bytes) -> FirstDecision | None:
         with self._lock:
-            return self._calls.get((epoch_id, call))
+            return self._open().get((epoch_id, call))
 
     def mark_logged(self, calls: Sequence[tuple[str, bytes]]) -> None:
         with self._lock:
+            known = self._open()
             for name in calls:
-                d = self._calls.get(name)
+                d = known.get(name)
                 if d is not None and not d.logged:
-                    self._calls[name] = d._replace(logged=True)
+                    known[name] = d._replace(logged=True)
 
     def prune(self, now: datetime) -> None:
         cutoff = prune_before(now)
         with self._lock:
-            for name in [n for n in self._calls if n[0] < cutoff]:
-                del self._calls[name]
+            known = self._open()
+            for name in [n for n in known if n[0] < cutoff]:
+                del known[name]
 
     def close(self) -> None:
-        pass
+        self._closed = True
 
 
 _SCHEMA = """

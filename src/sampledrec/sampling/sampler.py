@@ -353,13 +353,19 @@ class Sampler:
 
     def close(self) -> None:
         """Release the caps ledger and the decided-calls index (a store's sampler holds SQLite
-        connections to them), after telling the index which first decisions are durable in
-        the log by now."""
+        connections to them), after telling the index which of this sampler's selected first
+        decisions are durable in the log (waiting up to a second for the log's next write)."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._decided is not None:
+            if self._decided is not None and self._is_durable is not None and self._pending:
+                # The log (usually closed just after the sampler) writes its queue within its
+                # group commit: then no repeat elsewhere has to wait for us, or log a copy.
+                last = next(reversed(self._pending.values()))
+                deadline = time.monotonic() + 1.0
+                while not self._is_durable(last) and time.monotonic() < deadline:
+                    time.sleep(0.002)
                 self._mark_logged(force=True)
         finally:
             try:
