@@ -27,6 +27,7 @@ Every decision is handed to the sampler's ``log``, a
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -52,6 +53,7 @@ __all__ = ["LOGGED_EARLIER", "REASONS", "Decision", "DecisionBatch", "Reason", "
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _TRUE_TEXT: Final = frozenset({"true", "yes", "1", "y", "on"})
 _new_tuple: Final = tuple.__new__
+_first_8_bytes: Final = struct.Struct(">Q").unpack_from
 
 #: ``Decision.log_ticket`` of a repeat whose first decision is already durable in the log: there
 #: is nothing to wait for (``DecisionLog.wait_durable(0)`` returns at once).
@@ -461,7 +463,7 @@ class Sampler:
         mac = key.new_cmac()
         mac.update(raw)
         tag = mac.finalize()
-        r = int.from_bytes(tag[:7], "big")
+        r = _first_8_bytes(tag)[0] >> 8  # the first 7 bytes, big-endian
         agent_value = attrs.get(policy.agent_attribute)
         agent = (
             agent_value
@@ -478,17 +480,16 @@ class Sampler:
         # tells "c1" from b"c1"), and how the store's index names it (kind, then tag).
         name = tag if text else _BYTES + tag
         memo = cached[3]
-        if memo is not None:
-            first = memo.get(name)
-            if first is not None:
-                return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
         decided = self._decided
         if objected:
             reason: Reason = "objection"
         elif r < rule.threshold:
             if rule.has_cap and agent is not None:
                 call = _STR + tag if text else name
-                if decided is not None:  # a repeat must not count against the cap again
+                first = None if memo is None else memo.get(name)
+                if first is not None:  # a repeat must not count against the cap again
+                    return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
+                if decided is not None:
                     earlier = decided.get(key.epoch_id, call)
                     if earlier is not None:
                         return self._repeat_indexed(
@@ -584,6 +585,10 @@ class Sampler:
         """A new decision, unless the store's index already has one for the call."""
         decided = self._decided
         assert decided is not None
+        if memo is not None:
+            known = memo.get(name)
+            if known is not None:  # decided (or seen) in this process: no query
+                return self._repeat(known, call_ref, name, agent, pseudonym, objected, memo)
         first = FirstDecision(
             key.epoch_id,
             call,
