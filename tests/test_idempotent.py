@@ -523,3 +523,44 @@ def test_the_index_is_private_and_never_holds_a_reference(tmp_path: Path) -> Non
     os.chmod(path, 0o644)
     with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_a_batch_waits_once_for_first_decisions_that_are_not_known_logged(tmp_path: Path) -> None:
+    import time
+
+    store = store_at(tmp_path)
+    day = two_days_ago()
+    clock = FixedClock(day)
+    refs = [f"lost-{i}" for i in range(50)]
+    with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
+        key = sampler.epoch_key(day)
+        rule = sampler.policy.rule_named("always")
+        assert sampler._decided is not None
+        sampler._decided.remember(
+            [
+                FirstDecision(
+                    key.epoch_id,
+                    cap_call_name(key, ref),
+                    SAMPLED,
+                    rule.name,
+                    rule.purpose,
+                    rule.rate,
+                    sampler.policy.version,
+                    rule.threshold,
+                    None,
+                    day,
+                )
+                for ref in refs
+            ]
+        )  # ... and the process that decided them died before logging them
+    with (
+        store.open_log(clock=clock) as log,
+        store.sampler(clock=clock, log=log, first_log_wait=0.3) as sampler,
+    ):
+        started = time.monotonic()
+        batch = sampler.decide_batch(refs, {"queue": ["internal"] * len(refs)})
+        assert time.monotonic() - started < 0.3 * 5  # not 0.3 s for each of the 50
+        assert batch.record.all() and batch.repeat is not None and batch.repeat.all()
+    assert sorted(e["call_ref"] for e in decision_entries(store)) == sorted(refs)
+    report = audit(store, day)
+    assert report.ok, report.to_text()

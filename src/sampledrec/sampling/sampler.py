@@ -634,8 +634,10 @@ class Sampler:
         pseudonym: str | None,
         objected: bool,
         memo: dict[bytes, _Memo] | None,
+        deadline: float | None = None,
     ) -> Decision:
-        """The answer to a call this sampler remembers (``first``: its first decision)."""
+        """The answer to a call this sampler remembers (``first``: its first decision).
+        ``deadline``: see :meth:`_ticket_for`."""
         if not isinstance(first, Decision):
             batch, i = first
             first = batch[i]
@@ -647,7 +649,7 @@ class Sampler:
                 earlier = self._decided.get(first.epoch_id, call)
                 if earlier is not None:
                     return self._repeat_indexed(
-                        earlier, call_ref, name, call, agent, pseudonym, objected, memo
+                        earlier, call_ref, name, call, agent, pseudonym, objected, memo, deadline
                     )
             elif memo is not None:
                 ticket = _claimed_ticket(memo, name)
@@ -682,8 +684,10 @@ class Sampler:
         pseudonym: str | None,
         objected: bool,
         memo: dict[bytes, _Memo] | None,
+        deadline: float | None = None,
     ) -> Decision:
-        """The answer to a call that the store's index says was decided (``earlier``)."""
+        """The answer to a call that the store's index says was decided (``earlier``).
+        ``deadline``: see :meth:`_ticket_for`."""
         ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
         record = earlier.reason == "sampled" and not objected
         ticket: int | None = None
@@ -695,7 +699,7 @@ class Sampler:
             elif earlier.logged:
                 ticket = LOGGED_EARLIER
             elif record:
-                ticket = self._ticket_for(earlier, ref, agent, pseudonym)
+                ticket = self._ticket_for(earlier, ref, agent, pseudonym, deadline)
         self._memoize(
             memo,
             name,
@@ -742,15 +746,22 @@ class Sampler:
         )
 
     def _ticket_for(
-        self, earlier: FirstDecision, ref: str | bytes, agent: str | None, pseudonym: str | None
+        self,
+        earlier: FirstDecision,
+        ref: str | bytes,
+        agent: str | None,
+        pseudonym: str | None,
+        deadline: float | None = None,
     ) -> int:
         """A ticket for a repeat that may be recorded, whose first decision another sampler
-        made and the index does not know to be logged: wait (``first_log_wait``) for that
-        sampler to say its entry is durable, else log an identical copy."""
+        made and the index does not know to be logged: wait (``first_log_wait``, or until
+        ``deadline``, one for a whole batch) for that sampler to say its entry is durable, else
+        log an identical copy."""
         decided = self._decided
         assert decided is not None and self._append is not None
         name = (earlier.epoch_id, earlier.call)
-        deadline = time.monotonic() + self._first_log_wait
+        if deadline is None:
+            deadline = time.monotonic() + self._first_log_wait
         while True:
             with self._pending_lock:
                 own = self._pending.get(name)
@@ -938,6 +949,7 @@ class Sampler:
             else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
         )
         refs = _refs_list(call_refs)
+        deadline = time.monotonic() + self._first_log_wait  # one wait for the whole batch
         agent_list = agents.tolist()
         objected_list = objected.tolist()
         # Each call's names (as in decide) and whether it is new, a repeat of a call this
@@ -963,8 +975,9 @@ class Sampler:
                 first = memo.get(called)
                 if first is not None:
                     repeats[i] = self._repeat(
-                        first, refs[i], called, agent_list[i], None, objected_list[i], memo
-                    )
+                        first, refs[i], called, agent_list[i], None, objected_list[i], memo,
+                        deadline,
+                    )  # fmt: skip
                     continue
                 j = first_row.setdefault(called, i)
                 if j != i:
@@ -989,7 +1002,7 @@ class Sampler:
                     else:
                         repeats[i] = self._repeat_indexed(
                             earlier, refs[i], names[i], calls[i], agent_list[i], None,
-                            objected_list[i], memo,
+                            objected_list[i], memo, deadline,
                         )  # fmt: skip
                 candidates = unknown
             # The store's ledger counts them in array order, or gives earlier answers again.
@@ -1025,7 +1038,7 @@ class Sampler:
                 if earlier is not None:
                     repeats[i] = self._repeat_indexed(
                         earlier, refs[i], names[i], calls[i], agent_list[i], None,
-                        objected_list[i], memo,
+                        objected_list[i], memo, deadline,
                     )  # fmt: skip
             fresh = [i for i in fresh if i not in repeats]
         tickets = None
@@ -1061,8 +1074,9 @@ class Sampler:
         )
         for i, j in later:  # after the first of them in the batch has its final answer
             repeats[i] = self._repeat(
-                batch[j], refs[i], names[i], agent_list[i], None, objected_list[i], memo
-            )
+                batch[j], refs[i], names[i], agent_list[i], None, objected_list[i], memo,
+                deadline,
+            )  # fmt: skip
         rule_names = [r.name for r in rules]
         for i, d in repeats.items():
             repeat[i] = True
