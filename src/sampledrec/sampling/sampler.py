@@ -165,6 +165,8 @@ class DecisionBatch:
 
     @property
     def rule_names(self) -> npt.NDArray[np.str_]:
+        if not self.repeats:
+            return np.asarray([r.name for r in self.rules])[self.rule_index]
         names = np.asarray([r.name for r in self.rules], dtype=object)[self.rule_index]
         for i, d in self.repeats.items():
             names[i] = d.rule
@@ -364,7 +366,8 @@ class Sampler:
             if self._decided is not None and self._is_durable is not None and self._pending:
                 # The log (usually closed just after the sampler) writes its queue within its
                 # group commit: then no repeat elsewhere has to wait for us, or log a copy.
-                last = next(reversed(self._pending.values()))
+                with self._pending_lock:
+                    last = max(self._pending.values(), default=0)
                 deadline = time.monotonic() + 1.0
                 while not self._is_durable(last) and time.monotonic() < deadline:
                     time.sleep(0.002)
@@ -948,22 +951,34 @@ class Sampler:
             if agent_col is None
             else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
         )
-        refs = _refs_list(call_refs)
+        # The references as Python objects: only if the calls are remembered or logged.
+        refs = _refs_list(call_refs) if memo is not None or self._append is not None else []
         deadline = time.monotonic() + self._first_log_wait  # one wait for the whole batch
         agent_list = agents.tolist()
         objected_list = objected.tolist()
         # Each call's names (as in decide) and whether it is new, a repeat of a call this
         # sampler remembers, or a repeat of a call earlier in the batch.
-        names: list[bytes] = []  # how this sampler remembers each call (as in decide)
-        calls: list[bytes] = []  # how the store's index names it
-        for i, ref in enumerate(refs):
-            tag = tags[16 * i : 16 * i + 16]
-            if isinstance(ref, str):
-                names.append(tag)
-                calls.append(_STR + tag)
-            else:
-                names.append(_BYTES + tag)
-                calls.append(names[-1])
+        # How this sampler remembers each call (as in decide), and how the store's index (and
+        # the caps ledger) names it; a simulation that remembers nothing names only the calls
+        # that the caps ledger needs.
+        names: list[bytes] = []
+        calls: list[bytes] = []
+        if memo is not None:
+            for i, ref in enumerate(refs):
+                tag = tags[16 * i : 16 * i + 16]
+                if isinstance(ref, str):
+                    names.append(tag)
+                    calls.append(_STR + tag)
+                else:
+                    names.append(_BYTES + tag)
+                    calls.append(names[-1])
+
+        def call_at(i: int) -> bytes:
+            if calls:
+                return calls[i]
+            ref = refs[i] if refs else _item(call_refs, i)
+            return (_STR if isinstance(ref, str) else _BYTES) + tags[16 * i : 16 * i + 16]
+
         repeats: dict[int, Decision] = {}
         fresh: list[int] = []
         later: list[tuple[int, int]] = []
@@ -1008,13 +1023,14 @@ class Sampler:
             # The store's ledger counts them in array order, or gives earlier answers again.
             answers = self._caps.decide(
                 [
-                    _cap_request(key, calls[i], rules[int(rule_index[i])], agents[i], now)
+                    _cap_request(key, call_at(i), rules[int(rule_index[i])], agents[i], now)
                     for i in candidates
                 ]
             )
             for i, reason in zip(candidates, answers, strict=True):
                 codes[i] = REASONS.index(reason)
-            fresh = [i for i in fresh if i not in repeats]
+            if repeats:
+                fresh = [i for i in fresh if i not in repeats]
         if decided is not None and fresh:
             version = policy.version
             known = decided.remember(
