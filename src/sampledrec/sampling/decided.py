@@ -43,6 +43,7 @@ __all__ = [
     "prune_before",
 ]
 
+_REASON_CODES: Final = {reason: code for code, reason in enumerate(REASONS)}
 _BY_KEY: Final = operator.itemgetter(0, 1)  # a row's (epoch_id, call)
 _EPOCH_US: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
@@ -224,6 +225,7 @@ class SqliteDecidedCalls:
         )
         self._lock = threading.Lock()
         self._rule_ids: dict[tuple[str, str], int] = {}
+        self._last_at: tuple[datetime | None, int] = (None, 0)
         try:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE name = 'boot_id'").fetchone()
@@ -272,13 +274,16 @@ class SqliteDecidedCalls:
         return found
 
     def _row(self, d: FirstDecision) -> tuple[object, ...]:
+        at = d.decided_at
+        if at is not self._last_at[0]:  # a batch's decisions share one time: computed once
+            self._last_at = (at, (at - _EPOCH_US) // _US)
         return (
             d.epoch_id,
             d.call,
-            REASONS.index(d.reason),
+            _REASON_CODES[d.reason],
             self._rule_id(d),
             d.caller_pseudonym,
-            (d.decided_at - _EPOCH_US) // _US,
+            self._last_at[1],
             int(d.logged),
             d.log_index,
         )
