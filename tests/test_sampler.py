@@ -285,3 +285,11 @@ def test_a_declared_policy_refuses_unknown_attributes_before_deciding() -> None:
     with pytest.raises(InvalidArgument, match="attribute 'quue'"):
         sampler.decide_batch(["c3"], {"quue": ["sales"]})
     assert len(sink.records) == 1  # nothing was decided (or logged) for the refused calls
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    import sampledrec.sampling.sampler
+
+    assert doctest.testmod(sampledrec.sampling.sampler).failed == 0

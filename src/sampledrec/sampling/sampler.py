@@ -221,16 +221,19 @@ class Sampler:
 
     >>> from sampledrec.testing import MemoryKeyring
     >>> from sampledrec.clock import FixedClock
-    >>> policy = Policy.from_toml('[default]\\nrate = "0.5"\\npurpose = "quality"\\n'
-    ...                           'retention = "6 months"\\nrate_ceiling = "0.5"'.replace(
-    ...                           'rate_ceiling = "0.5"', ''), source="example")
+    >>> policy = Policy.from_toml(
+    ...     '[[rules]]\\nname = "sales"\\nmatch = { queue = "sales" }\\nrate = "0.2"\\n'
+    ...     'purpose = "quality"\\nretention = "6 months"\\n'
+    ...     '[default]\\nrate = "0.05"\\npurpose = "quality"\\nretention = "6 months"',
+    ...     source="example",
+    ... )
     >>> sampler = Sampler(policy, MemoryKeyring(), clock=FixedClock("2026-11-22T10:00Z"))
     >>> first = sampler.decide("call-1", {"queue": "sales"})
-    >>> first.reason in ("sampled", "not_sampled")
-    True
+    >>> first.rule, first.reason in ("sampled", "not_sampled")
+    ('sales', True)
     >>> again = sampler.decide("call-1", {"queue": "support"})  # the first decision stands
-    >>> again == first, again.repeat
-    (True, True)
+    >>> again.rule, again == first, again.repeat
+    ('sales', True, True)
 
     Parameters
     ----------
