@@ -1,10 +1,12 @@
 """The contract suite of the storage backends: what every
 :class:`~sampledrec.vault.catalog.Catalog`, :class:`~sampledrec.vault.blobs.BlobStore`,
-:class:`~sampledrec.keys.Keyring` and :class:`~sampledrec.log.storage.LogStorage` must do.
+:class:`~sampledrec.keys.Keyring`, :class:`~sampledrec.log.storage.LogStorage` and
+:class:`~sampledrec.sampling.decided.DecidedCalls` must do.
 
 This is the suite a new backend must pass. Each protocol has one fixture parametrised over its
-backends (``CATALOGS``, ``BLOB_STORES``, ``KEYRINGS``, ``LOG_STORAGES``), built by one factory
-function (``open_catalog``, ``open_blob_store``, ``open_keyring``, ``open_log_storage``). To
+backends (``CATALOGS``, ``BLOB_STORES``, ``KEYRINGS``, ``LOG_STORAGES``, ``DECIDED_INDEXES``),
+built by one factory function (``open_catalog``, ``open_blob_store``, ``open_keyring``,
+``open_log_storage``, ``open_decided_index``). To
 add a backend (PostgreSQL, S3,
 ...): add its name to the list, add a branch to the factory (returning a function that opens a
 new handle on one and the same backend each time it is called), and name its class in
@@ -36,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -47,7 +49,14 @@ from sampledrec.errors import InvalidArgument, KeyringError, StoreError, StoreLo
 from sampledrec.keys.keyring import Keyring, LocalKeyring, epoch_commitment
 from sampledrec.keys.keystore import KeyStore
 from sampledrec.log.storage import LocalLogStorage, LogStorage, segment_name
-from sampledrec.testing import MemoryBlobStore, MemoryCatalog, MemoryKeyring, MemoryLogStorage
+from sampledrec.sampling.decided import DecidedCalls, FirstDecision, SqliteDecidedCalls
+from sampledrec.testing import (
+    MemoryBlobStore,
+    MemoryCatalog,
+    MemoryDecidedCalls,
+    MemoryKeyring,
+    MemoryLogStorage,
+)
 from sampledrec.vault.blobs import BlobStore, BlobWriter, LocalBlobStore
 from sampledrec.vault.catalog import Catalog, Hold, RecordingRow, SqliteCatalog, SubjectRequest
 
@@ -57,6 +66,7 @@ CATALOGS = ["sqlite", "memory"]
 BLOB_STORES = ["local", "memory"]
 KEYRINGS = ["local", "memory"]
 LOG_STORAGES = ["local", "memory"]
+DECIDED_INDEXES = ["sqlite", "memory"]
 
 # Every backend class the library ships, by protocol, with its name in the lists above.
 SHIPPED: dict[type, dict[str, str]] = {
@@ -65,6 +75,7 @@ SHIPPED: dict[type, dict[str, str]] = {
     Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory"},
     KeyStore: {"LocalKeyStore": "local", "MemoryKeyStore": "memory", "Pkcs11KeyStore": "pkcs11"},
     LogStorage: {"LocalLogStorage": "local", "MemoryLogStorage": "memory"},
+    DecidedCalls: {"SqliteDecidedCalls": "sqlite", "MemoryDecidedCalls": "memory"},
 }
 
 
@@ -103,6 +114,15 @@ def open_log_storage(name: str, tmp_path: Path) -> Callable[[], LogStorage]:
         only = MemoryLogStorage()
         return lambda: only
     raise AssertionError(f"no factory for the log storage backend {name!r}")
+
+
+def open_decided_index(name: str, tmp_path: Path) -> Callable[[], DecidedCalls]:
+    if name == "sqlite":
+        return functools.partial(SqliteDecidedCalls, tmp_path / "decided.sqlite")
+    if name == "memory":
+        only = MemoryDecidedCalls()
+        return lambda: only
+    raise AssertionError(f"no factory for the decided-calls index backend {name!r}")
 
 
 class Handles(Generic[T]):
@@ -163,6 +183,21 @@ def log_storage(log_storages: Handles[LogStorage]) -> LogStorage:
     storage = log_storages.open()
     storage.create()
     return storage
+
+
+@pytest.fixture(params=DECIDED_INDEXES)
+def decided_indexes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Handles[DecidedCalls]]:
+    handles = Handles(request.param, open_decided_index(request.param, tmp_path))
+    yield handles
+    for handle in handles.opened:
+        handle.close()
+
+
+@pytest.fixture
+def decided(decided_indexes: Handles[DecidedCalls]) -> DecidedCalls:
+    return decided_indexes.open()
 
 
 @pytest.fixture
@@ -231,8 +266,9 @@ def keystore_suite_params() -> list[str]:
         (Keyring, KEYRINGS),
         (KeyStore, keystore_suite_params()),
         (LogStorage, LOG_STORAGES),
+        (DecidedCalls, DECIDED_INDEXES),
     ],
-    ids=["Catalog", "BlobStore", "Keyring", "KeyStore", "LogStorage"],
+    ids=["Catalog", "BlobStore", "Keyring", "KeyStore", "LogStorage", "DecidedCalls"],
 )
 def test_every_backend_the_library_ships_is_in_a_contract_suite(
     protocol: type, params: list[str]
@@ -1491,6 +1527,128 @@ def test_writers_holding_the_lock_never_interleave(
     pieces = sorted(data[k : k + 6] for k in range(0, len(data), 6))
     assert pieces == sorted(f"<{w}:{i:02d}>".encode() for w in range(6) for i in range(15))
     assert sorted(setup.read_checkpoints()) == sorted(bytes(range(6)) * 15)
+
+
+# --------------------------------------------------------------------------------------------
+# Decided-calls index
+
+DECIDED_AT = datetime(2027, 5, 22, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def first(
+    call: bytes = b"\x01" + bytes(range(16)), epoch_id: str = "2027-05-22", **changes: Any
+) -> FirstDecision:
+    """A first decision with every field set (``changes`` replace some)."""
+    d = FirstDecision(
+        epoch_id=epoch_id,
+        call=call,
+        reason="sampled",
+        rule="sales",
+        purpose="quality",
+        rate="0.05",
+        policy_version="ab" * 32,
+        threshold=(5 << 56) // 100,
+        caller_pseudonym="c0ffee" * 5,
+        decided_at=DECIDED_AT,
+    )
+    return d._replace(**changes)
+
+
+def test_decided_index_implements_the_protocol(decided: DecidedCalls) -> None:
+    assert isinstance(decided, DecidedCalls)
+
+
+def test_a_new_call_is_remembered_and_comes_back_as_it_was(
+    decided_indexes: Handles[DecidedCalls],
+) -> None:
+    index = decided_indexes.open()
+    d = first()
+    assert index.remember([d]) == [None]
+    other = decided_indexes.open()  # another process
+    got = other.get(d.epoch_id, d.call)
+    assert got == d and got is not None and got.decided_at.tzinfo is not None
+    assert got.draw == int.from_bytes(bytes(range(7)), "big")  # the tag's first 7 bytes
+    assert other.get(d.epoch_id, b"\x01" + bytes(16)) is None
+
+
+def test_the_first_decision_of_a_call_stands(decided_indexes: Handles[DecidedCalls]) -> None:
+    index = decided_indexes.open()
+    d = first()
+    index.remember([d])
+    later = DECIDED_AT + timedelta(minutes=5)
+    retry = first(reason="not_sampled", rule="default", caller_pseudonym=None,
+                  decided_at=later, policy_version="cd" * 32)  # fmt: skip
+    assert decided_indexes.open().remember([retry]) == [d]
+    assert index.get(d.epoch_id, d.call) == d
+
+
+def test_calls_are_told_apart_by_epoch_and_kind(decided: DecidedCalls) -> None:
+    tag = bytes(range(16))
+    text, raw = first(b"\x01" + tag), first(b"\x02" + tag, reason="objection")
+    tomorrow = first(b"\x01" + tag, epoch_id="2027-05-23", reason="not_sampled")
+    assert decided.remember([text, raw, tomorrow]) == [None, None, None]
+    assert decided.get("2027-05-22", b"\x02" + tag) == raw
+    assert decided.get("2027-05-23", b"\x01" + tag) == tomorrow
+
+
+def test_a_call_twice_in_one_list_is_a_repeat_of_the_first(decided: DecidedCalls) -> None:
+    a, b = first(b"\x01" + b"a" * 16), first(b"\x01" + b"b" * 16)
+    again = a._replace(reason="cap_reached")
+    assert decided.remember([a, b, again]) == [None, None, a]
+    assert decided.remember([b._replace(reason="objection"), first(b"\x01" + b"c" * 16)]) == [
+        b,
+        None,
+    ]
+
+
+def test_marks_say_which_first_decisions_are_logged(decided_indexes: Handles[DecidedCalls]) -> None:
+    index = decided_indexes.open()
+    a, b = first(b"\x01" + b"a" * 16), first(b"\x01" + b"b" * 16, log_index=7, logged=True)
+    index.remember([a, b])
+    got = index.get(a.epoch_id, a.call)
+    assert got is not None and not got.logged and got.log_index is None
+    index.mark_logged([(a.epoch_id, a.call), ("2027-05-22", b"\x01" + b"z" * 16)])  # z: unknown
+    got = decided_indexes.open().get(a.epoch_id, a.call)
+    assert got is not None and got.logged
+    assert index.get(b.epoch_id, b.call) == b
+    assert index.get("2027-05-22", b"\x01" + b"z" * 16) is None
+
+
+def test_prune_forgets_epochs_older_than_the_window(decided: DecidedCalls) -> None:
+    from sampledrec.sampling.caps import KEEP_DAYS
+
+    days = [(date(2027, 5, 22) - timedelta(days=k)).isoformat() for k in (0, KEEP_DAYS, 16, 40)]
+    decided.remember([first(epoch_id=e) for e in days])
+    decided.prune(DECIDED_AT)
+    assert [decided.get(e, first().call) is not None for e in days] == [True, True, False, False]
+
+
+def test_threads_racing_on_one_call_get_one_first_decision(
+    decided_indexes: Handles[DecidedCalls], busy_switching: None
+) -> None:
+    handles = [decided_indexes.open() for _ in range(6)]
+    calls = [b"\x01" + bytes([i]) * 16 for i in range(20)]
+
+    def race(worker: int) -> list[FirstDecision | None]:
+        mine = [first(c, rule=f"rule-{worker}") for c in calls]
+        return [handles[worker].remember([d])[0] for d in mine]
+
+    answers = in_threads(len(handles), race)
+    for k, call in enumerate(calls):
+        got = [answers[w][k] for w in range(len(handles))]
+        assert got.count(None) == 1  # one of them decided first
+        winner = handles[0].get("2027-05-22", call)
+        assert winner is not None
+        assert all(a == winner for a in got if a is not None)
+        assert winner.rule == f"rule-{got.index(None)}"
+
+
+def test_a_closed_index_refuses_to_be_used(decided: DecidedCalls) -> None:
+    decided.close()
+    with pytest.raises(StoreError):
+        decided.remember([first()])
+    with pytest.raises(StoreError):
+        decided.get("2027-05-22", first().call)
 
 
 # --------------------------------------------------------------------------------------------

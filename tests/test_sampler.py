@@ -76,7 +76,8 @@ def test_reasons_cover_sampled_and_not_sampled() -> None:
     sampler, _ = make()
     reasons = {sampler.decide(f"c{i}", {"queue": "x"}).reason for i in range(200)}
     assert reasons == {"sampled", "not_sampled"}
-    assert all(not sampler.decide(f"c{i}", {"queue": "internal"}).record for i in range(200))
+    # New calls (the c{i} are decided: asking again would only repeat their decisions).
+    assert all(not sampler.decide(f"i{i}", {"queue": "internal"}).record for i in range(200))
 
 
 def test_keys_created_ahead_and_reported() -> None:
@@ -100,10 +101,11 @@ def test_same_ref_same_epoch_same_decision_and_new_epoch_new_draw() -> None:
 def test_objection_attribute_never_records() -> None:
     sampler, _ = make()
     for value in (True, "true", "yes", "1", "TRUE"):
-        for i in range(50):
-            d = sampler.decide(f"o{i}", {"queue": "sales", "agent": "a", "objection": value})
-            assert not d.record and d.reason == "objection"
-    d = sampler.decide("o1", {"queue": "x", "objection": "false"})
+        for i in range(50):  # new calls for each value (a repeat would answer for the first)
+            attrs = {"queue": "sales", "agent": "a", "objection": value}
+            d = sampler.decide(f"o{value!r}-{i}", attrs)
+            assert not d.record and d.reason == "objection" and not d.repeat
+    d = sampler.decide("o-new", {"queue": "x", "objection": "false"})
     assert d.reason != "objection"
 
 
@@ -283,3 +285,11 @@ def test_a_declared_policy_refuses_unknown_attributes_before_deciding() -> None:
     with pytest.raises(InvalidArgument, match="attribute 'quue'"):
         sampler.decide_batch(["c3"], {"quue": ["sales"]})
     assert len(sink.records) == 1  # nothing was decided (or logged) for the refused calls
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    import sampledrec.sampling.sampler
+
+    assert doctest.testmod(sampledrec.sampling.sampler).failed == 0

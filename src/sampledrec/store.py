@@ -21,6 +21,8 @@ recordings, with no server.
       catalog.sqlite    the recordings catalog (backend "sqlite")
       recordings/       sealed recordings (backend "local" of the blob store)
       caps.sqlite       the per-agent caps ledger
+      decided.sqlite    the decided-calls index: each call's first decision in the recent
+                        epochs, so that deciding again answers the same in every process
       lock              the store's lock file (fcntl), outside every covered folder
 
 ``store.json``'s ``backends`` names each storage backend and its settings; :meth:`Store.open`
@@ -77,6 +79,7 @@ from .log.repair import RepairReport
 from .log.storage import LocalLogStorage, LogStorage
 from .log.writer import DecisionLog
 from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
+from .sampling.decided import FirstDecision, SqliteDecidedCalls
 from .sampling.objections import ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
 from .sampling.record import REASONS
@@ -88,6 +91,7 @@ __all__ = ["Store"]
 
 STORE_FORMAT: Final = "sampledrec-store"
 CAPS_FILE: Final = "caps.sqlite"  # the per-agent caps ledger (sampledrec.sampling.caps)
+DECIDED_FILE: Final = "decided.sqlite"  # the decided-calls index (sampledrec.sampling.decided)
 STORE_VERSION: Final = 1
 REVEALED_FORMAT: Final = "sampledrec-revealed-keys"
 DEFAULT_BACKENDS: Final[dict[str, dict[str, str]]] = {
@@ -465,25 +469,136 @@ class Store:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def sampler(self, *, clock: Clock = SYSTEM_CLOCK, log: DecisionLog | None = None) -> Sampler:
-        """A sampler for this store: its policy schedule, keyring, objection list and lock.
+    def sampler(
+        self,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        log: DecisionLog | None = None,
+        first_log_wait: float = 1.0,
+    ) -> Sampler:
+        """A sampler for this store: its policy schedule, keyring, objection list and lock,
+        its caps ledger and (with a log) its decided-calls index.
 
-        With ``log`` every decision is logged, and epoch keys are committed in the log (durably)
-        before their first use.
+        With ``log`` every decision is logged, epoch keys are committed in the log (durably)
+        before their first use, and ``decide`` is idempotent across the store's processes: a
+        call already decided in the epoch, by any sampler of the store, gets its first decision
+        again (``first_log_wait``: see :class:`Sampler`). Without a log, decisions are previews
+        that nothing records: the sampler remembers them in its own memory only.
         """
+        real_now = min(clock.now(), SYSTEM_CLOCK.now())  # a simulation ahead prunes nothing
+        decided = None
         if log is not None:
             self._commit_pending(log, clock.now())
-        return Sampler(
-            self.policy(clock.now()),
-            self.keyring,
-            clock=clock,
-            objections=self.objections(),
-            key_lock=self.lock,
-            log=log,
-            on_new_keys=None if log is None else lambda _keys: self._commit_uncommitted(log, clock),
-            policy_source=self.policy,
-            caps=self._caps_ledger(min(clock.now(), SYSTEM_CLOCK.now())),
-        )
+            decided = self._decided_index(real_now)
+        try:
+            return Sampler(
+                self.policy(clock.now()),
+                self.keyring,
+                clock=clock,
+                objections=self.objections(),
+                key_lock=self.lock,
+                log=log,
+                on_new_keys=(
+                    None if log is None else lambda _keys: self._commit_uncommitted(log, clock)
+                ),
+                policy_source=self.policy,
+                caps=self._caps_ledger(real_now),
+                decided=decided,
+                first_log_wait=first_log_wait,
+            )
+        except BaseException:
+            if decided is not None:
+                decided.close()
+            raise
+
+    def _decided_index(self, now: datetime) -> SqliteDecidedCalls:
+        """The store's decided-calls index, complete as far as the log goes.
+
+        Missing (deleted, or a store from before it) while the log has decisions, it is rebuilt
+        from the log into a temporary file renamed into place. Written in an earlier boot of the
+        machine (:attr:`SqliteDecidedCalls.unclean`: its last commits may be lost while the
+        log's fsynced entries survived), the recent decisions of the log are read back into it.
+        Both under the store's lock, before any sampler decides with it: one full read of the
+        log, once (per restart of the machine)."""
+        path = self.path / DECIDED_FILE
+        if not path.exists() and self.log_storage.segments():
+            with self.lock():
+                if not path.exists():
+                    tmp = path.with_name(f".{DECIDED_FILE}.rebuild-{os.getpid()}")
+                    for stale in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
+                        stale.unlink(missing_ok=True)
+                    index = SqliteDecidedCalls(tmp)
+                    try:
+                        index.replay(self._decided_from_log(now))
+                    finally:
+                        index.close()
+                    os.replace(tmp, path)  # whole, or not at all
+        index = SqliteDecidedCalls(path, now=now)
+        try:
+            if index.unclean:
+                with self.lock():
+                    index.close()  # another process may have read the log back meanwhile
+                    index = SqliteDecidedCalls(path)
+                    if index.unclean:
+                        index.replay(self._decided_from_log(now))
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    def _decided_from_log(self, now: datetime) -> list[FirstDecision]:
+        """The first decision of every call that the log shows in the index's window
+        (:data:`sampledrec.sampling.caps.KEEP_DAYS`), in log order."""
+        import numpy as np
+
+        from .log.columns import call_firsts, counted_once, read_log
+        from .log.format import from_micros
+        from .sampling.decided import prune_before
+
+        d = read_log(self.log_storage, self.keyring).decisions
+        if not len(d):
+            return []
+        since = prune_before(now)
+        keep = np.flatnonzero(counted_once(call_firsts(d)) & (d.ref_kind > 0) & (d.reason >= 0))
+        out: list[FirstDecision] = []
+        keys: dict[str, EpochKey | None] = {}
+        for i in keep.tolist():
+            epoch_id = d.epochs[int(d.epoch[i])]
+            if epoch_id < since or int(d.reason[i]) >= len(REASONS):
+                continue
+            if epoch_id not in keys:
+                try:
+                    keys[epoch_id] = self.keyring.epoch_key(epoch_id)
+                except KeyringError:
+                    keys[epoch_id] = None  # a key destroyed or never here: nothing to name
+            key = keys[epoch_id]
+            ref = d.ref(i)
+            if key is None or ref is None:
+                continue
+            version = d.versions[int(d.version[i])].hex()
+            rule_name = d.rules[int(d.rule[i])]
+            try:
+                rule = self.policy_version(version).rule_named(rule_name)
+                purpose, rate = rule.purpose, rule.rate
+            except (StoreError, KeyError, OSError):
+                purpose, rate = "", ""  # a version this store does not have: named as logged
+            out.append(
+                FirstDecision(
+                    epoch_id,
+                    cap_call_name(key, ref),
+                    REASONS[int(d.reason[i])],
+                    rule_name,
+                    purpose,
+                    rate,
+                    version,
+                    int(d.threshold[i]),
+                    None,
+                    from_micros(int(d.time_us[i])),
+                    True,
+                    int(d.index[i]),
+                )
+            )
+        return out
 
     def _caps_ledger(self, now: datetime) -> SqliteCapLedger:
         """The store's caps ledger. When it is missing (deleted, or a store from before it

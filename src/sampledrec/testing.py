@@ -1,13 +1,14 @@
 """In-memory fakes for tests and examples: a keyring and a keystore that never touch the
-disk, a recordings catalog, a blob store and a decision log's storage in memory, a caps ledger in
-memory, and a clock that stays where it is put. Not for production use: the keys (and counts,
-rows, recordings and log entries) die with the process.
+disk, a recordings catalog, a blob store and a decision log's storage in memory, a caps ledger
+and a decided-calls index in memory, and a clock that stays where it is put. Not for production
+use: the keys (and counts, rows, recordings, decided calls and log entries) die with the process.
 
 Each fake passes the same contract suite as the real backends (``tests/test_backends.py``, and
 ``tests/test_keystore.py`` for key stores): :class:`MemoryCatalog` behaves like
 :class:`~sampledrec.vault.catalog.SqliteCatalog`, :class:`MemoryBlobStore` like
-:class:`~sampledrec.vault.blobs.LocalBlobStore` and :class:`MemoryLogStorage` like
-:class:`~sampledrec.log.storage.LocalLogStorage`, errors included.
+:class:`~sampledrec.vault.blobs.LocalBlobStore`, :class:`MemoryLogStorage` like
+:class:`~sampledrec.log.storage.LocalLogStorage` and :class:`MemoryDecidedCalls` like
+:class:`~sampledrec.sampling.decided.SqliteDecidedCalls`, errors included.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import StoreError, StoreLocked
 from .keys.memory import MemoryKeyring, MemoryKeyStore
 from .log.storage import CHECKPOINTS, segment_name
 from .sampling.caps import MemoryCapLedger
+from .sampling.decided import MemoryDecidedCalls
 from .vault.blobs import BlobWriter, check_blob_name
 from .vault.catalog import REQUEST_UPDATABLE, Hold, RecordingRow, SubjectRequest
 
@@ -34,6 +36,7 @@ __all__ = [
     "MemoryBlobStore",
     "MemoryCapLedger",
     "MemoryCatalog",
+    "MemoryDecidedCalls",
     "MemoryKeyStore",
     "MemoryKeyring",
     "MemoryLogStorage",

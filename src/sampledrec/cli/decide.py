@@ -35,19 +35,30 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
     at = at_time(args, store)
     caller = read_caller(args.caller_file)
     clock = FixedClock(at)
-    with store.open_log(clock=clock) as log:
-        sampler = store.sampler(clock=clock, log=log)
+    # The sampler closes first: it then tells the store's index that its entry is durable, so
+    # that a later request about the call (a 'record', another process) needs to log nothing.
+    with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
         decision = sampler.decide(args.call_ref, parse_attrs(args.attr), caller=caller)
         index = log.wait_durable(decision.log_ticket) if decision.log_ticket else -1
     verdict = "RECORD" if decision.record else "do not record"
-    text = (
-        f"{verdict} ({decision.reason})\n"
-        f"  call ref: {ref_text(decision.call_ref)}\n"
-        f"  rule:     {decision.rule} (purpose {decision.purpose}, rate {decision.rate})\n"
+    lines = [f"{verdict} ({decision.reason})"]
+    if decision.repeat:
+        lines.append(f"  already decided at {decision.decided_at.isoformat()}: same decision")
+        if decision.reason == "sampled" and not decision.record:
+            lines.append("  the caller objects: the call is not recorded")
+    lines += [
+        f"  call ref: {ref_text(decision.call_ref)}",
+        f"  rule:     {decision.rule} (purpose {decision.purpose}, rate {decision.rate})",
         f"  draw:     {decision.draw} {'<' if decision.draw < decision.threshold else '>='} "
-        f"threshold {decision.threshold}\n"
-        f"  epoch:    {decision.epoch_id}, policy {decision.policy_version[:16]}\n"
-        f"  logged:   entry {index} of {store.log_storage.location()}"
-    )
-    emit(args, {**decision.to_json(), "log_index": index}, text, out)
+        f"threshold {decision.threshold}",
+        f"  epoch:    {decision.epoch_id}, policy {decision.policy_version[:16]}",
+    ]
+    where = store.log_storage.location()
+    if not decision.repeat:
+        lines.append(f"  logged:   entry {index} of {where}")
+    elif index >= 0:  # the first decision's entry was not known to be in the log
+        lines.append(f"  logged:   entry {index} of {where} (a copy of the first decision)")
+    else:
+        lines.append("  logged:   not again (a repeat)")
+    emit(args, {**decision.to_json(), "log_index": index}, "\n".join(lines), out)
     return EXIT_OK

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from ..errors import StoreError
+from ._ledgerfile import open_ledger_db
 
 __all__ = ["CapLedger", "CapRequest", "MemoryCapLedger", "SqliteCapLedger", "cap_periods"]
 
@@ -139,31 +139,13 @@ class SqliteCapLedger:
     ) -> None:
         self.path = Path(path)
         self._agent_key = agent_key
-        if sqlite3.sqlite_version_info < (3, 24):
-            raise StoreError(
-                "the caps ledger needs SQLite 3.24 or later; this Python has "
-                f"{sqlite3.sqlite_version}"
-            )
+        self._db = open_ledger_db(self.path, what="the caps ledger", synchronous="FULL")
         try:
-            with contextlib.suppress(FileExistsError):  # owner-only: it concerns the agents
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            if self.path.stat().st_mode & 0o077 and self.path.stat().st_uid == os.geteuid():
-                os.chmod(self.path, 0o600)  # e.g. restored from a backup with other modes
-            self._db = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
-            )
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(
-                    f"{self.path}: SQLite cannot use its WAL journal here (got {mode!r}); keep "
-                    "the store on a local filesystem, not a network share"
-                )
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")  # pruned rows do not linger
             self._db.executescript(_SCHEMA)
             if now is not None:
                 self._prune(now)
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
+            self._db.close()
             raise StoreError(
                 f"{self.path}: cannot open the caps ledger ({exc}); check that the store "
                 "folder is writable by this user"

@@ -55,6 +55,7 @@ __all__ = [
     "draw_many",
     "rate_fraction",
     "rate_text",
+    "tags_many",
     "threshold",
 ]
 
@@ -168,6 +169,21 @@ def draw_many(key: KeyLike, call_refs: CallRefs) -> npt.NDArray[np.uint64]:
     if msgs.shape[0] == 0:
         return np.empty(0, dtype=np.uint64)
     return _cmac.draws_rows(raw_key, msgs, lengths)
+
+
+def tags_many(key: KeyLike, call_refs: CallRefs) -> tuple[bytes, npt.NDArray[np.uint64]]:
+    """The full AES-CMAC tags of many calls, and their draws (as :func:`draw_many`).
+
+    The tags are one ``bytes`` object, 16 bytes per call in order (``tags[16 * i:16 * i + 16]``
+    is the tag of call ``i``): what the sampler remembers a call by. ``call_refs`` as for
+    :func:`draw_many`.
+    """
+    raw_key = _key_bytes(key)
+    msgs, lengths = _as_rows(call_refs)
+    if msgs.shape[0] == 0:
+        return b"", np.empty(0, dtype=np.uint64)
+    tags = _cmac.cmac_rows(raw_key, msgs, lengths)
+    return tags.tobytes(), _cmac.draws_from_tags(tags)
 
 
 def _as_rows(call_refs: object) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64] | None]:

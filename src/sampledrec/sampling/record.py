@@ -50,5 +50,11 @@ class DecisionSink(Protocol):
         Called on the per-call hot path, so it should only queue the record. What a ticket
         means is the sink's own business: :meth:`DecisionLog.wait_durable
         <sampledrec.log.writer.DecisionLog.wait_durable>` blocks until its entry is on disk.
+
+        Tickets start at 1: a repeat of a decision whose entry is already durable carries the
+        ticket ``0`` (:data:`~sampledrec.sampling.sampler.LOGGED_EARLIER`), for which waiting
+        returns at once. A sink that can also say ``is_durable(ticket)`` without blocking (the
+        log can) lets a store's sampler note in its decided-calls index which first decisions
+        are in the log, so that a repeat in another process logs nothing.
         """
         ...

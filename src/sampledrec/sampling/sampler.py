@@ -5,12 +5,20 @@ epoch (DESIGN.md §4), objections, and per-agent caps. :meth:`Sampler.decide_bat
 for whole arrays of calls with the vectorised draw, with results identical to calling
 :meth:`~Sampler.decide` call by call in order.
 
+``decide`` is idempotent (DESIGN.md §4, docs/decisions/0015-idempotent-decide.md): asking again
+about a call already decided in the epoch (same reference, same kind: text or bytes) returns
+the first decision, marked ``repeat``, whatever attributes the new request carries; only a
+caller who objects on the new request keeps it from being recorded (``record`` false). The
+sampler remembers its own decisions in memory; a store's sampler also asks the store's
+:class:`~sampledrec.sampling.decided.DecidedCalls` index, so that the first decision stands in
+every process. A repeat is not logged again, unless the sampler may have to record the call and
+cannot tell that the first decision's entry is in the log (then it logs an identical copy, which
+the audit counts once).
+
 Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
 order, so an auditor can replay them from the log. The counts are kept by a
 :class:`~sampledrec.sampling.caps.CapLedger`: the store's (shared by every sampler of the store,
-in any process) or, for a bare sampler, this process's memory. A call whose draw is below the
-threshold of a capped rule is remembered for its epoch, so asking again about the same reference
-returns the same decision and never counts twice against a cap (retries cannot re-roll).
+in any process) or, for a bare sampler, this process's memory. A repeat never counts again.
 
 Every decision is handed to the sampler's ``log``, a
 :class:`~sampledrec.sampling.record.DecisionSink`, as a
@@ -19,9 +27,11 @@ Every decision is handed to the sampler's ``log``, a
 
 from __future__ import annotations
 
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple, cast
 
@@ -32,16 +42,24 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidArgument
 from ..keys.keyring import EpochKey, Keyring, epoch_end, epoch_id_at, epoch_start, epochs_ahead
 from .caps import CapLedger, CapRequest, MemoryCapLedger, cap_periods
-from .keyed import MAX_CALL_REF_BYTES, call_ref_bytes, draw_many
+from .decided import DecidedCalls, FirstDecision, prune_before
+from .keyed import MAX_CALL_REF_BYTES, call_ref_bytes, tags_many
 from .objections import ObjectionList
 from .policy import Policy, Rule, attr_text
 from .record import REASONS, DecisionRecord, DecisionSink, Reason
 
-__all__ = ["REASONS", "Decision", "DecisionBatch", "Reason", "Sampler"]
+__all__ = ["LOGGED_EARLIER", "REASONS", "Decision", "DecisionBatch", "Reason", "Sampler"]
 
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _TRUE_TEXT: Final = frozenset({"true", "yes", "1", "y", "on"})
 _new_tuple: Final = tuple.__new__
+_first_8_bytes: Final = struct.Struct(">Q").unpack_from
+
+#: ``Decision.log_ticket`` of a repeat whose first decision is already durable in the log: there
+#: is nothing to wait for (``DecisionLog.wait_durable(0)`` returns at once).
+LOGGED_EARLIER: Final = 0
+_MEMO_LIMIT: Final = 1 << 16  # calls a store's sampler keeps in memory (its index has them all)
+_MARK_EVERY: Final = 0.05  # seconds between notes to the index that first decisions are logged
 
 
 class Decision(NamedTuple):
@@ -50,6 +68,16 @@ class Decision(NamedTuple):
     ``draw`` and ``threshold`` are the 56-bit integers of DESIGN.md §4: ``record`` is
     ``draw < threshold`` unless the caller objected or a cap was reached (see ``reason``).
     An immutable record (a named tuple: cheap to build on the per-call hot path).
+
+    ``repeat`` is true when the call had already been decided in the epoch: everything that was
+    decided (reason, rule, threshold, policy version, ``decided_at``) is the first decision's,
+    while ``agent`` and ``caller_pseudonym`` describe the call as this request gives them (the
+    first decision's caller when this request names none), and ``record`` is false if this
+    request's caller objects, even when the first decision selected the call. ``log_ticket`` of
+    a repeat is the first decision's ticket when this sampler logged it,
+    :data:`LOGGED_EARLIER` when its entry is already durable, or the ticket of an identical
+    copy logged because that could not be known. Two decisions are equal when they decide the
+    same for the same call: ``repeat``, how this answer was obtained, is not compared.
     """
 
     call_ref: str | bytes
@@ -66,6 +94,18 @@ class Decision(NamedTuple):
     agent: str | None = None
     caller_pseudonym: str | None = None
     log_ticket: int | None = None  # the queued log entry (see DecisionLog.wait_durable)
+    repeat: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Decision):
+            return self[:-1] == other[:-1]
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:-1])
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9)."""
@@ -84,12 +124,22 @@ class Decision(NamedTuple):
             "policy_version": self.policy_version,
             "decided_at": self.decided_at.isoformat(),
             "agent": self.agent,
+            "repeat": self.repeat,
         }
 
 
 @dataclass(frozen=True)
 class DecisionBatch:
-    """The decisions of :meth:`Sampler.decide_batch`, as arrays (one element per call)."""
+    """The decisions of :meth:`Sampler.decide_batch`, as arrays (one element per call).
+
+    ``repeat`` marks the calls already decided (earlier, or earlier in the batch); their
+    decisions are in ``repeats``, and ``record``, ``reason_codes`` and ``thresholds`` hold
+    their first decisions' values. ``rule_index`` indexes ``rules``, the rules of this batch's
+    policy version: a repeat first decided under another version keeps the rule its attributes
+    match now there (``repeats[i].rule`` and :attr:`rule_names` name the first decision's).
+    ``log_tickets`` are the calls' tickets in the log (as ``Decision.log_ticket``; -1 where
+    there is none), when the sampler has a log.
+    """
 
     call_refs: Sequence[str | bytes] | npt.NDArray[Any]
     record: npt.NDArray[np.bool_]
@@ -102,6 +152,9 @@ class DecisionBatch:
     epoch_id: str
     policy_version: str
     decided_at: datetime
+    repeat: npt.NDArray[np.bool_] | None = None
+    repeats: Mapping[int, Decision] = field(default_factory=dict)
+    log_tickets: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return int(self.record.shape[0])
@@ -112,15 +165,24 @@ class DecisionBatch:
 
     @property
     def rule_names(self) -> npt.NDArray[np.str_]:
-        return np.asarray([r.name for r in self.rules])[self.rule_index]
+        if not self.repeats:
+            return np.asarray([r.name for r in self.rules])[self.rule_index]
+        names = np.asarray([r.name for r in self.rules], dtype=object)[self.rule_index]
+        for i, d in self.repeats.items():
+            names[i] = d.rule
+        return names.astype(str)
 
     def __getitem__(self, i: int) -> Decision:
+        found = self.repeats.get(i)
+        if found is not None:
+            return found
         rule = self.rules[int(self.rule_index[i])]
         ref = self.call_refs[i]
         if isinstance(ref, np.bytes_ | np.str_):
             ref = ref.item()
         elif isinstance(ref, np.ndarray):
             ref = ref.tobytes()
+        ticket = None if self.log_tickets is None else int(self.log_tickets[i])
         return Decision(
             call_ref=ref,
             record=bool(self.record[i]),
@@ -134,11 +196,16 @@ class DecisionBatch:
             policy_version=self.policy_version,
             decided_at=self.decided_at,
             agent=self.agents[i],
+            log_ticket=None if ticket is None or ticket < 0 else ticket,
         )
 
     def __iter__(self) -> Iterator[Decision]:
         for i in range(len(self)):
             yield self[i]
+
+
+# What a sampler remembers of a call it decided: the decision, or where it is in a batch.
+_Memo = Decision | tuple[DecisionBatch, int]
 
 
 def _is_true(value: object) -> bool:
@@ -154,12 +221,19 @@ class Sampler:
 
     >>> from sampledrec.testing import MemoryKeyring
     >>> from sampledrec.clock import FixedClock
-    >>> policy = Policy.from_toml('[default]\\nrate = "0.5"\\npurpose = "quality"\\n'
-    ...                           'retention = "6 months"\\nrate_ceiling = "0.5"'.replace(
-    ...                           'rate_ceiling = "0.5"', ''), source="example")
+    >>> policy = Policy.from_toml(
+    ...     '[[rules]]\\nname = "sales"\\nmatch = { queue = "sales" }\\nrate = "0.2"\\n'
+    ...     'purpose = "quality"\\nretention = "6 months"\\n'
+    ...     '[default]\\nrate = "0.05"\\npurpose = "quality"\\nretention = "6 months"',
+    ...     source="example",
+    ... )
     >>> sampler = Sampler(policy, MemoryKeyring(), clock=FixedClock("2026-11-22T10:00Z"))
-    >>> sampler.decide("call-1", {"queue": "sales"}).reason in ("sampled", "not_sampled")
-    True
+    >>> first = sampler.decide("call-1", {"queue": "sales"})
+    >>> first.rule, first.reason in ("sampled", "not_sampled")
+    ('sales', True)
+    >>> again = sampler.decide("call-1", {"queue": "support"})  # the first decision stands
+    >>> again.rule, again == first, again.repeat
+    ('sales', True, True)
 
     Parameters
     ----------
@@ -184,6 +258,20 @@ class Sampler:
     policy_source:
         ``policy_source(now)`` returns the policy in force at ``now``; consulted at most once a
         second, so that a policy applied to the store is picked up by running samplers.
+    caps:
+        The :class:`~sampledrec.sampling.caps.CapLedger` that counts capped selections (the
+        store's); without it, this process's memory.
+    decided:
+        A :class:`~sampledrec.sampling.decided.DecidedCalls` index shared with other samplers
+        (the store's, in every process), written before each new decision is returned; without
+        it, the sampler remembers its decisions in its own memory only.
+    first_log_wait:
+        Seconds that a repeat which may be recorded waits, when another sampler made the first
+        decision, for that decision's log entry to be known durable; after that, an identical
+        copy is logged (the first decider may have crashed before its entry was written).
+    idempotent:
+        False only for simulations of calls known to be distinct (:func:`simulate_policy`):
+        nothing is remembered, and a reference given again is decided afresh.
     """
 
     def __init__(
@@ -199,6 +287,9 @@ class Sampler:
         log: DecisionSink | None = None,
         policy_source: Callable[[datetime], Policy] | None = None,
         caps: CapLedger | None = None,
+        decided: DecidedCalls | None = None,
+        first_log_wait: float = 1.0,
+        idempotent: bool = True,
     ) -> None:
         if not isinstance(policy, Policy):
             raise InvalidArgument(
@@ -213,8 +304,19 @@ class Sampler:
                 f"log must implement the DecisionSink protocol (append_decision), got "
                 f"{type(log).__name__}"
             )
+        if decided is not None and not isinstance(decided, DecidedCalls):
+            raise InvalidArgument(
+                f"decided must implement the DecidedCalls protocol, got {type(decided).__name__}"
+            )
+        if decided is not None and not idempotent:
+            raise InvalidArgument(
+                "idempotent=False is for simulations: a sampler that forgets its decisions "
+                "cannot share them through a decided-calls index (decided=None)"
+            )
         if ahead < 1:
             raise InvalidArgument(f"ahead={ahead} must be at least 1 epoch")
+        if not first_log_wait >= 0:
+            raise InvalidArgument(f"first_log_wait={first_log_wait!r} must be 0 or more seconds")
         self._policy = policy
         # Per call: are the attribute names all known? (a bound method, looked up once)
         self._attrs_known: Callable[[Iterable[object]], bool] = policy.known_attributes.issuperset
@@ -224,7 +326,8 @@ class Sampler:
         self._ahead = ahead
         self._on_new_keys = on_new_keys
         self._key_lock = key_lock
-        self._epoch: tuple[datetime, datetime, EpochKey] | None = None
+        # The current epoch: its start, end, key, and this sampler's memory of its calls.
+        self._epoch: tuple[datetime, datetime, EpochKey, dict[bytes, _Memo] | None] | None = None
         self._caps: CapLedger = caps if caps is not None else MemoryCapLedger()
         # The sink's method, looked up once: it is called for every decision.
         self._append: Callable[[DecisionRecord], int] | None = (
@@ -232,6 +335,20 @@ class Sampler:
         )
         self._policy_source = policy_source
         self._policy_checked = time.monotonic()
+        self._decided = decided
+        self._idempotent = idempotent
+        self._memos: dict[str, dict[bytes, _Memo]] = {}
+        self._first_log_wait = float(first_log_wait)
+        # Selected first decisions (and copies) that this sampler logged and the index does not
+        # know to be durable yet, in the order they were logged: (epoch_id, call) -> ticket.
+        self._pending: dict[tuple[str, bytes], int] = {}
+        self._pending_lock = threading.Lock()
+        self._marked_at = time.monotonic()
+        is_durable = getattr(log, "is_durable", None) if decided is not None else None
+        self._is_durable: Callable[[int], bool] | None = (
+            is_durable if callable(is_durable) else None
+        )
+        self._closed = False
 
     @property
     def policy(self) -> Policy:
@@ -242,8 +359,28 @@ class Sampler:
         return self._clock
 
     def close(self) -> None:
-        """Release the caps ledger (the store's sampler holds a SQLite connection to it)."""
-        self._caps.close()
+        """Release the caps ledger and the decided-calls index (a store's sampler holds SQLite
+        connections to them), after telling the index which of this sampler's selected first
+        decisions are durable in the log (waiting up to a second for the log's next write)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._decided is not None and self._is_durable is not None and self._pending:
+                # The log (usually closed just after the sampler) writes its queue within its
+                # group commit: then no repeat elsewhere has to wait for us, or log a copy.
+                with self._pending_lock:
+                    last = max(self._pending.values(), default=0)
+                deadline = time.monotonic() + 1.0
+                while not self._is_durable(last) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                self._mark_logged(force=True)
+        finally:
+            try:
+                self._caps.close()
+            finally:
+                if self._decided is not None:
+                    self._decided.close()
 
     def __enter__(self) -> Sampler:
         return self
@@ -270,7 +407,16 @@ class Sampler:
                 # hook makes sure commitments are durable before any of them is used.
                 self._on_new_keys(created)
         key = self._keyring.epoch_key(epoch_id)
-        self._epoch = (epoch_start(epoch_id), epoch_end(epoch_id), key)
+        real_now = min(now, SYSTEM_CLOCK.now())  # a simulation ahead in time prunes nothing
+        memo = None
+        if self._idempotent:
+            cutoff = prune_before(real_now)
+            for old in [e for e in self._memos if e < cutoff and e != epoch_id]:
+                del self._memos[old]
+            memo = self._memos.setdefault(epoch_id, {})
+        if cached is not None and self._decided is not None:
+            self._decided.prune(real_now)  # a new epoch: a long-running sampler prunes here
+        self._epoch = (epoch_start(epoch_id), epoch_end(epoch_id), key, memo)
         return key
 
     # -- one call ----------------------------------------------------------------------------
@@ -289,9 +435,13 @@ class Sampler:
         caller's phone number, checked against the objection list and never stored in clear.
         An attribute the policy does not know is refused (a policy that declares its
         attributes) or warned about (:meth:`Policy.check_attributes`).
+
+        A call already decided in the epoch gets its first decision again, with ``repeat``
+        true (see :class:`Decision`): nothing is counted or, usually, logged again.
         """
         # This is the per-call hot path: a few inlined steps instead of helper calls.
         if call_ref.__class__ is str:
+            text = True
             try:
                 raw = call_ref.encode()
             except UnicodeEncodeError:
@@ -299,13 +449,15 @@ class Sampler:
             if not 0 < len(raw) <= MAX_CALL_REF_BYTES:
                 raw = call_ref_bytes(call_ref)  # raises the error that says what is wrong
         else:
+            text = False
             raw = call_ref_bytes(call_ref)
         now = self._clock.now()
         cached = self._epoch
-        if cached is not None and cached[0] <= now < cached[1]:
-            key = cached[2]
-        else:
-            key = self.epoch_key(now)
+        if cached is None or not cached[0] <= now < cached[1]:
+            self.epoch_key(now)
+            cached = self._epoch
+            assert cached is not None
+        key = cached[2]
         if self._policy_source is not None and time.monotonic() - self._policy_checked >= 1.0:
             self._refresh_policy(now)
         policy = self._policy
@@ -317,7 +469,7 @@ class Sampler:
         mac = key.new_cmac()
         mac.update(raw)
         tag = mac.finalize()
-        r = int.from_bytes(tag[:7], "big")
+        r = _first_8_bytes(tag)[0] >> 8  # the first 7 bytes, big-endian
         agent_value = attrs.get(policy.agent_attribute)
         agent = (
             agent_value
@@ -330,18 +482,353 @@ class Sampler:
         if caller is not None and self._objections is not None:
             pseudonym = self._objections.pseudonym(caller)
             objected = objected or self._objections.contains_pseudonym(pseudonym)
+        # How this sampler remembers the call (its tag; bytes references apart, as the audit
+        # tells "c1" from b"c1"), and how the store's index names it (kind, then tag).
+        name = tag if text else _BYTES + tag
+        memo = cached[3]
+        decided = self._decided
         if objected:
             reason: Reason = "objection"
         elif r < rule.threshold:
             if rule.has_cap and agent is not None:
+                call = _STR + tag if text else name
+                first = None if memo is None else memo.get(name)
+                if first is not None:  # a repeat must not count against the cap again
+                    return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
+                if decided is not None:
+                    earlier = decided.get(key.epoch_id, call)
+                    if earlier is not None:
+                        return self._repeat_indexed(
+                            earlier, call_ref, name, call, agent, pseudonym, objected, memo
+                        )
                 # The store's ledger counts it, or gives the answer it gave this call before.
-                kind = _STR if call_ref.__class__ is str else _BYTES
-                (reason,) = self._caps.decide([_cap_request(key, kind + tag, rule, agent, now)])
+                (reason,) = self._caps.decide([_cap_request(key, call, rule, agent, now)])
             else:
                 reason = "sampled"
         else:
             reason = "not_sampled"
-        return self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, policy.version)
+        if decided is not None:
+            return self._first_shared(
+                call_ref, name, _STR + tag if text else name, reason, rule, r, key, now, agent,
+                pseudonym, policy.version, objected, memo,
+            )  # fmt: skip
+        if self._append is None:
+            decision: Decision = _new_tuple(
+                Decision,
+                (
+                    call_ref if text else bytes(cast(bytes, call_ref)),
+                    reason == "sampled",
+                    reason,
+                    rule.name,
+                    rule.purpose,
+                    rule.rate,
+                    rule.threshold,
+                    r,
+                    key.epoch_id,
+                    policy.version,
+                    now,
+                    agent,
+                    pseudonym,
+                    None,
+                    False,
+                ),
+            )
+            if memo is not None:
+                # Another thread may have decided the same call in between: its answer stands.
+                first = memo.setdefault(name, decision)
+                if first is not decision:
+                    return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
+            return decision
+        return self._first_logged(
+            call_ref, name, reason, rule, r, key, now, agent, pseudonym, policy.version,
+            objected, memo,
+        )  # fmt: skip
+
+    def _first_logged(
+        self,
+        call_ref: str | bytes,
+        name: bytes,
+        reason: Reason,
+        rule: Rule,
+        r: int,
+        key: EpochKey,
+        now: datetime,
+        agent: str | None,
+        pseudonym: str | None,
+        version: str,
+        objected: bool,
+        memo: dict[bytes, _Memo] | None,
+    ) -> Decision:
+        """A new decision of a sampler that logs, without a shared index."""
+        if memo is None:
+            return self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version)
+        # Claim the call before logging, so that two threads never log two first decisions;
+        # the claim (without a ticket yet) is replaced once the entry is queued.
+        claim = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version, False)
+        first = memo.setdefault(name, claim)
+        if first is not claim:
+            return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
+        decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version)
+        memo[name] = decision
+        return decision
+
+    def _first_shared(
+        self,
+        call_ref: str | bytes,
+        name: bytes,
+        call: bytes,
+        reason: Reason,
+        rule: Rule,
+        r: int,
+        key: EpochKey,
+        now: datetime,
+        agent: str | None,
+        pseudonym: str | None,
+        version: str,
+        objected: bool,
+        memo: dict[bytes, _Memo] | None,
+    ) -> Decision:
+        """A new decision, unless the store's index already has one for the call."""
+        decided = self._decided
+        assert decided is not None
+        if memo is not None:
+            known = memo.get(name)
+            if known is not None:  # decided (or seen) in this process: no query
+                return self._repeat(known, call_ref, name, agent, pseudonym, objected, memo)
+        first = FirstDecision(
+            key.epoch_id,
+            call,
+            reason,
+            rule.name,
+            rule.purpose,
+            rule.rate,
+            version,
+            rule.threshold,
+            pseudonym,
+            now,
+        )
+        # Durable in the index before the decision is returned or logged: a crash in between
+        # leaves a first decision that a retry will repeat (and log, if it may be recorded).
+        (earlier,) = decided.remember((first,))
+        if earlier is not None:
+            return self._repeat_indexed(
+                earlier, call_ref, name, call, agent, pseudonym, objected, memo
+            )
+        decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version)
+        ticket = decision.log_ticket
+        if ticket is not None and decision.record and self._is_durable is not None:
+            with self._pending_lock:
+                self._pending[(key.epoch_id, call)] = ticket
+        self._memoize(memo, name, decision)
+        if self._pending:
+            self._mark_logged()
+        return decision
+
+    def _memoize(self, memo: dict[bytes, _Memo] | None, name: bytes, value: _Memo) -> None:
+        if memo is None:
+            return
+        if self._decided is not None and len(memo) >= _MEMO_LIMIT:
+            memo.clear()  # the index remembers them all; memory only saves a query
+        memo[name] = value
+
+    def _repeat(
+        self,
+        first: _Memo,
+        call_ref: str | bytes,
+        name: bytes,
+        agent: str | None,
+        pseudonym: str | None,
+        objected: bool,
+        memo: dict[bytes, _Memo] | None,
+        deadline: float | None = None,
+    ) -> Decision:
+        """The answer to a call this sampler remembers (``first``: its first decision).
+        ``deadline``: see :meth:`_ticket_for`."""
+        if not isinstance(first, Decision):
+            batch, i = first
+            first = batch[i]
+        record = first.reason == "sampled" and not objected
+        ticket = first.log_ticket
+        if record and ticket is None and self._append is not None:
+            call = _call_of(name)
+            if self._decided is not None:
+                earlier = self._decided.get(first.epoch_id, call)
+                if earlier is not None:
+                    return self._repeat_indexed(
+                        earlier, call_ref, name, call, agent, pseudonym, objected, memo, deadline
+                    )
+            elif memo is not None:
+                ticket = _claimed_ticket(memo, name)
+        return _new_tuple(
+            Decision,
+            (
+                call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref)),
+                record,
+                first.reason,
+                first.rule,
+                first.purpose,
+                first.rate,
+                first.threshold,
+                first.draw,
+                first.epoch_id,
+                first.policy_version,
+                first.decided_at,
+                agent,
+                pseudonym if pseudonym is not None else first.caller_pseudonym,
+                ticket,
+                True,
+            ),
+        )
+
+    def _repeat_indexed(
+        self,
+        earlier: FirstDecision,
+        call_ref: str | bytes,
+        name: bytes,
+        call: bytes,
+        agent: str | None,
+        pseudonym: str | None,
+        objected: bool,
+        memo: dict[bytes, _Memo] | None,
+        deadline: float | None = None,
+    ) -> Decision:
+        """The answer to a call that the store's index says was decided (``earlier``).
+        ``deadline``: see :meth:`_ticket_for`."""
+        ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
+        record = earlier.reason == "sampled" and not objected
+        ticket: int | None = None
+        if self._append is not None:
+            with self._pending_lock:
+                ticket = self._pending.get((earlier.epoch_id, call))
+            if ticket is not None:
+                pass  # this sampler logged it: a recorder waits for that entry
+            elif earlier.logged:
+                ticket = LOGGED_EARLIER
+            elif record:
+                ticket = self._ticket_for(earlier, ref, agent, pseudonym, deadline)
+        self._memoize(
+            memo,
+            name,
+            _new_tuple(
+                Decision,
+                (
+                    ref,
+                    earlier.reason == "sampled",
+                    earlier.reason,
+                    earlier.rule,
+                    earlier.purpose,
+                    earlier.rate,
+                    earlier.threshold,
+                    earlier.draw,
+                    earlier.epoch_id,
+                    earlier.policy_version,
+                    earlier.decided_at,
+                    None,
+                    earlier.caller_pseudonym,
+                    ticket,
+                    False,
+                ),
+            ),
+        )
+        return _new_tuple(
+            Decision,
+            (
+                ref,
+                record,
+                earlier.reason,
+                earlier.rule,
+                earlier.purpose,
+                earlier.rate,
+                earlier.threshold,
+                earlier.draw,
+                earlier.epoch_id,
+                earlier.policy_version,
+                earlier.decided_at,
+                agent,
+                pseudonym if pseudonym is not None else earlier.caller_pseudonym,
+                ticket,
+                True,
+            ),
+        )
+
+    def _ticket_for(
+        self,
+        earlier: FirstDecision,
+        ref: str | bytes,
+        agent: str | None,
+        pseudonym: str | None,
+        deadline: float | None = None,
+    ) -> int:
+        """A ticket for a repeat that may be recorded, whose first decision another sampler
+        made and the index does not know to be logged: wait (``first_log_wait``, or until
+        ``deadline``, one for a whole batch) for that sampler to say its entry is durable, else
+        log an identical copy."""
+        decided = self._decided
+        assert decided is not None and self._append is not None
+        name = (earlier.epoch_id, earlier.call)
+        if deadline is None:
+            deadline = time.monotonic() + self._first_log_wait
+        while True:
+            with self._pending_lock:
+                own = self._pending.get(name)
+            if own is not None:
+                return own  # another thread of this sampler logged it meanwhile
+            self._mark_logged(force=True)  # so that a sampler waiting for us is not kept
+            now = decided.get(*name)
+            if now is not None and now.logged:
+                return LOGGED_EARLIER
+            if now is None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        # The first decider may be gone with its entry: the call must be in the log before
+        # anything of it is recorded. The copy agrees with the first decision in every field
+        # the audit compares, so it counts once.
+        ticket = self._append(
+            _new_tuple(
+                DecisionRecord,
+                (
+                    earlier.epoch_id,
+                    earlier.policy_version,
+                    earlier.rule,
+                    earlier.threshold,
+                    earlier.reason,
+                    earlier.draw,
+                    ref,
+                    agent,
+                    pseudonym if pseudonym is not None else earlier.caller_pseudonym,
+                    earlier.decided_at,
+                ),
+            )
+        )
+        if self._is_durable is not None:
+            with self._pending_lock:
+                self._pending[name] = ticket
+        return ticket
+
+    def _mark_logged(self, *, force: bool = False) -> None:
+        """Tell the index which selected first decisions of this sampler are durable in the
+        log (at most every ``_MARK_EVERY`` seconds unless forced): a repeat in another process
+        then needs neither to wait nor to log a copy."""
+        is_durable = self._is_durable
+        decided = self._decided
+        if is_durable is None or decided is None or not self._pending:
+            return
+        now = time.monotonic()
+        if not force and now - self._marked_at < _MARK_EVERY:
+            return
+        self._marked_at = now
+        with self._pending_lock:
+            ready = []
+            for name, ticket in self._pending.items():  # in the order they were logged
+                if not is_durable(ticket):
+                    break
+                ready.append((name, ticket))
+        if ready:
+            decided.mark_logged([name for name, _ in ready])
+            with self._pending_lock:
+                for name, ticket in ready:
+                    if self._pending.get(name) == ticket:
+                        del self._pending[name]
 
     def _make(
         self,
@@ -354,11 +841,12 @@ class Sampler:
         agent: str | None,
         pseudonym: str | None,
         version: str,
+        log: bool = True,
     ) -> Decision:
         ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
         ticket = None
         append = self._append
-        if append is not None:
+        if append is not None and log:
             # tuple.__new__ skips the named tuple's argument binding (half the cost, per call).
             ticket = append(
                 _new_tuple(
@@ -394,6 +882,7 @@ class Sampler:
                 agent,
                 pseudonym,
                 ticket,
+                False,
             ),
         )
 
@@ -417,16 +906,20 @@ class Sampler:
 
         ``attrs`` maps an attribute name to a column with one value per call (a list or numpy
         array; ``None`` where a call lacks the attribute). Results are identical to calling
-        :meth:`decide` for each call in order.
+        :meth:`decide` for each call in order: a call decided before, or earlier in the batch,
+        is a repeat (``DecisionBatch.repeat``).
         """
         now = self._clock.now()
         key = self.epoch_key(now)
+        cached = self._epoch
+        assert cached is not None
+        memo = cached[3]
         if self._policy_source is not None and time.monotonic() - self._policy_checked >= 1.0:
             self._refresh_policy(now)
         policy = self._policy
         if attrs:
             policy.check_attributes(attrs, stacklevel=3)
-        draws = draw_many(key, call_refs)
+        tags, draws = tags_many(key, call_refs)
         n = draws.shape[0]
         columns = {name: _column(name, col, n) for name, col in (attrs or {}).items()}
         rules = policy.all_rules
@@ -461,33 +954,130 @@ class Sampler:
             if agent_col is None
             else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
         )
+        # The references as Python objects: only if the calls are remembered or logged.
+        refs = _refs_list(call_refs) if memo is not None or self._append is not None else []
+        deadline = time.monotonic() + self._first_log_wait  # one wait for the whole batch
+        agent_list = agents.tolist()
+        objected_list = objected.tolist()
+        # Each call's names (as in decide) and whether it is new, a repeat of a call this
+        # sampler remembers, or a repeat of a call earlier in the batch.
+        # How this sampler remembers each call (as in decide), and how the store's index (and
+        # the caps ledger) names it; a simulation that remembers nothing names only the calls
+        # that the caps ledger needs.
+        names: list[bytes] = []
+        calls: list[bytes] = []
+        if memo is not None:
+            for i, ref in enumerate(refs):
+                tag = tags[16 * i : 16 * i + 16]
+                if isinstance(ref, str):
+                    names.append(tag)
+                    calls.append(_STR + tag)
+                else:
+                    names.append(_BYTES + tag)
+                    calls.append(names[-1])
+
+        def call_at(i: int) -> bytes:
+            if calls:
+                return calls[i]
+            ref = refs[i] if refs else _item(call_refs, i)
+            return (_STR if isinstance(ref, str) else _BYTES) + tags[16 * i : 16 * i + 16]
+
+        repeats: dict[int, Decision] = {}
+        fresh: list[int] = []
+        later: list[tuple[int, int]] = []
+        if memo is None:
+            fresh = list(range(n))
+        else:
+            first_row: dict[bytes, int] = {}
+            for i, called in enumerate(names):
+                first = memo.get(called)
+                if first is not None:
+                    repeats[i] = self._repeat(
+                        first, refs[i], called, agent_list[i], None, objected_list[i], memo,
+                        deadline,
+                    )  # fmt: skip
+                    continue
+                j = first_row.setdefault(called, i)
+                if j != i:
+                    later.append((i, j))
+                else:
+                    fresh.append(i)
+        decided = self._decided
         capped_rules = [i for i, r in enumerate(rules) if r.has_cap]
-        if capped_rules:
-            candidates = np.flatnonzero(
-                (codes == _SAMPLED) & np.isin(rule_index, capped_rules) & (agents != None)  # noqa: E711
-            )
+        if capped_rules and fresh:
+            rows = np.asarray(fresh, dtype=np.intp)
+            candidates = rows[
+                (codes[rows] == _SAMPLED)
+                & np.isin(rule_index[rows], capped_rules)
+                & (agents[rows] != None)  # noqa: E711
+            ].tolist()
+            if decided is not None:  # a repeat must not count against the cap again
+                unknown = []
+                for i in candidates:
+                    earlier = decided.get(key.epoch_id, calls[i])
+                    if earlier is None:
+                        unknown.append(i)
+                    else:
+                        repeats[i] = self._repeat_indexed(
+                            earlier, refs[i], names[i], calls[i], agent_list[i], None,
+                            objected_list[i], memo, deadline,
+                        )  # fmt: skip
+                candidates = unknown
             # The store's ledger counts them in array order, or gives earlier answers again.
             answers = self._caps.decide(
                 [
-                    _cap_request(
-                        key,
-                        cap_call_name(key, _item(call_refs, i)),
-                        rules[int(rule_index[i])],
-                        agents[i],
-                        now,
-                    )
-                    for i in candidates.tolist()
+                    _cap_request(key, call_at(i), rules[int(rule_index[i])], agents[i], now)
+                    for i in candidates
                 ]
             )
-            for i, reason in zip(candidates.tolist(), answers, strict=True):
+            for i, reason in zip(candidates, answers, strict=True):
                 codes[i] = REASONS.index(reason)
-        if self._append is not None:
-            self._log_batch(
-                call_refs, codes, rule_index, draws, thresholds, rules, agents, key, now, policy
+            if repeats:
+                fresh = [i for i in fresh if i not in repeats]
+        if decided is not None and fresh:
+            version = policy.version
+            known = decided.remember(
+                [
+                    FirstDecision(
+                        key.epoch_id,
+                        calls[i],
+                        REASONS[int(codes[i])],
+                        rules[int(rule_index[i])].name,
+                        rules[int(rule_index[i])].purpose,
+                        rules[int(rule_index[i])].rate,
+                        version,
+                        int(thresholds[i]),
+                        None,
+                        now,
+                    )
+                    for i in fresh
+                ]
             )
-        return DecisionBatch(
+            for i, earlier in zip(fresh, known, strict=True):
+                if earlier is not None:
+                    repeats[i] = self._repeat_indexed(
+                        earlier, refs[i], names[i], calls[i], agent_list[i], None,
+                        objected_list[i], memo, deadline,
+                    )  # fmt: skip
+            fresh = [i for i in fresh if i not in repeats]
+        tickets = None
+        if self._append is not None:
+            tickets = np.full(n, -1, dtype=np.int64)
+            logged = self._log_rows(
+                fresh, refs, codes, rule_index, draws, thresholds, rules, agent_list, key, now,
+                policy,
+            )  # fmt: skip
+            tickets[fresh] = logged
+            if decided is not None and self._is_durable is not None:
+                with self._pending_lock:
+                    for i, ticket in zip(fresh, logged, strict=True):
+                        if codes[i] == _SAMPLED:
+                            self._pending[(key.epoch_id, calls[i])] = ticket
+        record = codes == _SAMPLED
+        repeat = np.zeros(n, dtype=bool)
+        batch = DecisionBatch(
             call_refs=call_refs,
-            record=codes == _SAMPLED,
+            record=record,
             reason_codes=codes,
             rule_index=rule_index,
             draws=draws,
@@ -497,41 +1087,90 @@ class Sampler:
             epoch_id=key.epoch_id,
             policy_version=policy.version,
             decided_at=now,
+            repeat=repeat,
+            repeats=repeats,
+            log_tickets=tickets,
         )
+        for i, j in later:  # after the first of them in the batch has its final answer
+            repeats[i] = self._repeat(
+                batch[j], refs[i], names[i], agent_list[i], None, objected_list[i], memo,
+                deadline,
+            )  # fmt: skip
+        rule_names = [r.name for r in rules]
+        for i, d in repeats.items():
+            repeat[i] = True
+            record[i] = d.record
+            codes[i] = REASONS.index(d.reason)
+            thresholds[i] = d.threshold
+            if d.policy_version == policy.version:
+                rule_index[i] = rule_names.index(d.rule)
+            if tickets is not None:
+                tickets[i] = -1 if d.log_ticket is None else d.log_ticket
+        if memo is not None and decided is None:
+            for i in fresh:
+                memo.setdefault(names[i], (batch, i))
+        if self._pending:
+            self._mark_logged()
+        return batch
 
-    def _log_batch(
+    def _log_rows(
         self,
-        call_refs: Sequence[str | bytes] | npt.NDArray[Any],
+        rows: list[int],
+        refs: list[str | bytes],
         codes: npt.NDArray[np.uint8],
         rule_index: npt.NDArray[np.intp],
         draws: npt.NDArray[np.uint64],
         thresholds: npt.NDArray[np.uint64],
         rules: tuple[Rule, ...],
-        agents: npt.NDArray[np.object_],
+        agents: list[str | None],
         key: EpochKey,
         now: datetime,
         policy: Policy,
-    ) -> None:
+    ) -> list[int]:
+        """Log the decisions of ``rows``, in order; their tickets."""
         append = self._append
         assert append is not None
         version = policy.version  # the version the rules were taken from
         epoch_id = key.epoch_id
         names = [r.name for r in rules]
-        for ref, code, ri, r, thr, agent in zip(
-            _refs_list(call_refs),
-            codes.tolist(),
-            rule_index.tolist(),
-            draws.tolist(),
-            thresholds.tolist(),
-            agents.tolist(),
-            strict=True,
-        ):
+        codes_l, rule_l = codes.tolist(), rule_index.tolist()
+        draws_l, thr_l = draws.tolist(), thresholds.tolist()
+        return [
             append(
                 _new_tuple(
                     DecisionRecord,
-                    (epoch_id, version, names[ri], thr, REASONS[code], r, ref, agent, None, now),
+                    (
+                        epoch_id,
+                        version,
+                        names[rule_l[i]],
+                        thr_l[i],
+                        REASONS[codes_l[i]],
+                        draws_l[i],
+                        refs[i],
+                        agents[i],
+                        None,
+                        now,
+                    ),
                 )
             )
+            for i in rows
+        ]
+
+
+def _call_of(name: bytes) -> bytes:
+    """The index's name of a call from the sampler's: a text reference's is its bare tag."""
+    return _STR + name if len(name) == 16 else name
+
+
+def _claimed_ticket(memo: dict[bytes, _Memo], name: bytes) -> int | None:
+    """The ticket of a first decision that another thread has claimed and is logging."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        found = memo.get(name)
+        if isinstance(found, Decision) and found.log_ticket is not None:
+            return found.log_ticket
+        time.sleep(0.0005)
+    return None
 
 
 def _refs_list(call_refs: Sequence[str | bytes] | npt.NDArray[Any]) -> list[str | bytes]:
@@ -548,7 +1187,7 @@ def _nolock() -> Any:
     return contextlib.nullcontext()
 
 
-_STR: Final = b"\x01"  # the kind of a call reference, in the caps ledger's key: the audit
+_STR: Final = b"\x01"  # the kind of a call reference, in the store's names of calls: the audit
 _BYTES: Final = b"\x02"  # tells a text reference from the same bytes given as bytes
 
 
@@ -557,7 +1196,8 @@ def _ref_kind(ref: str | bytes) -> bytes:
 
 
 def cap_call_name(key: EpochKey, ref: str | bytes) -> bytes:
-    """How the caps ledger names a call: its reference's kind, then its full CMAC tag."""
+    """How the caps ledger and the decided-calls index name a call: its reference's kind, then
+    its full CMAC tag."""
     return _ref_kind(ref) + _tag(key, call_ref_bytes(ref))
 
 

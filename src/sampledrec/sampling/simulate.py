@@ -95,7 +95,8 @@ def simulate_policy(
     rng = np.random.default_rng(seed)
     day0 = start or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     clock = FixedClock(day0)
-    sampler = Sampler(policy, MemoryKeyring(), clock=clock, ahead=1)
+    # Synthetic calls are all distinct: nothing to remember (millions of calls, in memory).
+    sampler = Sampler(policy, MemoryKeyring(), clock=clock, ahead=1, idempotent=False)
     stats = {r.name: RuleStats(r.name, r.rate) for r in policy.all_rules}
     rates = {r.name: Fraction(r.rate_value) for r in policy.all_rules}
     agent_exp: dict[str, float] = {}

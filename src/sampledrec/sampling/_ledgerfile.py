@@ -1,0 +1,80 @@
+"""The SQLite files that a store's samplers share: the caps ledger and the decided-calls index.
+
+Both are owner-only (0600, set back to 0600 if found otherwise), in WAL mode (so that readers
+never wait for the one writer), on a local filesystem (WAL needs shared memory between the
+processes of one host: a network share is refused), with ``secure_delete`` on (pruned rows do
+not linger in free pages). :func:`boot_id` tells whether the machine restarted since a file was
+last written, for files whose commits are not fsynced one by one (``synchronous=NORMAL``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Final, Literal
+
+from ..errors import StoreError
+
+__all__ = ["BOOT_ID_FILE", "boot_id", "open_ledger_db"]
+
+BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
+
+
+def open_ledger_db(
+    path: Path, *, what: str, synchronous: Literal["FULL", "NORMAL"]
+) -> sqlite3.Connection:
+    """Open (creating it owner-only) the SQLite file at ``path`` for one of the store's ledgers.
+
+    ``what`` names it in errors ("the caps ledger"). The connection is in autocommit mode
+    (``isolation_level=None``: transactions are explicit) and may be shared by threads under the
+    caller's lock. Raises :class:`StoreError` when the file cannot be opened or SQLite cannot
+    use its WAL journal there.
+    """
+    if sqlite3.sqlite_version_info < (3, 24):
+        raise StoreError(
+            f"{what} needs SQLite 3.24 or later; this Python has {sqlite3.sqlite_version}"
+        )
+    db: sqlite3.Connection | None = None
+    try:
+        with contextlib.suppress(FileExistsError):  # owner-only: it concerns calls and agents
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        if path.stat().st_mode & 0o077 and path.stat().st_uid == os.geteuid():
+            os.chmod(path, 0o600)  # e.g. restored from a backup with other modes
+        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"{path}: SQLite cannot use its WAL journal here (got {mode!r}); keep the store "
+                "on a local filesystem, not a network share"
+            )
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA secure_delete=ON")
+    except (OSError, sqlite3.Error) as exc:
+        if db is not None:
+            db.close()
+        raise StoreError(
+            f"{path}: cannot open {what} ({exc}); check that the store folder is writable by "
+            "this user"
+        ) from None
+    except StoreError:
+        if db is not None:
+            db.close()
+        raise
+    return db
+
+
+def boot_id() -> str | None:
+    """This boot of the machine's kernel (Linux), or None where the system does not say.
+
+    A commit that was written but not fsynced survives the crash of a process (it is in the
+    operating system's cache) but not the crash of the machine, which always ends its boot: a
+    file that records the boot in which it was last written knows when recent commits may be
+    lost.
+    """
+    try:
+        text = BOOT_ID_FILE.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return text or None
