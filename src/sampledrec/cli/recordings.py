@@ -100,8 +100,9 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     source = read_audio_file_as(args.audio, fmt)  # converted, or refused with the reason
     at = at_time(args, store)
     clock = FixedClock(at)
-    with store.open_log(clock=clock) as log:
-        sampler = store.sampler(clock=clock, log=log)
+    # The sampler closes before the log (as in decide): it then tells the store's decided-calls
+    # index that its entry is durable, so that a repeat elsewhere need not wait for it.
+    with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
         attrs = parse_attrs(args.attr)
         decision = sampler.decide(args.call_ref, attrs, caller=caller)
         with Vault(store, log, clock=clock) as vault:
