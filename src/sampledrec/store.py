@@ -276,13 +276,16 @@ class Store:
             ) from None
         except PermissionError as exc:
             raise StorePermissionError(f"cannot read {meta_path}: {exc.strerror}") from exc
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"cannot read {meta_path}: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:
+            raise StoreError(f"cannot read {meta_path}: {str(exc)[:200]}") from None
+        if not isinstance(meta, dict):
+            raise StoreError(f"{meta_path} must be a JSON object, not {type(meta).__name__}")
         if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
             raise StoreError(
                 f"{meta_path} is not a version {STORE_VERSION} sampledrec store; "
                 "upgrade sampledrec or use a store made by this version"
             )
+        _check_meta(meta, meta_path)
         return cls(root, meta)
 
     # -- what lives in it --------------------------------------------------------------------
@@ -784,6 +787,27 @@ _REQUIRED: Final = {
 }
 
 
+def _check_meta(meta: dict[str, Any], where: Path) -> None:
+    """Refuse a ``store.json`` whose members have the wrong types, naming the member."""
+    store_id = meta.get("store_id")
+    if not isinstance(store_id, str) or len(store_id) != 32 or not _is_hex(store_id):
+        raise StoreError(f"{where}: 'store_id' must be 32 hex digits, not {store_id!r:.80}")
+    optional = {"created_at": str, "simulated": bool, "keys_dir": str, "region": str}
+    for name, kind in [("origin", str), *optional.items()]:
+        value = meta.get(name)
+        if value is None and name in optional:
+            continue
+        if not isinstance(value, kind):
+            what = "true or false" if kind is bool else "text"
+            raise StoreError(f"{where}: '{name}' must be {what}, not {value!r:.80}")
+        if isinstance(value, str) and "\x00" in value:
+            raise StoreError(f"{where}: '{name}' holds a NUL character")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
     """The store's backends from store.json (defaults for what it does not name), checked."""
     if raw is None:
@@ -809,6 +833,8 @@ def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
                 f"{where}: backends.{name} of kind {spec['kind']!r} needs {', '.join(missing)}"
             )
         out[name] = {str(k): str(v) for k, v in spec.items()}
+        if any("\x00" in v for v in out[name].values()):
+            raise StoreError(f"{where}: backends.{name} holds a NUL character")
     return out
 
 

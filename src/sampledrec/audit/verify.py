@@ -114,14 +114,23 @@ def _read_cdr(path: Path) -> list[tuple[str, str]]:
         refs = [str(v) for v in table.column("call_ref").to_pylist()]
         starts = [str(v) for v in table.column("start_time").to_pylist()]
         return list(zip(refs, starts, strict=True))
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or ())
-        if not {"call_ref", "start_time"} <= cols:
-            raise InvalidArgument(
-                f"{path}: a CSV with a header naming at least call_ref and start_time is needed"
-            )
-        return [(row["call_ref"], row["start_time"]) for row in reader if row.get("call_ref")]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = set(reader.fieldnames or ())
+            if not {"call_ref", "start_time"} <= cols:
+                raise InvalidArgument(
+                    f"{path}: a CSV with a header naming at least call_ref and start_time is needed"
+                )
+            return [
+                (row["call_ref"], row["start_time"] or "") for row in reader if row.get("call_ref")
+            ]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{path}: the call records are not UTF-8 text: {exc}") from None
+    except csv.Error as exc:
+        raise InvalidArgument(
+            f"{path}: line {reader.line_num} of the call records is not valid CSV: {exc}"
+        ) from None
 
 
 def audit_verify(

@@ -211,7 +211,11 @@ def parse_attrs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def read_lines(source: str) -> list[str]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        where = "standard input" if source == "-" else source
+        raise InvalidArgument(f"{where} is not UTF-8 text: {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 

@@ -173,12 +173,23 @@ def export_checkpoint(
 
 
 def _load_export(path: Path) -> tuple[Checkpoint, bytes, list[dict[str, Any]]]:
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path} is not UTF-8 text: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path} is not an exported sampledrec checkpoint")
     vk, note, commitments = doc.get("vkey"), doc.get("checkpoint"), doc.get("commitments", [])
     if not isinstance(vk, str) or not isinstance(note, str) or not isinstance(commitments, list):
-        raise CheckpointError(f"{path}: vkey, checkpoint and commitments have the wrong types")
+        raise CheckpointError(
+            f"{path}: 'vkey' and 'checkpoint' must be text and 'commitments' a list"
+        )
+    try:
+        note_bytes = note.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{path}: 'checkpoint' is not valid Unicode text") from None
     for c in commitments:
         if not (
             isinstance(c, dict)
@@ -187,7 +198,7 @@ def _load_export(path: Path) -> tuple[Checkpoint, bytes, list[dict[str, Any]]]:
         ):
             raise CheckpointError(f"{path}: a commitment is not {{epoch_id, commitment}} text")
     name, public_key = parse_vkey(vk)
-    cp = verify_checkpoint(note.encode("utf-8"), name, public_key)
+    cp = verify_checkpoint(note_bytes, name, public_key)
     return cp, public_key, commitments
 
 

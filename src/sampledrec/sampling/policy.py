@@ -326,6 +326,10 @@ class Policy:
                 f"not valid TOML ({exc}); check quotes and brackets near that line",
                 file=source,
             ) from None
+        except RecursionError:
+            raise InvalidPolicy(
+                "arrays or tables are nested too deeply to be a policy", file=source
+            ) from None
         return cls.from_dict(document, source=source)
 
     @classmethod
