@@ -504,3 +504,44 @@ def test_entries_appended_after_recoverys_own_do_not_hide_it(
     with case.vault() as vault:
         assert vault.recover() == [(case.rid, "truncated")]
     assert_recovered(case)
+
+
+# -- a crash inside Recorder.close ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["journaled", "log appended", "log durable"])
+def test_a_crash_while_closing_is_finished_by_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Closing is journaled like recovery: a crash between the catalog and the log used to
+    leave a row called sealed that the log never heard of (the audit's recordings check then
+    fails an honest store). Now the row stays open until the entry is durable, and recovery
+    finishes it with exactly one entry."""
+    store = new_store(tmp_path, RECORD_REGULATED)
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        decision = store.sampler(clock=clock, log=log).decide("call-1", {"queue": "regulated"})
+        assert decision.log_ticket is not None
+        log.wait_durable(decision.log_ticket)  # so that audio reaches the blob as it comes
+        rec = vault.record(decision, audio_format=PCM, chunk_size=CHUNK)
+        for frame in frames(AUDIO, PCM, 20):
+            rec.write(frame)
+        if step == "journaled":
+            # The journal is written by the catalog update that precedes the log: fail there.
+            monkeypatch.setattr(vault.catalog, "update", _die)
+        else:
+            monkeypatch.setattr(recorder, "_fault", crash_at(step))
+        with pytest.raises(Crash):
+            rec.close()
+        monkeypatch.undo()
+        row = vault.catalog.get(rec.recording_id)
+        assert row is not None and row.status == "open"  # never sealed before the log knows
+    with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+        assert vault.recover() == [(rec.recording_id, "sealed")]
+        assert vault.recover() == []
+        row = vault.catalog.get(rec.recording_id)
+        assert row is not None and row.status == "sealed" and row.recovery is None
+        assert row.ciphertext_sha256 == hashlib.sha256(read_blob(vault, row)).hexdigest()
+        assert vault.open(rec.recording_id).audio == AUDIO
+    (sealed,) = entries_for(store, rec.recording_id, T_RECORDING_SEALED)
+    assert sealed.fields["ciphertext_sha256"].hex() == row.ciphertext_sha256

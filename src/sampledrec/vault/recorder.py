@@ -994,10 +994,24 @@ class Vault:
         truncated: bool,
         pauses: Sequence[tuple[int, int]],
     ) -> None:
-        now = self.clock.now()
-        changes, fields = self._seal_record(row, info, now, truncated=truncated, pauses=pauses)
-        self.catalog.update(row.recording_id, **changes)
-        self.log.append(T_RECORDING_SEALED, fields, at=now)
+        # Journaled as crash recovery is (:meth:`recover`): the row stays open, saying what
+        # is being sealed, until the log's entry is durable. A crash from here on is finished
+        # by recover(), with one entry: never a row called sealed that the log does not know.
+        journaled = replace(
+            row,
+            pauses=list(pauses),
+            recovery="truncated" if truncated else "sealed",
+            recovery_sha256=info.sha256.hex(),
+            recovery_log_size=self.log.size,
+        )
+        self.catalog.update(
+            row.recording_id,
+            pauses=journaled.pauses,
+            recovery=journaled.recovery,
+            recovery_sha256=journaled.recovery_sha256,
+            recovery_log_size=journaled.recovery_log_size,
+        )
+        self._finish_sealing(journaled, info, resumed=False)
 
     def _destroy(self, row: RecordingRow, reason: str) -> None:
         self.blobs.delete(row.file)
