@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ import pytest
 
 from sampledrec import FixedClock, Store
 from sampledrec.audit.verify import audit_verify
+from sampledrec.cli import main
 from sampledrec.log.format import T_ACCESS, T_RECORDING_ABORTED, T_RECORDING_SEALED
 from sampledrec.log.verify import verify_log
 from sampledrec.log.writer import iter_entries
@@ -419,6 +422,10 @@ def test_a_blob_changed_after_its_recovery_was_logged_is_left_alone(
         after = vault.catalog.get(case.rid)
         assert after == row
     assert len(entries_for(case.store, case.rid, T_RECORDING_SEALED)) == 1
+    if backend == "sqlite+local":  # the CLI works on the store's own backends
+        out = io.StringIO()
+        code = main(["recordings", "recover", "--store", str(case.store.path), "--json"], out=out)
+        assert code == 1 and json.loads(out.getvalue())["damaged"] == [case.rid]
 
 
 def test_a_journaled_recording_whose_key_is_gone_is_destroyed(

@@ -209,10 +209,18 @@ def cmd_recordings_recover(args: argparse.Namespace, out: TextIO) -> int:
     store = open_store(args.store)
     with store.open_log() as log, Vault(store, log) as vault:
         outcomes = vault.recover()
+    damaged = [i for i, o in outcomes if o == "damaged"]
+    lines = [f"{i}: {o}" for i, o in outcomes]
+    if damaged:
+        lines.append(
+            f"{len(damaged)} recording(s) left as they are: the file changed after its recovery "
+            "was logged; compare it with the log's recording_sealed entry "
+            "('sampledrec log show') before doing anything else"
+        )
     emit(
         args,
-        {"recovered": [{"id": i, "outcome": o} for i, o in outcomes]},
-        "\n".join(f"{i}: {o}" for i, o in outcomes) or "no recording was left open",
+        {"recovered": [{"id": i, "outcome": o} for i, o in outcomes], "damaged": damaged},
+        "\n".join(lines) or "no recording was left open",
         out,
     )
-    return EXIT_OK
+    return EXIT_FAILED if damaged else EXIT_OK
