@@ -1,5 +1,6 @@
 """The ``recordings`` check: every recording, as the log tells it, against the decisions, the
-files and the keys; the catalog only where the log cannot say (wrapped keys, holds' members).
+files and the keys; the catalog only where the log cannot say (wrapped keys; the members of
+holds logged before ``hold`` entries named them).
 
 From the log:
 
@@ -17,17 +18,20 @@ From the log:
 - a tombstoned recording has no file left, and none of the wrapped keys the catalog still
   holds for it (its own, its holds') unwraps;
 - a recording past its logged expiry has a tombstone, unless a hold keeps it: a hold that the
-  log records as placed and not released, still active at the audit's time, with the
-  recording among its members in the catalog (the log's ``hold`` entry names the hold and
-  counts its recordings; which recordings it holds is the catalog's);
+  log records as placed, naming the recording (its ``recording_ids``), not released, and
+  active at the audit's time by its logged ``until``. A hold logged before ``hold`` entries
+  named their recordings (no ``recording_ids``) keeps today's rule, with a note: its members
+  and end are the catalog's;
 - every bucket or hold key that a ``key_destroyed`` entry names is absent from the key store
   (``KeyStore.has_bucket``): a destroyed key restored from a copy is a finding;
 - no file in the blob store that no ``recording_opened`` names.
 
 And the catalog against the log: a catalog row without ``recording_opened`` (except an aborted
 one: a recorder that crashed before its entry was durable), another call reference, another
-sealed expiry, an effective expiry extended without a logged hold, a hold with more members
-than the log counted, ``expired``/``erased`` without a tombstone.
+sealed expiry, an effective expiry extended without a logged hold that names it (or, for a
+hold logged without names, that has it among its catalog members), a catalog hold member that
+its logged ``hold`` entry does not name, a hold with more members than the log counted,
+``expired``/``erased`` without a tombstone.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from ..log.format import (
     T_RECORDING_SEALED,
     Entry,
     from_micros,
+    parse_hold_recording_ids,
     to_micros,
 )
 from ..retention.sweep import ACCESS_RETENTION_MONTHS, CALLS_RETENTION_MONTHS, HELD_UNTIL
@@ -123,6 +128,17 @@ class _LogFacts:
     destroyed: list[tuple[int, str]] = field(default_factory=list)  # (index, key name)
     holds_placed: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (index, n)
     holds_released: dict[str, int] = field(default_factory=dict)
+    # id -> the recordings its placed entry names; None: logged before entries named them
+    hold_names: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    hold_until: dict[str, int | None] = field(default_factory=dict)  # id -> logged until
+
+    def named_holds(self, rid: str) -> list[str]:
+        """The holds the log records as placed, naming ``rid``, and not released."""
+        return [
+            h
+            for h, names in self.hold_names.items()
+            if names is not None and rid in names and h not in self.holds_released
+        ]
 
 
 def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
@@ -192,10 +208,23 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
         elif e.type == T_HOLD:
             hold_id = str(fl.get("hold_id"))
             if fl.get("action") == "placed":
+                if hold_id in facts.holds_placed:
+                    continue
                 count = fl.get("recordings")
-                facts.holds_placed.setdefault(
-                    hold_id, (e.index, count if isinstance(count, int) else 0)
-                )
+                facts.holds_placed[hold_id] = (e.index, count if isinstance(count, int) else 0)
+                until = fl.get("until")
+                facts.hold_until[hold_id] = until if isinstance(until, int) else None
+                names = parse_hold_recording_ids(fl.get("recording_ids"))
+                if names is None and "recording_ids" in fl:
+                    rep.add(
+                        "recordings",
+                        "the hold entry's recording_ids is not a JSON list of strings: it "
+                        "holds nothing",
+                        index=e.index,
+                        evidence={"hold_id": hold_id},
+                    )
+                    names = []
+                facts.hold_names[hold_id] = None if names is None else frozenset(names)
             elif fl.get("action") == "released":
                 facts.holds_released.setdefault(hold_id, e.index)
     return facts
@@ -291,11 +320,26 @@ def check_recordings(
         return False
 
     def held(rid: str) -> bool:
+        # A hold whose entry names its recordings: the log alone (names, logged until).
+        for hold_id in facts.named_holds(rid):
+            until = facts.hold_until.get(hold_id)
+            if until is None or until > now_us:
+                return True
+        # A hold logged before entries named them: its members and end from the catalog.
         return any(
             h.active(now_us)
             and h.hold_id in facts.holds_placed
+            and facts.hold_names.get(h.hold_id) is None
             and h.hold_id not in facts.holds_released
             for h, _ in cat.members.get(rid, [])
+        )
+
+    legacy = sorted(h for h, names in facts.hold_names.items() if names is None)
+    if legacy:
+        rep.notes.append(
+            f"{len(legacy)} hold(s) logged before hold entries named their recordings "
+            f"({', '.join(legacy[:5])}{', ...' if len(legacy) > 5 else ''}): which recordings "
+            "they hold is taken from the catalog"
         )
 
     per_call: dict[int, list[str]] = defaultdict(list)
@@ -649,10 +693,12 @@ def _check_catalog(
             )
         if rec.expires_at is not None and row.expires_at != rec.expires_at:
             holds = [h for h, _ in cat.members.get(rid, [])]
-            logged = [
-                h
+            logged = facts.named_holds(rid) + [
+                h.hold_id
                 for h in holds
-                if h.hold_id in facts.holds_placed and h.hold_id not in facts.holds_released
+                if h.hold_id in facts.holds_placed
+                and facts.hold_names.get(h.hold_id) is None
+                and h.hold_id not in facts.holds_released
             ]
             if row.expires_at != HELD_UNTIL or not logged:
                 rep.add(
@@ -678,9 +724,26 @@ def _check_catalog(
                 **where,
             )
     per_hold: dict[str, int] = defaultdict(int)
-    for members in cat.members.values():
+    for rid, members in cat.members.items():
         for h, _ in members:
             per_hold[h.hold_id] += 1
+            names = facts.hold_names.get(h.hold_id)
+            if names is None:
+                continue  # unlogged (reported below), or logged before entries named them
+            checked["hold_members"] += 1
+            if rid not in names:
+                rep.add(
+                    "recordings",
+                    f"hold {h.hold_id} keeps recording {rid} in the catalog, but the log's hold "
+                    "entry does not name it",
+                    index=facts.holds_placed[h.hold_id][0],
+                    recording_id=rid,
+                    evidence={
+                        "hold_id": h.hold_id,
+                        "catalog_member": rid,
+                        "logged_recordings": sorted(names)[:20],
+                    },
+                )
     for hold_id, count in per_hold.items():
         placed = facts.holds_placed.get(hold_id)
         checked["holds"] += 1

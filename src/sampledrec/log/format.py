@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
@@ -63,6 +64,8 @@ __all__ = [
     "decode_entry",
     "encode_fields",
     "from_micros",
+    "hold_recording_ids",
+    "parse_hold_recording_ids",
     "to_micros",
 ]
 
@@ -251,6 +254,9 @@ FIELDS: Final[dict[int, dict[int, Field]]] = {
         Field(0x02, "action", "str"),  # placed | released
         Field(0x03, "recordings", "uint"),
         Field(0x04, "until", "uint"),
+        # JSON: the sorted list of the ids of the recordings held (placed) or let go
+        # (released), compact (no spaces); absent from entries logged before it existed.
+        Field(0x05, "recording_ids", "str"),
         Field(0x20, "reason", "str"),
         Field(0x21, "principal", "str"),
     ),
@@ -280,6 +286,26 @@ ENTRY_HEADER: Final = struct.Struct(">BBQ")
 _U32 = struct.Struct(">I")
 _REF_BYTES: Final = bytes((REF_BYTES,))
 _REF_TEXT: Final = bytes((REF_TEXT,))
+
+
+def hold_recording_ids(ids: Iterable[str]) -> str:
+    """The ``recording_ids`` value of a ``hold`` entry: the ids, sorted and without repeats,
+    as a compact JSON list of strings (``["a","b"]``)."""
+    return json.dumps(sorted(set(ids)), separators=(",", ":"))
+
+
+def parse_hold_recording_ids(value: object) -> list[str] | None:
+    """The ids a ``hold`` entry's ``recording_ids`` names, or None if it is not a JSON list of
+    strings (absent: an entry logged before the field existed)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ids = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return None
+    return ids
 
 
 def decision_layout() -> dict[str, Any]:

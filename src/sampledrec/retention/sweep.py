@@ -49,7 +49,14 @@ from typing import Any, Final, Protocol, cast
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AccessDenied, InvalidArgument, KeyDestroyed, RecordingNotFound
 from ..keys.keyring import Keyring
-from ..log.format import T_EXPIRED, T_HOLD, T_KEY_DESTROYED, from_micros, to_micros
+from ..log.format import (
+    T_EXPIRED,
+    T_HOLD,
+    T_KEY_DESTROYED,
+    from_micros,
+    hold_recording_ids,
+    to_micros,
+)
 from ..log.writer import DecisionLog
 from ..vault.access import Grant, Principal
 from ..vault.catalog import Hold, RecordingRow
@@ -398,6 +405,7 @@ class Retention:
         name = hold_bucket(hold.hold_id)
         self.keystore.ensure_bucket(name)
         self.catalog.add_hold(hold)
+        held: list[str] = []
         for row in rows:
             try:
                 key = self.vault.data_key(row, principal=who, now=now)
@@ -408,6 +416,7 @@ class Retention:
             )
             self.catalog.add_hold_member(hold.hold_id, row.recording_id, wrapped)
             self.catalog.update(row.recording_id, expires_at=HELD_UNTIL)
+            held.append(row.recording_id)
         self.log.append(
             T_HOLD,
             {
@@ -415,6 +424,7 @@ class Retention:
                 "action": "placed",
                 "recordings": len(rows),
                 "until": hold.until,
+                "recording_ids": hold_recording_ids(held),
                 "reason": hold.reason,
                 "principal": who.name,
             },
@@ -509,6 +519,7 @@ class Retention:
                 "hold_id": hold.hold_id,
                 "action": "released",
                 "recordings": len(members),
+                "recording_ids": hold_recording_ids(rid for rid, _ in members),
                 "reason": why,
                 "principal": principal,
             },
