@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -78,3 +79,16 @@ def test_a_store_refuses_another_stores_keyring(tmp_path: Path) -> None:
     (a.path / "store.json").write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="belongs to another store"):
         Store.open(a.path)
+
+
+@pytest.mark.parametrize("origin", ["\ud800", "a\nb", " ", "x" * 300])
+def test_a_store_json_origin_must_be_one_line_of_utf8(tmp_path: Path, origin: str) -> None:
+    # Found by the loaders' property test: a lone surrogate in the origin (JSON allows the
+    # \ud800 escape) reached the checkpoint signer as a UnicodeEncodeError traceback.
+    Store.init(tmp_path / "s")
+    meta_path = tmp_path / "s" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta["origin"] = origin
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="origin"):
+        Store.open(tmp_path / "s")

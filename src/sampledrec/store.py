@@ -800,8 +800,23 @@ def _check_meta(meta: dict[str, Any], where: Path) -> None:
         if not isinstance(value, kind):
             what = "true or false" if kind is bool else "text"
             raise StoreError(f"{where}: '{name}' must be {what}, not {value!r:.80}")
-        if isinstance(value, str) and "\x00" in value:
-            raise StoreError(f"{where}: '{name}' holds a NUL character")
+        if isinstance(value, str) and not _plain_text(value):
+            raise StoreError(
+                f"{where}: '{name}' holds a NUL or an unencodable character (UTF-8 text only)"
+            )
+    origin = meta["origin"]
+    if not origin.strip() or any(c in origin for c in "\r\n\t") or len(origin) > 256:
+        # It is the first line of every signed checkpoint note (C2SP): one short line.
+        raise StoreError(f"{where}: 'origin' must be one line of text, not {origin!r:.80}")
+
+
+def _plain_text(value: str) -> bool:
+    """Text that can be written as UTF-8 and holds no NUL (nothing to trip a file or a note)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's \\ud800 escape allows
+        return False
+    return "\x00" not in value
 
 
 def _is_hex(text: str) -> bool:
@@ -833,8 +848,8 @@ def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
                 f"{where}: backends.{name} of kind {spec['kind']!r} needs {', '.join(missing)}"
             )
         out[name] = {str(k): str(v) for k, v in spec.items()}
-        if any("\x00" in v for v in out[name].values()):
-            raise StoreError(f"{where}: backends.{name} holds a NUL character")
+        if not all(_plain_text(v) for v in out[name].values()):
+            raise StoreError(f"{where}: backends.{name} holds a NUL or an unencodable character")
     return out
 
 
