@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sampledrec import FixedClock, Store
-from sampledrec.audit.verify import _read_cdr
+from sampledrec.audit.cdr import read_cdr
 from sampledrec.errors import SampledrecError
 from sampledrec.log.verify import _load_export
 from sampledrec.sampling.policy import Policy
@@ -244,12 +244,13 @@ def test_mutated_call_records_load_or_raise_a_typed_error(base: Path, raw: bytes
     path = base / "cdr.csv"
     path.write_bytes(raw)
     try:
-        rows = _read_cdr(path)
+        rows = read_cdr(path)
     except SampledrecError as exc:
         message = str(exc)
     else:
         message = "cdr.csv"
-        assert all(isinstance(r, str) and isinstance(t, str) for r, t in rows)
+        assert all(isinstance(r, str | bytes) for r in rows.refs)
+        assert all(isinstance(t, str) for t in rows.starts)
     assert "cdr.csv" in message
 
 
@@ -277,7 +278,7 @@ def test_call_records_with_an_over_long_field_are_a_typed_error(tmp_path: Path) 
     path = tmp_path / "cdr.csv"
     path.write_text('call_ref,start_time\n"' + "x" * 200_000 + '",2026-04-01T09:00:00Z\n')
     with pytest.raises(SampledrecError, match=r"cdr\.csv"):
-        _read_cdr(path)
+        read_cdr(path)
 
 
 # -- store.json ------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ id, the call reference, the epoch):
 - ``recordings``: the recordings as the log tells them, against the decisions, the files'
   SHA-256, the tombstones, the destroyed keys and the catalog
   (:mod:`sampledrec.audit.recordings`);
-- ``cdr``: with the carrier's call records, completeness both ways;
+- ``cdr``: with the carrier's call records, completeness both ways (references matched by exact
+  bytes and kind), no carrier call decided under two references (a re-roll), each call's
+  start time in its decision's epoch (:mod:`sampledrec.audit.cdr`);
 - ``statistics``: declared vs realised rates per rule and per (rule, agent), exact
   Clopper-Pearson intervals and two-sided exact binomial tests with Holm's correction. A group
   fails when its Holm-adjusted p-value is below :data:`STAT_ALPHA` (0.001): a strict threshold,
@@ -36,7 +38,6 @@ no key could be revealed). Only PASS exits 0 (:mod:`sampledrec.audit.findings`).
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,13 +50,12 @@ import numpy.typing as npt
 
 from .._hazmat.cmac import draws_rows
 from ..clock import SYSTEM_CLOCK
-from ..errors import InvalidArgument, LogCorrupt, SampledrecError
+from ..errors import LogCorrupt, SampledrecError
 from ..keys.keyring import epoch_end
 from ..log.columns import (
     I64,
     Decisions,
     LogContents,
-    RefMatcher,
     call_firsts,
     counted_once,
     decisions_from_entries,
@@ -66,6 +66,7 @@ from ..log.storage import LogStorage
 from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
+from .cdr import check_cdr, read_cdr
 from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport, GroupStats
 from .logview import InOrderLog
 from .recordings import check_recordings, kept_until_month, month_of_kid
@@ -97,42 +98,6 @@ _MONTH0: Final = 1970 * 12  # month index of 1970-01
 # -- the audit -----------------------------------------------------------------------------------
 
 
-def _read_cdr(path: Path) -> list[tuple[str, str]]:
-    """``(call_ref, start_time)`` rows of a carrier's call records (CSV or Parquet)."""
-    if path.suffix.lower() == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise InvalidArgument(
-                f"{path}: reading Parquet needs pyarrow (pip install pyarrow); "
-                "or give the call records as CSV"
-            ) from None
-        table = pq.read_table(path)
-        names = set(table.column_names)
-        if not {"call_ref", "start_time"} <= names:
-            raise InvalidArgument(f"{path}: the columns call_ref and start_time are required")
-        refs = [str(v) for v in table.column("call_ref").to_pylist()]
-        starts = [str(v) for v in table.column("start_time").to_pylist()]
-        return list(zip(refs, starts, strict=True))
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = set(reader.fieldnames or ())
-            if not {"call_ref", "start_time"} <= cols:
-                raise InvalidArgument(
-                    f"{path}: a CSV with a header naming at least call_ref and start_time is needed"
-                )
-            return [
-                (row["call_ref"], row["start_time"] or "") for row in reader if row.get("call_ref")
-            ]
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"{path}: the call records are not UTF-8 text: {exc}") from None
-    except csv.Error as exc:
-        raise InvalidArgument(
-            f"{path}: line {reader.line_num} of the call records is not valid CSV: {exc}"
-        ) from None
-
-
 def audit_verify(
     store_path: str | Path,
     revealed_keys_path: str | Path,
@@ -159,7 +124,7 @@ def audit_verify(
     rep = AuditReport(store=str(store.path), at=at, simulated=store.simulated)
     revealed = read_revealed_keys(revealed_keys_path)
     if cdr is not None:
-        cdr_rows = _read_cdr(Path(cdr))
+        cdr_rows = read_cdr(Path(cdr))
     keyring = keyring if keyring is not None else store.keyring
 
     # 1. log -----------------------------------------------------------------------------------
@@ -261,7 +226,7 @@ def audit_verify(
     # 6. cdr ------------------------------------------------------------------------------------
     if cdr is not None:
         rep.ran.add("cdr")
-        _check_cdr(rep, decisions, cdr_rows)
+        check_cdr(rep, decisions, cdr_rows)
     else:
         rep.skip("cdr", "no carrier call records given (--cdr)")
 
@@ -702,41 +667,6 @@ def _check_caps(
 
 def _reason(code: int) -> str:
     return REASONS[code] if 0 <= code < len(REASONS) else f"#{code}"
-
-
-def _check_cdr(rep: AuditReport, d: Decisions, cdr_rows: list[tuple[str, str]]) -> None:
-    """Completeness both ways: every carrier call has a decision, every decided reference is
-    a carrier call (a re-rolled or invented reference is not)."""
-    carrier = sorted({r for r, _ in cdr_rows})
-    rep.counts["cdr_calls"] = len(carrier)
-    with_ref = np.flatnonzero(d.ref_kind > 0)
-    matched = RefMatcher(d, carrier).match(with_ref)
-    decided = np.zeros(len(carrier), dtype=bool)
-    decided[matched[matched >= 0]] = True
-    for j in np.flatnonzero(~decided).tolist():
-        rep.add("cdr", "a carrier call has no decision in the log", call_ref=carrier[j])
-    strangers: dict[str, int] = {}
-    for i in with_ref[matched < 0].tolist():
-        strangers.setdefault(d.ref_text(i) or "", int(d.index[i]))
-    for ref, index in sorted(strangers.items()):
-        rep.add(
-            "cdr",
-            "a decision for a reference that is not a carrier call (a re-rolled or "
-            "invented reference)",
-            index=index,
-            call_ref=ref,
-        )
-    rep.checked["cdr"] = {
-        "carrier_calls": len(carrier),
-        "carrier_calls_with_a_decision": int(np.count_nonzero(decided)),
-        "decisions_matched": int(np.count_nonzero(matched >= 0)),
-    }
-    unreadable = len(d) - with_ref.size
-    if unreadable:
-        rep.notes.append(
-            f"{unreadable} decisions have erased call references and were not matched "
-            "against the call records"
-        )
 
 
 def _check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.bool_]) -> None:

@@ -488,11 +488,10 @@ def _call_firsts_exact(d: Decisions, has: I64, out: I64) -> I64:
 
 class RefMatcher:
     """Exact matching of the decisions' call references against a set of reference texts (as
-    the audit shows them: text as is, bytes as ``hex:...``)."""
+    the audit shows them: text as is, bytes as ``hex:...``), or with :meth:`exact`, against
+    references given as ``str`` (text) or ``bytes`` (binary), the kind compared too."""
 
     def __init__(self, d: Decisions, texts: list[str]) -> None:
-        self.d = d
-        self.texts = texts
         ids: list[int] = []
         kinds: list[int] = []
         raws: list[bytes] = []
@@ -508,6 +507,23 @@ class RefMatcher:
                 ids.append(i)
                 kinds.append(BYTES_REF)
                 raws.append(raw)
+        self._build(d, ids, kinds, raws)
+
+    @classmethod
+    def exact(cls, d: Decisions, refs: list[str | bytes]) -> RefMatcher:
+        """A matcher of ``refs`` by kind and bytes: ``"c1"`` matches the text reference only,
+        ``b"c1"`` the binary one only."""
+        self = cls.__new__(cls)
+        kinds = [STR_REF if isinstance(r, str) else BYTES_REF for r in refs]
+        raws = [r.encode("utf-8", "surrogatepass") if isinstance(r, str) else r for r in refs]
+        self._build(d, list(range(len(refs))), kinds, raws)
+        return self
+
+    def _build(self, d: Decisions, ids: list[int], kinds: list[int], raws: list[bytes]) -> None:
+        self.d = d
+        self.index: dict[tuple[int, bytes], int] = {}
+        for i, k, raw in zip(ids, kinds, raws, strict=True):
+            self.index.setdefault((k, raw), i)
         width = max([1, d.refs.shape[1], *map(len, raws)])
         mat = np.zeros((len(raws), width), dtype=np.uint8)
         for j, raw in enumerate(raws):
@@ -541,7 +557,8 @@ class RefMatcher:
         )
         out[hit[exact]] = self.ids[c[exact]]
         # Equal fingerprints but not the first candidate's reference: look at them one by one.
-        index = {t: i for i, t in enumerate(self.texts)}
         for j in hit[~exact].tolist():
-            out[j] = index.get(d.ref_text(int(rows[j])) or "", -1)
+            r1 = int(rows[j])
+            key = (int(d.ref_kind[r1]), d.refs[r1, : int(d.ref_len[r1])].tobytes())
+            out[j] = self.index.get(key, -1)
         return out
