@@ -3,9 +3,9 @@ decision's epoch; malformed call records are a typed error (exit 2), never a tra
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -229,9 +229,12 @@ def test_parquet_call_records(case: Path) -> None:
         read_cdr(case / "broken.parquet")
 
 
-def test_parquet_without_pyarrow_says_to_install_it(case: Path) -> None:
-    if importlib.util.find_spec("pyarrow") is not None:
-        pytest.skip("pyarrow is installed")
+def test_parquet_without_pyarrow_says_to_install_it(
+    case: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if pyarrow were not installed (an import of a module set to None fails).
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     (case / "x.parquet").write_bytes(b"")
     with pytest.raises(InvalidArgument, match=r"sampledrec\[parquet\]"):
         read_cdr(case / "x.parquet")
