@@ -92,3 +92,16 @@ def test_a_store_json_origin_must_be_one_line_of_utf8(tmp_path: Path, origin: st
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="origin"):
         Store.open(tmp_path / "s")
+
+
+@pytest.mark.parametrize("path", [["x"] * 3, 7, "y" * 2000, "z" * 300])
+def test_a_backend_path_must_be_text_that_can_name_a_file(tmp_path: Path, path: object) -> None:
+    # Found by the loaders' property test: a list as the catalog's path became its text, too
+    # long a file name, and the first command ended in an OSError traceback.
+    Store.init(tmp_path / "s")
+    meta_path = tmp_path / "s" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta["backends"]["catalog"]["path"] = path
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="catalog"):
+        Store.open(tmp_path / "s").open_catalog().close()

@@ -162,12 +162,20 @@ class Store:
     def blobs(self) -> BlobStore:
         """Where sealed recordings are kept (built once, on first use)."""
         if self._blobs is None:
-            self._blobs = LocalBlobStore(self._inside(self.backends["blobs"]["path"]), create=True)
+            path = self._inside(self.backends["blobs"]["path"])
+            try:
+                self._blobs = LocalBlobStore(path, create=True)
+            except OSError as exc:  # store.json names a path that cannot be a folder here
+                raise StoreError(f"cannot open the recordings folder {path}: {exc}") from exc
         return self._blobs
 
     def open_catalog(self) -> Catalog:
         """A new connection to the recordings catalog; the caller closes it."""
-        return SqliteCatalog(self._inside(self.backends["catalog"]["path"]))
+        path = self._inside(self.backends["catalog"]["path"])
+        try:
+            return SqliteCatalog(path)
+        except OSError as exc:  # store.json names a path that cannot be a file here
+            raise StoreError(f"cannot open the catalog {path}: {exc.strerror}") from exc
 
     @property
     def log_storage(self) -> LogStorage:
@@ -846,6 +854,12 @@ def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
         if missing:
             raise StoreError(
                 f"{where}: backends.{name} of kind {spec['kind']!r} needs {', '.join(missing)}"
+            )
+        bad = [k for k, v in spec.items() if not isinstance(v, str) or len(v) > 1024]
+        if bad:
+            raise StoreError(
+                f"{where}: backends.{name}.{bad[0]} must be text (at most 1024 characters), "
+                f"not {spec[bad[0]]!r:.80}"
             )
         out[name] = {str(k): str(v) for k, v in spec.items()}
         if not all(_plain_text(v) for v in out[name].values()):
