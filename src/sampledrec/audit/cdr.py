@@ -158,7 +158,7 @@ def _read_csv(path: Path) -> CdrRows:
 
 def _read_parquet(path: Path) -> CdrRows:
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+        import pyarrow.parquet as pq
     except ImportError:
         raise InvalidArgument(
             "reading Parquet needs pyarrow (pip install 'sampledrec[parquet]'); "
