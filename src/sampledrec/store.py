@@ -56,10 +56,10 @@ import getpass
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
@@ -531,19 +531,9 @@ class Store:
         log's fsynced entries survived), the recent decisions of the log are read back into it.
         Both under the store's lock, before any sampler decides with it: one full read of the
         log, once (per restart of the machine)."""
-        path = self.path / DECIDED_FILE
-        if not path.exists() and self.log_storage.segments():
-            with self.lock():
-                if not path.exists():
-                    tmp = path.with_name(f".{DECIDED_FILE}.rebuild-{os.getpid()}")
-                    for stale in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
-                        stale.unlink(missing_ok=True)
-                    index = SqliteDecidedCalls(tmp)
-                    try:
-                        index.replay(self._decided_from_log(now))
-                    finally:
-                        index.close()
-                    os.replace(tmp, path)  # whole, or not at all
+        path = self._rebuilt_from_log(
+            DECIDED_FILE, SqliteDecidedCalls, lambda: self._decided_from_log(now)
+        )
         index = SqliteDecidedCalls(path, now=now)
         try:
             if index.unclean:
@@ -615,21 +605,38 @@ class Store:
         """The store's caps ledger. When it is missing (deleted, or a store from before it
         existed) while the log has decisions, it is rebuilt from the log first, under the
         store's lock: otherwise the day's and week's counts would start again from zero."""
-        path = self.path / CAPS_FILE
         key = self.keyring.pseudonym_key()
+        path = self._rebuilt_from_log(
+            CAPS_FILE,
+            lambda tmp: SqliteCapLedger(tmp, agent_key=key),
+            lambda: self._caps_from_log(now),
+        )
+        return SqliteCapLedger(path, now=now, agent_key=key)
+
+    def _rebuilt_from_log(
+        self,
+        name: str,
+        create: Callable[[Path], _Replayable],
+        from_log: Callable[[], Sequence[Any]],
+    ) -> Path:
+        """``STORE/name``, a SQLite file that the log can rebuild (the caps ledger, the
+        decided-calls index). Missing (deleted, or a store from before it) while the log has
+        entries, it is rebuilt first, under the store's lock, into a temporary file renamed
+        into place: whole, or not at all."""
+        path = self.path / name
         if not path.exists() and self.log_storage.segments():
             with self.lock():
                 if not path.exists():
-                    tmp = path.with_name(f".{CAPS_FILE}.rebuild-{os.getpid()}")
+                    tmp = path.with_name(f".{name}.rebuild-{os.getpid()}")
                     for stale in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm"))):
                         stale.unlink(missing_ok=True)
-                    ledger = SqliteCapLedger(tmp, agent_key=key)
+                    built = create(tmp)
                     try:
-                        ledger.replay(self._caps_from_log(now))
+                        built.replay(from_log())
                     finally:
-                        ledger.close()
-                    os.replace(tmp, path)  # whole, or not at all
-        return SqliteCapLedger(path, now=now, agent_key=key)
+                        built.close()
+                    os.replace(tmp, path)
+        return path
 
     def _caps_from_log(self, now: datetime) -> list[tuple[CapRequest, CapAnswer]]:
         """The answers the log shows for calls that capped rules selected in the ledger's
@@ -793,6 +800,14 @@ _REQUIRED: Final = {
     ("keystore", "local"): (),
     ("keystore", "pkcs11"): ("module", "token", "pin_env"),
 }
+
+
+class _Replayable(Protocol):
+    """A store file that the log can fill again (see :meth:`Store._rebuilt_from_log`)."""
+
+    def replay(self, items: Sequence[Any], /) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _check_meta(meta: dict[str, Any], where: Path) -> None:
