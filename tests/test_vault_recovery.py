@@ -506,7 +506,6 @@ def test_entries_appended_after_recoverys_own_do_not_hide_it(
             log.append(
                 T_ACCESS,
                 {"action": "list", "outcome": "granted", "principal": "qa", "detail": None},
-                klass="access",
             )
     with case.vault() as vault:
         assert vault.recover() == [(case.rid, "truncated")]

@@ -752,7 +752,6 @@ class Store:
                             "commitment": k.commitment,
                             "principal": getpass.getuser(),
                         },
-                        klass="access",
                     )
         return keys
 

@@ -40,6 +40,7 @@ __all__ = [
     "ENTRY_HEADER",
     "FIELDS",
     "FORMAT_VERSION",
+    "SEALING_CLASS",
     "T_ACCESS",
     "T_CHECKPOINT",
     "T_DECISION",
@@ -66,6 +67,7 @@ __all__ = [
     "from_micros",
     "hold_recording_ids",
     "parse_hold_recording_ids",
+    "sealing_class",
     "to_micros",
 ]
 
@@ -88,6 +90,20 @@ T_HOLD: Final = 0x16
 T_ERASURE: Final = 0x17
 T_SUBJECT_REQUEST: Final = 0x18
 T_KEY_DESTROYED: Final = 0x19
+
+# The retention class whose key seals an entry type's personal fields (docs/log-format.md §6):
+# ``calls`` holds exactly what an auditor needs to recompute decisions (the auditor's kit
+# reveals those keys), ``access`` everything about who did what. Types not listed: ``access``.
+SEALING_CLASS: Final = {
+    T_DECISION: "calls",
+    T_RECORDING_OPENED: "calls",
+}
+
+
+def sealing_class(etype: int) -> str:
+    """The retention class (``calls`` or ``access``) that seals ``etype``'s personal fields."""
+    return SEALING_CLASS.get(etype, "access")
+
 
 TYPE_NAMES: Final = {
     T_LOG_CREATED: "log_created",

@@ -60,6 +60,7 @@ from .format import (
     header,
     key_check_value,
     ref_value,
+    sealing_class,
     split_personal,
     to_micros,
 )
@@ -695,23 +696,21 @@ class DecisionLog:
                     f"a repair re-logs key commitments and policies only, not entries of type "
                     f"0x{etype:02x}"
                 )
-            out.append(self._record(etype, values, time_us, "calls"))
+            out.append(self._record(etype, values, time_us))
         return out
 
-    def _record(self, etype: int, values: Mapping[str, Any], time_us: int, klass: str) -> bytes:
+    def _record(self, etype: int, values: Mapping[str, Any], time_us: int) -> bytes:
         """One entry as a record (u32 length + entry), its personal fields sealed now."""
         public, personal = split_personal(etype, values)
         entry = header(etype, time_us) + public
         if personal:
-            entry += self._sealer.seal(_kid(time_us, klass), [personal])[0]
+            entry += self._sealer.seal(_kid(time_us, sealing_class(etype)), [personal])[0]
         return U32.pack(len(entry)) + entry
 
     def _write_gap(self, plan: RepairPlan) -> None:
         """Write the batch of the gap entry (and the entries re-logged after it) where the log
         was cut, under the lock."""
-        payload = self._record(T_LOG_GAP, gap_values(plan), plan.time_us, "access") + b"".join(
-            plan.restore
-        )
+        payload = self._record(T_LOG_GAP, gap_values(plan), plan.time_us) + b"".join(plan.restore)
         count = 1 + len(plan.restore)
         cr = CompactRange(plan.size, plan.hashes)
         if _hashing.hash_records(payload, 0, count, cr) is None:  # pragma: no cover
@@ -743,12 +742,13 @@ class DecisionLog:
         values: dict[str, Any],
         *,
         at: datetime | None = None,
-        klass: str = "calls",
     ) -> int:
-        """Queue an entry; returns its ticket (see :meth:`wait_durable`)."""
+        """Queue an entry; returns its ticket (see :meth:`wait_durable`). Its personal fields
+        are sealed under the key of its type's retention class (:func:`sealing_class`) and of
+        the UTC month of its time."""
         time_us = to_micros(at or self._clock.now())
         public, personal = split_personal(etype, values)
-        kid = _kid(time_us, klass) if personal else None
+        kid = _kid(time_us, sealing_class(etype)) if personal else None
         return self._enqueue(etype, time_us, public, personal, kid)
 
     def append_decision(self, record: DecisionRecord) -> int:

@@ -858,7 +858,6 @@ def _log_request(
             "identity_note": None if identity is None or not identity.note else identity.note,
         },
         at=now,
-        klass="access",
     )
 
 

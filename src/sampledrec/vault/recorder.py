@@ -315,7 +315,6 @@ class Vault:
                     "principal": who.name,
                 },
                 at=self.clock.now(),
-                klass="access",
             )
             raise NotSelected(
                 f"call {decision.call_ref!r} was not selected for recording "
@@ -747,7 +746,6 @@ class Vault:
                 "detail": detail,
             },
             at=self.clock.now(),
-            klass="access",
         )
 
     # -- crash recovery ----------------------------------------------------------------------------
