@@ -36,7 +36,6 @@ its logged ``hold`` entry does not name, a hold with more members than the log c
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +62,8 @@ from ..log.format import (
 )
 from ..retention.sweep import ACCESS_RETENTION_MONTHS, CALLS_RETENTION_MONTHS, HELD_UNTIL
 from ..sampling.record import REASONS
-from ..vault.catalog import Hold, RecordingRow
-from ..vault.recorder import blob_name, bucket_of, data_key_aad, hold_bucket
+from ..vault.recorder import blob_name, bucket_of
+from .evidence import CatalogView, Evidence, Files
 from .findings import AuditReport
 
 __all__ = ["check_recordings", "kept_until_month", "month_of_kid"]
@@ -230,41 +229,9 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
     return facts
 
 
-@dataclass
-class _Catalog:
-    rows: dict[str, RecordingRow]
-    holds: dict[str, Hold]
-    members: dict[str, list[tuple[Hold, bytes | None]]]  # recording id -> its holds
-
-
-def _read_catalog(store: Any) -> _Catalog:
-    catalog = store.open_catalog()
-    try:
-        rows = {r.recording_id: r for r in catalog.find()}
-        holds = {h.hold_id: h for h in catalog.holds()}
-        members: dict[str, list[tuple[Hold, bytes | None]]] = defaultdict(list)
-        for h in holds.values():
-            for rid, wrapped in catalog.hold_members(h.hold_id):
-                members[rid].append((h, wrapped))
-    finally:
-        catalog.close()
-    return _Catalog(rows, holds, members)
-
-
-def _sha256(blobs: Any, name: str) -> tuple[str, int]:
-    """The SHA-256 (hex) and size of a blob, streamed in chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with blobs.open(name) as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 def check_recordings(
     rep: AuditReport,
-    store: Any,
+    ev: Evidence,
     d: Decisions,
     firsts: npt.NDArray[np.int64],
     others: Sequence[Entry],
@@ -273,9 +240,9 @@ def check_recordings(
 ) -> None:
     """Run the ``recordings`` check (module docstring)."""
     facts = _read_facts(rep, others)
-    cat = _read_catalog(store)
-    blobs, keystore = store.blobs, store.keystore
-    files = set(blobs.list())
+    cat = ev.catalog()
+    blobs, keys = ev.files, ev.keys
+    files = blobs.names()
     checked: dict[str, int] = defaultdict(int)
     rep.checked["recordings"] = checked
     opened = facts.opened
@@ -303,21 +270,7 @@ def check_recordings(
         return REASONS[code] if 0 <= code < len(REASONS) else f"#{code}"
 
     def unwraps(rid: str, bucket: str | None, expires: Sequence[int | None]) -> bool:
-        """Whether a wrapped key the catalog still holds for the recording unwraps."""
-        row = cat.rows.get(rid)
-        wrapped: list[tuple[str, bytes]] = []
-        if row is not None and row.wrapped_key is not None:
-            wrapped.append((row.bucket or bucket or "", row.wrapped_key))
-        wrapped += [(hold_bucket(h.hold_id), w) for h, w in cat.members.get(rid, []) if w]
-        for exp in {e for e in expires if e is not None}:
-            aad = data_key_aad(rid, exp)
-            for b, w in wrapped:
-                try:
-                    keystore.unwrap(b, w, aad=aad)
-                except (SampledrecError, ValueError):
-                    continue
-                return True
-        return False
+        return keys.readable(rid, bucket, expires, cat)
 
     def held(rid: str) -> bool:
         # A hold whose entry names its recordings: the log alone (names, logged until).
@@ -396,7 +349,7 @@ def check_recordings(
             continue
         checked["destroyed_keys"] += 1
         try:
-            present = keystore.has_bucket(key)
+            present = keys.has_key(key)
         except (SampledrecError, ValueError) as exc:
             rep.add("recordings", f"cannot tell whether key {key!r} exists: {exc}", index=index)
             continue
@@ -520,7 +473,7 @@ def _match_decision(
 def _check_state(
     rep: AuditReport,
     rec: _Logged,
-    blobs: Any,
+    blobs: Files,
     files: set[str],
     unwraps: Any,
     held: Any,
@@ -571,7 +524,7 @@ def _check_state(
             )
         else:
             try:
-                actual, size = _sha256(blobs, rec.file)
+                actual, size = blobs.sha256(rec.file)
             except OSError as exc:
                 rep.add(
                     "recordings",
@@ -580,8 +533,8 @@ def _check_state(
                     **where,
                 )
             else:
-                checked["files_hashed"] += 1
-                checked["bytes_hashed"] += size
+                checked["files_hashed" if blobs.hashed else "hashes_declared"] += 1
+                checked["bytes_hashed" if blobs.hashed else "bytes_declared"] += size
                 if actual != expected:
                     rep.add(
                         "recordings",
@@ -634,7 +587,7 @@ def _check_state(
 
 def _check_catalog(
     rep: AuditReport,
-    cat: _Catalog,
+    cat: CatalogView,
     facts: _LogFacts,
     d: Decisions,
     by_ref: dict[str, list[int]],

@@ -67,6 +67,7 @@ from ..sampling.caps import cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
 from .cdr import check_cdr, read_cdr
+from .evidence import Evidence, store_evidence
 from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport, GroupStats
 from .logview import InOrderLog
 from .recordings import check_recordings, kept_until_month, month_of_kid
@@ -81,6 +82,7 @@ __all__ = [
     "AuditFinding",
     "AuditReport",
     "GroupStats",
+    "audit_evidence",
     "audit_verify",
     "binom_cdf",
     "binom_sf",
@@ -108,37 +110,61 @@ def audit_verify(
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
 ) -> AuditReport:
-    """Audit a store; raises :class:`StoreError` / :class:`InvalidArgument` when it cannot run
-    (the store is missing, the revealed-keys file or the call records cannot be read).
+    """Audit a store as its operator holds it; raises :class:`StoreError` /
+    :class:`InvalidArgument` when it cannot run (the store is missing, the revealed-keys file
+    or the call records cannot be read).
 
     ``keyring`` opens the log's sealed call references (default: the store's own keyring);
     ``now`` is the audit time: which epochs have ended, what has expired, which call
-    references must still be readable (default: the real clock).
+    references must still be readable (default: the real clock). An outsider audits from the
+    auditor's kit instead (:func:`sampledrec.audit.kit.audit_kit`).
     """
-    from ..log.verify import verify_log
-    from ..sampling.policy import Policy
     from ..store import Store
 
     store = Store.open(store_path)
+    return audit_evidence(
+        store_evidence(store, keyring),
+        read_revealed_keys(revealed_keys_path),
+        checkpoint=checkpoint,
+        cdr=cdr,
+        progress=progress,
+        now=now,
+    )
+
+
+def audit_evidence(
+    ev: Evidence,
+    revealed: list[Any],
+    *,
+    checkpoint: str | Path | None = None,
+    cdr: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    now: datetime | None = None,
+) -> AuditReport:
+    """The seven checks over what ``ev`` holds (a store, or an auditor's kit), with the
+    ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`)."""
+    from ..log.verify import verify_log
+    from ..sampling.policy import Policy
+
     at = now or SYSTEM_CLOCK.now()
-    rep = AuditReport(store=str(store.path), at=at, simulated=store.simulated)
-    revealed = read_revealed_keys(revealed_keys_path)
+    rep = AuditReport(store=ev.label, at=at, simulated=ev.simulated)
+    rep.notes.extend(ev.notes)
     if cdr is not None:
         cdr_rows = read_cdr(Path(cdr))
-    keyring = keyring if keyring is not None else store.keyring
+    keyring = ev.sealing
 
     # 1. log -----------------------------------------------------------------------------------
     logrep = verify_log(
-        store.log_storage,
+        ev.log,
         checkpoint_file=Path(checkpoint) if checkpoint is not None else None,
-        store_id=store.store_id,
-        public_key=store.public_key,
+        store_id=ev.store_id,
+        public_key=ev.public_key,
         progress=progress,
     )
     # Then read it once: decisions as columns, the other entries decoded. (Reading it on another
     # thread while it is verified gained nothing on a 2-vCPU machine: measured.)
     # Only the batches that follow one another: a forged batch header cannot renumber entries.
-    view = InOrderLog(store.log_storage)
+    view = InOrderLog(ev.log)
     try:
         # The view has every reading method read_log uses, and no writing one.
         contents = read_log(cast(LogStorage, view), keyring, progress=progress)
@@ -204,7 +230,7 @@ def audit_verify(
         rep.notes.append("the log could not be read to the end: later checks are incomplete")
 
     # 2. keys -----------------------------------------------------------------------------------
-    keys = _check_keys(rep, revealed, commits, contents.others, keyring, at)
+    keys = _check_keys(rep, revealed, commits, contents.others, ev.sealing_present, at)
     if len(decisions):
         rep.expected["keys"] = f"the log has {len(decisions):,} decisions"
         rep.expected["decisions"] = f"the log has {len(decisions):,} decisions"
@@ -220,7 +246,7 @@ def audit_verify(
     check_time(rep, decisions, contents.others, logged_policies, simulated=logrep.simulated)
 
     # 5. recordings -----------------------------------------------------------------------------
-    check_recordings(rep, store, decisions, firsts, contents.others, policies, at)
+    check_recordings(rep, ev, decisions, firsts, contents.others, policies, at)
     rep.counts["recordings"] = rep.checked["recordings"].get("opened", 0)
 
     # 6. cdr ------------------------------------------------------------------------------------
@@ -243,7 +269,7 @@ def _check_keys(
     revealed: list[Any],
     commits: dict[str, tuple[int, bytes]],
     others: list[Any],
-    keyring: Any,
+    sealing_present: Callable[[], set[str]] | None,
     at: datetime,
 ) -> dict[str, bytes]:
     """The ``keys`` check; returns the revealed keys that match the logged commitments."""
@@ -284,7 +310,7 @@ def _check_keys(
 
     # The log's sealing keys: what the log says was destroyed is gone, and not too early.
     try:
-        present = set(keyring.sealing_key_ids())
+        present = sealing_present() if sealing_present is not None else None
     except (AttributeError, SampledrecError, OSError):
         present = None
     destroyed = 0
