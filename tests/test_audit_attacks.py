@@ -29,6 +29,7 @@ from unittest import mock
 import pytest
 
 from sampledrec import FixedClock, Store, draw
+from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.audit.verify import AuditReport, audit_verify
 from sampledrec.log.format import (
     T_KEY_COMMIT,
@@ -210,9 +211,29 @@ def case(honest: Honest, tmp_path: Path) -> Path:
     return tmp_path
 
 
+_VIA = ["store"]
+
+
+@pytest.fixture(autouse=True, params=["store", "kit"])
+def via(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs twice: the operator's own audit of the store, and an outsider's from
+    the auditor's kit (made after the cheating) with the store's recordings read-only."""
+    _VIA[0] = request.param
+    yield request.param
+    _VIA[0] = "store"
+
+
 def _audit(case: Path, **kw: Any) -> AuditReport:
     kw.setdefault("now", AUDIT_AT)
-    rep = audit_verify(case / "store", case / "revealed.json", **kw)
+    if _VIA[0] == "kit":
+        kit = case / f"kit-{len(list(case.glob('kit-*')))}"
+        write_kit(Store.open(case / "store"), kit, now=kw["now"])
+        rep = audit_kit(kit, recordings=case / "store", revealed_keys=case / "revealed.json", **kw)
+        # Nothing in the kit opens what the access/ keys seal, nor signs, nor unwraps.
+        kids = {k["kid"] for k in json.loads((kit / "sealing-keys.json").read_text())["keys"]}
+        assert all(k.startswith("calls/") for k in kids)
+    else:
+        rep = audit_verify(case / "store", case / "revealed.json", **kw)
     json.dumps(rep.to_json())  # what --json prints: every finding's evidence is JSON
     assert rep.to_text().splitlines()[-1] in ("AUDIT PASSED", "AUDIT FAILED")
     return rep
@@ -268,13 +289,8 @@ def _sealed_hash(case: Path, rid: str) -> str:
 # -- the honest store ----------------------------------------------------------------------------
 
 
-def test_an_honest_store_with_every_feature_passes_every_check(honest: Honest) -> None:
-    rep = audit_verify(
-        honest.base / "store",
-        honest.base / "revealed.json",
-        cdr=honest.base / "cdr.csv",
-        now=AUDIT_AT,
-    )
+def test_an_honest_store_with_every_feature_passes_every_check(honest: Honest, case: Path) -> None:
+    rep = _audit(case, cdr=honest.base / "cdr.csv")
     assert rep.ok and rep.verdict == "PASS", rep.to_text()
     doc = rep.to_json()
     assert doc["checks"] == dict.fromkeys(doc["checks"], "PASS")

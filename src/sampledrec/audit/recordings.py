@@ -96,6 +96,15 @@ def _month(moment: datetime) -> int:
     return moment.year * 12 + moment.month - 1
 
 
+def _in_period(time_us: int, period: tuple[str, str]) -> bool:
+    """Whether a time's UTC day is in a kit's period (first and last day included)."""
+    try:
+        day = from_micros(time_us).date().isoformat()
+    except (OverflowError, ValueError, OSError):
+        return False
+    return period[0] <= day <= period[1]
+
+
 def _month_text(month: int) -> str:
     return f"{month // 12:04d}-{month % 12 + 1:02d}-01"
 
@@ -305,7 +314,9 @@ def check_recordings(
                 rep.add("recordings", "recording_opened names no call reference", **where)
             else:
                 month = month_of_kid(rec.kid)
-                if month is not None and at_month < kept_until_month(month):
+                if ev.period is not None and not _in_period(rec.time_us, ev.period):
+                    checked["outside_period"] += 1
+                elif month is not None and at_month < kept_until_month(month):
                     rep.add(
                         "recordings",
                         f"the recording's call reference is unreadable (sealed under {rec.kid}) "

@@ -240,7 +240,7 @@ def audit_evidence(
     firsts = call_firsts(decisions)  # the first decision of each call
     is_first = counted_once(firsts)
     _check_decisions(rep, decisions, firsts, is_first, keys, policies)
-    _check_unverifiable(rep, decisions, keys, revealed, at)
+    _check_unverifiable(rep, decisions, keys, revealed, at, ev.period)
 
     # 4. time -----------------------------------------------------------------------------------
     check_time(rep, decisions, contents.others, logged_policies, simulated=logrep.simulated)
@@ -370,16 +370,25 @@ def _check_unverifiable(
     keys: dict[str, bytes],
     revealed: list[Any],
     at: datetime,
+    period: tuple[str, str] | None = None,
 ) -> None:
     """What should have been verified and could not be: an ended epoch with decisions whose
     key is not revealed (or does not match), and call references unreadable while they
-    should still be kept. Then the decisions check's verdict when it recomputed nothing."""
+    should still be kept. Then the decisions check's verdict when it recomputed nothing.
+
+    With a ``period`` (an auditor's kit limited to some days), decisions of epochs outside it
+    are not due: they are counted as outside the period."""
     n = len(d)
+    outside = np.zeros(len(d.epochs), dtype=bool)
+    if period is not None:
+        outside = np.asarray([not (period[0] <= e <= period[1]) for e in d.epochs], dtype=bool)
+        if n and outside.any():
+            rep.counts["decisions_outside_period"] = int(np.count_nonzero(outside[d.epoch]))
     revealed_ids = {k.epoch_id for k in revealed}
     counts = np.bincount(d.epoch, minlength=len(d.epochs)) if n else np.zeros(0, np.int64)
     at_us = to_micros(at)
     for code, epoch in enumerate(d.epochs):
-        if epoch in keys or not counts[code]:
+        if epoch in keys or not counts[code] or outside[code]:
             continue
         day = epoch_day(epoch)
         if day is None or (day + 1) * 86_400_000_000 > at_us:
@@ -404,7 +413,7 @@ def _check_unverifiable(
     # Call references unreadable while their sealing key (calls/YYYY-MM of the decision's
     # time) should still exist.
     if n:
-        gone = np.flatnonzero(d.ref_kind == 0)
+        gone = np.flatnonzero((d.ref_kind == 0) & ~outside[d.epoch])
         if gone.size:
             months = (
                 np.minimum(d.time_us[gone], np.uint64(2**62))
@@ -442,6 +451,8 @@ def _check_unverifiable(
         "not_yet_verifiable": rep.counts.get("decisions_not_yet_verifiable", 0),
         "not_recomputable": rep.counts.get("decisions_not_recomputable", 0),
     }
+    if period is not None:
+        rep.checked["decisions"]["outside_period"] = rep.counts.get("decisions_outside_period", 0)
     if recomputed:
         return
     if not n:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from datetime import date
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..errors import InvalidArgument
 from ._common import (
     CHECKPOINT_HELP,
     EXIT_FAILED,
@@ -25,11 +28,38 @@ def register(commands: Commands) -> None:
     asub = add_group(commands, "audit", "independent verification for an auditor or DPO")
     p = add_command(
         asub,
+        "kit",
+        cmd_audit_kit,
+        "write the auditor's kit: what an outsider needs to audit, without a private key",
+    )
+    p.add_argument("--out", required=True, help="a new folder to write the kit into")
+    p.add_argument("--from", dest="first_day", help="first UTC day of the period (YYYY-MM-DD)")
+    p.add_argument("--to", dest="last_day", help="last UTC day of the period (YYYY-MM-DD)")
+    add_at(p, "reveal the epochs ended by this time (ISO 8601; forward only)")
+    p = add_command(
+        asub,
         "verify",
         cmd_audit_verify,
         "verify the log, revealed keys, decisions, recordings, call records and rates",
+        store=False,
     )
-    p.add_argument("--revealed-keys", required=True, help="file written by 'keys reveal'")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--kit", help="the auditor's kit (written by 'audit kit')")
+    source.add_argument("--store", help="the store folder (the operator's own audit)")
+    p.add_argument(
+        "--revealed-keys",
+        help="file written by 'keys reveal' (required with --store; with --kit it replaces "
+        "the kit's own)",
+    )
+    p.add_argument(
+        "--recordings",
+        help="with --kit: the store (or its recordings folder), whose files are hashed read-only",
+    )
+    p.add_argument(
+        "--verifier-key",
+        help="with --kit: the log's verifier key as the operator gave it to you (text, or a "
+        "file holding it); default: the kit's own copy",
+    )
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--cdr", help="the carrier's call records (CSV, or Parquet with pyarrow)")
     add_at(p, "audit time for expiry checks (ISO 8601; forward only)")
@@ -61,15 +91,76 @@ def _audit(args: argparse.Namespace, store: Any, **kw: Any) -> Any:
 
 
 def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
-    store = open_store(args.store)
-    report = _audit(
-        args,
-        store,
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        cdr=Path(args.cdr) if args.cdr else None,
-    )
+    kw: dict[str, Any] = {
+        "checkpoint": Path(args.checkpoint) if args.checkpoint else None,
+        "cdr": Path(args.cdr) if args.cdr else None,
+    }
+    if args.kit is None:
+        if args.revealed_keys is None:
+            raise InvalidArgument(
+                "--revealed-keys is required with --store (the file written by 'keys reveal')"
+            )
+        if args.recordings is not None or args.verifier_key is not None:
+            raise InvalidArgument("--recordings and --verifier-key go with --kit, not --store")
+        report = _audit(args, open_store(args.store), **kw)
+    else:
+        report = _audit_kit(args, **kw)
     emit(args, report.to_json(), report.to_text(), out)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _audit_kit(args: argparse.Namespace, **kw: Any) -> Any:
+    from ..audit.kit import audit_kit
+
+    vkey = args.verifier_key
+    if vkey is not None and Path(vkey).is_file():
+        vkey = Path(vkey).read_text(encoding="utf-8").strip()
+    log = Path(args.kit) / "log"
+    size = sum(p.stat().st_size for p in log.glob("seg-*")) if log.is_dir() else 0
+    with Progress(2 * size, "auditing") as bar:
+        return audit_kit(
+            args.kit,
+            recordings=args.recordings,
+            verifier_key=vkey,
+            revealed_keys=args.revealed_keys,
+            progress=bar.advance,
+            now=at_time(args),
+            **kw,
+        )
+
+
+def cmd_audit_kit(args: argparse.Namespace, out: TextIO) -> int:
+    from ..audit.kit import write_kit
+
+    store = open_store(args.store)
+    days = []
+    for name, text in (("--from", args.first_day), ("--to", args.last_day)):
+        try:
+            days.append(None if text is None else date.fromisoformat(text))
+        except ValueError:
+            raise InvalidArgument(f"{name} {text!r} is not a day; write it as YYYY-MM-DD") from None
+    now = at_time(args, store)
+    with Progress(store.log_storage.size(), "writing the kit") as bar:
+        manifest = write_kit(
+            store, args.out, now=now, first_day=days[0], last_day=days[1], progress=bar.advance
+        )
+    revealed = json.loads((Path(args.out) / "revealed-keys.json").read_bytes())["epochs"]
+    emit(
+        args,
+        {
+            "out": args.out,
+            "files": len(manifest["files"]),
+            "epochs_revealed": len(revealed),
+            "period": manifest["period"],
+            "simulated": store.simulated,
+        },
+        f"Wrote the auditor's kit to {args.out}: {len(manifest['files'])} files, "
+        f"{len(revealed)} epoch keys revealed"
+        + (", SIMULATED store" if store.simulated else "")
+        + f". Give it to the auditor with the verifier key:\n  {store.vkey}",
+        out,
+    )
+    return EXIT_OK
 
 
 def cmd_audit_report(args: argparse.Namespace, out: TextIO) -> int:

@@ -138,6 +138,10 @@ class ObjectionList:
     def __len__(self) -> int:
         return len(self._items)
 
+    def pseudonyms(self) -> frozenset[str]:
+        """Every caller on the list, as their pseudonyms (what an auditor's kit carries)."""
+        return frozenset(self._items)
+
     def pseudonym(self, number: str) -> str:
         return caller_pseudonym(self._key, number, region=self.region)
 
