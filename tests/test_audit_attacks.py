@@ -32,10 +32,12 @@ from sampledrec import FixedClock, Store, draw
 from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.audit.verify import AuditReport, audit_verify
 from sampledrec.log.format import (
+    T_HOLD,
     T_KEY_COMMIT,
     T_KEY_DESTROYED,
     T_RECORDING_ABORTED,
     T_RECORDING_SEALED,
+    hold_recording_ids,
 )
 from sampledrec.log.writer import DecisionLog, iter_entries
 from sampledrec.retention.subjects import IdentityCheck, SubjectRequests
@@ -633,3 +635,42 @@ def test_a_sealing_key_logged_destroyed_but_kept(case: Path) -> None:
     assert isinstance(bad["index"], int)
     (early,) = _found(rep, "keys", "access details sealed under access/2026-03 were shredded")
     assert early["evidence"]["kept_until"] == "2027-04-01"
+
+
+def test_a_hold_released_in_the_log_that_was_never_placed(case: Path) -> None:
+    with operator(case) as op:
+        op.wait(
+            op.log.append(
+                T_HOLD,
+                {"hold_id": "ghost", "action": "released", "recordings": 0, "recording_ids": "[]"},
+            )
+        )
+    rep = _audit(case)
+    (bad,) = _found(rep, "recordings", "hold ghost is released in the log, which never")
+    assert bad["evidence"] == {"hold_id": "ghost"}
+
+
+def test_a_release_that_names_other_recordings_than_the_hold_kept(
+    honest: Honest, case: Path
+) -> None:
+    """The operator places a hold on one recording, then logs its release naming another (to
+    account for a recording it had slipped into the hold in the catalog)."""
+    with operator(case) as op:
+        hold = Retention(op.vault, clock=op.clock).hold(
+            [honest.live[0]], reason="case 12", until=None, principal=DPO
+        )
+        op.wait(
+            op.log.append(
+                T_HOLD,
+                {
+                    "hold_id": hold.hold_id,
+                    "action": "released",
+                    "recordings": 2,
+                    "recording_ids": hold_recording_ids(honest.live[:2]),
+                },
+            )
+        )
+    rep = _audit(case)
+    (bad,) = _found(rep, "recordings", "released entry names other recordings")
+    assert bad["evidence"]["not_placed"] == [honest.live[1]]
+    assert bad["evidence"]["not_released"] == []

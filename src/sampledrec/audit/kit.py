@@ -289,13 +289,11 @@ def _recordings_doc(store: Any, progress: Callable[[int], None] | None) -> dict[
 # -- reading -------------------------------------------------------------------------------------
 
 
-class _Bad(Exception):
-    """A kit file of the wrong shape (turned into a StoreError naming the file)."""
-
-
 def _need(cond: bool, what: str) -> None:
+    """A kit file of the wrong shape: a ValueError, which :func:`open_kit` turns into a
+    StoreError naming the file."""
     if not cond:
-        raise _Bad(what)
+        raise ValueError(what)
 
 
 def _obj(value: Any, what: str) -> dict[str, Any]:
@@ -441,13 +439,13 @@ def open_kit(
         try:
             origin, public_key = parse_vkey(pinned)
         except (SampledrecError, ValueError) as exc:
-            raise _Bad(f"not a verifier key: {exc}") from None
+            raise ValueError(f"not a verifier key: {exc}") from None
 
         current = "revealed-keys.json"
         try:
             revealed = parse_revealed_keys((root / current).read_bytes(), current)
         except InvalidArgument as exc:
-            raise _Bad(str(exc).removeprefix(current + ": ")) from None
+            raise ValueError(str(exc).removeprefix(current + ": ")) from None
 
         current = "sealing-keys.json"
         doc = _obj(_load(root / current), current)
@@ -474,7 +472,7 @@ def open_kit(
 
         current = "recordings.json"
         cat, wrapped, held, blob_list = _read_recordings(_obj(_load(root / current), current))
-    except _Bad as exc:
+    except ValueError as exc:
         raise StoreError(f"{root / current}: {exc}; ask the operator for a new kit") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StoreError(
@@ -532,7 +530,7 @@ def _period(value: Any) -> tuple[str, str] | None:
         try:
             ends.append(date.fromisoformat(_str(day, f"period.{end}")).isoformat())
         except ValueError:
-            raise _Bad(f"period.{end} must be a day, YYYY-MM-DD") from None
+            raise ValueError(f"period.{end} must be a day, YYYY-MM-DD") from None
     return ends[0], ends[1]
 
 
@@ -559,7 +557,9 @@ def _check_files(root: Path, listed: dict[str, Any]) -> None:
                         size += len(chunk)
                 digest = h.hexdigest()
         except FileNotFoundError:
-            raise _Bad(f"the kit has no {name}, which it lists: the kit is incomplete") from None
+            raise ValueError(
+                f"the kit has no {name}, which it lists: the kit is incomplete"
+            ) from None
         _need(
             digest == info["sha256"] and size == info["bytes"],
             f"{name} is not the file the kit lists (SHA-256 or size differs): the kit is damaged",
@@ -578,7 +578,7 @@ def _load(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
     except (ValueError, RecursionError) as exc:
-        raise _Bad(f"not JSON ({str(exc)[:100]})") from None
+        raise ValueError(f"not JSON ({str(exc)[:100]})") from None
 
 
 def _read_recordings(

@@ -130,6 +130,37 @@ class _Logged:
     file: str | None = None
 
 
+def _check_release(
+    rep: AuditReport, facts: _LogFacts, hold_id: str, index: int, logged: Any
+) -> None:
+    """A ``released`` entry names every recording the hold kept: those its ``placed`` entry
+    named (the catalog's members when it was released, which only placing adds)."""
+    if hold_id not in facts.holds_placed:
+        rep.add(
+            "recordings",
+            f"hold {hold_id} is released in the log, which never recorded it placed",
+            index=index,
+            evidence={"hold_id": hold_id},
+        )
+        return
+    placed = facts.hold_names.get(hold_id)
+    released = parse_hold_recording_ids(logged)
+    if placed is None or released is None:
+        return  # logged before entries named recordings: counted only
+    if set(released) != placed:
+        rep.add(
+            "recordings",
+            f"hold {hold_id}'s released entry names other recordings than its placed entry",
+            index=index,
+            evidence={
+                "hold_id": hold_id,
+                "placed_index": facts.holds_placed[hold_id][0],
+                "not_placed": sorted(set(released) - placed)[:20],
+                "not_released": sorted(placed - set(released))[:20],
+            },
+        )
+
+
 @dataclass
 class _LogFacts:
     opened: dict[str, _Logged] = field(default_factory=dict)
@@ -234,7 +265,10 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
                     names = []
                 facts.hold_names[hold_id] = None if names is None else frozenset(names)
             elif fl.get("action") == "released":
-                facts.holds_released.setdefault(hold_id, e.index)
+                if hold_id in facts.holds_released:
+                    continue
+                facts.holds_released[hold_id] = e.index
+                _check_release(rep, facts, hold_id, e.index, fl.get("recording_ids"))
     return facts
 
 
