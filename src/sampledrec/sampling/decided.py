@@ -11,7 +11,8 @@ bytes: the audit tells ``"c1"`` from ``b"c1"``) and its full AES-CMAC tag under 
 (the draw is bytes 1 to 7 of the name). Without the epoch key that says nothing about the call
 reference, which is never kept. The index keeps what a repeat needs to answer like the first
 decision: reason, rule (with its purpose, rate and threshold), policy version, the caller's
-pseudonym, the time, and whether its log entry is known to be durable.
+pseudonym, the time, the attributes its rule was chosen by (to log an identical copy), and
+whether its log entry is known to be durable.
 
 - :class:`SqliteDecidedCalls` (``STORE/decided.sqlite``; what a store's logged sampler uses):
   one small SQLite write per new call, committed before the decision is returned (see the class
@@ -55,6 +56,9 @@ class FirstDecision(NamedTuple):
     ``call`` is the reference's kind and full CMAC tag (module docstring). ``logged`` says that
     its decision entry is known to be durable in the log (at ``log_index`` when known): a
     sampler in another process can then answer a repeat without logging anything.
+    ``attributes`` is what the decision logged of the call's attributes
+    (:meth:`~sampledrec.sampling.policy.Policy.attributes_json`), so that a copy of its entry
+    logs the same.
     """
 
     epoch_id: str
@@ -69,6 +73,7 @@ class FirstDecision(NamedTuple):
     decided_at: datetime
     logged: bool = False
     log_index: int | None = None
+    attributes: str | None = None
 
     @property
     def draw(self) -> int:
@@ -172,6 +177,7 @@ CREATE TABLE IF NOT EXISTS decided_calls (
     decided_at INTEGER NOT NULL,
     logged INTEGER NOT NULL DEFAULT 0,
     log_index INTEGER,
+    attributes TEXT,
     PRIMARY KEY (epoch_id, call)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
@@ -182,16 +188,17 @@ CREATE TABLE IF NOT EXISTS meta (
 
 _INSERT: Final = (
     "INSERT OR IGNORE INTO decided_calls (epoch_id, call, reason, rule_id, caller_pseudonym, "
-    "decided_at, logged, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "decided_at, logged, log_index, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REPLAY: Final = (
     "INSERT INTO decided_calls (epoch_id, call, reason, rule_id, caller_pseudonym, decided_at, "
-    "logged, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (epoch_id, call) DO UPDATE "
-    "SET logged = 1, log_index = coalesce(log_index, excluded.log_index)"
+    "logged, log_index, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+    "(epoch_id, call) DO UPDATE SET logged = 1, log_index = coalesce(log_index, "
+    "excluded.log_index)"
 )
 _SELECT: Final = (
     "SELECT c.reason, r.rule, r.purpose, r.rate, r.policy_version, r.threshold, "
-    "c.caller_pseudonym, c.decided_at, c.logged, c.log_index FROM decided_calls c "
+    "c.caller_pseudonym, c.decided_at, c.logged, c.log_index, c.attributes FROM decided_calls c "
     "JOIN decided_rules r ON r.id = c.rule_id WHERE c.epoch_id = ? AND c.call = ?"
 )
 
@@ -228,6 +235,7 @@ class SqliteDecidedCalls:
         self._last_at: tuple[datetime | None, int] = (None, 0)
         try:
             self._db.executescript(_SCHEMA)
+            self._add_attributes_column()
             row = self._db.execute("SELECT value FROM meta WHERE name = 'boot_id'").fetchone()
             #: Written in an earlier boot (or never): commits may have been lost since.
             self.unclean = self._boot is not None and (row is None or row[0] != self._boot)
@@ -239,6 +247,23 @@ class SqliteDecidedCalls:
                 f"{self.path}: cannot open the decided-calls index ({exc}); check that the "
                 "store folder is writable by this user"
             ) from None
+
+    def _add_attributes_column(self) -> None:
+        """An index from before decisions logged their attributes gets the column (another
+        process opening it at the same moment may add it first)."""
+
+        def has_it() -> bool:
+            return any(
+                c[1] == "attributes" for c in self._db.execute("PRAGMA table_info(decided_calls)")
+            )
+
+        if has_it():
+            return
+        try:
+            self._db.execute("ALTER TABLE decided_calls ADD COLUMN attributes TEXT")
+        except sqlite3.OperationalError:
+            if not has_it():
+                raise
 
     def _failed(self, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"{self.path}: the decided-calls index failed ({exc})")
@@ -286,6 +311,7 @@ class SqliteDecidedCalls:
             self._last_at[1],
             int(d.logged),
             d.log_index,
+            d.attributes,
         )
 
     def remember(self, decisions: Sequence[FirstDecision]) -> list[FirstDecision | None]:
@@ -319,7 +345,7 @@ class SqliteDecidedCalls:
         found = self._db.execute(_SELECT, (epoch_id, call)).fetchone()
         if found is None:
             return None
-        reason, rule, purpose, rate, version, threshold, pseudonym, at, logged, index = found
+        reason, rule, purpose, rate, version, threshold, pseudonym, at, logged, index, attrs = found
         return FirstDecision(
             epoch_id,
             call,
@@ -333,6 +359,7 @@ class SqliteDecidedCalls:
             _EPOCH_US + at * _US,
             bool(logged),
             index,
+            attrs,
         )
 
     def get(self, epoch_id: str, call: bytes) -> FirstDecision | None:
