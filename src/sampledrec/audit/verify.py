@@ -71,6 +71,7 @@ from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport
 from .logview import InOrderLog
 from .recordings import check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
+from .rules import check_cap_reached, check_rules
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
 from .timeline import MAX_TIME_US, LoggedPolicy, check_time, epoch_day
 
@@ -226,7 +227,7 @@ def audit_verify(
     # 6. cdr ------------------------------------------------------------------------------------
     if cdr is not None:
         rep.ran.add("cdr")
-        check_cdr(rep, decisions, cdr_rows)
+        check_cdr(rep, decisions, cdr_rows, policies, is_first)
     else:
         rep.skip("cdr", "no carrier call records given (--cdr)")
 
@@ -416,6 +417,12 @@ def _check_unverifiable(
         "not_yet_verifiable": rep.counts.get("decisions_not_yet_verifiable", 0),
         "not_recomputable": rep.counts.get("decisions_not_recomputable", 0),
     }
+    for name, what in (
+        ("decisions_rules_recomputed", "rules_recomputed"),
+        ("decisions_cap_reached_replayed", "caps_reached_replayed"),
+    ):
+        if rep.counts.get(name):
+            rep.checked["decisions"][what] = rep.counts[name]
     if recomputed:
         return
     if not n:
@@ -597,7 +604,9 @@ def _check_decisions(
             if wrong is not None:
                 rep.add("decisions", wrong, evidence=ev, **where)
     rep.counts["decisions_recomputed"] = recomputed
+    check_rules(rep, d, found, which, policies)
     _check_caps(rep, d, is_first, found, which)
+    check_cap_reached(rep, d, is_first, found, which)
 
 
 def _check_caps(
