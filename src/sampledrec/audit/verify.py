@@ -11,9 +11,10 @@ id, the call reference, the epoch):
   retention ended;
 - ``decisions``: every decision of a revealed epoch is recomputed (the draw with
   :func:`~sampledrec.sampling.draw_many`, the threshold from the policy version logged before
-  it, the reason, the per-agent caps replayed in log order); an ended epoch with decisions and
-  no revealed key, and call references unreadable while they should still be kept, are
-  findings;
+  it, the reason, the per-agent caps replayed in log order); every decision's rule recomputed
+  from the attributes it logged, every ``cap_reached`` replayed, and no capped rule without an
+  agent (:mod:`sampledrec.audit.rules`); an ended epoch with decisions and no revealed key, and
+  call references unreadable while they should still be kept, are findings;
 - ``time``: entry times in order, each decision in the epoch of its UTC day, keys committed a
   bounded time ahead, the policy in force, one epoch per reference
   (:mod:`sampledrec.audit.timeline`);
@@ -22,7 +23,8 @@ id, the call reference, the epoch):
   (:mod:`sampledrec.audit.recordings`);
 - ``cdr``: with the carrier's call records, completeness both ways (references matched by exact
   bytes and kind), no carrier call decided under two references (a re-roll), each call's
-  start time in its decision's epoch (:mod:`sampledrec.audit.cdr`);
+  start time in its decision's epoch, the carrier's attribute columns against the logged
+  attributes (:mod:`sampledrec.audit.cdr`);
 - ``statistics``: declared vs realised rates per rule and per (rule, agent), exact
   Clopper-Pearson intervals and two-sided exact binomial tests with Holm's correction. A group
   fails when its Holm-adjusted p-value is below :data:`STAT_ALPHA` (0.001): a strict threshold,

@@ -18,11 +18,15 @@ the audit counts once).
 Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
 order, so an auditor can replay them from the log. The counts are kept by a
 :class:`~sampledrec.sampling.caps.CapLedger`: the store's (shared by every sampler of the store,
-in any process) or, for a bare sampler, this process's memory. A repeat never counts again.
+in any process) or, for a bare sampler, this process's memory. A repeat never counts again. A
+new call that a capped rule matches and that names no agent is refused (``InvalidArgument``):
+nobody could count it, and the audit could not tell it from an agent left out on purpose
+(docs/decisions/0017-rules-replayable.md); an objection needs no count and is answered.
 
 Every decision is handed to the sampler's ``log``, a
 :class:`~sampledrec.sampling.record.DecisionSink`, as a
-:class:`~sampledrec.sampling.record.DecisionRecord`.
+:class:`~sampledrec.sampling.record.DecisionRecord`, with the call's attributes that the rules
+match on (:meth:`Policy.attributes_json`), from which an auditor recomputes the rule.
 """
 
 from __future__ import annotations
@@ -437,7 +441,9 @@ class Sampler:
         attributes) or warned about (:meth:`Policy.check_attributes`).
 
         A call already decided in the epoch gets its first decision again, with ``repeat``
-        true (see :class:`Decision`): nothing is counted or, usually, logged again.
+        true (see :class:`Decision`): nothing is counted or, usually, logged again. A new call
+        that a rule with a per-agent cap matches must carry the agent attribute, or object:
+        otherwise it is refused with :class:`~sampledrec.errors.InvalidArgument`.
         """
         # This is the per-call hot path: a few inlined steps instead of helper calls.
         if call_ref.__class__ is str:
