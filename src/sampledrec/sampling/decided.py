@@ -177,9 +177,13 @@ CREATE TABLE IF NOT EXISTS decided_calls (
     decided_at INTEGER NOT NULL,
     logged INTEGER NOT NULL DEFAULT 0,
     log_index INTEGER,
-    attributes TEXT,
+    attributes_id INTEGER,
     PRIMARY KEY (epoch_id, call)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decided_attributes (
+    id INTEGER PRIMARY KEY,
+    attributes TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -188,18 +192,19 @@ CREATE TABLE IF NOT EXISTS meta (
 
 _INSERT: Final = (
     "INSERT OR IGNORE INTO decided_calls (epoch_id, call, reason, rule_id, caller_pseudonym, "
-    "decided_at, logged, log_index, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "decided_at, logged, log_index, attributes_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REPLAY: Final = (
     "INSERT INTO decided_calls (epoch_id, call, reason, rule_id, caller_pseudonym, decided_at, "
-    "logged, log_index, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+    "logged, log_index, attributes_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
     "(epoch_id, call) DO UPDATE SET logged = 1, log_index = coalesce(log_index, "
     "excluded.log_index)"
 )
 _SELECT: Final = (
     "SELECT c.reason, r.rule, r.purpose, r.rate, r.policy_version, r.threshold, "
-    "c.caller_pseudonym, c.decided_at, c.logged, c.log_index, c.attributes FROM decided_calls c "
-    "JOIN decided_rules r ON r.id = c.rule_id WHERE c.epoch_id = ? AND c.call = ?"
+    "c.caller_pseudonym, c.decided_at, c.logged, c.log_index, a.attributes FROM decided_calls c "
+    "JOIN decided_rules r ON r.id = c.rule_id LEFT JOIN decided_attributes a "
+    "ON a.id = c.attributes_id WHERE c.epoch_id = ? AND c.call = ?"
 )
 
 
@@ -232,6 +237,7 @@ class SqliteDecidedCalls:
         )
         self._lock = threading.Lock()
         self._rule_ids: dict[tuple[str, str], int] = {}
+        self._attributes_ids: dict[str, int] = {}
         self._last_at: tuple[datetime | None, int] = (None, 0)
         try:
             self._db.executescript(_SCHEMA)
@@ -254,13 +260,14 @@ class SqliteDecidedCalls:
 
         def has_it() -> bool:
             return any(
-                c[1] == "attributes" for c in self._db.execute("PRAGMA table_info(decided_calls)")
+                c[1] == "attributes_id"
+                for c in self._db.execute("PRAGMA table_info(decided_calls)")
             )
 
         if has_it():
             return
         try:
-            self._db.execute("ALTER TABLE decided_calls ADD COLUMN attributes TEXT")
+            self._db.execute("ALTER TABLE decided_calls ADD COLUMN attributes_id INTEGER")
         except sqlite3.OperationalError:
             if not has_it():
                 raise
@@ -298,6 +305,22 @@ class SqliteDecidedCalls:
             self._rule_ids[key] = found
         return found
 
+    def _attributes_id(self, text: str) -> int:
+        """The id of a distinct attributes text (a few per policy: kept once, not per call)."""
+        found = self._attributes_ids.get(text)
+        if found is None:
+            db = self._db
+            db.execute("INSERT OR IGNORE INTO decided_attributes (attributes) VALUES (?)", (text,))
+            found = int(
+                db.execute(
+                    "SELECT id FROM decided_attributes WHERE attributes = ?", (text,)
+                ).fetchone()[0]
+            )
+            if len(self._attributes_ids) >= 4096:
+                self._attributes_ids.clear()
+            self._attributes_ids[text] = found
+        return found
+
     def _row(self, d: FirstDecision) -> tuple[object, ...]:
         at = d.decided_at
         if at is not self._last_at[0]:  # a batch's decisions share one time: computed once
@@ -311,7 +334,7 @@ class SqliteDecidedCalls:
             self._last_at[1],
             int(d.logged),
             d.log_index,
-            d.attributes,
+            None if d.attributes is None else self._attributes_id(d.attributes),
         )
 
     def remember(self, decisions: Sequence[FirstDecision]) -> list[FirstDecision | None]:

@@ -51,7 +51,7 @@ import json
 import re
 import tomllib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
@@ -400,17 +400,49 @@ class Policy:
         >>> policy.attributes_json({"vip": True, "queue": "sales", "agent": "a7"})
         '{"queue":"sales","vip":"true"}'
         """
-        return self.attributes_json_of(tuple(map(attrs.get, self.rule_attributes)))
+        # On the per-call hot path: a cached text costs one lookup.
+        known = self.__dict__.get("_attributes_json")
+        values = tuple(
+            map(attrs.get, self.__dict__.get("_rule_attributes") or self.rule_attributes)
+        )
+        if known is not None:
+            try:
+                found = known.get(values)
+            except TypeError:  # a value that cannot be hashed
+                found = None
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return self.attributes_json_of(values)
+
+    def attributes_json_rows(self, columns: Mapping[str, Sequence[object]], n: int) -> list[str]:
+        """:meth:`attributes_json` of ``n`` calls given as attribute columns (one value per
+        call, ``None`` where a call lacks it; a column not given: no call has it)."""
+        names = self.rule_attributes
+        if not names:
+            return [self.attributes_json_of(())] * n
+        missing = [None] * n
+        rows = list(zip(*(columns.get(a, missing) for a in names), strict=True))
+        known, of = self._attributes_cache().get, self.attributes_json_of
+        try:  # texts seen before (the usual case) cost one lookup
+            return [known(values) or of(values) for values in rows]
+        except TypeError:  # a value that cannot be hashed
+            return [of(values) for values in rows]
+
+    def _attributes_cache(self) -> dict[tuple[object, ...], str]:
+        cache: dict[tuple[object, ...], str] | None = self.__dict__.get("_attributes_json")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_attributes_json", cache)
+        return cache
 
     def attributes_json_of(self, values: tuple[object, ...]) -> str:
         """:meth:`attributes_json` of a call whose :attr:`rule_attributes` have ``values``
         (in that order, ``None`` where the call lacks one)."""
         # On the per-call hot path: the values, as given, key a cache of the texts.
         names = self.rule_attributes
-        cache: dict[tuple[object, ...], str] | None = self.__dict__.get("_attributes_cache")
+        cache = self.__dict__.get("_attributes_json")
         if cache is None:
-            cache = {}
-            object.__setattr__(self, "_attributes_cache", cache)
+            cache = self._attributes_cache()
         try:
             found = cache.get(values)
         except TypeError:  # a value that cannot be hashed: no cache

@@ -640,7 +640,9 @@ class Sampler:
             rule.threshold,
             pseudonym,
             now,
-            attributes=attributes,
+            False,
+            None,
+            attributes,
         )
         # Durable in the index before the decision is returned or logged: a crash in between
         # leaves a first decision that a retry will repeat (and log, if it may be recorded).
@@ -997,7 +999,7 @@ class Sampler:
         capped_rules = [i for i, r in enumerate(rules) if r.has_cap]
         decided = self._decided
         # What the log keeps of each call's attributes (and the index, for copies of entries).
-        attributes: list[str | None] = (
+        attributes: Sequence[str | None] = (
             _attributes_rows(policy, columns, n)
             if self._append is not None or decided is not None
             else [None] * n
@@ -1112,7 +1114,9 @@ class Sampler:
                         int(thresholds[i]),
                         None,
                         now,
-                        attributes=attributes[i],
+                        False,
+                        None,
+                        attributes[i],
                     )
                     for i in fresh
                 ]
@@ -1190,7 +1194,7 @@ class Sampler:
         key: EpochKey,
         now: datetime,
         policy: Policy,
-        attributes: list[str | None],
+        attributes: Sequence[str | None],
     ) -> list[int]:
         """Log the decisions of ``rows``, in order; their tickets."""
         append = self._append
@@ -1233,16 +1237,10 @@ def _no_agent(policy: Policy, rule: Rule) -> str:
     )
 
 
-def _attributes_rows(
-    policy: Policy, columns: Mapping[str, npt.NDArray[Any]], n: int
-) -> list[str | None]:
+def _attributes_rows(policy: Policy, columns: Mapping[str, npt.NDArray[Any]], n: int) -> list[str]:
     """:meth:`Policy.attributes_json` of each call of a batch (``columns``: attribute texts)."""
-    names = policy.rule_attributes
-    if not names:
-        return [policy.attributes_json_of(())] * n
-    cols = [columns[a].tolist() if a in columns else [None] * n for a in names]
-    of = policy.attributes_json_of
-    return [of(values) for values in zip(*cols, strict=True)]
+    wanted = {a: columns[a].tolist() for a in policy.rule_attributes if a in columns}
+    return policy.attributes_json_rows(wanted, n)
 
 
 def _call_of(name: bytes) -> bytes:
