@@ -37,12 +37,25 @@ from ..sampling.record import REASONS
 from .findings import AuditReport
 from .timeline import MAX_TIME_US, TIME_SLACK
 
-__all__ = ["check_cap_reached", "check_rules", "parse_attributes"]
+__all__ = ["check_cap_reached", "check_rules", "compact", "parse_attributes"]
 
 _SAMPLED, _NOT_SAMPLED, _OBJECTION, _CAP = range(4)
 _DAY_US: Final = 86_400_000_000
 _SLACK_US: Final = int(TIME_SLACK.total_seconds()) * 1_000_000
 _PERIODS: Final = (("max_per_agent_per_day", 0), ("max_per_agent_per_week", 1))
+
+
+def compact(keys: I64, space: int) -> tuple[I64, I64]:
+    """``(values, codes)``: the distinct values of ``keys`` (integers from 0 to ``space - 1``),
+    ascending, and each key's index among them. Counting into a table when the space is small
+    (the usual case: a few rules, thresholds, agents, attribute sets), sorting otherwise."""
+    if space <= 4 * keys.size + 1024:
+        present = np.bincount(keys, minlength=space) > 0
+        values = np.flatnonzero(present)
+        lut = np.cumsum(present) - 1
+        return values, lut[keys]
+    values, codes = np.unique(keys, return_inverse=True)
+    return values, codes.ravel()
 
 
 def parse_attributes(text: str) -> dict[str, str] | None:
@@ -85,21 +98,18 @@ def check_rules(
     status = np.asarray([f.status for f in found], dtype=np.int8)[which]
     readable = d.ref_kind > 0  # the sealed fields were opened: absent means absent
     has = d.attributes >= 0
-    logged = np.flatnonzero(has)
     # From the first decision that logs its attributes, every decision logs them: a sampler
     # that writes them never stops (upgrade every process of a store together).
-    since = int(logged[0]) if logged.size else n
-    before = readable.copy()
-    before[since:] = False
-    rep.counts["decisions_without_attributes"] = int(np.count_nonzero(before))
-    if before.any():
+    since = int(np.argmax(has)) if has.any() else n
+    before = int(np.count_nonzero(readable[:since]))
+    rep.counts["decisions_without_attributes"] = before
+    if before:
         rep.notes.append(
-            f"{int(np.count_nonzero(before)):,} decisions were logged before decisions logged "
-            "the attributes their rule matched on: their rules were not recomputed"
-            + ("" if logged.size else " (no decision of this log logs them)")
+            f"{before:,} decisions were logged before decisions logged the attributes their "
+            "rule matched on: their rules were not recomputed"
+            + ("" if since < n else " (no decision of this log logs them)")
         )
-    missing = np.flatnonzero(readable & ~has)
-    missing = missing[missing >= since]
+    missing = np.flatnonzero(readable[since:] & ~has[since:]) + since
     rep.add_listed(
         "decisions",
         [
@@ -114,13 +124,18 @@ def check_rules(
     )
 
     # The rule of each distinct (policy version, attributes), recomputed.
-    rows = np.flatnonzero(has & (status == 0))
+    on = has & (status == 0)
+    every = bool(on.all())  # the usual case: no copies of the columns
+    rows = np.arange(n) if every else np.flatnonzero(on)
+
+    def take(column: Any) -> Any:
+        return column if every else column[rows]
+
     recomputed = 0
     if rows.size:
         width = len(d.attribute_sets)
-        pair = d.version[rows].astype(np.int64) * width + d.attributes[rows]
-        pairs, code = np.unique(pair, return_inverse=True)
-        code = code.ravel()
+        pair = take(d.version).astype(np.int64) * width + take(d.attributes)
+        pairs, code = compact(pair, len(d.versions) * width)
         rule_codes = {name: c for c, name in enumerate(d.rules)}
         expected = np.full(pairs.size, -1, dtype=np.int64)  # -1: unreadable, -2: another rule
         names: list[str | None] = []
@@ -151,7 +166,7 @@ def check_rules(
             ],
             "decisions whose attributes cannot be read",
         )
-        wrong = np.flatnonzero(~bad_text & (got != d.rule[rows]))
+        wrong = np.flatnonzero(~bad_text & (got != take(d.rule)))
         rep.add_listed(
             "decisions",
             [

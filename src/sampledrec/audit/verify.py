@@ -74,6 +74,7 @@ from .logview import InOrderLog
 from .recordings import check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
 from .rules import check_cap_reached, check_rules
+from .rules import compact as _compact
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
 from .timeline import MAX_TIME_US, LoggedPolicy, check_time, epoch_day
 
@@ -452,19 +453,6 @@ class _RuleInForce:
 
     status: int
     rule: Any = None
-
-
-def _compact(keys: I64, space: int) -> tuple[I64, I64]:
-    """``(values, codes)``: the distinct values of ``keys`` (integers from 0 to ``space - 1``),
-    ascending, and each key's index among them. Counting into a table when the space is small
-    (the usual case: a few rules, thresholds, agents), sorting otherwise."""
-    if space <= 4 * keys.size + 1024:
-        present = np.bincount(keys, minlength=space) > 0
-        values = np.flatnonzero(present)
-        lut = np.cumsum(present) - 1
-        return values, lut[keys]
-    values, codes = np.unique(keys, return_inverse=True)
-    return values, codes.ravel()
 
 
 def _rules_in_force(d: Decisions, policies: dict[bytes, Any]) -> tuple[list[_RuleInForce], I64]:
