@@ -373,6 +373,15 @@ def test_a_capped_rule_decided_without_the_agent(case: Path) -> None:
     }
     (capped,) = _found(rep, "decisions", "logged as cap reached without an agent")
     assert capped["index"] == nameless
+    # With the carrier's records, which name the agent who took the call:
+    with open(case / "cdr.csv", "a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerow(
+            [record.call_ref, OPERATOR_AT.isoformat(), "b0", "", "inbound", "sales", ""]
+        )
+    rep = _audit(case, cdr=case / "cdr.csv")
+    (agent,) = _found(rep, "cdr", "give another 'agent'")
+    assert agent["index"] == index and agent["evidence"]["logged"] is None
+    assert agent["evidence"]["carrier"] == "b0"
 
 
 # -- the carrier's call records ------------------------------------------------------------------
@@ -389,16 +398,21 @@ def test_attributes_that_disagree_with_the_carriers_call_records(case: Path) -> 
     with open(case / "cdr.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     rows.append(["cheat-1", OPERATOR_AT.isoformat(), *(truth.get(a, "") for a in ATTRIBUTES), ""])
+    # and an honest call of agent a0 that the carrier gives to a9 (line 2: d1-000)
+    assert rows[1][0] == "d1-000" and rows[1][2] == "a0"
+    rows[1][2] = "a9"
     with open(case / "cdr.csv", "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows(rows)
     rep = _audit(case, cdr=case / "cdr.csv")
     assert rep.status("cdr") == "FAIL"
     found = {
-        f["evidence"]["attribute"]: f
+        (f["call_ref"], f["evidence"]["attribute"]): f
         for f in _found(rep, "cdr", "the carrier's call records give another")
     }
-    assert set(found) == {"queue", "direction", "agent"}
-    queue = found["queue"]
+    # Not the agent of cheat-1: a call of an uncapped rule may be decided before its agent is
+    # known. The attributes that chose its rule are compared.
+    assert set(found) == {("cheat-1", "queue"), ("cheat-1", "direction"), ("d1-000", "agent")}
+    queue = found[("cheat-1", "queue")]
     assert queue["call_ref"] == "cheat-1" and queue["epoch_id"] == "2026-03-06"
     assert queue["evidence"] == {
         "attribute": "queue",
@@ -407,6 +421,12 @@ def test_attributes_that_disagree_with_the_carriers_call_records(case: Path) -> 
         "rule": "default",
         "cdr_row": len(rows),
     }
-    assert found["agent"]["evidence"]["logged"] is None
-    assert found["agent"]["evidence"]["carrier"] == "a0"
-    assert found["direction"]["evidence"]["logged"] is None
+    assert found[("cheat-1", "direction")]["evidence"]["logged"] is None
+    agent = found[("d1-000", "agent")]
+    assert agent["evidence"] == {
+        "attribute": "agent",
+        "logged": "a0",
+        "carrier": "a9",
+        "rule": "outbound_sales",
+        "cdr_row": 2,
+    }

@@ -447,20 +447,39 @@ def _check_attributes(
     pairs, pair_of = np.unique(version * width + attrs + 1, return_inverse=True)
     pair_of = pair_of.ravel()
     agents = np.asarray([code(a) for a in d.agents] + [_NO_VALUE], dtype=np.int64)
+    # Where a decision names no agent, the carrier's agent is compared only under a capped rule
+    # (leaving the agent out takes the call out of the cap): elsewhere the agent may well be
+    # unknown when the call is decided, and changes nothing.
+    rule_width = max(1, len(d.rules))
+    rule_pairs, rule_pair_of = np.unique(version * rule_width + d.rule[rows], return_inverse=True)
+    capped = np.asarray(
+        [_capped(policies, d, *divmod(p, rule_width)) for p in rule_pairs.tolist()] or [False],
+        dtype=bool,
+    )[rule_pair_of.ravel()]
+    agent_counts = (d.agent[rows] >= 0) | capped
     items: list[tuple[str, dict[str, Any]]] = []
     compared = without = 0
+    # the reference of each row of the call records
+    ref_of_row = np.empty(len(cdr.refs), dtype=np.int64)
+    for u, ks in enumerate(rows_of):
+        ref_of_row[ks] = u
+    versions = range(len(d.versions))
     for name in wanted:
-        cells = cdr.columns[name]
-        carrier = np.full(len(rows_of), _NO_VALUE, dtype=np.int64)
-        for u, ks in enumerate(rows_of):
-            given = {c for k in ks if (c := cells[k]) is not None}
-            if given:
-                carrier[u] = code(given.pop()) if len(given) == 1 else _MANY_VALUES
+        # The carrier's value of each reference: none, one, or several (_MANY_VALUES).
+        cells = np.asarray([code(c) for c in cdr.columns[name]], dtype=np.int64)
+        given = cells >= 0
+        low = np.full(len(rows_of), len(texts), dtype=np.int64)
+        high = np.full(len(rows_of), _NO_VALUE, dtype=np.int64)
+        np.minimum.at(low, ref_of_row[given], cells[given])
+        np.maximum.at(high, ref_of_row[given], cells[given])
+        carrier = np.where(high < 0, _NO_VALUE, np.where(low == high, high, _MANY_VALUES))
         # The decisions' values: the agent field for the agent attribute, else the attributes.
-        is_agent = [agent_of.get(v) == name for v in range(len(d.versions))] or [False]
-        as_agent = np.asarray(is_agent, dtype=bool)[version]
+        as_agent = np.asarray([agent_of.get(v) == name for v in versions] or [False])[version]
+        # an agent that a rule matches on changes the rule: compared even where none is logged
+        matched_on = np.asarray([name in rule_attrs.get(v, ()) for v in versions] or [False])
+        compared_agent = as_agent & (agent_counts | matched_on[version])
         logged = np.full(rows.size, _NOT_COMPARED, dtype=np.int64)
-        logged[as_agent] = agents[d.agent[rows[as_agent]]]
+        logged[compared_agent] = agents[d.agent[rows[compared_agent]]]
         values = np.full(pairs.size, _NOT_COMPARED, dtype=np.int64)
         for k, p in enumerate(pairs.tolist()):
             v, a = divmod(p, width)
@@ -475,15 +494,17 @@ def _check_attributes(
         without += int(np.count_nonzero((want != _NO_VALUE) & (attrs < 0) & ~as_agent))
         compared += int(np.count_nonzero(on))
         bad = on & (logged != want)
+        column = cdr.columns[name]
+        text_of = [*texts, None]  # codes are given in order; -1 (none) is the last
         for j in np.flatnonzero(on & (want == _MANY_VALUES)).tolist():  # any of them will do
-            bad[j] = _text_of(texts, int(logged[j])) not in {cells[k] for k in rows_of[ref_of[j]]}
+            bad[j] = text_of[int(logged[j])] not in {column[k] for k in rows_of[ref_of[j]]}
         for j in np.flatnonzero(bad).tolist():
             u, i = int(ref_of[j]), int(rows[j])
-            ks = [k for k in rows_of[u] if cells[k] is not None]
-            carried = sorted({c for k in ks if (c := cells[k]) is not None})
+            ks = [k for k in rows_of[u] if column[k] is not None]
+            carried = sorted({c for k in ks if (c := column[k]) is not None})
             evidence: dict[str, Any] = {
                 "attribute": name,
-                "logged": _text_of(texts, int(logged[j])),
+                "logged": text_of[int(logged[j])],
                 "carrier": carried[0] if len(carried) == 1 else carried,
                 "rule": d.rules[int(d.rule[i])],
                 "cdr_row": [cdr.lines[k] for k in ks] if len(ks) > 1 else cdr.lines[ks[0]],
@@ -511,11 +532,10 @@ def _check_attributes(
     return compared
 
 
-def _text_of(texts: dict[str, int], code: int) -> str | None:
-    """The value of a code (only for findings and the few references with several values)."""
-    if code < 0:
-        return None
-    for text, c in texts.items():
-        if c == code:
-            return text
-    return None
+def _capped(policies: dict[bytes, Any], d: Decisions, version: int, rule: int) -> bool:
+    """Whether the rule a decision names has a per-agent cap in its policy version."""
+    pol = policies.get(d.versions[version])
+    try:
+        return pol is not None and bool(pol.rule_named(d.rules[rule]).has_cap)
+    except KeyError:
+        return False
