@@ -322,6 +322,19 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_processes_racing_on_the_same_calls_get_one_decision_each(tmp_path: Path) -> None:
+    # On a loaded machine one process may decide every call before the other starts: then they
+    # did not race, so try again (at most three times) until both have won some calls.
+    met = False
+    for attempt in range(3):
+        met = _race(tmp_path / f"attempt-{attempt}")
+        if met:
+            break
+    assert met, "the two processes never met midway in three attempts"
+
+
+def _race(tmp_path: Path) -> bool:
+    """Two processes decide the same calls in opposite orders; returns whether they met."""
+    tmp_path.mkdir()
     store = store_at(tmp_path)
     day = two_days_ago()
     with store.open_log(clock=FixedClock(day)) as log:
@@ -331,11 +344,11 @@ def test_processes_racing_on_the_same_calls_get_one_decision_each(tmp_path: Path
     a, b = (json.loads(out) for out in run_together(WORKER, argvs, tmp_path / "go"))
     assert [x[:2] for x in a] == [y[:2] for y in b]  # the same decisions
     assert all(x[2] != y[2] for x, y in zip(a, b, strict=True))  # each call: one first, one repeat
-    assert {x[1] for x in a} == {"always", "never"}  # both won races (they met midway)
     counts = Counter(e["call_ref"] for e in decision_entries(store))
     assert counts == Counter({f"race-{i}": 1 for i in range(n)})  # one entry per call
     report = audit(store, day)
     assert report.ok, report.to_text()
+    return {x[1] for x in a} == {"always", "never"}  # both won races (they met midway)
 
 
 def test_a_lost_index_is_rebuilt_from_the_log(tmp_path: Path) -> None:
