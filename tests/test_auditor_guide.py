@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from sampledrec import Store
+from sampledrec import FixedClock, Store, draw
 from sampledrec.audit.kit import write_kit
 from sampledrec.demo import run_demo
 from sampledrec.log.format import T_DECISION
 from sampledrec.log.writer import iter_entries
+from sampledrec.sampling import DecisionRecord
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -80,7 +81,8 @@ def test_the_guides_program_recomputes_every_decision_from_the_kit(
     done = _run(program, str(kit), vkey)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "600 decisions recomputed; 0 of epochs not revealed; 0 with no readable call reference"
+        "600 decisions recomputed; 600 rules recomputed; 0 of epochs not revealed; "
+        "0 with no readable call reference"
     )
     # Another verifier key (a log re-signed by someone else) stops it.
     other = Store.init(tmp_path / "other").vkey
@@ -108,3 +110,40 @@ def test_the_guides_program_stops_at_a_forged_draw(
     (forged / "kit.json").write_text(json.dumps(manifest))
     done = _run(_programs(tmp_path), str(forged))
     assert done.returncode != 0 and "AssertionError" in done.stderr
+
+
+def test_the_guides_program_stops_at_a_decision_under_the_wrong_rule(
+    demo_kit: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The operator, holding every key, logs a call of the complaints queue under the default
+    rule (a lower rate) with a draw that agrees: signed, committed, only the rule is wrong."""
+    base, _ = demo_kit
+    shutil.copytree(base / "store", tmp_path / "store")
+    store = Store.open(tmp_path / "store")
+    day = max(e.fields["epoch_id"] for e in iter_entries(store.log_storage) if e.type == T_DECISION)
+    at = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(hours=20)
+    policy = store.policy(at)
+    default = policy.rule_named("default")
+    key = store.keyring.epoch_key(day)
+    ref = next(
+        f"forged-{k}" for k in range(10_000) if draw(key, f"forged-{k}") >= default.threshold
+    )
+    record = DecisionRecord(
+        epoch_id=day,
+        policy_version=policy.version,
+        rule="default",
+        threshold=default.threshold,
+        reason="not_sampled",
+        draw=draw(key, ref),
+        call_ref=ref,
+        agent=None,
+        caller_pseudonym=None,
+        decided_at=at,
+        attributes=policy.attributes_json({"queue": "complaints"}),
+    )
+    with store.open_log(clock=FixedClock(at)) as log:
+        log.wait_durable(log.append_decision(record))
+    write_kit(store, tmp_path / "kit", now=at + timedelta(days=2))
+    done = _run(_programs(tmp_path), str(tmp_path / "kit"), store.vkey)
+    assert done.returncode != 0
+    assert "rule 'default', its attributes give 'complaints'" in done.stderr
