@@ -381,7 +381,8 @@ def test_a_caller_who_objected_recorded(case: Path) -> None:
     with operator(case) as op:
         d = op.sampler.decide("objector-call", {"queue": "support"}, caller=OBJECTOR)
         assert d.reason == "objection"
-        rid = op.record(d._replace(record=True, reason="sampled"))
+        # Forced, and the caller hidden from the vault, which refuses a listed caller.
+        rid = op.record(d._replace(record=True, reason="sampled", caller_pseudonym=None))
     rep = _audit(case)
     assert _found(rep, "recordings", "a caller who objected")[0]["recording_id"] == rid
     assert _found(rep, "recordings", "no positive decision")[0]["recording_id"] == rid

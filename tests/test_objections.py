@@ -1,14 +1,25 @@
-"""The objection list: keyed pseudonyms only, saved all or nothing."""
+"""The objection list: keyed pseudonyms only, saved all or nothing, every change logged first;
+the sampler, which logs the caller's pseudonym and records no unnamed caller while anyone
+objects."""
 
 from __future__ import annotations
 
+import json
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sampledrec.errors import InvalidArgument
-from sampledrec.sampling.objections import ObjectionList
+from sampledrec import FixedClock, Policy, Sampler, Store
+from sampledrec.errors import InvalidArgument, StoreError
+from sampledrec.log.format import T_ACCESS, T_OBJECTION, Entry
+from sampledrec.log.writer import iter_entries
+from sampledrec.sampling.objections import PENDING_FILE, ObjectionChange, ObjectionList
+from sampledrec.testing import MemoryKeyring
+
+from .test_decision_record import ListSink
 
 KEY = b"k" * 32
 
@@ -38,3 +49,185 @@ def test_additions_from_two_lists_are_all_kept(tmp_path: Path) -> None:
     assert ObjectionList.load(KEY, path).contains_pseudonym(a)
     assert ObjectionList.load(KEY, path).contains_pseudonym(b)
     assert sorted(path.read_text().splitlines()) == sorted([a, b])
+
+
+# -- every change logged first (docs/decisions/0018-objections-logged.md) --------------------------
+
+A, B, C = "+33 6 12 34 56 78", "+33 6 98 76 54 32", "+44 20 7946 0018"
+
+
+def test_removals_are_saved_and_every_change_is_told_before_the_file_changes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "objections.txt"
+    told: list[tuple[ObjectionChange, list[str]]] = []
+
+    def hook(change: ObjectionChange) -> None:
+        # Told first: the file does not hold the change yet, the pending change is saved.
+        told.append((change, path.read_text().splitlines() if path.exists() else []))
+        assert (tmp_path / PENDING_FILE).exists()
+
+    objections = ObjectionList.load(KEY, path, on_change=hook)
+    a, b = objections.add_all([A, B])
+    assert objections.add(A) == a  # already on it: nothing to tell
+    assert objections.remove_all([A, C]) == [a, objections.pseudonym(C)]  # C never was
+    assert path.read_text().splitlines() == [b] and not (tmp_path / PENDING_FILE).exists()
+    assert told == [
+        (ObjectionChange("added", (a, b)), []),
+        (ObjectionChange("removed", (a,)), [a, b]),
+    ]
+    with pytest.raises(InvalidArgument, match=r"number 1 of 1: .*nothing was removed"):
+        objections.remove_all(["12"])
+    assert objections.pseudonyms() == {b}
+
+
+def test_a_change_logged_before_a_crash_is_finished_when_the_list_is_loaded_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "objections.txt"
+    logged: list[ObjectionChange] = []
+
+    def crash_after_logging(change: ObjectionChange) -> None:
+        logged.append(change)
+        raise KeyboardInterrupt  # the process dies once the change is in the log
+
+    with pytest.raises(KeyboardInterrupt):
+        ObjectionList.load(KEY, path, on_change=crash_after_logging).add(A)
+    assert not path.exists() or path.read_text() == ""  # the file was never changed
+    assert (tmp_path / PENDING_FILE).exists()
+    # Loaded without a hook (a read-only use): nothing is finished.
+    assert len(ObjectionList.load(KEY, path)) == 0
+    again = ObjectionList.load(KEY, path, on_change=logged.append)
+    assert logged == [ObjectionChange("added", (again.pseudonym(A),))] * 2  # logged again
+    assert again.pseudonyms() == {again.pseudonym(A)} and A in again
+    assert path.read_text().splitlines() == [again.pseudonym(A)]
+    assert not (tmp_path / PENDING_FILE).exists()
+
+
+def test_a_damaged_pending_change_is_refused(tmp_path: Path) -> None:
+    (tmp_path / PENDING_FILE).write_text('{"action": "edited", "pseudonyms": ["x"]}')
+    with pytest.raises(StoreError, match="not a pending change of the objection list"):
+        ObjectionList.load(KEY, tmp_path / "objections.txt", on_change=lambda change: None)
+
+
+def test_a_list_sees_callers_added_elsewhere(tmp_path: Path, monkeypatch: Any) -> None:
+    import sampledrec.sampling.objections as module
+
+    path = tmp_path / "objections.txt"
+    running = ObjectionList.load(KEY, path)  # a long-running sampler's
+    assert running.is_empty()
+    ObjectionList.load(KEY, path).add(A)
+    assert running.is_empty()  # read again at most once a second
+    monkeypatch.setattr(module, "REFRESH_SECONDS", 0.0)
+    assert not running.is_empty() and A in running and len(running) == 1
+
+
+# -- the store logs every change -------------------------------------------------------------------
+
+
+def _objection_entries(store: Store) -> list[Entry]:
+    return [e for e in iter_entries(store.log_storage, store.keyring) if e.type == T_OBJECTION]
+
+
+def test_the_store_logs_each_change_one_entry_per_caller_before_saving(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    at = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    objections = store.objections(clock=FixedClock(at), principal="dana")
+    a, b = objections.add_all([A, B])
+    objections.remove(A)
+    entries = _objection_entries(store)
+    assert [(e.fields["action"], e.fields["caller_pseudonym"].hex()) for e in entries] == [
+        ("added", a),
+        ("added", b),
+        ("removed", a),
+    ]
+    assert all(e.kid == "calls/2026-03" and e.time == at for e in entries)
+    assert all("migrated" not in e.fields for e in entries)
+    # Who changed the list: an access entry (sealed under access/, not in an auditor's kit).
+    accesses = [
+        e
+        for e in iter_entries(store.log_storage, store.keyring)
+        if e.type == T_ACCESS and e.fields.get("action") == "objections"
+    ]
+    assert [(e.fields["principal"], e.fields["detail"]) for e in accesses] == [
+        ("dana", "added 2 callers"),
+        ("dana", "removed 1 caller"),
+    ]
+    assert all(e.kid == "access/2026-03" for e in accesses)
+    assert store.objection_pseudonyms() == {b}
+    assert json.loads((store.path / "store.json").read_text())["objections_logged"] is True
+
+
+def test_an_old_stores_list_is_logged_once_as_migrated(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    meta = json.loads((store.path / "store.json").read_text())
+    del meta["objections_logged"]  # as a store made before changes were logged
+    (store.path / "store.json").write_text(json.dumps(meta))
+    listed = ObjectionList.load(store.keyring.pseudonym_key(), store.path / "objections.txt")
+    a, b = listed.add_all([A, B])  # as that version saved them: no log entry
+    old = Store.open(store.path)
+    assert old.objection_pseudonyms() == {a, b} and not _objection_entries(old)  # read only
+    old.objections()
+    entries = _objection_entries(old)
+    assert [(e.fields["action"], e.fields["migrated"]) for e in entries] == [("added", True)] * 2
+    assert {e.fields["caller_pseudonym"].hex() for e in entries} == {a, b}
+    Store.open(store.path).objections()  # once only
+    assert len(_objection_entries(old)) == 2
+    assert json.loads((store.path / "store.json").read_text())["objections_logged"] is True
+
+
+# -- the sampler -------------------------------------------------------------------------------
+
+
+SAMPLING = """
+[default]
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call is recorded, so that only objections stop it"
+retention = "3 days"
+"""
+
+
+def test_while_anyone_objects_a_call_without_its_caller_is_not_recorded() -> None:
+    keyring = MemoryKeyring(seed=b"o")
+    objections = ObjectionList(keyring.pseudonym_key())
+    policy = Policy.from_toml(SAMPLING, source="test")
+    sampler = Sampler(policy, keyring, clock=FixedClock("2026-03-02T09:00Z"), objections=objections)
+    assert sampler.decide("before").reason == "sampled"  # nobody objects yet
+    objections.add(A)
+    unnamed = sampler.decide("unnamed")
+    assert unnamed.reason == "objection" and not unnamed.record
+    assert unnamed.caller_pseudonym is None
+    named = sampler.decide("named", caller=B)
+    assert named.record and named.caller_pseudonym == objections.pseudonym(B)
+    batch = sampler.decide_batch(["b-unnamed", "b-named", "b-objector"], callers=[None, B, A])
+    assert batch.reasons.tolist() == ["objection", "sampled", "objection"]
+    assert sampler.decide_batch(["b-none"]).reasons.tolist() == ["objection"]
+    # A repeat without the caller asks about the first decision's caller: known and not on
+    # the list, it is recorded; never known, it may be an objector's now.
+    assert sampler.decide("named").record
+    again = sampler.decide("before")
+    assert again.repeat and again.reason == "sampled" and not again.record
+
+
+def test_decide_batch_logs_the_caller_pseudonym_as_decide_does() -> None:
+    keyring = MemoryKeyring(seed=b"o")
+    objections = ObjectionList(keyring.pseudonym_key())
+    objections.add(A)
+    policy = Policy.from_toml(SAMPLING, source="test")
+    refs = [f"c{i}" for i in range(6)]
+    callers = [A, B, None, C, B, A]
+    one, many = ListSink(), ListSink()
+    clock = FixedClock("2026-03-02T09:00Z")
+    by_one = Sampler(policy, keyring, clock=clock, objections=objections, log=one)
+    by_batch = Sampler(policy, keyring, clock=clock, objections=objections, log=many)
+    decided = [by_one.decide(r, caller=c) for r, c in zip(refs, callers, strict=True)]
+    batch = by_batch.decide_batch(refs, callers=callers)
+    assert list(batch) == decided
+    assert one.records == many.records
+    assert [r.caller_pseudonym for r in many.records] == [
+        None if c is None else objections.pseudonym(c) for c in callers
+    ]
+    assert [r.reason for r in many.records] == [
+        "objection", "sampled", "objection", "sampled", "sampled", "objection"
+    ]  # fmt: skip

@@ -125,6 +125,7 @@ class Store:
         self._keystore: KeyStore | None = None
         self._blobs: BlobStore | None = None
         self._log_storage: LogStorage | None = None
+        self._objections_seen: tuple[tuple[int, ...], frozenset[str]] | None = None
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
         owner = self.keyring.owner()
@@ -500,7 +501,11 @@ class Store:
             with self.lock():
                 meta = json.loads((self.path / "store.json").read_text(encoding="utf-8"))
                 if not meta.get("objections_logged"):
-                    objections.log_existing()
+                    # A list kept before its changes were logged: every caller on it, logged
+                    # once as added (a crash before the marker below logs them again: harmless).
+                    saved = sorted(self.objection_pseudonyms())
+                    if saved:
+                        logged(ObjectionChange("added", tuple(saved), migrated=True))
                     meta["objections_logged"] = True
                     write_atomic(
                         self.path / "store.json",
@@ -512,8 +517,18 @@ class Store:
 
     def objection_pseudonyms(self) -> frozenset[str]:
         """The objection list as saved (pseudonyms, hex), read only: nothing is finished,
-        migrated or logged (what an audit of the store compares with the log)."""
-        return ObjectionList.load(b"", self.path / "objections.txt").pseudonyms()
+        migrated or logged (what an audit of the store compares with the log, and what the
+        vault asks before it opens a recording). Read again only when the file changed."""
+        path = self.path / "objections.txt"
+        try:
+            st = path.stat()
+            stamp: tuple[int, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = ()
+        cached = self._objections_seen
+        if cached is None or cached[0] != stamp:
+            cached = self._objections_seen = (stamp, ObjectionList.load(b"", path).pseudonyms())
+        return cached[1]
 
     @staticmethod
     def _log_objections(

@@ -277,20 +277,6 @@ class ObjectionList:
             self._apply(change, _read_pseudonyms(self.path))
             return change
 
-    def log_existing(self) -> ObjectionChange | None:
-        """Tell the hook of every caller on the list, as ``added`` and ``migrated`` (the
-        migration of a list kept before its changes were logged); ``None`` if it is empty."""
-        if self.path is None or self._on_change is None:
-            return None
-        with self._locked():
-            saved = _read_pseudonyms(self.path)
-            self._set(saved)
-            if not saved:
-                return None
-            change = ObjectionChange("added", tuple(dict.fromkeys(saved)), migrated=True)
-            self._on_change(change)
-            return change
-
     def contains_pseudonym(self, pseudonym: str) -> bool:
         self._refresh()
         return pseudonym in self._items
