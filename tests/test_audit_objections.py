@@ -10,12 +10,13 @@ decisions, and an old store whose list is migrated, pass.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from sampledrec import FixedClock, ObjectionList, Sampler, Store
+from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.errors import NotSelected
 from sampledrec.sampling.sampler import Decision
 from sampledrec.vault.audio import synthetic_speech
@@ -279,3 +280,35 @@ def test_an_old_stores_list_is_migrated_and_passes(tmp_path: Path) -> None:
     assert rep.ok, rep.to_text()
     assert rep.to_json()["results"]["objections"]["checked"]["changes"] == 1
     assert any("logged as migrated at entry" in n for n in rep.notes)
+
+
+@pytest.mark.parametrize("via", ["kit"])  # a kit for a period: the store holds every key
+def test_a_kit_for_a_period_replays_the_list_from_what_it_can_read(
+    tmp_path: Path, via: str
+) -> None:
+    # The objector was added in February; a kit for March holds only calls/2026-03: the entry
+    # that added them cannot be read, so the replay is partial, and says so, without a FAIL.
+    (tmp_path / "p.toml").write_text(POLICY)
+    early = datetime(2026, 2, 26, 9, tzinfo=UTC)
+    store = Store.init(
+        tmp_path / "store", policy=tmp_path / "p.toml", clock=FixedClock(early - timedelta(1))
+    )
+    store.objections(clock=FixedClock(early)).add(A)
+    store.objections(clock=FixedClock(DAY1)).add(B)
+    clock = FixedClock(DAY1 + timedelta(minutes=5))
+    with store.open_log(clock=clock) as log:
+        sampler = store.sampler(clock=clock, log=log)
+        decided = [sampler.decide(f"k-{i}", caller=(A, B, *OTHERS)[i % 6]) for i in range(30)]
+    assert {d.reason for d in decided[::6]} == {"objection"}  # A's calls
+    kit = tmp_path / "kit"
+    write_kit(store, kit, now=LATER, first_day=date(2026, 3, 1), last_day=date(2026, 3, 31))
+    rep = audit_kit(kit, recordings=tmp_path / "store", now=LATER)
+    assert rep.ok, rep.to_text()
+    assert rep.to_json()["results"]["objections"]["checked"] == {
+        "changes": 2,
+        "listed": 1,  # B: A's entry cannot be read
+        "decisions_checked": 30,
+        "on_the_list_now": 2,
+    }
+    assert any("1 changes of the objection list cannot be read" in n for n in rep.notes)
+    assert any("1 callers on the list are not in the readable changes" in n for n in rep.notes)
