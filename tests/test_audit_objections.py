@@ -10,6 +10,7 @@ decisions, and an old store whose list is migrated, pass.
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from sampledrec.vault.audio import synthetic_speech
 from sampledrec.vault.recorder import Vault
 
 from . import test_audit_attacks as attacks
+from . import test_auditor_guide as guide
 from .recording import write_call
 from .test_audit_attacks import OBJECTOR, OPERATOR_AT, _audit, _forged, _found, operator
 
 # The attack tests' fixtures: their honest store, a private copy of it, and both ways.
 honest, case, via = attacks.honest, attacks.case, attacks.via
+demo_kit = guide.demo_kit  # a demo store (three objectors) and its kit
 
 NEWCOMER = "+33 7 11 11 11 11"  # a caller who objects later
 
@@ -312,3 +315,32 @@ def test_a_kit_for_a_period_replays_the_list_from_what_it_can_read(
     }
     assert any("1 changes of the objection list cannot be read" in n for n in rep.notes)
     assert any("1 callers on the list are not in the readable changes" in n for n in rep.notes)
+
+
+# -- the auditor guide's program ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["kit"])
+def test_the_guides_program_replays_the_demos_objection_list(
+    demo_kit: tuple[Path, Path], tmp_path: Path, via: str
+) -> None:
+    base, kit = demo_kit
+    program = guide._programs(tmp_path).with_name("sdr_objections.py")
+    (block,) = (b for b in guide._python_blocks("auditor-guide.md") if "sdr_objections.py" in b)
+    program.write_text(block)
+    done = guide._run(program, str(kit))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3 callers on the list; every decision agrees"
+    # The operator takes an objector off the list on disk: the program, copied out of the
+    # guide and run without sampledrec, says so.
+    store = tmp_path / "store"
+    shutil.copytree(base / "store", store)
+    listed = (store / "objections.txt").read_text().splitlines()
+    (store / "objections.txt").write_text("".join(p + "\n" for p in listed[1:]))
+    at = json.loads((kit / "kit.json").read_text())["made_at"]
+    write_kit(Store.open(store), tmp_path / "kit", now=datetime.fromisoformat(at))
+    done = guide._run(program, str(tmp_path / "kit"))
+    assert (
+        done.stdout.strip()
+        == "the list is not the log's: 0 never added, 1 removed without a log entry"
+    )
