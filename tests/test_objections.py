@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,22 @@ def test_decide_batch_logs_the_caller_pseudonym_as_decide_does() -> None:
     assert [r.reason for r in many.records] == [
         "objection", "sampled", "objection", "sampled", "sampled", "objection"
     ]  # fmt: skip
+
+
+def test_the_cli_adds_and_removes_callers_each_change_logged(
+    tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    store = Store.init(tmp_path / "s")
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text(f"{A}\n{B}\n")
+    code, doc = cli_json("objections", "add", "--store", store.path, "--file", numbers)
+    assert code == 0 and doc == {"read": 2, "added": 2, "total": 2}
+    numbers.write_text(f"{B}\n{C}\n")  # C was never on the list
+    code, doc = cli_json("objections", "remove", "--store", store.path, "--file", numbers)
+    assert code == 0 and doc == {"read": 2, "removed": 1, "total": 1}
+    actions = [e.fields["action"] for e in _objection_entries(store)]
+    assert actions == ["added", "added", "removed"]
+    numbers.write_text("12\n")
+    code, doc = cli_json("objections", "remove", "--store", store.path, "--file", numbers)
+    assert code == 2 and "nothing was done" in str(doc)
+    assert len(_objection_entries(store)) == 3
