@@ -251,3 +251,68 @@ def test_the_cli_adds_and_removes_callers_each_change_logged(
     code, doc = cli_json("objections", "remove", "--store", store.path, "--file", numbers)
     assert code == 2 and "nothing was done" in str(doc)
     assert len(_objection_entries(store)) == 3
+
+
+# -- the audit reads every decision's caller -----------------------------------------------------
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_the_audit_reads_each_decisions_caller_as_decode_entry_does(
+    tmp_path: Path, monkeypatch: Any, accelerated: bool
+) -> None:
+    import numpy as np
+
+    from sampledrec.audit import objections as audit
+    from sampledrec.log import hashing
+    from sampledrec.log.columns import read_log
+    from sampledrec.log.format import DECISION, FIELDS, T_DECISION, Field, from_micros
+
+    store = Store.init(tmp_path / "s")
+    objections = store.objections(clock=FixedClock("2026-03-02T08:00Z"))
+    objections.add_all([A, B])
+    clock = FixedClock("2026-03-02T09:00Z")
+    with store.open_log(clock=clock) as log:
+        sampler = store.sampler(clock=clock, log=log)
+        for i in range(40):
+            ref: str | bytes = f"c{i}" if i % 3 else f"c{i}".encode()
+            caller = (A, B, C, None)[i % 4]
+            attrs = {"agent": "é" * (i % 5)} if i % 2 else {}
+            sampler.decide(ref if i % 7 else "r" * 256, attrs, caller=caller)  # long: escaped
+        sampler.decide_batch([f"b{i}" for i in range(10)], callers=[A, None, C, B, A] * 2)
+        # A decision with a personal field of a higher tag (one added by a later version).
+        later = {**FIELDS[T_DECISION], 0x23: Field(0x23, "attributes", "str")}
+        monkeypatch.setitem(FIELDS, T_DECISION, later)
+        record = sampler.decide("x-later", caller=C)
+        values = {f.name: getattr(record, f.name, None) for f in DECISION}
+        values |= {
+            "policy_version": bytes.fromhex(record.policy_version),
+            "reason": 0,
+            "caller_pseudonym": bytes.fromhex(objections.pseudonym(A)),
+            "attributes": "queue=sales",
+        }
+        log.wait_durable(log.append(T_DECISION, values, at=from_micros(1_772_442_000_000_000)))
+        monkeypatch.undo()
+    keyring = store.keyring
+    if not accelerated:
+        monkeypatch.setattr(hashing, "native", None)
+    d = read_log(store.log_storage, keyring).decisions
+    callers = audit.Callers(np.full(len(d), audit.NOT_READ, dtype=np.int32))
+    a, b = (callers.code_of(bytes.fromhex(objections.pseudonym(n))) for n in (A, B))
+    audit.read_callers(store.log_storage, keyring, d, 0, callers)
+    expected = []
+    for e in iter_entries(store.log_storage, keyring):
+        if e.type == T_DECISION:
+            p = e.fields.get("caller_pseudonym")
+            expected.append(audit.NO_CALLER if p is None else callers.known(p))
+    assert callers.code.tolist() == expected
+    assert {a, b, audit.OTHER_CALLER, audit.NO_CALLER} == set(expected)
+    assert expected[-1] == a  # read past the field of the higher tag
+
+    # Without the calls/ key, nothing can be read.
+    class NoKeys:
+        def sealing_key(self, kid: str) -> None:
+            return None
+
+    hidden = audit.Callers(np.full(len(d), audit.NOT_READ, dtype=np.int32))
+    audit.read_callers(store.log_storage, NoKeys(), d, 0, hidden)
+    assert set(hidden.code.tolist()) == {audit.UNREADABLE}

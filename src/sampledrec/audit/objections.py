@@ -26,6 +26,7 @@ report says so.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,10 +37,10 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ..log import hashing
 from ..log.columns import Decisions, RefMatcher, ref_text
 from ..log.format import (
     DECISION,
-    ENTRY_HEADER,
     IV_SIZE,
     KCV_SIZE,
     T_DECISION,
@@ -47,6 +48,7 @@ from ..log.format import (
     T_RECORDING_OPENED,
     TAG_SEALED,
     Entry,
+    decode_entry,
     from_micros,
 )
 from ..log.segments import iter_batches
@@ -62,154 +64,274 @@ __all__ = ["GRACE_US", "check_objections", "read_callers"]
 #: How long after a caller is added a decision may still have used the list without them (µs).
 GRACE_US: Final = int(TIME_SLACK.total_seconds() * 1_000_000)
 #: ``read_callers`` codes: the decision names no caller; its sealed field cannot be read; it
-#: was not read (logged before the first change of the list).
+#: was not read (logged before the first change of the list); it names a caller who was never
+#: on the list (no ``objection`` entry names them).
 NO_CALLER: Final = -1
 UNREADABLE: Final = -2
 NOT_READ: Final = -3
+OTHER_CALLER: Final = -4
 
 _SAMPLED: Final = REASONS.index("sampled")
 _OBJECTION: Final = REASONS.index("objection")
 _U32: Final = struct.Struct(">I")
 _EXAMPLES: Final = 5
 _PSEUDONYM_TAG: Final = DECISION.caller_pseudonym.tag
+_SLOW: Final = -9  # a decision of another shape than the writer's: decoded entry by entry
 
 
 @dataclass
 class Callers:
-    """The caller pseudonym of each decision row: ``code[i]`` indexes ``pseudonyms``, or is
-    :data:`NO_CALLER`, :data:`UNREADABLE` or :data:`NOT_READ`."""
+    """The caller of each decision row: ``code[i]`` indexes ``pseudonyms`` (the callers that
+    ``objection`` entries name), or is :data:`NO_CALLER`, :data:`UNREADABLE`,
+    :data:`NOT_READ` or :data:`OTHER_CALLER`."""
 
     code: npt.NDArray[np.int32]
     pseudonyms: list[bytes] = field(default_factory=list)
     _codes: dict[bytes, int] = field(default_factory=dict)
 
     def code_of(self, pseudonym: bytes) -> int:
+        """The code of a caller named by an ``objection`` entry (registered on first sight)."""
         c = self._codes.get(pseudonym)
         if c is None:
             c = self._codes[pseudonym] = len(self.pseudonyms)
             self.pseudonyms.append(pseudonym)
         return c
 
+    def known(self, pseudonym: bytes) -> int:
+        return self._codes.get(pseudonym, OTHER_CALLER)
+
 
 # -- reading the decisions' callers ------------------------------------------------------------
 
 
-def read_callers(log: LogStorage, sealing: Any, d: Decisions, start: int) -> Callers:
-    """The caller pseudonym of every decision of ``d`` logged at or after entry ``start``,
-    read from the log (``log``, the same storage the decisions were read from) and unsealed
-    with ``sealing`` (anything with ``sealing_key(kid)``). The column reader leaves this
-    personal field out: it is read here, only for the logs whose objection list has changed."""
-    out = Callers(np.full(len(d), NOT_READ, dtype=np.int32))
+def read_callers(log: LogStorage, sealing: Any, d: Decisions, start: int, callers: Callers) -> None:
+    """Fill ``callers.code`` for every decision of ``d`` logged at or after entry ``start``,
+    read from ``log`` (the storage the decisions were read from) and unsealed with ``sealing``
+    (anything with ``sealing_key(kid)``). Only the callers that ``callers`` already knows (those
+    of the ``objection`` entries) get their own code; any other named caller is
+    :data:`OTHER_CALLER`.
+
+    The column reader leaves this personal field out: it is read here, in a second pass, only
+    for logs whose objection list has changed. Decisions of the writer's shape are read batch
+    by batch with numpy (every sealed field of one key opened in one AES-ECB pass over its
+    counter blocks); any other is decoded on its own, as :func:`decode_entry` would."""
     if not len(d) or start > int(d.index[-1]):
-        return out
+        return
     keys = SealingKeys(sealing)
-    # Per key id: the rows, initial counters and ciphertexts of the sealed fields to open.
-    pending: dict[str, tuple[list[int], list[bytes], list[bytes]]] = {}
+    known = _Known(callers)
     index = d.index
-    row = int(np.searchsorted(index, start))
     for b in iter_batches(log, mapped=True):
         if b.first + b.entries <= start:
             continue
-        data, pos, end = b.data, b.start, b.end
-        n = b.first
-        while pos + 4 <= end and row < len(d):
-            (length,) = _U32.unpack_from(data, pos)
-            at, pos = pos + 4, pos + 4 + length
-            entry_index, n = n, n + 1
-            if entry_index < start or data[at + 1] != T_DECISION:
-                continue
-            while row < len(d) and int(index[row]) < entry_index:
-                row += 1
-            if row >= len(d) or int(index[row]) != entry_index:
-                continue
-            sealed = _sealed_value(data, at + ENTRY_HEADER.size, at + length)
-            if sealed is None:
-                out.code[row] = NO_CALLER
-                continue
-            klen = sealed[0]
-            kid = bytes(sealed[1 : 1 + klen]).decode("ascii", "replace")
-            kcv = bytes(sealed[1 + klen : 1 + klen + KCV_SIZE])
-            got = keys.key_for(kid)
-            if got is None or got[1] != kcv:
-                out.code[row] = UNREADABLE
-                continue
-            iv_at = 1 + klen + KCV_SIZE
-            rows, ivs, cts = pending.setdefault(kid, ([], [], []))
-            rows.append(row)
-            ivs.append(bytes(sealed[iv_at : iv_at + IV_SIZE]))
-            cts.append(bytes(sealed[iv_at + IV_SIZE :]))
-    for kid, (rows, ivs, cts) in pending.items():
-        got = keys.key_for(kid)
-        assert got is not None
-        for r, plain in zip(rows, _ctr_many(got[0], ivs, cts), strict=True):
-            pseudonym = _personal_field(plain, _PSEUDONYM_TAG)
-            out.code[r] = NO_CALLER if pseudonym is None else out.code_of(pseudonym)
-    return out
+        data = b.data
+        offs, lens = _records(data, b.start, b.end, b.entries)
+        if not offs.size:
+            continue
+        numbers = b.first + np.arange(offs.size, dtype=np.int64)
+        buf = np.frombuffer(data, dtype=np.uint8)
+        is_decision = (buf[offs + 1] == T_DECISION) & (numbers >= start)
+        rows = np.searchsorted(index, numbers[is_decision])
+        found = rows < len(d)
+        found[found] = index[rows[found]] == numbers[is_decision][found]
+        at, length, rows = offs[is_decision][found], lens[is_decision][found], rows[found]
+        codes = _decision_callers(buf, at, length, keys, known)
+        for j in np.flatnonzero(codes == _SLOW).tolist():
+            raw = bytes(data[int(at[j]) : int(at[j]) + int(length[j])])
+            codes[j] = _one_caller(raw, keys, callers)
+        callers.code[rows] = codes
 
 
-def _sealed_value(data: Any, pos: int, end: int) -> memoryview | None:
-    """The value of the sealed field of the entry whose fields are ``data[pos:end]``."""
-    while pos + 2 <= end:
-        tag, n = data[pos], data[pos + 1]
-        pos += 2
-        if n == 0xFF:
-            (n,) = _U32.unpack_from(data, pos)
-            pos += 4
-        if tag == TAG_SEALED:
-            value = memoryview(data)[pos : min(pos + n, end)]
-            return value if len(value) >= 1 + value[0] + KCV_SIZE + IV_SIZE else None
-        pos += n
+def _records(
+    data: Any, pos: int, end: int, count: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Where each entry of a batch's records starts in ``data`` (after its u32 length), and
+    its length: located by the accelerator's column reader when it is there (told no key, it
+    opens nothing), else record by record."""
+    native = hashing.native
+    if native is not None:
+        out = native.decision_columns(data, pos, end, _no_key, _HASH_KEY)
+        offs = np.frombuffer(out[0], dtype=np.uint64).astype(np.int64)
+        return offs, np.frombuffer(out[1], dtype=np.uint32).astype(np.int64)
+    at = np.empty(count, dtype=np.int64)
+    unpack = _U32.unpack_from
+    n = 0
+    while n < count and pos + 4 <= end:
+        at[n] = pos + 4
+        pos += 4 + unpack(data, pos)[0]
+        n += 1
+    at = at[:n]
+    return at, np.diff(np.append(at, pos + 4)) - 4
+
+
+def _no_key(kid: str) -> None:
     return None
 
 
-def _ctr_many(key: bytes, ivs: list[bytes], cts: list[bytes]) -> list[bytes]:
-    """AES-256-CTR of many sealed fields under one key: one ECB pass over every counter block
-    (each field's counter starts at its iv, a 128-bit big-endian integer)."""
-    if not ivs:
-        return []
-    nblocks = np.asarray([(len(c) + 15) >> 4 for c in cts], dtype=np.int64)
-    iv = np.frombuffer(b"".join(ivs), dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    hi = np.repeat(iv[:, 0], nblocks)
-    lo = np.repeat(iv[:, 1], nblocks)
-    starts = np.cumsum(nblocks) - nblocks
-    step = (np.arange(int(nblocks.sum()), dtype=np.int64) - np.repeat(starts, nblocks)).astype(
-        np.uint64
-    )
+_HASH_KEY: Final = os.urandom(16)
+
+
+class _Known:
+    """The callers of the ``objection`` entries, matched against many pseudonyms at once: by
+    their first 8 bytes first, then exactly."""
+
+    def __init__(self, callers: Callers) -> None:
+        self.callers = callers
+        heads = [int.from_bytes(p[:8], "big") for p in callers.pseudonyms]
+        self.heads = np.asarray(heads, dtype=np.uint64)
+
+    def codes(self, pseudonyms: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
+        """The codes of the rows of ``pseudonyms`` (n x 32 bytes)."""
+        out = np.full(pseudonyms.shape[0], OTHER_CALLER, dtype=np.int32)
+        if not self.heads.size or not pseudonyms.shape[0]:
+            return out
+        heads = np.ascontiguousarray(pseudonyms[:, :8]).view(">u8").ravel().astype(np.uint64)
+        for j in np.flatnonzero(np.isin(heads, self.heads)).tolist():
+            out[j] = self.callers.known(pseudonyms[j].tobytes())
+        return out
+
+
+def _decision_callers(
+    buf: npt.NDArray[np.uint8],
+    at: npt.NDArray[np.int64],
+    length: npt.NDArray[np.int64],
+    keys: SealingKeys,
+    known: _Known,
+) -> npt.NDArray[np.int32]:
+    """The callers of the decision entries at ``at`` (their lengths ``length``) in ``buf``;
+    :data:`_SLOW` for an entry of another shape than the writer's (docs/log-format.md §5.3:
+    epoch id, policy version, rule, threshold, [draw], reason, then the sealed field, all with
+    one-byte lengths; once unsealed: call_ref, [agent], [caller_pseudonym])."""
+    m = at.size
+    codes = np.full(m, _SLOW, dtype=np.int32)
+    if not m:
+        return codes
+    last = buf.size - 1
+
+    def byte(pos: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return buf[np.minimum(pos, last)].astype(np.int64)
+
+    end = at + length
+    ok = length >= 60
+    for off, want in ((10, 0x01), (11, 10), (22, 0x02), (23, 32), (56, 0x03)):
+        ok &= byte(at + off) == want
+    rule_len = byte(at + 57)
+    ok &= rule_len < 0xFF
+    p = at + 58 + rule_len
+    ok &= (byte(p) == 0x04) & (byte(p + 1) == 8)
+    p = p + 10
+    p = np.where((byte(p) == 0x05) & (byte(p + 1) == 7), p + 9, p)
+    reason_len = byte(p + 1)
+    ok &= (byte(p) == 0x06) & (reason_len < 0xFF)
+    p = p + 2 + reason_len
+    sealed_len = byte(p + 1)
+    ok &= (byte(p) == TAG_SEALED) & (sealed_len < 0xFF) & (p + 2 + sealed_len == end)
+    sealed = p + 2
+    kid_len = byte(sealed)
+    ok &= sealed_len >= 1 + kid_len + KCV_SIZE + IV_SIZE + 3
+    ok &= kid_len == 13  # calls/YYYY-MM
+    rows = np.flatnonzero(ok)
+    if not rows.size:
+        return codes
+    sealed = sealed[rows]
+    kids = buf[sealed[:, None] + np.arange(1, 14)]
+    kcvs = buf[sealed[:, None] + np.arange(14, 14 + KCV_SIZE)]
+    ivs = buf[sealed[:, None] + np.arange(14 + KCV_SIZE, 14 + KCV_SIZE + IV_SIZE)]
+    ct_at = sealed + 14 + KCV_SIZE + IV_SIZE
+    ct_len = sealed_len[rows] - (13 + 1 + KCV_SIZE + IV_SIZE)
+    kid_rows = np.ascontiguousarray(kids).view(np.dtype((np.void, 13))).ravel()
+    distinct, which = np.unique(kid_rows, return_inverse=True)
+    for k, kid_raw in enumerate(distinct.tolist()):
+        mine = np.flatnonzero(which.ravel() == k)
+        got = keys.key_for(bytes(kid_raw).decode("ascii", "replace"))
+        if got is None:
+            codes[rows[mine]] = UNREADABLE
+            continue
+        key, kcv = got
+        right = (kcvs[mine] == np.frombuffer(kcv, dtype=np.uint8)).all(axis=1)
+        codes[rows[mine[~right]]] = UNREADABLE
+        mine = mine[right]
+        if mine.size:
+            codes[rows[mine]] = _open_callers(buf, key, ivs[mine], ct_at[mine], ct_len[mine], known)
+    return codes
+
+
+def _open_callers(
+    buf: npt.NDArray[np.uint8],
+    key: bytes,
+    ivs: npt.NDArray[np.uint8],
+    ct_at: npt.NDArray[np.int64],
+    ct_len: npt.NDArray[np.int64],
+    known: _Known,
+) -> npt.NDArray[np.int32]:
+    """Decrypt (AES-256-CTR, each row from its iv) and read the callers of sealed fields."""
+    m = ct_at.size
+    blocks = int((int(ct_len.max()) + 15) // 16)
+    width = 16 * blocks
+    ct = _rows(buf, ct_at, width)
+    iv = np.ascontiguousarray(ivs).view(">u8").astype(np.uint64)  # m x 2: high, low
+    step = np.arange(blocks, dtype=np.uint64)
+    counters = np.empty((m, blocks, 2), dtype=">u8")
     with np.errstate(over="ignore"):
-        new_lo = lo + step
-        hi = hi + (new_lo < lo).astype(np.uint64)
-    counters = np.stack([hi, new_lo], axis=1).astype(">u8").tobytes()
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    stream = np.frombuffer(encryptor.update(counters), dtype=np.uint8)
-    padded = np.frombuffer(
-        b"".join(c + bytes(-len(c) % 16) for c in cts), dtype=np.uint8
-    )  # each field on whole blocks, as the keystream
-    plain = (padded ^ stream).tobytes()
-    out = []
-    pos = 0
-    for c, k in zip(cts, nblocks.tolist(), strict=True):
-        out.append(plain[pos : pos + len(c)])
-        pos += 16 * k
+        low = iv[:, 1:2] + step
+        counters[:, :, 1] = low
+        counters[:, :, 0] = iv[:, 0:1] + (low < iv[:, 1:2]).astype(np.uint64)
+    stream = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(counters.tobytes())
+    pt = ct ^ np.frombuffer(stream, dtype=np.uint8).reshape(m, width)
+    r = np.arange(m)
+
+    def at(pos: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        out: npt.NDArray[np.int64] = pt[r, np.minimum(pos, width - 1)].astype(np.int64)
+        return out
+
+    codes = np.full(m, _SLOW, dtype=np.int32)
+    ref_len = at(np.ones(m, dtype=np.int64))
+    ok = (pt[:, 0] == DECISION.call_ref.tag) & (ref_len < 0xFF)
+    p = 2 + ref_len
+    agent = (p < ct_len) & (at(p) == DECISION.agent.tag)
+    agent_len = at(p + 1)
+    ok &= ~agent | (agent_len < 0xFF)
+    p = np.where(agent, p + 2 + agent_len, p)
+    # No pseudonym: the plaintext ends, or a field of a higher tag follows (fields added later).
+    none = ok & ((p == ct_len) | ((p + 2 <= ct_len) & (at(p) > _PSEUDONYM_TAG)))
+    has = (
+        ok
+        & (p + 34 <= ct_len)
+        & (at(p) == _PSEUDONYM_TAG)
+        & (at(p + 1) == DECISION.caller_pseudonym.size)
+    )
+    codes[none] = NO_CALLER
+    if has.any():
+        h = np.flatnonzero(has)
+        codes[h] = known.codes(pt[h[:, None], p[h][:, None] + 2 + np.arange(32)])
+    return codes
+
+
+def _rows(
+    buf: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], width: int
+) -> npt.NDArray[np.uint8]:
+    """``buf[at[i] : at[i] + width]`` for every ``i``, as rows (zeros past the end of ``buf``)."""
+    out = np.zeros((at.size, width), dtype=np.uint8)
+    fits = at + width <= buf.size
+    if buf.size >= width:
+        out[fits] = np.lib.stride_tricks.sliding_window_view(buf, width)[at[fits]]
+    for i in np.flatnonzero(~fits).tolist():
+        tail = buf[int(at[i]) :]
+        out[i, : tail.size] = tail[:width]
     return out
 
 
-def _personal_field(plain: bytes, wanted: int) -> bytes | None:
-    """The value of the field tagged ``wanted`` in an unsealed plaintext, if it is there."""
-    pos, end = 0, len(plain)
-    while pos + 2 <= end:
-        tag, n = plain[pos], plain[pos + 1]
-        pos += 2
-        if n == 0xFF:
-            if pos + 4 > end:
-                return None
-            (n,) = _U32.unpack_from(plain, pos)
-            pos += 4
-        if pos + n > end:
-            return None
-        if tag == wanted:
-            return plain[pos : pos + n]
-        pos += n
-    return None
+def _one_caller(raw: bytes, keys: SealingKeys, callers: Callers) -> int:
+    """The caller code of one decision entry, decoded as :func:`decode_entry` does."""
+    try:
+        e = decode_entry(0, raw, keys.unseal)
+    except ValueError:
+        return UNREADABLE
+    if e.sealed:
+        return UNREADABLE
+    pseudonym = e.fields.get(DECISION.caller_pseudonym.name)
+    if not isinstance(pseudonym, bytes):
+        return NO_CALLER
+    return callers.known(pseudonym)
 
 
 # -- the replay ----------------------------------------------------------------------------------
@@ -259,8 +381,9 @@ def check_objections(
             rep.checked["objections"]["on_the_list_now"] = 0
         return
     first = changes[0].index if changes else int(d.index[-1]) + 1 if len(d) else 0
-    callers = read_callers(log, sealing, d, first)
-    replay = [_change(rep, e, callers) for e in changes]
+    callers = Callers(np.full(len(d), NOT_READ, dtype=np.int32))
+    replay = [_change(rep, e, callers) for e in changes]  # registers the callers they name
+    read_callers(log, sealing, d, first, callers)
     opened = [
         _Opened(e.index, e.time_us, str(e.fields.get("recording_id")), ref)
         for e in entries
