@@ -19,6 +19,7 @@ import pytest
 from sampledrec import FixedClock, ObjectionList, Sampler, Store
 from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.errors import NotSelected
+from sampledrec.retention.sweep import Retention
 from sampledrec.sampling.sampler import Decision
 from sampledrec.vault.audio import synthetic_speech
 from sampledrec.vault.recorder import Vault
@@ -344,3 +345,71 @@ def test_the_guides_program_replays_the_demos_objection_list(
         done.stdout.strip()
         == "the list is not the log's: 0 never added, 1 removed without a log entry"
     )
+
+
+# -- after 13 months -------------------------------------------------------------------------------
+
+
+def _a_year_and_more(base: Path) -> Store:
+    """An objector added in January 2025; the sweep of March 2026 destroys calls/2025-01, the
+    key that sealed the entry adding them, after logging the list again; calls on both sides."""
+    (base / "p.toml").write_text(POLICY)
+    start = datetime(2025, 1, 10, 8, tzinfo=UTC)
+    store = Store.init(
+        base / "store", policy=base / "p.toml", clock=FixedClock(start - timedelta(1))
+    )
+    store.objections(clock=FixedClock(start)).add(A)
+    for at, tag in (
+        (start + timedelta(hours=1), "old"),
+        (datetime(2026, 3, 2, 12, tzinfo=UTC), "new"),
+    ):
+        clock = FixedClock(at)
+        with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+            if tag == "new":
+                swept = Retention(vault, clock=clock).sweep()
+                assert "calls/2025-01" in swept.log_keys_destroyed
+            sampler = store.sampler(clock=clock, log=log)
+            for i in range(8):
+                d = sampler.decide(f"{tag}-{i}", caller=(A, *OTHERS)[i % 4])
+                assert (d.reason == "objection") == (i % 4 == 0)
+    keys = store.reveal_keys(now=datetime(2026, 3, 5, tzinfo=UTC))
+    store.write_revealed(keys, base / "revealed.json")
+    return store
+
+
+AFTER = datetime(2026, 3, 5, 12, tzinfo=UTC)
+
+
+def test_the_list_logged_again_before_its_key_is_destroyed_still_replays(tmp_path: Path) -> None:
+    _a_year_and_more(tmp_path)
+    rep = _audit(tmp_path, now=AFTER)
+    assert rep.ok, rep.to_text()
+    checked = rep.to_json()["results"]["objections"]["checked"]
+    assert checked["changes"] == 2 and checked["listed"] == 1 and checked["on_the_list_now"] == 1
+    assert any("1 changes of the objection list cannot be read" in n for n in rep.notes)
+
+
+def test_an_objector_of_more_than_a_year_taken_off_the_list_on_disk(tmp_path: Path) -> None:
+    store = _a_year_and_more(tmp_path)
+    p = _pseudonym(store, A)
+    (store.path / "objections.txt").write_text("")
+    rep = _audit(tmp_path, now=AFTER)
+    (bad,) = _found(rep, "objections", "removed without a log entry")
+    assert bad["evidence"]["examples"] == [p]
+
+
+def test_a_caller_left_out_when_the_list_is_logged_again(tmp_path: Path) -> None:
+    # The operator empties the file just before the sweep: the list logged again lacks them.
+    (tmp_path / "p.toml").write_text(POLICY)
+    start = datetime(2025, 1, 10, 8, tzinfo=UTC)
+    store = Store.init(tmp_path / "store", policy=tmp_path / "p.toml", clock=FixedClock(start))
+    store.objections(clock=FixedClock(start)).add_all([A, B])
+    (store.path / "objections.txt").write_text(_pseudonym(store, B) + "\n")
+    clock = FixedClock(datetime(2025, 1, 20, tzinfo=UTC))
+    with store.open_log(clock=clock) as log:
+        assert store.log_objection_list(log, clock.now()) == 1
+    keys = store.reveal_keys(now=AFTER)
+    store.write_revealed(keys, tmp_path / "revealed.json")
+    rep = _audit(tmp_path, now=AFTER)
+    (bad,) = _found(rep, "objections", "left out when it was logged again")
+    assert bad["evidence"]["examples"] == [_pseudonym(store, A)]

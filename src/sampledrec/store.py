@@ -481,15 +481,7 @@ class Store:
         time in a store made before changes were logged, logs every caller already on the
         list as ``added`` with ``migrated`` true (docs/decisions/0018-objections-logged.md).
         """
-        who = principal or getpass.getuser()
-
-        def logged(change: ObjectionChange) -> None:
-            if log is not None:
-                self._log_objections(log, change, clock.now(), who)
-                return
-            with self.open_log(clock=clock) as opened:
-                self._log_objections(opened, change, clock.now(), who)
-
+        logged = self._objection_hook(clock, log, principal or getpass.getuser())
         objections = ObjectionList.load(
             self.keyring.pseudonym_key(),
             self.path / "objections.txt",
@@ -499,21 +491,68 @@ class Store:
         )
         if not self._meta.get("objections_logged"):
             with self.lock():
-                meta = json.loads((self.path / "store.json").read_text(encoding="utf-8"))
-                if not meta.get("objections_logged"):
-                    # A list kept before its changes were logged: every caller on it, logged
-                    # once as added (a crash before the marker below logs them again: harmless).
-                    saved = sorted(self.objection_pseudonyms())
-                    if saved:
-                        logged(ObjectionChange("added", tuple(saved), migrated=True))
-                    meta["objections_logged"] = True
-                    write_atomic(
-                        self.path / "store.json",
-                        json.dumps(meta, indent=2).encode() + b"\n",
-                        replace=True,
-                    )
-                self._meta["objections_logged"] = True
+                self._migrate_objections(logged)
         return objections
+
+    def log_objection_list(self, log: DecisionLog, at: datetime) -> int:
+        """Log every caller on the objection list again, one ``objection`` entry each with
+        action ``kept`` and the number on the list (``listed``), durably; returns how many.
+        :meth:`Retention.sweep <sampledrec.Retention.sweep>` does it before it destroys a
+        ``calls/`` key, so that the list can still be replayed once the entries that added its
+        callers cannot be read. A pending change is finished, and an old store's list migrated,
+        first. The caller holds the store's lock (the sweep does)."""
+        logged = self._objection_hook(FixedClock(at), log, "sampledrec")
+        listed = ObjectionList.load(
+            self.keyring.pseudonym_key(), self.path / "objections.txt", on_change=logged
+        )  # no lock of its own: the caller holds the store's
+        self._migrate_objections(logged)
+        kept = sorted(listed.pseudonyms())
+        last = 0
+        for pseudonym in kept:
+            last = log.append(
+                T_OBJECTION,
+                {
+                    "action": "kept",
+                    "listed": len(kept),
+                    "caller_pseudonym": bytes.fromhex(pseudonym),
+                },
+                at=at,
+            )
+        if kept:
+            log.wait_durable(last)
+        return len(kept)
+
+    def _objection_hook(
+        self, clock: Clock, log: DecisionLog | None, principal: str
+    ) -> Callable[[ObjectionChange], None]:
+        """What logs a change of the objection list: into ``log``, or the store's log opened
+        for the change."""
+
+        def logged(change: ObjectionChange) -> None:
+            if log is not None:
+                self._log_objections(log, change, clock.now(), principal)
+                return
+            with self.open_log(clock=clock) as opened:
+                self._log_objections(opened, change, clock.now(), principal)
+
+        return logged
+
+    def _migrate_objections(self, logged: Callable[[ObjectionChange], None]) -> None:
+        """Under the store's lock: the first time in a store made before the list's changes
+        were logged, log every caller on it once as ``added`` and ``migrated`` (a crash before
+        the marker is saved logs them again: harmless), then mark the store."""
+        if self._meta.get("objections_logged"):
+            return
+        meta = json.loads((self.path / "store.json").read_text(encoding="utf-8"))
+        if not meta.get("objections_logged"):
+            saved = sorted(self.objection_pseudonyms())
+            if saved:
+                logged(ObjectionChange("added", tuple(saved), migrated=True))
+            meta["objections_logged"] = True
+            write_atomic(
+                self.path / "store.json", json.dumps(meta, indent=2).encode() + b"\n", replace=True
+            )
+        self._meta["objections_logged"] = True
 
     def objection_pseudonyms(self) -> frozenset[str]:
         """The objection list as saved (pseudonyms, hex), read only: nothing is finished,

@@ -21,7 +21,9 @@ caller not on the list is no finding (the call's ``objection`` attribute, or an 
 Entries whose sealed pseudonym cannot be read (their ``calls/`` key destroyed after its
 retention, or outside the period of a kit) make the replay partial: nothing is concluded from
 what they may have held (a removal that cannot be read may have taken any caller off), and the
-report says so.
+report says so. Before a sweep destroys a ``calls/`` key the store logs the whole list again
+(``kept`` entries, each with the number ``listed``): once a carry is read whole, the list is
+known exactly again, and a caller known to be on it whom the carry leaves out is a finding.
 """
 
 from __future__ import annotations
@@ -345,6 +347,7 @@ class _Change:
     code: int  # the caller's code in Callers, or UNREADABLE
     migrated: bool
     kid: str | None
+    listed: int = 0  # kept: how many callers the list held
 
 
 @dataclass
@@ -399,10 +402,14 @@ def _change(rep: AuditReport, e: Entry, callers: Callers) -> _Change:
     action = str(e.fields.get("action"))
     pseudonym = e.fields.get("caller_pseudonym")
     code = UNREADABLE
-    if action not in ("added", "removed"):
+    listed = e.fields.get("listed")
+    if action not in ("added", "removed", "kept") or (
+        action == "kept" and not (isinstance(listed, int) and listed > 0)
+    ):
         rep.add(
             "objections",
-            f"an objection entry whose action is {action!r} (added or removed)",
+            f"an objection entry whose action is {action!r} (added, removed or kept, with "
+            "the number listed)",
             index=e.index,
         )
         action = "?"
@@ -419,7 +426,13 @@ def _change(rep: AuditReport, e: Entry, callers: Callers) -> _Change:
         rep.add("objections", "an objection entry that names no caller", index=e.index)
         action = "?"
     return _Change(
-        e.index, min(e.time_us, MAX_TIME_US), action, code, bool(e.fields.get("migrated")), e.kid
+        e.index,
+        min(e.time_us, MAX_TIME_US),
+        action,
+        code,
+        bool(e.fields.get("migrated")),
+        e.kid,
+        listed if isinstance(listed, int) else 0,
     )
 
 
@@ -482,6 +495,8 @@ class _Replay:
         self.unreadable_added = 0
         self.idle_removals = 0
         self.migrated = 0
+        self.carry: list[_Change] = []  # the kept entries of the list logged again, so far
+        self.carries = 0
         self._calls_of = self._recorded_calls()
 
     def run(self, listed_now: set[bytes] | None) -> None:
@@ -520,6 +535,11 @@ class _Replay:
                 "list as replayed (a change logged again after a crash, or one whose addition "
                 "cannot be read)"
             )
+        if self.carries:
+            rep.notes.append(
+                f"objections: the list was logged again whole {self.carries:,} time(s) (kept, "
+                "before sweeps destroyed calls/ keys): replayed exactly from each"
+            )
         if listed_now is None:
             rep.notes.append(
                 "objections: no current objection list given: the list the log replays is not "
@@ -530,7 +550,15 @@ class _Replay:
         rep.checked["objections"] = dict(self.checked)
 
     def _apply(self, change: _Change) -> None:
+        if change.action != "kept" or (
+            self.carry
+            and (self.carry[0].listed, self.carry[0].time_us) != (change.listed, change.time_us)
+        ):
+            self.carry = []  # a carry is its kept entries one after the other, at one time
         code = change.code
+        if change.action == "kept":
+            self._kept(change)
+            return
         if code == UNREADABLE:
             if change.action == "removed":
                 self.uncertain_before = change.index
@@ -547,6 +575,47 @@ class _Replay:
                 self.idle_removals += 1
             self.since[code] = -1
             self.added_at[code] = -1
+
+    def _kept(self, change: _Change) -> None:
+        """One caller of the list logged again (``kept``); once every caller of a carry is
+        there, the list is known exactly again, whatever the entries before that cannot be
+        read, and no caller known to be on it may be missing."""
+        code = change.code
+        self.carry.append(change)
+        if code != UNREADABLE and self.since[code] < 0:
+            if self.uncertain_before < 0 and not self.unreadable_added:
+                self.rep.add(
+                    "objections",
+                    "the list logged again names a caller that the log never added",
+                    index=change.index,
+                    evidence={"caller_pseudonym": self.callers.pseudonyms[code].hex()},
+                )
+            self.since[code] = change.time_us
+            self.added_at[code] = change.index
+        if len(self.carry) != change.listed or any(c.code == UNREADABLE for c in self.carry):
+            return
+        carried = np.zeros(self.since.size, dtype=bool)
+        carried[[c.code for c in self.carry]] = True
+        left_out = np.flatnonzero(self._certain() & ~carried).tolist()
+        if left_out:
+            self.rep.add(
+                "objections",
+                f"{len(left_out):,} callers on the list were left out when it was logged "
+                "again: taken off without a log entry",
+                index=self.carry[0].index,
+                evidence={
+                    "left_out": len(left_out),
+                    "examples": [self.callers.pseudonyms[c].hex() for c in left_out[:_EXAMPLES]],
+                    "added_at": [int(self.added_at[c]) for c in left_out[:_EXAMPLES]],
+                },
+            )
+        # From here the list is the carry's, known for certain.
+        self.since[~carried] = -1
+        self.added_at[~carried] = -1
+        self.uncertain_before = -1
+        self.unreadable_added = 0
+        self.carries += 1
+        self.carry = []
 
     def _certain(self) -> npt.NDArray[np.bool_]:
         """The callers known to be on the list (no unreadable removal since they were added)."""

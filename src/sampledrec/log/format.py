@@ -300,11 +300,13 @@ FIELDS: Final[dict[int, dict[int, Field]]] = {
         Field(0x22, "identity_note", "str"),
     ),
     T_KEY_DESTROYED: _by_tag(Field(0x01, "key", "str"), Field(0x02, "reason", "str")),
-    # One caller added to or removed from the objection list (docs/decisions/0018).
+    # One caller added to or removed from the objection list (docs/decisions/0018), or kept
+    # on it: the whole list logged again before a sweep destroys a calls/ key.
     T_OBJECTION: _by_tag(
-        Field(0x01, "action", "str"),  # added | removed
+        Field(0x01, "action", "str"),  # added | removed | kept
         # true: on the list before its changes were logged (logged once, by the migration)
         Field(0x02, "migrated", "bool"),
+        Field(0x03, "listed", "uint"),  # kept: how many callers the list holds (each entry)
         Field(0x20, "caller_pseudonym", "bytes"),  # 32 bytes, as in a decision
     ),
 }
