@@ -529,6 +529,7 @@ def _forged(
         agent=None,
         caller_pseudonym=None,
         decided_at=decided_at,
+        attributes=policy.attributes_json({}),
     )
 
 

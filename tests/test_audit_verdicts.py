@@ -78,6 +78,7 @@ def test_no_key_revealed_before_the_epoch_ends_is_incomplete(tmp_path: Path) -> 
             "recomputed": 0,
             "not_yet_verifiable": 30,
             "not_recomputable": 0,
+            "rules_recomputed": 30,  # from the logged attributes: no key needed
         },
         "why": "no epoch key revealed",
     }

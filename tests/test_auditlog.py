@@ -86,7 +86,7 @@ def _build(tmp_path: Path) -> Store:
         sampler = store.sampler(clock=clock, log=log)
         for i, ref in enumerate(refs):
             attrs: dict[str, object] = {"queue": "sales" if i % 2 else "support"}
-            if i % 3:
+            if i % 3 or i % 2:  # the capped sales rule needs the agent
                 attrs["agent"] = f"agent-{i % 4}" * (1 + i % 5)
             attrs["objection"] = i == 7
             d = sampler.decide(ref, attrs, caller="+33 6 12 34 56 78" if i % 5 == 0 else None)
@@ -97,7 +97,8 @@ def _build(tmp_path: Path) -> Store:
             if i == 20:
                 clock.advance(hours=30)
         refs_b = np.asarray([f"{i:08x}@pbx" for i in range(500)], dtype="S")
-        sampler.decide_batch(refs_b, {"queue": np.asarray(["sales", "x"] * 250)})
+        agents = [f"b{i % 5}" if i % 2 == 0 else None for i in range(500)]
+        sampler.decide_batch(refs_b, {"queue": np.asarray(["sales", "x"] * 250), "agent": agents})
         sampler.decide("call-001", {"queue": "support"})  # a retry: the same call again
     return store
 
@@ -110,8 +111,12 @@ def _same(a: al.Decisions, b: al.Decisions) -> None:
         got = [[getattr(d, values)[c] for c in getattr(d, codes).tolist()] for d in (a, b)]
         assert got[0] == got[1], codes
     assert [a.agent_name(i) for i in range(len(a))] == [b.agent_name(i) for i in range(len(b))]
+    assert [a.attributes_text(i) for i in range(len(a))] == [
+        b.attributes_text(i) for i in range(len(b))
+    ]
     # and the code lists themselves: the values in use, sorted, whatever the reading order
     assert (a.epochs, a.versions, a.rules, a.agents) == (b.epochs, b.versions, b.rules, b.agents)
+    assert a.attribute_sets == b.attribute_sets
 
 
 @needs_accel
@@ -133,8 +138,10 @@ def test_column_wise_reading_matches_entry_by_entry(tmp_path: Path, keys: str) -
     if keys == "store":
         assert refs >= {"call-000", "y" * 256, b"\x00\x01binary\x00", "é-ünïcode-" + "x" * 40}
         assert (d.agent >= 0).any()
+        assert d.attribute_sets == ['{"queue":"sales"}', '{"queue":"support"}', '{"queue":"x"}']
+        assert (d.attributes >= 0).all()
     else:
-        assert refs == {None} and (d.agent == -1).all()
+        assert refs == {None} and (d.agent == -1).all() and (d.attributes == -1).all()
 
 
 def test_the_accelerator_has_the_decision_layout_of_format_py() -> None:
@@ -174,6 +181,8 @@ def test_decisions_the_writer_encodes_read_the_same_both_ways(
             # Python writes the pseudonyms; the C encoder leaves such batches to it.
             caller_pseudonym="cd" * 32 if encoder == "python" and i % 5 == 0 else None,
             decided_at=clock.now() + timedelta(microseconds=i),
+            # none (a decision from before they were logged), empty, short, and longer
+            attributes=(None, "{}", '{"queue":"sälès"}', '{"c":"' + "x" * 100 + '"}')[i % 4],
         )
         for i in range(200)
     ]
@@ -189,12 +198,12 @@ def test_decisions_the_writer_encodes_read_the_same_both_ways(
     got = [
         (d.epochs[d.epoch[i]], d.versions[d.version[i]].hex(), d.rules[d.rule[i]],
          int(d.threshold[i]), REASONS[d.reason[i]], int(d.draw[i]), d.ref(i),
-         d.agent_name(i), int(d.time_us[i]))
+         d.agent_name(i), int(d.time_us[i]), d.attributes_text(i))
         for i in range(len(d))
     ]  # fmt: skip
     assert got == [
         (r.epoch_id, r.policy_version, r.rule, r.threshold, r.reason, r.draw, r.call_ref,
-         r.agent, to_micros(r.decided_at))
+         r.agent, to_micros(r.decided_at), r.attributes)
         for r in records
     ]  # fmt: skip
 
@@ -246,7 +255,7 @@ def test_odd_entries_read_the_same_both_ways() -> None:
         _entry(key, field_bytes(0x21, b"a") + field_bytes(0x20, b"\x01x")),  # out of order
         _entry(key, field_bytes(0x20, b"\x02odd kind")),
         _entry(key, field_bytes(0x20, b"")),  # empty reference field
-        _entry(key, ref + field_bytes(0x22, b"pseudo") + field_bytes(0x23, b"?")),  # unknown
+        _entry(key, ref + field_bytes(0x22, b"pseudo") + field_bytes(0x24, b"?")),  # unknown
         _entry(key, ref, draw=None),  # no draw
         _entry(key, ref, threshold=2**64 - 1, reason=2**64 - 1),  # 8-byte integers
         _entry(key, ref, rule="é"),
@@ -255,6 +264,8 @@ def test_odd_entries_read_the_same_both_ways() -> None:
         _entry(key, ref, iv=b"\x00" * 8 + b"\xff" * 8),  # the CTR counter carries
         _entry(key, field_bytes(0x20, b"\x01" + b"c" * 60), iv=b"\xff" * 16),
         _entry(key, field_bytes(0x20, b"\x01" + b"c" * 60), iv=b"\x01" * 8 + b"\xff" * 7 + b"\xfe"),
+        _entry(key, ref + field_bytes(0x21, b"a") + field_bytes(0x23, b'{"q":"s"}')),
+        _entry(key, ref + field_bytes(0x23, b"not json")),  # read as it is: the audit judges
         header(T_DECISION, 5) + encode_fields(T_DECISION, {"rule": "no seal"}),
         header(0x10, 5),  # another entry type
     ]
@@ -266,22 +277,26 @@ def test_odd_entries_read_the_same_both_ways() -> None:
     assert d.ref(0) == b"\x00bin\x00" and d.ref(4) == b"odd kind" and d.ref(5) == b""
     assert d.ref(11) == "ü" * 100 and d.ref(13) == "c" * 60 and d.ref(14) == "c" * 60
     assert not d.has_draw[7] and d.threshold[8] == 2**64 - 1 and d.reason[8] == 2**62
+    assert d.attributes_text(15) == '{"q":"s"}' and d.agent_name(15) == "a"
+    assert d.attributes_text(16) == "not json" and d.attributes_text(6) is None
     assert [e.type for e in fast.others] == [0x10]
 
     def unseal(kid: str, kcv: bytes, iv: bytes, ct: bytes) -> bytes | None:
         return Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor().update(ct)
 
-    for i, raw in enumerate(records[:15]):
+    for i, raw in enumerate(records[:17]):
         e = decode_entry(100 + i, raw, unseal)
         assert d.ref(i) == e.fields.get("call_ref"), i
+        assert d.attributes_text(i) == e.fields.get("attributes"), i
 
 
 @pytest.mark.parametrize("accelerated", [True, False])
 def test_text_that_is_not_utf8_stops_the_reading_both_ways(accelerated: bool) -> None:
     key = os.urandom(32)
     bad_agent = _entry(key, field_bytes(0x20, b"\x01ok") + field_bytes(0x21, b"\xff\xfe"))
+    bad_attrs = _entry(key, field_bytes(0x20, b"\x01ok") + field_bytes(0x23, b'{"q":"\xff"}'))
     bad_rule = header(T_DECISION, 5) + field_bytes(0x03, b"\xff")
-    for record in (bad_agent, bad_rule):
+    for record in (bad_agent, bad_attrs, bad_rule):
         with pytest.raises(UnicodeDecodeError):
             _read([record], key, accelerated=accelerated and _hashing.ACCELERATED)
 

@@ -33,6 +33,7 @@ import io
 import itertools
 import pkgutil
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -1550,6 +1551,7 @@ def first(
         threshold=(5 << 56) // 100,
         caller_pseudonym="c0ffee" * 5,
         decided_at=DECIDED_AT,
+        attributes='{"queue":"sales"}',
     )
     return d._replace(**changes)
 
@@ -1589,6 +1591,38 @@ def test_calls_are_told_apart_by_epoch_and_kind(decided: DecidedCalls) -> None:
     assert decided.remember([text, raw, tomorrow]) == [None, None, None]
     assert decided.get("2027-05-22", b"\x02" + tag) == raw
     assert decided.get("2027-05-23", b"\x01" + tag) == tomorrow
+
+
+def test_each_first_decision_keeps_its_attributes(decided: DecidedCalls) -> None:
+    # What the decision logged of the call's attributes: a copy of its entry logs the same.
+    texts = ['{"queue":"sales"}', "{}", None, '{"queue":"sales"}', '{"q":"é"}']
+    calls = [first(b"\x01" + bytes([i]) * 16, attributes=t) for i, t in enumerate(texts)]
+    assert decided.remember(calls) == [None] * len(calls)
+    assert [decided.get(c.epoch_id, c.call) for c in calls] == calls
+
+
+def test_an_index_from_before_attributes_gets_their_column(tmp_path: Path) -> None:
+    path = tmp_path / "decided.sqlite"
+    old = SqliteDecidedCalls(path)
+    d = first(attributes=None)
+    old.remember([d])
+    old.close()
+    db = sqlite3.connect(path)
+    columns = "epoch_id, call, reason, rule_id, caller_pseudonym, decided_at, logged, log_index"
+    db.executescript(  # the table as it was before decisions logged attributes
+        "CREATE TABLE c (epoch_id TEXT NOT NULL, call BLOB NOT NULL, reason INTEGER NOT NULL, "
+        "rule_id INTEGER NOT NULL, caller_pseudonym TEXT, decided_at INTEGER NOT NULL, "
+        "logged INTEGER NOT NULL DEFAULT 0, log_index INTEGER, PRIMARY KEY (epoch_id, call)) "
+        f"WITHOUT ROWID; INSERT INTO c SELECT {columns} FROM decided_calls; "
+        "DROP TABLE decided_calls; ALTER TABLE c RENAME TO decided_calls;"
+    )
+    db.close()
+    index = SqliteDecidedCalls(path)
+    assert index.get(d.epoch_id, d.call) == d
+    assert index.remember([d._replace(attributes="{}")]) == [d]  # still the first
+    new = first(b"\x01" + b"n" * 16)
+    assert index.remember([new]) == [None] and index.get(new.epoch_id, new.call) == new
+    index.close()
 
 
 def test_a_call_twice_in_one_list_is_a_repeat_of_the_first(decided: DecidedCalls) -> None:

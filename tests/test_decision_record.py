@@ -61,7 +61,7 @@ def test_a_log_that_is_not_a_sink_is_refused() -> None:
         make(log=object())
 
 
-def _record_of(d: Decision) -> DecisionRecord:
+def _record_of(d: Decision, attributes: str | None) -> DecisionRecord:
     return DecisionRecord(
         epoch_id=d.epoch_id,
         policy_version=d.policy_version,
@@ -73,6 +73,7 @@ def _record_of(d: Decision) -> DecisionRecord:
         agent=d.agent,
         caller_pseudonym=d.caller_pseudonym,
         decided_at=d.decided_at,
+        attributes=attributes,
     )
 
 
@@ -91,21 +92,39 @@ def test_the_sampler_hands_every_decision_to_its_sink() -> None:
         for ref, queue, agent, caller in calls
     ]
     assert [d.log_ticket for d in made] == [1, 2, 3]
-    assert sink.records == [_record_of(d) for d in made]
+    policy = sampler.policy
+    assert policy.rule_attributes == ("direction", "queue")
+    assert sink.records == [
+        _record_of(d, policy.attributes_json({"queue": queue, "agent": agent}))
+        for d, (_, queue, agent, _) in zip(made, calls, strict=True)
+    ]
+    assert [r.attributes for r in sink.records] == [
+        '{"queue":"sales"}',
+        '{"queue":"support"}',
+        '{"queue":"internal"}',
+    ]
     assert made[1].reason == "objection" and sink.records[1].caller_pseudonym is not None
 
 
 def test_decide_batch_hands_the_records_decide_would() -> None:
     refs: list[str | bytes] = [f"call-{i}" for i in range(60)] + [b"\x01raw"]
     queues = ["sales", "support", "other", None] * 15 + ["sales"]
-    agents = [f"a{i % 3}" if i % 5 else None for i in range(61)]
+    # the capped sales rule needs an agent; the others may lack one
+    agents = [f"a{i % 3}" if i % 5 or queues[i] == "sales" else None for i in range(61)]
+    directions = [("inbound", "outbound", None)[i % 3] for i in range(61)]
     one, batch = ListSink(), ListSink()
     single, _ = make(log=one)
-    for ref, queue, agent in zip(refs, queues, agents, strict=True):
-        single.decide(ref, {"queue": queue, "agent": agent})
+    for ref, queue, agent, direction in zip(refs, queues, agents, directions, strict=True):
+        single.decide(ref, {"queue": queue, "agent": agent, "direction": direction})
     many, _ = make(log=batch)
-    many.decide_batch(refs, {"queue": queues, "agent": agents})
+    many.decide_batch(refs, {"queue": queues, "agent": agents, "direction": directions})
     assert batch.records == one.records
+    assert {r.attributes for r in one.records} >= {
+        "{}",
+        '{"queue":"sales"}',
+        '{"direction":"inbound","queue":"support"}',
+    }
+    assert {r.rule for r in one.records} >= {"sales", "support", "default"}
     assert {r.reason for r in one.records} >= {"sampled", "not_sampled", "cap_reached"}
 
 
@@ -142,6 +161,9 @@ def _records(n: int) -> list[DecisionRecord]:
                 agent=None if i % 4 == 0 else f"agent-{i % 5}",
                 caller_pseudonym=None,
                 decided_at=T0 + timedelta(microseconds=i),
+                attributes=(None, "{}", '{"queue":"équipe"}', '{"c":"' + "y" * (i % 300) + '"}')[
+                    i % 4
+                ],
             )
         )
     return out

@@ -272,6 +272,7 @@ def test_an_index_entry_whose_log_entry_was_lost_is_logged_once_by_a_retry(
                 rule.threshold,
                 None,
                 day,
+                attributes='{"queue":"regulated"}',  # what the first decision logged
             )
             for ref, reason in (("gone", SAMPLED), ("gone-too", NOT_SAMPLED))
         ]
@@ -292,6 +293,8 @@ def test_an_index_entry_whose_log_entry_was_lost_is_logged_once_by_a_retry(
         assert sampler.decide("gone", {"queue": "regulated"}).log_ticket == LOGGED_EARLIER
     entries = decision_entries(store)
     assert [(e["call_ref"], e["rule"]) for e in entries] == [("gone", "always")]
+    # The copy logs the attributes that chose the first decision's rule, not the retry's.
+    assert entries[0]["attributes"] == '{"queue":"regulated"}'
     report = audit(store, day)
     assert report.ok, report.to_text()
 

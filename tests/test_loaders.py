@@ -444,3 +444,58 @@ def test_a_numbers_file_that_is_not_utf8_names_the_file(
     code, _ = cli("objections", "add", "--store", base / "s", "--file", tmp_path / "n.txt")
     err = capsys.readouterr().err
     assert code == 2 and "n.txt" in err and "UTF-8" in err and "Traceback" not in err
+
+
+# -- the auditor's kit ---------------------------------------------------------------------------
+
+_KIT_FILES = [
+    "revealed-keys.json",
+    "sealing-keys.json",
+    "recordings.json",
+    "key-inventory.json",
+    "objections.json",
+]
+
+
+@pytest.fixture(scope="module")
+def kit(base: Path) -> Path:
+    from sampledrec.audit.kit import write_kit
+
+    if not (base / "kit").exists():
+        write_kit(Store.open(base / "s"), base / "kit", now=DAY + timedelta(days=1))
+    return base / "kit"
+
+
+def _relisted(kit: Path, name: str, data: bytes) -> dict[str, bytes]:
+    """The kit's file ``name`` replaced by ``data``, listed in the manifest as it is (so that
+    the file itself is read); returns what to put back."""
+    import hashlib
+
+    kept = {n: (kit / n).read_bytes() for n in (name, "kit.json")}
+    manifest = json.loads(kept["kit.json"])
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (kit / name).write_bytes(data)
+    (kit / "kit.json").write_text(json.dumps(manifest))
+    return kept
+
+
+@given(data=st.data())
+@_SETTINGS
+def test_an_audit_from_a_kit_with_a_mutated_file_reports_or_raises_a_typed_error(
+    kit: Path, data: st.DataObject
+) -> None:
+    from sampledrec.audit.kit import audit_kit
+
+    name = data.draw(st.sampled_from([*_KIT_FILES, "kit.json"]))
+    raw = (kit / name).read_bytes()
+    mutated = data.draw(mutated_file(raw, mutated_json(json.loads(raw))))
+    if name == "kit.json":
+        kept = {name: raw}
+        (kit / name).write_bytes(mutated)
+    else:
+        kept = _relisted(kit, name, mutated)
+    try:
+        _typed(audit_kit, kit)
+    finally:
+        for n, content in kept.items():
+            (kit / n).write_bytes(content)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -155,10 +156,27 @@ def test_retry_of_capped_call_does_not_count_twice() -> None:
     assert sum(d.record for d in first) == 2
 
 
-def test_calls_without_agent_are_not_capped() -> None:
-    sampler, _ = make()
-    ds = [sampler.decide(f"n-{i}", {"queue": "sales"}) for i in range(60)]
-    assert sum(d.record for d in ds) > 3
+def test_a_call_without_agent_under_a_capped_rule_is_refused() -> None:
+    # Nobody to count it against: recorded, it would escape the cap unseen (the audit reports
+    # such a decision), so it is refused before anything is decided, whatever its draw.
+    sink = _Sink()
+    sampler, _ = make(log=sink)
+    for i in range(20):
+        with pytest.raises(InvalidArgument, match="rule 'sales' caps recordings per agent"):
+            sampler.decide(f"n-{i}", {"queue": "sales"})
+    with pytest.raises(InvalidArgument, match=r"call 1 of the batch: rule 'sales' caps"):
+        sampler.decide_batch(["b-0", "b-1"], {"queue": ["sales"] * 2, "agent": ["a", None]})
+    assert sink.records == []  # nothing decided, logged or counted
+    # An objection needs no count; a repeat keeps its first decision; other rules need nothing.
+    assert sampler.decide("o-1", {"queue": "sales", "objection": "yes"}).reason == "objection"
+    first = sampler.decide("r-1", {"queue": "sales", "agent": "a"})
+    again = sampler.decide("r-1", {"queue": "sales"})
+    assert again.repeat and again._replace(agent="a") == first
+    batch = sampler.decide_batch(
+        ["r-1", "r-2", "r-2"], {"queue": ["sales"] * 3, "agent": [None, "b", None]}
+    )
+    assert batch.repeat is not None and batch.repeat.tolist() == [True, False, True]
+    assert sampler.decide("s-1", {"queue": "support"}).agent is None
 
 
 def test_bad_inputs() -> None:
@@ -201,16 +219,22 @@ def test_decide_batch_equals_decide_call_by_call(
     cols: dict[str, list[object]] = {
         "queue": [c[1] for c in calls],
         "direction": [c[2] for c in calls],
-        "agent": [c[3] for c in calls],
+        # the capped sales rule refuses calls without an agent: mostly, give one
+        "agent": [c[3] or ("a1" if c[1] == "sales" and c[0] % 8 else None) for c in calls],
         "objection": [c[4] for c in calls],
     }
     one, _ = make(seed=b"same")
     many, _ = make(seed=b"same")
     singles = []
+    batch_refs: object = refs if form == "list" else np.asarray(refs, dtype=form)
     for i, ref in enumerate(refs):
         attrs = {k: v[i] for k, v in cols.items() if v[i] is not None}
-        singles.append(one.decide(ref, attrs))
-    batch_refs: object = refs if form == "list" else np.asarray(refs, dtype=form)
+        try:
+            singles.append(one.decide(ref, attrs))
+        except InvalidArgument as exc:  # refused: so is the batch, at the same call
+            with pytest.raises(InvalidArgument, match=re.escape(f"call {i} of the batch: {exc}")):
+                many.decide_batch(batch_refs, cols)  # type: ignore[arg-type]
+            return
     batch = many.decide_batch(batch_refs, cols)  # type: ignore[arg-type]
     assert len(batch) == len(singles)
     assert batch.draws.dtype == np.uint64 and batch.record.dtype == np.bool_
@@ -270,7 +294,8 @@ def test_a_typo_in_an_attribute_name_warns_with_a_suggestion() -> None:
     assert [w.filename for w in seen] == [__file__]  # it points at the caller's line
     with pytest.warns(UnknownAttributeWarning, match="'quue'"):
         sampler.decide_batch(["c1", "c2"], {"quue": ["sales", "support"]})
-    sampler.decide("c1", {"queue": "sales", "direction": "inbound", "objection": "no"})  # known
+    attrs = {"queue": "sales", "direction": "inbound", "objection": "no", "agent": "a1"}
+    sampler.decide("c3", attrs)  # known names: no warning
 
 
 def test_a_declared_policy_refuses_unknown_attributes_before_deciding() -> None:
@@ -279,7 +304,7 @@ def test_a_declared_policy_refuses_unknown_attributes_before_deciding() -> None:
     )
     sink = _Sink()
     sampler = Sampler(policy, MemoryKeyring(), clock=FixedClock(T0), log=sink)
-    assert sampler.decide("c1", {"campaign": "spring", "queue": "sales"}).rule == "sales"
+    assert sampler.decide("c1", {"campaign": "spring", "queue": "support"}).rule == "default"
     with pytest.raises(InvalidArgument, match=r"attribute 'quue' .*did you mean 'queue'\?"):
         sampler.decide("c2", {"quue": "sales"})
     with pytest.raises(InvalidArgument, match="attribute 'quue'"):

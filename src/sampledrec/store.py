@@ -734,6 +734,7 @@ class Store:
                     from_micros(int(d.time_us[i])),
                     True,
                     int(d.index[i]),
+                    attributes=d.attributes_text(i),
                 )
             )
         return out

@@ -403,6 +403,14 @@ def open_kit(
     compared with it.
     """
     root = Path(path)
+    if verifier_key is not None:
+        try:
+            parse_vkey(verifier_key.strip())
+        except (SampledrecError, ValueError) as exc:
+            raise InvalidArgument(
+                f"--verifier-key is not a verifier key ({exc}); give the line 'sampledrec init' "
+                "printed, like sampledrec.local/<store id>+<key id>+<base64>"
+            ) from None
     manifest_path = root / "kit.json"
     try:
         manifest = json.loads(manifest_path.read_bytes())

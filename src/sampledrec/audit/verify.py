@@ -11,9 +11,10 @@ id, the call reference, the epoch):
   retention ended;
 - ``decisions``: every decision of a revealed epoch is recomputed (the draw with
   :func:`~sampledrec.sampling.draw_many`, the threshold from the policy version logged before
-  it, the reason, the per-agent caps replayed in log order); an ended epoch with decisions and
-  no revealed key, and call references unreadable while they should still be kept, are
-  findings;
+  it, the reason, the per-agent caps replayed in log order); every decision's rule recomputed
+  from the attributes it logged, every ``cap_reached`` replayed, and no capped rule without an
+  agent (:mod:`sampledrec.audit.rules`); an ended epoch with decisions and no revealed key, and
+  call references unreadable while they should still be kept, are findings;
 - ``time``: entry times in order, each decision in the epoch of its UTC day, keys committed a
   bounded time ahead, the policy in force, one epoch per reference
   (:mod:`sampledrec.audit.timeline`);
@@ -25,7 +26,8 @@ id, the call reference, the epoch):
   (:mod:`sampledrec.audit.recordings`);
 - ``cdr``: with the carrier's call records, completeness both ways (references matched by exact
   bytes and kind), no carrier call decided under two references (a re-roll), each call's
-  start time in its decision's epoch (:mod:`sampledrec.audit.cdr`);
+  start time in its decision's epoch, the carrier's attribute columns against the logged
+  attributes (:mod:`sampledrec.audit.cdr`);
 - ``statistics``: declared vs realised rates per rule and per (rule, agent), exact
   Clopper-Pearson intervals and two-sided exact binomial tests with Holm's correction. A group
   fails when its Holm-adjusted p-value is below :data:`STAT_ALPHA` (0.001): a strict threshold,
@@ -76,6 +78,8 @@ from .logview import InOrderLog
 from .objections import check_objections
 from .recordings import check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
+from .rules import check_cap_reached, check_rules
+from .rules import compact as _compact
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
 from .timeline import MAX_TIME_US, LoggedPolicy, check_time, epoch_day
 
@@ -268,7 +272,7 @@ def audit_evidence(
     # 6. cdr ------------------------------------------------------------------------------------
     if cdr is not None:
         rep.ran.add("cdr")
-        check_cdr(rep, decisions, cdr_rows)
+        check_cdr(rep, decisions, cdr_rows, policies, is_first)
     else:
         rep.skip("cdr", "no carrier call records given (--cdr)")
 
@@ -480,6 +484,12 @@ def _check_unverifiable(
     }
     if period is not None:
         rep.checked["decisions"]["outside_period"] = rep.counts.get("decisions_outside_period", 0)
+    for name, what in (
+        ("decisions_rules_recomputed", "rules_recomputed"),
+        ("decisions_cap_reached_replayed", "caps_reached_replayed"),
+    ):
+        if rep.counts.get(name):
+            rep.checked["decisions"][what] = rep.counts[name]
     if recomputed:
         return
     if not n:
@@ -507,19 +517,6 @@ class _RuleInForce:
 
     status: int
     rule: Any = None
-
-
-def _compact(keys: I64, space: int) -> tuple[I64, I64]:
-    """``(values, codes)``: the distinct values of ``keys`` (integers from 0 to ``space - 1``),
-    ascending, and each key's index among them. Counting into a table when the space is small
-    (the usual case: a few rules, thresholds, agents), sorting otherwise."""
-    if space <= 4 * keys.size + 1024:
-        present = np.bincount(keys, minlength=space) > 0
-        values = np.flatnonzero(present)
-        lut = np.cumsum(present) - 1
-        return values, lut[keys]
-    values, codes = np.unique(keys, return_inverse=True)
-    return values, codes.ravel()
 
 
 def _rules_in_force(d: Decisions, policies: dict[bytes, Any]) -> tuple[list[_RuleInForce], I64]:
@@ -661,7 +658,9 @@ def _check_decisions(
             if wrong is not None:
                 rep.add("decisions", wrong, evidence=ev, **where)
     rep.counts["decisions_recomputed"] = recomputed
+    check_rules(rep, d, found, which, policies)
     _check_caps(rep, d, is_first, found, which)
+    check_cap_reached(rep, d, is_first, found, which)
 
 
 def _check_caps(

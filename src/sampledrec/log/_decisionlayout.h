@@ -25,6 +25,7 @@
 #define TAG_CALL_REF 0x20
 #define TAG_AGENT 0x21
 #define TAG_CALLER_PSEUDONYM 0x22
+#define TAG_ATTRIBUTES 0x23 /* the rules' attributes of the call, compact JSON */
 /* sealed = kid_len u8 | kid | kcv | iv | ciphertext */
 #define TAG_SEALED 0xF0
 #define KCV_SIZE 4

@@ -5,7 +5,7 @@
  *
  * Reads the records (u32be length, entry) of one batch payload buf[start:end] and returns, for
  * the decision entries of the usual shape, their fields as columns, their personal fields
- * (call reference, agent) already unsealed, and a fingerprint of each reference. Every other
+ * (call reference, agent, attributes) already unsealed, and a fingerprint of each reference. Every other
  * record (another entry type, or a decision of an unusual shape) is only located: the caller
  * decodes it with format.decode_entry, which stays the reference. So the columns must equal,
  * field for field, what decode_entry gives; tests/test_auditlog.py compares the two.
@@ -15,7 +15,7 @@
  *   [draw] | reason | sealed
  * every length in the short form (< 0xFF), the integers at most 8 bytes, text valid UTF-8,
  * and, once unsealed, personal fields call_ref (kind byte + value) | [agent] |
- * [caller_pseudonym], nothing else.
+ * [caller_pseudonym] | [attributes], nothing else.
  *
  * key_for(kid: str) -> (key, kcv) | None is called once per distinct key id. hash_key (16
  * random bytes) keys the tables that intern text fields. A sealed field
@@ -221,7 +221,7 @@ static int ascii_only(const unsigned char *p, size_t n) {
 typedef struct {
     size_t rec;       /* record number in the batch */
     size_t off;       /* entry offset in buf */
-    int32_t epoch, version, rule, kid, agent;
+    int32_t epoch, version, rule, kid, agent, attrs;
     uint64_t time, thr, draw, reason;
     uint8_t has_draw;
     size_t kcv, iv, ct; /* offsets in buf of the key check value, IV, ciphertext */
@@ -281,7 +281,8 @@ static int parse_public(const unsigned char *b, size_t off, size_t n, row *r, it
 }
 
 /* Parse the unsealed personal fields of r (plaintext p[0:n]); 0 if not the usual shape. */
-static int parse_personal(const unsigned char *p, size_t n, row *r, itable *agents, int *err) {
+static int parse_personal(const unsigned char *p, size_t n, row *r, itable *agents,
+                          itable *attrs, int *err) {
     size_t pos = 0, vp, vl;
     int tag = next_field(p, n, &pos, &vp, &vl);
     if (tag != TAG_CALL_REF || vl < 1) return 0;
@@ -307,6 +308,14 @@ static int parse_personal(const unsigned char *p, size_t n, row *r, itable *agen
         tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
     }
     if (tag == TAG_CALLER_PSEUDONYM) tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
+    r->attrs = -1;
+    if (tag == TAG_ATTRIBUTES) {
+        int32_t a = it_code(attrs, p + vp, vl);
+        if (a == -2) *err = 1;
+        if (a < 0) return 0;
+        r->attrs = a;
+        tag = pos < n ? next_field(p, n, &pos, &vp, &vl) : END;
+    }
     return tag == END && pos == n;
 }
 
@@ -366,7 +375,7 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     unsigned char *plain = NULL;
     size_t plain_size = 0;
     ctrbatch *cb = NULL;
-    itable *t = calloc(5, sizeof(itable));
+    itable *t = calloc(6, sizeof(itable));
     int err = 0;
     if (!t) {
         PyBuffer_Release(&buf);
@@ -374,6 +383,7 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     itable *epochs = &t[0], *versions = &t[1], *rules = &t[2], *kids = &t[3], *agents = &t[4];
+    itable *attrs = &t[5];
     if (hkey.len != 16) {
         PyErr_SetString(PyExc_ValueError, "the hash key must be 16 bytes");
         goto done;
@@ -383,6 +393,7 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     it_init(rules, 1, hkey.buf);
     it_init(kids, 2, hkey.buf);
     it_init(agents, 1, hkey.buf);
+    it_init(attrs, 1, hkey.buf);
     const unsigned char *b = (const unsigned char *)buf.buf;
     if (start < 0 || end > buf.len || start > end) {
         PyErr_SetString(PyExc_ValueError, "bad start or end");
@@ -465,6 +476,7 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
             CRYPTO_memcmp(PyBytes_AS_STRING(PyTuple_GET_ITEM(k, 1)), b + r->kcv, 4) != 0) {
             r->kind = 0; /* unreadable: key gone, or not the key it was sealed with */
             r->agent = -1;
+            r->attrs = -1;
             continue;
         }
         r->kind = 3; /* to parse once decrypted */
@@ -503,7 +515,7 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     for (size_t i = 0; i < nrow; i++) {
         row *r = &rows[i];
         if (r->kind != 3) continue;
-        if (!parse_personal(plain + r->pt, r->ct_len, r, agents, &err)) r->kind = 255;
+        if (!parse_personal(plain + r->pt, r->ct_len, r, agents, attrs, &err)) r->kind = 255;
         if (err) goto done;
         if (r->kind != 255 && r->ref_len > width) width = r->ref_len;
     }
@@ -518,7 +530,7 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     PyObject *o_draw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * 8));
     PyObject *o_hasd = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)m);
     PyObject *o_reason = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * 8));
-    PyObject *o_codes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * 4 * 4));
+    PyObject *o_codes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * 5 * 4));
     PyObject *o_kind = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)m);
     PyObject *o_rlen = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * 4));
     PyObject *o_refs = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * width));
@@ -539,7 +551,8 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
     uint64_t *c_draw = (uint64_t *)PyBytes_AS_STRING(o_draw);
     uint8_t *c_hasd = (uint8_t *)PyBytes_AS_STRING(o_hasd);
     uint64_t *c_reason = (uint64_t *)PyBytes_AS_STRING(o_reason);
-    int32_t *c_codes = (int32_t *)PyBytes_AS_STRING(o_codes); /* epoch, version, rule, agent */
+    /* epoch, version, rule, agent, attributes */
+    int32_t *c_codes = (int32_t *)PyBytes_AS_STRING(o_codes);
     uint8_t *c_kind = (uint8_t *)PyBytes_AS_STRING(o_kind);
     int32_t *c_rlen = (int32_t *)PyBytes_AS_STRING(o_rlen);
     unsigned char *c_refs = (unsigned char *)PyBytes_AS_STRING(o_refs);
@@ -555,10 +568,11 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
         c_draw[j] = r->draw;
         c_hasd[j] = r->has_draw;
         c_reason[j] = r->reason;
-        c_codes[4 * j] = r->epoch;
-        c_codes[4 * j + 1] = r->version;
-        c_codes[4 * j + 2] = r->rule;
-        c_codes[4 * j + 3] = r->kind ? r->agent : -1;
+        c_codes[5 * j] = r->epoch;
+        c_codes[5 * j + 1] = r->version;
+        c_codes[5 * j + 2] = r->rule;
+        c_codes[5 * j + 3] = r->kind ? r->agent : -1;
+        c_codes[5 * j + 4] = r->kind ? r->attrs : -1;
         c_kind[j] = r->kind == 0 ? 0 : r->kind;
         c_rlen[j] = r->kind ? (int32_t)r->ref_len : 0;
         c_fp[j] = 0;
@@ -569,9 +583,10 @@ PyObject *py_decision_columns(PyObject *self, PyObject *args) {
         j++;
     }
 #define OBJS(tab) ((tab)->objs ? (Py_INCREF((tab)->objs), (tab)->objs) : PyList_New(0))
-    result = Py_BuildValue("(NNNNNNNNNNnNNNNNNN)", o_off, o_len, o_rec, o_time, o_thr, o_draw,
+    result = Py_BuildValue("(NNNNNNNNNNnNNNNNNNN)", o_off, o_len, o_rec, o_time, o_thr, o_draw,
                            o_hasd, o_reason, o_codes, o_kind, (Py_ssize_t)width, o_rlen, o_refs,
-                           o_fp, OBJS(epochs), OBJS(versions), OBJS(rules), OBJS(agents));
+                           o_fp, OBJS(epochs), OBJS(versions), OBJS(rules), OBJS(agents),
+                           OBJS(attrs));
 #undef OBJS
     goto done;
 crypto_error:
@@ -590,7 +605,7 @@ done:
     free(rec_off);
     free(rec_len);
     Py_XDECREF(keys);
-    for (int i = 0; i < 5; i++) it_free(&t[i]);
+    for (int i = 0; i < 6; i++) it_free(&t[i]);
     free(t);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&hkey);

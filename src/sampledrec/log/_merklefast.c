@@ -332,15 +332,15 @@ static void put_be(unsigned char *o, unsigned long long v, int n) {
 
 /* items: a list of (ticket, record), record an instance of record_type (a tuple: the writer's
  * DecisionRecord); fields: the positions in the record of the draw, call reference, agent,
- * caller pseudonym and decision time. The fields before the draw are those prefix_for(record)
+ * caller pseudonym, decision time and attributes. The fields before the draw are those prefix_for(record)
  * encodes, the same for long runs of decisions: they key the cache. */
 static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     PyObject *items, *record_type, *cache, *prefix_for;
-    Py_ssize_t f_draw, f_ref, f_agent, f_pseudo, f_at;
+    Py_ssize_t f_draw, f_ref, f_agent, f_pseudo, f_at, f_attrs;
     Py_buffer key, ivp, kid, kcv;
     unsigned long long counter;
-    if (!PyArg_ParseTuple(args, "O!O!(nnnnn)O!Oy*y*Ky*y*", &PyList_Type, &items, &PyType_Type,
-                          &record_type, &f_draw, &f_ref, &f_agent, &f_pseudo, &f_at,
+    if (!PyArg_ParseTuple(args, "O!O!(nnnnnn)O!Oy*y*Ky*y*", &PyList_Type, &items, &PyType_Type,
+                          &record_type, &f_draw, &f_ref, &f_agent, &f_pseudo, &f_at, &f_attrs,
                           &PyDict_Type, &cache, &prefix_for, &key, &ivp, &counter, &kid, &kcv))
         return NULL;
     PyObject *result = NULL;
@@ -351,8 +351,8 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
     EVP_CIPHER_CTX *ctx = NULL;
     Py_ssize_t f_max = f_draw;
     Py_ssize_t f_min = f_draw;
-    const Py_ssize_t f_all[4] = {f_ref, f_agent, f_pseudo, f_at};
-    for (int k = 0; k < 4; k++) {
+    const Py_ssize_t f_all[5] = {f_ref, f_agent, f_pseudo, f_at, f_attrs};
+    for (int k = 0; k < 5; k++) {
         if (f_all[k] > f_max) f_max = f_all[k];
         if (f_all[k] < f_min) f_min = f_all[k];
     }
@@ -377,6 +377,7 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
         }
         PyObject *draw = PyTuple_GET_ITEM(rec, f_draw), *ref = PyTuple_GET_ITEM(rec, f_ref);
         PyObject *agent = PyTuple_GET_ITEM(rec, f_agent), *pseudo = PyTuple_GET_ITEM(rec, f_pseudo);
+        PyObject *attrs = PyTuple_GET_ITEM(rec, f_attrs);
         long long us = micros_utc(PyTuple_GET_ITEM(rec, f_at));
         if (us < 0 || pseudo != Py_None || !PyLong_Check(draw)) goto fallback;
         /* One sealing key per call: every decision must fall in the same UTC month. */
@@ -439,7 +440,8 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
         Py_DECREF(fixed);
         if (bad) goto done;
         pub_end[i] = pub.n;
-        /* personal fields: the call ref (kind byte + bytes), the agent (no pseudonym: above) */
+        /* personal fields: the call ref (kind byte + bytes), the agent (no pseudonym: above),
+         * the attributes */
         size_t start = plain.n;
         const char *rp;
         Py_ssize_t rn;
@@ -467,6 +469,16 @@ static PyObject *py_encode_decisions(PyObject *self, PyObject *args) {
             ap = PyUnicode_AsUTF8AndSize(agent, &an);
             if (!ap) goto done;
             if (sb_field(&plain, TAG_AGENT, (const unsigned char *)ap, (size_t)an) < 0) goto done;
+        }
+        /* (a caller pseudonym, tag 0x22, would come here: such records take the Python path) */
+        if (attrs != Py_None) {
+            Py_ssize_t tn;
+            const char *tp;
+            if (!PyUnicode_Check(attrs)) goto fallback;
+            tp = PyUnicode_AsUTF8AndSize(attrs, &tn);
+            if (!tp) goto done;
+            if (sb_field(&plain, TAG_ATTRIBUTES, (const unsigned char *)tp, (size_t)tn) < 0)
+                goto done;
         }
         plain_len[i] = plain.n - start;
         /* pad to a whole number of AES blocks: each entry starts on a fresh counter block */
@@ -650,12 +662,12 @@ static PyObject *py_untrack(PyObject *self, PyObject *t) {
 
 static PyObject *py_decision_layout(PyObject *self, PyObject *unused) {
     return Py_BuildValue(
-        "{s:i,s:i,s:i,s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:i,s:i,s:i,s:i,s:i}",
+        "{s:i,s:i,s:i,s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i},s:i,s:i,s:i,s:i,s:i}",
         "format_version", ENTRY_VERSION, "header_size", ENTRY_HEADER, "entry_type", T_DECISION,
         "tags", "epoch_id", TAG_EPOCH_ID, "policy_version", TAG_POLICY_VERSION, "rule", TAG_RULE,
         "threshold", TAG_THRESHOLD, "draw", TAG_DRAW, "reason", TAG_REASON, "call_ref",
-        TAG_CALL_REF, "agent", TAG_AGENT, "caller_pseudonym", TAG_CALLER_PSEUDONYM, "sealed",
-        TAG_SEALED, "draw_size", DRAW_SIZE, "ref_bytes", REF_BYTES, "ref_text", REF_TEXT,
+        TAG_CALL_REF, "agent", TAG_AGENT, "caller_pseudonym", TAG_CALLER_PSEUDONYM,
+        "attributes", TAG_ATTRIBUTES, "sealed", TAG_SEALED, "draw_size", DRAW_SIZE, "ref_bytes", REF_BYTES, "ref_text", REF_TEXT,
         "kcv_size", KCV_SIZE, "iv_size", IV_SIZE);
 }
 

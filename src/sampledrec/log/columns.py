@@ -55,8 +55,11 @@ class Decisions:
     """The decision entries of a log, one array per field, in log order.
 
     Text and small-domain fields are codes into lists (``epoch`` into ``epochs`` ...; ``agent``
-    is -1 where there is none). ``threshold_ok`` is False where the threshold is missing or does
-    not fit 64 bits; ``reason`` is -1 where it is missing. Call references are the rows
+    is -1 where there is none). ``attributes`` indexes ``attribute_sets``, the distinct texts of
+    the logged attributes (compact JSON, as logged; -1 where the decision has none, or its
+    personal fields are unreadable): few distinct values, so a check parses each once.
+    ``threshold_ok`` is False where the threshold is missing or does not fit 64 bits;
+    ``reason`` is -1 where it is missing. Call references are the rows
     ``refs[i, :ref_len[i]]``, of kind ``ref_kind`` (0: erased or unreadable, 1: text as UTF-8,
     2: bytes).
     """
@@ -76,6 +79,8 @@ class Decisions:
     reason: I64
     agent: I32
     agents: list[str]
+    attributes: I32
+    attribute_sets: list[str]
     ref_kind: npt.NDArray[np.uint8]
     ref_len: I64
     refs: npt.NDArray[np.uint8]
@@ -99,6 +104,11 @@ class Decisions:
     def agent_name(self, i: int) -> str | None:
         code = int(self.agent[i])
         return self.agents[code] if code >= 0 else None
+
+    def attributes_text(self, i: int) -> str | None:
+        """The attributes decision ``i`` logged, as logged (JSON text), or None."""
+        code = int(self.attributes[i])
+        return self.attribute_sets[code] if code >= 0 else None
 
 
 def ref_text(ref: str | bytes) -> str:
@@ -138,13 +148,14 @@ class _Codes:
 class _Builder:
     def __init__(self) -> None:
         self.epochs, self.versions, self.rules, self.agents = _Codes(), _Codes(), _Codes(), _Codes()
+        self.attributes = _Codes()
         self.chunks: list[dict[str, Any]] = []
         self.slow: list[Entry] = []
 
     def add_columns(self, first: int, out: tuple[Any, ...]) -> npt.NDArray[np.bool_]:
         """Add what ``decision_columns`` read; returns which records it did not read."""
         (_, lens, rec, time, thr, draw, hasd, reason, codes, kind, width, rlen, refs, fp) = out[:14]
-        epochs, versions, rules, agents = out[14:]
+        epochs, versions, rules, agents, attributes = out[14:]
         nrec = len(lens) // 4
         rest = np.ones(nrec, dtype=bool)
         r = np.frombuffer(rec, dtype=np.uint64).astype(np.int64)
@@ -152,7 +163,7 @@ class _Builder:
         m = r.shape[0]
         if not m:
             return rest
-        c = np.frombuffer(codes, dtype=np.int32).reshape(m, 4)
+        c = np.frombuffer(codes, dtype=np.int32).reshape(m, 5)
         self.chunks.append(
             {
                 "index": r + first,
@@ -161,6 +172,7 @@ class _Builder:
                 "version": self.versions.lut(versions)[c[:, 1]],
                 "rule": self.rules.lut(rules)[c[:, 2]],
                 "agent": self.agents.lut(agents)[c[:, 3]],
+                "attributes": self.attributes.lut(attributes)[c[:, 4]],
                 "threshold": np.frombuffer(thr, dtype=np.uint64),
                 "threshold_ok": np.ones(m, dtype=bool),
                 "draw": np.frombuffer(draw, dtype=np.uint64),
@@ -203,6 +215,7 @@ class _Builder:
         draws = [f.get(d.draw.name) for f in fl]
         has_draw = [isinstance(x, int) for x in draws]
         agents = [f.get(d.agent.name) for f in fl]
+        attrs = [f.get(d.attributes.name) for f in fl]
         return {
             "index": np.asarray([e.index for e in rows], dtype=np.int64),
             "time_us": np.asarray([e.time_us for e in rows], dtype=np.uint64),
@@ -218,6 +231,9 @@ class _Builder:
             ),
             "agent": np.asarray(
                 [self.agents.code(a) if isinstance(a, str) else -1 for a in agents], np.int32
+            ),
+            "attributes": np.asarray(
+                [self.attributes.code(a) if isinstance(a, str) else -1 for a in attrs], np.int32
             ),
             "threshold": np.asarray(
                 [t if ok else 0 for t, ok in zip(thr, thr_ok, strict=True)], dtype=np.uint64
@@ -259,14 +275,15 @@ class _Builder:
             order = np.argsort(cols["index"], kind="stable")
             cols = {k: v[order] for k, v in cols.items()}
         lists: dict[str, Any] = {}
-        for name, codes in (
-            ("epoch", self.epochs),
-            ("version", self.versions),
-            ("rule", self.rules),
-            ("agent", self.agents),
+        for name, codes, listed in (
+            ("epoch", self.epochs, "epochs"),
+            ("version", self.versions, "versions"),
+            ("rule", self.rules, "rules"),
+            ("agent", self.agents, "agents"),
+            ("attributes", self.attributes, "attribute_sets"),
         ):
-            cols[name], lists[name + "s"] = _canonical(
-                cols[name], codes.values, missing=name == "agent"
+            cols[name], lists[listed] = _canonical(
+                cols[name], codes.values, missing=name in ("agent", "attributes")
             )
         return Decisions(**lists, **cols)
 
@@ -321,6 +338,7 @@ def _empty_chunk() -> dict[str, Any]:
         "version": i32,
         "rule": i32,
         "agent": i32,
+        "attributes": i32,
         "threshold": u64,
         "threshold_ok": b,
         "draw": u64,

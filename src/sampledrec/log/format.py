@@ -174,6 +174,7 @@ class DecisionFields(NamedTuple):
     call_ref: Field
     agent: Field
     caller_pseudonym: Field
+    attributes: Field
 
 
 #: The layout of a decision entry (type ``T_DECISION``), defined here only: the writer
@@ -190,6 +191,9 @@ DECISION: Final = DecisionFields(
     call_ref=Field(0x20, "call_ref", "ref"),
     agent=Field(0x21, "agent", "str"),
     caller_pseudonym=Field(0x22, "caller_pseudonym", "bytes", 32),  # HMAC-SHA-256
+    # The call's attributes that the policy's rules name, as compact JSON with sorted keys
+    # (``Policy.attributes_json``): the audit recomputes which rule applied.
+    attributes=Field(0x23, "attributes", "str"),
 )
 
 

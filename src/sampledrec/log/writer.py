@@ -115,7 +115,7 @@ def _decision_fields(record: DecisionRecord) -> tuple[bytes, bytes]:
 _C_RECORD_FIELDS: Final = tuple(
     map(
         DecisionRecord._fields.index,
-        ("draw", "call_ref", "agent", "caller_pseudonym", "decided_at"),
+        ("draw", "call_ref", "agent", "caller_pseudonym", "decided_at", "attributes"),
     )
 )
 
@@ -933,6 +933,8 @@ class DecisionLog:
                 personal += field_bytes(
                     d.caller_pseudonym.tag, bytes.fromhex(item.caller_pseudonym)
                 )
+            if item.attributes is not None:
+                personal += field_bytes(d.attributes.tag, item.attributes.encode())
             day = time_us // 86_400_000_000
             if day != last_day:
                 last_day, last_kid = day, _kid(time_us)

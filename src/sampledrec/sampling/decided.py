@@ -11,7 +11,8 @@ bytes: the audit tells ``"c1"`` from ``b"c1"``) and its full AES-CMAC tag under 
 (the draw is bytes 1 to 7 of the name). Without the epoch key that says nothing about the call
 reference, which is never kept. The index keeps what a repeat needs to answer like the first
 decision: reason, rule (with its purpose, rate and threshold), policy version, the caller's
-pseudonym, the time, and whether its log entry is known to be durable.
+pseudonym, the time, the attributes its rule was chosen by (to log an identical copy), and
+whether its log entry is known to be durable.
 
 - :class:`SqliteDecidedCalls` (``STORE/decided.sqlite``; what a store's logged sampler uses):
   one small SQLite write per new call, committed before the decision is returned (see the class
@@ -55,6 +56,9 @@ class FirstDecision(NamedTuple):
     ``call`` is the reference's kind and full CMAC tag (module docstring). ``logged`` says that
     its decision entry is known to be durable in the log (at ``log_index`` when known): a
     sampler in another process can then answer a repeat without logging anything.
+    ``attributes`` is what the decision logged of the call's attributes
+    (:meth:`~sampledrec.sampling.policy.Policy.attributes_json`), so that a copy of its entry
+    logs the same.
     """
 
     epoch_id: str
@@ -69,6 +73,7 @@ class FirstDecision(NamedTuple):
     decided_at: datetime
     logged: bool = False
     log_index: int | None = None
+    attributes: str | None = None
 
     @property
     def draw(self) -> int:
@@ -172,8 +177,13 @@ CREATE TABLE IF NOT EXISTS decided_calls (
     decided_at INTEGER NOT NULL,
     logged INTEGER NOT NULL DEFAULT 0,
     log_index INTEGER,
+    attributes_id INTEGER,
     PRIMARY KEY (epoch_id, call)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decided_attributes (
+    id INTEGER PRIMARY KEY,
+    attributes TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -182,17 +192,19 @@ CREATE TABLE IF NOT EXISTS meta (
 
 _INSERT: Final = (
     "INSERT OR IGNORE INTO decided_calls (epoch_id, call, reason, rule_id, caller_pseudonym, "
-    "decided_at, logged, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "decided_at, logged, log_index, attributes_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REPLAY: Final = (
     "INSERT INTO decided_calls (epoch_id, call, reason, rule_id, caller_pseudonym, decided_at, "
-    "logged, log_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (epoch_id, call) DO UPDATE "
-    "SET logged = 1, log_index = coalesce(log_index, excluded.log_index)"
+    "logged, log_index, attributes_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+    "(epoch_id, call) DO UPDATE SET logged = 1, log_index = coalesce(log_index, "
+    "excluded.log_index)"
 )
 _SELECT: Final = (
     "SELECT c.reason, r.rule, r.purpose, r.rate, r.policy_version, r.threshold, "
-    "c.caller_pseudonym, c.decided_at, c.logged, c.log_index FROM decided_calls c "
-    "JOIN decided_rules r ON r.id = c.rule_id WHERE c.epoch_id = ? AND c.call = ?"
+    "c.caller_pseudonym, c.decided_at, c.logged, c.log_index, a.attributes FROM decided_calls c "
+    "JOIN decided_rules r ON r.id = c.rule_id LEFT JOIN decided_attributes a "
+    "ON a.id = c.attributes_id WHERE c.epoch_id = ? AND c.call = ?"
 )
 
 
@@ -225,9 +237,11 @@ class SqliteDecidedCalls:
         )
         self._lock = threading.Lock()
         self._rule_ids: dict[tuple[str, str], int] = {}
+        self._attributes_ids: dict[str, int] = {}
         self._last_at: tuple[datetime | None, int] = (None, 0)
         try:
             self._db.executescript(_SCHEMA)
+            self._add_attributes_column()
             row = self._db.execute("SELECT value FROM meta WHERE name = 'boot_id'").fetchone()
             #: Written in an earlier boot (or never): commits may have been lost since.
             self.unclean = self._boot is not None and (row is None or row[0] != self._boot)
@@ -239,6 +253,24 @@ class SqliteDecidedCalls:
                 f"{self.path}: cannot open the decided-calls index ({exc}); check that the "
                 "store folder is writable by this user"
             ) from None
+
+    def _add_attributes_column(self) -> None:
+        """An index from before decisions logged their attributes gets the column (another
+        process opening it at the same moment may add it first)."""
+
+        def has_it() -> bool:
+            return any(
+                c[1] == "attributes_id"
+                for c in self._db.execute("PRAGMA table_info(decided_calls)")
+            )
+
+        if has_it():
+            return
+        try:
+            self._db.execute("ALTER TABLE decided_calls ADD COLUMN attributes_id INTEGER")
+        except sqlite3.OperationalError:
+            if not has_it():
+                raise
 
     def _failed(self, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"{self.path}: the decided-calls index failed ({exc})")
@@ -273,6 +305,22 @@ class SqliteDecidedCalls:
             self._rule_ids[key] = found
         return found
 
+    def _attributes_id(self, text: str) -> int:
+        """The id of a distinct attributes text (a few per policy: kept once, not per call)."""
+        found = self._attributes_ids.get(text)
+        if found is None:
+            db = self._db
+            db.execute("INSERT OR IGNORE INTO decided_attributes (attributes) VALUES (?)", (text,))
+            found = int(
+                db.execute(
+                    "SELECT id FROM decided_attributes WHERE attributes = ?", (text,)
+                ).fetchone()[0]
+            )
+            if len(self._attributes_ids) >= 4096:
+                self._attributes_ids.clear()
+            self._attributes_ids[text] = found
+        return found
+
     def _row(self, d: FirstDecision) -> tuple[object, ...]:
         at = d.decided_at
         if at is not self._last_at[0]:  # a batch's decisions share one time: computed once
@@ -286,6 +334,7 @@ class SqliteDecidedCalls:
             self._last_at[1],
             int(d.logged),
             d.log_index,
+            None if d.attributes is None else self._attributes_id(d.attributes),
         )
 
     def remember(self, decisions: Sequence[FirstDecision]) -> list[FirstDecision | None]:
@@ -319,7 +368,7 @@ class SqliteDecidedCalls:
         found = self._db.execute(_SELECT, (epoch_id, call)).fetchone()
         if found is None:
             return None
-        reason, rule, purpose, rate, version, threshold, pseudonym, at, logged, index = found
+        reason, rule, purpose, rate, version, threshold, pseudonym, at, logged, index, attrs = found
         return FirstDecision(
             epoch_id,
             call,
@@ -333,6 +382,7 @@ class SqliteDecidedCalls:
             _EPOCH_US + at * _US,
             bool(logged),
             index,
+            attrs,
         )
 
     def get(self, epoch_id: str, call: bytes) -> FirstDecision | None:

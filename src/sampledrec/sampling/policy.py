@@ -51,7 +51,7 @@ import json
 import re
 import tomllib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
@@ -107,6 +107,7 @@ _RULE_KEYS: Final = {
     "description",
 }
 _RATE_KEYS: Final = {"rate", "rate_ceiling"}
+_ATTRIBUTES_CACHE: Final = 4096  # distinct attribute values a policy remembers the JSON of
 
 DEFAULT_POLICY_TOML: Final = """\
 # sampledrec sampling policy.
@@ -373,6 +374,94 @@ class Policy:
             cached = _attributes_used(self.rules, self.roles)
             object.__setattr__(self, "_attributes_used", cached)
         return cached  # type: ignore[no-any-return]
+
+    @property
+    def rule_attributes(self) -> tuple[str, ...]:
+        """The call attributes that some rule's ``match`` names, sorted: those a decision logs
+        (:meth:`attributes_json`), so that an auditor can recompute which rule applied."""
+        cached: Any = self.__dict__.get("_rule_attributes")
+        if cached is None:
+            cached = tuple(sorted({name for rule in self.rules for name in rule.match}))
+            object.__setattr__(self, "_rule_attributes", cached)
+        return cached  # type: ignore[no-any-return]
+
+    def attributes_json(self, attrs: Mapping[str, object]) -> str:
+        """The call's :attr:`rule_attributes` as a decision logs them: a compact JSON object
+        (sorted keys, no spaces, UTF-8 rather than ``\\u`` escapes) of each such attribute
+        that the call has, its value as the rules compare it (:func:`attr_text`). ``{}`` when
+        the call has none of them. :meth:`rule_for` of the parsed object gives the call's
+        rule: the audit relies on it.
+
+        >>> policy = Policy.from_toml(
+        ...     '[[rules]]\\nname = "s"\\nmatch = { queue = "sales", vip = true }\\nrate = "0.2"\\n'
+        ...     'purpose = "quality"\\nretention = "6 months"\\n'
+        ...     '[default]\\nrate = "0.05"\\npurpose = "quality"\\nretention = "6 months"'
+        ... )
+        >>> policy.attributes_json({"vip": True, "queue": "sales", "agent": "a7"})
+        '{"queue":"sales","vip":"true"}'
+        """
+        # On the per-call hot path: a cached text costs one lookup.
+        known = self.__dict__.get("_attributes_json")
+        values = tuple(
+            map(attrs.get, self.__dict__.get("_rule_attributes") or self.rule_attributes)
+        )
+        if known is not None:
+            try:
+                found = known.get(values)
+            except TypeError:  # a value that cannot be hashed
+                found = None
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return self.attributes_json_of(values)
+
+    def attributes_json_rows(self, columns: Mapping[str, Sequence[object]], n: int) -> list[str]:
+        """:meth:`attributes_json` of ``n`` calls given as attribute columns (one value per
+        call, ``None`` where a call lacks it; a column not given: no call has it)."""
+        names = self.rule_attributes
+        if not names:
+            return [self.attributes_json_of(())] * n
+        missing = [None] * n
+        rows = list(zip(*(columns.get(a, missing) for a in names), strict=True))
+        known, of = self._attributes_cache().get, self.attributes_json_of
+        try:  # texts seen before (the usual case) cost one lookup
+            return [known(values) or of(values) for values in rows]
+        except TypeError:  # a value that cannot be hashed
+            return [of(values) for values in rows]
+
+    def _attributes_cache(self) -> dict[tuple[object, ...], str]:
+        cache: dict[tuple[object, ...], str] | None = self.__dict__.get("_attributes_json")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_attributes_json", cache)
+        return cache
+
+    def attributes_json_of(self, values: tuple[object, ...]) -> str:
+        """:meth:`attributes_json` of a call whose :attr:`rule_attributes` have ``values``
+        (in that order, ``None`` where the call lacks one)."""
+        # On the per-call hot path: the values, as given, key a cache of the texts.
+        names = self.rule_attributes
+        cache = self.__dict__.get("_attributes_json")
+        if cache is None:
+            cache = self._attributes_cache()
+        try:
+            found = cache.get(values)
+        except TypeError:  # a value that cannot be hashed: no cache
+            found = None
+        if found is not None:
+            return found
+        texts = {n: attr_text(v) for n, v in zip(names, values, strict=True) if v is not None}
+        text = json.dumps(texts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: the log keeps UTF-8 only
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        # Only values that are all text (or absent) are cached: True and 1 are equal keys,
+        # but not the same text ("true", "1").
+        if all(v is None or v.__class__ is str for v in values):
+            if len(cache) >= _ATTRIBUTES_CACHE:
+                cache.clear()
+            cache[values] = text
+        return text
 
     @property
     def known_attributes(self) -> frozenset[str]:

@@ -25,7 +25,10 @@ class DecisionRecord(NamedTuple):
     (docs/decisions/0012-decision-record.md). ``policy_version`` and ``caller_pseudonym`` are
     hex text; ``threshold`` and ``draw`` the 56-bit integers of DESIGN.md §4. The five fields
     before ``draw`` are the same for long runs of decisions (one epoch, policy, rule and
-    reason): the log encodes them once per run, so they come first.
+    reason): the log encodes them once per run, so they come first. ``attributes`` is the
+    call's attributes that the rules of the policy version name, as compact JSON
+    (:meth:`~sampledrec.sampling.policy.Policy.attributes_json`): the audit recomputes the rule
+    from it. It comes last, with a default, so that records built before it existed still are.
     """
 
     epoch_id: str
@@ -38,6 +41,7 @@ class DecisionRecord(NamedTuple):
     agent: str | None
     caller_pseudonym: str | None
     decided_at: datetime
+    attributes: str | None = None
 
 
 @runtime_checkable

@@ -18,11 +18,15 @@ the audit counts once).
 Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
 order, so an auditor can replay them from the log. The counts are kept by a
 :class:`~sampledrec.sampling.caps.CapLedger`: the store's (shared by every sampler of the store,
-in any process) or, for a bare sampler, this process's memory. A repeat never counts again.
+in any process) or, for a bare sampler, this process's memory. A repeat never counts again. A
+new call that a capped rule matches and that names no agent is refused (``InvalidArgument``):
+nobody could count it, and the audit could not tell it from an agent left out on purpose
+(docs/decisions/0017-rules-replayable.md); an objection needs no count and is answered.
 
 Every decision is handed to the sampler's ``log``, a
 :class:`~sampledrec.sampling.record.DecisionSink`, as a
-:class:`~sampledrec.sampling.record.DecisionRecord`.
+:class:`~sampledrec.sampling.record.DecisionRecord`, with the call's attributes that the rules
+match on (:meth:`Policy.attributes_json`), from which an auditor recomputes the rule.
 """
 
 from __future__ import annotations
@@ -447,7 +451,9 @@ class Sampler:
         attributes) or warned about (:meth:`Policy.check_attributes`).
 
         A call already decided in the epoch gets its first decision again, with ``repeat``
-        true (see :class:`Decision`): nothing is counted or, usually, logged again.
+        true (see :class:`Decision`): nothing is counted or, usually, logged again. A new call
+        that a rule with a per-agent cap matches must carry the agent attribute, or object:
+        otherwise it is refused with :class:`~sampledrec.errors.InvalidArgument`.
         """
         # This is the per-call hot path: a few inlined steps instead of helper calls.
         if call_ref.__class__ is str:
@@ -500,11 +506,31 @@ class Sampler:
                 objected = None
         elif caller is not None and objections is not None:
             pseudonym = objections.pseudonym(caller)
+        decided = self._decided
+        # What the log keeps of the call's attributes (and the index, for a copy of the entry).
+        attributes = (
+            policy.attributes_json(attrs)
+            if self._append is not None or decided is not None
+            else None
+        )
         # How this sampler remembers the call (its tag; bytes references apart, as the audit
         # tells "c1" from b"c1"), and how the store's index names it (kind, then tag).
         name = tag if text else _BYTES + tag
         memo = cached[3]
-        decided = self._decided
+        if agent is None and objected is False and rule.has_cap:
+            # A capped rule counts calls per agent: a call without one is refused (the audit
+            # would report it), unless it was decided before, and that first decision stands.
+            first = None if memo is None else memo.get(name)
+            if first is not None:
+                return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
+            if decided is not None:
+                call = _STR + tag if text else name
+                earlier = decided.get(key.epoch_id, call)
+                if earlier is not None:
+                    return self._repeat_indexed(
+                        earlier, call_ref, name, call, agent, pseudonym, objected, memo
+                    )
+            raise InvalidArgument(_no_agent(policy, rule))
         if objected is not False:
             reason: Reason = "objection"
         elif r < rule.threshold:
@@ -528,7 +554,7 @@ class Sampler:
         if decided is not None:
             return self._first_shared(
                 call_ref, name, _STR + tag if text else name, reason, rule, r, key, now, agent,
-                pseudonym, policy.version, objected, memo,
+                pseudonym, policy.version, objected, memo, attributes,
             )  # fmt: skip
         if self._append is None:
             decision: Decision = _new_tuple(
@@ -559,7 +585,7 @@ class Sampler:
             return decision
         return self._first_logged(
             call_ref, name, reason, rule, r, key, now, agent, pseudonym, policy.version,
-            objected, memo,
+            objected, memo, attributes,
         )  # fmt: skip
 
     def _first_logged(
@@ -576,17 +602,24 @@ class Sampler:
         version: str,
         objected: bool | None,
         memo: dict[bytes, _Memo] | None,
+        attributes: str | None,
     ) -> Decision:
         """A new decision of a sampler that logs, without a shared index."""
         if memo is None:
-            return self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version)
+            return self._make(
+                call_ref, reason, rule, r, key, now, agent, pseudonym, version, attributes
+            )
         # Claim the call before logging, so that two threads never log two first decisions;
         # the claim (without a ticket yet) is replaced once the entry is queued.
-        claim = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version, False)
+        claim = self._make(
+            call_ref, reason, rule, r, key, now, agent, pseudonym, version, attributes, False
+        )
         first = memo.setdefault(name, claim)
         if first is not claim:
             return self._repeat(first, call_ref, name, agent, pseudonym, objected, memo)
-        decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version)
+        decision = self._make(
+            call_ref, reason, rule, r, key, now, agent, pseudonym, version, attributes
+        )
         memo[name] = decision
         return decision
 
@@ -605,6 +638,7 @@ class Sampler:
         version: str,
         objected: bool | None,
         memo: dict[bytes, _Memo] | None,
+        attributes: str | None,
     ) -> Decision:
         """A new decision, unless the store's index already has one for the call."""
         decided = self._decided
@@ -624,6 +658,9 @@ class Sampler:
             rule.threshold,
             pseudonym,
             now,
+            False,
+            None,
+            attributes,
         )
         # Durable in the index before the decision is returned or logged: a crash in between
         # leaves a first decision that a retry will repeat (and log, if it may be recorded).
@@ -632,7 +669,9 @@ class Sampler:
             return self._repeat_indexed(
                 earlier, call_ref, name, call, agent, pseudonym, objected, memo
             )
-        decision = self._make(call_ref, reason, rule, r, key, now, agent, pseudonym, version)
+        decision = self._make(
+            call_ref, reason, rule, r, key, now, agent, pseudonym, version, attributes
+        )
         ticket = decision.log_ticket
         if ticket is not None and decision.record and self._is_durable is not None:
             with self._pending_lock:
@@ -827,6 +866,7 @@ class Sampler:
                     agent,
                     pseudonym if pseudonym is not None else earlier.caller_pseudonym,
                     earlier.decided_at,
+                    earlier.attributes,  # the first decision's: its rule was drawn from them
                 ),
             )
         )
@@ -871,6 +911,7 @@ class Sampler:
         agent: str | None,
         pseudonym: str | None,
         version: str,
+        attributes: str | None = None,
         log: bool = True,
     ) -> Decision:
         ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
@@ -892,6 +933,7 @@ class Sampler:
                         agent,
                         pseudonym,
                         now,
+                        attributes,
                     ),
                 )
             )
@@ -972,7 +1014,7 @@ class Sampler:
         # Each call's caller pseudonym (as decide computes it), and the calls whose caller is
         # unknown while someone objected (None in objected_list below: as in decide).
         pseudonyms: list[str | None] = [None] * n
-        unnamed = np.zeros(n, dtype=bool)
+        caller_unknown = np.zeros(n, dtype=bool)
         objections = self._objections
         if objections is not None:
             if callers is not None:
@@ -984,22 +1026,32 @@ class Sampler:
                     dtype=bool,
                 )
             if not objections.is_empty():
-                unnamed = np.asarray([p is None for p in pseudonyms], dtype=bool) & ~objected
+                caller_unknown = np.asarray([p is None for p in pseudonyms], dtype=bool)
+                caller_unknown &= ~objected
         below = draws < thresholds
         codes = np.where(below, _SAMPLED, _NOT_SAMPLED).astype(np.uint8)
-        codes[objected | unnamed] = _OBJECTION
+        codes[objected | caller_unknown] = _OBJECTION
         agent_col = columns.get(policy.agent_attribute)
         agents = (
             np.full(n, None, dtype=object)
             if agent_col is None
             else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
         )
+        capped_rules = [i for i, r in enumerate(rules) if r.has_cap]
+        decided = self._decided
+        # What the log keeps of each call's attributes (and the index, for copies of entries).
+        attributes: Sequence[str | None] = (
+            _attributes_rows(policy, columns, n)
+            if self._append is not None or decided is not None
+            else [None] * n
+        )
         # The references as Python objects: only if the calls are remembered or logged.
         refs = _refs_list(call_refs) if memo is not None or self._append is not None else []
         deadline = time.monotonic() + self._first_log_wait  # one wait for the whole batch
         agent_list = agents.tolist()
         objected_list: list[bool | None] = [
-            None if u else o for o, u in zip(objected.tolist(), unnamed.tolist(), strict=True)
+            None if u else o
+            for o, u in zip(objected.tolist(), caller_unknown.tolist(), strict=True)
         ]
         # Each call's names (as in decide) and whether it is new, a repeat of a call this
         # sampler remembers, or a repeat of a call earlier in the batch.
@@ -1024,6 +1076,25 @@ class Sampler:
             ref = refs[i] if refs else _item(call_refs, i)
             return (_STR if isinstance(ref, str) else _BYTES) + tags[16 * i : 16 * i + 16]
 
+        if capped_rules:  # calls without an agent under a capped rule: as in decide
+            unnamed = np.flatnonzero(
+                np.isin(rule_index, capped_rules)
+                & (agents == None)  # noqa: E711
+                & ~(objected | caller_unknown)
+            ).tolist()
+            if unnamed:
+                first_of: dict[bytes, int] = {}
+                for j, called in enumerate(names):
+                    first_of.setdefault(called, j)
+                for i in unnamed:
+                    if memo is not None and (first_of[names[i]] < i or names[i] in memo):
+                        continue  # a repeat: its first decision stands
+                    if decided is not None and decided.get(key.epoch_id, call_at(i)) is not None:
+                        continue
+                    raise InvalidArgument(
+                        f"call {i} of the batch: " + _no_agent(policy, rules[int(rule_index[i])])
+                    )
+
         repeats: dict[int, Decision] = {}
         fresh: list[int] = []
         later: list[tuple[int, int]] = []
@@ -1044,8 +1115,6 @@ class Sampler:
                     later.append((i, j))
                 else:
                     fresh.append(i)
-        decided = self._decided
-        capped_rules = [i for i, r in enumerate(rules) if r.has_cap]
         if capped_rules and fresh:
             rows = np.asarray(fresh, dtype=np.intp)
             candidates = rows[
@@ -1091,6 +1160,9 @@ class Sampler:
                         int(thresholds[i]),
                         pseudonyms[i],
                         now,
+                        False,
+                        None,
+                        attributes[i],
                     )
                     for i in fresh
                 ]
@@ -1107,7 +1179,7 @@ class Sampler:
             tickets = np.full(n, -1, dtype=np.int64)
             logged = self._log_rows(
                 fresh, refs, codes, rule_index, draws, thresholds, rules, agent_list, key, now,
-                policy, pseudonyms,
+                policy, pseudonyms, attributes,
             )  # fmt: skip
             tickets[fresh] = logged
             if decided is not None and self._is_durable is not None:
@@ -1170,6 +1242,7 @@ class Sampler:
         now: datetime,
         policy: Policy,
         pseudonyms: list[str | None],
+        attributes: Sequence[str | None],
     ) -> list[int]:
         """Log the decisions of ``rows``, in order; their tickets."""
         append = self._append
@@ -1194,11 +1267,28 @@ class Sampler:
                         agents[i],
                         pseudonyms[i],
                         now,
+                        attributes[i],
                     ),
                 )
             )
             for i in rows
         ]
+
+
+def _no_agent(policy: Policy, rule: Rule) -> str:
+    """Why a call without an agent is refused under a capped rule."""
+    return (
+        f"rule {rule.name!r} caps recordings per agent, and the call has no "
+        f"{policy.agent_attribute!r} attribute: a call that nobody is counted for would escape "
+        f"the cap (and the audit reports it); decide once the agent is known and pass it as "
+        f"{policy.agent_attribute!r}, or take the cap off the rule"
+    )
+
+
+def _attributes_rows(policy: Policy, columns: Mapping[str, npt.NDArray[Any]], n: int) -> list[str]:
+    """:meth:`Policy.attributes_json` of each call of a batch (``columns``: attribute texts)."""
+    wanted = {a: columns[a].tolist() for a in policy.rule_attributes if a in columns}
+    return policy.attributes_json_rows(wanted, n)
 
 
 def _call_of(name: bytes) -> bytes:
