@@ -149,7 +149,7 @@ def audit_evidence(
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
 ) -> AuditReport:
-    """The seven checks over what ``ev`` holds (a store, or an auditor's kit), with the
+    """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
     ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`)."""
     from ..log.verify import verify_log
     from ..sampling.policy import Policy
