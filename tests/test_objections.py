@@ -316,3 +316,15 @@ def test_the_audit_reads_each_decisions_caller_as_decode_entry_does(
     hidden = audit.Callers(np.full(len(d), audit.NOT_READ, dtype=np.int32))
     audit.read_callers(store.log_storage, NoKeys(), d, 0, hidden)
     assert set(hidden.code.tolist()) == {audit.UNREADABLE}
+
+
+def test_the_cli_says_why_a_call_without_its_caller_is_not_recorded(
+    tmp_path: Path, cli: Callable[..., tuple[int, str]]
+) -> None:
+    store = Store.init(tmp_path / "s")
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text(f"{A}\n")
+    assert cli("objections", "add", "--store", store.path, "--file", numbers)[0] == 0
+    code, text = cli("decide", "--store", store.path, "--call-ref", "unnamed-1")
+    assert code == 0 and text.startswith("do not record (objection)")
+    assert "the caller was not given while someone objects" in text
