@@ -63,6 +63,7 @@ T0 = "2026-11-23T09:00:00Z"
 SAMPLED: Reason = "sampled"
 NOT_SAMPLED: Reason = "not_sampled"
 OBJECTOR = "+33 6 12 34 56 78"
+OTHER = "+33 6 87 65 43 21"  # a caller who did not object
 
 
 def bare(**kw: Any) -> Sampler:
@@ -143,11 +144,14 @@ def test_an_objection_on_a_retry_keeps_the_first_decision_but_not_the_recording(
     objections.add(OBJECTOR)
     policy = Policy.from_toml(POLICY, source="test")
     sampler = Sampler(policy, keyring, clock=FixedClock(T0), objections=objections)
-    first = sampler.decide("r1", {"queue": "regulated"})
+    first = sampler.decide("r1", {"queue": "regulated"}, caller=OTHER)
     assert first.record
     again = sampler.decide("r1", {"queue": "regulated"}, caller=OBJECTOR)
     assert again.repeat and again.reason == "sampled" and not again.record
     assert again.caller_pseudonym is not None  # this request's caller, for subject requests
+    # Without the number, a repeat asks about the first decision's caller (who did not object).
+    unnamed = sampler.decide("r1", {"queue": "regulated"})
+    assert unnamed.repeat and unnamed.record and unnamed.caller_pseudonym == first.caller_pseudonym
     # The other way round (the issue): an objection first, then a request without the number.
     objected = sampler.decide("r2", {"queue": "regulated"}, caller=OBJECTOR)
     assert objected.reason == "objection"
@@ -454,6 +458,7 @@ def regulated(tmp_path: Path) -> Store:
     """A store recording every call of the queue "regulated", with one objector."""
     store = new_store(tmp_path, RECORD_REGULATED, simulated=True)
     (tmp_path / "objector.txt").write_text(OBJECTOR + "\n")
+    (tmp_path / "other.txt").write_text(OTHER + "\n")  # while one objects, callers are named
     assert (
         cli("objections", "add", "--store", store.path, "--file", tmp_path / "objector.txt")[0] == 0
     )
@@ -495,8 +500,9 @@ def test_decide_with_caller_file_then_record_passes_the_audit(regulated: Store) 
 
 def test_decide_then_record_with_an_objecting_caller_records_nothing(regulated: Store) -> None:
     objector = regulated.path.parent / "objector.txt"
+    other = regulated.path.parent / "other.txt"
     code, first = cli("decide", "--store", regulated.path, "--call-ref", "call-2", "--attr",
-                      "queue=regulated")  # fmt: skip
+                      "queue=regulated", "--caller-file", other)  # fmt: skip
     assert code == 0 and first["record"] is True
     code, doc = record_cli(regulated, "call-2", "--caller-file", objector)
     assert code == 1 and doc["recorded"] is False and doc["reason"] == "sampled"
@@ -505,8 +511,9 @@ def test_decide_then_record_with_an_objecting_caller_records_nothing(regulated: 
 
 
 def test_decide_then_record_records_under_the_first_decision(regulated: Store) -> None:
+    other = regulated.path.parent / "other.txt"
     code, first = cli("decide", "--store", regulated.path, "--call-ref", "call-3", "--attr",
-                      "queue=regulated")  # fmt: skip
+                      "queue=regulated", "--caller-file", other)  # fmt: skip
     assert code == 0 and first["record"] is True
     code, text = cli_text("decide", "--store", regulated.path, "--call-ref", "call-3", "--attr",
                           "queue=other")  # fmt: skip

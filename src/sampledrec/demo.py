@@ -155,7 +155,9 @@ def _make_calls(n: int, day: datetime, rng: np.random.Generator) -> list[dict[st
             attrs["campaign"] = "dispute-callback"
         if rng.random() < 0.02:
             attrs["objection"] = True  # the caller said no when told about recording
-        caller = _OBJECTORS[i % 3] if rng.random() < 0.01 else None
+        # Every call names its caller: while anyone objects, a call whose caller is unknown is
+        # not recorded (it may be an objector's).
+        caller = _OBJECTORS[i % 3] if rng.random() < 0.01 else _number(i)
         ref = f"{uuid.UUID(bytes=rng.bytes(16), version=4).hex}@pbx.demo.example"
         calls.append(
             {
@@ -166,6 +168,12 @@ def _make_calls(n: int, day: datetime, rng: np.random.Generator) -> list[dict[st
             }
         )
     return calls
+
+
+def _number(i: int) -> str:
+    """The demo's ``i``-th caller who did not object (a French landline number)."""
+    digits = f"{40_000_000 + i:08d}"
+    return f"+33 1 {digits[:2]} {digits[2:4]} {digits[4:6]} {digits[6:]}"
 
 
 def run_demo(
@@ -187,9 +195,8 @@ def run_demo(
         policy_file = Path(tmp) / "policy.toml"
         policy_file.write_text(DEMO_POLICY, encoding="utf-8")
         st = Store.init(path, policy=policy_file, simulated=True, clock=clock)
-    objections = st.objections()
-    for number in _OBJECTORS:
-        objections.add(number)
+    # Logged at the start of the simulated day, before its calls.
+    st.objections(clock=FixedClock(day)).add_all(_OBJECTORS)
     sim_clock = FixedClock(day)
     decisions: list[Decision] = []
     result = DemoResult(store=path, day=day.date().isoformat(), calls=calls)

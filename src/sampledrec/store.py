@@ -10,7 +10,10 @@ recordings, with no server.
       policy.toml       the policy most recently applied (for people to read)
       policies/         every applied policy, by version id, and schedule.json (when each
                         takes effect); the log records each one too
-      objections.txt    pseudonyms of callers who objected (never numbers)
+      objections.txt    pseudonyms of callers who objected (never numbers); every change is
+                        logged first (docs/decisions/0018-objections-logged.md)
+      objections.pending
+                        a change of the list logged and not yet saved, only after a crash
       keys/             the local keyring (0700), unless the store names another folder
       log/              the decision log (sampledrec.log), every byte covered by verification
       log.lock          the log writers' lock
@@ -74,13 +77,20 @@ from .errors import (
 )
 from .keys.keyring import EpochKey, LocalKeyring, RevealedKey, reveal
 from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
-from .log.format import T_KEY_COMMIT, T_KEY_REVEAL, T_POLICY, to_micros
+from .log.format import (
+    T_ACCESS,
+    T_KEY_COMMIT,
+    T_KEY_REVEAL,
+    T_OBJECTION,
+    T_POLICY,
+    to_micros,
+)
 from .log.repair import RepairReport
 from .log.storage import LocalLogStorage, LogStorage
 from .log.writer import DecisionLog
 from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
 from .sampling.decided import FirstDecision, SqliteDecidedCalls
-from .sampling.objections import ObjectionList, check_region
+from .sampling.objections import ObjectionChange, ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
 from .sampling.record import REASONS
 from .sampling.sampler import Sampler, cap_call_name
@@ -115,6 +125,7 @@ class Store:
         self._keystore: KeyStore | None = None
         self._blobs: BlobStore | None = None
         self._log_storage: LogStorage | None = None
+        self._objections_seen: tuple[tuple[int, ...], frozenset[str]] | None = None
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
         owner = self.keyring.owner()
@@ -244,6 +255,8 @@ class Store:
                 "simulated": simulated,
                 "keys_dir": str(keys_path) if keys_dir else None,
                 "backends": chosen,
+                # Every change of objections.txt is logged (nothing to migrate).
+                "objections_logged": True,
             }
             if region is not None:
                 meta["region"] = region
@@ -451,15 +464,139 @@ class Store:
                 clock=clock,
             )
 
-    def objections(self) -> ObjectionList:
-        """The callers who objected; :meth:`ObjectionList.add_all` saves under the store's
-        lock, in one atomic write."""
-        return ObjectionList.load(
+    def objections(
+        self,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        log: DecisionLog | None = None,
+        principal: str | None = None,
+    ) -> ObjectionList:
+        """The callers who objected. Every change (:meth:`ObjectionList.add_all`,
+        :meth:`~ObjectionList.remove_all`) is logged durably, one ``objection`` entry per
+        caller (and one ``access`` entry naming ``principal``, default the OS user), before the
+        list is saved, under the store's lock, in one atomic write; into ``log`` when given,
+        else into the store's log opened for the change. ``clock`` dates the entries.
+
+        Opening it finishes a change that a crash left logged but not saved, and, the first
+        time in a store made before changes were logged, logs every caller already on the
+        list as ``added`` with ``migrated`` true (docs/decisions/0018-objections-logged.md).
+        """
+        logged = self._objection_hook(clock, log, principal or getpass.getuser())
+        objections = ObjectionList.load(
             self.keyring.pseudonym_key(),
             self.path / "objections.txt",
             region=self.region,
             lock=self.lock,
+            on_change=logged,
         )
+        if not self._meta.get("objections_logged"):
+            with self.lock():
+                self._migrate_objections(logged)
+        return objections
+
+    def log_objection_list(self, log: DecisionLog, at: datetime) -> int:
+        """Log every caller on the objection list again, one ``objection`` entry each with
+        action ``kept`` and the number on the list (``listed``), durably; returns how many.
+        :meth:`Retention.sweep <sampledrec.Retention.sweep>` does it before it destroys a
+        ``calls/`` key, so that the list can still be replayed once the entries that added its
+        callers cannot be read. A pending change is finished, and an old store's list migrated,
+        first. The caller holds the store's lock (the sweep does)."""
+        logged = self._objection_hook(FixedClock(at), log, "sampledrec")
+        listed = ObjectionList.load(
+            self.keyring.pseudonym_key(), self.path / "objections.txt", on_change=logged
+        )  # no lock of its own: the caller holds the store's
+        self._migrate_objections(logged)
+        kept = sorted(listed.pseudonyms())
+        last = 0
+        for pseudonym in kept:
+            last = log.append(
+                T_OBJECTION,
+                {
+                    "action": "kept",
+                    "listed": len(kept),
+                    "caller_pseudonym": bytes.fromhex(pseudonym),
+                },
+                at=at,
+            )
+        if kept:
+            log.wait_durable(last)
+        return len(kept)
+
+    def _objection_hook(
+        self, clock: Clock, log: DecisionLog | None, principal: str
+    ) -> Callable[[ObjectionChange], None]:
+        """What logs a change of the objection list: into ``log``, or the store's log opened
+        for the change."""
+
+        def logged(change: ObjectionChange) -> None:
+            if log is not None:
+                self._log_objections(log, change, clock.now(), principal)
+                return
+            with self.open_log(clock=clock) as opened:
+                self._log_objections(opened, change, clock.now(), principal)
+
+        return logged
+
+    def _migrate_objections(self, logged: Callable[[ObjectionChange], None]) -> None:
+        """Under the store's lock: the first time in a store made before the list's changes
+        were logged, log every caller on it once as ``added`` and ``migrated`` (a crash before
+        the marker is saved logs them again: harmless), then mark the store."""
+        if self._meta.get("objections_logged"):
+            return
+        meta = json.loads((self.path / "store.json").read_text(encoding="utf-8"))
+        if not meta.get("objections_logged"):
+            saved = sorted(self.objection_pseudonyms())
+            if saved:
+                logged(ObjectionChange("added", tuple(saved), migrated=True))
+            meta["objections_logged"] = True
+            write_atomic(
+                self.path / "store.json", json.dumps(meta, indent=2).encode() + b"\n", replace=True
+            )
+        self._meta["objections_logged"] = True
+
+    def objection_pseudonyms(self) -> frozenset[str]:
+        """The objection list as saved (pseudonyms, hex), read only: nothing is finished,
+        migrated or logged (what an audit of the store compares with the log, and what the
+        vault asks before it opens a recording). Read again only when the file changed."""
+        path = self.path / "objections.txt"
+        try:
+            st = path.stat()
+            stamp: tuple[int, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = ()
+        cached = self._objections_seen
+        if cached is None or cached[0] != stamp:
+            cached = self._objections_seen = (stamp, ObjectionList.load(b"", path).pseudonyms())
+        return cached[1]
+
+    @staticmethod
+    def _log_objections(
+        log: DecisionLog, change: ObjectionChange, at: datetime, principal: str
+    ) -> None:
+        """One ``objection`` entry per caller, then an ``access`` entry saying who; durable."""
+        for pseudonym in change.pseudonyms:
+            log.append(
+                T_OBJECTION,
+                {
+                    "action": change.action,
+                    "migrated": True if change.migrated else None,
+                    "caller_pseudonym": bytes.fromhex(pseudonym),
+                },
+                at=at,
+            )
+        n = len(change.pseudonyms)
+        action = "migrated" if change.migrated else change.action
+        last = log.append(
+            T_ACCESS,
+            {
+                "action": "objections",
+                "outcome": "granted",
+                "principal": "sampledrec" if change.migrated else principal,
+                "detail": f"{action} {n} caller{'s' if n != 1 else ''}",
+            },
+            at=at,
+        )
+        log.wait_durable(last)
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 30.0) -> Iterator[None]:
@@ -506,7 +643,7 @@ class Store:
                 self.policy(clock.now()),
                 self.keyring,
                 clock=clock,
-                objections=self.objections(),
+                objections=self.objections(clock=clock, log=log),
                 key_lock=self.lock,
                 log=log,
                 on_new_keys=(
@@ -815,7 +952,13 @@ def _check_meta(meta: dict[str, Any], where: Path) -> None:
     store_id = meta.get("store_id")
     if not isinstance(store_id, str) or len(store_id) != 32 or not _is_hex(store_id):
         raise StoreError(f"{where}: 'store_id' must be 32 hex digits, not {store_id!r:.80}")
-    optional = {"created_at": str, "simulated": bool, "keys_dir": str, "region": str}
+    optional = {
+        "created_at": str,
+        "simulated": bool,
+        "keys_dir": str,
+        "region": str,
+        "objections_logged": bool,
+    }
     for name, kind in [("origin", str), *optional.items()]:
         value = meta.get(name)
         if value is None and name in optional:

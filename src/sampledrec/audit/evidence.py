@@ -8,7 +8,8 @@
 - ``sealing_present``: which sealing keys still exist (to tell a destroyed one restored);
 - the catalog's rows and holds (:class:`CatalogView`), files (:class:`Files`) and keys
   (:class:`Keys`): read live from a store, or as the kit describes them;
-- ``period``: the days a kit covers (its ``--from``/``--to``), outside which nothing is due.
+- ``period``: the days a kit covers (its ``--from``/``--to``), outside which nothing is due;
+- ``objections``: the objection list as it stands, which the log's changes must replay.
 
 :func:`store_evidence` builds it from a store (the operator's own audit, with its keyring and
 key store); :func:`sampledrec.audit.kit.open_kit` from a kit (an outsider's, without a private
@@ -167,6 +168,8 @@ class Evidence:
     period: tuple[str, str] | None = None
     kit: bool = False
     notes: list[str] = field(default_factory=list)
+    # The objection list as it stands (pseudonyms, hex); None: not given.
+    objections: Callable[[], frozenset[str]] | None = None
 
 
 def store_evidence(store: Any, keyring: Any | None = None) -> Evidence:
@@ -188,4 +191,5 @@ def store_evidence(store: Any, keyring: Any | None = None) -> Evidence:
         catalog=lambda: read_catalog(store),
         files=StoreFiles(store.blobs),
         keys=StoreKeys(store.keystore),
+        objections=store.objection_pseudonyms,
     )

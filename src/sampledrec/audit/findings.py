@@ -42,7 +42,16 @@ __all__ = [
     "GroupStats",
 ]
 
-CHECKS: Final = ("log", "keys", "decisions", "time", "recordings", "cdr", "statistics")
+CHECKS: Final = (
+    "log",
+    "keys",
+    "decisions",
+    "time",
+    "objections",
+    "recordings",
+    "cdr",
+    "statistics",
+)
 #: The checks without which an audit proves nothing: SKIPPING one of them while the log holds
 #: what it is about makes the audit INCOMPLETE.
 CORE_CHECKS: Final = ("log", "keys", "decisions")

@@ -147,11 +147,16 @@ def write_kit(
     def put_json(name: str, doc: Any) -> None:
         put(name, json.dumps(doc, indent=1, ensure_ascii=False).encode() + b"\n")
 
-    # The log, copied under its lock so that no batch is half-written in the copy.
+    # The objection list's pending change finished, an old store's list migrated (logged).
+    store.objections(clock=FixedClock(min(now, SYSTEM_CLOCK.now())))
+    # The log, copied under its lock so that no batch is half-written in the copy, and the
+    # objection list with it, under the store's lock (which every change of the list holds
+    # from its log entries to its file): the list and the log's changes of it agree.
     source = store.log_storage
-    with source.lock():
+    with store.lock(), source.lock():
         checkpoints = source.read_checkpoints()
         segments = [(first, source.read_segment(first)) for first in source.segments()]
+        objections = sorted(store.objection_pseudonyms())
     log_size = 0
     for first, data in segments:
         put(f"log/{segment_name(first)}", data)
@@ -195,7 +200,7 @@ def write_kit(
         {
             "format": "sampledrec-objections",
             "version": 1,
-            "pseudonyms": sorted(store.objections().pseudonyms()),
+            "pseudonyms": objections,
         },
     )
     manifest = {
@@ -480,6 +485,17 @@ def open_kit(
 
         current = "recordings.json"
         cat, wrapped, held, blob_list = _read_recordings(_obj(_load(root / current), current))
+
+        current = "objections.json"
+        doc = _obj(_load(root / current), current)
+        _need(
+            doc.get("format") == "sampledrec-objections",
+            'format must be "sampledrec-objections"',
+        )
+        objections = frozenset(
+            _hex64(p, f"pseudonyms[{i}]")
+            for i, p in enumerate(_list(doc.get("pseudonyms"), "pseudonyms"))
+        )
     except ValueError as exc:
         raise StoreError(f"{root / current}: {exc}; ask the operator for a new kit") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -509,6 +525,7 @@ def open_kit(
         period=period,
         kit=True,
         notes=notes,
+        objections=lambda: objections,
     )
     if origin != manifest.get("origin"):
         ev.notes.append(

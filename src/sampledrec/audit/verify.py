@@ -1,6 +1,6 @@
 """The auditor's side: independent verification of a store against its log and revealed keys.
 
-:func:`audit_verify` runs seven checks (:data:`CHECKS`), each PASS, FAIL or SKIPPED, with what
+:func:`audit_verify` runs eight checks (:data:`CHECKS`), each PASS, FAIL or SKIPPED, with what
 it checked (counts) and findings that carry their evidence (the log entry index, the recording
 id, the call reference, the epoch):
 
@@ -18,6 +18,9 @@ id, the call reference, the epoch):
 - ``time``: entry times in order, each decision in the epoch of its UTC day, keys committed a
   bounded time ahead, the policy in force, one epoch per reference
   (:mod:`sampledrec.audit.timeline`);
+- ``objections``: the objection list replayed from its logged changes: no caller on it decided
+  as if they had not objected, no call selected without its caller while someone objected, the
+  list as it stands equal to the replayed one (:mod:`sampledrec.audit.objections`);
 - ``recordings``: the recordings as the log tells them, against the decisions, the files'
   SHA-256, the tombstones, the destroyed keys and the catalog
   (:mod:`sampledrec.audit.recordings`);
@@ -72,6 +75,7 @@ from .cdr import check_cdr, read_cdr
 from .evidence import Evidence, store_evidence
 from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport, GroupStats
 from .logview import InOrderLog
+from .objections import check_objections
 from .recordings import check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
 from .rules import check_cap_reached, check_rules
@@ -145,7 +149,7 @@ def audit_evidence(
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
 ) -> AuditReport:
-    """The seven checks over what ``ev`` holds (a store, or an auditor's kit), with the
+    """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
     ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`)."""
     from ..log.verify import verify_log
     from ..sampling.policy import Policy
@@ -253,6 +257,18 @@ def audit_evidence(
     check_recordings(rep, ev, decisions, firsts, contents.others, policies, at)
     rep.counts["recordings"] = rep.checked["recordings"].get("opened", 0)
 
+    # 5b. objections: the list replayed from the log (its recordings findings: recordings) ------
+    check_objections(
+        rep,
+        decisions,
+        contents.others,
+        cast(LogStorage, view),
+        keyring,
+        _current_objections(rep, ev),
+        at,
+        ev.period,
+    )
+
     # 6. cdr ------------------------------------------------------------------------------------
     if cdr is not None:
         rep.ran.add("cdr")
@@ -266,6 +282,17 @@ def audit_evidence(
     if rep.simulated:
         rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
     return rep
+
+
+def _current_objections(rep: AuditReport, ev: Evidence) -> frozenset[str] | None:
+    """The objection list as it stands (the store's, or the kit's), if it can be read."""
+    if ev.objections is None:
+        return None
+    try:
+        return ev.objections()
+    except (OSError, ValueError, SampledrecError) as exc:
+        rep.notes.append(f"objections: the current objection list cannot be read: {exc}")
+        return None
 
 
 def _check_keys(

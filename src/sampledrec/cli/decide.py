@@ -46,6 +46,11 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
         lines.append(f"  already decided at {decision.decided_at.isoformat()}: same decision")
         if decision.reason == "sampled" and not decision.record:
             lines.append("  the caller objects: the call is not recorded")
+    elif decision.reason == "objection" and caller is None and store.objection_pseudonyms():
+        lines.append(
+            "  the caller was not given while someone objects: it may be an objector's call "
+            "(give --caller-file)"
+        )
     lines += [
         f"  call ref: {ref_text(decision.call_ref)}",
         f"  rule:     {decision.rule} (purpose {decision.purpose}, rate {decision.rate})",

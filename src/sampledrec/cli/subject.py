@@ -1,5 +1,8 @@
-"""``sampledrec objections add`` and ``sampledrec subject receive|verify|export|erase|requests``:
-callers' objections and data-subject requests.
+"""``sampledrec objections add|remove`` and ``sampledrec subject
+receive|verify|export|erase|requests``: callers' objections and data-subject requests.
+
+Every change of the objection list is logged before the list is saved, one ``objection``
+entry per caller (docs/decisions/0018-objections-logged.md), so that an audit replays it.
 
 Nothing is exported or erased before the requester's identity is verified and recorded on the
 request: ``--identity-method METHOD --identity-note TEXT`` (how it was checked; never an ID
@@ -50,6 +53,13 @@ def register(commands: Commands) -> None:
     osub = add_group(commands, "objections", "callers who objected to recording")
     p = add_command(
         osub, "add", cmd_objections_add, "add callers' numbers, read from a file or stdin"
+    )
+    p.add_argument("--file", default="-", help="one number per line ('-', the default: stdin)")
+    p = add_command(
+        osub,
+        "remove",
+        cmd_objections_remove,
+        "take callers off the list (they withdrew their objection); numbers from a file or stdin",
     )
     p.add_argument("--file", default="-", help="one number per line ('-', the default: stdin)")
 
@@ -188,13 +198,30 @@ def cmd_objections_add(args: argparse.Namespace, out: TextIO) -> int:
     numbers = _numbers(args, store)
     objections = store.objections()
     before = len(objections)
-    objections.add_all(numbers)  # all or none, in one atomic write
+    objections.add_all(numbers)  # all or none: logged, then saved in one atomic write
     added = len(objections) - before
     emit(
         args,
         {"read": len(numbers), "added": added, "total": len(objections)},
         f"Added {added} caller(s) to the objection list ({len(objections)} in all); "
-        "numbers are kept only as keyed pseudonyms.",
+        "numbers are kept only as keyed pseudonyms, and each change is logged.",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_objections_remove(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_store(args.store)
+    numbers = _numbers(args, store)
+    objections = store.objections()
+    before = len(objections)
+    objections.remove_all(numbers)  # all or none: logged, then saved in one atomic write
+    removed = before - len(objections)
+    emit(
+        args,
+        {"read": len(numbers), "removed": removed, "total": len(objections)},
+        f"Removed {removed} caller(s) from the objection list ({len(objections)} left); "
+        "each change is logged.",
         out,
     )
     return EXIT_OK

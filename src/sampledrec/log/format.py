@@ -52,6 +52,7 @@ __all__ = [
     "T_KEY_REVEAL",
     "T_LOG_CREATED",
     "T_LOG_GAP",
+    "T_OBJECTION",
     "T_POLICY",
     "T_RECORDING_ABORTED",
     "T_RECORDING_OPENED",
@@ -90,6 +91,7 @@ T_HOLD: Final = 0x16
 T_ERASURE: Final = 0x17
 T_SUBJECT_REQUEST: Final = 0x18
 T_KEY_DESTROYED: Final = 0x19
+T_OBJECTION: Final = 0x1A
 
 # The retention class whose key seals an entry type's personal fields (docs/log-format.md §6):
 # ``calls`` holds exactly what an auditor needs to recompute decisions (the auditor's kit
@@ -97,6 +99,8 @@ T_KEY_DESTROYED: Final = 0x19
 SEALING_CLASS: Final = {
     T_DECISION: "calls",
     T_RECORDING_OPENED: "calls",
+    # the caller's pseudonym: the auditor replays the objection list with the calls keys
+    T_OBJECTION: "calls",
 }
 
 
@@ -123,6 +127,7 @@ TYPE_NAMES: Final = {
     T_ERASURE: "erasure",
     T_SUBJECT_REQUEST: "subject_request",
     T_KEY_DESTROYED: "key_destroyed",
+    T_OBJECTION: "objection",
 }
 
 TAG_SEALED: Final = 0xF0
@@ -299,6 +304,15 @@ FIELDS: Final[dict[int, dict[int, Field]]] = {
         Field(0x22, "identity_note", "str"),
     ),
     T_KEY_DESTROYED: _by_tag(Field(0x01, "key", "str"), Field(0x02, "reason", "str")),
+    # One caller added to or removed from the objection list (docs/decisions/0018), or kept
+    # on it: the whole list logged again before a sweep destroys a calls/ key.
+    T_OBJECTION: _by_tag(
+        Field(0x01, "action", "str"),  # added | removed | kept
+        # true: on the list before its changes were logged (logged once, by the migration)
+        Field(0x02, "migrated", "bool"),
+        Field(0x03, "listed", "uint"),  # kept: how many callers the list holds (each entry)
+        Field(0x20, "caller_pseudonym", "bytes"),  # 32 bytes, as in a decision
+    ),
 }
 
 #: Every entry's header: format version, type, time (µs since 1970).

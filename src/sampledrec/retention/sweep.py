@@ -13,6 +13,9 @@
 4. the keys that seal the log's personal fields are destroyed when their retention ends: access
    details (``access/YYYY-MM``) 12 months after their month, call references (``calls/...``)
    13 months after — the log's tree still verifies, those fields just cannot be read any more.
+   Before a ``calls/`` key goes, the objection list is logged again, whole (``kept`` entries:
+   :meth:`Store.log_objection_list <sampledrec.Store.log_objection_list>`), so that an audit can
+   still replay it.
 
 A sweep is idempotent and crash-safe: each recording goes ``sealed`` → ``expiring`` (durable in
 the catalog) → file deleted, personal fields removed, tombstone logged → ``expired``; a sweep
@@ -114,6 +117,8 @@ class RetentionStorage(VaultStorage, Protocol):
     def act_at(
         self, now: datetime, *, real_now: datetime | None = None, doing: str
     ) -> datetime: ...
+
+    def log_objection_list(self, log: DecisionLog, at: datetime) -> int: ...
 
 
 def retention_storage(vault: Vault) -> RetentionStorage:
@@ -251,12 +256,18 @@ class Retention:
 
         # The log's personal fields: access details after 12 months, call refs after 13.
         keyring = self.store.keyring
+        carried = False
         for kid in keyring.sealing_key_ids():
             klass, _, ym = kid.partition("/")
             year, month = int(ym[:4]), int(ym[5:7])
             keep = ACCESS_RETENTION_MONTHS if klass == "access" else CALLS_RETENTION_MONTHS
             if _months_after(year, month, keep) <= today:
                 report.log_keys_destroyed.append(kid)
+                if not dry_run and klass == "calls" and not carried:
+                    # The objection list logged again under this month first, so that it can
+                    # still be replayed once the entries that added its callers are unreadable.
+                    self.store.log_objection_list(self.log, now)
+                    carried = True
                 if not dry_run:
                     keyring.destroy_sealing_key(kid)
                     self.log.append(

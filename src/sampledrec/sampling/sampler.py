@@ -159,6 +159,9 @@ class DecisionBatch:
     repeat: npt.NDArray[np.bool_] | None = None
     repeats: Mapping[int, Decision] = field(default_factory=dict)
     log_tickets: npt.NDArray[np.int64] | None = None
+    #: each call's caller pseudonym (hex; None where the caller was not given), logged with
+    #: its decision; None when no callers were given
+    caller_pseudonyms: Sequence[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.record.shape[0])
@@ -200,6 +203,7 @@ class DecisionBatch:
             policy_version=self.policy_version,
             decided_at=self.decided_at,
             agent=self.agents[i],
+            caller_pseudonym=None if self.caller_pseudonyms is None else self.caller_pseudonyms[i],
             log_ticket=None if ticket is None or ticket < 0 else ticket,
         )
 
@@ -248,7 +252,11 @@ class Sampler:
     clock:
         Time source (keyword-only); decisions use the epoch of ``clock.now()``.
     objections:
-        Callers who objected; a call whose ``caller`` is on it is never recorded.
+        Callers who objected; a call whose ``caller`` is on it is never recorded. While
+        anyone is on it, a new call whose caller is not given is not recorded either (reason
+        ``objection``): the sampler cannot rule out that its caller objected, and the audit
+        can then tell a selection made without the caller from an objector's
+        (docs/decisions/0018-objections-logged.md). Its decisions log the caller's pseudonym.
     on_new_keys:
         Called (under ``key_lock``) with the keys just created, each time the sampler moves to
         an epoch and before it uses its key: the store logs every commitment not yet logged.
@@ -436,7 +444,9 @@ class Sampler:
 
         ``attrs`` are the call's attributes (queue, campaign, direction, agent, ...); an
         ``objection`` attribute that is true means the caller objected. ``caller`` is the
-        caller's phone number, checked against the objection list and never stored in clear.
+        caller's phone number, checked against the objection list and never stored in clear
+        (its keyed pseudonym is logged); without it, while anyone is on the list, a new call
+        is decided ``objection`` (and a repeat asks about the first decision's caller).
         An attribute the policy does not know is refused (a policy that declares its
         attributes) or warned about (:meth:`Policy.check_attributes`).
 
@@ -484,10 +494,18 @@ class Sampler:
         )
         pseudonym = None
         objection = attrs.get("objection")
-        objected = objection is not None and _is_true(objection)
-        if caller is not None and self._objections is not None:
-            pseudonym = self._objections.pseudonym(caller)
-            objected = objected or self._objections.contains_pseudonym(pseudonym)
+        # None: the caller is unknown while someone objected (resolved from the first decision
+        # for a repeat; a new decision cannot rule out an objection, so it records nothing).
+        objected: bool | None = objection is not None and _is_true(objection)
+        objections = self._objections
+        if objections is not None and not objected:
+            if caller is not None:
+                pseudonym = objections.pseudonym(caller)
+                objected = objections.contains_pseudonym(pseudonym)
+            elif not objections.is_empty():
+                objected = None
+        elif caller is not None and objections is not None:
+            pseudonym = objections.pseudonym(caller)
         decided = self._decided
         # What the log keeps of the call's attributes (and the index, for a copy of the entry).
         attributes = (
@@ -499,7 +517,7 @@ class Sampler:
         # tells "c1" from b"c1"), and how the store's index names it (kind, then tag).
         name = tag if text else _BYTES + tag
         memo = cached[3]
-        if agent is None and not objected and rule.has_cap:
+        if agent is None and objected is False and rule.has_cap:
             # A capped rule counts calls per agent: a call without one is refused (the audit
             # would report it), unless it was decided before, and that first decision stands.
             first = None if memo is None else memo.get(name)
@@ -513,7 +531,7 @@ class Sampler:
                         earlier, call_ref, name, call, agent, pseudonym, objected, memo
                     )
             raise InvalidArgument(_no_agent(policy, rule))
-        if objected:
+        if objected is not False:
             reason: Reason = "objection"
         elif r < rule.threshold:
             if rule.has_cap and agent is not None:
@@ -582,7 +600,7 @@ class Sampler:
         agent: str | None,
         pseudonym: str | None,
         version: str,
-        objected: bool,
+        objected: bool | None,
         memo: dict[bytes, _Memo] | None,
         attributes: str | None,
     ) -> Decision:
@@ -618,7 +636,7 @@ class Sampler:
         agent: str | None,
         pseudonym: str | None,
         version: str,
-        objected: bool,
+        objected: bool | None,
         memo: dict[bytes, _Memo] | None,
         attributes: str | None,
     ) -> Decision:
@@ -677,7 +695,7 @@ class Sampler:
         name: bytes,
         agent: str | None,
         pseudonym: str | None,
-        objected: bool,
+        objected: bool | None,
         memo: dict[bytes, _Memo] | None,
         deadline: float | None = None,
     ) -> Decision:
@@ -686,6 +704,8 @@ class Sampler:
         if not isinstance(first, Decision):
             batch, i = first
             first = batch[i]
+        if objected is None:
+            objected = self._first_caller_objects(first.caller_pseudonym)
         record = first.reason == "sampled" and not objected
         ticket = first.log_ticket
         if record and ticket is None and self._append is not None:
@@ -727,13 +747,15 @@ class Sampler:
         call: bytes,
         agent: str | None,
         pseudonym: str | None,
-        objected: bool,
+        objected: bool | None,
         memo: dict[bytes, _Memo] | None,
         deadline: float | None = None,
     ) -> Decision:
         """The answer to a call that the store's index says was decided (``earlier``).
         ``deadline``: see :meth:`_ticket_for`."""
         ref = call_ref if call_ref.__class__ is str else bytes(cast(bytes, call_ref))
+        if objected is None:
+            objected = self._first_caller_objects(earlier.caller_pseudonym)
         record = earlier.reason == "sampled" and not objected
         ticket: int | None = None
         if self._append is not None:
@@ -789,6 +811,14 @@ class Sampler:
                 True,
             ),
         )
+
+    def _first_caller_objects(self, pseudonym: str | None) -> bool:
+        """Whether a repeat that does not name its caller is an objector's: the first
+        decision's caller is asked about; an unknown caller may be one (someone objected)."""
+        objections = self._objections
+        if pseudonym is None or objections is None:
+            return True
+        return objections.contains_pseudonym(pseudonym)
 
     def _ticket_for(
         self,
@@ -981,15 +1011,26 @@ class Sampler:
         objected = np.zeros(n, dtype=bool)
         if "objection" in columns:
             objected |= np.asarray([_is_true(v) for v in columns["objection"]], dtype=bool)
-        if callers is not None and self._objections is not None:
-            if len(callers) != n:
-                raise InvalidArgument(f"callers has {len(callers)} entries for {n} calls")
-            objected |= np.asarray(
-                [c is not None and c in self._objections for c in callers], dtype=bool
-            )
+        # Each call's caller pseudonym (as decide computes it), and the calls whose caller is
+        # unknown while someone objected (None in objected_list below: as in decide).
+        pseudonyms: list[str | None] = [None] * n
+        caller_unknown = np.zeros(n, dtype=bool)
+        objections = self._objections
+        if objections is not None:
+            if callers is not None:
+                if len(callers) != n:
+                    raise InvalidArgument(f"callers has {len(callers)} entries for {n} calls")
+                pseudonyms = [None if c is None else objections.pseudonym(c) for c in callers]
+                objected |= np.asarray(
+                    [p is not None and objections.contains_pseudonym(p) for p in pseudonyms],
+                    dtype=bool,
+                )
+            if not objections.is_empty():
+                caller_unknown = np.asarray([p is None for p in pseudonyms], dtype=bool)
+                caller_unknown &= ~objected
         below = draws < thresholds
         codes = np.where(below, _SAMPLED, _NOT_SAMPLED).astype(np.uint8)
-        codes[objected] = _OBJECTION
+        codes[objected | caller_unknown] = _OBJECTION
         agent_col = columns.get(policy.agent_attribute)
         agents = (
             np.full(n, None, dtype=object)
@@ -1008,7 +1049,10 @@ class Sampler:
         refs = _refs_list(call_refs) if memo is not None or self._append is not None else []
         deadline = time.monotonic() + self._first_log_wait  # one wait for the whole batch
         agent_list = agents.tolist()
-        objected_list = objected.tolist()
+        objected_list: list[bool | None] = [
+            None if u else o
+            for o, u in zip(objected.tolist(), caller_unknown.tolist(), strict=True)
+        ]
         # Each call's names (as in decide) and whether it is new, a repeat of a call this
         # sampler remembers, or a repeat of a call earlier in the batch.
         # How this sampler remembers each call (as in decide), and how the store's index (and
@@ -1034,7 +1078,9 @@ class Sampler:
 
         if capped_rules:  # calls without an agent under a capped rule: as in decide
             unnamed = np.flatnonzero(
-                np.isin(rule_index, capped_rules) & (agents == None) & ~objected  # noqa: E711
+                np.isin(rule_index, capped_rules)
+                & (agents == None)  # noqa: E711
+                & ~(objected | caller_unknown)
             ).tolist()
             if unnamed:
                 first_of: dict[bytes, int] = {}
@@ -1060,8 +1106,8 @@ class Sampler:
                 first = memo.get(called)
                 if first is not None:
                     repeats[i] = self._repeat(
-                        first, refs[i], called, agent_list[i], None, objected_list[i], memo,
-                        deadline,
+                        first, refs[i], called, agent_list[i], pseudonyms[i], objected_list[i],
+                        memo, deadline,
                     )  # fmt: skip
                     continue
                 j = first_row.setdefault(called, i)
@@ -1084,7 +1130,7 @@ class Sampler:
                         unknown.append(i)
                     else:
                         repeats[i] = self._repeat_indexed(
-                            earlier, refs[i], names[i], calls[i], agent_list[i], None,
+                            earlier, refs[i], names[i], calls[i], agent_list[i], pseudonyms[i],
                             objected_list[i], memo, deadline,
                         )  # fmt: skip
                 candidates = unknown
@@ -1112,7 +1158,7 @@ class Sampler:
                         rules[int(rule_index[i])].rate,
                         version,
                         int(thresholds[i]),
-                        None,
+                        pseudonyms[i],
                         now,
                         False,
                         None,
@@ -1124,7 +1170,7 @@ class Sampler:
             for i, earlier in zip(fresh, known, strict=True):
                 if earlier is not None:
                     repeats[i] = self._repeat_indexed(
-                        earlier, refs[i], names[i], calls[i], agent_list[i], None,
+                        earlier, refs[i], names[i], calls[i], agent_list[i], pseudonyms[i],
                         objected_list[i], memo, deadline,
                     )  # fmt: skip
             fresh = [i for i in fresh if i not in repeats]
@@ -1133,7 +1179,7 @@ class Sampler:
             tickets = np.full(n, -1, dtype=np.int64)
             logged = self._log_rows(
                 fresh, refs, codes, rule_index, draws, thresholds, rules, agent_list, key, now,
-                policy, attributes,
+                policy, pseudonyms, attributes,
             )  # fmt: skip
             tickets[fresh] = logged
             if decided is not None and self._is_durable is not None:
@@ -1158,11 +1204,12 @@ class Sampler:
             repeat=repeat,
             repeats=repeats,
             log_tickets=tickets,
+            caller_pseudonyms=pseudonyms if callers is not None else None,
         )
         for i, j in later:  # after the first of them in the batch has its final answer
             repeats[i] = self._repeat(
-                batch[j], refs[i], names[i], agent_list[i], None, objected_list[i], memo,
-                deadline,
+                batch[j], refs[i], names[i], agent_list[i], pseudonyms[i], objected_list[i],
+                memo, deadline,
             )  # fmt: skip
         rule_names = [r.name for r in rules]
         for i, d in repeats.items():
@@ -1194,6 +1241,7 @@ class Sampler:
         key: EpochKey,
         now: datetime,
         policy: Policy,
+        pseudonyms: list[str | None],
         attributes: Sequence[str | None],
     ) -> list[int]:
         """Log the decisions of ``rows``, in order; their tickets."""
@@ -1217,7 +1265,7 @@ class Sampler:
                         draws_l[i],
                         refs[i],
                         agents[i],
-                        None,
+                        pseudonyms[i],
                         now,
                         attributes[i],
                     ),

@@ -219,6 +219,10 @@ class VaultStorage(Protocol):
 
     def policy_version(self, version: str) -> Policy: ...
 
+    def objection_pseudonyms(self) -> frozenset[str]:
+        """The callers on the objection list (pseudonyms, hex), as saved now."""
+        ...
+
     @property
     def simulated(self) -> bool:
         """Whether the store is simulated (``sampledrec demo``): its times may be replayed."""
@@ -306,11 +310,18 @@ class Vault:
         phone number (:func:`kept_attributes`)."""
         call_attrs = _call_attrs(attrs)
         who = self.acting(principal, "record")
-        if not decision.record:
+        # A caller added to the objection list since the call was decided is not recorded.
+        objected = (
+            decision.record
+            and decision.caller_pseudonym is not None
+            and decision.caller_pseudonym in self.store.objection_pseudonyms()
+        )
+        if not decision.record or objected:
+            why = "the caller objected since the decision" if objected else decision.reason
             self.log.append(
                 T_RECORD_REFUSED,
                 {
-                    "reason": f"not selected ({decision.reason})",
+                    "reason": f"not selected ({why})",
                     "call_ref": decision.call_ref,
                     "principal": who.name,
                 },
@@ -318,7 +329,7 @@ class Vault:
             )
             raise NotSelected(
                 f"call {decision.call_ref!r} was not selected for recording "
-                f"({decision.reason}, rule {decision.rule!r}); store no audio for it"
+                f"({why}, rule {decision.rule!r}); store no audio for it"
             )
         if decision.log_ticket is None:
             raise InvalidArgument(
