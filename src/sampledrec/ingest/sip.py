@@ -141,6 +141,7 @@ _REQUEST_LINE_RE: Final = re.compile(
 _STATUS_LINE_RE: Final = re.compile(r"([\x21-\x7e]+)[ \t]+([0-9]{3})(?:[ \t]+(.*))?")
 _CSEQ_RE: Final = re.compile(rf"([0-9]{{1,10}})[ \t]+({_TOKEN})")
 _LENGTH_RE: Final = re.compile(r"[0-9]{1,10}")
+_SCHEME_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _WSP: Final = " \t"
 
 
@@ -396,26 +397,28 @@ def parse_name_addr(value: str) -> NameAddr:
 
 def uri_user(uri: str) -> str | None:
     """The user part of a ``sip:``/``sips:`` URI, or the number of a ``tel:`` URI; None for
-    other schemes or a URI without a user.
+    other schemes or a URI without a user. An address without a scheme (``1001@pbx``, as some
+    recording clients write an address of record) is read as a SIP URI.
 
     >>> uri_user("sip:+4930123456@sbc.example;user=phone"), uri_user("tel:+4930123456;ext=7")
     ('+4930123456', '+4930123456')
-    >>> uri_user("sip:sbc.example") is None
-    True
+    >>> uri_user("1001@192.0.2.7:5060"), uri_user("sip:sbc.example"), uri_user("mailto:a@b")
+    ('1001', None, None)
     """
-    scheme, colon, rest = uri.partition(":")
-    if not colon:
-        return None
-    scheme = scheme.lower()
-    if scheme == "tel":
+    scheme = _SCHEME_RE.match(uri)
+    if scheme is None:
+        kind, rest = "sip", uri
+    else:
+        kind, rest = scheme.group(1).lower(), uri[scheme.end() :]
+    if kind == "tel":
         number = rest.partition(";")[0].strip(_WSP)
         return number or None
-    if scheme not in ("sip", "sips"):
+    if kind not in ("sip", "sips"):
         return None
     userinfo, at, _ = rest.partition("@")
     if not at:
         return None
-    user = userinfo.partition(":")[0].partition(";")[0]  # drop a password, keep the user
+    user = userinfo.partition(":")[0].partition(";")[0].strip(_WSP)  # drop a password
     return user or None
 
 
