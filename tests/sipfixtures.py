@@ -29,6 +29,18 @@ def message(
     return (eol.join(lines) + eol + eol).encode("utf-8") + body
 
 
+def replace_in_body(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """``raw`` with ``old`` replaced by ``new`` in its body, and Content-Length made right."""
+    head, blank, body = raw.partition(b"\r\n\r\n")
+    assert old in body
+    body = body.replace(old, new)
+    lines = [
+        f"Content-Length: {len(body)}".encode() if line.startswith(b"Content-Length:") else line
+        for line in head.split(b"\r\n")
+    ]
+    return b"\r\n".join(lines) + blank + body
+
+
 def multipart(boundary: str, parts: Sequence[tuple[Sequence[tuple[str, str]], bytes]]) -> bytes:
     """A multipart body: each part's headers, a blank line, its body; the close delimiter."""
     out = b""

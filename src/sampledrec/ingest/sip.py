@@ -686,7 +686,7 @@ def _check_type(data: object) -> bytes:
 
 
 def parse_message(
-    data: bytes,
+    data: bytes | bytearray,
     *,
     max_header_bytes: int = MAX_HEADER_BYTES,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -798,7 +798,7 @@ class StreamFramer:
         """Bytes received and not yet part of a whole message."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Add ``data``; return every message now complete, in order (``b""`` for a ping)."""
         if self._failed is not None:
             raise InvalidSipMessage(
