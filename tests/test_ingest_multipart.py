@@ -132,7 +132,11 @@ def test_split_recovers_the_parts_it_was_built_from(
     parts: list[tuple[str, bytes]], eol: str, preamble: bytes
 ) -> None:
     boundary = "sampledrec-7Hq2"
-    parts = [(kind, body.replace(b"--sampledrec", b"")) for kind, body in parts]
+    # A body ending in CR before a bare-LF delimiter line reads as CRLF: ambiguous, left out.
+    parts = [
+        (kind, body.replace(b"--sampledrec", b"").rstrip(b"\r" if eol == "\n" else b""))
+        for kind, body in parts
+    ]
     body = (preamble.replace(b"--sampledrec", b"") + eol.encode()) if preamble else b""
     for kind, content in parts:
         body += f"--{boundary}{eol}Content-Type: {kind}{eol}{eol}".encode() + content + eol.encode()
