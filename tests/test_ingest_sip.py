@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import doctest
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -444,6 +445,20 @@ def test_framer_waits_for_the_whole_body() -> None:
     assert framer.feed(fx.CUBE_INVITE[:cut]) == []
     assert framer.buffered == cut
     assert framer.feed(fx.CUBE_INVITE[cut:]) == [fx.CUBE_INVITE]
+
+
+def test_framer_byte_by_byte() -> None:
+    # A peer that trickles its messages in one byte at a time gets the same frames, and the
+    # framer does not search or measure a message again on every byte.
+    stream = b"".join([*VENDOR_INVITES.values(), b"\r\n\r\n", OPTIONS])  # bare LF too
+    framer = StreamFramer()
+    frames = [frame for i in range(len(stream)) for frame in framer.feed(stream[i : i + 1])]
+    assert b"".join(frame or b"\r\n\r\n" for frame in frames) == stream
+    assert frames.count(b"") == 1 and len(frames) == len(VENDOR_INVITES) + 2
+    big = request(method="MESSAGE", body=b"x" * 100_000)
+    start = time.perf_counter()
+    assert [f for i in range(0, len(big), 7) for f in framer.feed(big[i : i + 7])] == [big]
+    assert time.perf_counter() - start < 1.0
 
 
 def test_framer_stray_line_breaks_and_partial_pings() -> None:

@@ -792,6 +792,12 @@ class StreamFramer:
         self._max_header = max_header_bytes
         self._max_body = max_body_bytes
         self._failed: InvalidSipMessage | None = None
+        # What is known of the incomplete message at the buffer's start, so that a message
+        # trickling in byte by byte is not searched and measured again on every feed: the
+        # bytes already searched in vain for the end of its headers, and its whole length
+        # once its headers are in.
+        self._searched = 0
+        self._total: int | None = None
 
     @property
     def buffered(self) -> int:
@@ -824,20 +830,31 @@ class StreamFramer:
                     break
                 frames.append(bytes(buffer[pos:frame_end]))
                 pos = frame_end
+                self._searched, self._total = 0, None
         except InvalidSipMessage as exc:
             self._failed = exc
             buffer.clear()
             raise
+        if pos < len(buffer) and buffer[pos] in b"\r\n":
+            self._searched, self._total = 0, None  # only a ping's start is left
         del buffer[:pos]
         return frames
 
     def _frame_end(self, buffer: bytearray, pos: int) -> int | None:
-        end = _HEADER_END_RE.search(buffer, pos, pos + self._max_header + 4)
+        """Where the message starting at ``pos`` ends, or None while it is incomplete (what is
+        known of it is then kept, relative to ``pos``: feed() moves it to the buffer's start).
+        """
+        if pos == 0 and self._total is not None:
+            return self._total if len(buffer) >= self._total else None
+        # The end of headers may straddle what was searched before: step back 3 bytes.
+        start = pos + max(0, self._searched - 3) if pos == 0 else pos
+        end = _HEADER_END_RE.search(buffer, start, pos + self._max_header + 4)
         if end is None:
             if len(buffer) - pos > self._max_header:
                 raise InvalidSipMessage(
                     f"no end of headers within {self._max_header} bytes", status=413
                 )
+            self._searched, self._total = len(buffer) - pos, None
             return None
         if end.start() - pos > self._max_header:
             raise InvalidSipMessage(
@@ -850,7 +867,10 @@ class StreamFramer:
                 f"a body of {length} bytes, over the limit of {self._max_body}", status=413
             )
         total = end.end() + length
-        return total if len(buffer) >= total else None
+        if len(buffer) >= total:
+            return total
+        self._searched, self._total = 0, total - pos
+        return None
 
     @staticmethod
     def _frame_length(block: bytes) -> int:
