@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -168,10 +167,8 @@ def test_dtd_refused_whatever_the_encoding() -> None:
         '<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
         "<recording>&b;</recording>"
     ).encode("utf-16")
-    start = time.perf_counter()
     with pytest.raises(InvalidSipMessage, match="DTD"):
         parse_metadata(bomb)
-    assert time.perf_counter() - start < 1.0
     assert parse_metadata('<?xml version="1.0" encoding="UTF-16"?><recording/>'.encode("utf-16"))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import doctest
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -456,9 +455,7 @@ def test_framer_byte_by_byte() -> None:
     assert b"".join(frame or b"\r\n\r\n" for frame in frames) == stream
     assert frames.count(b"") == 1 and len(frames) == len(VENDOR_INVITES) + 2
     big = request(method="MESSAGE", body=b"x" * 100_000)
-    start = time.perf_counter()
     assert [f for i in range(0, len(big), 7) for f in framer.feed(big[i : i + 7])] == [big]
-    assert time.perf_counter() - start < 1.0
 
 
 def test_framer_stray_line_breaks_and_partial_pings() -> None:
