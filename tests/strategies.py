@@ -195,3 +195,144 @@ def input_forms(refs: Sequence[CallRef]) -> dict[str, CallRefInput]:
         forms["uint8-copy"] = rows.copy()
         forms["uint8-fortran"] = np.asfortranarray(rows)
     return forms
+
+
+# --- SIP, SDP and metadata: mutated messages, streams cut anywhere, generated requests ----------
+
+# Byte strings that tend to break parsers of text protocols: line breaks, quotes, separators,
+# huge or negative numbers, invalid UTF-8, XML declarations and entities, SDP and MIME syntax.
+NASTY_BYTES: Final = (
+    b"",
+    b"\x00",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\r\n\r\n",
+    b" ",
+    b"\t",
+    b"<",
+    b">",
+    b'"',
+    b"\\",
+    b";",
+    b",",
+    b":",
+    b"=",
+    b"/",
+    b"--",
+    b"-1",
+    b"0",
+    b"4294967296",
+    b"9" * 40,
+    b"\xff\xfe",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"\xe2\x80\xa8",
+    b"<!DOCTYPE r [<!ENTITY a 'aaaa'>]>",
+    b"&a;",
+    b"&#0;",
+    b"<![CDATA[",
+    b"]]>",
+    b"<?xml version='1.0' encoding='UTF-16'?>",
+    b"xmlns='urn:x'",
+    b"v=0",
+    b"m=audio 0 RTP/AVP",
+    b"a=rtpmap:0 PCMU/8000",
+    b"a=inactive",
+    b"c=IN IP4",
+    b"sip:",
+    b"tel:",
+    b";tag=",
+    b";boundary=",
+    b"l: 99\r\n",
+    b"Content-Length: 0\r\n",
+    b"Content-Type: multipart/mixed;boundary=x\r\n",
+)
+
+_MUTATIONS: Final = ("flip", "insert", "delete", "duplicate", "truncate", "bare-lf", "splice")
+
+
+@st.composite
+def mutated(draw: st.DrawFn, data: bytes, max_mutations: int = 4) -> bytes:
+    """``data`` after 1 to ``max_mutations`` random edits: a byte changed, bytes inserted
+    (often from :data:`NASTY_BYTES`), a range deleted, duplicated or replaced, the tail cut,
+    CRLF turned into LF."""
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, max_mutations))):
+        kind = draw(st.sampled_from(_MUTATIONS))
+        pos = draw(st.integers(0, len(out)))
+        end = draw(st.integers(pos, min(len(out), pos + 64)))
+        snippet = draw(st.one_of(st.sampled_from(NASTY_BYTES), st.binary(max_size=8)))
+        if kind == "flip" and out:
+            out[min(pos, len(out) - 1)] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            out[pos:pos] = snippet
+        elif kind == "delete":
+            del out[pos:end]
+        elif kind == "duplicate":
+            out[pos:pos] = bytes(out[pos:end])
+        elif kind == "truncate":
+            del out[pos:]
+        elif kind == "bare-lf":
+            out = bytearray(bytes(out).replace(b"\r\n", b"\n"))
+        else:
+            out[pos:end] = snippet
+    return bytes(out)
+
+
+def chunked(data: bytes, max_cuts: int = 12) -> st.SearchStrategy[list[bytes]]:
+    """``data`` cut at random places into consecutive chunks (some may be empty)."""
+    return st.lists(st.integers(0, len(data)), max_size=max_cuts).map(
+        lambda cuts: [
+            data[start:end]
+            for start, end in zip([0, *sorted(cuts)], [*sorted(cuts), len(data)], strict=True)
+        ]
+    )
+
+
+_TOKEN_CHARS: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+
+
+def sip_tokens(max_size: int = 16) -> st.SearchStrategy[str]:
+    """RFC 3261 tokens."""
+    return st.text(st.sampled_from(_TOKEN_CHARS), min_size=1, max_size=max_size)
+
+
+def header_values(max_size: int = 40) -> st.SearchStrategy[str]:
+    """One-line header values as a parser keeps them: any text without control characters or
+    surrogates, not starting or ending with white space."""
+    chars = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))
+    return st.text(chars, max_size=max_size).map(lambda text: text.strip(" \t"))
+
+
+@st.composite
+def sip_requests(draw: st.DrawFn) -> Any:
+    """Valid SIP requests (a :class:`sampledrec.ingest.sip.SipRequest`) with random tokens,
+    display names, extra headers and bodies, and a Content-Length."""
+    from sampledrec.ingest.sip import Headers, SipRequest
+
+    method = draw(sip_tokens(10))
+    host = draw(sip_tokens(12))
+    display = draw(
+        st.text(
+            st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters='"\\'),
+            max_size=12,
+        )
+    )
+    body = draw(st.binary(max_size=200))
+    headers = [
+        ("Via", f"SIP/2.0/UDP {host};branch=z9hG4bK{draw(sip_tokens())}"),
+        (
+            draw(st.sampled_from(["From", "f"])),
+            f'"{display}" <sip:{host}>;tag={draw(sip_tokens())}',
+        ),
+        (draw(st.sampled_from(["To", "t"])), f"<sip:rec@{host}>"),
+        (draw(st.sampled_from(["Call-ID", "i"])), f"{draw(sip_tokens(24))}@{host}"),
+        ("CSeq", f"{draw(st.integers(0, 2**31 - 1))} {method}"),
+    ]
+    extra = draw(
+        st.lists(st.tuples(sip_tokens(12).map(lambda n: "X-" + n), header_values()), max_size=5)
+    )
+    order = draw(st.permutations(headers + extra))
+    order.append((draw(st.sampled_from(["Content-Length", "l"])), str(len(body))))
+    return SipRequest(method, f"sip:rec@{host}", Headers(order), body)

@@ -12,6 +12,8 @@
     │   │   └── RateTypeError (TypeError)     not text or a number
     │   ├── InvalidTime                     not ISO 8601, or moves a clock back
     │   ├── InvalidPolicy                   a policy file breaks a rule or a guardrail
+    │   ├── InvalidSipMessage               SIP, SDP, a multipart body or recording metadata
+    │   │                                   that cannot be parsed or breaks a limit
     │   └── InvalidAudio                    audio of a wrong format, length, dtype or shape
     │       ├── AudioTypeError (TypeError)    not bytes or a numpy array
     │       └── FFmpegNotFound                decoding a file needs ffmpeg, not installed
@@ -60,6 +62,7 @@ __all__ = [
     "InvalidPolicy",
     "InvalidRate",
     "InvalidRecording",
+    "InvalidSipMessage",
     "InvalidTime",
     "KeyDestroyed",
     "KeyNotRevealable",
@@ -142,6 +145,22 @@ class InvalidPolicy(InvalidArgument):
         self.file = file
         self.rule = rule
         self.field = field
+
+
+class InvalidSipMessage(InvalidArgument):
+    """Bytes from the network that sampledrec's SIP front door cannot use: a SIP message, its
+    framing on a stream, its multipart body, its SDP or its recording metadata (RFC 7865) is
+    malformed, ambiguous or over a size limit. Parsers raise nothing else, whatever the input.
+
+    ``status`` is the SIP status a server would answer with, when it can answer at all (a message
+    without Via, From, To, Call-ID or CSeq cannot be answered and is dropped): 400 by default,
+    413 for a message over a size limit, 415 for a body it cannot read, 488 for an unusable SDP
+    offer, 505 for a SIP version other than 2.0.
+    """
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InvalidAudio(InvalidArgument):
