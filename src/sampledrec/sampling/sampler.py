@@ -107,10 +107,15 @@ class Decision(NamedTuple):
     def __hash__(self) -> int:
         return hash(self[:-1])
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9)."""
+    def to_json(self, *, log_index: int | None = None) -> dict[str, Any]:
+        """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9).
+
+        With ``log_index`` (what :meth:`DecisionLog.wait_durable
+        <sampledrec.log.writer.DecisionLog.wait_durable>` returned for ``log_ticket``, -1 when
+        nothing was to wait for), the document ends with it: that is the answer of
+        ``sampledrec decide --json`` and of the server's ``POST /v1/decisions``."""
         ref = self.call_ref
-        return {
+        doc: dict[str, Any] = {
             "call_ref": ref if isinstance(ref, str) else None,
             "call_ref_hex": ref.hex() if isinstance(ref, bytes) else None,
             "record": self.record,
@@ -126,6 +131,9 @@ class Decision(NamedTuple):
             "agent": self.agent,
             "repeat": self.repeat,
         }
+        if log_index is not None:
+            doc["log_index"] = log_index
+        return doc
 
 
 @dataclass(frozen=True)
@@ -476,6 +484,8 @@ class Sampler:
             if agent_value.__class__ is str or agent_value is None
             else attr_text(agent_value)
         )
+        if agent is not None and not agent.isascii():
+            _check_agent(agent, policy.agent_attribute)  # the log must be able to encode it
         pseudonym = None
         objection = attrs.get("objection")
         objected = objection is not None and _is_true(objection)
@@ -954,6 +964,10 @@ class Sampler:
             if agent_col is None
             else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
         )
+        if agent_col is not None:
+            for a in agents.tolist():
+                if a is not None and not a.isascii():
+                    _check_agent(a, policy.agent_attribute)
         # The references as Python objects: only if the calls are remembered or logged.
         refs = _refs_list(call_refs) if memo is not None or self._append is not None else []
         deadline = time.monotonic() + self._first_log_wait  # one wait for the whole batch
@@ -1155,6 +1169,19 @@ class Sampler:
             )
             for i in rows
         ]
+
+
+def _check_agent(agent: str, attribute: str) -> None:
+    """Refuse an agent that is not valid Unicode text (a lone surrogate, which JSON and
+    Python strings allow): the log keeps the agent as UTF-8, and its writer, which encodes for
+    every caller at once, must never be handed a record it cannot encode."""
+    try:
+        agent.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"attribute {attribute!r} (the agent) is not valid Unicode text: {agent!r} holds a "
+            "lone surrogate; send the agent's name as UTF-8 text"
+        ) from None
 
 
 def _call_of(name: bytes) -> bytes:
