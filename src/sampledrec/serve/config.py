@@ -96,6 +96,7 @@ class ServerConfig:
             }
             sections[name] = ({**old, **resolved}, where)
         server, _ = sections.pop("server", ({}, base))
+        own = _server_settings(server)
         doors: dict[str, Door] = {}
         settings: dict[str, object] = {}
         for kind in DOOR_KINDS:
@@ -108,7 +109,7 @@ class ServerConfig:
             raise InvalidArgument(
                 "no front door to open: give --http HOST:PORT (or an [http] section in --config)"
             )
-        return cls(doors, settings, **_server_settings(server))
+        return cls(doors, settings, **own)
 
 
 def _server_settings(section: Mapping[str, Any]) -> dict[str, Any]:

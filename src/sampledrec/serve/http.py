@@ -52,6 +52,7 @@ MAX_BODY_BYTES: Final = 64 * 1024
 _TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 _MIN_TOKEN: Final = 16
 _DOOR: Final = "http"
+_WARNED_LIMIT: Final = 1000  # distinct warnings logged (then only counted in the metrics)
 _JSON: Final = "application/json"
 _KEYS: Final = (
     "listen",
@@ -315,6 +316,7 @@ def _check_token(request: web.Request, token: bytes) -> None:
 class _Handlers:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._warned: set[str] = set()
 
     async def decide(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -339,7 +341,9 @@ class _Handlers:
         if answer.warnings:
             metrics.decision_warnings.inc(_DOOR, by=len(answer.warnings))
             for message in answer.warnings:
-                event("decision_warning", level=logging.WARNING, door=_DOOR, warning=message)
+                if message not in self._warned and len(self._warned) < _WARNED_LIMIT:
+                    self._warned.add(message)  # once per distinct warning, as the CLI does
+                    event("decision_warning", level=logging.WARNING, door=_DOOR, warning=message)
         metrics.decision_seconds.observe(time.perf_counter() - started, _DOOR)
         return _json(200, answer.to_json())
 
@@ -425,7 +429,6 @@ def http_door(config: HttpConfig) -> Door:
             host, port = runner.addresses[0][:2]
             address = Listen(host, port)
             scheme = "https" if config.ssl_context else "http"
-            ready(f"{scheme}://{address}")
             event("listening", door=_DOOR, address=f"{scheme}://{address}", auth=config.auth)
             if (
                 config.token is not None
@@ -439,6 +442,7 @@ def http_door(config: HttpConfig) -> Door:
                     advice="the bearer token crosses the network unencrypted; give --tls-cert "
                     "and --tls-key",
                 )
+            ready(f"{scheme}://{address}")
             await services.stopping.wait()
         finally:
             await runner.cleanup()  # stop listening, then finish the requests in flight
