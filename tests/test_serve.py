@@ -110,7 +110,8 @@ async def post(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with session.post(f"{url}/v1/decisions", data=data, headers=headers or AUTH) as r:
+    headers = {"Content-Type": "application/json", **(AUTH if headers is None else headers)}
+    async with session.post(f"{url}/v1/decisions", data=data, headers=headers) as r:
         assert r.content_type == "application/json"
         return r.status, await r.json()
 
@@ -264,6 +265,32 @@ def test_bad_input_is_a_400_with_a_json_error_that_says_what_to_do(
 
     run(store, token_config(token_file), scenario)
     assert decisions_in_log(store) == ["fine"]
+
+
+def test_a_dialplan_may_send_a_form(store: Store, token_file: Path) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded", **AUTH}
+
+    async def scenario(server: Server, url: str, session: aiohttp.ClientSession) -> None:
+        body = b"call_ref=1733224800.42&attr.queue=sales&caller=%2B33612345678"
+        status, doc = await post(session, url, body, form)
+        assert status == 200 and doc["call_ref"] == "1733224800.42" and doc["rule"] == "sales"
+        status, doc = await post(session, url, b"call_ref_hex=00ff&attr.queue=", form)
+        assert status == 200 and doc["call_ref_hex"] == "00ff" and doc["rule"] == "default"
+        for body, says in [
+            (b"call_ref=a&call_ref=b", "twice"),
+            (b"call_ref=a&attr.q=1&attr.q=2", "twice"),
+            (b"call_ref=a&attributes=x", "attr.NAME"),
+            (b"call_ref=a&queue=sales", "attr.NAME"),
+            (b"call_ref=%FF", "UTF-8"),
+            (b"call_ref", "form"),
+            (b"", "exactly one"),
+        ]:
+            status, doc = await post(session, url, body, form)
+            assert status == 400 and says in doc["error"], (body, doc)
+        status, doc = await post(session, url, b"call_ref=a", {"Content-Type": "text/csv", **AUTH})
+        assert status == 400 and "neither JSON nor a form" in doc["error"]
+
+    run(store, token_config(token_file), scenario)
 
 
 def test_too_large_bodies_wrong_routes_and_methods(store: Store, token_file: Path) -> None:
@@ -684,3 +711,19 @@ def test_parse_decision_request_never_echoes_the_caller() -> None:
     request = parse_decision_request(b'{"call_ref": "c", "caller": "+33612345678"}')
     assert request.caller == "+33612345678" and "3361" not in repr(request)
     assert parse_decision_request(b'{"call_ref": "c", "attributes": {"x": null}}').attributes == {}
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    import sampledrec.serve.decisions
+    import sampledrec.serve.metrics
+    import sampledrec.serve.recordings
+
+    for module in (
+        sampledrec.serve.decisions,
+        sampledrec.serve.metrics,
+        sampledrec.serve.recordings,
+    ):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

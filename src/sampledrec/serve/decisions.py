@@ -24,6 +24,7 @@ import json
 import math
 import re
 import threading
+import urllib.parse
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from ..sampling.sampler import Decision, Sampler
 
 __all__ = [
     "FIELDS",
+    "FORM",
     "MAX_ATTRIBUTES",
     "Answer",
     "Decider",
@@ -50,6 +52,8 @@ FIELDS: Final = ("call_ref", "call_ref_hex", "attributes", "caller")
 MAX_ATTRIBUTES: Final = 64
 _MAX_TEXT: Final = 1024  # characters in an attribute name, an attribute value or a caller
 _HEX: Final = re.compile(r"(?:[0-9a-fA-F]{2})+")
+FORM: Final = "application/x-www-form-urlencoded"
+_ATTR: Final = "attr."  # a form field naming an attribute: attr.queue=sales
 _EXAMPLE: Final = (
     'send a JSON object like {"call_ref": "a84b4c76e66710", "attributes": {"queue": "sales"}}'
 )
@@ -115,24 +119,82 @@ def _json_type(value: object) -> str:
     return "an object"
 
 
-def parse_decision_request(body: bytes) -> DecisionRequest:
+def parse_decision_request(body: bytes, content_type: str = "application/json") -> DecisionRequest:
     """Read a ``POST /v1/decisions`` body; raises InvalidArgument saying what is wrong.
+
+    The body is JSON when ``content_type`` says so or it starts with ``{`` or ``[``; otherwise,
+    with ``application/x-www-form-urlencoded`` (what a dialplan's ``CURL()`` sends by default)
+    or no type, a form: ``call_ref=...&attr.queue=sales&caller=...``, each field once, every
+    attribute as text (``attr.NAME``).
 
     >>> parse_decision_request(b'{"call_ref": "c-1", "attributes": {"queue": "sales"}}')
     DecisionRequest(call_ref='c-1', attributes={'queue': 'sales'})
     >>> parse_decision_request(b'{"call_ref_hex": "00ff"}').call_ref
     b'\\x00\\xff'
+    >>> form = "application/x-www-form-urlencoded"
+    >>> parse_decision_request(b"call_ref=c-1&attr.queue=sales", form)
+    DecisionRequest(call_ref='c-1', attributes={'queue': 'sales'})
     """
+    kind = content_type.split(";", 1)[0].strip().lower()
+    starts = body.lstrip()[:1]
+    if kind.endswith("json") or starts in (b"{", b"["):
+        doc = _json_document(body)
+    elif kind in (FORM, ""):
+        doc = _form_document(body)
+    else:
+        raise InvalidArgument(
+            f"Content-Type {content_type!r} is neither JSON nor a form; {_EXAMPLE} with "
+            "Content-Type: application/json"
+        )
+    return _request(doc)
+
+
+def _json_document(body: bytes) -> Any:
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise InvalidArgument(f"the body is not UTF-8 text; {_EXAMPLE}") from None
     except RecursionError:
         raise InvalidArgument(f"the body nests too deeply; {_EXAMPLE}") from None
     except json.JSONDecodeError as exc:
         raise InvalidArgument(
-            f"the body is not JSON ({exc.msg} at char {exc.pos}); {_EXAMPLE}"
+            f"the body is not JSON ({exc.msg} at character {exc.pos}); {_EXAMPLE}"
         ) from None
+
+
+def _form_document(body: bytes) -> dict[str, Any]:
+    try:
+        pairs = urllib.parse.parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=bool(body.strip()),
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_ATTRIBUTES + len(FIELDS),
+        )
+    except (UnicodeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"the body is not a form of UTF-8 fields ({exc}); send call_ref=...&attr.queue=..."
+            ", percent-encoded, or JSON with Content-Type: application/json"
+        ) from None
+    doc: dict[str, Any] = {}
+    attrs: dict[str, str] = {}
+    for name, value in pairs:
+        if name.startswith(_ATTR):
+            target, key = attrs, name[len(_ATTR) :]
+        elif name == "attributes":
+            raise InvalidArgument("in a form, give each attribute as attr.NAME=value")
+        else:
+            target, key = doc, name
+        if key in target:
+            raise InvalidArgument(f"the form gives {name!r} twice; give each field once")
+        target[key] = value
+    if attrs:
+        doc["attributes"] = attrs
+    return doc
+
+
+def _request(doc: Any) -> DecisionRequest:
     if not isinstance(doc, dict):
         raise InvalidArgument(f"the body is {_json_type(doc)}, not a JSON object; {_EXAMPLE}")
     unknown = sorted(set(doc) - set(FIELDS))
@@ -141,7 +203,7 @@ def parse_decision_request(body: bytes) -> DecisionRequest:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise InvalidArgument(
             f"unknown field {unknown[0]!r}{hint}; the fields are call_ref (or call_ref_hex), "
-            "attributes and caller"
+            "attributes and caller (in a form, each attribute is a field attr.NAME)"
         )
     ref: str | bytes
     if ("call_ref" in doc) == ("call_ref_hex" in doc):

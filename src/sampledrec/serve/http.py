@@ -323,7 +323,7 @@ class _Handlers:
         services = self.services
         body = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
         try:
-            parsed = parse_decision_request(body)
+            parsed = parse_decision_request(body, request.headers.get("Content-Type", ""))
             answer = await services.decider.decide(parsed)
         except InvalidArgument as exc:
             raise _Problem(400, str(exc)) from None
