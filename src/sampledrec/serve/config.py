@@ -4,7 +4,7 @@
 
     [server]
     shutdown_grace = 10      # seconds the doors have to finish what is in flight
-    decide_workers = 4       # threads that run Sampler.decide
+    decide_workers = 1       # threads that decide and wait for the log
     log_level = "info"       # debug adds one line per HTTP request
 
     [http]                   # the HTTP door; one section per kind of door (DOOR_KINDS)
@@ -48,7 +48,7 @@ class ServerConfig:
     doors: dict[str, Door]
     settings: dict[str, object] = field(default_factory=dict)
     shutdown_grace: float = 10.0
-    decide_workers: int = 4
+    decide_workers: int = 1
     log_level: str = "info"
 
     @classmethod

@@ -4,12 +4,12 @@
 :class:`DecisionRequest` or raises :class:`~sampledrec.errors.InvalidArgument` with a message
 that says what to send instead. It never echoes a caller's number.
 
-:class:`Decider` runs :meth:`Sampler.decide <sampledrec.sampling.Sampler.decide>` in a small
-thread pool (it is synchronous: SQLite writes to the store's decided-calls index, sometimes an
-fsync of the caps ledger) and then waits, without holding a thread per request, until the
-decision's log entry is durable: one thread waits on the log for every pending entry at once,
-so concurrent requests share each group commit's fsync. An answer is therefore only given for
-a decision that a crash can no longer lose (docs/decisions/0021-serve.md).
+:class:`Decider` runs :meth:`Sampler.decide <sampledrec.sampling.Sampler.decide>` off the event
+loop (it is synchronous: SQLite writes to the store's decided-calls index, sometimes an fsync of
+the caps ledger), on a thread that takes every request waiting, decides them, then waits once
+until their log entries are durable and answers them together: concurrent requests share each
+group commit's fsync, and a request changes threads only twice. An answer is therefore only
+given for a decision that a crash can no longer lose (docs/decisions/0021-serve.md).
 
 Warnings about attributes the policy does not use are answered to the client (``warnings``)
 instead of going to the process's warning machinery (:meth:`Policy.attribute_warnings
@@ -19,6 +19,8 @@ instead of going to the process's warning machinery (:meth:`Policy.attribute_war
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import difflib
 import json
 import math
@@ -27,7 +29,6 @@ import threading
 import urllib.parse
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -281,6 +282,13 @@ _OWN_MODULE: Final = re.escape(__name__)
 class Decider:
     """Decides for the front doors, off the event loop, and answers once the entry is durable.
 
+    Requests go to a few threads (``workers``). Each takes every request waiting at that moment,
+    decides them one by one, then waits once until the last of their log entries is durable
+    (which makes the log write at once rather than after its group-commit delay), and settles
+    them all on the event loop in one call. While one thread waits for the disk, another decides
+    what arrived meanwhile, so the log writes one batch after the other; no thread is held per
+    request, and a request crosses threads as few times as possible.
+
     Parameters
     ----------
     sampler:
@@ -288,17 +296,21 @@ class Decider:
     log:
         The sampler's log; ``decide`` returns once the decision's entry is durable in it.
     workers:
-        Threads that run ``sampler.decide`` (keyword-only). Deciding takes tens of
-        microseconds; a few threads absorb the occasional SQLite fsync without queueing.
+        Threads that decide and wait (keyword-only). One is fastest (measured: each thread
+        hand-over costs more than deciding); more only help when deciding itself waits on a
+        slow disk (the caps ledger's fsync).
     """
 
-    def __init__(self, sampler: Sampler, log: DecisionLog, *, workers: int = 4) -> None:
+    def __init__(self, sampler: Sampler, log: DecisionLog, *, workers: int = 1) -> None:
         if workers < 1:
             raise InvalidArgument(f"workers={workers} must be at least 1")
         self._sampler = sampler
         self._log = log
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sampledrec-decide")
-        self._waiter: _DurableWaiter | None = None
+        self._workers = workers
+        self._cond = threading.Condition()
+        self._queue: list[tuple[DecisionRequest, asyncio.Future[Answer]]] = []
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         warnings.filterwarnings("ignore", category=UnknownAttributeWarning, module=_OWN_MODULE)
 
@@ -313,11 +325,19 @@ class Decider:
         if self._closing:
             raise ServerStopping("the server is shutting down; send the request to another node")
         loop = asyncio.get_running_loop()
-        if self._waiter is None:
-            self._waiter = _DurableWaiter(self._log, loop)
-        decision, messages = await loop.run_in_executor(self._pool, self._decide_now, request)
-        index = await self._waiter.wait(decision.log_ticket or 0)
-        return Answer(decision, index, messages)
+        if self._loop is None:
+            self._loop = loop
+            for n in range(self._workers):
+                thread = threading.Thread(
+                    target=self._run, name=f"sampledrec-decide-{n}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        answer: asyncio.Future[Answer] = loop.create_future()
+        with self._cond:
+            self._queue.append((request, answer))
+            self._cond.notify()
+        return await answer
 
     def _decide_now(self, request: DecisionRequest) -> tuple[Decision, tuple[str, ...]]:
         attrs = request.attributes
@@ -328,92 +348,64 @@ class Decider:
         decision = self._sampler.decide(request.call_ref, attrs, caller=request.caller)
         return decision, messages
 
-    async def aclose(self) -> None:
-        """Take no new request; wait for the decisions under way and their log entries."""
-        self._closing = True
-        await asyncio.to_thread(self._pool.shutdown, wait=True)
-        if self._waiter is not None:
-            await asyncio.to_thread(self._waiter.close)
-
-
-class _DurableWaiter:
-    """One thread that waits until log entries are durable, for every pending request at once.
-
-    ``wait(ticket)`` (on the event loop) returns a future of the entry's index. The thread
-    waits for the highest pending ticket (which makes the log write now rather than after its
-    group-commit delay), then settles every pending ticket that is durable."""
-
-    def __init__(self, log: DecisionLog, loop: asyncio.AbstractEventLoop) -> None:
-        self._log = log
-        self._loop = loop
-        self._cond = threading.Condition()
-        self._waiting: dict[int, list[asyncio.Future[int]]] = {}
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="sampledrec-durable", daemon=True)
-        self._thread.start()
-
-    def wait(self, ticket: int) -> asyncio.Future[int]:
-        future: asyncio.Future[int] = self._loop.create_future()
-        if ticket <= 0:  # nothing was logged for this answer, or it was durable before
-            future.set_result(-1)
-            return future
-        with self._cond:
-            self._waiting.setdefault(ticket, []).append(future)
-            self._cond.notify()
-        return future
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
-
     def _run(self) -> None:
+        log = self._log
         while True:
             with self._cond:
-                while not self._waiting and not self._closed:
+                while not self._queue and not self._closing:
                     self._cond.wait()
-                if not self._waiting:
-                    return
-                top = max(self._waiting)
-            error: BaseException | None = None
-            try:
-                top_index = self._log.wait_durable(top)
-            except BaseException as exc:  # the log writer failed: every waiter must hear it
-                error, top_index = exc, -1
-            with self._cond:
-                done = {
-                    t: futures
-                    for t, futures in self._waiting.items()
-                    if error is not None or self._log.is_durable(t)
-                }
-                for t in done:
-                    del self._waiting[t]
-            results = {
-                t: top_index if t == top else self._log.wait_durable(t)
-                for t in done
-                if error is None
-            }
-            try:
-                self._loop.call_soon_threadsafe(_settle, done, results, error)
-            except RuntimeError:  # pragma: no cover - the loop is gone: nobody waits any more
-                return
+                if not self._queue:
+                    return  # closing, and nothing left to decide
+                batch, self._queue = self._queue, []
+            outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
+            waiting: dict[int, list[tuple[asyncio.Future[Answer], Answer]]] = {}
+            for request, future in batch:
+                try:
+                    decision, messages = self._decide_now(request)
+                except BaseException as exc:
+                    outcomes.append((future, exc))
+                    continue
+                answer = Answer(decision, -1, messages)
+                ticket = decision.log_ticket or 0
+                if ticket <= 0:  # nothing was logged for this answer, or it was durable before
+                    outcomes.append((future, answer))
+                else:
+                    waiting.setdefault(ticket, []).append((future, answer))
+            if waiting:
+                try:
+                    top = max(waiting)
+                    indexes = {top: log.wait_durable(top)}
+                    # Durable now: each other ticket's index is popped at once (once).
+                    indexes.update((t, log.wait_durable(t)) for t in waiting if t != top)
+                    for t, pending in waiting.items():
+                        outcomes += [
+                            (f, dataclasses.replace(a, log_index=indexes[t])) for f, a in pending
+                        ]
+                except BaseException as exc:  # the log writer failed: every waiter must hear
+                    error = (
+                        exc
+                        if isinstance(exc, StoreError)
+                        else StoreError(f"the decision log cannot be written: {exc}")
+                    )
+                    outcomes += [(f, error) for pending in waiting.values() for f, _ in pending]
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                self._loop.call_soon_threadsafe(_settle, outcomes)
+
+    async def aclose(self) -> None:
+        """Take no new request; finish the decisions under way and wait for their entries."""
+        self._closing = True
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
 
 
-def _settle(
-    done: dict[int, list[asyncio.Future[int]]],
-    results: dict[int, int],
-    error: BaseException | None,
-) -> None:
-    for ticket, futures in done.items():
-        for future in futures:
-            if future.done():  # the request was cancelled (its client went away)
-                continue
-            if error is not None:
-                future.set_exception(
-                    StoreError(f"the decision log cannot be written: {error}")
-                    if not isinstance(error, StoreError)
-                    else error
-                )
-            else:
-                future.set_result(results[ticket])
+def _settle(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
+    for future, outcome in outcomes:
+        if future.done():  # the request was cancelled (its client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

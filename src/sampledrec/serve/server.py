@@ -53,7 +53,7 @@ class Server:
     shutdown_grace:
         Seconds a door has, once stopping, to finish its requests in flight.
     decide_workers:
-        Threads that run ``Sampler.decide``.
+        Threads that decide and wait for the log (see :class:`.decisions.Decider`).
     handle_signals:
         Stop on SIGTERM and SIGINT (the command line; not for a server embedded in a program
         that handles its own signals).
@@ -66,7 +66,7 @@ class Server:
         *,
         clock: Clock = SYSTEM_CLOCK,
         shutdown_grace: float = 10.0,
-        decide_workers: int = 4,
+        decide_workers: int = 1,
         handle_signals: bool = False,
     ) -> None:
         if not doors:
