@@ -318,3 +318,14 @@ def test_module_doctests() -> None:
     import sampledrec.sampling.sampler
 
     assert doctest.testmod(sampledrec.sampling.sampler).failed == 0
+
+
+def test_an_agent_that_is_not_valid_unicode_is_refused_before_it_reaches_the_log() -> None:
+    # JSON and Python strings allow lone surrogates; the log keeps the agent as UTF-8, and one
+    # such record handed to the log's writer would stop it for every caller of the process.
+    sampler, _ = make()
+    with pytest.raises(InvalidArgument, match="lone surrogate"):
+        sampler.decide("c1", {"agent": "a\ud800"})
+    with pytest.raises(InvalidArgument, match="lone surrogate"):
+        sampler.decide_batch(["c2", "c3"], {"agent": ["ok", "b\udfff"]})
+    assert sampler.decide("c4", {"agent": "Zoë"}).agent == "Zoë"

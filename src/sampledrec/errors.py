@@ -22,6 +22,9 @@
     ├── AccessDenied (PermissionError)      a principal's roles do not allow the action
     ├── RecordingExpired                    a recording is past its expiry, or erased
     ├── RecordingNotFound (KeyError)        no recording with that id
+    ├── NoOpenRecording (LookupError)       no front door of the server records that call now
+    ├── ServerStopping                      the server is shutting down: the request was not
+    │                                       handled (retry on another node)
     ├── CheckpointError (ValueError)        a checkpoint or verifier key is malformed, or its
     │                                       signature does not verify
     ├── LogCorrupt                          the decision log cannot be trusted: a batch, entry or
@@ -70,12 +73,14 @@ __all__ = [
     "KeyringError",
     "LogCorrupt",
     "LogRepairRefused",
+    "NoOpenRecording",
     "NotSelected",
     "RateTypeError",
     "RecordingExpired",
     "RecordingNotFound",
     "SampledrecError",
     "SampledrecWarning",
+    "ServerStopping",
     "StoreError",
     "StoreLocked",
     "StoreNotFound",
@@ -202,6 +207,16 @@ class RecordingNotFound(SampledrecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "no such recording"
+
+
+class NoOpenRecording(SampledrecError, LookupError):
+    """No front door of ``sampledrec serve`` has an open recording of that call, so it cannot
+    be paused or resumed (never decided, not selected, or already sealed)."""
+
+
+class ServerStopping(SampledrecError):
+    """``sampledrec serve`` is shutting down and took no new request (its HTTP door answers
+    503): send it to another node, or again once the server is back."""
 
 
 class CheckpointError(SampledrecError, ValueError):

@@ -29,7 +29,7 @@ from ..errors import (
     SampledrecWarning,
     StoreError,
 )
-from . import audit, decide, demo, init, keys, log, policy, recordings, retention, subject
+from . import audit, decide, demo, init, keys, log, policy, recordings, retention, serve, subject
 from ._common import (
     EXIT_FAILED,
     EXIT_STORE,
@@ -51,6 +51,7 @@ REGISTER: tuple[Callable[[Commands], None], ...] = (
     audit.register,
     keys.register,
     subject.register,
+    serve.register,
     demo.register,
 )
 

@@ -65,5 +65,5 @@ def cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
         lines.append(f"  logged:   entry {index} of {where} (a copy of the first decision)")
     else:
         lines.append("  logged:   not again (a repeat)")
-    emit(args, {**decision.to_json(), "log_index": index}, "\n".join(lines), out)
+    emit(args, decision.to_json(log_index=index), "\n".join(lines), out)
     return EXIT_OK

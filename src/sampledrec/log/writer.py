@@ -375,6 +375,19 @@ class DecisionLog:
         """Entries durable in the log, as last seen by this writer."""
         return self._cr.size
 
+    @property
+    def pending(self) -> int:
+        """Entries queued by this writer and not yet durable (the depth of its group commit's
+        queue, as a server's metrics show it); never blocks."""
+        return max(0, self._next_ticket - 1 - self._durable_ticket)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the writer thread stopped writing (nothing more can be appended), or None while
+        it works: what a server's health check reports."""
+        error = self._error
+        return None if error is None else f"{type(error).__name__}: {error}"
+
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sampledrec-log", daemon=True)
         self._thread.start()

@@ -485,10 +485,17 @@ class Policy:
         suggestion: often a typo that silently sends calls to the default rule.
         ``stacklevel`` is passed to :func:`warnings.warn` (2: the caller of this method).
         """
+        for message in self.attribute_warnings(names):
+            warnings.warn(UnknownAttributeWarning(message), stacklevel=stacklevel)
+
+    def attribute_warnings(self, names: Iterable[object]) -> list[str]:
+        """What :meth:`check_attributes` would warn about ``names``, as messages, without
+        warning (for a server that answers them to its client); raises
+        :class:`~sampledrec.errors.InvalidArgument` as it does."""
         known = self.known_attributes
         unknown = sorted({str(n) for n in names if n not in known})
         if not unknown:
-            return
+            return []
         if self.attribute_names is not None:
             name = unknown[0]
             hint = _suggestion(name, known) or "; fix the name, or declare it in the policy"
@@ -496,21 +503,20 @@ class Policy:
                 f"attribute {name!r} is not one of the attributes the policy declares "
                 f"([attributes] names: {', '.join(sorted(self.attribute_names))}){hint}"
             )
+        messages = []
         for name in unknown:
             hint = _suggestion(name, known)
-            warnings.warn(
-                UnknownAttributeWarning(
-                    f"attribute {name!r} is not used by any rule or role scope of the policy, "
-                    "so it changes nothing"
-                    + (
-                        hint
-                        if hint
-                        else "; declare it in the policy's [attributes] names if it is "
-                        "passed on purpose"
-                    )
-                ),
-                stacklevel=stacklevel,
+            messages.append(
+                f"attribute {name!r} is not used by any rule or role scope of the policy, "
+                "so it changes nothing"
+                + (
+                    hint
+                    if hint
+                    else "; declare it in the policy's [attributes] names if it is "
+                    "passed on purpose"
+                )
             )
+        return messages
 
     def rule_named(self, name: str) -> Rule:
         for rule in self.all_rules:

@@ -111,10 +111,15 @@ class Decision(NamedTuple):
     def __hash__(self) -> int:
         return hash(self[:-1])
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9)."""
+    def to_json(self, *, log_index: int | None = None) -> dict[str, Any]:
+        """A JSON-ready dict; 56-bit integers as decimal strings (DESIGN.md §9).
+
+        With ``log_index`` (what :meth:`DecisionLog.wait_durable
+        <sampledrec.log.writer.DecisionLog.wait_durable>` returned for ``log_ticket``, -1 when
+        nothing was to wait for), the document ends with it: that is the answer of
+        ``sampledrec decide --json`` and of the server's ``POST /v1/decisions``."""
         ref = self.call_ref
-        return {
+        doc: dict[str, Any] = {
             "call_ref": ref if isinstance(ref, str) else None,
             "call_ref_hex": ref.hex() if isinstance(ref, bytes) else None,
             "record": self.record,
@@ -130,6 +135,9 @@ class Decision(NamedTuple):
             "agent": self.agent,
             "repeat": self.repeat,
         }
+        if log_index is not None:
+            doc["log_index"] = log_index
+        return doc
 
 
 @dataclass(frozen=True)
@@ -492,6 +500,8 @@ class Sampler:
             if agent_value.__class__ is str or agent_value is None
             else attr_text(agent_value)
         )
+        if agent is not None and not agent.isascii():
+            _check_agent(agent, policy.agent_attribute)  # the log must be able to encode it
         pseudonym = None
         objection = attrs.get("objection")
         # None: the caller is unknown while someone objected (resolved from the first decision
@@ -1037,6 +1047,10 @@ class Sampler:
             if agent_col is None
             else np.asarray([None if a is None else str(a) for a in agent_col], dtype=object)
         )
+        if agent_col is not None:
+            for a in agents.tolist():
+                if a is not None and not a.isascii():
+                    _check_agent(a, policy.agent_attribute)
         capped_rules = [i for i, r in enumerate(rules) if r.has_cap]
         decided = self._decided
         # What the log keeps of each call's attributes (and the index, for copies of entries).
@@ -1289,6 +1303,19 @@ def _attributes_rows(policy: Policy, columns: Mapping[str, npt.NDArray[Any]], n:
     """:meth:`Policy.attributes_json` of each call of a batch (``columns``: attribute texts)."""
     wanted = {a: columns[a].tolist() for a in policy.rule_attributes if a in columns}
     return policy.attributes_json_rows(wanted, n)
+
+
+def _check_agent(agent: str, attribute: str) -> None:
+    """Refuse an agent that is not valid Unicode text (a lone surrogate, which JSON and
+    Python strings allow): the log keeps the agent as UTF-8, and its writer, which encodes for
+    every caller at once, must never be handed a record it cannot encode."""
+    try:
+        agent.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"attribute {attribute!r} (the agent) is not valid Unicode text: {agent!r} holds a "
+            "lone surrogate; send the agent's name as UTF-8 text"
+        ) from None
 
 
 def _call_of(name: bytes) -> bytes:

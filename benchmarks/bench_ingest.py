@@ -1,0 +1,314 @@
+"""Benchmark the front doors of ``sampledrec serve``: for now, the HTTP decision service.
+
+Run ``python benchmarks/bench_ingest.py [--quick]`` (quick: well under a minute). One run starts
+``sampledrec serve`` as its own process (the HTTP door on loopback, a bearer token, the log level
+at warning) on a fresh store, and measures from this process, the client:
+
+``http_p50_ms``, ``http_p99_ms``, ``http_rate_per_s``
+    ``POST /v1/decisions`` sent open-loop at ``--rate`` requests per second (default 1,000: one
+    every millisecond, on schedule whatever the answers do) over 32 keep-alive connections, each
+    for a new call: the latency from sending to the answer, which comes once the decision's log
+    entry is durable; and the rate actually achieved. ``client_late_p99_ms`` says how late the
+    client itself sent its requests (if it is large, the client, not the server, was the limit).
+``http_max_per_s``
+    The same requests closed-loop from 64 connections as fast as they are answered.
+``server_cpu_us_per_request``
+    The server process's CPU time (user + system) during the open-loop run, per request.
+
+and, in this process, on a store of its own, the in-process figures the service is compared
+with (DESIGN.md section 11: ratios within one run):
+
+``decide_p50_ms``, ``decide_p99_ms``
+    ``Sampler.decide`` alone (it returns once the entry is queued), one call at a time.
+``durable_p50_ms``, ``durable_p99_ms``
+    ``Sampler.decide`` then ``DecisionLog.wait_durable``: what the service waits for before it
+    answers, without HTTP.
+``decide_per_s``
+    ``Sampler.decide`` calls per second, one thread, logged (the durable wait once at the end).
+
+Targets: ``http_p99_ms <= 5`` (issue 13: decision p99 at 1,000 requests/s), reported with the
+ratios ``http_p99_ms / durable_p99_ms`` (what HTTP, JSON and the event loop add to the log's own
+durability wait) and ``http_max_per_s / decide_per_s``. The table shows each figure; the last line
+printed is one JSON object with all of them. Targets are reported, not enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from _table import print_table
+
+import sampledrec
+from sampledrec import Store, __version__
+from sampledrec.errors import SampledrecWarning
+
+TARGET_P99_MS = 5.0
+TOKEN = "bench-ingest-token-0123456789abcdef"
+POLICY = """
+[[rules]]
+name = "sales"
+match = { queue = "sales", direction = ["inbound", "outbound"] }
+rate = "0.05"
+purpose = "quality"
+retention = "6 months"
+
+[[rules]]
+name = "support"
+match = { queue = "support" }
+rate = "0.02"
+purpose = "training"
+retention = "3 months"
+
+[default]
+rate = "0.01"
+purpose = "quality"
+retention = "6 months"
+"""
+QUEUES = ("sales", "support", "billing")
+
+
+def attrs_for(i: int) -> dict[str, str]:
+    return {"queue": QUEUES[i % 3], "direction": "inbound", "agent": f"agent-{i % 150:03d}"}
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# -- in process --------------------------------------------------------------------------------
+
+
+def in_process(store: Store, calls: int) -> dict[str, float]:
+    """Latencies of decide (queued) and decide + wait_durable, one call at a time, and the
+    rate of decide calls in a row."""
+    decide_ms: list[float] = []
+    durable_ms: list[float] = []
+    with store.open_log() as log, store.sampler(log=log) as sampler:
+        sampler.decide("warm-up", attrs_for(0))
+        for i in range(calls):
+            t0 = time.perf_counter()
+            d = sampler.decide(f"inproc-q-{i}", attrs_for(i))
+            decide_ms.append((time.perf_counter() - t0) * 1e3)
+            log.wait_durable(d.log_ticket or 0)
+        for i in range(calls):
+            t0 = time.perf_counter()
+            d = sampler.decide(f"inproc-d-{i}", attrs_for(i))
+            log.wait_durable(d.log_ticket or 0)
+            durable_ms.append((time.perf_counter() - t0) * 1e3)
+        n = calls * 4
+        t0 = time.perf_counter()
+        last = None
+        for i in range(n):
+            last = sampler.decide(f"inproc-r-{i}", attrs_for(i))
+        assert last is not None
+        log.wait_durable(last.log_ticket or 0)
+        rate = n / (time.perf_counter() - t0)
+    return {
+        "decide_p50_ms": pct(decide_ms, 50),
+        "decide_p99_ms": pct(decide_ms, 99),
+        "durable_p50_ms": pct(durable_ms, 50),
+        "durable_p99_ms": pct(durable_ms, 99),
+        "decide_per_s": rate,
+    }
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+def start_server(store: Path, token: Path) -> tuple[subprocess.Popen[str], str]:
+    src = str(Path(sampledrec.__file__).parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
+         "serve", "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
+         "--log-level", "info"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    url = None
+    try:
+        for line in proc.stderr:
+            event = json.loads(line)
+            if event["event"] == "listening":
+                url = event["address"]
+            if event["event"] == "ready" and url is not None:
+                return proc, url
+        raise SystemExit(f"the server exited ({proc.wait(10)}) before it was ready")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def open_loop(url: str, rate: float, seconds: float, tag: str) -> dict[str, Any]:
+    """Send ``rate`` requests/s on schedule for ``seconds``; latencies and lateness (ms)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    n = int(rate * seconds)
+    latencies: list[float] = []
+    late: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int, due: float) -> None:
+            nonlocal errors
+            body = json.dumps({"call_ref": f"{tag}-{i}", "attributes": attrs_for(i)}).encode()
+            sent = time.perf_counter()
+            late.append((sent - due) * 1e3)
+            async with session.post(f"{url}/v1/decisions", data=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+            latencies.append((time.perf_counter() - sent) * 1e3)
+
+        # Open the connections first, so that no request pays for a TCP handshake.
+        await asyncio.gather(*(one(i, time.perf_counter()) for i in range(32)))
+        latencies.clear()
+        late.clear()
+        tasks = []
+        start = time.perf_counter()
+        for i in range(n):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(32 + i, due)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "late": late, "rate": n / elapsed, "errors": errors}
+
+
+async def closed_loop(url: str, seconds: float, connections: int, tag: str) -> float:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    done = 0
+    stop_at = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                i = next(counter)
+                body = json.dumps({"call_ref": f"{tag}-{i}", "attributes": attrs_for(i)})
+                async with session.post(f"{url}/v1/decisions", data=body, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200, await r.text()
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller run (under a minute)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="open-loop requests/s")
+    args = parser.parse_args()
+    quick = args.quick
+    seconds = 4.0 if quick else 15.0
+    calls = 2000 if quick else 10_000
+    warnings.simplefilter("ignore", SampledrecWarning)  # the agent attribute is not in rules
+
+    tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-ingest-"))
+    try:
+        (tmp / "policy.toml").write_text(POLICY, encoding="utf-8")
+        (tmp / "token").write_text(TOKEN, encoding="utf-8")
+        local = in_process(Store.init(tmp / "local", policy=tmp / "policy.toml"), calls)
+        Store.init(tmp / "served", policy=tmp / "policy.toml")
+        proc, url = start_server(tmp / "served", tmp / "token")
+        try:
+            cpu0 = cpu_seconds(proc.pid)
+            run = asyncio.run(open_loop(url, args.rate, seconds, "open"))
+            cpu = cpu_seconds(proc.pid) - cpu0
+            best = asyncio.run(closed_loop(url, seconds / 2, 64, "closed"))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise SystemExit(f"the server failed: {err[-2000:]}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    requests = len(run["latencies"])
+    figures = {
+        "http_p50_ms": pct(run["latencies"], 50),
+        "http_p99_ms": pct(run["latencies"], 99),
+        "http_max_ms": max(run["latencies"]),
+        "http_rate_per_s": run["rate"],
+        "http_errors": run["errors"],
+        "client_late_p99_ms": pct(run["late"], 99),
+        "http_max_per_s": best,
+        "server_cpu_us_per_request": cpu / requests * 1e6,
+        **local,
+    }
+    r_p99 = figures["http_p99_ms"] / figures["durable_p99_ms"]
+    r_p50 = figures["http_p50_ms"] / figures["durable_p50_ms"]
+    r_rate = best / figures["decide_per_s"]
+    met = figures["http_p99_ms"] <= TARGET_P99_MS and run["errors"] == 0
+    ms = "{:.3f}".format
+    rows = [
+        (f"HTTP p50 at {args.rate:,.0f}/s (ms)", ms(figures["http_p50_ms"]), "for scale",
+         f"{r_p50:.2f} x durable", ""),
+        (f"HTTP p99 at {args.rate:,.0f}/s (ms)", ms(figures["http_p99_ms"]),
+         f"<= {TARGET_P99_MS:g} ms", f"{r_p99:.2f} x durable", "pass" if met else "FAIL"),
+        ("HTTP rate achieved (requests/s)", f"{run['rate']:,.0f}", f"{args.rate:,.0f}",
+         f"{run['errors']} errors", ""),
+        ("client late p99 (ms)", ms(figures["client_late_p99_ms"]), "small", "", ""),
+        ("HTTP closed loop, 64 connections (requests/s)", f"{best:,.0f}", "for scale",
+         f"{r_rate:.3f} x decide", ""),
+        ("server CPU per request (us)", f"{figures['server_cpu_us_per_request']:,.0f}",
+         "for sizing", "", ""),
+        ("in-process decide p50 / p99 (ms)",
+         f"{ms(local['decide_p50_ms'])} / {ms(local['decide_p99_ms'])}", "reference", "", ""),
+        ("in-process decide + durable p50 / p99 (ms)",
+         f"{ms(local['durable_p50_ms'])} / {ms(local['durable_p99_ms'])}", "reference", "", ""),
+        ("in-process decide, logged (calls/s)", f"{local['decide_per_s']:,.0f}", "reference",
+         "", ""),
+    ]  # fmt: skip
+    print(
+        f"sampledrec {__version__} bench_ingest ({'quick' if quick else 'full'}); "
+        f"{requests:,} open-loop requests over {seconds:g} s; Python "
+        f"{platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print_table(rows)
+    print(
+        json.dumps(
+            {
+                **figures,
+                "ratio_http_p99_to_durable_p99": r_p99,
+                "ratio_http_p50_to_durable_p50": r_p50,
+                "ratio_http_max_to_decide": r_rate,
+                "target_rate_per_s": args.rate,
+                "targets_met": met,
+                "quick": quick,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

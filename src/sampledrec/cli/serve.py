@@ -1,0 +1,88 @@
+"""``sampledrec serve``: run the server (its front doors) until SIGTERM or SIGINT.
+
+The command reads the options and the ``--config`` file into a
+:class:`~sampledrec.serve.ServerConfig`, sends every log line of the process to stderr as JSON,
+and runs a :class:`~sampledrec.serve.Server`. Exit codes: 0 after a graceful stop; 2 a setting
+is wrong (a missing token, a port in use); 3 the store cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import TextIO
+
+from ..errors import InvalidArgument
+from ._common import EXIT_OK, Commands, add_command, open_store
+
+
+def register(commands: Commands) -> None:
+    p = add_command(
+        commands,
+        "serve",
+        cmd_serve,
+        "run the server: the decision service over HTTP (and the front doors to come) until "
+        "SIGTERM",
+    )
+    p.add_argument("--http", metavar="HOST:PORT", help="open the HTTP door (decision service)")
+    p.add_argument("--config", metavar="FILE", help="TOML settings ([server], [http], ...)")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        type=Path,
+        help="file holding the bearer token that HTTP clients must send",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", type=Path, help="the HTTP door's certificate")
+    p.add_argument("--tls-key", metavar="FILE", type=Path, help="its private key")
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        type=Path,
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="no authentication (only on a loopback address; for tests)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from ..serve import Server, ServerConfig
+        from ..serve.events import configure_logging
+    except ImportError as exc:  # the serve extra is not installed
+        raise InvalidArgument(
+            f"sampledrec serve needs aiohttp ({exc}); install it with: "
+            "pip install 'sampledrec[serve]'"
+        ) from None
+    overrides = {
+        "http": {
+            "listen": args.http,
+            "token_file": args.token_file,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "tls_client_ca": args.tls_client_ca,
+            "insecure_no_auth": args.insecure_no_auth,
+        },
+        "server": {"log_level": args.log_level},
+    }
+    config = ServerConfig.load(args.config, overrides=overrides)
+    store = open_store(args.store)
+    handler = configure_logging(level=config.log_level)
+    try:
+        server = Server(
+            store,
+            config.doors,
+            shutdown_grace=config.shutdown_grace,
+            decide_workers=config.decide_workers,
+            handle_signals=True,
+        )
+        asyncio.run(server.run())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return EXIT_OK

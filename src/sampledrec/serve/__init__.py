@@ -1,0 +1,43 @@
+"""``sampledrec serve``: one asyncio process, one sampler and one log, several front doors.
+
+The package owns the server process (:class:`Server`: lifecycle, signals, graceful stop), what
+its front doors share (:class:`Services`), how a kind of door is configured and added
+(:class:`DoorKind`, :data:`DOOR_KINDS`, :class:`ServerConfig`), the registry of open
+recordings that pause and resume act on (:class:`OpenRecordings`), the metrics, the structured
+log, and the HTTP door with the decision service (:mod:`.http`). The protocol parsers of the
+telephony doors are sans-I/O state machines in :mod:`sampledrec.ingest`; their asyncio shells
+are doors here. Needs the ``serve`` extra (aiohttp): ``pip install 'sampledrec[serve]'``.
+
+Layout: ``server`` over ``config`` over ``http`` over ``doors`` over ``decisions``,
+``recordings``, ``metrics`` and ``events``.
+"""
+
+from .config import DOOR_KINDS, ServerConfig
+from .decisions import Answer, Decider, DecisionRequest, parse_decision_request
+from .doors import Door, DoorKind, Listen, Ready, Services
+from .http import HttpConfig, build_app, http_door
+from .metrics import Metrics
+from .recordings import OpenRecording, OpenRecordings, PauseState
+from .server import Server
+
+__all__ = [
+    "DOOR_KINDS",
+    "Answer",
+    "Decider",
+    "DecisionRequest",
+    "Door",
+    "DoorKind",
+    "HttpConfig",
+    "Listen",
+    "Metrics",
+    "OpenRecording",
+    "OpenRecordings",
+    "PauseState",
+    "Ready",
+    "Server",
+    "ServerConfig",
+    "Services",
+    "build_app",
+    "http_door",
+    "parse_decision_request",
+]
