@@ -4,7 +4,9 @@ Each test cheats on a copy of the honest store of tests/test_audit_attacks.py wi
 library's internals, in ways the other attack tests do not try, and asserts what the audit
 SHOULD report. Tests of cheats the audit does not catch yet are marked
 ``xfail(strict=True)`` with the gap in their reason: when the audit learns to catch one, the
-test XPASSes and strict mode makes the suite say so (then drop the mark). Tests of limits that
+test XPASSes and strict mode makes the suite say so (then drop the mark, as was done for the
+repeat under another rule, the late recording, the late hold, the early tombstone, the UUID in
+two forms and the backdated decision in a simulated store). Tests of limits that
 are such by design (docs/auditor-guide.md, "What the audit from a kit cannot see") pin the
 limit, so that a change in it is noticed.
 """
@@ -69,16 +71,6 @@ def _any_finding_about(rep: AuditReport, check: str, **match: Any) -> list[dict[
 # -- 1. a repeat decision of one call, under another rule, for a longer retention ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: audit/verify.py _check_decisions only requires a call's repeated decisions "
-    "(same epoch and reference) to agree on the reason; a repeat under another rule, "
-    "attributes, agent, policy version or threshold passes, and recordings._match_decision "
-    "accepts any positive decision of the reference, so a recording gets the longer "
-    "retention of the forged repeat (3 days -> 10 days here). Fix: every repeat must equal "
-    "the first decision (rule, policy version, threshold, draw, attributes, agent), and "
-    "_match_decision should only accept the call's first decision.",
-)
 def test_a_repeat_decision_under_another_rule_gets_a_longer_retention(case: Path, via: str) -> None:
     with operator(case) as op:
         d = op.decide_until("rr", "sampled")  # default rule: kept 3 days
@@ -106,6 +98,13 @@ def test_a_repeat_decision_under_another_rule_gets_a_longer_retention(case: Path
         rep, "recordings", recording_id=rid
     )
     assert bad, rep.to_text()
+    (copy,) = _found(rep, "decisions", "is not a copy of the first")
+    assert copy["index"] == index
+    assert copy["evidence"]["rule"] == {"first": "default", "later": "sales"}
+    # The recording is matched with the call's first decision (default, 3 days), not the
+    # forged repeat (sales, 10 days).
+    (other,) = _found(rep, "recordings", "names another rule or policy version than its call's")
+    assert other["recording_id"] == rid and other["evidence"]["decision_rule"] == "default"
 
 
 # -- 2. one agent under several spellings, to escape a per-agent cap ----------------------------
@@ -136,15 +135,6 @@ def test_one_agent_spelled_three_ways_to_escape_the_cap(case: Path, via: str) ->
 # -- 3. another call recorded days later under a selected call's reference -----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (without --cdr): recordings._match_decision accepts any earlier positive "
-    "decision of the reference, however old; a selected call that was never recorded leaves "
-    "a slot the operator can fill days later with another call's audio (that call has no "
-    "decision: only the CDR shows it). Fix: a recording_opened must be logged within a "
-    "bounded time after its decision (e.g. the decision's epoch plus a maximum call length, "
-    "say 24 h), else a recordings finding with both times.",
-)
 def test_another_call_recorded_days_later_under_a_selected_calls_reference(
     case: Path, via: str
 ) -> None:
@@ -156,20 +146,13 @@ def test_another_call_recorded_days_later_under_a_selected_calls_reference(
         rid = op.record(d._replace(log_ticket=LOGGED_EARLIER))
     rep = _audit(case, now=later + timedelta(hours=1))
     assert _any_finding_about(rep, "recordings", recording_id=rid), rep.to_text()
+    (late,) = _found(rep, "recordings", "opened more than a day after its call's decision")
+    assert late["recording_id"] == rid and "decision_index" in late["evidence"]
 
 
 # -- 4. a hold placed after the recording expired --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: recordings.check_recordings/held() accepts any logged, active hold naming "
-    "the recording, even one placed after its expires_at: the operator skips the sweep, "
-    "and once the expiry has passed logs a hold to keep the recording for good (the library "
-    "re-wraps keys only while they still unwrap). Fix: a hold counts for a recording only if "
-    "its placed entry is dated before the recording's logged expires_at; otherwise 'kept "
-    "past its expiry' with the hold entry as evidence.",
-)
 def test_a_hold_placed_after_the_recording_expired(honest: Honest, case: Path, via: str) -> None:
     rid = honest.live[0]
     row = SqliteCatalog(case / "store" / "catalog.sqlite").get(rid)
@@ -204,14 +187,6 @@ def test_a_hold_placed_after_the_recording_expired(honest: Honest, case: Path, v
 # -- 5. a recording destroyed early under an 'expired' tombstone -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: recordings._read_facts takes an 'expired' entry as a tombstone whatever its "
-    "time; an operator can destroy an inconvenient recording days before its expiry and log "
-    "it 'expired' (no erasure request, no subject). Fix: an expired tombstone dated before "
-    "the recording's logged expires_at is a finding (early destruction goes through an "
-    "'erasure' entry).",
-)
 def test_a_recording_destroyed_early_under_an_expired_tombstone(
     honest: Honest, case: Path, via: str
 ) -> None:
@@ -228,6 +203,8 @@ def test_a_recording_destroyed_early_under_an_expired_tombstone(
     bad = _any_finding_about(rep, "recordings", recording_id=rid, index=index)
     bad += _any_finding_about(rep, "recordings", recording_id=rid)
     assert bad, rep.to_text()
+    (early,) = _found(rep, "recordings", "expired tombstone dated before")
+    assert early["index"] == index and early["recording_id"] == rid
 
 
 # -- 6. an objection lifted for a few minutes around a recorded call ------------------------------
@@ -375,16 +352,6 @@ def test_a_kit_objection_list_edited_to_match_the_log_is_not_seen(case: Path) ->
 # -- 9. a UUID decided as text and again as its 16 bytes -----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (without --cdr; by design the CDR is what finds re-rolls): the same call "
-    "decided under its UUID as text and as its 16 raw bytes gets two independent draws in "
-    "one epoch. DESIGN.md §4 says a deployment uses one form everywhere, so a log holding "
-    "both forms of one UUID (or text references differing only by case or braces) is a "
-    "red flag the audit could raise without the CDR. Fix: in audit/timeline.py (next to "
-    "_one_epoch_per_reference), a finding for decisions in one epoch whose references are "
-    "the same UUID in two forms, with both indices.",
-)
 def test_a_uuid_decided_as_text_then_as_bytes_for_a_second_draw(case: Path, via: str) -> None:
     with operator(case) as op:
         for _ in range(400):
@@ -398,23 +365,15 @@ def test_a_uuid_decided_as_text_then_as_bytes_for_a_second_draw(case: Path, via:
         assert text.reason == "not_sampled" and again.reason == "sampled"
         op.record(again)
     rep = _audit(case)
-    assert not rep.ok and (_found(rep, "time", "") or _found(rep, "decisions", "")), rep.to_text()
+    assert not rep.ok, rep.to_text()
+    found = _found(rep, "time", "one UUID decided in one epoch both as text and as its 16")
+    (both,) = [f for f in found if f["evidence"]["first_call_ref"] == str(u)]
+    assert both["evidence"]["first_index"] < both["index"]
 
 
 # -- 10. a production store initialised as "simulated" ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (reporting): a store made with init --simulated suspends the time-order rule "
-    "(audit/timeline.py _order: a note instead of findings) and still ends 'AUDIT PASSED', "
-    "exit 0, with only a '[SIMULATED store]' tag on the first line. An operator who runs "
-    "production on a simulated store can backdate decisions into ended epochs (after their "
-    "keys are known) freely. Fix: findings.AuditReport.verdict should never be a plain PASS "
-    "for a simulated store (e.g. 'PASS (SIMULATED)' with a non-zero exit, or the time "
-    "findings kept), and docs/auditor-guide.md should say a simulated store's audit proves "
-    "nothing about when decisions were made.",
-)
 def test_a_store_declared_simulated_hides_backdated_decisions(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text(attacks.POLICY)
     store = Store.init(
@@ -440,4 +399,6 @@ def test_a_store_declared_simulated_hides_backdated_decisions(tmp_path: Path) ->
         log.flush()
     rep = audit_verify(tmp_path / "store", tmp_path / "revealed.json", now=AUDIT_AT)
     assert d.epoch_id == "2026-03-02"
-    assert rep.verdict != "PASS" or _found(rep, "time", "run backwards"), rep.to_text()
+    assert rep.verdict == "FAIL", rep.to_text()
+    (late,) = _found(rep, "time", "after that epoch's key was revealed")
+    assert late["epoch_id"] == "2026-03-02" and late["call_ref"] == "backdated"

@@ -96,6 +96,9 @@ def _month(moment: datetime) -> int:
     return moment.year * 12 + moment.month - 1
 
 
+MAX_OPEN_DELAY_US: Final = 24 * 3600 * 1_000_000  # a recording opens within a day of its decision
+
+
 def _in_period(time_us: int, period: tuple[str, str]) -> bool:
     """Whether a time's UTC day is in a kit's period (first and last day included)."""
     try:
@@ -170,6 +173,7 @@ class _LogFacts:
     # id -> the recordings its placed entry names; None: logged before entries named them
     hold_names: dict[str, frozenset[str] | None] = field(default_factory=dict)
     hold_until: dict[str, int | None] = field(default_factory=dict)  # id -> logged until
+    hold_placed_at: dict[str, int] = field(default_factory=dict)  # id -> its placed entry's time
 
     def named_holds(self, rid: str) -> list[str]:
         """The holds the log records as placed, naming ``rid``, and not released."""
@@ -242,6 +246,23 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
                 continue
             if rec.tomb is None:
                 rec.tomb = (kind[e.type], e.index)
+                if (
+                    e.type == T_EXPIRED
+                    and rec.expires_at is not None
+                    and e.time_us < rec.expires_at
+                ):
+                    rep.add(
+                        "recordings",
+                        "an expired tombstone dated before the recording's logged expiry: it "
+                        "was destroyed early (an early destruction is an erasure, logged as one)",
+                        index=e.index,
+                        recording_id=rid,
+                        evidence={
+                            "expired_at": _iso(e.time_us),
+                            "expires_at": _iso(rec.expires_at),
+                            "opened_index": rec.index,
+                        },
+                    )
         elif e.type == T_KEY_DESTROYED:
             facts.destroyed.append((e.index, str(fl.get("key"))))
         elif e.type == T_HOLD:
@@ -251,6 +272,7 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
                     continue
                 count = fl.get("recordings")
                 facts.holds_placed[hold_id] = (e.index, count if isinstance(count, int) else 0)
+                facts.hold_placed_at[hold_id] = e.time_us
                 until = fl.get("until")
                 facts.hold_until[hold_id] = until if isinstance(until, int) else None
                 names = parse_hold_recording_ids(fl.get("recording_ids"))
@@ -317,8 +339,12 @@ def check_recordings(
 
     def held(rid: str) -> bool:
         # A hold whose entry names its recordings: the log alone (names, logged until).
+        rec = opened.get(rid)
         for hold_id in facts.named_holds(rid):
             until = facts.hold_until.get(hold_id)
+            placed_at = facts.hold_placed_at.get(hold_id, 0)
+            if rec is not None and rec.expires_at is not None and placed_at >= rec.expires_at:
+                continue  # placed after the recording had expired: it cannot bring it back
             if until is None or until > now_us:
                 return True
         # A hold logged before entries named them: its members and end from the catalog.
@@ -361,7 +387,8 @@ def check_recordings(
                 else:
                     checked["call_references_erased"] += 1
         else:
-            _match_decision(rep, d, rec, by_ref.get(rec.ref, []), policies, reason, where)
+            rows = [r for r in by_ref.get(rec.ref, []) if firsts[r] == r]  # each call's first
+            _match_decision(rep, d, rec, rows, policies, reason, where)
             if rec.call >= 0:
                 per_call[int(firsts[rec.call]) if firsts[rec.call] >= 0 else rec.call].append(
                     rec.rid
@@ -501,6 +528,20 @@ def _match_decision(
         rec.call = last
         return
     rec.call = chosen[-1]
+    late = rec.time_us - int(d.time_us[rec.call])
+    if late > MAX_OPEN_DELAY_US:
+        rep.add(
+            "recordings",
+            "the recording was opened more than a day after its call's decision: a recording "
+            "is opened when the call is (another call's audio under an old selection?)",
+            call_ref=rec.ref,
+            evidence={
+                "decision_index": int(d.index[rec.call]),
+                "decision_time": _iso(int(d.time_us[rec.call])),
+                "opened_at": _iso(rec.time_us),
+            },
+            **where,
+        )
     assert rec.expires_at is not None
     try:
         bucket = bucket_of(rec.expires_at)

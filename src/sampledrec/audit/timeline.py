@@ -30,6 +30,7 @@ Everything is computed on the decision columns with numpy; only findings are loo
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Final, NamedTuple
@@ -39,8 +40,8 @@ import numpy.typing as npt
 
 from ..errors import InvalidArgument
 from ..keys.keyring import DEFAULT_AHEAD, check_epoch_id
-from ..log.columns import Decisions, call_firsts
-from ..log.format import T_KEY_COMMIT, Entry, from_micros
+from ..log.columns import BYTES_REF, STR_REF, Decisions, call_firsts
+from ..log.format import T_KEY_COMMIT, T_KEY_REVEAL, Entry, from_micros
 from .findings import AuditReport
 
 __all__ = ["COMMIT_HORIZON", "MAX_TIME_US", "TIME_SLACK", "LoggedPolicy", "check_time"]
@@ -98,6 +99,80 @@ def check_time(
     _commit_horizon(rep, others)
     _policy_in_force(rep, d, times, policies, simulated=simulated)
     _one_epoch_per_reference(rep, d)
+    _after_reveal(rep, d, others)
+    _one_form_per_uuid(rep, d)
+
+
+def _after_reveal(rep: AuditReport, d: Decisions, others: Sequence[Entry]) -> None:
+    """No decision of an epoch is logged after that epoch's key was revealed: once the key is
+    known, a decision could be chosen to come out either way. Whatever the entries' times say
+    (a backdated decision carries a time inside its epoch), and in a simulated store too."""
+    revealed: dict[str, int] = {}
+    for e in others:
+        if e.type == T_KEY_REVEAL:
+            revealed.setdefault(str(e.fields.get("epoch_id")), e.index)
+    codes = {code: revealed[epoch] for code, epoch in enumerate(d.epochs) if epoch in revealed}
+    if not codes or not len(d):
+        return
+    at = np.full(len(d.epochs), np.iinfo(np.int64).max, dtype=np.int64)
+    for code, index in codes.items():
+        at[code] = index
+    late = np.flatnonzero(d.index > at[d.epoch])
+    rep.add_listed(
+        "time",
+        [
+            (
+                f"decided under epoch {d.epochs[int(d.epoch[i])]} after that epoch's key was "
+                f"revealed (entry {int(at[d.epoch[i]])}): the draw was known in advance",
+                {
+                    "index": int(d.index[i]),
+                    "call_ref": d.ref_text(i),
+                    "epoch_id": d.epochs[int(d.epoch[i])],
+                    "evidence": {"reveal_index": int(at[d.epoch[i]])},
+                },
+            )
+            for i in late[:1000].tolist()
+        ],
+        "decisions logged after their epoch's key was revealed",
+    )
+
+
+def _one_form_per_uuid(rep: AuditReport, d: Decisions) -> None:
+    """One UUID decided in one epoch both as its 16 bytes and as its text: two draws for one
+    call (DESIGN.md §4: a deployment gives each reference in one form). Only looked for when
+    the log holds 16-byte binary references."""
+    binary = np.flatnonzero((d.ref_kind == BYTES_REF) & (d.ref_len == 16))
+    if not binary.size:
+        return
+    as_bytes = {(int(d.epoch[i]), bytes(d.refs[i, :16])): i for i in binary.tolist()}
+    texts = np.flatnonzero((d.ref_kind == STR_REF) & np.isin(d.ref_len, (32, 36, 38)))
+    items = []
+    for i in texts.tolist():
+        text = bytes(d.refs[i, : int(d.ref_len[i])]).decode("ascii", "replace")
+        try:
+            raw = uuid.UUID(text).bytes
+        except ValueError:
+            continue
+        j = as_bytes.get((int(d.epoch[i]), raw))
+        if j is None:
+            continue
+        first, second = sorted((i, j), key=lambda r: int(d.index[r]))
+        items.append(
+            (
+                "one UUID decided in one epoch both as text and as its 16 bytes: two draws "
+                "for one call (a re-roll)",
+                {
+                    "index": int(d.index[second]),
+                    "call_ref": d.ref_text(second),
+                    "epoch_id": d.epochs[int(d.epoch[i])],
+                    "evidence": {
+                        "first_index": int(d.index[first]),
+                        "first_call_ref": d.ref_text(first),
+                    },
+                },
+            )
+        )
+    rep.add_listed("time", items, "UUIDs decided in two forms")
 
 
 def _order(

@@ -544,6 +544,22 @@ def _rules_in_force(d: Decisions, policies: dict[bytes, Any]) -> tuple[list[_Rul
     return found, which
 
 
+def _shown(d: Decisions, name: str, row: int) -> Any:
+    """A decision's field as evidence: text for the coded columns, numbers as numbers."""
+    if name == "reason":
+        code = int(d.reason[row])
+        return REASONS[code] if 0 <= code < len(REASONS) else code
+    if name == "rule":
+        return d.rules[int(d.rule[row])] if d.rule[row] >= 0 else None
+    if name == "policy_version":
+        return d.versions[int(d.version[row])].hex() if d.version[row] >= 0 else None
+    if name == "agent":
+        return d.agents[int(d.agent[row])] if d.agent[row] >= 0 else None
+    if name == "attributes":
+        return d.attribute_sets[int(d.attributes[row])] if d.attributes[row] >= 0 else None
+    return int(getattr(d, name)[row])
+
+
 def _check_decisions(
     rep: AuditReport,
     d: Decisions,
@@ -557,16 +573,38 @@ def _check_decisions(
     rep.counts["decisions_objection"] = int(np.count_nonzero(d.reason == _OBJECTION))
     rep.counts["decisions_cap_reached"] = int(np.count_nonzero(d.reason == _CAP))
 
-    # The same call decided twice in one epoch must agree.
+    # The same call decided twice in one epoch: the later entry is a copy of the first (the
+    # sampler answers a repeat with the first decision). A repeat under another rule, policy,
+    # agent or attributes would give the call another retention or cap count.
     again = np.flatnonzero(~is_first)
-    for i in again[d.reason[again] != d.reason[firsts[again]]].tolist():
+    first = firsts[again]
+    fields: dict[str, npt.NDArray[Any]] = {
+        "reason": d.reason,
+        "rule": d.rule,
+        "policy_version": d.version,
+        "threshold": d.threshold,
+        "draw": d.draw,
+        "agent": d.agent,
+        "attributes": d.attributes,
+    }
+    differs = {name: col[again] != col[first] for name, col in fields.items()}
+    any_diff = np.zeros(again.size, dtype=bool)
+    for mask in differs.values():
+        any_diff |= mask
+    for j in np.flatnonzero(any_diff).tolist():
+        i, f = int(again[j]), int(first[j])
+        names = [name for name, mask in differs.items() if mask[j]]
         rep.add(
             "decisions",
-            "the same call was decided twice in one epoch with different reasons "
-            f"(first at entry {int(d.index[firsts[i]])})",
+            "the same call was decided twice in one epoch, and the later entry is not a copy "
+            f"of the first (entry {int(d.index[f])}): its {', '.join(names)} differ"
+            + (" (different reasons)" if "reason" in names else ""),
             index=int(d.index[i]),
             call_ref=d.ref_text(i),
             epoch_id=d.epochs[int(d.epoch[i])],
+            evidence={
+                name: {"first": _shown(d, name, f), "later": _shown(d, name, i)} for name in names
+            },
         )
 
     # Policy and threshold: checked for every decision (the rule is public).
