@@ -6,7 +6,8 @@ SHOULD report. Tests of cheats the audit does not catch yet are marked
 ``xfail(strict=True)`` with the gap in their reason: when the audit learns to catch one, the
 test XPASSes and strict mode makes the suite say so (then drop the mark, as was done for the
 repeat under another rule, the late recording, the late hold, the early tombstone, the UUID in
-two forms and the backdated decision in a simulated store). Tests of limits that
+two forms, the backdated decision in a simulated store and the objection lifted for a few
+minutes, which is a note: a caller may withdraw an objection and object again). Tests of limits that
 are such by design (docs/auditor-guide.md, "What the audit from a kit cannot see") pin the
 limit, so that a change in it is noticed.
 """
@@ -14,6 +15,7 @@ limit, so that a change in it is noticed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import uuid
@@ -25,9 +27,10 @@ from unittest import mock
 
 import pytest
 
-from sampledrec import FixedClock, Store
+from sampledrec import FixedClock, Store, draw
 from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.audit.verify import AuditReport, audit_verify
+from sampledrec.keys.keyring import epoch_id_at
 from sampledrec.log.format import T_EXPIRED, T_HOLD, hold_recording_ids
 from sampledrec.retention.sweep import HELD_UNTIL
 from sampledrec.sampling import DecisionRecord
@@ -110,26 +113,55 @@ def test_a_repeat_decision_under_another_rule_gets_a_longer_retention(case: Path
 # -- 2. one agent under several spellings, to escape a per-agent cap ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (without --cdr): caps are counted per exact agent string, in the sampler's "
-    "ledger (sampling/caps.py) and in the audit's replay (audit/verify.py, audit/rules.py); "
-    "'a0', 'A0' and the full-width '\\uff41' + '0' are three agents, so one agent gets 4 "
-    "selections a day under a cap of 2 and the audit PASSes. With a CDR agent column the "
-    "mismatch is caught (cdr rule 5). Fix: canonicalise agent ids (strip, NFKC, casefold) "
-    "for cap counting in the sampler and the audit, or at least report in the decisions "
-    "check agents of one rule that collide under that canonical form.",
-)
 def test_one_agent_spelled_three_ways_to_escape_the_cap(case: Path, via: str) -> None:
-    rows = []
+    """The operator logs, with a sampler of its own that counts agents by exact string,
+    four selections of one agent under a rule capped at 2 a day: ``a0`` twice, ``A0`` and a
+    full-width ``a0``. The store's samplers count them as one agent (``cap_agent``), and so
+    does the audit."""
     with operator(case) as op:
-        for k, agent in enumerate(["a0", "a0", "A0", "\uff410"]):
-            d = op.decide_until(f"cap{k}", "sampled", {"queue": "sales", "agent": agent})
-            rows.append(d)
-        op.log.flush()
-    assert all(d.rule == "sales" for d in rows)  # capped at 2 a day per agent
+        at = op.clock.now()
+        epoch = epoch_id_at(at)
+        policy = op.store.policy(at)
+        sales = policy.rule_named("sales")
+        key = op.store.keyring.epoch_key(epoch)
+        refs = (f"spelled-{k}" for k in range(100_000))
+        below = list(itertools.islice((r for r in refs if draw(key, r) < sales.threshold), 4))
+        for ref, agent in zip(below, ["a0", "a0", "A0", "\uff410"], strict=True):
+            record = DecisionRecord(
+                epoch_id=epoch,
+                policy_version=policy.version,
+                rule="sales",
+                threshold=sales.threshold,
+                reason="sampled",
+                draw=draw(key, ref),
+                call_ref=ref,
+                agent=agent,
+                caller_pseudonym=None,
+                decided_at=at,
+                attributes=policy.attributes_json({"queue": "sales", "agent": agent}),
+            )
+            op.wait(op.log.append_decision(record))
     rep = _audit(case)
-    assert not rep.ok and _found(rep, "decisions", "a0"), rep.to_text()
+    over = _found(rep, "decisions", "over the cap")
+    assert not rep.ok and over, rep.to_text()
+    assert any("a0" in f["message"] for f in over)
+
+
+def test_the_samplers_count_one_agent_however_it_is_spelled(case: Path) -> None:
+    """The honest side of the same: the store's sampler refuses the third selection."""
+    with operator(case) as op:
+        got = []
+        for k, agent in enumerate(["a0", "A0", "\uff410", " a0 "]):
+            for i in range(500):
+                d = op.sampler.decide(
+                    f"spell{k}-{i}", {"queue": "sales", "agent": agent}, caller="+33 7 00 00 00 01"
+                )
+                if d.reason in ("sampled", "cap_reached"):
+                    got.append(d.reason)
+                    break
+    # a0 had selections on this day already (the honest store): none of the four is a new one.
+    assert "sampled" not in got[2:], got
+    assert _audit(case).status("decisions") == "PASS"
 
 
 # -- 3. another call recorded days later under a selected call's reference -----------------------
@@ -210,14 +242,6 @@ def test_a_recording_destroyed_early_under_an_expired_tombstone(
 # -- 6. an objection lifted for a few minutes around a recorded call ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (arguably by design): audit/objections.py replays logged removals as true; "
-    "an objector taken off the list, recorded, and put back minutes later passes with "
-    "'3 changes' and no finding or note linking the removal to the recording. Fix: report "
-    "(finding, or at least a note with the indices) a caller removed and added again within "
-    "a short time (e.g. 30 days) who was selected or recorded while off the list.",
-)
 def test_an_objection_lifted_for_minutes_around_a_recorded_call(case: Path, via: str) -> None:
     store = Store.open(case / "store")
     store.objections(clock=FixedClock(OPERATOR_AT)).remove(OBJECTOR)
@@ -232,6 +256,8 @@ def test_an_objection_lifted_for_minutes_around_a_recorded_call(case: Path, via:
     rep = _audit(case)
     linked = _found(rep, "objections", "") + _any_finding_about(rep, "recordings", recording_id=rid)
     assert linked or any("removed" in n and "again" in n for n in rep.notes), rep.to_text()
+    (note,) = [n for n in rep.notes if "added again" in n]
+    assert "10 minutes later" in note and "1 of their calls were selected" in note
 
 
 # -- 7. a recording's bucket later than its expiry (caught) ---------------------------------------

@@ -88,7 +88,7 @@ from .log.format import (
 from .log.repair import RepairReport
 from .log.storage import LocalLogStorage, LogStorage
 from .log.writer import DecisionLog
-from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_periods
+from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_agent, cap_periods
 from .sampling.decided import FirstDecision, SqliteDecidedCalls
 from .sampling.objections import ObjectionChange, ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
@@ -814,7 +814,7 @@ class Store:
                 epoch_id,
                 call,
                 rule.name,
-                d.agent_name(i) or "",
+                cap_agent(d.agent_name(i) or ""),
                 cap_periods(when, rule.max_per_agent_per_day, rule.max_per_agent_per_week),
             )
             out.append((req, "sampled" if int(d.reason[i]) == sampled else "cap_reached"))

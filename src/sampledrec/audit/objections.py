@@ -498,6 +498,11 @@ class _Replay:
         self.carry: list[_Change] = []  # the kept entries of the list logged again, so far
         self.carries = 0
         self._calls_of = self._recorded_calls()
+        # Callers taken off the list: when (log index, time), and their calls selected since.
+        self.removed_at = np.full(n, -1, dtype=np.int64)
+        self.removed_us = np.full(n, -1, dtype=np.int64)
+        self.selected_off: dict[int, list[int]] = {}
+        self.readded: list[str] = []
 
     def run(self, listed_now: set[bytes] | None) -> None:
         d = self.d
@@ -535,6 +540,13 @@ class _Replay:
                 "list as replayed (a change logged again after a crash, or one whose addition "
                 "cannot be read)"
             )
+        for text in self.readded[:20]:
+            rep.notes.append(
+                "objections: "
+                + text
+                + ": a caller withdrawing an objection and objecting again, or an objection "
+                "lifted around their calls; ask for the caller's consent on record"
+            )
         if self.carries:
             rep.notes.append(
                 f"objections: the list was logged again whole {self.carries:,} time(s) (kept, "
@@ -567,6 +579,20 @@ class _Replay:
             return
         if change.action == "added":
             self.migrated += change.migrated
+            off = self.selected_off.pop(code, None)
+            if (
+                off
+                and self.removed_at[code] >= 0
+                and change.time_us - self.removed_us[code] <= READDED_WITHIN_US
+            ):
+                self.readded.append(
+                    f"caller {self.callers.pseudonyms[code].hex()[:16]}... was removed from the "
+                    f"list at entry {int(self.removed_at[code])} and added again at entry "
+                    f"{change.index}, {_duration(change.time_us - int(self.removed_us[code]))} "
+                    f"later; while off the list {len(off)} of their calls were selected "
+                    f"(entries {', '.join(map(str, off[:5]))}{', ...' if len(off) > 5 else ''})"
+                )
+            self.removed_at[code] = -1
             if self.since[code] < 0:
                 self.since[code] = change.time_us
                 self.added_at[code] = change.index
@@ -575,6 +601,8 @@ class _Replay:
                 self.idle_removals += 1
             self.since[code] = -1
             self.added_at[code] = -1
+            self.removed_at[code], self.removed_us[code] = change.index, change.time_us
+            self.selected_off.pop(code, None)
 
     def _kept(self, change: _Change) -> None:
         """One caller of the list logged again (``kept``); once every caller of a carry is
@@ -625,6 +653,7 @@ class _Replay:
     def _decisions(self, lo: int, hi: int) -> None:
         if hi <= lo:
             return
+        self._selected_off(lo, hi)
         certain = self._certain()
         if not certain.any():
             return
@@ -671,6 +700,17 @@ class _Replay:
                     },
                 )
             )
+
+    def _selected_off(self, lo: int, hi: int) -> None:
+        """Note the selections of callers taken off the list (for a removal undone soon)."""
+        if not (self.removed_at >= 0).any():
+            return
+        code = self.callers.code[lo:hi]
+        named = code >= 0
+        c = np.where(named, code, 0)
+        hit = named & (self.removed_at[c] >= 0) & (self.d.reason[lo:hi] == _SAMPLED)
+        for j in np.flatnonzero(hit).tolist():
+            self.selected_off.setdefault(int(c[j]), []).append(int(self.d.index[lo + j]))
 
     def _recorded_calls(self) -> list[list[int]]:
         """For each recording opened, the decision rows of its call reference."""
@@ -755,6 +795,17 @@ class _Replay:
                 f"objections: {len(extra):,} callers on the list are not in the readable "
                 f"changes of the log; {self.unreadable_added:,} additions cannot be read"
             )
+
+
+READDED_WITHIN_US: Final = 30 * 86_400_000_000  # a removal undone within 30 days is noted
+
+
+def _duration(us: int) -> str:
+    minutes = us // 60_000_000
+    if minutes < 120:
+        return f"{minutes} minutes"
+    hours = minutes // 60
+    return f"{hours} hours" if hours < 72 else f"{hours // 24} days"
 
 
 def _where(d: Decisions, i: int) -> dict[str, Any]:

@@ -43,6 +43,7 @@ no key could be revealed). Only PASS exits 0 (:mod:`sampledrec.audit.findings`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +70,7 @@ from ..log.columns import (
 )
 from ..log.format import T_KEY_COMMIT, T_KEY_DESTROYED, T_POLICY, from_micros, to_micros
 from ..log.storage import LogStorage
-from ..sampling.caps import cap_periods
+from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
 from .cdr import check_cdr, read_cdr
@@ -704,8 +705,21 @@ def _check_decisions(
                 rep.add("decisions", wrong, evidence=ev, **where)
     rep.counts["decisions_recomputed"] = recomputed
     check_rules(rep, d, found, which, policies)
-    _check_caps(rep, d, is_first, found, which)
-    check_cap_reached(rep, d, is_first, found, which)
+    counted = _cap_agents(d)  # one agent however its id is spelled, as the samplers count
+    _check_caps(rep, counted, is_first, found, which)
+    check_cap_reached(rep, counted, is_first, found, which)
+
+
+def _cap_agents(d: Decisions) -> Decisions:
+    """``d`` with its agents as caps count them (:func:`~sampledrec.sampling.caps.cap_agent`):
+    ``a0`` and ``A0`` are one agent, and the cap holds for both together."""
+    canon = [cap_agent(a) for a in d.agents]
+    names = sorted(set(canon))
+    if names == d.agents:
+        return d
+    code = {name: i for i, name in enumerate(names)}
+    lut = np.asarray([code[c] for c in canon] + [-1], dtype=np.int32)  # lut[-1]: no agent
+    return dataclasses.replace(d, agent=lut[d.agent], agents=names)
 
 
 def _check_caps(

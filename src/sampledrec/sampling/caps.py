@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,14 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 from ..errors import StoreError
 from ._ledgerfile import open_ledger_db
 
-__all__ = ["CapLedger", "CapRequest", "MemoryCapLedger", "SqliteCapLedger", "cap_periods"]
+__all__ = [
+    "CapLedger",
+    "CapRequest",
+    "MemoryCapLedger",
+    "SqliteCapLedger",
+    "cap_agent",
+    "cap_periods",
+]
 
 CapAnswer = Literal["sampled", "cap_reached"]
 KEEP_DAYS = 15  # counts and remembered calls older than this are dropped (weeks are 7 days)
@@ -50,6 +58,17 @@ class CapRequest(NamedTuple):
     rule: str
     agent: str
     limits: tuple[tuple[str, int], ...]
+
+
+def cap_agent(agent: str) -> str:
+    """The agent as caps count it: one agent however its id is spelled (Unicode NFKC, case
+    folded, surrounding spaces dropped), so that ``a0``, ``A0`` and a full-width ``a0``
+    (U+FF41 U+FF10) share one count; the audit counts them the same way.
+
+    >>> cap_agent(" A0 ") == cap_agent("\uff41\uff10") == "a0"
+    True
+    """
+    return unicodedata.normalize("NFKC", agent).casefold().strip()
 
 
 def cap_periods(

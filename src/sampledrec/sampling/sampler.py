@@ -45,7 +45,7 @@ import numpy.typing as npt
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidArgument
 from ..keys.keyring import EpochKey, Keyring, epoch_end, epoch_id_at, epoch_start, epochs_ahead
-from .caps import CapLedger, CapRequest, MemoryCapLedger, cap_periods
+from .caps import CapLedger, CapRequest, MemoryCapLedger, cap_agent, cap_periods
 from .decided import DecidedCalls, FirstDecision, prune_before
 from .keyed import MAX_CALL_REF_BYTES, call_ref_bytes, tags_many
 from .objections import ObjectionList
@@ -1372,7 +1372,7 @@ def _tag(key: EpochKey, raw: bytes) -> bytes:
 def _cap_request(key: EpochKey, call: bytes, rule: Rule, agent: str, now: datetime) -> CapRequest:
     """``call``: the reference's kind and full CMAC tag, which names the call in the ledger."""
     limits = cap_periods(now, rule.max_per_agent_per_day, rule.max_per_agent_per_week)
-    return CapRequest(key.epoch_id, call, rule.name, agent, limits)
+    return CapRequest(key.epoch_id, call, rule.name, cap_agent(agent), limits)
 
 
 def _item(call_refs: Sequence[str | bytes] | npt.NDArray[Any], i: int) -> str | bytes:
