@@ -428,15 +428,19 @@ class _SiprecDoor:
         self.transactions: dict[tuple[str, str], _Transaction] = {}
         self.dialogs: dict[str, _Dialog] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.finishing: set[asyncio.Task[Any]] = set()
         self.contact = ""
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any, *, finish: bool = False) -> None:
+        """Run ``coro`` as a task; with ``finish``, a stop waits for it (sealing a
+        recording) rather than cancelling it (resending a 2xx, deciding a new call)."""
         task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
+        (self.finishing if finish else self.tasks).add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
+        self.finishing.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             event("siprec_error", level=logging.ERROR, door=_DOOR, exc=exc)
 
@@ -784,7 +788,7 @@ class _SiprecDoor:
         dialog.acked = True
         reply(build_response(request, 200))
         if dialog.call is not None:
-            self.spawn(dialog.call.close(truncated=False, why="bye"))
+            self.spawn(dialog.call.close(truncated=False, why="bye"), finish=True)
         else:
             self._release_ports(dialog)
 
@@ -820,7 +824,7 @@ class _SiprecDoor:
                     continue
                 if now - call.last_rtp > timeout:
                     self.dialogs.pop(call_id, None)
-                    self.spawn(call.close(truncated=True, why="rtp_timeout"))
+                    self.spawn(call.close(truncated=True, why="rtp_timeout"), finish=True)
 
     async def seal_all(self) -> None:
         calls = [d.call for d in self.dialogs.values() if d.call is not None]
@@ -943,10 +947,12 @@ def siprec_door(config: SiprecConfig) -> Door:
         finally:
             for close in closers:
                 close()
-            await door.seal_all()
             for task in list(door.tasks):
                 task.cancel()
             await asyncio.gather(*door.tasks, return_exceptions=True)
+            await door.seal_all()
+            if door.finishing:
+                await asyncio.wait(door.finishing, timeout=services.shutdown_grace)
             door.vault.close()
 
     return run
