@@ -675,8 +675,7 @@ def run_sipp(port: int, tmp: Path, *, calls: int, rate: int, extra: tuple[str, .
         SIPP or "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-m", str(calls),
         "-r", str(rate), "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
         "-mp", str(30000 + 2 * (os.getpid() % 2000)), "-trace_err", "-nostdin",
-        "-timeout", "50", "-timeout_error", "-bg" if False else "-aa",
-        "-key", "pcap", str(tmp / "leg.pcap"), *extra,
+        "-timeout", "50", "-timeout_error", "-aa", *extra,
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
@@ -741,7 +740,7 @@ def test_sipp_load_run_loses_nothing(tmp_path: Path) -> None:
     finally:
         err = finish(proc)
     assert time.monotonic() - started < 45
-    assert "Failed call" in stats or True
+    assert re.search(r"Failed call\s*\|\s*\d+\s*\|\s*0\s", stats), stats[-2000:]
     store = Store.open(path)
     found = recordings(store)
     assert len(found) == 100 and len(set(decisions(store))) == 100

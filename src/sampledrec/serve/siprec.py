@@ -61,6 +61,7 @@ from ..ingest.rtp import Interleaver, JitterBuffer, parse_rtp
 from ..ingest.sdp import AnsweredMedia, build_answer
 from ..ingest.sip import Headers, SipRequest, StreamFramer, build_response, parse_message, uri_user
 from ..ingest.siprec import Offer, parse_offer
+from ..sampling.objections import normalize_number
 from ..vault.audio import AudioFormat, alaw_to_pcm16, ulaw_to_pcm16
 from ..vault.recorder import Recorder, Vault
 from .decisions import DecisionRequest
@@ -237,6 +238,13 @@ def decision_request(offer: Offer, config: SiprecConfig) -> tuple[DecisionReques
             note = f"{config.call_ref} not found; " + (note or "decided on the sipSessionID")
     attrs = {name: v for name, src in config.attributes.items() if (v := _lookup(src, offer))}
     caller = _lookup(config.caller, offer) if config.caller else None
+    if caller:
+        try:
+            normalize_number(caller)
+        except InvalidArgument:
+            # An anonymous caller, an extension: decide without it rather than not at all.
+            event("caller_unusable", door=_DOOR, source=config.caller)
+            caller = None
     return DecisionRequest(ref, attrs, caller or None), note
 
 
