@@ -642,7 +642,7 @@ class _SiprecDoor:
             convert = _mixed_decoder(legs_media[0][1].encoding or "", legs_media[1][1].encoding)
         try:
             recorder = await asyncio.to_thread(
-                self.vault.record, decision, audio_format=fmt, attrs=dict(wanted.attributes)
+                _open_recorder, self.vault, decision, fmt, dict(wanted.attributes)
             )
         except SampledrecError as exc:
             event("recording_failed", level=logging.ERROR, door=_DOOR, exc=exc)
@@ -840,6 +840,16 @@ class _SiprecDoor:
         await asyncio.gather(*(c.close(truncated=True, why="server_stopping") for c in calls))
 
 
+def _open_recorder(
+    vault: Vault, decision: Any, fmt: AudioFormat, attrs: dict[str, Any]
+) -> Recorder:
+    """Open the recording and its file (a thread's work: the catalog and the blob store
+    sync to disk), so that the event loop only ever encrypts and appends."""
+    recorder = vault.record(decision, audio_format=fmt, attrs=attrs)
+    recorder.write(b"")  # the decision is durable: this creates the container now
+    return recorder
+
+
 def _invite_headers(cancel: SipRequest) -> Headers:
     """A CANCEL's headers with its CSeq method made INVITE: the 487 answers the INVITE,
     whose Via, From, To, Call-ID and CSeq number the CANCEL repeats (RFC 3261 9.1)."""
@@ -889,6 +899,13 @@ class _SipUdp(asyncio.DatagramProtocol):
                 transport.sendto(response, addr)
 
         self.door.handle(data, reply, True, "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        event("sip_udp_error", level=logging.WARNING, door=_DOOR, exc=exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            event("sip_udp_lost", level=logging.ERROR, door=_DOOR, exc=exc)
 
 
 class _SipTcp(asyncio.Protocol):
