@@ -698,7 +698,9 @@ def check_store(path: Path, tmp: Path, refs: list[str | bytes]) -> None:
     store.write_revealed(store.reveal_keys(now=tomorrow), revealed)
     start = datetime.now(UTC).isoformat()
     cdr = tmp / "cdr.csv"
-    cdr.write_text("call_ref,start_time\n" + "".join(f"{r},{start}\n" for r in refs))
+    cdr.write_text(
+        "call_ref,start_time\n" + "".join(f"{r},{start}\n" for r in refs if isinstance(r, str))
+    )
     out = io.StringIO()
     audit = ["audit", "verify", "--store", str(path), "--revealed-keys", str(revealed)]
     code = main([*audit, "--cdr", str(cdr), "--at", tomorrow.isoformat()], out=out)
