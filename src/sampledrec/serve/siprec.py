@@ -946,22 +946,32 @@ def siprec_door(config: SiprecConfig) -> Door:
         closers: list[Callable[[], None]] = []
         host, port = config.listen.host, config.listen.port
         try:
-            try:
-                if "udp" in config.transports:
-                    udp, _ = await loop.create_datagram_endpoint(
-                        lambda: _SipUdp(door), local_addr=(host, port)
-                    )
-                    closers.append(udp.close)
-                    port = udp.get_extra_info("sockname")[1]
-                if "tcp" in config.transports:
-                    tcp = await loop.create_server(lambda: _SipTcp(door), host, port, backlog=1024)
-                    closers.append(tcp.close)
-                    port = tcp.sockets[0].getsockname()[1]
-            except OSError as exc:
-                raise InvalidArgument(
-                    f"--siprec {config.listen}: cannot listen there ({exc.strerror}); pick "
-                    "another address or stop the process that holds it"
-                ) from None
+            # Port 0 (any free port): UDP picks one, and TCP may find it taken; try again.
+            for attempt in range(20 if config.listen.port == 0 else 1):
+                port = config.listen.port
+                try:
+                    if "udp" in config.transports:
+                        udp, _ = await loop.create_datagram_endpoint(
+                            lambda: _SipUdp(door), local_addr=(host, port)
+                        )
+                        closers.append(udp.close)
+                        port = udp.get_extra_info("sockname")[1]
+                    if "tcp" in config.transports:
+                        tcp = await loop.create_server(
+                            lambda: _SipTcp(door), host, port, backlog=1024
+                        )
+                        closers.append(tcp.close)
+                        port = tcp.sockets[0].getsockname()[1]
+                    break
+                except OSError as exc:
+                    for close in closers:
+                        close()
+                    closers.clear()
+                    if attempt == 19 or config.listen.port != 0:
+                        raise InvalidArgument(
+                            f"--siprec {config.listen}: cannot listen there ({exc.strerror}); "
+                            "pick another address or stop the process that holds it"
+                        ) from None
             address = Listen(host, port)
             door.contact = f"sip:sampledrec@{Listen(config.media_address, port)}"
             event("listening", door=_DOOR, address=f"sip:{address}", transports=config.transports)
