@@ -23,11 +23,21 @@ def register(commands: Commands) -> None:
         commands,
         "serve",
         cmd_serve,
-        "run the server: the decision service over HTTP (and the front doors to come) until "
-        "SIGTERM",
+        "run the server: the decision service over HTTP and the SIPREC recording server, "
+        "until SIGTERM",
     )
     p.add_argument("--http", metavar="HOST:PORT", help="open the HTTP door (decision service)")
-    p.add_argument("--config", metavar="FILE", help="TOML settings ([server], [http], ...)")
+    p.add_argument(
+        "--siprec",
+        metavar="HOST:PORT",
+        help="open the SIPREC door (recording server for SBCs; SIP over UDP and TCP)",
+    )
+    p.add_argument(
+        "--rtp-ports",
+        metavar="LO-HI",
+        help="UDP ports the SIPREC door receives RTP on (default 40000-40999)",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML settings ([server], [http], [siprec])")
     p.add_argument(
         "--token-file",
         metavar="FILE",
@@ -69,6 +79,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "tls_client_ca": args.tls_client_ca,
             "insecure_no_auth": args.insecure_no_auth,
         },
+        "siprec": {"listen": args.siprec, "rtp_ports": args.rtp_ports},
         "server": {"log_level": args.log_level},
     }
     config = ServerConfig.load(args.config, overrides=overrides)

@@ -1,0 +1,752 @@
+"""The SIPREC door against recording clients that do not share our parsers.
+
+The in-process tests speak RFC 7866 themselves: INVITEs are written here byte by byte
+(multipart/mixed with an SDP offer and RFC 7865 metadata), responses are read with a few
+regular expressions, and RTP packets are packed with :mod:`struct`. The sipp tests start
+``sampledrec serve`` as a process and drive it with sipp (Debian ``sip-tester``) from a
+scenario in ``tests/sipp/``. Each selected call's recording, read back, holds each leg's G.711
+payload byte for byte (losses as silence); each declined call stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sampledrec
+from sampledrec import Store
+from sampledrec.cli import main
+from sampledrec.ingest.rtp import Interleaver, JitterBuffer, RtpPacket, parse_rtp
+from sampledrec.log.format import T_DECISION
+from sampledrec.log.writer import iter_entries
+from sampledrec.serve import Listen, Server
+from sampledrec.serve.siprec import SiprecConfig, siprec_door
+from sampledrec.vault.recorder import Vault
+
+from .recording import RECORD_REGULATED, new_store
+
+SRC = str(Path(sampledrec.__file__).parents[1])
+SIPP = shutil.which("sipp")
+PT_EVENT = 101
+
+
+# -- the RTP pieces, sans I/O ------------------------------------------------------------------
+
+
+def _packet(seq: int, ts: int, payload: bytes, pt: int = 0, ssrc: int = 7) -> RtpPacket:
+    return RtpPacket(pt, False, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, payload)
+
+
+def test_rtp_header_with_csrc_extension_and_padding() -> None:
+    payload = bytes(range(160))
+    head = struct.pack("!BBHII", 0xB2, 0x80 | 8, 65535, 2**32 - 160, 0xDEADBEEF)
+    csrcs = struct.pack("!II", 1, 2)
+    extension = struct.pack("!HH", 0xBEDE, 1) + b"\x01\x02\x03\x04"
+    packet = parse_rtp(head + csrcs + extension + payload + b"\x00\x00\x03")
+    assert packet is not None
+    assert (packet.payload_type, packet.marker, packet.sequence) == (8, True, 65535)
+    assert packet.ssrc == 0xDEADBEEF and packet.payload == payload
+    assert parse_rtp(b"\x80\x00") is None
+    assert parse_rtp(b"\x40" + bytes(20)) is None  # version 1
+    assert parse_rtp(struct.pack("!BBHII", 0x80, 200, 1, 1, 1) + bytes(8)) is None  # RTCP
+
+
+def test_jitter_buffer_reorders_fills_losses_and_follows_a_new_ssrc() -> None:
+    frames = [bytes([n % 250]) * 160 for n in range(30)]
+    jb = JitterBuffer(0, "PCMU", window=4)
+    order = [0, 2, 1, 3, 5, 4, 6, 8, 9, 10, 11, 12, 13]  # 7 lost, the rest swapped in pairs
+    start = 65530  # the sequence number wraps around
+    out = b"".join(jb.push(_packet(start + n, 1000 + 160 * n, frames[n])) for n in order)
+    out += jb.push(_packet(start + 9, 9, frames[9]))  # a duplicate: late, dropped
+    out += jb.push(_packet(start + 3, 9, b"x", pt=PT_EVENT))  # DTMF: skipped
+    out += jb.push(_packet(start + 14, 1000 + 160 * 14, b"\x00\x00", pt=13))  # comfort noise
+    out += jb.flush()
+    expected = b"".join(frames[n] if n != 7 else b"\xff" * 160 for n in range(14))
+    assert out == expected and jb.lost == 1 and jb.late == 1
+    # A new SSRC starts a new sequence where the old stream stopped.
+    out = jb.push(_packet(40000, 5, frames[20], ssrc=99)) + jb.push(
+        _packet(40001, 165, frames[21], ssrc=99)
+    )
+    assert out == frames[20] + frames[21] and jb.lost == 1
+
+
+def test_interleaver_keeps_each_channel_and_pads_a_silent_leg() -> None:
+    il = Interleaver([0xFF, 0xD5], max_lag=4)
+    il.add(0, b"abcdefgh")
+    assert il.take() == b"a\xd5b\xd5c\xd5d\xd5"  # the second leg lags by more than 4
+    il.add(1, b"1234")
+    assert il.take() == b"e1f2g3h4"
+    il.pad_to(0, 10)
+    assert il.take(final=True) == b"\xff\xd5\xff\xd5"
+
+
+# -- a SIPREC client written from RFC 7866 and RFC 7865 ------------------------------------------
+
+
+@dataclass
+class Response:
+    raw: bytes
+
+    @property
+    def status(self) -> int:
+        return int(self.raw.split(b" ", 2)[1])
+
+    def header(self, name: str) -> str | None:
+        found = re.search(rb"(?im)^" + name.encode() + rb"\s*:\s*(.*?)\r$", self.raw)
+        return found.group(1).decode() if found else None
+
+    @property
+    def body(self) -> bytes:
+        return self.raw.split(b"\r\n\r\n", 1)[1]
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(p) for p in re.findall(rb"(?m)^m=audio (\d+) ", self.body)]
+
+
+@dataclass
+class Call:
+    call_id: str = field(default_factory=lambda: f"{uuid.uuid4().hex}@src.example")
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
+    from_tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    to_tag: str | None = None
+    cseq: int = 1
+    queue: str = "regulated"
+    codecs: tuple[int, int] = (0, 0)
+
+
+def sdp(call: Call, direction: str = "sendonly") -> bytes:
+    lines = ["v=0", "o=SRC 2890844526 2890844526 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1"]
+    lines.append("t=0 0")
+    for label, codec in enumerate(call.codecs, 1):
+        name = "PCMU" if codec == 0 else "PCMA"
+        lines += [
+            f"m=audio {49168 + 2 * label} RTP/AVP {codec} {PT_EVENT}",
+            f"a=rtpmap:{codec} {name}/8000",
+            f"a=rtpmap:{PT_EVENT} telephone-event/8000",
+            f"a=label:{label}",
+            f"a={direction}",
+        ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def metadata(call: Call) -> bytes:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns='urn:ietf:params:xml:ns:recording:1'>
+  <datamode>complete</datamode>
+  <session session_id="c2Vzc2lvbjE=">
+    <sipSessionID>{call.session};remote=00000000000000000000000000000000</sipSessionID>
+  </session>
+  <participant participant_id="cDE=">
+    <nameID aor="sip:+15551234567@caller.example"/>
+  </participant>
+  <participant participant_id="cDI=">
+    <nameID aor="sip:agent7@cc.example"/>
+  </participant>
+  <stream stream_id="czE=" session_id="c2Vzc2lvbjE="><label>1</label></stream>
+  <stream stream_id="czI=" session_id="c2Vzc2lvbjE="><label>2</label></stream>
+  <participantstreamassoc participant_id="cDE="><send>czE=</send></participantstreamassoc>
+  <participantstreamassoc participant_id="cDI="><send>czI=</send></participantstreamassoc>
+</recording>
+""".encode()
+
+
+def request(
+    method: str,
+    call: Call,
+    port: int,
+    *,
+    transport: str = "UDP",
+    branch: str | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+    cseq: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> bytes:
+    to = "<sip:srs@127.0.0.1>" + (f";tag={call.to_tag}" if call.to_tag else "")
+    head = [
+        f"{method} sip:srs@127.0.0.1:{port};transport={transport.lower()} SIP/2.0",
+        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;branch={branch or 'z9hG4bK' + uuid.uuid4().hex}",
+        "Max-Forwards: 70",
+        f"From: <sip:src@127.0.0.1>;tag={call.from_tag}",
+        f"To: {to}",
+        f"Call-ID: {call.call_id}",
+        f"CSeq: {cseq if cseq is not None else call.cseq} {method}",
+        *extra,
+    ]
+    if content_type:
+        head.append(f"Content-Type: {content_type}")
+    head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def invite(call: Call, port: int, *, transport: str = "UDP", branch: str | None = None) -> bytes:
+    boundary = "OSS-unique-boundary-42"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/sdp\r\n\r\n".encode()
+        + sdp(call)
+        + f"\r\n--{boundary}\r\nContent-Type: application/rs-metadata+xml\r\n"
+        "Content-Disposition: recording-session\r\n\r\n".encode()
+        + metadata(call)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return request(
+        "INVITE",
+        call,
+        port,
+        transport=transport,
+        branch=branch,
+        body=body,
+        content_type=f"multipart/mixed;boundary={boundary}",
+        extra=(
+            "Contact: <sip:src@127.0.0.1:5999>;+sip.src",
+            "Require: siprec",
+            "Accept: application/sdp, application/rs-metadata",
+            f"X-Queue: {call.queue}",
+        ),
+    )
+
+
+class Client:
+    """SIP over UDP or TCP from one local socket; responses are queued as they come."""
+
+    def __init__(self) -> None:
+        self.responses: asyncio.Queue[Response] = asyncio.Queue()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.transport = "UDP"
+
+    async def connect(self, port: int, transport: str) -> None:
+        self.transport, self.port = transport, port
+        loop = asyncio.get_running_loop()
+        if transport == "UDP":
+            queue = self.responses
+
+            class Proto(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: Any) -> None:
+                    queue.put_nowait(Response(data))
+
+            self._udp, _ = await loop.create_datagram_endpoint(
+                Proto, remote_addr=("127.0.0.1", port)
+            )
+        else:
+            reader, self._writer = await asyncio.open_connection("127.0.0.1", port)
+            self._reader_task = loop.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.strip() == b"":
+                continue
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            body = await reader.readexactly(length)
+            self.responses.put_nowait(Response(head + body))
+
+    def send(self, data: bytes) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data)
+        else:
+            assert self._writer is not None
+            self._writer.write(data)
+
+    async def expect(self, *statuses: int, timeout: float = 10) -> Response:
+        """The next final response among ``statuses`` (100 Trying and resent 2xx skipped)."""
+        while True:
+            response = await asyncio.wait_for(self.responses.get(), timeout)
+            if response.status in statuses:
+                return response
+            assert response.status == 100 or response.status in (200,), response.raw
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+
+    async def start(self, call: Call) -> Response:
+        """INVITE, the final response, and the ACK when it is a 2xx."""
+        self.send(invite(call, self.port, transport=self.transport))
+        response = await self.expect(200, 403, 486, 488, 500, 503)
+        if response.status == 200:
+            call.to_tag = re.search(r"tag=([^;>\s]+)", response.header("To") or "").group(1)  # type: ignore[union-attr]
+            self.send(request("ACK", call, self.port, transport=self.transport))
+        return response
+
+    async def bye(self, call: Call) -> Response:
+        call.cseq += 1
+        self.send(request("BYE", call, self.port, transport=self.transport))
+        return await self.expect(200, 481)
+
+
+def rtp_packets(payload: bytes, pt: int, ssrc: int, *, seq0: int = 100) -> list[bytes]:
+    out = []
+    for n in range(0, len(payload), 160):
+        head = struct.pack("!BBHII", 0x80, pt | (0x80 if n == 0 else 0), seq0 + n // 160, n, ssrc)
+        out.append(head + payload[n : n + 160])
+    return out
+
+
+def g711(rng: random.Random, packets: int) -> bytes:
+    """Payload bytes that are never a silence byte, so each leg is found in its channel."""
+    return bytes(rng.choice(range(0x10, 0xD0)) for _ in range(160 * packets))
+
+
+async def send_rtp(port: int, packets: list[bytes], *, every: float = 0.002) -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port)
+    )
+    try:
+        for packet in packets:
+            transport.sendto(packet)
+            await asyncio.sleep(every)
+    finally:
+        transport.close()
+
+
+def channel(audio: bytes, index: int) -> bytes:
+    return audio[index::2]
+
+
+def strip(data: bytes, silence: int) -> bytes:
+    return data.strip(bytes([silence]))
+
+
+@contextlib.asynccontextmanager
+async def serving(store: Store, **config: Any) -> AsyncIterator[tuple[Server, int]]:
+    low = 20000 + 2 * (os.getpid() % 4000)
+    settings = SiprecConfig(
+        Listen("127.0.0.1", 0),
+        rtp_ports=(low, low + 199),
+        attributes={"queue": "header:X-Queue"},
+        caller="participant:1",
+        **config,
+    )
+    server = Server(store, {"siprec": siprec_door(settings)}, shutdown_grace=5)
+    task = asyncio.create_task(server.run())
+    try:
+        addresses = await server.wait_ready()
+        if task.done():
+            task.result()
+        yield server, int(addresses["siprec"].rsplit(":", 1)[1])
+    finally:
+        server.stop()
+        await task
+
+
+def recordings(store: Store) -> list[tuple[Any, bytes]]:
+    with store.open_log() as log, Vault(store, log) as vault:
+        return [(row, vault.open(row.recording_id).audio) for row in vault.catalog.find()]
+
+
+def decisions(store: Store) -> list[str | bytes]:
+    return [
+        e.fields["call_ref"]
+        for e in iter_entries(store.log_storage, store.keyring)
+        if e.type == T_DECISION
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return new_store(tmp_path, RECORD_REGULATED)
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_selected_call_is_recorded_leg_by_leg_bit_exact(store: Store, transport: str) -> None:
+    rng = random.Random(13)
+    caller, agent = g711(rng, 40), g711(rng, 40)
+    call = Call()
+
+    async def scenario() -> None:
+        async with serving(store) as (server, port):
+            client = Client()
+            await client.connect(port, transport)
+            answer = await client.start(call)
+            assert answer.status == 200 and answer.header("Require") == "siprec"
+            assert answer.header("Content-Type") == "application/sdp"
+            assert answer.body.count(b"a=recvonly") == 2
+            ports = answer.ports
+            assert len(ports) == 2 and all(ports)
+            assert call.session in server.recordings
+            legs = rtp_packets(caller, 0, 1111), rtp_packets(agent, 0, 2222)
+            # Reordered pairs on the caller's leg, one lost packet and DTMF on the agent's.
+            a = legs[0]
+            for n in range(2, 38, 6):
+                a[n], a[n + 1] = a[n + 1], a[n]
+            b = legs[1][:10] + legs[1][11:]
+            b.insert(5, struct.pack("!BBHII", 0x80, PT_EVENT, 9999, 0, 2222) + b"\x01\x00\x00\xa0")
+            await asyncio.gather(send_rtp(ports[0], a), send_rtp(ports[1], b))
+            await asyncio.sleep(0.05)
+            assert (await client.bye(call)).status == 200
+            await asyncio.sleep(0.2)
+            assert call.session not in server.recordings
+            assert server.metrics.packets_lost.value("siprec") == 1
+            assert server.metrics.calls_recorded.value("siprec") == 1
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert row.audio_format == "mulaw/8000/2" and not row.truncated
+    assert row.call_ref == call.session
+    assert strip(channel(audio, 0), 0xFF) == caller
+    expected_agent = agent[:1600] + b"\xff" * 160 + agent[1760:]
+    assert strip(channel(audio, 1), 0xFF) == expected_agent
+    assert decisions(store) == [call.session]
+
+
+def test_mixed_codecs_are_kept_as_pcm16(store: Store) -> None:
+    call = Call(codecs=(0, 8))
+    caller = bytes([0x20]) * 1600
+    agent = bytes([0x55]) * 1600
+
+    async def scenario() -> None:
+        async with serving(store) as (_, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            ports = (await client.start(call)).ports
+            await asyncio.gather(
+                send_rtp(ports[0], rtp_packets(caller, 0, 1)),
+                send_rtp(ports[1], rtp_packets(agent, 8, 2)),
+            )
+            await asyncio.sleep(0.05)
+            await client.bye(call)
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert row.audio_format == "pcm16/8000/2"
+    samples = struct.unpack(f"<{len(audio) // 2}h", audio)
+    from sampledrec.vault.audio import alaw_to_pcm16, ulaw_to_pcm16
+
+    (left,) = struct.unpack("<h", ulaw_to_pcm16(b"\x20"))
+    (right,) = struct.unpack("<h", alaw_to_pcm16(b"\x55"))
+    assert samples[0::2].count(left) == 1600 and samples[1::2].count(right) == 1600
+
+
+def test_declined_call_stores_nothing(store: Store) -> None:
+    call = Call(queue="sales")
+
+    async def scenario() -> None:
+        async with serving(store) as (server, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            answer = await client.start(call)
+            assert answer.status == 200 and answer.ports == [0, 0]
+            assert call.session not in server.recordings
+            assert (await client.bye(call)).status == 200
+            assert server.metrics.calls_declined.value("siprec") == 1
+            await client.close()
+
+    asyncio.run(scenario())
+    assert recordings(store) == []
+    assert decisions(store) == [call.session]
+
+
+def test_decline_403_when_configured(store: Store) -> None:
+    call = Call(queue="sales")
+
+    async def scenario() -> None:
+        async with serving(store, decline="403") as (_, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            answer = await client.start(call)
+            assert answer.status == 403 and "not selected" in (answer.header("Warning") or "")
+            await client.close()
+
+    asyncio.run(scenario())
+    assert recordings(store) == []
+
+
+def test_retransmitted_invite_is_decided_once(store: Store) -> None:
+    call = Call()
+    branch = "z9hG4bK-retransmitted"
+
+    async def scenario() -> None:
+        async with serving(store) as (_, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            for _ in range(3):
+                client.send(invite(call, port, branch=branch))
+            first = await client.expect(200)
+            await asyncio.sleep(0.1)
+            client.send(invite(call, port, branch=branch))  # after the answer: the same again
+            again = await client.expect(200)
+            assert again.raw == first.raw
+            call.to_tag = re.search(r"tag=(\w+)", first.header("To") or "").group(1)  # type: ignore[union-attr]
+            client.send(request("ACK", call, port))
+            await client.bye(call)
+            await client.close()
+
+    asyncio.run(scenario())
+    assert decisions(store) == [call.session]
+    assert len(recordings(store)) == 1
+
+
+def test_cancel_before_the_answer_records_nothing(store: Store) -> None:
+    call = Call()
+    branch = "z9hG4bK-cancelled"
+
+    async def scenario() -> None:
+        async with serving(store) as (server, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            client.send(invite(call, port, branch=branch))
+            client.send(request("CANCEL", call, port, branch=branch))
+            cancel_ok = await client.expect(200, 487)
+            terminated = await client.expect(200, 487)
+            assert {cancel_ok.status, terminated.status} == {200, 487}
+            final = terminated if terminated.status == 487 else cancel_ok
+            assert final.header("CSeq") == "1 INVITE"
+            await asyncio.sleep(0.2)
+            assert len(server.recordings) == 0
+            await client.close()
+
+    asyncio.run(scenario())
+    assert recordings(store) == []
+
+
+def test_reinvite_inactive_pauses_and_sendonly_resumes(store: Store) -> None:
+    call = Call()
+
+    async def scenario() -> None:
+        async with serving(store) as (server, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            answer = await client.start(call)
+            for direction, paused in (("inactive", True), ("sendonly", False)):
+                call.cseq += 1
+                body = sdp(call, direction)
+                client.send(
+                    request("INVITE", call, port, body=body, content_type="application/sdp")
+                )
+                again = await client.expect(200)
+                assert again.ports == answer.ports
+                assert (b"a=inactive" in again.body) == paused
+                client.send(request("ACK", call, port))
+                assert server.recordings._find(call.session)[1].paused == paused
+            await send_rtp(answer.ports[0], rtp_packets(b"\x30" * 320, 0, 5))
+            await client.bye(call)
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert row.pauses and strip(channel(audio, 0), 0xFF) == b"\x30" * 320
+
+
+def test_no_rtp_seals_the_recording_as_truncated(store: Store) -> None:
+    call = Call()
+
+    async def scenario() -> None:
+        async with serving(store, rtp_timeout=0.3) as (server, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            ports = (await client.start(call)).ports
+            await send_rtp(ports[0], rtp_packets(b"\x40" * 800, 0, 5))
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if call.session not in server.recordings:
+                    break
+            assert call.session not in server.recordings
+            assert (await client.bye(call)).status == 481  # the dialog ended with the timeout
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert row.truncated and strip(channel(audio, 0), 0xFF) == b"\x40" * 800
+
+
+def test_options_and_unknown_requirements(store: Store) -> None:
+    call = Call()
+
+    async def scenario() -> None:
+        async with serving(store) as (_, port):
+            client = Client()
+            await client.connect(port, "TCP")
+            client.send(b"\r\n\r\n")  # a keep-alive ping
+            client.send(request("OPTIONS", call, port, transport="TCP"))
+            ok = await client.expect(200)
+            assert "INVITE" in (ok.header("Allow") or "")
+            client.send(
+                request("INVITE", call, port, transport="TCP", extra=("Require: 100rel, foo",))
+            )
+            bad = await client.expect(420)
+            assert bad.header("Unsupported") == "100rel, foo"
+            await client.close()
+
+    asyncio.run(scenario())
+    assert decisions(store) == []
+
+
+def test_stopping_seals_open_calls(store: Store) -> None:
+    call = Call()
+
+    async def scenario() -> None:
+        async with serving(store) as (_, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            ports = (await client.start(call)).ports
+            await send_rtp(ports[1], rtp_packets(b"\x50" * 480, 0, 6))
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert row.truncated and strip(channel(audio, 1), 0xFF) == b"\x50" * 480
+
+
+# -- sipp ----------------------------------------------------------------------------------------
+
+needs_sipp = pytest.mark.skipif(
+    SIPP is None,
+    reason="sipp is not installed (Debian package sip-tester; ./dev installs it for the tests)",
+)
+SCENARIO = Path(__file__).parent / "sipp" / "siprec_uac.xml"
+
+
+def write_pcap(path: Path, payload: bytes, *, pt: int = 0) -> None:
+    """A libpcap file of Ethernet/IPv4/UDP/RTP packets, 20 ms apart, for play_pcap_audio."""
+    out = io.BytesIO()
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for n, offset in enumerate(range(0, len(payload), 160)):
+        rtp = (
+            struct.pack("!BBHII", 0x80, pt, 1000 + n, offset, 0x5EED)
+            + payload[offset : offset + 160]
+        )
+        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0,
+            bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]),
+        ) + udp  # fmt: skip
+        frame = b"\x00" * 12 + b"\x08\x00" + ip
+        seconds, micros = divmod(n * 20_000, 1_000_000)
+        out.write(struct.pack("<IIII", seconds, micros, len(frame), len(frame)) + frame)
+    path.write_bytes(out.getvalue())
+
+
+def start_server(path: Path, tmp: Path, rtp: str) -> tuple[subprocess.Popen[str], int]:
+    config = tmp / "serve.toml"
+    config.write_text(
+        '[siprec]\nlisten = "127.0.0.1:0"\ntransports = ["udp"]\n'
+        f'rtp_ports = "{rtp}"\nrtp_timeout = 20\ncaller = "participant:1"\n'
+        'attributes = { queue = "header:X-Queue" }\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
+         "serve", "--store", str(path), "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": SRC, "PYTHONWARNINGS": "error"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        doc = json.loads(line)
+        if doc["event"] == "listening":
+            port = int(doc["address"].rsplit(":", 1)[1])
+        if doc["event"] == "ready":
+            return proc, port
+    raise AssertionError(f"the server exited with {proc.wait(10)}")
+
+
+def run_sipp(port: int, tmp: Path, *, calls: int, rate: int, extra: tuple[str, ...] = ()) -> str:
+    cmd = [
+        SIPP or "sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIO), "-m", str(calls),
+        "-r", str(rate), "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
+        "-mp", str(30000 + 2 * (os.getpid() % 2000)), "-trace_err", "-nostdin",
+        "-timeout", "50", "-timeout_error", "-aa", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    return done.stdout
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def check_store(path: Path, tmp: Path, refs: list[str | bytes]) -> None:
+    out = io.StringIO()
+    assert main(["log", "verify", "--store", str(path)], out=out) == 0, out.getvalue()
+    store = Store.open(path)
+    tomorrow = datetime.now(UTC) + timedelta(days=2)
+    revealed = tmp / "revealed.json"
+    store.write_revealed(store.reveal_keys(now=tomorrow), revealed)
+    start = datetime.now(UTC).isoformat()
+    cdr = tmp / "cdr.csv"
+    cdr.write_text(
+        "call_ref,start_time\n" + "".join(f"{r},{start}\n" for r in refs if isinstance(r, str))
+    )
+    out = io.StringIO()
+    audit = ["audit", "verify", "--store", str(path), "--revealed-keys", str(revealed)]
+    code = main([*audit, "--cdr", str(cdr), "--at", tomorrow.isoformat()], out=out)
+    assert code == 0 and "AUDIT PASSED" in out.getvalue(), out.getvalue()
+
+
+@needs_sipp
+def test_sipp_call_is_recorded_bit_exact_and_audits(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    (tmp_path / "p.toml").write_text(RECORD_REGULATED)
+    Store.init(path, policy=tmp_path / "p.toml", simulated=True)
+    payload = g711(random.Random(7), 50)
+    write_pcap(tmp_path / "leg.pcap", payload)
+    proc, port = start_server(path, tmp_path, "31000-31099")
+    try:
+        run_sipp(port, tmp_path, calls=1, rate=1)
+    finally:
+        err = finish(proc)
+    assert '"recording_sealed"' in err
+    store = Store.open(path)
+    [(row, audio)] = recordings(store)
+    assert not row.truncated
+    assert strip(channel(audio, 0), 0xFF) == payload
+    assert set(channel(audio, 1)) <= {0xFF}  # sipp plays one leg; the agent's stays silent
+    check_store(path, tmp_path, decisions(store))
+
+
+@needs_sipp
+def test_sipp_load_run_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    (tmp_path / "p.toml").write_text(RECORD_REGULATED)
+    Store.init(path, policy=tmp_path / "p.toml", simulated=True)
+    payload = g711(random.Random(8), 50)
+    write_pcap(tmp_path / "leg.pcap", payload)
+    proc, port = start_server(path, tmp_path, "32000-32999")
+    started = time.monotonic()
+    try:
+        stats = run_sipp(port, tmp_path, calls=100, rate=40)
+    finally:
+        err = finish(proc)
+    assert time.monotonic() - started < 45
+    assert re.search(r"Failed call\s*\|\s*\d+\s*\|\s*0\s", stats), stats[-2000:]
+    store = Store.open(path)
+    found = recordings(store)
+    assert len(found) == 100 and len(set(decisions(store))) == 100
+    for row, audio in found:
+        assert not row.truncated, err[-2000:]
+        assert strip(channel(audio, 0), 0xFF) == payload
+    check_store(path, tmp_path, decisions(store))
