@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -252,21 +253,45 @@ def decision_request(offer: Offer, config: SiprecConfig) -> tuple[DecisionReques
 
 
 class _PortPool:
-    """Even ports of the configured range, handed out and taken back."""
+    """Even ports of the configured range, handed out bound (a port that another program
+    holds is skipped, and tried again later), and taken back."""
 
-    def __init__(self, low: int, high: int) -> None:
+    def __init__(self, low: int, high: int, address: str = "127.0.0.1") -> None:
         first = low + (low % 2)
         self._free = list(range(first, high + 1, 2))
-        self._next = 0
+        self._address = address
+        self._bound: dict[int, socket.socket] = {}
 
     def take(self) -> int | None:
-        if not self._free:
-            return None
-        port = self._free.pop(0)
-        return port
+        for _ in range(len(self._free)):
+            port = self._free.pop(0)
+            sock = socket.socket(
+                socket.AF_INET6 if ":" in self._address else socket.AF_INET, socket.SOCK_DGRAM
+            )
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RTP_RCVBUF)
+                sock.bind((self._address, port))
+            except OSError:
+                sock.close()
+                self._free.append(port)  # in use elsewhere for now: try it again later
+                continue
+            sock.setblocking(False)
+            self._bound[port] = sock
+            return port
+        return None
+
+    def socket_of(self, port: int) -> socket.socket | None:
+        """The bound socket of a port handed out (once: the endpoint then owns it)."""
+        return self._bound.pop(port, None)
 
     def give(self, port: int) -> None:
+        sock = self._bound.pop(port, None)
+        if sock is not None:
+            sock.close()
         self._free.append(port)
+
+
+_RTP_RCVBUF: Final = 256 * 1024  # a burst of a few hundred packets waits here, not dropped
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -431,7 +456,7 @@ class _SiprecDoor:
     def __init__(self, config: SiprecConfig, services: Services) -> None:
         self.config = config
         self.services = services
-        self.ports = _PortPool(*config.rtp_ports)
+        self.ports = _PortPool(*config.rtp_ports, address=config.media_address)
         self.vault = Vault(services.store, services.log)
         self.transactions: dict[tuple[str, str], _Transaction] = {}
         self.dialogs: dict[str, _Dialog] = {}
@@ -661,10 +686,17 @@ class _SiprecDoor:
             call.legs.append(leg)
         try:
             for leg in call.legs:
-                leg.transport, _ = await loop.create_datagram_endpoint(
-                    lambda leg=leg: _RtpProtocol(leg),  # type: ignore[misc]
-                    local_addr=(self.config.media_address, leg.port),
-                )
+                sock = self.ports.socket_of(leg.port)
+                if sock is not None:
+                    leg.transport, _ = await loop.create_datagram_endpoint(
+                        lambda leg=leg: _RtpProtocol(leg),  # type: ignore[misc]
+                        sock=sock,
+                    )
+                else:
+                    leg.transport, _ = await loop.create_datagram_endpoint(
+                        lambda leg=leg: _RtpProtocol(leg),  # type: ignore[misc]
+                        local_addr=(self.config.media_address, leg.port),
+                    )
         except OSError as exc:
             event("rtp_bind_failed", level=logging.ERROR, door=_DOOR, exc=exc)
             failed = True
