@@ -38,6 +38,7 @@ __all__ = [
     "StoreKeys",
     "read_catalog",
     "store_evidence",
+    "stream_sha256",
 ]
 
 _CHUNK: Final = 1 << 20
@@ -113,13 +114,18 @@ class StoreFiles:
         return bool(self._blobs.exists(name))
 
     def sha256(self, name: str) -> tuple[str, int]:
-        h = hashlib.sha256()
-        size = 0
         with self._blobs.open(name) as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-        return h.hexdigest(), size
+            return stream_sha256(fh)
+
+
+def stream_sha256(fh: Any) -> tuple[str, int]:
+    """The SHA-256 (hex) and size of what a binary file object reads, in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
 
 
 class StoreKeys:

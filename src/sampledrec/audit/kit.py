@@ -44,7 +44,7 @@ from ..log.storage import LocalLogStorage, segment_name
 from ..vault.blobs import LocalBlobStore
 from ..vault.catalog import Hold, RecordingRow
 from ..vault.recorder import hold_bucket
-from .evidence import CatalogView, Evidence, StoreFiles, read_catalog
+from .evidence import CatalogView, Evidence, StoreFiles, read_catalog, stream_sha256
 from .findings import AuditReport
 from .revealed import parse_revealed_keys
 
@@ -53,7 +53,6 @@ __all__ = ["KIT_FORMAT", "audit_kit", "open_kit", "write_kit"]
 KIT_FORMAT: Final = "sampledrec-audit-kit"
 KIT_VERSION: Final = 1
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
-_CHUNK: Final = 1 << 20
 _ROW_COLUMNS: Final = (
     "recording_id",
     "rule",
@@ -574,13 +573,8 @@ def _check_files(root: Path, listed: dict[str, Any]) -> None:
                 # would read it once more for nothing. Its size is checked.
                 digest, size = str(info["sha256"]), path.stat().st_size
             else:
-                h = hashlib.sha256()
-                size = 0
                 with open(path, "rb") as fh:
-                    while chunk := fh.read(_CHUNK):
-                        h.update(chunk)
-                        size += len(chunk)
-                digest = h.hexdigest()
+                    digest, size = stream_sha256(fh)
         except FileNotFoundError:
             raise ValueError(
                 f"the kit has no {name}, which it lists: the kit is incomplete"
