@@ -27,6 +27,14 @@ def register(commands: Commands) -> None:
         "SIGTERM",
     )
     p.add_argument("--http", metavar="HOST:PORT", help="open the HTTP door (decision service)")
+    p.add_argument(
+        "--audiosocket", metavar="HOST:PORT", help="open the AudioSocket door (Asterisk)"
+    )
+    p.add_argument(
+        "--streams",
+        metavar="HOST:PORT",
+        help="open the WebSocket media-stream door (Twilio, FreeSWITCH fork)",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML settings ([server], [http], ...)")
     p.add_argument(
         "--token-file",
@@ -70,7 +78,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "insecure_no_auth": args.insecure_no_auth,
         },
         "server": {"log_level": args.log_level},
+        "audiosocket": {"listen": args.audiosocket},
     }
+    if args.streams:  # the token and TLS options serve the streams door too
+        overrides["streams"] = {
+            "listen": args.streams,
+            "token_file": args.token_file,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "insecure_no_auth": args.insecure_no_auth,
+        }
     config = ServerConfig.load(args.config, overrides=overrides)
     store = open_store(args.store)
     handler = configure_logging(level=config.log_level)
