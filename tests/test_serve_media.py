@@ -555,3 +555,18 @@ def test_tracks_pads_a_stalled_track() -> None:
     t = Tracks(2, width=1, silence=b"\xff", tolerance=0, max_lag=4)
     t.put(0, b"abcdefgh")
     assert t.take() == b"a\xffb\xffc\xffd\xff"
+
+
+def test_recall_answers_a_logged_decision_and_never_decides(store: Store) -> None:
+    with store.open_log() as log, store.sampler(log=log) as sampler:
+        first = sampler.decide("c-1", {"queue": "rec"})
+        size = log.pending + log.size
+        again = sampler.recall("c-1")
+        assert again is not None and again == first and again.repeat
+        assert again.log_ticket == first.log_ticket
+        assert sampler.recall("c-never") is None
+        assert sampler.recall(b"c-1") is None  # bytes and text are different references
+        assert log.pending + log.size == size  # nothing logged
+    with store.open_log() as log, store.sampler(log=log) as other:  # another process's view
+        recalled = other.recall("c-1")
+        assert recalled is not None and recalled.record and recalled.log_ticket is not None
