@@ -14,6 +14,8 @@
     │   ├── InvalidPolicy                   a policy file breaks a rule or a guardrail
     │   ├── InvalidSipMessage               SIP, SDP, a multipart body or recording metadata
     │   │                                   that cannot be parsed or breaks a limit
+    │   ├── InvalidMediaStream              an AudioSocket frame, a media-stream message or a
+    │   │                                   fork's metadata that cannot be used
     │   └── InvalidAudio                    audio of a wrong format, length, dtype or shape
     │       ├── AudioTypeError (TypeError)    not bytes or a numpy array
     │       └── FFmpegNotFound                decoding a file needs ffmpeg, not installed
@@ -62,6 +64,7 @@ __all__ = [
     "InvalidAudio",
     "InvalidCallRef",
     "InvalidKey",
+    "InvalidMediaStream",
     "InvalidPolicy",
     "InvalidRate",
     "InvalidRecording",
@@ -166,6 +169,15 @@ class InvalidSipMessage(InvalidArgument):
     def __init__(self, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class InvalidMediaStream(InvalidArgument):
+    """Bytes or messages from a media stream that a front door cannot use: an AudioSocket frame
+    of an unknown type or a wrong length, a media-stream message (Twilio's JSON shape) that is
+    not JSON, lacks a field or comes out of order, a FreeSWITCH fork's metadata without a call
+    reference, or anything over a size limit. The stream parsers raise nothing else, whatever
+    the input; the door closes the connection.
+    """
 
 
 class InvalidAudio(InvalidArgument):

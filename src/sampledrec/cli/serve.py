@@ -37,7 +37,19 @@ def register(commands: Commands) -> None:
         metavar="LO-HI",
         help="UDP ports the SIPREC door receives RTP on (default 40000-40999)",
     )
-    p.add_argument("--config", metavar="FILE", help="TOML settings ([server], [http], [siprec])")
+    p.add_argument(
+        "--audiosocket", metavar="HOST:PORT", help="open the AudioSocket door (Asterisk)"
+    )
+    p.add_argument(
+        "--streams",
+        metavar="HOST:PORT",
+        help="open the WebSocket media-stream door (Twilio, FreeSWITCH fork)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings ([server], [http], [siprec], [audiosocket], [streams])",
+    )
     p.add_argument(
         "--token-file",
         metavar="FILE",
@@ -81,7 +93,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         },
         "siprec": {"listen": args.siprec, "rtp_ports": args.rtp_ports},
         "server": {"log_level": args.log_level},
+        "audiosocket": {"listen": args.audiosocket},
     }
+    if args.streams:  # the token and TLS options serve the streams door too
+        overrides["streams"] = {
+            "listen": args.streams,
+            "token_file": args.token_file,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "insecure_no_auth": args.insecure_no_auth,
+        }
     config = ServerConfig.load(args.config, overrides=overrides)
     store = open_store(args.store)
     handler = configure_logging(level=config.log_level)

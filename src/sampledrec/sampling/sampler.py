@@ -36,14 +36,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, SampledrecError
 from ..keys.keyring import EpochKey, Keyring, epoch_end, epoch_id_at, epoch_start, epochs_ahead
 from .caps import CapLedger, CapRequest, MemoryCapLedger, cap_agent, cap_periods
 from .decided import DecidedCalls, FirstDecision, prune_before
@@ -597,6 +597,118 @@ class Sampler:
             call_ref, name, reason, rule, r, key, now, agent, pseudonym, policy.version,
             objected, memo, attributes,
         )  # fmt: skip
+
+    def recall(self, call_ref: str | bytes, *, overlap: float = 300.0) -> Decision | None:
+        """The call's decision, if it was decided in the current epoch; None if it was not.
+
+        For a front door that records a call decided elsewhere (a dialplan asked the decision
+        service, then opens a media stream naming the call): it is answered like a repeat of
+        :meth:`decide` (``repeat`` true, the first decision's reason, rule, draw and time; no
+        agent, and the first decision's caller for the objection check), but **never makes a
+        decision**: no draw, no cap counted, nothing logged. A call not decided in the epoch is
+        ``None``, and must not be recorded. Within ``overlap`` seconds after an epoch begins,
+        the previous epoch is asked too (a call decided just before midnight UTC).
+
+        ``log_ticket`` says what a recorder waits for before anything is on disk: this
+        sampler's own entry, :data:`LOGGED_EARLIER`, or ``None`` when another sampler made the
+        decision and its entry is not known to be durable after ``first_log_wait`` seconds (a
+        repeat through :meth:`decide` would log a copy then; this logs nothing, and
+        :meth:`Vault.record <sampledrec.vault.Vault.record>` refuses a decision without one).
+        """
+        raw = call_ref_bytes(call_ref)  # raises the error that says what is wrong
+        text = call_ref.__class__ is str
+        now = self._clock.now()
+        self.epoch_key(now)
+        cached = self._epoch
+        assert cached is not None
+        epochs = [(cached[2], cached[3])]
+        if overlap > 0 and (now - cached[0]).total_seconds() < overlap:
+            previous = epoch_id_at(cached[0] - timedelta(microseconds=1))
+            try:
+                key = self._keyring.epoch_key(previous)
+            except SampledrecError:
+                pass  # no key for it: nothing was decided in it
+            else:
+                epochs.append((key, self._memos.get(previous)))
+        for key, memo in epochs:
+            found = self._recall_in(call_ref, raw, text, key, memo)
+            if found is not None:
+                return found
+        return None
+
+    def _recall_in(
+        self,
+        call_ref: str | bytes,
+        raw: bytes,
+        text: bool,
+        key: EpochKey,
+        memo: dict[bytes, _Memo] | None,
+    ) -> Decision | None:
+        mac = key.new_cmac()
+        mac.update(raw)
+        tag = mac.finalize()
+        name = tag if text else _BYTES + tag
+        known = None if memo is None else memo.get(name)
+        if known is not None and not isinstance(known, Decision):
+            batch, i = known
+            known = batch[i]
+        if known is not None and (known.log_ticket is not None or self._append is None):
+            first = (
+                known.epoch_id, known.reason, known.rule, known.purpose, known.rate,
+                known.threshold, known.draw, known.policy_version, known.decided_at,
+                known.caller_pseudonym,
+            )  # fmt: skip
+            ticket = known.log_ticket
+        else:
+            decided = self._decided
+            if decided is None:
+                return None
+            call = _STR + tag if text else name
+            earlier = decided.get(key.epoch_id, call)
+            if earlier is None:
+                return None
+            first = (
+                earlier.epoch_id, earlier.reason, earlier.rule, earlier.purpose, earlier.rate,
+                earlier.threshold, earlier.draw, earlier.policy_version, earlier.decided_at,
+                earlier.caller_pseudonym,
+            )  # fmt: skip
+            ticket = None if self._append is None else self._recall_ticket(earlier)
+        epoch_id, reason, rule, purpose, rate, threshold, draw, version, at, pseudonym = first
+        objections = self._objections
+        objected = (
+            objections is not None
+            and not objections.is_empty()
+            and self._first_caller_objects(pseudonym)
+        )
+        ref = call_ref if text else bytes(cast(bytes, call_ref))
+        return _new_tuple(
+            Decision,
+            (
+                ref, reason == "sampled" and not objected, reason, rule, purpose, rate,
+                threshold, draw, epoch_id, version, at, None, pseudonym, ticket, True,
+            ),
+        )  # fmt: skip
+
+    def _recall_ticket(self, earlier: FirstDecision) -> int | None:
+        """What a recorder of a recalled decision waits for (see :meth:`recall`)."""
+        decided = self._decided
+        assert decided is not None
+        name = (earlier.epoch_id, earlier.call)
+        deadline = time.monotonic() + self._first_log_wait
+        while True:
+            with self._pending_lock:
+                own = self._pending.get(name)
+            if own is not None:
+                return own
+            if earlier.logged:
+                return LOGGED_EARLIER
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
+            now = decided.get(*name)
+            if now is None:
+                return None
+            earlier = now
 
     def _first_logged(
         self,

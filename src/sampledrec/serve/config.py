@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import InvalidArgument
+from .audiosocket import AUDIOSOCKET
 from .doors import Door, DoorKind
 from .http import HTTP
 from .siprec import SIPREC
+from .streams import STREAMS
 
 __all__ = ["DOOR_KINDS", "LOG_LEVELS", "ServerConfig"]
 
-#: Every kind of front door, in the order they start. The media-stream doors are added here.
-DOOR_KINDS: Final[tuple[DoorKind[Any], ...]] = (HTTP, SIPREC)
+#: Every kind of front door, in the order they start.
+DOOR_KINDS: Final[tuple[DoorKind[Any], ...]] = (HTTP, SIPREC, AUDIOSOCKET, STREAMS)
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _SERVER_KEYS: Final = ("shutdown_grace", "decide_workers", "log_level")
@@ -107,8 +109,8 @@ class ServerConfig:
                 doors[kind.name] = kind.door(config)
         if not doors:
             raise InvalidArgument(
-                "no front door to open: give --http HOST:PORT or --siprec HOST:PORT (or an [http] "
-                "or [siprec] section in --config)"
+                "no front door to open: give --http, --siprec, --audiosocket or --streams "
+                "HOST:PORT (or an [http], [siprec], [audiosocket] or [streams] section in --config)"
             )
         return cls(doors, settings, **own)
 

@@ -114,10 +114,10 @@ class HttpConfig:
                 f"max_body_bytes={self.max_body_bytes} must be between 1024 and 16777216"
             )
         if self.token_file is not None:
-            object.__setattr__(self, "token", _read_token(self.token_file))
+            object.__setattr__(self, "token", read_token(self.token_file))
         if self.tls_cert is not None and self.tls_key is not None:
             object.__setattr__(
-                self, "ssl_context", _server_ssl(self.tls_cert, self.tls_key, self.tls_client_ca)
+                self, "ssl_context", server_ssl(self.tls_cert, self.tls_key, self.tls_client_ca)
             )
 
     @property
@@ -166,7 +166,7 @@ class HttpConfig:
         )
 
 
-def _read_token(path: Path) -> bytes:
+def read_token(path: Path) -> bytes:
     try:
         token = path.read_bytes().strip()
     except OSError as exc:
@@ -179,7 +179,7 @@ def _read_token(path: Path) -> bytes:
     return token
 
 
-def _server_ssl(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+def server_ssl(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

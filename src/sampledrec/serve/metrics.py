@@ -189,6 +189,13 @@ class Metrics:
             ("door",),
             lock,
         )
+        self.recordings_refused = self._counter(
+            "sampledrec_recordings_refused_total",
+            "Media streams refused before anything was recorded, by front door and reason "
+            "(not_selected, not_decided, not_durable, invalid, unauthorized).",
+            ("door", "reason"),
+            lock,
+        )
         self.decision_warnings = self._counter(
             "sampledrec_decision_warnings_total",
             "Warnings answered with decisions (attributes the policy does not use), by front door.",

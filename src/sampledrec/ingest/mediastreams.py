@@ -1,0 +1,307 @@
+"""WebSocket media streams, sans I/O: the JSON messages of Twilio-style media streams, and the
+metadata of a FreeSWITCH audio fork.
+
+**Media streams** (Twilio's "Media Streams - WebSocket Messages"; SignalWire's and Telnyx's
+follow the same shape): one JSON text message per WebSocket message, ``event`` naming it:
+
+- ``connected`` (``protocol``, ``version``): first, optional;
+- ``start``: ``start.streamSid``, ``start.callSid``, ``start.tracks`` (``inbound``,
+  ``outbound``), ``start.customParameters`` (the ``<Parameter>`` of TwiML: the call reference
+  is one of them), ``start.mediaFormat`` (``audio/x-mulaw``, 8000 Hz, 1 channel);
+- ``media``: ``media.track``, ``media.chunk``, ``media.timestamp`` (milliseconds since the
+  stream started), ``media.payload`` (base64 audio, μ-law as sent on the call);
+- ``dtmf`` (``dtmf.digit``), ``mark`` (``mark.name``), ``stop``.
+
+``sequenceNumber`` (text, as Twilio sends numbers) counts every message after ``connected``;
+it must increase: a message that comes again or out of order is refused.
+:class:`MediaStreamReader` reads one stream's messages in order and raises
+:class:`~sampledrec.errors.InvalidMediaStream` (nothing else) for one it cannot use.
+
+**FreeSWITCH fork** (``mod_audio_fork``'s ``uuid_audio_fork <uuid> start <url> <mix> <rate>
+<metadata>``): the first WebSocket message is text, the metadata given to the command; then
+binary messages of 16-bit linear PCM (native byte order: little-endian on the x86 and ARM
+servers FreeSWITCH runs on), mono, or stereo interleaved (caller left, callee right).
+:func:`parse_fork_metadata` reads the metadata as a JSON object naming the call reference
+(``call_ref``), and optionally ``sample_rate`` (8000 or 16000) and ``channels`` (1 or 2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+from ..errors import InvalidMediaStream
+
+__all__ = [
+    "ENCODINGS",
+    "MAX_MESSAGE",
+    "ForkMetadata",
+    "MediaChunk",
+    "MediaStreamReader",
+    "StreamDtmf",
+    "StreamEvent",
+    "StreamMark",
+    "StreamStarted",
+    "StreamStopped",
+    "parse_fork_metadata",
+]
+
+#: Largest message accepted (characters): a second of 8 kHz μ-law in base64 is under 11,000.
+MAX_MESSAGE: Final = 64 * 1024
+#: The media formats a stream may announce, and how the vault names them.
+ENCODINGS: Final[dict[str, Literal["mulaw", "alaw"]]] = {
+    "audio/x-mulaw": "mulaw",
+    "audio/x-alaw": "alaw",
+}
+TRACKS: Final = ("inbound", "outbound")
+_MAX_PARAMETERS: Final = 64
+_MAX_TEXT: Final = 1024
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    """The ``start`` message: which call, which tracks (channels in this order), what audio."""
+
+    stream_sid: str
+    call_sid: str
+    tracks: tuple[str, ...]
+    encoding: Literal["mulaw", "alaw"]  # the vault's name
+    sample_rate: int
+    custom_parameters: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class MediaChunk:
+    """A ``media`` message: audio of one track, at ``timestamp`` ms from the stream's start."""
+
+    track: str
+    chunk: int
+    timestamp: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StreamDtmf:
+    track: str
+    digit: str
+
+
+@dataclass(frozen=True)
+class StreamMark:
+    name: str
+
+
+@dataclass(frozen=True)
+class StreamStopped:
+    """The ``stop`` message: the stream ended normally."""
+
+
+StreamEvent: TypeAlias = StreamStarted | MediaChunk | StreamDtmf | StreamMark | StreamStopped | None
+
+
+def _loads(text: str | bytes, what: str) -> dict[str, Any]:
+    if len(text) > MAX_MESSAGE:
+        raise InvalidMediaStream(f"a {what} of {len(text)} characters; at most {MAX_MESSAGE}")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidMediaStream(f"the {what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidMediaStream(f"the {what} is not a JSON object")
+    return doc
+
+
+def _field(doc: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in doc:
+        raise InvalidMediaStream(f"the {what} has no {name!r}")
+    return doc[name]
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT:
+        raise InvalidMediaStream(f"{what} must be non-empty text of at most {_MAX_TEXT} characters")
+    return value
+
+
+def _number(value: object, what: str) -> int:
+    """A whole number sent as text ("12", Twilio's way) or as a JSON number."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**15:
+        return value
+    raise InvalidMediaStream(f'{what} must be a whole number (such as "12")')
+
+
+class MediaStreamReader:
+    """Reads the messages of one media stream in order (module docstring).
+
+    >>> reader = MediaStreamReader()
+    >>> reader.feed('{"event": "connected", "protocol": "Call", "version": "1.0.0"}') is None
+    True
+    >>> start = reader.feed('{"event": "start", "sequenceNumber": "1", "start": {'
+    ...     '"streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"], '
+    ...     '"customParameters": {"call_ref": "c-1"}, "mediaFormat": '
+    ...     '{"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}')
+    >>> start.tracks, start.custom_parameters["call_ref"]
+    (('inbound',), 'c-1')
+    >>> reader.feed('{"event": "media", "sequenceNumber": "2", "media": {"track": "inbound", '
+    ...     '"chunk": "1", "timestamp": "0", "payload": "//8="}}')
+    MediaChunk(track='inbound', chunk=1, timestamp=0, payload=b'\\xff\\xff')
+    """
+
+    def __init__(self) -> None:
+        self.started: StreamStarted | None = None
+        self.stopped = False
+        self._sequence = 0
+        self._chunks: dict[str, int] = {}
+
+    def feed(self, text: str | bytes) -> StreamEvent:
+        """The event of one message; ``None`` for ``connected`` and for events this reader
+        does not use (``clear``, and those a platform adds)."""
+        doc = _loads(text, "message")
+        event = doc.get("event")
+        if not isinstance(event, str):
+            raise InvalidMediaStream('a message without "event"; every message names its event')
+        if self.stopped:
+            raise InvalidMediaStream(f"a {event!r} message after 'stop'")
+        if event == "connected":
+            if self.started is not None:
+                raise InvalidMediaStream("a 'connected' message after 'start'")
+            return None
+        if "sequenceNumber" in doc:
+            sequence = _number(doc["sequenceNumber"], "sequenceNumber")
+            if sequence <= self._sequence:
+                raise InvalidMediaStream(
+                    f"message {sequence} after message {self._sequence}: a message came again "
+                    "or out of order"
+                )
+            self._sequence = sequence
+        if event == "start":
+            if self.started is not None:
+                raise InvalidMediaStream("a second 'start' message; one stream, one start")
+            self.started = self._start(_field(doc, "start", "start message"))
+            return self.started
+        if self.started is None:
+            raise InvalidMediaStream(f"a {event!r} message before 'start'")
+        if event == "media":
+            return self._media(_field(doc, "media", "media message"))
+        if event == "stop":
+            self.stopped = True
+            return StreamStopped()
+        if event == "dtmf":
+            dtmf = _field(doc, "dtmf", "dtmf message")
+            if not isinstance(dtmf, dict):
+                raise InvalidMediaStream("dtmf must be an object")
+            track = dtmf.get("track", "inbound_track")
+            return StreamDtmf(
+                _text(track, "dtmf.track"), _text(_field(dtmf, "digit", "dtmf"), "dtmf.digit")
+            )
+        if event == "mark":
+            mark = _field(doc, "mark", "mark message")
+            if not isinstance(mark, dict):
+                raise InvalidMediaStream("mark must be an object")
+            return StreamMark(_text(mark.get("name", "-"), "mark.name"))
+        return None
+
+    def _start(self, start: object) -> StreamStarted:
+        if not isinstance(start, dict):
+            raise InvalidMediaStream("start must be an object")
+        stream_sid = _text(_field(start, "streamSid", "start message"), "start.streamSid")
+        call_sid = _text(start.get("callSid", stream_sid), "start.callSid")
+        tracks = start.get("tracks", ["inbound"])
+        if (
+            not isinstance(tracks, list)
+            or not tracks
+            or len(set(tracks)) != len(tracks)
+            or any(t not in TRACKS for t in tracks)
+        ):
+            raise InvalidMediaStream(
+                'start.tracks must list "inbound", "outbound" or both, once each'
+            )
+        fmt = start.get("mediaFormat", {})
+        if not isinstance(fmt, dict):
+            raise InvalidMediaStream("start.mediaFormat must be an object")
+        encoding = ENCODINGS.get(fmt.get("encoding", "audio/x-mulaw"))
+        rate = fmt.get("sampleRate", 8000)
+        channels = fmt.get("channels", 1)
+        if encoding is None or rate != 8000 or channels != 1:
+            raise InvalidMediaStream(
+                f"start.mediaFormat {fmt!r}: this door records audio/x-mulaw or audio/x-alaw, "
+                "8000 Hz, 1 channel per track"
+            )
+        params = start.get("customParameters", {})
+        if not isinstance(params, dict) or len(params) > _MAX_PARAMETERS:
+            raise InvalidMediaStream(
+                f"start.customParameters must be an object of at most {_MAX_PARAMETERS} texts"
+            )
+        for name, value in params.items():
+            if not isinstance(value, str) or len(name) > _MAX_TEXT or len(value) > _MAX_TEXT:
+                raise InvalidMediaStream("each custom parameter must be short text")
+        self._chunks = dict.fromkeys(tracks, 0)
+        return StreamStarted(stream_sid, call_sid, tuple(tracks), encoding, 8000, dict(params))
+
+    def _media(self, media: object) -> MediaChunk:
+        assert self.started is not None
+        if not isinstance(media, dict):
+            raise InvalidMediaStream("media must be an object")
+        track = media.get("track", self.started.tracks[0])
+        if track not in self._chunks:
+            raise InvalidMediaStream(
+                f"media of track {track!r}, which the start message did not announce"
+            )
+        chunk = _number(media.get("chunk", self._chunks[track] + 1), "media.chunk")
+        if chunk <= self._chunks[track]:
+            raise InvalidMediaStream(
+                f"chunk {chunk} of the {track} track after chunk {self._chunks[track]}: it came "
+                "again or out of order"
+            )
+        self._chunks[track] = chunk
+        timestamp = _number(_field(media, "timestamp", "media message"), "media.timestamp")
+        payload = _field(media, "payload", "media message")
+        if not isinstance(payload, str):
+            raise InvalidMediaStream("media.payload must be base64 text")
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidMediaStream("media.payload is not base64") from None
+        return MediaChunk(track, chunk, timestamp, audio)
+
+
+@dataclass(frozen=True)
+class ForkMetadata:
+    """What a FreeSWITCH fork's first message says: the call, and its audio."""
+
+    call_ref: str
+    sample_rate: int
+    channels: int
+
+
+def parse_fork_metadata(
+    text: str | bytes, *, sample_rate: int = 8000, channels: int = 1, field_name: str = "call_ref"
+) -> ForkMetadata:
+    """Read a fork's metadata (module docstring); ``sample_rate`` and ``channels`` are the
+    defaults when it does not say, ``field_name`` the field naming the call reference.
+
+    >>> parse_fork_metadata('{"call_ref": "4e0b8b2f", "sample_rate": 16000}')
+    ForkMetadata(call_ref='4e0b8b2f', sample_rate=16000, channels=1)
+    """
+    doc = _loads(text, "fork's metadata")
+    ref = doc.get(field_name)
+    if not isinstance(ref, str) or not ref or len(ref.encode("utf-8", "replace")) > 256:
+        raise InvalidMediaStream(
+            f"the fork's metadata must name the call in {field_name!r} (text, at most 256 "
+            'bytes): give uuid_audio_fork the metadata {"call_ref": "${uuid}"}'
+        )
+    rate = doc.get("sample_rate", sample_rate)
+    if isinstance(rate, str) and rate in ("8k", "16k"):
+        rate = 8000 if rate == "8k" else 16000
+    count = doc.get("channels", channels)
+    if rate not in (8000, 16000) or isinstance(rate, bool):
+        raise InvalidMediaStream(f"sample_rate {rate!r}: a fork sends 8000 or 16000 Hz")
+    if count not in (1, 2) or isinstance(count, bool):
+        raise InvalidMediaStream(f"channels {count!r}: a fork sends 1 (mono) or 2 (stereo)")
+    return ForkMetadata(ref, int(rate), int(count))

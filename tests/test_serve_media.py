@@ -1,0 +1,572 @@
+"""The media-stream doors end to end: AudioSocket, Twilio media streams, FreeSWITCH fork.
+
+Each client here is written from the published wire format (Asterisk's AudioSocket protocol
+page, byte for byte; Twilio's "Media Streams - WebSocket Messages", message for message;
+mod_audio_fork's README: a JSON text frame, then binary L16), with ``struct``, ``json`` and
+aiohttp's WebSocket client, and nothing from the server's parsers. A call is decided over
+HTTP first, as a dialplan does; the recording is then read back from the vault and compared
+byte for byte with what the client sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import struct
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sampledrec import Store
+from sampledrec.errors import InvalidMediaStream
+from sampledrec.ingest.audiosocket import AudioSocketReader
+from sampledrec.ingest.mediastreams import MediaStreamReader, parse_fork_metadata
+from sampledrec.ingest.tracks import Tracks
+from sampledrec.log.format import T_RECORD_REFUSED
+from sampledrec.log.writer import iter_entries
+from sampledrec.serve import HttpConfig, Listen, Server, http_door
+from sampledrec.serve.audiosocket import AudioSocketConfig, audiosocket_door
+from sampledrec.serve.streams import StreamsConfig, streams_door
+from sampledrec.vault.recorder import Vault
+
+TOKEN = "media-token-0123456789abcdef"
+POLICY = """
+[[rules]]
+name = "recorded"
+match = { queue = "rec" }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue must be recorded"
+retention = "3 months"
+
+[default]
+rate = "0"
+purpose = "quality"
+retention = "6 months"
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    return Store.init(tmp_path / "store", policy=tmp_path / "policy.toml")
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    return path
+
+
+class Running:
+    def __init__(self, server: Server, addresses: dict[str, str], session: aiohttp.ClientSession):
+        self.server = server
+        self.http = addresses["http"]
+        host, _, port = addresses["audiosocket"].rpartition(":")
+        self.audiosocket = (host, int(port))
+        self.ws = addresses["streams"].replace("ws://", "http://")
+        self.session = session
+
+    async def settled(self, opened: int = 0) -> None:
+        """Wait until ``opened`` recordings were opened and none is open (all sealed)."""
+        m = self.server.metrics.calls_recorded
+        for _ in range(500):
+            done = m.value("audiosocket") + m.value("streams") >= opened
+            if done and not len(self.server.recordings):
+                return
+            await asyncio.sleep(0.01)
+
+    async def decide(self, ref: str, queue: str = "rec") -> dict[str, Any]:
+        async with self.session.post(
+            f"{self.http}/v1/decisions", json={"call_ref": ref, "attributes": {"queue": queue}}
+        ) as r:
+            assert r.status == 200
+            return dict(await r.json())
+
+
+@contextlib.asynccontextmanager
+async def serving(store: Store, token_file: Path, *, legs: int = 1) -> AsyncIterator[Running]:
+    doors = {
+        "http": http_door(HttpConfig(Listen("127.0.0.1", 0), insecure_no_auth=True)),
+        "audiosocket": audiosocket_door(
+            AudioSocketConfig(Listen("127.0.0.1", 0), legs=legs, pair_window=0.3)
+        ),
+        "streams": streams_door(StreamsConfig(Listen("127.0.0.1", 0), token_file=token_file)),
+    }
+    server = Server(store, doors, shutdown_grace=5)
+    task = asyncio.create_task(server.run())
+    try:
+        addresses = await server.wait_ready()
+        if task.done():
+            task.result()
+        async with aiohttp.ClientSession() as session:
+            running = Running(server, addresses, session)
+            yield running
+            await running.settled()
+    finally:
+        server.stop()
+        await task
+
+
+def recordings(store: Store) -> dict[str, tuple[Any, bytes]]:
+    """call_ref -> (catalog row, audio as recorded)."""
+    with store.open_log() as log, Vault(store, log) as vault:
+        return {
+            str(row.call_ref): (row, vault.open(row.recording_id).audio)
+            for row in vault.recordings()
+        }
+
+
+def refused(store: Store) -> list[dict[str, Any]]:
+    return [
+        dict(e.fields)
+        for e in iter_entries(store.log_storage, store.keyring)
+        if e.type == T_RECORD_REFUSED
+    ]
+
+
+def pcm(seconds: float, seed: int, rate: int = 8000) -> bytes:
+    return os.urandom(0) + bytes((seed * 7 + i * 13) % 256 for i in range(int(rate * seconds) * 2))
+
+
+# -- AudioSocket: a client byte for byte from the protocol page -------------------------------
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">BH", kind, len(payload)) + payload
+
+
+async def audiosocket_call(
+    address: tuple[str, int],
+    call: uuid.UUID,
+    audio: bytes,
+    *,
+    hangup: bool = True,
+    kind: int = 0x10,
+) -> bytes:
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(frame(0x01, call.bytes))
+    for i in range(0, len(audio), 320):
+        writer.write(frame(kind, audio[i : i + 320]))
+        if i % 3200 == 0:
+            await writer.drain()
+    if not hangup:  # the connection drops: no hang-up message
+        writer.close()
+        await writer.wait_closed()
+        return b""
+    writer.write(frame(0x00))
+    await writer.drain()
+    rest = await reader.read()  # the server closes
+    writer.close()
+    await writer.wait_closed()
+    return rest
+
+
+def test_audiosocket_records_a_selected_call_bit_exact(store: Store, token_file: Path) -> None:
+    call = uuid.uuid4()
+    audio = pcm(1.5, 1)
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            assert (await s.decide(str(call)))["record"] is True
+            await audiosocket_call(s.audiosocket, call, audio)
+
+    asyncio.run(go())
+    row, recorded = recordings(store)[str(call)]
+    assert recorded == audio
+    assert row.audio_format == "pcm16/8000/1" or "8000" in row.audio_format
+    assert row.truncated is False
+
+
+def test_audiosocket_16k_and_dropped_connection_is_truncated(
+    store: Store, token_file: Path
+) -> None:
+    call = uuid.uuid4()
+    audio = pcm(0.5, 2, 16000)
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide(str(call))
+            await audiosocket_call(s.audiosocket, call, audio, hangup=False, kind=0x12)
+            await s.settled(1)
+
+    asyncio.run(go())
+    row, recorded = recordings(store)[str(call)]
+    assert (len(recorded), row.truncated) == (len(audio), True)
+    assert recorded == audio
+    assert "16000" in row.audio_format
+
+
+def test_audiosocket_refuses_undecided_and_unselected_calls(store: Store, token_file: Path) -> None:
+    never, declined = uuid.uuid4(), uuid.uuid4()
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            assert (await s.decide(str(declined), queue="other"))["record"] is False
+            for call in (never, declined):
+                rest = await audiosocket_call(s.audiosocket, call, pcm(0.2, 3))
+                assert rest == b""  # closed without a word
+
+    asyncio.run(go())
+    assert recordings(store) == {}
+    reasons = {str(e["call_ref"]): e["reason"] for e in refused(store)}
+    assert "not decided" in reasons[str(never)]
+    assert "not selected" in reasons[str(declined)]
+
+
+def test_audiosocket_malformed_and_oversized_are_closed(store: Store, token_file: Path) -> None:
+    call = uuid.uuid4()
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide(str(call))
+            for bad in (frame(0x10, b"\0\0"), frame(0x01, b"short"), b"\x10\xff\xff"):
+                reader, writer = await asyncio.open_connection(*s.audiosocket)
+                writer.write(bad)
+                await writer.drain()
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+                writer.close()
+                await writer.wait_closed()
+            # audio of a selected call, then an unknown type: sealed, truncated
+            reader, writer = await asyncio.open_connection(*s.audiosocket)
+            writer.write(frame(0x01, call.bytes) + frame(0x10, b"\1\0" * 160) + frame(0x42))
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(go())
+    row, recorded = recordings(store)[str(call)]
+    assert recorded == b"\1\0" * 160 and row.truncated
+
+
+def test_audiosocket_two_legs_are_two_channels(store: Store, token_file: Path) -> None:
+    call = uuid.uuid4()
+    a, b = pcm(1.0, 4), pcm(1.0, 5)
+
+    async def go() -> None:
+        async with serving(store, token_file, legs=2) as s:
+            await s.decide(str(call))
+            r1, w1 = await asyncio.open_connection(*s.audiosocket)
+            r2, w2 = await asyncio.open_connection(*s.audiosocket)
+            w1.write(frame(0x01, call.bytes))
+            w2.write(frame(0x01, call.bytes))
+            for i in range(0, len(a), 320):
+                w1.write(frame(0x10, a[i : i + 320]))
+                await w1.drain()
+                await asyncio.sleep(0)
+                w2.write(frame(0x10, b[i : i + 320]))
+                await w2.drain()
+            for w in (w1, w2):
+                w.write(frame(0x00))
+                await w.drain()
+            await r1.read()
+            await r2.read()
+            for w in (w1, w2):
+                w.close()
+                await w.wait_closed()
+
+    asyncio.run(go())
+    row, recorded = recordings(store)[str(call)]
+    assert "/2" in row.audio_format or row.audio_format.endswith("2")
+    left = b"".join(recorded[i : i + 2] for i in range(0, len(recorded), 4))
+    right = b"".join(recorded[i + 2 : i + 4] for i in range(0, len(recorded), 4))
+    assert left.rstrip(b"\0") == a.rstrip(b"\0")
+    assert b in right  # channel 2 starts where channel 1 stood when it joined
+
+
+def test_a_hundred_audiosocket_calls_at_once(store: Store, token_file: Path) -> None:
+    calls = [uuid.uuid4() for _ in range(100)]
+    audio = {c: pcm(0.4, i) for i, c in enumerate(calls)}
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await asyncio.gather(*(s.decide(str(c)) for c in calls))
+            await asyncio.gather(*(audiosocket_call(s.audiosocket, c, audio[c]) for c in calls))
+
+    asyncio.run(go())
+    found = recordings(store)
+    assert {k: v[1] for k, v in found.items()} == {str(c): audio[c] for c in calls}
+
+
+# -- Twilio media streams: message for message from Twilio's page ------------------------------
+
+
+def mulaw(n: int, seed: int) -> bytes:
+    return bytes((seed * 31 + i * 7) % 256 for i in range(n))
+
+
+async def twilio_call(
+    s: Running,
+    params: dict[str, str],
+    inbound: bytes,
+    outbound: bytes,
+    *,
+    skip: set[int] = frozenset(),  # type: ignore[assignment]
+    stop: bool = True,
+) -> aiohttp.WSMessage | None:
+    ws = await s.session.ws_connect(f"{s.ws}/v1/streams/twilio")
+    sid = "MZ" + uuid.uuid4().hex
+    await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    seq = 1
+    await ws.send_str(
+        json.dumps(
+            {
+                "event": "start",
+                "sequenceNumber": str(seq),
+                "start": {
+                    "accountSid": "AC" + "0" * 32,
+                    "streamSid": sid,
+                    "callSid": "CA" + uuid.uuid4().hex,
+                    "tracks": ["inbound", "outbound"],
+                    "customParameters": params,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+                "streamSid": sid,
+            }
+        )
+    )
+    for n, i in enumerate(range(0, len(inbound), 160)):
+        for track, audio in (("inbound", inbound), ("outbound", outbound)):
+            seq += 1
+            if n in skip and track == "inbound":
+                continue
+            media = {
+                "track": track,
+                "chunk": str(n + 1),
+                "timestamp": str(n * 20),
+                "payload": base64.b64encode(audio[i : i + 160]).decode(),
+            }
+            message = {"event": "media", "sequenceNumber": str(seq), "media": media}
+            if ws.closed:
+                break
+            await ws.send_str(json.dumps({**message, "streamSid": sid}))
+    if stop and not ws.closed:
+        seq += 1
+        await ws.send_str(
+            json.dumps({"event": "stop", "sequenceNumber": str(seq), "streamSid": sid})
+        )
+    if not stop:
+        await ws.close(code=aiohttp.WSCloseCode.ABNORMAL_CLOSURE)
+        return None
+    reply = await ws.receive(timeout=5)
+    await ws.close()
+    return reply
+
+
+def test_twilio_stream_is_two_mulaw_channels_bit_exact(store: Store, token_file: Path) -> None:
+    inbound, outbound = mulaw(8000, 1), mulaw(8000, 2)
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide("twilio-call-1")
+            await twilio_call(s, {"call_ref": "twilio-call-1", "token": TOKEN}, inbound, outbound)
+
+    asyncio.run(go())
+    row, recorded = recordings(store)["twilio-call-1"]
+    assert row.audio_format.startswith("mulaw") and not row.truncated
+    assert recorded[0::2] == inbound and recorded[1::2] == outbound
+
+
+def test_twilio_gap_becomes_silence_and_counted(store: Store, token_file: Path) -> None:
+    inbound, outbound = mulaw(1600, 3), mulaw(1600, 4)
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide("twilio-gap")
+            await twilio_call(
+                s, {"call_ref": "twilio-gap", "token": TOKEN}, inbound, outbound, skip={3}
+            )
+            lost = s.server.metrics.packets_lost.value("streams")
+            assert lost == 1
+
+    asyncio.run(go())
+    _, recorded = recordings(store)["twilio-gap"]
+    expected = inbound[: 3 * 160] + b"\xff" * 160 + inbound[4 * 160 :]
+    assert recorded[0::2] == expected and recorded[1::2] == outbound
+
+
+def test_twilio_refusals_and_auth(store: Store, token_file: Path) -> None:
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide("twilio-declined", queue="other")
+            await s.decide("twilio-ok")
+            for params in (
+                {"call_ref": "twilio-never", "token": TOKEN},
+                {"call_ref": "twilio-declined", "token": TOKEN},
+                {"call_ref": "twilio-ok", "token": "wrong-token-0123456789"},
+                {"call_ref": "twilio-ok"},
+            ):
+                reply = await twilio_call(s, params, mulaw(320, 5), mulaw(320, 6))
+                assert reply is not None and reply.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                )
+
+    asyncio.run(go())
+    assert recordings(store) == {}
+    reasons = {str(e["call_ref"]): e["reason"] for e in refused(store)}
+    assert set(reasons) == {"twilio-never", "twilio-declined"}
+
+
+def test_twilio_out_of_order_and_dropped(store: Store, token_file: Path) -> None:
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            for ref in ("twilio-ooo", "twilio-drop"):
+                await s.decide(ref)
+            ws = await s.session.ws_connect(f"{s.ws}/v1/streams/twilio?token={TOKEN}")
+            start = {
+                "event": "start",
+                "sequenceNumber": "1",
+                "start": {
+                    "streamSid": "MZ1",
+                    "callSid": "CA1",
+                    "tracks": ["inbound"],
+                    "customParameters": {"call_ref": "twilio-ooo"},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+            await ws.send_str(json.dumps(start))
+            media = {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": "AAAA"}
+            await ws.send_str(json.dumps({"event": "media", "sequenceNumber": "3", "media": media}))
+            await ws.send_str(json.dumps({"event": "media", "sequenceNumber": "2", "media": media}))
+            reply = await ws.receive(timeout=5)
+            assert reply.type == aiohttp.WSMsgType.CLOSE and reply.data == 1007
+            await ws.close()
+            await twilio_call(
+                s, {"call_ref": "twilio-drop", "token": TOKEN}, mulaw(800, 7), mulaw(800, 8),
+                stop=False,
+            )  # fmt: skip
+            await s.settled(2)
+
+    asyncio.run(go())
+    found = recordings(store)
+    assert found["twilio-ooo"][0].truncated and found["twilio-ooo"][1] == b"\0\0\0"
+    assert found["twilio-drop"][0].truncated
+
+
+# -- FreeSWITCH mod_audio_fork ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(8000, 1), (16000, 2)])
+def test_fork_records_l16_bit_exact(
+    store: Store, token_file: Path, rate: int, channels: int
+) -> None:
+    ref = f"fs-{rate}-{channels}"
+    audio = pcm(1.0, 9, rate)[: rate * 2 * channels // 2 * 2]
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide(ref)
+            basic = base64.b64encode(f"fs:{TOKEN}".encode()).decode()
+            ws = await s.session.ws_connect(
+                f"{s.ws}/v1/streams/fork", headers={"Authorization": f"Basic {basic}"}
+            )
+            meta = {"call_ref": ref, "sample_rate": rate, "channels": channels}
+            await ws.send_str(json.dumps(meta))
+            step = rate // 50 * 2 * channels
+            for i in range(0, len(audio), step):
+                await ws.send_bytes(audio[i : i + step])
+            await ws.close()
+            await asyncio.sleep(0.1)
+
+    asyncio.run(go())
+    row, recorded = recordings(store)[ref]
+    assert recorded == audio and not row.truncated
+    assert str(rate) in row.audio_format
+
+
+def test_fork_refusals(store: Store, token_file: Path) -> None:
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await s.session.ws_connect(f"{s.ws}/v1/streams/fork")
+            ws = await s.session.ws_connect(f"{s.ws}/v1/streams/fork?token={TOKEN}")
+            await ws.send_str(json.dumps({"call_ref": "fs-never"}))
+            reply = await ws.receive(timeout=5)
+            assert reply.type == aiohttp.WSMsgType.CLOSE and reply.data == 1008
+            await ws.close()
+            ws = await s.session.ws_connect(f"{s.ws}/v1/streams/fork?token={TOKEN}")
+            await ws.send_bytes(b"\0\0")
+            reply = await ws.receive(timeout=5)
+            assert reply.type == aiohttp.WSMsgType.CLOSE and reply.data == 1003
+            await ws.close()
+
+    asyncio.run(go())
+    assert [e["call_ref"] for e in refused(store)] == ["fs-never"]
+
+
+# -- the sans-I/O parsers, on their own --------------------------------------------------------
+
+
+def test_audiosocket_reader_any_split() -> None:
+    call = uuid.uuid4()
+    stream = frame(0x01, call.bytes) + frame(0x10, b"\1\2" * 5) + frame(0x03, b"5") + frame(0)
+    reader = AudioSocketReader()
+    out = []
+    for byte in stream:
+        out += reader.feed(bytes([byte]))
+    assert [type(m).__name__ for m in out] == [
+        "AudioSocketUuid",
+        "AudioSocketAudio",
+        "AudioSocketDtmf",
+        "AudioSocketHangup",
+    ]
+    assert out[0].call_ref == str(call)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x10\x00\x02ab",
+        b"\x01\x00\x03abc",
+        b"\x10\x40\x00",
+        b"\x01\x00\x10" + b"u" * 16 + b"\x42\0\0",
+    ],
+)
+def test_audiosocket_reader_refuses(data: bytes) -> None:
+    reader = AudioSocketReader()
+    try:
+        reader.feed(data)  # whole messages before the fault are returned first
+    except InvalidMediaStream:
+        return
+    assert reader.failed
+    with pytest.raises(InvalidMediaStream):
+        reader.feed(b"")
+
+
+def test_media_stream_reader_refuses_garbage() -> None:
+    for text in ("nope", "[]", '{"event": "media"}', '{"event": "start", "start": {}}'):
+        with pytest.raises(InvalidMediaStream):
+            MediaStreamReader().feed(text)
+    with pytest.raises(InvalidMediaStream):
+        parse_fork_metadata('{"sample_rate": 8000}')
+
+
+def test_tracks_pads_a_stalled_track() -> None:
+    t = Tracks(2, width=1, silence=b"\xff", tolerance=0, max_lag=4)
+    t.put(0, b"abcdefgh")
+    assert t.take() == b"a\xffb\xffc\xffd\xff"
+
+
+def test_recall_answers_a_logged_decision_and_never_decides(store: Store) -> None:
+    with store.open_log() as log, store.sampler(log=log) as sampler:
+        first = sampler.decide("c-1", {"queue": "rec"})
+        size = log.pending + log.size
+        again = sampler.recall("c-1")
+        assert again is not None and again == first and again.repeat
+        assert again.log_ticket == first.log_ticket
+        assert sampler.recall("c-never") is None
+        assert sampler.recall(b"c-1") is None  # bytes and text are different references
+        assert log.pending + log.size == size  # nothing logged
+    with store.open_log() as log, store.sampler(log=log) as other:  # another process's view
+        recalled = other.recall("c-1")
+        assert recalled is not None and recalled.record and recalled.log_ticket is not None
