@@ -8,8 +8,11 @@ in sequence-number order; a packet that did not arrive within the reordering win
 replaced by silence of the same length (``0xFF`` in mu-law, ``0xD5`` in A-law) and counted.
 Packets of other payload types (RFC 4733 telephone events, comfort noise) are skipped; a gap
 in the timestamps with no gap in the sequence (a sender's silence suppression) is silence,
-not a loss. A new SSRC (the SBC re-anchored media, a transfer) restarts the sequence tracking
-where the old one stopped.
+not a loss. A stream's first packets are held until the window is full, so that a packet that
+overtook the first one does not start the timeline too late. A new SSRC (the SBC re-anchored
+media, a transfer) restarts the sequence tracking where the old one stopped; a straggler of the
+SSRC just left (older than where it stopped, within a window's worth of packets of the change)
+is late, not a change back.
 
 Only the standard library and :mod:`sampledrec.errors` are imported.
 """
@@ -52,14 +55,20 @@ class RtpPacket:
     payload: bytes
 
 
-def parse_rtp(data: bytes) -> RtpPacket | None:
+def parse_rtp(data: bytes | bytearray | memoryview) -> RtpPacket | None:
     """Read one RTP datagram; None when it is not RTP version 2 or is cut short (RTCP sent
     to the RTP port, a stray packet): a recorder skips such datagrams rather than failing.
+    Any bytes give a packet or None; only data that is not bytes-like raises
+    (:class:`~sampledrec.errors.InvalidArgument`).
 
     >>> p = parse_rtp(bytes([0x80, 0x00, 0, 7, 0, 0, 0, 160, 0, 0, 0, 1]) + b"\\xff" * 160)
     >>> p.payload_type, p.sequence, p.timestamp, len(p.payload)
     (0, 7, 160, 160)
     """
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise InvalidArgument(f"data of type {type(data).__name__} must be bytes")
+        data = bytes(data)
     if len(data) < 12:
         return None
     first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
@@ -87,13 +96,15 @@ class JitterBuffer:
     ``payload_type`` is the answered G.711 format and ``encoding`` its name (``PCMU`` or
     ``PCMA``); packets of any other type are skipped. Up to ``window`` packets are held while a
     missing one may still arrive; past that, the missing ones are lost: silence of their length
-    (from the timestamps) comes out in their place and :attr:`lost` counts them.
+    (from the timestamps) comes out in their place and :attr:`lost` counts them. A stream's
+    (an SSRC's) first ``window`` packets are all held, so that the oldest of them, not merely
+    the first to arrive, starts its timeline.
 
     >>> jb = JitterBuffer(0, "PCMU", window=2)
     >>> def pkt(seq):
     ...     return RtpPacket(0, False, seq, seq * 2, 9, bytes([seq]) * 2)
-    >>> jb.push(pkt(1)), jb.push(pkt(3)), jb.push(pkt(2))
-    (b'\\x01\\x01', b'', b'\\x02\\x02\\x03\\x03')
+    >>> jb.push(pkt(2)), jb.push(pkt(1)), jb.push(pkt(3))
+    (b'', b'', b'\\x01\\x01\\x02\\x02\\x03\\x03')
     >>> jb.push(pkt(5)), jb.push(pkt(6)), jb.push(pkt(7)), jb.lost
     (b'', b'', b'\\xff\\xff\\x05\\x05\\x06\\x06\\x07\\x07', 1)
     """
@@ -113,7 +124,11 @@ class JitterBuffer:
         self._ssrc: int | None = None
         self._next_seq = 0
         self._next_ts = 0
+        self._starting = True  # nothing of this SSRC released yet: its start may move back
         self._held: dict[int, RtpPacket] = {}
+        # The SSRC left at the last change, where it stopped, and packets since the change.
+        self._left: tuple[int, int] | None = None
+        self._since_change = 0
 
     def push(self, packet: RtpPacket) -> bytes:
         """Add ``packet``; the audio that is now in order (maybe none)."""
@@ -121,15 +136,31 @@ class JitterBuffer:
             return b""  # telephone-event, comfort noise, anything not answered
         out = bytearray()
         if packet.ssrc != self._ssrc:
+            if self._straggler(packet):
+                self.late += 1
+                return b""
             self._drain(out)
+            if self._ssrc is not None:
+                self._left = (self._ssrc, self._next_seq)
+            self._since_change = 0
             self._ssrc = packet.ssrc
-            self._start(packet)
-        distance = (packet.sequence - self._next_seq) & 0xFFFF
-        if distance >= 0x8000 or packet.sequence in self._held:
+            self._next_seq, self._next_ts = packet.sequence, packet.timestamp
+            self._starting = True
+        self._since_change += 1
+        if packet.sequence in self._held:
             self.late += 1
             return bytes(out)
+        if (packet.sequence - self._next_seq) & 0xFFFF >= 0x8000:  # older than the next due
+            if not self._starting:
+                self.late += 1
+                return bytes(out)
+            self._next_seq, self._next_ts = packet.sequence, packet.timestamp
         self.received += 1
         self._held[packet.sequence] = packet
+        if self._starting:
+            if len(self._held) <= self.window:
+                return bytes(out)
+            self._starting = False
         self._release(out)
         while len(self._held) > self.window:
             self._skip_to_oldest(out)
@@ -143,14 +174,21 @@ class JitterBuffer:
         self._drain(out)
         return bytes(out)
 
-    def _start(self, packet: RtpPacket) -> None:
-        self._next_seq = packet.sequence
-        self._next_ts = packet.timestamp
+    def _straggler(self, packet: RtpPacket) -> bool:
+        """Whether ``packet`` is a late packet of the SSRC left at the last change: one older
+        than where that SSRC stopped, within a window's worth of packets of the change (later,
+        or newer, it is the SSRC coming back)."""
+        if self._left is None or packet.ssrc != self._left[0]:
+            return False
+        if self._since_change > max(self.window, 1):
+            return False
+        return (packet.sequence - self._left[1]) & 0xFFFF >= 0x8000
 
     def _drain(self, out: bytearray) -> None:
         while self._held:
             self._skip_to_oldest(out)
             self._release(out)
+        self._starting = False
 
     def _release(self, out: bytearray) -> None:
         held = self._held
