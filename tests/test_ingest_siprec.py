@@ -12,8 +12,25 @@ from hypothesis import strategies as st
 import sampledrec.ingest
 import sampledrec.ingest.siprec
 from sampledrec.errors import InvalidArgument, InvalidSipMessage
-from sampledrec.ingest import SipRequest, build_answer, build_response, parse_message, parse_offer
-from sampledrec.ingest.siprec import NO_METADATA, NO_SIP_SESSION_ID, is_siprec, session_reference
+from sampledrec.ingest import (
+    Headers,
+    Offer,
+    Participant,
+    SipRequest,
+    build_answer,
+    build_response,
+    parse_message,
+    parse_offer,
+)
+from sampledrec.ingest.siprec import (
+    NO_METADATA,
+    NO_SIP_SESSION_ID,
+    Legs,
+    choose_legs,
+    is_siprec,
+    parse_update,
+    session_reference,
+)
 
 from . import sipfixtures as fx
 from .strategies import mutated
@@ -253,3 +270,96 @@ def test_mutated_invites_give_an_offer_or_the_typed_error(data: bytes) -> None:
         msg, 200, to_tag="rec", body=answer.sdp, content_type="application/sdp"
     )
     assert parse_message(response).body == answer.sdp
+
+
+# -- legs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rfc7866", "cube", "audiocodes", "oracle", "opensips"])
+def test_vendor_legs_follow_the_participants(name: str) -> None:
+    offer = parse_offer(invite(INVITES[name]))
+    assert offer.metadata is not None
+    caller, agent = offer.metadata.participants[:2]
+    assert choose_legs(offer, caller) == Legs((0, 1), "metadata")
+    assert choose_legs(offer, agent) == Legs((1, 0), "metadata")
+
+
+def _rfc_offer(*changes: tuple[bytes, bytes]) -> Offer:
+    raw = fx.RFC_INVITE
+    for old, new in changes:
+        raw = fx.replace_in_body(raw, old, new)
+    return parse_offer(invite(raw))
+
+
+def _participants(offer: Offer) -> tuple[Participant, ...]:
+    assert offer.metadata is not None
+    return offer.metadata.participants
+
+
+AGENT_SENDS = b"<send>i1Pz3to5hGk8fuXl+PbwCw==</send>"
+CALLER_SENDS = b"<send>UAAMm5GRQKSCMVvLyl4rFw==</send>"
+
+
+def test_legs_follow_the_metadata_when_the_m_lines_are_the_other_way_round() -> None:
+    # The agent's stream (label 2) comes first in the SDP: the caller's is still channel 1.
+    offer = _rfc_offer(
+        (b"a=label:1", b"a=label:X"), (b"a=label:2", b"a=label:1"), (b"a=label:X", b"a=label:2")
+    )
+    assert [m.label for m in offer.sdp.media] == ["2", "1"]
+    caller, agent = _participants(offer)
+    assert choose_legs(offer, caller) == Legs((1, 0), "metadata")
+    assert choose_legs(offer, agent) == Legs((0, 1), "metadata")
+
+
+def test_legs_fall_back_to_m_line_order_and_say_why() -> None:
+    assert choose_legs(parse_offer(invite(fx.compact_invite())), None) == Legs((0, 1), "m-lines")
+    offer = _rfc_offer()
+    assert choose_legs(offer, None) == Legs(
+        (0, 1), "m-lines", "the caller is not among the metadata's participants"
+    )
+    unknown = _rfc_offer((b"a=label:1", b"a=label:9"))  # the caller's label is not in the SDP
+    assert choose_legs(unknown, _participants(unknown)[0]) == Legs(
+        (0, 1), "m-lines", "the caller sends 0 of the offer's audio streams"
+    )
+    twice = _rfc_offer((b"a=label:2", b"a=label:1"))  # both m-lines carry the caller's label
+    assert choose_legs(twice, _participants(twice)[0]).note == (
+        "the caller sends 2 of the offer's audio streams"
+    )
+    shared = _rfc_offer((AGENT_SENDS, CALLER_SENDS))  # the agent claims the caller's stream
+    assert choose_legs(shared, _participants(shared)[0]).note == (
+        "the caller's stream is sent by several participants"
+    )
+
+
+def test_legs_when_the_metadata_names_only_the_callers_stream() -> None:
+    # The other audio stream, whoever sends it, is the agent's.
+    offer = _rfc_offer(
+        (b"a=label:1", b"a=label:X"), (b"a=label:2", b"a=label:1"), (AGENT_SENDS, b"")
+    )
+    assert choose_legs(offer, _participants(offer)[0]) == Legs((1, 0), "metadata")
+    # One audio stream only: the caller's, recorded alone.
+    single = _rfc_offer((b"m=audio 12242 RTP/AVP 0 4 8", b"m=audio 0 RTP/AVP 0 4 8"))
+    assert choose_legs(single, _participants(single)[0]) == Legs((0,), "metadata")
+
+
+def test_parse_update_reads_sdp_metadata_both_or_neither() -> None:
+    base = invite(fx.RFC_INVITE)
+    cseq = [(n, "102 UPDATE" if n == "CSeq" else v) for n, v in base.headers]
+    both = parse_update(SipRequest("UPDATE", base.uri, Headers(cseq), base.body))
+    assert both.sdp == parse_offer(base).sdp and both.metadata == parse_offer(base).metadata
+    assert parse_update(base).sdp == both.sdp  # a re-INVITE reads the same way
+    bare = [(n, v) for n, v in cseq if n not in ("Content-Type", "Content-Length")]
+    empty = parse_update(SipRequest("UPDATE", base.uri, Headers(bare), b""))
+    assert (empty.sdp, empty.metadata) == (None, None)
+    metadata_only = Headers([*bare, ("Content-Type", "application/rs-metadata+xml")])
+    snapshot = parse_update(SipRequest("UPDATE", base.uri, metadata_only, fx.RFC_METADATA))
+    assert snapshot.sdp is None and snapshot.metadata == both.metadata
+    other = Headers([*bare, ("Content-Type", "application/dtmf-relay")])
+    with pytest.raises(InvalidSipMessage, match="neither SDP nor recording metadata") as caught:
+        parse_update(SipRequest("UPDATE", base.uri, other, b"Signal=5\r\n"))
+    assert caught.value.status == 415
+    bye = SipRequest(
+        "BYE", base.uri, Headers([(n, "103 BYE" if n == "CSeq" else v) for n, v in bare]), b""
+    )
+    with pytest.raises(InvalidArgument, match="INVITE or an UPDATE"):
+        parse_update(bye)

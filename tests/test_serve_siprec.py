@@ -132,6 +132,7 @@ class Call:
     cseq: int = 1
     queue: str = "regulated"
     codecs: tuple[int, int] = (0, 0)
+    swapped: bool = False  # the caller (participant 1) sends the second m-line's stream
 
 
 def sdp(call: Call, direction: str = "sendonly") -> bytes:
@@ -150,6 +151,7 @@ def sdp(call: Call, direction: str = "sendonly") -> bytes:
 
 
 def metadata(call: Call) -> bytes:
+    first, second = ("czI=", "czE=") if call.swapped else ("czE=", "czI=")
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <recording xmlns='urn:ietf:params:xml:ns:recording:1'>
   <datamode>complete</datamode>
@@ -164,8 +166,8 @@ def metadata(call: Call) -> bytes:
   </participant>
   <stream stream_id="czE=" session_id="c2Vzc2lvbjE="><label>1</label></stream>
   <stream stream_id="czI=" session_id="c2Vzc2lvbjE="><label>2</label></stream>
-  <participantstreamassoc participant_id="cDE="><send>czE=</send></participantstreamassoc>
-  <participantstreamassoc participant_id="cDI="><send>czI=</send></participantstreamassoc>
+  <participantstreamassoc participant_id="cDE="><send>{first}</send></participantstreamassoc>
+  <participantstreamassoc participant_id="cDI="><send>{second}</send></participantstreamassoc>
 </recording>
 """.encode()
 
@@ -417,6 +419,39 @@ def test_selected_call_is_recorded_leg_by_leg_bit_exact(store: Store, transport:
     expected_agent = agent[:1600] + b"\xff" * 160 + agent[1760:]
     assert strip(channel(audio, 1), 0xFF) == expected_agent
     assert decisions(store) == [call.session]
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_legs_follow_the_metadata_not_the_m_line_order(
+    store: Store, swapped: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller (participant 1) sends the stream labelled 2, the second m-line: it is still
+    channel 1, and the log says the metadata decided."""
+    rng = random.Random(21)
+    first_mline, second_mline = g711(rng, 20), g711(rng, 20)
+    call = Call(swapped=swapped)
+
+    async def scenario() -> None:
+        async with serving(store) as (_, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            ports = (await client.start(call)).ports
+            await asyncio.gather(
+                send_rtp(ports[0], rtp_packets(first_mline, 0, 31)),
+                send_rtp(ports[1], rtp_packets(second_mline, 0, 32)),
+            )
+            await asyncio.sleep(0.05)
+            await client.bye(call)
+            await client.close()
+
+    with caplog.at_level("INFO", logger="sampledrec.serve"):
+        asyncio.run(scenario())
+    [(_, audio)] = recordings(store)
+    caller, agent = (second_mline, first_mline) if swapped else (first_mline, second_mline)
+    assert strip(channel(audio, 0), 0xFF) == caller
+    assert strip(channel(audio, 1), 0xFF) == agent
+    [started] = [r for r in caplog.records if r.getMessage() == "call_recording"]
+    assert started.fields["legs"] == "metadata" and started.fields["legs_note"] is None  # type: ignore[attr-defined]
 
 
 def test_mixed_codecs_are_kept_as_pcm16(store: Store) -> None:

@@ -8,6 +8,12 @@ first ``sipSessionID`` of the metadata (:func:`session_reference`). Without meta
 metadata that names no ``sipSessionID``, it is the INVITE's Call-ID, and :attr:`Offer.note`
 says so (a failover then reaches a new decision).
 
+An in-dialog re-INVITE or UPDATE is read by :func:`parse_update`: an SDP offer, new metadata
+(RFC 7866 lets a recording client send a metadata snapshot alone), both, or neither (an UPDATE
+that only refreshes the session). :func:`choose_legs` says which streams of an offer are the
+caller's leg and the agent's, from the metadata's participants when it says so consistently,
+else by ``m=`` line order.
+
 Tolerated: the SIPREC markers in any of the forms SBCs use (``Require: siprec``,
 ``Supported: siprec``, a ``+sip.src`` or ``src`` feature tag on the Contact or inside its
 URI), SDP and metadata as parts of ``multipart/mixed`` in any order and among parts nobody
@@ -36,9 +42,13 @@ __all__ = [
     "NO_METADATA",
     "NO_SIP_SESSION_ID",
     "CallRefSource",
+    "Legs",
     "Offer",
+    "SessionUpdate",
+    "choose_legs",
     "is_siprec",
     "parse_offer",
+    "parse_update",
     "session_reference",
 ]
 
@@ -134,6 +144,28 @@ def _is_sdp(part: BodyPart) -> bool:
     )
 
 
+def _read_body(
+    request: SipRequest, max_sdp_bytes: int, max_metadata_bytes: int
+) -> tuple[SessionDescription | None, RecordingMetadata | None, tuple[BodyPart, ...]]:
+    encoding = (request.headers.get("content-encoding") or "identity").strip(" \t").lower()
+    if encoding != "identity":
+        raise InvalidSipMessage(f"a body with Content-Encoding {encoding!r}", status=415)
+    parts = split_body(
+        request.content_type,
+        request.body,
+        disposition=request.headers.get("content-disposition"),
+    )
+    sdp_part = next((part for part in parts if _is_sdp(part)), None)
+    sdp = parse_sdp(sdp_part.body, max_bytes=max_sdp_bytes) if sdp_part is not None else None
+    metadata_part = next((part for part in parts if _is_metadata(part)), None)
+    metadata = (
+        parse_metadata(metadata_part.body, max_bytes=max_metadata_bytes)
+        if metadata_part is not None
+        else None
+    )
+    return sdp, metadata, parts
+
+
 def parse_offer(
     request: SipRequest,
     *,
@@ -156,27 +188,12 @@ def parse_offer(
     """
     if not isinstance(request, SipRequest) or request.method != "INVITE":
         raise InvalidArgument(f"request={request!r} must be an INVITE (a SipRequest)")
-    encoding = (request.headers.get("content-encoding") or "identity").strip(" \t").lower()
-    if encoding != "identity":
-        raise InvalidSipMessage(f"a body with Content-Encoding {encoding!r}", status=415)
-    parts = split_body(
-        request.content_type,
-        request.body,
-        disposition=request.headers.get("content-disposition"),
-    )
-    sdp_part = next((part for part in parts if _is_sdp(part)), None)
-    if sdp_part is None:
+    sdp, metadata, parts = _read_body(request, max_sdp_bytes, max_metadata_bytes)
+    if sdp is None:
         types = ", ".join(part.media_type or "untyped" for part in parts) or "no body"
         raise InvalidSipMessage(
             f"the INVITE carries no SDP offer ({types}); a recorder needs one", status=488
         )
-    sdp = parse_sdp(sdp_part.body, max_bytes=max_sdp_bytes)
-    metadata_part = next((part for part in parts if _is_metadata(part)), None)
-    metadata = (
-        parse_metadata(metadata_part.body, max_bytes=max_metadata_bytes)
-        if metadata_part is not None
-        else None
-    )
     siprec = is_siprec(request)
     if metadata is None:
         return Offer(request, sdp, None, siprec, request.call_id, "Call-ID", NO_METADATA)
@@ -184,3 +201,132 @@ def parse_offer(
         return Offer(request, sdp, metadata, siprec, request.call_id, "Call-ID", NO_SIP_SESSION_ID)
     call_ref = session_reference(metadata.sip_session_ids[0])
     return Offer(request, sdp, metadata, siprec, call_ref, "sipSessionID")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate:
+    """An in-dialog re-INVITE or UPDATE, read by :func:`parse_update`: its SDP offer and its
+    metadata snapshot, each None when the request carries none."""
+
+    request: SipRequest
+    sdp: SessionDescription | None
+    metadata: RecordingMetadata | None
+
+
+def parse_update(
+    request: SipRequest,
+    *,
+    max_sdp_bytes: int = MAX_SDP_BYTES,
+    max_metadata_bytes: int = MAX_METADATA_BYTES,
+) -> SessionUpdate:
+    """Read an in-dialog re-INVITE or UPDATE (RFC 3311): an SDP offer (streams paused or
+    resumed), a metadata snapshot (RFC 7866 section 9.2: a participant joined or left), both,
+    or neither. A body with neither is refused (415), a body part of another type among them
+    is skipped.
+
+    >>> from sampledrec.ingest.sip import parse_message
+    >>> update = parse_update(parse_message(
+    ...     b"UPDATE sip:rec@192.0.2.9 SIP/2.0\\r\\n"
+    ...     b"Via: SIP/2.0/TCP 192.0.2.1;branch=z9hG4bK2\\r\\n"
+    ...     b"From: <sip:sbc@192.0.2.1>;tag=1\\r\\nTo: <sip:rec@192.0.2.9>;tag=2\\r\\n"
+    ...     b"Call-ID: 5057@192.0.2.1\\r\\nCSeq: 3 UPDATE\\r\\nContent-Length: 0\\r\\n\\r\\n"))
+    >>> update.sdp, update.metadata
+    (None, None)
+    """
+    if not isinstance(request, SipRequest) or request.method not in ("INVITE", "UPDATE"):
+        raise InvalidArgument(f"request={request!r} must be an INVITE or an UPDATE (a SipRequest)")
+    sdp, metadata, parts = _read_body(request, max_sdp_bytes, max_metadata_bytes)
+    if parts and sdp is None and metadata is None:
+        types = ", ".join(part.media_type or "untyped" for part in parts)
+        raise InvalidSipMessage(
+            f"the {request.method} carries neither SDP nor recording metadata ({types})",
+            status=415,
+        )
+    return SessionUpdate(request, sdp, metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Legs:
+    """Which ``m=`` lines of an offer a recording keeps, and how that was chosen.
+
+    ``streams`` are indices into the offer's media: the caller's leg (channel 1), then the
+    agent's (channel 2), or one stream alone. ``by`` is ``"metadata"`` when the recording
+    metadata said whose voice each carries, ``"m-lines"`` when they are the first two audio
+    streams in the offer's order; ``note`` then says why the metadata was not used (None when
+    the offer has no metadata at all).
+    """
+
+    streams: tuple[int, ...]
+    by: Literal["metadata", "m-lines"]
+    note: str | None = None
+
+
+def _recordable(offer: Offer) -> list[int]:
+    return [
+        index
+        for index, media in enumerate(offer.sdp.media)
+        if media.media.lower() == "audio" and media.port != 0
+    ]
+
+
+def choose_legs(offer: Offer, caller: Participant | None) -> Legs:
+    """The streams of ``offer`` to record, the caller's first.
+
+    ``caller`` is the participant of the offer's metadata (one of
+    ``offer.metadata.participants``) who is the caller; the server picks it by its
+    configuration. When the metadata is consistent (the caller sends exactly one audio stream
+    of the offer, which no other participant claims; the agent's is the first other stream
+    that another participant sends, or the only other stream when the metadata names none),
+    the legs follow it, whatever the order of the ``m=`` lines. Otherwise they are the first
+    two audio streams in order, and :attr:`Legs.note` says what did not fit.
+
+    >>> from sampledrec.ingest.metadata import Participant
+    >>> from sampledrec.ingest.sdp import parse_sdp
+    >>> sdp = parse_sdp(b"v=0\\r\\nc=IN IP4 192.0.2.1\\r\\n"
+    ...     b"m=audio 6000 RTP/AVP 0\\r\\na=label:agent\\r\\n"
+    ...     b"m=audio 6002 RTP/AVP 0\\r\\na=label:caller\\r\\n")
+    >>> meta = parse_metadata(b'<recording xmlns="urn:ietf:params:xml:ns:recording:1">'
+    ...     b'<participant participant_id="p1"/><participant participant_id="p2"/>'
+    ...     b'<stream stream_id="s1"><label>caller</label></stream>'
+    ...     b'<stream stream_id="s2"><label>agent</label></stream>'
+    ...     b'<participantstreamassoc participant_id="p1"><send>s1</send>'
+    ...     b'</participantstreamassoc><participantstreamassoc participant_id="p2">'
+    ...     b'<send>s2</send></participantstreamassoc></recording>')
+    >>> offer = Offer(None, sdp, meta, True, "ref", "sipSessionID")  # type: ignore[arg-type]
+    >>> choose_legs(offer, meta.participants[0])
+    Legs(streams=(1, 0), by='metadata', note=None)
+    >>> choose_legs(offer, None)
+    Legs(streams=(0, 1), by='m-lines', note="the caller is not among the metadata's participants")
+    """
+    candidates = _recordable(offer)
+    fallback = tuple(candidates[:2])
+    metadata = offer.metadata
+    if metadata is None:
+        return Legs(fallback, "m-lines")
+    if caller is None:
+        return Legs(fallback, "m-lines", "the caller is not among the metadata's participants")
+    labels = {index: offer.sdp.media[index].label for index in candidates}
+    mine = [index for index in candidates if labels[index] in caller.send_labels]
+    if len(mine) != 1:
+        return Legs(
+            fallback, "m-lines", f"the caller sends {len(mine)} of the offer's audio streams"
+        )
+    (own,) = mine
+    claimed = [p for p in metadata.participants if labels[own] in p.send_labels]
+    if len(claimed) > 1:
+        return Legs(fallback, "m-lines", "the caller's stream is sent by several participants")
+    others = [
+        index
+        for index in candidates
+        if index != own
+        and (sender := metadata.sender(labels[index] or "")) is not None
+        and sender is not caller
+    ]
+    if others:
+        return Legs((own, others[0]), "metadata")
+    unknown = [index for index in candidates if index != own]
+    if len(unknown) == 1:  # the metadata names the caller's stream; the other is the agent's
+        return Legs((own, unknown[0]), "metadata")
+    if not unknown:
+        return Legs((own,), "metadata")
+    return Legs(fallback, "m-lines", "no other participant's stream is named in the metadata")

@@ -39,10 +39,13 @@ What happens to a call:
 - No RTP for ``rtp_timeout`` seconds on a call that is not paused by re-INVITE: the recording
   is sealed as truncated. When the server stops, every open recording is sealed (truncated).
 
-The two legs (the offer's first two audio streams, in order: the caller's, then the agent's,
-as SBCs send them) are the two channels of one recording, aligned by arrival; each leg's G.711
-payload is kept byte for byte (``mulaw`` or ``alaw`` stereo when both legs use the same
-codec, ``pcm16`` stereo otherwise).
+The two legs are the two channels of one recording, the caller's first, aligned by arrival:
+which stream is whose comes from the metadata (the participant that the ``caller`` source
+picks, ``participant:1`` by default, and the streams each participant sends, matched to the
+SDP by ``a=label``); when the metadata is missing or does not say it consistently, the offer's
+first two audio streams in order (the ``call_recording`` event says which, ``legs =
+"metadata"`` or ``"m-lines"``, and why). Each leg's G.711 payload is kept byte for byte
+(``mulaw`` or ``alaw`` stereo when both legs use the same codec, ``pcm16`` stereo otherwise).
 """
 
 from __future__ import annotations
@@ -58,10 +61,11 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from ..errors import InvalidArgument, InvalidSipMessage, SampledrecError, ServerStopping
+from ..ingest.metadata import Participant
 from ..ingest.rtp import Interleaver, JitterBuffer, parse_rtp
 from ..ingest.sdp import AnsweredMedia, build_answer
 from ..ingest.sip import Headers, SipRequest, StreamFramer, build_response, parse_message, uri_user
-from ..ingest.siprec import Offer, parse_offer
+from ..ingest.siprec import Legs, Offer, choose_legs, parse_offer
 from ..sampling.objections import normalize_number
 from ..vault.audio import AudioFormat, alaw_to_pcm16, ulaw_to_pcm16
 from ..vault.recorder import Recorder, Vault
@@ -247,6 +251,40 @@ def decision_request(offer: Offer, config: SiprecConfig) -> tuple[DecisionReques
             event("caller_unusable", door=_DOOR, source=config.caller)
             caller = None
     return DecisionRequest(ref, attrs, caller or None), note
+
+
+def caller_participant(offer: Offer, config: SiprecConfig) -> Participant | None:
+    """The participant of ``offer``'s metadata who is the caller, by the ``caller`` source
+    (``participant:1`` when none is configured): the N-th participant, or the one participant
+    whose address of record carries the number that source finds; None when the metadata
+    cannot say."""
+    metadata = offer.metadata
+    if metadata is None or not metadata.participants:
+        return None
+    source = config.caller or "participant:1"
+    kind, _, name = source.partition(":")
+    if kind == "participant":
+        index = int(name) - 1
+        return metadata.participants[index] if index < len(metadata.participants) else None
+    value = _lookup(source, offer)
+    if not value:
+        return None
+    wanted = {value, uri_user(value) or value, _normalized(value)}
+    found = [
+        p
+        for p in metadata.participants
+        if wanted & {a for aor in p.aors for a in (aor, uri_user(aor), _normalized(uri_user(aor)))}
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _normalized(number: str | None) -> str | None:
+    if not number:
+        return None
+    try:
+        return normalize_number(number)
+    except InvalidArgument:
+        return None
 
 
 # -- RTP ------------------------------------------------------------------------------------------
@@ -626,8 +664,8 @@ class _SiprecDoor:
             dialog.ports = [None] * len(offer.sdp.media)
             self._ok(offer, dialog, transaction, reply, udp, transport)
             return
-        ports = self._choose_ports(offer)
-        legs_media: list[tuple[int, AnsweredMedia]] = []
+        legs = choose_legs(offer, caller_participant(offer, self.config))
+        ports = self._choose_ports(legs, len(offer.sdp.media))
         try:
             sdp_answer = build_answer(
                 offer.sdp,
@@ -642,11 +680,15 @@ class _SiprecDoor:
                     self.ports.give(port)
             raise
         for index, media in enumerate(sdp_answer.media):
-            if media.rejected is None:
-                legs_media.append((index, media))
-            elif ports[index]:
+            if media.rejected is not None and ports[index]:
                 self.ports.give(ports[index])  # type: ignore[arg-type]
                 ports[index] = None
+        # The caller's leg first (channel 1), then the agent's: the order of legs.streams.
+        legs_media: list[tuple[int, AnsweredMedia]] = [
+            (index, sdp_answer.media[index])
+            for index in legs.streams
+            if sdp_answer.media[index].rejected is None
+        ]
         dialog.ports = ports
         if not legs_media:
             self.dialogs.pop(dialog.call_id, None)
@@ -716,22 +758,24 @@ class _SiprecDoor:
         dialog.call = call
         services.recordings.open(call.call_ref, call, door=_DOOR)
         services.metrics.calls_recorded.inc(_DOOR)
-        event("call_recording", door=_DOOR, streams=channels, audio_format=fmt.to_text())
+        event(
+            "call_recording",
+            door=_DOOR,
+            streams=channels,
+            audio_format=fmt.to_text(),
+            legs=legs.by,
+            legs_note=legs.note,
+        )
         self._ok(offer, dialog, transaction, reply, udp, transport, sdp=sdp_answer.sdp)
         if all(media.direction == "inactive" for _, media in legs_media):
             call.inactive = True
             await call.pause(by="reinvite")
 
-    def _choose_ports(self, offer: Offer) -> list[int | None]:
-        ports: list[int | None] = []
-        taken = 0
-        for media in offer.sdp.media:
-            if taken < 2 and media.media.lower() == "audio" and media.port != 0:
-                port = self.ports.take()
-                ports.append(port)
-                taken += port is not None
-            else:
-                ports.append(None)
+    def _choose_ports(self, legs: Legs, count: int) -> list[int | None]:
+        """A port for each stream of ``legs``, None for the other ``m=`` lines."""
+        ports: list[int | None] = [None] * count
+        for index in legs.streams:
+            ports[index] = self.ports.take()
         return ports
 
     def _release_ports(self, dialog: _Dialog) -> None:
