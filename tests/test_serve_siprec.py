@@ -593,6 +593,97 @@ def test_reinvite_inactive_pauses_and_sendonly_resumes(store: Store) -> None:
     assert row.pauses and strip(channel(audio, 0), 0xFF) == b"\x30" * 320
 
 
+def test_update_pauses_and_resumes_info_is_ignored_metadata_updates_are_taken(
+    store: Store,
+) -> None:
+    """UPDATE (RFC 3311) pauses and resumes like a re-INVITE; one without a body, a metadata
+    snapshot alone (in an UPDATE or a re-INVITE) and an INFO get 200 and change nothing."""
+    rng = random.Random(5)
+    before, after = g711(rng, 10), g711(rng, 10)
+    call = Call()
+
+    async def scenario() -> None:
+        async with serving(store) as (server, port):
+            client = Client()
+            await client.connect(port, "TCP")
+            answer = await client.start(call)
+            ports = answer.ports
+            recording = server.recordings._find(call.session)[1]
+
+            def send(method: str, body: bytes = b"", content_type: str | None = None) -> None:
+                call.cseq += 1
+                client.send(
+                    request(
+                        method, call, port, transport="TCP", body=body, content_type=content_type
+                    )
+                )
+
+            await send_rtp(ports[0], rtp_packets(before, 0, 41))
+            await asyncio.sleep(0.05)
+            for direction, paused in (("inactive", True), ("sendonly", False)):
+                send("UPDATE", sdp(call, direction), "application/sdp")
+                ok = await client.expect(200)
+                assert ok.header("CSeq") == f"{call.cseq} UPDATE"
+                assert ok.ports == ports and (b"a=inactive" in ok.body) == paused
+                assert recording.paused == paused
+            send("UPDATE")  # a session refresh: no offer, no answer
+            ok = await client.expect(200)
+            assert ok.header("Content-Length") == "0" and not recording.paused
+            send("UPDATE", metadata(call), "application/rs-metadata+xml")
+            assert (await client.expect(200)).body == b""
+            send("INVITE", metadata(call), "application/rs-metadata+xml")
+            offer = await client.expect(200)  # no offer in it: the 2xx offers the session
+            assert offer.ports == ports and offer.body.count(b"a=recvonly") == 2
+            client.send(request("ACK", call, port, transport="TCP"))
+            send("INFO", b"Signal=5\r\nDuration=160\r\n", "application/dtmf-relay")
+            assert (await client.expect(200)).header("CSeq") == f"{call.cseq} INFO"
+            await send_rtp(ports[0], rtp_packets(after, 0, 41, seq0=300))
+            await asyncio.sleep(0.05)
+            assert not recording.paused and call.session in server.recordings
+            await client.bye(call)
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert row.pauses and not row.truncated
+    assert strip(channel(audio, 0), 0xFF) == before + after
+
+
+def test_requests_outside_a_dialog_and_methods_not_taken(store: Store) -> None:
+    call = Call()
+    stranger = Call(to_tag="not-ours")
+
+    async def scenario() -> None:
+        async with serving(store) as (_, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            await client.start(call)
+            for method in ("INFO", "UPDATE", "BYE"):
+                client.send(request(method, stranger, port))
+                assert (await client.expect(481)).header("CSeq") == f"1 {method}"
+            wrong_tag = Call(call_id=call.call_id, from_tag=call.from_tag, to_tag="x" + "1" * 8)
+            client.send(request("INFO", wrong_tag, port))
+            await client.expect(481)
+            # Known methods a recorder does not take: 405 and Allow; unknown ones: 501.
+            for method, status in (("REFER", 405), ("SUBSCRIBE", 405), ("FROBNICATE", 501)):
+                call.cseq += 1
+                client.send(request(method, call, port))
+                refused = await client.expect(405, 501)
+                assert refused.status == status
+                assert "UPDATE" in (refused.header("Allow") or "")
+            # A retransmitted UPDATE gets the same answer, not a second one.
+            call.cseq += 1
+            again = request("UPDATE", call, port, branch="z9hG4bK-update-once")
+            client.send(again)
+            first = await client.expect(200)
+            client.send(again)
+            assert (await client.expect(200)).raw == first.raw
+            assert (await client.bye(call)).status == 200
+            await client.close()
+
+    asyncio.run(scenario())
+
+
 def test_no_rtp_seals_the_recording_as_truncated(store: Store) -> None:
     call = Call()
 

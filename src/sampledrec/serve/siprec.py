@@ -61,11 +61,11 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from ..errors import InvalidArgument, InvalidSipMessage, SampledrecError, ServerStopping
-from ..ingest.metadata import Participant
+from ..ingest.metadata import Participant, RecordingMetadata
 from ..ingest.rtp import Interleaver, JitterBuffer, parse_rtp
-from ..ingest.sdp import AnsweredMedia, build_answer
+from ..ingest.sdp import AnsweredMedia, SessionDescription, build_answer
 from ..ingest.sip import Headers, SipRequest, StreamFramer, build_response, parse_message, uri_user
-from ..ingest.siprec import Legs, Offer, choose_legs, parse_offer
+from ..ingest.siprec import Legs, Offer, choose_legs, parse_offer, parse_update
 from ..sampling.objections import normalize_number
 from ..vault.audio import AudioFormat, alaw_to_pcm16, ulaw_to_pcm16
 from ..vault.recorder import Recorder, Vault
@@ -89,7 +89,13 @@ _KEYS: Final = (
     "attributes",
 )
 DECLINES: Final = ("reject-streams", "403")
-_ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+_ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
+# Methods of SIP and its extensions that a recording server does not take: 405 with Allow
+# (RFC 3261 8.2.1); a method not known at all gets 501 (section 21.5.2).
+_KNOWN_NOT_ALLOWED: Final = frozenset(
+    ("REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")
+)
+_RETRY_AFTER: Final = 10  # seconds, at most, in the Retry-After of a 500 to a crossing offer
 _SUPPORTED_TAGS: Final = frozenset({"siprec"})
 _T1: Final = 0.5
 _T2: Final = 4.0
@@ -488,6 +494,8 @@ class _Dialog:
     call: _Call | None = None
     ok: bytes | None = None  # the 2xx to resend until ACK (UDP)
     acked: bool = False
+    sdp: bytes | None = None  # the last SDP sent: offered again to a re-INVITE without one
+    negotiating: bool = False  # an offer (re-INVITE, UPDATE) is being answered
 
 
 class _SiprecDoor:
@@ -545,8 +553,8 @@ class _SiprecDoor:
                 dialog = self.dialogs.get(request.call_id)
                 if dialog is not None:
                     dialog.acked = True
-            elif method == "BYE":
-                self._bye(request, reply)
+            elif method in ("BYE", "UPDATE", "INFO"):
+                self._in_dialog(request, reply)
             elif method == "CANCEL":
                 self._cancel(request, reply)
             elif method == "OPTIONS":
@@ -563,9 +571,10 @@ class _SiprecDoor:
                     )
                 )
             else:
+                status = 405 if method in _KNOWN_NOT_ALLOWED else 501
                 reply(
                     build_response(
-                        request, 405, to_tag=self._tag(request), headers=[("Allow", _ALLOW)]
+                        request, status, to_tag=self._tag(request), headers=[("Allow", _ALLOW)]
                     )
                 )
         except InvalidArgument as exc:  # a request we cannot answer (no tag possible, ...)
@@ -590,20 +599,20 @@ class _SiprecDoor:
                 reply(known.response)
             return
         transaction = self.transactions[key] = _Transaction()
-        dialog = self.dialogs.get(request.call_id) if request.to_tag else None
-        if request.to_tag and dialog is None:
-            self._final(transaction, reply, build_response(request, 481))
+        if request.to_tag:
+            dialog = self._dialog_of(request)
+            if dialog is None:
+                self._final(transaction, reply, build_response(request, 481))
+            elif dialog.negotiating:  # RFC 3261 14.2: an offer is being answered
+                self._final(transaction, reply, self._retry_later(request))
+            else:
+                dialog.negotiating = True
+                self.spawn(self._reinvite(request, dialog, transaction, reply))
             return
         try:
             offer = parse_offer(request)
         except InvalidSipMessage as exc:
-            tag = dialog.to_tag if dialog else secrets.token_hex(8)
-            warning = ("Warning", f'399 sampledrec "{_quote(str(exc))}"')
-            response = build_response(request, exc.status, to_tag=tag, headers=[warning])
-            self._final(transaction, reply, response)
-            return
-        if dialog is not None:
-            self.spawn(self._reinvite(offer, dialog, transaction, reply))
+            self._final(transaction, reply, _refusal(request, exc, secrets.token_hex(8)))
             return
         trying = build_response(request, 100)
         transaction.response = trying
@@ -611,6 +620,20 @@ class _SiprecDoor:
         dialog = _Dialog(request.call_id, secrets.token_hex(8), secrets.randbelow(2**62))
         self.dialogs[request.call_id] = dialog
         self.spawn(self._new_call(offer, dialog, transaction, reply, udp, transport))
+
+    def _dialog_of(self, request: SipRequest) -> _Dialog | None:
+        """The dialog an in-dialog request belongs to: its Call-ID and our To tag."""
+        dialog = self.dialogs.get(request.call_id)
+        if dialog is None or request.to_tag != dialog.to_tag:
+            return None
+        return dialog
+
+    def _retry_later(self, request: SipRequest) -> bytes:
+        """A 500 with Retry-After, to an offer that crosses one being answered (RFC 3261
+        14.2, RFC 3311 5.2)."""
+        return build_response(
+            request, 500, headers=[("Retry-After", str(secrets.randbelow(_RETRY_AFTER + 1)))]
+        )
 
     def _final(self, transaction: _Transaction, reply: Reply, response: bytes) -> None:
         transaction.response = response
@@ -803,6 +826,7 @@ class _SiprecDoor:
                 session_id=dialog.session_id,
                 version=dialog.version,
             ).sdp
+        dialog.sdp = sdp
         headers = [("Contact", f"<{self.contact};transport={transport}>"), ("Allow", _ALLOW)]
         if "siprec" in offer.request.require:
             headers.append(("Require", "siprec"))
@@ -831,13 +855,43 @@ class _SiprecDoor:
             interval = min(2 * interval, _T2)
 
     async def _reinvite(
-        self, offer: Offer, dialog: _Dialog, transaction: _Transaction, reply: Reply
+        self, request: SipRequest, dialog: _Dialog, transaction: _Transaction, reply: Reply
     ) -> None:
+        """A re-INVITE: a new offer (pause, resume), a metadata snapshot, or neither; for an
+        INVITE without an offer, the 2xx offers the session as it is (RFC 3261 14.2) and the
+        ACK's answer changes nothing a recorder keeps."""
+        try:
+            try:
+                update = parse_update(request)
+            except InvalidSipMessage as exc:
+                self._final(transaction, reply, _refusal(request, exc, dialog.to_tag))
+                return
+            self._metadata_updated(update.metadata)
+            if update.sdp is not None:
+                body = await self._renegotiate(update.sdp, dialog)
+            else:
+                body = dialog.sdp or b""
+            self._final(transaction, reply, self._session_ok(request, body))
+        finally:
+            dialog.negotiating = False
+
+    def _session_ok(self, request: SipRequest, sdp: bytes) -> bytes:
+        return build_response(
+            request,
+            200,
+            headers=[("Allow", _ALLOW)],
+            body=sdp,
+            content_type="application/sdp" if sdp else None,
+        )
+
+    async def _renegotiate(self, sdp: SessionDescription, dialog: _Dialog) -> bytes:
+        """Answer a new offer on the same ports; streams that all stop sending pause the
+        recording, any stream sending again resumes it."""
         dialog.version += 1
-        ports = list(dialog.ports) + [None] * (len(offer.sdp.media) - len(dialog.ports))
-        ports = ports[: len(offer.sdp.media)]
+        ports = list(dialog.ports) + [None] * (len(sdp.media) - len(dialog.ports))
+        ports = ports[: len(sdp.media)]
         answer = build_answer(
-            offer.sdp,
+            sdp,
             ports,
             address=self.config.media_address,
             session_id=dialog.session_id,
@@ -853,24 +907,78 @@ class _SiprecDoor:
             elif not active and not call.inactive:
                 call.inactive = True
                 await call.pause(by="reinvite")
-        headers = [("Allow", _ALLOW)]
-        response = build_response(
-            offer.request,
-            200,
-            to_tag=dialog.to_tag,
-            headers=headers,
-            body=answer.sdp,
-            content_type="application/sdp",
-        )
-        self._final(transaction, reply, response)
+        dialog.sdp = answer.sdp
+        return answer.sdp
 
-    def _bye(self, request: SipRequest, reply: Reply) -> None:
-        dialog = self.dialogs.pop(request.call_id, None)
-        if dialog is None:
-            reply(build_response(request, 481, to_tag=secrets.token_hex(8)))
+    def _metadata_updated(self, metadata: RecordingMetadata | None) -> None:
+        """A metadata snapshot in an update (a transfer, a conference): logged; the call
+        reference, the decision and the legs stay those of the INVITE."""
+        if metadata is not None:
+            event(
+                "metadata_updated",
+                door=_DOOR,
+                participants=len(metadata.participants),
+                streams=len(metadata.streams),
+            )
+
+    def _in_dialog(self, request: SipRequest, reply: Reply) -> None:
+        """BYE, UPDATE and INFO: answered once per transaction (a retransmission gets the
+        same answer again, RFC 3261 17.2.2), 481 outside a dialog."""
+        key = (request.via_branch or f"{request.call_id}/{request.cseq.number}", request.method)
+        known = self.transactions.get(key)
+        if known is not None:
+            if known.response is not None:
+                reply(known.response)
             return
+        transaction = self.transactions[key] = _Transaction()
+        dialog = self._dialog_of(request)
+        if request.method == "BYE" and dialog is None and not request.to_tag:
+            dialog = self.dialogs.get(request.call_id)  # tolerated: a BYE without our tag
+        if dialog is None:
+            tag = None if request.to_tag else secrets.token_hex(8)
+            self._final(transaction, reply, build_response(request, 481, to_tag=tag))
+        elif request.method == "BYE":
+            self._bye(request, dialog, transaction, reply)
+        elif request.method == "INFO":  # DTMF relay, a vendor's events: nothing to record
+            self._final(transaction, reply, build_response(request, 200, to_tag=dialog.to_tag))
+        else:
+            self._update(request, dialog, transaction, reply)
+
+    def _update(
+        self, request: SipRequest, dialog: _Dialog, transaction: _Transaction, reply: Reply
+    ) -> None:
+        """UPDATE (RFC 3311): an offer answered at once, like a re-INVITE's; without one (a
+        session refresh, a metadata snapshot), 200."""
+        try:
+            update = parse_update(request)
+        except InvalidSipMessage as exc:
+            self._final(transaction, reply, _refusal(request, exc, dialog.to_tag))
+            return
+        self._metadata_updated(update.metadata)
+        if update.sdp is None:
+            self._final(transaction, reply, self._session_ok(request, b""))
+            return
+        if dialog.negotiating:  # RFC 3311 5.2: an offer not answered yet
+            self._final(transaction, reply, self._retry_later(request))
+            return
+        dialog.negotiating = True
+        sdp = update.sdp
+
+        async def answer() -> None:
+            try:
+                body = await self._renegotiate(sdp, dialog)
+                self._final(transaction, reply, self._session_ok(request, body))
+            finally:
+                dialog.negotiating = False
+
+        self.spawn(answer())
+
+    def _bye(
+        self, request: SipRequest, dialog: _Dialog, transaction: _Transaction, reply: Reply
+    ) -> None:
+        self.dialogs.pop(dialog.call_id, None)
         dialog.acked = True
-        reply(build_response(request, 200))
+        self._final(transaction, reply, build_response(request, 200, to_tag=dialog.to_tag))
         if dialog.call is not None:
             self.spawn(dialog.call.close(truncated=False, why="bye"), finish=True)
         else:
@@ -934,6 +1042,12 @@ def _invite_headers(cancel: SipRequest) -> Headers:
         for name, value in cancel.headers
     ]
     return Headers(items)
+
+
+def _refusal(request: SipRequest, exc: InvalidSipMessage, tag: str) -> bytes:
+    """The answer to a request whose body cannot be used: its status, and why."""
+    warning = ("Warning", f'399 sampledrec "{_quote(str(exc))}"')
+    return build_response(request, exc.status, to_tag=tag, headers=[warning])
 
 
 def _quote(text: str) -> str:
