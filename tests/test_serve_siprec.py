@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import struct
 import subprocess
 import sys
@@ -35,6 +36,7 @@ import pytest
 import sampledrec
 from sampledrec import Store
 from sampledrec.cli import main
+from sampledrec.errors import InvalidArgument
 from sampledrec.ingest.rtp import Interleaver, JitterBuffer, RtpPacket, parse_rtp
 from sampledrec.log.format import T_DECISION
 from sampledrec.log.writer import iter_entries
@@ -133,6 +135,7 @@ class Call:
     queue: str = "regulated"
     codecs: tuple[int, int] = (0, 0)
     swapped: bool = False  # the caller (participant 1) sends the second m-line's stream
+    scheme: str = "sip"  # "sips": the Request-URI asks for TLS end to end
 
 
 def sdp(call: Call, direction: str = "sendonly") -> bytes:
@@ -185,8 +188,12 @@ def request(
     extra: tuple[str, ...] = (),
 ) -> bytes:
     to = "<sip:srs@127.0.0.1>" + (f";tag={call.to_tag}" if call.to_tag else "")
+    if call.scheme == "sips":
+        uri = f"sips:srs@127.0.0.1:{port}"
+    else:
+        uri = f"sip:srs@127.0.0.1:{port};transport={transport.lower()}"
     head = [
-        f"{method} sip:srs@127.0.0.1:{port};transport={transport.lower()} SIP/2.0",
+        f"{method} {uri} SIP/2.0",
         f"Via: SIP/2.0/{transport} 127.0.0.1:5999;branch={branch or 'z9hG4bK' + uuid.uuid4().hex}",
         "Max-Forwards: 70",
         f"From: <sip:src@127.0.0.1>;tag={call.from_tag}",
@@ -238,7 +245,9 @@ class Client:
         self._reader_task: asyncio.Task[None] | None = None
         self.transport = "UDP"
 
-    async def connect(self, port: int, transport: str) -> None:
+    async def connect(
+        self, port: int, transport: str, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.transport, self.port = transport, port
         loop = asyncio.get_running_loop()
         if transport == "UDP":
@@ -252,7 +261,9 @@ class Client:
                 Proto, remote_addr=("127.0.0.1", port)
             )
         else:
-            reader, self._writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, self._writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
+            )
             self._reader_task = loop.create_task(self._read(reader))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -742,6 +753,145 @@ def test_stopping_seals_open_calls(store: Store) -> None:
     asyncio.run(scenario())
     [(row, audio)] = recordings(store)
     assert row.truncated and strip(channel(audio, 1), 0xFF) == b"\x50" * 480
+
+
+# -- SIP over TLS ----------------------------------------------------------------------------
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key, as PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sampledrec test SRS")])
+    now = datetime.now(UTC)
+    alt = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "sip.crt", folder / "sip.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def tls_port(caplog: pytest.LogCaptureFixture) -> int:
+    [listening] = [r for r in caplog.records if r.getMessage() == "listening"]
+    address: str = listening.fields["tls_address"]  # type: ignore[attr-defined]
+    return int(address.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("scheme", ["sip", "sips"])
+def test_sip_over_tls_is_recorded_bit_exact(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture, scheme: str
+) -> None:
+    cert, key = self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
+    rng = random.Random(17)
+    caller, agent = g711(rng, 25), g711(rng, 25)
+    call = Call(scheme=scheme)
+
+    async def scenario() -> None:
+        async with serving(store, tls_cert=cert, tls_key=key) as (server, _):
+            port = tls_port(caplog)
+            # Plain SIP to the TLS port: the handshake fails, the connection is closed, the
+            # server goes on.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request("OPTIONS", Call(), port, transport="TCP"))
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            client = Client()
+            await client.connect(port, "TLS", tls=trust)
+            assert client._writer is not None
+            tls_object = client._writer.get_extra_info("ssl_object")
+            assert tls_object.version() in ("TLSv1.2", "TLSv1.3")
+            answer = await client.start(call)
+            assert answer.status == 200
+            assert (answer.header("Via") or "").startswith("SIP/2.0/TLS ")
+            expected = (
+                f"<sips:sampledrec@127.0.0.1:{port}>"
+                if scheme == "sips"
+                else f"<sip:sampledrec@127.0.0.1:{port};transport=tls>"
+            )
+            assert answer.header("Contact") == expected
+            ports = answer.ports
+            await asyncio.gather(
+                send_rtp(ports[0], rtp_packets(caller, 0, 51)),
+                send_rtp(ports[1], rtp_packets(agent, 0, 52)),
+            )
+            await asyncio.sleep(0.05)
+            assert (await client.bye(call)).status == 200
+            await asyncio.sleep(0.2)
+            assert call.session not in server.recordings
+            await client.close()
+
+    with caplog.at_level("INFO", logger="sampledrec.serve"):
+        asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert not row.truncated and row.call_ref == call.session
+    assert strip(channel(audio, 0), 0xFF) == caller
+    assert strip(channel(audio, 1), 0xFF) == agent
+
+
+def test_siprec_tls_settings_are_checked_before_listening(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = self_signed(tmp_path)
+    here = Listen("127.0.0.1", 5060)
+    config = SiprecConfig(here, tls_cert=cert, tls_key=key)
+    assert config.transports == ("udp", "tcp", "tls")
+    assert config.tls_listen == Listen("127.0.0.1", 5061)
+    assert config.ssl_context is not None
+    assert config.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2
+    only = SiprecConfig(here, transports=("tls",), tls_cert=cert, tls_key=key)
+    assert only.transports == ("tls",)
+    assert SiprecConfig(Listen("127.0.0.1", 0), tls_cert=cert, tls_key=key).tls_listen == Listen(
+        "127.0.0.1", 0
+    )
+    assert SiprecConfig(here).transports == ("udp", "tcp")
+    missing = tmp_path / "missing.pem"
+    for kwargs, message in [
+        ({"tls_cert": missing, "tls_key": key}, "tls_cert .*missing.pem: No such file"),
+        ({"tls_cert": key, "tls_key": cert}, "cannot be loaded"),
+        ({"tls_cert": cert}, "together"),
+        ({"transports": ("tls",)}, 'lists "tls": give tls_cert'),
+        ({"transports": ("udp", "tcp"), "tls_cert": cert, "tls_key": key}, 'add "tls"'),
+        ({"transports": ("udp", "sctp")}, "one or more of"),
+        ({"tls_listen": Listen("127.0.0.1", 5061)}, "tls_listen needs"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            SiprecConfig(here, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="no next port"):
+        SiprecConfig(Listen("127.0.0.1", 65535), tls_cert=cert, tls_key=key)
+    section = {"listen": "127.0.0.1:5070", "tls_cert": "sip.crt", "tls_key": "sip.key"}
+    from_file = SiprecConfig.from_section(section, tmp_path)
+    assert (from_file.tls_cert, from_file.tls_listen) == (cert, Listen("127.0.0.1", 5071))
+    explicit = SiprecConfig.from_section({**section, "tls_listen": "127.0.0.1:5999"}, tmp_path)
+    assert explicit.tls_listen == Listen("127.0.0.1", 5999)
+    serve = ["serve", "--store", str(store.path), "--siprec", "127.0.0.1:0"]
+    tls = ["--siprec-tls-cert", str(missing), "--siprec-tls-key", str(key)]
+    assert main([*serve, *tls]) == 2
+    assert "No such file" in capsys.readouterr().err
 
 
 # -- sipp ----------------------------------------------------------------------------------------

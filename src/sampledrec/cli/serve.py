@@ -30,8 +30,17 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--siprec",
         metavar="HOST:PORT",
-        help="open the SIPREC door (recording server for SBCs; SIP over UDP and TCP)",
+        help="open the SIPREC door (recording server for SBCs; SIP over UDP and TCP, and TLS "
+        "with --siprec-tls-cert)",
     )
+    p.add_argument(
+        "--siprec-tls-cert",
+        metavar="FILE",
+        type=Path,
+        help="SIP over TLS too, with this certificate (PEM); it listens on the --siprec port + 1 "
+        "unless [siprec] tls_listen says otherwise",
+    )
+    p.add_argument("--siprec-tls-key", metavar="FILE", type=Path, help="its private key (PEM)")
     p.add_argument(
         "--rtp-ports",
         metavar="LO-HI",
@@ -91,7 +100,12 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "tls_client_ca": args.tls_client_ca,
             "insecure_no_auth": args.insecure_no_auth,
         },
-        "siprec": {"listen": args.siprec, "rtp_ports": args.rtp_ports},
+        "siprec": {
+            "listen": args.siprec,
+            "rtp_ports": args.rtp_ports,
+            "tls_cert": args.siprec_tls_cert,
+            "tls_key": args.siprec_tls_key,
+        },
         "server": {"log_level": args.log_level},
         "audiosocket": {"listen": args.audiosocket},
     }

@@ -4,7 +4,10 @@ Configuration (``[siprec]`` in ``--config``, or ``--siprec HOST:PORT --rtp-ports
 
     [siprec]
     listen = "0.0.0.0:5060"          # SIP over UDP and TCP on this address
-    transports = ["udp", "tcp"]
+    transports = ["udp", "tcp"]      # and "tls" (the default when tls_cert is given)
+    tls_cert = "sip.crt"             # SIP over TLS (1.2 or later): PEM chain and key
+    tls_key = "sip.key"
+    tls_listen = "0.0.0.0:5061"      # default: the listen host, its port + 1 (5060 -> 5061)
     rtp_address = "192.0.2.10"       # where SBCs send RTP (default: the listen host)
     rtp_ports = "40000-40999"        # one even port per recorded stream
     rtp_timeout = 30                 # seconds without RTP: the recording is sealed, truncated
@@ -54,6 +57,7 @@ import asyncio
 import logging
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,7 +68,15 @@ from ..errors import InvalidArgument, InvalidSipMessage, SampledrecError, Server
 from ..ingest.metadata import Participant, RecordingMetadata
 from ..ingest.rtp import Interleaver, JitterBuffer, parse_rtp
 from ..ingest.sdp import AnsweredMedia, SessionDescription, build_answer
-from ..ingest.sip import Headers, SipRequest, StreamFramer, build_response, parse_message, uri_user
+from ..ingest.sip import (
+    Headers,
+    SipRequest,
+    StreamFramer,
+    build_response,
+    parse_message,
+    parse_name_addr,
+    uri_user,
+)
 from ..ingest.siprec import Legs, Offer, choose_legs, parse_offer, parse_update
 from ..sampling.objections import normalize_number
 from ..vault.audio import AudioFormat, alaw_to_pcm16, ulaw_to_pcm16
@@ -79,6 +91,9 @@ _DOOR: Final = "siprec"
 _KEYS: Final = (
     "listen",
     "transports",
+    "tls_cert",
+    "tls_key",
+    "tls_listen",
     "rtp_address",
     "rtp_ports",
     "rtp_timeout",
@@ -89,6 +104,8 @@ _KEYS: Final = (
     "attributes",
 )
 DECLINES: Final = ("reject-streams", "403")
+TRANSPORTS: Final = ("udp", "tcp", "tls")
+_TLS_HANDSHAKE_SECONDS: Final = 10.0
 _ALLOW: Final = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
 # Methods of SIP and its extensions that a recording server does not take: 405 with Allow
 # (RFC 3261 8.2.1); a method not known at all gets 501 (section 21.5.2).
@@ -138,10 +155,20 @@ def parse_port_range(text: object, what: str = "--rtp-ports") -> tuple[int, int]
 
 @dataclass(frozen=True)
 class SiprecConfig:
-    """The SIPREC door's settings (the module docstring lists them), checked when built."""
+    """The SIPREC door's settings (the module docstring lists them), checked when built: the
+    TLS certificate and key are loaded then, so that a mistake stops ``sampledrec serve``
+    before it listens.
+
+    ``transports`` defaults to UDP and TCP, and TLS too when ``tls_cert`` is given; TLS
+    listens on ``tls_listen``, by default the ``listen`` host and the next port (5061 beside
+    5060, RFC 3261's ports for SIP and SIP over TLS).
+    """
 
     listen: Listen
-    transports: tuple[str, ...] = ("udp", "tcp")
+    transports: tuple[str, ...] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_listen: Listen | None = None
     rtp_address: str | None = None
     rtp_ports: tuple[int, int] = _DEFAULT_RTP_PORTS
     rtp_timeout: float = 30.0
@@ -150,10 +177,45 @@ class SiprecConfig:
     call_ref: str = "sipSessionID"
     caller: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    ssl_context: ssl.SSLContext | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        if not self.transports or not set(self.transports) <= {"udp", "tcp"}:
-            raise InvalidArgument('[siprec] transports must list "udp", "tcp" or both')
+        tls = self.tls_cert is not None or self.tls_key is not None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument(
+                "[siprec] give tls_cert and tls_key together (--siprec-tls-cert and "
+                "--siprec-tls-key), or neither"
+            )
+        transports = self.transports
+        if transports is None:
+            transports = ("udp", "tcp", "tls") if tls else ("udp", "tcp")
+        if not transports or not set(transports) <= set(TRANSPORTS):
+            raise InvalidArgument(
+                '[siprec] transports must list one or more of "udp", "tcp", "tls"'
+            )
+        if "tls" in transports and not tls:
+            raise InvalidArgument(
+                '[siprec] transports lists "tls": give tls_cert and tls_key (PEM files)'
+            )
+        if tls and "tls" not in transports:
+            raise InvalidArgument(
+                '[siprec] tls_cert is given but transports does not list "tls"; add "tls" to '
+                "transports, or drop tls_cert and tls_key"
+            )
+        if self.tls_listen is not None and not tls:
+            raise InvalidArgument("[siprec] tls_listen needs tls_cert and tls_key")
+        object.__setattr__(self, "transports", tuple(dict.fromkeys(transports)))
+        if tls:
+            if self.tls_listen is None:
+                if self.listen.port == 65535:
+                    raise InvalidArgument(
+                        f"[siprec] listens on {self.listen}: there is no next port for TLS; "
+                        'give tls_listen = "HOST:PORT"'
+                    )
+                port = self.listen.port + 1 if self.listen.port else 0
+                object.__setattr__(self, "tls_listen", Listen(self.listen.host, port))
+            assert self.tls_cert is not None and self.tls_key is not None
+            object.__setattr__(self, "ssl_context", sip_tls_context(self.tls_cert, self.tls_key))
         if self.rtp_address is None and self.listen.host in ("0.0.0.0", "::", ""):
             raise InvalidArgument(
                 f"[siprec] listens on {self.listen}: give rtp_address, the address SBCs are to "
@@ -190,6 +252,14 @@ class SiprecConfig:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InvalidArgument('[siprec] transports must be a list such as ["udp", "tcp"]')
             kw["transports"] = tuple(value)
+        for key in ("tls_cert", "tls_key"):
+            if section.get(key) is not None:
+                value = section[key]
+                if not isinstance(value, str | Path) or not str(value):
+                    raise InvalidArgument(f"[siprec] {key} must be a file name")
+                kw[key] = base / Path(value)
+        if "tls_listen" in section:
+            kw["tls_listen"] = Listen.parse(section["tls_listen"], "[siprec] tls_listen")
         if "rtp_address" in section:
             kw["rtp_address"] = str(section["rtp_address"])
         if "rtp_ports" in section:
@@ -215,6 +285,32 @@ class SiprecConfig:
                 )
             kw["attributes"] = dict(attrs)
         return cls(Listen.parse(section["listen"], "[siprec] listen"), **kw)
+
+
+def sip_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server side of SIP over TLS: TLS 1.2 or later, the certificate chain and its key
+    from PEM files. Clients are not asked for a certificate (an SBC's trunk is usually
+    authenticated by address); a file that cannot be read, or that is not what it should be,
+    is an :class:`~sampledrec.errors.InvalidArgument` naming it."""
+    for what, path in (("tls_cert", cert), ("tls_key", key)):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise InvalidArgument(
+                f"[siprec] {what} {path}: {exc.strerror}; give a PEM file that the server's "
+                "user can read"
+            ) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(
+            f"[siprec] tls_cert {cert} / tls_key {key} cannot be loaded ({exc}); give a PEM "
+            "certificate chain and the private key that goes with it (not encrypted)"
+        ) from None
+    return context
 
 
 def _lookup(source: str, offer: Offer) -> str | None:
@@ -508,7 +604,8 @@ class _SiprecDoor:
         self.dialogs: dict[str, _Dialog] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.finishing: set[asyncio.Task[Any]] = set()
-        self.contact = ""
+        #: Where each transport listens, as the Contact of a 2xx names it.
+        self.contacts: dict[str, Listen] = {}
 
     def spawn(self, coro: Any, *, finish: bool = False) -> None:
         """Run ``coro`` as a task; with ``finish``, a stop waits for it (sealing a
@@ -827,7 +924,7 @@ class _SiprecDoor:
                 version=dialog.version,
             ).sdp
         dialog.sdp = sdp
-        headers = [("Contact", f"<{self.contact};transport={transport}>"), ("Allow", _ALLOW)]
+        headers = [("Contact", self._contact(offer.request, transport)), ("Allow", _ALLOW)]
         if "siprec" in offer.request.require:
             headers.append(("Require", "siprec"))
         response = build_response(
@@ -842,6 +939,21 @@ class _SiprecDoor:
         if udp:
             dialog.ok, dialog.acked = response, False
             self.spawn(self._resend_ok(dialog, response, reply))
+
+    def _contact(self, request: SipRequest, transport: str) -> str:
+        """Our Contact on ``transport``: a SIPS URI when the dialog was set up with one (RFC
+        3261 12.1.1: a ``sips:`` Request-URI, top Record-Route, or Contact), else a SIP URI
+        naming the transport (``;transport=tls`` over TLS, as SBCs expect)."""
+        where = self.contacts.get(transport) or next(iter(self.contacts.values()))
+        if transport == "tls":
+            routes = request.headers.values("record-route") or request.headers.values("contact")
+            try:
+                first = parse_name_addr(routes[0]).uri if routes else ""
+            except InvalidSipMessage:
+                first = ""
+            if any(uri.lower().startswith("sips:") for uri in (request.uri, first)):
+                return f"<sips:sampledrec@{where}>"
+        return f"<sip:sampledrec@{where};transport={transport}>"
 
     async def _resend_ok(self, dialog: _Dialog, response: bytes, reply: Reply) -> None:
         """RFC 3261 13.3.1.4: resend the 2xx at T1, 2T1, ... (at most T2) until the ACK."""
@@ -1099,8 +1211,12 @@ class _SipUdp(asyncio.DatagramProtocol):
 
 
 class _SipTcp(asyncio.Protocol):
-    def __init__(self, door: _SiprecDoor) -> None:
+    """SIP over a stream, TCP or TLS (the TLS layer is asyncio's: this sees plaintext once
+    the handshake is done), framed by Content-Length; responses go back on the connection."""
+
+    def __init__(self, door: _SiprecDoor, name: str = "tcp") -> None:
         self.door = door
+        self.name = name
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
 
@@ -1124,7 +1240,7 @@ class _SipTcp(asyncio.Protocol):
             if message == b"":
                 reply(b"\r\n")
             else:
-                self.door.handle(message, reply, False, "tcp")
+                self.door.handle(message, reply, False, self.name)
 
 
 def siprec_door(config: SiprecConfig) -> Door:
@@ -1135,18 +1251,19 @@ def siprec_door(config: SiprecConfig) -> Door:
         loop = asyncio.get_running_loop()
         closers: list[Callable[[], None]] = []
         host, port = config.listen.host, config.listen.port
+        transports = config.transports or ()
         try:
             # Port 0 (any free port): UDP picks one, and TCP may find it taken; try again.
             for attempt in range(20 if config.listen.port == 0 else 1):
                 port = config.listen.port
                 try:
-                    if "udp" in config.transports:
+                    if "udp" in transports:
                         udp, _ = await loop.create_datagram_endpoint(
                             lambda: _SipUdp(door), local_addr=(host, port)
                         )
                         closers.append(udp.close)
                         port = udp.get_extra_info("sockname")[1]
-                    if "tcp" in config.transports:
+                    if "tcp" in transports:
                         tcp = await loop.create_server(
                             lambda: _SipTcp(door), host, port, backlog=1024
                         )
@@ -1162,10 +1279,40 @@ def siprec_door(config: SiprecConfig) -> Door:
                             f"--siprec {config.listen}: cannot listen there ({exc.strerror}); "
                             "pick another address or stop the process that holds it"
                         ) from None
-            address = Listen(host, port)
-            door.contact = f"sip:sampledrec@{Listen(config.media_address, port)}"
-            event("listening", door=_DOOR, address=f"sip:{address}", transports=config.transports)
-            ready(f"sip:{address}")
+            address = f"sip:{Listen(host, port)}"
+            door.contacts["udp"] = door.contacts["tcp"] = Listen(config.media_address, port)
+            tls_address = None
+            if config.tls_listen is not None and config.ssl_context is not None:
+                tls_host, tls_port = config.tls_listen.host, config.tls_listen.port
+                try:
+                    tls = await loop.create_server(
+                        lambda: _SipTcp(door, "tls"),
+                        tls_host,
+                        tls_port,
+                        ssl=config.ssl_context,
+                        ssl_handshake_timeout=_TLS_HANDSHAKE_SECONDS,
+                        backlog=1024,
+                    )
+                except OSError as exc:
+                    raise InvalidArgument(
+                        f"[siprec] tls_listen {config.tls_listen}: cannot listen there "
+                        f"({exc.strerror}); pick another address or stop the process that "
+                        "holds it"
+                    ) from None
+                closers.append(tls.close)
+                tls_port = tls.sockets[0].getsockname()[1]
+                tls_address = f"sips:{Listen(tls_host, tls_port)}"
+                door.contacts["tls"] = Listen(config.media_address, tls_port)
+                if transports == ("tls",):
+                    address = tls_address
+            event(
+                "listening",
+                door=_DOOR,
+                address=address,
+                transports=list(transports),
+                tls_address=tls_address,
+            )
+            ready(address)
             keeper = loop.create_task(door.housekeeping())
             await services.stopping.wait()
             keeper.cancel()
