@@ -29,16 +29,28 @@ What happens to a call:
 
 - **INVITE** (new dialog): ``100 Trying`` at once; the offer is read (:func:`~sampledrec.
   ingest.parse_offer`); the call is decided through the server's decider (answered once the
-  decision is durable). Selected: one RTP port per audio stream (the first two), a
-  ``recvonly`` SDP answer in a ``200 OK``, and a recording opened in the vault, registered for
-  pause and resume. Not selected: the configured decline. A retransmitted INVITE (same branch)
-  gets the same response again, never a second decision; a ``200 OK`` over UDP is resent until
-  the ACK arrives (RFC 3261 section 13.3.1.4).
-- **re-INVITE**: a new answer on the same ports; streams all ``inactive`` (or ``sendonly``
-  from our side, i.e. the client no longer sends) pause the recording (a card payment), any
-  stream sending again resumes it.
+  decision is durable). Selected: one RTP port per recorded stream (the caller's and the
+  agent's, see below), a ``recvonly`` SDP answer in a ``200 OK``, and a recording opened in
+  the vault, registered for pause and resume. Not selected: the configured decline. A
+  retransmitted INVITE (same branch) gets the same response again, never a second decision; a
+  ``200 OK`` over UDP is resent until the ACK arrives (RFC 3261 section 13.3.1.4).
+- **re-INVITE** or **UPDATE** (RFC 3311) with an offer: a new answer on the same ports;
+  streams all ``inactive`` (or ``sendonly`` from our side, i.e. the client no longer sends)
+  pause the recording (a card payment), any stream sending again resumes it. Without an offer
+  (a session refresh, or a metadata snapshot alone): ``200`` (to a re-INVITE, offering the
+  session as it is). New metadata is logged (``metadata_updated``); the decision, the call
+  reference and the legs stay those of the INVITE. An offer that crosses one being answered
+  gets ``500`` with ``Retry-After``.
+- **INFO** in a dialog (DTMF relay, vendor events): ``200``, ignored. **BYE**, **UPDATE**,
+  **INFO** outside a dialog (unknown Call-ID or To tag): ``481``. Methods a recording server
+  does not take (``REGISTER``, ``REFER``, ``SUBSCRIBE``, ...): ``405`` with ``Allow``; methods
+  it does not know: ``501``.
 - **CANCEL** before the answer: ``200`` to it, ``487`` to the INVITE, nothing recorded.
 - **BYE**: ``200``; the recording is sealed. **OPTIONS**: ``200`` (keep-alive).
+- Over **TLS** (``tls_cert``): the same SIP over a TLS connection (TLS 1.2 or later), framed
+  by ``Content-Length`` as over TCP, answered on the same connection; the ``Contact`` of a
+  ``2xx`` is a ``sips:`` URI when the dialog was set up with one, else ``;transport=tls``.
+  RTP stays plain RTP (SRTP is not supported).
 - No RTP for ``rtp_timeout`` seconds on a call that is not paused by re-INVITE: the recording
   is sealed as truncated. When the server stops, every open recording is sealed (truncated).
 
