@@ -652,10 +652,12 @@ def write_pcap(path: Path, *legs: bytes, pt: int = 0) -> None:
     path.write_bytes(out.getvalue())
 
 
-def start_server(path: Path, tmp: Path, rtp: str) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    path: Path, tmp: Path, rtp: str, transport: str = "udp"
+) -> tuple[subprocess.Popen[str], int]:
     config = tmp / "serve.toml"
     config.write_text(
-        '[siprec]\nlisten = "127.0.0.1:0"\ntransports = ["udp"]\n'
+        f'[siprec]\nlisten = "127.0.0.1:0"\ntransports = ["{transport}"]\n'
         f'rtp_ports = "{rtp}"\nrtp_timeout = 20\ncaller = "participant:1"\n'
         'attributes = { queue = "header:X-Queue" }\n'
     )
@@ -735,15 +737,19 @@ def check_store(path: Path, tmp: Path, refs: list[str | bytes]) -> None:
 
 
 @needs_sipp
-def test_sipp_call_is_recorded_bit_exact_and_audits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_sipp_call_is_recorded_bit_exact_and_audits(tmp_path: Path, transport: str) -> None:
     path = tmp_path / "store"
     (tmp_path / "p.toml").write_text(RECORD_REGULATED)
     Store.init(path, policy=tmp_path / "p.toml", simulated=True)
     caller, agent = g711(random.Random(7), 50), g711(random.Random(17), 50)
     write_pcap(tmp_path / "leg.pcap", caller, agent)
-    proc, port = start_server(path, tmp_path, "31000-31099")
+    rtp = "31000-31099" if transport == "udp" else "31100-31199"
+    proc, port = start_server(path, tmp_path, rtp, transport)
     try:
-        run_sipp(port, tmp_path, calls=1, rate=1)
+        run_sipp(
+            port, tmp_path, calls=1, rate=1, extra=("-t", "u1" if transport == "udp" else "t1")
+        )
     finally:
         err = finish(proc)
     assert '"recording_sealed"' in err
