@@ -260,20 +260,28 @@ SCENARIO = Path(__file__).resolve().parents[1] / "tests" / "sipp" / "siprec_uac.
 
 
 def write_pcap(path: Path, seconds: float) -> None:
-    """A libpcap file of Ethernet/IPv4/UDP/RTP G.711 packets, 20 ms apart, for sipp."""
+    """A libpcap file of Ethernet/IPv4/UDP/RTP G.711 packets, 20 ms apart, on two streams:
+    to ports 6000 and 6002, which sipp's ``play_pcap_audio`` sends to the answer's first media
+    port and that port + 2 (the SIPREC door gives a call's two streams consecutive even
+    ports), so that both legs of every call carry audio."""
     rng = np.random.default_rng(5)
-    payload = rng.integers(0x10, 0xD0, size=int(seconds * 8000), dtype=np.uint8).tobytes()
+    legs = [
+        rng.integers(0x10, 0xD0, size=int(seconds * 8000), dtype=np.uint8).tobytes()
+        for _ in range(2)
+    ]
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for n, offset in enumerate(range(0, len(payload), 160)):
-        rtp = struct.pack("!BBHII", 0x80, 0, n, offset, 0x5EED) + payload[offset : offset + 160]
-        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
-        ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0,
-            bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]),
-        ) + udp  # fmt: skip
-        frame = b"\x00" * 12 + b"\x08\x00" + ip
-        sec, micros = divmod(n * 20_000, 1_000_000)
-        out.append(struct.pack("<IIII", sec, micros, len(frame), len(frame)) + frame)
+    for n, offset in enumerate(range(0, len(legs[0]), 160)):
+        for leg, payload in enumerate(legs):
+            rtp = struct.pack("!BBHII", 0x80, 0, n, offset, 0x5EED + leg)
+            rtp += payload[offset : offset + 160]
+            udp = struct.pack("!HHHH", 6000 + 2 * leg, 6000 + 2 * leg, 8 + len(rtp), 0) + rtp
+            ip = struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0,
+                bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]),
+            ) + udp  # fmt: skip
+            frame = b"\x00" * 12 + b"\x08\x00" + ip
+            sec, micros = divmod(n * 20_000 + leg * 100, 1_000_000)
+            out.append(struct.pack("<IIII", sec, micros, len(frame), len(frame)) + frame)
     path.write_bytes(b"".join(out))
 
 
@@ -334,10 +342,13 @@ def siprec_run(tmp: Path, calls: int, rate: float, seconds: float) -> dict[str, 
         proc.wait(timeout=60)
         reader.join(timeout=10)
         proc.stderr.close()
-    lost = sum(
-        float(m.group(1))
-        for m in re.finditer(r"^sampledrec_packets_lost_total(?:\{[^}]*\})? (\S+)$", metrics, re.M)
-    )
+
+    def total(name: str) -> float:
+        pattern = rf"^sampledrec_{name}_total(?:\{{[^}}]*\}})? (\S+)$"
+        return sum(float(m.group(1)) for m in re.finditer(pattern, metrics, re.M))
+
+    lost = total("packets_lost")
+    received = total("packets_received")
     store = Store.open(folder / "store")
     catalog = store.open_catalog()
     try:
@@ -353,6 +364,8 @@ def siprec_run(tmp: Path, calls: int, rate: float, seconds: float) -> dict[str, 
         "server_cpu_s": cpu,
         "calls_per_core": call_seconds / cpu if cpu else 0.0,
         "rtp_loss": lost,
+        "rtp_packets": received,
+        "rtp_packets_sent": 2 * calls * len(range(0, int(seconds * 8000), 160)),
     }
 
 
@@ -409,7 +422,11 @@ def main() -> int:
     met = figures["http_p99_ms"] <= TARGET_P99_MS and run["errors"] == 0
     if siprec is not None:
         figures.update(siprec)
-        sip_met = siprec["calls_per_core"] >= TARGET_CALLS_PER_CORE and siprec["rtp_loss"] == 0
+        sip_met = (
+            siprec["calls_per_core"] >= TARGET_CALLS_PER_CORE
+            and siprec["rtp_loss"] == 0
+            and siprec["rtp_packets"] == siprec["rtp_packets_sent"]  # two-leg calls measured
+        )
         met = met and sip_met and siprec["sip_calls_failed"] == 0
     ms = "{:.3f}".format
     rows = [
@@ -445,6 +462,9 @@ def main() -> int:
              "pass" if siprec["calls_per_core"] >= TARGET_CALLS_PER_CORE else "FAIL"),
             ("SIPREC: RTP packets lost in the server", f"{siprec['rtp_loss']:g}", "0", "",
              "pass" if siprec["rtp_loss"] == 0 else "FAIL"),
+            ("SIPREC: RTP packets received (both legs)", f"{siprec['rtp_packets']:,.0f}",
+             f"{siprec['rtp_packets_sent']:,.0f} sent", "",
+             "pass" if siprec["rtp_packets"] == siprec["rtp_packets_sent"] else "FAIL"),
         ]  # fmt: skip
     print(
         f"sampledrec {__version__} bench_ingest ({'quick' if quick else 'full'}); "

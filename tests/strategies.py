@@ -8,6 +8,7 @@ lone surrogate) or ``bytes`` as given. Rates are exact values in [0, 1] written 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -336,3 +337,60 @@ def sip_requests(draw: st.DrawFn) -> Any:
     order = draw(st.permutations(headers + extra))
     order.append((draw(st.sampled_from(["Content-Length", "l"])), str(len(body))))
     return SipRequest(method, f"sip:rec@{host}", Headers(order), body)
+
+
+#: Any JSON value (no NaN), a few levels deep.
+json_values: Final = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def json_paths(doc: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document (keys and indexes from the root; ``()`` is the root)."""
+    out = [here]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += json_paths(v, (*here, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += json_paths(v, (*here, i))
+    return out
+
+
+@st.composite
+def mutated_document(
+    draw: st.DrawFn,
+    valid: Any,
+    values: st.SearchStrategy[Any] = json_values,
+    *,
+    marker: str | None = None,
+    extra_keys: bool = False,
+) -> Any:
+    """``valid`` (a JSON document) with one to three members replaced by a value of ``values``
+    or removed; with ``marker``, a member is sometimes set to that string (for the caller to
+    replace in the text: deep nesting); with ``extra_keys``, unknown keys are sometimes added."""
+    doc: Any = copy.deepcopy(valid)
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(json_paths(doc)))
+        if not where:
+            doc = draw(values)
+            continue
+        parent = doc
+        try:
+            for step in where[:-1]:
+                parent = parent[step]
+            if draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(where[-1], None)
+            elif marker is not None and draw(st.integers(0, 9)) == 0:
+                parent[where[-1]] = marker
+            else:
+                parent[where[-1]] = draw(values)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation changed the shape: try another
+        if extra_keys and isinstance(parent, dict) and draw(st.integers(0, 4)) == 0:
+            parent[draw(st.text(max_size=8))] = draw(values)  # an extra key
+    return doc

@@ -4,7 +4,6 @@ a traceback for a damaged input (a revealed-keys file of the wrong shape, a dama
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import struct
@@ -25,6 +24,7 @@ from sampledrec.keys.keyring import RevealedKey
 from sampledrec.log.segments import iter_batches
 
 from .conftest import CliRun
+from .strategies import mutated_document
 
 POLICY = '[default]\nrate = "0.25"\npurpose = "quality"\nretention = "3 days"\n'
 DAY = datetime(2026, 4, 1, 9, tzinfo=UTC)
@@ -234,13 +234,6 @@ def test_a_batch_header_claiming_another_first_entry(
 
 # -- Hypothesis: any revealed-keys document gives keys or a typed error ----------------------------
 
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 _VALID: dict[str, Any] = _FORMAT | {
     "store": "/x",
     "simulated": False,
@@ -251,37 +244,9 @@ _VALID: dict[str, Any] = _FORMAT | {
 }
 
 
-def _paths(doc: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [here]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*here, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*here, i))
-    return out
-
-
-@st.composite
-def _mutated(draw: st.DrawFn) -> Any:
+def _mutated() -> st.SearchStrategy[Any]:
     """The valid document with a few of its members replaced by any JSON, or removed."""
-    doc: Any = copy.deepcopy(_VALID)
-    for _ in range(draw(st.integers(1, 3))):
-        where = draw(st.sampled_from(_paths(doc)))
-        if not where:
-            doc = draw(_JSON)
-            continue
-        parent = doc
-        try:
-            for step in where[:-1]:
-                parent = parent[step]
-            if draw(st.booleans()) and isinstance(parent, dict):
-                parent.pop(where[-1], None)
-            else:
-                parent[where[-1]] = draw(_JSON)
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation changed the shape: try another
-    return doc
+    return mutated_document(_VALID)
 
 
 def _accept(raw: bytes | str) -> list[RevealedKey] | None:

@@ -13,7 +13,6 @@ its bytes (truncated, bad UTF-8, random bytes), as the revealed-keys file does i
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import shutil
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from sampledrec.log.verify import _load_export
 from sampledrec.sampling.policy import Policy
 
 from .conftest import CliRun
-from .test_audit_verdicts import _JSON, _paths
+from .strategies import json_values, mutated_document
 
 POLICY = (
     'rate_ceiling = "0.5"\n\n'
@@ -79,35 +78,15 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- mutations -----------------------------------------------------------------------------------
 
 _HUGE = st.sampled_from([2**64 - 1, 2**64, -(2**63) - 1, 10**400, -1, 0])
-_VALUES = _JSON | _HUGE | st.just("\ud800")  # a lone surrogate is valid JSON, not UTF-8 text
+_VALUES = json_values | _HUGE | st.just("\ud800")  # a lone surrogate is valid JSON, not UTF-8 text
 _NESTED = st.integers(50, 5000).map(lambda n: "[" * n + "]" * n)
 
 
 @st.composite
 def mutated_json(draw: st.DrawFn, valid: Any) -> str:
     """``valid`` with a few members replaced by any JSON value or removed, or deeply nested."""
-    doc: Any = copy.deepcopy(valid)
-    for _ in range(draw(st.integers(1, 3))):
-        where = draw(st.sampled_from(_paths(doc)))
-        if not where:
-            doc = draw(_VALUES)
-            continue
-        parent = doc
-        try:
-            for step in where[:-1]:
-                parent = parent[step]
-            if draw(st.booleans()) and isinstance(parent, dict):
-                parent.pop(where[-1], None)
-            elif draw(st.integers(0, 9)) == 0:
-                parent[where[-1]] = "@NESTED@"
-            else:
-                parent[where[-1]] = draw(_VALUES)
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation changed the shape: try another
-        if isinstance(parent, dict) and draw(st.integers(0, 4)) == 0:
-            parent[draw(st.text(max_size=8))] = draw(_VALUES)  # an extra key
-    text = json.dumps(doc)
-    return text.replace('"@NESTED@"', draw(_NESTED))
+    doc = draw(mutated_document(valid, _VALUES, marker="@NESTED@", extra_keys=True))
+    return json.dumps(doc).replace('"@NESTED@"', draw(_NESTED))
 
 
 @st.composite

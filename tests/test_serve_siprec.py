@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import ssl
 import struct
 import subprocess
@@ -41,7 +42,7 @@ from sampledrec.ingest.rtp import Interleaver, JitterBuffer, RtpPacket, parse_rt
 from sampledrec.log.format import T_DECISION
 from sampledrec.log.writer import iter_entries
 from sampledrec.serve import Listen, Server
-from sampledrec.serve.siprec import SiprecConfig, siprec_door
+from sampledrec.serve.siprec import SiprecConfig, _PortPool, siprec_door
 from sampledrec.vault.recorder import Vault
 
 from .recording import RECORD_REGULATED, new_store
@@ -903,30 +904,36 @@ needs_sipp = pytest.mark.skipif(
 SCENARIO = Path(__file__).parent / "sipp" / "siprec_uac.xml"
 
 
-def write_pcap(path: Path, payload: bytes, *, pt: int = 0) -> None:
-    """A libpcap file of Ethernet/IPv4/UDP/RTP packets, 20 ms apart, for play_pcap_audio."""
+def write_pcap(path: Path, *legs: bytes, pt: int = 0) -> None:
+    """A libpcap file of Ethernet/IPv4/UDP/RTP packets, 20 ms apart, for play_pcap_audio: leg
+    N goes to port 6000 + 2N, which sipp sends to the answer's first media port + 2N (the door
+    gives a call's streams consecutive even ports)."""
     out = io.BytesIO()
     out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    for n, offset in enumerate(range(0, len(payload), 160)):
-        rtp = (
-            struct.pack("!BBHII", 0x80, pt, 1000 + n, offset, 0x5EED)
-            + payload[offset : offset + 160]
-        )
-        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
-        ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0,
-            bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]),
-        ) + udp  # fmt: skip
-        frame = b"\x00" * 12 + b"\x08\x00" + ip
-        seconds, micros = divmod(n * 20_000, 1_000_000)
-        out.write(struct.pack("<IIII", seconds, micros, len(frame), len(frame)) + frame)
+    for n, offset in enumerate(range(0, len(legs[0]), 160)):
+        for leg, payload in enumerate(legs):
+            rtp = (
+                struct.pack("!BBHII", 0x80, pt, 1000 + n, offset, 0x5EED + leg)
+                + payload[offset : offset + 160]
+            )
+            port = 6000 + 2 * leg
+            udp = struct.pack("!HHHH", port, port, 8 + len(rtp), 0) + rtp
+            ip = struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n, 0, 64, 17, 0,
+                bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]),
+            ) + udp  # fmt: skip
+            frame = b"\x00" * 12 + b"\x08\x00" + ip
+            seconds, micros = divmod(n * 20_000 + leg * 50, 1_000_000)
+            out.write(struct.pack("<IIII", seconds, micros, len(frame), len(frame)) + frame)
     path.write_bytes(out.getvalue())
 
 
-def start_server(path: Path, tmp: Path, rtp: str) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    path: Path, tmp: Path, rtp: str, transport: str = "udp"
+) -> tuple[subprocess.Popen[str], int]:
     config = tmp / "serve.toml"
     config.write_text(
-        '[siprec]\nlisten = "127.0.0.1:0"\ntransports = ["udp"]\n'
+        f'[siprec]\nlisten = "127.0.0.1:0"\ntransports = ["{transport}"]\n'
         f'rtp_ports = "{rtp}"\nrtp_timeout = 20\ncaller = "participant:1"\n'
         'attributes = { queue = "header:X-Queue" }\n'
     )
@@ -1006,23 +1013,27 @@ def check_store(path: Path, tmp: Path, refs: list[str | bytes]) -> None:
 
 
 @needs_sipp
-def test_sipp_call_is_recorded_bit_exact_and_audits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_sipp_call_is_recorded_bit_exact_and_audits(tmp_path: Path, transport: str) -> None:
     path = tmp_path / "store"
     (tmp_path / "p.toml").write_text(RECORD_REGULATED)
     Store.init(path, policy=tmp_path / "p.toml", simulated=True)
-    payload = g711(random.Random(7), 50)
-    write_pcap(tmp_path / "leg.pcap", payload)
-    proc, port = start_server(path, tmp_path, "31000-31099")
+    caller, agent = g711(random.Random(7), 50), g711(random.Random(17), 50)
+    write_pcap(tmp_path / "leg.pcap", caller, agent)
+    rtp = "31000-31099" if transport == "udp" else "31100-31199"
+    proc, port = start_server(path, tmp_path, rtp, transport)
     try:
-        run_sipp(port, tmp_path, calls=1, rate=1)
+        run_sipp(
+            port, tmp_path, calls=1, rate=1, extra=("-t", "u1" if transport == "udp" else "t1")
+        )
     finally:
         err = finish(proc)
     assert '"recording_sealed"' in err
     store = Store.open(path)
     [(row, audio)] = recordings(store)
     assert not row.truncated
-    assert strip(channel(audio, 0), 0xFF) == payload
-    assert set(channel(audio, 1)) <= {0xFF}  # sipp plays one leg; the agent's stays silent
+    assert strip(channel(audio, 0), 0xFF) == caller
+    assert strip(channel(audio, 1), 0xFF) == agent
     check_store(path, tmp_path, decisions(store))
 
 
@@ -1034,8 +1045,8 @@ def test_sipp_load_run_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "store"
     (tmp_path / "p.toml").write_text(RECORD_REGULATED)
     Store.init(path, policy=tmp_path / "p.toml", simulated=True)
-    payload = g711(random.Random(8), 150)
-    write_pcap(tmp_path / "leg.pcap", payload)
+    caller, agent = g711(random.Random(8), 150), g711(random.Random(18), 150)
+    write_pcap(tmp_path / "leg.pcap", caller, agent)
     proc, port = start_server(path, tmp_path, "32000-32999")
     rss = []
     try:
@@ -1052,10 +1063,36 @@ def test_sipp_load_run_loses_nothing(tmp_path: Path) -> None:
     assert len(found) == 300 and len(set(decisions(store))) == 300
     for row, audio in found:
         assert not row.truncated, err[-2000:]
-        assert strip(channel(audio, 0), 0xFF) == payload
+        assert strip(channel(audio, 0), 0xFF) == caller
+        assert strip(channel(audio, 1), 0xFF) == agent
     check_store(path, tmp_path, decisions(store))
 
 
 def _rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s*(\d+) kB", status).group(1))  # type: ignore[union-attr]
+
+
+def test_a_calls_streams_get_consecutive_ports_while_the_range_allows() -> None:
+    low = 24000 + 2 * (os.getpid() % 2000)
+    pool = _PortPool(low, low + 15)  # 8 even ports: 4 runs of two
+    try:
+        runs = [[p for p in pool.take_run(2) if p is not None] for _ in range(4)]
+        assert runs == [[low + 4 * i, low + 4 * i + 2] for i in range(4)]
+        assert pool.take_run(2) == [None, None]  # exhausted
+        for port in runs[1] + runs[3]:
+            pool.give(port)
+        assert sorted([pool.take_run(2), pool.take_run(2)]) == sorted([runs[1], runs[3]])
+        pool.give(runs[0][1])  # one port alone: a mono call takes it, a stereo call waits
+        assert pool.take_run(2) == [runs[0][1], None]
+        # A port another program holds is skipped: the run moves on, nothing is lost.
+        for port in [p for run in runs for p in run]:
+            pool.give(port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+            squatter.bind(("127.0.0.1", low + 2))
+            first = pool.take_run(2)
+            assert low + 2 not in first and None not in first
+            assert first[1] == first[0] + 2  # type: ignore[operator]
+    finally:
+        for port in range(low, low + 16, 2):
+            pool.give(port)

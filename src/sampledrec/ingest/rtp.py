@@ -20,6 +20,7 @@ Only the standard library and :mod:`sampledrec.errors` are imported.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -165,6 +166,44 @@ class JitterBuffer:
         while len(self._held) > self.window:
             self._skip_to_oldest(out)
             self._release(out)
+        return bytes(out)
+
+    def feed(self, datagrams: Iterable[bytes]) -> bytes:
+        """:meth:`push` for datagrams as they come off the socket (each read as
+        :func:`parse_rtp` reads it; what is not RTP is skipped): the audio now in order.
+
+        The common case (a plain header, the next packet in order, nothing held) is read here
+        without building an :class:`RtpPacket`; the result is the same as ``push`` would give.
+
+        >>> jb = JitterBuffer(0, "PCMU", window=1)  # a stream's first packet waits for one more
+        >>> def rtp(seq, ts, payload):
+        ...     return bytes([0x80, 0, 0, seq, 0, 0, 0, ts, 0, 0, 0, 9]) + payload
+        >>> jb.feed([rtp(1, 0, b"ab"), b"junk", rtp(2, 2, b"cd")])
+        b'abcd'
+        """
+        out = bytearray()
+        unpack = _HEADER.unpack_from
+        for data in datagrams:
+            if len(data) > 12:
+                first, second, sequence, timestamp, ssrc = unpack(data)
+                if (
+                    first == 0x80  # version 2, no padding, no extension, no CSRC
+                    and second & 0x7F == self.payload_type
+                    and ssrc == self._ssrc
+                    and sequence == self._next_seq
+                    and not self._held
+                ):
+                    gap = (timestamp - self._next_ts) & 0xFFFFFFFF
+                    if 0 < gap <= MAX_GAP:
+                        out += bytes([self.silence]) * gap
+                    out += memoryview(data)[12:]
+                    self.received += 1
+                    self._next_seq = (sequence + 1) & 0xFFFF
+                    self._next_ts = (timestamp + len(data) - 12) & 0xFFFFFFFF
+                    continue
+            packet = parse_rtp(data)
+            if packet is not None:
+                out += self.push(packet)
         return bytes(out)
 
     def flush(self) -> bytes:

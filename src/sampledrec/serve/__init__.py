@@ -4,14 +4,17 @@ The package owns the server process (:class:`Server`: lifecycle, signals, gracef
 its front doors share (:class:`Services`), how a kind of door is configured and added
 (:class:`DoorKind`, :data:`DOOR_KINDS`, :class:`ServerConfig`), the registry of open
 recordings that pause and resume act on (:class:`OpenRecordings`), the metrics, the structured
-log, and the HTTP door with the decision service (:mod:`.http`). The protocol parsers of the
-telephony doors are sans-I/O state machines in :mod:`sampledrec.ingest`; their asyncio shells
-are doors here. Needs the ``serve`` extra (aiohttp): ``pip install 'sampledrec[serve]'``.
+log, and the front doors: HTTP with the decision service (:mod:`.http`), SIPREC for SBCs
+(:mod:`.siprec`), AudioSocket for Asterisk (:mod:`.audiosocket`) and WebSocket media streams
+for cloud platforms and FreeSWITCH (:mod:`.streams`). The protocol parsers of the telephony
+doors are sans-I/O state machines in :mod:`sampledrec.ingest`; their asyncio shells are doors
+here. Needs the ``serve`` extra (aiohttp): ``pip install 'sampledrec[serve]'``.
 
-Layout: ``server`` over ``config`` over ``http`` over ``doors`` over ``decisions``,
-``recordings``, ``metrics`` and ``events``.
+Layout: ``server`` over ``config`` over the doors (``http``, ``siprec``, ``audiosocket``,
+``streams``) over ``doors`` over ``decisions``, ``recordings``, ``metrics`` and ``events``.
 """
 
+from .audiosocket import AUDIOSOCKET, AudioSocketConfig, audiosocket_door
 from .config import DOOR_KINDS, ServerConfig
 from .decisions import Answer, Decider, DecisionRequest, parse_decision_request
 from .doors import Door, DoorKind, Listen, Ready, Services
@@ -19,10 +22,16 @@ from .http import HttpConfig, build_app, http_door
 from .metrics import Metrics
 from .recordings import OpenRecording, OpenRecordings, PauseState
 from .server import Server
+from .siprec import SIPREC, SiprecConfig, siprec_door
+from .streams import STREAMS, StreamsConfig, streams_door
 
 __all__ = [
+    "AUDIOSOCKET",
     "DOOR_KINDS",
+    "SIPREC",
+    "STREAMS",
     "Answer",
+    "AudioSocketConfig",
     "Decider",
     "DecisionRequest",
     "Door",
@@ -37,7 +46,12 @@ __all__ = [
     "Server",
     "ServerConfig",
     "Services",
+    "SiprecConfig",
+    "StreamsConfig",
+    "audiosocket_door",
     "build_app",
     "http_door",
     "parse_decision_request",
+    "siprec_door",
+    "streams_door",
 ]

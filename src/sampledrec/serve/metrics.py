@@ -183,6 +183,13 @@ class Metrics:
             ("door",),
             lock,
         )
+        self.packets_received = self._counter(
+            "sampledrec_packets_received_total",
+            "Media packets received on recorded streams (in order, late or repeated), by front "
+            "door.",
+            ("door",),
+            lock,
+        )
         self.packets_lost = self._counter(
             "sampledrec_packets_lost_total",
             "Media packets missing from a recorded stream (recorded as silence), by front door.",

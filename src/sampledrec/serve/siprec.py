@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import selectors
 import socket
 import ssl
 import time
@@ -78,7 +79,7 @@ from typing import Any, Final, Literal
 
 from ..errors import InvalidArgument, InvalidSipMessage, SampledrecError, ServerStopping
 from ..ingest.metadata import Participant, RecordingMetadata
-from ..ingest.rtp import Interleaver, JitterBuffer, parse_rtp
+from ..ingest.rtp import Interleaver, JitterBuffer
 from ..ingest.sdp import AnsweredMedia, SessionDescription, build_answer
 from ..ingest.sip import (
     Headers,
@@ -96,6 +97,7 @@ from ..vault.recorder import Recorder, Vault
 from .decisions import DecisionRequest
 from .doors import Door, DoorKind, Listen, Ready, Services
 from .events import event
+from .metrics import Metrics
 
 __all__ = ["SIPREC", "SiprecConfig", "siprec_door"]
 
@@ -406,31 +408,57 @@ def _normalized(number: str | None) -> str | None:
 
 class _PortPool:
     """Even ports of the configured range, handed out bound (a port that another program
-    holds is skipped, and tried again later), and taken back."""
+    holds is skipped, and tried again later), and taken back.
+
+    A call's streams get consecutive even ports when the range allows (``P``, ``P + 2``): what
+    an SBC's trace or a firewall rule reads most easily, and what tools that replay a capture
+    (sipp's ``play_pcap_audio``) assume.
+    """
 
     def __init__(self, low: int, high: int, address: str = "127.0.0.1") -> None:
-        first = low + (low % 2)
-        self._free = list(range(first, high + 1, 2))
+        first = self._first = low + (low % 2)
+        self._free: dict[int, None] = dict.fromkeys(range(first, high + 1, 2))  # in order
         self._address = address
         self._bound: dict[int, socket.socket] = {}
 
+    def take_run(self, count: int) -> list[int | None]:
+        """``count`` ports, consecutive when possible; ``None`` for each one not available."""
+        if count > 1:
+            # Runs that start on a multiple of 2 * count from the range's start first: the
+            # range then stays cut in whole runs, and one always fits while a run is free.
+            free = sorted(self._free, key=lambda p: (p - self._first) % (2 * count) != 0)
+            for port in free:
+                run = [port + 2 * i for i in range(count)]
+                if all(p in self._free for p in run[1:]):
+                    bound = [p for p in run if self._bind(p)]
+                    if len(bound) == count:
+                        return list(run)
+                    for p in bound:
+                        self.give(p)
+                    break  # a port of the range is held elsewhere: take them one by one
+        return [self.take() for _ in range(count)]
+
     def take(self) -> int | None:
-        for _ in range(len(self._free)):
-            port = self._free.pop(0)
-            sock = socket.socket(
-                socket.AF_INET6 if ":" in self._address else socket.AF_INET, socket.SOCK_DGRAM
-            )
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RTP_RCVBUF)
-                sock.bind((self._address, port))
-            except OSError:
-                sock.close()
-                self._free.append(port)  # in use elsewhere for now: try it again later
-                continue
-            sock.setblocking(False)
-            self._bound[port] = sock
-            return port
+        for port in list(self._free):
+            if self._bind(port):
+                return port
         return None
+
+    def _bind(self, port: int) -> bool:
+        del self._free[port]
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in self._address else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RTP_RCVBUF)
+            sock.bind((self._address, port))
+        except OSError:
+            sock.close()
+            self._free[port] = None  # in use elsewhere for now: try it again later
+            return False
+        sock.setblocking(False)
+        self._bound[port] = sock
+        return True
 
     def socket_of(self, port: int) -> socket.socket | None:
         """The bound socket of a port handed out (once: the endpoint then owns it)."""
@@ -440,18 +468,104 @@ class _PortPool:
         sock = self._bound.pop(port, None)
         if sock is not None:
             sock.close()
-        self._free.append(port)
+        self._free[port] = None
 
 
 _RTP_RCVBUF: Final = 256 * 1024  # a burst of a few hundred packets waits here, not dropped
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, leg: _Leg) -> None:
-        self.leg = leg
+_TICK: Final = 0.05  # seconds between two reads of the RTP sockets
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.leg.received(data)
+
+class _MediaPump:
+    """Reads the RTP of every recorded leg in batches, one tick every 50 ms.
+
+    The sockets are not registered with the event loop: a packet arrives every 20 ms on each
+    leg, and waking the loop for each one costs more than the packet's own work. Each tick asks
+    the kernel which sockets have data (one ``epoll`` call), reads them dry, hands each leg its
+    datagrams, and lets each call touched interleave and write what all its legs reached.
+    Packets wait at most a tick in the socket's buffer (256 KiB: seconds of audio); a pause,
+    a resume and the end of a call read the call's sockets first.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._legs: dict[int, _Leg] = {}
+        self._metrics = metrics
+
+    def add(self, leg: _Leg, sock: socket.socket) -> None:
+        leg.sock = sock
+        self._legs[sock.fileno()] = leg
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def remove(self, leg: _Leg) -> None:
+        """Read what is left on the leg's socket (the last packets before a BYE), then close
+        it."""
+        sock = leg.sock
+        if sock is None:
+            return
+        self._legs.pop(sock.fileno(), None)
+        self._selector.unregister(sock)
+        self._count(*leg.received(_drain(sock), time.monotonic()))
+        leg.sock = None
+        sock.close()
+
+    def catch_up(self, call: _Call) -> None:
+        """Read what is waiting on a call's sockets now (before it pauses or resumes, so that
+        the audio lands on the right side of the pause)."""
+        now = time.monotonic()
+        for leg in call.legs:
+            if leg.sock is not None:
+                self._count(*leg.received(_drain(leg.sock), now))
+
+    def _count(self, packets: int, lost: int) -> None:
+        if packets:
+            self._metrics.packets_received.inc(_DOOR, by=packets)
+        if lost:
+            self._metrics.packets_lost.inc(_DOOR, by=lost)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await asyncio.sleep(_TICK)
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        calls: dict[int, _Call] = {}
+        legs = self._legs
+        packets = lost = 0
+        for key, _ in self._selector.select(0):
+            leg = legs.get(key.fd)
+            if leg is None or leg.sock is None:
+                continue
+            got, missing = leg.received(_drain(leg.sock), now)
+            packets += got
+            lost += missing
+            calls[id(leg.call)] = leg.call
+        self._count(packets, lost)
+        for call in calls.values():
+            call.advance()
+
+    def close(self) -> None:
+        for leg in list(self._legs.values()):
+            if leg.sock is not None:
+                leg.sock.close()
+                leg.sock = None
+        self._legs.clear()
+        self._selector.close()
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram waiting on ``sock`` (a non-blocking socket)."""
+    datagrams: list[bytes] = []
+    recv = sock.recv
+    try:
+        while True:
+            datagrams.append(recv(2048))
+    except BlockingIOError:
+        pass
+    except OSError:  # an ICMP error reported on the socket: the packets read so far stand
+        pass
+    return datagrams
 
 
 class _Leg:
@@ -464,20 +578,23 @@ class _Leg:
         self.port = media.port
         self.encoding = media.encoding
         self.buffer = JitterBuffer(media.payload_type, media.encoding, window=window)
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
         self.started = False
 
-    def received(self, data: bytes) -> None:
-        packet = parse_rtp(data)
-        if packet is None:
-            return
-        self.call.last_rtp = time.monotonic()
-        lost = self.buffer.lost
-        audio = self.buffer.push(packet)
-        if self.buffer.lost != lost:
-            self.call.door.services.metrics.packets_lost.inc(_DOOR, by=self.buffer.lost - lost)
+    def received(self, datagrams: list[bytes], now: float) -> tuple[int, int]:
+        """Take the datagrams read from the leg's socket; the RTP packets among them, and
+        the packets found lost."""
+        if not datagrams:
+            return 0, 0
+        buffer = self.buffer
+        lost, count = buffer.lost, buffer.received + buffer.late
+        audio = buffer.feed(datagrams)
+        packets = buffer.received + buffer.late - count
+        if packets:  # RTP, not only strays
+            self.call.last_rtp = now
         if audio:
-            self.call.audio(self, audio)
+            self.call.audio(self, audio, now)
+        return packets, buffer.lost - lost
 
 
 class _Call:
@@ -504,6 +621,7 @@ class _Call:
     async def pause(self, *, by: str) -> bool:
         if self._paused or self.closed:
             return False
+        self.door.pump.catch_up(self)
         self._write(final=False)
         self.recorder.pause()
         self._paused = True
@@ -513,22 +631,28 @@ class _Call:
     async def resume(self, *, by: str) -> bool:
         if not self._paused or self.closed:
             return False
+        self.door.pump.catch_up(self)
         self._write(final=False)
         self.recorder.resume()
         self._paused = False
         event("call_resumed", door=_DOOR, by=by)
         return True
 
-    def audio(self, leg: _Leg, data: bytes) -> None:
+    def audio(self, leg: _Leg, data: bytes, now: float) -> None:
+        """Add a leg's audio in order; :meth:`advance` interleaves it."""
         if self.closed or self.interleaver is None:
             return
-        now = time.monotonic()
         if self.media_start is None:
             self.media_start = now
         if not leg.started:
             leg.started = True
             self.interleaver.pad_to(leg.channel, round((now - self.media_start) * 8000))
         self.interleaver.add(leg.channel, data)
+
+    def advance(self) -> None:
+        """Interleave what every leg reached; write once a second's worth is gathered."""
+        if self.closed or self.interleaver is None:
+            return
         self._pending += self.interleaver.take()
         if len(self._pending) >= _WRITE_BYTES:
             self._flush()
@@ -555,11 +679,11 @@ class _Call:
     async def close(self, *, truncated: bool, why: str) -> None:
         if self.closed:
             return
+        for leg in self.legs:
+            self.door.pump.remove(leg)  # the packets still in the socket first
         self._write(final=True)
         self.closed = True
         for leg in self.legs:
-            if leg.transport is not None:
-                leg.transport.close()
             self.door.ports.give(leg.port)
         self.door.services.recordings.close(self.call_ref)
         lost = sum(leg.buffer.lost for leg in self.legs)
@@ -611,6 +735,7 @@ class _SiprecDoor:
         self.config = config
         self.services = services
         self.ports = _PortPool(*config.rtp_ports, address=config.media_address)
+        self.pump = _MediaPump(services.metrics)
         self.vault = Vault(services.store, services.log)
         self.transactions: dict[tuple[str, str], _Transaction] = {}
         self.dialogs: dict[str, _Dialog] = {}
@@ -854,39 +979,27 @@ class _SiprecDoor:
         call.convert = convert
         silence = [0xFF if m.encoding == "PCMU" else 0xD5 for _, m in legs_media]
         call.interleaver = Interleaver(silence)
-        loop = asyncio.get_running_loop()
         for channel, (_, media) in enumerate(legs_media):
-            leg = _Leg(call, channel, media, self.config.jitter_packets)
-            call.legs.append(leg)
-        try:
-            for leg in call.legs:
-                sock = self.ports.socket_of(leg.port)
-                if sock is not None:
-                    leg.transport, _ = await loop.create_datagram_endpoint(
-                        lambda leg=leg: _RtpProtocol(leg),  # type: ignore[misc]
-                        sock=sock,
-                    )
-                else:
-                    leg.transport, _ = await loop.create_datagram_endpoint(
-                        lambda leg=leg: _RtpProtocol(leg),  # type: ignore[misc]
-                        local_addr=(self.config.media_address, leg.port),
-                    )
-        except OSError as exc:
-            event("rtp_bind_failed", level=logging.ERROR, door=_DOOR, exc=exc)
-            failed = True
-        else:
-            failed = False
-        if failed or transaction.was_cancelled():
+            call.legs.append(_Leg(call, channel, media, self.config.jitter_packets))
+        sockets = [self.ports.socket_of(leg.port) for leg in call.legs]
+        if None in sockets or transaction.was_cancelled():
+            failed = None in sockets
             why = "no RTP port" if failed else "the recording client cancelled the call"
+            for sock in sockets:
+                if sock is not None:
+                    sock.close()
             await asyncio.to_thread(recorder.abort, why)
-            for leg in call.legs:
-                if leg.transport is not None:
-                    leg.transport.close()
             self._release_ports(dialog)
             self.dialogs.pop(dialog.call_id, None)
-            if failed and not transaction.was_cancelled():
-                self._final(transaction, reply, build_response(request, 503, to_tag=dialog.to_tag))
+            if failed:
+                event("rtp_bind_failed", level=logging.ERROR, door=_DOOR)
+                if not transaction.was_cancelled():
+                    response = build_response(request, 503, to_tag=dialog.to_tag)
+                    self._final(transaction, reply, response)
             return
+        for leg, sock in zip(call.legs, sockets, strict=True):
+            assert sock is not None
+            self.pump.add(leg, sock)
         dialog.call = call
         services.recordings.open(call.call_ref, call, door=_DOOR)
         services.metrics.calls_recorded.inc(_DOOR)
@@ -904,10 +1017,12 @@ class _SiprecDoor:
             await call.pause(by="reinvite")
 
     def _choose_ports(self, legs: Legs, count: int) -> list[int | None]:
-        """A port for each stream of ``legs``, None for the other ``m=`` lines."""
+        """Ports for the streams of ``legs``, consecutive even ones in the legs' order (the
+        caller's first), None for the other ``m=`` lines."""
         ports: list[int | None] = [None] * count
-        for index in legs.streams:
-            ports[index] = self.ports.take()
+        taken = self.ports.take_run(len(legs.streams))
+        for index, port in zip(legs.streams, taken, strict=True):
+            ports[index] = port
         return ports
 
     def _release_ports(self, dialog: _Dialog) -> None:
@@ -1326,8 +1441,10 @@ def siprec_door(config: SiprecConfig) -> Door:
             )
             ready(address)
             keeper = loop.create_task(door.housekeeping())
+            pump = loop.create_task(door.pump.run(services.stopping))
             await services.stopping.wait()
             keeper.cancel()
+            await pump
         finally:
             for close in closers:
                 close()
@@ -1335,6 +1452,7 @@ def siprec_door(config: SiprecConfig) -> Door:
                 task.cancel()
             await asyncio.gather(*door.tasks, return_exceptions=True)
             await door.seal_all()
+            door.pump.close()
             if door.finishing:
                 await asyncio.wait(door.finishing, timeout=services.shutdown_grace)
             door.vault.close()
