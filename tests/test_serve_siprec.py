@@ -137,6 +137,7 @@ class Call:
     codecs: tuple[int, int] = (0, 0)
     swapped: bool = False  # the caller (participant 1) sends the second m-line's stream
     scheme: str = "sip"  # "sips": the Request-URI asks for TLS end to end
+    direction: str = "sendonly"  # of the INVITE's streams
 
 
 def sdp(call: Call, direction: str = "sendonly") -> bytes:
@@ -213,7 +214,7 @@ def invite(call: Call, port: int, *, transport: str = "UDP", branch: str | None 
     boundary = "OSS-unique-boundary-42"
     body = (
         f"--{boundary}\r\nContent-Type: application/sdp\r\n\r\n".encode()
-        + sdp(call)
+        + sdp(call, call.direction)
         + f"\r\n--{boundary}\r\nContent-Type: application/rs-metadata+xml\r\n"
         "Content-Disposition: recording-session\r\n\r\n".encode()
         + metadata(call)
@@ -603,6 +604,40 @@ def test_reinvite_inactive_pauses_and_sendonly_resumes(store: Store) -> None:
     asyncio.run(scenario())
     [(row, audio)] = recordings(store)
     assert row.pauses and strip(channel(audio, 0), 0xFF) == b"\x30" * 320
+
+
+def test_an_offer_that_starts_inactive_is_recorded_paused_until_the_streams_start(
+    store: Store,
+) -> None:
+    """Some SBCs fork a call before its media flows (a=inactive): the call is decided and its
+    recording opened paused; no RTP is then expected (no timeout); a re-INVITE that starts the
+    streams resumes it."""
+    call = Call(direction="inactive")
+
+    async def scenario() -> None:
+        async with serving(store, rtp_timeout=0.3) as (server, port):
+            client = Client()
+            await client.connect(port, "UDP")
+            answer = await client.start(call)
+            assert answer.status == 200 and answer.body.count(b"a=inactive") == 2
+            recording = server.recordings._find(call.session)[1]
+            assert recording.paused
+            await asyncio.sleep(0.8)  # beyond rtp_timeout: a paused call is not timed out
+            assert call.session in server.recordings
+            call.cseq += 1
+            body = sdp(call, "sendonly")
+            client.send(request("INVITE", call, port, body=body, content_type="application/sdp"))
+            again = await client.expect(200)
+            assert again.ports == answer.ports and again.body.count(b"a=recvonly") == 2
+            client.send(request("ACK", call, port))
+            assert not recording.paused
+            await send_rtp(answer.ports[0], rtp_packets(b"\x31" * 480, 0, 5))
+            await client.bye(call)
+            await client.close()
+
+    asyncio.run(scenario())
+    [(row, audio)] = recordings(store)
+    assert not row.truncated and strip(channel(audio, 0), 0xFF) == b"\x31" * 480
 
 
 def test_update_pauses_and_resumes_info_is_ignored_metadata_updates_are_taken(
