@@ -101,7 +101,8 @@ def post(url: str, data: bytes, timeout: float = 10.0) -> tuple[int, str, bytes]
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.headers.get("Content-Type", ""), resp.read()
     except urllib.error.HTTPError as err:
-        return err.code, err.headers.get("Content-Type", ""), err.read()
+        with err:
+            return err.code, err.headers.get("Content-Type", ""), err.read()
 
 
 def cosignature_time(line: str, name: str, public: bytes, checkpoint: bytes) -> int | None:

@@ -354,7 +354,9 @@ class Witnessing:
         self._closing = False
         self._peers = [_Peer(w) for w in settings.witnesses]
         for peer in self._peers:
-            peer.size = max(0, _last_cosigned_size(self.folder / peer.endpoint.name))
+            # Where the last process left it (a guess: a 409 corrects it).
+            peer.cosigned_size = _last_cosigned_size(self.folder / peer.endpoint.name)
+            peer.size = max(0, peer.cosigned_size)
         self._thread = threading.Thread(target=self._run, name="sampledrec-witness", daemon=True)
         self._thread.start()
 
