@@ -362,3 +362,13 @@ def test_audit_verify_with_witnesses_on_the_command_line(case: Path, dpo: str) -
     bad += [str(case / "revealed.json"), "--witness", "dpo=not-a-key"]
     assert main(bad, out=io.StringIO()) == 2
     assert main([*argv[:-3], "--quorum", "2"], out=io.StringIO()) == 2
+
+
+def test_audit_report_shows_the_witnesses_check(case: Path, dpo: str) -> None:
+    out = case / "report.html"
+    argv = ["audit", "report", "--store", str(case / "store"), "--revealed-keys"]
+    argv += [str(case / "revealed.json"), "--witness", dpo, "--out", str(out)]
+    main(argv, out=io.StringIO())
+    assert "<td>witnesses</td>" in out.read_text()
+    no_keys = ["audit", "report", "--store", str(case / "store"), "--witness", dpo]
+    assert main([*no_keys, "--out", str(case / "r2.html")], out=io.StringIO()) == 2
