@@ -620,8 +620,7 @@ def test_an_offer_that_starts_inactive_is_recorded_paused_until_the_streams_star
             await client.connect(port, "UDP")
             answer = await client.start(call)
             assert answer.status == 200 and answer.body.count(b"a=inactive") == 2
-            recording = server.recordings._find(call.session)[1]
-            assert recording.paused
+            assert server.recordings._find(call.session)[1].paused
             await asyncio.sleep(0.8)  # beyond rtp_timeout: a paused call is not timed out
             assert call.session in server.recordings
             call.cseq += 1
@@ -630,7 +629,7 @@ def test_an_offer_that_starts_inactive_is_recorded_paused_until_the_streams_star
             again = await client.expect(200)
             assert again.ports == answer.ports and again.body.count(b"a=recvonly") == 2
             client.send(request("ACK", call, port))
-            assert not recording.paused
+            assert not server.recordings._find(call.session)[1].paused
             await send_rtp(answer.ports[0], rtp_packets(b"\x31" * 480, 0, 5))
             await client.bye(call)
             await client.close()

@@ -26,12 +26,16 @@ recordings, with no server.
       caps.sqlite       the per-agent caps ledger
       decided.sqlite    the decided-calls index: each call's first decision in the recent
                         epochs, so that deciding again answers the same in every process
+      cosigned/         checkpoints cosigned by the store's witnesses, per witness and UTC
+                        day (sampledrec.witness.client), when store.json names witnesses
       lock              the store's lock file (fcntl), outside every covered folder
 
-``store.json``'s ``backends`` names each storage backend and its settings; :meth:`Store.open`
-builds them, and nothing else in the library joins a path inside the store by hand (the
-decision log is not named there: each store keeps its own on local disk, and
-:attr:`Store.log_storage` is the one place that builds its storage)::
+``store.json``'s ``witnesses`` (optional) names the witnesses that cosign the log's checkpoints
+and the quorum (:class:`~sampledrec.witness.WitnessSettings`). Its ``backends`` names each
+storage backend and its settings; :meth:`Store.open` builds them, and nothing else in the
+library joins a path inside the store by hand (the decision log is not named there: each store
+keeps its own on local disk, and :attr:`Store.log_storage` is the one place that builds its
+storage)::
 
     "backends": {
       "catalog":  {"kind": "sqlite", "path": "catalog.sqlite"},
@@ -96,6 +100,7 @@ from .sampling.record import REASONS
 from .sampling.sampler import Sampler, cap_call_name
 from .vault.blobs import BlobStore, LocalBlobStore
 from .vault.catalog import Catalog, SqliteCatalog
+from .witness.client import COSIGNED_DIR, Witnessing, WitnessSettings
 
 __all__ = ["Store"]
 
@@ -414,8 +419,10 @@ class Store:
         return vkey(self.origin, self.public_key)
 
     def open_log(self, *, clock: Clock = SYSTEM_CLOCK, **kw: Any) -> DecisionLog:
-        """Open the decision log for appending (recovering from a crash if needed)."""
-        return DecisionLog.open(
+        """Open the decision log for appending (recovering from a crash if needed). When
+        ``store.json`` names witnesses, the log asks them to cosign its checkpoints in the
+        background (:class:`~sampledrec.witness.Witnessing`) until it is closed."""
+        log = DecisionLog.open(
             self.log_storage,
             self.keyring,
             origin=self.origin,
@@ -423,6 +430,36 @@ class Store:
             clock=clock,
             **kw,
         )
+        settings = self.witnesses
+        if settings is not None:
+            log.add_listener(
+                Witnessing(
+                    log.storage,
+                    settings,
+                    self.path / COSIGNED_DIR,
+                    latest=log.latest_checkpoint(),
+                )
+            )
+        return log
+
+    @property
+    def witnesses(self) -> WitnessSettings | None:
+        """The witnesses that cosign the log's checkpoints (``store.json``), or ``None``."""
+        raw = self._meta.get("witnesses")
+        return None if raw is None else WitnessSettings.from_json(raw)
+
+    def configure_witnesses(self, settings: WitnessSettings | None) -> None:
+        """Name the witnesses in ``store.json`` (``None``: none); the next log opened uses them."""
+        with self.lock():
+            meta = json.loads((self.path / "store.json").read_text(encoding="utf-8"))
+            if settings is None:
+                meta.pop("witnesses", None)
+            else:
+                meta["witnesses"] = settings.to_json()
+            write_atomic(
+                self.path / "store.json", json.dumps(meta, indent=2).encode() + b"\n", replace=True
+            )
+            self._meta = meta
 
     def repair_log(
         self, reason: str, *, principal: str | None = None, clock: Clock = SYSTEM_CLOCK
@@ -970,6 +1007,11 @@ def _check_meta(meta: dict[str, Any], where: Path) -> None:
             raise StoreError(
                 f"{where}: '{name}' holds a NUL or an unencodable character (UTF-8 text only)"
             )
+    if meta.get("witnesses") is not None:
+        try:
+            WitnessSettings.from_json(meta["witnesses"])
+        except InvalidArgument as exc:
+            raise StoreError(f"{where}: {exc}") from None
     origin = meta["origin"]
     if not origin.strip() or any(c in origin for c in "\r\n\t") or len(origin) > 256:
         # It is the first line of every signed checkpoint note (C2SP): one short line.

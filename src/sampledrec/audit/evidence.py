@@ -9,7 +9,8 @@
 - the catalog's rows and holds (:class:`CatalogView`), files (:class:`Files`) and keys
   (:class:`Keys`): read live from a store, or as the kit describes them;
 - ``period``: the days a kit covers (its ``--from``/``--to``), outside which nothing is due;
-- ``objections``: the objection list as it stands, which the log's changes must replay.
+- ``objections``: the objection list as it stands, which the log's changes must replay;
+- ``cosigned``: the folder of the checkpoints that witnesses cosigned.
 
 :func:`store_evidence` builds it from a store (the operator's own audit, with its keyring and
 key store); :func:`sampledrec.audit.kit.open_kit` from a kit (an outsider's, without a private
@@ -22,6 +23,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from ..errors import SampledrecError
@@ -176,6 +178,8 @@ class Evidence:
     notes: list[str] = field(default_factory=list)
     # The objection list as it stands (pseudonyms, hex); None: not given.
     objections: Callable[[], frozenset[str]] | None = None
+    # The folder of the checkpoints that witnesses cosigned (STORE/cosigned, KIT/cosigned).
+    cosigned: Path | None = None
 
 
 def store_evidence(store: Any, keyring: Any | None = None) -> Evidence:
@@ -198,4 +202,5 @@ def store_evidence(store: Any, keyring: Any | None = None) -> Evidence:
         files=StoreFiles(store.blobs),
         keys=StoreKeys(store.keystore),
         objections=store.objection_pseudonyms,
+        cosigned=store.path / "cosigned",
     )

@@ -36,6 +36,7 @@ __all__ = [
     "CHECKS",
     "CORE_CHECKS",
     "MAX_LISTED",
+    "OPTIONAL_CHECKS",
     "STAT_ALPHA",
     "AuditFinding",
     "AuditReport",
@@ -52,6 +53,9 @@ CHECKS: Final = (
     "cdr",
     "statistics",
 )
+#: Checks that run only when asked for (``witnesses``: with ``--witness``); a report lists them
+#: after :data:`CHECKS` when they ran.
+OPTIONAL_CHECKS: Final = ("witnesses",)
 #: The checks without which an audit proves nothing: SKIPPING one of them while the log holds
 #: what it is about makes the audit INCOMPLETE.
 CORE_CHECKS: Final = ("log", "keys", "decisions")
@@ -132,6 +136,13 @@ class AuditReport(CheckedReport):
     skipped: dict[str, str] = field(default_factory=dict)
     #: the core checks that had something to check (a SKIPPED one makes the audit INCOMPLETE)
     expected: dict[str, str] = field(default_factory=dict)
+    #: per witness named (the ``witnesses`` check), how much of the log it covered
+    witness_coverage: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        """The checks this report covers: :data:`CHECKS`, then the optional ones that ran."""
+        return CHECKS + tuple(c for c in OPTIONAL_CHECKS if c in self.ran)
 
     def status(self, check: str) -> str:
         if self.failed(check):
@@ -198,19 +209,19 @@ class AuditReport(CheckedReport):
             "store": self.store,
             "at": self.at.isoformat(),
             "simulated": self.simulated,
-            "checks": {c: self.status(c) for c in CHECKS},
-            "results": {c: self.result(c) for c in CHECKS},
+            "checks": {c: self.status(c) for c in self.checks},
+            "results": {c: self.result(c) for c in self.checks},
             "counts": dict(self.counts),
             "statistics": {"alpha_holm": STAT_ALPHA, "groups": [g.to_json() for g in self.groups]},
             "findings": [f.to_json() for f in self.findings],
             "notes": self.notes,
-        }
+        } | ({"witnesses": self.witness_coverage} if "witnesses" in self.ran else {})
 
     def to_text(self) -> str:
         lines = [f"audit of {self.store} at {self.at.isoformat()}"]
         if self.simulated:
             lines[0] += " [SIMULATED store]"
-        for c in CHECKS:
+        for c in self.checks:
             status = self.status(c)
             what = ", ".join(
                 f"{v:,} {k.replace('_', ' ')}" for k, v in self.checked.get(c, {}).items()
@@ -218,6 +229,13 @@ class AuditReport(CheckedReport):
             if status == "SKIPPED":
                 what = f"{self.why(c)}" + (f" ({what})" if what else "")
             lines.append(f"  {c:<12} {status:<8} {what}".rstrip())
+        for cov in self.witness_coverage:
+            gap = cov["longest_uncovered"] or {"entries": 0}
+            lines.append(
+                f"    witness {cov['witness']}: covers {cov['covered_entries']:,} entries "
+                f"({cov['covered_fraction']:.1%}) with {cov['cosigned_checkpoints']:,} cosigned "
+                f"checkpoints; longest uncovered stretch {gap['entries']:,} entries"
+            )
         for f in self.findings:
             where = ", ".join(
                 x

@@ -15,6 +15,8 @@
                           the blob store with its SHA-256 and size
     key-inventory.json    which sealing keys and bucket/hold keys exist when the kit is made
     objections.json       the objection list as it stands (keyed pseudonyms)
+    cosigned/<witness>/<YYYY-MM-DD>.notes
+                          the checkpoints the store's witnesses cosigned, if it has witnesses
 
 :func:`open_kit` reads one back as :class:`~sampledrec.audit.evidence.Evidence`, refusing
 (:class:`~sampledrec.errors.StoreError`, exit 3) a kit that is incomplete, damaged or of
@@ -146,6 +148,15 @@ def write_kit(
     def put_json(name: str, doc: Any) -> None:
         put(name, json.dumps(doc, indent=1, ensure_ascii=False).encode() + b"\n")
 
+    # The checkpoints witnesses cosigned, read before the log: each covers a prefix of the log
+    # as it was then, so of the copy too (read after, one could cover more than the copy).
+    cosigned_dir = store.path / "cosigned"
+    cosigned = [
+        (path.relative_to(store.path).as_posix(), path.read_bytes())
+        for path in (sorted(cosigned_dir.rglob("*.notes")) if cosigned_dir.is_dir() else [])
+        if path.is_file()
+    ]
+
     # The objection list's pending change finished, an old store's list migrated (logged).
     store.objections(clock=FixedClock(min(now, SYSTEM_CLOCK.now())))
     # The log, copied under its lock so that no batch is half-written in the copy, and the
@@ -161,6 +172,8 @@ def write_kit(
         put(f"log/{segment_name(first)}", data)
         log_size += len(data)
     put("log/checkpoints", checkpoints)
+    for name, data in cosigned:
+        put(name, data)
     put("verifier-key.txt", (store.vkey + "\n").encode())
     put_json(
         "revealed-keys.json",
@@ -525,6 +538,7 @@ def open_kit(
         kit=True,
         notes=notes,
         objections=lambda: objections,
+        cosigned=root / "cosigned",
     )
     if origin != manifest.get("origin"):
         ev.notes.append(
@@ -721,10 +735,14 @@ def audit_kit(
     cdr: str | os.PathLike[str] | None = None,
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int | None = None,
+    cosigned: Sequence[str | os.PathLike[str]] = (),
 ) -> AuditReport:
     """Audit from an auditor's kit alone: no keyring, no private key, the recordings' files
     (with ``recordings``) read-only. ``revealed_keys`` replaces the kit's own file (keys
-    revealed later)."""
+    revealed later). ``witnesses`` (``NAME=VKEY``), ``quorum`` and ``cosigned`` (more
+    cosigned-checkpoint files) check the log against what those witnesses cosigned."""
     from .revealed import read_revealed_keys
     from .verify import audit_evidence
 
@@ -738,6 +756,9 @@ def audit_kit(
         cdr=Path(cdr) if cdr is not None else None,
         progress=progress,
         now=now,
+        witnesses=witnesses,
+        quorum=quorum,
+        cosigned=[Path(p) for p in cosigned],
     )
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +84,7 @@ from .rules import check_cap_reached, check_rules
 from .rules import compact as _compact
 from .stats import binom_cdf, binom_sf, binom_test, clopper_pearson, holm
 from .timeline import MAX_TIME_US, LoggedPolicy, check_time, epoch_day
+from .witness import trusted_witnesses, witness_hook
 
 __all__ = [
     "CHECKS",
@@ -119,6 +120,9 @@ def audit_verify(
     keyring: Any | None = None,
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int | None = None,
+    cosigned: Sequence[str | Path] = (),
 ) -> AuditReport:
     """Audit a store as its operator holds it; raises :class:`StoreError` /
     :class:`InvalidArgument` when it cannot run (the store is missing, the revealed-keys file
@@ -126,8 +130,10 @@ def audit_verify(
 
     ``keyring`` opens the log's sealed call references (default: the store's own keyring);
     ``now`` is the audit time: which epochs have ended, what has expired, which call
-    references must still be readable (default: the real clock). An outsider audits from the
-    auditor's kit instead (:func:`sampledrec.audit.kit.audit_kit`).
+    references must still be readable (default: the real clock). ``witnesses`` (``NAME=VKEY``
+    each), ``quorum`` and ``cosigned`` (more cosigned-checkpoint files) add the ``witnesses``
+    check (:mod:`sampledrec.audit.witness`). An outsider audits from the auditor's kit instead
+    (:func:`sampledrec.audit.kit.audit_kit`).
     """
     from ..store import Store
 
@@ -139,6 +145,9 @@ def audit_verify(
         cdr=cdr,
         progress=progress,
         now=now,
+        witnesses=witnesses,
+        quorum=quorum,
+        cosigned=cosigned,
     )
 
 
@@ -150,6 +159,9 @@ def audit_evidence(
     cdr: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int | None = None,
+    cosigned: Sequence[str | Path] = (),
 ) -> AuditReport:
     """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
     ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`)."""
@@ -157,6 +169,7 @@ def audit_evidence(
     from ..sampling.policy import Policy
 
     at = now or SYSTEM_CLOCK.now()
+    trusted = trusted_witnesses(witnesses, quorum, cosigned)  # a usage error before any work
     rep = AuditReport(store=ev.label, at=at, simulated=ev.simulated)
     rep.notes.extend(ev.notes)
     if cdr is not None:
@@ -210,6 +223,8 @@ def audit_evidence(
         )
     if logrep.size == 0 and not logrep.findings:
         rep.add("log", "the log holds no entry")
+    # 1b. witnesses: the log against the checkpoints they cosigned -----------------------------
+    witness_hook(rep, ev, logrep, trusted, quorum, [Path(p) for p in cosigned])
 
     decisions = contents.decisions
     commits: dict[str, tuple[int, bytes]] = {}

@@ -29,7 +29,20 @@ from ..errors import (
     SampledrecWarning,
     StoreError,
 )
-from . import audit, decide, demo, init, keys, log, policy, recordings, retention, serve, subject
+from . import (
+    audit,
+    decide,
+    demo,
+    init,
+    keys,
+    log,
+    policy,
+    recordings,
+    retention,
+    serve,
+    subject,
+    witness,
+)
 from ._common import (
     EXIT_FAILED,
     EXIT_STORE,
@@ -52,6 +65,7 @@ REGISTER: tuple[Callable[[Commands], None], ...] = (
     keys.register,
     subject.register,
     serve.register,
+    witness.register,
     demo.register,
 )
 

@@ -62,6 +62,7 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--cdr", help="the carrier's call records (CSV, or Parquet with pyarrow)")
+    add_witness_options(p)
     add_at(p, "audit time for expiry checks (ISO 8601; forward only)")
     p = add_command(
         asub,
@@ -73,7 +74,35 @@ def register(commands: Commands) -> None:
         "--revealed-keys", help="file written by 'keys reveal' (then the full audit is shown)"
     )
     p.add_argument("--out", required=True, help="the HTML file to write (0600)")
+    add_witness_options(p)
     add_at(p, "report as of this time (ISO 8601; forward only)")
+
+
+def add_witness_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="NAME=VKEY",
+        help="a witness you trust: a name for the report and its verifier key (repeat); the log "
+        "is checked against the checkpoints it cosigned",
+    )
+    p.add_argument(
+        "--quorum",
+        type=int,
+        help="how many of the witnesses must have cosigned the log (default: all of them)",
+    )
+    p.add_argument(
+        "--cosigned",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="more cosigned checkpoints, such as a witness's own state file (repeat)",
+    )
+
+
+def _witness_kw(args: argparse.Namespace) -> dict[str, Any]:
+    return {"witnesses": args.witness, "quorum": args.quorum, "cosigned": args.cosigned}
 
 
 def _audit(args: argparse.Namespace, store: Any, **kw: Any) -> Any:
@@ -94,6 +123,7 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
     kw: dict[str, Any] = {
         "checkpoint": Path(args.checkpoint) if args.checkpoint else None,
         "cdr": Path(args.cdr) if args.cdr else None,
+        **_witness_kw(args),
     }
     if args.kit is None:
         if args.revealed_keys is None:
@@ -167,7 +197,9 @@ def cmd_audit_report(args: argparse.Namespace, out: TextIO) -> int:
     from ..audit.report import render, write_page
 
     store = open_store(args.store)
-    audit = _audit(args, store) if args.revealed_keys else None
+    if args.witness and not args.revealed_keys:
+        raise InvalidArgument("--witness goes with --revealed-keys (the full audit)")
+    audit = _audit(args, store, **_witness_kw(args)) if args.revealed_keys else None
     text, ok = render(
         store.path, revealed_keys=args.revealed_keys, audit=audit, now=at_time(args, store)
     )

@@ -19,6 +19,7 @@ __all__ = [
     "EMPTY_ROOT",
     "CompactRange",
     "consistency_proof",
+    "consistency_proof_from_edge",
     "inclusion_proof",
     "leaf_hash",
     "leaf_hashes",
@@ -141,6 +142,43 @@ def consistency_proof(leaves: Sequence[bytes], size1: int, size2: int | None = N
     if size1 == 0 or size1 == n:
         return []
     return _subproof(leaves, size1, 0, n, True)
+
+
+def consistency_proof_from_edge(edge: CompactRange, tail: Sequence[bytes]) -> list[bytes]:
+    """The consistency proof from size ``m = edge.size`` to ``m + len(tail)``, from the compact
+    range at ``m`` and the leaf hashes after it only (not the whole tree).
+
+    Every node of an RFC 6962 consistency proof lies either wholly before ``m``, and is then
+    one of the perfect subtrees of the compact range at ``m``, or wholly at or after ``m``: so a
+    log that keeps its compact range at each checkpoint proves each new checkpoint to a witness
+    from the entries appended since, in time proportional to them.
+    """
+    m, n = edge.size, edge.size + len(tail)
+    if m == 0 or m == n:
+        return []
+    perfect: dict[tuple[int, int], bytes] = {}
+    lo = 0
+    for bit, h in zip(
+        (b for b in range(m.bit_length() - 1, -1, -1) if m >> b & 1), edge.hashes, strict=True
+    ):
+        perfect[(lo, lo + (1 << bit))] = h
+        lo += 1 << bit
+
+    def node(a: int, b: int) -> bytes:
+        if a >= m:
+            return root_of(tail[a - m : b - m])
+        return perfect[(a, b)]  # a KeyError would be a bug: proven not to happen above
+
+    def sub(k_m: int, a: int, b: int, complete: bool) -> list[bytes]:
+        size = b - a
+        if k_m == size:
+            return [] if complete else [node(a, b)]
+        k = _largest_power_of_two_below(size)
+        if k_m <= k:
+            return [*sub(k_m, a, a + k, complete), node(a + k, b)]
+        return [*sub(k_m - k, a + k, b, False), node(a, a + k)]
+
+    return sub(m, 0, n, True)
 
 
 def _subproof(leaves: Sequence[bytes], m: int, lo: int, hi: int, complete: bool) -> list[bytes]:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -81,7 +81,15 @@ from .segments import (
 )
 from .storage import CHECKPOINTS, LogStorage, log_storage, segment_name
 
-__all__ = ["REPAIR_HINT", "DecisionLog", "LogCorrupt", "RecoveryReport", "iter_entries", "unsealer"]
+__all__ = [
+    "REPAIR_HINT",
+    "CheckpointListener",
+    "DecisionLog",
+    "LogCorrupt",
+    "RecoveryReport",
+    "iter_entries",
+    "unsealer",
+]
 
 #: What every refusal to open a damaged log ends with: how to look, and the way out.
 REPAIR_HINT: Final = (
@@ -259,6 +267,17 @@ def _kid(moment_us: int, klass: str = "calls") -> str:
     return kid
 
 
+class CheckpointListener(Protocol):
+    """What :meth:`DecisionLog.add_listener` calls: both must return at once (they run on
+    the log's writer thread)."""
+
+    def checkpoint_written(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint was signed and stored."""
+
+    def log_closed(self) -> None:
+        """The log was closed (after its final checkpoint, if any)."""
+
+
 class DecisionLog:
     """An open log, for appending. Use :meth:`create` once, then :meth:`open`.
 
@@ -310,6 +329,7 @@ class DecisionLog:
         self._field_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
         self._c_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
         self._thread: threading.Thread | None = None
+        self._listeners: list[CheckpointListener] = []
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -365,6 +385,12 @@ class DecisionLog:
             writer.recovery = writer._recover()
         writer._start()
         return writer
+
+    def add_listener(self, listener: CheckpointListener) -> None:
+        """Tell ``listener`` of every checkpoint this writer signs and of the log's close (the
+        store's witnessing, :mod:`sampledrec.witness.client`). It is called on the writer's
+        thread, under the log's lock: it must only take note and return."""
+        self._listeners.append(listener)
 
     @property
     def signer(self) -> LogSigner:
@@ -848,11 +874,15 @@ class DecisionLog:
                 self._cond.notify_all()
             self._thread.join()
             self._thread = None
-        if self._error is None:
-            with self._write_lock, self.storage.lock():
-                self._catch_up()
-                if self._cr.size != self._last_cp_size:
-                    self._write_checkpoint()
+        try:
+            if self._error is None:
+                with self._write_lock, self.storage.lock():
+                    self._catch_up()
+                    if self._cr.size != self._last_cp_size:
+                        self._write_checkpoint()
+        finally:
+            for listener in self._listeners:
+                listener.log_closed()
 
     def __enter__(self) -> DecisionLog:
         return self
@@ -1062,6 +1092,8 @@ class DecisionLog:
         self._cp_end += len(record)
         self._last_cp_size = cp.size
         self._last_cp_time = time.monotonic()
+        for listener in self._listeners:
+            listener.checkpoint_written(cp)
         if not self._closed:
             # Record the checkpoint in the tree too, so that deleting it is detected.
             public, _ = split_personal(T_CHECKPOINT, {"size": cp.size, "root": cp.root})
