@@ -128,11 +128,27 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(
+    tmp_path: Path, catalog: str, request: pytest.FixtureRequest
+) -> None:
+    if catalog == "postgres":  # the ledger and the index in the database, not in the store
+        pg = request.getfixturevalue("postgres")
+        (tmp_path / "p.toml").write_text(POLICY)
+        store = Store.init(
+            tmp_path / "store",
+            policy=tmp_path / "p.toml",
+            simulated=True,
+            backends={"catalog": {"kind": "postgresql", "dsn": pg.url(pg.new_schema())}},
+        )
+    else:
+        store = _store(tmp_path)
     day = _two_days_ago()
-    with store.open_log(clock=FixedClock(day)) as log:
-        store.sampler(clock=FixedClock(day), log=log).decide("warm-up", {"queue": "x"})
+    with (
+        store.open_log(clock=FixedClock(day)) as log,
+        store.sampler(clock=FixedClock(day), log=log) as sampler,
+    ):
+        sampler.decide("warm-up", {"queue": "x"})
     argvs = [[str(store.path), f"p{k}", "40", day.isoformat()] for k in range(3)]
     assert run_together(WORKER, argvs, tmp_path / "go") == ["done\n"] * 3
     reasons: dict[str, list[int]] = {"a0": [], "a1": []}

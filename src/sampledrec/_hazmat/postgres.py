@@ -209,11 +209,13 @@ class PgConnection:
             raise self.failed(exc) from None
         return conn
 
-    def run(self, work: Callable[[PgConn], T]) -> T:
-        """``work(connection)`` in one transaction, committed when it returns. A deadlock or a
-        serialization failure rolls it back and runs ``work`` again (so it must recompute
-        whatever it computes from the database); any other database error is a
-        :class:`StoreError`, as is using the handle after :meth:`close`."""
+    def run(self, work: Callable[[PgConn], T], *, atomic: bool = True) -> T:
+        """``work(connection)`` in one transaction, committed when it returns (with
+        ``atomic=False``, each of its statements is a transaction of its own: one round trip
+        less for a single statement). A deadlock or a serialization failure rolls it back and
+        runs ``work`` again (so it must recompute whatever it computes from the database); any
+        other database error is a :class:`StoreError`, as is using the handle after
+        :meth:`close`."""
         import psycopg
 
         with self._lock:
@@ -224,6 +226,8 @@ class PgConnection:
                 self._conn = self._connect()
             for attempt in range(_RETRIES + 1):
                 try:
+                    if not atomic:
+                        return work(self._conn)
                     with self._conn.transaction():
                         return work(self._conn)
                 except psycopg.Error as exc:

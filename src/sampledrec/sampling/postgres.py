@@ -307,11 +307,12 @@ def _first_decision(row: Sequence[Any]) -> FirstDecision:
 class PostgresDecidedCalls:
     """The decided-calls index of a deployment, in the PostgreSQL database named by ``dsn``.
 
-    Every :meth:`remember` is one transaction, committed (durably) before it returns; of two
-    nodes remembering the same call at once, one gets ``None`` and the other the first's
-    decision. ``now`` prunes epochs more than :data:`~sampledrec.sampling.caps.KEEP_DAYS` days
-    old. Never :attr:`unclean`: the database, not a file's boot, says what was committed.
-    Needs the ``postgres`` extra (psycopg 3); the DSN's password is never shown.
+    Every :meth:`remember` writes its new calls in one statement (so one transaction),
+    committed (durably) before it returns; of two nodes remembering the same call at once, one
+    gets ``None`` and the other the first's decision. ``now`` prunes epochs more than
+    :data:`~sampledrec.sampling.caps.KEEP_DAYS` days old. Never :attr:`unclean`: the database,
+    not a file's boot, says what was committed. Needs the ``postgres`` extra (psycopg 3); the
+    DSN's password is never shown.
     """
 
     unclean = False
@@ -359,7 +360,9 @@ class PostgresDecidedCalls:
                     return inserted, earlier
             raise _vanished("a decided call")
 
-        inserted, earlier = self._db.run(work)
+        # Not one transaction: the insert is atomic by itself, and the reads after it see
+        # every commit made before they start (READ COMMITTED), the winners' included.
+        inserted, earlier = self._db.run(work, atomic=False)
         out: list[FirstDecision | None] = []
         for i, d in enumerate(decisions):
             key = (d.epoch_id, d.call)
@@ -371,19 +374,21 @@ class PostgresDecidedCalls:
 
     def get(self, epoch_id: str, call: bytes) -> FirstDecision | None:
         rows = self._db.run(
-            lambda conn: conn.execute(_FIRSTS, [[epoch_id], [bytes(call)]]).fetchall()
+            lambda conn: conn.execute(_FIRSTS, [[epoch_id], [bytes(call)]]).fetchall(),
+            atomic=False,
         )
         return _first_decision(rows[0]) if rows else None
 
     def mark_logged(self, calls: Sequence[tuple[str, bytes]]) -> None:
         if calls:
             keys = sorted(set(calls))
-            self._db.run(lambda conn: conn.execute(_MARK_LOGGED, _columns(keys, 2)))
+            self._db.run(lambda conn: conn.execute(_MARK_LOGGED, _columns(keys, 2)), atomic=False)
 
     def prune(self, now: datetime) -> None:
         cutoff = prune_before(now)
         self._db.run(
-            lambda conn: conn.execute("DELETE FROM decided_calls WHERE epoch_id < %s", [cutoff])
+            lambda conn: conn.execute("DELETE FROM decided_calls WHERE epoch_id < %s", [cutoff]),
+            atomic=False,
         )
 
     def close(self) -> None:

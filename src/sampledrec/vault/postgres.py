@@ -4,9 +4,9 @@ Same rows, holds and requests as :class:`~sampledrec.vault.catalog.SqliteCatalog
 contract suite (``tests/test_backends.py``). Times are BIGINT microseconds, ``pauses`` and
 ``attrs`` JSONB, wrapped keys BYTEA; ids sort bytewise (``COLLATE "C"``) whatever the database's
 locale, as in SQLite. The schema is versioned (component ``catalog`` in ``schema_version``,
-migrated under an advisory lock: docs/decisions/0026-postgresql.md). Each statement is its own
-transaction at READ COMMITTED, except :meth:`~PostgresCatalog.update_many`, which is one, so
-that readers see it whole or not at all.
+migrated under an advisory lock: docs/decisions/0026-postgresql.md). Every method is one
+statement, so one transaction at READ COMMITTED: readers see an
+:meth:`~PostgresCatalog.update_many` whole or not at all.
 """
 
 from __future__ import annotations
@@ -112,11 +112,15 @@ class PostgresCatalog:
     def close(self) -> None:
         self._db.close()
 
+    # Every method is one statement, so one transaction of its own (autocommit).
+
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._db.run(lambda conn: conn.execute(sql.encode(), params).fetchall())
+        return self._db.run(
+            lambda conn: conn.execute(sql.encode(), params).fetchall(), atomic=False
+        )
 
     def _do(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._db.run(lambda conn: conn.execute(sql.encode(), params))
+        self._db.run(lambda conn: conn.execute(sql.encode(), params), atomic=False)
 
     def add(self, row: RecordingRow) -> None:
         marks = ",".join(["%s"] * len(_COLUMNS))
@@ -137,8 +141,10 @@ class PostgresCatalog:
         sets, values = _assignments(changes)
         if not sets or not recording_ids:
             return
-        sql = f"UPDATE recordings SET {sets} WHERE recording_id = ANY(%s::text[])".encode()
-        self._db.run(lambda conn: conn.execute(sql, [*values, list(recording_ids)]))
+        self._do(
+            f"UPDATE recordings SET {sets} WHERE recording_id = ANY(%s::text[])",
+            [*values, list(recording_ids)],
+        )
 
     def get(self, recording_id: str) -> RecordingRow | None:
         got = self._all(
