@@ -52,7 +52,7 @@ def postgres_bindir() -> Path | None:
     newest ``/usr/lib/postgresql/<version>/bin`` (Debian does not put them on the PATH)."""
     given = os.environ.get("SAMPLEDREC_PG_BINDIR")
     if given:
-        return Path(given)
+        return Path(given) if (Path(given) / "initdb").exists() else None
     found = shutil.which("initdb")
     if found is not None:
         return Path(found).parent

@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from sampledrec import Store
@@ -24,7 +23,7 @@ from sampledrec.sampling.caps import CapRequest, cap_periods
 from sampledrec.sampling.postgres import PostgresCapLedger, PostgresDecidedCalls
 from sampledrec.vault.postgres import PostgresCatalog
 
-from .postgres import PostgresServer
+from .postgres import PostgresServer, start_postgres
 from .recording import PCM, RECORD_REGULATED
 from .test_backends import MONDAY, row
 from .together import run_together
@@ -39,6 +38,8 @@ def dsn(postgres: PostgresServer) -> str:
 
 
 def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    import psycopg  # here: without it, the postgres fixture skips (or fails in CI) and says why
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(sql.encode(), params)
         return cur.fetchall() if cur.description is not None else []
@@ -57,6 +58,25 @@ def closing_all(*handles: Any) -> Iterator[None]:
     finally:
         for h in handles:
             h.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The server the tests need
+
+
+@pytest.mark.parametrize("ci", [None, "true"])
+def test_without_postgresql_the_tests_skip_locally_and_fail_in_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ci: str | None
+) -> None:
+    monkeypatch.setenv("SAMPLEDREC_PG_BINDIR", str(tmp_path))  # no initdb there
+    monkeypatch.delenv("SAMPLEDREC_REQUIRE_POSTGRES", raising=False)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    expected = pytest.skip.Exception if ci is None else pytest.fail.Exception
+    with pytest.raises(expected, match="is not installed"):
+        start_postgres(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +290,28 @@ def test_a_password_never_shows_in_repr_or_errors(postgres: PostgresServer, dsn:
             PostgresCatalog(given)
         assert SECRET not in str(caught.value), given
         assert "***" in str(caught.value) or "cannot be parsed" in str(caught.value), given
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://rec:s3cret@db/sampledrec?sslmode=require",
+         "postgresql://rec:***@db/sampledrec?sslmode=require"),
+        ("postgres://rec@h1:5432,h2:5433/db?password=p%40ss&x=1",
+         "postgres://rec@h1:5432,h2:5433/db?password=***&x=1"),
+        ("host=db user=rec password='it s\\'3cret' dbname=x",
+         "host=db user=rec password=*** dbname=x"),
+        ("host=db PASSWORD = abc", "host=db PASSWORD = ***"),
+        ("postgresql:///sampledrec?host=/var/run/postgresql", None),
+        ("postgresql://rec@db.example:5432/sampledrec?options=-csearch_path%3Dnode1", None),
+        ("host=/var/run/postgresql dbname=sampledrec user=rec", None),
+    ],
+)  # fmt: skip
+def test_dsns_are_shown_without_their_password(dsn: str, shown: str | None) -> None:
+    from sampledrec._hazmat.postgres import dsn_has_password, redact_dsn
+
+    assert redact_dsn(dsn) == (shown or dsn)  # a DSN without a password is shown as it is
+    assert dsn_has_password(dsn) is (shown is not None)
 
 
 def test_init_refuses_a_dsn_with_a_password(

@@ -56,7 +56,10 @@ MIGRATION_LOCK: Final = int.from_bytes(
 _RETRIES: Final = 8  # deadlocks and serialization failures are retried this many times
 _SQLSTATE_RETRY: Final = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _KEYWORD_PASSWORD: Final = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)", re.I)
-_URL_SCHEMES: Final = ("postgresql://", "postgres://")
+_URL: Final = re.compile(r"\s*postgres(?:ql)?://", re.I)
+# user:password@ right after the scheme (a password's own '@', '/', '?' or '#' is %-encoded)
+_URL_USER_PASSWORD: Final = re.compile(r"^(\s*postgres(?:ql)?://[^@/?#:]*:)([^@/?#]*)@", re.I)
+_URL_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)([^&#]*)", re.I)
 _SCHEMA_VERSION_TABLE: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (
     component TEXT COLLATE "C" NOT NULL,
@@ -77,60 +80,49 @@ class Migration(NamedTuple):
     sql: str
 
 
-def _is_url(dsn: str) -> bool:
-    return dsn.lstrip().lower().startswith(_URL_SCHEMES)
-
-
 def redact_dsn(dsn: str) -> str:
-    """``dsn`` with its password, if any, replaced by ``***`` (URL or ``key=value`` form).
+    """``dsn`` with its password, if any, replaced by ``***`` (URL or ``key=value`` form);
+    anything else is left as it was.
 
     >>> redact_dsn("postgresql://rec:s3cret@db.example/sampledrec?sslmode=require")
     'postgresql://rec:***@db.example/sampledrec?sslmode=require'
     >>> redact_dsn("host=db user=rec password='it s3cret' dbname=sampledrec")
     'host=db user=rec password=*** dbname=sampledrec'
     """
-    if _is_url(dsn):
-        try:
-            parts = urllib.parse.urlsplit(dsn.strip())
-            netloc = parts.netloc
-            if "@" in netloc:
-                userinfo, hosts = netloc.rsplit("@", 1)
-                if ":" in userinfo:
-                    netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-            query = "&".join(
-                f"{k}=***" if k.lower() == "password" else f"{k}={v}" if v or "=" in item else k
-                for item in parts.query.split("&")
-                if item
-                for k, _, v in [item.partition("=")]
-            )
-            return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-        except ValueError:
-            return "postgresql://(a DSN that cannot be parsed)"
+    if _URL.match(dsn):
+        dsn = _URL_USER_PASSWORD.sub(lambda m: m.group(1) + "***@", dsn)
+        return _URL_QUERY_PASSWORD.sub(lambda m: m.group(1) + "***", dsn)
     return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + "***", dsn)
 
 
 def dsn_has_password(dsn: str) -> bool:
-    """Whether ``dsn`` carries a password (in a URL's user part, or a ``password`` key)."""
-    return redact_dsn(dsn) != dsn
+    """Whether ``dsn`` carries a password (in a URL's user part or query, or a ``password``
+    key)."""
+    return _password_of(dsn) is not None
 
 
 def _password_of(dsn: str) -> str | None:
-    """The DSN's password (to scrub it from messages that might quote it), if any."""
-    if _is_url(dsn):
-        try:
-            parts = urllib.parse.urlsplit(dsn.strip())
-        except ValueError:
-            return None
-        found = parts.password
-        for k, v in urllib.parse.parse_qsl(parts.query):
-            if k.lower() == "password":
-                found = v
-        return urllib.parse.unquote(found) if found else None
-    m = _KEYWORD_PASSWORD.search(dsn)
-    if m is None:
-        return None
-    value = m.group(2)
-    return value[1:-1] if value.startswith("'") else value or None
+    """The DSN's password, if any."""
+    found = _secrets_of(dsn)
+    return found[-1] if found else None
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    """Every password the DSN spells, as written and as meant (%-decoded, unquoted), to scrub
+    them from messages that might quote them; the one libpq uses last."""
+    if _URL.match(dsn):
+        found = [m.group(2) for m in _URL_USER_PASSWORD.finditer(dsn)]
+        found += [m.group(2) for m in _URL_QUERY_PASSWORD.finditer(dsn)]
+        return [s for f in found if f for s in dict.fromkeys((f, urllib.parse.unquote(f)))]
+    out = []
+    for m in _KEYWORD_PASSWORD.finditer(dsn):
+        value = m.group(2)
+        if value.startswith("'"):
+            out.append(value[1:-1])
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        if value:
+            out.append(value)
+    return out
 
 
 class PgConnection:
@@ -153,7 +145,7 @@ class PgConnection:
         if not isinstance(dsn, str) or not dsn.strip():
             raise StoreError(f"{what}: the PostgreSQL DSN must be non-empty text, not {dsn!r:.20}")
         self._dsn = dsn
-        self._password = _password_of(dsn)
+        self._secrets = sorted(set(_secrets_of(dsn)), key=len, reverse=True)
         self.where = redact_dsn(dsn)
         self.what = what
         self._lock = threading.Lock()
@@ -169,8 +161,8 @@ class PgConnection:
         return f"PgConnection({self.where!r})"
 
     def _scrub(self, text: str) -> str:
-        if self._password:
-            text = text.replace(self._password, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
     def failed(self, exc: BaseException) -> StoreError:
