@@ -17,6 +17,9 @@ keyed pseudonyms when the ledger is given a key (the store's sampler gives it on
   durable (``synchronous=FULL``) before the decision is returned, so that a crash can only leave
   a call counted that was never logged (never the reverse, which could exceed a cap). Only calls
   that a capped rule selected pay for it. SQLite's WAL needs the file on a local filesystem.
+- :class:`~sampledrec.sampling.postgres.PostgresCapLedger`: tables of a PostgreSQL database
+  (what a store whose catalog is on PostgreSQL uses), shared by every process and host that
+  uses it (docs/decisions/0026-postgresql.md).
 - :class:`MemoryCapLedger`: one process's memory (a bare :class:`~sampledrec.Sampler`).
 """
 
