@@ -4,13 +4,15 @@
 :class:`~sampledrec.sampling.decided.DecidedCalls` must do.
 
 This is the suite a new backend must pass. Each protocol has one fixture parametrised over its
-backends (``CATALOGS``, ``BLOB_STORES``, ``KEYRINGS``, ``LOG_STORAGES``, ``DECIDED_INDEXES``),
-built by one factory function (``open_catalog``, ``open_blob_store``, ``open_keyring``,
-``open_log_storage``, ``open_decided_index``). To
-add a backend (PostgreSQL, S3,
-...): add its name to the list, add a branch to the factory (returning a function that opens a
-new handle on one and the same backend each time it is called), and name its class in
-``SHIPPED``. Every test then runs against it; none may be skipped or weakened for it.
+backends (``CATALOGS``, ``BLOB_STORES``, ``KEYRINGS``, ``LOG_STORAGES``, ``DECIDED_INDEXES``,
+``CAP_LEDGERS``), built by one factory function (``open_catalog``, ``open_blob_store``,
+``open_keyring``, ``open_log_storage``, ``open_decided_index``, ``open_cap_ledger``). To add a
+backend (S3, ...): add its name to the list, add a branch to the factory (returning a function
+that opens a new handle on one and the same backend each time it is called), and name its class
+in ``SHIPPED``. Every test then runs against it; none may be skipped or weakened for it.
+
+The PostgreSQL backends run against a real server started once per session
+(``tests/postgres.py``); each test gets a new, empty schema of its own.
 
 A second handle stands for a second process: what one handle wrote, another must see. In-memory
 backends have a single handle, the object itself.
@@ -50,7 +52,15 @@ from sampledrec.errors import InvalidArgument, KeyringError, StoreError, StoreLo
 from sampledrec.keys.keyring import Keyring, LocalKeyring, epoch_commitment
 from sampledrec.keys.keystore import KeyStore
 from sampledrec.log.storage import LocalLogStorage, LogStorage, segment_name
+from sampledrec.sampling.caps import (
+    CapLedger,
+    CapRequest,
+    MemoryCapLedger,
+    SqliteCapLedger,
+    cap_periods,
+)
 from sampledrec.sampling.decided import DecidedCalls, FirstDecision, SqliteDecidedCalls
+from sampledrec.sampling.postgres import PostgresCapLedger, PostgresDecidedCalls
 from sampledrec.testing import (
     MemoryBlobStore,
     MemoryCatalog,
@@ -60,29 +70,53 @@ from sampledrec.testing import (
 )
 from sampledrec.vault.blobs import BlobStore, BlobWriter, LocalBlobStore
 from sampledrec.vault.catalog import Catalog, Hold, RecordingRow, SqliteCatalog, SubjectRequest
+from sampledrec.vault.postgres import PostgresCatalog
 
 T = TypeVar("T")
 
-CATALOGS = ["sqlite", "memory"]
+CATALOGS = ["sqlite", "memory", "postgres"]
 BLOB_STORES = ["local", "memory"]
 KEYRINGS = ["local", "memory"]
 LOG_STORAGES = ["local", "memory"]
-DECIDED_INDEXES = ["sqlite", "memory"]
+DECIDED_INDEXES = ["sqlite", "memory", "postgres"]
+CAP_LEDGERS = ["sqlite", "memory", "postgres"]
 
 # Every backend class the library ships, by protocol, with its name in the lists above.
 SHIPPED: dict[type, dict[str, str]] = {
-    Catalog: {"SqliteCatalog": "sqlite", "MemoryCatalog": "memory"},
+    Catalog: {"SqliteCatalog": "sqlite", "MemoryCatalog": "memory", "PostgresCatalog": "postgres"},
     BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory"},
     Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory"},
     KeyStore: {"LocalKeyStore": "local", "MemoryKeyStore": "memory", "Pkcs11KeyStore": "pkcs11"},
     LogStorage: {"LocalLogStorage": "local", "MemoryLogStorage": "memory"},
-    DecidedCalls: {"SqliteDecidedCalls": "sqlite", "MemoryDecidedCalls": "memory"},
+    DecidedCalls: {
+        "SqliteDecidedCalls": "sqlite",
+        "MemoryDecidedCalls": "memory",
+        "PostgresDecidedCalls": "postgres",
+    },
+    CapLedger: {
+        "SqliteCapLedger": "sqlite",
+        "MemoryCapLedger": "memory",
+        "PostgresCapLedger": "postgres",
+    },
 }
+# Classes that happen to have a protocol's methods without being one of its backends (the
+# protocols are runtime-checkable, which looks at method names only).
+NOT_BACKENDS: dict[type, frozenset[str]] = {CapLedger: frozenset({"Sampler"})}
+
+# A function that creates a new, empty PostgreSQL schema and returns a DSN that uses it (only
+# called for the postgres backends, so that the others never start a server).
+FreshDsn = Callable[[], str]
 
 
-def open_catalog(name: str, tmp_path: Path) -> Callable[[], Catalog]:
+def fresh_postgres(request: pytest.FixtureRequest) -> FreshDsn:
+    return lambda: request.getfixturevalue("postgres").fresh_dsn()
+
+
+def open_catalog(name: str, tmp_path: Path, fresh_dsn: FreshDsn) -> Callable[[], Catalog]:
     if name == "sqlite":
         return functools.partial(SqliteCatalog, tmp_path / "catalog.sqlite")
+    if name == "postgres":
+        return functools.partial(PostgresCatalog, fresh_dsn())
     if name == "memory":
         only = MemoryCatalog()
         return lambda: only
@@ -117,13 +151,28 @@ def open_log_storage(name: str, tmp_path: Path) -> Callable[[], LogStorage]:
     raise AssertionError(f"no factory for the log storage backend {name!r}")
 
 
-def open_decided_index(name: str, tmp_path: Path) -> Callable[[], DecidedCalls]:
+def open_decided_index(
+    name: str, tmp_path: Path, fresh_dsn: FreshDsn
+) -> Callable[[], DecidedCalls]:
     if name == "sqlite":
         return functools.partial(SqliteDecidedCalls, tmp_path / "decided.sqlite")
+    if name == "postgres":
+        return functools.partial(PostgresDecidedCalls, fresh_dsn())
     if name == "memory":
         only = MemoryDecidedCalls()
         return lambda: only
     raise AssertionError(f"no factory for the decided-calls index backend {name!r}")
+
+
+def open_cap_ledger(name: str, tmp_path: Path, fresh_dsn: FreshDsn) -> Callable[[], CapLedger]:
+    if name == "sqlite":
+        return functools.partial(SqliteCapLedger, tmp_path / "caps.sqlite")
+    if name == "postgres":
+        return functools.partial(PostgresCapLedger, fresh_dsn())
+    if name == "memory":
+        only = MemoryCapLedger()
+        return lambda: only
+    raise AssertionError(f"no factory for the caps ledger backend {name!r}")
 
 
 class Handles(Generic[T]):
@@ -142,7 +191,7 @@ class Handles(Generic[T]):
 
 @pytest.fixture(params=CATALOGS)
 def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Handles[Catalog]]:
-    handles = Handles(request.param, open_catalog(request.param, tmp_path))
+    handles = Handles(request.param, open_catalog(request.param, tmp_path, fresh_postgres(request)))
     yield handles
     for handle in handles.opened:
         handle.close()
@@ -190,7 +239,8 @@ def log_storage(log_storages: Handles[LogStorage]) -> LogStorage:
 def decided_indexes(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Handles[DecidedCalls]]:
-    handles = Handles(request.param, open_decided_index(request.param, tmp_path))
+    opener = open_decided_index(request.param, tmp_path, fresh_postgres(request))
+    handles = Handles(request.param, opener)
     yield handles
     for handle in handles.opened:
         handle.close()
@@ -199,6 +249,21 @@ def decided_indexes(
 @pytest.fixture
 def decided(decided_indexes: Handles[DecidedCalls]) -> DecidedCalls:
     return decided_indexes.open()
+
+
+@pytest.fixture(params=CAP_LEDGERS)
+def cap_ledgers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Handles[CapLedger]]:
+    handles = Handles(
+        request.param, open_cap_ledger(request.param, tmp_path, fresh_postgres(request))
+    )
+    yield handles
+    for handle in handles.opened:
+        handle.close()
+
+
+@pytest.fixture
+def ledger(cap_ledgers: Handles[CapLedger]) -> CapLedger:
+    return cap_ledgers.open()
 
 
 @pytest.fixture
@@ -268,13 +333,14 @@ def keystore_suite_params() -> list[str]:
         (KeyStore, keystore_suite_params()),
         (LogStorage, LOG_STORAGES),
         (DecidedCalls, DECIDED_INDEXES),
+        (CapLedger, CAP_LEDGERS),
     ],
-    ids=["Catalog", "BlobStore", "Keyring", "KeyStore", "LogStorage", "DecidedCalls"],
+    ids=["Catalog", "BlobStore", "Keyring", "KeyStore", "LogStorage", "DecidedCalls", "CapLedger"],
 )
 def test_every_backend_the_library_ships_is_in_a_contract_suite(
     protocol: type, params: list[str]
 ) -> None:
-    shipped = shipped_implementations(protocol)
+    shipped = shipped_implementations(protocol) - NOT_BACKENDS.get(protocol, frozenset())
     assert shipped == set(SHIPPED[protocol]), (
         f"the library's {protocol.__name__} backends are {sorted(shipped)}: name each in "
         "SHIPPED and add it to its contract suite"
@@ -1683,6 +1749,93 @@ def test_a_closed_index_refuses_to_be_used(decided: DecidedCalls) -> None:
         decided.remember([first()])
     with pytest.raises(StoreError):
         decided.get("2027-05-22", first().call)
+
+
+# --------------------------------------------------------------------------------------------
+# Caps ledger
+
+MONDAY = datetime(2026, 11, 16, 9, tzinfo=UTC)
+
+
+def capped(call: bytes, agent: str = "alice", at: datetime = MONDAY, **changes: Any) -> CapRequest:
+    """A call selected under the rule "sales", capped at 2 a day and 3 a week per agent."""
+    req = CapRequest(at.date().isoformat(), call, "sales", agent, cap_periods(at, 2, 3))
+    return req._replace(**changes)
+
+
+def test_cap_ledger_implements_the_protocol(ledger: CapLedger) -> None:
+    assert isinstance(ledger, CapLedger)
+
+
+def test_ledger_counts_per_agent_day_and_week(ledger: CapLedger) -> None:
+    got = ledger.decide([capped(bytes([i])) for i in range(4)])
+    assert got == ["sampled", "sampled", "cap_reached", "cap_reached"]  # 2 a day
+    assert ledger.decide([capped(b"b", agent="bob")]) == ["sampled"]  # bob has his own
+    tuesday = MONDAY + timedelta(days=1)
+    got = ledger.decide([capped(bytes([10 + i]), at=tuesday) for i in range(3)])
+    assert got == ["sampled", "cap_reached", "cap_reached"]  # the week's 3rd, then full
+    next_week = MONDAY + timedelta(days=7)
+    assert ledger.decide([capped(b"n", at=next_week)]) == ["sampled"]
+    assert ledger.decide([]) == []
+
+
+def test_each_rule_counts_apart(ledger: CapLedger) -> None:
+    assert ledger.decide([capped(b"1"), capped(b"2"), capped(b"3")]) == [
+        "sampled",
+        "sampled",
+        "cap_reached",
+    ]
+    assert ledger.decide([capped(b"4", rule="support"), capped(b"5", rule="support")]) == [
+        "sampled",
+        "sampled",
+    ]
+
+
+def test_a_retry_gets_the_same_answer_and_counts_once(ledger: CapLedger) -> None:
+    assert ledger.decide([capped(b"a"), capped(b"a"), capped(b"b")]) == ["sampled"] * 3
+    assert ledger.decide([capped(b"c"), capped(b"a")]) == ["cap_reached", "sampled"]
+    assert ledger.decide([capped(b"c")]) == ["cap_reached"]  # a refusal is remembered too
+    # The same call in another epoch is another call.
+    assert ledger.decide([capped(b"a", epoch_id="2026-11-17")]) == ["cap_reached"]
+
+
+def test_a_cap_of_zero_refuses_every_call(ledger: CapLedger) -> None:
+    req = CapRequest("2026-11-16", b"x", "sales", "alice", cap_periods(MONDAY, 0, None))
+    assert ledger.decide([req, req._replace(call=b"y")]) == ["cap_reached"] * 2
+
+
+def test_a_second_handle_shares_the_counts(cap_ledgers: Handles[CapLedger]) -> None:
+    a, b = cap_ledgers.open(), cap_ledgers.open()
+    assert a.decide([capped(b"1")]) == ["sampled"]
+    assert b.decide([capped(b"2"), capped(b"1"), capped(b"3")]) == [
+        "sampled",
+        "sampled",
+        "cap_reached",
+    ]
+    assert a.decide([capped(b"3"), capped(b"2")]) == ["cap_reached", "sampled"]
+
+
+def test_threads_counting_one_agent_never_exceed_its_cap(
+    cap_ledgers: Handles[CapLedger], busy_switching: None
+) -> None:
+    handles = [cap_ledgers.open() for _ in range(6)]
+    shared = [b"s" + bytes([i]) for i in range(4)]  # asked by every thread: one answer each
+
+    def count(worker: int) -> list[str]:
+        mine = [capped(b"w" + bytes([worker, i])) for i in range(5)]
+        pairs = zip(mine[:4], [capped(c) for c in shared], strict=True)
+        reqs = [r for pair in pairs for r in pair] + mine[4:]
+        out: list[str] = []
+        for k in range(0, len(reqs), 1 + worker % 3):  # batches of 1 to 3
+            out.extend(handles[worker].decide(reqs[k : k + 1 + worker % 3]))
+        return out
+
+    answers = in_threads(len(handles), count)
+    for k in range(4):
+        assert len({a[2 * k + 1] for a in answers}) == 1  # the shared calls: one answer each
+    own = [a for w in answers for i, a in enumerate(w) if i % 2 == 0 or i >= 8]
+    shared_sampled = sum(a == "sampled" for a in answers[0][1:8:2])
+    assert sum(a == "sampled" for a in own) + shared_sampled == 2  # the day's cap, exactly
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Per-agent caps are the store's: shared by every sampler, in any process, across restarts,
-and what the audit replays from the log agrees with them."""
+and what the audit replays from the log agrees with them. (What every caps ledger must do is in
+the contract suite, tests/test_backends.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from sampledrec.audit.verify import AuditReport, audit_verify
 from sampledrec.errors import StoreError
 from sampledrec.log.writer import iter_entries
 from sampledrec.sampling.caps import (
-    CapLedger,
     CapRequest,
     MemoryCapLedger,
     SqliteCapLedger,
@@ -49,34 +49,10 @@ def _req(tag: bytes, agent: str = "alice", at: datetime = MONDAY) -> CapRequest:
     return CapRequest(at.date().isoformat(), tag, "sales", agent, cap_periods(at, 2, 3))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> CapLedger:
-    if request.param == "memory":
-        return MemoryCapLedger()
-    return SqliteCapLedger(tmp_path / "caps.sqlite")
-
-
 def test_cap_periods_name_the_utc_day_and_iso_week() -> None:
     assert cap_periods(MONDAY, 2, 3) == (("D2026-11-16", 2), ("W2026-47", 3))
     assert cap_periods(datetime(2027, 1, 1, tzinfo=UTC), None, 4) == (("W2026-53", 4),)
     assert cap_periods(MONDAY, None, None) == ()
-
-
-def test_ledger_counts_per_agent_day_and_week(ledger: CapLedger) -> None:
-    got = ledger.decide([_req(bytes([i])) for i in range(4)])
-    assert got == ["sampled", "sampled", "cap_reached", "cap_reached"]  # 2 a day
-    assert ledger.decide([_req(b"b", agent="bob")]) == ["sampled"]  # bob has his own
-    tuesday = MONDAY + timedelta(days=1)
-    got = ledger.decide([_req(bytes([10 + i]), at=tuesday) for i in range(3)])
-    assert got == ["sampled", "cap_reached", "cap_reached"]  # the week's 3rd, then full
-    next_week = MONDAY + timedelta(days=7)
-    assert ledger.decide([_req(b"n", at=next_week)]) == ["sampled"]
-
-
-def test_a_retry_gets_the_same_answer_and_counts_once(ledger: CapLedger) -> None:
-    assert ledger.decide([_req(b"a"), _req(b"a"), _req(b"b")]) == ["sampled"] * 3
-    assert ledger.decide([_req(b"c"), _req(b"a")]) == ["cap_reached", "sampled"]
-    assert ledger.decide([_req(b"c")]) == ["cap_reached"]  # a refusal is remembered too
 
 
 def test_sqlite_ledger_is_shared_private_and_pruned(tmp_path: Path) -> None:
@@ -152,11 +128,27 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path: Path) -> None:
-    store = _store(tmp_path)
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(
+    tmp_path: Path, catalog: str, request: pytest.FixtureRequest
+) -> None:
+    if catalog == "postgres":  # the ledger and the index in the database, not in the store
+        pg = request.getfixturevalue("postgres")
+        (tmp_path / "p.toml").write_text(POLICY)
+        store = Store.init(
+            tmp_path / "store",
+            policy=tmp_path / "p.toml",
+            simulated=True,
+            backends={"catalog": {"kind": "postgresql", "dsn": pg.url(pg.new_schema())}},
+        )
+    else:
+        store = _store(tmp_path)
     day = _two_days_ago()
-    with store.open_log(clock=FixedClock(day)) as log:
-        store.sampler(clock=FixedClock(day), log=log).decide("warm-up", {"queue": "x"})
+    with (
+        store.open_log(clock=FixedClock(day)) as log,
+        store.sampler(clock=FixedClock(day), log=log) as sampler,
+    ):
+        sampler.decide("warm-up", {"queue": "x"})
     argvs = [[str(store.path), f"p{k}", "40", day.isoformat()] for k in range(3)]
     assert run_together(WORKER, argvs, tmp_path / "go") == ["done\n"] * 3
     reasons: dict[str, list[int]] = {"a0": [], "a1": []}
@@ -169,11 +161,6 @@ def test_processes_deciding_at_once_respect_the_caps_and_pass_the_audit(tmp_path
     report = _audit(store, day)
     assert report.ok, report.to_text()
     assert report.counts["decisions_cap_reached"] > 0
-
-
-def test_a_cap_of_zero_refuses_every_call(ledger: CapLedger) -> None:
-    req = CapRequest("2026-11-16", b"x", "sales", "alice", cap_periods(MONDAY, 0, None))
-    assert ledger.decide([req, req._replace(call=b"y")]) == ["cap_reached"] * 2
 
 
 def test_cap_periods_are_utc_whatever_the_clock_zone() -> None:

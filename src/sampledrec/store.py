@@ -38,7 +38,8 @@ keeps its own on local disk, and :attr:`Store.log_storage` is the one place that
 storage)::
 
     "backends": {
-      "catalog":  {"kind": "sqlite", "path": "catalog.sqlite"},
+      "catalog":  {"kind": "sqlite", "path": "catalog.sqlite"}
+              or  {"kind": "postgresql", "dsn": "postgresql://sampledrec@db.example/sampledrec"},
       "blobs":    {"kind": "local", "path": "recordings"},
       "keystore": {"kind": "local"}                      (bucket keys in the keyring folder)
               or  {"kind": "pkcs11", "module": "/usr/lib/softhsm/libsofthsm2.so",
@@ -48,6 +49,13 @@ storage)::
 Relative paths are inside the store. A store without ``backends`` (made before they existed)
 uses these defaults. The PIN of a PKCS#11 token is never written: ``pin_env`` names the
 environment variable that holds it.
+
+A catalog on PostgreSQL (``sampledrec init --catalog DSN``) holds the caps ledger and the
+decided-calls index too (tables of the same database, instead of ``caps.sqlite`` and
+``decided.sqlite``), so that caps and idempotent decisions hold for every store that names it
+(docs/decisions/0026-postgresql.md). Its DSN never holds a password (store.json is backed up
+with the data): libpq reads it from ``PGPASSWORD`` or a password file (``~/.pgpass``,
+``PGPASSFILE``), and every message shows the DSN redacted.
 
 Folders are 0700 and files 0600. A store created by ``sampledrec demo`` (or ``init
 --simulated``) is marked *simulated*: it may act at a time ahead of the real clock (reveal keys of
@@ -70,6 +78,7 @@ from typing import Any, Final, Protocol
 
 from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
+from ._hazmat.postgres import dsn_has_password, redact_dsn
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .errors import (
     InvalidArgument,
@@ -92,14 +101,24 @@ from .log.format import (
 from .log.repair import RepairReport
 from .log.storage import LocalLogStorage, LogStorage
 from .log.writer import DecisionLog
-from .sampling.caps import KEEP_DAYS, CapAnswer, CapRequest, SqliteCapLedger, cap_agent, cap_periods
-from .sampling.decided import FirstDecision, SqliteDecidedCalls
+from .sampling.caps import (
+    KEEP_DAYS,
+    CapAnswer,
+    CapLedger,
+    CapRequest,
+    SqliteCapLedger,
+    cap_agent,
+    cap_periods,
+)
+from .sampling.decided import DecidedCalls, FirstDecision, SqliteDecidedCalls
 from .sampling.objections import ObjectionChange, ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
+from .sampling.postgres import PostgresCapLedger, PostgresDecidedCalls
 from .sampling.record import REASONS
 from .sampling.sampler import Sampler, cap_call_name
 from .vault.blobs import BlobStore, LocalBlobStore
 from .vault.catalog import Catalog, SqliteCatalog
+from .vault.postgres import PostgresCatalog
 from .witness.client import COSIGNED_DIR, Witnessing, WitnessSettings
 
 __all__ = ["Store"]
@@ -185,8 +204,17 @@ class Store:
                 raise StoreError(f"cannot open the recordings folder {path}: {exc}") from exc
         return self._blobs
 
+    @property
+    def catalog_dsn(self) -> str | None:
+        """The PostgreSQL database of the catalog (with the caps ledger and the decided-calls
+        index), or None for the embedded SQLite files. Never holds a password."""
+        spec = self.backends["catalog"]
+        return spec["dsn"] if spec["kind"] == "postgresql" else None
+
     def open_catalog(self) -> Catalog:
         """A new connection to the recordings catalog; the caller closes it."""
+        if self.catalog_dsn is not None:
+            return PostgresCatalog(self.catalog_dsn)
         path = self._inside(self.backends["catalog"]["path"])
         try:
             return SqliteCatalog(path)
@@ -238,7 +266,16 @@ class Store:
                 "folder"
             )
         chosen = {**DEFAULT_BACKENDS, **(dict(backends) if backends else {})}
-        _backends(chosen, root)  # refuse unknown backends before creating anything
+        dsn = chosen["catalog"].get("dsn")
+        if isinstance(dsn, str) and dsn_has_password(dsn):
+            raise InvalidArgument(
+                f"the catalog's DSN {redact_dsn(dsn)!r} holds a password, which would be written "
+                "to store.json (backed up with the data): leave it out and give it to libpq in "
+                "the environment variable PGPASSWORD or a password file (~/.pgpass, PGPASSFILE)"
+            )
+        checked = _backends(chosen, root)  # refuse unknown backends before creating anything
+        if checked["catalog"]["kind"] == "postgresql":
+            _prepare_postgres(checked["catalog"]["dsn"])  # reachable, and its tables made
         if policy is not None:
             text = Path(policy).read_text(encoding="utf-8")
             Policy.from_toml(text, source=str(policy))  # refuse a bad policy before creating
@@ -696,8 +733,12 @@ class Store:
                 decided.close()
             raise
 
-    def _decided_index(self, now: datetime) -> SqliteDecidedCalls:
+    def _decided_index(self, now: datetime) -> DecidedCalls:
         """The store's decided-calls index, complete as far as the log goes.
+
+        On PostgreSQL, the database's, shared with the other nodes: its commits are durable
+        before a decision is returned, so it is never behind the log (and is not rebuilt from
+        this store's log, which holds only this node's decisions).
 
         Missing (deleted, or a store from before it) while the log has decisions, it is rebuilt
         from the log into a temporary file renamed into place. Written in an earlier boot of the
@@ -705,6 +746,8 @@ class Store:
         log's fsynced entries survived), the recent decisions of the log are read back into it.
         Both under the store's lock, before any sampler decides with it: one full read of the
         log, once (per restart of the machine)."""
+        if self.catalog_dsn is not None:
+            return PostgresDecidedCalls(self.catalog_dsn, now=now)
         path = self._rebuilt_from_log(
             DECIDED_FILE, SqliteDecidedCalls, lambda: self._decided_from_log(now)
         )
@@ -776,11 +819,15 @@ class Store:
             )
         return out
 
-    def _caps_ledger(self, now: datetime) -> SqliteCapLedger:
+    def _caps_ledger(self, now: datetime) -> CapLedger:
         """The store's caps ledger. When it is missing (deleted, or a store from before it
         existed) while the log has decisions, it is rebuilt from the log first, under the
-        store's lock: otherwise the day's and week's counts would start again from zero."""
+        store's lock: otherwise the day's and week's counts would start again from zero.
+        On PostgreSQL, the database's (shared with the other nodes; never rebuilt from this
+        store's log, which holds only this node's decisions)."""
         key = self.keyring.pseudonym_key()
+        if self.catalog_dsn is not None:
+            return PostgresCapLedger(self.catalog_dsn, now=now, agent_key=key)
         path = self._rebuilt_from_log(
             CAPS_FILE,
             lambda tmp: SqliteCapLedger(tmp, agent_key=key),
@@ -967,9 +1014,14 @@ def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:
     ]
 
 
-_KINDS: Final = {"catalog": ("sqlite",), "blobs": ("local",), "keystore": ("local", "pkcs11")}
+_KINDS: Final = {
+    "catalog": ("sqlite", "postgresql"),
+    "blobs": ("local",),
+    "keystore": ("local", "pkcs11"),
+}
 _REQUIRED: Final = {
     ("catalog", "sqlite"): ("path",),
+    ("catalog", "postgresql"): ("dsn",),
     ("blobs", "local"): ("path",),
     ("keystore", "local"): (),
     ("keystore", "pkcs11"): ("module", "token", "pin_env"),
@@ -1048,7 +1100,8 @@ def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
         spec = raw.get(name, DEFAULT_BACKENDS[name])
         if not isinstance(spec, dict) or spec.get("kind") not in kinds:
             raise StoreError(
-                f"{where}: backends.{name} = {spec!r}; its kind must be one of {', '.join(kinds)}"
+                f"{where}: backends.{name} = {_shown(spec)!r}; its kind must be one of "
+                f"{', '.join(kinds)}"
             )
         missing = [k for k in _REQUIRED[(name, spec["kind"])] if not spec.get(k)]
         if missing:
@@ -1059,12 +1112,35 @@ def _backends(raw: object, root: Path) -> dict[str, dict[str, str]]:
         if bad:
             raise StoreError(
                 f"{where}: backends.{name}.{bad[0]} must be text (at most 1024 characters), "
-                f"not {spec[bad[0]]!r:.80}"
+                f"not {_shown(spec)[bad[0]]!r:.80}"
+            )
+        dsn = spec.get("dsn")
+        if isinstance(dsn, str) and dsn_has_password(dsn):
+            raise StoreError(
+                f"{where}: backends.{name}.dsn {redact_dsn(dsn)!r} holds a password; store.json "
+                "is backed up with the data, so give the password to libpq instead: the "
+                "environment variable PGPASSWORD, or a password file (~/.pgpass or PGPASSFILE)"
             )
         out[name] = {str(k): str(v) for k, v in spec.items()}
         if not all(_plain_text(v) for v in out[name].values()):
             raise StoreError(f"{where}: backends.{name} holds a NUL or an unencodable character")
     return out
+
+
+def _shown(spec: object) -> Any:
+    """A backend's settings as an error message may show them: a DSN redacted."""
+    if isinstance(spec, dict) and isinstance(spec.get("dsn"), str):
+        return {**spec, "dsn": redact_dsn(spec["dsn"])}
+    return spec
+
+
+def _prepare_postgres(dsn: str) -> None:
+    """Connect to the database of a new store's catalog and bring its tables (catalog, caps
+    ledger, decided-calls index) up to date, so that a wrong DSN is refused before the store is
+    created."""
+    PostgresCatalog(dsn).close()
+    PostgresCapLedger(dsn).close()
+    PostgresDecidedCalls(dsn).close()
 
 
 def _pkcs11_keystore(spec: dict[str, str]) -> KeyStore:

@@ -17,6 +17,9 @@ keyed pseudonyms when the ledger is given a key (the store's sampler gives it on
   durable (``synchronous=FULL``) before the decision is returned, so that a crash can only leave
   a call counted that was never logged (never the reverse, which could exceed a cap). Only calls
   that a capped rule selected pay for it. SQLite's WAL needs the file on a local filesystem.
+- :class:`~sampledrec.sampling.postgres.PostgresCapLedger`: tables of a PostgreSQL database
+  (what a store whose catalog is on PostgreSQL uses), shared by every process and host that
+  uses it (docs/decisions/0026-postgresql.md).
 - :class:`MemoryCapLedger`: one process's memory (a bare :class:`~sampledrec.Sampler`).
 """
 
@@ -41,8 +44,10 @@ __all__ = [
     "CapRequest",
     "MemoryCapLedger",
     "SqliteCapLedger",
+    "agent_pseudonym",
     "cap_agent",
     "cap_periods",
+    "prune_cutoffs",
 ]
 
 CapAnswer = Literal["sampled", "cap_reached"]
@@ -85,6 +90,24 @@ def cap_periods(
         year, week, _ = now.isocalendar()
         out.append((f"W{year}-{week:02d}", per_week))
     return tuple(out)
+
+
+def prune_cutoffs(now: datetime) -> tuple[str, str, str]:
+    """What a ledger keeps at ``now``: the first day period (``D...``), week period (``W...``)
+    and epoch id not older than :data:`KEEP_DAYS`; anything before them may be dropped."""
+    cutoff = now.astimezone(UTC) - timedelta(days=KEEP_DAYS)
+    year, week, _ = cutoff.isocalendar()
+    day = cutoff.date().isoformat()
+    return f"D{day}", f"W{year}-{week:02d}", day
+
+
+def agent_pseudonym(key: bytes | None, agent: str) -> str:
+    """The agent as a ledger keeps it: a keyed pseudonym (32 hex digits) when the ledger has a
+    ``key``, else as given."""
+    if key is None:
+        return agent
+    raw = b"sampledrec/v1/cap-agent\x00" + agent.encode("utf-8", "surrogatepass")
+    return hmac.new(key, raw, hashlib.sha256).hexdigest()[:32]
 
 
 @runtime_checkable
@@ -172,23 +195,17 @@ class SqliteCapLedger:
         self._lock = threading.Lock()
 
     def _agent(self, agent: str) -> str:
-        if self._agent_key is None:
-            return agent
-        raw = b"sampledrec/v1/cap-agent\x00" + agent.encode("utf-8", "surrogatepass")
-        return hmac.new(self._agent_key, raw, hashlib.sha256).hexdigest()[:32]
+        return agent_pseudonym(self._agent_key, agent)
 
     def _prune(self, now: datetime) -> None:
-        cutoff = now.astimezone(UTC) - timedelta(days=KEEP_DAYS)
-        year, week, _ = cutoff.isocalendar()
+        day, week, epoch = prune_cutoffs(now)
         with self._transaction():
             self._db.execute(
                 "DELETE FROM cap_counts WHERE (period LIKE 'D%' AND period < ?) "
                 "OR (period LIKE 'W%' AND period < ?)",
-                (f"D{cutoff.date().isoformat()}", f"W{year}-{week:02d}"),
+                (day, week),
             )
-            self._db.execute(
-                "DELETE FROM capped_calls WHERE epoch_id < ?", (cutoff.date().isoformat(),)
-            )
+            self._db.execute("DELETE FROM capped_calls WHERE epoch_id < ?", (epoch,))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -17,6 +17,9 @@ whether its log entry is known to be durable.
 - :class:`SqliteDecidedCalls` (``STORE/decided.sqlite``; what a store's logged sampler uses):
   one small SQLite write per new call, committed before the decision is returned (see the class
   for why ``synchronous=NORMAL`` is enough there, and when the store re-reads its log).
+- :class:`~sampledrec.sampling.postgres.PostgresDecidedCalls`: a table of a PostgreSQL
+  database (what a store whose catalog is on PostgreSQL uses), shared by every process and host
+  that uses it (docs/decisions/0026-postgresql.md).
 - :class:`MemoryDecidedCalls`: one process's memory (the fake of ``sampledrec.testing``).
 """
 

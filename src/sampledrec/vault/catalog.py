@@ -1,7 +1,8 @@
 """The recordings catalog: one row per recording, behind the :class:`Catalog` protocol.
 
 The default backend is SQLite in the store (``catalog.sqlite``, WAL mode, so readers do not block
-the recorder); a PostgreSQL backend can implement the same protocol. A row holds the recording's
+the recorder); :class:`~sampledrec.vault.postgres.PostgresCatalog` keeps it in a PostgreSQL
+database instead (docs/decisions/0026-postgresql.md). A row holds the recording's
 metadata and its *wrapped* data key (never the key in clear), stored when the recording is
 opened, so that a crash mid-call leaves a recording that can be recovered or destroyed, never an
 orphan. Personal fields (call reference, caller pseudonym, agent) are removed when the recording
@@ -134,6 +135,7 @@ class SubjectRequest:
 @runtime_checkable
 class Catalog(Protocol):
     """Where recordings are listed. Implementations: :class:`SqliteCatalog`,
+    :class:`~sampledrec.vault.postgres.PostgresCatalog`,
     :class:`sampledrec.testing.MemoryCatalog`; every backend passes the contract suite in
     ``tests/test_backends.py``."""
 
