@@ -61,10 +61,12 @@ from sampledrec.testing import (
 from sampledrec.vault.blobs import BlobStore, BlobWriter, LocalBlobStore
 from sampledrec.vault.catalog import Catalog, Hold, RecordingRow, SqliteCatalog, SubjectRequest
 
+from .seaweedfs import SeaweedFS
+
 T = TypeVar("T")
 
 CATALOGS = ["sqlite", "memory"]
-BLOB_STORES = ["local", "memory"]
+BLOB_STORES = ["local", "memory", "s3"]
 KEYRINGS = ["local", "memory"]
 LOG_STORAGES = ["local", "memory"]
 DECIDED_INDEXES = ["sqlite", "memory"]
@@ -72,7 +74,7 @@ DECIDED_INDEXES = ["sqlite", "memory"]
 # Every backend class the library ships, by protocol, with its name in the lists above.
 SHIPPED: dict[type, dict[str, str]] = {
     Catalog: {"SqliteCatalog": "sqlite", "MemoryCatalog": "memory"},
-    BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory"},
+    BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory", "S3BlobStore": "s3"},
     Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory"},
     KeyStore: {"LocalKeyStore": "local", "MemoryKeyStore": "memory", "Pkcs11KeyStore": "pkcs11"},
     LogStorage: {"LocalLogStorage": "local", "MemoryLogStorage": "memory"},
@@ -89,12 +91,17 @@ def open_catalog(name: str, tmp_path: Path) -> Callable[[], Catalog]:
     raise AssertionError(f"no factory for the catalog backend {name!r}")
 
 
-def open_blob_store(name: str, tmp_path: Path) -> Callable[[], BlobStore]:
+def open_blob_store(
+    name: str, tmp_path: Path, s3: SeaweedFS | None = None
+) -> Callable[[], BlobStore]:
     if name == "local":
         return functools.partial(LocalBlobStore, tmp_path / "recordings", create=True)
     if name == "memory":
         only = MemoryBlobStore()
         return lambda: only
+    if name == "s3":  # a real server (tests/seaweedfs.py); every test its own key prefix
+        assert s3 is not None
+        return functools.partial(s3.blob_store, s3.new_prefix("contract"))
     raise AssertionError(f"no factory for the blob store backend {name!r}")
 
 
@@ -155,7 +162,8 @@ def catalog(catalogs: Handles[Catalog]) -> Catalog:
 
 @pytest.fixture(params=BLOB_STORES)
 def blob_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Handles[BlobStore]:
-    return Handles(request.param, open_blob_store(request.param, tmp_path))
+    s3 = request.getfixturevalue("seaweedfs") if request.param == "s3" else None
+    return Handles(request.param, open_blob_store(request.param, tmp_path, s3))
 
 
 @pytest.fixture
