@@ -67,6 +67,9 @@ __all__ = [
     "MIN_PART_SIZE",
     "S3BlobStore",
     "S3Credentials",
+    "check_bucket",
+    "check_endpoint",
+    "check_prefix",
     "parse_s3_url",
 ]
 
@@ -79,6 +82,7 @@ _CACHED_BLOCKS: Final = 4
 _BUCKET: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX_PART: Final = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 _PREFIX: Final = re.compile(rf"{_PREFIX_PART}(?:/{_PREFIX_PART}){{0,7}}")
+_REGION: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 # S3 error codes, by what they mean for the user.
@@ -225,7 +229,8 @@ def check_prefix(prefix: object) -> str:
 
 
 def check_endpoint(endpoint: object) -> str:
-    """``endpoint`` if it is an http(s) URL without credentials in it."""
+    """``endpoint`` if it is an http(s) URL without credentials in it (a URL that holds some
+    is refused without being shown)."""
     if not isinstance(endpoint, str):
         raise InvalidArgument(f"endpoint={endpoint!r} must be an http:// or https:// URL")
     try:
@@ -233,15 +238,15 @@ def check_endpoint(endpoint: object) -> str:
         parts.port  # noqa: B018 (a bad port raises ValueError)
     except ValueError:
         parts = None
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        raise InvalidArgument(
+            "the S3 endpoint URL must not hold credentials; give them in the environment "
+            "or a credentials file"
+        )
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidArgument(
             f"endpoint={endpoint!r} must be an http:// or https:// URL, such as "
             "https://s3.eu-west-3.amazonaws.com or http://127.0.0.1:8333"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise InvalidArgument(
-            "the S3 endpoint URL must not hold credentials; give them in the environment "
-            "or a credentials file"
         )
     return endpoint
 
@@ -280,6 +285,11 @@ class S3BlobStore:
         self.prefix = check_prefix(prefix.strip("/") if isinstance(prefix, str) else prefix)
         self.endpoint = None if endpoint is None else check_endpoint(endpoint)
         self.region = region or "us-east-1"
+        if not isinstance(self.region, str) or not _REGION.fullmatch(self.region):
+            raise InvalidArgument(
+                f"region={region!r} is not an S3 region name, such as 'eu-west-3' (most "
+                "S3-compatible servers accept the default, 'us-east-1')"
+            )
         if not isinstance(part_size, int) or not MIN_PART_SIZE <= part_size <= 5 * 1024**3:
             raise InvalidArgument(
                 f"part_size={part_size!r} must be an int from {MIN_PART_SIZE} (5 MiB, the "
@@ -295,6 +305,7 @@ class S3BlobStore:
         self._writers: dict[str, _S3Writer] = {}
         self._lock = threading.Lock()
         try:
+            import boto3.session  # noqa: F401 (the client is made in _new_client)
             import botocore.exceptions as boto_errors
         except ImportError:
             raise StoreError(
