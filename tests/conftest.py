@@ -13,9 +13,10 @@ from hypothesis import settings
 from sampledrec.cli.app import main
 
 from .postgres import PostgresServer, postgres
+from .seaweedfs import SeaweedFS, seaweedfs
 from .softhsm import SoftHsm, softhsm
 
-__all__ = ["PostgresServer", "SoftHsm", "postgres", "softhsm"]
+__all__ = ["PostgresServer", "SeaweedFS", "SoftHsm", "postgres", "seaweedfs", "softhsm"]
 
 # CI replays the same examples every run (a change is judged on what it changes, not on a new
 # random draw); developers' runs keep exploring new ones, and what they find becomes a test.

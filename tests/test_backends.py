@@ -72,10 +72,12 @@ from sampledrec.vault.blobs import BlobStore, BlobWriter, LocalBlobStore
 from sampledrec.vault.catalog import Catalog, Hold, RecordingRow, SqliteCatalog, SubjectRequest
 from sampledrec.vault.postgres import PostgresCatalog
 
+from .seaweedfs import SeaweedFS
+
 T = TypeVar("T")
 
 CATALOGS = ["sqlite", "memory", "postgres"]
-BLOB_STORES = ["local", "memory"]
+BLOB_STORES = ["local", "memory", "s3"]
 KEYRINGS = ["local", "memory"]
 LOG_STORAGES = ["local", "memory"]
 DECIDED_INDEXES = ["sqlite", "memory", "postgres"]
@@ -84,7 +86,7 @@ CAP_LEDGERS = ["sqlite", "memory", "postgres"]
 # Every backend class the library ships, by protocol, with its name in the lists above.
 SHIPPED: dict[type, dict[str, str]] = {
     Catalog: {"SqliteCatalog": "sqlite", "MemoryCatalog": "memory", "PostgresCatalog": "postgres"},
-    BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory"},
+    BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory", "S3BlobStore": "s3"},
     Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory"},
     KeyStore: {"LocalKeyStore": "local", "MemoryKeyStore": "memory", "Pkcs11KeyStore": "pkcs11"},
     LogStorage: {"LocalLogStorage": "local", "MemoryLogStorage": "memory"},
@@ -123,12 +125,17 @@ def open_catalog(name: str, tmp_path: Path, fresh_dsn: FreshDsn) -> Callable[[],
     raise AssertionError(f"no factory for the catalog backend {name!r}")
 
 
-def open_blob_store(name: str, tmp_path: Path) -> Callable[[], BlobStore]:
+def open_blob_store(
+    name: str, tmp_path: Path, s3: SeaweedFS | None = None
+) -> Callable[[], BlobStore]:
     if name == "local":
         return functools.partial(LocalBlobStore, tmp_path / "recordings", create=True)
     if name == "memory":
         only = MemoryBlobStore()
         return lambda: only
+    if name == "s3":  # a real server (tests/seaweedfs.py); every test its own key prefix
+        assert s3 is not None
+        return functools.partial(s3.blob_store, s3.new_prefix("contract"))
     raise AssertionError(f"no factory for the blob store backend {name!r}")
 
 
@@ -204,7 +211,8 @@ def catalog(catalogs: Handles[Catalog]) -> Catalog:
 
 @pytest.fixture(params=BLOB_STORES)
 def blob_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Handles[BlobStore]:
-    return Handles(request.param, open_blob_store(request.param, tmp_path))
+    s3 = request.getfixturevalue("seaweedfs") if request.param == "s3" else None
+    return Handles(request.param, open_blob_store(request.param, tmp_path, s3))
 
 
 @pytest.fixture

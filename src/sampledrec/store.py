@@ -40,7 +40,10 @@ storage)::
     "backends": {
       "catalog":  {"kind": "sqlite", "path": "catalog.sqlite"}
               or  {"kind": "postgresql", "dsn": "postgresql://sampledrec@db.example/sampledrec"},
-      "blobs":    {"kind": "local", "path": "recordings"},
+      "blobs":    {"kind": "local", "path": "recordings"}
+              or  {"kind": "s3", "bucket": "call-recordings", "prefix": "node-a",
+                   "endpoint": "https://...", "region": "...", "credentials_file": "..."}
+                                                     (docs/decisions/0027-object-storage.md)
       "keystore": {"kind": "local"}                      (bucket keys in the keyring folder)
               or  {"kind": "pkcs11", "module": "/usr/lib/softhsm/libsofthsm2.so",
                    "token": "sampledrec", "pin_env": "SAMPLEDREC_PKCS11_PIN"}
@@ -48,7 +51,8 @@ storage)::
 
 Relative paths are inside the store. A store without ``backends`` (made before they existed)
 uses these defaults. The PIN of a PKCS#11 token is never written: ``pin_env`` names the
-environment variable that holds it.
+environment variable that holds it; nor are S3 credentials: they come from the environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) or from the file ``credentials_file`` names.
 
 A catalog on PostgreSQL (``sampledrec init --catalog DSN``) holds the caps ledger and the
 decided-calls index too (tables of the same database, instead of ``caps.sqlite`` and
@@ -197,6 +201,9 @@ class Store:
     def blobs(self) -> BlobStore:
         """Where sealed recordings are kept (built once, on first use)."""
         if self._blobs is None:
+            if self.backends["blobs"]["kind"] == "s3":
+                self._blobs = _s3_blob_store(self.backends["blobs"], self.path)
+                return self._blobs
             path = self._inside(self.backends["blobs"]["path"])
             try:
                 self._blobs = LocalBlobStore(path, create=True)
@@ -276,6 +283,8 @@ class Store:
         checked = _backends(chosen, root)  # refuse unknown backends before creating anything
         if checked["catalog"]["kind"] == "postgresql":
             _prepare_postgres(checked["catalog"]["dsn"])  # reachable, and its tables made
+        if chosen["blobs"]["kind"] == "s3":
+            _s3_blob_store(chosen["blobs"], root)  # the bucket answers, before anything is made
         if policy is not None:
             text = Path(policy).read_text(encoding="utf-8")
             Policy.from_toml(text, source=str(policy))  # refuse a bad policy before creating
@@ -1016,13 +1025,14 @@ def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:
 
 _KINDS: Final = {
     "catalog": ("sqlite", "postgresql"),
-    "blobs": ("local",),
+    "blobs": ("local", "s3"),
     "keystore": ("local", "pkcs11"),
 }
 _REQUIRED: Final = {
     ("catalog", "sqlite"): ("path",),
     ("catalog", "postgresql"): ("dsn",),
     ("blobs", "local"): ("path",),
+    ("blobs", "s3"): ("bucket",),
     ("keystore", "local"): (),
     ("keystore", "pkcs11"): ("module", "token", "pin_env"),
 }
@@ -1156,3 +1166,77 @@ def _pkcs11_keystore(spec: dict[str, str]) -> KeyStore:
         pin,
         label_prefix=spec.get("label_prefix", "sampledrec-"),
     )
+
+
+# -- recordings on S3 object storage (docs/decisions/0027-object-storage.md) ------------------
+
+#: What backends.blobs of kind "s3" may hold. Credentials never: they come from the
+#: environment or from the file named by credentials_file.
+_S3_SETTINGS: Final = (
+    "kind",
+    "bucket",
+    "prefix",
+    "endpoint",
+    "region",
+    "credentials_file",
+    "profile",
+)
+
+
+def s3_blobs_backend(
+    url: str,
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+    credentials_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+) -> dict[str, str]:
+    """The ``backends.blobs`` of a store whose recordings go to ``url`` (``s3://bucket/prefix``),
+    for :meth:`Store.init`'s ``backends``.
+
+    >>> s3_blobs_backend("s3://recordings/node-a", endpoint="http://127.0.0.1:8333")
+    {'kind': 's3', 'bucket': 'recordings', 'prefix': 'node-a', 'endpoint': 'http://127.0.0.1:8333'}
+    """
+    from .vault.s3 import check_endpoint, parse_s3_url
+
+    bucket, prefix = parse_s3_url(url)
+    spec = {"kind": "s3", "bucket": bucket, "prefix": prefix}
+    if endpoint is not None:
+        spec["endpoint"] = check_endpoint(endpoint)
+    if region is not None:
+        spec["region"] = region
+    if credentials_file is not None:
+        spec["credentials_file"] = str(Path(credentials_file).resolve())
+    if profile is not None:
+        spec["profile"] = profile
+    return spec
+
+
+def _s3_blob_store(spec: dict[str, str], root: Path) -> BlobStore:
+    from .vault.s3 import S3BlobStore, S3Credentials
+
+    where = root / "store.json"
+    unknown = sorted(set(spec) - set(_S3_SETTINGS))
+    if unknown:
+        raise StoreError(
+            f"{where}: backends.blobs of kind 's3' has no setting {unknown[0]!r}; its settings "
+            f"are {', '.join(_S3_SETTINGS[1:])} (credentials are never written there: they "
+            "come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or from credentials_file)"
+        )
+    try:
+        if spec.get("credentials_file"):
+            file = Path(spec["credentials_file"])
+            credentials = S3Credentials.from_file(
+                file if file.is_absolute() else root / file, spec.get("profile") or "default"
+            )
+        else:
+            credentials = S3Credentials.from_env()
+        return S3BlobStore(
+            spec["bucket"],
+            prefix=spec.get("prefix", ""),
+            endpoint=spec.get("endpoint") or None,
+            region=spec.get("region") or None,
+            credentials=credentials,
+        )
+    except InvalidArgument as exc:
+        raise StoreError(f"{where}: backends.blobs: {exc}") from None

@@ -8,8 +8,9 @@ chunk after chunk, made durable by :meth:`BlobWriter.sync`), replaces it whole a
 seekable file), and deletes it on expiry or erasure.
 
 :class:`LocalBlobStore` keeps blobs under one folder (``STORE/recordings`` by default; folders
-0700, files 0600). An in-memory fake is :class:`sampledrec.testing.MemoryBlobStore`; every
-backend passes the contract suite in ``tests/test_backends.py``.
+0700, files 0600); :class:`~sampledrec.vault.s3.S3BlobStore` keeps them in a bucket of
+S3-compatible object storage. An in-memory fake is :class:`sampledrec.testing.MemoryBlobStore`;
+every backend passes the contract suite in ``tests/test_backends.py``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class BlobWriter(Protocol):
 @runtime_checkable
 class BlobStore(Protocol):
     """Sealed recordings by name. Implementations: :class:`LocalBlobStore`,
-    :class:`sampledrec.testing.MemoryBlobStore`.
+    :class:`~sampledrec.vault.s3.S3BlobStore`, :class:`sampledrec.testing.MemoryBlobStore`.
 
     ``open`` and ``size`` raise :class:`FileNotFoundError` for a blob that does not exist;
     ``create`` raises :class:`FileExistsError` for one that does. ``delete`` says whether there
