@@ -427,15 +427,18 @@ class _PortPool:
             # Runs that start on a multiple of 2 * count from the range's start first: the
             # range then stays cut in whole runs, and one always fits while a run is free.
             free = sorted(self._free, key=lambda p: (p - self._first) % (2 * count) != 0)
+            tries = 16  # runs tried where a port turns out held by another program
             for port in free:
                 run = [port + 2 * i for i in range(count)]
-                if all(p in self._free for p in run[1:]):
+                if port in self._free and all(p in self._free for p in run[1:]):
                     bound = [p for p in run if self._bind(p)]
                     if len(bound) == count:
                         return list(run)
                     for p in bound:
                         self.give(p)
-                    break  # a port of the range is held elsewhere: take them one by one
+                    tries -= 1
+                    if not tries:
+                        break  # many ports held elsewhere: take them one by one
         return [self.take() for _ in range(count)]
 
     def take(self) -> int | None:
