@@ -721,10 +721,12 @@ def audit_kit(
     cdr: str | os.PathLike[str] | None = None,
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    runner: Any | None = None,
 ) -> AuditReport:
     """Audit from an auditor's kit alone: no keyring, no private key, the recordings' files
     (with ``recordings``) read-only. ``revealed_keys`` replaces the kit's own file (keys
-    revealed later)."""
+    revealed later). ``runner`` checks the log's partitions elsewhere
+    (:func:`sampledrec.audit.distributed.dask_runner`); the report is the same."""
     from .revealed import read_revealed_keys
     from .verify import audit_evidence
 
@@ -738,6 +740,7 @@ def audit_kit(
         cdr=Path(cdr) if cdr is not None else None,
         progress=progress,
         now=now,
+        runner=runner,
     )
 
 
