@@ -26,31 +26,17 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
+from _auditlog import decided_store
 from _table import print_table
 
-from sampledrec import FixedClock, Store, __version__, draw_many
+from sampledrec import __version__, draw_many
 from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.audit.verify import audit_verify
 
 ROUNDS = 3
-
-POLICY = """
-[[rules]]
-name = "sales"
-match = { queue = "sales" }
-rate = "0.05"
-purpose = "quality"
-retention = "6 months"
-
-[default]
-rate = "0.02"
-purpose = "quality"
-retention = "6 months"
-"""
 
 
 def main() -> int:
@@ -60,21 +46,15 @@ def main() -> int:
     n = 1_000_000 if args.quick else 10_000_000
     tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-audit-"))
     try:
-        (tmp / "policy.toml").write_text(POLICY, encoding="utf-8")
-        store = Store.init(tmp / "store", policy=tmp / "policy.toml", simulated=True)
-        real_now = datetime.now(UTC)
-        day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
-        clock = FixedClock(day)
-        refs = np.asarray([f"{i:016x}@pbx.example.com" for i in range(n)], dtype="S")
-        queues = np.asarray(["sales", "support"])[np.arange(n) % 2]
         t0 = time.perf_counter()
-        with store.open_log(clock=clock) as log:
-            sampler = store.sampler(clock=clock, log=log)
-            batch = 50_000
-            for s in range(0, n, batch):
-                sampler.decide_batch(refs[s : s + batch], {"queue": queues[s : s + batch]})
-            log.flush()
+        built_store = decided_store(tmp, n)
         built = time.perf_counter() - t0
+        store, day, real_now, refs = (
+            built_store.store,
+            built_store.day,
+            built_store.real_now,
+            built_store.refs,
+        )
         keys = store.reveal_keys(now=day + timedelta(days=1), real_now=real_now)
         revealed = tmp / "revealed.json"
         store.write_revealed(keys, revealed)

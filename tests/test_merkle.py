@@ -9,6 +9,7 @@ straight from the recursive definitions of RFC 6962 section 2.1, never from samp
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -34,6 +35,7 @@ from sampledrec.log.merkle import (
     leaf_hash,
     node_hash,
     root_of,
+    subtrees,
     verify_consistency,
     verify_inclusion,
 )
@@ -601,3 +603,25 @@ def test_sampledrec_no_accel_disables_the_accelerator_with_the_same_results() ->
     }
     entries = [bytes([i % 251]) * (i * 7 % 300) for i in range(200)]
     assert pure["root"] == ref_mth([ref_leaf(e) for e in entries]).hex()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 64, 100, 257])
+def test_ranges_of_stretches_merge_into_the_tree_from_leaf_0(n: int) -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n)]
+    whole = CompactRange()
+    whole.extend(leaves)
+    for cuts in ([0, n], [0, n // 3, n], [0, 1, n // 2, n - 1, n], [*range(0, n + 1, 7), n]):
+        points = sorted(set(cuts))
+        joined = CompactRange()
+        for a, b in itertools.pairwise(points):
+            part = CompactRange(a, begin=a)
+            part.extend(leaves[a:b])
+            assert part.begin == a and part.size == b
+            assert len(part.hashes) == len(subtrees(a, b))
+            joined.merge(part)
+        assert joined == whole
+        assert joined.root() == root_of(leaves)
+    with pytest.raises(ValueError, match="ending at"):
+        CompactRange().merge(CompactRange(2, [leaves[0]], begin=1))
+    with pytest.raises(ValueError, match="only a range that starts at leaf 0"):
+        CompactRange(n, begin=n).root()

@@ -738,11 +738,14 @@ def audit_kit(
     witnesses: Sequence[str] = (),
     quorum: int | None = None,
     cosigned: Sequence[str | os.PathLike[str]] = (),
+    runner: Any | None = None,
 ) -> AuditReport:
     """Audit from an auditor's kit alone: no keyring, no private key, the recordings' files
     (with ``recordings``) read-only. ``revealed_keys`` replaces the kit's own file (keys
     revealed later). ``witnesses`` (``NAME=VKEY``), ``quorum`` and ``cosigned`` (more
-    cosigned-checkpoint files) check the log against what those witnesses cosigned."""
+    cosigned-checkpoint files) check the log against what those witnesses cosigned.
+    ``runner`` checks the log's partitions elsewhere
+    (:func:`sampledrec.audit.distributed.dask_runner`); the report is the same."""
     from .revealed import read_revealed_keys
     from .verify import audit_evidence
 
@@ -759,6 +762,7 @@ def audit_kit(
         witnesses=witnesses,
         quorum=quorum,
         cosigned=[Path(p) for p in cosigned],
+        runner=runner,
     )
 
 

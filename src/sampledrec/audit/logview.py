@@ -19,11 +19,12 @@ from ..log.segments import (
     MIN_RECORD,
     SEG_HEADER,
     SEG_MAGIC,
+    BatchSpan,
     read_trailer,
 )
 from ..log.storage import LogStorage, SegmentBytes, segment_name
 
-__all__ = ["Cut", "InOrderLog"]
+__all__ = ["Cut", "InOrderLog", "in_order_batches"]
 
 
 class Cut(NamedTuple):
@@ -54,27 +55,17 @@ class InOrderLog:
         expected = 0
         for seg in self._storage.segments():
             data = self._storage.map_segment(seg)
-            pos = SEG_HEADER.size
-            ok = len(data) >= pos and seg == expected
+            ok = len(data) >= SEG_HEADER.size and seg == expected
             if ok:
                 magic, _, first = SEG_HEADER.unpack_from(data, 0)
                 ok = magic == SEG_MAGIC and first == seg
             if not ok:
                 self.cut = Cut(seg, 0)
                 break
-            while pos + BATCH_HEADER.size <= len(data):
-                magic, first, count, plen = BATCH_HEADER.unpack_from(data, pos)
-                start = pos + BATCH_HEADER.size
-                trailer = (
-                    read_trailer(data, start + plen)
-                    if magic == BATCH_MAGIC
-                    and first == expected
-                    and 1 <= count <= plen // MIN_RECORD
-                    else None
-                )
-                if trailer is None or trailer[0].size != first + count:
-                    break
-                expected, pos = first + count, trailer[1]
+            spans = in_order_batches(data, seg)
+            pos = spans[-1].next if spans else SEG_HEADER.size
+            if spans:
+                expected = spans[-1].first + spans[-1].entries
             self._ends[seg] = pos
             shown.append(seg)
             if pos != len(data):
@@ -114,3 +105,26 @@ class InOrderLog:
 
     def size(self) -> int:
         return sum(self._ends.get(seg, 0) for seg in self._walk())
+
+
+def in_order_batches(data: SegmentBytes, first: int) -> list[BatchSpan]:
+    """The batches of a segment's ``data`` (whose first entry is ``first``) that follow one
+    another from its header on: the right magic, each batch's ``first_index`` the next
+    entry's, a count the payload can hold, a trailer that closes it at ``first_index + count``.
+    """
+    out: list[BatchSpan] = []
+    pos = SEG_HEADER.size
+    expected = first
+    while pos + BATCH_HEADER.size <= len(data):
+        magic, bfirst, count, plen = BATCH_HEADER.unpack_from(data, pos)
+        start = pos + BATCH_HEADER.size
+        trailer = (
+            read_trailer(data, start + plen)
+            if magic == BATCH_MAGIC and bfirst == expected and 1 <= count <= plen // MIN_RECORD
+            else None
+        )
+        if trailer is None or trailer[0].size != bfirst + count:
+            break
+        out.append(BatchSpan(data, pos, bfirst, count, start, start + plen, trailer[1]))
+        expected, pos = bfirst + count, trailer[1]
+    return out

@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,21 +54,18 @@ from typing import Any, Final, cast
 import numpy as np
 import numpy.typing as npt
 
-from .._hazmat.cmac import draws_rows
 from ..clock import SYSTEM_CLOCK
-from ..errors import LogCorrupt, SampledrecError
+from ..errors import SampledrecError
 from ..keys.keyring import epoch_end
 from ..log.columns import (
     I64,
     Decisions,
-    LogContents,
     call_firsts,
     counted_once,
-    decisions_from_entries,
-    read_log,
 )
 from ..log.format import T_KEY_COMMIT, T_KEY_DESTROYED, T_POLICY, from_micros, to_micros
 from ..log.storage import LogStorage
+from ..log.verify import LogVerification
 from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.keyed import MAX_CALL_REF_BYTES
 from ..sampling.record import REASONS
@@ -78,6 +74,15 @@ from .evidence import Evidence, store_evidence
 from .findings import CHECKS, CORE_CHECKS, STAT_ALPHA, AuditFinding, AuditReport, GroupStats
 from .logview import InOrderLog
 from .objections import check_objections
+from .partitions import (
+    EMPTY_MISMATCHES,
+    DrawMismatches,
+    InProcess,
+    PartRunner,
+    candidate_keys,
+    join_entries,
+    partitions,
+)
 from .recordings import check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
 from .rules import check_cap_reached, check_rules
@@ -162,10 +167,13 @@ def audit_evidence(
     witnesses: Sequence[str] = (),
     quorum: int | None = None,
     cosigned: Sequence[str | Path] = (),
+    runner: PartRunner | None = None,
 ) -> AuditReport:
     """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
-    ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`)."""
-    from ..log.verify import verify_log
+    ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`).
+
+    ``runner`` checks the log's partitions (default: in this process); the report is the same
+    whichever runs them (:mod:`sampledrec.audit.partitions`)."""
     from ..sampling.policy import Policy
 
     at = now or SYSTEM_CLOCK.now()
@@ -177,31 +185,24 @@ def audit_evidence(
     keyring = ev.sealing
 
     # 1. log -----------------------------------------------------------------------------------
-    # Verified on this thread while another reads it (decisions as columns, the other entries
-    # decoded): both spend most of their time in C without the GIL. Only the batches that
-    # follow one another are read: a forged batch header cannot renumber entries.
-    view = InOrderLog(ev.log)
-
-    def read() -> LogContents:
-        try:
-            # The view has every reading method read_log uses, and no writing one.
-            return read_log(cast(LogStorage, view), keyring, progress=progress)
-        except (LogCorrupt, ValueError, OverflowError) as exc:
-            return LogContents(decisions_from_entries([]), [], f"{exc}")
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        reading = pool.submit(read)
-        logrep = verify_log(
-            ev.log,
-            checkpoint_file=Path(checkpoint) if checkpoint is not None else None,
-            store_id=ev.store_id,
-            public_key=ev.public_key,
-            progress=progress,
-        )
-        contents = reading.result()
-    if view.cut is not None:
+    # The log in partitions (its segments), each verified and read on its own, then joined
+    # (sampledrec.audit.partitions): here on two threads, or on Dask with ``runner``.
+    plan = LogVerification.start(
+        ev.log, checkpoint_file=Path(checkpoint) if checkpoint is not None else None
+    )
+    candidates = candidate_keys(revealed)
+    parts = [] if plan.done else partitions(ev.log, plan.segments)
+    checks, segment_entries = (runner or InProcess()).run(
+        parts, plan.wanted, ev.sealing, candidates, progress
+    )
+    by_segment = {c.segment: c for c in checks}
+    logrep = plan.finish(by_segment.__getitem__, store_id=ev.store_id, public_key=ev.public_key)
+    joined = join_entries(segment_entries)
+    contents = joined.contents
+    view = InOrderLog(ev.log)  # read again only for the objections' callers, if any
+    if joined.cut is not None:
         rep.notes.append(
-            f"the log's batches stop following one another in {view.cut}: the audit read the "
+            f"the log's batches stop following one another in {joined.cut}: the audit read the "
             "log up to there (the log check reports the damage)"
         )
     rep.ran.add("log")
@@ -270,7 +271,12 @@ def audit_evidence(
     rep.ran.add("decisions")
     firsts = call_firsts(decisions)  # the first decision of each call
     is_first = counted_once(firsts)
-    _check_decisions(rep, decisions, firsts, is_first, keys, policies)
+    mismatches = {
+        epoch: joined.draws.get((epoch, candidates[epoch].index(key)), EMPTY_MISMATCHES)
+        for epoch, key in keys.items()
+        if key in candidates.get(epoch, [])
+    }
+    _check_decisions(rep, decisions, firsts, is_first, keys, policies, mismatches)
     _check_unverifiable(rep, decisions, keys, revealed, at, ev.period)
 
     # 4. time -----------------------------------------------------------------------------------
@@ -583,6 +589,7 @@ def _check_decisions(
     is_first: npt.NDArray[np.bool_],
     keys: dict[str, bytes],
     policies: dict[bytes, Any],
+    mismatches: dict[str, DrawMismatches],
 ) -> None:
     n = len(d)
     rep.counts["decisions"] = n
@@ -680,31 +687,16 @@ def _check_decisions(
             index=int(d.index[i]),
             epoch_id=d.epochs[int(d.epoch[i])],
         )
+    # ... and recomputed in the partitions (draw_mismatches), which kept those that disagree.
     recomputed = 0
-    for code, epoch in enumerate(d.epochs):
+    for epoch in d.epochs:
         if epoch not in keys:
             continue
-        sel = np.flatnonzero((d.epoch == code) & has_ref & valid)
-        if not sel.size:
-            continue
-
-        def rows(column: Any, sel: Any = sel) -> Any:  # all of them (the usual case): no copy
-            return column if sel.size == n else column[sel]
-
-        lengths = rows(d.ref_len)
-        width = int(lengths.max())
-        whole = sel.size == n and width == d.refs.shape[1]
-        msgs = d.refs if whole else np.ascontiguousarray(d.refs[sel, :width])
-        draws = draws_rows(keys[epoch], msgs, None if int(lengths.min()) == width else lengths)
-        recomputed += sel.size
-        reason = rows(d.reason)
-        below = draws < rows(d.threshold)
-        ok = (~rows(d.has_draw) | (rows(d.draw) == draws)) & np.where(
-            (reason == _SAMPLED) | (reason == _CAP), below, ~below | (reason != _NOT_SAMPLED)
-        )
-        for j in np.flatnonzero(~ok).tolist():
-            i = int(sel[j])
-            r, why = int(draws[j]), int(reason[j])
+        found_draws = mismatches.get(epoch, EMPTY_MISMATCHES)
+        recomputed += found_draws.recomputed
+        for i, r in zip(found_draws.rows.tolist(), found_draws.draws.tolist(), strict=True):
+            why = int(d.reason[i])
+            below = r < int(d.threshold[i])
             ev = {"draw": str(r), "threshold": str(int(d.threshold[i])), "reason": _reason(why)}
             where = {"index": int(d.index[i]), "call_ref": d.ref_text(i), "epoch_id": epoch}
             if d.has_draw[i] and int(d.draw[i]) != r:
@@ -715,7 +707,7 @@ def _check_decisions(
                     evidence=ev,
                     **where,
                 )
-            wrong = _REASON_CONTRADICTIONS.get((why, bool(below[j])))
+            wrong = _REASON_CONTRADICTIONS.get((why, below))
             if wrong is not None:
                 rep.add("decisions", wrong, evidence=ev, **where)
     rep.counts["decisions_recomputed"] = recomputed

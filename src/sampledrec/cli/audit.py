@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from datetime import date
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, StoreError
 from ._common import (
     CHECKPOINT_HELP,
     EXIT_FAILED,
@@ -63,6 +64,20 @@ def register(commands: Commands) -> None:
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--cdr", help="the carrier's call records (CSV, or Parquet with pyarrow)")
     add_witness_options(p)
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --kit: check the log's segments on a local Dask cluster of N worker "
+        "processes (needs sampledrec[dask]); the report is the same",
+    )
+    engine.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --kit: check the log's segments on the Dask cluster whose scheduler is at "
+        "ADDRESS (tcp://host:8786); every worker must read the kit folder at the same path",
+    )
     add_at(p, "audit time for expiry checks (ISO 8601; forward only)")
     p = add_command(
         asub,
@@ -126,6 +141,11 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
         **_witness_kw(args),
     }
     if args.kit is None:
+        if args.workers is not None or args.scheduler is not None:
+            raise InvalidArgument(
+                "--workers and --scheduler go with --kit: a distributed audit reads an "
+                "auditor's kit ('sampledrec audit kit' writes one)"
+            )
         if args.revealed_keys is None:
             raise InvalidArgument(
                 "--revealed-keys is required with --store (the file written by 'keys reveal')"
@@ -147,7 +167,19 @@ def _audit_kit(args: argparse.Namespace, **kw: Any) -> Any:
         vkey = Path(vkey).read_text(encoding="utf-8").strip()
     log = Path(args.kit) / "log"
     size = sum(p.stat().st_size for p in log.glob("seg-*")) if log.is_dir() else 0
-    with Progress(2 * size, "auditing") as bar:
+    with contextlib.ExitStack() as stack:
+        if args.workers is not None or args.scheduler is not None:
+            from ..audit.distributed import dask_runner
+
+            if not (Path(args.kit) / "kit.json").is_file():
+                raise StoreError(
+                    f"{args.kit} is not an auditor's kit (no kit.json); make one with "
+                    "'sampledrec audit kit --store STORE --out DIR'"
+                )
+            kw["runner"] = stack.enter_context(
+                dask_runner(args.kit, scheduler=args.scheduler, workers=args.workers)
+            )
+        bar = stack.enter_context(Progress(2 * size, "auditing"))
         return audit_kit(
             args.kit,
             recordings=args.recordings,

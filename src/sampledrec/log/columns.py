@@ -14,8 +14,9 @@ of :data:`~sampledrec.log.format.DECISION`; the fields are named as there.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -25,7 +26,7 @@ import numpy.typing as npt
 from ..errors import LogCorrupt
 from . import hashing
 from .format import DECISION, T_DECISION, Entry, decode_entry
-from .segments import SEG_HEADER, iter_batches, split_records
+from .segments import SEG_HEADER, BatchSpan, iter_batches, split_records
 from .storage import LogStorage, SegmentBytes
 from .writer import SealingKeys
 
@@ -34,8 +35,11 @@ __all__ = [
     "LogContents",
     "RefMatcher",
     "call_firsts",
+    "concat_contents",
+    "concat_decisions",
     "counted_once",
     "decisions_from_entries",
+    "read_batches",
     "read_log",
 ]
 
@@ -366,16 +370,91 @@ def read_log(
     (anything with ``sealing_key(kid)``). Damage stops the reading: what was read before it is
     returned, with ``error`` saying why (verification reports the damage itself).
     ``progress(n)`` is told of every ``n`` bytes read."""
+    return read_batches(
+        iter_batches(log, mapped=True), keyring, accelerated=accelerated, progress=progress
+    )
+
+
+def read_batches(
+    batches: Iterable[BatchSpan],
+    keyring: Any,
+    *,
+    accelerated: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> LogContents:
+    """:func:`read_log` over some batches, in log order (for instance one segment's: the
+    contents of consecutive stretches of a log join with :func:`concat_contents`)."""
     reader = _Reader(keyring, accelerated=accelerated)
     error = None
     try:
-        for b in iter_batches(log, mapped=True):
+        for b in batches:
             reader.batch(b.data, b.start, b.end, b.first)
             if progress is not None:  # the segment's header with its first batch
                 progress(b.next - b.at + (b.at if b.at == SEG_HEADER.size else 0))
     except (LogCorrupt, ValueError) as exc:
         error = str(exc)
     return reader.result(error)
+
+
+def concat_contents(parts: Sequence[LogContents]) -> LogContents:
+    """The contents of consecutive stretches of a log as one, as :func:`read_log` would read
+    them at once: the reading stops at the first stretch that could not be read to its end."""
+    used: list[LogContents] = []
+    for part in parts:
+        used.append(part)
+        if part.error is not None:
+            break
+    if len(used) == 1:
+        return used[0]
+    return LogContents(
+        concat_decisions([p.decisions for p in used]),
+        [e for p in used for e in p.others],
+        used[-1].error if used else None,
+        sum(p.one_by_one for p in used),
+    )
+
+
+_CODED: Final = (
+    ("epoch", "epochs"),
+    ("version", "versions"),
+    ("rule", "rules"),
+    ("agent", "agents"),
+    ("attributes", "attribute_sets"),
+)
+
+
+def concat_decisions(parts: Sequence[Decisions]) -> Decisions:
+    """Decisions of consecutive stretches of a log as one :class:`Decisions`, in log order, its
+    coded fields renumbered into the sorted lists of the values in use (as :func:`read_log`
+    gives them, whatever stretch met a value first)."""
+    if not parts:
+        return decisions_from_entries([])
+    full = [p for p in parts if len(p)] or [parts[0]]
+    lists: dict[str, Any] = {}
+    cols: dict[str, Any] = {}
+    for name, listed in _CODED:
+        values = sorted({v for p in full for v in getattr(p, listed)})
+        lists[listed] = values
+        code = {v: i for i, v in enumerate(values)}
+        cols[name] = np.concatenate(
+            [
+                np.asarray([code[v] for v in getattr(p, listed)] + [-1], dtype=np.int32)[
+                    getattr(p, name)
+                ]
+                for p in full
+            ]
+        )
+    width = max(p.refs.shape[1] for p in full)
+    refs = np.zeros((sum(len(p) for p in full), width), dtype=np.uint8)
+    at = 0
+    for p in full:
+        refs[at : at + len(p), : p.refs.shape[1]] = p.refs
+        at += len(p)
+    cols["refs"] = refs
+    for f in dataclasses.fields(Decisions):
+        if f.name not in cols and f.name not in lists:
+            cols[f.name] = np.concatenate([getattr(p, f.name) for p in full])
+    return Decisions(**lists, **cols)
 
 
 class _Reader:

@@ -25,6 +25,7 @@ __all__ = [
     "leaf_hashes",
     "node_hash",
     "root_of",
+    "subtrees",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -48,25 +49,42 @@ def leaf_hashes(entries: Iterable[bytes]) -> list[bytes]:
 
 
 class CompactRange:
-    """The right edge of a Merkle tree of ``size`` leaves: one hash per set bit of ``size``,
-    largest subtree first. Appending a leaf costs at most ``log2(size)`` node hashes."""
+    """The perfect subtrees that cover leaves ``[begin, size)`` of a Merkle tree, left to right.
 
-    __slots__ = ("hashes", "size")
+    With ``begin`` 0 (the usual case) this is the right edge of the tree of ``size`` leaves: one
+    hash per set bit of ``size``, largest subtree first, enough to append leaves and compute the
+    root. Appending a leaf costs at most ``log2(size)`` node hashes.
 
-    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
-        if size < 0 or len(hashes) != bin(size).count("1"):
-            raise ValueError(
-                f"a compact range of size {size} has {bin(size).count('1')} hashes, "
-                f"got {len(hashes)}"
-            )
+    A range that starts further on (``begin`` > 0) covers one stretch of leaves, for instance
+    one segment of a log verified on its own: its subtrees grow to the right of ``begin`` and
+    shrink towards ``size``. :meth:`merge` joins it to the range that ends at its ``begin``, in
+    at most ``2 log2(size)`` node hashes, so that a log verified in independent partitions
+    gives the same tree, and the same root, as one verified from its first entry.
+    """
+
+    __slots__ = ("begin", "hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = (), *, begin: int = 0) -> None:
+        if begin < 0 or size < begin:
+            what = f"leaves {begin} to {size}" if begin else f"size {size}"
+            raise ValueError(f"a compact range cannot be of {what}")
+        want = len(subtrees(begin, size))
+        if len(hashes) != want:
+            what = f"leaves {begin} to {size}" if begin else f"size {size}"
+            raise ValueError(f"a compact range of {what} has {want} hashes, got {len(hashes)}")
+        self.begin = begin
         self.size = size
         self.hashes = list(hashes)
 
     def copy(self) -> CompactRange:
-        return CompactRange(self.size, self.hashes)
+        return CompactRange(self.size, self.hashes, begin=self.begin)
 
     def append(self, leaf: bytes) -> None:
         """Append one leaf hash."""
+        if self.begin:
+            self._push(0, self.size, leaf)
+            self.size += 1
+            return
         h = leaf
         size = self.size
         hashes = self.hashes
@@ -81,7 +99,35 @@ class CompactRange:
         for leaf in leaves:
             self.append(leaf)
 
+    def merge(self, other: CompactRange) -> None:
+        """Append the range ``other``, which must start where this one ends, in place."""
+        if other.begin != self.size:
+            raise ValueError(
+                f"cannot append leaves {other.begin} to {other.size} to a range ending at "
+                f"{self.size}"
+            )
+        for (level, start), h in zip(subtrees(other.begin, other.size), other.hashes, strict=True):
+            self._push(level, start, h)
+        self.size = other.size
+
+    def _push(self, level: int, start: int, h: bytes) -> None:
+        # Put the subtree (level, start) after the last one, then merge siblings upwards: a
+        # subtree is a left sibling when its index at its level is even, and the range only
+        # merges subtrees that lie wholly in it.
+        nodes = subtrees(self.begin, start)
+        hashes = self.hashes
+        while nodes:
+            left_level, left_start = nodes[-1]
+            if left_level != level or (left_start >> level) & 1:
+                break
+            h = node_hash(hashes.pop(), h)
+            nodes.pop()
+            level, start = level + 1, left_start
+        hashes.append(h)
+
     def root(self) -> bytes:
+        if self.begin:
+            raise ValueError("only a range that starts at leaf 0 has a root")
         if not self.hashes:
             return EMPTY_ROOT
         h = self.hashes[-1]
@@ -92,10 +138,26 @@ class CompactRange:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CompactRange):
             return NotImplemented
-        return self.size == other.size and self.hashes == other.hashes
+        return self.begin == other.begin and self.size == other.size and self.hashes == other.hashes
 
     def __repr__(self) -> str:
+        if self.begin:
+            return f"CompactRange(begin={self.begin}, size={self.size})"
         return f"CompactRange(size={self.size}, root={self.root().hex()[:16]}...)"
+
+
+def subtrees(begin: int, end: int) -> list[tuple[int, int]]:
+    """The (level, first leaf) of the largest aligned perfect subtrees that cover leaves
+    ``[begin, end)``, left to right: each as large as its start's alignment and the end allow."""
+    out = []
+    pos = begin
+    while pos < end:
+        level = (end - pos).bit_length() - 1
+        if pos:
+            level = min(level, (pos & -pos).bit_length() - 1)
+        out.append((level, pos))
+        pos += 1 << level
+    return out
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:

@@ -27,11 +27,10 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +52,7 @@ from .format import (
     Entry,
     decode_entry,
 )
-from .merkle import CompactRange
+from .merkle import CompactRange, subtrees
 from .segments import (
     BATCH_HEADER,
     BATCH_MAGIC,
@@ -70,8 +69,11 @@ __all__ = [
     "CheckedReport",
     "Finding",
     "LogReport",
+    "LogVerification",
+    "SegmentCheck",
     "export_checkpoint",
     "verify_log",
+    "verify_segment",
 ]
 
 EXPORT_FORMAT: Final = "sampledrec-checkpoint"
@@ -210,6 +212,16 @@ class _Scan:
         self.types: list[npt.NDArray[np.uint8]] = []
         self.first_uses: list[tuple[int, bytes, bytes]] = []  # (index, epoch id, version)
         self.others: list[tuple[int, bytes]] = []  # (index, entry) of non-decision entries
+        self.first: int | None = None  # the index of the first entry scanned
+
+    def extend(self, other: _Scan, upto: int) -> None:
+        """Add what ``other`` (the scan of the entries after these) found before entry
+        ``upto``."""
+        types = np.concatenate(other.types) if other.types else np.empty(0, dtype=np.uint8)
+        start = other.first if other.first is not None else upto
+        self.types.append(types[: max(0, upto - start)])
+        self.first_uses += [u for u in other.first_uses if u[0] < upto]
+        self.others += [o for o in other.others if o[0] < upto]
 
 
 def verify_log(
@@ -228,198 +240,416 @@ def verify_log(
     with another key then fails. ``store_id`` (from ``store.json``) likewise pins the log to
     its store. With ``checkpoint_file`` (an exported checkpoint), truncations and rewrites after
     the export are detected too.
+
+    Each segment is verified on its own (:func:`verify_segment`), then the segments are joined
+    (:meth:`LogVerification.finish`); an audit runs the same two steps with the segments
+    verified in parallel, in other processes or on other machines.
     """
-    storage = log_storage(log, in_store=True)
-    rep = LogReport()
-    if not storage.exists():
-        rep.findings.append(Finding("files", "the log folder is missing", storage.location()))
-        return rep
-    if storage.pending_repair() is not None:
-        rep.findings.append(
-            Finding(
-                "gaps",
-                "a repair of the log is under way or was interrupted: the log is being cut back "
-                "after damage ('sampledrec log repair' finishes it)",
-                storage.location(),
-            )
-        )
+    plan = LogVerification.start(log, checkpoint_file=checkpoint_file)
+    return plan.finish(
+        lambda seg: verify_segment(plan.storage, seg, wanted=plan.wanted, progress=progress),
+        store_id=store_id,
+        public_key=public_key,
+    )
 
-    # -- files ----------------------------------------------------------------------------------
-    strays = storage.strays()
-    for name in strays:
-        rep.findings.append(
-            Finding("files", "unexpected file in the log folder (not covered)", name)
-        )
-    checkpoints_data: bytes | None = None
-    if CHECKPOINTS not in strays:
-        with contextlib.suppress(FileNotFoundError):
-            checkpoints_data = storage.read_checkpoints()
-    if checkpoints_data is None:
-        rep.findings.append(Finding("files", "the checkpoints file is missing", CHECKPOINTS))
-    segments = storage.segments()
-    if not segments:
-        rep.findings.append(Finding("files", "no log segment: the log was deleted", "log/"))
-        return rep
 
-    # -- stored checkpoints ----------------------------------------------------------------------
-    stored: list[Checkpoint] = []
-    if checkpoints_data is not None:
-        notes, end = split_records(checkpoints_data)
-        rep.bytes_verified += end
-        if end != len(checkpoints_data):
-            rep.findings.append(
-                Finding(
-                    "structure",
-                    f"{len(checkpoints_data) - end} bytes after the last whole checkpoint record "
-                    "(a torn write not yet recovered, or tampering)",
-                    f"{CHECKPOINTS}@{end}",
-                )
-            )
-        seen_notes: set[bytes] = set()
-        for i, note in enumerate(notes):
-            try:
-                stored.append(Checkpoint.parse(note))
-            except CheckpointError as exc:
-                rep.findings.append(Finding("checkpoints", f"record {i}: {exc}", CHECKPOINTS))
-                continue
-            if note in seen_notes:
-                rep.findings.append(
-                    Finding("checkpoints", f"record {i} repeats an earlier checkpoint", CHECKPOINTS)
-                )
-            seen_notes.add(note)
+@dataclass
+class LogVerification:
+    """A log's verification before and after its segments: :meth:`start` reads the folder's
+    files and the checkpoints (small), :meth:`finish` joins what :func:`verify_segment` found in
+    each segment, in log order, into the report."""
+
+    storage: LogStorage
+    rep: LogReport
+    segments: list[int] = field(default_factory=list)
+    #: The tree sizes whose roots a checkpoint (stored or exported) names.
+    wanted: frozenset[int] = frozenset()
+    stored: list[Checkpoint] = field(default_factory=list)
     exported: Checkpoint | None = None
     exported_key: bytes | None = None
-    exported_commitments: list[dict[str, Any]] = []
-    if checkpoint_file is not None:
-        try:
-            exported, exported_key, exported_commitments = _load_export(Path(checkpoint_file))
-        except (CheckpointError, ValueError, KeyError, OSError) as exc:
-            rep.findings.append(Finding("exported", f"exported checkpoint unusable: {exc}"))
-    wanted = {cp.size for cp in stored}
-    if exported is not None:
-        wanted.add(exported.size)
-    roots_at: dict[int, bytes] = {}
+    exported_commitments: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False  # nothing more to verify (no log, no segment)
 
-    # -- segments, batches, tree -----------------------------------------------------------------
-    cr = CompactRange()
-    scan = _Scan()
-    expected_first = 0
-    first_store_id = store_id
-    last_segment = segments[-1]
-    for seg_first in segments:
-        where = segment_name(seg_first)
-        if seg_first != expected_first:
+    @classmethod
+    def start(
+        cls, log: LogStorage | str | os.PathLike[str], *, checkpoint_file: Path | None = None
+    ) -> LogVerification:
+        storage = log_storage(log, in_store=True)
+        rep = LogReport()
+        plan = cls(storage, rep)
+        if not storage.exists():
+            rep.findings.append(Finding("files", "the log folder is missing", storage.location()))
+            plan.done = True
+            return plan
+        if storage.pending_repair() is not None:
             rep.findings.append(
                 Finding(
-                    "structure",
-                    f"segment starts at entry {seg_first}, expected {expected_first} "
-                    "(a segment is missing, renamed or reordered)",
-                    where,
+                    "gaps",
+                    "a repair of the log is under way or was interrupted: the log is being cut "
+                    "back after damage ('sampledrec log repair' finishes it)",
+                    storage.location(),
                 )
             )
-            break
-        data = storage.map_segment(seg_first)
-        if seg_first != last_segment and len(data) < _segments.SEGMENT_BYTES:
+
+        # -- files ------------------------------------------------------------------------------
+        strays = storage.strays()
+        for name in strays:
             rep.findings.append(
-                Finding(
-                    "structure",
-                    "a segment other than the last is smaller than the segment size: segments "
-                    "were split, merged or cut",
-                    where,
+                Finding("files", "unexpected file in the log folder (not covered)", name)
+            )
+        checkpoints_data: bytes | None = None
+        if CHECKPOINTS not in strays:
+            with contextlib.suppress(FileNotFoundError):
+                checkpoints_data = storage.read_checkpoints()
+        if checkpoints_data is None:
+            rep.findings.append(Finding("files", "the checkpoints file is missing", CHECKPOINTS))
+        plan.segments = storage.segments()
+        if not plan.segments:
+            rep.findings.append(Finding("files", "no log segment: the log was deleted", "log/"))
+            plan.done = True
+            return plan
+
+        # -- stored checkpoints -----------------------------------------------------------------
+        if checkpoints_data is not None:
+            notes, end = split_records(checkpoints_data)
+            rep.bytes_verified += end
+            if end != len(checkpoints_data):
+                rep.findings.append(
+                    Finding(
+                        "structure",
+                        f"{len(checkpoints_data) - end} bytes after the last whole checkpoint "
+                        "record (a torn write not yet recovered, or tampering)",
+                        f"{CHECKPOINTS}@{end}",
+                    )
                 )
-            )
-        if len(data) < SEG_HEADER.size:
-            rep.findings.append(Finding("structure", "truncated segment header", where))
-            break
-        magic, sid, hdr_first = SEG_HEADER.unpack_from(data, 0)
-        if first_store_id is None:
-            first_store_id = sid
-        if magic != SEG_MAGIC or sid != first_store_id or hdr_first != seg_first:
-            rep.findings.append(
-                Finding("structure", "segment header does not match this log", where)
-            )
-            break
-        batches, pos = _walk(data, cr.size)
-        broken = pos < len(data)
-        if not batches and not broken:
-            rep.findings.append(
-                Finding("structure", "a segment holds no batch (it was added or emptied)", where)
-            )
-        # Leaf hashing releases the GIL: hash the segment's batches on two threads, then add
-        # them to the tree in order (node hashing is sequential by nature).
-        view = memoryview(data)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [
-                pool.submit(
-                    _hashing.leaf_records, view[b.start : b.start + b.plen], 0, b.count, PROBE
-                )
-                for b in batches
-            ]
-            for b, fut in zip(batches, futures, strict=True):
-                got = fut.result()
-                if got is None or got[0] != b.plen:
-                    broken, pos = True, b.pos
-                    break
-                _, offs, probes, leaves, well_formed = got
-                if not well_formed.all():
-                    bad = int(np.flatnonzero(~well_formed)[0])
+            seen_notes: set[bytes] = set()
+            for i, note in enumerate(notes):
+                try:
+                    plan.stored.append(Checkpoint.parse(note))
+                except CheckpointError as exc:
+                    rep.findings.append(Finding("checkpoints", f"record {i}: {exc}", CHECKPOINTS))
+                    continue
+                if note in seen_notes:
                     rep.findings.append(
                         Finding(
-                            "structure",
-                            "an entry is not a well-formed v1 entry (version, header, fields)",
-                            f"{where}@{b.pos}",
-                            b.first + bad,
+                            "checkpoints", f"record {i} repeats an earlier checkpoint", CHECKPOINTS
                         )
                     )
-                _extend_noting_roots(cr, leaves, wanted, roots_at)
-                if b.trailer != cr:
-                    rep.findings.append(
-                        Finding(
-                            "tree",
-                            f"the entries of batch {b.first}..{b.first + b.count - 1} do not "
-                            "hash to its recorded tree: an entry, a length or the trailer was "
-                            "changed",
-                            f"{where}@{b.pos}",
-                            b.first,
-                        )
-                    )
-                    for other in futures:
-                        other.cancel()
-                    return _finish(
-                        rep,
-                        cr,
-                        scan,
-                        stored,
-                        exported,
-                        exported_key,
-                        exported_commitments,
-                        roots_at,
-                    )
-                _gather(scan, data, offs.astype(np.int64) + b.start, probes, b.first)
-                if progress is not None:
-                    progress(b.end - b.pos)
-        del view
-        rep.bytes_verified += pos
-        if broken:
-            rep.findings.append(
-                Finding(
-                    "structure",
-                    f"{len(data) - pos} bytes at the end of the segment are not a whole, valid "
-                    "batch (a crash not yet recovered, or tampering)",
-                    f"{where}@{pos}",
-                    cr.size,
+                seen_notes.add(note)
+        if checkpoint_file is not None:
+            try:
+                plan.exported, plan.exported_key, plan.exported_commitments = _load_export(
+                    Path(checkpoint_file)
                 )
+            except (CheckpointError, ValueError, KeyError, OSError) as exc:
+                rep.findings.append(Finding("exported", f"exported checkpoint unusable: {exc}"))
+        wanted = {cp.size for cp in plan.stored}
+        if plan.exported is not None:
+            wanted.add(plan.exported.size)
+        plan.wanted = frozenset(wanted)
+        return plan
+
+    def finish(
+        self,
+        check: Callable[[int], SegmentCheck],
+        *,
+        store_id: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> LogReport:
+        """The report, from ``check(segment)``: what :func:`verify_segment` found in each
+        segment (asked in log order, and only as far as the verification goes)."""
+        rep = self.rep
+        if self.done:
+            return rep
+        # The tree from entry 0, joined segment by segment: each segment's range of subtrees
+        # merged onto the tree before it, and the roots its checkpoints name the same way.
+        cr = CompactRange()
+        scan = _Scan()
+        roots_at: dict[int, bytes] = {}
+        expected_first = 0
+        first_store_id = store_id
+        last_segment = self.segments[-1]
+
+        def finish() -> LogReport:
+            return _finish(
+                rep,
+                cr,
+                scan,
+                self.stored,
+                self.exported,
+                self.exported_key,
+                self.exported_commitments,
+                roots_at,
             )
-            if seg_first != last_segment:
+
+        for seg_first in self.segments:
+            where = segment_name(seg_first)
+            if seg_first != expected_first:
+                rep.findings.append(
+                    Finding(
+                        "structure",
+                        f"segment starts at entry {seg_first}, expected {expected_first} "
+                        "(a segment is missing, renamed or reordered)",
+                        where,
+                    )
+                )
                 break
-        expected_first = cr.size
-    rep.store_id_seen = first_store_id
-    if store_id is not None and first_store_id is not None and first_store_id != store_id:
-        rep.findings.append(
-            Finding("identity", "the log's segments belong to another store (store id differs)")
-        )
-    rep.expected_key = public_key
-    return _finish(rep, cr, scan, stored, exported, exported_key, exported_commitments, roots_at)
+            got = check(seg_first)
+            if seg_first != last_segment and got.length < _segments.SEGMENT_BYTES:
+                rep.findings.append(
+                    Finding(
+                        "structure",
+                        "a segment other than the last is smaller than the segment size: "
+                        "segments were split, merged or cut",
+                        where,
+                    )
+                )
+            if got.header is None:
+                rep.findings.append(Finding("structure", "truncated segment header", where))
+                break
+            magic, sid, hdr_first = got.header
+            if first_store_id is None:
+                first_store_id = sid
+            if magic != SEG_MAGIC or sid != first_store_id or hdr_first != seg_first:
+                rep.findings.append(
+                    Finding("structure", "segment header does not match this log", where)
+                )
+                break
+            if not got.batches and not got.broken:
+                rep.findings.append(
+                    Finding(
+                        "structure", "a segment holds no batch (it was added or emptied)", where
+                    )
+                )
+            # The first batch whose trailer is not the tree: where the segment's own check
+            # stopped, or the first whose trailer claims another tree before the segment.
+            failed = got.failed
+            for claim in got.claims:
+                if failed is not None and failed.first <= claim.batch.first:
+                    break
+                real = cr.copy()
+                real.merge(got.left_range(claim.at))
+                if real.hashes != claim.hashes:
+                    failed = claim.batch
+                    break
+            if failed is not None and failed is not got.failed:
+                # The segment went on past it: verify it again, up to that batch only.
+                got = verify_segment(self.storage, seg_first, wanted=self.wanted, stop=failed.first)
+            limit = failed.first + failed.entries if failed is not None else got.tree.size
+            for finding in got.malformed:
+                if failed is None or (finding.index or 0) < limit:
+                    rep.findings.append(finding)
+            for size, part in sorted(got.roots.items()):
+                if size <= limit:
+                    at = cr.copy()
+                    at.merge(part)
+                    roots_at[size] = at.root()
+            cr.merge(got.tree)
+            upto = failed.first if failed is not None else got.tree.size
+            scan.extend(got.scan, upto)
+            if failed is not None:
+                rep.findings.append(
+                    Finding(
+                        "tree",
+                        f"the entries of batch {failed.first}..{failed.first + failed.entries - 1} "
+                        "do not hash to its recorded tree: an entry, a length or the trailer was "
+                        "changed",
+                        f"{where}@{failed.pos}",
+                        failed.first,
+                    )
+                )
+                return finish()
+            rep.bytes_verified += got.pos
+            if got.broken:
+                rep.findings.append(
+                    Finding(
+                        "structure",
+                        f"{got.length - got.pos} bytes at the end of the segment are not a whole, "
+                        "valid batch (a crash not yet recovered, or tampering)",
+                        f"{where}@{got.pos}",
+                        cr.size,
+                    )
+                )
+                if seg_first != last_segment:
+                    break
+            expected_first = cr.size
+        rep.store_id_seen = first_store_id
+        if store_id is not None and first_store_id is not None and first_store_id != store_id:
+            rep.findings.append(
+                Finding("identity", "the log's segments belong to another store (store id differs)")
+            )
+        rep.expected_key = public_key
+        return finish()
+
+
+class BatchAt(NamedTuple):
+    """A batch of a segment: its first entry, how many, the offset of its header."""
+
+    first: int
+    entries: int
+    pos: int
+
+
+class TreeClaim(NamedTuple):
+    """What the trailers of a segment's batches say about the tree before the segment: from
+    ``batch`` on, the compact range of entries ``[0, at)`` is ``hashes`` (``at`` being where
+    the segment's own subtrees start to be whole)."""
+
+    batch: BatchAt
+    at: int
+    hashes: list[bytes]
+
+
+@dataclass
+class SegmentCheck:
+    """What :func:`verify_segment` found in one segment, verified on its own, without the
+    entries before it: small enough to send from one process or machine to another.
+
+    The segment's leaves give ``tree``, the compact range of its entries ``[segment, end)``
+    (perfect subtrees, merged onto the tree before it by :meth:`LogVerification.finish`). Each
+    batch trailer records the whole tree's range: its subtrees inside the segment are compared
+    here; the rest, the range before the segment, changes only when one of the segment's own
+    subtrees becomes whole, and is kept as ``claims`` for the join to check against the real
+    tree (a handful per segment)."""
+
+    segment: int
+    length: int  # bytes
+    header: tuple[bytes, bytes, int] | None  # magic, store id, first entry; None: truncated
+    batches: int  # whole, well-formed batches the walk found
+    pos: int  # where the batches that verified end
+    broken: bool  # bytes after them
+    tree: CompactRange
+    left: list[bytes]  # the segment's whole subtrees from its first entry on
+    claims: list[TreeClaim]
+    failed: BatchAt | None  # the batch whose trailer differs inside the segment (stopped there)
+    malformed: list[Finding]
+    scan: _Scan
+    roots: dict[int, CompactRange]  # for each wanted size in the segment: [segment, size)
+
+    def left_range(self, at: int) -> CompactRange:
+        """The segment's entries ``[segment, at)`` as its whole subtrees."""
+        n = len(subtrees(self.segment, at))
+        return CompactRange(at, self.left[:n], begin=self.segment)
+
+
+class _Growing:
+    """The compact range of a segment's leaves, grown batch by batch: the whole subtrees from
+    its first entry (each as large as its start's alignment allows), then a range from 0 over
+    the leaves after them, which the C accelerator extends."""
+
+    def __init__(self, begin: int) -> None:
+        self.begin = begin
+        self.at = begin  # where ``tail`` starts
+        self.left: list[bytes] = []
+        self.tail = CompactRange()
+
+    @property
+    def end(self) -> int:
+        return self.at + self.tail.size
+
+    def grow(self, leaves: bytes) -> None:
+        done = 0
+        count = len(leaves) // 32
+        while done < count:
+            whole = self.at & -self.at if self.at else 1 << 64
+            take = min(count - done, whole - self.tail.size)
+            _hashing.extend_concat(self.tail, leaves[done * 32 : (done + take) * 32])
+            done += take
+            if self.tail.size == whole:
+                self.left.append(self.tail.hashes[0])
+                self.at += whole
+                self.tail = CompactRange()
+
+    def range(self) -> CompactRange:
+        return CompactRange(self.end, self.left + self.tail.hashes, begin=self.begin)
+
+
+def verify_segment(
+    log: LogStorage | str | os.PathLike[str],
+    segment: int,
+    *,
+    wanted: Collection[int] = (),
+    stop: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SegmentCheck:
+    """Verify one segment of ``log`` on its own: its header, batches and entries, the leaves'
+    subtrees and what its trailers record (:class:`SegmentCheck`). ``wanted``: tree sizes whose
+    ranges to note (checkpoints); ``stop``: stop after the batch that starts at that entry."""
+    storage = log_storage(log, in_store=True)
+    data = storage.map_segment(segment)
+    scan = _Scan()
+    tree = _Growing(segment)
+    out = SegmentCheck(
+        segment,
+        len(data),
+        None,
+        0,
+        0,
+        False,
+        CompactRange(segment, begin=segment),
+        [],
+        [],
+        None,
+        [],
+        scan,
+        {},
+    )
+    if len(data) < SEG_HEADER.size:
+        return out
+    out.header = SEG_HEADER.unpack_from(data, 0)
+    batches, pos = _walk(data, segment)
+    out.batches = len(batches)
+    broken = pos < len(data)
+    where = segment_name(segment)
+    marks = sorted(w for w in wanted if segment <= w)
+    if segment in wanted:
+        out.roots[segment] = tree.range()
+    view = memoryview(data)
+    for b in batches:
+        got = _hashing.leaf_records(view[b.start : b.start + b.plen], 0, b.count, PROBE)
+        if got is None or got[0] != b.plen:
+            broken, pos = True, b.pos
+            break
+        _, offs, probes, leaves, well_formed = got
+        if not well_formed.all():
+            bad = int(np.flatnonzero(~well_formed)[0])
+            out.malformed.append(
+                Finding(
+                    "structure",
+                    "an entry is not a well-formed v1 entry (version, header, fields)",
+                    f"{where}@{b.pos}",
+                    b.first + bad,
+                )
+            )
+        done = 0
+        for cut in [w - b.first for w in marks if b.first < w <= b.first + b.count]:
+            tree.grow(leaves[done * 32 : cut * 32])
+            out.roots[b.first + cut] = tree.range()
+            done = cut
+        tree.grow(leaves[done * 32 :])
+        # The trailer's subtrees inside the segment are the tail's; those before it, the range
+        # of [0, tree.at), are a claim about the entries before the segment.
+        claimed = b.trailer.hashes
+        high = len(claimed) - len(tree.tail.hashes)
+        batch = BatchAt(b.first, b.count, b.pos)
+        if claimed[high:] != tree.tail.hashes:
+            out.failed = batch
+            break
+        if (
+            not out.claims
+            or out.claims[-1].at != tree.at
+            or out.claims[-1].hashes != claimed[:high]
+        ):
+            out.claims.append(TreeClaim(batch, tree.at, claimed[:high]))
+        _gather(scan, data, offs.astype(np.int64) + b.start, probes, b.first)
+        if progress is not None:
+            progress(b.end - b.pos)
+        if stop is not None and b.first >= stop:
+            break
+    del view
+    out.pos, out.broken = pos, broken
+    out.tree, out.left = tree.range(), tree.left
+    return out
 
 
 @dataclass
@@ -458,22 +688,6 @@ def _walk(data: SegmentBytes, first: int) -> tuple[list[_Batch], int]:
     return out, pos
 
 
-def _extend_noting_roots(
-    cr: CompactRange, leaves: bytes, wanted: set[int], roots_at: dict[int, bytes]
-) -> None:
-    """Add concatenated leaf hashes to ``cr``, noting the root at every wanted size."""
-    base = cr.size
-    count = len(leaves) // 32
-    if base in wanted:
-        roots_at[base] = cr.root()
-    done = 0
-    for cut in sorted(s - base for s in wanted if base < s <= base + count):
-        _hashing.extend_concat(cr, leaves[done * 32 : cut * 32])
-        roots_at[cr.size] = cr.root()
-        done = cut
-    _hashing.extend_concat(cr, leaves[done * 32 :])
-
-
 # A decision's first two fields, its epoch id and policy version, have fixed sizes (format.DECISION)
 # and one-byte lengths, so they lie at fixed offsets: the verifier reads them from each entry's
 # first PROBE bytes without decoding it. For the v1 layout:
@@ -508,6 +722,8 @@ def _gather(
     first: int,
 ) -> None:
     types = probes[:, 1]
+    if scan.first is None:
+        scan.first = first
     scan.types.append(types)
     is_dec = types == T_DECISION
     dec = np.flatnonzero(is_dec)

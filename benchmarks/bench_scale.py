@@ -1,0 +1,240 @@
+"""Benchmark scale-out: several nodes, and the audit of a large log on Dask.
+
+Run ``python benchmarks/bench_scale.py [--quick]`` (the audit part needs ``sampledrec[dask]``).
+
+(1) Several recording nodes on PostgreSQL and S3-compatible storage against one embedded store:
+    not measured yet (issue 15's nodes part comes with the PostgreSQL catalog and the object
+    store); :func:`part_nodes` is where it goes.
+
+(2) The audit of an auditor's kit whose log holds 1, 3 and 10 million decisions (``--quick``:
+    1 million), in one run, on a local Dask cluster of one worker process and of two (one
+    thread each), each keeping the best of its rounds (the cluster started beforehand), with
+    the primitives measured in the same run:
+
+    - ``log_sha256_s``: reading the kit's log files and SHA-256 of every byte once, the least
+      any verification of the Merkle tree does;
+    - ``draws_s``: ``draw_many`` alone over the same call references;
+    - ``join_s``: the part of a two-worker audit after the workers are done (the join and every
+      check that spans the log), which more workers do not shorten.
+
+    Targets: two workers at least 1.6 x faster than one (``speedup``), and one worker within
+    2 x (``log_sha256_s`` + ``draws_s``) (``one_worker_ratio`` <= 1), at the largest size.
+    From the largest size it estimates what a month of 1e9 decisions needs: core-seconds per
+    decision (one worker's time, one core) x 1e9, the cores that would audit it in an hour,
+    and the serial join's share.
+
+The last line of output is one JSON object with those figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from _auditlog import decided_store
+from _table import print_table
+
+from sampledrec import __version__, draw_many
+from sampledrec.audit.kit import audit_kit, write_kit
+
+ROUNDS = 2
+
+
+def part_nodes(quick: bool) -> dict[str, Any]:
+    """Part (1): three nodes on PostgreSQL and SeaweedFS against one embedded store. Not
+    measured yet: the nodes come with the PostgreSQL catalog and object storage."""
+    return {"measured": False, "reason": "multi-node deployment not built yet"}
+
+
+class _Timed:
+    """A runner that notes when the partitions' work returns (the rest is the join)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.done_at = 0.0
+
+    def run(
+        self,
+        parts: Sequence[Any],
+        wanted: frozenset[int],
+        sealing: Any,
+        keys: Mapping[str, Sequence[bytes]],
+        progress: Callable[[int], None] | None,
+    ) -> Any:
+        got = self.runner.run(parts, wanted, sealing, keys, progress)
+        self.done_at = time.perf_counter()
+        return got
+
+
+def part_audit(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
+    from sampledrec.audit.distributed import dask_runner
+
+    out = []
+    for n in sizes:
+        folder = tmp / f"n{n}"
+        t0 = time.perf_counter()
+        built = decided_store(folder, n)
+        build_s = time.perf_counter() - t0
+        kit = folder / "kit"
+        write_kit(built.store, kit, now=built.day + timedelta(days=1))
+        shutil.rmtree(folder / "store")  # the kit holds everything the audit reads
+        key = next(
+            bytes.fromhex(e["key"])
+            for e in json.loads((kit / "revealed-keys.json").read_bytes())["epochs"]
+            if e["epoch_id"] == built.day.date().isoformat()
+        )
+        segments = sorted((kit / "log").glob("seg-*"))
+        log_bytes = sum(p.stat().st_size for p in segments)
+        best: dict[str, float] = {}
+        ok = True
+
+        def keep(name: str, seconds: float, best: dict[str, float] = best) -> None:
+            best[name] = min(best.get(name, math.inf), seconds)
+
+        for workers in (1, 2):
+            t0 = time.perf_counter()
+            with dask_runner(kit, workers=workers) as runner:
+                keep(f"cluster_start_{workers}_s", time.perf_counter() - t0)
+                timed = _Timed(runner)
+                for _ in range(ROUNDS):
+                    t0 = time.perf_counter()
+                    rep = audit_kit(kit, runner=timed)
+                    end = time.perf_counter()
+                    keep(f"audit_{workers}_workers_s", end - t0)
+                    if workers == 2:
+                        keep("join_s", end - timed.done_at)
+                    ok = ok and rep.ok
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            rep = audit_kit(kit)
+            keep("audit_in_process_s", time.perf_counter() - t0)
+            ok = ok and rep.ok
+            t0 = time.perf_counter()
+            draw_many(key, built.refs)
+            keep("draws_s", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for p in segments:
+                hashlib.sha256(p.read_bytes()).digest()
+            keep("log_sha256_s", time.perf_counter() - t0)
+        if not ok:
+            print(f"audit of {n:,} decisions did not PASS:", rep.to_text(), file=sys.stderr)
+        one, two = best["audit_1_workers_s"], best["audit_2_workers_s"]
+        floor = best["log_sha256_s"] + best["draws_s"]
+        out.append(
+            {
+                "decisions": n,
+                "log_bytes": log_bytes,
+                "segments": len(segments),
+                "build_s": build_s,
+                **best,
+                "speedup": one / two,
+                "one_worker_ratio": one / (2 * floor),
+                "us_per_decision_1_worker": one / n * 1e6,
+                "us_per_decision_2_workers": two / n * 1e6,
+                "audit_ok": ok,
+            }
+        )
+        shutil.rmtree(folder)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 million decisions only")
+    args = parser.parse_args()
+    sizes = [1_000_000] if args.quick else [1_000_000, 3_000_000, 10_000_000]
+    nodes = part_nodes(args.quick)
+    tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-scale-"))
+    try:
+        audits = part_audit(sizes, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    last = audits[-1]
+    core_s = last["audit_1_workers_s"] / last["decisions"] * 1e9
+    join_share = last["join_s"] / last["audit_2_workers_s"]
+    month = {
+        "decisions": 1e9,
+        "core_hours": core_s / 3600,
+        "cores_for_one_hour": math.ceil(core_s / 3600),
+        "join_hours_serial": last["join_s"] / last["decisions"] * 1e9 / 3600,
+    }
+    print(
+        f"sampledrec {__version__} bench_scale ({'quick' if args.quick else 'full'}); "
+        f"Python {platform.python_version()} on {platform.machine()}"
+    )
+    print("(1) nodes on PostgreSQL and S3: not measured yet")
+    print("(2) audit of a kit on Dask (best of rounds, seconds)")
+    rows = []
+    for a in audits:
+        rows += [
+            (
+                f"{a['decisions']:,} decisions: log {a['log_bytes'] / 2**20:,.0f} MiB",
+                "",
+                "",
+                "",
+                "",
+            ),
+            ("  read + SHA-256 of the log (s)", f"{a['log_sha256_s']:.3f}", "reference", "", ""),
+            ("  draw_many alone (s)", f"{a['draws_s']:.3f}", "reference", "", ""),
+            ("  audit in one process (s)", f"{a['audit_in_process_s']:.3f}", "for scale", "", ""),
+            (
+                "  audit on 1 Dask worker (s)",
+                f"{a['audit_1_workers_s']:.3f}",
+                "<= 2 x (SHA-256 + draws)",
+                f"{a['one_worker_ratio']:.2f}",
+                "pass" if a["one_worker_ratio"] <= 1 else "FAIL",
+            ),
+            (
+                "  audit on 2 Dask workers (s)",
+                f"{a['audit_2_workers_s']:.3f}",
+                ">= 1.6 x faster than 1",
+                f"{a['speedup']:.2f}",
+                "pass" if a["speedup"] >= 1.6 else "FAIL",
+            ),
+            ("  of which the join (s)", f"{a['join_s']:.3f}", "serial", "", ""),
+            (
+                "  us per decision, 1 / 2 workers",
+                f"{a['us_per_decision_1_worker']:.2f} / {a['us_per_decision_2_workers']:.2f}",
+                "for scale",
+                "",
+                "",
+            ),
+        ]
+    rows.append(
+        (
+            "1e9 decisions: core-hours (1 worker's rate)",
+            f"{month['core_hours']:.1f}",
+            f"{month['cores_for_one_hour']} cores for 1 h",
+            f"join {join_share:.0%}",
+            "",
+        )
+    )
+    print_table(rows)
+    met = last["speedup"] >= 1.6 and last["one_worker_ratio"] <= 1
+    print(
+        json.dumps(
+            {
+                "quick": args.quick,
+                "nodes": nodes,
+                "audit": audits,
+                "month_1e9": month,
+                "targets_met": met,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

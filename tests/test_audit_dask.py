@@ -1,0 +1,239 @@
+"""The audit on Dask: the same report as the single-process audit, field by field.
+
+A store is written with small log segments (several partitions), then audited from its kit in
+this process and on Dask (a local cluster of two worker processes; a scheduler started here),
+honest and tampered with: an entry changed, a trailer's claim about the tree before its segment
+forged, a draw forged, a checkpoint's signature broken, a recording missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from distributed import LocalCluster
+
+import sampledrec.log.segments
+from sampledrec import FixedClock, Store
+from sampledrec.audit import distributed as audit_dask
+from sampledrec.audit.distributed import DaskRunner, dask_runner
+from sampledrec.audit.findings import AuditReport
+from sampledrec.audit.kit import audit_kit, write_kit
+from sampledrec.cli import main
+from sampledrec.log.segments import BATCH_HEADER, SEG_HEADER, TRAILER_HEAD
+from sampledrec.log.storage import LocalLogStorage, segment_name
+from sampledrec.sampling.record import DecisionRecord
+from sampledrec.vault.audio import synthetic_speech
+from sampledrec.vault.recorder import Vault
+
+from .recording import write_call
+
+POLICY = """
+[default]
+rate = "0.25"
+purpose = "quality"
+retention = "30 days"
+"""
+DAY = datetime(2026, 2, 27, 9, tzinfo=UTC)
+AUDIT_AT = datetime(2026, 3, 6, 20, tzinfo=UTC)
+SEGMENT = 8192  # bytes: a few dozen entries per segment
+
+
+@pytest.fixture(scope="module")
+def small_segments() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sampledrec.log.segments, "SEGMENT_BYTES", SEGMENT)
+        yield
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, small_segments: None) -> Path:
+    base = tmp_path_factory.mktemp("dask")
+    (base / "p.toml").write_text(POLICY)
+    store = Store.init(
+        base / "store", policy=base / "p.toml", clock=FixedClock(DAY - timedelta(hours=1))
+    )
+    for day in range(2):
+        clock = FixedClock(DAY + timedelta(days=day))
+        with store.open_log(clock=clock) as log, Vault(store, log, clock=clock) as vault:
+            sampler = store.sampler(clock=clock, log=log)
+            for i in range(150):
+                d = sampler.decide(f"d{day}-{i}", {})
+                if d.record and i % 5 == 0:
+                    write_call(vault, d, synthetic_speech(0.05, seed=i))
+                if i % 40 == 0:
+                    log.flush()
+    assert len(store.log_storage.segments()) >= 6
+    return base
+
+
+@pytest.fixture(scope="module")
+def two_workers(built: Path) -> Iterator[DaskRunner]:
+    # The runner's cluster serves every kit: each audit names its own kit folder.
+    with dask_runner(built, workers=2) as runner:
+        yield runner
+
+
+def _same(one: AuditReport, other: AuditReport) -> None:
+    a, b = one.to_json(), other.to_json()
+    assert sorted(a) == sorted(b)
+    for field in a:
+        assert a[field] == b[field], field
+
+
+def _middle_segment(kit: Path) -> tuple[Path, bytes]:
+    segments = LocalLogStorage(kit / "log").segments()
+    path = kit / "log" / segment_name(segments[len(segments) // 2])
+    return path, path.read_bytes()
+
+
+def _kit(case: Path) -> Path:
+    kit = case / "kit"
+    write_kit(Store.open(case / "store"), kit, now=AUDIT_AT)
+    return kit
+
+
+def _change_an_entry(case: Path) -> dict[str, Any]:
+    kit = _kit(case)
+    path, data = _middle_segment(kit)
+    at = SEG_HEADER.size + BATCH_HEADER.size + 40  # inside the first batch's first entry
+    path.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+    return {"kit": kit}
+
+
+def _forge_a_claim(case: Path) -> dict[str, Any]:
+    # The first hash of a trailer in a later segment covers entries before that segment: it
+    # is checked only when the segments are joined.
+    kit = _kit(case)
+    path, data = _middle_segment(kit)
+    _, _, _, plen = BATCH_HEADER.unpack_from(data, SEG_HEADER.size)
+    at = SEG_HEADER.size + BATCH_HEADER.size + plen + TRAILER_HEAD.size
+    path.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+    return {"kit": kit}
+
+
+def _forge_a_draw(case: Path) -> dict[str, Any]:
+    store = Store.open(case / "store")
+    clock = FixedClock(DAY + timedelta(days=1, hours=5))
+    policy = store.policy(clock.now())
+    rule = policy.rule_named("default")
+    with store.open_log(clock=clock) as log:
+        log.append_decision(
+            DecisionRecord(
+                epoch_id=(DAY + timedelta(days=1)).date().isoformat(),
+                policy_version=policy.version,
+                rule="default",
+                threshold=rule.threshold,
+                reason="sampled",
+                draw=0,
+                call_ref="forged",
+                agent=None,
+                caller_pseudonym=None,
+                decided_at=clock.now(),
+                attributes=policy.attributes_json({}),
+            )
+        )
+    return {"kit": _kit(case)}
+
+
+def _break_a_signature(case: Path) -> dict[str, Any]:
+    kit = _kit(case)
+    path = kit / "log" / "checkpoints"
+    data = path.read_bytes()
+    at = data.index("\u2014 ".encode()) + 20  # in the first checkpoint's signature
+    path.write_bytes(data[:at] + (b"A" if data[at : at + 1] != b"A" else b"B") + data[at + 1 :])
+    return {"kit": kit}
+
+
+def _lose_a_recording(case: Path) -> dict[str, Any]:
+    kit = _kit(case)
+    blobs = sorted(p for p in (case / "store" / "recordings").rglob("*") if p.is_file())
+    blobs[len(blobs) // 2].unlink()
+    return {"kit": kit, "recordings": case / "store"}
+
+
+CASES = {
+    "honest": lambda case: {"kit": _kit(case)},
+    "entry changed": _change_an_entry,
+    "claim forged": _forge_a_claim,
+    "draw forged": _forge_a_draw,
+    "signature broken": _break_a_signature,
+    "recording missing": _lose_a_recording,
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_audit_on_two_workers_is_the_single_process_audit(
+    built: Path, tmp_path: Path, two_workers: DaskRunner, name: str
+) -> None:
+    shutil.copytree(built / "store", tmp_path / "store")
+    kw = CASES[name](tmp_path)
+    kit = kw.pop("kit")
+    alone = audit_kit(kit, now=AUDIT_AT, **kw)
+    assert (alone.verdict == "PASS") == (name == "honest"), alone.to_text()
+    spread = audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit), **kw)
+    _same(alone, spread)
+
+
+def _cli_report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """What ``--json`` printed, without the audit's time (the real clock's, a moment apart)."""
+    doc = json.loads(capsys.readouterr().out)
+    assert isinstance(doc, dict) and doc.pop("at")
+    return doc
+
+
+def test_the_cli_audits_on_a_local_cluster_and_says_the_same(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    code = main(["audit", "verify", "--kit", str(kit), "--json"])
+    alone = _cli_report(capsys)
+    assert main(["audit", "verify", "--kit", str(kit), "--workers", "2", "--json"]) == code
+    assert _cli_report(capsys) == alone
+
+
+def test_the_cli_audits_on_a_running_scheduler(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    code = main(["audit", "verify", "--kit", str(kit), "--json"])
+    alone = _cli_report(capsys)
+    cluster_class: Any = LocalCluster  # untyped
+    with cluster_class(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+    ) as cluster:
+        args = ["--scheduler", cluster.scheduler_address, "--json"]
+        assert main(["audit", "verify", "--kit", str(kit), *args]) == code
+    assert _cli_report(capsys) == alone
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(
+    built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_dask, "CONNECT_TIMEOUT", 1.0)
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["audit", "verify", "--kit", str(kit), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "cannot reach the Dask scheduler" in err and "Traceback" not in err
+    assert main(["audit", "verify", "--store", str(tmp_path / "store"), "--workers", "2"]) == 2
+    assert "go with --kit" in capsys.readouterr().err
