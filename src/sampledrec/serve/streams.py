@@ -40,7 +40,7 @@ logs it) otherwise; the signature then stands for the token, which the TwiML no 
 to carry. The signed URL is ``twilio_stream_url`` (the ``<Stream url>`` exactly as the TwiML
 writes it: set it behind a proxy that terminates TLS), else the URL of the request as received
 (``wss://`` with TLS, the ``Host`` header, the path); an explicit default port (443) and its
-absence are taken as the same URL (docs/decisions/0025-stream-signatures-and-telnyx.md).
+absence are taken as the same URL (docs/decisions/0028-stream-signatures-and-telnyx.md).
 """
 
 from __future__ import annotations
