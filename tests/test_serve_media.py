@@ -86,10 +86,11 @@ class Running:
         self.ws = addresses["streams"].replace("ws://", "http://").replace("wss://", "https://")
         self.session = session
 
-    async def settled(self, opened: int = 0) -> None:
-        """Wait until ``opened`` recordings were opened and none is open (all sealed)."""
+    async def settled(self, opened: int = 0, *, patience: float = 5.0) -> None:
+        """Wait (at most ``patience`` seconds) until ``opened`` recordings were opened and
+        none is open (all sealed)."""
         m = self.server.metrics.calls_recorded
-        for _ in range(500):
+        for _ in range(int(patience * 100)):
             done = m.value("audiosocket") + m.value("streams") >= opened
             if done and not len(self.server.recordings):
                 return
@@ -384,7 +385,7 @@ async def twilio_call(
     if not stop:
         await ws.close(code=aiohttp.WSCloseCode.ABNORMAL_CLOSURE)
         return None
-    reply = await ws.receive(timeout=5)
+    reply = await ws.receive(timeout=60)  # the server seals, then closes
     await ws.close()
     return reply
 
@@ -929,7 +930,7 @@ def test_a_few_hundred_streams_twice_stay_flat_in_memory(store: Store, token_fil
             *(audiosocket_call(s.audiosocket, c, audio[str(c)]) for c in calls),
             *(twilio_call(s, {"call_ref": r, "token": TOKEN}, *tracks[r]) for r in refs),
         )
-        await s.settled(300 * n)
+        await s.settled(300 * n, patience=120)
         gc.collect()
         rounds.append(rss_bytes())
         sent.update(audio)

@@ -296,6 +296,7 @@ def test_sigterm_mid_stream_seals_every_recording_truncated(tmp_path: Path) -> N
     events = [json.loads(line) for line in err.splitlines()]
     names = [e["event"] for e in events]
     assert names[-1] == "stopped" and "door_cancelled" not in names
+    assert [e for e in events if e["level"] == "error"] == []
     sealed = [e for e in events if e["event"] == "recording_sealed"]
     assert len(sealed) == 15 and all(e["truncated"] for e in sealed)
 

@@ -146,9 +146,19 @@ class _Door:
         self.vault = vault
         self.calls: dict[str, _Call] = {}
         self.opening: dict[str, asyncio.Future[_Call | None]] = {}
-        self.connections: dict[asyncio.Task[None], asyncio.StreamReader] = {}
+        self.connections: dict[asyncio.Task[None], tuple[asyncio.StreamReader, Any]] = {}
         # When each connection last received bytes (loop time), for the idle sweep.
         self.heard: dict[asyncio.StreamReader, float] = {}
+
+    def end(self, task: asyncio.Task[None]) -> None:
+        """End a connection's stream where it stands: what it has read is recorded, then its
+        recording is sealed truncated. Reading stops first: bytes arriving after the end of a
+        stream reader's data would make the transport fail."""
+        reader, transport = self.connections[task]
+        if not transport.is_closing():
+            transport.pause_reading()
+        if not reader.at_eof():
+            reader.feed_eof()
 
     async def sweep_idle(self) -> None:
         """End the connections silent for ``idle_timeout`` (their stream reads its end).
@@ -160,15 +170,16 @@ class _Door:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             now = loop.time()
-            for reader, heard in list(self.heard.items()):
-                if now - heard > timeout:
+            idle = {r for r, heard in self.heard.items() if now - heard > timeout}
+            for task, (reader, _) in list(self.connections.items()):
+                if reader in idle:
                     del self.heard[reader]
-                    reader.feed_eof()
+                    self.end(task)
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.connections[task] = reader
+        self.connections[task] = (reader, writer.transport)
         peer = writer.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else ""
         try:
@@ -343,8 +354,8 @@ def audiosocket_door(config: AudioSocketConfig) -> Door:
                 server.close()
                 # Each connection reads the end of its stream: its recording is sealed,
                 # truncated (the call went on without us).
-                for stream in door.connections.values():
-                    stream.feed_eof()
+                for connection in list(door.connections):
+                    door.end(connection)
                 if door.connections:
                     _, late = await asyncio.wait(
                         set(door.connections), timeout=services.shutdown_grace
