@@ -49,8 +49,10 @@ does (that request is not counted); the server's CPU time is read around the str
     ``calls_per_core`` (recorded call-seconds, from the catalog, per server CPU-second),
     ``call_seconds``, ``server_cpu_s``, ``recordings``, ``truncated`` (should be 0) and
     ``client_late_p99_ms`` (how late the client sent its frames: if large, the client, not
-    the server, was the limit). AudioSocket: 8 kHz 16-bit frames of 320 bytes; Twilio: both
-    tracks, one JSON message of base64 μ-law per track and 20 ms; fork: 8 kHz mono L16.
+    the server, was the limit: above 50 ms the run does not count as meeting the target,
+    since late frames arrive in bursts that the server reads more cheaply). AudioSocket: 8 kHz
+    16-bit frames of 320 bytes; Twilio: both tracks, one JSON message of base64 μ-law per
+    track and 20 ms; fork: 8 kHz mono L16.
 
 Targets: ``calls_per_core >= 500`` and ``rtp_loss == 0`` (issue 13; one stream of audio
 here, two in the issue's wording), ``http_p99_ms <= 5`` (issue 13: decision p99 at 1,000
@@ -94,6 +96,8 @@ from sampledrec.errors import SampledrecWarning
 
 TARGET_P99_MS = 5.0
 TARGET_CALLS_PER_CORE = 500
+#: A media run whose client sent its frames later than this (p99) was not at real-time pace.
+MAX_CLIENT_LATE_MS = 50.0
 TOKEN = "bench-ingest-token-0123456789abcdef"
 POLICY = """
 [[rules]]
@@ -675,10 +679,16 @@ def main() -> int:
             media = media_run(tmp, streams, media_seconds)
             for door, doc in media.items():
                 figures.update({f"{door}_{key}": value for key, value in doc.items()})
+                # Frames sent late arrive in bursts, which the server reads more cheaply: a
+                # figure measured off real-time pace is not one to size a deployment with.
+                paced = doc["client_late_p99_ms"] <= MAX_CLIENT_LATE_MS
+                doc["paced"] = paced
                 ok = doc["calls_per_core"] >= TARGET_CALLS_PER_CORE and (
-                    doc["recordings"] == streams and doc["truncated"] == 0
+                    doc["recordings"] == streams and doc["truncated"] == 0 and paced
                 )
+                figures[f"{door}_paced"] = paced
                 met = met and ok
+                verdict = "pass" if ok else "FAIL" if paced else "FAIL (client late)"
                 rows += [
                     (f"{door}: {streams} streams at once, {media_seconds:g} s each",
                      f"{doc['recordings']:.0f} recorded", "all",
@@ -688,7 +698,7 @@ def main() -> int:
                      f"{doc['call_seconds']:,.0f} / {doc['server_cpu_s']:.2f}", "for scale",
                      "", ""),
                     (f"{door}: calls per core", f"{doc['calls_per_core']:,.0f}",
-                     f">= {TARGET_CALLS_PER_CORE}", "", "pass" if ok else "FAIL"),
+                     f">= {TARGET_CALLS_PER_CORE}", "", verdict),
                 ]  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

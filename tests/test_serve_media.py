@@ -948,3 +948,19 @@ def test_a_few_hundred_streams_twice_stay_flat_in_memory(store: Store, token_fil
     found = recordings(store)
     assert len(found) == 600
     assert {ref: audio for ref, (_, audio) in found.items()} == sent
+
+
+def test_media_parsers_doctests() -> None:
+    import doctest
+
+    import sampledrec.ingest.audiosocket
+    import sampledrec.ingest.mediastreams
+    import sampledrec.ingest.tracks
+
+    for module in (
+        sampledrec.ingest.audiosocket,
+        sampledrec.ingest.mediastreams,
+        sampledrec.ingest.tracks,
+    ):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
