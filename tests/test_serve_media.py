@@ -13,8 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
+import gc
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
+import ssl
 import struct
 import uuid
 from collections.abc import AsyncIterator
@@ -25,9 +31,14 @@ import aiohttp
 import pytest
 
 from sampledrec import Store
-from sampledrec.errors import InvalidMediaStream
+from sampledrec.errors import InvalidArgument, InvalidMediaStream
 from sampledrec.ingest.audiosocket import AudioSocketReader
-from sampledrec.ingest.mediastreams import MediaStreamReader, parse_fork_metadata
+from sampledrec.ingest.mediastreams import (
+    MediaStreamReader,
+    StreamStarted,
+    parse_fork_metadata,
+    twilio_signature,
+)
 from sampledrec.ingest.tracks import Tracks
 from sampledrec.log.format import T_RECORD_REFUSED
 from sampledrec.log.writer import iter_entries
@@ -72,13 +83,14 @@ class Running:
         self.http = addresses["http"]
         host, _, port = addresses["audiosocket"].rpartition(":")
         self.audiosocket = (host, int(port))
-        self.ws = addresses["streams"].replace("ws://", "http://")
+        self.ws = addresses["streams"].replace("ws://", "http://").replace("wss://", "https://")
         self.session = session
 
-    async def settled(self, opened: int = 0) -> None:
-        """Wait until ``opened`` recordings were opened and none is open (all sealed)."""
+    async def settled(self, opened: int = 0, *, patience: float = 5.0) -> None:
+        """Wait (at most ``patience`` seconds) until ``opened`` recordings were opened and
+        none is open (all sealed)."""
         m = self.server.metrics.calls_recorded
-        for _ in range(500):
+        for _ in range(int(patience * 100)):
             done = m.value("audiosocket") + m.value("streams") >= opened
             if done and not len(self.server.recordings):
                 return
@@ -93,13 +105,27 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def serving(store: Store, token_file: Path, *, legs: int = 1) -> AsyncIterator[Running]:
+async def serving(
+    store: Store,
+    token_file: Path,
+    *,
+    legs: int = 1,
+    idle_timeout: float = 10.0,
+    client_ssl: Any = None,
+    **streams: Any,
+) -> AsyncIterator[Running]:
+    """A server with the HTTP, AudioSocket and streams doors; ``streams`` are more settings
+    of the streams door; ``client_ssl`` the client's SSL context (for wss://)."""
     doors = {
         "http": http_door(HttpConfig(Listen("127.0.0.1", 0), insecure_no_auth=True)),
         "audiosocket": audiosocket_door(
-            AudioSocketConfig(Listen("127.0.0.1", 0), legs=legs, pair_window=0.3)
+            AudioSocketConfig(
+                Listen("127.0.0.1", 0), legs=legs, pair_window=0.3, idle_timeout=idle_timeout
+            )
         ),
-        "streams": streams_door(StreamsConfig(Listen("127.0.0.1", 0), token_file=token_file)),
+        "streams": streams_door(
+            StreamsConfig(Listen("127.0.0.1", 0), token_file=token_file, **streams)
+        ),
     }
     server = Server(store, doors, shutdown_grace=5)
     task = asyncio.create_task(server.run())
@@ -107,7 +133,8 @@ async def serving(store: Store, token_file: Path, *, legs: int = 1) -> AsyncIter
         addresses = await server.wait_ready()
         if task.done():
             task.result()
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(limit=0, ssl=client_ssl if client_ssl else True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             running = Running(server, addresses, session)
             yield running
             await running.settled()
@@ -312,8 +339,9 @@ async def twilio_call(
     *,
     skip: set[int] = frozenset(),  # type: ignore[assignment]
     stop: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> aiohttp.WSMessage | None:
-    ws = await s.session.ws_connect(f"{s.ws}/v1/streams/twilio")
+    ws = await s.session.ws_connect(f"{s.ws}/v1/streams/twilio", headers=headers)
     sid = "MZ" + uuid.uuid4().hex
     await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
     seq = 1
@@ -357,7 +385,7 @@ async def twilio_call(
     if not stop:
         await ws.close(code=aiohttp.WSCloseCode.ABNORMAL_CLOSURE)
         return None
-    reply = await ws.receive(timeout=5)
+    reply = await ws.receive(timeout=60)  # the server seals, then closes
     await ws.close()
     return reply
 
@@ -570,3 +598,369 @@ def test_recall_answers_a_logged_decision_and_never_decides(store: Store) -> Non
     with store.open_log() as log, store.sampler(log=log) as other:  # another process's view
         recalled = other.recall("c-1")
         assert recalled is not None and recalled.record and recalled.log_ticket is not None
+
+
+# -- Twilio's request signature, computed here from Twilio's "Webhooks security" page ----------
+
+
+def twilio_signed(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
+    """HMAC-SHA1 over the URL, then each POST parameter's name and value sorted by name;
+    base64 (Twilio's security page; a WebSocket upgrade is a GET: the URL alone)."""
+    text = url + "".join(k + v for k, v in sorted((params or {}).items()))
+    mac = hmac.new(auth_token.encode(), text.encode(), hashlib.sha1).digest()
+    return base64.b64encode(mac).decode()
+
+
+def test_twilio_signature_matches_twilios_published_example() -> None:
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+12349013030",
+        "Digits": "1234",
+        "From": "+12349013030",
+        "To": "+18005551212",
+    }
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert twilio_signed("12345", url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    assert twilio_signature(b"12345", url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+
+
+AUTH_TOKEN = "0123456789abcdef0123456789abcdef"  # a Twilio auth token: 32 hex digits
+
+
+@pytest.mark.parametrize("configured_url", [False, True])
+def test_twilio_signature_is_required_when_configured(
+    store: Store, token_file: Path, tmp_path: Path, configured_url: bool
+) -> None:
+    auth = tmp_path / "twilio-auth-token"
+    auth.write_text(AUTH_TOKEN + "\n")
+    public = "wss://rec.example.com/v1/streams/twilio"
+    options: dict[str, Any] = {"twilio_auth_token_file": auth}
+    if configured_url:
+        options["twilio_stream_url"] = public
+    inbound, outbound = mulaw(1600, 11), mulaw(1600, 12)
+    statuses: list[int] = []
+
+    async def go() -> None:
+        async with serving(store, token_file, **options) as s:
+            await s.decide("signed-call")
+            url = f"{s.ws}/v1/streams/twilio"
+            signed_url = public if configured_url else url.replace("http://", "ws://")
+            for signature in ("", twilio_signed("wrong-token", signed_url), "garbage"):
+                headers = {"X-Twilio-Signature": signature} if signature else {}
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await s.session.ws_connect(url, headers=headers)
+                statuses.append(refused.value.status)
+            # A valid signature stands for the token: no token parameter in the TwiML.
+            headers = {"X-Twilio-Signature": twilio_signed(AUTH_TOKEN, signed_url)}
+            await twilio_call(s, {"call_ref": "signed-call"}, inbound, outbound, headers=headers)
+            refusals = s.server.metrics.recordings_refused.value("streams", "bad_signature")
+            assert refusals == 3
+
+    asyncio.run(go())
+    assert statuses == [403, 403, 403]
+    _, recorded = recordings(store)["signed-call"]
+    assert recorded[0::2] == inbound and recorded[1::2] == outbound
+
+
+def test_twilio_signature_default_port_is_the_same_url(tmp_path: Path) -> None:
+    from sampledrec.serve.streams import _signed_urls
+
+    assert _signed_urls("wss://a.example/v1/streams/twilio") == (
+        "wss://a.example/v1/streams/twilio",
+        "wss://a.example:443/v1/streams/twilio",
+    )
+    assert _signed_urls("wss://a.example:443/x")[1] == "wss://a.example/x"
+    assert _signed_urls("wss://a.example:8490/x") == ("wss://a.example:8490/x",)
+    auth = tmp_path / "auth"
+    auth.write_text(AUTH_TOKEN)
+    with pytest.raises(InvalidArgument, match="query string"):
+        StreamsConfig(
+            Listen("127.0.0.1", 0),
+            insecure_no_auth=True,
+            twilio_auth_token_file=auth,
+            twilio_stream_url="wss://a.example/x?token=1",
+        )
+    with pytest.raises(InvalidArgument, match="twilio_auth_token_file"):
+        StreamsConfig(
+            Listen("127.0.0.1", 0), insecure_no_auth=True, twilio_stream_url="wss://a.example/x"
+        )
+
+
+# -- Telnyx media streaming: message for message from Telnyx's "Media Streaming over
+# WebSockets" (snake_case names, stream_id at the top level, PCMU, tracks in each media) --------
+
+
+async def telnyx_call(
+    s: Running,
+    params: dict[str, str],
+    inbound: bytes,
+    outbound: bytes,
+    *,
+    swap: int | None = None,
+) -> aiohttp.WSMessage:
+    """A Telnyx stream of both tracks (20 ms chunks); ``swap``: chunk ``swap`` of the inbound
+    track is sent after chunk ``swap + 1`` (Telnyx does not guarantee order)."""
+    ws = await s.session.ws_connect(
+        f"{s.ws}/v1/streams/telnyx", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    stream_id = str(uuid.uuid4()).upper()
+    control = "v3:" + uuid.uuid4().hex
+    await ws.send_str(json.dumps({"event": "connected", "version": "1.0.0"}))
+    seq = 1
+    start = {
+        "user_id": str(uuid.uuid4()),
+        "call_control_id": control,
+        "call_session_id": str(uuid.uuid4()),
+        "from": "+13122010094",
+        "to": "+13122123456",
+        "client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d",
+        "custom_parameters": params,
+        "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+    }
+    await ws.send_str(
+        json.dumps(
+            {"event": "start", "sequence_number": str(seq), "start": start, "stream_id": stream_id}
+        )
+    )
+    messages = []
+    for n, i in enumerate(range(0, len(inbound), 160)):
+        for track, audio in (("inbound", inbound), ("outbound", outbound)):
+            seq += 1
+            media = {
+                "track": track,
+                "chunk": str(n + 1),
+                "timestamp": str(n * 20),
+                "payload": base64.b64encode(audio[i : i + 160]).decode(),
+            }
+            doc = {"event": "media", "sequence_number": str(seq), "media": media}
+            messages.append((n, track, json.dumps({**doc, "stream_id": stream_id})))
+    if swap is not None:
+        a = next(k for k, m in enumerate(messages) if m[:2] == (swap, "inbound"))
+        b = next(k for k, m in enumerate(messages) if m[:2] == (swap + 1, "inbound"))
+        messages[a], messages[b] = messages[b], messages[a]
+    for *_, text in messages:
+        await ws.send_str(text)
+    stop = {"user_id": start["user_id"], "call_control_id": control}
+    await ws.send_str(
+        json.dumps(
+            {"event": "stop", "sequence_number": str(seq + 1), "stop": stop, "stream_id": stream_id}
+        )
+    )
+    reply = await ws.receive(timeout=5)
+    await ws.close()
+    return reply
+
+
+def test_telnyx_stream_is_two_mulaw_channels_bit_exact(store: Store, token_file: Path) -> None:
+    inbound, outbound = mulaw(4000, 21), mulaw(4000, 22)
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide("telnyx-call-1")
+            reply = await telnyx_call(s, {"call_ref": "telnyx-call-1"}, inbound, outbound)
+            assert reply.type == aiohttp.WSMsgType.CLOSE and reply.data == 1000
+
+    asyncio.run(go())
+    row, recorded = recordings(store)["telnyx-call-1"]
+    assert row.audio_format.startswith("mulaw") and not row.truncated
+    assert recorded[0::2] == inbound and recorded[1::2] == outbound
+
+
+def test_telnyx_late_chunk_is_dropped_not_fatal(store: Store, token_file: Path) -> None:
+    inbound, outbound = mulaw(1600, 23), mulaw(1600, 24)
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await s.decide("telnyx-late")
+            await telnyx_call(s, {"call_ref": "telnyx-late"}, inbound, outbound, swap=4)
+            assert s.server.metrics.packets_lost.value("streams") == 1
+
+    asyncio.run(go())
+    row, recorded = recordings(store)["telnyx-late"]
+    assert not row.truncated
+    expected = inbound[: 4 * 160] + b"\xff" * 160 + inbound[5 * 160 :]
+    assert recorded[0::2] == expected and recorded[1::2] == outbound
+
+
+def test_telnyx_reader_names_and_refusals() -> None:
+    reader = MediaStreamReader(flavor="telnyx")
+    start = {
+        "event": "start",
+        "sequence_number": "1",
+        "stream_id": "S1",
+        "start": {
+            "call_control_id": "v3:abc",
+            "custom_parameters": {"tracks": "inbound"},
+            "media_format": {"encoding": "PCMA", "sample_rate": 8000, "channels": 1},
+        },
+    }
+    started = reader.feed(json.dumps(start))
+    assert isinstance(started, StreamStarted)
+    assert (started.call_sid, started.tracks, started.encoding) == ("v3:abc", ("inbound",), "alaw")
+    media = {"track": "outbound", "chunk": "1", "timestamp": "0", "payload": "AAAA"}
+    with pytest.raises(InvalidMediaStream, match="outbound"):
+        reader.feed(json.dumps({"event": "media", "sequence_number": "2", "media": media}))
+    bad = MediaStreamReader(flavor="telnyx")
+    start["start"]["media_format"] = {"encoding": "OPUS", "sample_rate": 16000}  # type: ignore[index]
+    with pytest.raises(InvalidMediaStream, match="PCMU"):
+        bad.feed(json.dumps(start))
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = folder / "stream.crt", folder / "stream.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+def test_streams_over_tls(store: Store, token_file: Path, tmp_path: Path) -> None:
+    crt, pem = self_signed(tmp_path)
+    trusting = ssl.create_default_context(cafile=str(crt))
+    inbound, outbound = mulaw(1600, 31), mulaw(1600, 32)
+    audio = pcm(0.5, 33)
+
+    async def go() -> None:
+        async with serving(store, token_file, client_ssl=trusting, tls_cert=crt, tls_key=pem) as s:
+            assert s.ws.startswith("https://")
+            await s.decide("tls-twilio")
+            await s.decide("tls-fork")
+            await twilio_call(s, {"call_ref": "tls-twilio", "token": TOKEN}, inbound, outbound)
+            ws = await s.session.ws_connect(
+                f"{s.ws}/v1/streams/fork", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            await ws.send_str(json.dumps({"call_ref": "tls-fork"}))
+            for i in range(0, len(audio), 320):
+                await ws.send_bytes(audio[i : i + 320])
+            await ws.close()
+            # A client that does not trust the certificate is not let in.
+            async with aiohttp.ClientSession() as untrusting:
+                with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                    await untrusting.ws_connect(f"{s.ws}/v1/streams/fork?token={TOKEN}")
+            await s.settled(2)
+
+    asyncio.run(go())
+    found = recordings(store)
+    assert found["tls-twilio"][1][0::2] == inbound and found["tls-fork"][1] == audio
+
+
+def test_audiosocket_is_plain_tcp_and_needs_allow_off_loopback() -> None:
+    with pytest.raises(InvalidArgument, match="allow"):
+        AudioSocketConfig(Listen("0.0.0.0", 9019))
+    config = AudioSocketConfig(Listen("0.0.0.0", 9019), allow=("10.1.2.3/32",))
+    assert config.allows("10.1.2.3") and not config.allows("10.1.2.4")
+    assert not config.allows("127.0.0.1")  # once allow is given, only what it lists
+    assert AudioSocketConfig(Listen("127.0.0.1", 9019)).allows("::1")
+
+
+def test_audiosocket_idle_connection_is_sealed_truncated(store: Store, token_file: Path) -> None:
+    call = uuid.uuid4()
+
+    async def go() -> None:
+        async with serving(store, token_file, idle_timeout=0.3) as s:
+            await s.decide(str(call))
+            reader, writer = await asyncio.open_connection(*s.audiosocket)
+            writer.write(frame(0x01, call.bytes) + frame(0x10, b"\2\0" * 160))
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the server gave up
+            writer.close()
+            await writer.wait_closed()
+            await s.settled(1)
+
+    asyncio.run(go())
+    row, recorded = recordings(store)[str(call)]
+    assert recorded == b"\2\0" * 160 and row.truncated
+
+
+# -- memory: a few hundred streams at once, twice -----------------------------------------------
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc), the server's: it runs in this process."""
+    fields = Path("/proc/self/statm").read_text().split()
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_few_hundred_streams_twice_stay_flat_in_memory(store: Store, token_file: Path) -> None:
+    """Two rounds of 150 AudioSocket and 150 Twilio streams at once (2 s of audio each, sent
+    as fast as the server takes it): resident memory after the second round is not above
+    the first by more than a generous bound, and every recording exports bit-exact."""
+    rounds: list[int] = []
+    sent: dict[str, bytes] = {}
+
+    async def one_round(s: Running, n: int) -> None:
+        calls = [uuid.uuid4() for _ in range(150)]
+        refs = [f"mem-{n}-{i}" for i in range(150)]
+        await asyncio.gather(*(s.decide(str(c)) for c in calls), *(s.decide(r) for r in refs))
+        audio = {str(c): pcm(2.0, i + n) for i, c in enumerate(calls)}
+        tracks = {r: (mulaw(16000, i + n), mulaw(16000, i + n + 1)) for i, r in enumerate(refs)}
+        await asyncio.gather(
+            *(audiosocket_call(s.audiosocket, c, audio[str(c)]) for c in calls),
+            *(twilio_call(s, {"call_ref": r, "token": TOKEN}, *tracks[r]) for r in refs),
+        )
+        await s.settled(300 * n, patience=120)
+        gc.collect()
+        rounds.append(rss_bytes())
+        sent.update(audio)
+        sent.update({r: bytes(b for pair in zip(*tracks[r], strict=True) for b in pair)
+                     for r in refs})  # fmt: skip
+
+    async def go() -> None:
+        async with serving(store, token_file) as s:
+            await one_round(s, 1)
+            await one_round(s, 2)
+
+    asyncio.run(go())
+    first, second = rounds
+    assert second - first < 30 * 2**20, f"RSS grew by {(second - first) / 2**20:.1f} MiB"
+    found = recordings(store)
+    assert len(found) == 600
+    assert {ref: audio for ref, (_, audio) in found.items()} == sent
+
+
+def test_media_parsers_doctests() -> None:
+    import doctest
+
+    import sampledrec.ingest.audiosocket
+    import sampledrec.ingest.mediastreams
+    import sampledrec.ingest.tracks
+
+    for module in (
+        sampledrec.ingest.audiosocket,
+        sampledrec.ingest.mediastreams,
+        sampledrec.ingest.tracks,
+    ):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -1,4 +1,5 @@
-"""``sampledrec serve`` as a process: SIGTERM while requests are in flight loses nothing.
+"""``sampledrec serve`` as a process: SIGTERM while requests or streams are in flight loses
+nothing.
 
 The server is started as a subprocess (the command an operator or systemd runs), a client
 sends decision requests from several connections at once, SIGTERM arrives in the middle, and
@@ -9,12 +10,16 @@ audit (keys revealed, the answered calls given as the carrier's call records) pa
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from sampledrec import Store
 from sampledrec.cli import main
 from sampledrec.log.format import T_DECISION
 from sampledrec.log.writer import iter_entries
+from sampledrec.vault.recorder import Vault
 
 TOKEN = "process-token-0123456789abcdef"
 SRC = str(Path(sampledrec.__file__).parents[1])
@@ -121,6 +127,196 @@ def test_sigterm_loses_no_answered_decision(tmp_path: Path) -> None:
     start = datetime.now(UTC).isoformat()
     cdr = tmp_path / "cdr.csv"
     cdr.write_text("call_ref,start_time\n" + "".join(f"{r},{start}\n" for r in sorted(answered)))
+    audit = ["audit", "verify", "--store", str(path), "--revealed-keys", str(revealed)]
+    out = io.StringIO()
+    code = main([*audit, "--cdr", str(cdr), "--at", tomorrow.isoformat()], out=out)
+    assert code == 0, out.getvalue()
+    assert "AUDIT PASSED" in out.getvalue()
+
+
+# -- SIGTERM while media streams are open --------------------------------------------------------
+
+STREAM_POLICY = """
+[[rules]]
+name = "recorded"
+match = { queue = "rec" }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue must be recorded"
+retention = "3 months"
+
+[default]
+rate = "0"
+purpose = "quality"
+retention = "6 months"
+"""
+
+
+def _start_media(store: Path, token: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
+         "serve", "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
+         "--audiosocket", "127.0.0.1:0", "--streams", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC, "PYTHONWARNINGS": "error"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    addresses: dict[str, str] = {}
+    try:
+        for line in proc.stderr:
+            event = json.loads(line)
+            if event["event"] == "listening":
+                addresses[event["door"]] = event["address"]
+            if event["event"] == "ready":
+                return proc, addresses
+        raise AssertionError(f"the server exited with {proc.wait(10)} before it was ready")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _tone(n: int, seed: int) -> bytes:
+    return bytes((seed * 37 + i * 11) % 256 for i in range(n))
+
+
+async def _streams_until_stopped(
+    addresses: dict[str, str], proc: subprocess.Popen[str]
+) -> dict[str, bytes]:
+    """Five AudioSocket, five Twilio and five fork streams, each sending 20 ms frames until the
+    server closes it; SIGTERM once every stream has sent a second. What each stream sent."""
+    http = addresses["http"]
+    ws_base = addresses["streams"].replace("ws://", "http://")
+    host, _, port = addresses["audiosocket"].rpartition(":")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    sent: dict[str, bytearray] = {}
+    second = asyncio.Event()
+    counted: set[str] = set()
+
+    def progress(ref: str) -> None:
+        if len(sent[ref]) >= 16000 and ref not in counted:
+            counted.add(ref)
+            if len(counted) == 15:
+                second.set()
+
+    async def audiosocket(ref: str, seed: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(struct.pack(">BH", 1, 16) + uuid.UUID(ref).bytes)
+        try:
+            for n in range(10**6):
+                frame = _tone(320, seed + n)
+                writer.write(struct.pack(">BH", 0x10, 320) + frame)
+                await writer.drain()
+                sent[ref] += frame
+                progress(ref)
+                await asyncio.sleep(0.005)
+                if reader.at_eof():
+                    break
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def twilio(session: aiohttp.ClientSession, ref: str, seed: int) -> None:
+        ws = await session.ws_connect(f"{ws_base}/v1/streams/twilio")
+        start = {
+            "streamSid": "MZ" + ref, "callSid": "CA" + ref, "tracks": ["inbound"],
+            "customParameters": {"call_ref": ref, "token": TOKEN},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        }  # fmt: skip
+        await ws.send_str(json.dumps({"event": "start", "sequenceNumber": "1", "start": start}))
+        with contextlib.suppress(ConnectionError):
+            for n in range(10**6):
+                frame = _tone(160, seed + n)
+                media = {"track": "inbound", "chunk": str(n + 1), "timestamp": str(n * 20),
+                         "payload": base64.b64encode(frame).decode()}  # fmt: skip
+                doc = {"event": "media", "sequenceNumber": str(n + 2), "media": media}
+                if ws.closed:
+                    break
+                await ws.send_str(json.dumps(doc))
+                sent[ref] += frame
+                progress(ref)
+                await asyncio.sleep(0.005)
+        await ws.close()
+
+    async def fork(session: aiohttp.ClientSession, ref: str, seed: int) -> None:
+        ws = await session.ws_connect(f"{ws_base}/v1/streams/fork", headers=headers)
+        await ws.send_str(json.dumps({"call_ref": ref}))
+        with contextlib.suppress(ConnectionError):
+            for n in range(10**6):
+                frame = _tone(320, seed + n)
+                if ws.closed:
+                    break
+                await ws.send_bytes(frame)
+                sent[ref] += frame
+                progress(ref)
+                await asyncio.sleep(0.005)
+        await ws.close()
+
+    async def stop_after_a_second() -> None:
+        await second.wait()
+        proc.send_signal(signal.SIGTERM)
+
+    async with aiohttp.ClientSession() as session:
+        kinds = {"a": 5, "t": 5, "f": 5}
+        refs = {k: [str(uuid.uuid4()) if k == "a" else f"{k}-{i}" for i in range(n)]
+                for k, n in kinds.items()}  # fmt: skip
+        for ref in [r for group in refs.values() for r in group]:
+            sent[ref] = bytearray()
+            body = {"call_ref": ref, "attributes": {"queue": "rec"}}
+            async with session.post(f"{http}/v1/decisions", json=body, headers=headers) as r:
+                assert r.status == 200 and (await r.json())["record"]
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(audiosocket(r, i) for i, r in enumerate(refs["a"])),
+                *(twilio(session, r, i) for i, r in enumerate(refs["t"])),
+                *(fork(session, r, i) for i, r in enumerate(refs["f"])),
+                stop_after_a_second(),
+            ),
+            60,
+        )
+    return {ref: bytes(audio) for ref, audio in sent.items()}
+
+
+def test_sigterm_mid_stream_seals_every_recording_truncated(tmp_path: Path) -> None:
+    (tmp_path / "policy.toml").write_text(STREAM_POLICY)
+    path = tmp_path / "store"
+    Store.init(path, policy=tmp_path / "policy.toml", simulated=True)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    proc, addresses = _start_media(path, token)
+    try:
+        sent = asyncio.run(_streams_until_stopped(addresses, proc))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines()]
+    names = [e["event"] for e in events]
+    assert names[-1] == "stopped" and "door_cancelled" not in names
+    assert [e for e in events if e["level"] == "error"] == []
+    sealed = [e for e in events if e["event"] == "recording_sealed"]
+    assert len(sealed) == 15 and all(e["truncated"] for e in sealed)
+
+    store = Store.open(path)
+    with store.open_log() as log, Vault(store, log) as vault:
+        rows = {str(row.call_ref): row for row in vault.recordings()}
+        assert set(rows) == set(sent)
+        for ref, row in rows.items():
+            audio = vault.open(row.recording_id).audio
+            assert row.truncated and row.status == "truncated", (ref, row.status)
+            assert len(audio) >= 16000 // (2 if ref.startswith("t-") else 1)
+            assert sent[ref].startswith(audio)  # nothing lost or changed before the stop
+    out = io.StringIO()
+    assert main(["log", "verify", "--store", str(path)], out=out) == 0, out.getvalue()
+    tomorrow = datetime.now(UTC) + timedelta(days=2)
+    revealed = tmp_path / "revealed.json"
+    store.write_revealed(store.reveal_keys(now=tomorrow), revealed)
+    start = datetime.now(UTC).isoformat()
+    cdr = tmp_path / "cdr.csv"
+    cdr.write_text("call_ref,start_time\n" + "".join(f"{r},{start}\n" for r in sorted(sent)))
     audit = ["audit", "verify", "--store", str(path), "--revealed-keys", str(revealed)]
     out = io.StringIO()
     code = main([*audit, "--cdr", str(cdr), "--at", tomorrow.isoformat()], out=out)

@@ -52,7 +52,7 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--streams",
         metavar="HOST:PORT",
-        help="open the WebSocket media-stream door (Twilio, FreeSWITCH fork)",
+        help="open the WebSocket media-stream door (Twilio, SignalWire, Telnyx, FreeSWITCH fork)",
     )
     p.add_argument(
         "--config",

@@ -107,7 +107,7 @@ class AudioSocketReader:
     """Reads one AudioSocket stream (module docstring).
 
     >>> reader = AudioSocketReader()
-    >>> ident = bytes.fromhex("0100104e0b8b2f3c8a4d6f9e21c0ffee01020304")
+    >>> ident = bytes.fromhex("0100104e0b8b2f3c8a4d6f9e21c0ffee010203")
     >>> reader.feed(ident + b"\\x10\\x00\\x04\\x01\\x00\\xff\\xff")
     [AudioSocketUuid(uuid=UUID('4e0b8b2f-3c8a-4d6f-9e21-c0ffee010203')), \
 AudioSocketAudio(sample_rate=8000, pcm16=b'\\x01\\x00\\xff\\xff')]

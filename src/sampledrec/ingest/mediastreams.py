@@ -16,6 +16,19 @@ follow the same shape): one JSON text message per WebSocket message, ``event`` n
 it must increase: a message that comes again or out of order is refused.
 :class:`MediaStreamReader` reads one stream's messages in order and raises
 :class:`~sampledrec.errors.InvalidMediaStream` (nothing else) for one it cannot use.
+SignalWire's cXML ``<Stream>`` sends these same messages.
+
+**Telnyx** (``MediaStreamReader(flavor="telnyx")``; Telnyx's "Media Streaming over
+WebSockets"): the same events with snake_case names: ``sequence_number`` and ``stream_id`` at
+the top level, ``start.call_control_id``, ``start.custom_parameters``, ``start.media_format``
+(``encoding`` ``PCMU`` or ``PCMA``, ``sample_rate``, ``channels``); ``media.track``
+(``inbound`` or ``outbound``), ``media.chunk``, ``media.payload``. The start message does not
+list the tracks: the custom parameter ``tracks`` (``inbound``, ``outbound`` or ``both``, the
+default) says which are recorded. Telnyx does not guarantee the order of its messages: a chunk
+that comes again or after a later one is dropped (its place stays silent, counted as a gap),
+not fatal; chunks are placed by their number (``media.timestamp``'s unit is not documented).
+
+:func:`twilio_signature` computes Twilio's request signature (``X-Twilio-Signature``).
 
 **FreeSWITCH fork** (``mod_audio_fork``'s ``uuid_audio_fork <uuid> start <url> <mix> <rate>
 <metadata>``): the first WebSocket message is text, the metadata given to the command; then
@@ -27,8 +40,9 @@ servers FreeSWITCH runs on), mono, or stereo interleaved (caller left, callee ri
 
 from __future__ import annotations
 
-import base64
 import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +62,7 @@ __all__ = [
     "StreamStarted",
     "StreamStopped",
     "parse_fork_metadata",
+    "twilio_signature",
 ]
 
 #: Largest message accepted (characters): a second of 8 kHz μ-law in base64 is under 11,000.
@@ -56,8 +71,18 @@ MAX_MESSAGE: Final = 64 * 1024
 ENCODINGS: Final[dict[str, Literal["mulaw", "alaw"]]] = {
     "audio/x-mulaw": "mulaw",
     "audio/x-alaw": "alaw",
+    "PCMU": "mulaw",  # Telnyx's names
+    "PCMA": "alaw",
 }
 TRACKS: Final = ("inbound", "outbound")
+#: The platforms whose message names :class:`MediaStreamReader` reads.
+FLAVORS: Final = ("twilio", "telnyx")
+#: Telnyx's custom parameter ``tracks``: which tracks a stream carries.
+_TELNYX_TRACKS: Final = {
+    "both": ("inbound", "outbound"),
+    "inbound": ("inbound",),
+    "outbound": ("outbound",),
+}
 _MAX_PARAMETERS: Final = 64
 _MAX_TEXT: Final = 1024
 
@@ -103,11 +128,18 @@ class StreamStopped:
 StreamEvent: TypeAlias = StreamStarted | MediaChunk | StreamDtmf | StreamMark | StreamStopped | None
 
 
+_DECODER: Final = json.JSONDecoder()
+
+
 def _loads(text: str | bytes, what: str) -> dict[str, Any]:
     if len(text) > MAX_MESSAGE:
         raise InvalidMediaStream(f"a {what} of {len(text)} characters; at most {MAX_MESSAGE}")
     try:
-        doc = json.loads(text)
+        # A platform sends one compact object per message: decode it without json.loads's
+        # whitespace scans (50 messages a second per track); anything else takes the full path.
+        doc, end = _DECODER.raw_decode(text) if isinstance(text, str) else (None, -1)
+        if end != len(text):
+            doc = json.loads(text)
     except (ValueError, RecursionError):
         raise InvalidMediaStream(f"the {what} is not JSON") from None
     if not isinstance(doc, dict):
@@ -129,7 +161,7 @@ def _text(value: object, what: str) -> str:
 
 def _number(value: object, what: str) -> int:
     """A whole number sent as text ("12", Twilio's way) or as a JSON number."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+    if type(value) is str and len(value) <= 15 and value.isascii() and value.isdigit():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**15:
         return value
@@ -153,11 +185,18 @@ class MediaStreamReader:
     MediaChunk(track='inbound', chunk=1, timestamp=0, payload=b'\\xff\\xff')
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, flavor: str = "twilio") -> None:
+        if flavor not in FLAVORS:
+            raise InvalidMediaStream(f"flavor={flavor!r}: one of {', '.join(FLAVORS)}")
+        self.flavor = flavor
+        self._telnyx = flavor == "telnyx"
         self.started: StreamStarted | None = None
         self.stopped = False
+        #: Telnyx chunks dropped because they came again or after a later one.
+        self.dropped = 0
         self._sequence = 0
         self._chunks: dict[str, int] = {}
+        self._first: dict[str, int] = {}  # Telnyx: each track's first chunk number
 
     def feed(self, text: str | bytes) -> StreamEvent:
         """The event of one message; ``None`` for ``connected`` and for events this reader
@@ -172,7 +211,10 @@ class MediaStreamReader:
             if self.started is not None:
                 raise InvalidMediaStream("a 'connected' message after 'start'")
             return None
-        if "sequenceNumber" in doc:
+        if self._telnyx:
+            if "sequence_number" in doc:  # checked, but Telnyx's order is not guaranteed
+                _number(doc["sequence_number"], "sequence_number")
+        elif "sequenceNumber" in doc:
             sequence = _number(doc["sequenceNumber"], "sequenceNumber")
             if sequence <= self._sequence:
                 raise InvalidMediaStream(
@@ -183,12 +225,14 @@ class MediaStreamReader:
         if event == "start":
             if self.started is not None:
                 raise InvalidMediaStream("a second 'start' message; one stream, one start")
-            self.started = self._start(_field(doc, "start", "start message"))
+            start = _field(doc, "start", "start message")
+            self.started = self._start_telnyx(doc, start) if self._telnyx else self._start(start)
             return self.started
         if self.started is None:
             raise InvalidMediaStream(f"a {event!r} message before 'start'")
         if event == "media":
-            return self._media(_field(doc, "media", "media message"))
+            media = _field(doc, "media", "media message")
+            return self._media_telnyx(media) if self._telnyx else self._media(media)
         if event == "stop":
             self.stopped = True
             return StreamStopped()
@@ -233,16 +277,76 @@ class MediaStreamReader:
                 f"start.mediaFormat {fmt!r}: this door records audio/x-mulaw or audio/x-alaw, "
                 "8000 Hz, 1 channel per track"
             )
-        params = start.get("customParameters", {})
+        params = self._parameters(start.get("customParameters", {}))
+        self._chunks = dict.fromkeys(tracks, 0)
+        return StreamStarted(stream_sid, call_sid, tuple(tracks), encoding, 8000, params)
+
+    def _start_telnyx(self, doc: Mapping[str, Any], start: object) -> StreamStarted:
+        if not isinstance(start, dict):
+            raise InvalidMediaStream("start must be an object")
+        call = _text(_field(start, "call_control_id", "start message"), "start.call_control_id")
+        stream = _text(doc.get("stream_id", call), "stream_id")
+        fmt = start.get("media_format", {})
+        if not isinstance(fmt, dict):
+            raise InvalidMediaStream("start.media_format must be an object")
+        encoding = ENCODINGS.get(fmt.get("encoding", "PCMU"))
+        rate = fmt.get("sample_rate", 8000)
+        channels = fmt.get("channels", 1)
+        if encoding is None or rate not in (8000, "8000") or channels not in (1, "1"):
+            raise InvalidMediaStream(
+                f"start.media_format {fmt!r}: this door records PCMU or PCMA, 8000 Hz, "
+                "1 channel per track (stream_bidirectional_codec / codec PCMU)"
+            )
+        params = self._parameters(start.get("custom_parameters", {}))
+        tracks = _TELNYX_TRACKS.get(params.get("tracks", "both"))
+        if tracks is None:
+            raise InvalidMediaStream(
+                'the custom parameter "tracks" must be "inbound", "outbound" or "both"'
+            )
+        self._chunks = dict.fromkeys(tracks, 0)
+        return StreamStarted(stream, call, tracks, encoding, 8000, params)
+
+    def _media_telnyx(self, media: object) -> MediaChunk | None:
+        assert self.started is not None
+        if not isinstance(media, dict):
+            raise InvalidMediaStream("media must be an object")
+        track = media.get("track", self.started.tracks[0])
+        if track not in self._chunks:
+            raise InvalidMediaStream(
+                f"media of track {track!r}; the custom parameter tracks did not announce it"
+            )
+        chunk = _number(_field(media, "chunk", "media message"), "media.chunk")
+        audio = self._payload(media)
+        first = self._first.setdefault(track, chunk)
+        if chunk <= self._chunks[track]:
+            self.dropped += 1  # came again, or after a later chunk: its place stays silent
+            return None
+        self._chunks[track] = chunk
+        # Each chunk is one RTP payload of G.711 at 8 kHz: 8 bytes a millisecond.
+        return MediaChunk(track, chunk, (chunk - first) * len(audio) // 8, audio)
+
+    @staticmethod
+    def _parameters(params: object) -> dict[str, str]:
         if not isinstance(params, dict) or len(params) > _MAX_PARAMETERS:
             raise InvalidMediaStream(
-                f"start.customParameters must be an object of at most {_MAX_PARAMETERS} texts"
+                f"the custom parameters must be an object of at most {_MAX_PARAMETERS} texts"
             )
         for name, value in params.items():
             if not isinstance(value, str) or len(name) > _MAX_TEXT or len(value) > _MAX_TEXT:
                 raise InvalidMediaStream("each custom parameter must be short text")
-        self._chunks = dict.fromkeys(tracks, 0)
-        return StreamStarted(stream_sid, call_sid, tuple(tracks), encoding, 8000, dict(params))
+        return dict(params)
+
+    @staticmethod
+    def _payload(media: Mapping[str, Any]) -> bytes:
+        payload = _field(media, "payload", "media message")
+        if not isinstance(payload, str):
+            raise InvalidMediaStream("media.payload must be base64 text")
+        try:
+            # strict: only the base64 alphabet and correct padding (b64decode's validate=True
+            # checks the same with a regular expression first)
+            return binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise InvalidMediaStream("media.payload is not base64") from None
 
     def _media(self, media: object) -> MediaChunk:
         assert self.started is not None
@@ -261,14 +365,7 @@ class MediaStreamReader:
             )
         self._chunks[track] = chunk
         timestamp = _number(_field(media, "timestamp", "media message"), "media.timestamp")
-        payload = _field(media, "payload", "media message")
-        if not isinstance(payload, str):
-            raise InvalidMediaStream("media.payload must be base64 text")
-        try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidMediaStream("media.payload is not base64") from None
-        return MediaChunk(track, chunk, timestamp, audio)
+        return MediaChunk(track, chunk, timestamp, self._payload(media))
 
 
 @dataclass(frozen=True)
@@ -305,3 +402,18 @@ def parse_fork_metadata(
     if count not in (1, 2) or isinstance(count, bool):
         raise InvalidMediaStream(f"channels {count!r}: a fork sends 1 (mono) or 2 (stereo)")
     return ForkMetadata(ref, int(rate), int(count))
+
+
+def twilio_signature(auth_token: bytes, url: str, params: Mapping[str, str] | None = None) -> str:
+    """Twilio's request signature (``X-Twilio-Signature``): HMAC-SHA1, keyed with the account's
+    auth token, over the full URL followed by each POST parameter's name and value, sorted by
+    name; base64. A WebSocket upgrade is a GET: the URL alone (with its query, if any).
+
+    >>> twilio_signature(b"12345", "https://mycompany.com/myapp.php?foo=1&bar=2", {
+    ...     "CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234",
+    ...     "From": "+12349013030", "To": "+18005551212"})
+    '0/KCTR6DLpKmkAf8muzZqo1nDgQ='
+    """
+    data = url + "".join(name + value for name, value in sorted((params or {}).items()))
+    digest = hmac.new(auth_token, data.encode("utf-8"), hashlib.sha1).digest()
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")

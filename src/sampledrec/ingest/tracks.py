@@ -32,6 +32,8 @@ class Tracks:
     (0, 0, b'aAbB')
     >>> t.put(0, b"c", at=3), t.take(), t.finish()  # sample 2 of track 0 is missing
     (1, b'', b'\\xff\\xffc\\xff')
+    >>> t.put(0, b"de"), t.put(1, b"DE"), t.take(at_least=3), t.ready(), t.take(at_least=2)
+    (0, 0, b'', 2, b'dDeE')
     """
 
     def __init__(
@@ -91,16 +93,25 @@ class Tracks:
         self._buffers[channel] += self._silence * samples
         self._ends[channel] += samples
 
-    def take(self) -> bytes:
-        """The interleaved frames that every track has (after padding the laggards)."""
+    def ready(self) -> int:
+        """Frames that every track has and :meth:`take` would hand out now (before padding)."""
+        return min(self._ends) - self._taken
+
+    def take(self, *, at_least: int = 0) -> bytes:
+        """The interleaved frames that every track has (after padding the laggards); nothing
+        while fewer than ``at_least`` frames are ready, so that a caller writing in batches
+        interleaves once per batch, not once per chunk."""
         ends = self._ends
         if self.channels > 1:
             front = max(ends)
+            ahead = front - self._taken
+            if ahead < at_least and ahead <= self._max_lag:
+                return b""  # no batch yet, and no track lags by more than max_lag
             for c in range(self.channels):
                 if front - ends[c] > self._max_lag:
                     self._pad(c, front - ends[c] - self._max_lag)
         n = min(ends) - self._taken
-        return self._interleave(n) if n > 0 else b""
+        return self._interleave(n) if n > 0 and n >= at_least else b""
 
     def finish(self) -> bytes:
         """Pad every track to the longest; everything left, interleaved."""

@@ -11,8 +11,9 @@ for the others), a count in ``sampledrec_recordings_refused_total``, and no byte
 
 :class:`StreamRecording` is the open recording: the tracks of the call (:class:`~sampledrec.
 ingest.tracks.Tracks`) interleaved into the channels of one recording, written in batches of
-about a second, registered in the server's :class:`~.recordings.OpenRecordings` (so that
-``POST /v1/calls/{ref}/pause`` masks a card payment), sealed by :meth:`StreamRecording.close`
+about a second (kept by the tracks until then), registered in the server's
+:class:`~.recordings.OpenRecordings` (so that ``POST /v1/calls/{ref}/pause`` masks a card
+payment), sealed by :meth:`StreamRecording.close`
 (``truncated`` when the stream was cut).
 """
 
@@ -99,9 +100,7 @@ class StreamRecording:
         self.call_ref = call_ref
         self.door = door
         self.tracks = tracks
-        fmt = recorder.format
-        self._write_bytes = fmt.bytes_per_ms(WRITE_EVERY_MS)
-        self._pending = bytearray()
+        self._write_frames = recorder.format.sample_rate * WRITE_EVERY_MS // 1000
         self._paused = False
         self._gaps = 0
         self.closed = False
@@ -121,34 +120,35 @@ class StreamRecording:
     async def pause(self, *, by: str) -> bool:
         was, self._paused = self._paused, True
         if not was:
-            await self._flush()  # what came before the pause is kept
+            await self._write(self.tracks.take())  # what came before the pause is kept
             self._recorder.pause()
         return not was
 
     async def resume(self, *, by: str) -> bool:
         was, self._paused = self._paused, False
         if was:
-            await self._flush()  # what came during the pause is masked
+            await self._write(self.tracks.take())  # what came during the pause is masked
             self._recorder.resume()
         return was
 
     async def put(self, channel: int, data: bytes, *, at: int | None = None) -> None:
         """Add a track's audio (at sample ``at``, or after its end); writes once about a
-        second of every track is there."""
+        second of every track is there (the tracks keep it until then: one interleaving and
+        one encrypted chunk per second, not per 20 ms chunk)."""
         if self.closed:
             return
-        self.tracks.put(channel, data, at=at)
-        if self.tracks.gaps != self._gaps:
-            self._services.metrics.packets_lost.inc(self.door, by=self.tracks.gaps - self._gaps)
-            self._gaps = self.tracks.gaps
-        self._pending += self.tracks.take()
-        if len(self._pending) >= self._write_bytes:
-            await self._flush()
+        tracks = self.tracks
+        tracks.put(channel, data, at=at)
+        if tracks.gaps != self._gaps:
+            self._services.metrics.packets_lost.inc(self.door, by=tracks.gaps - self._gaps)
+            self._gaps = tracks.gaps
+        ready = tracks.take(at_least=self._write_frames)
+        if ready:
+            await self._write(ready)
 
-    async def _flush(self) -> None:
-        if not self._pending:
+    async def _write(self, data: bytes) -> None:
+        if not data:
             return
-        data, self._pending = bytes(self._pending), bytearray()
         recorder = self._recorder
         if recorder.on_disk:
             recorder.write(data)  # encrypts and writes a chunk: quick, no fsync
@@ -161,9 +161,8 @@ class StreamRecording:
             return
         self.closed = True
         self._services.recordings.close(self.call_ref)
-        self._pending += self.tracks.finish()
         try:
-            await self._flush()
+            await self._write(self.tracks.finish())
             await asyncio.to_thread(self._recorder.close, truncated=truncated)
         except SampledrecError as exc:
             event("recording_failed", level=logging.ERROR, door=self.door, exc=exc)

@@ -10,6 +10,11 @@ Routes (its own address, ``--streams HOST:PORT``; WebSocket upgrades only):
     μ-law recording, kept byte for byte; a chunk whose timestamp leaves a gap is preceded by
     silence, counted in ``sampledrec_packets_lost_total``. ``stop`` seals the recording; a
     connection lost before it seals it truncated.
+``/v1/streams/telnyx``
+    Telnyx media streaming (``stream_url``, ``stream_track=both_tracks``): the same flow with
+    Telnyx's field names (:mod:`sampledrec.ingest.mediastreams`); the call reference is the
+    custom parameter ``call_ref``, else the ``call_control_id``. Telnyx does not guarantee the
+    order of its messages: a chunk that comes again or late is dropped, its place silent.
 ``/v1/streams/fork``
     FreeSWITCH ``mod_audio_fork`` (``uuid_audio_fork``): a first text message of JSON metadata
     naming the call (``{"call_ref": "${uuid}"}``, with ``sample_rate`` and ``channels`` when they
@@ -27,6 +32,15 @@ password of HTTP Basic authentication (``mod_audio_fork``'s ``MOD_AUDIO_BASIC_AU
 header), as a custom parameter ``token`` of the ``start`` message, checked before anything is
 looked up or recorded. ``insecure_no_auth`` only on a loopback address. TLS with
 ``tls_cert`` and ``tls_key``.
+
+Twilio signs the WebSocket upgrade request (``X-Twilio-Signature``: HMAC-SHA1 of the stream's
+URL, keyed with the account's auth token). With ``twilio_auth_token_file``, the Twilio route
+requires a valid signature, checked in constant time before the upgrade, and answers 403 (and
+logs it) otherwise; the signature then stands for the token, which the TwiML no longer needs
+to carry. The signed URL is ``twilio_stream_url`` (the ``<Stream url>`` exactly as the TwiML
+writes it: set it behind a proxy that terminates TLS), else the URL of the request as received
+(``wss://`` with TLS, the ``Host`` header, the path); an explicit default port (443) and its
+absence are taken as the same URL (docs/decisions/0032-stream-signatures-and-telnyx.md).
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -50,6 +65,7 @@ from ..ingest.mediastreams import (
     StreamStarted,
     StreamStopped,
     parse_fork_metadata,
+    twilio_signature,
 )
 from ..vault.audio import AudioFormat
 from ..vault.recorder import Vault
@@ -71,6 +87,8 @@ _KEYS: Final = (
     "fork_sample_rate",
     "fork_channels",
     "max_frame_bytes",
+    "twilio_auth_token_file",
+    "twilio_stream_url",
 )
 _POLICY: Final = WSCloseCode.POLICY_VIOLATION  # 1008: refused (not selected, no token)
 
@@ -88,7 +106,10 @@ class StreamsConfig:
     fork_sample_rate: int = 8000
     fork_channels: int = 1
     max_frame_bytes: int = 64 * 1024
+    twilio_auth_token_file: Path | None = None
+    twilio_stream_url: str | None = None
     token: bytes | None = field(init=False, repr=False, compare=False, default=None)
+    twilio_auth_token: bytes | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if self.token_file is None:
@@ -113,8 +134,23 @@ class StreamsConfig:
             raise InvalidArgument("[streams] max_frame_bytes must be from 1024 to 1048576")
         if not self.call_ref_parameter:
             raise InvalidArgument("[streams] call_ref_parameter must name a parameter")
+        if self.twilio_stream_url is not None:
+            url = urlsplit(self.twilio_stream_url)
+            if url.scheme not in ("ws", "wss") or not url.netloc or url.query:
+                raise InvalidArgument(
+                    f"[streams] twilio_stream_url = {self.twilio_stream_url!r}: write the "
+                    "<Stream url> of the TwiML, such as wss://rec.example.com/v1/streams/twilio "
+                    "(Twilio takes no query string)"
+                )
+            if self.twilio_auth_token_file is None:
+                raise InvalidArgument(
+                    "[streams] twilio_stream_url is the URL Twilio signs: give "
+                    "twilio_auth_token_file too"
+                )
         if self.token_file is not None:
             object.__setattr__(self, "token", read_token(self.token_file))
+        if self.twilio_auth_token_file is not None:
+            object.__setattr__(self, "twilio_auth_token", read_token(self.twilio_auth_token_file))
 
     @property
     def ssl(self) -> Any:
@@ -152,6 +188,9 @@ class StreamsConfig:
         parameter = section.get("call_ref_parameter", "call_ref")
         if not isinstance(parameter, str):
             raise InvalidArgument("[streams] call_ref_parameter must be text")
+        stream_url = section.get("twilio_stream_url")
+        if stream_url is not None and not isinstance(stream_url, str):
+            raise InvalidArgument("[streams] twilio_stream_url must be text (a wss:// URL)")
         return cls(
             Listen.parse(section["listen"], "[streams] listen"),
             token_file=path("token_file"),
@@ -162,6 +201,8 @@ class StreamsConfig:
             fork_sample_rate=whole("fork_sample_rate", 8000),
             fork_channels=whole("fork_channels", 1),
             max_frame_bytes=whole("max_frame_bytes", 64 * 1024),
+            twilio_auth_token_file=path("twilio_auth_token_file"),
+            twilio_stream_url=stream_url,
         )
 
 
@@ -181,6 +222,36 @@ def _given_token(request: web.Request) -> str | None:
 
 def _same(given: str | None, token: bytes) -> bool:
     return given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), token)
+
+
+def _signed_urls(url: str) -> tuple[str, ...]:
+    """The forms of ``url`` a signature may cover: as given, and with its scheme's default
+    port written or left out (proxies and platforms differ on it)."""
+    parts = urlsplit(url)
+    default = {"wss": 443, "https": 443, "ws": 80, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if default is None or parts.port not in (None, default):
+        return (url,)
+    bare = urlunsplit(parts._replace(netloc=host))
+    explicit = urlunsplit(parts._replace(netloc=f"{host}:{default}"))
+    return (url, explicit if parts.port is None else bare)
+
+
+def _twilio_signed(request: web.Request, config: StreamsConfig) -> bool:
+    """Whether the upgrade request carries a valid ``X-Twilio-Signature`` (module docstring)."""
+    key = config.twilio_auth_token
+    assert key is not None
+    given = request.headers.get("X-Twilio-Signature", "").encode("ascii", "replace")
+    url = config.twilio_stream_url or (
+        f"{'wss' if request.secure else 'ws'}://{request.host}{request.path_qs}"
+    )
+    valid = False
+    for candidate in _signed_urls(url):  # every form compared: no early exit
+        expected = twilio_signature(key, candidate).encode("ascii")
+        valid |= hmac.compare_digest(given, expected)
+    return valid and bool(given)
 
 
 class _Streams:
@@ -205,9 +276,25 @@ class _Streams:
         return ws
 
     async def twilio(self, request: web.Request) -> web.StreamResponse:
-        header_ok = self._authorized(request)
+        if self.config.twilio_auth_token is not None:
+            if not _twilio_signed(request, self.config):
+                self._refused("bad_signature")
+                return web.json_response(
+                    {"error": "X-Twilio-Signature is missing or does not sign this URL"},
+                    status=403,
+                )
+            return await self._media_stream(request, "twilio", signed=True)
+        return await self._media_stream(request, "twilio", signed=False)
+
+    async def telnyx(self, request: web.Request) -> web.StreamResponse:
+        return await self._media_stream(request, "telnyx", signed=False)
+
+    async def _media_stream(
+        self, request: web.Request, flavor: str, *, signed: bool
+    ) -> web.StreamResponse:
+        header_ok = signed or self._authorized(request)
         ws = await self._socket(request)
-        reader = MediaStreamReader()
+        reader = MediaStreamReader(flavor=flavor)
         recording: StreamRecording | None = None
         tracks: tuple[str, ...] = ()
         truncated = True
@@ -320,6 +407,7 @@ def _app(config: StreamsConfig, services: Services, vault: Vault) -> tuple[web.A
     streams = _Streams(config, services, vault)
     app = web.Application(client_max_size=MAX_MESSAGE)
     app.router.add_get("/v1/streams/twilio", streams.twilio)
+    app.router.add_get("/v1/streams/telnyx", streams.telnyx)
     app.router.add_get("/v1/streams/fork", streams.fork)
     return app, streams
 
@@ -361,7 +449,7 @@ def streams_door(config: StreamsConfig) -> Door:
 
 STREAMS: Final = DoorKind[StreamsConfig](
     name=_DOOR,
-    help="WebSocket media streams (Twilio, SignalWire; FreeSWITCH mod_audio_fork) of calls "
+    help="WebSocket media streams (Twilio, SignalWire, Telnyx; FreeSWITCH mod_audio_fork) of calls "
     "decided through the decision service",
     parse=StreamsConfig.from_section,
     door=streams_door,
