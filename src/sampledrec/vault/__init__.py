@@ -10,7 +10,7 @@ store (:mod:`sampledrec.keys`).
 from .access import Principal
 from .audio import AudioFormat
 from .catalog import Catalog, RecordingRow, SqliteCatalog
-from .recorder import Recorder, Recording, Vault
+from .recorder import Recorder, Recording, Vault, WavRange
 
 __all__ = [
     "AudioFormat",
@@ -21,4 +21,5 @@ __all__ = [
     "RecordingRow",
     "SqliteCatalog",
     "Vault",
+    "WavRange",
 ]
