@@ -190,3 +190,63 @@ def _password(world: World, name: str) -> str:
     user = world.users.get(name)
     assert user is not None
     return PASSWORD if user.must_change else NEW_PASSWORD
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key (PEM files in ``folder``)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "console.pem", folder / "console.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def recorded_store(tmp: Path, seconds: float = 4.0) -> tuple[Store, dict[str, str]]:
+    """A store (real clock) with one recording in each queue."""
+    (tmp / "p.toml").write_text(POLICY)
+    store = Store.init(tmp / "s", policy=tmp / "p.toml")
+    recordings = {}
+    with store.open_log() as log, Vault(store, log) as vault:
+        sampler = store.sampler(log=log)
+        try:
+            for n, queue in enumerate(("sales", "support")):
+                attrs = {"queue": queue}
+                decision = sampler.decide(f"call-{queue}", attrs)
+                audio = synthetic_speech(seconds, seed=n)
+                recordings[queue] = write_call(vault, decision, audio, PCM, attrs=attrs)
+        finally:
+            sampler.close()
+    return store, recordings
