@@ -490,3 +490,12 @@ def test_templates_and_static_files_load_nothing_from_elsewhere_and_run_no_scrip
         assert " style=" not in text and "<style" not in text, path  # CSP: no inline style
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), path
         assert "@import" not in text and "url(" not in text, path
+
+
+def test_a_disabled_accounts_session_stops_at_its_next_request(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    assert client.get("/recordings").status_code == 200
+    world.users.set_disabled("rita", True)
+    r = client.get("/recordings")
+    assert r.status_code == 303 and r.headers["location"].startswith("/sign-in")
