@@ -73,7 +73,7 @@ EXPECTED = {
     "supervisor": {"list", "listen", "export"},
     "dpo": {"list", "hold", "subject_requests", "read_log", "verify"},
     "auditor": {"list", "verify", "read_log"},
-    "admin": {"list", "manage_policy", "manage_keys"},
+    "admin": {"list", "manage_policy", "manage_keys", "manage_users"},
 }
 
 Opened = tuple[Store, DecisionLog, Sampler, Vault]

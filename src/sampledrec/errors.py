@@ -16,12 +16,16 @@
     │   │                                   that cannot be parsed or breaks a limit
     │   ├── InvalidMediaStream              an AudioSocket frame, a media-stream message or a
     │   │                                   fork's metadata that cannot be used
-    │   └── InvalidAudio                    audio of a wrong format, length, dtype or shape
-    │       ├── AudioTypeError (TypeError)    not bytes or a numpy array
-    │       └── FFmpegNotFound                decoding a file needs ffmpeg, not installed
+    │   ├── InvalidAudio                    audio of a wrong format, length, dtype or shape
+    │   │   ├── AudioTypeError (TypeError)    not bytes or a numpy array
+    │   │   └── FFmpegNotFound                decoding a file needs ffmpeg, not installed
+    │   └── WeakPassword                    a console password below the minimum strength
     ├── InvalidRecording                    a recording cannot be decrypted or authenticated
     ├── NotSelected                         recording refused: the call was not selected
     ├── AccessDenied (PermissionError)      a principal's roles do not allow the action
+    ├── AuthenticationFailed                a console sign-in was refused: wrong password or
+    │   │                                   code, unknown or disabled account
+    │   └── SignInThrottled                 too many failures: wait ``retry_after`` seconds
     ├── RecordingExpired                    a recording is past its expiry, or erased
     ├── RecordingNotFound (KeyError)        no recording with that id
     ├── NoOpenRecording (LookupError)       no front door of the server records that call now
@@ -57,6 +61,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDenied",
     "AudioTypeError",
+    "AuthenticationFailed",
     "CallRefTypeError",
     "CheckpointError",
     "FFmpegNotFound",
@@ -84,11 +89,13 @@ __all__ = [
     "SampledrecError",
     "SampledrecWarning",
     "ServerStopping",
+    "SignInThrottled",
     "StoreError",
     "StoreLocked",
     "StoreNotFound",
     "StorePermissionError",
     "UnknownAttributeWarning",
+    "WeakPassword",
 ]
 
 
@@ -188,6 +195,11 @@ class AudioTypeError(InvalidAudio, TypeError):
     """Audio (or an audio format) is given as a type that is not accepted, such as a list."""
 
 
+class WeakPassword(InvalidArgument):
+    """A console password is refused when it is set: too short, too common, or containing the
+    account's name. The message says which rule and what to choose instead."""
+
+
 class FFmpegNotFound(InvalidAudio):
     """A file needs ffmpeg to be decoded (it is no WAV read in memory), and ffmpeg is missing."""
 
@@ -208,6 +220,21 @@ class NotSelected(SampledrecError):
 class AccessDenied(SampledrecError, PermissionError):
     """A principal's roles do not grant the permission an action needs, or do not reach the
     recording (its scope). The attempt is logged with outcome ``denied``."""
+
+
+class AuthenticationFailed(SampledrecError):
+    """A console sign-in step was refused: a wrong password or second-factor code, or an
+    account that does not exist or is disabled. The message never says which (an attacker
+    learns nothing about accounts); the attempt is logged with its real reason."""
+
+
+class SignInThrottled(AuthenticationFailed):
+    """Too many failed sign-ins for the account or from the address: no attempt is checked for
+    ``retry_after`` more seconds (the delay grows with each failure; no CAPTCHA)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RecordingExpired(SampledrecError):

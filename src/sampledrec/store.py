@@ -28,6 +28,8 @@ recordings, with no server.
                         epochs, so that deciding again answers the same in every process
       cosigned/         checkpoints cosigned by the store's witnesses, per witness and UTC
                         day (sampledrec.witness.client), when store.json names witnesses
+      users.sqlite      the web console's accounts (sampledrec.accounts): roles, argon2id
+                        password hashes, sealed TOTP secrets, hashed recovery codes
       lock              the store's lock file (fcntl), outside every covered folder
 
 ``store.json``'s ``witnesses`` (optional) names the witnesses that cosign the log's checkpoints
@@ -183,6 +185,11 @@ class Store:
     @property
     def policy_path(self) -> Path:
         return self.path / "policy.toml"
+
+    @property
+    def users_path(self) -> Path:
+        """The web console's accounts (:mod:`sampledrec.accounts`; 0600, created on first use)."""
+        return self.path / "users.sqlite"
 
     # -- the storage backends (store.json "backends") ------------------------------------------
 

@@ -41,6 +41,7 @@ from . import (
     retention,
     serve,
     subject,
+    users,
     witness,
 )
 from ._common import (
@@ -65,6 +66,7 @@ REGISTER: tuple[Callable[[Commands], None], ...] = (
     keys.register,
     subject.register,
     serve.register,
+    users.register,
     witness.register,
     demo.register,
 )

@@ -55,9 +55,15 @@ def register(commands: Commands) -> None:
         help="open the WebSocket media-stream door (Twilio, SignalWire, Telnyx, FreeSWITCH fork)",
     )
     p.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        help="open the web console (needs TLS, --tls-cert and --tls-key, off loopback); its "
+        "accounts: sampledrec users",
+    )
+    p.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML settings ([server], [http], [siprec], [audiosocket], [streams])",
+        help="TOML settings ([server], [http], [siprec], [audiosocket], [streams], [web])",
     )
     p.add_argument(
         "--token-file",
@@ -116,6 +122,12 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "tls_cert": args.tls_cert,
             "tls_key": args.tls_key,
             "insecure_no_auth": args.insecure_no_auth,
+        }
+    if args.web:  # the TLS options serve the console too
+        overrides["web"] = {
+            "listen": args.web,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
         }
     config = ServerConfig.load(args.config, overrides=overrides)
     store = open_store(args.store)

@@ -39,6 +39,7 @@ Permission = Literal[
     "read_log",
     "manage_policy",
     "manage_keys",
+    "manage_users",
 ]
 PERMISSIONS: Final[tuple[str, ...]] = get_args(Permission)
 OWNER: Final = "owner"
@@ -138,7 +139,7 @@ DEFAULT_ROLES: Final[Mapping[str, Role]] = MappingProxyType(
             _role("supervisor", "list", "listen", "export"),
             _role("dpo", "list", "hold", "subject_requests", "read_log", "verify"),
             _role("auditor", "list", "verify", "read_log"),
-            _role("admin", "list", "manage_policy", "manage_keys"),
+            _role("admin", "list", "manage_policy", "manage_keys", "manage_users"),
         )
     }
 )

@@ -6,12 +6,13 @@ its front doors share (:class:`Services`), how a kind of door is configured and 
 recordings that pause and resume act on (:class:`OpenRecordings`), the metrics, the structured
 log, and the front doors: HTTP with the decision service (:mod:`.http`), SIPREC for SBCs
 (:mod:`.siprec`), AudioSocket for Asterisk (:mod:`.audiosocket`) and WebSocket media streams
-for cloud platforms and FreeSWITCH (:mod:`.streams`). The protocol parsers of the telephony
-doors are sans-I/O state machines in :mod:`sampledrec.ingest`; their asyncio shells are doors
-here. Needs the ``serve`` extra (aiohttp): ``pip install 'sampledrec[serve]'``.
+for cloud platforms and FreeSWITCH (:mod:`.streams`), and the web console (:mod:`.web`, its
+pages in :mod:`.console`, which needs the ``console`` extra). The protocol parsers of the
+telephony doors are sans-I/O state machines in :mod:`sampledrec.ingest`; their asyncio shells
+are doors here. Needs the ``serve`` extra (aiohttp): ``pip install 'sampledrec[serve]'``.
 
 Layout: ``server`` over ``config`` over the doors (``http``, ``siprec``, ``audiosocket``,
-``streams``) over ``doors`` over ``decisions``, ``recordings``, ``metrics`` and ``events``.
+``streams``, ``web``) over ``doors`` over ``decisions``, ``recordings``, ``metrics`` and ``events``.
 """
 
 from .audiosocket import AUDIOSOCKET, AudioSocketConfig, audiosocket_door
@@ -24,12 +25,14 @@ from .recordings import OpenRecording, OpenRecordings, PauseState
 from .server import Server
 from .siprec import SIPREC, SiprecConfig, siprec_door
 from .streams import STREAMS, StreamsConfig, streams_door
+from .web import WEB, WebConfig, web_door
 
 __all__ = [
     "AUDIOSOCKET",
     "DOOR_KINDS",
     "SIPREC",
     "STREAMS",
+    "WEB",
     "Answer",
     "AudioSocketConfig",
     "Decider",
@@ -48,10 +51,12 @@ __all__ = [
     "Services",
     "SiprecConfig",
     "StreamsConfig",
+    "WebConfig",
     "audiosocket_door",
     "build_app",
     "http_door",
     "parse_decision_request",
     "siprec_door",
     "streams_door",
+    "web_door",
 ]

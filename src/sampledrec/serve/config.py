@@ -31,11 +31,12 @@ from .doors import Door, DoorKind
 from .http import HTTP
 from .siprec import SIPREC
 from .streams import STREAMS
+from .web import WEB
 
 __all__ = ["DOOR_KINDS", "LOG_LEVELS", "ServerConfig"]
 
 #: Every kind of front door, in the order they start.
-DOOR_KINDS: Final[tuple[DoorKind[Any], ...]] = (HTTP, SIPREC, AUDIOSOCKET, STREAMS)
+DOOR_KINDS: Final[tuple[DoorKind[Any], ...]] = (HTTP, SIPREC, AUDIOSOCKET, STREAMS, WEB)
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _SERVER_KEYS: Final = ("shutdown_grace", "decide_workers", "log_level")
@@ -109,8 +110,9 @@ class ServerConfig:
                 doors[kind.name] = kind.door(config)
         if not doors:
             raise InvalidArgument(
-                "no front door to open: give --http, --siprec, --audiosocket or --streams "
-                "HOST:PORT (or an [http], [siprec], [audiosocket] or [streams] section in --config)"
+                "no front door to open: give --http, --siprec, --audiosocket, --streams or --web "
+                "HOST:PORT (or an [http], [siprec], [audiosocket], [streams] or [web] section "
+                "in --config)"
             )
         return cls(doors, settings, **own)
 

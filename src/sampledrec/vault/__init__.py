@@ -11,7 +11,7 @@ from .access import Principal
 from .audio import AudioFormat
 from .catalog import Catalog, RecordingRow, SqliteCatalog
 from .postgres import PostgresCatalog
-from .recorder import Recorder, Recording, Vault
+from .recorder import Recorder, Recording, Vault, WavRange
 
 __all__ = [
     "AudioFormat",
@@ -23,4 +23,5 @@ __all__ = [
     "RecordingRow",
     "SqliteCatalog",
     "Vault",
+    "WavRange",
 ]

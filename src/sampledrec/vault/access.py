@@ -20,7 +20,7 @@ qa_reviewer   list, listen
 supervisor    list, listen, export
 dpo           list, hold, subject_requests, read_log, verify
 auditor       list, verify, read_log (metadata and the log, never audio)
-admin         list, manage_policy, manage_keys
+admin         list, manage_policy, manage_keys, manage_users
 ============  =========================================================
 
 ``auditor`` can never be given ``listen`` or ``export``. ``owner`` is reserved: it holds every

@@ -59,6 +59,7 @@ from ..errors import AudioTypeError, FFmpegNotFound, InvalidAudio
 __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
+    "WAV_HEADER_BYTES",
     "AudioFile",
     "AudioFormat",
     "BytesLike",
@@ -79,6 +80,7 @@ __all__ = [
     "synthetic_speech",
     "to_pcm16",
     "ulaw_to_pcm16",
+    "wav_header",
 ]
 
 Encoding: TypeAlias = Literal["pcm16", "mulaw", "alaw"]
@@ -644,6 +646,41 @@ def encode_wav(fmt: AudioFormat, pcm16: BytesLike) -> bytes:
         w.setframerate(fmt.sample_rate)
         w.writeframes(_le16_to_native(bytes(buf)))
     return out.getvalue()
+
+
+WAV_HEADER_BYTES: Final = 44
+
+
+def wav_header(fmt: AudioFormat, data_bytes: int) -> bytes:
+    """The 44-byte header that :func:`encode_wav` writes before ``data_bytes`` bytes of PCM16
+    audio at ``fmt``'s rate and channels: with it, a WAV file can be served in ranges without
+    being built whole (the console's playback).
+
+    >>> fmt = AudioFormat("pcm16", 8000, 1)
+    >>> encode_wav(fmt, b"\\x01\\x00")[:44] == wav_header(fmt, 2)
+    True
+    """
+    fmt = _check_format(fmt)
+    if data_bytes < 0 or data_bytes % (2 * fmt.channels) or data_bytes > 0xFFFFFFFF - 36:
+        raise InvalidAudio(f"data_bytes={data_bytes} is not a whole number of PCM16 frames")
+    block = 2 * fmt.channels
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVEfmt "
+        + struct.pack(
+            "<IHHIIHH",
+            16,
+            _WAVE_FORMAT_PCM,
+            fmt.channels,
+            fmt.sample_rate,
+            fmt.sample_rate * block,
+            block,
+            16,
+        )
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def decode_wav(data: BytesLike) -> tuple[AudioFormat, bytes]:

@@ -72,7 +72,15 @@ from ..log.format import (
 from ..log.writer import iter_entries
 from . import container as _container
 from .access import OWNER, PERMISSIONS, Grant, Principal, Role, grant, granting_roles
-from .audio import AudioFormat, as_bytes, encode_wav, silence, to_pcm16
+from .audio import (
+    WAV_HEADER_BYTES,
+    AudioFormat,
+    as_bytes,
+    encode_wav,
+    silence,
+    to_pcm16,
+    wav_header,
+)
 from .blobs import BlobStore, BlobWriter
 from .catalog import Catalog, RecordingRow, Recovery
 from .container import RecoveredPrefix, SealInfo, Source
@@ -88,6 +96,7 @@ __all__ = [
     "Recording",
     "Vault",
     "VaultStorage",
+    "WavRange",
     "as_principal",
     "blob_name",
     "bucket_of",
@@ -240,6 +249,20 @@ class Recording:
     def __repr__(self) -> str:
         fmt = self.format.to_text()
         return f"Recording({self.row.recording_id!r}, {fmt}, {len(self.audio)} bytes)"
+
+
+@dataclass(frozen=True)
+class WavRange:
+    """Bytes ``[start, end)`` of a recording seen as the PCM16 WAV file that
+    :meth:`Vault.export` writes (``total`` bytes long): what an HTTP range request answers."""
+
+    start: int
+    end: int
+    total: int
+    data: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"WavRange({self.start}-{self.end} of {self.total})"
 
 
 @contextlib.contextmanager
@@ -433,6 +456,49 @@ class Vault:
             data = reader.read_range(fmt.bytes_per_ms(start_ms), fmt.bytes_per_ms(end_ms))
         self.log_access("listen", "granted", who, recording_id, f"{start_ms}-{end_ms} ms")
         return data
+
+    def read_wav(
+        self,
+        recording_id: str,
+        start: int,
+        end: int | None,
+        principal: Principal | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> WavRange:
+        """Bytes ``[start, end)`` (``end`` None: to the end; clipped to the file) of the
+        recording as the WAV file :meth:`export` would write, byte for byte, without building
+        it: the header is synthesised and only the chunks that hold the range are decrypted,
+        after the final chunk is authenticated. Nothing is written anywhere. Needs ``listen``;
+        refused from expiry on; logged with the range, like :meth:`read_range`. A ``start``
+        at or past the end gives an empty range (``start == end == total``)."""
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InvalidArgument(f"{name}={value!r} must be a byte offset, 0 or more")
+        if end is not None and end < start:
+            raise InvalidArgument(f"end={end} must not be less than start={start}")
+        who = self.acting(principal, "listen", recording_id)
+        with self._reading(recording_id, who, "listen", at) as (row, reader):
+            fmt = AudioFormat.from_text(row.audio_format)
+            frames = reader.plaintext_size() // fmt.bytes_per_frame
+            pcm_frame = 2 * fmt.channels
+            total = WAV_HEADER_BYTES + frames * pcm_frame
+            stop = total if end is None else min(end, total)
+            first = min(start, stop)
+            parts = []
+            if first < WAV_HEADER_BYTES:
+                parts.append(wav_header(fmt.as_pcm16(), frames * pcm_frame)[first:stop])
+            lo = max(first, WAV_HEADER_BYTES) - WAV_HEADER_BYTES
+            hi = max(stop, WAV_HEADER_BYTES) - WAV_HEADER_BYTES
+            if hi > lo:
+                f0, f1 = lo // pcm_frame, -(-hi // pcm_frame)
+                src = reader.read_range(f0 * fmt.bytes_per_frame, f1 * fmt.bytes_per_frame)
+                pcm = to_pcm16(src, fmt)
+                parts.append(pcm[lo - f0 * pcm_frame : hi - f0 * pcm_frame])
+        data = b"".join(parts)
+        detail = f"wav bytes {first}-{stop - 1}/{total}" if stop > first else f"wav -/{total}"
+        self.log_access("listen", "granted", who, recording_id, detail)
+        return WavRange(first, stop, total, data)
 
     def export(
         self,

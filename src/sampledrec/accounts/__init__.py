@@ -1,0 +1,44 @@
+"""The web console's accounts: passwords, second factor, sign-in, sessions, connection log.
+
+Individual accounts (``sampledrec users``; the console's admin page) hold roles of the policy;
+the library checks every action an account takes (:func:`authorize`, which asks the vault and
+logs the outcome). Passwords are argon2id hashes checked for a minimum strength when set
+(:mod:`.passwords`); the second factor is TOTP with hashed recovery codes (:mod:`.totp`,
+:mod:`.users`); sign-in is throttled by growing delays per account and per address
+(:mod:`.throttle`) and every step is logged with its outcome (:mod:`.connections`), the
+address as a keyed pseudonym. Sessions rotate their id at each sign-in step and time out when
+idle (:mod:`.sessions`). Nothing here knows HTTP: the console's pages are
+:mod:`sampledrec.serve.console`.
+
+Layout: ``admin`` and ``signin`` over ``users``, ``connections``, ``sessions``, ``throttle``,
+``totp`` and ``passwords``.
+"""
+
+from .admin import Accounts, authorize, permitted
+from .connections import CONNECTION_ACTIONS, Connection, address_pseudonym, connections
+from .passwords import PasswordRules, check_strength
+from .sessions import Session, SessionStore, Stage
+from .signin import Authenticator, PasswordChecked
+from .throttle import Throttle
+from .users import User, UserDirectory, open_users
+
+__all__ = [
+    "CONNECTION_ACTIONS",
+    "Accounts",
+    "Authenticator",
+    "Connection",
+    "PasswordChecked",
+    "PasswordRules",
+    "Session",
+    "SessionStore",
+    "Stage",
+    "Throttle",
+    "User",
+    "UserDirectory",
+    "address_pseudonym",
+    "authorize",
+    "check_strength",
+    "connections",
+    "open_users",
+    "permitted",
+]

@@ -1,0 +1,501 @@
+"""The web console over HTTP (Starlette's TestClient): sign-in, sessions, CSRF, throttling,
+scopes, playback by ranges, and what the log keeps of each."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sampledrec.accounts import (
+    CONNECTION_ACTIONS,
+    PasswordRules,
+    Throttle,
+    check_strength,
+)
+from sampledrec.errors import WeakPassword
+from sampledrec.serve.console import CSP, MAX_RANGE_BYTES, safe_next
+
+from .console_fixtures import (
+    NEW_PASSWORD,
+    PASSWORD,
+    World,
+    csrf_of,
+    make_world,
+    sign_in,
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    yield from make_world(tmp_path)
+
+
+def connection_events(world: World) -> list[dict[str, Any]]:
+    return [
+        {**a, "detail": json.loads(a["detail"])}
+        for a in world.accesses()
+        if a["action"] in CONNECTION_ACTIONS
+    ]
+
+
+# -- sign-in -------------------------------------------------------------------------------------
+
+
+def test_first_sign_in_enrols_totp_changes_the_password_and_logs_every_step(
+    world: World,
+) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    home = client.get("/")
+    assert home.status_code == 200
+    assert "Welcome, rita" in home.text
+    user = world.users.get("rita")
+    assert user is not None and user.enrolled and not user.must_change
+    assert user.recovery_left == 10
+    events = [(e["action"], e["outcome"]) for e in connection_events(world)]
+    assert events == [
+        ("sign_in", "success"),
+        ("enrol_second_factor", "success"),
+        ("password_change", "success"),
+    ]
+    # The address is a keyed pseudonym, never the address itself.
+    details = [e["detail"] for e in connection_events(world)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", d["address"]) for d in details)
+    assert "testclient" not in json.dumps(world.accesses())
+
+
+def test_second_sign_in_asks_for_the_code_and_refuses_a_replayed_one(world: World) -> None:
+    sign_in(world, world.client(), "rita")
+    client = world.client()
+    page = client.get("/sign-in")
+    r = client.post(
+        "/sign-in", data={"csrf": csrf_of(page.text), "name": "rita", "password": NEW_PASSWORD}
+    )
+    assert r.headers["location"].startswith("/sign-in/code")
+    page = client.get(r.headers["location"])
+    code = world.code("rita")
+    ok = client.post("/sign-in/code", data={"csrf": csrf_of(page.text), "code": code})
+    assert ok.status_code == 303
+    # The same code again, in another sign-in within its 30 s: refused.
+    other = world.client()
+    page = other.get("/sign-in")
+    r = other.post(
+        "/sign-in", data={"csrf": csrf_of(page.text), "name": "rita", "password": NEW_PASSWORD}
+    )
+    page = other.get(r.headers["location"])
+    again = other.post("/sign-in/code", data={"csrf": csrf_of(page.text), "code": code})
+    assert again.status_code == 401
+    reasons = [e["detail"].get("reason") for e in connection_events(world)]
+    assert "code already used" in reasons
+
+
+def test_a_recovery_code_signs_in_once(world: World) -> None:
+    client = world.client()
+    page = client.get("/sign-in")
+    r = client.post(
+        "/sign-in", data={"csrf": csrf_of(page.text), "name": "sam", "password": PASSWORD}
+    )
+    page = client.get(r.headers["location"])
+    secret = re.search(r'<code id="secret">([A-Z2-7]+)</code>', page.text)
+    assert secret
+    from sampledrec.accounts.totp import code_at
+
+    r = client.post(
+        "/sign-in/enrol",
+        data={"csrf": csrf_of(page.text), "code": code_at(secret.group(1), world.clock.now())},
+    )
+    codes = re.findall(r"<li><code>([a-z2-7]{5}-[a-z2-7]{5})</code></li>", r.text)
+    assert len(codes) == 10
+    world.users.set_password("sam", NEW_PASSWORD, now_us=0)  # skip the change for this test
+    for attempt, expected in ((codes[0], 303), (codes[0], 401)):
+        c = world.client()
+        page = c.get("/sign-in")
+        r = c.post(
+            "/sign-in",
+            data={"csrf": csrf_of(page.text), "name": "sam", "password": NEW_PASSWORD},
+        )
+        page = c.get(r.headers["location"])
+        r = c.post("/sign-in/code", data={"csrf": csrf_of(page.text), "code": attempt})
+        assert r.status_code == expected
+
+
+def test_wrong_password_unknown_and_disabled_accounts_look_the_same(world: World) -> None:
+    world.users.set_disabled("aldo", True)
+    answers = []
+    for name, password in (
+        ("rita", "not the password at all"),
+        ("nobody", PASSWORD),
+        ("aldo", PASSWORD),
+    ):
+        client = world.client()
+        page = client.get("/sign-in")
+        r = client.post(
+            "/sign-in", data={"csrf": csrf_of(page.text), "name": name, "password": password}
+        )
+        assert r.status_code == 401
+        shown = re.search(r'id="error"[^>]*>([^<]+)<', r.text)
+        assert shown
+        answers.append(shown.group(1))
+    assert len(set(answers)) == 1
+    reasons = [e["detail"]["reason"] for e in connection_events(world)]
+    assert reasons == ["wrong password", "unknown account", "disabled"]
+
+
+def test_session_id_changes_at_each_step_and_the_old_one_is_dead(world: World) -> None:
+    client = world.client()
+    client.get("/sign-in")
+    planted = client.cookies.get("__Host-sdr_session")
+    assert planted
+    sign_in(world, client, "rita")
+    after = client.cookies.get("__Host-sdr_session")
+    assert after and after != planted
+    # An attacker holding the planted id gets nothing.
+    attacker = world.client()
+    r = attacker.get("/recordings", headers={"Cookie": f"__Host-sdr_session={planted}"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/sign-in")
+
+
+def test_cookie_is_secure_httponly_samesite_strict(world: World) -> None:
+    r = world.client().get("/sign-in")
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("__Host-sdr_session=")
+    for attribute in ("Secure", "HttpOnly", "SameSite=strict", "Path=/"):
+        assert attribute.lower() in cookie.lower()
+    assert "domain" not in cookie.lower()
+
+
+def test_forms_without_the_sessions_csrf_token_are_refused(world: World) -> None:
+    client = world.client()
+    client.get("/sign-in")
+    r = client.post("/sign-in", data={"name": "rita", "password": PASSWORD})
+    assert r.status_code == 403
+    other = world.client()
+    token = csrf_of(other.get("/sign-in").text)
+    r = client.post("/sign-in", data={"csrf": token, "name": "rita", "password": PASSWORD})
+    assert r.status_code == 403
+    sign_in(world, client, "rita")
+    r = client.post("/sign-out", data={})
+    assert r.status_code == 403
+    assert client.get("/").status_code == 200  # still signed in
+    assert connection_events(world)[-1]["action"] != "sign_out"
+
+
+def test_sign_out_ends_the_session_and_is_logged(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    home = client.get("/")
+    r = client.post("/sign-out", data={"csrf": csrf_of(home.text)})
+    assert r.status_code == 303
+    assert client.get("/").status_code == 303
+    assert connection_events(world)[-1]["action"] == "sign_out"
+
+
+def test_an_idle_session_expires_and_the_expiry_is_logged(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    world.clock.advance(minutes=16)
+    r = client.get("/recordings")
+    assert r.status_code == 303 and r.headers["location"].startswith("/sign-in")
+    last = connection_events(world)[-1]
+    assert (last["action"], last["principal"]) == ("session_expired", "rita")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("/recordings?queue=sales", "/recordings?queue=sales"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("/recordings\r\nSet-Cookie: x=1", "/"),
+        (None, "/"),
+    ],
+)
+def test_next_never_leaves_the_console(given: str | None, expected: str) -> None:
+    assert safe_next(given) == expected
+
+
+def test_an_open_redirect_after_sign_in_goes_home_instead(world: World) -> None:
+    sign_in(world, world.client(), "rita")
+    client = world.client()
+    page = client.get("/sign-in?next=//evil.example/x")
+    assert 'value="//evil.example/x"' not in page.text
+    r = client.post(
+        "/sign-in",
+        data={
+            "csrf": csrf_of(page.text),
+            "name": "rita",
+            "password": NEW_PASSWORD,
+            "next": "https://evil.example/",
+        },
+    )
+    page = client.get(r.headers["location"])
+    r = client.post("/sign-in/code", data={"csrf": csrf_of(page.text), "code": world.code("rita")})
+    assert r.headers["location"] == "/"
+
+
+# -- throttling ----------------------------------------------------------------------------------
+
+
+def test_failures_make_each_next_attempt_wait_longer_even_with_the_right_password(
+    world: World,
+) -> None:
+    client = world.client()
+    statuses = []
+    for _ in range(5):
+        page = client.get("/sign-in")
+        r = client.post(
+            "/sign-in",
+            data={"csrf": csrf_of(page.text), "name": "dora", "password": "wrong wrong wrong"},
+        )
+        statuses.append(r.status_code)
+    assert statuses == [401, 401, 401, 401, 429]
+    page = client.get("/sign-in")
+    r = client.post(
+        "/sign-in", data={"csrf": csrf_of(page.text), "name": "dora", "password": PASSWORD}
+    )
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert "try again in" in r.text
+    world.clock.advance(seconds=2)
+    page = client.get("/sign-in")
+    r = client.post(
+        "/sign-in", data={"csrf": csrf_of(page.text), "name": "dora", "password": PASSWORD}
+    )
+    assert r.status_code == 303
+    reasons = [e["detail"].get("reason") for e in connection_events(world)]
+    assert reasons.count("throttled") == 2
+
+
+def test_the_delay_doubles_per_failure_up_to_its_cap() -> None:
+    t = Throttle(free=3, base=1.0, cap=60.0)
+    assert [t.delay(n) for n in range(1, 11)] == [0, 0, 0, 1, 2, 4, 8, 16, 32, 60]
+
+
+def test_failures_from_one_address_throttle_every_account_tried_from_it() -> None:
+    t = Throttle(free=0, base=10.0)
+    t.failed(["user:a", "addr:x"], now=0.0)
+    assert t.wait(["user:b", "addr:x"], now=1.0) == 9.0
+    assert t.wait(["user:b", "addr:y"], now=1.0) == 0.0
+
+
+# -- passwords -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("short one", "at least 12"),
+        ("Password2024!", "most common"),
+        ("aaaaaaaaaaaaaaaa", "5 different"),
+        ("my name is maria.r ok", "account's name"),
+    ],
+)
+def test_weak_passwords_are_refused_when_set(password: str, why: str) -> None:
+    with pytest.raises(WeakPassword, match=why):
+        check_strength(password, "maria.r", PasswordRules())
+
+
+def test_passwords_are_argon2id_hashes_and_secrets_are_sealed(world: World) -> None:
+    sign_in(world, world.client(), "rita")
+    folder = world.store.users_path.parent
+    files = sorted(folder.glob(world.store.users_path.name + "*"))  # with its WAL
+    raw = b"".join(f.read_bytes() for f in files)
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert b"$argon2id$" in raw
+    assert PASSWORD.encode() not in raw and NEW_PASSWORD.encode() not in raw
+    secret = world.users.totp_secret("rita")
+    assert secret is not None and secret.encode() not in raw
+
+
+def test_an_expired_password_must_be_changed_at_sign_in(world: World) -> None:
+    sign_in(world, world.client(), "rita")
+    world.clock.advance(days=91)
+    client = world.client()
+    page = client.get("/sign-in")
+    r = client.post(
+        "/sign-in", data={"csrf": csrf_of(page.text), "name": "rita", "password": NEW_PASSWORD}
+    )
+    page = client.get(r.headers["location"])
+    r = client.post("/sign-in/code", data={"csrf": csrf_of(page.text), "code": world.code("rita")})
+    assert r.headers["location"].startswith("/sign-in/password")
+    assert client.get("/").status_code == 303  # nothing else until it is changed
+
+
+# -- recordings and playback ---------------------------------------------------------------------
+
+
+def test_a_reviewer_lists_only_the_recordings_of_their_scope(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    page = client.get("/recordings")
+    assert page.status_code == 200
+    assert world.recordings["sales"] in page.text
+    assert world.recordings["support"] not in page.text
+    assert "1 recording in your scope" in page.text
+    filtered = client.get("/recordings?queue=support")
+    assert "0 recordings" in filtered.text
+
+
+def test_range_requests_answer_206_with_the_exact_bytes_of_the_export(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    rid = world.recordings["sales"]
+    wav = world.export(rid)
+    url = f"/recordings/{rid}/audio.wav"
+    for header, lo, hi in (
+        ("bytes=0-1", 0, 2),
+        ("bytes=0-99", 0, 100),
+        ("bytes=40-5000", 40, 5001),
+        (f"bytes={len(wav) - 10}-", len(wav) - 10, len(wav)),
+        ("bytes=-7", len(wav) - 7, len(wav)),
+        ("bytes=1000-", 1000, len(wav)),
+    ):
+        r = client.get(url, headers={"Range": header})
+        assert r.status_code == 206, header
+        assert r.headers["content-range"] == f"bytes {lo}-{hi - 1}/{len(wav)}"
+        assert r.headers["content-type"] == "audio/wav"
+        assert r.content == wav[lo:hi]
+    whole = client.get(url)
+    assert whole.status_code == 200 and whole.content == wav
+    past = client.get(url, headers={"Range": f"bytes={len(wav)}-"})
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{len(wav)}"
+    listens = [a for a in world.accesses() if a["action"] == "listen"]
+    assert all(a["outcome"] == "granted" and a["principal"] == "rita" for a in listens)
+    assert any(a["detail"] == f"wav bytes 0-99/{len(wav)}" for a in listens)
+
+
+def test_an_open_range_is_answered_in_pieces(tmp_path: Path) -> None:
+    gen = make_world(tmp_path, seconds=70.0)
+    world = next(gen)
+    try:
+        client = world.client()
+        sign_in(world, client, "sam")
+        rid = world.recordings["sales"]
+        r = client.get(f"/recordings/{rid}/audio.wav", headers={"Range": "bytes=0-"})
+        assert r.status_code == 206
+        total = int(r.headers["content-range"].rsplit("/", 1)[1])
+        assert total > MAX_RANGE_BYTES
+        assert len(r.content) == MAX_RANGE_BYTES
+        assert r.content == world.export(rid)[:MAX_RANGE_BYTES]
+    finally:
+        gen.close()
+
+
+def test_out_of_scope_recording_is_refused_and_the_refusal_logged(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    other = world.recordings["support"]
+    assert client.get(f"/recordings/{other}").status_code == 403
+    r = client.get(f"/recordings/{other}/audio.wav", headers={"Range": "bytes=0-99"})
+    assert r.status_code == 403
+    assert not r.content.startswith(b"RIFF")
+    denied = [a for a in world.accesses() if a["outcome"] == "denied"]
+    assert [(a["action"], a["recording_id"], a["detail"]) for a in denied] == [
+        ("list", other, "out of scope"),
+        ("listen", other, "out of scope"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/recordings/00000000-0000-4000-8000-000000000000",
+        "/recordings/00000000-0000-4000-8000-000000000000/audio.wav",
+        "/recordings/..%2F..%2Fstore.json",
+        "/recordings/..%2F..%2Fkeys/audio.wav",
+        "/static/..%2F..%2F..%2Fstore.json",
+        "/static/../app.py",
+    ],
+)
+def test_unknown_ids_and_traversal_find_nothing(world: World, path: str) -> None:
+    client = world.client()
+    sign_in(world, client, "sam")
+    r = client.get(path)
+    assert r.status_code == 404
+    assert b"store_id" not in r.content and b"import" not in r.content
+
+
+def test_an_auditor_sees_metadata_and_never_audio(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "aldo")
+    rid = world.recordings["sales"]
+    page = client.get(f"/recordings/{rid}")
+    assert page.status_code == 200 and "<audio" not in page.text
+    r = client.get(f"/recordings/{rid}/audio.wav", headers={"Range": "bytes=0-99"})
+    assert r.status_code == 403
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == ("listen", "denied", "aldo")
+    assert last["detail"] == "no role grants listen"
+
+
+def test_playback_is_refused_from_expiry_on(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "sam")
+    rid = world.recordings["sales"]
+    assert (
+        client.get(f"/recordings/{rid}/audio.wav", headers={"Range": "bytes=0-9"}).status_code
+        == 206
+    )
+    world.clock.advance(days=100)
+    world.console.sessions.idle = world.console.sessions.max_age = 1e9
+    r = client.get(f"/recordings/{rid}/audio.wav", headers={"Range": "bytes=0-9"})
+    assert r.status_code == 410
+    assert world.accesses()[-1]["detail"] == "expired"
+
+
+# -- the connection log page ---------------------------------------------------------------------
+
+
+def test_the_dpo_and_the_admin_read_the_connection_log_others_do_not(world: World) -> None:
+    bad = world.client()
+    page = bad.get("/sign-in")
+    bad.post("/sign-in", data={"csrf": csrf_of(page.text), "name": "rita", "password": "x" * 12})
+    for name, status in (("dora", 200), ("ada", 200), ("rita", 403), ("aldo", 200)):
+        client = world.client()
+        sign_in(world, client, name)
+        world.log.flush()
+        r = client.get("/connections")
+        assert r.status_code == status, name
+        if status == 200:
+            assert "wrong password" in r.text
+            assert "<td>rita</td>" in r.text
+
+
+# -- headers and assets --------------------------------------------------------------------------
+
+
+def test_every_answer_carries_the_strict_policy(world: World) -> None:
+    client = world.client()
+    for path in ("/sign-in", "/static/console.css", "/nowhere"):
+        r = client.get(path)
+        assert r.headers["content-security-policy"] == CSP
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+    assert CSP.startswith("default-src 'self'")
+
+
+def test_templates_and_static_files_load_nothing_from_elsewhere_and_run_no_script() -> None:
+    folder = Path(__file__).parents[1] / "src/sampledrec/serve/console"
+    for path in [*folder.glob("templates/*.html"), *folder.glob("static/*")]:
+        text = path.read_text("utf-8")
+        assert "<script" not in text, path
+        assert " style=" not in text and "<style" not in text, path  # CSP: no inline style
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), path
+        assert "@import" not in text and "url(" not in text, path
+
+
+def test_a_disabled_accounts_session_stops_at_its_next_request(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "rita")
+    assert client.get("/recordings").status_code == 200
+    world.users.set_disabled("rita", True)
+    r = client.get("/recordings")
+    assert r.status_code == 303 and r.headers["location"].startswith("/sign-in")
