@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -83,6 +84,8 @@ import time
 import urllib.request
 import uuid
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,30 +173,53 @@ def in_process(store: Store, calls: int) -> dict[str, float]:
 # -- the server --------------------------------------------------------------------------------
 
 
-def start_server(store: Path, token: Path) -> tuple[subprocess.Popen[str], str]:
+@dataclass
+class Served:
+    """A ``sampledrec serve`` process started by :func:`serve`: its front doors' addresses
+    (by door, from the JSON log's ``listening`` events) and its log lines so far."""
+
+    proc: subprocess.Popen[str]
+    addresses: dict[str, str]
+    lines: list[str]
+
+
+@contextlib.contextmanager
+def serve(*args: str) -> Iterator[Served]:
+    """Run ``sampledrec serve ARGS`` until the block ends (then SIGTERM, and a clean exit is
+    required). Its log is read all along: a pipe nobody reads would block the server."""
     src = str(Path(sampledrec.__file__).parents[1])
     proc = subprocess.Popen(
         [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
-         "serve", "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
-         "--log-level", "info"],
-        stderr=subprocess.PIPE,
-        text=True,
+         "serve", *args, "--log-level", "info"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")},
     )  # fmt: skip
     assert proc.stderr is not None
-    url = None
+    served = Served(proc, {}, [])
     try:
         for line in proc.stderr:
-            event = json.loads(line)
-            if event["event"] == "listening":
-                url = event["address"]
-            if event["event"] == "ready" and url is not None:
-                return proc, url
-        raise SystemExit(f"the server exited ({proc.wait(10)}) before it was ready")
+            doc = json.loads(line)
+            if doc["event"] == "listening":
+                served.addresses[doc["door"]] = doc["address"]
+            if doc["event"] == "ready":
+                break
+        else:
+            raise SystemExit(f"the server exited ({proc.wait(10)}) before it was ready")
     except BaseException:
         proc.kill()
         proc.wait()
         raise
+    reader = threading.Thread(target=served.lines.extend, args=(proc.stderr,), daemon=True)
+    reader.start()
+    try:
+        yield served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        proc.stderr.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"the server failed: {''.join(served.lines)[-2000:]}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -319,33 +345,13 @@ def siprec_run(tmp: Path, calls: int, rate: float, seconds: float) -> dict[str, 
         'rtp_timeout = 30\ncaller = "participant:1"\nattributes = { queue = "header:X-Queue" }\n'
     )
     write_pcap(folder / "leg.pcap", seconds)
-    src = str(Path(sampledrec.__file__).parents[1])
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
-         "serve", "--store", str(folder / "store"), "--config", str(folder / "serve.toml"),
-         "--http", "127.0.0.1:0", "--insecure-no-auth", "--log-level", "info"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    sip = url = None
-    for line in proc.stderr:
-        doc = json.loads(line)
-        if doc["event"] == "listening":
-            address = doc["address"]
-            if address.startswith("http"):
-                url = address
-            else:
-                sip = int(address.rsplit(":", 1)[1])
-        if doc["event"] == "ready":
-            break
-    if sip is None or url is None:
-        raise SystemExit(f"the SIPREC server did not start ({proc.wait(10)})")
-    lines: list[str] = []
-    reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
-    reader.start()  # a log pipe nobody reads would block the server
-    try:
-        cpu0 = cpu_seconds(proc.pid)
+    with serve(
+        "--store", str(folder / "store"), "--config", str(folder / "serve.toml"),
+        "--http", "127.0.0.1:0", "--insecure-no-auth",
+    ) as served:  # fmt: skip
+        sip = int(served.addresses["siprec"].rsplit(":", 1)[1])
+        url = served.addresses["http"]
+        cpu0 = cpu_seconds(served.proc.pid)
         done = subprocess.run(
             [sipp, f"127.0.0.1:{sip}", "-sf", str(SCENARIO), "-m", str(calls),
              "-r", f"{rate:g}", "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
@@ -354,14 +360,9 @@ def siprec_run(tmp: Path, calls: int, rate: float, seconds: float) -> dict[str, 
             cwd=folder, capture_output=True, text=True,
         )  # fmt: skip
         failed = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", done.stdout)
-        cpu = cpu_seconds(proc.pid) - cpu0
+        cpu = cpu_seconds(served.proc.pid) - cpu0
         with urllib.request.urlopen(f"{url}/metrics") as answer:
             metrics = answer.read().decode()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        reader.join(timeout=10)
-        proc.stderr.close()
 
     def total(name: str) -> float:
         pattern = rf"^sampledrec_{name}_total(?:\{{[^}}]*\}})? (\S+)$"
@@ -395,9 +396,9 @@ MEDIA_DOORS = ("audiosocket", "twilio", "fork")
 TICK = 0.02  # every stream sends 20 ms of audio per tick, as Asterisk, Twilio and FreeSWITCH do
 
 
-def start_media_server(folder: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """``sampledrec serve`` with the HTTP, AudioSocket and streams doors on loopback; each
-    door's address (from the JSON log's ``listening`` events)."""
+def media_config(folder: Path) -> Path:
+    """A store and a ``serve`` configuration with the HTTP, AudioSocket and streams doors on
+    loopback; the configuration's path."""
     (folder / "policy.toml").write_text(SIPREC_POLICY, encoding="utf-8")
     Store.init(folder / "store", policy=folder / "policy.toml")
     (folder / "token").write_text(TOKEN, encoding="utf-8")
@@ -407,23 +408,7 @@ def start_media_server(folder: Path) -> tuple[subprocess.Popen[str], dict[str, s
         '[streams]\nlisten = "127.0.0.1:0"\ntoken_file = "token"\n',
         encoding="utf-8",
     )
-    src = str(Path(sampledrec.__file__).parents[1])
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
-         "serve", "--store", str(folder / "store"), "--config", str(folder / "serve.toml"),
-         "--log-level", "info"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    addresses: dict[str, str] = {}
-    for line in proc.stderr:
-        doc = json.loads(line)
-        if doc["event"] == "listening":
-            addresses[doc["door"]] = doc["address"]
-        if doc["event"] == "ready":
-            return proc, addresses
-    raise SystemExit(f"the media server did not start ({proc.wait(10)})")
+    return folder / "serve.toml"
 
 
 def _as_frame(kind: int, payload: bytes = b"") -> bytes:
@@ -604,20 +589,13 @@ def media_run(tmp: Path, streams: int, seconds: float) -> dict[str, dict[str, fl
     """Every media door in turn on one server (module docstring); per door its figures."""
     folder = tmp / "media"
     folder.mkdir()
-    proc, addresses = start_media_server(folder)
-    assert proc.stderr is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
-    reader.start()  # a log pipe nobody reads would block the server
+    config = media_config(folder)
     runs: dict[str, dict[str, Any]] = {}
-    try:
+    with serve("--store", str(folder / "store"), "--config", str(config)) as served:
         for door in MEDIA_DOORS:
-            runs[door] = asyncio.run(media_door_run(door, addresses, proc.pid, streams, seconds))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        reader.join(timeout=10)
-        proc.stderr.close()
+            runs[door] = asyncio.run(
+                media_door_run(door, served.addresses, served.proc.pid, streams, seconds)
+            )
     store = Store.open(folder / "store")
     catalog = store.open_catalog()
     try:
@@ -736,17 +714,15 @@ def http_part(
     (tmp / "token").write_text(TOKEN, encoding="utf-8")
     local = in_process(Store.init(tmp / "local", policy=tmp / "policy.toml"), calls)
     Store.init(tmp / "served", policy=tmp / "policy.toml")
-    proc, url = start_server(tmp / "served", tmp / "token")
-    try:
-        cpu0 = cpu_seconds(proc.pid)
+    with serve(
+        "--store", str(tmp / "served"), "--http", "127.0.0.1:0",
+        "--token-file", str(tmp / "token"),
+    ) as served:  # fmt: skip
+        url = served.addresses["http"]
+        cpu0 = cpu_seconds(served.proc.pid)
         run = asyncio.run(open_loop(url, rate, seconds, "open"))
-        cpu = cpu_seconds(proc.pid) - cpu0
+        cpu = cpu_seconds(served.proc.pid) - cpu0
         best = asyncio.run(closed_loop(url, seconds / 2, 64, "closed"))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    if proc.returncode != 0:
-        raise SystemExit(f"the server failed: {err[-2000:]}")
     requests = len(run["latencies"])
     figures = {
         "http_p50_ms": pct(run["latencies"], 50),
