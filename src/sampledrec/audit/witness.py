@@ -172,7 +172,9 @@ def trusted_witnesses(
             f"({len(trusted)})"
         )
     labels = [w.label for w in trusted]
-    if len(set(labels)) != len(labels) or len({w.key_id for w in trusted}) != len(trusted):
+    # By public key, not key ID: a cosignature/v1 does not sign the witness's key name, so one
+    # key given under two names would verify as two witnesses (tlog-cosignature).
+    if len(set(labels)) != len(labels) or len({w.public_key for w in trusted}) != len(trusted):
         raise InvalidArgument("two --witness share a name or a key; name each witness once")
     for path in cosigned:
         if not Path(path).is_file():
@@ -455,4 +457,7 @@ def _coverage(w: TrustedWitness, good: list[_Cosigned], log_size: int) -> dict[s
 
 
 def _iso(stamp: int) -> str:
-    return datetime.fromtimestamp(stamp, UTC).isoformat()
+    try:
+        return datetime.fromtimestamp(stamp, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # a cosignature dated past year 9999
+        return f"{stamp} s after 1970 (out of range)"

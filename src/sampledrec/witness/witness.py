@@ -10,6 +10,7 @@ checkpoint is durable.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -22,8 +23,8 @@ from .note import (
     Cosigner,
     NoteCheckpoint,
     VerifierKey,
-    cosignature_time,
     parse_note,
+    verify_cosignature,
 )
 from .protocol import AddCheckpoint, Answer
 from .state import WitnessState
@@ -82,7 +83,7 @@ class Witness:
             return Answer.error(
                 400, f"old size {request.old_size} is above the checkpoint's size {cp.size}"
             )
-        with self._locks[cp.origin]:
+        with self._locks[cp.origin], self.state.lock(cp.origin):
             latest = self.state.latest(cp.origin)
             known = 0 if latest is None else latest.size
             if request.old_size != known:
@@ -104,18 +105,33 @@ class Witness:
                 # A later cosignature never carries an earlier time than the one stored.
                 timestamp = max(timestamp, _stored_time(latest, self.cosigner))
             line = self.cosigner.cosign(cp.text, timestamp)
-            self.state.save(cp, line)
+            self.state.save(_trusted_only(cp, keys), line)
         return Answer(200, line)
 
 
+def _trusted_only(cp: NoteCheckpoint, keys: Sequence[VerifierKey]) -> NoteCheckpoint:
+    """``cp`` with only one signature per trusted log key (all verified by ``signed_by``).
+
+    The request's other signature lines are the client's: stored, they could fill the state
+    file past what :func:`parse_note` reads back (64 lines: the origin is then stuck), or pass
+    for this witness's own cosignature with any time in them."""
+    kept: dict[tuple[str, bytes], tuple[str, bytes]] = {}
+    trusted = {(k.name, k.key_id) for k in keys}
+    for name, raw in cp.signatures:
+        if (name, raw[:4]) in trusted:
+            kept.setdefault((name, raw[:4]), (name, raw))
+    return dataclasses.replace(cp, signatures=tuple(kept.values()))
+
+
 def _stored_time(cp: NoteCheckpoint, cosigner: Cosigner) -> int:
-    """The latest time of this witness's own cosignatures stored with ``cp``."""
-    kid = cosigner.verifier.key_id
+    """The latest time of this witness's own cosignatures stored with ``cp`` (verified: a
+    line that only looks like one does not count)."""
     return max(
         (
-            cosignature_time(raw)
+            ts
             for name, raw in cp.signatures
-            if name == cosigner.name and raw[:4] == kid and len(raw) == 76
+            if name == cosigner.name
+            and (ts := verify_cosignature(cosigner.verifier, cp.text, raw)) is not None
         ),
         default=0,
     )
