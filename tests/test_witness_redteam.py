@@ -509,9 +509,10 @@ def test_later_cosignatures_deleted_caught_by_the_witness_state_file(
     "witnesses covering the audited range. dpo's operator, colluding, restores dpo's state "
     "of the end of the first session, and dpo cosigns another history after it; the "
     "regulator refused it and its later cosignatures are deleted: a quorum of 2 passes while "
-    "one witness only vouches for the entries after the first session. A fix: take for the "
-    "quorum the K-th largest matching size per witness, and report (or FAIL past a bound) "
-    "the entries after it.",
+    "one witness only vouches for the entries after the first session. The report names the "
+    "entries past the K-th largest cosigned size (quorum_covered_entries, a note: next "
+    "tests), as it does for a witness that was down; a FAIL would need a bound the auditor "
+    "gives for how much may lie past the quorum.",
 )
 def test_a_quorum_of_two_with_one_witness_covering_another_history(
     case: Path, both: list[str], built: dict[str, Any]
@@ -526,6 +527,37 @@ def test_a_quorum_of_two_with_one_witness_covering_another_history(
     rep = audit_kit(_kit(case, store.name), now=AUDIT_AT, witnesses=both, quorum=2)
     assert rep.status("log") == "PASS"
     assert rep.status("witnesses") == "FAIL", rep.to_text()
+
+
+def test_entries_past_the_quorums_reach_are_reported_after_deleted_cosignatures(
+    case: Path, both: list[str]
+) -> None:
+    """The first open attack above, as the report shows it: no FAIL, but the entries past
+    what a quorum of witnesses cosigned are named, with what to do about them."""
+    store, first = _rewritten_after_the_first_session(case)
+    rep = audit_kit(_kit(case, store.name), now=AUDIT_AT, witnesses=both, quorum=2)
+    size = rep.checked["witnesses"]["log_entries"]
+    assert size > first and rep.checked["witnesses"]["quorum_covered_entries"] == first
+    assert any(f"entries {first}..{size - 1}" in n and "fewer than 2" in n for n in rep.notes)
+
+
+def test_entries_one_witness_alone_cosigned_are_past_a_quorum_of_two(
+    case: Path, both: list[str], built: dict[str, Any]
+) -> None:
+    """The second open attack above: dpo alone vouches for the other history, so a quorum of
+    two reaches only the first session, and the report says so."""
+    store, first = _rewritten_after_the_first_session(case)
+    rolled_back = WitnessState(case / "wstate-dpo-early")
+    dpo = Witness(built["dpo"].cosigner, rolled_back, built["dpo"].witness.logs)
+    note, proof = _last_note_and_proof(store, first)
+    answer = dpo.add_checkpoint(AddCheckpoint(first, proof, note).body())
+    assert answer.status == 200
+    (store / "cosigned" / "dpo" / "9999-12-31.notes").write_bytes(note + answer.body + b"\n")
+    rep = audit_kit(_kit(case, store.name), now=AUDIT_AT, witnesses=both, quorum=2)
+    dpo_cov = next(c for c in rep.witness_coverage if c["witness"] == "dpo")
+    assert dpo_cov["latest_size"] > first  # dpo did cosign the other history
+    assert rep.checked["witnesses"]["quorum_covered_entries"] == first
+    assert any("fewer than 2 of the witnesses" in n for n in rep.notes), rep.to_text()
 
 
 def test_a_witness_state_rolled_back_then_another_history_cosigned(

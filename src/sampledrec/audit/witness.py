@@ -305,6 +305,19 @@ def check_witnesses(
             },
         )
     rep.witness_coverage = [_coverage(w, matching[w.label], log_size) for w in witnesses]
+    # What the quorum vouches for: the entries up to the K-th largest cosigned size. Past it,
+    # fewer than K witnesses saw the log (a witness down, or cosignatures withheld): a rewrite
+    # there would not be caught, and the report says how many entries that is.
+    reach = sorted((min(c["latest_size"], log_size) for c in rep.witness_coverage), reverse=True)
+    quorum_size = reach[quorum - 1] if 0 < quorum <= len(reach) else 0
+    rep.checked["witnesses"]["quorum_covered_entries"] = quorum_size
+    if quorum_size < log_size:
+        rep.notes.append(
+            f"entries {quorum_size}..{log_size - 1} ({log_size - quorum_size:,} entries) are "
+            f"cosigned by fewer than {quorum} of the witnesses named (the quorum): the witnesses "
+            "cannot vouch for them; ask the witnesses for their latest cosigned checkpoints "
+            "(--cosigned FILE) to cover them"
+        )
     for cov in rep.witness_coverage:
         gap = cov["longest_uncovered"]
         if gap is not None and gap["entries"]:
