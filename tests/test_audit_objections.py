@@ -224,9 +224,18 @@ def test_an_honest_store_whose_list_changes_between_decisions_passes(tmp_path: P
         clock.set(DAY1 + timedelta(hours=3))
         store.objections(clock=clock, log=log).remove(A)  # A withdrew their objection
         clock.set(DAY1 + timedelta(hours=3, minutes=5))
+        of_a = []
         for i in range(20):
             decided.append(sampler.decide(f"c-{i}", caller=A if i % 2 else OTHERS[i]))
             _record(vault, decided[-1], 200 + i)
+            of_a += [decided[-1]] if i % 2 else []
+        # At rate 0.5 one of A's ten calls is sampled but for one store in 1,024: make it sure.
+        for i in range(20, 80):
+            if any(d.reason == "sampled" for d in of_a):
+                break
+            decided.append(sampler.decide(f"c-{i}", caller=A))
+            _record(vault, decided[-1], 200 + i)
+            of_a.append(decided[-1])
         unnamed = sampler.decide("c-unnamed")  # B still objects: an unnamed caller may be B
         decided.append(unnamed)
     store.objections(clock=FixedClock(DAY2)).add(C)
