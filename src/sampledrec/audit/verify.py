@@ -162,9 +162,14 @@ def audit_evidence(
     witnesses: Sequence[str] = (),
     quorum: int | None = None,
     cosigned: Sequence[str | Path] = (),
+    caps_across_nodes: bool = False,
 ) -> AuditReport:
     """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
-    ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`)."""
+    ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`).
+
+    ``caps_across_nodes``: ``ev`` is one node's log of a deployment, whose caps count every
+    node's selections: a ``cap_reached`` is then replayed across the nodes' logs
+    (:mod:`sampledrec.audit.nodes`), not from this log alone."""
     from ..log.verify import verify_log
     from ..sampling.policy import Policy
 
@@ -270,7 +275,9 @@ def audit_evidence(
     rep.ran.add("decisions")
     firsts = call_firsts(decisions)  # the first decision of each call
     is_first = counted_once(firsts)
-    _check_decisions(rep, decisions, firsts, is_first, keys, policies)
+    _check_decisions(
+        rep, decisions, firsts, is_first, keys, policies, cap_reached=not caps_across_nodes
+    )
     _check_unverifiable(rep, decisions, keys, revealed, at, ev.period)
 
     # 4. time -----------------------------------------------------------------------------------
@@ -583,6 +590,8 @@ def _check_decisions(
     is_first: npt.NDArray[np.bool_],
     keys: dict[str, bytes],
     policies: dict[bytes, Any],
+    *,
+    cap_reached: bool = True,
 ) -> None:
     n = len(d)
     rep.counts["decisions"] = n
@@ -722,7 +731,8 @@ def _check_decisions(
     check_rules(rep, d, found, which, policies)
     counted = _cap_agents(d)  # one agent however its id is spelled, as the samplers count
     _check_caps(rep, counted, is_first, found, which)
-    check_cap_reached(rep, counted, is_first, found, which)
+    if cap_reached:
+        check_cap_reached(rep, counted, is_first, found, which)
 
 
 def _cap_agents(d: Decisions) -> Decisions:

@@ -36,6 +36,7 @@ from . import (
     init,
     keys,
     log,
+    node,
     policy,
     recordings,
     retention,
@@ -65,6 +66,7 @@ REGISTER: tuple[Callable[[Commands], None], ...] = (
     keys.register,
     subject.register,
     serve.register,
+    node.register,
     witness.register,
     demo.register,
 )
