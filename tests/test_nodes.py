@@ -195,6 +195,8 @@ def test_the_kit_of_a_deployment_audits_every_node_and_joins_them(
     assert doc["results"]["decisions"]["checked"]["calls_decided_on_several_nodes"] == 0
     assert doc["counts"]["decisions"] == 60
     assert doc["counts"]["nodes"] == 2
+    # the statistics run once over the deployment (each call once), not per node
+    assert doc["results"]["statistics"]["verdict"] == "PASS", doc["results"]["statistics"]
 
 
 def test_a_call_decided_otherwise_on_another_node_is_a_finding(

@@ -44,7 +44,7 @@ from typing import Any, Final
 from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument, SampledrecError, StoreError
-from ..log.columns import call_firsts, counted_once, read_log
+from ..log.columns import call_firsts, concat_decisions, counted_once, read_log
 from ..log.format import T_KEY_COMMIT, T_RECORDING_OPENED, from_micros
 from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.record import REASONS
@@ -167,6 +167,7 @@ def audit_deployment_kit(
 ) -> AuditReport:
     """Audit a deployment kit: each node's kit, then the joins across nodes (module
     docstring)."""
+    from .verify import _check_statistics as check_statistics
     from .verify import audit_evidence
 
     root = Path(path)
@@ -200,6 +201,11 @@ def audit_deployment_kit(
     policies = _policies(nodes)
     _join_commitments(rep, joined)
     _join_decisions(rep, joined, policies)
+    # The statistics over the deployment: each call once, whichever node logged it first.
+    every = concat_decisions([d for _, d, _ in joined])
+    rep.skipped.pop("statistics", None)
+    rep.ran.add("statistics")
+    check_statistics(rep, every, counted_once(call_firsts(every)))
     for rid in unattributed.get("recordings", []):
         rep.add("recordings", "a catalog row that no node's log opened", recording_id=str(rid))
     for name in unattributed.get("files", []):

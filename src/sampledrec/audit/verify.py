@@ -177,8 +177,8 @@ def audit_evidence(
     whichever runs them (:mod:`sampledrec.audit.partitions`).
 
     ``caps_across_nodes``: ``ev`` is one node's log of a deployment, whose caps count every
-    node's selections: a ``cap_reached`` is then replayed across the nodes' logs
-    (:mod:`sampledrec.audit.nodes`), not from this log alone."""
+    node's selections: a ``cap_reached`` is then replayed, and the statistics counted, across
+    the nodes' logs (:mod:`sampledrec.audit.nodes`), not from this log alone."""
     from ..sampling.policy import Policy
 
     at = now or SYSTEM_CLOCK.now()
@@ -320,8 +320,12 @@ def audit_evidence(
         rep.skip("cdr", "no carrier call records given (--cdr)")
 
     # 7. statistics -----------------------------------------------------------------------------
-    rep.ran.add("statistics")
-    _check_statistics(rep, decisions, is_first)
+    # One node's log of a deployment also holds copies of calls first decided on other nodes
+    # (logged before a recording): its own rates are not a sample; the deployment's audit
+    # counts each call once over every node (sampledrec.audit.nodes).
+    if not caps_across_nodes:
+        rep.ran.add("statistics")
+        _check_statistics(rep, decisions, is_first)
     if rep.simulated:
         rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
     return rep
