@@ -2,9 +2,10 @@
 
 Run ``python benchmarks/bench_scale.py [--quick]`` (the audit part needs ``sampledrec[dask]``).
 
-(1) Several recording nodes on PostgreSQL and S3-compatible storage against one embedded store:
-    not measured yet (issue 15's nodes part comes with the PostgreSQL catalog and the object
-    store); :func:`part_nodes` is where it goes.
+(1) Three recording nodes of one deployment on PostgreSQL and SeaweedFS against one embedded
+    store, in the same run: decisions/s and recordings/s through ``sampledrec serve`` (the HTTP
+    and media-stream doors); ``benchmarks/_scale_nodes.py`` (:func:`~_scale_nodes.part_nodes`)
+    says how it is measured.
 
 (2) The audit of an auditor's kit whose log holds 1, 3 and 10 million decisions (``--quick``:
     1 million), in one run, on a local Dask cluster of one worker process and of two (one
@@ -43,18 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from _auditlog import decided_store
+from _scale_nodes import node_rows, part_nodes
 from _table import print_table
 
 from sampledrec import __version__, draw_many
 from sampledrec.audit.kit import audit_kit, write_kit
 
 ROUNDS = 2
-
-
-def part_nodes(quick: bool) -> dict[str, Any]:
-    """Part (1): three nodes on PostgreSQL and SeaweedFS against one embedded store. Not
-    measured yet: the nodes come with the PostgreSQL catalog and object storage."""
-    return {"measured": False, "reason": "multi-node deployment not built yet"}
 
 
 class _Timed:
@@ -173,7 +169,8 @@ def main() -> int:
         f"sampledrec {__version__} bench_scale ({'quick' if args.quick else 'full'}); "
         f"Python {platform.python_version()} on {platform.machine()}"
     )
-    print("(1) nodes on PostgreSQL and S3: not measured yet")
+    print("(1) three nodes on PostgreSQL and SeaweedFS against one embedded store")
+    print_table(node_rows(nodes))
     print("(2) audit of a kit on Dask (best of rounds, seconds)")
     rows = []
     for a in audits:

@@ -256,7 +256,7 @@ def test_an_index_entry_whose_log_entry_was_lost_is_logged_once_by_a_retry(
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)  # for the epoch key and the policy
         key = sampler.epoch_key(day)
-        rule = sampler.policy.rule_named("always")
+        rules = {name: sampler.policy.rule_named(name) for name in ("always", "never")}
         version = sampler.policy.version
         sampler.close()
     with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
@@ -265,16 +265,19 @@ def test_an_index_entry_whose_log_entry_was_lost_is_logged_once_by_a_retry(
                 key.epoch_id,
                 cap_call_name(key, ref),
                 reason,
-                rule.name,
-                rule.purpose,
-                rule.rate,
+                rules[rule].name,
+                rules[rule].purpose,
+                rules[rule].rate,
                 version,
-                rule.threshold,
+                rules[rule].threshold,
                 None,
                 day,
-                attributes='{"queue":"regulated"}',  # what the first decision logged
+                attributes=f'{{"queue":"{queue}"}}',  # what the first decision logged
             )
-            for ref, reason in (("gone", SAMPLED), ("gone-too", NOT_SAMPLED))
+            for ref, reason, rule, queue in (
+                ("gone", SAMPLED, "always", "regulated"),
+                ("gone-too", NOT_SAMPLED, "never", "internal"),
+            )
         ]
         assert sampler._decided is not None
         assert sampler._decided.remember(lost) == [None, None]  # ... then the process died
@@ -287,12 +290,17 @@ def test_an_index_entry_whose_log_entry_was_lost_is_logged_once_by_a_retry(
         assert sampler.decide("gone", {"queue": "internal"}).log_ticket == again.log_ticket
         not_recorded = sampler.decide("gone-too", {"queue": "regulated"})
         assert not_recorded.repeat and not not_recorded.record
-        assert not_recorded.log_ticket is None  # nothing to record: not logged again
-        log.wait_durable(again.log_ticket or 0)
+        # Not recorded, but answered: logged once too, so that no answer is in no log.
+        assert not_recorded.log_ticket not in (None, LOGGED_EARLIER)
+        log.wait_durable(max(again.log_ticket or 0, not_recorded.log_ticket or 0))
     with store.open_log(clock=clock) as log, store.sampler(clock=clock, log=log) as sampler:
         assert sampler.decide("gone", {"queue": "regulated"}).log_ticket == LOGGED_EARLIER
+        assert sampler.decide("gone-too", {"queue": "regulated"}).log_ticket == LOGGED_EARLIER
     entries = decision_entries(store)
-    assert [(e["call_ref"], e["rule"]) for e in entries] == [("gone", "always")]
+    assert [(e["call_ref"], e["rule"]) for e in entries] == [
+        ("gone", "always"),
+        ("gone-too", "never"),
+    ]
     # The copy logs the attributes that chose the first decision's rule, not the retry's.
     assert entries[0]["attributes"] == '{"queue":"regulated"}'
     report = audit(store, day)

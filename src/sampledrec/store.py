@@ -84,8 +84,9 @@ from typing import Any, Final, Protocol
 
 from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
-from ._hazmat.postgres import dsn_has_password, redact_dsn
+from ._hazmat.postgres import advisory_lock, advisory_lock_id, dsn_has_password, redact_dsn
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
+from .deployment import Deployment
 from .errors import (
     InvalidArgument,
     InvalidPolicy,
@@ -96,6 +97,7 @@ from .errors import (
 )
 from .keys.keyring import EpochKey, LocalKeyring, RevealedKey, reveal
 from .keys.keystore import KeyStore, LocalKeyStore, Pkcs11KeyStore
+from .keys.shared import DeploymentKey, NodeKeyring, SharedKeys, SharedKeyStore
 from .log.format import (
     T_ACCESS,
     T_KEY_COMMIT,
@@ -150,8 +152,8 @@ class Store:
         self._policies: dict[str, Policy] = {}
         keys_dir = meta.get("keys_dir")
         self.keys_path = Path(keys_dir) if keys_dir else path / "keys"
-        self.keyring = LocalKeyring(self.keys_path)
         self.backends = _backends(meta.get("backends"), path)
+        self.keyring: LocalKeyring | NodeKeyring = self._open_keyring(meta, path)
         self._keystore: KeyStore | None = None
         self._blobs: BlobStore | None = None
         self._log_storage: LogStorage | None = None
@@ -167,6 +169,45 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}{', simulated' if self.simulated else ''})"
+
+    def _open_keyring(self, meta: dict[str, Any], path: Path) -> LocalKeyring | NodeKeyring:
+        """The store's own keyring or, for a node of a deployment, its node keyring: the
+        shared keys from the deployment's database, the log's own keys from ``keys/``."""
+        local = LocalKeyring(self.keys_path)
+        node = self.deployment
+        if node is None:
+            if self.backends["keystore"]["kind"] == "deployment":
+                raise StoreError(
+                    f"{path / 'store.json'}: backends.keystore of kind 'deployment' is for the "
+                    "nodes of a deployment ('sampledrec node init')"
+                )
+            return local
+        dsn = self.catalog_dsn
+        if dsn is None:
+            raise StoreError(f"{path / 'store.json'}: a node's catalog must be on PostgreSQL")
+        shared = SharedKeys(dsn, node["deployment_id"], DeploymentKey(node["key_file"]))
+        return NodeKeyring(local, shared, since=node["since"])
+
+    @property
+    def deployment(self) -> dict[str, str] | None:
+        """For a node of a deployment: its deployment's name and id, the node's name, the
+        deployment file and key file, and its first day (``store.json``'s ``deployment``);
+        None for a store of its own."""
+        raw = self._meta.get("deployment")
+        if raw is None:
+            return None
+        wanted = ("name", "deployment_id", "node", "file", "key_file", "since")
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in wanted):
+            raise StoreError(
+                f"{self.path / 'store.json'}: 'deployment' must name {', '.join(wanted)}"
+            )
+        return {k: str(raw[k]) for k in wanted}
+
+    @property
+    def node_name(self) -> str | None:
+        """The node's name in its deployment, or None for a store of its own."""
+        node = self.deployment
+        return None if node is None else node["node"]
 
     @property
     def simulated(self) -> bool:
@@ -200,6 +241,9 @@ class Store:
             spec = self.backends["keystore"]
             if spec["kind"] == "pkcs11":
                 self._keystore = _pkcs11_keystore(spec)
+            elif spec["kind"] == "deployment":
+                assert isinstance(self.keyring, NodeKeyring)  # checked when the store opened
+                self._keystore = SharedKeyStore(self.keyring.shared)
             else:
                 self._keystore = LocalKeyStore(self.keys_path)
         return self._keystore
@@ -259,6 +303,7 @@ class Store:
         region: str | None = None,
         backends: dict[str, dict[str, str]] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        _node: dict[str, str] | None = None,
     ) -> Store:
         """Create a new store. ``policy`` is a policy file (checked first); without it the
         default policy is written (purpose quality, rate 5%, retention 6 months). ``region``
@@ -316,6 +361,8 @@ class Store:
                 # Every change of objections.txt is logged (nothing to migrate).
                 "objections_logged": True,
             }
+            if _node is not None:
+                meta["deployment"] = {**_node, "since": clock.now().date().isoformat()}
             if region is not None:
                 meta["region"] = region
             LocalKeyring(keys_path).claim(store_id.hex())
@@ -341,6 +388,38 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create the store at {root}: {exc}") from exc
         return store
+
+    @classmethod
+    def init_node(
+        cls,
+        path: str | os.PathLike[str],
+        deployment: Deployment | str | os.PathLike[str],
+        *,
+        name: str,
+        policy: str | os.PathLike[str] | None = None,
+        simulated: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> Store:
+        """Create the node ``name`` of a deployment (a :class:`~sampledrec.deployment.Deployment`
+        or its file) in the new folder ``path``: a store with its own decision log, signing key
+        and log sealing keys (``path/keys``), whose catalog, caps ledger, decided-calls index,
+        bucket and shared keys (epoch keys, pseudonym key, bucket keys) are the deployment's.
+        ``policy`` defaults to the deployment's (else the default policy)."""
+        dep = deployment if isinstance(deployment, Deployment) else Deployment.load(deployment)
+        node = dep.node_settings(name)
+        keys = dep.shared_keys()  # the deployment key opens the deployment's keys, first
+        try:
+            keys.check()
+        finally:
+            keys.close()
+        return cls.init(
+            path,
+            policy=policy if policy is not None else dep.policy,
+            simulated=simulated,
+            backends=dep.backends(),
+            clock=clock,
+            _node=node,
+        )
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
@@ -690,7 +769,24 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 30.0) -> Iterator[None]:
-        """Hold the store's exclusive lock (across threads and processes)."""
+        """Hold the store's exclusive lock (across threads and processes). A node of a
+        deployment also holds the deployment's lock (a PostgreSQL advisory lock), so that
+        sweeps, holds, releases and erasures run one at a time across the deployment."""
+        with self._local_lock(timeout):
+            node = self.deployment
+            if node is None or self.catalog_dsn is None:
+                yield
+                return
+            with advisory_lock(
+                self.catalog_dsn,
+                advisory_lock_id(f"sampledrec/v1/deployment-lock/{node['deployment_id']}"),
+                what=f"the lock of deployment {node['name']!r}",
+                timeout=timeout,
+            ):
+                yield
+
+    @contextlib.contextmanager
+    def _local_lock(self, timeout: float) -> Iterator[None]:
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -743,6 +839,7 @@ class Store:
                 caps=self._caps_ledger(real_now),
                 decided=decided,
                 first_log_wait=first_log_wait,
+                own_log=self.deployment is not None,
             )
         except BaseException:
             if decided is not None:
@@ -1033,7 +1130,7 @@ def read_revealed(path: str | os.PathLike[str]) -> list[RevealedKey]:
 _KINDS: Final = {
     "catalog": ("sqlite", "postgresql"),
     "blobs": ("local", "s3"),
-    "keystore": ("local", "pkcs11"),
+    "keystore": ("local", "pkcs11", "deployment"),
 }
 _REQUIRED: Final = {
     ("catalog", "sqlite"): ("path",),
@@ -1042,6 +1139,7 @@ _REQUIRED: Final = {
     ("blobs", "s3"): ("bucket",),
     ("keystore", "local"): (),
     ("keystore", "pkcs11"): ("module", "token", "pin_env"),
+    ("keystore", "deployment"): (),
 }
 
 

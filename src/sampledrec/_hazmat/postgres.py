@@ -20,13 +20,14 @@ library imports without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from ..errors import StoreError
@@ -42,6 +43,8 @@ __all__ = [
     "MIGRATION_LOCK",
     "Migration",
     "PgConnection",
+    "advisory_lock",
+    "advisory_lock_id",
     "dsn_has_password",
     "redact_dsn",
 ]
@@ -236,6 +239,39 @@ class PgConnection:
             self._conn.close()
 
 
+def advisory_lock_id(name: str) -> int:
+    """A 64-bit advisory lock id for ``name`` (the same on every node)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def advisory_lock(dsn: str, lock_id: int, *, what: str, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the session-level advisory lock ``lock_id`` of the database ``dsn``, on a
+    connection of its own, for the ``with`` block: one holder at a time across every node of
+    the database. A connection that dies (the node crashed) releases it. Waiting longer than
+    ``timeout`` seconds raises :class:`StoreError`."""
+    conn = PgConnection(dsn, what=what, component="", migrations=())
+    try:
+        ms = max(1, int(timeout * 1000))
+
+        def take(c: PgConn) -> None:
+            c.execute(f"SET lock_timeout = {ms}")
+            c.execute("SELECT pg_advisory_lock(%s)", [lock_id])
+
+        try:
+            conn.run(take, atomic=False)
+        except StoreError as exc:
+            if "lock timeout" in str(exc):
+                raise StoreError(
+                    f"{what} is held by another node for more than {timeout:g} s; wait for it "
+                    "to finish or check for a stuck process"
+                ) from None
+            raise
+        yield
+    finally:
+        conn.close()  # ends the session: the lock goes with it
+
+
 def _migrate(
     conn: PgConn,
     component: str,
@@ -244,6 +280,8 @@ def _migrate(
 ) -> None:
     """Bring ``component``'s schema to its last migration (the caller's transaction)."""
     latest = migrations[-1].version if migrations else 0
+    if not component:
+        return  # a connection for locks only: no schema of its own
     if [m.version for m in migrations] != list(range(1, latest + 1)):
         raise AssertionError(f"{component}: migrations must be numbered 1, 2, ... in order")
 

@@ -26,6 +26,7 @@ docs/auditor-guide.md specifies every file.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -88,6 +89,7 @@ def write_kit(
     first_day: date | None = None,
     last_day: date | None = None,
     progress: Callable[[int], None] | None = None,
+    recording_ids: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Write the auditor's kit of ``store`` into the new folder ``out``; returns the manifest.
 
@@ -95,7 +97,9 @@ def write_kit(
     epochs and months of that period; the log is copied whole (its tree covers every entry).
     The keys of the epochs that have ended by ``now`` are revealed (and the reveals logged),
     and handing over the sealing keys is logged as an access. ``progress(n)`` is told of every
-    ``n`` bytes copied or hashed.
+    ``n`` bytes copied or hashed. ``recording_ids`` limits the recordings (catalog rows,
+    holds' members, files) to those ids: a node's own, when the catalog and the bucket are
+    its deployment's (:func:`sampledrec.audit.nodes.write_deployment_kit`).
     """
     if first_day is not None and last_day is not None and first_day > last_day:
         raise InvalidArgument(f"--from {first_day} is after --to {last_day}")
@@ -197,7 +201,7 @@ def write_kit(
     )
     for version, canonical in _logged_policies(store):
         put(f"policies/{version}.json", canonical)
-    put_json("recordings.json", _recordings_doc(store, progress))
+    put_json("recordings.json", _recordings_doc(store, progress, recording_ids))
     put_json(
         "key-inventory.json",
         {
@@ -263,8 +267,12 @@ def _logged_policies(store: Any) -> list[tuple[str, bytes]]:
     return sorted(found.items())
 
 
-def _recordings_doc(store: Any, progress: Callable[[int], None] | None) -> dict[str, Any]:
+def _recordings_doc(
+    store: Any, progress: Callable[[int], None] | None, only: frozenset[str] | None = None
+) -> dict[str, Any]:
     cat = read_catalog(store)
+    if only is not None:
+        cat = _only(cat, only)
     rows = []
     for rid in sorted(cat.rows):
         row = cat.rows[rid]
@@ -289,7 +297,10 @@ def _recordings_doc(store: Any, progress: Callable[[int], None] | None) -> dict[
         )
     blobs = StoreFiles(store.blobs)
     files = []
-    for name in sorted(blobs.names()):
+    names = set(blobs.names())
+    if only is not None:
+        names &= {row.file for row in cat.rows.values()}
+    for name in sorted(names):
         digest, size = blobs.sha256(name)
         files.append({"name": name, "sha256": digest, "bytes": size})
         if progress is not None:
@@ -301,6 +312,18 @@ def _recordings_doc(store: Any, progress: Callable[[int], None] | None) -> dict[
         "holds": holds,
         "files": files,
     }
+
+
+def _only(cat: CatalogView, ids: frozenset[str]) -> CatalogView:
+    """The catalog restricted to the recordings ``ids``, and the holds that keep one of them."""
+    members = {rid: held for rid, held in cat.members.items() if rid in ids}
+    kept = {h.hold_id for held in members.values() for h, _ in held}
+    return dataclasses.replace(
+        cat,
+        rows={rid: row for rid, row in cat.rows.items() if rid in ids},
+        members=members,
+        holds={hid: h for hid, h in cat.holds.items() if hid in kept},
+    )
 
 
 # -- reading -------------------------------------------------------------------------------------

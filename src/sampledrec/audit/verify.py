@@ -168,12 +168,17 @@ def audit_evidence(
     quorum: int | None = None,
     cosigned: Sequence[str | Path] = (),
     runner: PartRunner | None = None,
+    caps_across_nodes: bool = False,
 ) -> AuditReport:
     """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
     ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`).
 
     ``runner`` checks the log's partitions (default: in this process); the report is the same
-    whichever runs them (:mod:`sampledrec.audit.partitions`)."""
+    whichever runs them (:mod:`sampledrec.audit.partitions`).
+
+    ``caps_across_nodes``: ``ev`` is one node's log of a deployment, whose caps count every
+    node's selections: a ``cap_reached`` is then replayed, and the statistics counted, across
+    the nodes' logs (:mod:`sampledrec.audit.nodes`), not from this log alone."""
     from ..sampling.policy import Policy
 
     at = now or SYSTEM_CLOCK.now()
@@ -276,7 +281,16 @@ def audit_evidence(
         for epoch, key in keys.items()
         if key in candidates.get(epoch, [])
     }
-    _check_decisions(rep, decisions, firsts, is_first, keys, policies, mismatches)
+    _check_decisions(
+        rep,
+        decisions,
+        firsts,
+        is_first,
+        keys,
+        policies,
+        mismatches,
+        cap_reached=not caps_across_nodes,
+    )
     _check_unverifiable(rep, decisions, keys, revealed, at, ev.period)
 
     # 4. time -----------------------------------------------------------------------------------
@@ -306,8 +320,12 @@ def audit_evidence(
         rep.skip("cdr", "no carrier call records given (--cdr)")
 
     # 7. statistics -----------------------------------------------------------------------------
-    rep.ran.add("statistics")
-    _check_statistics(rep, decisions, is_first)
+    # One node's log of a deployment also holds copies of calls first decided on other nodes
+    # (logged before a recording): its own rates are not a sample; the deployment's audit
+    # counts each call once over every node (sampledrec.audit.nodes).
+    if not caps_across_nodes:
+        rep.ran.add("statistics")
+        _check_statistics(rep, decisions, is_first)
     if rep.simulated:
         rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
     return rep
@@ -590,6 +608,8 @@ def _check_decisions(
     keys: dict[str, bytes],
     policies: dict[bytes, Any],
     mismatches: dict[str, DrawMismatches],
+    *,
+    cap_reached: bool = True,
 ) -> None:
     n = len(d)
     rep.counts["decisions"] = n
@@ -714,7 +734,8 @@ def _check_decisions(
     check_rules(rep, d, found, which, policies)
     counted = _cap_agents(d)  # one agent however its id is spelled, as the samplers count
     _check_caps(rep, counted, is_first, found, which)
-    check_cap_reached(rep, counted, is_first, found, which)
+    if cap_reached:
+        check_cap_reached(rep, counted, is_first, found, which)
 
 
 def _cap_agents(d: Decisions) -> Decisions:

@@ -36,6 +36,7 @@ from . import (
     init,
     keys,
     log,
+    node,
     policy,
     recordings,
     retention,
@@ -67,6 +68,7 @@ REGISTER: tuple[Callable[[Commands], None], ...] = (
     subject.register,
     serve.register,
     users.register,
+    node.register,
     witness.register,
     demo.register,
 )

@@ -34,6 +34,14 @@ def register(commands: Commands) -> None:
         "write the auditor's kit: what an outsider needs to audit, without a private key",
     )
     p.add_argument("--out", required=True, help="a new folder to write the kit into")
+    p.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="when --store is a node of a deployment: each other node of it (repeat); the kit "
+        "then holds every node's log (a deployment kit)",
+    )
     p.add_argument("--from", dest="first_day", help="first UTC day of the period (YYYY-MM-DD)")
     p.add_argument("--to", dest="last_day", help="last UTC day of the period (YYYY-MM-DD)")
     add_at(p, "reveal the epochs ended by this time (ISO 8601; forward only)")
@@ -153,10 +161,45 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
         if args.recordings is not None or args.verifier_key is not None:
             raise InvalidArgument("--recordings and --verifier-key go with --kit, not --store")
         report = _audit(args, open_store(args.store), **kw)
+    elif _is_deployment_kit(args.kit):
+        report = _audit_deployment_kit(args, **kw)
     else:
         report = _audit_kit(args, **kw)
     emit(args, report.to_json(), report.to_text(), out)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _is_deployment_kit(path: str) -> bool:
+    from ..audit.nodes import is_deployment_kit
+
+    return is_deployment_kit(path)
+
+
+def _audit_deployment_kit(args: argparse.Namespace, **kw: Any) -> Any:
+    """A kit of several node logs: each node's checks, then the joins across nodes."""
+    from ..audit.nodes import audit_deployment_kit
+
+    given = [
+        name
+        for name, value in (
+            ("--revealed-keys", args.revealed_keys),
+            ("--recordings", args.recordings),
+            ("--verifier-key", args.verifier_key),
+            ("--checkpoint", kw.get("checkpoint")),
+            ("--cdr", kw.get("cdr")),
+            ("--witness", kw.get("witnesses")),
+            ("--cosigned", kw.get("cosigned")),
+        )
+        if value
+    ]
+    if given:
+        raise InvalidArgument(
+            f"{given[0]} is not supported yet with a deployment kit (several node logs); "
+            "audit each node's kit (DIR/nodes/NAME) with it"
+        )
+    size = sum(p.stat().st_size for p in Path(args.kit).glob("nodes/*/log/seg-*"))
+    with Progress(2 * size, "auditing") as bar:
+        return audit_deployment_kit(args.kit, progress=bar.advance, now=at_time(args))
 
 
 def _audit_kit(args: argparse.Namespace, **kw: Any) -> Any:
@@ -202,6 +245,10 @@ def cmd_audit_kit(args: argparse.Namespace, out: TextIO) -> int:
         except ValueError:
             raise InvalidArgument(f"{name} {text!r} is not a day; write it as YYYY-MM-DD") from None
     now = at_time(args, store)
+    if store.deployment is not None:
+        return _deployment_kit(args, store, now, days, out)
+    if args.node:
+        raise InvalidArgument("--node goes with a --store that is a node of a deployment")
     with Progress(store.log_storage.size(), "writing the kit") as bar:
         manifest = write_kit(
             store, args.out, now=now, first_day=days[0], last_day=days[1], progress=bar.advance
@@ -220,6 +267,29 @@ def cmd_audit_kit(args: argparse.Namespace, out: TextIO) -> int:
         f"{len(revealed)} epoch keys revealed"
         + (", SIMULATED store" if store.simulated else "")
         + f". Give it to the auditor with the verifier key:\n  {store.vkey}",
+        out,
+    )
+    return EXIT_OK
+
+
+def _deployment_kit(
+    args: argparse.Namespace, store: Any, now: Any, days: list[Any], out: TextIO
+) -> int:
+    from ..audit.nodes import write_deployment_kit
+
+    stores = [store, *(open_store(n) for n in args.node)]
+    size = sum(s.log_storage.size() for s in stores)
+    with Progress(size, "writing the kit") as bar:
+        manifest = write_deployment_kit(
+            stores, args.out, now=now, first_day=days[0], last_day=days[1], progress=bar.advance
+        )
+    nodes = [n["name"] for n in manifest["nodes"]]
+    emit(
+        args,
+        {"out": args.out, "deployment": manifest["deployment"], "nodes": nodes},
+        f"Wrote the kit of deployment {manifest['deployment']} to {args.out}: "
+        f"{len(nodes)} nodes ({', '.join(nodes)}). Give it to the auditor with each node's "
+        "verifier key:\n" + "\n".join(f"  {n['name']}: {n['vkey']}" for n in manifest["nodes"]),
         out,
     )
     return EXIT_OK

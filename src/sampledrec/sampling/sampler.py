@@ -11,9 +11,10 @@ the first decision, marked ``repeat``, whatever attributes the new request carri
 caller who objects on the new request keeps it from being recorded (``record`` false). The
 sampler remembers its own decisions in memory; a store's sampler also asks the store's
 :class:`~sampledrec.sampling.decided.DecidedCalls` index, so that the first decision stands in
-every process. A repeat is not logged again, unless the sampler may have to record the call and
-cannot tell that the first decision's entry is in the log (then it logs an identical copy, which
-the audit counts once).
+every process. A repeat is not logged again, unless the sampler cannot tell that the first
+decision's entry is in the log (then, recorded or not, it logs an identical copy, which the
+audit counts once: the first decider, another process or node, may have crashed before its
+entry was durable, and every answer must be in some log).
 
 Caps count the calls *selected* under a rule per agent and per UTC day or ISO week, in decision
 order, so an auditor can replay them from the log. The counts are kept by a
@@ -289,6 +290,12 @@ class Sampler:
         Seconds that a repeat which may be recorded waits, when another sampler made the first
         decision, for that decision's log entry to be known durable; after that, an identical
         copy is logged (the first decider may have crashed before its entry was written).
+    own_log:
+        True for a node of a deployment, whose log is one of several: a call that may be
+        recorded must be decided in this sampler's own log, so a repeat of another node's
+        selected decision logs a copy at once (the index cannot say *which* log holds the
+        first), and :meth:`recall` gives no ticket for a decision this sampler did not log
+        (a door then refuses the stream; deciding again on this node logs the copy).
     idempotent:
         False only for simulations of calls known to be distinct (:func:`simulate_policy`):
         nothing is remembered, and a reference given again is decided afresh.
@@ -309,6 +316,7 @@ class Sampler:
         caps: CapLedger | None = None,
         decided: DecidedCalls | None = None,
         first_log_wait: float = 1.0,
+        own_log: bool = False,
         idempotent: bool = True,
     ) -> None:
         if not isinstance(policy, Policy):
@@ -359,7 +367,8 @@ class Sampler:
         self._idempotent = idempotent
         self._memos: dict[str, dict[bytes, _Memo]] = {}
         self._first_log_wait = float(first_log_wait)
-        # Selected first decisions (and copies) that this sampler logged and the index does not
+        self._own_log = own_log
+        # First decisions (and copies) that this sampler logged and the index does not
         # know to be durable yet, in the order they were logged: (epoch_id, call) -> ticket.
         self._pending: dict[tuple[str, bytes], int] = {}
         self._pending_lock = threading.Lock()
@@ -672,7 +681,13 @@ class Sampler:
                 earlier.threshold, earlier.draw, earlier.policy_version, earlier.decided_at,
                 earlier.caller_pseudonym,
             )  # fmt: skip
-            ticket = None if self._append is None else self._recall_ticket(earlier)
+            if self._append is None:
+                ticket = None
+            elif self._own_log:
+                with self._pending_lock:
+                    ticket = self._pending.get((earlier.epoch_id, earlier.call))
+            else:
+                ticket = self._recall_ticket(earlier)
         epoch_id, reason, rule, purpose, rate, threshold, draw, version, at, pseudonym = first
         objections = self._objections
         objected = (
@@ -795,7 +810,7 @@ class Sampler:
             call_ref, reason, rule, r, key, now, agent, pseudonym, version, attributes
         )
         ticket = decision.log_ticket
-        if ticket is not None and decision.record and self._is_durable is not None:
+        if ticket is not None and self._is_durable is not None:
             with self._pending_lock:
                 self._pending[(key.epoch_id, call)] = ticket
         self._memoize(memo, name, decision)
@@ -830,7 +845,7 @@ class Sampler:
             objected = self._first_caller_objects(first.caller_pseudonym)
         record = first.reason == "sampled" and not objected
         ticket = first.log_ticket
-        if record and ticket is None and self._append is not None:
+        if ticket is None and self._append is not None:
             call = _call_of(name)
             if self._decided is not None:
                 earlier = self._decided.get(first.epoch_id, call)
@@ -885,9 +900,14 @@ class Sampler:
                 ticket = self._pending.get((earlier.epoch_id, call))
             if ticket is not None:
                 pass  # this sampler logged it: a recorder waits for that entry
+            elif record and self._own_log:
+                ticket = self._ticket_for(earlier, ref, agent, pseudonym, time.monotonic())
             elif earlier.logged:
                 ticket = LOGGED_EARLIER
-            elif record:
+            else:
+                # Recorded or not, the answer must be in some log: the first decider may have
+                # crashed before its entry was durable (several nodes, or processes, on one
+                # PostgreSQL index never rebuild it from a log).
                 ticket = self._ticket_for(earlier, ref, agent, pseudonym, deadline)
         self._memoize(
             memo,
@@ -966,7 +986,7 @@ class Sampler:
                 return own  # another thread of this sampler logged it meanwhile
             self._mark_logged(force=True)  # so that a sampler waiting for us is not kept
             now = decided.get(*name)
-            if now is not None and now.logged:
+            if now is not None and now.logged and not self._own_log:
                 return LOGGED_EARLIER
             if now is None or time.monotonic() >= deadline:
                 break
@@ -998,7 +1018,7 @@ class Sampler:
         return ticket
 
     def _mark_logged(self, *, force: bool = False) -> None:
-        """Tell the index which selected first decisions of this sampler are durable in the
+        """Tell the index which first decisions of this sampler are durable in the
         log (at most every ``_MARK_EVERY`` seconds unless forced): a repeat in another process
         then needs neither to wait nor to log a copy."""
         is_durable = self._is_durable
@@ -1311,8 +1331,7 @@ class Sampler:
             if decided is not None and self._is_durable is not None:
                 with self._pending_lock:
                     for i, ticket in zip(fresh, logged, strict=True):
-                        if codes[i] == _SAMPLED:
-                            self._pending[(key.epoch_id, calls[i])] = ticket
+                        self._pending[(key.epoch_id, calls[i])] = ticket
         record = codes == _SAMPLED
         repeat = np.zeros(n, dtype=bool)
         batch = DecisionBatch(

@@ -874,10 +874,22 @@ class Vault:
         lock = getattr(self.store, "lock", None)
         with lock() if callable(lock) else contextlib.nullcontext():
             self.log.flush()  # what this process queued is durable, where _logged can see it
-            return [
-                (row.recording_id, self._recover_one(row))
-                for row in self.catalog.find(status=["open"])
-            ]
+            rows = self.catalog.find(status=["open"])
+            if rows and getattr(self.store, "node_name", None) is not None:
+                # A node of a deployment recovers only the recordings its own log opened: the
+                # others' are theirs (and may be in progress), their entries in their logs.
+                mine = self._opened_here()
+                rows = [row for row in rows if row.recording_id in mine]
+            return [(row.recording_id, self._recover_one(row)) for row in rows]
+
+    def _opened_here(self) -> set[str]:
+        """The recordings whose ``recording_opened`` entry is in this vault's log."""
+        with self.log.storage.lock():
+            return {
+                str(entry.fields.get("recording_id"))
+                for entry in iter_entries(self.log.storage)
+                if entry.type == T_RECORDING_OPENED
+            }
 
     def _recover_one(self, row: RecordingRow) -> str:
         """Recover one open recording, or finish its journaled recovery; returns the outcome."""

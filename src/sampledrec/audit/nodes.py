@@ -1,0 +1,387 @@
+"""The audit of a deployment: a kit that holds several node logs, checked per node log, then
+joined across nodes (docs/decisions/0031-nodes.md).
+
+:func:`write_deployment_kit` (``sampledrec audit kit --store NODE --store NODE ...``) writes::
+
+    deployment-kit.json     the manifest: deployment name and id, when, each node (its name,
+                            folder, origin, verifier key, its kit.json's SHA-256), and the
+                            catalog rows and files that no node's log opened (if any)
+    nodes/<name>/           each node's own auditor's kit (:func:`~sampledrec.audit.kit.write_kit`):
+                            its log, verifier key, revealed keys, sealing keys, policies, and
+                            the recordings its log opened (the deployment's catalog and bucket
+                            restricted to them)
+
+:func:`audit_deployment_kit` (``sampledrec audit verify --kit DIR`` on such a folder) runs the
+single-log audit on each node's kit as it stands (its log, keys, decisions, time, objections,
+recordings, statistics), except the replay of ``cap_reached`` decisions, which needs every
+node's selections; then it joins the nodes:
+
+- ``keys``: every epoch's commitment is the same in every node's log that logged it (the epoch
+  keys are shared: one key, one commitment);
+- ``decisions``: a call (epoch and reference, exact bytes and kind) decided on several nodes has
+  one outcome: the first decision (by its logged time) wins, and a later decision with another
+  reason, rule, policy version or threshold is a finding. Per-agent caps hold across nodes: in
+  each cap period the calls selected under a capped rule by all nodes together (each call
+  once) never exceed the cap, and a ``cap_reached`` is justified by the period's selections of
+  all nodes reaching the cap;
+- ``recordings``: a catalog row or file that no node's log opened is a finding.
+
+The report is one :class:`~sampledrec.audit.findings.AuditReport`: each node's findings with
+``node`` in their evidence, its notes prefixed with the node's name, counts summed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from .._hazmat.files import write_atomic
+from ..clock import SYSTEM_CLOCK
+from ..errors import InvalidArgument, SampledrecError, StoreError
+from ..log.columns import call_firsts, concat_decisions, counted_once, read_log
+from ..log.format import T_KEY_COMMIT, T_RECORDING_OPENED, from_micros
+from ..sampling.caps import cap_agent, cap_periods
+from ..sampling.record import REASONS
+from .evidence import read_catalog
+from .findings import CHECKS, OPTIONAL_CHECKS, AuditReport
+from .kit import open_kit, write_kit
+
+__all__ = [
+    "DEPLOYMENT_KIT_FORMAT",
+    "audit_deployment_kit",
+    "is_deployment_kit",
+    "write_deployment_kit",
+]
+
+DEPLOYMENT_KIT_FORMAT: Final = "sampledrec-deployment-kit"
+DEPLOYMENT_KIT_VERSION: Final = 1
+MANIFEST: Final = "deployment-kit.json"
+_SAMPLED, _CAP = REASONS.index("sampled"), REASONS.index("cap_reached")
+
+
+class _NoKeys:
+    def sealing_key(self, kid: str) -> None:
+        return None
+
+
+def _opened_ids(store: Any) -> frozenset[str]:
+    """The recordings that a node's log opened."""
+    found = set()
+    for e in read_log(store.log_storage, _NoKeys()).others:
+        if e.type == T_RECORDING_OPENED:
+            rid = e.fields.get("recording_id")
+            if isinstance(rid, str):
+                found.add(rid)
+    return frozenset(found)
+
+
+def write_deployment_kit(
+    stores: Sequence[Any],
+    out: str | os.PathLike[str],
+    *,
+    now: datetime,
+    first_day: date | None = None,
+    last_day: date | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the kit of a deployment from its nodes ``stores`` (every node, each once) into the
+    new folder ``out``; returns the manifest (module docstring)."""
+    nodes = [(s.deployment, s) for s in stores]
+    if not nodes or any(d is None for d, _ in nodes):
+        raise InvalidArgument("a deployment kit is made from the nodes of a deployment (--store)")
+    ids = {d["deployment_id"] for d, _ in nodes if d is not None}
+    names = [d["node"] for d, _ in nodes if d is not None]
+    if len(ids) != 1:
+        raise InvalidArgument("the nodes given belong to several deployments; give one's nodes")
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"a node is given twice ({sorted(names)}); give each node once")
+    target = Path(out)
+    try:
+        target.mkdir(mode=0o700)
+    except FileExistsError:
+        raise InvalidArgument(f"{target} exists; write the kit into a new folder") from None
+    (target / "nodes").mkdir(mode=0o700)
+    listed = []
+    attributed: set[str] = set()
+    for dep, store in nodes:
+        assert dep is not None
+        own = _opened_ids(store)
+        attributed |= own
+        folder = f"nodes/{dep['node']}"
+        write_kit(
+            store,
+            target / folder,
+            now=now,
+            first_day=first_day,
+            last_day=last_day,
+            progress=progress,
+            recording_ids=own,
+        )
+        listed.append(
+            {
+                "name": dep["node"],
+                "folder": folder,
+                "origin": store.origin,
+                "vkey": store.vkey,
+                "kit_sha256": hashlib.sha256(
+                    (target / folder / "kit.json").read_bytes()
+                ).hexdigest(),
+            }
+        )
+    store = nodes[0][1]
+    cat = read_catalog(store)
+    files_named = {row.file for rid, row in cat.rows.items() if rid in attributed}
+    first = nodes[0][0]
+    assert first is not None
+    manifest = {
+        "format": DEPLOYMENT_KIT_FORMAT,
+        "version": DEPLOYMENT_KIT_VERSION,
+        "deployment": first["name"],
+        "deployment_id": first["deployment_id"],
+        "made_at": now.isoformat(),
+        "nodes": listed,
+        "unattributed": {
+            "recordings": sorted(set(cat.rows) - attributed),
+            "files": sorted(set(store.blobs.list()) - files_named),
+        },
+    }
+    write_atomic(target / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
+    return manifest
+
+
+def is_deployment_kit(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def audit_deployment_kit(
+    path: str | os.PathLike[str],
+    *,
+    now: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AuditReport:
+    """Audit a deployment kit: each node's kit, then the joins across nodes (module
+    docstring)."""
+    from .verify import _check_statistics as check_statistics
+    from .verify import audit_evidence
+
+    root = Path(path)
+    at = now or SYSTEM_CLOCK.now()
+    try:
+        manifest = json.loads((root / MANIFEST).read_bytes())
+        if manifest.get("format") != DEPLOYMENT_KIT_FORMAT:
+            raise ValueError(f'format must be "{DEPLOYMENT_KIT_FORMAT}"')
+        if manifest.get("version") != DEPLOYMENT_KIT_VERSION:
+            raise ValueError(f"version must be {DEPLOYMENT_KIT_VERSION}")
+        nodes = [
+            (str(n["name"]), root / str(n["folder"]), str(n["kit_sha256"]))
+            for n in manifest["nodes"]
+        ]
+        unattributed = manifest.get("unattributed", {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{root / MANIFEST}: {exc}; ask the operator for a new kit") from None
+    rep = AuditReport(store=f"deployment {manifest.get('deployment')} ({root})", at=at)
+    joined: list[tuple[str, Any, Any]] = []  # (node, decisions, others)
+    node_reports = []
+    for name, folder, digest in nodes:
+        if hashlib.sha256((folder / "kit.json").read_bytes()).hexdigest() != digest:
+            rep.add("log", f"node {name}: its kit.json is not the one the manifest lists")
+        ev, revealed = open_kit(folder)
+        node_reports.append(
+            (name, audit_evidence(ev, revealed, now=at, progress=progress, caps_across_nodes=True))
+        )
+        contents = read_log(ev.log, ev.sealing)
+        joined.append((name, contents.decisions, contents.others))
+    _merge(rep, node_reports)
+    policies = _policies(nodes)
+    _join_commitments(rep, joined)
+    _join_decisions(rep, joined, policies)
+    # The statistics over the deployment: each call once, whichever node logged it first.
+    every = concat_decisions([d for _, d, _ in joined])
+    rep.skipped.pop("statistics", None)
+    rep.ran.add("statistics")
+    check_statistics(rep, every, counted_once(call_firsts(every)))
+    for rid in unattributed.get("recordings", []):
+        rep.add("recordings", "a catalog row that no node's log opened", recording_id=str(rid))
+    for name in unattributed.get("files", []):
+        rep.add(
+            "recordings",
+            "a file in the deployment's bucket that no node's log opened",
+            evidence={"file": str(name)},
+        )
+    rep.counts["nodes"] = len(nodes)
+    return rep
+
+
+def _merge(rep: AuditReport, reports: Sequence[tuple[str, AuditReport]]) -> None:
+    """Each node's report into the deployment's."""
+    for name, r in reports:
+        rep.simulated = rep.simulated or r.simulated
+        rep.ran |= r.ran
+        for key, value in r.counts.items():
+            rep.counts[key] += value
+        for check, counts in r.checked.items():
+            merged = rep.checked.setdefault(check, {})
+            for key, value in counts.items():
+                merged[key] = merged.get(key, 0) + value
+        for check, why in r.expected.items():
+            rep.expected.setdefault(check, f"node {name}: {why}")
+        for f in r.findings:
+            f.evidence = {"node": name, **f.evidence}
+            f.message = f"node {name}: {f.message}"
+            rep.findings.append(f)
+        rep.notes.extend(f"node {name}: {note}" for note in r.notes)
+        rep.groups.extend(r.groups)
+        rep.witness_coverage.extend({"node": name, **w} for w in r.witness_coverage)
+    for check in (*CHECKS, *OPTIONAL_CHECKS):
+        skipped = [(n, r.why(check)) for n, r in reports if r.status(check) == "SKIPPED"]
+        if skipped and len(skipped) == len(reports):
+            rep.skip(check, "; ".join(f"node {n}: {why}" for n, why in skipped[:3]))
+
+
+def _policies(nodes: Sequence[tuple[str, Path, str]]) -> dict[bytes, Any]:
+    from ..sampling.policy import Policy
+
+    found: dict[bytes, Any] = {}
+    for _, folder, _ in nodes:
+        for path in sorted((folder / "policies").glob("*.json")):
+            try:
+                policy = Policy.from_dict(json.loads(path.read_bytes()))
+            except (SampledrecError, ValueError, TypeError):
+                continue  # the node's own audit reports a policy it cannot read
+            found.setdefault(bytes.fromhex(policy.version), policy)
+    return found
+
+
+def _join_commitments(rep: AuditReport, joined: Sequence[tuple[str, Any, Any]]) -> None:
+    seen: dict[str, tuple[str, int, bytes]] = {}
+    compared = 0
+    for name, _, others in joined:
+        for e in others:
+            if e.type != T_KEY_COMMIT:
+                continue
+            epoch = str(e.fields.get("epoch_id"))
+            commitment = bytes(e.fields.get("commitment", b""))
+            first = seen.setdefault(epoch, (name, e.index, commitment))
+            if first[0] != name:
+                compared += 1
+            if first[2] != commitment:
+                rep.add(
+                    "keys",
+                    f"node {name} committed to another key for epoch {epoch} than node "
+                    f"{first[0]}: the nodes of a deployment share one key per epoch",
+                    index=e.index,
+                    epoch_id=epoch,
+                    evidence={"node": name, "first_node": first[0], "first_index": first[1]},
+                )
+    rep.checked.setdefault("keys", {})["commitments_joined_across_nodes"] = compared
+
+
+def _join_decisions(
+    rep: AuditReport, joined: Sequence[tuple[str, Any, Any]], policies: dict[bytes, Any]
+) -> None:
+    """One outcome per call across nodes (first wins), and per-agent caps across nodes."""
+    calls: dict[tuple[str, bool, bytes], list[tuple[int, str, int, Any, int]]] = defaultdict(list)
+    for name, d, _ in joined:
+        if not len(d):
+            continue
+        firsts = counted_once(call_firsts(d))
+        for i in firsts.nonzero()[0].tolist():
+            ref = d.ref(i)
+            if ref is None:
+                continue
+            raw = ref.encode("utf-8") if isinstance(ref, str) else bytes(ref)
+            key = (d.epochs[int(d.epoch[i])], isinstance(ref, str), raw)
+            calls[key].append((int(d.time_us[i]), name, int(d.index[i]), d, i))
+    joined_calls = 0
+    winners = []
+    for (epoch, _, _), found in calls.items():
+        found.sort(key=lambda x: (x[0], x[1], x[2]))
+        _, node0, index0, d0, i0 = found[0]
+        winners.append(found[0])
+        if len({x[1] for x in found}) > 1:
+            joined_calls += 1
+        want = _outcome(d0, i0)
+        for _, node, index, d, i in found[1:]:
+            if node != node0 and _outcome(d, i) != want:
+                rep.add(
+                    "decisions",
+                    f"decided {REASONS[int(d.reason[i])]} under rule {d.rules[int(d.rule[i])]!r} "
+                    f"on node {node}, after node {node0} decided it "
+                    f"{REASONS[int(d0.reason[i0])]} under rule {d0.rules[int(d0.rule[i0])]!r}: "
+                    "a call decided on two nodes must get the first decision",
+                    index=index,
+                    call_ref=d.ref_text(i),
+                    epoch_id=epoch,
+                    evidence={"node": node, "first_node": node0, "first_index": index0},
+                )
+    rep.checked.setdefault("decisions", {})["calls_decided_on_several_nodes"] = joined_calls
+    _join_caps(rep, winners, policies)
+
+
+def _outcome(d: Any, i: int) -> tuple[int, str, bytes, int]:
+    return (
+        int(d.reason[i]),
+        d.rules[int(d.rule[i])],
+        bytes(d.versions[int(d.version[i])]),
+        int(d.threshold[i]),
+    )
+
+
+def _join_caps(
+    rep: AuditReport, winners: Sequence[tuple[int, str, int, Any, int]], policies: dict[bytes, Any]
+) -> None:
+    """Caps across nodes: selections per (rule, agent, period) at most the cap; a cap_reached
+    justified by the period's selections on all nodes."""
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
+    limits: dict[tuple[str, str, str], int] = {}
+    reached = []
+    for _, node, index, d, i in winners:
+        reason = int(d.reason[i])
+        agent = d.agent_name(i)
+        if reason not in (_SAMPLED, _CAP) or agent is None:
+            continue
+        policy = policies.get(bytes(d.versions[int(d.version[i])]))
+        if policy is None:
+            continue  # the node's own audit reports a decision under an unknown policy
+        try:
+            rule = policy.rule_named(d.rules[int(d.rule[i])])
+        except KeyError:
+            continue
+        if not rule.has_cap:
+            continue
+        periods = cap_periods(
+            from_micros(int(d.time_us[i])), rule.max_per_agent_per_day, rule.max_per_agent_per_week
+        )
+        groups = [((rule.name, cap_agent(agent), p), cap) for p, cap in periods]
+        if reason == _SAMPLED:
+            for g, cap in groups:
+                counts[g] += 1
+                limits[g] = cap
+        else:
+            reached.append((node, index, d, i, groups))
+    for g, n in sorted(counts.items()):
+        if n > limits[g]:
+            rep.add(
+                "decisions",
+                f"agent {g[1]!r} has {n} calls selected under rule {g[0]!r} in {g[2]} across the "
+                f"nodes, over the cap of {limits[g]}",
+                evidence={"rule": g[0], "period": g[2], "selected": n, "cap": limits[g]},
+            )
+    for node, index, d, i, groups in reached:
+        if not any(counts.get(g, 0) >= cap for g, cap in groups):
+            rep.add(
+                "decisions",
+                f"logged as cap reached on node {node}, but the nodes together selected fewer "
+                "calls of its agent under its rule than the cap in each of its periods",
+                index=index,
+                call_ref=d.ref_text(i),
+                epoch_id=d.epochs[int(d.epoch[i])],
+                evidence={"node": node, "counts": {g[2]: counts.get(g, 0) for g, _ in groups}},
+            )
+    rep.counts["decisions_cap_reached_replayed"] += len(reached)

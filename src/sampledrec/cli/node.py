@@ -1,0 +1,124 @@
+"""``sampledrec deployment init`` and ``sampledrec node init``: several nodes, one deployment
+(docs/decisions/0031-nodes.md, docs/operations.md)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from ..deployment import Deployment
+from ..errors import InvalidArgument, InvalidPolicy
+from ..store import Store, s3_blobs_backend
+from ._common import EXIT_OK, CommandFailed, Commands, add_command, add_group, emit
+
+
+def register(commands: Commands) -> None:
+    group = add_group(commands, "deployment", "a deployment of several nodes: create its file")
+    p = add_command(
+        group,
+        "init",
+        cmd_deployment_init,
+        "write a deployment file: the PostgreSQL catalog, the bucket and the deployment key "
+        "that its nodes share",
+        store=False,
+    )
+    p.add_argument("file", help="the deployment file to write (deployment.json)")
+    p.add_argument("--name", required=True, help="the deployment's name (eu-callcentre)")
+    p.add_argument(
+        "--catalog",
+        metavar="DSN",
+        required=True,
+        help="the PostgreSQL database (postgresql://user@host/db; no password here)",
+    )
+    p.add_argument("--blobs", metavar="s3://BUCKET/PREFIX", required=True, help="the bucket")
+    p.add_argument("--s3-endpoint", metavar="URL", help="the S3 API's URL (default: AWS)")
+    p.add_argument("--s3-region", metavar="REGION", help="the bucket's region")
+    p.add_argument("--s3-credentials", metavar="FILE", help="AWS-style credentials file (0600)")
+    p.add_argument("--s3-profile", metavar="NAME", help="section of that file (default)")
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="the deployment key (default: deployment.key beside the file; made if missing). "
+        "Copy it to every node; never back it up",
+    )
+    p.add_argument("--policy", help="the policy TOML file every new node starts with")
+
+    group = add_group(commands, "node", "the nodes of a deployment")
+    p = add_command(
+        group,
+        "init",
+        cmd_node_init,
+        "create a node of a deployment: a store with its own log and signing key, sharing the "
+        "deployment's catalog, bucket and keys",
+        store=False,
+    )
+    p.add_argument("node", help="the node's folder to create")
+    p.add_argument("--deployment", required=True, metavar="FILE", help="the deployment file")
+    p.add_argument("--name", required=True, help="the node's name in the deployment (node-a)")
+    p.add_argument("--policy", help="policy TOML file (default: the deployment's)")
+    p.add_argument("--simulated", action="store_true", help="mark the node as simulated")
+
+
+def cmd_deployment_init(args: argparse.Namespace, out: TextIO) -> int:
+    blobs = s3_blobs_backend(
+        args.blobs,
+        endpoint=args.s3_endpoint,
+        region=args.s3_region,
+        credentials_file=args.s3_credentials,
+        profile=args.s3_profile,
+    )
+    dep = Deployment.init(
+        args.file,
+        name=args.name,
+        catalog_dsn=args.catalog,
+        blobs=blobs,
+        key_file=args.key_file,
+        policy=args.policy,
+    )
+    emit(
+        args,
+        {
+            "deployment": str(dep.path),
+            "name": dep.name,
+            "deployment_id": dep.deployment_id,
+            "key_file": str(dep.key_file),
+        },
+        f"Created deployment {dep.name} ({dep.path})\n"
+        f"  deployment key: {dep.key_file}\n"
+        "    copy it to every node (mode 0600) and keep it out of every backup\n"
+        f"  add a node: sampledrec node init NODE --deployment {dep.path} --name NAME",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_node_init(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        store = Store.init_node(
+            args.node,
+            args.deployment,
+            name=args.name,
+            policy=args.policy,
+            simulated=args.simulated,
+        )
+    except InvalidPolicy as exc:
+        raise CommandFailed(f"policy refused: {exc}") from None
+    except FileNotFoundError as exc:
+        raise InvalidArgument(f"{exc.filename}: file not found") from None
+    node = store.deployment
+    assert node is not None
+    emit(
+        args,
+        {
+            "node": str(store.path),
+            "name": node["node"],
+            "deployment": node["name"],
+            "policy_version": store.policy().version,
+            "vkey": store.vkey,
+        },
+        f"Created node {node['node']} of deployment {node['name']} at {store.path}\n"
+        f"  its own keys: {store.keys_path} (log signing and sealing keys; never back up)\n"
+        f"  log verifier key (give it to your DPO and auditor):\n    {store.vkey}",
+        out,
+    )
+    return EXIT_OK

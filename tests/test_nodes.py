@@ -1,0 +1,223 @@
+"""Several nodes, one deployment (docs/decisions/0031-nodes.md): shared epoch, pseudonym and
+bucket keys wrapped in PostgreSQL under the deployment key, one log per node, recordings on
+one bucket, the deployment's lock, and the audit of a deployment kit.
+
+The process test (three ``sampledrec serve`` nodes killed and restarted at random) is in
+tests/test_nodes_process.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sampledrec import FixedClock, Store
+from sampledrec.deployment import Deployment
+from sampledrec.errors import KeyringError, StoreError
+from sampledrec.keys.shared import NodeKeyring, SharedKeyStore
+from sampledrec.sampling import Sampler
+from sampledrec.store import s3_blobs_backend
+from sampledrec.vault import Vault
+
+from .postgres import PostgresServer
+from .recording import write_call
+from .seaweedfs import SeaweedFS
+
+AT = "2030-03-05T10:00:00Z"
+POLICY = """
+[[rules]]
+name = "sales"
+match = { queue = "sales" }
+rate = "0.5"
+justification = "Pilot of the new sales script: QA listens to a few calls per agent a day"
+purpose = "quality"
+retention = "6 months"
+max_per_agent_per_day = 3
+
+[default]
+rate = "0.2"
+purpose = "quality"
+retention = "6 months"
+"""
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path,
+    postgres: PostgresServer,
+    seaweedfs: SeaweedFS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Deployment:
+    for name, value in seaweedfs.env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    url = f"s3://{seaweedfs.bucket}/{seaweedfs.new_prefix('dep')}"
+    return Deployment.init(
+        tmp_path / "deployment.json",
+        name="test-dep",
+        catalog_dsn=postgres.url(postgres.new_schema()),
+        blobs=s3_blobs_backend(url, endpoint=seaweedfs.endpoint),
+        policy=tmp_path / "policy.toml",
+    )
+
+
+def nodes(dep: Deployment, folder: Path, *names: str) -> list[Store]:
+    return [
+        Store.init_node(folder / n, dep, name=n, simulated=True, clock=FixedClock(AT))
+        for n in names
+    ]
+
+
+def test_nodes_share_epoch_keys_and_decide_alike(deployment: Deployment, tmp_path: Path) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    assert isinstance(a.keyring, NodeKeyring) and a.node_name == "node-a"
+    assert a.vkey != b.vkey  # each node its own signing key and log
+    clock = FixedClock(AT)
+    refs = [f"call-{i}" for i in range(40)]
+    with a.open_log(clock=clock) as la, a.sampler(clock=clock, log=la) as sa:
+        first = [sa.decide(r, {"queue": "x"}) for r in refs]
+    with b.open_log(clock=clock) as lb, b.sampler(clock=clock, log=lb) as sb:
+        again = [sb.decide(r, {"queue": "x"}) for r in refs]
+    assert [d.reason for d in again] == [d.reason for d in first]
+    assert all(d.repeat for d in again)
+    epoch = first[0].epoch_id
+    assert a.keyring.epoch_key(epoch) == b.keyring.epoch_key(epoch)
+    assert a.keyring.pseudonym_key() == b.keyring.pseudonym_key()
+    # The same commitment in both logs, logged once in each.
+    from sampledrec.log.format import T_KEY_COMMIT
+    from sampledrec.log.writer import iter_entries
+
+    def commits(store: Store) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for e in iter_entries(store.log_storage):
+            if e.type == T_KEY_COMMIT:
+                assert e.fields["epoch_id"] not in found
+                found[e.fields["epoch_id"]] = bytes(e.fields["commitment"])
+        return found
+
+    assert commits(a) == commits(b) and epoch in commits(a)
+
+
+def test_no_shared_key_is_in_the_database_in_clear(deployment: Deployment, tmp_path: Path) -> None:
+    (a,) = nodes(deployment, tmp_path, "node-a")
+    clock = FixedClock(AT)
+    with a.open_log(clock=clock) as log, a.sampler(clock=clock, log=log) as sampler:
+        key = sampler.epoch_key(clock.now()).secret_bytes()
+    a.keystore.ensure_bucket("bucket-2030-09-05")
+    import psycopg
+
+    with psycopg.connect(deployment.catalog_dsn) as conn:
+        rows = conn.execute("SELECT name, wrapped FROM shared_keys").fetchall()
+    assert rows and all(key not in bytes(w) for _, w in rows)
+    assert {"pseudonym", "check", "bucket/bucket-2030-09-05"} <= {n for n, _ in rows}
+
+
+def test_a_node_with_another_deployment_key_is_refused(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    deployment.key_file.write_bytes(random.Random(1).randbytes(32))
+    with pytest.raises(KeyringError, match="does not unwrap with the deployment key"):
+        nodes(deployment, tmp_path, "node-x")
+    assert not (tmp_path / "node-x").exists()
+
+
+def test_a_recording_made_on_one_node_opens_on_another(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    assert isinstance(a.keystore, SharedKeyStore)
+    clock = FixedClock(AT)
+    audio = random.Random(5).randbytes(16_000)
+    with (
+        a.open_log(clock=clock) as log,
+        a.sampler(clock=clock, log=log) as sampler,
+        Vault(a, log, clock=clock) as vault,
+    ):
+        decision = next(
+            d for d in (sampler.decide(f"r{i}", {"queue": "y"}) for i in range(50)) if d.record
+        )
+        rid = write_call(vault, decision, audio)
+    with b.open_log(clock=clock) as log, Vault(b, log, clock=clock) as vault:
+        assert vault.open(rid).audio == audio
+
+
+def test_the_deployment_lock_is_one_for_every_node(deployment: Deployment, tmp_path: Path) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    with a.lock(), pytest.raises(StoreError, match="held by another node"), b.lock(timeout=0.2):
+        pass
+    with b.lock(timeout=5):
+        pass  # released with a's
+
+
+LATER = "2030-03-07T00:00:01Z"
+
+
+def deployment_audit(
+    cli_json: Callable[..., tuple[int, Any]], tmp_path: Path, *stores: Store
+) -> tuple[int, Any]:
+    others = [arg for s in stores[1:] for arg in ("--node", str(s.path))]
+    kit = tmp_path / "kit"
+    code, doc = cli_json(
+        "audit", "kit", "--store", stores[0].path, *others, "--out", kit, "--at", LATER
+    )
+    assert code == 0, doc
+    assert sorted(doc["nodes"]) == sorted(str(s.node_name) for s in stores)
+    return cli_json("audit", "verify", "--kit", kit, "--at", LATER)
+
+
+def test_the_kit_of_a_deployment_audits_every_node_and_joins_them(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    clock = FixedClock(AT)
+    refs = [f"call-{i}" for i in range(60)]
+    recorded = []
+    for store, mine in ((a, refs[:40]), (b, refs[20:])):  # 20 calls decided on both
+        with (
+            store.open_log(clock=clock) as log,
+            store.sampler(clock=clock, log=log) as sampler,
+            Vault(store, log, clock=clock) as vault,
+        ):
+            for ref in mine:
+                d = sampler.decide(ref, {"queue": "sales", "agent": f"agent-{len(ref) % 3}"})
+                if d.record and ref not in recorded:
+                    write_call(vault, d, random.Random(ref).randbytes(3200))
+                    recorded.append(ref)
+    assert recorded
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 0, [f["message"] for f in doc["findings"]]
+    assert doc["verdict"] == "PASS"
+    # Node b answered the 20 calls that node a had decided (and logged) as repeats: not again.
+    assert doc["results"]["decisions"]["checked"]["calls_decided_on_several_nodes"] == 0
+    assert doc["counts"]["decisions"] == 60
+    assert doc["counts"]["nodes"] == 2
+    # the statistics run once over the deployment (each call once), not per node
+    assert doc["results"]["statistics"]["verdict"] == "PASS", doc["results"]["statistics"]
+
+
+def test_a_call_decided_otherwise_on_another_node_is_a_finding(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    clock = FixedClock(AT)
+    with a.open_log(clock=clock) as log, a.sampler(clock=clock, log=log) as sampler:
+        first = sampler.decide("call-x", {"queue": "sales", "agent": "ann"})
+    assert first.rule == "sales"
+    # Node b's sampler without the deployment's decided-calls index: it decides the call again,
+    # under another rule (other attributes), as a node cut off from the database might.
+    with b.open_log(clock=clock) as log:
+        b.sampler(clock=clock, log=log).close()  # the epoch's commitment in b's log
+        rogue = Sampler(b.policy(clock.now()), b.keyring, clock=clock, log=log)
+        second = rogue.decide("call-x", {"queue": "other"})
+        rogue.close()
+    assert second.rule == "default" and not second.repeat
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 1 and doc["verdict"] == "FAIL"
+    [finding] = [f for f in doc["findings"] if "must get the first decision" in f["message"]]
+    assert finding["call_ref"] == "call-x"
+    assert finding["evidence"]["node"] == "node-b"
+    assert finding["evidence"]["first_node"] == "node-a"
