@@ -202,24 +202,24 @@ def _decisions(rows: list[tuple[int, int, str | None, str | None]]) -> Decisions
 
 
 def test_a_biased_rate_fails_the_statistics() -> None:
-    from sampledrec.audit.verify import _check_statistics
+    from sampledrec.audit.verify import check_statistics
 
     thr = 2**56 // 10  # 10%
     decs = _decisions([(thr, 0 if i % 3 == 0 else 1, f"c{i}", "a0") for i in range(900)])
     rep = AuditReport(store="x", at=AUDIT_AT)
-    _check_statistics(rep, decs, counted_once(call_firsts(decs)))
+    check_statistics(rep, decs, counted_once(call_firsts(decs)))
     assert rep.status("statistics") == "FAIL"
     ev = _findings(rep, "statistics")[0]["evidence"]
     assert ev["eligible"] == 900 and ev["selected"] == 300  # type: ignore[index]
     assert ev["ci95"][0] > 0.1  # type: ignore[index]
     fair = _decisions([(thr, 0 if i % 10 == 0 else 1, f"c{i}", None) for i in range(900)])
     rep = AuditReport(store="x", at=AUDIT_AT)
-    _check_statistics(rep, fair, counted_once(call_firsts(fair)))
+    check_statistics(rep, fair, counted_once(call_firsts(fair)))
     assert not rep.findings and rep.groups[0].p_holm > 0.5
 
 
 def test_statistics_count_each_call_once_and_per_agent() -> None:
-    from sampledrec.audit.verify import _check_statistics
+    from sampledrec.audit.verify import check_statistics
 
     thr = 2**56 // 2
     rows: list[tuple[int, int, str | None, str | None]] = []
@@ -229,7 +229,7 @@ def test_statistics_count_each_call_once_and_per_agent() -> None:
     rows += [(thr, 2, "objector", "a0"), (thr, 0, None, None)]  # an objection; an erased ref
     decs = _decisions(rows)
     rep = AuditReport(store="x", at=AUDIT_AT)
-    _check_statistics(rep, decs, counted_once(call_firsts(decs)))
+    check_statistics(rep, decs, counted_once(call_firsts(decs)))
     got = {(g.rule, g.agent): (g.eligible, g.selected) for g in rep.groups}
     assert got == {("r", None): (61, 31), ("r", "a0"): (20, 10), ("r", "a1"): (20, 10)} | {
         ("r", "a2"): (20, 10)

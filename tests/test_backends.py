@@ -35,6 +35,7 @@ import io
 import itertools
 import pkgutil
 import random
+import secrets
 import sqlite3
 import sys
 import threading
@@ -51,6 +52,7 @@ import sampledrec
 from sampledrec.errors import InvalidArgument, KeyringError, StoreError, StoreLocked
 from sampledrec.keys.keyring import Keyring, LocalKeyring, epoch_commitment
 from sampledrec.keys.keystore import KeyStore
+from sampledrec.keys.shared import DeploymentKey, NodeKeyring, SharedKeys
 from sampledrec.log.storage import LocalLogStorage, LogStorage, segment_name
 from sampledrec.sampling.caps import (
     CapLedger,
@@ -78,7 +80,7 @@ T = TypeVar("T")
 
 CATALOGS = ["sqlite", "memory", "postgres"]
 BLOB_STORES = ["local", "memory", "s3"]
-KEYRINGS = ["local", "memory"]
+KEYRINGS = ["local", "memory", "node"]
 LOG_STORAGES = ["local", "memory"]
 DECIDED_INDEXES = ["sqlite", "memory", "postgres"]
 CAP_LEDGERS = ["sqlite", "memory", "postgres"]
@@ -87,8 +89,13 @@ CAP_LEDGERS = ["sqlite", "memory", "postgres"]
 SHIPPED: dict[type, dict[str, str]] = {
     Catalog: {"SqliteCatalog": "sqlite", "MemoryCatalog": "memory", "PostgresCatalog": "postgres"},
     BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory", "S3BlobStore": "s3"},
-    Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory"},
-    KeyStore: {"LocalKeyStore": "local", "MemoryKeyStore": "memory", "Pkcs11KeyStore": "pkcs11"},
+    Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory", "NodeKeyring": "node"},
+    KeyStore: {
+        "LocalKeyStore": "local",
+        "MemoryKeyStore": "memory",
+        "Pkcs11KeyStore": "pkcs11",
+        "SharedKeyStore": "shared",
+    },
     LogStorage: {"LocalLogStorage": "local", "MemoryLogStorage": "memory"},
     DecidedCalls: {
         "SqliteDecidedCalls": "sqlite",
@@ -139,9 +146,17 @@ def open_blob_store(
     raise AssertionError(f"no factory for the blob store backend {name!r}")
 
 
-def open_keyring(name: str, tmp_path: Path) -> Callable[[], Keyring]:
+def open_keyring(name: str, tmp_path: Path, fresh_dsn: FreshDsn) -> Callable[[], Keyring]:
     if name == "local":
         return functools.partial(LocalKeyring, tmp_path / "keys", create=True)
+    if name == "node":  # a deployment node: shared keys in PostgreSQL, its own on disk
+        dsn, key = fresh_dsn(), DeploymentKey.create(tmp_path / "deployment.key").path
+        deployment = secrets.token_hex(8)
+        return lambda: NodeKeyring(
+            LocalKeyring(tmp_path / "keys", create=True),
+            SharedKeys(dsn, deployment, DeploymentKey(key)),
+            since="2000-01-01",
+        )
     if name == "memory":
         only = MemoryKeyring()
         return lambda: only
@@ -222,7 +237,7 @@ def blobs(blob_stores: Handles[BlobStore]) -> BlobStore:
 
 @pytest.fixture(params=KEYRINGS)
 def keyrings(request: pytest.FixtureRequest, tmp_path: Path) -> Handles[Keyring]:
-    return Handles(request.param, open_keyring(request.param, tmp_path))
+    return Handles(request.param, open_keyring(request.param, tmp_path, fresh_postgres(request)))
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from sampledrec.keys.keystore import (
     Pkcs11KeyStore,
     check_bucket_id,
 )
+from sampledrec.keys.shared import DeploymentKey, SharedKeys, SharedKeyStore
 from sampledrec.testing import MemoryKeyStore
 
 from .softhsm import SoftHsm
@@ -127,16 +128,24 @@ class Backend:
         self._opened: list[Pkcs11KeyStore] = []
         self._memory: MemoryKeyStore | None = None
         self.token: SoftHsm | None = None
+        self._shared: tuple[str, str, Path] | None = None
         if name == "memory":
             self._memory = MemoryKeyStore()
         elif name == "local":
             LocalKeyring(self.keys, create=True)
+        elif name == "shared":  # a deployment's bucket keys, wrapped in PostgreSQL
+            dsn = request.getfixturevalue("postgres").fresh_dsn()
+            key = DeploymentKey.create(tmp_path / "deployment.key").path
+            self._shared = (dsn, secrets.token_hex(8), key)
         else:
             self.token = request.getfixturevalue("softhsm")
 
     def open(self) -> KeyStore:
         if self._memory is not None:
             return self._memory
+        if self._shared is not None:
+            dsn, deployment, key = self._shared
+            return SharedKeyStore(SharedKeys(dsn, deployment, DeploymentKey(key)))
         if self.token is None:
             return LocalKeyStore(self.keys)
         handle = Pkcs11KeyStore(
@@ -150,7 +159,7 @@ class Backend:
             handle.close()
 
 
-@pytest.fixture(params=["memory", "local", "pkcs11"])
+@pytest.fixture(params=["memory", "local", "pkcs11", "shared"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     chosen = Backend(request.param, tmp_path, request)
     yield chosen

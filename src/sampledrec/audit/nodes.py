@@ -167,8 +167,7 @@ def audit_deployment_kit(
 ) -> AuditReport:
     """Audit a deployment kit: each node's kit, then the joins across nodes (module
     docstring)."""
-    from .verify import _check_statistics as check_statistics
-    from .verify import audit_evidence
+    from .verify import audit_evidence, check_statistics
 
     root = Path(path)
     at = now or SYSTEM_CLOCK.now()

@@ -325,7 +325,7 @@ def audit_evidence(
     # counts each call once over every node (sampledrec.audit.nodes).
     if not caps_across_nodes:
         rep.ran.add("statistics")
-        _check_statistics(rep, decisions, is_first)
+        check_statistics(rep, decisions, is_first)
     if rep.simulated:
         rep.notes.append("this store is SIMULATED (made by 'sampledrec demo' or init --simulated)")
     return rep
@@ -819,7 +819,7 @@ def _reason(code: int) -> str:
     return REASONS[code] if 0 <= code < len(REASONS) else f"#{code}"
 
 
-def _check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.bool_]) -> None:
+def check_statistics(rep: AuditReport, d: Decisions, is_first: npt.NDArray[np.bool_]) -> None:
     # Counted: each call once, with a known reason other than an objection.
     counted = (
         is_first

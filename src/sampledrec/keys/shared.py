@@ -252,13 +252,14 @@ class NodeKeyring:
         return self.local.owner()
 
     def ensure_epochs(self, epoch_ids: Iterable[str]) -> list[EpochKey]:
-        """Create the shared keys of these epochs that no node made yet; return the keys whose
-        commitment this node has not logged (new to this node's log, whoever created them)."""
-        wanted = list(epoch_ids)
+        """Create the shared keys of these epochs that no node made yet; return those this call
+        made (the Keyring contract). Which commitments this node's log still needs, whoever
+        made the keys, is :meth:`uncommitted_epochs` (the store logs them)."""
+        wanted = list(dict.fromkeys(epoch_ids))  # each epoch once, in the order given
         for e in wanted:
             check_epoch_id(e)
-        self.shared.ensure(f"epoch/{e}" for e in wanted)
-        return [self.epoch_key(e) for e in wanted if not self._marker(e).exists()]
+        made = set(self.shared.ensure(f"epoch/{e}" for e in wanted))
+        return [self.epoch_key(e) for e in wanted if f"epoch/{e}" in made]
 
     def epoch_key(self, epoch_id: str) -> EpochKey:
         cached = self._cache.get(epoch_id)
