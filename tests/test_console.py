@@ -451,6 +451,97 @@ def test_playback_is_refused_from_expiry_on(world: World) -> None:
     assert world.accesses()[-1]["detail"] == "expired"
 
 
+# -- the supervisor's export ---------------------------------------------------------------------
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_supervisor_exports_the_wav_of_the_vault_from_memory_and_it_is_logged(
+    world: World,
+) -> None:
+    client = world.client()
+    sign_in(world, client, "sam")
+    rid = world.recordings["support"]
+    page = client.get(f"/recordings/{rid}")
+    assert f'action="/recordings/{rid}/export.wav"' in page.text and "Export as WAV" in page.text
+    before = _files(world.tmp)
+    r = client.post(f"/recordings/{rid}/export.wav", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "audio/wav"
+    assert r.headers["content-disposition"] == f'attachment; filename="recording-{rid}.wav"'
+    assert r.headers["cache-control"] == "no-store"
+    # Nothing new on disk but the log's own files (sealed entries).
+    assert all(p.suffix != ".wav" for p in _files(world.tmp) - before)
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"], last["recording_id"]) == (
+        "export",
+        "granted",
+        "sam",
+        rid,
+    )
+    assert r.content == world.export(rid)
+
+
+@pytest.mark.parametrize("name", ["rita", "dora", "aldo", "ada"])
+def test_roles_without_export_get_no_button_and_a_logged_403(world: World, name: str) -> None:
+    client = world.client()
+    sign_in(world, client, name)
+    rid = world.recordings["sales"]
+    page = client.get(f"/recordings/{rid}")
+    assert page.status_code == 200 and "Export as WAV" not in page.text
+    r = client.post(f"/recordings/{rid}/export.wav", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 403
+    assert not r.content.startswith(b"RIFF") and "content-disposition" not in r.headers
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"], last["recording_id"]) == (
+        "export",
+        "denied",
+        name,
+        rid,
+    )
+    assert last["detail"] == "no role grants export"
+
+
+def test_an_export_without_the_sessions_csrf_token_is_refused_and_reads_nothing(
+    world: World,
+) -> None:
+    client = world.client()
+    sign_in(world, client, "sam")
+    rid = world.recordings["sales"]
+    other = world.client()
+    foreign = csrf_of(other.get("/sign-in").text)
+    for data in ({}, {"csrf": "forged"}, {"csrf": foreign}):
+        r = client.post(f"/recordings/{rid}/export.wav", data=data)
+        assert r.status_code == 403
+        assert not r.content.startswith(b"RIFF")
+    assert not [a for a in world.accesses() if a["action"] == "export"]
+    # And a GET is not an export.
+    assert client.get(f"/recordings/{rid}/export.wav").status_code == 405
+
+
+def test_an_export_is_refused_from_expiry_on_and_the_refusal_logged(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "sam")
+    rid = world.recordings["sales"]
+    token = csrf_of(client.get(f"/recordings/{rid}").text)
+    world.clock.advance(days=100)
+    world.console.sessions.idle = world.console.sessions.max_age = 1e9
+    page = client.get(f"/recordings/{rid}")
+    assert page.status_code == 200 and "Export as WAV" not in page.text
+    r = client.post(f"/recordings/{rid}/export.wav", data={"csrf": token})
+    assert r.status_code == 410
+    assert not r.content.startswith(b"RIFF")
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"], last["detail"]) == (
+        "export",
+        "denied",
+        "sam",
+        "expired",
+    )
+
+
 # -- the connection log page ---------------------------------------------------------------------
 
 

@@ -512,16 +512,35 @@ class Vault:
         whole recording has been authenticated; a failed export leaves no file. ``at`` as for
         :meth:`open`."""
         who = self.acting(principal, "export", recording_id)
-        with self._reading(recording_id, who, "export", at) as (row, reader):
-            audio = reader.read_all()
-        fmt = AudioFormat.from_text(row.audio_format)
-        pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
-        wav = encode_wav(pcm_fmt, to_pcm16(audio, fmt))
+        wav = self._export_wav(recording_id, who, at)
         path = Path(out)
         with new_export_file(path) as fh:
             fh.write(wav)
         self.log_access("export", "granted", who, recording_id, None)
         return path
+
+    def export_wav(
+        self,
+        recording_id: str,
+        principal: Principal | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> bytes:
+        """The WAV file :meth:`export` would write, byte for byte, in memory and nowhere else
+        (for answering it over HTTP): needs ``export``, refused from expiry on, the whole
+        recording authenticated first; logged as an ``export`` with its outcome. ``at`` as for
+        :meth:`open`."""
+        who = self.acting(principal, "export", recording_id)
+        wav = self._export_wav(recording_id, who, at)
+        self.log_access("export", "granted", who, recording_id, "in memory")
+        return wav
+
+    def _export_wav(self, recording_id: str, who: Principal, at: datetime | None) -> bytes:
+        with self._reading(recording_id, who, "export", at) as (row, reader):
+            audio = reader.read_all()
+        fmt = AudioFormat.from_text(row.audio_format)
+        pcm_fmt = AudioFormat("pcm16", fmt.sample_rate, fmt.channels)
+        return encode_wav(pcm_fmt, to_pcm16(audio, fmt))
 
     @contextlib.contextmanager
     def _reading(

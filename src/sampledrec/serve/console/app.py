@@ -19,6 +19,8 @@ Pages (all GET unless said):
     metadata, and a player for those who may listen.
 ``/recordings/{id}/audio.wav``
     the recording as a WAV file, in HTTP ranges (206), decrypting only the chunks needed.
+``/recordings/{id}/export.wav`` (POST)
+    the whole recording as a WAV attachment (``export``), built in memory, never on disk.
 ``/connections``
     the connection log (``read_log`` or ``manage_users``).
 ``/static/...``
@@ -179,6 +181,7 @@ class Console:
             Route("/recordings", page(self.recordings)),
             Route("/recordings/{recording_id}", page(self.recording)),
             Route("/recordings/{recording_id}/audio.wav", page(self.audio)),
+            Route("/recordings/{recording_id}/export.wav", page(self.export), methods=["POST"]),
             Route("/connections", page(self.connection_log)),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
@@ -599,6 +602,32 @@ class Console:
             headers={
                 "Accept-Ranges": "bytes",
                 "Content-Range": f"bytes {part.start}-{part.end - 1}/{part.total}",
+                "Cache-Control": "no-store",
+            },
+            media_type="audio/wav",
+        )
+
+    async def export(self, request: Request, session: Session, user: User) -> Response:
+        """The whole recording as a WAV attachment, built in memory by the vault (which checks
+        ``export`` and scope, refuses from expiry on, and logs the export with its outcome)."""
+        recording_id = _recording_id(request)
+        if await self._form(request, session) is None:
+            return self._stale_form(request)
+        try:
+            wav = await run_in_threadpool(self.vault.export_wav, recording_id, user.principal)
+        except InvalidRecording:
+            return self._error(
+                request,
+                500,
+                "This recording is damaged and cannot be exported (logged).",
+                session,
+                user,
+            )
+        return Response(
+            wav,
+            200,
+            headers={
+                "Content-Disposition": f'attachment; filename="recording-{recording_id}.wav"',
                 "Cache-Control": "no-store",
             },
             media_type="audio/wav",
