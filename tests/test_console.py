@@ -18,6 +18,7 @@ from sampledrec.accounts import (
     check_strength,
 )
 from sampledrec.errors import WeakPassword
+from sampledrec.log.writer import iter_entries
 from sampledrec.serve.console import CSP, MAX_RANGE_BYTES, safe_next
 
 from .console_fixtures import (
@@ -540,6 +541,129 @@ def test_an_export_is_refused_from_expiry_on_and_the_refusal_logged(world: World
         "sam",
         "expired",
     )
+
+
+# -- the DPO's holds page -------------------------------------------------------------------------
+
+
+def hold_entries(world: World) -> list[dict[str, Any]]:
+    world.log.flush()
+    return [
+        e.fields
+        for e in iter_entries(world.store.log_storage, world.store.keyring)
+        if e.type_name == "hold"
+    ]
+
+
+def test_the_dpo_places_and_releases_a_hold_through_the_library(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "dora")
+    assert 'href="/holds"' in client.get("/").text
+    page = client.get("/holds")
+    assert page.status_code == 200 and "Place the hold" in page.text
+    rid = world.recordings["sales"]
+    r = client.post(
+        "/holds",
+        data={
+            "csrf": csrf_of(page.text),
+            "recordings": f"{rid}\n",
+            "reason": "case 2030-17",
+            "until": "2031-01-31",
+        },
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/holds"
+    (hold,) = world.console.vault.catalog.holds()
+    assert hold.reason == "case 2030-17" and hold.released_at is None
+    assert [m for m, _ in world.console.vault.catalog.hold_members(hold.hold_id)] == [rid]
+    placed = hold_entries(world)[-1]
+    assert (placed["action"], placed["principal"], placed["hold_id"]) == (
+        "placed",
+        "dora",
+        hold.hold_id,
+    )
+    page = client.get("/holds")
+    assert "case 2030-17" in page.text and f"release-{hold.hold_id}" in page.text
+    r = client.post(f"/holds/{hold.hold_id}/release", data={"csrf": csrf_of(page.text)})
+    assert r.status_code == 303
+    released = world.console.vault.catalog.get_hold(hold.hold_id)
+    assert released is not None and released.released_at is not None
+    last = hold_entries(world)[-1]
+    assert (last["action"], last["principal"]) == ("released", "dora")
+    assert f"release-{hold.hold_id}" not in client.get("/holds").text
+
+
+def test_a_hold_needs_a_reason_and_known_recordings(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "dora")
+    token = csrf_of(client.get("/holds").text)
+    rid = world.recordings["sales"]
+    for data in (
+        {"recordings": rid, "reason": " "},
+        {"recordings": "", "reason": "case"},
+        {"recordings": "00000000-0000-4000-8000-000000000000", "reason": "case"},
+        {"recordings": rid, "reason": "case", "until": "soon"},
+    ):
+        r = client.post("/holds", data={"csrf": token, **data})
+        assert r.status_code == 400, data
+        assert 'id="error"' in r.text
+    assert world.console.vault.catalog.holds() == []
+
+
+@pytest.mark.parametrize("name", ["rita", "sam", "aldo", "ada"])
+def test_roles_without_hold_are_refused_the_holds_page_and_it_is_logged(
+    world: World, name: str
+) -> None:
+    client = world.client()
+    sign_in(world, client, name)
+    home = client.get("/")
+    assert 'href="/holds"' not in home.text
+    assert client.get("/holds").status_code == 403
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"], last["detail"]) == (
+        "hold",
+        "denied",
+        name,
+        "no role grants hold",
+    )
+    rid = world.recordings["sales"]
+    r = client.post(
+        "/holds", data={"csrf": csrf_of(home.text), "recordings": rid, "reason": "case"}
+    )
+    assert r.status_code == 403
+    assert world.console.vault.catalog.holds() == []
+
+
+def test_hold_forms_without_the_sessions_csrf_token_are_refused(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "dora")
+    rid = world.recordings["sales"]
+    for data in ({}, {"csrf": "forged"}):
+        r = client.post("/holds", data={**data, "recordings": rid, "reason": "case"})
+        assert r.status_code == 403
+    assert world.console.vault.catalog.holds() == []
+    hold = world.console.retention.hold([rid], reason="case", principal=None)
+    r = client.post(f"/holds/{hold.hold_id}/release", data={"csrf": "forged"})
+    assert r.status_code == 403
+    still = world.console.vault.catalog.get_hold(hold.hold_id)
+    assert still is not None and still.released_at is None
+    # An unknown hold is not found.
+    token = csrf_of(client.get("/holds").text)
+    r = client.post("/holds/00000000-0000-4000-8000-000000000000/release", data={"csrf": token})
+    assert r.status_code == 404
+
+
+def test_an_expired_recording_cannot_be_held(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "dora")
+    rid = world.recordings["sales"]
+    world.clock.advance(days=100)
+    world.console.sessions.idle = world.console.sessions.max_age = 1e9
+    world.console.retention.sweep()
+    token = csrf_of(client.get("/holds").text)
+    r = client.post("/holds", data={"csrf": token, "recordings": rid, "reason": "too late"})
+    assert r.status_code == 400
+    assert "only sealed recordings can be held" in r.text
+    assert world.console.vault.catalog.holds() == []
 
 
 # -- the connection log page ---------------------------------------------------------------------

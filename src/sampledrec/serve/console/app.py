@@ -23,6 +23,9 @@ Pages (all GET unless said):
     the whole recording as a WAV attachment (``export``), built in memory, never on disk.
 ``/connections``
     the connection log (``read_log`` or ``manage_users``).
+``/holds`` (GET, POST), ``/holds/{id}/release`` (POST)
+    the legal holds (``hold``): list them, place one on recordings, release one
+    (:class:`sampledrec.retention.Retention`, which checks and logs each change).
 ``/static/...``
     the stylesheet, from the package.
 """
@@ -75,6 +78,7 @@ from ...errors import (
 )
 from ...log.format import from_micros
 from ...log.writer import DecisionLog, iter_entries
+from ...retention.sweep import Retention
 from ...store import Store
 from ...vault.catalog import RecordingRow
 from ...vault.recorder import Vault
@@ -138,6 +142,7 @@ class Console:
         rules = PasswordRules(settings.password_min_length, max_age)
         self.users = users if users is not None else open_users(store, rules=rules)
         self.vault = Vault(store, log, clock=clock)
+        self.retention = Retention(self.vault, clock=clock)
         self.auth = Authenticator(
             self.users, log, store.keyring.pseudonym_key(), clock=clock, throttle=throttle
         )
@@ -183,6 +188,8 @@ class Console:
             Route("/recordings/{recording_id}/audio.wav", page(self.audio)),
             Route("/recordings/{recording_id}/export.wav", page(self.export), methods=["POST"]),
             Route("/connections", page(self.connection_log)),
+            Route("/holds", page(self.holds), methods=["GET", "POST"]),
+            Route("/holds/{hold_id}/release", page(self.release_hold), methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
@@ -648,6 +655,71 @@ class Console:
         return self.render(
             request, "connections.html", session=session, user=user, events=events, who=who
         )
+
+    async def holds(self, request: Request, session: Session, user: User) -> Response:
+        """The holds, and a form to place one (on recordings named by id)."""
+        await run_in_threadpool(authorize, self.vault, user, "hold")
+        fields: dict[str, str] = {}
+        error = None
+        if request.method == "POST":
+            form = await self._form(request, session)
+            if form is None:
+                return self._stale_form(request)
+            fields = form
+            ids = [i for i in re.split(r"[\s,]+", fields.get("recordings", "")) if i]
+            until_text = fields.get("until", "").strip()
+            until_us = _day_us(until_text, end=True) if until_text else None
+            if not ids:
+                error = "Name at least one recording (its id)."
+            elif until_text and until_us is None:
+                error = "The end date must be a date (YYYY-MM-DD)."
+            else:
+                until = from_micros(until_us) if until_us is not None else None
+                try:
+                    await run_in_threadpool(
+                        lambda: self.retention.hold(
+                            ids,
+                            reason=fields.get("reason", ""),
+                            until=until,
+                            principal=user.principal,
+                        )
+                    )
+                except (InvalidArgument, RecordingNotFound) as exc:
+                    error = str(exc)
+                else:
+                    return self._see("/holds")
+
+        def read() -> list[tuple[Any, int]]:
+            catalog = self.vault.catalog
+            found = [(h, len(catalog.hold_members(h.hold_id))) for h in catalog.holds()]
+            return sorted(found, key=lambda x: x[0].created_at, reverse=True)
+
+        rows = await run_in_threadpool(read)
+        return self.render(
+            request,
+            "holds.html",
+            400 if error else 200,
+            session,
+            user,
+            holds=rows,
+            now_us=int(self._now() * 1e6),
+            error=error,
+            fields=fields,
+        )
+
+    async def release_hold(self, request: Request, session: Session, user: User) -> Response:
+        hold_id = request.path_params["hold_id"]
+        if await self._form(request, session) is None:
+            return self._stale_form(request)
+        if not isinstance(hold_id, str) or not _RECORDING_ID.fullmatch(hold_id):
+            return self._error(request, 404, "There is no such hold.", session, user)
+        try:
+            await run_in_threadpool(
+                lambda: self.retention.release(hold_id, principal=user.principal)
+            )
+        except InvalidArgument:
+            return self._error(request, 404, "There is no such hold.", session, user)
+        return self._see("/holds")
 
 
 # -- helpers
