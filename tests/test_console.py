@@ -3,8 +3,10 @@ scopes, playback by ranges, and what the log keeps of each."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,16 +21,20 @@ from sampledrec.accounts import (
 )
 from sampledrec.errors import WeakPassword
 from sampledrec.log.writer import iter_entries
+from sampledrec.retention import IdentityCheck
 from sampledrec.serve.console import CSP, MAX_RANGE_BYTES, safe_next
+from sampledrec.vault.audio import synthetic_speech
 
 from .console_fixtures import (
     NEW_PASSWORD,
     PASSWORD,
+    PCM,
     World,
     csrf_of,
     make_world,
     sign_in,
 )
+from .recording import write_call
 
 
 @pytest.fixture
@@ -714,3 +720,197 @@ def test_a_disabled_accounts_session_stops_at_its_next_request(world: World) -> 
     world.users.set_disabled("rita", True)
     r = client.get("/recordings")
     assert r.status_code == 303 and r.headers["location"].startswith("/sign-in")
+
+
+# -- the DPO's data-subject desk ------------------------------------------------------------------
+
+CALLER = "+33 6 12 34 56 78"
+
+
+def subject_world_call(world: World) -> str:
+    """A recording of CALLER's call (the fixture's calls have no caller number)."""
+    sampler = world.store.sampler(clock=world.clock, log=world.log)
+    try:
+        decision = sampler.decide("call-alice", {"queue": "sales"}, caller=CALLER)
+        audio = synthetic_speech(2.0, seed=7)
+        return write_call(world.console.vault, decision, audio, PCM, attrs={"queue": "sales"})
+    finally:
+        sampler.close()
+
+
+def subject_entries(world: World) -> list[dict[str, Any]]:
+    world.log.flush()
+    return [
+        e.fields
+        for e in iter_entries(world.store.log_storage, world.store.keyring)
+        if e.type_name == "subject_request"
+    ]
+
+
+def receive(client: Any, kind: str) -> str:
+    page = client.get("/requests")
+    assert page.status_code == 200 and "Receive the request" in page.text
+    r = client.post("/requests", data={"csrf": csrf_of(page.text), "kind": kind, "phone": CALLER})
+    assert r.status_code == 303 and r.headers["location"] == "/requests"
+    found = re.findall(r'<tr id="(req-[0-9a-f]{12})">', client.get("/requests").text)
+    return str(found[0])  # newest first
+
+
+def verify(client: Any, request_id: str) -> None:
+    page = client.get("/requests")
+    assert f"verify-{request_id}" in page.text and "not verified" in page.text
+    r = client.post(
+        f"/requests/{request_id}/verify",
+        data={
+            "csrf": csrf_of(page.text),
+            "method": "callback_to_number",
+            "note": "called back the number on the contract",
+        },
+    )
+    assert r.status_code == 303
+
+
+def test_the_dpo_receives_verifies_and_answers_an_access_request(world: World) -> None:
+    rid = subject_world_call(world)
+    client = world.client()
+    sign_in(world, client, "dora")
+    assert 'href="/requests"' in client.get("/").text
+    request_id = receive(client, "export")
+    (stored,) = world.console.subjects.requests()
+    assert (stored.request_id, stored.kind, stored.status) == (request_id, "export", "open")
+    assert stored.caller_pseudonym == world.console.subjects.pseudonym(CALLER)
+    page = client.get("/requests")
+    assert "31 day(s) left" in page.text and "612345678" not in page.text
+    verify(client, request_id)
+    page = client.get("/requests")
+    assert "verified (callback_to_number" in page.text and f"answer-{request_id}" in page.text
+    before = _files(world.tmp)
+    r = client.post(
+        f"/requests/{request_id}/answer", data={"csrf": csrf_of(page.text), "phone": CALLER}
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/zip"
+    assert r.headers["content-disposition"] == f'attachment; filename="{request_id}.zip"'
+    assert all(p.suffix != ".zip" for p in _files(world.tmp) - before)
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert f"recordings/{rid}.wav" in zf.namelist()
+        meta = json.loads(zf.read("metadata.json"))
+    assert meta["request"]["id"] == request_id
+    assert [m["id"] for m in meta["recordings"]] == [rid]
+    (done,) = world.console.subjects.requests()
+    assert done.status == "done"
+    granted = [a for a in world.accesses() if a["action"] == "subject_export"]
+    assert [(a["outcome"], a["principal"]) for a in granted] == [("granted", "dora")]
+    logged = [e for e in subject_entries(world) if e["request_id"] == request_id]
+    assert {e["principal"] for e in logged} == {"dora"}
+    assert logged[0].get("identity_method") is None and logged[-1]["status"] == "done"
+    assert any(e.get("identity_method") == "callback_to_number" for e in logged)
+    assert f"answer-{request_id}" not in client.get("/requests").text
+
+
+def test_the_dpo_answers_an_erasure_request_and_it_is_done(world: World) -> None:
+    rid = subject_world_call(world)
+    client = world.client()
+    sign_in(world, client, "dora")
+    request_id = receive(client, "erase")
+    verify(client, request_id)
+    token = csrf_of(client.get("/requests").text)
+    r = client.post(f"/requests/{request_id}/answer", data={"csrf": token, "phone": CALLER})
+    assert r.status_code == 303 and r.headers["location"] == "/requests"
+    (done,) = world.console.subjects.requests()
+    assert done.status == "done" and done.detail == "1 recording(s) erased"
+    row = world.console.vault.catalog.get(rid)
+    assert row is None or row.status not in ("sealed", "truncated")
+    assert "1 recording(s) erased" in client.get("/requests").text
+
+
+def test_answering_before_the_identity_is_verified_is_refused_and_logged(world: World) -> None:
+    subject_world_call(world)
+    client = world.client()
+    sign_in(world, client, "dora")
+    request_id = receive(client, "export")
+    page = client.get("/requests")
+    assert f"answer-{request_id}" not in page.text
+    r = client.post(
+        f"/requests/{request_id}/answer", data={"csrf": csrf_of(page.text), "phone": CALLER}
+    )
+    assert r.status_code == 400 and "identity has not been verified" in r.text
+    assert r.headers["content-type"].startswith("text/html")
+    (still,) = world.console.subjects.requests()
+    assert still.status == "open"
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == (
+        "subject_export",
+        "denied",
+        "dora",
+    )
+    # A note that copies an ID number is refused too, and nothing is recorded.
+    r = client.post(
+        f"/requests/{request_id}/verify",
+        data={
+            "csrf": csrf_of(page.text),
+            "method": "in_person_id_document",
+            "note": "passport 12AB34567",
+        },
+    )
+    assert r.status_code == 400 and "never copy" in r.text
+    (still,) = world.console.subjects.requests()
+    assert not still.identity_verified
+
+
+@pytest.mark.parametrize("name", ["rita", "sam", "aldo", "ada"])
+def test_roles_without_subject_requests_are_refused_the_desk_and_it_is_logged(
+    world: World, name: str
+) -> None:
+    request = world.console.subjects.receive("export", CALLER, principal=None)
+    client = world.client()
+    sign_in(world, client, name)
+    home = client.get("/")
+    assert 'href="/requests"' not in home.text
+    assert client.get("/requests").status_code == 403
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"], last["detail"]) == (
+        "subject_requests",
+        "denied",
+        name,
+        "no role grants subject_requests",
+    )
+    token = csrf_of(home.text)
+    for path, data in (
+        ("/requests", {"kind": "erase", "phone": CALLER}),
+        (f"/requests/{request.request_id}/verify", {"method": "other", "note": "seen"}),
+        (f"/requests/{request.request_id}/answer", {"phone": CALLER}),
+    ):
+        r = client.post(path, data={"csrf": token, **data})
+        assert r.status_code == 403, path
+        assert world.accesses()[-1]["outcome"] == "denied"
+    (only,) = world.console.subjects.requests()
+    assert only.status == "open" and not only.identity_verified
+
+
+def test_subject_request_forms_without_the_sessions_csrf_token_are_refused(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "dora")
+    for data in ({}, {"csrf": "forged"}):
+        r = client.post("/requests", data={**data, "kind": "export", "phone": CALLER})
+        assert r.status_code == 403
+    assert world.console.subjects.requests() == []
+    request = world.console.subjects.receive("erase", CALLER, principal=None)
+    r = client.post(
+        f"/requests/{request.request_id}/verify",
+        data={"csrf": "forged", "method": "other", "note": "seen"},
+    )
+    assert r.status_code == 403
+    world.console.subjects.verify_identity(
+        request.request_id, IdentityCheck("signed_letter", "letter signed"), principal=None
+    )
+    r = client.post(
+        f"/requests/{request.request_id}/answer", data={"csrf": "forged", "phone": CALLER}
+    )
+    assert r.status_code == 403
+    (still,) = world.console.subjects.requests()
+    assert still.status == "open"
+    # An unknown request is not found.
+    token = csrf_of(client.get("/requests").text)
+    r = client.post("/requests/req-000000000000/answer", data={"csrf": token, "phone": CALLER})
+    assert r.status_code == 404

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import io
 import json
 import os
 import re
@@ -407,6 +408,28 @@ class SubjectRequests:
             detail += f", {excluded} no longer readable"
         _finish(self.catalog, self.log, request, who.name, "done", detail, self.clock.now())
         return path
+
+    def subject_export_bytes(
+        self,
+        phone: str,
+        *,
+        principal: Principal | None,
+        request: SubjectRequest | None = None,
+        identity: IdentityCheck | None = None,
+    ) -> bytes:
+        """As :meth:`subject_export`, but the ZIP is built in memory and returned, never
+        written to disk (for a download): same checks, same log entries, and ``request``
+        (default: a new export request) is marked done."""
+        who = self._authorize(principal)
+        pseudonym = self.pseudonym(phone)
+        buffer = io.BytesIO()
+        request = self._request_for("export", phone, pseudonym, who, request, identity)
+        included, excluded = self._write_zip(buffer, request, pseudonym, who)
+        detail = f"{included} recording(s) exported"
+        if excluded:
+            detail += f", {excluded} no longer readable"
+        _finish(self.catalog, self.log, request, who.name, "done", detail, self.clock.now())
+        return buffer.getvalue()
 
     def _write_zip(
         self, fh: BinaryIO, request: SubjectRequest, pseudonym: str, who: Principal

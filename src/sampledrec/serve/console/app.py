@@ -26,6 +26,11 @@ Pages (all GET unless said):
 ``/holds`` (GET, POST), ``/holds/{id}/release`` (POST)
     the legal holds (``hold``): list them, place one on recordings, release one
     (:class:`sampledrec.retention.Retention`, which checks and logs each change).
+``/requests`` (GET, POST), ``/requests/{id}/verify`` (POST), ``/requests/{id}/answer`` (POST)
+    the data-subject desk (``subject_requests``): list the requests, receive one, record how
+    the requester's identity was verified, answer it (an access request's ZIP as a download
+    built in memory, or the erasure) through :class:`sampledrec.retention.SubjectRequests`,
+    which checks and logs each step.
 ``/static/...``
     the stylesheet, from the package.
 """
@@ -78,6 +83,7 @@ from ...errors import (
 )
 from ...log.format import from_micros
 from ...log.writer import DecisionLog, iter_entries
+from ...retention.subjects import IDENTITY_METHODS, IdentityCheck, SubjectRequests
 from ...retention.sweep import Retention
 from ...store import Store
 from ...vault.catalog import RecordingRow
@@ -97,6 +103,7 @@ _RECORDING_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
 _SAFE_NEXT: Final = re.compile(r"/(?![/\\])[A-Za-z0-9/_\-.~%?=&]*")
 _SWEEP_SECONDS: Final = 30.0
+_REQUEST_ID: Final = re.compile(r"req-[0-9a-f]{12}")
 
 
 def safe_next(value: object) -> str:
@@ -143,6 +150,7 @@ class Console:
         self.users = users if users is not None else open_users(store, rules=rules)
         self.vault = Vault(store, log, clock=clock)
         self.retention = Retention(self.vault, clock=clock)
+        self.subjects = SubjectRequests(store, self.vault, log, clock=clock)
         self.auth = Authenticator(
             self.users, log, store.keyring.pseudonym_key(), clock=clock, throttle=throttle
         )
@@ -190,6 +198,9 @@ class Console:
             Route("/connections", page(self.connection_log)),
             Route("/holds", page(self.holds), methods=["GET", "POST"]),
             Route("/holds/{hold_id}/release", page(self.release_hold), methods=["POST"]),
+            Route("/requests", page(self.subject_requests), methods=["GET", "POST"]),
+            Route("/requests/{request_id}/verify", page(self.verify_request), methods=["POST"]),
+            Route("/requests/{request_id}/answer", page(self.answer_request), methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
@@ -720,6 +731,135 @@ class Console:
         except InvalidArgument:
             return self._error(request, 404, "There is no such hold.", session, user)
         return self._see("/holds")
+
+    # -- the data-subject desk
+
+    async def subject_requests(self, request: Request, session: Session, user: User) -> Response:
+        """The data-subject requests, and a form to receive one (kind, caller number: the
+        library keeps only its pseudonym)."""
+        await run_in_threadpool(authorize, self.vault, user, "subject_requests")
+        if request.method == "GET":
+            return await self._requests_page(request, session, user)
+        fields = await self._form(request, session)
+        if fields is None:
+            return self._stale_form(request)
+        kind = fields.get("kind", "")
+        phone = fields.get("phone", "").strip()
+        if kind not in ("export", "erase"):
+            error = "Choose the kind of request: access (export) or erasure."
+        elif not phone:
+            error = "Give the caller's number."
+        else:
+            try:
+                await run_in_threadpool(
+                    lambda: self.subjects.receive(kind, phone, principal=user.principal)  # type: ignore[arg-type]
+                )
+            except InvalidArgument as exc:
+                error = str(exc)
+            else:
+                return self._see("/requests")
+        return await self._requests_page(request, session, user, error, {"kind": kind})
+
+    async def verify_request(self, request: Request, session: Session, user: User) -> Response:
+        """Record how the requester's identity was verified (a method and a short note, never
+        a copy of a document)."""
+        await run_in_threadpool(authorize, self.vault, user, "subject_requests")
+        request_id = request.path_params["request_id"]
+        fields = await self._form(request, session)
+        if fields is None:
+            return self._stale_form(request)
+        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+            return self._error(request, 404, "There is no such request.", session, user)
+        try:
+            check = IdentityCheck(fields.get("method", ""), fields.get("note", ""))  # type: ignore[arg-type]
+            await run_in_threadpool(
+                lambda: self.subjects.verify_identity(request_id, check, principal=user.principal)
+            )
+        except InvalidArgument as exc:
+            return await self._requests_page(request, session, user, str(exc))
+        return self._see("/requests")
+
+    async def answer_request(self, request: Request, session: Session, user: User) -> Response:
+        """Answer a request whose requester's identity is verified: an access request with its
+        ZIP as a download (built in memory), an erasure by erasing (or deferring, under a
+        hold). The caller's number is asked again: the library keeps only its pseudonym, and
+        checks that the number is the request's."""
+        await run_in_threadpool(authorize, self.vault, user, "subject_requests")
+        request_id = request.path_params["request_id"]
+        fields = await self._form(request, session)
+        if fields is None:
+            return self._stale_form(request)
+        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+            return self._error(request, 404, "There is no such request.", session, user)
+
+        def find() -> Any:
+            return next((r for r in self.subjects.requests() if r.request_id == request_id), None)
+
+        found = await run_in_threadpool(find)
+        if found is None:
+            return self._error(request, 404, "There is no such request.", session, user)
+        phone = fields.get("phone", "").strip()
+        try:
+            if found.status == "done":
+                raise InvalidArgument(f"request {request_id} was answered already.")
+            if not phone:
+                raise InvalidArgument("Give the caller's number again to answer the request.")
+            if found.kind == "export":
+                data = await run_in_threadpool(
+                    lambda: self.subjects.subject_export_bytes(
+                        phone, principal=user.principal, request=found
+                    )
+                )
+                return Response(
+                    data,
+                    200,
+                    headers={
+                        "Content-Disposition": f'attachment; filename="{request_id}.zip"',
+                        "Cache-Control": "no-store",
+                    },
+                    media_type="application/zip",
+                )
+            await run_in_threadpool(
+                lambda: self.subjects.subject_erase(phone, principal=user.principal, request=found)
+            )
+        except InvalidArgument as exc:
+            return await self._requests_page(request, session, user, str(exc))
+        except InvalidRecording:
+            return self._error(
+                request,
+                500,
+                "A recording of this caller is damaged: nothing was exported (logged).",
+                session,
+                user,
+            )
+        return self._see("/requests")
+
+    async def _requests_page(
+        self,
+        request: Request,
+        session: Session,
+        user: User,
+        error: str | None = None,
+        fields: Mapping[str, str] | None = None,
+    ) -> Response:
+        def read() -> list[tuple[Any, int]]:
+            today = self.clock.now().date()
+            found = self.subjects.requests()
+            rows = [(r, (from_micros(r.deadline).date() - today).days) for r in found]
+            return sorted(rows, key=lambda x: x[0].received_at, reverse=True)
+
+        rows = await run_in_threadpool(read)
+        return self.render(
+            request,
+            "requests.html",
+            400 if error else 200,
+            session,
+            user,
+            requests=rows,
+            methods=IDENTITY_METHODS,
+            error=error,
+            fields=fields or {},
+        )
 
 
 # -- helpers
