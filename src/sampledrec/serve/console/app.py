@@ -26,6 +26,10 @@ Pages (all GET unless said):
 ``/holds`` (GET, POST), ``/holds/{id}/release`` (POST)
     the legal holds (``hold``): list them, place one on recordings, release one
     (:class:`sampledrec.retention.Retention`, which checks and logs each change).
+``/usage``
+    page views per day and per role (``read_log`` or ``manage_users``): every HTML page a
+    signed-in account GETs is counted under each of its roles, never by account or address
+    (:class:`sampledrec.accounts.Usage`, kept in memory and in the store's ``usage.json``).
 ``/static/...``
     the stylesheet, from the package.
 """
@@ -57,6 +61,7 @@ from ...accounts import (
     SessionStore,
     Stage,
     Throttle,
+    Usage,
     User,
     UserDirectory,
     authorize,
@@ -142,6 +147,7 @@ class Console:
         rules = PasswordRules(settings.password_min_length, max_age)
         self.users = users if users is not None else open_users(store, rules=rules)
         self.vault = Vault(store, log, clock=clock)
+        self.usage = Usage(store.usage_path)
         self.retention = Retention(self.vault, clock=clock)
         self.auth = Authenticator(
             self.users, log, store.keyring.pseudonym_key(), clock=clock, throttle=throttle
@@ -190,6 +196,7 @@ class Console:
             Route("/connections", page(self.connection_log)),
             Route("/holds", page(self.holds), methods=["GET", "POST"]),
             Route("/holds/{hold_id}/release", page(self.release_hold), methods=["POST"]),
+            Route("/usage", page(self.usage_page)),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
@@ -326,28 +333,41 @@ class Console:
                 return RedirectResponse(
                     "/sign-in?next=" + _quote(safe_next(target)), status_code=303
                 )
-            try:
-                return await handler(request, session, user)
-            except AccessDenied:
-                return self._error(
-                    request,
-                    403,
-                    "Your roles do not allow this. The attempt has been logged.",
-                    session,
-                    user,
-                )
-            except RecordingNotFound:
-                return self._error(request, 404, "There is no such recording.", session, user)
-            except RecordingExpired:
-                return self._error(
-                    request,
-                    410,
-                    "This recording has expired: it can no longer be read.",
-                    session,
-                    user,
-                )
+            response = await self._answer(handler, request, session, user)
+            if request.method == "GET" and response.media_type == "text/html":
+                await run_in_threadpool(self.usage.count, user.roles, self.clock.now())
+            return response
 
         return endpoint
+
+    async def _answer(
+        self,
+        handler: Callable[[Request, Session, User], Awaitable[Response]],
+        request: Request,
+        session: Session,
+        user: User,
+    ) -> Response:
+        """The handler's answer, or the error page of what it raised."""
+        try:
+            return await handler(request, session, user)
+        except AccessDenied:
+            return self._error(
+                request,
+                403,
+                "Your roles do not allow this. The attempt has been logged.",
+                session,
+                user,
+            )
+        except RecordingNotFound:
+            return self._error(request, 404, "There is no such recording.", session, user)
+        except RecordingExpired:
+            return self._error(
+                request,
+                410,
+                "This recording has expired: it can no longer be read.",
+                session,
+                user,
+            )
 
     # -- sign-in
 
@@ -720,6 +740,12 @@ class Console:
         except InvalidArgument:
             return self._error(request, 404, "There is no such hold.", session, user)
         return self._see("/holds")
+
+    async def usage_page(self, request: Request, session: Session, user: User) -> Response:
+        """Page views per day and per role (no account, no address: there are none to show)."""
+        await run_in_threadpool(authorize, self.vault, user, ("read_log", "manage_users"))
+        rows = await run_in_threadpool(self.usage.table)
+        return self.render(request, "usage.html", session=session, user=user, rows=rows)
 
 
 # -- helpers
