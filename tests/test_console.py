@@ -755,6 +755,38 @@ def test_roles_without_read_log_or_manage_users_are_refused_the_usage_page(
     assert (last["action"], last["outcome"], last["principal"]) == ("read_log", "denied", name)
 
 
+# -- the audit page ------------------------------------------------------------------------------
+
+
+def test_an_auditor_sees_the_logs_counts_and_checkpoints_and_no_audio(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "aldo")
+    home = client.get("/")
+    assert 'href="/audit"' in home.text
+    world.log.checkpoint()
+    page = client.get("/audit")
+    assert page.status_code == 200
+    assert re.search(r"<tr><th>Checkpoints</th><td>[1-9]\d*</td></tr>", page.text)
+    assert re.search(r"<tr><td>access</td><td>[1-9]\d*</td></tr>", page.text)
+    assert "<tr><td>sign_in</td><td>success</td><td>1</td></tr>" in page.text
+    assert "audio" not in page.headers["content-type"]
+    assert "<audio" not in page.text
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == ("verify", "granted", "aldo")
+
+
+@pytest.mark.parametrize("name", ["rita", "sam", "ada"])
+def test_roles_without_verify_are_refused_the_audit_page_and_it_is_logged(
+    world: World, name: str
+) -> None:
+    client = world.client()
+    sign_in(world, client, name)
+    assert 'href="/audit"' not in client.get("/").text
+    assert client.get("/audit").status_code == 403
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == ("verify", "denied", name)
+
+
 # -- headers and assets --------------------------------------------------------------------------
 
 

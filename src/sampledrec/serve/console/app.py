@@ -30,6 +30,10 @@ Pages (all GET unless said):
     page views per day and per role (``read_log`` or ``manage_users``): every HTML page a
     signed-in account GETs is counted under each of its roles, never by account or address
     (:class:`sampledrec.accounts.Usage`, kept in memory and in the store's ``usage.json``).
+``/audit``
+    the auditor's view of the log (``verify``): its size, its checkpoints and the latest one,
+    its entries by type and the accesses by action and outcome; never audio. (The full
+    ``sampledrec audit verify`` stays with the CLI: the audit package is the CLI's.)
 ``/static/...``
     the stylesheet, from the package.
 """
@@ -81,7 +85,9 @@ from ...errors import (
     SignInThrottled,
     WeakPassword,
 )
+from ...log.checkpoint import Checkpoint
 from ...log.format import from_micros
+from ...log.segments import split_records
 from ...log.writer import DecisionLog, iter_entries
 from ...retention.sweep import Retention
 from ...store import Store
@@ -197,6 +203,7 @@ class Console:
             Route("/holds", page(self.holds), methods=["GET", "POST"]),
             Route("/holds/{hold_id}/release", page(self.release_hold), methods=["POST"]),
             Route("/usage", page(self.usage_page)),
+            Route("/audit", page(self.audit_page)),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
@@ -746,6 +753,33 @@ class Console:
         await run_in_threadpool(authorize, self.vault, user, ("read_log", "manage_users"))
         rows = await run_in_threadpool(self.usage.table)
         return self.render(request, "usage.html", session=session, user=user, rows=rows)
+
+    async def audit_page(self, request: Request, session: Session, user: User) -> Response:
+        """What an auditor checks of the log without hearing a call: counts and checkpoints
+        (entries read without the keyring: no personal field is opened)."""
+        await run_in_threadpool(authorize, self.vault, user, "verify")
+
+        def read() -> dict[str, Any]:
+            self.log.flush()
+            storage = self.store.log_storage
+            notes, _ = split_records(storage.read_checkpoints())
+            types: dict[str, int] = {}
+            accesses: dict[tuple[str, str], int] = {}
+            for entry in iter_entries(storage):
+                types[entry.type_name] = types.get(entry.type_name, 0) + 1
+                if entry.type_name == "access":
+                    key = (str(entry.fields.get("action")), str(entry.fields.get("outcome")))
+                    accesses[key] = accesses.get(key, 0) + 1
+            return {
+                "size": storage.size(),
+                "checkpoints": len(notes),
+                "latest": Checkpoint.parse(notes[-1]) if notes else None,
+                "types": sorted(types.items()),
+                "accesses": sorted(accesses.items()),
+            }
+
+        summary = await run_in_threadpool(read)
+        return self.render(request, "audit.html", session=session, user=user, **summary)
 
 
 # -- helpers
