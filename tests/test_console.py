@@ -17,6 +17,7 @@ from sampledrec.accounts import (
     CONNECTION_ACTIONS,
     PasswordRules,
     Throttle,
+    Usage,
     check_strength,
 )
 from sampledrec.errors import WeakPassword
@@ -29,6 +30,7 @@ from .console_fixtures import (
     NEW_PASSWORD,
     PASSWORD,
     PCM,
+    ROLES,
     World,
     csrf_of,
     make_world,
@@ -688,6 +690,107 @@ def test_the_dpo_and_the_admin_read_the_connection_log_others_do_not(world: Worl
         if status == 200:
             assert "wrong password" in r.text
             assert "<td>rita</td>" in r.text
+
+
+# -- the usage page ------------------------------------------------------------------------------
+
+
+def test_page_views_are_counted_per_role_and_per_day(world: World) -> None:
+    world.console.sessions.idle = world.console.sessions.max_age = 1e9
+    dora, ada, rita = world.client(), world.client(), world.client()
+    for client, name in ((dora, "dora"), (ada, "ada"), (rita, "rita")):
+        sign_in(world, client, name)
+    for path in ("/", "/", "/recordings"):
+        assert dora.get(path).status_code == 200
+    assert ada.get("/").status_code == 200
+    # Audio, forms and sign-in steps are not page views; a refused page is one.
+    assert rita.get(f"/recordings/{world.recordings['sales']}/audio.wav").status_code == 200
+    assert rita.post("/holds", data={"csrf": "forged"}).status_code == 403
+    assert rita.get("/usage").status_code == 403
+    world.clock.advance(days=1)
+    assert dora.get("/").status_code == 200
+    page = dora.get("/usage")
+    assert page.status_code == 200
+    assert world.console.usage.table() == [
+        ("2030-03-05", "dpo", 2),
+        ("2030-03-04", "admin", 1),
+        ("2030-03-04", "dpo", 3),
+        ("2030-03-04", "qa_reviewer", 1),
+    ]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>(\d+)</td></tr>", page.text)
+    assert rows == [
+        ("2030-03-05", "dpo", "1"),
+        ("2030-03-04", "admin", "1"),
+        ("2030-03-04", "dpo", "3"),
+        ("2030-03-04", "qa_reviewer", "1"),
+    ]
+    # The counts outlive the console: they are in the store's file.
+    assert Usage(world.store.usage_path).table() == world.console.usage.table()
+
+
+def test_usage_keeps_and_shows_no_account_name_or_address(world: World) -> None:
+    for name in ("dora", "rita", "aldo"):
+        client = world.client()
+        sign_in(world, client, name)
+        client.get("/")
+    client = world.client()
+    sign_in(world, client, "ada")
+    page = client.get("/usage")
+    assert page.status_code == 200
+    table = page.text[page.text.index('<table id="usage">') : page.text.index("</table>")]
+    stored = world.store.usage_path.read_text()
+    assert json.loads(stored)["views"] == {  # the usage page itself counts, once shown
+        "2030-03-04": {"admin": 1, "auditor": 1, "dpo": 1, "qa_reviewer": 1}
+    }
+    address = world.console.auth.pseudonym("testclient")
+    for text in (table, stored):
+        for secret in (*ROLES, "testclient", address):
+            assert secret not in text
+
+
+@pytest.mark.parametrize("name", ["rita", "sam"])
+def test_roles_without_read_log_or_manage_users_are_refused_the_usage_page(
+    world: World, name: str
+) -> None:
+    client = world.client()
+    sign_in(world, client, name)
+    home = client.get("/")
+    assert 'href="/usage"' not in home.text
+    assert client.get("/usage").status_code == 403
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == ("read_log", "denied", name)
+
+
+# -- the audit page ------------------------------------------------------------------------------
+
+
+def test_an_auditor_sees_the_logs_counts_and_checkpoints_and_no_audio(world: World) -> None:
+    client = world.client()
+    sign_in(world, client, "aldo")
+    home = client.get("/")
+    assert 'href="/audit"' in home.text
+    world.log.checkpoint()
+    page = client.get("/audit")
+    assert page.status_code == 200
+    assert re.search(r"<tr><th>Checkpoints</th><td>[1-9]\d*</td></tr>", page.text)
+    assert re.search(r"<tr><td>access</td><td>[1-9]\d*</td></tr>", page.text)
+    assert "<tr><td>sign_in</td><td>success</td><td>1</td></tr>" in page.text
+    assert "audio" not in page.headers["content-type"]
+    assert "<audio" not in page.text
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == ("verify", "granted", "aldo")
+
+
+@pytest.mark.parametrize("name", ["rita", "sam", "ada"])
+def test_roles_without_verify_are_refused_the_audit_page_and_it_is_logged(
+    world: World, name: str
+) -> None:
+    client = world.client()
+    sign_in(world, client, name)
+    assert 'href="/audit"' not in client.get("/").text
+    assert client.get("/audit").status_code == 403
+    last = world.accesses()[-1]
+    assert (last["action"], last["outcome"], last["principal"]) == ("verify", "denied", name)
 
 
 # -- headers and assets --------------------------------------------------------------------------

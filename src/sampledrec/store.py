@@ -30,6 +30,7 @@ recordings, with no server.
                         day (sampledrec.witness.client), when store.json names witnesses
       users.sqlite      the web console's accounts (sampledrec.accounts): roles, argon2id
                         password hashes, sealed TOTP secrets, hashed recovery codes
+      usage.json        the console's page views per day and per role (sampledrec.accounts.usage)
       lock              the store's lock file (fcntl), outside every covered folder
 
 ``store.json``'s ``witnesses`` (optional) names the witnesses that cosign the log's checkpoints
@@ -231,6 +232,12 @@ class Store:
     def users_path(self) -> Path:
         """The web console's accounts (:mod:`sampledrec.accounts`; 0600, created on first use)."""
         return self.path / "users.sqlite"
+
+    @property
+    def usage_path(self) -> Path:
+        """The console's page views per day and per role (:mod:`sampledrec.accounts.usage`;
+        0600, created at the first view)."""
+        return self.path / "usage.json"
 
     # -- the storage backends (store.json "backends") ------------------------------------------
 

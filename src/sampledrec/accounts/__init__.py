@@ -7,11 +7,12 @@ logs the outcome). Passwords are argon2id hashes checked for a minimum strength 
 :mod:`.users`); sign-in is throttled by growing delays per account and per address
 (:mod:`.throttle`) and every step is logged with its outcome (:mod:`.connections`), the
 address as a keyed pseudonym. Sessions rotate their id at each sign-in step and time out when
-idle (:mod:`.sessions`). Nothing here knows HTTP: the console's pages are
+idle (:mod:`.sessions`). Page views are counted per day and per role only
+(:mod:`.usage`). Nothing here knows HTTP: the console's pages are
 :mod:`sampledrec.serve.console`.
 
 Layout: ``admin`` and ``signin`` over ``users``, ``connections``, ``sessions``, ``throttle``,
-``totp`` and ``passwords``.
+``totp``, ``passwords`` and ``usage``.
 """
 
 from .admin import Accounts, authorize, permitted
@@ -20,6 +21,7 @@ from .passwords import PasswordRules, check_strength
 from .sessions import Session, SessionStore, Stage
 from .signin import Authenticator, PasswordChecked
 from .throttle import Throttle
+from .usage import Usage
 from .users import User, UserDirectory, open_users
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "SessionStore",
     "Stage",
     "Throttle",
+    "Usage",
     "User",
     "UserDirectory",
     "address_pseudonym",

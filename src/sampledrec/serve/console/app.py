@@ -31,6 +31,14 @@ Pages (all GET unless said):
     the requester's identity was verified, answer it (an access request's ZIP as a download
     built in memory, or the erasure) through :class:`sampledrec.retention.SubjectRequests`,
     which checks and logs each step.
+``/usage``
+    page views per day and per role (``read_log`` or ``manage_users``): every HTML page a
+    signed-in account GETs is counted under each of its roles, never by account or address
+    (:class:`sampledrec.accounts.Usage`, kept in memory and in the store's ``usage.json``).
+``/audit``
+    the auditor's view of the log (``verify``): its size, its checkpoints and the latest one,
+    its entries by type and the accesses by action and outcome; never audio. (The full
+    ``sampledrec audit verify`` stays with the CLI: the audit package is the CLI's.)
 ``/static/...``
     the stylesheet, from the package.
 """
@@ -62,6 +70,7 @@ from ...accounts import (
     SessionStore,
     Stage,
     Throttle,
+    Usage,
     User,
     UserDirectory,
     authorize,
@@ -81,7 +90,9 @@ from ...errors import (
     SignInThrottled,
     WeakPassword,
 )
+from ...log.checkpoint import Checkpoint
 from ...log.format import from_micros
+from ...log.segments import split_records
 from ...log.writer import DecisionLog, iter_entries
 from ...retention.subjects import IDENTITY_METHODS, IdentityCheck, SubjectRequests
 from ...retention.sweep import Retention
@@ -149,6 +160,7 @@ class Console:
         rules = PasswordRules(settings.password_min_length, max_age)
         self.users = users if users is not None else open_users(store, rules=rules)
         self.vault = Vault(store, log, clock=clock)
+        self.usage = Usage(store.usage_path)
         self.retention = Retention(self.vault, clock=clock)
         self.subjects = SubjectRequests(store, self.vault, log, clock=clock)
         self.auth = Authenticator(
@@ -201,6 +213,8 @@ class Console:
             Route("/requests", page(self.subject_requests), methods=["GET", "POST"]),
             Route("/requests/{request_id}/verify", page(self.verify_request), methods=["POST"]),
             Route("/requests/{request_id}/answer", page(self.answer_request), methods=["POST"]),
+            Route("/usage", page(self.usage_page)),
+            Route("/audit", page(self.audit_page)),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
@@ -337,28 +351,41 @@ class Console:
                 return RedirectResponse(
                     "/sign-in?next=" + _quote(safe_next(target)), status_code=303
                 )
-            try:
-                return await handler(request, session, user)
-            except AccessDenied:
-                return self._error(
-                    request,
-                    403,
-                    "Your roles do not allow this. The attempt has been logged.",
-                    session,
-                    user,
-                )
-            except RecordingNotFound:
-                return self._error(request, 404, "There is no such recording.", session, user)
-            except RecordingExpired:
-                return self._error(
-                    request,
-                    410,
-                    "This recording has expired: it can no longer be read.",
-                    session,
-                    user,
-                )
+            response = await self._answer(handler, request, session, user)
+            if request.method == "GET" and response.media_type == "text/html":
+                await run_in_threadpool(self.usage.count, user.roles, self.clock.now())
+            return response
 
         return endpoint
+
+    async def _answer(
+        self,
+        handler: Callable[[Request, Session, User], Awaitable[Response]],
+        request: Request,
+        session: Session,
+        user: User,
+    ) -> Response:
+        """The handler's answer, or the error page of what it raised."""
+        try:
+            return await handler(request, session, user)
+        except AccessDenied:
+            return self._error(
+                request,
+                403,
+                "Your roles do not allow this. The attempt has been logged.",
+                session,
+                user,
+            )
+        except RecordingNotFound:
+            return self._error(request, 404, "There is no such recording.", session, user)
+        except RecordingExpired:
+            return self._error(
+                request,
+                410,
+                "This recording has expired: it can no longer be read.",
+                session,
+                user,
+            )
 
     # -- sign-in
 
@@ -860,6 +887,39 @@ class Console:
             error=error,
             fields=fields or {},
         )
+
+    async def usage_page(self, request: Request, session: Session, user: User) -> Response:
+        """Page views per day and per role (no account, no address: there are none to show)."""
+        await run_in_threadpool(authorize, self.vault, user, ("read_log", "manage_users"))
+        rows = await run_in_threadpool(self.usage.table)
+        return self.render(request, "usage.html", session=session, user=user, rows=rows)
+
+    async def audit_page(self, request: Request, session: Session, user: User) -> Response:
+        """What an auditor checks of the log without hearing a call: counts and checkpoints
+        (entries read without the keyring: no personal field is opened)."""
+        await run_in_threadpool(authorize, self.vault, user, "verify")
+
+        def read() -> dict[str, Any]:
+            self.log.flush()
+            storage = self.store.log_storage
+            notes, _ = split_records(storage.read_checkpoints())
+            types: dict[str, int] = {}
+            accesses: dict[tuple[str, str], int] = {}
+            for entry in iter_entries(storage):
+                types[entry.type_name] = types.get(entry.type_name, 0) + 1
+                if entry.type_name == "access":
+                    key = (str(entry.fields.get("action")), str(entry.fields.get("outcome")))
+                    accesses[key] = accesses.get(key, 0) + 1
+            return {
+                "size": storage.size(),
+                "checkpoints": len(notes),
+                "latest": Checkpoint.parse(notes[-1]) if notes else None,
+                "types": sorted(types.items()),
+                "accesses": sorted(accesses.items()),
+            }
+
+        summary = await run_in_threadpool(read)
+        return self.render(request, "audit.html", session=session, user=user, **summary)
 
 
 # -- helpers
