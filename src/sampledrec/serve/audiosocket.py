@@ -41,7 +41,7 @@ from ..ingest.audiosocket import (
 )
 from ..vault.audio import AudioFormat
 from ..vault.recorder import Vault
-from .doors import Door, DoorKind, Listen, Ready, Services
+from .doors import Door, DoorKind, Listen, Ready, Services, check_section
 from .events import event
 from .media import StreamRecording, acquire_vault, open_stream, refuse, release_vault
 
@@ -96,15 +96,7 @@ class AudioSocketConfig:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any], base: Path) -> AudioSocketConfig:
-        unknown = sorted(set(section) - set(_KEYS))
-        if unknown:
-            raise InvalidArgument(
-                f"[audiosocket] has no setting {unknown[0]!r}; the settings are " + ", ".join(_KEYS)
-            )
-        if "listen" not in section:
-            raise InvalidArgument(
-                '[audiosocket] needs listen = "HOST:PORT" (or --audiosocket HOST:PORT)'
-            )
+        check_section("audiosocket", section, _KEYS)
         allow = section.get("allow", [])
         if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
             raise InvalidArgument('[audiosocket] allow must be a list such as ["10.0.0.0/8"]')

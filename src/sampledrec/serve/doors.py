@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable, Coroutine, Mapping
+import ssl
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeAlias, TypeVar
@@ -30,7 +31,16 @@ from .decisions import Decider
 from .metrics import Metrics
 from .recordings import OpenRecordings
 
-__all__ = ["Door", "DoorKind", "Listen", "Ready", "Services"]
+__all__ = [
+    "Door",
+    "DoorKind",
+    "Listen",
+    "Ready",
+    "Services",
+    "check_section",
+    "section_path",
+    "server_ssl",
+]
 
 Ready: TypeAlias = Callable[[str], None]
 """What a door calls with its address (``"http://127.0.0.1:8480"``) once it is listening."""
@@ -71,6 +81,56 @@ class DoorKind(Generic[C]):
     help: str
     parse: Callable[[Mapping[str, Any], Path], C]
     door: Callable[[C], Door]
+
+
+def check_section(name: str, section: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """A door's ``[name]`` section names only its settings ``keys``, and ``listen``."""
+    unknown = sorted(set(section) - set(keys))
+    if unknown:
+        raise InvalidArgument(
+            f"[{name}] has no setting {unknown[0]!r}; the settings are {', '.join(keys)}"
+        )
+    if "listen" not in section:
+        raise InvalidArgument(f'[{name}] needs listen = "HOST:PORT" (or --{name} HOST:PORT)')
+
+
+def section_path(name: str, section: Mapping[str, Any], key: str, base: Path) -> Path | None:
+    """The file that setting ``key`` of ``[name]`` names, relative to ``base`` (the config
+    file's folder); ``None`` when the setting is not there."""
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str | Path) or not str(value):
+        raise InvalidArgument(f"[{name}] {key} must be a file name")
+    return base / Path(value)
+
+
+def server_ssl(
+    cert: Path, key: Path, client_ca: Path | None = None, *, named: str | None = None
+) -> ssl.SSLContext:
+    """A door's server side of TLS: TLS 1.2 or later, the PEM certificate chain and its key,
+    and with ``client_ca`` client certificates required (mutual TLS). A file that cannot be
+    loaded is an :class:`~sampledrec.errors.InvalidArgument` naming the settings as ``named``
+    says (default: the ``--tls-cert`` and ``--tls-key`` options)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(
+            f"{named or f'--tls-cert {cert} / --tls-key {key}'} cannot be loaded ({exc}); give "
+            "a PEM certificate chain and the private key that goes with it (not encrypted)"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgument(
+                f"--tls-client-ca {client_ca} cannot be loaded ({exc}); give the PEM "
+                "certificate(s) of the CA that signs the clients' certificates"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 @dataclass(frozen=True)

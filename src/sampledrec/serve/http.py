@@ -41,7 +41,16 @@ from aiohttp import web
 from .._version import __version__
 from ..errors import InvalidArgument, NoOpenRecording, SampledrecError, ServerStopping, StoreError
 from .decisions import parse_decision_request
-from .doors import Door, DoorKind, Listen, Ready, Services
+from .doors import (
+    Door,
+    DoorKind,
+    Listen,
+    Ready,
+    Services,
+    check_section,
+    section_path,
+    server_ssl,
+)
 from .events import event
 from .metrics import CONTENT_TYPE
 
@@ -133,21 +142,10 @@ class HttpConfig:
     @classmethod
     def from_section(cls, section: Mapping[str, Any], base: Path) -> HttpConfig:
         """The ``[http]`` section of a config file (paths relative to ``base``)."""
-        unknown = sorted(set(section) - set(_KEYS))
-        if unknown:
-            raise InvalidArgument(
-                f"[http] has no setting {unknown[0]!r}; the settings are {', '.join(_KEYS)}"
-            )
-        if "listen" not in section:
-            raise InvalidArgument('[http] needs listen = "HOST:PORT" (or --http HOST:PORT)')
+        check_section("http", section, _KEYS)
 
         def path(key: str) -> Path | None:
-            value = section.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, str | Path) or not str(value):
-                raise InvalidArgument(f"[http] {key} must be a file name")
-            return base / Path(value)
+            return section_path("http", section, key, base)
 
         insecure = section.get("insecure_no_auth", False)
         if not isinstance(insecure, bool):
@@ -177,28 +175,6 @@ def read_token(path: Path) -> bytes:
             "(letters, digits and -._~+/); make one with: openssl rand -hex 32"
         )
     return token
-
-
-def server_ssl(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidArgument(
-            f"--tls-cert {cert} / --tls-key {key} cannot be loaded ({exc}); give a PEM "
-            "certificate chain and its private key"
-        ) from None
-    if client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=client_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise InvalidArgument(
-                f"--tls-client-ca {client_ca} cannot be loaded ({exc}); give the PEM "
-                "certificate(s) of the CA that signs the clients' certificates"
-            ) from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 class _Problem(SampledrecError):

@@ -95,7 +95,7 @@ from ..sampling.objections import normalize_number
 from ..vault.audio import AudioFormat, alaw_to_pcm16, ulaw_to_pcm16
 from ..vault.recorder import Recorder, Vault
 from .decisions import DecisionRequest
-from .doors import Door, DoorKind, Listen, Ready, Services
+from .doors import Door, DoorKind, Listen, Ready, Services, check_section, section_path, server_ssl
 from .events import event
 from .metrics import Metrics
 
@@ -253,13 +253,7 @@ class SiprecConfig:
     @classmethod
     def from_section(cls, section: Mapping[str, Any], base: Path) -> SiprecConfig:
         """The ``[siprec]`` section of a config file."""
-        unknown = sorted(set(section) - set(_KEYS))
-        if unknown:
-            raise InvalidArgument(
-                f"[siprec] has no setting {unknown[0]!r}; the settings are {', '.join(_KEYS)}"
-            )
-        if "listen" not in section:
-            raise InvalidArgument('[siprec] needs listen = "HOST:PORT" (or --siprec HOST:PORT)')
+        check_section("siprec", section, _KEYS)
         kw: dict[str, Any] = {}
         if "transports" in section:
             value = section["transports"]
@@ -267,11 +261,8 @@ class SiprecConfig:
                 raise InvalidArgument('[siprec] transports must be a list such as ["udp", "tcp"]')
             kw["transports"] = tuple(value)
         for key in ("tls_cert", "tls_key"):
-            if section.get(key) is not None:
-                value = section[key]
-                if not isinstance(value, str | Path) or not str(value):
-                    raise InvalidArgument(f"[siprec] {key} must be a file name")
-                kw[key] = base / Path(value)
+            if (file := section_path("siprec", section, key, base)) is not None:
+                kw[key] = file
         if "tls_listen" in section:
             kw["tls_listen"] = Listen.parse(section["tls_listen"], "[siprec] tls_listen")
         if "rtp_address" in section:
@@ -315,16 +306,7 @@ def sip_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
                 f"[siprec] {what} {path}: {exc.strerror}; give a PEM file that the server's "
                 "user can read"
             ) from None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidArgument(
-            f"[siprec] tls_cert {cert} / tls_key {key} cannot be loaded ({exc}); give a PEM "
-            "certificate chain and the private key that goes with it (not encrypted)"
-        ) from None
-    return context
+    return server_ssl(cert, key, named=f"[siprec] tls_cert {cert} / tls_key {key}")
 
 
 def _lookup(source: str, offer: Offer) -> str | None:

@@ -69,9 +69,18 @@ from ..ingest.mediastreams import (
 )
 from ..vault.audio import AudioFormat
 from ..vault.recorder import Vault
-from .doors import Door, DoorKind, Listen, Ready, Services
+from .doors import (
+    Door,
+    DoorKind,
+    Listen,
+    Ready,
+    Services,
+    check_section,
+    section_path,
+    server_ssl,
+)
 from .events import event
-from .http import read_token, server_ssl
+from .http import read_token
 from .media import StreamRecording, acquire_vault, open_stream, release_vault
 
 __all__ = ["STREAMS", "StreamsConfig", "streams_door"]
@@ -160,21 +169,10 @@ class StreamsConfig:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any], base: Path) -> StreamsConfig:
-        unknown = sorted(set(section) - set(_KEYS))
-        if unknown:
-            raise InvalidArgument(
-                f"[streams] has no setting {unknown[0]!r}; the settings are " + ", ".join(_KEYS)
-            )
-        if "listen" not in section:
-            raise InvalidArgument('[streams] needs listen = "HOST:PORT" (or --streams HOST:PORT)')
+        check_section("streams", section, _KEYS)
 
         def path(key: str) -> Path | None:
-            value = section.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, str | Path) or not str(value):
-                raise InvalidArgument(f"[streams] {key} must be a file name")
-            return base / Path(value)
+            return section_path("streams", section, key, base)
 
         def whole(key: str, default: int) -> int:
             value = section.get(key, default)

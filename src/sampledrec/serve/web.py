@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import InvalidArgument
-from .doors import Door, DoorKind, Listen, Ready, Services
+from .doors import Door, DoorKind, Listen, Ready, Services, check_section, section_path
 from .events import event
 
 __all__ = ["WEB", "WebConfig", "web_door"]
@@ -90,21 +90,10 @@ class WebConfig:
     @classmethod
     def from_section(cls, section: Mapping[str, Any], base: Path) -> WebConfig:
         """The ``[web]`` section of a config file (paths relative to ``base``)."""
-        unknown = sorted(set(section) - set(_KEYS))
-        if unknown:
-            raise InvalidArgument(
-                f"[web] has no setting {unknown[0]!r}; the settings are {', '.join(_KEYS)}"
-            )
-        if "listen" not in section:
-            raise InvalidArgument('[web] needs listen = "HOST:PORT" (or --web HOST:PORT)')
+        check_section("web", section, _KEYS)
 
         def path(key: str) -> Path | None:
-            value = section.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, str | Path) or not str(value):
-                raise InvalidArgument(f"[web] {key} must be a file name")
-            return base / Path(value)
+            return section_path("web", section, key, base)
 
         numbers = {k: section[k] for k in _KEYS[3:] if k in section}
         return cls(
