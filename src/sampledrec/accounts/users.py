@@ -30,6 +30,7 @@ from argon2 import PasswordHasher
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._hazmat.sqlite import open_ledger_db
 from ..errors import InvalidArgument, StoreError
 from ..store import Store
 from ..vault.access import Principal
@@ -147,22 +148,11 @@ class UserDirectory:
         self.rules = rules or PasswordRules()
         self.hasher = hasher or PasswordHasher()
         self._key = secrets_key
-        if not self.path.exists():
-            try:
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise StoreError(f"cannot create the accounts file {self.path}: {exc}") from exc
+        self._db = open_ledger_db(self.path, what="the accounts file", synchronous="FULL")
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            self._db.close()
             raise StoreError(f"cannot open the accounts file {self.path}: {exc}") from exc
         self._lock = threading.Lock()
 

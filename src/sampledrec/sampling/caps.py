@@ -36,8 +36,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
+from .._hazmat.sqlite import open_ledger_db
 from ..errors import StoreError
-from ._ledgerfile import open_ledger_db
 
 __all__ = [
     "CapLedger",

@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, runtime_checkable
 
+from .._hazmat.sqlite import boot_id, open_ledger_db
 from ..errors import StoreError
-from ._ledgerfile import boot_id, open_ledger_db
 from .caps import KEEP_DAYS
 from .record import REASONS, Reason
 
@@ -220,7 +220,7 @@ class SqliteDecidedCalls:
     (``synchronous=NORMAL``): a committed entry survives the crash of any process, since it is
     in the operating system's cache, but not a crash of the machine. The log's entries, which
     are fsynced, could then outlive their index entries, and a retry be decided anew. So the
-    file records the boot in which it was last used (:func:`~sampledrec.sampling._ledgerfile.
+    file records the boot in which it was last used (:func:`~sampledrec._hazmat.sqlite.
     boot_id`): when it was written in an earlier boot, :attr:`unclean` is true, and
     :meth:`sampledrec.Store.sampler` re-reads the recent decisions from the log into it
     (:meth:`replay`) before anything is decided. Where the system does not tell its boot, every

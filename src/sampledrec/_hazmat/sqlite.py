@@ -1,6 +1,7 @@
-"""The SQLite files that a store's samplers share: the caps ledger and the decided-calls index.
+"""The store's SQLite files that several processes share: the caps ledger, the decided-calls
+index (sampledrec.sampling) and the console's accounts (sampledrec.accounts).
 
-Both are owner-only (0600, set back to 0600 if found otherwise), in WAL mode (so that readers
+Each is owner-only (0600, set back to 0600 if found otherwise), in WAL mode (so that readers
 never wait for the one writer), on a local filesystem (WAL needs shared memory between the
 processes of one host: a network share is refused), with ``secure_delete`` on (pruned rows do
 not linger in free pages). :func:`boot_id` tells whether the machine restarted since a file was
@@ -25,12 +26,13 @@ BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
 def open_ledger_db(
     path: Path, *, what: str, synchronous: Literal["FULL", "NORMAL"]
 ) -> sqlite3.Connection:
-    """Open (creating it owner-only) the SQLite file at ``path`` for one of the store's ledgers.
+    """Open (creating it owner-only) the SQLite file at ``path`` for one of the store's shared
+    files.
 
-    ``what`` names it in errors ("the caps ledger"). The connection is in autocommit mode
-    (``isolation_level=None``: transactions are explicit) and may be shared by threads under the
-    caller's lock. Raises :class:`StoreError` when the file cannot be opened or SQLite cannot
-    use its WAL journal there.
+    ``what`` names it in errors ("the caps ledger", "the accounts file"). The connection is in
+    autocommit mode (``isolation_level=None``: transactions are explicit) and may be shared by
+    threads under the caller's lock. Raises :class:`StoreError` when the file cannot be opened
+    or SQLite cannot use its WAL journal there.
     """
     if sqlite3.sqlite_version_info < (3, 24):
         raise StoreError(
