@@ -585,14 +585,16 @@ async def media_door_run(
     }
 
 
-def media_run(tmp: Path, streams: int, seconds: float) -> dict[str, dict[str, float]]:
-    """Every media door in turn on one server (module docstring); per door its figures."""
+def media_run(
+    tmp: Path, streams: int, seconds: float, doors: tuple[str, ...] = MEDIA_DOORS
+) -> dict[str, dict[str, float]]:
+    """The media ``doors`` in turn on one server (module docstring); per door its figures."""
     folder = tmp / "media"
     folder.mkdir()
     config = media_config(folder)
     runs: dict[str, dict[str, Any]] = {}
     with serve("--store", str(folder / "store"), "--config", str(config)) as served:
-        for door in MEDIA_DOORS:
+        for door in doors:
             runs[door] = asyncio.run(
                 media_door_run(door, served.addresses, served.proc.pid, streams, seconds)
             )
@@ -630,6 +632,11 @@ def main() -> int:
         "--media-seconds", type=float, help="audio per media stream (s; default 30, quick 10)"
     )
     parser.add_argument(
+        "--media-doors",
+        default=",".join(MEDIA_DOORS),
+        help=f"media doors to run, comma-separated (default: {','.join(MEDIA_DOORS)})",
+    )
+    parser.add_argument(
         "--parts",
         default="http,siprec,media",
         help="what to run, comma-separated: http, siprec, media (default: all)",
@@ -638,6 +645,9 @@ def main() -> int:
     parts = set(args.parts.split(","))
     if not parts or parts - {"http", "siprec", "media"}:
         parser.error(f"--parts {args.parts!r}: list some of http, siprec, media")
+    doors = tuple(args.media_doors.split(","))
+    if not doors or set(doors) - set(MEDIA_DOORS):
+        parser.error(f"--media-doors {args.media_doors!r}: list some of {', '.join(MEDIA_DOORS)}")
     quick = args.quick
     seconds = 4.0 if quick else 15.0
     calls = 2000 if quick else 10_000
@@ -668,7 +678,7 @@ def main() -> int:
         if "media" in parts:
             streams = args.media_streams or (100 if quick else 300)
             media_seconds = args.media_seconds or (10.0 if quick else 30.0)
-            media = media_run(tmp, streams, media_seconds)
+            media = media_run(tmp, streams, media_seconds, doors)
             for door, doc in media.items():
                 figures.update({f"{door}_{key}": value for key, value in doc.items()})
                 # Frames sent late arrive in bursts, which the server reads more cheaply: a

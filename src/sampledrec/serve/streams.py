@@ -294,17 +294,20 @@ class _Streams:
         ws = await self._socket(request)
         reader = MediaStreamReader(flavor=flavor)
         recording: StreamRecording | None = None
-        tracks: tuple[str, ...] = ()
+        channels: dict[str, int] = {}  # track name: channel
+        rate = 8000
         truncated = True
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
                     raise InvalidMediaStream("a media stream sends JSON text messages")
                 item = reader.feed(message.data)
-                if isinstance(item, MediaChunk):
+                if type(item) is MediaChunk:
                     if recording is not None:
-                        at = item.timestamp * recording.format.sample_rate // 1000
-                        await recording.put(tracks.index(item.track), item.payload, at=at)
+                        track, _, ms, audio = item
+                        ready = recording.add(channels[track], audio, at=ms * rate // 1000)
+                        if ready:
+                            await recording.write(ready)
                 elif isinstance(item, StreamStarted):
                     params = item.custom_parameters
                     token = self.config.token
@@ -313,14 +316,15 @@ class _Streams:
                         await ws.close(code=_POLICY, message=b"unauthorized")
                         break
                     ref = params.get(self.config.call_ref_parameter) or item.call_sid
-                    tracks = item.tracks
+                    channels = {track: n for n, track in enumerate(item.tracks)}
+                    rate = item.sample_rate
                     recording = await open_stream(
                         self.services,
                         self.vault,
                         ref,
                         door=_DOOR,
-                        audio_format=AudioFormat(item.encoding, item.sample_rate, len(tracks)),
-                        tracks=len(tracks),
+                        audio_format=AudioFormat(item.encoding, item.sample_rate, len(channels)),
+                        tracks=len(channels),
                     )
                     if recording is None:
                         await ws.close(code=_POLICY, message=b"not recorded")
