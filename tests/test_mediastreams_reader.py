@@ -145,3 +145,41 @@ def test_other_spellings_take_the_json_path() -> None:
         reader = MediaStreamReader()
         reader.feed(START)
         assert reader.feed(text) == MediaChunk("outbound", 1, 20, b"\x7f" * 160)
+
+
+def test_stream_sockets_are_read_in_batches_with_this_aiohttp() -> None:
+    """The media-stream door reads a stream's messages a tick at a time (serve/streams.py),
+    which needs aiohttp's message queue; an aiohttp that lays it out otherwise still works,
+    message by message, but this test then fails so that the change is seen."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from sampledrec.serve.streams import _Messages
+
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        messages = _Messages(ws, request)
+        seen["batched"] = messages.batched
+        seen["texts"] = [m.data async for m in messages]
+        return ws
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", handler)
+        async with TestServer(app) as server, aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/")) as ws:
+                for n in range(30):
+                    await ws.send_str(str(n))
+                    if n % 7 == 0:
+                        await asyncio.sleep(0.03)
+            await asyncio.sleep(0.3)  # the handler reads the rest, then the close
+
+    asyncio.run(main())
+    assert seen["batched"] is True
+    assert seen["texts"] == [str(n) for n in range(30)]
