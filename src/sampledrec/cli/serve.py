@@ -13,11 +13,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidArgument
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..serve import ServerConfig
 from ._common import EXIT_OK, Commands, add_command, open_store
 
 
@@ -113,6 +116,15 @@ def store_audit(store: Store, *, clock: Clock = SYSTEM_CLOCK) -> Callable[[], di
     return run
 
 
+def console_audit(config: ServerConfig, store: Store) -> None:
+    """Give ``config``'s web door, if it has one, the store's audit (:func:`store_audit`)."""
+    from ..serve import WebConfig, web_door
+
+    web = config.settings.get("web")
+    if isinstance(web, WebConfig):
+        config.doors["web"] = web_door(web, audit=store_audit(store))
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     try:
         from ..serve import Server, ServerConfig
@@ -156,12 +168,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         }
     config = ServerConfig.load(args.config, overrides=overrides)
     store = open_store(args.store)
-    web = config.settings.get("web")
-    if web is not None:
-        from ..serve import WebConfig, web_door
-
-        assert isinstance(web, WebConfig)
-        config.doors["web"] = web_door(web, audit=store_audit(store))
+    console_audit(config, store)
     handler = configure_logging(level=config.log_level)
     try:
         server = Server(

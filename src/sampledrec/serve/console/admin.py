@@ -183,17 +183,18 @@ class _PolicyPage:
         neither, or too large, or not UTF-8)."""
         form = await request.form()  # parsed once by the CSRF check; Starlette keeps it
         upload = form.get("file")
-        if isinstance(upload, UploadFile) and upload.filename:
-            try:
-                data = await upload.read(MAX_POLICY_BYTES + 1)
+        if isinstance(upload, UploadFile):
+            try:  # an empty file input is an upload without a name: closed all the same
+                data = await upload.read(MAX_POLICY_BYTES + 1) if upload.filename else b""
             finally:
                 await upload.close()
             if len(data) > MAX_POLICY_BYTES:
                 return None
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
+            if data:
+                try:
+                    return data.decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
         text = form.get("text")
         return text.replace("\r\n", "\n") if isinstance(text, str) and text.strip() else None
 
