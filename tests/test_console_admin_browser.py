@@ -1,7 +1,8 @@
-"""The admin's and the auditor's pages in a real browser (Playwright driving Debian's chromium),
-served by the web door as ``sampledrec serve`` wires it: the CLI hands the door the store's
-audit (sampledrec.cli.serve.console_audit). Skips without chromium, as tests/test_console_door.py
-does (and fails instead under CI or SAMPLEDREC_REQUIRE_CHROMIUM=1)."""
+"""The reviewer's notes, the admin's and the auditor's pages in a real browser (Playwright
+driving Debian's chromium), served by the web door as ``sampledrec serve`` wires it: the CLI
+hands the door the store's audit (sampledrec.cli.serve.console_audit). Skips without
+chromium, as tests/test_console_door.py does (and fails instead under CI or
+SAMPLEDREC_REQUIRE_CHROMIUM=1)."""
 
 from __future__ import annotations
 
@@ -80,14 +81,14 @@ def browser_sign_in(page: Any, url: str, name: str) -> None:
 NEW_POLICY = POLICY.replace('rate = "0"\npurpose = "quality"', 'rate = "0.02"\npurpose = "quality"')
 
 
-def test_in_a_browser_the_admin_adds_an_account_and_applies_a_policy_and_the_auditor_audits(
+def test_in_a_browser_notes_users_policy_and_the_audit_report(
     tmp_path: Path,
 ) -> None:
     exe = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
-    store, _ = recorded_store(tmp_path, seconds=1.0)
+    store, recordings = recorded_store(tmp_path, seconds=1.0)
     cert, key = self_signed(tmp_path)
-    for name, role in (("ada", "admin"), ("aldo", "auditor")):
+    for name, role in (("ada", "admin"), ("aldo", "auditor"), ("rita", "qa_reviewer")):
         code, out = users_cli(store, "add", name, "--role", role, password=PASSWORD)
         assert code == 0, out
     config = ServerConfig.load(
@@ -99,7 +100,7 @@ def test_in_a_browser_the_admin_adds_an_account_and_applies_a_policy_and_the_aud
     with serving(store, config) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
-            for who in ("ada", "aldo"):
+            for who in ("rita", "ada", "aldo"):
                 context = browser.new_context(ignore_https_errors=True)
                 page = context.new_page()
                 page.on(
@@ -108,7 +109,16 @@ def test_in_a_browser_the_admin_adds_an_account_and_applies_a_policy_and_the_aud
                 )
                 page.on("pageerror", lambda e: problems.append(str(e)))
                 browser_sign_in(page, url, who)
-                if who == "ada":
+                if who == "rita":
+                    page.goto(f"{url}/recordings/{recordings['sales']}")
+                    page.click("#notes-link")
+                    page.fill("#note-text", "Greeting too quick; <script>alert(1)</script>")
+                    page.click("#add-note")
+                    page.wait_for_selector("#notes .note-text")
+                    shown = page.text_content("#notes .note-text") or ""
+                    assert shown == "Greeting too quick; <script>alert(1)</script>"
+                    shots.append(page.screenshot(full_page=True))
+                elif who == "ada":
                     page.click("nav >> text=Users")
                     page.fill("#new-name", "maria")
                     page.check("#add input[value=dpo]")
@@ -146,3 +156,4 @@ def test_in_a_browser_the_admin_adds_an_account_and_applies_a_policy_and_the_aud
     entries = [e.fields for e in iter_entries(store.log_storage, store.keyring)]
     assert any(f.get("action") == "account_change" and f.get("principal") == "ada" for f in entries)
     assert any(f.get("action") == "verify" and f.get("principal") == "aldo" for f in entries)
+    assert any(f.get("action") == "review_note" and f.get("principal") == "rita" for f in entries)
