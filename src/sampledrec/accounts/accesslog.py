@@ -10,6 +10,7 @@ entries show ``None`` for who and what, and are still counted.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -88,7 +89,8 @@ def access_log(
     hi = to_micros(until) if until is not None else None
     actions: set[str] = set()
     outcomes: set[str] = set()
-    found: list[AccessEvent] = []
+    found: deque[AccessEvent] = deque(maxlen=limit)  # the newest `limit`, in constant memory
+    matched = 0
     for entry in iter_entries(store.log_storage, store.keyring):
         if entry.type != T_ACCESS:
             continue
@@ -104,6 +106,7 @@ def access_log(
             continue
         if hi is not None and entry.time_us >= hi:
             continue
+        matched += 1
         found.append(
             AccessEvent(
                 entry.index,
@@ -115,7 +118,7 @@ def access_log(
                 _text(f.get("detail")),
             )
         )
-    return AccessLog(found[::-1][:limit], len(found), sorted(actions), sorted(outcomes))
+    return AccessLog(list(reversed(found)), matched, sorted(actions), sorted(outcomes))
 
 
 def _text(value: object) -> str | None:
