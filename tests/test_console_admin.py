@@ -430,6 +430,11 @@ def test_an_auditor_runs_the_audit_and_sees_its_findings_and_no_audio(world: Wor
     r = aldo.post("/audit/report", data={"csrf": csrf_of(page.text)})
     assert r.status_code == 200
     direct = store_audit(world.store, clock=world.clock)()
+    # The ended epoch's key was revealed in memory: every decision was recomputed, and no
+    # reveal went to the log (the key did not leave the process).
+    assert direct["verdict"] == "PASS" and direct["checks"]["decisions"] == "PASS"
+    world.log.flush()
+    assert not [e for e in iter_entries(world.store.log_storage) if e.type_name == "key_reveal"]
     verdict = re.search(r'<h2 id="verdict" class="verdict-(\w+)">', r.text)
     assert verdict and verdict.group(1) == direct["verdict"]
     for check, status in direct["checks"].items():
