@@ -41,6 +41,9 @@ Pages (all GET unless said):
     ``sampledrec audit verify`` stays with the CLI: the audit package is the CLI's.)
 ``/static/...``
     the stylesheet, from the package.
+
+The admin's users and policy pages, review notes, the access log and the audit report are in
+:mod:`.admin`, :mod:`.notes` and :mod:`.reports` (registered by :func:`.pages.more_routes`).
 """
 
 from __future__ import annotations
