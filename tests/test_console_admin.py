@@ -314,9 +314,11 @@ def test_roles_without_manage_policy_are_refused_the_policy_pages(world: World, 
         data={"csrf": token, "text": NEW_POLICY, "version": version, "replacing": before},
     )
     assert r.status_code == 403
+    r = client.post("/admin/policy/preview", data={"csrf": token, "text": NEW_POLICY})
+    assert r.status_code == 403 and "night_shift" not in r.text
     assert world.store.policy(world.clock.now()).version == before
     denied = [a for a in world.accesses() if a["action"] == "manage_policy"]
-    assert [(a["outcome"], a["principal"]) for a in denied] == [("denied", name)] * 2
+    assert [(a["outcome"], a["principal"]) for a in denied] == [("denied", name)] * 3
 
 
 def test_policy_forms_without_the_sessions_csrf_token_are_refused(world: World) -> None:

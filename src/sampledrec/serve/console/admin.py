@@ -202,8 +202,9 @@ class _PolicyPage:
         fields = await self.console._form(request, session)
         if fields is None:
             return self.console._stale_form(request)
-        await run_in_threadpool(authorize, self.console.vault, user, "manage_policy")
         text = await self._text(request)
+        if text is None:  # otherwise preview_policy checks (once: one access entry)
+            await run_in_threadpool(authorize, self.console.vault, user, "manage_policy")
         version, current_text = await run_in_threadpool(self._current)
         context: dict[str, Any] = {"version": version, "text": text or current_text}
         if text is None:
