@@ -3,8 +3,8 @@
 Individual accounts (``sampledrec users``; the console's admin page) hold roles of the policy;
 the library checks every action an account takes (:func:`authorize`, which asks the vault and
 logs the outcome). Passwords are argon2id hashes checked for a minimum strength when set
-(:mod:`.passwords`); the second factor is TOTP with hashed recovery codes (:mod:`.totp`,
-:mod:`.users`); sign-in is throttled by growing delays per account and per address
+(:mod:`.passwords`); the second factor is a security key (WebAuthn, :mod:`.passkeys`) or
+TOTP, with hashed recovery codes (:mod:`.totp`, :mod:`.users`); sign-in is throttled by growing delays per account and per address
 (:mod:`.throttle`) and every step is logged with its outcome (:mod:`.connections`), the
 address as a keyed pseudonym. Sessions rotate their id at each sign-in step and time out when
 idle (:mod:`.sessions`). Page views are counted per day and per role only
@@ -12,25 +12,30 @@ idle (:mod:`.sessions`). Page views are counted per day and per role only
 :mod:`sampledrec.serve.console`.
 
 Layout: ``admin`` and ``signin`` over ``users``, ``connections``, ``sessions``, ``throttle``,
-``totp``, ``passwords`` and ``usage``.
+``totp``, ``passkeys``, ``passwords`` and ``usage``.
 """
 
 from .admin import Accounts, authorize, permitted
 from .connections import CONNECTION_ACTIONS, Connection, address_pseudonym, connections
+from .passkeys import Challenge, PasskeyRefused, RelyingParty
 from .passwords import PasswordRules, check_strength
 from .sessions import Session, SessionStore, Stage
 from .signin import Authenticator, PasswordChecked
 from .throttle import Throttle
 from .usage import Usage
-from .users import User, UserDirectory, open_users
+from .users import SecurityKey, User, UserDirectory, open_users
 
 __all__ = [
     "CONNECTION_ACTIONS",
     "Accounts",
     "Authenticator",
+    "Challenge",
     "Connection",
+    "PasskeyRefused",
     "PasswordChecked",
     "PasswordRules",
+    "RelyingParty",
+    "SecurityKey",
     "Session",
     "SessionStore",
     "Stage",
