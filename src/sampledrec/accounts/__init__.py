@@ -4,7 +4,8 @@ Individual accounts (``sampledrec users``; the console's admin page) hold roles 
 the library checks every action an account takes (:func:`authorize`, which asks the vault and
 logs the outcome). Passwords are argon2id hashes checked for a minimum strength when set
 (:mod:`.passwords`); the second factor is a security key (WebAuthn, :mod:`.passkeys`) or
-TOTP, with hashed recovery codes (:mod:`.totp`, :mod:`.users`); sign-in is throttled by growing delays per account and per address
+TOTP, with hashed recovery codes (:mod:`.totp`, :mod:`.users`); sign-in is throttled by
+growing delays per account and per address
 (:mod:`.throttle`) and every step is logged with its outcome (:mod:`.connections`), the
 address as a keyed pseudonym. Sessions rotate their id at each sign-in step and time out when
 idle (:mod:`.sessions`). Page views are counted per day and per role only

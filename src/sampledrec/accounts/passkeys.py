@@ -210,9 +210,7 @@ def credential_id_of(response: object) -> bytes:
         raise PasskeyRefused("malformed response") from None
 
 
-def verify_registration(
-    rp: RelyingParty, response: object, challenge: Challenge
-) -> NewCredential:
+def verify_registration(rp: RelyingParty, response: object, challenge: Challenge) -> NewCredential:
     """Check a ``navigator.credentials.create`` response against ``challenge`` (already
     taken out of the session: single use). Raises :class:`PasskeyRefused`."""
     from webauthn import verify_registration_response

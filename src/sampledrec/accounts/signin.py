@@ -207,9 +207,7 @@ class Authenticator:
         user = self.users.get(name)
         if user is None or user.disabled:
             raise self._fail(action, name, address, "account not usable")
-        if challenge is None or not challenge.fresh(
-            "register", name, self.clock.now().timestamp()
-        ):
+        if challenge is None or not challenge.fresh("register", name, self.clock.now().timestamp()):
             raise self._fail(action, name, address, "no challenge or an expired one")
         try:
             new = verify_registration(rp, response, challenge)

@@ -24,14 +24,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ...accounts import Challenge, RelyingParty, Session, User
+from ...accounts import (
+    Authenticator,
+    Challenge,
+    RelyingParty,
+    Session,
+    SessionStore,
+    Stage,
+    User,
+    UserDirectory,
+)
 from ...errors import AuthenticationFailed, InvalidArgument, SignInThrottled
 from .redirects import quote_path, safe_next
 
@@ -77,10 +87,50 @@ def _unb64(text: str) -> bytes | None:
         return None
 
 
+Handler = Callable[[Request, Session, User], Awaitable[Response]]
+
+
+class _Console(Protocol):
+    """What these pages use of :class:`~sampledrec.serve.console.Console` (which registers
+    them: a protocol, so that this module does not import it back)."""
+
+    settings: Any
+    auth: Authenticator
+    users: UserDirectory
+    sessions: SessionStore
+
+    def _page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]: ...
+    async def _step(self, request: Request, stage: str) -> Session | Response: ...
+    async def _session(self, request: Request) -> Session | None: ...
+    async def _form(self, request: Request, session: Session | None) -> dict[str, str] | None: ...
+    def _stale_form(self, request: Request) -> Response: ...
+    def _error(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        session: Session | None = None,
+        user: User | None = None,
+    ) -> Response: ...
+    def _see(self, url: str, session: Session | None = None) -> Response: ...
+    def _with_cookie(self, response: Response, session: Session) -> Response: ...
+    def _now(self) -> float: ...
+    def render(
+        self,
+        request: Request,
+        name: str,
+        status: int = 200,
+        session: Session | None = None,
+        user: User | None = None,
+        headers: Any = None,
+        **context: Any,
+    ) -> Response: ...
+
+
 class SecurityKeyPages:
     """The routes above, for one :class:`~sampledrec.serve.console.Console` (``console``)."""
 
-    def __init__(self, console: Any) -> None:
+    def __init__(self, console: _Console) -> None:
         self.c = console
 
     def routes(self) -> list[BaseRoute]:
@@ -123,9 +173,7 @@ class SecurityKeyPages:
 
     def _failed(self, exc: AuthenticationFailed) -> Response:
         if isinstance(exc, SignInThrottled):
-            return self._refused(
-                429, str(exc), {"Retry-After": str(int(exc.retry_after + 0.999))}
-            )
+            return self._refused(429, str(exc), {"Retry-After": str(int(exc.retry_after + 0.999))})
         return self._refused(
             401, "The security key's answer was refused. Try again, or use a code instead."
         )
@@ -175,13 +223,14 @@ class SecurityKeyPages:
             return got
         session, rp, body = got
         assert session.user is not None
+        name = session.user
         challenge: Challenge | None = session.pending_challenge
         session.pending_challenge = None  # one use, whatever the answer
         target = safe_next(body.get("next"))
         try:
             nxt = await run_in_threadpool(
                 lambda: self.c.auth.check_passkey(
-                    session.user,
+                    name,
                     rp,
                     body.get("credential"),
                     challenge,
@@ -222,13 +271,15 @@ class SecurityKeyPages:
     async def _register(
         self, session: Session, rp: RelyingParty, body: dict[str, Any], *, enrolling: bool
     ) -> list[str] | Response:
+        name = session.user
+        assert name is not None
         challenge: Challenge | None = session.pending_challenge
         session.pending_challenge = None
         try:
             return list(
                 await run_in_threadpool(
                     lambda: self.c.auth.register_passkey(
-                        session.user,
+                        name,
                         rp,
                         body.get("credential"),
                         challenge,
@@ -250,20 +301,19 @@ class SecurityKeyPages:
         if isinstance(codes, Response):
             return codes
         target = safe_next(body.get("next"))
+        name = session.user
         try:
             nxt = await run_in_threadpool(
-                lambda: self.c.auth.finish_enrolment(session.user, address=session.address)
+                lambda: self.c.auth.finish_enrolment(name, address=session.address)
             )
         except AuthenticationFailed as exc:
             return self._failed(exc)
-        stage = "change_password" if nxt == "change_password" else "signed_in"
+        stage: Stage = "change_password" if nxt == "change_password" else "signed_in"
         fresh = self.c.sessions.advance(session, stage, now=self.c._now())
         fresh.pending_secret = None
         fresh.show_codes = codes
         then = (
-            f"/sign-in/password?next={quote_path(target)}"
-            if stage == "change_password"
-            else target
+            f"/sign-in/password?next={quote_path(target)}" if stage == "change_password" else target
         )
         url = f"/sign-in/codes?then={quote_path(then)}" if codes else then
         return self.c._with_cookie(JSONResponse({"next": url}), fresh)
