@@ -398,3 +398,55 @@ def test_a_signed_in_account_adds_and_removes_keys_and_keeps_one_factor(world: W
     r = rc.post(f"/account/keys/{ritas.key_id}/remove", data={"csrf": token})
     assert r.status_code == 400 and "only second factor" in r.text
     assert len(world.users.credentials("rita")) == 1
+
+
+def test_the_web_section_names_the_relying_party_and_checks_it(tmp_path: Path) -> None:
+    from sampledrec.serve import WebConfig
+
+    base = {"listen": "127.0.0.1:0"}
+    proxied = {
+        "webauthn_rp_id": "console.example.com",
+        "webauthn_origin": "https://console.example.com",
+    }
+    config = WebConfig.from_section({**base, **proxied}, tmp_path)
+    assert config.webauthn_rp_id == "console.example.com"
+    with pytest.raises(InvalidArgument, match="behind a TLS proxy"):
+        WebConfig.from_section({**base, "webauthn_rp_id": "console.example.com"}, tmp_path)
+    for bad, why in (
+        ({"webauthn_rp_id": "10.0.0.7"}, "host name"),
+        ({"webauthn_rp_id": "console.example.com", "webauthn_origin": "https://evil.example"},
+         "origin"),
+        ({"webauthn_origin": "https://console.example.com"}, "needs webauthn_rp_id"),
+        ({"webauthn_rp_id": 7}, "must be text"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidArgument, match=why):
+            WebConfig.from_section({**base, **bad}, tmp_path)
+
+
+def test_a_configured_relying_party_is_the_one_the_ceremonies_use(tmp_path: Path) -> None:
+    gen = make_world(tmp_path, webauthn_rp_id="console.example.com")
+    world = next(gen)
+    try:
+        register(world, "rita", SoftAuthenticator(), enrolling=True)
+        key = SoftAuthenticator(rp_id="console.example.com", origin="https://console.example.com")
+        c = TestClient(
+            world.console.app, base_url="https://console.example.com", follow_redirects=False
+        )
+        page = c.get(password_step(world, c, "sam", PASSWORD))
+        token = csrf_of(page.text)
+        r = post_json(c, "/sign-in/enrol/key/options", token, {})
+        options = r.json()["publicKey"]
+        assert options["rp"]["id"] == "console.example.com"
+        r = post_json(c, "/sign-in/enrol/key", token, {"credential": key.create(options)})
+        assert r.status_code == 200, r.text
+        # The same console asked as localhost still holds to its configured rp id.
+        other = SoftAuthenticator()  # made for localhost
+        c2 = client(world)
+        page = c2.get(password_step(world, c2, "aldo", PASSWORD))
+        t2 = csrf_of(page.text)
+        options = post_json(c2, "/sign-in/enrol/key/options", t2, {}).json()["publicKey"]
+        assert options["rp"]["id"] == "console.example.com"
+        r = post_json(c2, "/sign-in/enrol/key", t2, {"credential": other.create(options)})
+        assert r.status_code == 401
+    finally:
+        gen.close()
