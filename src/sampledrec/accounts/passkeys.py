@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from ..errors import AuthenticationFailed, InvalidArgument
+from ..errors import InvalidArgument, PasskeyRefused
 
 __all__ = [
     "CHALLENGE_SECONDS",
@@ -44,14 +44,6 @@ __all__ = [
 #: How long a challenge may be answered (the browser's own timeout is one minute).
 CHALLENGE_SECONDS: Final = 300.0
 _TIMEOUT_MS: Final = 60_000
-
-
-class PasskeyRefused(AuthenticationFailed):
-    """A WebAuthn response was refused; ``reason`` (for the log only) says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("the security key's answer was refused")
-        self.reason = reason
 
 
 @dataclass(frozen=True)
