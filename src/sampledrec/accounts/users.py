@@ -354,10 +354,11 @@ class UserDirectory:
         """Keep a WebAuthn credential for ``name`` (its public key sealed to the account and the
         credential id). InvalidArgument if that credential is registered already."""
         self.require(name)
-        count = self._exec(
-            "SELECT COUNT(*) FROM webauthn_credentials WHERE name = ?", (name,)
-        ).fetchone()[0]
-        label = f"security key {count + 1}"
+        labels = self._exec(
+            "SELECT label FROM webauthn_credentials WHERE name = ?", (name,)
+        ).fetchall()
+        numbers = [int(n) for (text,) in labels for n in re.findall(r"\d+$", text)]
+        label = f"security key {max(numbers, default=0) + 1}"  # one more than the highest kept
         sealed = self._seal(name, public_key, _key_context(credential_id))
         try:
             self._exec(

@@ -40,6 +40,11 @@
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
       body: JSON.stringify(body),
     }).then(function (response) {
+      if (response.redirected) {
+        // The session is no longer at this step (it expired, or another tab moved on).
+        window.location.assign(response.url);
+        throw new Error("the session moved on; this page is being reloaded");
+      }
       return response.json().catch(function () {
         return {};
       }).then(function (doc) {
