@@ -23,7 +23,9 @@ measures, in this order:
     the 99th percentile of the answers' lateness beyond that second (0 when on time);
     ``server_cpu_s`` is the server process's CPU time (user + system) during the run; and
     ``streams_per_core`` is the audio-seconds delivered per server CPU-second: how many
-    real-time players one fully used core sustains at that load.
+    real-time players one fully used core sustains at that load. At light loads the server's
+    fixed costs (its event loop, the log's writer) weigh on the figure: the highest count whose
+    players all kept up is the one to size with.
 
 The last line printed is one JSON object with every figure. Absolute times depend on the
 machine (and on what else runs on it): the ratio and the per-core figure are the ones to
@@ -210,20 +212,24 @@ def sign_in(host: str, port: int) -> str:
         c.close()
 
 
-def first_bytes(host: str, port: int, cookie: str, rid: str, repeats: int) -> list[float]:
+def first_bytes(
+    host: str, port: int, cookie: str, rid: str, repeats: int
+) -> tuple[list[float], int]:
+    """Times to the first body byte (ms), and the WAV file's whole size."""
     c = Connection(host, port)
     c.cookie = cookie
     out = []
     try:
         path = f"/recordings/{rid}/audio.wav"
-        c.request("GET", path, headers={"Range": "bytes=0-"})  # warm
+        _, headers, _, _ = c.request("GET", path, headers={"Range": "bytes=0-"})  # warm
+        total = int(headers["content-range"].rsplit("/", 1)[1])
         for _ in range(repeats):
             status, _, data, first = c.request("GET", path, headers={"Range": "bytes=0-"})
             assert status == 206 and len(data) == MAX_RANGE_BYTES, status
             out.append(first * 1e3)
     finally:
         c.close()
-    return out
+    return out, total
 
 
 # -- concurrent players --------------------------------------------------------------------------
@@ -299,7 +305,8 @@ def main() -> int:
             url = served.addresses["web"]
             host, port = url.split("://")[1].rsplit(":", 1)
             cookie = sign_in(host, int(port))
-            console = first_bytes(host, int(port), cookie, rid, repeats)
+            console, figures["wav_bytes"] = first_bytes(host, int(port), cookie, rid, repeats)
+            assert figures["wav_bytes"] == 44 + int(minutes * 60) * BYTES_PER_SECOND
             figures["console_first_byte_ms"] = statistics.median(console)
             figures["console_first_byte_p90_ms"] = float(np.percentile(console, 90))
             for n in counts:
@@ -323,7 +330,8 @@ def main() -> int:
         f"{platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs"
     )
     rows: list[tuple[str, str, str, str, str]] = [
-        (f"a {minutes:g}-minute recording written", f"{figures['record_s']:.1f} s", "", "", ""),
+        (f"a {minutes:g}-minute recording written", f"{figures['record_s']:.1f} s", "",
+         f"{figures['wav_bytes']:,} bytes as WAV", ""),
         ("first 1 MiB, Vault.read_wav in process", f"{figures['inproc_first_ms']:.2f} ms",
          "", f"median of {repeats}", ""),
         ("first audio byte through the console", f"{figures['console_first_byte_ms']:.2f} ms",
