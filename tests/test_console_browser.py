@@ -220,6 +220,38 @@ def test_in_chromium_a_virtual_security_key_enrols_then_signs_in(
     assert not [e for e in events if e[1] == "failure"], events
 
 
+def test_without_javascript_the_key_is_not_offered_and_totp_signs_in(
+    world: World, tmp_path: Path
+) -> None:
+    from sampledrec.accounts import RelyingParty
+
+    from .webauthn_authenticator import SoftAuthenticator
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    world.users.enrol_totp("sam", secret)
+    world.users.set_password("sam", NEW_PASSWORD, now_us=int(world.clock.now().timestamp() * 1e6))
+    rp = RelyingParty("localhost", "http://localhost")
+    options, challenge = world.console.auth.passkey_registration("sam", rp)
+    world.console.auth.register_passkey(
+        "sam", rp, SoftAuthenticator(origin="http://localhost").create(options), challenge,
+        address="x", enrolling=False,
+    )  # fmt: skip
+    with serving(world) as url, chromium(tmp_path) as b:
+        context = b.browser.new_context(java_script_enabled=False)
+        page = context.new_page()
+        page.on("console", b._console)
+        password_step(page, url, "sam", NEW_PASSWORD)
+        page.wait_for_selector("#code")
+        assert page.query_selector("#key-button") is not None  # in the page, but hidden
+        assert not page.is_visible("#key-button") and not page.is_visible("#use-key")
+        page.fill("#code", code_at(secret, world.clock.now()))
+        page.click("form[action='/sign-in/code'] button[type=submit]")
+        page.wait_for_selector("h1:has-text('Welcome')")
+        problems = b.unexpected_problems()
+    assert not problems, problems
+    assert ("second_factor", "success", "sam", None) in connection_events(world)
+
+
 # -- throttling ----------------------------------------------------------------------------
 
 
