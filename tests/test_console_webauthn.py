@@ -450,3 +450,18 @@ def test_a_configured_relying_party_is_the_one_the_ceremonies_use(tmp_path: Path
         assert r.status_code == 401
     finally:
         gen.close()
+
+
+def test_a_key_is_added_only_soon_after_the_password_was_checked(world: World) -> None:
+    c = client(world)
+    sign_in(world, c, "sam")
+    token = csrf_of(c.get("/account/keys").text)
+    options = post_json(c, "/account/keys/options", token, {}).json()["publicKey"]
+    world.clock.advance(minutes=10)
+    assert c.get("/account/keys").status_code == 200  # the session stays alive
+    world.clock.advance(minutes=6)
+    r = post_json(c, "/account/keys", token, {"credential": SoftAuthenticator().create(options)})
+    assert r.status_code == 403 and "sign in again" in r.json()["error"]
+    r = post_json(c, "/account/keys/options", token, {})
+    assert r.status_code == 403 and "sign in again" in r.json()["error"]
+    assert world.users.credentials("sam") == []

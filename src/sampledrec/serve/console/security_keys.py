@@ -16,7 +16,8 @@ Routes (POST unless said; the JSON ones need the session's CSRF token in ``X-CSR
     are then shown once at ``/sign-in/codes`` (GET).
 ``/account/keys`` (GET: the list; POST: add one), ``/account/keys/options``,
 ``/account/keys/{key_id}/remove`` (a form)
-    a signed-in account's keys: list, add one, remove one.
+    a signed-in account's keys: list, add one (within :data:`FRESH_SIGN_IN_SECONDS` of
+    the password step), remove one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from .redirects import quote_path, safe_next
 __all__ = ["SecurityKeyPages", "relying_party"]
 
 _MAX_BODY: Final = 64 * 1024
+#: A key is added only this soon after the password was checked: a session taken over later
+#: (a stolen cookie) cannot plant its own key for good.
+FRESH_SIGN_IN_SECONDS: Final = 900.0
 _STALE: Final = (
     "This form has expired or did not come from this console. Open the page again and resubmit."
 )
@@ -351,16 +355,32 @@ class SecurityKeyPages:
             error=error,
         )
 
+    def _stale_sign_in(self, session: Session) -> Response | None:
+        if self.c._now() - session.created_at <= FRESH_SIGN_IN_SECONDS:
+            return None
+        return self._refused(
+            403,
+            "To add a security key, sign out and sign in again: your sign-in is more than "
+            f"{int(FRESH_SIGN_IN_SECONDS // 60)} minutes old.",
+        )
+
     async def add_options(self, request: Request, session: Session, user: User) -> Response:
         got = await self._ceremony(request, session)
         if isinstance(got, Response):
             return got
+        stale = self._stale_sign_in(session)
+        if stale is not None:
+            return stale
         return await self._registration_options(session, got[1])
 
     async def add(self, request: Request, session: Session, user: User) -> Response:
         got = await self._ceremony(request, session)
         if isinstance(got, Response):
             return got
+        stale = self._stale_sign_in(session)
+        if stale is not None:
+            session.pending_challenge = None
+            return stale
         codes = await self._register(session, got[1], got[2], enrolling=False)
         if isinstance(codes, Response):
             return codes
