@@ -25,6 +25,7 @@
     ├── AccessDenied (PermissionError)      a principal's roles do not allow the action
     ├── AuthenticationFailed                a console sign-in was refused: wrong password or
     │   │                                   code, unknown or disabled account
+    │   ├── PasskeyRefused                  a security key's (WebAuthn) answer was refused
     │   └── SignInThrottled                 too many failures: wait ``retry_after`` seconds
     ├── RecordingExpired                    a recording is past its expiry, or erased
     ├── RecordingNotFound (KeyError)        no recording with that id
@@ -83,6 +84,7 @@ __all__ = [
     "LogRepairRefused",
     "NoOpenRecording",
     "NotSelected",
+    "PasskeyRefused",
     "RateTypeError",
     "RecordingExpired",
     "RecordingNotFound",
@@ -226,6 +228,16 @@ class AuthenticationFailed(SampledrecError):
     """A console sign-in step was refused: a wrong password or second-factor code, or an
     account that does not exist or is disabled. The message never says which (an attacker
     learns nothing about accounts); the attempt is logged with its real reason."""
+
+
+class PasskeyRefused(AuthenticationFailed):
+    """A security key's (WebAuthn) answer was refused: another challenge, origin or site, an
+    unknown credential, a bad signature, or a signature counter that did not grow. The message
+    is the same for all; ``reason`` says which, for the connection log only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the security key's answer was refused")
+        self.reason = reason
 
 
 class SignInThrottled(AuthenticationFailed):

@@ -10,8 +10,10 @@ months, then destroyed). The address is never written: only its keyed pseudonym
 action                 when
 =====================  ============================================================
 sign_in                a name and password were checked (or refused unchecked: throttled)
-second_factor          a TOTP or recovery code was checked
-enrol_second_factor    a new TOTP secret was confirmed with its first code
+second_factor          a TOTP code, a recovery code or a security key (WebAuthn) was checked
+enrol_second_factor    a new TOTP secret was confirmed with its first code, or a security key
+                       was registered (reason ``webauthn``)
+remove_second_factor   a signed-in account removed one of its security keys
 password_change        a password was changed at sign-in (expired, or first sign-in)
 sign_out               the user signed out
 session_expired        a session ended by its idle timeout or maximum age
@@ -47,6 +49,7 @@ CONNECTION_ACTIONS: Final = (
     "sign_in",
     "second_factor",
     "enrol_second_factor",
+    "remove_second_factor",
     "password_change",
     "sign_out",
     "session_expired",

@@ -14,7 +14,7 @@ import hmac
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from ..errors import InvalidArgument
 
@@ -40,6 +40,10 @@ class Session:
     pending_secret: str | None = field(default=None, repr=False)
     #: Recovery codes to show once, right after enrolment.
     show_codes: list[str] = field(default_factory=list, repr=False)
+    #: The WebAuthn challenge handed to this session's browser (a
+    #: :class:`~sampledrec.accounts.passkeys.Challenge`), taken out when answered: one use. A
+    #: session replaced under a new id does not carry it.
+    pending_challenge: Any = field(default=None, repr=False)
 
     def csrf_ok(self, token: object) -> bool:
         return isinstance(token, str) and hmac.compare_digest(token.encode(), self.csrf.encode())

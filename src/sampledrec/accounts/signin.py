@@ -9,20 +9,35 @@ was wrong (the log says which); while the account or the address is being thrott
 
 An unknown account's password is checked against a fixed dummy hash, so that the time an
 answer takes does not tell whether the account exists.
+
+The second factor is a security key (WebAuthn, :mod:`.passkeys`) where the account has one,
+else (or as the fallback) a TOTP code or a recovery code. A WebAuthn step takes the challenge
+its session was handed (the caller has already removed it from the session: one use), and is
+gated, throttled and logged like a code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from argon2 import PasswordHasher
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import AuthenticationFailed, SignInThrottled, WeakPassword
+from ..errors import AuthenticationFailed, InvalidArgument, SignInThrottled, WeakPassword
 from ..log.format import to_micros
 from ..log.writer import DecisionLog
 from .connections import address_pseudonym, log_connection
+from .passkeys import (
+    Challenge,
+    PasskeyRefused,
+    RelyingParty,
+    authentication_options,
+    credential_id_of,
+    registration_options,
+    verify_assertion,
+    verify_registration,
+)
 from .passwords import check_strength, verify_password
 from .throttle import Throttle
 from .totp import matching_step
@@ -160,6 +175,113 @@ class Authenticator:
         if user is None or user.disabled:
             raise self._fail("enrol_second_factor", name, address, "account not usable")
         return self._signed_in(user, address, None, None)
+
+    # -- security keys (WebAuthn)
+
+    def passkey_registration(self, name: str, rp: RelyingParty) -> tuple[dict[str, Any], Challenge]:
+        """Options to register a new security key for ``name`` (the caller keeps the
+        challenge in the session that asked, and gives it back once)."""
+        user = self.users.get(name)
+        if user is None or user.disabled:
+            raise AuthenticationFailed(_REFUSED)
+        existing = [k.credential_id for k in self.users.credentials(name)]
+        return registration_options(
+            rp, name, self.users.user_handle(name), existing, now=self.clock.now().timestamp()
+        )
+
+    def register_passkey(
+        self,
+        name: str,
+        rp: RelyingParty,
+        response: object,
+        challenge: Challenge | None,
+        *,
+        address: str,
+        enrolling: bool,
+    ) -> list[str]:
+        """Check a registration response and keep the new credential. When the account is
+        ``enrolling`` (its first second factor) it gets new recovery codes, returned to show
+        once; otherwise the list is empty. Logged as ``enrol_second_factor``."""
+        action = "enrol_second_factor"
+        self._gate(action, name, address)
+        user = self.users.get(name)
+        if user is None or user.disabled:
+            raise self._fail(action, name, address, "account not usable")
+        if challenge is None or not challenge.fresh("register", name, self.clock.now().timestamp()):
+            raise self._fail(action, name, address, "no challenge or an expired one")
+        try:
+            new = verify_registration(rp, response, challenge)
+            self.users.add_credential(
+                name,
+                new.credential_id,
+                new.public_key,
+                new.sign_count,
+                now_us=to_micros(self.clock.now()),
+            )
+        except PasskeyRefused as exc:
+            raise self._fail(action, name, address, exc.reason) from None
+        except InvalidArgument:
+            raise self._fail(action, name, address, "security key registered already") from None
+        codes = self.users.new_recovery_codes(name) if enrolling and not user.totp else []
+        self._log(action, True, name, address, "webauthn")
+        return codes
+
+    def passkey_authentication(
+        self, name: str, rp: RelyingParty
+    ) -> tuple[dict[str, Any], Challenge]:
+        """Options to sign ``name`` in with one of its security keys."""
+        allowed = [k.credential_id for k in self.users.credentials(name)]
+        user = self.users.get(name)
+        if user is None or user.disabled or not allowed:
+            raise AuthenticationFailed(_REFUSED)
+        return authentication_options(rp, name, allowed, now=self.clock.now().timestamp())
+
+    def check_passkey(
+        self,
+        name: str,
+        rp: RelyingParty,
+        response: object,
+        challenge: Challenge | None,
+        *,
+        address: str,
+    ) -> Next:
+        """The second step with a security key: the response must answer ``challenge``, on
+        this console's origin and rp id, be signed by one of the account's credentials, and
+        carry a counter above the stored one. Returns what comes next, like
+        :meth:`check_second_factor`."""
+        action = "second_factor"
+        self._gate(action, name, address)
+        user = self.users.get(name)
+        if user is None or user.disabled or not user.enrolled:
+            raise self._fail(action, name, address, "account not usable")
+        now = self.clock.now()
+        if challenge is None or not challenge.fresh("authenticate", name, now.timestamp()):
+            raise self._fail(action, name, address, "no challenge or an expired one")
+        try:
+            credential_id = credential_id_of(response)
+            stored = self.users.credential_key(name, credential_id)
+            if stored is None:
+                raise PasskeyRefused("unknown credential")
+            public_key, count = stored
+            verified = verify_assertion(
+                rp, response, challenge, public_key=public_key, sign_count=count
+            )
+            if not self.users.use_credential(
+                name, credential_id, verified.sign_count, to_micros(now)
+            ):
+                raise PasskeyRefused("sign count did not grow")
+        except PasskeyRefused as exc:
+            raise self._fail(action, name, address, exc.reason) from None
+        return self._signed_in(user, address, action, "webauthn")
+
+    def remove_passkey(self, name: str, credential_id: bytes, *, address: str) -> bool:
+        """Forget one of the signed-in account's security keys (logged); False if it has no
+        such key."""
+        removed = self.users.remove_credential(name, credential_id)
+        self._log(
+            "remove_second_factor", removed, name, address, None if removed else "no such key"
+        )
+        return removed
 
     def change_password(self, name: str, new: str, *, address: str) -> None:
         """Set a new password at sign-in (the old one expired, or was set by an admin). The

@@ -7,7 +7,11 @@ TOTP secret encrypted (AES-256-GCM under a key derived from the keyring's pseudo
 bound to the account's name), the last TOTP time step used (a code is good once), and its
 recovery codes as keyed hashes (HMAC-SHA-256; they are long random strings, so a slow hash adds
 nothing). A copy of the file without the keyring reveals no password, no TOTP secret and no
-recovery code. See ``docs/decisions/0030-console.md``.
+recovery code. WebAuthn credentials (security keys, passkeys) are rows of their own: the
+credential id, its public key sealed like the TOTP secret (bound to the account and the
+credential id, so a row moved to another account or given another key does not open), the
+authenticator's signature counter, a label, and when it was added and last used. See
+``docs/decisions/0030-console.md`` and ``0034-webauthn.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .passwords import PasswordRules, check_strength, hash_password
 __all__ = [
     "RECOVERY_CODES",
     "USER_NAME",
+    "SecurityKey",
     "User",
     "UserDirectory",
     "derive_secrets_key",
@@ -61,7 +66,21 @@ CREATE TABLE IF NOT EXISTS users (
     created_at INTEGER NOT NULL,
     last_sign_in_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS webauthn_credentials (
+    credential_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    sign_count INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS webauthn_by_name ON webauthn_credentials (name);
 """
+_SELECT: Final = (
+    "SELECT *, (SELECT COUNT(*) FROM webauthn_credentials w WHERE w.name = users.name) "
+    "AS security_keys FROM users"
+)
 _DOMAIN: Final = b"sampledrec/v1/console-secrets"
 
 
@@ -80,11 +99,13 @@ class User:
     disabled: bool
     password_set_at: int  # µs since 1970
     must_change: bool
-    enrolled: bool  # whether a second factor (TOTP) is set up
+    enrolled: bool  # whether a second factor (TOTP or a security key) is set up
     created_at: int
     last_sign_in_at: int | None = None
     recovery_left: int = 0
     password_hash: str = field(default="", repr=False)
+    totp: bool = False  # whether TOTP is set up
+    security_keys: int = 0  # WebAuthn credentials registered
 
     @property
     def principal(self) -> Principal:
@@ -101,7 +122,8 @@ class User:
             "name": self.name,
             "roles": list(self.roles),
             "disabled": self.disabled,
-            "second_factor": "totp" if self.enrolled else None,
+            "second_factor": "totp" if self.totp else ("webauthn" if self.security_keys else None),
+            "security_keys": self.security_keys,
             "password_set_at": self.password_set_at,
             "must_change_password": self.must_change,
             "recovery_codes_left": self.recovery_left,
@@ -173,7 +195,7 @@ class UserDirectory:
     # -- reading
 
     def get(self, name: str) -> User | None:
-        cur = self._exec("SELECT * FROM users WHERE name = ?", (name,))
+        cur = self._exec(_SELECT + " WHERE name = ?", (name,))
         row = cur.fetchone()
         return None if row is None else _user(cur, row)
 
@@ -186,7 +208,7 @@ class UserDirectory:
         return user
 
     def all(self) -> list[User]:
-        cur = self._exec("SELECT * FROM users ORDER BY name")
+        cur = self._exec(_SELECT + " ORDER BY name")
         return [_user(cur, row) for row in cur.fetchall()]
 
     # -- changing
@@ -232,9 +254,10 @@ class UserDirectory:
         self._exec("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
 
     def reset_second_factor(self, name: str) -> None:
-        """Forget the account's TOTP secret and recovery codes: it enrols again at its next
-        sign-in (after the password)."""
+        """Forget the account's TOTP secret, security keys and recovery codes: it enrols again
+        at its next sign-in (after the password)."""
         self.require(name)
+        self._exec("DELETE FROM webauthn_credentials WHERE name = ?", (name,))
         self._exec(
             "UPDATE users SET totp_secret = NULL, totp_last_step = -1, recovery = '[]' "
             "WHERE name = ?",
@@ -296,9 +319,9 @@ class UserDirectory:
                 raise StoreError(f"accounts file {self.path}: {exc}") from exc
         return bool(found)
 
-    def _seal(self, name: str, data: bytes) -> bytes:
+    def _seal(self, name: str, data: bytes, context: bytes = b"totp\x00") -> bytes:
         nonce = secrets.token_bytes(12)
-        return nonce + AESGCM(self._key).encrypt(nonce, data, b"totp\x00" + name.encode())
+        return nonce + AESGCM(self._key).encrypt(nonce, data, context + name.encode())
 
     def _open(self, name: str, sealed: bytes) -> bytes:
         try:
@@ -309,10 +332,117 @@ class UserDirectory:
                 f"account's second factor: sampledrec users reset {name} --second-factor"
             ) from None
 
+    # -- WebAuthn credentials
+
+    def user_handle(self, name: str) -> bytes:
+        """The account's WebAuthn user handle: 32 bytes keyed from its name (stable, and
+        telling nothing about the name without the keyring)."""
+        return hmac.new(self._key, b"webauthn-user\x00" + name.encode(), hashlib.sha256).digest()
+
+    def new_recovery_codes(self, name: str) -> list[str]:
+        """Replace the account's recovery codes by ten new ones, shown once (only their keyed
+        hashes are kept)."""
+        self.require(name)
+        codes = [_recovery_code() for _ in range(RECOVERY_CODES)]
+        hashes = [self._code_hash(name, code) for code in codes]
+        self._exec("UPDATE users SET recovery = ? WHERE name = ?", (json.dumps(hashes), name))
+        return codes
+
+    def add_credential(
+        self, name: str, credential_id: bytes, public_key: bytes, sign_count: int, *, now_us: int
+    ) -> SecurityKey:
+        """Keep a WebAuthn credential for ``name`` (its public key sealed to the account and the
+        credential id). InvalidArgument if that credential is registered already."""
+        self.require(name)
+        labels = self._exec(
+            "SELECT label FROM webauthn_credentials WHERE name = ?", (name,)
+        ).fetchall()
+        numbers = [int(n) for (text,) in labels for n in re.findall(r"\d+$", text)]
+        label = f"security key {max(numbers, default=0) + 1}"  # one more than the highest kept
+        sealed = self._seal(name, public_key, _key_context(credential_id))
+        try:
+            self._exec(
+                "INSERT INTO webauthn_credentials (credential_id, name, public_key, sign_count, "
+                "label, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (credential_id, name, sealed, sign_count, label, now_us),
+            )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise InvalidArgument("this security key is registered already") from None
+            raise
+        return SecurityKey(credential_id, label, sign_count, now_us, None)
+
+    def credentials(self, name: str) -> list[SecurityKey]:
+        """The account's WebAuthn credentials, oldest first."""
+        rows = self._exec(
+            "SELECT credential_id, label, sign_count, created_at, last_used_at "
+            "FROM webauthn_credentials WHERE name = ? ORDER BY created_at, label",
+            (name,),
+        ).fetchall()
+        return [SecurityKey(bytes(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+    def credential_key(self, name: str, credential_id: bytes) -> tuple[bytes, int] | None:
+        """The public key and last signature counter of ``name``'s credential
+        ``credential_id``, or None when the account has no such credential."""
+        row = self._exec(
+            "SELECT public_key, sign_count FROM webauthn_credentials "
+            "WHERE name = ? AND credential_id = ?",
+            (name, credential_id),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            key = AESGCM(self._key).decrypt(
+                bytes(row[0])[:12], bytes(row[0])[12:], _key_context(credential_id) + name.encode()
+            )
+        except (InvalidTag, ValueError):
+            return None  # moved from another account, or altered: not this account's key
+        return key, int(row[1])
+
+    def use_credential(self, name: str, credential_id: bytes, sign_count: int, now_us: int) -> bool:
+        """Record a sign-in with the credential and its new counter; False when the counter
+        does not grow over the stored one (a clone, or a replay racing this one). Counters
+        that stay 0 are authenticators without one: allowed, the challenge being single-use."""
+        cur = self._exec(
+            "UPDATE webauthn_credentials SET sign_count = ?, last_used_at = ? "
+            "WHERE name = ? AND credential_id = ? AND (sign_count < ? OR (sign_count = 0 "
+            "AND ? = 0))",
+            (sign_count, now_us, name, credential_id, sign_count, sign_count),
+        )
+        return cur.rowcount == 1
+
+    def remove_credential(self, name: str, credential_id: bytes) -> bool:
+        """Forget one of the account's credentials; False if it had no such one."""
+        cur = self._exec(
+            "DELETE FROM webauthn_credentials WHERE name = ? AND credential_id = ?",
+            (name, credential_id),
+        )
+        return cur.rowcount == 1
+
     def _code_hash(self, name: str, code: str) -> str:
         normal = code.strip().lower().replace("-", "").replace(" ", "")
         msg = b"recovery\x00" + name.encode() + b"\x00" + normal.encode()
         return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
+
+
+def _key_context(credential_id: bytes) -> bytes:
+    return b"webauthn\x00" + hashlib.sha256(credential_id).digest() + b"\x00"
+
+
+@dataclass(frozen=True)
+class SecurityKey:
+    """A WebAuthn credential of an account, as listed (its public key stays in the file)."""
+
+    credential_id: bytes
+    label: str
+    sign_count: int
+    created_at: int
+    last_used_at: int | None
+
+    @property
+    def key_id(self) -> str:
+        """The credential id as base64url text (in pages and forms)."""
+        return base64.urlsafe_b64encode(self.credential_id).decode("ascii").rstrip("=")
 
 
 def _recovery_code() -> str:
@@ -336,11 +466,13 @@ def _user(cur: sqlite3.Cursor, row: Sequence[Any]) -> User:
         disabled=bool(doc["disabled"]),
         password_set_at=doc["password_set_at"],
         must_change=bool(doc["must_change"]),
-        enrolled=doc["totp_secret"] is not None,
+        enrolled=doc["totp_secret"] is not None or bool(doc["security_keys"]),
         created_at=doc["created_at"],
         last_sign_in_at=doc["last_sign_in_at"],
         recovery_left=len(json.loads(doc["recovery"])),
         password_hash=doc["password_hash"],
+        totp=doc["totp_secret"] is not None,
+        security_keys=int(doc["security_keys"]),
     )
 
 

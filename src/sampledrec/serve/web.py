@@ -16,6 +16,11 @@ configuration and the door; it imports the web stack when the door starts, so th
     session_hours = 12             # a session ends this long after sign-in whatever happens
     password_min_length = 12
     password_max_age_days = 90     # 0: passwords never expire
+    webauthn_rp_id = "console.example.com"    # security keys: the host name users browse to
+    webauthn_origin = "https://console.example.com:8443"   # default: https://RP_ID[:port]
+
+Without ``webauthn_rp_id`` security keys are offered only to a browser that opened the console
+as ``localhost`` (an IP address cannot be a WebAuthn relying party); TOTP works everywhere.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ _KEYS: Final = (
     "session_hours",
     "password_min_length",
     "password_max_age_days",
+    "webauthn_rp_id",
+    "webauthn_origin",
 )
 
 
@@ -59,6 +66,8 @@ class WebConfig:
     session_hours: int = 12
     password_min_length: int = 12
     password_max_age_days: int = 90
+    webauthn_rp_id: str | None = None
+    webauthn_origin: str | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -82,6 +91,36 @@ class WebConfig:
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not path.is_file():
                 raise InvalidArgument(f"--tls-cert/--tls-key {path}: no such file")
+        if self.webauthn_origin is not None and self.webauthn_rp_id is None:
+            raise InvalidArgument("[web] webauthn_origin needs webauthn_rp_id too")
+        for name, text in (
+            ("webauthn_rp_id", self.webauthn_rp_id),
+            ("webauthn_origin", self.webauthn_origin),
+        ):
+            if text is not None and not isinstance(text, str):
+                raise InvalidArgument(f"[web] {name} must be text, such as 'console.example.com'")
+        if self.webauthn_rp_id is not None:
+            try:
+                from ..accounts import RelyingParty
+            except ImportError as exc:
+                raise InvalidArgument(
+                    f"[web] webauthn_rp_id: the web console needs its extra ({exc}); install "
+                    "it with: pip install 'sampledrec[console]'"
+                ) from None
+            scheme = "https" if self.tls else "http"
+            origin = self.webauthn_origin or f"{scheme}://{self.webauthn_rp_id}"
+            try:
+                RelyingParty(self.webauthn_rp_id, origin)
+            except InvalidArgument as exc:
+                hint = (
+                    " (without TLS here, behind a TLS proxy: give webauthn_origin, the https "
+                    "address users browse to)"
+                    if self.webauthn_origin is None and not self.tls
+                    else ""
+                )
+                raise InvalidArgument(
+                    f"[web] webauthn_rp_id/webauthn_origin: {exc}{hint}"
+                ) from None
 
     @property
     def tls(self) -> bool:
@@ -95,7 +134,7 @@ class WebConfig:
         def path(key: str) -> Path | None:
             return section_path("web", section, key, base)
 
-        numbers = {k: section[k] for k in _KEYS[3:] if k in section}
+        numbers = {k: section[k] for k in _KEYS[3:] if k in section}  # and the rp id, origin
         return cls(
             Listen.parse(section["listen"], "[web] listen"),
             tls_cert=path("tls_cert"),

@@ -11,7 +11,8 @@ Pages (all GET unless said):
 
 ``/sign-in`` (GET, POST), ``/sign-in/code`` (GET, POST), ``/sign-in/enrol`` (GET, POST),
 ``/sign-in/password`` (GET, POST), ``/sign-out`` (POST)
-    the sign-in steps (:class:`sampledrec.accounts.Authenticator`).
+    the sign-in steps (:class:`sampledrec.accounts.Authenticator`); security keys (WebAuthn)
+    at ``/sign-in/key``, ``/sign-in/enrol/key`` and ``/account/keys`` (:mod:`.security_keys`).
 ``/``
     what the account may do.
 ``/recordings``, ``/recordings/{id}``
@@ -54,7 +55,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -103,6 +103,9 @@ from ...store import Store
 from ...vault.catalog import RecordingRow
 from ...vault.recorder import Vault
 from .pages import more_routes
+from .redirects import quote_path as _quote
+from .redirects import safe_next
+from .security_keys import SecurityKeyPages, relying_party
 
 __all__ = ["CSP", "MAX_RANGE_BYTES", "Console", "safe_next"]
 
@@ -116,17 +119,8 @@ CSP: Final = (
 MAX_RANGE_BYTES: Final = 1 << 20
 _RECORDING_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
-_SAFE_NEXT: Final = re.compile(r"/(?![/\\])[A-Za-z0-9/_\-.~%?=&]*")
 _SWEEP_SECONDS: Final = 30.0
 _REQUEST_ID: Final = re.compile(r"req-[0-9a-f]{12}")
-
-
-def safe_next(value: object) -> str:
-    """Where to go after sign-in: a path of this site, never another site (no open
-    redirect); anything else is ``/``."""
-    if isinstance(value, str) and len(value) <= 512 and _SAFE_NEXT.fullmatch(value):
-        return value
-    return "/"
 
 
 class Console:
@@ -226,6 +220,7 @@ class Console:
             Route("/usage", page(self.usage_page)),
             Route("/audit", page(self.audit_page)),
             *more_routes(self),
+            *SecurityKeyPages(self).routes(),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
@@ -441,6 +436,13 @@ class Console:
         step = "/sign-in/enrol" if stage == "enrol" else "/sign-in/code"
         return self._see(f"{step}?next={_quote(target)}", fresh)
 
+    async def _offers_keys(self, request: Request, name: str | None) -> bool:
+        """Whether the second-factor page offers a security key: the account has one and
+        this address of the console can be a WebAuthn relying party."""
+        if name is None or relying_party(self.settings, request) is None:
+            return False
+        return bool(await run_in_threadpool(self.users.credentials, name))
+
     async def _step(self, request: Request, stage: str) -> Session | Response:
         session = await self._session(request)
         if session is None or session.stage != stage or session.user is None:
@@ -452,8 +454,9 @@ class Console:
         if isinstance(session, Response):
             return session
         target = safe_next(request.query_params.get("next"))
+        keys = await self._offers_keys(request, session.user)
         if request.method == "GET":
-            return self.render(request, "code.html", session=session, next=target)
+            return self.render(request, "code.html", session=session, next=target, keys=keys)
         fields = await self._form(request, session)
         if fields is None:
             return self._stale_form(request)
@@ -478,6 +481,7 @@ class Console:
                 next=target,
                 error=str(exc),
                 headers=headers,
+                keys=keys,
             )
         return self._after_second_factor(session, nxt, target)
 
@@ -501,6 +505,7 @@ class Console:
             "next": target,
             "secret": secret,
             "uri": provisioning_uri(secret, session.user),
+            "keys": relying_party(self.settings, request) is not None,
         }
         if request.method == "GET":
             return self.render(request, "enrol.html", session=session, **context)
@@ -934,10 +939,6 @@ class Console:
 
 
 # -- helpers
-
-
-def _quote(path: str) -> str:
-    return quote(path, safe="/")
 
 
 def _recording_id(request: Request) -> str:
