@@ -42,13 +42,14 @@ def _kit_sealing(kit: str, made: float) -> Any:
     return open_kit(kit)[0].sealing
 
 
-def read_kit_part(
-    part: LogPartition, kit: str, keys: Mapping[str, Sequence[bytes]]
-) -> list[SegmentEntries]:
-    """:func:`~sampledrec.audit.partitions.read_part` on a worker, the kit's sealing keys read
-    from the kit folder."""
+def check_kit_part(
+    part: LogPartition, wanted: frozenset[int], kit: str, keys: Mapping[str, Sequence[bytes]]
+) -> tuple[list[SegmentCheck], list[SegmentEntries]]:
+    """One partition's whole work on a worker, in one task: :func:`~.partitions.verify_part`
+    then :func:`~.partitions.read_part` (the segments' pages read from disk once, still in
+    the page cache for the second pass), the kit's sealing keys read from the kit folder."""
     made = (Path(kit) / "kit.json").stat().st_mtime
-    return read_part(part, _kit_sealing(kit, made), keys)
+    return verify_part(part, wanted), read_part(part, _kit_sealing(kit, made), keys)
 
 
 class DaskRunner:
@@ -72,18 +73,29 @@ class DaskRunner:
         # Workers are told where the log is, never given its bytes.
         remote = [LogPartition(str(log), p.segments) for p in parts]
         sizes = [sum((log / segment_name(s)).stat().st_size for s in p.segments) for p in parts]
-        checks = self.client.map(verify_part, remote, wanted=wanted, pure=False)
-        entries = self.client.map(read_kit_part, remote, kit=self.kit, keys=keys, pure=False)
-        size_of = {f.key: n for fs in (checks, entries) for f, n in zip(fs, sizes, strict=True)}
-        for done in as_completed([*checks, *entries]):
-            if progress is not None:
-                progress(size_of[done.key])
-        got_checks = self.client.gather(checks)
-        got_entries = self.client.gather(entries)
-        return (
-            [c for part in got_checks for c in part],
-            [e for part in got_entries for e in part],
+        # One task per partition; the biggest first, so that the last to finish are small.
+        order = sorted(range(len(remote)), key=lambda i: -sizes[i])
+        futures = self.client.map(
+            check_kit_part,
+            [remote[i] for i in order],
+            wanted=wanted,
+            kit=self.kit,
+            keys=keys,
+            pure=False,
         )
+        slot = {f.key: i for f, i in zip(futures, order, strict=True)}
+        got: list[tuple[list[SegmentCheck], list[SegmentEntries]] | None] = [None] * len(remote)
+        # Each answer is fetched as soon as it is ready, while the workers go on with the
+        # others (not all at the end), and released from its worker at once.
+        for future, answer in as_completed(futures, with_results=True):
+            got[slot[future.key]] = answer
+            future.release()
+            if progress is not None:
+                progress(2 * sizes[slot[future.key]])  # both passes over its bytes
+        done = [g for g in got if g is not None]
+        if len(done) != len(got):  # as_completed yields every future, or raises
+            raise RuntimeError("a partition's answer is missing")
+        return [c for g in done for c in g[0]], [e for g in done for e in g[1]]
 
 
 @contextmanager
