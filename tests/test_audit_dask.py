@@ -181,8 +181,50 @@ def test_the_audit_on_two_workers_is_the_single_process_audit(
     kit = kw.pop("kit")
     alone = audit_kit(kit, now=AUDIT_AT, **kw)
     assert (alone.verdict == "PASS") == (name == "honest"), alone.to_text()
-    spread = audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit), **kw)
+    runner = DaskRunner(two_workers.client, kit, two_workers.spool)
+    # the columns come back through shared memory (where there is some)
+    assert runner.spool is not None or not Path(audit_dask.SHARED_MEMORY).is_dir()
+    spread = audit_kit(kit, now=AUDIT_AT, runner=runner, **kw)
     _same(alone, spread)
+    if runner.spool is not None:  # every column file mapped and deleted
+        assert not list(Path(runner.spool).iterdir())
+    if name in ("honest", "entry changed"):  # and over the network (a remote cluster's way)
+        _same(alone, audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit), **kw))
+
+
+def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    import numpy as np
+
+    from sampledrec.audit.distributed import spool_columns, unspool_columns
+    from sampledrec.audit.kit import open_kit
+    from sampledrec.audit.partitions import LogPartition, read_part
+
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    ev, _ = open_kit(kit)
+    segments = LocalLogStorage(kit / "log").segments()
+    entries = read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
+    before = [e.contents.decisions for e in entries]
+    assert sum(map(len, before)) > 200
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spooled = spool_columns(entries, str(spool))
+    assert len(list(spool.iterdir())) == sum(1 for d in before if len(d))
+    assert all(len(e.contents.decisions) == 0 for e in entries)  # nothing left to send
+    unspool_columns(entries, spooled)
+    assert not list(spool.iterdir())
+    for e, old in zip(entries, before, strict=True):
+        new = e.contents.decisions
+        for f in fields(old):
+            a, b = getattr(old, f.name), getattr(new, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and a.shape == b.shape, f.name
+                assert np.array_equal(a, b), f.name
+                b[...] = b  # writable (copy-on-write), as columns read in this process
+            else:
+                assert a == b, f.name
 
 
 def _cli_report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
