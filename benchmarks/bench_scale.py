@@ -49,7 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _auditlog import decided_store
+from _auditlog import call_refs, decided_store
 from _scale_nodes import node_rows, part_nodes
 from _table import print_table
 
@@ -79,22 +79,35 @@ class _Timed:
         return got
 
 
-def part_audit(sizes: list[int], tmp: Path, rounds: int = ROUNDS) -> list[dict[str, Any]]:
+def _kit(folder: Path, n: int) -> tuple[Path, str, float]:
+    """The kit of a store of ``n`` decisions in ``folder/kit`` (made unless there already),
+    the day of its decisions, and how long making it took (0: it was there)."""
+    kit, made = folder / "kit", folder / "made.json"
+    if made.is_file() and kit.is_dir():
+        return kit, json.loads(made.read_text())["day"], 0.0
+    t0 = time.perf_counter()
+    built = decided_store(folder, n)
+    write_kit(built.store, kit, now=built.day + timedelta(days=1))
+    shutil.rmtree(folder / "store")  # the kit holds everything the audit reads
+    day = built.day.date().isoformat()
+    made.write_text(json.dumps({"day": day, "decisions": n}))
+    return kit, day, time.perf_counter() - t0
+
+
+def part_audit(
+    sizes: list[int], tmp: Path, rounds: int = ROUNDS, kits: Path | None = None
+) -> list[dict[str, Any]]:
     from sampledrec.audit.distributed import dask_runner
 
     out = []
     for n in sizes:
-        folder = tmp / f"n{n}"
-        t0 = time.perf_counter()
-        built = decided_store(folder, n)
-        build_s = time.perf_counter() - t0
-        kit = folder / "kit"
-        write_kit(built.store, kit, now=built.day + timedelta(days=1))
-        shutil.rmtree(folder / "store")  # the kit holds everything the audit reads
+        folder = (kits or tmp) / f"n{n}"
+        kit, day, build_s = _kit(folder, n)
+        refs = call_refs(n)
         key = next(
             bytes.fromhex(e["key"])
             for e in json.loads((kit / "revealed-keys.json").read_bytes())["epochs"]
-            if e["epoch_id"] == built.day.date().isoformat()
+            if e["epoch_id"] == day
         )
         segments = sorted((kit / "log").glob("seg-*"))
         log_bytes = sum(p.stat().st_size for p in segments)
@@ -133,7 +146,7 @@ def part_audit(sizes: list[int], tmp: Path, rounds: int = ROUNDS) -> list[dict[s
             keep("cpu_in_process_s", time.process_time() - c0)
             ok = ok and rep.ok
             t0 = time.perf_counter()
-            draw_many(key, built.refs)
+            draw_many(key, refs)
             keep("draws_s", time.perf_counter() - t0)
             t0 = time.perf_counter()
             for p in segments:
@@ -160,7 +173,8 @@ def part_audit(sizes: list[int], tmp: Path, rounds: int = ROUNDS) -> list[dict[s
                 "audit_ok": ok,
             }
         )
-        shutil.rmtree(folder)
+        if kits is None:
+            shutil.rmtree(folder)
     return out
 
 
@@ -178,6 +192,12 @@ def main() -> int:
     parser.add_argument(
         "--audit-only", action="store_true", help="part (2) only, without the nodes"
     )
+    parser.add_argument(
+        "--kits",
+        type=Path,
+        help="keep the audit part's kits in this folder, and use those already there "
+        "(making a kit of 10M decisions takes minutes)",
+    )
     args = parser.parse_args()
     sizes = [1_000_000] if args.quick else [1_000_000, 3_000_000, 10_000_000]
     if args.sizes:
@@ -185,7 +205,7 @@ def main() -> int:
     nodes = {} if args.audit_only else part_nodes(args.quick)
     tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-scale-"))
     try:
-        audits = part_audit(sizes, tmp, max(1, args.rounds))
+        audits = part_audit(sizes, tmp, max(1, args.rounds), args.kits)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     last = audits[-1]
