@@ -222,7 +222,7 @@ def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> 
             if isinstance(a, np.ndarray):
                 assert a.dtype == b.dtype and a.shape == b.shape, f.name
                 assert np.array_equal(a, b), f.name
-                b[...] = b  # writable (copy-on-write), as columns read in this process
+                b[...] = b  # writable, as columns read in this process
             else:
                 assert a == b, f.name
 
