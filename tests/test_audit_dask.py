@@ -8,6 +8,7 @@ forged, a draw forged, a checkpoint's signature broken, a recording missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -29,6 +30,7 @@ from sampledrec.audit.distributed import DaskRunner, dask_runner
 from sampledrec.audit.findings import AuditReport
 from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.cli import main
+from sampledrec.errors import StoreError
 from sampledrec.log.segments import BATCH_HEADER, SEG_HEADER, TRAILER_HEAD
 from sampledrec.log.storage import LocalLogStorage, segment_name
 from sampledrec.sampling.record import DecisionRecord
@@ -213,7 +215,13 @@ def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> 
     spooled = spool_columns(entries, str(spool))
     assert len(list(spool.iterdir())) == sum(1 for d in before if len(d))
     assert all(len(e.contents.decisions) == 0 for e in entries)  # nothing left to send
-    unspool_columns(entries, spooled)
+    elsewhere = [
+        s if s is None else dataclasses.replace(s, path=str(tmp_path / Path(s.path).name))
+        for s in spooled
+    ]
+    with pytest.raises(StoreError, match="not in the spool folder"):
+        unspool_columns(entries, elsewhere, str(spool))  # never read nor deleted
+    unspool_columns(entries, spooled, str(spool))
     assert not list(spool.iterdir())
     for e, old in zip(entries, before, strict=True):
         new = e.contents.decisions

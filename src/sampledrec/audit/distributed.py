@@ -100,13 +100,19 @@ def spool_columns(entries: Sequence[SegmentEntries], folder: str) -> list[Spoole
     return out
 
 
-def unspool_columns(entries: Sequence[SegmentEntries], spooled: Sequence[Spooled | None]) -> None:
-    """Put back the columns that :func:`spool_columns` wrote, read straight into new arrays
-    (one copy, by the kernel: mapping the files instead costs a page fault per 4 KiB when
-    the columns are joined), and delete their files."""
+def unspool_columns(
+    entries: Sequence[SegmentEntries], spooled: Sequence[Spooled | None], folder: str
+) -> None:
+    """Put back the columns that :func:`spool_columns` wrote in ``folder``, read straight into
+    new arrays (one copy, by the kernel: mapping the files instead costs a page fault per
+    4 KiB when the columns are joined), and delete their files. A file named outside
+    ``folder`` is refused (:class:`~sampledrec.errors.StoreError`): this process deletes
+    what it reads."""
     for e, s in zip(entries, spooled, strict=True):
         if s is None:
             continue
+        if os.path.dirname(os.path.realpath(s.path)) != os.path.realpath(folder):
+            raise StoreError(f"a worker's columns are not in the spool folder {folder}: {s.path}")
         cols: dict[str, Any] = {}
         with open(s.path, "rb", buffering=0) as fh:
             for name, dtype, shape, at in s.columns:
@@ -195,7 +201,8 @@ class DaskRunner:
         for future, answer in as_completed(futures, with_results=True):
             i = slot[future.key]
             checks, entries, spooled = answer
-            unspool_columns(entries, spooled)
+            if self.spool is not None:
+                unspool_columns(entries, spooled, self.spool)
             got[i] = (checks, entries)
             future.release()
             if progress is not None:
