@@ -194,6 +194,18 @@ def test_the_audit_on_two_workers_is_the_single_process_audit(
         _same(alone, audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit), **kw))
 
 
+def test_columns_that_cannot_be_spooled_go_back_with_the_answer(
+    built: Path, tmp_path: Path, two_workers: DaskRunner
+) -> None:
+    # A full or missing spool folder (a container's /dev/shm is 64 MB by default): the columns
+    # come back over the network, and the report is the same.
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    gone = str(tmp_path / "no-such-folder")
+    alone = audit_kit(kit, now=AUDIT_AT)
+    _same(alone, audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit, gone)))
+
+
 def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> None:
     from dataclasses import fields
 
@@ -210,6 +222,8 @@ def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> 
     entries = read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
     before = [e.contents.decisions for e in entries]
     assert sum(map(len, before)) > 200
+    assert spool_columns(entries, str(tmp_path / "no-such-folder")) == [None] * len(entries)
+    assert [e.contents.decisions for e in entries] == before  # left as they were, to send
     spool = tmp_path / "spool"
     spool.mkdir()
     spooled = spool_columns(entries, str(spool))

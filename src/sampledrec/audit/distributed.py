@@ -20,6 +20,7 @@ every check that spans the log, run in this process, exactly as in the single-pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -68,22 +69,37 @@ class Spooled:
 
 def spool_columns(entries: Sequence[SegmentEntries], folder: str) -> list[Spooled | None]:
     """Write each segment's decision columns to a file of its own in ``folder``, and leave
-    empty columns (of the same types) in their place; None for a segment without decisions
-    (sent as it is)."""
+    empty columns (of the same types) in their place; None for a segment sent as it is:
+    without decisions, or whose file could not be written (``folder`` full, as a container's
+    small ``/dev/shm`` can be, or gone)."""
     out: list[Spooled | None] = []
     for e in entries:
         d = e.contents.decisions
-        if not len(d):
-            out.append(None)
-            continue
         arrays = [
             (f.name, np.ascontiguousarray(getattr(d, f.name)))
             for f in dataclasses.fields(d)
             if isinstance(getattr(d, f.name), np.ndarray)
         ]
-        fd, path = tempfile.mkstemp(dir=folder, prefix=f"seg-{e.segment}-", suffix=".cols")
-        layout = []
-        at = 0
+        written = _spool_file(arrays, folder, e.segment) if len(d) else None
+        out.append(written)
+        if written is None:
+            continue
+        empty: dict[str, Any] = {
+            name: np.empty((0, *a.shape[1:]), dtype=a.dtype) for name, a in arrays
+        }
+        e.contents.decisions = dataclasses.replace(d, **empty)
+    return out
+
+
+def _spool_file(arrays: list[tuple[str, Any]], folder: str, segment: int) -> Spooled | None:
+    """``arrays`` (name, array) in a new file in ``folder``; None (and no file) on failure."""
+    try:
+        fd, path = tempfile.mkstemp(dir=folder, prefix=f"seg-{segment}-", suffix=".cols")
+    except OSError:
+        return None
+    layout = []
+    at = 0
+    try:
         with os.fdopen(fd, "wb") as fh:
             for name, a in arrays:
                 pad = -at % _ALIGN
@@ -92,12 +108,11 @@ def spool_columns(entries: Sequence[SegmentEntries], folder: str) -> list[Spoole
                 fh.write(a.reshape(-1).view(np.uint8).data)
                 layout.append((name, a.dtype.str, tuple(a.shape), at))
                 at += a.nbytes
-        out.append(Spooled(path, at, tuple(layout)))
-        empty: dict[str, Any] = {
-            name: np.empty((0, *a.shape[1:]), dtype=a.dtype) for name, a in arrays
-        }
-        e.contents.decisions = dataclasses.replace(d, **empty)
-    return out
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    return Spooled(path, at, tuple(layout))
 
 
 def unspool_columns(
