@@ -39,6 +39,11 @@ class DecidedStore:
     refs: npt.NDArray[np.bytes_]  # the call references, in log order
 
 
+def call_refs(n: int) -> npt.NDArray[np.bytes_]:
+    """The call references of :func:`decided_store`'s ``n`` decisions, in log order."""
+    return np.asarray([f"{i:016x}@pbx.example.com" for i in range(n)], dtype="S")
+
+
 def decided_store(folder: Path, n: int) -> DecidedStore:
     """A new simulated store in ``folder/store`` whose log holds ``n`` decisions."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +52,7 @@ def decided_store(folder: Path, n: int) -> DecidedStore:
     real_now = datetime.now(UTC)
     day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
     clock = FixedClock(day)
-    refs = np.asarray([f"{i:016x}@pbx.example.com" for i in range(n)], dtype="S")
+    refs = call_refs(n)
     queues = np.asarray(["sales", "support"])[np.arange(n) % 2]
     with store.open_log(clock=clock) as log:
         sampler = store.sampler(clock=clock, log=log)

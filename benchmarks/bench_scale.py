@@ -20,9 +20,15 @@ Run ``python benchmarks/bench_scale.py [--quick]`` (the audit part needs ``sampl
 
     Targets: two workers at least 1.6 x faster than one (``speedup``), and one worker within
     2 x (``log_sha256_s`` + ``draws_s``) (``one_worker_ratio`` <= 1), at the largest size.
-    From the largest size it estimates what a month of 1e9 decisions needs: core-seconds per
-    decision (one worker's time, one core) x 1e9, the cores that would audit it in an hour,
-    and the serial join's share.
+    Each audit on Dask is also measured in CPU seconds (the joining process's, with
+    ``time.process_time``, and the workers', asked of them before and after): on a shared
+    machine they vary less than the wall clock. Every round's wall clock is printed too (the
+    spread). From the largest size it estimates what a month of 1e9 decisions needs: CPU
+    seconds per decision (one worker, worker and joining process together) x 1e9, the cores
+    that would audit it in an hour, and the serial join's share.
+
+    ``--sizes 1,3,10`` (millions) and ``--rounds N`` change what is measured; ``--audit-only``
+    leaves part (1) out.
 
 The last line of output is one JSON object with those figures.
 """
@@ -43,7 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _auditlog import decided_store
+from _auditlog import call_refs, decided_store
 from _scale_nodes import node_rows, part_nodes
 from _table import print_table
 
@@ -73,26 +79,40 @@ class _Timed:
         return got
 
 
-def part_audit(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
+def _kit(folder: Path, n: int) -> tuple[Path, str, float]:
+    """The kit of a store of ``n`` decisions in ``folder/kit`` (made unless there already),
+    the day of its decisions, and how long making it took (0: it was there)."""
+    kit, made = folder / "kit", folder / "made.json"
+    if made.is_file() and kit.is_dir():
+        return kit, json.loads(made.read_text())["day"], 0.0
+    t0 = time.perf_counter()
+    built = decided_store(folder, n)
+    write_kit(built.store, kit, now=built.day + timedelta(days=1))
+    shutil.rmtree(folder / "store")  # the kit holds everything the audit reads
+    day = built.day.date().isoformat()
+    made.write_text(json.dumps({"day": day, "decisions": n}))
+    return kit, day, time.perf_counter() - t0
+
+
+def part_audit(
+    sizes: list[int], tmp: Path, rounds: int = ROUNDS, kits: Path | None = None
+) -> list[dict[str, Any]]:
     from sampledrec.audit.distributed import dask_runner
 
     out = []
     for n in sizes:
-        folder = tmp / f"n{n}"
-        t0 = time.perf_counter()
-        built = decided_store(folder, n)
-        build_s = time.perf_counter() - t0
-        kit = folder / "kit"
-        write_kit(built.store, kit, now=built.day + timedelta(days=1))
-        shutil.rmtree(folder / "store")  # the kit holds everything the audit reads
+        folder = (kits or tmp) / f"n{n}"
+        kit, day, build_s = _kit(folder, n)
+        refs = call_refs(n)
         key = next(
             bytes.fromhex(e["key"])
             for e in json.loads((kit / "revealed-keys.json").read_bytes())["epochs"]
-            if e["epoch_id"] == built.day.date().isoformat()
+            if e["epoch_id"] == day
         )
         segments = sorted((kit / "log").glob("seg-*"))
         log_bytes = sum(p.stat().st_size for p in segments)
         best: dict[str, float] = {}
+        walls: dict[str, list[float]] = {"audit_1_workers_s": [], "audit_2_workers_s": []}
         ok = True
 
         def keep(name: str, seconds: float, best: dict[str, float] = best) -> None:
@@ -103,21 +123,30 @@ def part_audit(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
             with dask_runner(kit, workers=workers) as runner:
                 keep(f"cluster_start_{workers}_s", time.perf_counter() - t0)
                 timed = _Timed(runner)
-                for _ in range(ROUNDS):
-                    t0 = time.perf_counter()
+                for _ in range(rounds):
+                    before = runner.client.run(time.process_time)
+                    c0, t0 = time.process_time(), time.perf_counter()
                     rep = audit_kit(kit, runner=timed)
-                    end = time.perf_counter()
+                    end, c1 = time.perf_counter(), time.process_time()
+                    after = runner.client.run(time.process_time)
                     keep(f"audit_{workers}_workers_s", end - t0)
-                    if workers == 2:
-                        keep("join_s", end - timed.done_at)
+                    walls[f"audit_{workers}_workers_s"].append(end - t0)
+                    # CPU seconds: this process (the join) and the workers' (the partitions)
+                    keep(f"cpu_{workers}_workers_client_s", c1 - c0)
+                    keep(
+                        f"cpu_{workers}_workers_workers_s",
+                        sum(after[w] - before[w] for w in after if w in before),
+                    )
+                    keep(f"join_{workers}_s", end - timed.done_at)
                     ok = ok and rep.ok
-        for _ in range(ROUNDS):
-            t0 = time.perf_counter()
+        for _ in range(rounds):
+            c0, t0 = time.process_time(), time.perf_counter()
             rep = audit_kit(kit)
             keep("audit_in_process_s", time.perf_counter() - t0)
+            keep("cpu_in_process_s", time.process_time() - c0)
             ok = ok and rep.ok
             t0 = time.perf_counter()
-            draw_many(key, built.refs)
+            draw_many(key, refs)
             keep("draws_s", time.perf_counter() - t0)
             t0 = time.perf_counter()
             for p in segments:
@@ -134,6 +163,9 @@ def part_audit(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
                 "segments": len(segments),
                 "build_s": build_s,
                 **best,
+                "join_s": best["join_2_s"],
+                "rounds_s": walls,  # every round's wall clock, for the spread
+                "cpu_1_worker_s": best["cpu_1_workers_client_s"] + best["cpu_1_workers_workers_s"],
                 "speedup": one / two,
                 "one_worker_ratio": one / (2 * floor),
                 "us_per_decision_1_worker": one / n * 1e6,
@@ -141,36 +173,61 @@ def part_audit(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
                 "audit_ok": ok,
             }
         )
-        shutil.rmtree(folder)
+        if kits is None:
+            shutil.rmtree(folder)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 million decisions only")
+    parser.add_argument(
+        "--sizes",
+        help="the audit part's log sizes, in millions of decisions, comma-separated "
+        "(default 1,3,10; --quick: 1)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"audits per size and setup (default {ROUNDS})"
+    )
+    parser.add_argument(
+        "--audit-only", action="store_true", help="part (2) only, without the nodes"
+    )
+    parser.add_argument(
+        "--kits",
+        type=Path,
+        help="keep the audit part's kits in this folder, and use those already there "
+        "(making a kit of 10M decisions takes minutes)",
+    )
     args = parser.parse_args()
     sizes = [1_000_000] if args.quick else [1_000_000, 3_000_000, 10_000_000]
-    nodes = part_nodes(args.quick)
+    if args.sizes:
+        sizes = [round(float(x) * 1_000_000) for x in args.sizes.split(",")]
+    nodes = {} if args.audit_only else part_nodes(args.quick)
     tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-scale-"))
     try:
-        audits = part_audit(sizes, tmp)
+        audits = part_audit(sizes, tmp, max(1, args.rounds), args.kits)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     last = audits[-1]
-    core_s = last["audit_1_workers_s"] / last["decisions"] * 1e9
+    # From the largest size: CPU seconds per decision (the workers' and the joining
+    # process's, one worker: what a month costs in cores whatever the machine's load), and
+    # the serial join, which more workers do not shorten.
+    core_s = last["cpu_1_worker_s"] / last["decisions"] * 1e9
     join_share = last["join_s"] / last["audit_2_workers_s"]
     month = {
         "decisions": 1e9,
         "core_hours": core_s / 3600,
         "cores_for_one_hour": math.ceil(core_s / 3600),
         "join_hours_serial": last["join_s"] / last["decisions"] * 1e9 / 3600,
+        "wall_hours_1_worker": last["audit_1_workers_s"] / last["decisions"] * 1e9 / 3600,
     }
     print(
         f"sampledrec {__version__} bench_scale ({'quick' if args.quick else 'full'}); "
         f"Python {platform.python_version()} on {platform.machine()}"
     )
-    print("(1) three nodes on PostgreSQL and SeaweedFS against one embedded store")
-    print_table(node_rows(nodes))
+    if nodes:
+        print("(1) three nodes on PostgreSQL and SeaweedFS against one embedded store")
+        print_table(node_rows(nodes))
     print("(2) audit of a kit on Dask (best of rounds, seconds)")
     rows = []
     for a in audits:
@@ -201,16 +258,34 @@ def main() -> int:
             ),
             ("  of which the join (s)", f"{a['join_s']:.3f}", "serial", "", ""),
             (
-                "  us per decision, 1 / 2 workers",
-                f"{a['us_per_decision_1_worker']:.2f} / {a['us_per_decision_2_workers']:.2f}",
+                "  every round, 1 / 2 workers (s)",
+                " / ".join(
+                    ", ".join(f"{x:.2f}" for x in a["rounds_s"][f"audit_{w}_workers_s"])
+                    for w in (1, 2)
+                ),
+                "spread",
+                "",
+                "",
+            ),
+            (
+                "  CPU s, 1 worker: joining process + worker",
+                f"{a['cpu_1_workers_client_s']:.2f} + {a['cpu_1_workers_workers_s']:.2f}",
                 "for scale",
+                "",
+                "",
+            ),
+            (
+                "  us per decision, 1 / 2 workers / CPU",
+                f"{a['us_per_decision_1_worker']:.2f} / {a['us_per_decision_2_workers']:.2f}"
+                f" / {a['cpu_1_worker_s'] / a['decisions'] * 1e6:.2f}",
+                "growth",
                 "",
                 "",
             ),
         ]
     rows.append(
         (
-            "1e9 decisions: core-hours (1 worker's rate)",
+            "1e9 decisions: core-hours (CPU, 1 worker)",
             f"{month['core_hours']:.1f}",
             f"{month['cores_for_one_hour']} cores for 1 h",
             f"join {join_share:.0%}",

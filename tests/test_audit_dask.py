@@ -8,6 +8,7 @@ forged, a draw forged, a checkpoint's signature broken, a recording missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -29,6 +30,7 @@ from sampledrec.audit.distributed import DaskRunner, dask_runner
 from sampledrec.audit.findings import AuditReport
 from sampledrec.audit.kit import audit_kit, write_kit
 from sampledrec.cli import main
+from sampledrec.errors import StoreError
 from sampledrec.log.segments import BATCH_HEADER, SEG_HEADER, TRAILER_HEAD
 from sampledrec.log.storage import LocalLogStorage, segment_name
 from sampledrec.sampling.record import DecisionRecord
@@ -181,8 +183,70 @@ def test_the_audit_on_two_workers_is_the_single_process_audit(
     kit = kw.pop("kit")
     alone = audit_kit(kit, now=AUDIT_AT, **kw)
     assert (alone.verdict == "PASS") == (name == "honest"), alone.to_text()
-    spread = audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit), **kw)
+    runner = DaskRunner(two_workers.client, kit, two_workers.spool)
+    # the columns come back through shared memory (where there is some)
+    assert runner.spool is not None or not Path(audit_dask.SHARED_MEMORY).is_dir()
+    spread = audit_kit(kit, now=AUDIT_AT, runner=runner, **kw)
     _same(alone, spread)
+    if runner.spool is not None:  # every column file mapped and deleted
+        assert not list(Path(runner.spool).iterdir())
+    if name in ("honest", "entry changed"):  # and over the network (a remote cluster's way)
+        _same(alone, audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit), **kw))
+
+
+def test_columns_that_cannot_be_spooled_go_back_with_the_answer(
+    built: Path, tmp_path: Path, two_workers: DaskRunner
+) -> None:
+    # A full or missing spool folder (a container's /dev/shm is 64 MB by default): the columns
+    # come back over the network, and the report is the same.
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    gone = str(tmp_path / "no-such-folder")
+    alone = audit_kit(kit, now=AUDIT_AT)
+    _same(alone, audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit, gone)))
+
+
+def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    import numpy as np
+
+    from sampledrec.audit.distributed import spool_columns, unspool_columns
+    from sampledrec.audit.kit import open_kit
+    from sampledrec.audit.partitions import LogPartition, read_part
+
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    ev, _ = open_kit(kit)
+    segments = LocalLogStorage(kit / "log").segments()
+    entries = read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
+    before = [e.contents.decisions for e in entries]
+    assert sum(map(len, before)) > 200
+    assert spool_columns(entries, str(tmp_path / "no-such-folder")) == [None] * len(entries)
+    assert [e.contents.decisions for e in entries] == before  # left as they were, to send
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spooled = spool_columns(entries, str(spool))
+    assert len(list(spool.iterdir())) == sum(1 for d in before if len(d))
+    assert all(len(e.contents.decisions) == 0 for e in entries)  # nothing left to send
+    elsewhere = [
+        s if s is None else dataclasses.replace(s, path=str(tmp_path / Path(s.path).name))
+        for s in spooled
+    ]
+    with pytest.raises(StoreError, match="not in the spool folder"):
+        unspool_columns(entries, elsewhere, str(spool))  # never read nor deleted
+    unspool_columns(entries, spooled, str(spool))
+    assert not list(spool.iterdir())
+    for e, old in zip(entries, before, strict=True):
+        new = e.contents.decisions
+        for f in fields(old):
+            a, b = getattr(old, f.name), getattr(new, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and a.shape == b.shape, f.name
+                assert np.array_equal(a, b), f.name
+                b[...] = b  # writable, as columns read in this process
+            else:
+                assert a == b, f.name
 
 
 def _cli_report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

@@ -457,3 +457,32 @@ def test_call_firsts_agree_on_many_calls_with_retries() -> None:
     assert all(w == ways[0] for w in ways)
     firsts = np.asarray(ways[0])
     assert (firsts < np.arange(n)).sum() > 5_000  # many retries were found
+
+
+@needs_accel
+def test_call_firsts_over_many_partitions_is_the_first_of_each_call() -> None:
+    """Enough rows for the C grouping to split them into many partitions (about 8,192 rows
+    each): repeats far apart, in other epochs, of the other kind, and rows without a
+    reference, against a grouping by numpy on the whole keys."""
+    n = 60_000
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, n // 3, n)  # most calls decided about three times
+    epoch = (rng.integers(0, 2, n)).astype(np.int32)
+    kind = rng.integers(1, 3, n).astype(np.uint8)
+    kind[rng.random(n) < 0.05] = 0
+    refs = np.zeros((n, 12), dtype=np.uint8)
+    # even ids: 12 hex digits; odd ones: 11 (zero-padded to the width)
+    text = b"".join(b"%012x" % i if i % 2 == 0 else b"%011x\0" % i for i in ids.tolist())
+    refs[:] = np.frombuffer(text, dtype=np.uint8).reshape(n, 12)
+    lens = np.where(ids % 2 == 0, 12, 11).astype(np.int64)
+    raw = _hashing.native.call_firsts(epoch, kind, lens, refs, 12, os.urandom(16))
+    got = np.frombuffer(raw, dtype=np.int64)
+    key = (ids * 2 + epoch) * 3 + kind
+    has = kind > 0
+    _, first, inverse = np.unique(key[has], return_index=True, return_inverse=True)
+    want = np.full(n, -1, dtype=np.int64)
+    want[has] = np.flatnonzero(has)[first[inverse.ravel()]]
+    assert np.array_equal(got, want)
+    # many repeats, some of them in other partitions than their first
+    assert np.unique(got[got >= 0]).size < 0.8 * np.count_nonzero(got >= 0)
+    assert np.count_nonzero((got >= 0) & (np.arange(n) - got > 10_000)) > 1000

@@ -35,6 +35,7 @@ from sampledrec.errors import LogCorrupt, StoreError, UnknownAttributeWarning
 from sampledrec.keys.keyring import LocalKeyring
 from sampledrec.log.checkpoint import Checkpoint
 from sampledrec.log.format import (
+    DECISION,
     T_CHECKPOINT,
     T_DECISION,
     T_KEY_COMMIT,
@@ -1550,3 +1551,48 @@ def test_processes_appending_to_one_store(small: Path, monkeypatch: pytest.Monke
         mine = [r for r in logged if r.startswith(f"p{k}-") and "batch" not in r]
         assert mine == [f"p{k}-{i}" for i in range(n)]
         assert sum(1 for r in logged if r.startswith(f"p{k}-batch-")) == n
+
+
+def test_the_scan_keeps_the_first_decision_of_each_epoch_and_policy_run() -> None:
+    """The verifier's scan (log.verify._gather) compares each decision's epoch id and policy
+    version with the previous decision's, word by word: every change of either byte, and no
+    other byte of the probe, starts a run (checked against a byte-by-byte comparison)."""
+    import numpy as np
+
+    from sampledrec.log import verify as lv
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    probes = rng.integers(0, 256, size=(n, lv.PROBE), dtype=np.uint8)  # other bytes: noise
+    probes[:, 1] = T_DECISION
+    probes[:, lv._EPOCH_TAG_AT : lv._EPOCH_TAG_AT + 2] = (DECISION.epoch_id.tag, 10)
+    probes[:, lv._VERSION_TAG_AT : lv._VERSION_TAG_AT + 2] = (DECISION.policy_version.tag, 32)
+    # Runs: each field is copied from the row before, except at a few places where one byte
+    # (anywhere in the epoch id or the version) changes.
+    for i in range(1, n):
+        probes[i, lv._EPOCH_AT : lv._VERSION_END] = probes[i - 1, lv._EPOCH_AT : lv._VERSION_END]
+        probes[i, lv._VERSION_TAG_AT : lv._VERSION_AT] = (DECISION.policy_version.tag, 32)
+        if rng.random() < 0.02:
+            at = int(
+                rng.choice(
+                    [
+                        *range(lv._EPOCH_AT, lv._VERSION_TAG_AT),
+                        *range(lv._VERSION_AT, lv._VERSION_END),
+                    ]
+                )
+            )
+            probes[i, at] ^= 1 + int(rng.integers(0, 255))
+    probes[7, 1] = 3  # one entry that is not a decision: left out of the runs
+    scan = lv._Scan()
+    lv._gather(scan, b"\0" * 8, np.full(n, 4, dtype=np.int64), probes, 100)
+    dec = [i for i in range(n) if i != 7]
+    field_bytes = [bytes(probes[i, lv._EPOCH_AT : lv._VERSION_END]) for i in dec]
+    expected = [
+        dec[j] + 100 for j in range(len(dec)) if j == 0 or field_bytes[j] != field_bytes[j - 1]
+    ]
+    assert len(expected) > 50
+    assert [u[0] for u in scan.first_uses] == expected
+    assert scan.first_uses[0][1:] == (
+        bytes(probes[0, lv._EPOCH_AT : lv._VERSION_TAG_AT]),
+        bytes(probes[0, lv._VERSION_AT : lv._VERSION_END]),
+    )

@@ -4,24 +4,36 @@
 processes (one thread each); ``--scheduler ADDRESS`` uses a running one. Dask comes with the
 optional extra ``dask`` (``pip install 'sampledrec[dask]'``).
 
-What goes over the network is small: each task names a partition (the kit's log folder and
+What goes to the workers is small: each task names a partition (the kit's log folder and
 some segments), the checkpoints' tree sizes, and the revealed epoch keys (of ended epochs, as
 the kit holds them). The workers read the log's segments and the kit's ``sealing-keys.json``
 from the kit folder themselves: with a remote scheduler, the kit must be on storage that every
 worker reads at the same path. What comes back is each segment's compact range and claims,
-its decision columns and the few draws that disagree with the log. The join, and every check
-that spans the log, run in this process, exactly as in the single-process audit
+its decision columns and the few draws that disagree with the log: one task per partition,
+each answer fetched as soon as it is ready. The decision columns (about 110 bytes a decision)
+come back over the network from a remote cluster; a local cluster's workers write them to a
+private folder in shared memory (``/dev/shm``) that this process reads and deletes at once,
+several times cheaper than Dask's sockets (docs/decisions/0037-audit-spool.md). The join, and
+every check that spans the log, run in this process, exactly as in the single-process audit
 (:mod:`sampledrec.audit.partitions`): the report is the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+import numpy as np
 
 from ..errors import InvalidArgument, StoreError
 from ..log.storage import segment_name
@@ -29,10 +41,111 @@ from ..log.verify import SegmentCheck
 from .kit import open_kit
 from .partitions import LogPartition, SegmentEntries, read_part, verify_part
 
-__all__ = ["CONNECT_TIMEOUT", "DaskRunner", "dask_runner"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DaskRunner",
+    "Spooled",
+    "dask_runner",
+    "spool_columns",
+    "unspool_columns",
+]
 
 #: Seconds to wait for a scheduler given by its address.
 CONNECT_TIMEOUT = 10.0
+#: Where a local cluster's workers leave their decision columns (memory, never a disk).
+SHARED_MEMORY: Final = "/dev/shm"
+_ALIGN: Final = 64  # each column of a spool file starts at a multiple of this
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A segment's decision columns in a spool file: each column's field name, dtype, shape
+    and offset."""
+
+    path: str
+    size: int
+    columns: tuple[tuple[str, str, tuple[int, ...], int], ...]
+
+
+def spool_columns(entries: Sequence[SegmentEntries], folder: str) -> list[Spooled | None]:
+    """Write each segment's decision columns to a file of its own in ``folder``, and leave
+    empty columns (of the same types) in their place; None for a segment sent as it is:
+    without decisions, or whose file could not be written (``folder`` full, as a container's
+    small ``/dev/shm`` can be, or gone)."""
+    out: list[Spooled | None] = []
+    for e in entries:
+        d = e.contents.decisions
+        arrays = [
+            (f.name, np.ascontiguousarray(getattr(d, f.name)))
+            for f in dataclasses.fields(d)
+            if isinstance(getattr(d, f.name), np.ndarray)
+        ]
+        written = _spool_file(arrays, folder, e.segment) if len(d) else None
+        out.append(written)
+        if written is None:
+            continue
+        empty: dict[str, Any] = {
+            name: np.empty((0, *a.shape[1:]), dtype=a.dtype) for name, a in arrays
+        }
+        e.contents.decisions = dataclasses.replace(d, **empty)
+    return out
+
+
+def _spool_file(arrays: list[tuple[str, Any]], folder: str, segment: int) -> Spooled | None:
+    """``arrays`` (name, array) in a new file in ``folder``; None (and no file) on failure."""
+    try:
+        fd, path = tempfile.mkstemp(dir=folder, prefix=f"seg-{segment}-", suffix=".cols")
+    except OSError:
+        return None
+    layout = []
+    at = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for name, a in arrays:
+                pad = -at % _ALIGN
+                fh.write(bytes(pad))
+                at += pad
+                fh.write(a.reshape(-1).view(np.uint8).data)
+                layout.append((name, a.dtype.str, tuple(a.shape), at))
+                at += a.nbytes
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    return Spooled(path, at, tuple(layout))
+
+
+def unspool_columns(
+    entries: Sequence[SegmentEntries], spooled: Sequence[Spooled | None], folder: str
+) -> None:
+    """Put back the columns that :func:`spool_columns` wrote in ``folder``, read straight into
+    new arrays (one copy, by the kernel: mapping the files instead costs a page fault per
+    4 KiB when the columns are joined), and delete their files. A file named outside
+    ``folder`` is refused (:class:`~sampledrec.errors.StoreError`): this process deletes
+    what it reads."""
+    for e, s in zip(entries, spooled, strict=True):
+        if s is None:
+            continue
+        if os.path.dirname(os.path.realpath(s.path)) != os.path.realpath(folder):
+            raise StoreError(f"a worker's columns are not in the spool folder {folder}: {s.path}")
+        cols: dict[str, Any] = {}
+        with open(s.path, "rb", buffering=0) as fh:
+            for name, dtype, shape, at in s.columns:
+                column = np.empty(shape, dtype=np.dtype(dtype))
+                _read_exactly(fh, at, column.reshape(-1).view(np.uint8).data)
+                cols[name] = column
+        os.unlink(s.path)
+        e.contents.decisions = dataclasses.replace(e.contents.decisions, **cols)
+
+
+def _read_exactly(fh: Any, at: int, into: memoryview) -> None:
+    fh.seek(at)
+    done = 0
+    while done < len(into):
+        got = fh.readinto(into[done:])
+        if not got:
+            raise OSError(f"{fh.name}: the spooled columns end before offset {at + len(into)}")
+        done += got
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,21 +155,36 @@ def _kit_sealing(kit: str, made: float) -> Any:
     return open_kit(kit)[0].sealing
 
 
-def read_kit_part(
-    part: LogPartition, kit: str, keys: Mapping[str, Sequence[bytes]]
-) -> list[SegmentEntries]:
-    """:func:`~sampledrec.audit.partitions.read_part` on a worker, the kit's sealing keys read
-    from the kit folder."""
+def check_kit_part(
+    part: LogPartition,
+    wanted: frozenset[int],
+    kit: str,
+    keys: Mapping[str, Sequence[bytes]],
+    spool: str | None = None,
+) -> tuple[list[SegmentCheck], list[SegmentEntries], list[Spooled | None]]:
+    """One partition's whole work on a worker, in one task: :func:`~.partitions.verify_part`
+    then :func:`~.partitions.read_part` (the segments' pages read from disk once, still in
+    the page cache for the second pass), the kit's sealing keys read from the kit folder.
+    With ``spool`` (a folder that the joining process reads too), the decision columns are
+    written there (:func:`spool_columns`) instead of going back with the answer."""
     made = (Path(kit) / "kit.json").stat().st_mtime
-    return read_part(part, _kit_sealing(kit, made), keys)
+    checks = verify_part(part, wanted)
+    entries = read_part(part, _kit_sealing(kit, made), keys)
+    spooled: list[Spooled | None] = [None] * len(entries)
+    if spool is not None:
+        spooled = spool_columns(entries, spool)
+    return checks, entries, spooled
 
 
 class DaskRunner:
-    """Runs the partitions of a kit's log on a Dask cluster through ``client``."""
+    """Runs the partitions of a kit's log on a Dask cluster through ``client``; ``spool``: a
+    folder in which the workers leave the decision columns for this process (they must see
+    it at the same path: a local cluster's), else they come back over the network."""
 
-    def __init__(self, client: Any, kit: str | Path) -> None:
+    def __init__(self, client: Any, kit: str | Path, spool: str | None = None) -> None:
         self.client = client
         self.kit = str(Path(kit).resolve())
+        self.spool = spool
 
     def run(
         self,
@@ -72,18 +200,40 @@ class DaskRunner:
         # Workers are told where the log is, never given its bytes.
         remote = [LogPartition(str(log), p.segments) for p in parts]
         sizes = [sum((log / segment_name(s)).stat().st_size for s in p.segments) for p in parts]
-        checks = self.client.map(verify_part, remote, wanted=wanted, pure=False)
-        entries = self.client.map(read_kit_part, remote, kit=self.kit, keys=keys, pure=False)
-        size_of = {f.key: n for fs in (checks, entries) for f, n in zip(fs, sizes, strict=True)}
-        for done in as_completed([*checks, *entries]):
-            if progress is not None:
-                progress(size_of[done.key])
-        got_checks = self.client.gather(checks)
-        got_entries = self.client.gather(entries)
-        return (
-            [c for part in got_checks for c in part],
-            [e for part in got_entries for e in part],
+        futures = self.client.map(
+            check_kit_part,
+            remote,
+            wanted=wanted,
+            kit=self.kit,
+            keys=keys,
+            spool=self.spool,
+            pure=False,
         )
+        slot = {f.key: i for i, f in enumerate(futures)}
+        got: list[tuple[list[SegmentCheck], list[SegmentEntries]] | None] = [None] * len(remote)
+        # Each answer is fetched as soon as it is ready, while the workers go on with the
+        # others (not all at the end), and released from its worker at once.
+        for future, answer in as_completed(futures, with_results=True):
+            i = slot[future.key]
+            checks, entries, spooled = answer
+            if self.spool is not None:
+                unspool_columns(entries, spooled, self.spool)
+            got[i] = (checks, entries)
+            future.release()
+            if progress is not None:
+                progress(2 * sizes[i])  # both passes over its bytes
+        done = [g for g in got if g is not None]
+        if len(done) != len(got):  # as_completed yields every future, or raises
+            raise RuntimeError("a partition's answer is missing")
+        return [c for g in done for c in g[0]], [e for g in done for e in g[1]]
+
+
+def _spool_folder() -> str | None:
+    """A new private folder in shared memory for a local cluster's columns, or None (no
+    shared memory: the columns come back over the network, never through a disk)."""
+    if not os.path.isdir(SHARED_MEMORY) or not os.access(SHARED_MEMORY, os.W_OK):
+        return None
+    return tempfile.mkdtemp(prefix="sampledrec-audit-", dir=SHARED_MEMORY)  # mode 0700
 
 
 @contextmanager
@@ -133,4 +283,9 @@ def dask_runner(
         ) as cluster,
         dd.Client(cluster) as client,
     ):
-        yield DaskRunner(client, kit)
+        spool = _spool_folder()
+        try:
+            yield DaskRunner(client, kit, spool)
+        finally:
+            if spool is not None:
+                shutil.rmtree(spool, ignore_errors=True)

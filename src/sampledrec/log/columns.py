@@ -438,7 +438,11 @@ def concat_decisions(parts: Sequence[Decisions]) -> Decisions:
         code = {v: i for i, v in enumerate(values)}
         cols[name] = np.concatenate(
             [
-                np.asarray([code[v] for v in getattr(p, listed)] + [-1], dtype=np.int32)[
+                # A stretch whose list is already the whole one (the usual case: every
+                # stretch met the same few epochs, rules, agents) keeps its codes as they are.
+                getattr(p, name)
+                if getattr(p, listed) == values
+                else np.asarray([code[v] for v in getattr(p, listed)] + [-1], dtype=np.int32)[
                     getattr(p, name)
                 ]
                 for p in full

@@ -728,7 +728,7 @@ def _gather(
     is_dec = types == T_DECISION
     dec = np.flatnonzero(is_dec)
     if dec.size:
-        rows = probes[dec]
+        rows = probes if dec.size == probes.shape[0] else probes[dec]  # all of them: no copy
         layout_ok = (
             (rows[:, _EPOCH_TAG_AT] == DECISION.epoch_id.tag)
             & (rows[:, _EPOCH_TAG_AT + 1] == DECISION.epoch_id.size)
@@ -739,9 +739,13 @@ def _gather(
             scan.others.append((first + int(dec[np.flatnonzero(~layout_ok)[0]]), b""))
         # Decisions come in long runs with the same epoch and policy: keep each run's first.
         # The epoch and version bytes are compared as 64-bit words (masked), not byte by byte.
-        w = np.ascontiguousarray(rows).view("<u8")[:, _RUN_WORDS]
-        changed = np.any(((w[1:] ^ w[:-1]) & _RUN_MASKS) != 0, axis=1)
-        starts = np.flatnonzero(np.concatenate(([True], changed)))
+        # Word by word (a column each), OR-ed together: no (rows x words) temporaries.
+        w = np.ascontiguousarray(rows).view("<u8")
+        differ = np.zeros(max(0, w.shape[0] - 1), dtype=np.uint64)
+        for k, mask in zip(range(_RUN_WORDS.start, _RUN_WORDS.stop), _RUN_MASKS, strict=True):
+            col = w[:, k]
+            differ |= (col[1:] ^ col[:-1]) & mask
+        starts = np.flatnonzero(np.concatenate(([True], differ != 0)))
         for j in starts.tolist():
             scan.first_uses.append(
                 (
