@@ -186,7 +186,14 @@ class Store:
         dsn = self.catalog_dsn
         if dsn is None:
             raise StoreError(f"{path / 'store.json'}: a node's catalog must be on PostgreSQL")
-        shared = SharedKeys(dsn, node["deployment_id"], DeploymentKey(node["key_file"]))
+        # A key file is named in store.json; a key on a token, in the deployment file
+        # (so that rotating to a new label is one file to copy to every node).
+        key = (
+            DeploymentKey(node["key_file"])
+            if node["key_file"]
+            else Deployment.load(node["file"]).wrapping_key()
+        )
+        shared = SharedKeys(dsn, node["deployment_id"], key)
         return NodeKeyring(local, shared, since=node["since"])
 
     @property
