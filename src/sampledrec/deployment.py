@@ -35,21 +35,43 @@ a new key (file or label) in one transaction (docs/decisions/0036-deployment-key
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
 import secrets
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._hazmat.files import write_atomic
-from ._hazmat.postgres import advisory_lock, advisory_lock_id, dsn_has_password, redact_dsn
+from ._hazmat.postgres import (
+    Migration,
+    PgConnection,
+    advisory_lock,
+    advisory_lock_id,
+    dsn_has_password,
+    redact_dsn,
+)
+from .clock import SYSTEM_CLOCK
 from .errors import InvalidArgument, StoreError, StoreNotFound
 from .keys.keystore import Pkcs11WrappingKey
 from .keys.shared import DeploymentKey, KeyWrapper, SharedKeys
+from .sampling.policy import Policy
 
-__all__ = ["DEPLOYMENT_FORMAT", "Deployment", "check_node_name"]
+if TYPE_CHECKING:
+    from ._hazmat.postgres import PgConn
+
+__all__ = [
+    "DEPLOYMENT_FORMAT",
+    "Deployment",
+    "DeploymentSettings",
+    "SharedPolicy",
+    "check_node_name",
+]
 
 DEPLOYMENT_FORMAT: Final = "sampledrec-deployment"
 DEPLOYMENT_VERSION: Final = 1
@@ -155,6 +177,16 @@ class Deployment:
             keys.check()
         finally:
             keys.close()
+        if policy is not None:  # the deployment's policy, which every node follows
+            text = Path(policy).read_text(encoding="utf-8")
+            checked = Policy.from_toml(text, source=str(policy))
+            settings = made.settings()
+            try:
+                settings.publish_policy(
+                    checked.version, text, SYSTEM_CLOCK.now(), getpass.getuser()
+                )
+            finally:
+                settings.close()
         try:
             write_atomic(target, json.dumps(doc, indent=2).encode() + b"\n")
         except OSError as exc:
@@ -234,6 +266,11 @@ class Deployment:
             return pkcs11_wrapping_key(self.deployment_key)
         assert self.key_file is not None
         return DeploymentKey(self.key_file)
+
+    def settings(self) -> DeploymentSettings:
+        """A new connection to the deployment's policy schedule and objection list; the
+        caller closes it."""
+        return DeploymentSettings(self.catalog_dsn, self.deployment_id)
 
     def shared_keys(self) -> SharedKeys:
         """A new connection to the deployment's shared keys; the caller closes it."""
@@ -361,3 +398,155 @@ def pkcs11_wrapping_key(spec: dict[str, str]) -> Pkcs11WrappingKey:
             f"the environment variable {spec['pin_env']} (it is never written to disk)"
         )
     return Pkcs11WrappingKey(spec["module"], spec["token"], pin, label=spec["label"])
+
+
+# -- the deployment's policy schedule and objection list (docs/decisions/0036) ----------------
+
+SETTINGS_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "a deployment's policy schedule and objection list, which every node follows",
+        """
+CREATE TABLE deployment_policies (
+    deployment TEXT COLLATE "C" NOT NULL,
+    version TEXT COLLATE "C" NOT NULL,
+    policy TEXT NOT NULL,
+    effective_at TIMESTAMPTZ NOT NULL,
+    principal TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (deployment, version)
+);
+CREATE TABLE deployment_objections (
+    deployment TEXT COLLATE "C" NOT NULL,
+    pseudonym TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (deployment, pseudonym)
+);
+CREATE TABLE deployment_generation (
+    deployment TEXT COLLATE "C" PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
+""",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SharedPolicy:
+    """One version of the deployment's policy schedule."""
+
+    version: str
+    text: str
+    effective_at: datetime
+
+
+class DeploymentSettings:
+    """The policy schedule and the objection list of a deployment, in its PostgreSQL database
+    (component ``deployment_settings``): what ``policy apply`` and ``objections add|remove``
+    change on any node, and what every node follows (:meth:`sampledrec.Store.sync_deployment`
+    copies them into the node's own files, logging each change in the node's log first).
+
+    Objections are kept as the callers' pseudonyms (keyed with the deployment's shared
+    pseudonym key), never as numbers. Every change bumps the deployment's *generation*, so a
+    node asks one cheap question (:meth:`generation`) to know whether anything changed.
+    """
+
+    def __init__(self, dsn: str, deployment_id: str) -> None:
+        self._deployment = deployment_id
+        self._lock_id = advisory_lock_id(f"sampledrec/v1/deployment-settings/{deployment_id}")
+        self._conn = PgConnection(
+            dsn,
+            what="the deployment's policy and objections",
+            component="deployment_settings",
+            migrations=SETTINGS_MIGRATIONS,
+        )
+        self._closer = weakref.finalize(self, self._conn.close)
+
+    def __repr__(self) -> str:
+        return f"DeploymentSettings({self._conn.where!r}, deployment={self._deployment!r})"
+
+    def close(self) -> None:
+        self._closer()
+
+    def generation(self) -> int:
+        """How many changes the deployment's settings have had (0: never set)."""
+        row = self._conn.run(
+            lambda c: c.execute(
+                "SELECT generation FROM deployment_generation WHERE deployment = %s",
+                [self._deployment],
+            ).fetchone(),
+            atomic=False,
+        )
+        return 0 if row is None else int(row[0])
+
+    def _bump(self, conn: PgConn) -> None:
+        conn.execute(
+            "INSERT INTO deployment_generation (deployment, generation) VALUES (%s, 1) "
+            "ON CONFLICT (deployment) DO UPDATE "
+            "SET generation = deployment_generation.generation + 1",
+            [self._deployment],
+        )
+
+    def policies(self) -> list[SharedPolicy]:
+        """The deployment's policy schedule, by effective time."""
+        rows = self._conn.run(
+            lambda c: c.execute(
+                "SELECT version, policy, effective_at FROM deployment_policies "
+                "WHERE deployment = %s ORDER BY effective_at, applied_at",
+                [self._deployment],
+            ).fetchall(),
+            atomic=False,
+        )
+        return [SharedPolicy(str(v), str(t), e) for v, t, e in rows]
+
+    def publish_policy(
+        self, version: str, text: str, effective_at: datetime, principal: str
+    ) -> None:
+        """Schedule the policy ``text`` (version id ``version``) for every node."""
+
+        def work(conn: PgConn) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+            conn.execute(
+                "INSERT INTO deployment_policies "
+                "(deployment, version, policy, effective_at, principal) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (deployment, version) DO UPDATE SET "
+                "effective_at = excluded.effective_at, principal = excluded.principal, "
+                "applied_at = now()",
+                [self._deployment, version, text, effective_at, principal],
+            )
+            self._bump(conn)
+
+        self._conn.run(work)
+
+    def objections(self) -> frozenset[str]:
+        """The deployment's objection list (pseudonyms, hex)."""
+        rows = self._conn.run(
+            lambda c: c.execute(
+                "SELECT pseudonym FROM deployment_objections WHERE deployment = %s",
+                [self._deployment],
+            ).fetchall(),
+            atomic=False,
+        )
+        return frozenset(str(r[0]) for r in rows)
+
+    def publish_objections(self, action: str, pseudonyms: Sequence[str]) -> None:
+        """Add (``"added"``) or take off (``"removed"``) callers of the deployment's list."""
+        if action not in ("added", "removed"):
+            raise InvalidArgument(f"action={action!r}: 'added' or 'removed'")
+
+        def work(conn: PgConn) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+            if action == "added":
+                conn.execute(
+                    "INSERT INTO deployment_objections (deployment, pseudonym) "
+                    "SELECT %s, p FROM unnest(%s::text[]) AS t(p) ON CONFLICT DO NOTHING",
+                    [self._deployment, list(pseudonyms)],
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM deployment_objections WHERE deployment = %s "
+                    "AND pseudonym = ANY(%s::text[])",
+                    [self._deployment, list(pseudonyms)],
+                )
+            self._bump(conn)
+
+        self._conn.run(work)
