@@ -373,7 +373,43 @@ def test_a_rotation_killed_before_it_commits_changes_nothing(
     assert count == len(before) and dep.key_file == (tmp_path / "new.key").resolve()
 
 
-def test_rotating_a_token_key_to_a_new_label(on_token: Deployment, tmp_path: Path) -> None:
+def test_deployment_init_on_a_token_from_the_command_line(
+    tmp_path: Path,
+    postgres: PostgresServer,
+    seaweedfs: SeaweedFS,
+    softhsm: SoftHsm,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_json: Callable[..., tuple[int, Any]],
+) -> None:
+    for name, value in seaweedfs.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(PIN_ENV, softhsm.pin)
+    label = f"cli-{random.randbytes(6).hex()}"
+    code, doc = cli_json(
+        "deployment", "init", tmp_path / "deployment.json", "--name", "cli-dep",
+        "--catalog", postgres.url(postgres.new_schema()),
+        "--blobs", f"s3://{seaweedfs.bucket}/{seaweedfs.new_prefix('cli')}",
+        "--s3-endpoint", seaweedfs.endpoint,
+        "--key-pkcs11-module", softhsm.module, "--key-token", softhsm.label,
+        "--key-pin-env", PIN_ENV, "--key-label", label,
+    )  # fmt: skip
+    assert code == 0, doc
+    assert doc["key_file"] is None and doc["deployment_key"]["label"] == label
+    written = json.loads((tmp_path / "deployment.json").read_text())
+    assert "key_file" not in written and softhsm.pin not in json.dumps(written)
+    assert not (tmp_path / "deployment.key").exists()
+    code, doc = cli_json(
+        "node", "init", tmp_path / "node-a", "--deployment", tmp_path / "deployment.json",
+        "--name", "node-a",
+    )  # fmt: skip
+    assert code == 0, doc
+    gc.collect()
+    assert not keystore._TOKENS
+
+
+def test_rotating_a_token_key_to_a_new_label(
+    on_token: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
     a, b = nodes(on_token, tmp_path, "node-a", "node-b")
     rid, audio = decide_and_record(a, [f"call-{i}" for i in range(20)])
     epoch = FixedClock(AT).now().date().isoformat()
@@ -381,8 +417,13 @@ def test_rotating_a_token_key_to_a_new_label(on_token: Deployment, tmp_path: Pat
     assert on_token.deployment_key is not None
     old_label = on_token.deployment_key["label"]
     before = rows(on_token)
-    dep, count = on_token.rotate_key(new_label=f"{old_label}-2", principal="t")
-    assert count == len(before)
+    code, doc = cli_json(
+        "deployment", "rotate-key", "--deployment", on_token.path,
+        "--new-key-label", f"{old_label}-2",
+    )  # fmt: skip
+    assert code == 0, doc
+    assert doc["rotated"] == len(before)
+    dep = Deployment.load(on_token.path)
     assert dep.deployment_key is not None and dep.deployment_key["label"] == f"{old_label}-2"
     assert all(rows(on_token)[n] != before[n] for n in before)
     # The nodes read the label from the deployment file (here the same file on every node).

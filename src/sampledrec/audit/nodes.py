@@ -28,6 +28,11 @@ node's selections; then it joins the nodes:
 
 The report is one :class:`~sampledrec.audit.findings.AuditReport`: each node's findings with
 ``node`` in their evidence, its notes prefixed with the node's name, counts summed.
+
+Evidence from outside the operator's reach (docs/decisions/0036-deployment-keys.md): exported
+checkpoints go to the node whose log they name; witnesses must cosign every node's log (the
+other nodes' checkpoints in a ``cosigned`` file are passed over); the carrier's call records
+are checked once, against every node's decisions together.
 """
 
 from __future__ import annotations
