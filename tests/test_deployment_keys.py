@@ -22,7 +22,7 @@ import pytest
 
 from sampledrec import FixedClock, Store
 from sampledrec.deployment import Deployment
-from sampledrec.errors import InvalidArgument, KeyringError
+from sampledrec.errors import InvalidArgument, KeyringError, StoreError
 from sampledrec.keys import keystore
 from sampledrec.keys.keystore import Pkcs11WrappingKey
 from sampledrec.keys.shared import DeploymentKey, SharedKeys
@@ -176,11 +176,11 @@ def test_three_nodes_on_a_token_key_decide_alike_and_open_each_others_recordings
     assert info["sensitive"] and not info["extractable"] and info["never_extractable"]
 
 
-def test_a_node_without_the_pin_or_the_key_label_is_refused(
+def test_a_node_without_the_pin_is_refused(
     on_token: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(PIN_ENV)
-    with pytest.raises(Exception, match=f"set its user PIN in the environment variable {PIN_ENV}"):
+    with pytest.raises(StoreError, match=f"set its user PIN in the environment variable {PIN_ENV}"):
         nodes(on_token, tmp_path, "node-x")
     assert not (tmp_path / "node-x").exists()
 
