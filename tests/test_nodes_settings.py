@@ -190,3 +190,27 @@ def test_a_node_that_kept_its_own_list_adds_it_to_the_deployments_at_its_first_s
     assert deployment.settings().objections() == {own.pseudonym(CALLER)}
     with b.open_log(clock=clock) as log, b.sampler(clock=clock, log=log) as sampler:
         assert sampler.decide("call-1", caller=CALLER).reason == "objection"
+
+
+def test_a_node_whose_lock_is_busy_keeps_deciding_and_follows_afterwards(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """While another process of the node holds its lock (a long sweep, say), its running
+    sampler goes on deciding with the policy the node has logged, and follows once the lock
+    is free."""
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    clock = FixedClock(AT)
+    with b.open_log(clock=clock) as log, b.sampler(clock=clock, log=log) as sampler:
+        first = sampler.decide("call-0").policy_version
+        applied = a.apply_policy(tmp_path / "second.toml", clock=clock)
+        with b.lock():
+            time.sleep(1.1)  # the sampler looks for changes once a second: let it look now
+            assert sampler.decide("call-1").policy_version == first
+            assert [bytes(f["version"]).hex() for f in logged(b, T_POLICY)] == [first]
+        deadline = time.monotonic() + 30
+        i = 1
+        while sampler.decide(f"call-{i}").policy_version == first:
+            assert time.monotonic() < deadline, "node b never followed the deployment's policy"
+            i += 1
+            time.sleep(0.05)
+    assert [bytes(f["version"]).hex() for f in logged(b, T_POLICY)] == [first, applied.version]

@@ -93,6 +93,7 @@ from .errors import (
     InvalidPolicy,
     KeyringError,
     StoreError,
+    StoreLocked,
     StoreNotFound,
     StorePermissionError,
 )
@@ -690,7 +691,9 @@ class Store:
             self._deployment_settings = DeploymentSettings(self.catalog_dsn, node["deployment_id"])
         return self._deployment_settings
 
-    def sync_deployment(self, log: DecisionLog, *, clock: Clock = SYSTEM_CLOCK) -> bool:
+    def sync_deployment(
+        self, log: DecisionLog, *, clock: Clock = SYSTEM_CLOCK, wait: float = 30.0
+    ) -> bool:
         """For a node of a deployment: bring its policy schedule and objection list up to the
         deployment's (docs/decisions/0036-deployment-keys.md), logging every change in this
         node's log, durably, before the node's files change (so before any of its samplers
@@ -706,7 +709,8 @@ class Store:
           the list was the deployment's kept one each: none is dropped).
 
         Holds only this node's lock, never the deployment's: a sweep on another node does not
-        hold decisions up here.
+        hold decisions up here. ``wait``: how long to wait for this node's lock
+        (:class:`~sampledrec.errors.StoreLocked` after that).
         """
         settings = self._settings()
         if settings is None:
@@ -714,7 +718,7 @@ class Store:
         generation = settings.generation()
         if generation == self._synced_generation and self._meta.get("deployment_synced"):
             return False
-        with self._local_lock(30.0):
+        with self._local_lock(wait):
             if not self._meta.get("deployment_synced"):
                 mine = sorted(self.objection_pseudonyms())
                 if mine:
@@ -975,8 +979,11 @@ class Store:
 
             def following(now: datetime) -> Policy:
                 # A node's sampler follows the deployment's changes as it goes (one query a
-                # second when nothing changed); each is logged here before it is used.
-                self.sync_deployment(log, clock=FixedClock(now))
+                # second when nothing changed); each is logged here before it is used. While
+                # another process of the node holds its lock (a long sweep), decisions go on
+                # with what this node has logged, and the next second tries again.
+                with contextlib.suppress(StoreLocked):
+                    self.sync_deployment(log, clock=FixedClock(now), wait=0.05)
                 return self.policy(now)
 
             if self._settings() is not None:
