@@ -138,6 +138,10 @@ class Deployment:
                 "the nodes of a deployment keep their recordings in one bucket: give --blobs "
                 "s3://BUCKET/PREFIX"
             )
+        policy_text = None
+        if policy is not None:  # refused before anything is made
+            policy_text = Path(policy).read_text(encoding="utf-8")
+            Policy.from_toml(policy_text, source=str(policy))
         keystore = dict(keystore or {"kind": "deployment"})
         if keystore.get("kind") not in ("deployment", "pkcs11"):
             raise InvalidArgument(f"keystore kind {keystore.get('kind')!r}: deployment or pkcs11")
@@ -177,13 +181,12 @@ class Deployment:
             keys.check()
         finally:
             keys.close()
-        if policy is not None:  # the deployment's policy, which every node follows
-            text = Path(policy).read_text(encoding="utf-8")
-            checked = Policy.from_toml(text, source=str(policy))
+        if policy_text is not None:  # the deployment's policy, which every node follows
+            checked = Policy.from_toml(policy_text, source=str(policy))
             settings = made.settings()
             try:
                 settings.publish_policy(
-                    checked.version, text, SYSTEM_CLOCK.now(), getpass.getuser()
+                    checked.version, policy_text, SYSTEM_CLOCK.now(), getpass.getuser()
                 )
             finally:
                 settings.close()
