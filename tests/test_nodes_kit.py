@@ -152,6 +152,8 @@ def test_exported_checkpoints_are_checked_per_node(
         cli_json, rolled, "--checkpoint", exported["node-a"], "--checkpoint", exported["node-a"]
     )
     assert code == 2 and "both of node node-a's log" in doc["error"]
+    code, doc = verify(cli_json, rolled, "--workers", "2")  # not silently ignored
+    assert code == 2 and "--workers is not supported yet with a deployment kit" in doc["error"]
 
 
 def _settings(w: ThreadedWitness) -> WitnessSettings:

@@ -198,6 +198,8 @@ def _audit_deployment_kit(args: argparse.Namespace, **kw: Any) -> Any:
             ("--revealed-keys", args.revealed_keys),
             ("--recordings", args.recordings),
             ("--verifier-key", args.verifier_key),
+            ("--workers", args.workers),  # a Dask runner serves one log's kit (one node's)
+            ("--scheduler", args.scheduler),
         )
         if value is not None
     ]
