@@ -214,3 +214,22 @@ def test_a_node_whose_lock_is_busy_keeps_deciding_and_follows_afterwards(
             i += 1
             time.sleep(0.05)
     assert [bytes(f["version"]).hex() for f in logged(b, T_POLICY)] == [first, applied.version]
+
+
+def test_a_policy_applied_through_an_open_log_is_the_deployments_too(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Store.apply_policy_text (what a running server's console applies through its log)
+    changes the deployment's schedule on a node, as Store.apply_policy does."""
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    clock = FixedClock(AT)
+    with a.open_log(clock=clock) as log:
+        applied = a.apply_policy_text(SECOND, log=log, effective_at=clock.now(), principal="admin")
+    assert a.policy(clock.now()).version == applied.version
+    [entry] = [f for f in logged(a, T_POLICY) if bytes(f["version"]).hex() == applied.version]
+    assert entry["principal"] == "admin"
+    with b.open_log(clock=clock) as log, b.sampler(clock=clock, log=log) as sampler:
+        assert sampler.decide("call-1").policy_version == applied.version
+    # b's log names who applied it too (on node a).
+    [entry] = [f for f in logged(b, T_POLICY) if bytes(f["version"]).hex() == applied.version]
+    assert entry["principal"] == "admin"

@@ -199,11 +199,9 @@ MIGRATE_WORKER = textwrap.dedent(
 def test_nodes_starting_at_once_migrate_once(dsn: str, tmp_path: Path) -> None:
     go = tmp_path / "go"
     assert run_together(MIGRATE_WORKER, [[dsn, str(go)]] * 4, go) == ["done\n"] * 4
-    assert query(dsn, "SELECT component, version FROM schema_version ORDER BY component") == [
-        ("caps", 1),
-        ("catalog", 1),
-        ("decided", 1),
-    ]
+    assert query(
+        dsn, "SELECT component, version FROM schema_version ORDER BY component, version"
+    ) == [("caps", 1), ("catalog", 1), ("catalog", 2), ("decided", 1)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,15 +212,34 @@ def test_migrations_are_recorded_and_not_applied_again(dsn: str) -> None:
     catalog = PostgresCatalog(dsn)
     catalog.add(row("rec-1"))
     catalog.close()
-    before = query(dsn, "SELECT component, version, summary, applied_at FROM schema_version")
-    assert [(c, v) for c, v, _, _ in before] == [("catalog", 1)]
-    assert "recordings" in before[0][2]
+    before = query(
+        dsn, "SELECT component, version, summary, applied_at FROM schema_version ORDER BY version"
+    )
+    assert [(c, v) for c, v, _, _ in before] == [("catalog", 1), ("catalog", 2)]
+    assert "recordings" in before[0][2] and "notes" in before[1][2]
     again = PostgresCatalog(dsn)
     with closing_all(again):
         assert again.get("rec-1") == row("rec-1")
-    assert query(dsn, "SELECT component, version, summary, applied_at FROM schema_version") == (
-        before
-    )
+    assert query(
+        dsn, "SELECT component, version, summary, applied_at FROM schema_version ORDER BY version"
+    ) == (before)
+
+
+def test_a_catalog_of_version_1_gains_the_notes_table(dsn: str) -> None:
+    from sampledrec._hazmat.postgres import PgConnection
+    from sampledrec.vault.catalog import SealedNote
+    from sampledrec.vault.postgres import MIGRATIONS
+
+    # The catalog as an earlier sampledrec left it (version 1, no notes table).
+    PgConnection(dsn, what="the catalog", component="catalog", migrations=MIGRATIONS[:1]).close()
+    assert query(dsn, "SELECT to_regclass('notes')") == [(None,)]
+    catalog = PostgresCatalog(dsn)
+    with closing_all(catalog):
+        note = SealedNote("note-1", "rec-1", 5, b"sealed")
+        catalog.add_note(note)
+        assert catalog.notes_of("rec-1") == [note]
+    versions = query(dsn, "SELECT version FROM schema_version WHERE component = 'catalog'")
+    assert sorted(v for (v,) in versions) == [1, 2]
 
 
 def test_a_schema_newer_than_this_version_is_refused(dsn: str) -> None:

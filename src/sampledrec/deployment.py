@@ -440,6 +440,7 @@ class SharedPolicy:
     version: str
     text: str
     effective_at: datetime
+    principal: str  # who applied it, on whichever node
 
 
 class DeploymentSettings:
@@ -493,13 +494,13 @@ class DeploymentSettings:
         """The deployment's policy schedule, by effective time."""
         rows = self._conn.run(
             lambda c: c.execute(
-                "SELECT version, policy, effective_at FROM deployment_policies "
+                "SELECT version, policy, effective_at, principal FROM deployment_policies "
                 "WHERE deployment = %s ORDER BY effective_at, applied_at",
                 [self._deployment],
             ).fetchall(),
             atomic=False,
         )
-        return [SharedPolicy(str(v), str(t), e) for v, t, e in rows]
+        return [SharedPolicy(str(v), str(t), e, str(w)) for v, t, e, w in rows]
 
     def publish_policy(
         self, version: str, text: str, effective_at: datetime, principal: str

@@ -120,6 +120,7 @@ from .sampling.caps import (
     cap_agent,
     cap_periods,
 )
+from .sampling.changes import PolicyPreview, preview
 from .sampling.decided import DecidedCalls, FirstDecision, SqliteDecidedCalls
 from .sampling.objections import ObjectionChange, ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
@@ -397,6 +398,8 @@ class Store:
                 software=f"sampledrec {__version__}",
             )
             try:
+                # The store's (or the new node's) own first policy: never published, a node
+                # follows its deployment's right after (init_node).
                 store._apply_policy_text(text, clock.now(), getpass.getuser(), log)
             finally:
                 log.close()
@@ -530,21 +533,50 @@ class Store:
     ) -> Policy:
         """Check a policy file, log it with the time it takes effect, and schedule it."""
         text = Path(file).read_text(encoding="utf-8")
-        policy = Policy.from_toml(text, source=str(file))
-        settings = self._settings()
-        if settings is not None:
-            # A node: the deployment's schedule changes, then this node follows it (logged
-            # here now; every other node logs it when it next syncs, within a second).
-            settings.publish_policy(
-                policy.version, text, effective_at or clock.now(), principal or getpass.getuser()
-            )
-            with self.open_log(clock=clock) as log:
-                self.sync_deployment(log, clock=clock)
-            return Policy.from_toml(text, source=str(self.policy_path))
+        Policy.from_toml(text, source=str(file))
         with self.open_log(clock=clock) as log:
-            return self._apply_policy_text(
-                text, effective_at or clock.now(), principal or getpass.getuser(), log
+            return self.apply_policy_text(
+                text,
+                log=log,
+                effective_at=effective_at or clock.now(),
+                principal=principal or getpass.getuser(),
             )
+
+    def preview_policy(
+        self, text: str, *, at: datetime | None = None, source: str | None = None
+    ) -> PolicyPreview:
+        """What applying the policy ``text`` at ``at`` (default now) would change against the
+        policy in force then, with the guardrail messages
+        (:mod:`sampledrec.sampling.changes`): what ``sampledrec policy apply`` prints and the
+        console's policy page shows. Raises :class:`~sampledrec.errors.InvalidPolicy` for a
+        policy that cannot be applied at all."""
+        proposed = Policy.from_toml(text, source=source)
+        try:
+            current: Policy | None = self.policy(at)
+        except StoreError:
+            current = None
+        return preview(current, proposed)
+
+    def apply_policy_text(
+        self, text: str, *, log: DecisionLog, effective_at: datetime, principal: str
+    ) -> Policy:
+        """Apply the policy ``text`` through the open ``log`` (a running server's): checked,
+        kept in ``policies/``, logged with ``principal`` and the time it takes effect, and
+        scheduled. The caller checks who may (:func:`sampledrec.accounts.apply_policy` does,
+        with ``manage_policy``).
+
+        On a node of a deployment the deployment's schedule changes, which every node follows
+        (:meth:`sync_deployment`, docs/decisions/0036-deployment-keys.md): this node at once,
+        through ``log``; the others within about a second."""
+        settings = self._settings()
+        if settings is None:
+            return self._apply_policy_text(text, effective_at, principal, log)
+        policy = Policy.from_toml(text, source="policy.toml")
+        settings.publish_policy(policy.version, text, effective_at, principal)
+        # Followed as of its effective time when that is now (logged here with that time, as a
+        # store logs it); one ahead is scheduled at its time. Never dated ahead of the clock.
+        self.sync_deployment(log, clock=FixedClock(min(effective_at, SYSTEM_CLOCK.now())))
+        return Policy.from_toml(text, source=str(self.policy_path))
 
     def _apply_policy_text(
         self,
@@ -555,6 +587,8 @@ class Store:
         *,
         locked: bool = False,
     ) -> Policy:
+        """This store's own schedule: the policy kept, logged and scheduled (under the store's
+        lock, unless the caller holds it: ``locked``)."""
         policy = Policy.from_toml(text, source="policy.toml")
         folder = self.path / "policies"
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -745,9 +779,7 @@ class Store:
             have = mine.get(p.version)
             if have is not None and have >= p.effective_at:
                 continue  # already followed (at its time, or from when this node logged it)
-            self._apply_policy_text(
-                p.text, max(p.effective_at, now), "sampledrec", log, locked=True
-            )
+            self._apply_policy_text(p.text, max(p.effective_at, now), p.principal, log, locked=True)
 
     def _follow_objections(
         self, settings: DeploymentSettings, log: DecisionLog, clock: Clock
