@@ -119,6 +119,7 @@ def test_no_shared_key_is_in_the_database_in_clear(deployment: Deployment, tmp_p
 def test_a_node_with_another_deployment_key_is_refused(
     deployment: Deployment, tmp_path: Path
 ) -> None:
+    assert deployment.key_file is not None
     deployment.key_file.write_bytes(random.Random(1).randbytes(32))
     with pytest.raises(KeyringError, match="does not unwrap with the deployment key"):
         nodes(deployment, tmp_path, "node-x")

@@ -14,6 +14,8 @@ a store folder of its own, with its own decision log, signing key and log sealin
       "keystore": {"kind": "deployment"}          bucket keys wrapped in the database
               or  {"kind": "pkcs11", "module": ..., "token": ..., "pin_env": ...},
       "key_file": "deployment.key",               relative to this file's folder
+          or "deployment_key": {"kind": "pkcs11", "module": ..., "token": ..., "pin_env": ...,
+                                "label": "sampledrec-deployment"}
       "policy": "policy.toml"                     optional: every new node starts with it
     }
 
@@ -23,28 +25,58 @@ unless the keystore is an HSM, all wrapped under the **deployment key** of ``key
 key is the one secret the operator copies to every node; it is never in the database, never in
 the deployment file and never in a backup. No DSN here holds a password, no S3 credential
 (the same rules as ``store.json``).
+
+Instead of a key file, the deployment key can be an AES key on a PKCS#11 token, never
+extractable (``deployment_key``, :class:`~sampledrec.keys.keystore.Pkcs11WrappingKey`): every
+node names the same token and label, and reads them from this file; the PIN comes from the
+environment variable ``pin_env``. :meth:`Deployment.rotate_key` re-wraps every shared key under
+a new key (file or label) in one transaction (docs/decisions/0036-deployment-keys.md).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
 import secrets
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._hazmat.files import write_atomic
-from ._hazmat.postgres import dsn_has_password, redact_dsn
+from ._hazmat.postgres import (
+    Migration,
+    PgConnection,
+    advisory_lock,
+    advisory_lock_id,
+    dsn_has_password,
+    redact_dsn,
+)
+from .clock import SYSTEM_CLOCK
 from .errors import InvalidArgument, StoreError, StoreNotFound
-from .keys.shared import DeploymentKey, SharedKeys
+from .keys.keystore import Pkcs11WrappingKey
+from .keys.shared import DeploymentKey, KeyWrapper, SharedKeys
+from .sampling.policy import Policy
 
-__all__ = ["DEPLOYMENT_FORMAT", "Deployment", "check_node_name"]
+if TYPE_CHECKING:
+    from ._hazmat.postgres import PgConn
+
+__all__ = [
+    "DEPLOYMENT_FORMAT",
+    "Deployment",
+    "DeploymentSettings",
+    "SharedPolicy",
+    "check_node_name",
+]
 
 DEPLOYMENT_FORMAT: Final = "sampledrec-deployment"
 DEPLOYMENT_VERSION: Final = 1
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+_PKCS11_KEY: Final = ("kind", "module", "token", "pin_env", "label")
 
 
 def check_node_name(name: str, what: str = "node name") -> str:
@@ -68,8 +100,9 @@ class Deployment:
     catalog_dsn: str
     blobs: dict[str, str]
     keystore: dict[str, str]
-    key_file: Path
+    key_file: Path | None
     policy: Path | None = None
+    deployment_key: dict[str, str] | None = None
 
     @classmethod
     def init(
@@ -82,10 +115,15 @@ class Deployment:
         key_file: str | os.PathLike[str] | None = None,
         keystore: dict[str, str] | None = None,
         policy: str | os.PathLike[str] | None = None,
+        deployment_key: dict[str, str] | None = None,
     ) -> Deployment:
         """Write a new deployment file at ``path``, make the deployment key (``key_file``,
         default ``deployment.key`` beside it; an existing key file is used as it is, so a
-        deployment can be written again for the same key) and the shared keys' table."""
+        deployment can be written again for the same key) and the shared keys' table.
+
+        ``deployment_key`` (``{"kind": "pkcs11", "module", "token", "pin_env", "label"}``)
+        keeps the deployment key on a PKCS#11 token instead of a file: the key labelled
+        ``label`` is generated on the token (non-extractable) unless it exists."""
         target = Path(path)
         if target.exists():
             raise InvalidArgument(f"{target} exists; a deployment file is written once")
@@ -100,13 +138,14 @@ class Deployment:
                 "the nodes of a deployment keep their recordings in one bucket: give --blobs "
                 "s3://BUCKET/PREFIX"
             )
+        policy_text = None
+        if policy is not None:  # refused before anything is made
+            policy_text = Path(policy).read_text(encoding="utf-8")
+            Policy.from_toml(policy_text, source=str(policy))
         keystore = dict(keystore or {"kind": "deployment"})
         if keystore.get("kind") not in ("deployment", "pkcs11"):
             raise InvalidArgument(f"keystore kind {keystore.get('kind')!r}: deployment or pkcs11")
         folder = target.resolve().parent
-        key_path = Path(key_file) if key_file is not None else folder / "deployment.key"
-        if not key_path.exists():
-            DeploymentKey.create(key_path)
         deployment_id = secrets.token_hex(16)
         doc: dict[str, Any] = {
             "format": DEPLOYMENT_FORMAT,
@@ -116,8 +155,24 @@ class Deployment:
             "catalog": {"kind": "postgresql", "dsn": catalog_dsn},
             "blobs": blobs,
             "keystore": keystore,
-            "key_file": _relative(key_path.resolve(), folder),
         }
+        if deployment_key is not None:
+            if key_file is not None:
+                raise InvalidArgument(
+                    "give the deployment key as a file or on a PKCS#11 token, not both"
+                )
+            spec = _check_pkcs11_key(deployment_key, "deployment_key")
+            wrapper = pkcs11_wrapping_key(spec)
+            try:
+                wrapper.ensure()
+            finally:
+                wrapper.close()
+            doc["deployment_key"] = spec
+        else:
+            key_path = Path(key_file) if key_file is not None else folder / "deployment.key"
+            if not key_path.exists():
+                DeploymentKey.create(key_path)
+            doc["key_file"] = _relative(key_path.resolve(), folder)
         if policy is not None:
             doc["policy"] = _relative(Path(policy).resolve(), folder)
         made = cls._from_json(doc, target)
@@ -126,6 +181,15 @@ class Deployment:
             keys.check()
         finally:
             keys.close()
+        if policy_text is not None:  # the deployment's policy, which every node follows
+            checked = Policy.from_toml(policy_text, source=str(policy))
+            settings = made.settings()
+            try:
+                settings.publish_policy(
+                    checked.version, policy_text, SYSTEM_CLOCK.now(), getpass.getuser()
+                )
+            finally:
+                settings.close()
         try:
             write_atomic(target, json.dumps(doc, indent=2).encode() + b"\n")
         except OSError as exc:
@@ -172,7 +236,15 @@ class Deployment:
                 raise bad(f'"{member}" must be a table of text settings')
             specs[member] = dict(spec)
         key_file = doc.get("key_file")
-        if not isinstance(key_file, str) or not key_file:
+        deployment_key = doc.get("deployment_key")
+        if deployment_key is not None:
+            if key_file is not None:
+                raise bad('"key_file" and "deployment_key" both name a deployment key')
+            try:
+                deployment_key = _check_pkcs11_key(deployment_key, '"deployment_key"')
+            except InvalidArgument as exc:
+                raise bad(str(exc)) from None
+        elif not isinstance(key_file, str) or not key_file:
             raise bad('"key_file" must name the deployment key file')
         policy = doc.get("policy")
         if policy is not None and not isinstance(policy, str):
@@ -185,13 +257,98 @@ class Deployment:
             catalog_dsn=catalog["dsn"],
             blobs=specs["blobs"],
             keystore=specs["keystore"],
-            key_file=folder / key_file,
+            key_file=folder / key_file if isinstance(key_file, str) else None,
             policy=None if policy is None else folder / policy,
+            deployment_key=deployment_key,
         )
+
+    def wrapping_key(self) -> KeyWrapper:
+        """The deployment key: its file, or its key on the PKCS#11 token (logged in with the
+        PIN of the environment variable the file names)."""
+        if self.deployment_key is not None:
+            return pkcs11_wrapping_key(self.deployment_key)
+        assert self.key_file is not None
+        return DeploymentKey(self.key_file)
+
+    def settings(self) -> DeploymentSettings:
+        """A new connection to the deployment's policy schedule and objection list; the
+        caller closes it."""
+        return DeploymentSettings(self.catalog_dsn, self.deployment_id)
 
     def shared_keys(self) -> SharedKeys:
         """A new connection to the deployment's shared keys; the caller closes it."""
-        return SharedKeys(self.catalog_dsn, self.deployment_id, DeploymentKey(self.key_file))
+        return SharedKeys(self.catalog_dsn, self.deployment_id, self.wrapping_key())
+
+    def rotate_key(
+        self,
+        *,
+        new_key_file: str | os.PathLike[str] | None = None,
+        new_label: str | None = None,
+        principal: str,
+        timeout: float = 30.0,
+    ) -> tuple[Deployment, int]:
+        """Wrap every shared key again under a new deployment key, then name it in the
+        deployment file; returns the deployment as now written and how many keys were
+        re-wrapped.
+
+        ``new_key_file``: a key file (made, 0600, if it does not exist). ``new_label``: for a
+        deployment whose key is on a PKCS#11 token, a new key on the same token (generated if
+        no key has that label). The re-wrap is one transaction (:meth:`SharedKeys.rotate`:
+        all or nothing) under the deployment's lock, which every node's sweeps, holds and
+        erasures take too. The old key still opens nothing afterwards: nodes that have it are
+        refused with a message saying the key was rotated, until the operator installs the
+        new one on each (and destroys every copy of the old)."""
+        if (new_key_file is None) == (new_label is None):
+            raise InvalidArgument("give the new deployment key: a key file or a token label")
+        new: KeyWrapper
+        doc = json.loads(self.path.read_text(encoding="utf-8"))
+        folder = self.path.resolve().parent
+        if new_label is not None:
+            if self.deployment_key is None:
+                raise InvalidArgument(
+                    "--new-key-label goes with a deployment whose key is on a PKCS#11 token; "
+                    f"{self.path} keeps it in a file: rotate to a new file (--new-key-file)"
+                )
+            if new_label == self.deployment_key["label"]:
+                raise InvalidArgument(
+                    f"{new_label!r} is the deployment key's current label; give a new one"
+                )
+            spec = {**self.deployment_key, "label": new_label}
+            made = pkcs11_wrapping_key(spec)
+            made.ensure()
+            new = made
+            doc["deployment_key"] = spec
+        else:
+            assert new_key_file is not None
+            target = Path(new_key_file)
+            new = DeploymentKey(target) if target.exists() else DeploymentKey.create(target)
+            doc.pop("deployment_key", None)
+            doc["key_file"] = _relative(target.resolve(), folder)
+        rotated = False
+        try:
+            keys = self.shared_keys()
+            try:
+                with advisory_lock(
+                    self.catalog_dsn,
+                    advisory_lock_id(f"sampledrec/v1/deployment-lock/{self.deployment_id}"),
+                    what=f"the lock of deployment {self.name!r}",
+                    timeout=timeout,
+                ):
+                    count = keys.rotate(new, principal=principal)
+                    rotated = True  # the new key is the keys' now: closed with them
+            finally:
+                keys.close()
+        finally:
+            if not rotated and isinstance(new, Pkcs11WrappingKey):
+                new.close()
+        try:
+            write_atomic(self.path, json.dumps(doc, indent=2).encode() + b"\n", replace=True)
+        except OSError as exc:
+            raise StoreError(
+                f"the keys were re-wrapped under the new key, but the deployment file {self.path} "
+                f"could not be rewritten ({exc}): name the new key in it by hand"
+            ) from None
+        return Deployment._from_json(doc, self.path), count
 
     def node_settings(self, node: str) -> dict[str, str]:
         """What a node's ``store.json`` keeps of its deployment (``"deployment"``)."""
@@ -200,7 +357,8 @@ class Deployment:
             "deployment_id": self.deployment_id,
             "node": check_node_name(node),
             "file": str(self.path.resolve()),
-            "key_file": str(self.key_file.resolve()),
+            # empty for a key on a token: the node reads the token and label from the file
+            "key_file": "" if self.key_file is None else str(self.key_file.resolve()),
         }
 
     def backends(self) -> dict[str, dict[str, str]]:
@@ -217,3 +375,182 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path.relative_to(folder))
     except ValueError:
         return str(path)
+
+
+def _check_pkcs11_key(spec: Any, what: str) -> dict[str, str]:
+    if (
+        not isinstance(spec, dict)
+        or spec.get("kind") != "pkcs11"
+        or set(spec) != set(_PKCS11_KEY)
+        or not all(isinstance(v, str) and v for v in spec.values())
+    ):
+        raise InvalidArgument(
+            f"{what} must be {{'kind': 'pkcs11', 'module': ..., 'token': ..., 'pin_env': ..., "
+            "'label': ...}} (the PIN is never written: 'pin_env' names its environment "
+            "variable)"
+        )
+    return {k: str(spec[k]) for k in _PKCS11_KEY}
+
+
+def pkcs11_wrapping_key(spec: dict[str, str]) -> Pkcs11WrappingKey:
+    """The deployment key on a PKCS#11 token, from its settings (``deployment_key``)."""
+    pin = os.environ.get(spec["pin_env"])
+    if not pin:
+        raise StoreError(
+            f"the deployment key is on the PKCS#11 token {spec['token']!r}; set its user PIN in "
+            f"the environment variable {spec['pin_env']} (it is never written to disk)"
+        )
+    return Pkcs11WrappingKey(spec["module"], spec["token"], pin, label=spec["label"])
+
+
+# -- the deployment's policy schedule and objection list (docs/decisions/0036) ----------------
+
+SETTINGS_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "a deployment's policy schedule and objection list, which every node follows",
+        """
+CREATE TABLE deployment_policies (
+    deployment TEXT COLLATE "C" NOT NULL,
+    version TEXT COLLATE "C" NOT NULL,
+    policy TEXT NOT NULL,
+    effective_at TIMESTAMPTZ NOT NULL,
+    principal TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (deployment, version)
+);
+CREATE TABLE deployment_objections (
+    deployment TEXT COLLATE "C" NOT NULL,
+    pseudonym TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (deployment, pseudonym)
+);
+CREATE TABLE deployment_generation (
+    deployment TEXT COLLATE "C" PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
+""",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SharedPolicy:
+    """One version of the deployment's policy schedule."""
+
+    version: str
+    text: str
+    effective_at: datetime
+    principal: str  # who applied it, on whichever node
+
+
+class DeploymentSettings:
+    """The policy schedule and the objection list of a deployment, in its PostgreSQL database
+    (component ``deployment_settings``): what ``policy apply`` and ``objections add|remove``
+    change on any node, and what every node follows (:meth:`sampledrec.Store.sync_deployment`
+    copies them into the node's own files, logging each change in the node's log first).
+
+    Objections are kept as the callers' pseudonyms (keyed with the deployment's shared
+    pseudonym key), never as numbers. Every change bumps the deployment's *generation*, so a
+    node asks one cheap question (:meth:`generation`) to know whether anything changed.
+    """
+
+    def __init__(self, dsn: str, deployment_id: str) -> None:
+        self._deployment = deployment_id
+        self._lock_id = advisory_lock_id(f"sampledrec/v1/deployment-settings/{deployment_id}")
+        self._conn = PgConnection(
+            dsn,
+            what="the deployment's policy and objections",
+            component="deployment_settings",
+            migrations=SETTINGS_MIGRATIONS,
+        )
+        self._closer = weakref.finalize(self, self._conn.close)
+
+    def __repr__(self) -> str:
+        return f"DeploymentSettings({self._conn.where!r}, deployment={self._deployment!r})"
+
+    def close(self) -> None:
+        self._closer()
+
+    def generation(self) -> int:
+        """How many changes the deployment's settings have had (0: never set)."""
+        row = self._conn.run(
+            lambda c: c.execute(
+                "SELECT generation FROM deployment_generation WHERE deployment = %s",
+                [self._deployment],
+            ).fetchone(),
+            atomic=False,
+        )
+        return 0 if row is None else int(row[0])
+
+    def _bump(self, conn: PgConn) -> None:
+        conn.execute(
+            "INSERT INTO deployment_generation (deployment, generation) VALUES (%s, 1) "
+            "ON CONFLICT (deployment) DO UPDATE "
+            "SET generation = deployment_generation.generation + 1",
+            [self._deployment],
+        )
+
+    def policies(self) -> list[SharedPolicy]:
+        """The deployment's policy schedule, by effective time."""
+        rows = self._conn.run(
+            lambda c: c.execute(
+                "SELECT version, policy, effective_at, principal FROM deployment_policies "
+                "WHERE deployment = %s ORDER BY effective_at, applied_at",
+                [self._deployment],
+            ).fetchall(),
+            atomic=False,
+        )
+        return [SharedPolicy(str(v), str(t), e, str(w)) for v, t, e, w in rows]
+
+    def publish_policy(
+        self, version: str, text: str, effective_at: datetime, principal: str
+    ) -> None:
+        """Schedule the policy ``text`` (version id ``version``) for every node."""
+
+        def work(conn: PgConn) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+            conn.execute(
+                "INSERT INTO deployment_policies "
+                "(deployment, version, policy, effective_at, principal) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (deployment, version) DO UPDATE SET "
+                "effective_at = excluded.effective_at, principal = excluded.principal, "
+                "applied_at = now()",
+                [self._deployment, version, text, effective_at, principal],
+            )
+            self._bump(conn)
+
+        self._conn.run(work)
+
+    def objections(self) -> frozenset[str]:
+        """The deployment's objection list (pseudonyms, hex)."""
+        rows = self._conn.run(
+            lambda c: c.execute(
+                "SELECT pseudonym FROM deployment_objections WHERE deployment = %s",
+                [self._deployment],
+            ).fetchall(),
+            atomic=False,
+        )
+        return frozenset(str(r[0]) for r in rows)
+
+    def publish_objections(self, action: str, pseudonyms: Sequence[str]) -> None:
+        """Add (``"added"``) or take off (``"removed"``) callers of the deployment's list."""
+        if action not in ("added", "removed"):
+            raise InvalidArgument(f"action={action!r}: 'added' or 'removed'")
+
+        def work(conn: PgConn) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+            if action == "added":
+                conn.execute(
+                    "INSERT INTO deployment_objections (deployment, pseudonym) "
+                    "SELECT %s, p FROM unnest(%s::text[]) AS t(p) ON CONFLICT DO NOTHING",
+                    [self._deployment, list(pseudonyms)],
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM deployment_objections WHERE deployment = %s "
+                    "AND pseudonym = ANY(%s::text[])",
+                    [self._deployment, list(pseudonyms)],
+                )
+            self._bump(conn)
+
+        self._conn.run(work)

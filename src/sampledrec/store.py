@@ -87,12 +87,13 @@ from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
 from ._hazmat.postgres import advisory_lock, advisory_lock_id, dsn_has_password, redact_dsn
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
-from .deployment import Deployment
+from .deployment import Deployment, DeploymentSettings
 from .errors import (
     InvalidArgument,
     InvalidPolicy,
     KeyringError,
     StoreError,
+    StoreLocked,
     StoreNotFound,
     StorePermissionError,
 )
@@ -160,6 +161,8 @@ class Store:
         self._blobs: BlobStore | None = None
         self._log_storage: LogStorage | None = None
         self._objections_seen: tuple[tuple[int, ...], frozenset[str]] | None = None
+        self._deployment_settings: DeploymentSettings | None = None
+        self._synced_generation = -1
         self.store_id = bytes.fromhex(meta["store_id"])
         self.origin = str(meta["origin"])
         owner = self.keyring.owner()
@@ -187,7 +190,14 @@ class Store:
         dsn = self.catalog_dsn
         if dsn is None:
             raise StoreError(f"{path / 'store.json'}: a node's catalog must be on PostgreSQL")
-        shared = SharedKeys(dsn, node["deployment_id"], DeploymentKey(node["key_file"]))
+        # A key file is named in store.json; a key on a token, in the deployment file
+        # (so that rotating to a new label is one file to copy to every node).
+        key = (
+            DeploymentKey(node["key_file"])
+            if node["key_file"]
+            else Deployment.load(node["file"]).wrapping_key()
+        )
+        shared = SharedKeys(dsn, node["deployment_id"], key)
         return NodeKeyring(local, shared, since=node["since"])
 
     @property
@@ -388,9 +398,9 @@ class Store:
                 software=f"sampledrec {__version__}",
             )
             try:
-                store.apply_policy_text(
-                    text, log=log, effective_at=clock.now(), principal=getpass.getuser()
-                )
+                # The store's (or the new node's) own first policy: never published, a node
+                # follows its deployment's right after (init_node).
+                store._apply_policy_text(text, clock.now(), getpass.getuser(), log)
             finally:
                 log.close()
         except PermissionError as exc:
@@ -422,7 +432,18 @@ class Store:
             keys.check()
         finally:
             keys.close()
-        return cls.init(
+        settings = dep.settings()
+        try:
+            scheduled = bool(settings.policies())
+        finally:
+            settings.close()
+        if scheduled and policy is not None:
+            raise InvalidArgument(
+                f"deployment {dep.name!r} has a policy schedule, which every node follows: "
+                "leave --policy out, and change the deployment's policy with 'sampledrec policy "
+                "apply' on any node"
+            )
+        store = cls.init(
             path,
             policy=policy if policy is not None else dep.policy,
             simulated=simulated,
@@ -430,6 +451,9 @@ class Store:
             clock=clock,
             _node=node,
         )
+        with store.open_log(clock=clock) as log:  # the deployment's policy and objections
+            store.sync_deployment(log, clock=clock)
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
@@ -539,11 +563,36 @@ class Store:
         """Apply the policy ``text`` through the open ``log`` (a running server's): checked,
         kept in ``policies/``, logged with ``principal`` and the time it takes effect, and
         scheduled. The caller checks who may (:func:`sampledrec.accounts.apply_policy` does,
-        with ``manage_policy``)."""
+        with ``manage_policy``).
+
+        On a node of a deployment the deployment's schedule changes, which every node follows
+        (:meth:`sync_deployment`, docs/decisions/0036-deployment-keys.md): this node at once,
+        through ``log``; the others within about a second."""
+        settings = self._settings()
+        if settings is None:
+            return self._apply_policy_text(text, effective_at, principal, log)
+        policy = Policy.from_toml(text, source="policy.toml")
+        settings.publish_policy(policy.version, text, effective_at, principal)
+        # Followed as of its effective time when that is now (logged here with that time, as a
+        # store logs it); one ahead is scheduled at its time. Never dated ahead of the clock.
+        self.sync_deployment(log, clock=FixedClock(min(effective_at, SYSTEM_CLOCK.now())))
+        return Policy.from_toml(text, source=str(self.policy_path))
+
+    def _apply_policy_text(
+        self,
+        text: str,
+        effective_at: datetime,
+        principal: str,
+        log: DecisionLog,
+        *,
+        locked: bool = False,
+    ) -> Policy:
+        """This store's own schedule: the policy kept, logged and scheduled (under the store's
+        lock, unless the caller holds it: ``locked``)."""
         policy = Policy.from_toml(text, source="policy.toml")
         folder = self.path / "policies"
         folder.mkdir(mode=0o700, exist_ok=True)
-        with self.lock():
+        with contextlib.nullcontext() if locked else self.lock():
             target = folder / f"{policy.version}.toml"
             if not target.exists():
                 write_atomic(target, text.encode("utf-8"))
@@ -665,6 +714,98 @@ class Store:
                 clock=clock,
             )
 
+    # -- a node follows its deployment's policy schedule and objection list ------------------
+
+    def _settings(self) -> DeploymentSettings | None:
+        """The deployment's policy schedule and objection list, for a node (None otherwise)."""
+        node = self.deployment
+        if node is None or self.catalog_dsn is None:
+            return None
+        if self._deployment_settings is None:
+            self._deployment_settings = DeploymentSettings(self.catalog_dsn, node["deployment_id"])
+        return self._deployment_settings
+
+    def sync_deployment(
+        self, log: DecisionLog, *, clock: Clock = SYSTEM_CLOCK, wait: float = 30.0
+    ) -> bool:
+        """For a node of a deployment: bring its policy schedule and objection list up to the
+        deployment's (docs/decisions/0036-deployment-keys.md), logging every change in this
+        node's log, durably, before the node's files change (so before any of its samplers
+        uses it). Returns whether the deployment had changed since this process last looked
+        (one query when nothing did); False for a store of its own.
+
+        - Policies: the deployment's version in force now and every later one. A version this
+          node does not have in force yet is logged and scheduled here with its effective time,
+          or now if that is past: the node's log says when its decisions started using it.
+        - Objections: callers on the deployment's list and not on the node's are added, and
+          the other way round taken off (one ``objection`` entry each, as 0018). The first
+          time a node syncs, its own list is first added to the deployment's (nodes made before
+          the list was the deployment's kept one each: none is dropped).
+
+        Holds only this node's lock, never the deployment's: a sweep on another node does not
+        hold decisions up here. ``wait``: how long to wait for this node's lock
+        (:class:`~sampledrec.errors.StoreLocked` after that).
+        """
+        settings = self._settings()
+        if settings is None:
+            return False
+        generation = settings.generation()
+        if generation == self._synced_generation and self._meta.get("deployment_synced"):
+            return False
+        with self._local_lock(wait):
+            if not self._meta.get("deployment_synced"):
+                mine = sorted(self.objection_pseudonyms())
+                if mine:
+                    settings.publish_objections("added", mine)
+                generation = settings.generation()
+            self._follow_policies(settings, log, clock)
+            self._follow_objections(settings, log, clock)
+            if not self._meta.get("deployment_synced"):
+                self._write_meta({"deployment_synced": True})
+        self._synced_generation = generation
+        return True
+
+    def _follow_policies(
+        self, settings: DeploymentSettings, log: DecisionLog, clock: Clock
+    ) -> None:
+        shared = settings.policies()
+        if not shared:
+            return  # a deployment whose nodes keep their own schedules (made before 0036)
+        now = clock.now()
+        in_force = [p for p in shared if p.effective_at <= now]
+        wanted = ([in_force[-1]] if in_force else []) + [p for p in shared if p.effective_at > now]
+        mine = {s["version"]: datetime.fromisoformat(s["effective_at"]) for s in self._schedule()}
+        for p in wanted:
+            have = mine.get(p.version)
+            if have is not None and have >= p.effective_at:
+                continue  # already followed (at its time, or from when this node logged it)
+            self._apply_policy_text(p.text, max(p.effective_at, now), p.principal, log, locked=True)
+
+    def _follow_objections(
+        self, settings: DeploymentSettings, log: DecisionLog, clock: Clock
+    ) -> None:
+        shared = settings.objections()
+        mine = self.objection_pseudonyms()
+        added, removed = sorted(shared - mine), sorted(mine - shared)
+        if not (added or removed):
+            return
+        hook = self._objection_hook(clock, log, "sampledrec", publish=False)
+        listed = ObjectionList.load(
+            self.keyring.pseudonym_key(), self.path / "objections.txt", on_change=hook
+        )  # no lock of its own: the caller holds this node's
+        if added:
+            listed.change_pseudonyms("added", added)
+        if removed:
+            listed.change_pseudonyms("removed", removed)
+
+    def _write_meta(self, changes: Mapping[str, Any]) -> None:
+        meta = json.loads((self.path / "store.json").read_text(encoding="utf-8"))
+        meta.update(changes)
+        write_atomic(
+            self.path / "store.json", json.dumps(meta, indent=2).encode() + b"\n", replace=True
+        )
+        self._meta = meta
+
     def objections(
         self,
         *,
@@ -682,6 +823,13 @@ class Store:
         time in a store made before changes were logged, logs every caller already on the
         list as ``added`` with ``migrated`` true (docs/decisions/0018-objections-logged.md).
         """
+        if self._settings() is not None:
+            # A node: its list follows the deployment's before anything is changed on it.
+            if log is not None:
+                self.sync_deployment(log, clock=clock)
+            else:
+                with self.open_log(clock=clock) as opened:
+                    self.sync_deployment(opened, clock=clock)
         logged = self._objection_hook(clock, log, principal or getpass.getuser())
         objections = ObjectionList.load(
             self.keyring.pseudonym_key(),
@@ -724,12 +872,16 @@ class Store:
         return len(kept)
 
     def _objection_hook(
-        self, clock: Clock, log: DecisionLog | None, principal: str
+        self, clock: Clock, log: DecisionLog | None, principal: str, *, publish: bool = True
     ) -> Callable[[ObjectionChange], None]:
         """What logs a change of the objection list: into ``log``, or the store's log opened
-        for the change."""
+        for the change. On a node (``publish``), the change is made to the deployment's list
+        first, which every other node then follows."""
+        settings = self._settings() if publish else None
 
         def logged(change: ObjectionChange) -> None:
+            if settings is not None and not change.migrated:
+                settings.publish_objections(change.action, change.pseudonyms)
             if log is not None:
                 self._log_objections(log, change, clock.now(), principal)
                 return
@@ -853,7 +1005,21 @@ class Store:
         """
         real_now = min(clock.now(), SYSTEM_CLOCK.now())  # a simulation ahead prunes nothing
         decided = None
+        policy_source: Callable[[datetime], Policy] = self.policy
         if log is not None:
+            self.sync_deployment(log, clock=clock)  # a node: the deployment's, as of now
+
+            def following(now: datetime) -> Policy:
+                # A node's sampler follows the deployment's changes as it goes (one query a
+                # second when nothing changed); each is logged here before it is used. While
+                # another process of the node holds its lock (a long sweep), decisions go on
+                # with what this node has logged, and the next second tries again.
+                with contextlib.suppress(StoreLocked):
+                    self.sync_deployment(log, clock=FixedClock(now), wait=0.05)
+                return self.policy(now)
+
+            if self._settings() is not None:
+                policy_source = following
             self._commit_pending(log, clock.now())
             decided = self._decided_index(real_now)
         try:
@@ -867,7 +1033,7 @@ class Store:
                 on_new_keys=(
                     None if log is None else lambda _keys: self._commit_uncommitted(log, clock)
                 ),
-                policy_source=self.policy,
+                policy_source=policy_source,
                 caps=self._caps_ledger(real_now),
                 decided=decided,
                 first_log_wait=first_log_wait,

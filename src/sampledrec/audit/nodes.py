@@ -28,6 +28,11 @@ node's selections; then it joins the nodes:
 
 The report is one :class:`~sampledrec.audit.findings.AuditReport`: each node's findings with
 ``node`` in their evidence, its notes prefixed with the node's name, counts summed.
+
+Evidence from outside the operator's reach (docs/decisions/0036-deployment-keys.md): exported
+checkpoints go to the node whose log they name; witnesses must cosign every node's log (the
+other nodes' checkpoints in a ``cosigned`` file are passed over); the carrier's call records
+are checked once, against every node's decisions together.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
+
+import numpy as np
 
 from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
@@ -164,13 +171,29 @@ def audit_deployment_kit(
     *,
     now: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    checkpoints: Sequence[str | os.PathLike[str]] = (),
+    cdr: str | os.PathLike[str] | None = None,
+    witnesses: Sequence[str] = (),
+    quorum: int | None = None,
+    cosigned: Sequence[str | os.PathLike[str]] = (),
 ) -> AuditReport:
     """Audit a deployment kit: each node's kit, then the joins across nodes (module
-    docstring)."""
+    docstring).
+
+    ``checkpoints``: checkpoints exported from the nodes' logs (``sampledrec log checkpoint``),
+    each checked against the node whose origin it names (at most one per node). ``witnesses``
+    (``NAME=VKEY``), ``quorum`` and ``cosigned``: every node's log must be cosigned by the
+    quorum, from the checkpoints its kit holds and those of the ``cosigned`` files that name
+    its origin. ``cdr``: the carrier's call records of the whole deployment, checked against
+    every node's decisions together (a call decided on any node is decided)."""
+    from .cdr import check_cdr, read_cdr
     from .verify import audit_evidence, check_statistics
+    from .witness import trusted_witnesses
 
     root = Path(path)
     at = now or SYSTEM_CLOCK.now()
+    trusted_witnesses(witnesses, quorum, [Path(c) for c in cosigned])  # usage, before work
+    cdr_rows = read_cdr(Path(cdr)) if cdr is not None else None
     try:
         manifest = json.loads((root / MANIFEST).read_bytes())
         if manifest.get("format") != DEPLOYMENT_KIT_FORMAT:
@@ -181,9 +204,11 @@ def audit_deployment_kit(
             (str(n["name"]), root / str(n["folder"]), str(n["kit_sha256"]))
             for n in manifest["nodes"]
         ]
+        origins = {str(n["origin"]): str(n["name"]) for n in manifest["nodes"]}
         unattributed = manifest.get("unattributed", {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"{root / MANIFEST}: {exc}; ask the operator for a new kit") from None
+    exported = _route_checkpoints(checkpoints, origins)
     rep = AuditReport(store=f"deployment {manifest.get('deployment')} ({root})", at=at)
     joined: list[tuple[str, Any, Any]] = []  # (node, decisions, others)
     node_reports = []
@@ -192,7 +217,21 @@ def audit_deployment_kit(
             rep.add("log", f"node {name}: its kit.json is not the one the manifest lists")
         ev, revealed = open_kit(folder)
         node_reports.append(
-            (name, audit_evidence(ev, revealed, now=at, progress=progress, caps_across_nodes=True))
+            (
+                name,
+                audit_evidence(
+                    ev,
+                    revealed,
+                    now=at,
+                    progress=progress,
+                    caps_across_nodes=True,
+                    checkpoint=exported.get(name),
+                    witnesses=witnesses,
+                    quorum=quorum,
+                    cosigned=[Path(c) for c in cosigned],
+                    other_logs=frozenset(o for o, n in origins.items() if n != name),
+                ),
+            )
         )
         contents = read_log(ev.log, ev.sealing)
         joined.append((name, contents.decisions, contents.others))
@@ -205,6 +244,14 @@ def audit_deployment_kit(
     rep.skipped.pop("statistics", None)
     rep.ran.add("statistics")
     check_statistics(rep, every, counted_once(call_firsts(every)))
+    if cdr_rows is not None:
+        # Against every node's decisions at once: a carrier call decided on any node has its
+        # decision, and one call decided under two references on two nodes is a re-roll.
+        rep.skipped.pop("cdr", None)
+        rep.ran.add("cdr")
+        before = len(rep.findings)
+        check_cdr(rep, every, cdr_rows, policies, counted_once(call_firsts(every)))
+        _name_nodes(rep.findings[before:], joined)
     for rid in unattributed.get("recordings", []):
         rep.add("recordings", "a catalog row that no node's log opened", recording_id=str(rid))
     for name in unattributed.get("files", []):
@@ -215,6 +262,52 @@ def audit_deployment_kit(
         )
     rep.counts["nodes"] = len(nodes)
     return rep
+
+
+def _route_checkpoints(
+    files: Sequence[str | os.PathLike[str]], origins: dict[str, str]
+) -> dict[str, Path]:
+    """Each exported checkpoint to the node whose log it names (by origin)."""
+    routed: dict[str, Path] = {}
+    for file in files:
+        path = Path(file)
+        try:
+            origin = json.loads(path.read_bytes()).get("origin")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise InvalidArgument(
+                f"--checkpoint {path}: not a checkpoint exported by 'sampledrec log checkpoint' "
+                f"({exc})"
+            ) from None
+        node = origins.get(origin) if isinstance(origin, str) else None
+        if node is None:
+            raise InvalidArgument(
+                f"--checkpoint {path} is of the log {origin!r}, which is no node of this kit "
+                f"({', '.join(sorted(origins.values()))}); give the checkpoints of its nodes"
+            )
+        if node in routed:
+            raise InvalidArgument(
+                f"--checkpoint {routed[node]} and {path} are both of node {node}'s log; give "
+                "one per node (the latest you hold)"
+            )
+        routed[node] = path
+    return routed
+
+
+def _name_nodes(findings: Sequence[Any], joined: Sequence[tuple[str, Any, Any]]) -> None:
+    """The node (or nodes) whose log holds the decision a finding of the joined checks names:
+    their log indexes alone are ambiguous across nodes."""
+    for f in findings[:1000]:
+        if f.call_ref is None:
+            continue
+        found = []
+        for name, d, _ in joined:
+            if not len(d):
+                continue
+            rows = np.flatnonzero(d.index == f.index) if f.index is not None else np.arange(len(d))
+            if any(d.ref_text(int(i)) == f.call_ref for i in rows[:100_000].tolist()):
+                found.append(name)
+        if found:
+            f.evidence = {"nodes": found, **f.evidence}
 
 
 def _merge(rep: AuditReport, reports: Sequence[tuple[str, AuditReport]]) -> None:

@@ -169,6 +169,7 @@ def audit_evidence(
     cosigned: Sequence[str | Path] = (),
     runner: PartRunner | None = None,
     caps_across_nodes: bool = False,
+    other_logs: frozenset[str] = frozenset(),
 ) -> AuditReport:
     """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
     ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`).
@@ -178,7 +179,8 @@ def audit_evidence(
 
     ``caps_across_nodes``: ``ev`` is one node's log of a deployment, whose caps count every
     node's selections: a ``cap_reached`` is then replayed, and the statistics counted, across
-    the nodes' logs (:mod:`sampledrec.audit.nodes`), not from this log alone."""
+    the nodes' logs (:mod:`sampledrec.audit.nodes`), not from this log alone; ``other_logs``
+    are the other nodes' origins, whose checkpoints the ``cosigned`` files may hold too."""
     from ..sampling.policy import Policy
 
     at = now or SYSTEM_CLOCK.now()
@@ -230,7 +232,7 @@ def audit_evidence(
     if logrep.size == 0 and not logrep.findings:
         rep.add("log", "the log holds no entry")
     # 1b. witnesses: the log against the checkpoints they cosigned -----------------------------
-    witness_hook(rep, ev, logrep, trusted, quorum, [Path(p) for p in cosigned])
+    witness_hook(rep, ev, logrep, trusted, quorum, [Path(p) for p in cosigned], other_logs)
 
     decisions = contents.decisions
     commits: dict[str, tuple[int, bytes]] = {}

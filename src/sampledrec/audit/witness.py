@@ -189,9 +189,12 @@ def witness_hook(
     trusted: Sequence[TrustedWitness],
     quorum: int | None,
     extra: Sequence[Path],
+    other_logs: frozenset[str] = frozenset(),
 ) -> None:
     """The ``witnesses`` check when witnesses are named; otherwise a note when the evidence
-    holds cosigned checkpoints that nobody asked to check."""
+    holds cosigned checkpoints that nobody asked to check. ``other_logs``: the origins of the
+    other logs audited with this one (a deployment's nodes), whose checkpoints ``extra`` may
+    hold too (a witness's state file): those are left to their own log's check."""
     if trusted:
         check_witnesses(
             rep,
@@ -203,6 +206,7 @@ def witness_hook(
             quorum=quorum,
             folder=ev.cosigned,
             extra=extra,
+            other_logs=other_logs,
         )
     elif ev.cosigned is not None and any(ev.cosigned.rglob("*.notes")):
         rep.notes.append(
@@ -222,8 +226,10 @@ def check_witnesses(
     quorum: int | None,
     folder: Path | None,
     extra: Sequence[Path] = (),
+    other_logs: frozenset[str] = frozenset(),
 ) -> None:
-    """The ``witnesses`` check (module docstring) over the log of ``log_size`` entries."""
+    """The ``witnesses`` check (module docstring) over the log of ``log_size`` entries;
+    checkpoints of the logs whose origins are ``other_logs`` are passed over."""
     rep.ran.add("witnesses")
     if quorum is None:
         quorum = len(witnesses)
@@ -236,6 +242,8 @@ def check_witnesses(
             rep.add("witnesses", f"cannot read {where}: {exc.strerror}", evidence={"file": where})
             continue
         for note in _notes(data):
+            if other_logs and note.split(b"\n", 1)[0].decode("utf-8", "replace") in other_logs:
+                continue  # another node's checkpoint: checked with that node's log
             notes_read += 1
             text, sigs = _signature_lines(note)
             ours = [

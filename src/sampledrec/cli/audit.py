@@ -69,8 +69,18 @@ def register(commands: Commands) -> None:
         help="with --kit: the log's verifier key as the operator gave it to you (text, or a "
         "file holding it); default: the kit's own copy",
     )
-    p.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    p.add_argument("--cdr", help="the carrier's call records (CSV, or Parquet with pyarrow)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        help=f"{CHECKPOINT_HELP}; with a deployment kit, one per node (repeat), each checked "
+        "against the node whose log it names",
+    )
+    p.add_argument(
+        "--cdr",
+        help="the carrier's call records (CSV, or Parquet with pyarrow); with a deployment kit, "
+        "the whole deployment's, checked against every node's decisions together",
+    )
     add_witness_options(p)
     engine = p.add_mutually_exclusive_group()
     engine.add_argument(
@@ -143,11 +153,16 @@ def _audit(args: argparse.Namespace, store: Any, **kw: Any) -> Any:
 
 
 def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
-    kw: dict[str, Any] = {
-        "checkpoint": Path(args.checkpoint) if args.checkpoint else None,
-        "cdr": Path(args.cdr) if args.cdr else None,
-        **_witness_kw(args),
-    }
+    kw: dict[str, Any] = {"cdr": Path(args.cdr) if args.cdr else None, **_witness_kw(args)}
+    if args.kit is not None and _is_deployment_kit(args.kit):
+        report = _audit_deployment_kit(args, checkpoints=args.checkpoint, **kw)
+        emit(args, report.to_json(), report.to_text(), out)
+        return EXIT_OK if report.ok else EXIT_FAILED
+    if len(args.checkpoint) > 1:
+        raise InvalidArgument(
+            "--checkpoint is given once for one log (repeat it only with a deployment kit)"
+        )
+    kw["checkpoint"] = Path(args.checkpoint[0]) if args.checkpoint else None
     if args.kit is None:
         if args.workers is not None or args.scheduler is not None:
             raise InvalidArgument(
@@ -161,8 +176,6 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
         if args.recordings is not None or args.verifier_key is not None:
             raise InvalidArgument("--recordings and --verifier-key go with --kit, not --store")
         report = _audit(args, open_store(args.store), **kw)
-    elif _is_deployment_kit(args.kit):
-        report = _audit_deployment_kit(args, **kw)
     else:
         report = _audit_kit(args, **kw)
     emit(args, report.to_json(), report.to_text(), out)
@@ -185,12 +198,10 @@ def _audit_deployment_kit(args: argparse.Namespace, **kw: Any) -> Any:
             ("--revealed-keys", args.revealed_keys),
             ("--recordings", args.recordings),
             ("--verifier-key", args.verifier_key),
-            ("--checkpoint", kw.get("checkpoint")),
-            ("--cdr", kw.get("cdr")),
-            ("--witness", kw.get("witnesses")),
-            ("--cosigned", kw.get("cosigned")),
+            ("--workers", args.workers),  # a Dask runner serves one log's kit (one node's)
+            ("--scheduler", args.scheduler),
         )
-        if value
+        if value is not None
     ]
     if given:
         raise InvalidArgument(
@@ -199,7 +210,7 @@ def _audit_deployment_kit(args: argparse.Namespace, **kw: Any) -> Any:
         )
     size = sum(p.stat().st_size for p in Path(args.kit).glob("nodes/*/log/seg-*"))
     with Progress(2 * size, "auditing") as bar:
-        return audit_deployment_kit(args.kit, progress=bar.advance, now=at_time(args))
+        return audit_deployment_kit(args.kit, progress=bar.advance, now=at_time(args), **kw)
 
 
 def _audit_kit(args: argparse.Namespace, **kw: Any) -> Any:

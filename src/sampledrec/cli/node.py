@@ -1,9 +1,10 @@
-"""``sampledrec deployment init`` and ``sampledrec node init``: several nodes, one deployment
-(docs/decisions/0031-nodes.md, docs/operations.md)."""
+"""``sampledrec deployment init|rotate-key`` and ``sampledrec node init``: several nodes, one
+deployment (docs/decisions/0031-nodes.md, 0036-deployment-keys.md, docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 from typing import TextIO
 
 from ..deployment import Deployment
@@ -42,6 +43,42 @@ def register(commands: Commands) -> None:
         "Copy it to every node; never back it up",
     )
     p.add_argument("--policy", help="the policy TOML file every new node starts with")
+    hsm = p.add_argument_group(
+        "deployment key on a PKCS#11 token (instead of --key-file; every node uses the same "
+        "token and label)"
+    )
+    hsm.add_argument("--key-pkcs11-module", metavar="PATH", help="the token's PKCS#11 library")
+    hsm.add_argument("--key-token", metavar="LABEL", help="the token's label")
+    hsm.add_argument(
+        "--key-pin-env",
+        metavar="VAR",
+        default="SAMPLEDREC_PKCS11_PIN",
+        help="the environment variable holding the token's user PIN (never written)",
+    )
+    hsm.add_argument(
+        "--key-label",
+        metavar="LABEL",
+        default="sampledrec-deployment",
+        help="the label of the deployment key on the token (made, non-extractable, if missing)",
+    )
+    p = add_command(
+        group,
+        "rotate-key",
+        cmd_deployment_rotate_key,
+        "wrap every shared key again under a new deployment key (one transaction), and name it "
+        "in the deployment file",
+        store=False,
+    )
+    p.add_argument("--deployment", required=True, metavar="FILE", help="the deployment file")
+    new = p.add_mutually_exclusive_group(required=True)
+    new.add_argument(
+        "--new-key-file", metavar="F", help="the new key file (made, 0600, if it does not exist)"
+    )
+    new.add_argument(
+        "--new-key-label",
+        metavar="LABEL",
+        help="for a deployment key on a PKCS#11 token: a new key on the same token",
+    )
 
     group = add_group(commands, "node", "the nodes of a deployment")
     p = add_command(
@@ -67,6 +104,21 @@ def cmd_deployment_init(args: argparse.Namespace, out: TextIO) -> int:
         credentials_file=args.s3_credentials,
         profile=args.s3_profile,
     )
+    on_token = None
+    if args.key_pkcs11_module or args.key_token:
+        if not (args.key_pkcs11_module and args.key_token):
+            raise InvalidArgument(
+                "a deployment key on a token needs --key-pkcs11-module and --key-token"
+            )
+        if args.key_file:
+            raise InvalidArgument("give --key-file or a key on a PKCS#11 token, not both")
+        on_token = {
+            "kind": "pkcs11",
+            "module": args.key_pkcs11_module,
+            "token": args.key_token,
+            "pin_env": args.key_pin_env,
+            "label": args.key_label,
+        }
     dep = Deployment.init(
         args.file,
         name=args.name,
@@ -74,19 +126,71 @@ def cmd_deployment_init(args: argparse.Namespace, out: TextIO) -> int:
         blobs=blobs,
         key_file=args.key_file,
         policy=args.policy,
+        deployment_key=on_token,
     )
+    if dep.key_file is not None:
+        where = (
+            f"{dep.key_file}\n    copy it to every node (mode 0600) and keep it out of every backup"
+        )
+    else:
+        where = f"{_key_name(dep)}\n    every node must reach that token (or a replica of it)"
     emit(
         args,
         {
             "deployment": str(dep.path),
             "name": dep.name,
             "deployment_id": dep.deployment_id,
-            "key_file": str(dep.key_file),
+            "key_file": None if dep.key_file is None else str(dep.key_file),
+            "deployment_key": dep.deployment_key,
         },
         f"Created deployment {dep.name} ({dep.path})\n"
-        f"  deployment key: {dep.key_file}\n"
-        "    copy it to every node (mode 0600) and keep it out of every backup\n"
+        f"  deployment key: {where}\n"
         f"  add a node: sampledrec node init NODE --deployment {dep.path} --name NAME",
+        out,
+    )
+    return EXIT_OK
+
+
+def _key_name(dep: Deployment) -> str:
+    if dep.deployment_key is not None:
+        return (
+            f"key {dep.deployment_key['label']!r} on PKCS#11 token {dep.deployment_key['token']!r}"
+        )
+    return str(dep.key_file)
+
+
+def cmd_deployment_rotate_key(args: argparse.Namespace, out: TextIO) -> int:
+    dep = Deployment.load(args.deployment)
+    old = _key_name(dep)
+    rotated, count = dep.rotate_key(
+        new_key_file=args.new_key_file,
+        new_label=args.new_key_label,
+        principal=getpass.getuser(),
+    )
+    if rotated.key_file is not None:
+        todo = (
+            f"  now, on every node: copy {rotated.key_file} over the node's deployment key file "
+            "(the 'key_file' of its store.json; mode 0600) and restart the node; then destroy "
+            f"every copy of the old key ({old})"
+        )
+    else:
+        todo = (
+            f"  now, on every node: copy {rotated.path} over the node's deployment file and "
+            f"restart the node; then destroy the old key ({old}) on the token"
+        )
+    emit(
+        args,
+        {
+            "deployment": str(rotated.path),
+            "rotated": count,
+            "old_key": old,
+            "new_key": _key_name(rotated),
+        },
+        f"Re-wrapped {count} shared keys of deployment {rotated.name} under "
+        f"{_key_name(rotated)} (one transaction; checked)\n"
+        f"  {rotated.path} names the new key\n"
+        f"{todo}\n"
+        "  until then, a node with the old key is refused (it says the key was rotated)",
         out,
     )
     return EXIT_OK

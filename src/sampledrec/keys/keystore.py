@@ -98,6 +98,7 @@ __all__ = [
     "KeyStore",
     "LocalKeyStore",
     "Pkcs11KeyStore",
+    "Pkcs11WrappingKey",
     "check_bucket_id",
 ]
 
@@ -741,29 +742,8 @@ class Pkcs11KeyStore:
         p11 = self._p11
 
         def create(session: Any) -> None:
-            if self._find(session, label):
-                return
-            session.generate_key(
-                p11.KeyType.AES,
-                256,
-                id=secrets.token_bytes(16),
-                label=label,
-                store=True,
-                capabilities=p11.MechanismFlag.ENCRYPT | p11.MechanismFlag.DECRYPT,
-                template={
-                    p11.Attribute.TOKEN: True,
-                    p11.Attribute.PRIVATE: True,
-                    p11.Attribute.SENSITIVE: True,
-                    p11.Attribute.EXTRACTABLE: False,
-                    p11.Attribute.MODIFIABLE: False,
-                    p11.Attribute.COPYABLE: False,
-                    p11.Attribute.WRAP: False,
-                    p11.Attribute.UNWRAP: False,
-                    p11.Attribute.SIGN: False,
-                    p11.Attribute.VERIFY: False,
-                    p11.Attribute.DERIVE: False,
-                },
-            )
+            if not self._find(session, label):
+                _generate_token_key(p11, session, label)
 
         self._session().run(f"create the key of bucket {bucket}", create)
 
@@ -888,7 +868,9 @@ class Pkcs11KeyStore:
             {"label": "sampledrec-bucket-2027-05-22", "objects": 1, "sensitive": True,
              "extractable": False, "always_sensitive": True, "never_extractable": True, ...}
         """
-        label = self._label(bucket)
+        return self._describe(self._label(bucket), bucket)
+
+    def _describe(self, label: str, what: str) -> dict[str, Any]:
         p11 = self._p11
         names = {
             "token": p11.Attribute.TOKEN,
@@ -908,14 +890,14 @@ class Pkcs11KeyStore:
         def describe(session: Any) -> dict[str, Any]:
             keys = self._find(session, label)
             if not keys:
-                raise missing_bucket(bucket, self._where())
+                raise missing_bucket(what, self._where())
             info: dict[str, Any] = {"label": label, "objects": len(keys)}
             for name, attribute in names.items():
                 value = keys[0][attribute]
                 info[name] = value if isinstance(value, bool) else int(value)
             return info
 
-        return self._session().run(f"describe the key of bucket {bucket}", describe)
+        return self._session().run(f"describe the key {label}", describe)
 
     # -- helpers
 
@@ -963,3 +945,154 @@ class Pkcs11KeyStore:
             template={p11.Attribute.PRIVATE: True},
         )
         probe.destroy()
+
+
+def _generate_token_key(p11: Any, session: Any, label: str) -> None:
+    """A new AES-256 key on the token, labelled ``label``: persistent, private, sensitive,
+    never extractable, usable only to encrypt and decrypt (on the token)."""
+    session.generate_key(
+        p11.KeyType.AES,
+        256,
+        id=secrets.token_bytes(16),
+        label=label,
+        store=True,
+        capabilities=p11.MechanismFlag.ENCRYPT | p11.MechanismFlag.DECRYPT,
+        template={
+            p11.Attribute.TOKEN: True,
+            p11.Attribute.PRIVATE: True,
+            p11.Attribute.SENSITIVE: True,
+            p11.Attribute.EXTRACTABLE: False,
+            p11.Attribute.MODIFIABLE: False,
+            p11.Attribute.COPYABLE: False,
+            p11.Attribute.WRAP: False,
+            p11.Attribute.UNWRAP: False,
+            p11.Attribute.SIGN: False,
+            p11.Attribute.VERIFY: False,
+            p11.Attribute.DERIVE: False,
+        },
+    )
+
+
+_KEY_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+
+
+class Pkcs11WrappingKey:
+    """One AES-256 key on a PKCS#11 token that wraps other keys, by label: a deployment's
+    shared keys (:mod:`sampledrec.keys.shared`, docs/decisions/0036-deployment-keys.md).
+
+    The key is generated on the token like a bucket key (:class:`Pkcs11KeyStore`: sensitive,
+    never extractable, encrypt and decrypt only). Wrapping is ``CKM_AES_GCM`` *on the token*
+    over the 32-byte key to protect, in the wrapped-key format of the module docstring
+    (``0x01 || nonce || ciphertext || tag``, 61 bytes), so a row wrapped here has the same shape
+    as one wrapped by a key file, and re-wrapping from one to the other is a plain loop. The
+    token's ``C_WrapKey`` is not used: it wraps token objects, and the keys it would wrap
+    (epoch keys) must be exportable anyway (DESIGN.md §6), so they would sit on the token
+    extractable for nothing.
+
+    It shares its process's session on the token with every :class:`Pkcs11KeyStore` (one
+    login per process); :meth:`close` releases it.
+    """
+
+    def __init__(
+        self, module_path: str | os.PathLike[str], token_label: str, pin: str, *, label: str
+    ) -> None:
+        if not isinstance(label, str) or not _KEY_LABEL.fullmatch(label):
+            raise InvalidArgument(
+                f"label={label!r} must be 1 to 64 letters, digits, '.', '_' or '-', starting "
+                "with a letter or digit, such as 'sampledrec-deployment-1'"
+            )
+        self.label = label
+        self._token = Pkcs11KeyStore(module_path, token_label, pin)
+        self.token_label = token_label
+
+    def __repr__(self) -> str:
+        return f"Pkcs11WrappingKey(token_label={self.token_label!r}, label={self.label!r})"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        _no_pickle("Pkcs11WrappingKey")
+
+    def close(self) -> None:
+        self._token.close()
+
+    def describe(self) -> str:
+        return f"the key {self.label!r} on PKCS#11 token {self.token_label!r}"
+
+    def ensure(self) -> bool:
+        """Generate the key on the token if no key has its label; True if this call made it."""
+        store = self._token
+
+        def create(session: Any) -> bool:
+            if store._find(session, self.label):
+                return False
+            _generate_token_key(store._p11, session, self.label)
+            return True
+
+        return store._session().run(f"create the key {self.label}", create)
+
+    def exists(self) -> bool:
+        store = self._token
+        return store._session().run(
+            f"look up the key {self.label}", lambda s: bool(store._find(s, self.label))
+        )
+
+    def attributes(self) -> dict[str, Any]:
+        """The key's protection attributes on the token (never its value)."""
+        return self._token._describe(self.label, self.label)
+
+    def _keys(self, session: Any) -> list[Any]:
+        keys = self._token._find(session, self.label)
+        if not keys:
+            raise KeyringError(
+                f"PKCS#11 token {self.token_label!r} has no key labelled {self.label!r}: this is "
+                "not the deployment's token, or the key was destroyed; use the token (or a "
+                "replica of it) that holds the deployment's key"
+            )
+        return keys
+
+    def wrap(self, name: str, secret: bytes, ad: bytes) -> bytes:
+        """``secret`` (32 bytes) encrypted on the token, bound to ``name`` and ``ad``."""
+        check_data_key(secret)
+        store = self._token
+        p11 = store._p11
+
+        def wrap(session: Any) -> bytes:
+            key = self._keys(session)[0]
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            params = p11.GCMParams(nonce, wrap_ad(name, ad), TAG_BYTES * 8)
+            sealed = key.encrypt(secret, mechanism=p11.Mechanism.AES_GCM, mechanism_param=params)
+            if len(sealed) != DATA_KEY_BYTES + TAG_BYTES:
+                raise KeyringError(
+                    f"PKCS#11 token {self.token_label!r} returned {len(sealed)} bytes for an "
+                    f"AES-GCM encryption of {DATA_KEY_BYTES} bytes; it does not follow PKCS#11"
+                )
+            return bytes([WRAPPED_KEY_VERSION]) + nonce + bytes(sealed)
+
+        return store._session().run(f"wrap the key {name}", wrap)
+
+    def unwrap(self, name: str, wrapped: bytes, ad: bytes) -> bytes | None:
+        """What :meth:`wrap` wrapped with ``name`` and ``ad``, or None if ``wrapped`` was not
+        wrapped by this key (or is damaged)."""
+        store = self._token
+        p11 = store._p11
+        shared = store._session()
+
+        def unwrap(session: Any) -> bytes | None:
+            keys = self._keys(session)
+            parts = split_wrapped(wrapped)
+            if parts is None:
+                return None
+            for key in keys:
+                params = p11.GCMParams(parts[0], wrap_ad(name, ad), TAG_BYTES * 8)
+                try:
+                    secret = key.decrypt(
+                        parts[1], mechanism=p11.Mechanism.AES_GCM, mechanism_param=params
+                    )
+                except p11.exceptions.PKCS11Error as exc:
+                    if shared.is_device_failure(exc):
+                        raise
+                    continue  # a failed tag check
+                if len(secret) == DATA_KEY_BYTES:
+                    return bytes(secret)
+            return None
+
+        return shared.run(f"unwrap the key {name}", unwrap)

@@ -7,7 +7,10 @@ objections count across nodes) and open each other's recordings (the same expiry
 Each node keeps its own log, with its own signing key and sealing keys.
 
 - :class:`DeploymentKey`: the 32-byte key, in a file (0600) that the operator gives every node
-  and never backs up, that wraps every shared key. It refuses to be printed or pickled.
+  and never backs up, that wraps every shared key. It refuses to be printed or pickled. Or,
+  instead, a non-extractable AES key on a PKCS#11 token
+  (:class:`~sampledrec.keys.keystore.Pkcs11WrappingKey`): either is a :class:`KeyWrapper`
+  (docs/decisions/0036-deployment-keys.md).
 - :class:`SharedKeys`: the table ``shared_keys`` (component ``shared_keys``), one row per
   shared key and deployment, ``wrapped`` =
   ``0x01 | nonce | AES-256-GCM(deployment key, nonce, key, ad)`` with ``ad`` binding the
@@ -15,7 +18,10 @@ Each node keeps its own log, with its own signing key and sealing keys.
   ``bucket/bucket-2027-05-22``): no key is ever stored in clear in the database, and a wrapped
   key moved to another name or deployment does not unwrap. Keys are created with
   ``INSERT ... ON CONFLICT DO NOTHING`` under a transaction-scoped advisory lock of the
-  deployment, so nodes racing for one epoch end with one key.
+  deployment, so nodes racing for one epoch end with one key, and only by a node whose
+  deployment key opens the ``check`` row (a node left with a key that was rotated away never
+  adds a row that the others cannot open). :meth:`SharedKeys.rotate` re-wraps every row under
+  a new deployment key in one transaction.
 - :class:`NodeKeyring`: a :class:`~sampledrec.keys.keyring.Keyring` for one node: epoch keys and
   the pseudonym key from :class:`SharedKeys`, the log's signing seed, its sealing keys and the
   markers of the commitments logged *in this node's log* from the node's own
@@ -33,14 +39,14 @@ import os
 import secrets
 import stat
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from .._hazmat.aead import unwrap_key, wrap_key
 from .._hazmat.files import create_exclusive
 from .._hazmat.postgres import Migration, PgConnection, advisory_lock_id
-from ..errors import KeyringError, StorePermissionError
+from ..errors import InvalidArgument, KeyringError, StorePermissionError
 from .keyring import KEY_BYTES, EpochKey, LocalKeyring, check_epoch_id
 from .keystore import (
     check_aad,
@@ -55,7 +61,7 @@ from .keystore import (
 if TYPE_CHECKING:
     from .._hazmat.postgres import PgConn
 
-__all__ = ["DeploymentKey", "NodeKeyring", "SharedKeyStore", "SharedKeys"]
+__all__ = ["DeploymentKey", "KeyWrapper", "NodeKeyring", "SharedKeyStore", "SharedKeys"]
 
 SHARED_AD: Final = b"sampledrec/v1/shared-key"
 PSEUDONYM: Final = "pseudonym"
@@ -75,7 +81,38 @@ CREATE TABLE shared_keys (
 );
 """,
     ),
+    Migration(
+        2,
+        "when the deployment key was rotated (no key: when, by whom, how many rows, to what)",
+        """
+CREATE TABLE shared_key_rotations (
+    deployment TEXT COLLATE "C" NOT NULL,
+    rotated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    principal TEXT NOT NULL,
+    keys INTEGER NOT NULL,
+    new_key TEXT NOT NULL
+);
+""",
+    ),
 )
+
+
+class KeyWrapper(Protocol):
+    """What wraps a deployment's shared keys: :class:`DeploymentKey` (a file) or
+    :class:`~sampledrec.keys.keystore.Pkcs11WrappingKey` (a key on a token). Both write the
+    wrapped-key format of :mod:`sampledrec.keys.keystore` with the associated data
+    ``b"sampledrec/v1/bucket-wrap" || 0x00 || name || 0x00 || ad``."""
+
+    def wrap(self, name: str, secret: bytes, ad: bytes) -> bytes: ...
+
+    def unwrap(self, name: str, wrapped: bytes, ad: bytes) -> bytes | None:
+        """The secret, or None if ``wrapped`` was not wrapped by this key under ``name`` and
+        ``ad`` (or is damaged)."""
+        ...
+
+    def describe(self) -> str:
+        """What the key is, for a message (a path, a token and label; never a secret)."""
+        ...
 
 
 class DeploymentKey:
@@ -117,6 +154,15 @@ class DeploymentKey:
     def secret_bytes(self) -> bytes:
         return self._secret
 
+    def wrap(self, name: str, secret: bytes, ad: bytes) -> bytes:
+        return wrap_key(self._secret, name, secret, ad)
+
+    def unwrap(self, name: str, wrapped: bytes, ad: bytes) -> bytes | None:
+        return unwrap_key(self._secret, name, wrapped, ad)
+
+    def describe(self) -> str:
+        return f"the deployment key {self.path}"
+
     def __repr__(self) -> str:
         return f"DeploymentKey({str(self.path)!r})"
 
@@ -127,7 +173,7 @@ class DeploymentKey:
 class SharedKeys:
     """The shared keys of deployment ``deployment_id`` (hex) in the database ``dsn``."""
 
-    def __init__(self, dsn: str, deployment_id: str, key: DeploymentKey) -> None:
+    def __init__(self, dsn: str, deployment_id: str, key: KeyWrapper) -> None:
         self._deployment = deployment_id
         self._key = key
         self._ad = SHARED_AD + b"\x00" + deployment_id.encode("ascii")
@@ -138,8 +184,10 @@ class SharedKeys:
             component="shared_keys",
             migrations=SHARED_MIGRATIONS,
         )
-        # A store has no close(): its connection closes when the store is dropped.
-        self._closer = weakref.finalize(self, self._conn.close)
+        # A store has no close(): its connection closes, and its deployment key (a token's
+        # session) is released, when the store is dropped.
+        self._held = [key]
+        self._closer = weakref.finalize(self, _finish, self._conn, self._held)
 
     def __repr__(self) -> str:
         return f"SharedKeys({self._conn.where!r}, deployment={self._deployment!r})"
@@ -148,6 +196,7 @@ class SharedKeys:
         raise TypeError("shared keys cannot be pickled; open them again in the other process")
 
     def close(self) -> None:
+        """Close the connection, and release the deployment key (a token's session)."""
         self._closer()
 
     def ensure(self, names: Iterable[str]) -> list[str]:
@@ -155,14 +204,19 @@ class SharedKeys:
         wanted = sorted(set(names))
         if not wanted:
             return []
-        rows = [
-            (n, wrap_key(self._key.secret_bytes(), n, secrets.token_bytes(KEY_BYTES), self._ad))
-            for n in wanted
-        ]
+        rows = [(n, self._key.wrap(n, secrets.token_bytes(KEY_BYTES), self._ad)) for n in wanted]
 
         def work(conn: PgConn) -> list[str]:
             # One creator at a time per deployment: a batch of epochs is created whole.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+            # Only with the deployment's current key: a node whose key was rotated away must
+            # not add rows the other nodes cannot open (the lock keeps a rotation out).
+            check = conn.execute(
+                "SELECT wrapped FROM shared_keys WHERE deployment = %s AND name = %s",
+                [self._deployment, CHECK],
+            ).fetchone()
+            if check is not None and self._key.unwrap(CHECK, bytes(check[0]), self._ad) is None:
+                self._refuse(conn, CHECK)
             made = conn.execute(
                 "INSERT INTO shared_keys (deployment, name, wrapped) "
                 "SELECT %s, n, w FROM unnest(%s::text[], %s::bytea[]) AS t(n, w) "
@@ -184,14 +238,91 @@ class SharedKeys:
         )
         if row is None:
             return None
-        key = unwrap_key(self._key.secret_bytes(), name, bytes(row[0]), self._ad)
+        key = self._key.unwrap(name, bytes(row[0]), self._ad)
         if key is None:
-            raise KeyringError(
-                f"the shared key {name!r} does not unwrap with the deployment key "
-                f"{self._key.path}: this node has another deployment's key, or the row was "
-                "damaged; copy the deployment key from a working node"
-            )
+            self._conn.run(lambda c: self._refuse(c, name), atomic=False)
         return key
+
+    def _refuse(self, conn: PgConn, name: str) -> NoReturn:
+        """The row ``name`` does not open with this node's key: say why, as far as the database
+        knows (a rotation since), and what to do."""
+        last = conn.execute(
+            "SELECT rotated_at, new_key FROM shared_key_rotations WHERE deployment = %s "
+            "ORDER BY rotated_at DESC LIMIT 1",
+            [self._deployment],
+        ).fetchone()
+        if last is not None:
+            raise KeyringError(
+                f"the shared key {name!r} does not unwrap with {self._key.describe()}: the "
+                f"deployment key was rotated on {last[0]:%Y-%m-%d %H:%M:%S %Z} (to {last[1]}) "
+                "and this node still has an older one; install the deployment's new key on "
+                "this node (docs/operations.md, 'Rotate the deployment key') and restart it"
+            )
+        raise KeyringError(
+            f"the shared key {name!r} does not unwrap with {self._key.describe()}: this node "
+            "has another deployment's key, or the row was damaged; copy the deployment key "
+            "from a working node"
+        )
+
+    def rotate(
+        self,
+        new: KeyWrapper,
+        *,
+        principal: str,
+        on_row: Callable[[str], None] | None = None,
+    ) -> int:
+        """Wrap every shared key of the deployment again, under ``new``, in one transaction
+        under the deployment's key-creation lock: each row is unwrapped with the current key,
+        wrapped with ``new``, and checked to unwrap with ``new`` to the same key before the
+        transaction commits; any failure (a row the current key does not open, the new key
+        failing, the connection or the process dying) leaves every row as it was. Returns how
+        many rows were re-wrapped. ``on_row`` (tests, progress) is called before each row is
+        written. A row of the rotation (when, ``principal``, how many, ``new.describe()``) is
+        written in the same transaction: nodes left with the old key say so."""
+
+        def work(conn: PgConn) -> int:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._lock_id])
+            rows = conn.execute(
+                "SELECT name, wrapped FROM shared_keys WHERE deployment = %s ORDER BY name "
+                "FOR UPDATE",
+                [self._deployment],
+            ).fetchall()
+            if not rows:
+                raise KeyringError("the deployment has no shared keys to rotate")
+            check = next((bytes(w) for n, w in rows if n == CHECK), None)
+            if check is not None and new.unwrap(CHECK, check, self._ad) is not None:
+                raise InvalidArgument(
+                    f"{new.describe()} already opens the deployment's keys: it is the current "
+                    "deployment key; give a new one"
+                )
+            for name, wrapped in rows:
+                secret = self._key.unwrap(str(name), bytes(wrapped), self._ad)
+                if secret is None:
+                    self._refuse(conn, str(name))
+                rewrapped = new.wrap(str(name), secret, self._ad)
+                if new.unwrap(str(name), rewrapped, self._ad) != secret:
+                    raise KeyringError(
+                        f"{new.describe()} does not give back the key {name!r} it wrapped; "
+                        "nothing was changed: check the new key (or the token) and try again"
+                    )
+                if on_row is not None:
+                    on_row(str(name))
+                conn.execute(
+                    "UPDATE shared_keys SET wrapped = %s WHERE deployment = %s AND name = %s",
+                    [rewrapped, self._deployment, name],
+                )
+            conn.execute(
+                "INSERT INTO shared_key_rotations (deployment, principal, keys, new_key) "
+                "VALUES (%s, %s, %s, %s)",
+                [self._deployment, principal, len(rows), new.describe()],
+            )
+            return len(rows)
+
+        count = self._conn.run(work)
+        old, self._key = self._key, new
+        self._held[0] = new
+        _release(old)
+        return count
 
     def names(self, prefix: str) -> list[str]:
         """Every key whose name starts with ``prefix``, sorted."""
@@ -221,6 +352,17 @@ class SharedKeys:
         and the pseudonym key the first time)."""
         self.ensure([CHECK, PSEUDONYM])
         self.get(CHECK)
+
+
+def _finish(conn: PgConnection, held: list[KeyWrapper]) -> None:
+    conn.close()
+    _release(held[0])
+
+
+def _release(key: KeyWrapper) -> None:
+    close = getattr(key, "close", None)
+    if close is not None:
+        close()
 
 
 class NodeKeyring:

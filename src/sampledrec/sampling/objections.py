@@ -206,6 +206,20 @@ class ObjectionList:
         self._change("removed", pseudonyms)
         return pseudonyms
 
+    def change_pseudonyms(
+        self, action: Literal["added", "removed"], pseudonyms: Iterable[str]
+    ) -> None:
+        """Add or take off callers given by their pseudonyms (hex), as :meth:`add_all` and
+        :meth:`remove_all` do with numbers: what a node of a deployment does to follow the
+        deployment's list, which keeps pseudonyms only."""
+        items = list(pseudonyms)
+        for p in items:
+            if not (
+                isinstance(p, str) and len(p) == 64 and all(c in "0123456789abcdef" for c in p)
+            ):
+                raise InvalidArgument(f"pseudonym {p!r:.80} is not 64 lowercase hex digits")
+        self._change(action, items)
+
     def _pseudonyms(self, numbers: Iterable[str], what: str) -> list[str]:
         numbers = list(numbers)
         pseudonyms = []
