@@ -1053,6 +1053,66 @@ def crafted_decision(epoch: str, policy: bytes, ref: str = "crafted") -> dict[st
     }
 
 
+def test_when_durable_calls_back_once_the_entries_are_on_disk(small: Path) -> None:
+    store = Store.open(small)
+    calls: list[tuple[str, dict[int, int] | BaseException]] = []
+    done = threading.Event()
+
+    def callback(result: dict[int, int] | BaseException) -> None:
+        calls.append((threading.current_thread().name, result))
+        done.set()
+
+    # A group commit of a minute: the callback asks the writer not to wait for more.
+    with store.open_log(group_commit=60) as log:
+        sampler = store.sampler(clock=FixedClock(AT), log=log)
+        made = [sampler.decide(f"called-back-{i}") for i in range(20)]
+        tickets = [made[5].log_ticket, made[19].log_ticket]
+        assert None not in tickets
+        log.when_durable(tickets, callback)  # type: ignore[arg-type]
+        assert done.wait(30)
+        ((thread, indexes),) = calls
+        assert thread != threading.current_thread().name  # the writer's thread
+        assert isinstance(indexes, dict) and set(indexes) == set(tickets)
+        on_disk = {e.index: e for e in iter_entries(small / "log", store.keyring)}
+        for ticket, call in ((tickets[0], "called-back-5"), (tickets[1], "called-back-19")):
+            assert on_disk[indexes[ticket]].fields["call_ref"] == call  # type: ignore[index]
+        # Durable already: called at once, on the caller's thread (the indexes handed out).
+        log.when_durable(tickets, callback)  # type: ignore[arg-type]
+        assert calls[1] == (threading.current_thread().name, dict.fromkeys(tickets, -1))
+        with pytest.raises(ValueError, match="at least one ticket"):
+            log.when_durable([], callback)
+    with pytest.raises(StoreError, match="closed"):
+        log.when_durable([10**9], callback)
+
+
+def test_when_durable_hears_the_writers_failure(
+    small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.open(small)
+    heard: list[dict[int, int] | BaseException] = []
+    done = threading.Event()
+
+    def callback(result: dict[int, int] | BaseException) -> None:
+        heard.append(result)
+        done.set()
+
+    log = store.open_log(group_commit=60)
+    try:
+        ticket = log.append(T_DECISION, crafted_decision("2031-05-05", bytes(32)))
+
+        def broken(batch: Any) -> list[int]:
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(log, "_write_batch", broken)
+        log.when_durable([ticket], callback)
+        assert done.wait(30)
+        (error,) = heard
+        assert isinstance(error, StoreError) and "disk gone" in str(error)
+    finally:
+        with pytest.raises(StoreError):
+            log.close()
+
+
 def test_a_decision_with_a_key_committed_after_use_or_never(small: Path) -> None:
     store = Store.open(small)
     policy = bytes.fromhex(store.policy().version)

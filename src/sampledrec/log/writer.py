@@ -16,7 +16,9 @@ threads and processes share one consistent tree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import hmac
 import itertools
 import os
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol, TypeAlias
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -101,6 +103,8 @@ _REASON_INDEX: Final = {r: i for i, r in enumerate(REASONS)}
 _EPOCH_ORDINAL: Final = 719163  # date(1970, 1, 1).toordinal()
 _EPOCH_DT: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
+_DurableCallback: TypeAlias = Callable[[dict[int, int] | BaseException], None]
+_CALLBACKS: Final = itertools.count()  # ties in when_durable's heap: first come, first called
 
 
 def _decision_fields(record: DecisionRecord) -> tuple[bytes, bytes]:
@@ -316,6 +320,8 @@ class DecisionLog:
         self._next_ticket = 1
         self._durable_ticket = 0
         self._ticket_index: dict[int, int] = {}
+        #: when_durable's callbacks, by the ticket they wait for (a heap: the lowest first).
+        self._callbacks: list[tuple[int, int, _DurableCallback, tuple[int, ...]]] = []
         self._flush_requested = False
         self._closed = False
         self._error: BaseException | None = None
@@ -843,6 +849,50 @@ class DecisionLog:
                 self._cond.wait(remaining)
             return self._ticket_index.pop(ticket, -1)
 
+    def when_durable(self, tickets: Sequence[int], callback: _DurableCallback) -> None:
+        """Call ``callback`` once every entry of ``tickets`` is fsynced, with each ticket's
+        index in the log (-1 if it was already collected), or with the error if the writer
+        fails first; like :meth:`wait_durable`, it asks the writer not to wait for more
+        entries. The callback runs on the writer's thread (or on this one, if the entries are
+        durable already): it must be quick and must not block, nor call this log.
+
+        A server answers from the callback instead of holding a thread in :meth:`wait_durable`
+        per batch of answers: the thread that decides goes on deciding while the log syncs.
+        """
+        if not tickets:
+            raise InvalidArgument("when_durable needs at least one ticket")
+        top = max(tickets)
+        with self._cond:
+            if self._error is None and self._durable_ticket < top:
+                if self._thread is None:
+                    raise StoreError("the decision log is closed")
+                heapq.heappush(self._callbacks, (top, next(_CALLBACKS), callback, tuple(tickets)))
+                self._flush_requested = True
+                self._cond.notify_all()
+                return
+            error = self._error
+            indexes = {t: self._ticket_index.pop(t, -1) for t in tickets}
+        if error is not None:
+            callback(StoreError(f"the decision log writer failed: {error}"))
+        else:
+            callback(indexes)
+
+    def _due_callbacks(self) -> list[tuple[Callable[[Any], None], dict[int, int] | BaseException]]:
+        """Under ``_cond``: the callbacks now due, each with what it is to be called with."""
+        due: list[tuple[Callable[[Any], None], dict[int, int] | BaseException]] = []
+        callbacks = self._callbacks
+        if self._error is not None:
+            error = StoreError(f"the decision log writer failed: {self._error}")
+            due = [(cb, error) for _, _, cb, _ in callbacks]
+            callbacks.clear()
+            return due
+        durable = self._durable_ticket
+        index = self._ticket_index
+        while callbacks and callbacks[0][0] <= durable:
+            _, _, cb, tickets = heapq.heappop(callbacks)
+            due.append((cb, {t: index.pop(t, -1) for t in tickets}))
+        return due
+
     def is_durable(self, ticket: int) -> bool:
         """Whether the entry of ``ticket`` is on disk (never blocks)."""
         return self._durable_ticket >= ticket
@@ -927,15 +977,22 @@ class DecisionLog:
                     # Tickets are queued in order (checkpoint entries carry ticket 0), so every
                     # ticket up to the batch's highest is now durable.
                     self._durable_ticket = max(self._durable_ticket, top)
+                    due = self._due_callbacks() if self._callbacks else ()
                     # Tickets nobody waits for need no index: keep the map small.
                     if len(self._ticket_index) > 4 * self.max_batch:
                         for t in sorted(self._ticket_index)[: 2 * self.max_batch]:
                             del self._ticket_index[t]
                     self._cond.notify_all()
+                for callback, result in due:
+                    callback(result)
         except BaseException as exc:  # the writer must never die silently
             with self._cond:
                 self._error = exc
+                due = self._due_callbacks()
                 self._cond.notify_all()
+            for callback, result in due:
+                with contextlib.suppress(Exception):  # the writer's own error comes first
+                    callback(result)
 
     def _encode(self, batch: list[_Queued]) -> list[bytes]:
         """Encode a batch of queued items into entries.

@@ -283,11 +283,12 @@ class Decider:
     """Decides for the front doors, off the event loop, and answers once the entry is durable.
 
     Requests go to a few threads (``workers``). Each takes every request waiting at that moment,
-    decides them one by one, then waits once until the last of their log entries is durable
-    (which makes the log write at once rather than after its group-commit delay), and settles
-    them all on the event loop in one call. While one thread waits for the disk, another decides
-    what arrived meanwhile, so the log writes one batch after the other; no thread is held per
-    request, and a request crosses threads as few times as possible.
+    decides them one by one, and hands the batch's answers to the log
+    (:meth:`DecisionLog.when_durable`, which makes the log write at once rather than after its
+    group-commit delay); the log's writer thread settles them all on the event loop in one call
+    once their entries are durable, while the deciding thread goes on with what arrived
+    meanwhile. No thread waits for the disk per batch, and a request crosses threads as few
+    times as possible: the loop, the deciding thread, the writer, the loop.
 
     Parameters
     ----------
@@ -310,6 +311,7 @@ class Decider:
         self._cond = threading.Condition()
         self._queue: list[tuple[DecisionRequest, asyncio.Future[Answer]]] = []
         self._threads: list[threading.Thread] = []
+        self._pending: set[asyncio.Future[Answer]] = set()  # answers not yet settled
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         warnings.filterwarnings("ignore", category=UnknownAttributeWarning, module=_OWN_MODULE)
@@ -334,6 +336,8 @@ class Decider:
                 thread.start()
                 self._threads.append(thread)
         answer: asyncio.Future[Answer] = loop.create_future()
+        self._pending.add(answer)
+        answer.add_done_callback(self._pending.discard)
         with self._cond:
             self._queue.append((request, answer))
             self._cond.notify()
@@ -371,26 +375,16 @@ class Decider:
                     outcomes.append((future, answer))
                 else:
                     waiting.setdefault(ticket, []).append((future, answer))
+            loop = self._loop
+            assert loop is not None
             if waiting:
                 try:
-                    top = max(waiting)
-                    indexes = {top: log.wait_durable(top)}
-                    # Durable now: each other ticket's index is popped at once (once).
-                    indexes.update((t, log.wait_durable(t)) for t in waiting if t != top)
-                    for t, pending in waiting.items():
-                        outcomes += [
-                            (f, dataclasses.replace(a, log_index=indexes[t])) for f, a in pending
-                        ]
-                except BaseException as exc:  # the log writer failed: every waiter must hear
-                    error = (
-                        exc
-                        if isinstance(exc, StoreError)
-                        else StoreError(f"the decision log cannot be written: {exc}")
-                    )
-                    outcomes += [(f, error) for pending in waiting.values() for f, _ in pending]
-            assert self._loop is not None
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                self._loop.call_soon_threadsafe(_settle, outcomes)
+                    log.when_durable(list(waiting), _Answers(loop, outcomes, waiting))
+                except BaseException as exc:  # the log is closed or failed: every waiter hears
+                    _fail(loop, outcomes, waiting, exc)
+            elif outcomes:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(_settle, outcomes)
 
     async def aclose(self) -> None:
         """Take no new request; finish the decisions under way and wait for their entries."""
@@ -399,6 +393,52 @@ class Decider:
             self._cond.notify_all()
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
+        if self._pending:  # decided; their answers come once the log has them on disk
+            await asyncio.wait(set(self._pending))
+
+
+class _Answers:
+    """The answers of one batch, sent to the event loop once their log entries are durable
+    (:meth:`DecisionLog.when_durable` calls it on the log's writer thread)."""
+
+    __slots__ = ("_loop", "_outcomes", "_waiting")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]],
+        waiting: dict[int, list[tuple[asyncio.Future[Answer], Answer]]],
+    ) -> None:
+        self._loop = loop
+        self._outcomes = outcomes
+        self._waiting = waiting
+
+    def __call__(self, indexes: dict[int, int] | BaseException) -> None:
+        if isinstance(indexes, BaseException):
+            _fail(self._loop, self._outcomes, self._waiting, indexes)
+            return
+        outcomes = self._outcomes
+        for t, pending in self._waiting.items():
+            outcomes += [(f, dataclasses.replace(a, log_index=indexes[t])) for f, a in pending]
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _fail(
+    loop: asyncio.AbstractEventLoop,
+    outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]],
+    waiting: dict[int, list[tuple[asyncio.Future[Answer], Answer]]],
+    exc: BaseException,
+) -> None:
+    """Every answer waiting for the log hears that it cannot be written."""
+    error = (
+        exc
+        if isinstance(exc, StoreError)
+        else StoreError(f"the decision log cannot be written: {exc}")
+    )
+    outcomes = outcomes + [(f, error) for pending in waiting.values() for f, _ in pending]
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, outcomes)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
