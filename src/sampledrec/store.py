@@ -23,6 +23,8 @@ recordings, with no server.
                         log.lock, log.repair and recovered/ are LocalLogStorage's)
       catalog.sqlite    the recordings catalog (backend "sqlite")
       recordings/       sealed recordings (backend "local" of the blob store)
+      staging/          recordings being recorded, and sealed ones waiting for their upload,
+                        when the blob store is "s3" (sampledrec.vault.staging; encrypted)
       caps.sqlite       the per-agent caps ledger
       decided.sqlite    the decided-calls index: each call's first decision in the recent
                         epochs, so that deciding again answers the same in every process
@@ -128,6 +130,7 @@ from .sampling.sampler import Sampler, cap_call_name
 from .vault.blobs import BlobStore, LocalBlobStore
 from .vault.catalog import Catalog, SqliteCatalog
 from .vault.postgres import PostgresCatalog
+from .vault.staging import StagedBlobStore
 from .witness.client import COSIGNED_DIR, Witnessing, WitnessSettings
 
 __all__ = ["Store"]
@@ -260,7 +263,11 @@ class Store:
         """Where sealed recordings are kept (built once, on first use)."""
         if self._blobs is None:
             if self.backends["blobs"]["kind"] == "s3":
-                self._blobs = _s3_blob_store(self.backends["blobs"], self.path)
+                # Recordings in progress stay on this node's disk, encrypted, until sealed:
+                # a crash mid-call leaves their prefix for recovery (0035).
+                self._blobs = StagedBlobStore(
+                    self.staging_path, _s3_blob_store(self.backends["blobs"], self.path)
+                )
                 return self._blobs
             path = self._inside(self.backends["blobs"]["path"])
             try:
@@ -268,6 +275,12 @@ class Store:
             except OSError as exc:  # store.json names a path that cannot be a folder here
                 raise StoreError(f"cannot open the recordings folder {path}: {exc}") from exc
         return self._blobs
+
+    @property
+    def staging_path(self) -> Path:
+        """Where a store whose recordings are on S3 keeps them while they are recorded, and
+        sealed ones until their upload succeeds (:mod:`sampledrec.vault.staging`)."""
+        return self.path / "staging"
 
     @property
     def catalog_dsn(self) -> str | None:

@@ -84,6 +84,7 @@ from .audio import (
 from .blobs import BlobStore, BlobWriter
 from .catalog import Catalog, RecordingRow, Recovery
 from .container import RecoveredPrefix, SealInfo, Source
+from .staging import StagedBlobs
 
 if TYPE_CHECKING:
     from ..log.writer import DecisionLog
@@ -899,7 +900,34 @@ class Vault:
                 # others' are theirs (and may be in progress), their entries in their logs.
                 mine = self._opened_here()
                 rows = [row for row in rows if row.recording_id in mine]
-            return [(row.recording_id, self._recover_one(row)) for row in rows]
+            done = [(row.recording_id, self._recover_one(row)) for row in rows]
+            self.upload_pending()  # what the crash left staged, now sealed, goes up
+            return done
+
+    def upload_pending(self) -> tuple[int, int]:
+        """Upload the sealed recordings still on this node's disk (a blob store that stages
+        them, :mod:`sampledrec.vault.staging`: an upload failed, or a crash came before it);
+        returns ``(uploaded, failed)``. A staged file whose recording is no longer kept
+        (aborted, expired or erased meanwhile) is removed instead of uploaded; one whose
+        recording is still open is left for :meth:`recover`. Failures are logged and counted
+        by the blob store, and the files kept for the next try. ``(0, 0)`` for a blob store
+        that does not stage."""
+        staged = self.blobs
+        if not isinstance(staged, StagedBlobs):
+            return 0, 0
+        uploaded = failed = 0
+        for name in sorted(set(staged.pending()) | set(staged.abandoned())):
+            recording_id = name.rpartition("/")[2].removesuffix(".sdr")
+            row = self.catalog.get(recording_id)
+            if row is None or row.file != name or row.status not in ("open", "sealed", "truncated"):
+                staged.discard(name)  # ciphertext of a recording destroyed meanwhile
+            elif row.status == "open":
+                continue  # in progress, or for recover() to seal first
+            elif staged.publish(name):
+                uploaded += 1
+            else:
+                failed += 1
+        return uploaded, failed
 
     def _opened_here(self) -> set[str]:
         """The recordings whose ``recording_opened`` entry is in this vault's log."""
