@@ -19,9 +19,12 @@ from sampledrec import FixedClock, Store
 from sampledrec.deployment import Deployment
 from sampledrec.errors import KeyringError, StoreError
 from sampledrec.keys.shared import NodeKeyring, SharedKeyStore
+from sampledrec.log.format import T_EXPIRED
+from sampledrec.retention.sweep import Retention
 from sampledrec.sampling import Sampler
 from sampledrec.store import s3_blobs_backend
 from sampledrec.vault import Vault
+from sampledrec.vault.catalog import RecordingRow
 
 from .postgres import PostgresServer
 from .recording import write_call
@@ -157,16 +160,16 @@ LATER = "2030-03-07T00:00:01Z"
 
 
 def deployment_audit(
-    cli_json: Callable[..., tuple[int, Any]], tmp_path: Path, *stores: Store
+    cli_json: Callable[..., tuple[int, Any]], tmp_path: Path, *stores: Store, at: str = LATER
 ) -> tuple[int, Any]:
     others = [arg for s in stores[1:] for arg in ("--node", str(s.path))]
     kit = tmp_path / "kit"
     code, doc = cli_json(
-        "audit", "kit", "--store", stores[0].path, *others, "--out", kit, "--at", LATER
+        "audit", "kit", "--store", stores[0].path, *others, "--out", kit, "--at", at
     )
     assert code == 0, doc
     assert sorted(doc["nodes"]) == sorted(str(s.node_name) for s in stores)
-    return cli_json("audit", "verify", "--kit", kit, "--at", LATER)
+    return cli_json("audit", "verify", "--kit", kit, "--at", at)
 
 
 def test_the_kit_of_a_deployment_audits_every_node_and_joins_them(
@@ -225,3 +228,141 @@ def test_a_call_decided_otherwise_on_another_node_is_a_finding(
     assert finding["call_ref"] == "call-x"
     assert finding["evidence"]["node"] == "node-b"
     assert finding["evidence"]["first_node"] == "node-a"
+
+
+# -- holds, sweeps and recordings across nodes ---------------------------------------------------
+
+SWEPT = "2030-09-07T00:00:01Z"  # past the six months' retention of the calls recorded at AT
+AUDITED = "2030-09-08T00:00:01Z"
+
+
+def record_calls(store: Store, prefix: str, n: int) -> list[str]:
+    """``n`` recordings made on ``store`` (calls it decides first); their ids."""
+    clock = FixedClock(AT)
+    found = []
+    with (
+        store.open_log(clock=clock) as log,
+        store.sampler(clock=clock, log=log) as sampler,
+        Vault(store, log, clock=clock) as vault,
+    ):
+        for i in range(200):
+            d = sampler.decide(f"{prefix}-{i}", {"queue": "other"})
+            if d.record:
+                found.append(write_call(vault, d, random.Random(d.call_ref).randbytes(3200)))
+                if len(found) == n:
+                    return found
+    raise AssertionError("too few calls selected")
+
+
+def row_of(store: Store, recording_id: str) -> RecordingRow:
+    catalog = store.open_catalog()
+    try:
+        row = catalog.get(recording_id)
+    finally:
+        catalog.close()
+    assert row is not None
+    return row
+
+
+def retention_on(store: Store, at: str) -> Any:
+    clock = FixedClock(at)
+    log = store.open_log(clock=clock)
+    vault = Vault(store, log, clock=clock)
+    return log, vault, Retention(vault, clock=clock)
+
+
+def messages(doc: Any) -> list[str]:
+    return [f["message"] for f in doc["findings"]]
+
+
+def test_holds_and_sweeps_spanning_nodes_pass_the_deployment_audit(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    held_a, swept_a = record_calls(a, "a", 2)
+    held_b, swept_b = record_calls(b, "b", 2)
+    # Node b places a hold naming a recording of each node, and later sweeps: it expires
+    # node a's recording as well as its own.
+    log, vault, retention = retention_on(b, AT)
+    with log, vault:
+        hold = retention.hold([held_a, held_b], reason="case 2030-17")
+    log, vault, retention = retention_on(b, SWEPT)
+    with log, vault:
+        report = retention.sweep()
+    assert sorted(report.expired) == sorted([swept_a, swept_b])
+    # Node a releases the hold: both held recordings, past their expiry, expire at once.
+    log, vault, retention = retention_on(a, SWEPT)
+    with log, vault:
+        retention.release(hold.hold_id)
+        states = {row.recording_id: row.status for row in vault.catalog.find()}
+    assert set(states.values()) == {"expired"}
+    code, doc = deployment_audit(cli_json, tmp_path, a, b, at=AUDITED)
+    assert code == 0, messages(doc)
+    checked = doc["results"]["recordings"]["checked"]
+    # Every node's recordings got their tombstones from the other node's log.
+    assert checked["tombstones"] == 4 and checked["tombstones_on_other_nodes"] == 2
+    assert "held_past_expiry" not in checked and checked["calls_recorded_on_several_nodes"] == 0
+
+
+def test_a_recording_gone_without_a_tombstone_on_any_node_is_a_finding(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    (gone,) = record_calls(a, "a", 1)
+    record_calls(b, "b", 1)
+    row = row_of(a, gone)
+    assert b.blobs.delete(row.file)  # on node b, with no tombstone in any log
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 1
+    (finding,) = [f for f in doc["findings"] if "disappeared without one" in f["message"]]
+    assert finding["recording_id"] == gone and finding["evidence"]["node"] == "node-a"
+
+
+def test_a_recording_destroyed_early_by_another_node_is_a_finding(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    (early,) = record_calls(a, "a", 1)
+    record_calls(b, "b", 1)
+    row = row_of(a, early)
+    # Node b logs an expiry of node a's recording months before it was due, and deletes it.
+    clock = FixedClock(AT)
+    with b.open_log(clock=clock) as log:
+        fields = {"recording_id": early, "bucket": row.bucket, "expires_at": row.expires_at}
+        log.append(T_EXPIRED, fields, at=clock.now())
+    assert b.blobs.delete(row.file)
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 1
+    (finding,) = [f for f in doc["findings"] if "destroyed early" in f["message"]]
+    assert finding["recording_id"] == early
+    assert finding["evidence"]["node"] == "node-a"
+    assert finding["evidence"]["tombstone_node"] == "node-b"
+    assert "logged by node node-b" in finding["message"]
+
+
+def test_two_recordings_of_one_call_on_two_nodes_are_a_finding(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    clock = FixedClock(AT)
+    recorded = []
+    for store in (a, b):  # node b hears of the call again (a failover, say) and records it too
+        with (
+            store.open_log(clock=clock) as log,
+            store.sampler(clock=clock, log=log) as sampler,
+            Vault(store, log, clock=clock) as vault,
+        ):
+            d = next(
+                d
+                for d in (sampler.decide(f"twice-{i}", {"queue": "other"}) for i in range(200))
+                if d.record
+            )
+            recorded.append(write_call(vault, d, random.Random(5).randbytes(3200)))
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 1
+    (finding,) = [f for f in doc["findings"] if "opened by nodes" in f["message"]]
+    assert finding["message"].startswith("2 recordings of one decided call")
+    assert set(finding["evidence"]["recordings"]) == set(recorded)
+    assert doc["results"]["recordings"]["checked"]["calls_recorded_on_several_nodes"] == 1
+    # Each node's own audit, alone, saw one recording of the call: no finding there.
+    assert not [m for m in messages(doc) if "(at most one per call)" in m]

@@ -44,13 +44,14 @@ from typing import Any, Final
 from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument, SampledrecError, StoreError
-from ..log.columns import call_firsts, concat_decisions, counted_once, read_log
+from ..log.columns import call_firsts, concat_decisions, counted_once, read_log, ref_text
 from ..log.format import T_KEY_COMMIT, T_RECORDING_OPENED, from_micros
 from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.record import REASONS
 from .evidence import read_catalog
 from .findings import CHECKS, OPTIONAL_CHECKS, AuditReport
 from .kit import open_kit, write_kit
+from .recordings import OtherNodes
 
 __all__ = [
     "DEPLOYMENT_KIT_FORMAT",
@@ -186,20 +187,41 @@ def audit_deployment_kit(
         raise StoreError(f"{root / MANIFEST}: {exc}; ask the operator for a new kit") from None
     rep = AuditReport(store=f"deployment {manifest.get('deployment')} ({root})", at=at)
     joined: list[tuple[str, Any, Any]] = []  # (node, decisions, others)
-    node_reports = []
+    kits = []
     for name, folder, digest in nodes:
         if hashlib.sha256((folder / "kit.json").read_bytes()).hexdigest() != digest:
             rep.add("log", f"node {name}: its kit.json is not the one the manifest lists")
         ev, revealed = open_kit(folder)
-        node_reports.append(
-            (name, audit_evidence(ev, revealed, now=at, progress=progress, caps_across_nodes=True))
-        )
+        kits.append((name, ev, revealed))
         contents = read_log(ev.log, ev.sealing)
         joined.append((name, contents.decisions, contents.others))
+    # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
+    # recordings any node opened: each node's recordings are checked with every log's word.
+    opened = _opened_by(joined)
+    node_reports = []
+    for name, ev, revealed in kits:
+        elsewhere = OtherNodes(
+            entries=[(other, e) for other, _, others in joined if other != name for e in others],
+            opened=opened,
+        )
+        node_reports.append(
+            (
+                name,
+                audit_evidence(
+                    ev,
+                    revealed,
+                    now=at,
+                    progress=progress,
+                    caps_across_nodes=True,
+                    elsewhere=elsewhere,
+                ),
+            )
+        )
     _merge(rep, node_reports)
     policies = _policies(nodes)
     _join_commitments(rep, joined)
     _join_decisions(rep, joined, policies)
+    _join_recordings(rep, joined)
     # The statistics over the deployment: each call once, whichever node logged it first.
     every = concat_decisions([d for _, d, _ in joined])
     rep.skipped.pop("statistics", None)
@@ -384,3 +406,58 @@ def _join_caps(
                 evidence={"node": node, "counts": {g[2]: counts.get(g, 0) for g, _ in groups}},
             )
     rep.counts["decisions_cap_reached_replayed"] += len(reached)
+
+
+def _opened_by(joined: Sequence[tuple[str, Any, Any]]) -> dict[str, str]:
+    """Every recording some node's log opened, with the first such node."""
+    opened: dict[str, str] = {}
+    for name, _, others in joined:
+        for e in others:
+            if e.type == T_RECORDING_OPENED:
+                opened.setdefault(str(e.fields.get("recording_id")), name)
+    return opened
+
+
+def _join_recordings(rep: AuditReport, joined: Sequence[tuple[str, Any, Any]]) -> None:
+    """At most one recording per decided call across nodes: each node's audit checks its own
+    log; here recordings of one call (epoch and reference) opened by several nodes are a
+    finding. A recording's call is the latest positive decision its node logged for the
+    reference before opening it (every node logs the decision of a call it records)."""
+    per_call: dict[tuple[str, str], list[tuple[str, str, int]]] = defaultdict(list)
+    for name, d, others in joined:
+        positive: dict[str, list[tuple[int, str]]] = defaultdict(list)  # ref -> (index, epoch)
+        if len(d):
+            for i in (d.reason == _SAMPLED).nonzero()[0].tolist():
+                ref = d.ref(i)
+                if ref is not None:
+                    positive[ref_text(ref)].append((int(d.index[i]), d.epochs[int(d.epoch[i])]))
+        for e in others:
+            if e.type != T_RECORDING_OPENED:
+                continue
+            ref = e.fields.get("call_ref")
+            if not isinstance(ref, str | bytes) or not ref:
+                continue  # sealed away, or missing: the node's own audit says which
+            text = ref_text(ref)
+            earlier = [epoch for index, epoch in positive.get(text, []) if index < e.index]
+            if not earlier:
+                continue  # the node's own audit reports a recording without a decision
+            rid = str(e.fields.get("recording_id"))
+            per_call[(earlier[-1], text)].append((name, rid, e.index))
+    several = 0
+    for (epoch, ref), found in sorted(per_call.items()):
+        if len({node for node, _, _ in found}) < 2:
+            continue  # one node's recordings: its own audit counts them
+        several += 1
+        node, rid, index = found[-1]
+        rep.add(
+            "recordings",
+            f"{len(found)} recordings of one decided call, opened by nodes "
+            f"{', '.join(sorted({n for n, _, _ in found}))} (at most one per call across the "
+            "nodes)",
+            index=index,
+            recording_id=rid,
+            call_ref=ref,
+            epoch_id=epoch,
+            evidence={"recordings": {r: n for n, r, _ in found}, "node": node},
+        )
+    rep.checked.setdefault("recordings", {})["calls_recorded_on_several_nodes"] = several
