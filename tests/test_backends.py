@@ -439,6 +439,7 @@ FULL = row(
     recovery="truncated",
     recovery_sha256="cd" * 32,
     recovery_log_size=1_234,
+    node="node-b",
 )
 
 

@@ -9,6 +9,7 @@ tests/test_nodes_process.py.
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,20 +18,25 @@ import pytest
 
 from sampledrec import FixedClock, Store
 from sampledrec.deployment import Deployment
-from sampledrec.errors import KeyringError, StoreError
+from sampledrec.errors import InvalidArgument, KeyringError, StoreError
 from sampledrec.keys.shared import NodeKeyring, SharedKeyStore
-from sampledrec.log.format import T_EXPIRED
+from sampledrec.log.format import T_ACCESS, T_EXPIRED, T_RECORDING_ABORTED
+from sampledrec.log.writer import iter_entries
 from sampledrec.retention.sweep import Retention
 from sampledrec.sampling import Sampler
 from sampledrec.store import s3_blobs_backend
 from sampledrec.vault import Vault
+from sampledrec.vault.audio import AudioFormat, frames
 from sampledrec.vault.catalog import RecordingRow
+from sampledrec.vault.staging import StagedBlobStore
 
 from .postgres import PostgresServer
 from .recording import write_call
 from .seaweedfs import SeaweedFS
+from .test_s3 import unreachable
 
 AT = "2030-03-05T10:00:00Z"
+PCM = AudioFormat("pcm16", 8000, 1)
 POLICY = """
 [[rules]]
 name = "sales"
@@ -366,3 +372,123 @@ def test_two_recordings_of_one_call_on_two_nodes_are_a_finding(
     assert doc["results"]["recordings"]["checked"]["calls_recorded_on_several_nodes"] == 1
     # Each node's own audit, alone, saw one recording of the call: no finding there.
     assert not [m for m in messages(doc) if "(at most one per call)" in m]
+
+
+# -- retiring a node, and a node lost for good -------------------------------------------------
+
+
+def start_and_abandon(store: Store, prefix: str) -> str:
+    """A recording left open with audio on the node's disk, as a crash of its server leaves
+    it (the recorder is never closed); its id."""
+    clock = FixedClock(AT)
+    with (
+        store.open_log(clock=clock) as log,
+        store.sampler(clock=clock, log=log) as sampler,
+        Vault(store, log, clock=clock) as vault,
+    ):
+        d = next(
+            d
+            for d in (sampler.decide(f"{prefix}-{i}", {"queue": "other"}) for i in range(200))
+            if d.record
+        )
+        rec = vault.record(d, audio_format=PCM, chunk_size=4096)
+        log.flush()  # the decision durable: the audio goes to disk as it comes
+        for frame in frames(random.Random(prefix).randbytes(32_000), PCM, 20):
+            rec.write(frame)
+    assert len(list((store.staging_path / "recording").rglob("*.sdr"))) == 1
+    return rec.recording_id
+
+
+def test_retiring_a_node_seals_its_recordings_and_stops_it_deciding(
+    deployment: Deployment,
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    cli_json: Callable[..., tuple[int, Any]],
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    (sealed,) = record_calls(a, "a", 1)
+    cut = start_and_abandon(a, "a-cut")
+    record_calls(b, "b", 1)
+    code, doc = cli_json("node", "retire", "--store", a.path)
+    assert code == 0, doc
+    assert doc["node"] == "node-a" and doc["status"] == "retired"
+    assert doc["recovered"] == [[cut, "truncated"]] and doc["checkpoint"]["size"] > 0
+    assert list((a.staging_path).rglob("*.sdr")) == []  # uploaded, then removed
+    assert row_of(a, cut).status == "truncated" and row_of(a, sealed).status == "sealed"
+    assert a.node_state() is not None and b.node_state() is not None
+    assert (a.node_state().status, b.node_state().status) == ("retired", "active")  # type: ignore[union-attr]
+    # It never decides again, and its name is not given to a new node.
+    with pytest.raises(StoreError, match=r"node 'node-a' was retired .* no longer decides"):
+        a.sampler(clock=FixedClock(AT))
+    with pytest.raises(InvalidArgument, match="never reused"):
+        nodes(deployment, tmp_path / "again", "node-a")
+    # The final checkpoint signs the whole log, the retirement logged in it.
+    retired = [e for e in iter_entries(a.log_storage) if e.type == T_ACCESS]
+    assert retired[-1].fields["action"] == "node_retired"
+    with a.open_log() as log:
+        assert log.latest_checkpoint().size == log.size  # type: ignore[union-attr]
+    # The other node goes on; the retired node's kit still joins the deployment's audit.
+    record_calls(b, "b2", 1)
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 0, messages(doc)
+    assert doc["counts"]["recordings"] == 4
+    # Retiring again changes nothing; declaring a retired node lost is refused.
+    code, doc = cli_json("node", "lost", "node-a", "--reason", "x", "--store", b.path)
+    assert code == 2 and "already retired" in doc["error"]
+
+
+def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
+    deployment: Deployment,
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    cli_json: Callable[..., tuple[int, Any]],
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    (uploaded,) = record_calls(a, "a", 1)
+    # A recording sealed while the bucket was unreachable: it waits on node a's disk...
+    clock = FixedClock(AT)
+    prefix = a.backends["blobs"]["prefix"]
+    away = StagedBlobStore(a.staging_path, unreachable(seaweedfs, prefix))
+    with (
+        a.open_log(clock=clock) as log,
+        a.sampler(clock=clock, log=log) as sampler,
+        Vault(a, log, clock=clock, blobs=away) as vault,
+    ):
+        d = next(
+            d
+            for d in (sampler.decide(f"w-{i}", {"queue": "other"}) for i in range(200))
+            if d.record
+        )
+        waiting = write_call(vault, d, random.Random(3).randbytes(3200))
+    # ... and one in progress when node a's machine is lost, with its disk.
+    in_progress = start_and_abandon(a, "a-lost")
+    record_calls(b, "b", 1)
+    # Its log was backed up (the operations guide says to): the kit is made from the copy.
+    backup = tmp_path / "node-a-backup"
+    shutil.copytree(a.path, backup, ignore=shutil.ignore_patterns("staging"))
+    shutil.rmtree(a.path)
+
+    code, doc = cli_json(
+        "node", "lost", "node-a", "--reason", "disk failure, machine replaced", "--store", b.path
+    )
+    assert code == 0, doc
+    assert doc["declared_by"] == "node-b"
+    assert sorted(map(tuple, doc["recordings"])) == sorted(
+        [(in_progress, "destroyed"), (waiting, "lost")]
+    )
+    for rid in (in_progress, waiting):
+        row = row_of(b, rid)
+        assert row.status == "aborted" and row.wrapped_key is None
+    assert row_of(b, uploaded).status == "sealed"  # in the bucket: kept
+    # Logged in node b's log, naming the lost node and why.
+    tombs = [e for e in iter_entries(b.log_storage) if e.type == T_RECORDING_ABORTED]
+    assert {e.fields["recording_id"] for e in tombs} == {in_progress, waiting}
+    assert all("node node-a was lost for good: disk failure" in e.fields["reason"] for e in tombs)
+    # The lost node can never decide again, even restored from its backup.
+    restored = Store.open(backup)
+    with pytest.raises(StoreError, match="was lost"):
+        restored.sampler(clock=clock)
+    # The deployment's audit joins the backed-up log with node b's tombstones.
+    code, doc = deployment_audit(cli_json, tmp_path, restored, b)
+    assert code == 0, messages(doc)
+    assert doc["results"]["recordings"]["checked"]["tombstones_on_other_nodes"] == 2

@@ -89,7 +89,7 @@ from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
 from ._hazmat.postgres import advisory_lock, advisory_lock_id, dsn_has_password, redact_dsn
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
-from .deployment import Deployment
+from .deployment import Deployment, NodeRegistry, NodeState, check_node_name
 from .errors import (
     InvalidArgument,
     InvalidPolicy,
@@ -107,6 +107,7 @@ from .log.format import (
     T_KEY_REVEAL,
     T_OBJECTION,
     T_POLICY,
+    from_micros,
     to_micros,
 )
 from .log.repair import RepairReport
@@ -212,6 +213,124 @@ class Store:
         """The node's name in its deployment, or None for a store of its own."""
         node = self.deployment
         return None if node is None else node["node"]
+
+    def node_registry(self) -> NodeRegistry | None:
+        """For a node: a new connection to its deployment's list of nodes (the caller closes
+        it); None for a store of its own."""
+        node = self.deployment
+        if node is None or self.catalog_dsn is None:
+            return None
+        return NodeRegistry(self.catalog_dsn, node["deployment_id"])
+
+    def node_state(self) -> NodeState | None:
+        """For a node: its state in the deployment's list (None for a store of its own, or a
+        node made before the list existed, which counts as active)."""
+        registry = self.node_registry()
+        if registry is None:
+            return None
+        with registry:
+            return registry.get(str(self.node_name))
+
+    def _check_active(self) -> None:
+        state = self.node_state()
+        if state is not None and state.status != "active":
+            when = from_micros(state.changed_at).isoformat()
+            raise StoreError(
+                f"node {state.name!r} was {state.status} on {when} (by node "
+                f"{state.changed_by}{': ' + state.reason if state.reason else ''}); it no "
+                "longer decides or records. Its log is kept for audits ('sampledrec audit kit "
+                "--node'); to add capacity, make a new node with another name ('sampledrec "
+                "node init')"
+            )
+
+    def retire(self, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
+        """Retire this node of a deployment (docs/decisions/0035): recover and seal the
+        recordings its log left open, upload those still on its disk, mark it ``retired`` in
+        the deployment's list (it never decides again: :meth:`sampler` refuses), then log the
+        retirement and sign a final checkpoint. Run it once its server is stopped. Its log,
+        keys and folder stay: its kit still joins the deployment's audits.
+
+        Refused (:class:`StoreError`, nothing changed) while a recording waits for an upload
+        that fails: nobody would upload it once the node is retired. Running it again after
+        an interruption finishes the job."""
+        from .vault.recorder import Vault
+        from .vault.staging import StagedBlobs
+
+        name = self.node_name
+        if name is None:
+            raise InvalidArgument(f"{self.path} is not a node of a deployment: nothing to retire")
+        registry = self.node_registry()
+        assert registry is not None
+        with registry, self.open_log(clock=clock) as log, Vault(self, log, clock=clock) as vault:
+            recovered = vault.recover()
+            _, failed = vault.upload_pending()
+            blobs = self.blobs
+            waiting = blobs.pending() if isinstance(blobs, StagedBlobs) else []
+            if failed or waiting:
+                raise StoreError(
+                    f"node {name!r} still has {len(waiting)} sealed recordings waiting for their "
+                    f"upload to the object storage ({self.staging_path / 'outbox'}); make the "
+                    "bucket reachable and run 'sampledrec node retire' again"
+                )
+            state = registry.change(
+                name, "retired", now_us=to_micros(clock.now()), by=name, reason="retired"
+            )
+            log.append(
+                T_ACCESS,
+                {
+                    "action": "node_retired",
+                    "outcome": "granted",
+                    "principal": getpass.getuser(),
+                    "detail": f"node {name} retired; {len(recovered)} recordings recovered",
+                },
+                at=clock.now(),
+            )
+            checkpoint = log.checkpoint()
+        return {
+            "node": name,
+            "status": state.status,
+            "retired_at": from_micros(state.changed_at).isoformat(),
+            "recovered": recovered,
+            "checkpoint": {"size": checkpoint.size, "root_hash": checkpoint.root.hex()},
+        }
+
+    def declare_lost(
+        self, node: str, *, reason: str, clock: Clock = SYSTEM_CLOCK
+    ) -> dict[str, Any]:
+        """From this node, declare ``node`` of the same deployment lost for good (its machine
+        and disk are gone; docs/decisions/0035): mark it ``lost`` in the deployment's list
+        first, so that it can never come back and go on recording, then deal with its
+        recordings (:meth:`Vault.recover_lost <sampledrec.vault.Vault.recover_lost>`), every
+        outcome logged in this node's log with the reason. Running it again after an
+        interruption finishes the job."""
+        from .vault.recorder import Vault
+
+        me = self.node_name
+        if me is None:
+            raise InvalidArgument(f"{self.path} is not a node of a deployment")
+        check_node_name(node)
+        if node == me:
+            raise InvalidArgument(
+                f"node {node!r} is this node; declare a node lost from another node"
+            )
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidArgument("say why the node is lost (reason), for the log and the audit")
+        self._check_active()
+        registry = self.node_registry()
+        assert registry is not None
+        with registry:
+            state = registry.change(
+                node, "lost", now_us=to_micros(clock.now()), by=me, reason=reason.strip()
+            )
+        with self.open_log(clock=clock) as log, Vault(self, log, clock=clock) as vault:
+            outcomes = vault.recover_lost(node, reason=reason.strip())
+        return {
+            "node": node,
+            "status": state.status,
+            "declared_by": me,
+            "declared_at": from_micros(state.changed_at).isoformat(),
+            "recordings": outcomes,
+        }
 
     @property
     def simulated(self) -> bool:
@@ -432,6 +551,8 @@ class Store:
             keys.check()
         finally:
             keys.close()
+        with dep.registry() as registry:  # a retired or lost node's name is never reused
+            registry.add(name, now_us=to_micros(clock.now()))
         return cls.init(
             path,
             policy=policy if policy is not None else dep.policy,
@@ -839,6 +960,7 @@ class Store:
         again (``first_log_wait``: see :class:`Sampler`). Without a log, decisions are previews
         that nothing records: the sampler remembers them in its own memory only.
         """
+        self._check_active()
         real_now = min(clock.now(), SYSTEM_CLOCK.now())  # a simulation ahead prunes nothing
         decided = None
         if log is not None:

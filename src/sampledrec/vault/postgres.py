@@ -94,6 +94,11 @@ CREATE TABLE requests (
 );
 """,
     ),
+    Migration(
+        2,
+        "recordings name the node that opened them",
+        'ALTER TABLE recordings ADD COLUMN node TEXT COLLATE "C"',
+    ),
 )
 
 

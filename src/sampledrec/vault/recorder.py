@@ -389,6 +389,7 @@ class Vault:
             caller_pseudonym=decision.caller_pseudonym,
             agent=decision.agent,
             attrs=kept_attributes(call_attrs, policy),
+            node=getattr(self.store, "node_name", None),
         )
         self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
         self.log.append(
@@ -895,11 +896,18 @@ class Vault:
         with lock() if callable(lock) else contextlib.nullcontext():
             self.log.flush()  # what this process queued is durable, where _logged can see it
             rows = self.catalog.find(status=["open"])
-            if rows and getattr(self.store, "node_name", None) is not None:
+            node = getattr(self.store, "node_name", None)
+            if rows and node is not None:
                 # A node of a deployment recovers only the recordings its own log opened: the
                 # others' are theirs (and may be in progress), their entries in their logs.
-                mine = self._opened_here()
-                rows = [row for row in rows if row.recording_id in mine]
+                # Rows name their node; older ones are looked up in the log.
+                unnamed = [row for row in rows if row.node is None]
+                mine = self._opened_here() if unnamed else set()
+                rows = [
+                    row
+                    for row in rows
+                    if row.node == node or (row.node is None and row.recording_id in mine)
+                ]
             done = [(row.recording_id, self._recover_one(row)) for row in rows]
             self.upload_pending()  # what the crash left staged, now sealed, goes up
             return done
@@ -929,6 +937,62 @@ class Vault:
                 failed += 1
         return uploaded, failed
 
+    def recover_lost(
+        self, node: str, *, reason: str, principal: Principal | None = None
+    ) -> list[tuple[str, str]]:
+        """Deal with the recordings of ``node``, a node of this deployment lost for good (its
+        disk and so its recordings in progress, and its sealed ones not uploaded yet, are
+        gone); returns ``(recording_id, outcome)`` pairs. Only the store's owner does it, on
+        another node, once the lost node is marked lost (:meth:`Store.declare_lost
+        <sampledrec.Store.declare_lost>`, which calls this), so that it can never come back
+        and go on recording.
+
+        Each of its ``open`` recordings is recovered from what the bucket holds, as
+        :meth:`recover` does (nearly always nothing: it is then destroyed, ``"destroyed"``);
+        each ``sealed`` or ``truncated`` one whose container never reached the bucket is
+        destroyed too (``"lost"``: its key shredded, the row aborted). Every outcome is logged
+        in *this* node's log (``recording_sealed`` or ``recording_aborted``, the reason naming
+        the lost node), where the deployment's audit joins it with the lost node's log."""
+        who = self.acting(principal, "recover")
+        if not who.is_owner:
+            self.log_access("recover", "denied", who, None, f"recordings of lost node {node}")
+            raise AccessDenied(
+                f"principal {who.name!r} may not recover another node's recordings: only the "
+                "store's owner does (pass no principal, or Principal.owner(name))"
+            )
+        if node == getattr(self.store, "node_name", None):
+            raise InvalidArgument(
+                f"node {node!r} is this node: a node's own recordings are recovered with "
+                "recover(); a lost node's by another node"
+            )
+        why = f"node {node} was lost for good: {reason}"
+        lock = getattr(self.store, "lock", None)
+        done = []
+        with lock() if callable(lock) else contextlib.nullcontext():
+            self.log.flush()
+            for row in self.catalog.find(status=["open", "sealed", "truncated"]):
+                if row.node != node:
+                    continue
+                if row.status == "open":
+                    done.append((row.recording_id, self._recover_one(row, destroyed=why)))
+                elif not self.blobs.exists(row.file):
+                    self._lose(row, why)
+                    done.append((row.recording_id, "lost"))
+            self.log_access("recover", "granted", who, None, f"{why}: {len(done)} recordings")
+            self.log.flush()
+        return done
+
+    def _lose(self, row: RecordingRow, reason: str) -> None:
+        """A sealed recording whose container is gone with its node: tombstoned and shredded
+        (the log's entry durable before the row says so)."""
+        self.log.append(
+            T_RECORDING_ABORTED,
+            {"recording_id": row.recording_id, "reason": reason},
+            at=self.clock.now(),
+        )
+        self.log.flush()
+        self.catalog.update(row.recording_id, status="aborted", wrapped_key=None)
+
     def _opened_here(self) -> set[str]:
         """The recordings whose ``recording_opened`` entry is in this vault's log."""
         with self.log.storage.lock():
@@ -938,10 +1002,13 @@ class Vault:
                 if entry.type == T_RECORDING_OPENED
             }
 
-    def _recover_one(self, row: RecordingRow) -> str:
-        """Recover one open recording, or finish its journaled recovery; returns the outcome."""
+    def _recover_one(
+        self, row: RecordingRow, *, destroyed: str = "crash: nothing verifiable was written"
+    ) -> str:
+        """Recover one open recording, or finish its journaled recovery; returns the outcome.
+        ``destroyed``: the reason logged if it is destroyed."""
         if row.recovery == "destroyed":
-            return self._finish_destroying(row, resumed=True)
+            return self._finish_destroying(row, resumed=True, reason=destroyed)
         data_key = self._recovery_key(row)
         blob = self._blob_or_none(row.file)
         if row.recovery is not None:
@@ -971,7 +1038,7 @@ class Vault:
         )
         _reached("journaled")
         if outcome == "destroyed":
-            return self._finish_destroying(row, resumed=False)
+            return self._finish_destroying(row, resumed=False, reason=destroyed)
         assert keep is not None and info is not None
         if outcome == "truncated":
             self.blobs.put(row.file, keep)  # whole, or not at all
@@ -1067,17 +1134,20 @@ class Vault:
         _reached("catalog updated")
         return "truncated" if truncated else "sealed"
 
-    def _finish_destroying(self, row: RecordingRow, *, resumed: bool) -> str:
+    def _finish_destroying(
+        self,
+        row: RecordingRow,
+        *,
+        resumed: bool,
+        reason: str = "crash: nothing verifiable was written",
+    ) -> str:
         """Steps 2 to 4 of :meth:`recover` for a recording destroyed."""
         self.blobs.delete(row.file)
         _reached("blob deleted")
         if not resumed or self._logged(row, T_RECORDING_ABORTED) is None:
             self.log.append(
                 T_RECORDING_ABORTED,
-                {
-                    "recording_id": row.recording_id,
-                    "reason": "crash: nothing verifiable was written",
-                },
+                {"recording_id": row.recording_id, "reason": reason},
                 at=self.clock.now(),
             )
             _reached("log appended")
