@@ -166,10 +166,14 @@ LATER = "2030-03-07T00:00:01Z"
 
 
 def deployment_audit(
-    cli_json: Callable[..., tuple[int, Any]], tmp_path: Path, *stores: Store, at: str = LATER
+    cli_json: Callable[..., tuple[int, Any]],
+    tmp_path: Path,
+    *stores: Store,
+    at: str = LATER,
+    kit_name: str = "kit",
 ) -> tuple[int, Any]:
     others = [arg for s in stores[1:] for arg in ("--node", str(s.path))]
-    kit = tmp_path / "kit"
+    kit = tmp_path / kit_name
     code, doc = cli_json(
         "audit", "kit", "--store", stores[0].path, *others, "--out", kit, "--at", at
     )
@@ -492,3 +496,33 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
     code, doc = deployment_audit(cli_json, tmp_path, restored, b)
     assert code == 0, messages(doc)
     assert doc["results"]["recordings"]["checked"]["tombstones_on_other_nodes"] == 2
+    assert any("node node-a was lost on" in note for note in doc["notes"])
+    # Without that backup, its recordings are reported, naming the node and what to do.
+    code, doc = deployment_audit(cli_json, tmp_path, b, kit_name="kit-without-a")
+    assert code == 1
+    lost = [
+        f
+        for f in doc["findings"]
+        if "node node-a opened, whose log is not in the kit" in f["message"]
+    ]
+    assert {f["recording_id"] for f in lost} == {uploaded, waiting, in_progress}
+    assert all("restore its log from its last backup" in f["message"] for f in lost)
+    assert not [m for m in messages(doc) if "of the deployment is not in the kit" in m]
+
+
+def test_a_kit_without_every_node_of_the_deployment_is_a_finding(
+    deployment: Deployment, tmp_path: Path, cli_json: Callable[..., tuple[int, Any]]
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    record_calls(a, "a", 1)
+    (hidden,) = record_calls(b, "b", 1)
+    code, doc = deployment_audit(cli_json, tmp_path, a)
+    assert code == 1
+    (missing,) = [
+        f for f in doc["findings"] if "of the deployment is not in the kit" in f["message"]
+    ]
+    assert missing["message"].startswith("node node-b (active)")
+    (row,) = [
+        f for f in doc["findings"] if f.get("recording_id") == hidden and "opened" in f["message"]
+    ]
+    assert "node node-b opened, but no node's log in the kit did" in row["message"]

@@ -140,6 +140,7 @@ def write_deployment_kit(
     files_named = {row.file for rid, row in cat.rows.items() if rid in attributed}
     first = nodes[0][0]
     assert first is not None
+    unattributed = sorted(set(cat.rows) - attributed)
     manifest = {
         "format": DEPLOYMENT_KIT_FORMAT,
         "version": DEPLOYMENT_KIT_VERSION,
@@ -147,8 +148,14 @@ def write_deployment_kit(
         "deployment_id": first["deployment_id"],
         "made_at": now.isoformat(),
         "nodes": listed,
+        "node_states": _node_states(store),
         "unattributed": {
-            "recordings": sorted(set(cat.rows) - attributed),
+            "recordings": unattributed,
+            "opened_by": {
+                rid: str(getattr(cat.rows[rid], "node", None))
+                for rid in unattributed
+                if getattr(cat.rows[rid], "node", None)
+            },
             "files": sorted(set(store.blobs.list()) - files_named),
         },
     }
@@ -227,8 +234,22 @@ def audit_deployment_kit(
     rep.skipped.pop("statistics", None)
     rep.ran.add("statistics")
     check_statistics(rep, every, counted_once(call_firsts(every)))
+    states = {str(n.get("name")): n for n in manifest.get("node_states", [])}
+    _check_node_states(rep, states, {name for name, _, _ in nodes})
+    opened_by = unattributed.get("opened_by", {})
     for rid in unattributed.get("recordings", []):
-        rep.add("recordings", "a catalog row that no node's log opened", recording_id=str(rid))
+        node = opened_by.get(rid)
+        state = states.get(str(node), {})
+        if node is None:
+            why = "a catalog row that no node's log opened"
+        elif state.get("status") == "lost":
+            why = (
+                f"a catalog row that node {node} opened, whose log is not in the kit (lost on "
+                f"{_when(state.get('changed_at'))}): restore its log from its last backup"
+            )
+        else:
+            why = f"a catalog row that node {node} opened, but no node's log in the kit did"
+        rep.add("recordings", why, recording_id=str(rid), evidence={"opened_by": node})
     for name in unattributed.get("files", []):
         rep.add(
             "recordings",
@@ -461,3 +482,53 @@ def _join_recordings(rep: AuditReport, joined: Sequence[tuple[str, Any, Any]]) -
             evidence={"recordings": {r: n for n, r, _ in found}, "node": node},
         )
     rep.checked.setdefault("recordings", {})["calls_recorded_on_several_nodes"] = several
+
+
+def _node_states(store: Any) -> list[dict[str, Any]]:
+    """The deployment's list of nodes (docs/decisions/0035), as the kit's manifest keeps it."""
+    registry = store.node_registry()
+    if registry is None:
+        return []
+    with registry:
+        return [
+            {
+                "name": n.name,
+                "status": n.status,
+                "changed_at": n.changed_at,
+                "changed_by": n.changed_by,
+                "reason": n.reason,
+            }
+            for n in registry.nodes()
+        ]
+
+
+def _when(us: object) -> str:
+    try:
+        return from_micros(int(us)).isoformat()  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "an unknown date"
+
+
+def _check_node_states(
+    rep: AuditReport, states: dict[str, dict[str, Any]], in_kit: set[str]
+) -> None:
+    """Every node of the deployment's list is in the kit, except one lost for good whose log
+    is gone; retired and lost nodes are named in the notes."""
+    for name, state in sorted(states.items()):
+        status = str(state.get("status"))
+        if status in ("retired", "lost"):
+            rep.notes.append(
+                f"node {name} was {status} on {_when(state.get('changed_at'))} by node "
+                f"{state.get('changed_by')}"
+                + (f" ({state.get('reason')})" if state.get("reason") else "")
+                + ("" if name in in_kit else "; its log is not in the kit")
+            )
+        if name not in in_kit and status != "lost":
+            rep.add(
+                "log",
+                f"node {name} ({status}) of the deployment is not in the kit: its decisions and "
+                "recordings were not audited; make the kit with every node (--node), retired "
+                "ones too",
+                evidence={"node": name, "status": status},
+            )
+    rep.checked.setdefault("log", {})["nodes_listed"] = len(states)
