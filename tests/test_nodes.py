@@ -201,14 +201,18 @@ def test_the_kit_of_a_deployment_audits_every_node_and_joins_them(
                     write_call(vault, d, random.Random(ref).randbytes(3200))
                     recorded.append(ref)
             # The sampler's close makes its decisions durable and marks them logged in the
-            # index: node b's repeats log no copy (counted below).
+            # index: node b's repeats of calls not selected log no copy (counted below).
     assert recorded
     code, doc = deployment_audit(cli_json, tmp_path, a, b)
     assert code == 0, [f["message"] for f in doc["findings"]]
     assert doc["verdict"] == "PASS"
-    # Node b answered the 20 calls that node a had decided (and logged) as repeats: not again.
-    assert doc["results"]["decisions"]["checked"]["calls_decided_on_several_nodes"] == 0
-    assert doc["counts"]["decisions"] == 60
+    # Node b answered the 20 calls that node a had decided (and logged) as repeats: not again,
+    # except that a node logs a copy of a selected call it may record (0031): how many of
+    # those there are depends on the epoch key's draws (the cap of 3 per agent is often
+    # reached before call 20).
+    copies = len(set(recorded) & set(refs[20:40]))
+    assert doc["results"]["decisions"]["checked"]["calls_decided_on_several_nodes"] == copies
+    assert doc["counts"]["decisions"] == 60 + copies
     assert doc["counts"]["nodes"] == 2
     # the statistics run once over the deployment (each call once), not per node
     assert doc["results"]["statistics"]["verdict"] == "PASS", doc["results"]["statistics"]
