@@ -469,6 +469,11 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
     # ... and one in progress when node a's machine is lost, with its disk.
     in_progress = start_and_abandon(a, "a-lost")
     record_calls(b, "b", 1)
+    # A node whose log is open somewhere (its server running) is not lost: refused, unchanged.
+    with a.open_log(clock=clock):
+        code, doc = cli_json("node", "lost", "node-a", "--reason", "gone?", "--store", b.path)
+        assert code == 3 and "node 'node-a' is running" in doc["error"]
+    assert a.node_state().status == "active"  # type: ignore[union-attr]
     # Its log was backed up (the operations guide says to): the kit is made from the copy.
     backup = tmp_path / "node-a-backup"
     shutil.copytree(a.path, backup, ignore=shutil.ignore_patterns("staging"))

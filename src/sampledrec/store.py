@@ -87,7 +87,13 @@ from typing import Any, Final, Protocol
 
 from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
-from ._hazmat.postgres import advisory_lock, advisory_lock_id, dsn_has_password, redact_dsn
+from ._hazmat.postgres import (
+    PgConnection,
+    advisory_lock,
+    advisory_lock_id,
+    dsn_has_password,
+    redact_dsn,
+)
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
 from .deployment import Deployment, NodeRegistry, NodeState, check_node_name
 from .errors import (
@@ -243,6 +249,19 @@ class Store:
                 "node init')"
             )
 
+    def _running_lock_id(self, node: str) -> int:
+        dep = self.deployment
+        assert dep is not None
+        return advisory_lock_id(f"sampledrec/v1/node-running/{dep['deployment_id']}/{node}")
+
+    def _node_running(self) -> _NodeRunning:
+        """While this node's log is open, a shared advisory lock says that the node runs, so
+        that no other node declares it lost meanwhile (:meth:`declare_lost`)."""
+        assert self.catalog_dsn is not None and self.node_name is not None
+        return _NodeRunning(
+            self.catalog_dsn, self._running_lock_id(self.node_name), str(self.node_name)
+        )
+
     def retire(self, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
         """Retire this node of a deployment (docs/decisions/0035): recover and seal the
         recordings its log left open, upload those still on its disk, mark it ``retired`` in
@@ -317,8 +336,10 @@ class Store:
             raise InvalidArgument("say why the node is lost (reason), for the log and the audit")
         self._check_active()
         registry = self.node_registry()
-        assert registry is not None
-        with registry:
+        assert registry is not None and self.catalog_dsn is not None
+        # While we mark it lost, no process of that node can open its log (and so decide or
+        # record); one that has it open now means the node is not lost.
+        with registry, _no_node_running(self.catalog_dsn, self._running_lock_id(node), node):
             state = registry.change(
                 node, "lost", now_us=to_micros(clock.now()), by=me, reason=reason.strip()
             )
@@ -703,6 +724,12 @@ class Store:
             clock=clock,
             **kw,
         )
+        if self.deployment is not None:
+            try:
+                log.add_listener(self._node_running())
+            except BaseException:
+                log.close()
+                raise
         settings = self.witnesses
         if settings is not None:
             log.add_listener(
@@ -1487,3 +1514,60 @@ def _s3_blob_store(spec: dict[str, str], root: Path) -> BlobStore:
         )
     except InvalidArgument as exc:
         raise StoreError(f"{where}: backends.blobs: {exc}") from None
+
+
+# -- a node's process running (docs/decisions/0035) ---------------------------------------------
+
+
+class _NodeRunning:
+    """A shared session-level advisory lock held while a node's log is open (a listener of the
+    log, released when it closes); a process that dies releases it with its session."""
+
+    def __init__(self, dsn: str, lock_id: int, node: str) -> None:
+        self._conn = PgConnection(
+            dsn, what=f"the running lock of node {node!r}", component="", migrations=()
+        )
+
+        def take(c: Any) -> None:
+            c.execute("SET lock_timeout = 30000")
+            c.execute("SELECT pg_advisory_lock_shared(%s)", [lock_id])
+
+        try:
+            self._conn.run(take, atomic=False)
+        except StoreError as exc:
+            self._conn.close()
+            if "lock timeout" in str(exc):
+                raise StoreError(
+                    f"node {node!r} is being declared lost by another node; wait, then see "
+                    "its state ('sampledrec node lost' refuses a node whose log is open)"
+                ) from None
+            raise
+
+    def checkpoint_written(self, checkpoint: Any) -> None:
+        pass
+
+    def log_closed(self) -> None:
+        self._conn.close()  # the session ends: the lock goes with it
+
+
+@contextlib.contextmanager
+def _no_node_running(dsn: str, lock_id: int, node: str) -> Iterator[None]:
+    """Hold node ``node``'s running lock exclusively for the block; :class:`StoreError` if a
+    process of that node has its log open."""
+    conn = PgConnection(dsn, what=f"the running lock of node {node!r}", component="", migrations=())
+    try:
+
+        def take(c: Any) -> bool:
+            row = c.execute("SELECT pg_try_advisory_lock(%s)", [lock_id]).fetchone()
+            return bool(row and row[0])
+
+        if not conn.run(take, atomic=False):
+            raise StoreError(
+                f"node {node!r} is running: a process of it has its log open (its server, or "
+                "a command), so it is not lost. Stop it first. If its machine is really gone, "
+                "PostgreSQL ends its session once its TCP keepalives fail; or end the session "
+                "with pg_terminate_backend (application_name 'sampledrec'), then run this again"
+            )
+        yield
+    finally:
+        conn.close()
