@@ -415,6 +415,10 @@ def test_retiring_a_node_seals_its_recordings_and_stops_it_deciding(
     (sealed,) = record_calls(a, "a", 1)
     cut = start_and_abandon(a, "a-cut")
     record_calls(b, "b", 1)
+    with a.open_log():  # its server still running: refused, nothing changed
+        code, doc = cli_json("node", "retire", "--store", a.path)
+        assert code == 3 and "node 'node-a' is running" in doc["error"]
+    assert a.node_state().status == "active"  # type: ignore[union-attr]
     code, doc = cli_json("node", "retire", "--store", a.path)
     assert code == 0, doc
     assert doc["node"] == "node-a" and doc["status"] == "retired"

@@ -279,8 +279,15 @@ class Store:
         if name is None:
             raise InvalidArgument(f"{self.path} is not a node of a deployment: nothing to retire")
         registry = self.node_registry()
-        assert registry is not None
-        with registry, self.open_log(clock=clock) as log, Vault(self, log, clock=clock) as vault:
+        assert registry is not None and self.catalog_dsn is not None
+        # No other process of this node may have its log open (a server still recording):
+        # the node's running lock, held exclusively for the whole retirement.
+        with (
+            registry,
+            _no_node_running(self.catalog_dsn, self._running_lock_id(name), name),
+            self.open_log(clock=clock, _running_lock=False) as log,
+            Vault(self, log, clock=clock) as vault,
+        ):
             recovered = vault.recover()
             _, failed = vault.upload_pending()
             blobs = self.blobs
@@ -712,7 +719,9 @@ class Store:
 
         return vkey(self.origin, self.public_key)
 
-    def open_log(self, *, clock: Clock = SYSTEM_CLOCK, **kw: Any) -> DecisionLog:
+    def open_log(
+        self, *, clock: Clock = SYSTEM_CLOCK, _running_lock: bool = True, **kw: Any
+    ) -> DecisionLog:
         """Open the decision log for appending (recovering from a crash if needed). When
         ``store.json`` names witnesses, the log asks them to cosign its checkpoints in the
         background (:class:`~sampledrec.witness.Witnessing`) until it is closed."""
@@ -724,7 +733,7 @@ class Store:
             clock=clock,
             **kw,
         )
-        if self.deployment is not None:
+        if self.deployment is not None and _running_lock:
             try:
                 log.add_listener(self._node_running())
             except BaseException:
@@ -1538,8 +1547,8 @@ class _NodeRunning:
             self._conn.close()
             if "lock timeout" in str(exc):
                 raise StoreError(
-                    f"node {node!r} is being declared lost by another node; wait, then see "
-                    "its state ('sampledrec node lost' refuses a node whose log is open)"
+                    f"node {node!r} is being retired or declared lost: its log cannot be "
+                    "opened meanwhile; wait, then see its state"
                 ) from None
             raise
 
@@ -1564,9 +1573,9 @@ def _no_node_running(dsn: str, lock_id: int, node: str) -> Iterator[None]:
         if not conn.run(take, atomic=False):
             raise StoreError(
                 f"node {node!r} is running: a process of it has its log open (its server, or "
-                "a command), so it is not lost. Stop it first. If its machine is really gone, "
-                "PostgreSQL ends its session once its TCP keepalives fail; or end the session "
-                "with pg_terminate_backend (application_name 'sampledrec'), then run this again"
+                "a command). Stop it first. If its machine is really gone, PostgreSQL ends "
+                "its session once its TCP keepalives fail; or end the session with "
+                "pg_terminate_backend (application_name 'sampledrec'), then run this again"
             )
         yield
     finally:
