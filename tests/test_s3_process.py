@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,19 @@ def test_a_server_on_s3_killed_mid_call_loses_no_call(
     assert seaweedfs.objects(prefix) == {}
 
     # Restarted: it seals and uploads them before it is ready, then stops cleanly.
-    proc, (_, events) = start(path, token, env)
-    proc.send_signal(signal.SIGTERM)
+    proc, (addresses, events) = start(path, token, env)
+    try:
+        metrics = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{addresses['http']}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+            ),
+            timeout=30,
+        ).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    lines = metrics.decode().splitlines()
+    assert "sampledrec_recordings_awaiting_upload 0" in lines
+    assert "sampledrec_upload_failures 0" in lines
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     events += [json.loads(line) for line in err.splitlines()]
