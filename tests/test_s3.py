@@ -6,6 +6,7 @@ plaintext), errors, credentials, and a store whose recordings live in a bucket."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -17,7 +18,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -600,3 +602,41 @@ def test_a_store_json_with_credentials_in_it_is_refused(
     }
     with pytest.raises(StoreError, match="never written there"):
         Store.init(tmp_path / "s", backends={"blobs": backend})
+
+
+def test_the_server_retries_a_failed_upload_until_the_bucket_takes_it(
+    s3_store: Store, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve's retry loop (sampledrec.serve.server): a recording sealed while the bucket was
+    away is uploaded by a later round, and the round is logged."""
+    from sampledrec.serve import server
+
+    clock = FixedClock(AT)
+    prefix = s3_store.backends["blobs"]["prefix"]
+    audio = random.Random("retried by the server").randbytes(16_000)
+    down = StagedBlobStore(s3_store.staging_path, unreachable(seaweedfs, prefix))
+    with s3_store.open_log(clock=clock) as log, Vault(s3_store, log, clock=clock, blobs=down) as v:
+        decision = s3_store.sampler(clock=clock, log=log).decide("later", {"agent": "a1"})
+        with v.record(decision, audio_format=PCM) as rec:
+            rec.write(audio)
+    assert down.pending() == [rec.row.file]
+    monkeypatch.setattr(server, "UPLOAD_RETRY_EVERY", 0.05)
+    rounds: list[dict[str, Any]] = []
+    monkeypatch.setattr(server, "event", lambda name, **fields: rounds.append(fields))
+
+    async def serve_a_while() -> None:
+        with s3_store.open_log(clock=clock) as log:
+            services = SimpleNamespace(store=s3_store, log=log, stopping=asyncio.Event())
+            task = asyncio.create_task(server._retry_uploads(cast(Any, services), clock))
+            for _ in range(1200):  # at most a minute: a limit, not a timing assertion
+                if not s3_store.blobs.pending():  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.05)
+            services.stopping.set()
+            await task
+
+    asyncio.run(serve_a_while())
+    assert rounds == [{"level": logging.INFO, "uploaded": 1, "failed": 0}]
+    (blob,) = seaweedfs.objects(prefix).values()
+    assert hashlib.sha256(blob).hexdigest() == rec.row.ciphertext_sha256
+    assert list(on_disk(s3_store.staging_path)) == []
