@@ -20,7 +20,7 @@ from sampledrec import FixedClock, Store
 from sampledrec.deployment import Deployment
 from sampledrec.errors import InvalidArgument, KeyringError, StoreError
 from sampledrec.keys.shared import NodeKeyring, SharedKeyStore
-from sampledrec.log.format import T_ACCESS, T_EXPIRED, T_RECORDING_ABORTED
+from sampledrec.log.format import T_ACCESS, T_EXPIRED, T_RECORDING_ABORTED, T_RECORDING_SEALED
 from sampledrec.log.writer import iter_entries
 from sampledrec.retention.sweep import Retention
 from sampledrec.sampling import Sampler
@@ -470,6 +470,9 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
             if d.record
         )
         waiting = write_call(vault, d, random.Random(3).randbytes(3200))
+    # One whose prefix reached the bucket before the crash (say) while its row stayed open...
+    partial = start_and_abandon(a, "a-up")
+    assert Store.open(a.path).blobs.publish(row_of(a, partial).file)  # type: ignore[attr-defined]
     # ... and one in progress when node a's machine is lost, with its disk.
     in_progress = start_and_abandon(a, "a-lost")
     record_calls(b, "b", 1)
@@ -489,8 +492,9 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
     assert code == 0, doc
     assert doc["declared_by"] == "node-b"
     assert sorted(map(tuple, doc["recordings"])) == sorted(
-        [(in_progress, "destroyed"), (waiting, "lost")]
+        [(in_progress, "destroyed"), (waiting, "lost"), (partial, "truncated")]
     )
+    assert row_of(b, partial).status == "truncated"  # re-sealed from the bucket, by node b
     for rid in (in_progress, waiting):
         row = row_of(b, rid)
         assert row.status == "aborted" and row.wrapped_key is None
@@ -499,6 +503,8 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
     tombs = [e for e in iter_entries(b.log_storage) if e.type == T_RECORDING_ABORTED]
     assert {e.fields["recording_id"] for e in tombs} == {in_progress, waiting}
     assert all("node node-a was lost for good: disk failure" in e.fields["reason"] for e in tombs)
+    sealed = [e for e in iter_entries(b.log_storage) if e.type == T_RECORDING_SEALED]
+    assert [e.fields["recording_id"] for e in sealed if e.fields["truncated"]] == [partial]
     # The lost node can never decide again, even restored from its backup.
     restored = Store.open(backup)
     with pytest.raises(StoreError, match="was lost"):
@@ -516,7 +522,7 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
         for f in doc["findings"]
         if "node node-a opened, whose log is not in the kit" in f["message"]
     ]
-    assert {f["recording_id"] for f in lost} == {uploaded, waiting, in_progress}
+    assert {f["recording_id"] for f in lost} == {uploaded, waiting, in_progress, partial}
     assert all("restore its log from its last backup" in f["message"] for f in lost)
     assert not [m for m in messages(doc) if "of the deployment is not in the kit" in m]
 
