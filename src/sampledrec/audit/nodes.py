@@ -51,7 +51,7 @@ from ..sampling.record import REASONS
 from .evidence import read_catalog
 from .findings import CHECKS, OPTIONAL_CHECKS, AuditReport
 from .kit import open_kit, write_kit
-from .recordings import OtherNodes
+from .recordings import JOINED_TYPES, OtherNodes
 
 __all__ = [
     "DEPLOYMENT_KIT_FORMAT",
@@ -205,11 +205,11 @@ def audit_deployment_kit(
     # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
     # recordings any node opened: each node's recordings are checked with every log's word.
     opened = _opened_by(joined)
+    said = [(other, e) for other, _, others in joined for e in others if e.type in JOINED_TYPES]
     node_reports = []
     for name, ev, revealed in kits:
         elsewhere = OtherNodes(
-            entries=[(other, e) for other, _, others in joined if other != name for e in others],
-            opened=opened,
+            entries=[(other, e) for other, e in said if other != name], opened=opened
         )
         node_reports.append(
             (

@@ -67,7 +67,13 @@ from ..vault.recorder import blob_name, bucket_of
 from .evidence import CatalogView, Evidence, Files
 from .findings import AuditReport
 
-__all__ = ["OtherNodes", "check_recordings", "kept_until_month", "month_of_kid"]
+__all__ = [
+    "JOINED_TYPES",
+    "OtherNodes",
+    "check_recordings",
+    "kept_until_month",
+    "month_of_kid",
+]
 
 _SAMPLED: Final = REASONS.index("sampled")
 _OBJECTION: Final = REASONS.index("objection")
@@ -150,7 +156,8 @@ class OtherNodes:
     opened: Mapping[str, str] = field(default_factory=dict)
 
 
-_JOINED_TYPES: Final = frozenset(
+#: The entry types of other nodes' logs that a node's ``recordings`` check joins.
+JOINED_TYPES: Final = frozenset(
     {T_RECORDING_ABORTED, T_EXPIRED, T_ERASURE, T_RECORDING_SEALED, T_HOLD}
 )
 
@@ -164,7 +171,7 @@ def _in_time_order(
         return
     per_node: dict[str, list[tuple[Entry, str | None]]] = defaultdict(list)
     for node, e in elsewhere.entries:
-        if e.type in _JOINED_TYPES:
+        if e.type in JOINED_TYPES:
             per_node[node].append((e, node))
     streams: list[list[tuple[Entry, str | None]]] = [[(e, None) for e in own]]
     streams.extend(per_node.values())
