@@ -71,7 +71,14 @@ from sampledrec.testing import (
     MemoryLogStorage,
 )
 from sampledrec.vault.blobs import BlobStore, BlobWriter, LocalBlobStore
-from sampledrec.vault.catalog import Catalog, Hold, RecordingRow, SqliteCatalog, SubjectRequest
+from sampledrec.vault.catalog import (
+    Catalog,
+    Hold,
+    RecordingRow,
+    SealedNote,
+    SqliteCatalog,
+    SubjectRequest,
+)
 from sampledrec.vault.postgres import PostgresCatalog
 from sampledrec.vault.staging import StagedBlobStore
 
@@ -691,6 +698,29 @@ def test_requests_in_receipt_order_by_status(catalogs: Handles[Catalog]) -> None
         assert len(handle.requests()) == 3
     catalog.requests()[0].status = "changed by the caller"
     assert catalog.requests()[0] == done
+
+
+def test_sealed_notes_come_back_per_recording_in_time_order_and_are_deleted_with_it(
+    catalogs: Handles[Catalog],
+) -> None:
+    catalog = catalogs.open()
+    later = SealedNote("note-b", "rec-1", T0 + 5, b"\x00sealed b")
+    tie_z = SealedNote("note-z", "rec-1", T0, b"sealed z")
+    tie_a = SealedNote("note-a", "rec-1", T0, b"sealed a")
+    other = SealedNote("note-c", "rec-2", T0, b"sealed c")
+    for note in (later, tie_z, tie_a, other):
+        catalog.add_note(note)
+    with pytest.raises(StoreError):
+        catalog.add_note(dataclasses.replace(tie_a, sealed=b"again"))
+    for handle in (catalog, catalogs.open()):
+        assert handle.notes_of("rec-1") == [tie_a, tie_z, later]
+        assert handle.notes_of("rec-2") == [other]
+        assert handle.notes_of("rec-3") == []
+    assert catalog.delete_notes(["rec-1", "rec-3"]) == 3
+    assert catalog.delete_notes([]) == 0
+    for handle in (catalog, catalogs.open()):
+        assert handle.notes_of("rec-1") == []
+        assert handle.notes_of("rec-2") == [other]
 
 
 def test_a_request_keeps_how_the_identity_was_verified(catalogs: Handles[Catalog]) -> None:

@@ -128,6 +128,7 @@ from .sampling.caps import (
     cap_agent,
     cap_periods,
 )
+from .sampling.changes import PolicyPreview, preview
 from .sampling.decided import DecidedCalls, FirstDecision, SqliteDecidedCalls
 from .sampling.objections import ObjectionChange, ObjectionList, check_region
 from .sampling.policy import DEFAULT_POLICY_TOML, Policy
@@ -547,7 +548,9 @@ class Store:
                 software=f"sampledrec {__version__}",
             )
             try:
-                store._apply_policy_text(text, clock.now(), getpass.getuser(), log)
+                store.apply_policy_text(
+                    text, log=log, effective_at=clock.now(), principal=getpass.getuser()
+                )
             finally:
                 log.close()
         except PermissionError as exc:
@@ -670,13 +673,35 @@ class Store:
         text = Path(file).read_text(encoding="utf-8")
         Policy.from_toml(text, source=str(file))
         with self.open_log(clock=clock) as log:
-            return self._apply_policy_text(
-                text, effective_at or clock.now(), principal or getpass.getuser(), log
+            return self.apply_policy_text(
+                text,
+                log=log,
+                effective_at=effective_at or clock.now(),
+                principal=principal or getpass.getuser(),
             )
 
-    def _apply_policy_text(
-        self, text: str, effective_at: datetime, principal: str, log: DecisionLog
+    def preview_policy(
+        self, text: str, *, at: datetime | None = None, source: str | None = None
+    ) -> PolicyPreview:
+        """What applying the policy ``text`` at ``at`` (default now) would change against the
+        policy in force then, with the guardrail messages
+        (:mod:`sampledrec.sampling.changes`): what ``sampledrec policy apply`` prints and the
+        console's policy page shows. Raises :class:`~sampledrec.errors.InvalidPolicy` for a
+        policy that cannot be applied at all."""
+        proposed = Policy.from_toml(text, source=source)
+        try:
+            current: Policy | None = self.policy(at)
+        except StoreError:
+            current = None
+        return preview(current, proposed)
+
+    def apply_policy_text(
+        self, text: str, *, log: DecisionLog, effective_at: datetime, principal: str
     ) -> Policy:
+        """Apply the policy ``text`` through the open ``log`` (a running server's): checked,
+        kept in ``policies/``, logged with ``principal`` and the time it takes effect, and
+        scheduled. The caller checks who may (:func:`sampledrec.accounts.apply_policy` does,
+        with ``manage_policy``)."""
         policy = Policy.from_toml(text, source="policy.toml")
         folder = self.path / "policies"
         folder.mkdir(mode=0o700, exist_ok=True)

@@ -29,7 +29,7 @@ from .log.storage import CHECKPOINTS, segment_name
 from .sampling.caps import MemoryCapLedger
 from .sampling.decided import MemoryDecidedCalls
 from .vault.blobs import BlobWriter, check_blob_name
-from .vault.catalog import REQUEST_UPDATABLE, Hold, RecordingRow, SubjectRequest
+from .vault.catalog import REQUEST_UPDATABLE, Hold, RecordingRow, SealedNote, SubjectRequest
 
 __all__ = [
     "FixedClock",
@@ -69,6 +69,7 @@ class MemoryCatalog:
         self._holds: dict[str, Hold] = {}
         self._members: dict[tuple[str, str], bytes | None] = {}  # (hold, recording) -> key
         self._requests: dict[str, SubjectRequest] = {}
+        self._notes: dict[str, SealedNote] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -203,6 +204,27 @@ class MemoryCatalog:
                 if status is None or q.status in status
             ]
         return sorted(found, key=lambda q: (q.received_at, q.request_id))
+
+    # -- review notes -------------------------------------------------------------------------
+
+    def add_note(self, note: SealedNote) -> None:
+        with self._open():
+            if note.note_id in self._notes:
+                raise StoreError(f"the catalog already has a note {note.note_id!r}")
+            self._notes[note.note_id] = dataclasses.replace(note, sealed=bytes(note.sealed))
+
+    def notes_of(self, recording_id: str) -> list[SealedNote]:
+        with self._open():
+            found = [n for n in self._notes.values() if n.recording_id == recording_id]
+        return sorted(found, key=lambda n: (n.created_at, n.note_id))
+
+    def delete_notes(self, recording_ids: Sequence[str]) -> int:
+        wanted = set(recording_ids)
+        with self._open():
+            gone = [k for k, n in self._notes.items() if n.recording_id in wanted]
+            for k in gone:
+                del self._notes[k]
+        return len(gone)
 
 
 def _check_columns(table: str, changes: Mapping[str, Any], allowed: frozenset[str]) -> None:

@@ -11,13 +11,20 @@ idle (:mod:`.sessions`). Page views are counted per day and per role only
 (:mod:`.usage`). Nothing here knows HTTP: the console's pages are
 :mod:`sampledrec.serve.console`.
 
-Layout: ``admin`` and ``signin`` over ``users``, ``connections``, ``sessions``, ``throttle``,
-``totp``, ``passwords`` and ``usage``.
+Applying a policy (:mod:`.policies`: a preview, then the apply, both needing
+``manage_policy``) is shared by ``sampledrec policy apply`` and the console's policy page.
+
+The access log (:mod:`.accesslog`, ``read_log``) reads back every ``access`` entry.
+
+Layout: ``policies`` and ``accesslog`` over ``admin`` and ``signin``, over ``users``,
+``connections``, ``sessions``, ``throttle``, ``totp``, ``passwords`` and ``usage``.
 """
 
+from .accesslog import AccessEvent, AccessLog, access_log
 from .admin import Accounts, authorize, permitted
 from .connections import CONNECTION_ACTIONS, Connection, address_pseudonym, connections
 from .passwords import PasswordRules, check_strength
+from .policies import apply_policy, preview_policy
 from .sessions import Session, SessionStore, Stage
 from .signin import Authenticator, PasswordChecked
 from .throttle import Throttle
@@ -26,6 +33,8 @@ from .users import User, UserDirectory, open_users
 
 __all__ = [
     "CONNECTION_ACTIONS",
+    "AccessEvent",
+    "AccessLog",
     "Accounts",
     "Authenticator",
     "Connection",
@@ -38,10 +47,13 @@ __all__ = [
     "Usage",
     "User",
     "UserDirectory",
+    "access_log",
     "address_pseudonym",
+    "apply_policy",
     "authorize",
     "check_strength",
     "connections",
     "open_users",
     "permitted",
+    "preview_policy",
 ]

@@ -121,15 +121,32 @@ class Accounts:
         return user
 
     def set_roles(self, by: Principal, name: str, roles: Sequence[str]) -> User:
+        """Replace the account's roles. An account may not take ``manage_users`` away from
+        itself (it would lock itself out of this page): another admin does that."""
         authorize(self.vault, by, "manage_users")
         checked = self._check_roles(roles)
+        if (
+            by.name == name
+            and not by.is_owner
+            and "manage_users" not in permitted(self.vault, Principal(name, tuple(checked)))
+        ):
+            raise InvalidArgument(
+                "these roles would take managing users away from your own account; ask "
+                "another admin to change your roles"
+            )
         before = self.users.require(name).roles
         self.users.set_roles(name, checked)
         self._changed(by, name, "roles", before=list(before), after=checked)
         return self.users.require(name)
 
     def set_disabled(self, by: Principal, name: str, disabled: bool) -> User:
+        """Disable (or enable again) an account; an account may not disable itself."""
         authorize(self.vault, by, "manage_users")
+        if disabled and by.name == name and not by.is_owner:
+            raise InvalidArgument(
+                "you cannot disable your own account; ask another admin (or: sampledrec users "
+                f"disable {name})"
+            )
         self.users.set_disabled(name, disabled)
         self._changed(by, name, "disabled" if disabled else "enabled")
         return self.users.require(name)

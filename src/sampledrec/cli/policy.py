@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import TextIO
 
 from ..errors import InvalidArgument, InvalidPolicy
@@ -19,6 +20,7 @@ from ._common import (
     at_time,
     emit,
     open_store,
+    owner_principal,
     table,
 )
 from ._progress import Progress
@@ -42,8 +44,17 @@ def register(commands: Commands) -> None:
     p.add_argument("--agents", type=int, default=20, help="number of agents (default 20)")
     p.add_argument("--days", type=int, default=1, help="spread the calls over D days")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable simulation")
-    p = add_command(psub, "apply", cmd_policy_apply, "log a new policy version and schedule it")
+    p = add_command(
+        psub,
+        "apply",
+        cmd_policy_apply,
+        "show what a new policy changes (rules, rates, caps, roles, retention) and its "
+        "warnings, then log it and schedule it",
+    )
     p.add_argument("file")
+    p.add_argument(
+        "--dry-run", action="store_true", help="only show what would change; apply nothing"
+    )
     add_at(p, "when it takes effect (ISO 8601; default now, forward only)")
 
 
@@ -124,17 +135,51 @@ def cmd_policy_simulate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_policy_apply(args: argparse.Namespace, out: TextIO) -> int:
+    from ..accounts import apply_policy, open_users, preview_policy
+    from ..vault.recorder import Vault
+
     store = open_store(args.store)
     effective = at_time(args, store)
     try:
-        policy = store.apply_policy(args.file, effective_at=effective)
-    except InvalidPolicy as exc:
-        raise CommandFailed(f"policy refused: {exc}") from None
-    emit(
-        args,
-        {"version": policy.version, "effective_at": effective.isoformat()},
-        f"Applied policy {policy.version} (effective {effective.isoformat()}); "
-        "it is in the decision log, and running samplers pick it up within a second.",
-        out,
-    )
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{args.file}: cannot read the policy file ({exc})") from None
+    owner = owner_principal()
+    with store.open_log() as log, Vault(store, log) as vault:
+        users = open_users(store) if store.users_path.exists() else None
+        try:
+            preview = preview_policy(store, vault, owner, text, users=users, effective_at=effective)
+            if args.dry_run or preview.unchanged:
+                policy = None
+            else:
+                policy = apply_policy(
+                    store,
+                    vault,
+                    owner,
+                    text,
+                    version=preview.proposed.version,
+                    replacing=preview.current.version if preview.current else None,
+                    effective_at=effective,
+                )
+        except InvalidPolicy as exc:
+            raise CommandFailed(f"policy refused: {exc}") from None
+        finally:
+            if users is not None:
+                users.close()
+    doc = {
+        "version": preview.proposed.version,
+        "effective_at": effective.isoformat(),
+        "applied": policy is not None,
+        **preview.to_json(),
+    }
+    if policy is not None:
+        then = (
+            f"Applied policy {policy.version} (effective {effective.isoformat()}); it is in the "
+            "decision log, and running samplers pick it up within a second."
+        )
+    elif preview.unchanged:
+        then = "Nothing applied: it is the policy in force."
+    else:
+        then = "Dry run: nothing applied."
+    emit(args, doc, preview.to_text() + "\n" + then, out)
     return EXIT_OK

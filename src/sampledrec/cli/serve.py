@@ -11,10 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import InvalidArgument
+from ..store import Store
+
+if TYPE_CHECKING:
+    from ..serve import ServerConfig
 from ._common import EXIT_OK, Commands, add_command, open_store
 
 
@@ -88,6 +94,37 @@ def register(commands: Commands) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
+def store_audit(store: Store, *, clock: Clock = SYSTEM_CLOCK) -> Callable[[], dict[str, Any]]:
+    """The store's audit as the console runs it (its audit report page): the eight checks of
+    ``sampledrec audit verify --store``, with the keys of the epochs ended by ``clock`` revealed
+    in memory (never written, never logged as a reveal: they do not leave the process), and
+    the report as JSON. The console may not import the audit package (an import-linter
+    contract: the audit is the CLI's), so the CLI hands it this function
+    (docs/decisions/0033-console-admin.md)."""
+
+    def run() -> dict[str, Any]:
+        from ..audit.evidence import store_evidence
+        from ..audit.verify import audit_evidence
+        from ..keys.keyring import epoch_end, reveal
+
+        now = clock.now()
+        ended = [e for e in store.keyring.epoch_ids() if epoch_end(e) <= now]
+        keys = reveal(store.keyring, ended, now=now)
+        report: dict[str, Any] = audit_evidence(store_evidence(store), keys, now=now).to_json()
+        return report
+
+    return run
+
+
+def console_audit(config: ServerConfig, store: Store) -> None:
+    """Give ``config``'s web door, if it has one, the store's audit (:func:`store_audit`)."""
+    from ..serve import WebConfig, web_door
+
+    web = config.settings.get("web")
+    if isinstance(web, WebConfig):
+        config.doors["web"] = web_door(web, audit=store_audit(store))
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     try:
         from ..serve import Server, ServerConfig
@@ -131,6 +168,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         }
     config = ServerConfig.load(args.config, overrides=overrides)
     store = open_store(args.store)
+    console_audit(config, store)
     handler = configure_logging(level=config.log_level)
     try:
         server = Server(

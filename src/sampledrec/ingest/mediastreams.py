@@ -44,9 +44,10 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from ..errors import InvalidMediaStream
 
@@ -99,9 +100,11 @@ class StreamStarted:
     custom_parameters: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
-@dataclass(frozen=True)
-class MediaChunk:
-    """A ``media`` message: audio of one track, at ``timestamp`` ms from the stream's start."""
+class MediaChunk(NamedTuple):
+    """A ``media`` message: audio of one track, at ``timestamp`` ms from the stream's start.
+
+    A named tuple, not a dataclass: one is made for each message, 100 a second per call.
+    """
 
     track: str
     chunk: int
@@ -129,6 +132,16 @@ StreamEvent: TypeAlias = StreamStarted | MediaChunk | StreamDtmf | StreamMark | 
 
 
 _DECODER: Final = json.JSONDecoder()
+#: A Twilio ``media`` message exactly as Twilio's documentation shows it: compact, its members
+#: in this order, numbers as short digit strings, the payload in the base64 alphabet, no
+#: escapes. Such a message is read without building its JSON objects (100 a second per
+#: call); every other spelling of the same message takes the JSON path, to the same result
+#: (a property test checks that both paths agree).
+_TWILIO_MEDIA: Final = re.compile(
+    r'\{"event":"media","sequenceNumber":"([0-9]{1,15})","media":\{"track":"(inbound|outbound)",'
+    r'"chunk":"([0-9]{1,15})","timestamp":"([0-9]{1,15})","payload":"([A-Za-z0-9+/=]*)"\},'
+    r'"streamSid":"[^"\\\x00-\x1f]{0,1024}"\}'
+).fullmatch
 
 
 def _loads(text: str | bytes, what: str) -> dict[str, Any]:
@@ -201,6 +214,10 @@ class MediaStreamReader:
     def feed(self, text: str | bytes) -> StreamEvent:
         """The event of one message; ``None`` for ``connected`` and for events this reader
         does not use (``clear``, and those a platform adds)."""
+        if self.started is not None and not (self.stopped or self._telnyx):
+            media = _TWILIO_MEDIA(text) if type(text) is str and len(text) <= MAX_MESSAGE else None
+            if media is not None:
+                return self._media_spelled(*media.groups())
         doc = _loads(text, "message")
         event = doc.get("event")
         if not isinstance(event, str):
@@ -347,6 +364,34 @@ class MediaStreamReader:
             return binascii.a2b_base64(payload, strict_mode=True)
         except (binascii.Error, ValueError):
             raise InvalidMediaStream("media.payload is not base64") from None
+
+    def _media_spelled(
+        self, sequence: str, track: str, chunk: str, timestamp: str, payload: str
+    ) -> MediaChunk:
+        """:meth:`_media` of a message matched by ``_TWILIO_MEDIA`` (its checks, in order)."""
+        number = int(sequence)
+        if number <= self._sequence:
+            raise InvalidMediaStream(
+                f"message {number} after message {self._sequence}: a message came again "
+                "or out of order"
+            )
+        self._sequence = number
+        last = self._chunks.get(track)
+        if last is None:
+            raise InvalidMediaStream(
+                f"media of track {track!r}, which the start message did not announce"
+            )
+        n = int(chunk)
+        if n <= last:
+            raise InvalidMediaStream(
+                f"chunk {n} of the {track} track after chunk {last}: it came again or out of order"
+            )
+        self._chunks[track] = n
+        try:
+            audio = binascii.a2b_base64(payload, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise InvalidMediaStream("media.payload is not base64") from None
+        return MediaChunk(track, n, int(timestamp), audio)
 
     def _media(self, media: object) -> MediaChunk:
         assert self.started is not None

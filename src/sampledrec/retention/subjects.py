@@ -771,6 +771,7 @@ def _erase(
             if wrapped is not None:
                 catalog.forget_hold_key(hold.hold_id, rid)
         vault.blobs.delete(row.file)
+        catalog.delete_notes([rid])
         _log_erasure(log, rid, "erased", request.request_id, "data-subject request", now)
         shredded.append(row)
         outcomes.append((rid, "erased"))

@@ -3,8 +3,8 @@
 :meth:`Retention.sweep` makes time pass for a store:
 
 1. every recording whose effective expiry has come (and that no active hold keeps) is expired:
-   its file is deleted, its wrapped data key and personal fields are removed from the catalog,
-   and a tombstone goes to the log;
+   its file is deleted, its wrapped data key, personal fields and review notes are removed
+   from the catalog, and a tombstone goes to the log;
 2. every expiry bucket whose whole UTC day has passed has its key destroyed, which makes every
    recording of that day unreadable at once, including copies in backups that lack the keyring;
 3. holds whose end has come are released, and the keys of released holds are destroyed;
@@ -308,6 +308,7 @@ class Retention:
         self.catalog.update_many(
             ids, wrapped_key=None, call_ref=None, caller_pseudonym=None, agent=None, attrs={}
         )
+        self.catalog.delete_notes(ids)  # sealed under the data key just forgotten: gone too
         for row in rows:
             self.log.append(
                 T_EXPIRED,

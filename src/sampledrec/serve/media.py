@@ -135,16 +135,27 @@ class StreamRecording:
         """Add a track's audio (at sample ``at``, or after its end); writes once about a
         second of every track is there (the tracks keep it until then: one interleaving and
         one encrypted chunk per second, not per 20 ms chunk)."""
+        ready = self.add(channel, data, at=at)
+        if ready:
+            await self.write(ready)
+
+    def add(self, channel: int, data: bytes, *, at: int | None = None) -> bytes:
+        """:meth:`put` without the write: the interleaved frames now due (mostly none), for
+        the caller to :meth:`write`. A door reading a message every 10 ms per call awaits
+        only when there is something to write."""
         if self.closed:
-            return
+            return b""
         tracks = self.tracks
         tracks.put(channel, data, at=at)
         if tracks.gaps != self._gaps:
             self._services.metrics.packets_lost.inc(self.door, by=tracks.gaps - self._gaps)
             self._gaps = tracks.gaps
-        ready = tracks.take(at_least=self._write_frames)
-        if ready:
-            await self._write(ready)
+        return tracks.take(at_least=self._write_frames)
+
+    async def write(self, data: bytes) -> None:
+        """Write interleaved frames that :meth:`add` handed out."""
+        if not self.closed:
+            await self._write(data)
 
     async def _write(self, data: bytes) -> None:
         if not data:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hmac
 import logging
 from collections.abc import Mapping
@@ -55,7 +56,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from ..errors import InvalidArgument, InvalidMediaStream
 from ..ingest.mediastreams import (
@@ -294,17 +295,20 @@ class _Streams:
         ws = await self._socket(request)
         reader = MediaStreamReader(flavor=flavor)
         recording: StreamRecording | None = None
-        tracks: tuple[str, ...] = ()
+        channels: dict[str, int] = {}  # track name: channel
+        rate = 8000
         truncated = True
         try:
-            async for message in ws:
+            async for message in _Messages(ws, request):
                 if message.type != WSMsgType.TEXT:
                     raise InvalidMediaStream("a media stream sends JSON text messages")
                 item = reader.feed(message.data)
-                if isinstance(item, MediaChunk):
+                if type(item) is MediaChunk:
                     if recording is not None:
-                        at = item.timestamp * recording.format.sample_rate // 1000
-                        await recording.put(tracks.index(item.track), item.payload, at=at)
+                        track, _, ms, audio = item
+                        ready = recording.add(channels[track], audio, at=ms * rate // 1000)
+                        if ready:
+                            await recording.write(ready)
                 elif isinstance(item, StreamStarted):
                     params = item.custom_parameters
                     token = self.config.token
@@ -313,14 +317,15 @@ class _Streams:
                         await ws.close(code=_POLICY, message=b"unauthorized")
                         break
                     ref = params.get(self.config.call_ref_parameter) or item.call_sid
-                    tracks = item.tracks
+                    channels = {track: n for n, track in enumerate(item.tracks)}
+                    rate = item.sample_rate
                     recording = await open_stream(
                         self.services,
                         self.vault,
                         ref,
                         door=_DOOR,
-                        audio_format=AudioFormat(item.encoding, item.sample_rate, len(tracks)),
-                        tracks=len(tracks),
+                        audio_format=AudioFormat(item.encoding, item.sample_rate, len(channels)),
+                        tracks=len(channels),
                     )
                     if recording is None:
                         await ws.close(code=_POLICY, message=b"not recorded")
@@ -352,7 +357,7 @@ class _Streams:
         truncated = True
         frame = 2
         try:
-            async for message in ws:
+            async for message in _Messages(ws, request):
                 if recording is None:
                     if message.type != WSMsgType.TEXT:
                         raise InvalidMediaStream(
@@ -399,6 +404,62 @@ class _Streams:
             if recording is not None:
                 await recording.close(truncated=truncated)
         return ws
+
+
+_TICK: Final = 0.1  # seconds a stream's socket rests once every message read was handled
+_ENDED: Final = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+
+
+class _Messages:
+    """A WebSocket's messages, read in batches: ``async for message in _Messages(ws, request)``
+    reads what ``async for message in ws`` does, but once every message received so far has
+    been handled, the connection stops reading its socket for a tick, then reads all that came
+    meanwhile at once.
+
+    A stream sends a message every 20 ms per track; reading each as it arrives costs a socket
+    read, a parse and a wake-up of the handler, more than handling the message. Resting a
+    tick (100 ms) makes that one read, one parse and one wake-up for ten messages, as the
+    SIPREC door's RTP pump does (0025). The socket's buffer holds far more than a tick
+    (a second of a Twilio stream is 17 KB), and aiohttp's own flow control is kept: the pause
+    goes through the connection's protocol (``pause_reading``/``resume_reading``), which does
+    not resume a transport that aiohttp holds for its own buffer. Knowing that every message
+    received was handled needs aiohttp's queue (``ws._reader._buffer``, public in its
+    compiled reader as in its Python one); where an aiohttp lays it out otherwise, the
+    connection reads each message as it comes (``batched`` is False; a test says which).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._receive = ws.receive
+        queue = getattr(getattr(ws, "_reader", None), "_buffer", None)
+        protocol = request.protocol
+        self._queue: collections.deque[Any] | None = (
+            queue
+            if isinstance(queue, collections.deque)
+            and callable(getattr(protocol, "pause_reading", None))
+            and callable(getattr(protocol, "resume_reading", None))
+            else None
+        )
+        self._protocol = protocol
+
+    @property
+    def batched(self) -> bool:
+        return self._queue is not None
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> WSMessage:
+        if self._queue is not None and not self._queue:
+            protocol = self._protocol
+            protocol.pause_reading()
+            try:
+                await asyncio.sleep(_TICK)
+            finally:
+                protocol.resume_reading()
+        message = await self._receive()
+        if message.type in _ENDED:
+            raise StopAsyncIteration
+        return message
 
 
 def _app(config: StreamsConfig, services: Services, vault: Vault) -> tuple[web.Application, Any]:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -104,9 +104,11 @@ class WebConfig:
         )
 
 
-def web_door(config: WebConfig) -> Door:
+def web_door(config: WebConfig, *, audit: Callable[[], Mapping[str, Any]] | None = None) -> Door:
     """The console door for ``config``: serves until the server stops, then lets the requests
-    in flight finish (within the server's shutdown grace)."""
+    in flight finish (within the server's shutdown grace). ``audit`` runs the store's audit
+    and returns its report as JSON, for the audit report page (``sampledrec serve`` passes
+    one; the audit package is the CLI's to import: docs/decisions/0033-console-admin.md)."""
 
     async def run(services: Services, ready: Ready) -> None:
         try:
@@ -118,7 +120,7 @@ def web_door(config: WebConfig) -> Door:
                 f"the web console needs its extra ({exc}); install it with: "
                 "pip install 'sampledrec[console]'"
             ) from None
-        console = Console(services.store, services.log, config)
+        console = Console(services.store, services.log, config, audit=audit)
         family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:

@@ -10,6 +10,7 @@ logged). Storage is behind protocols: the :class:`Catalog` (SQLite by default, o
 from .access import Principal
 from .audio import AudioFormat
 from .catalog import Catalog, RecordingRow, SqliteCatalog
+from .notes import ReviewNote
 from .postgres import PostgresCatalog
 from .recorder import Recorder, Recording, Vault, WavRange
 
@@ -21,6 +22,7 @@ __all__ = [
     "Recorder",
     "Recording",
     "RecordingRow",
+    "ReviewNote",
     "SqliteCatalog",
     "Vault",
     "WavRange",

@@ -27,6 +27,7 @@ __all__ = [
     "Hold",
     "RecordingRow",
     "Recovery",
+    "SealedNote",
     "SqliteCatalog",
     "Status",
     "SubjectRequest",
@@ -136,6 +137,18 @@ class SubjectRequest:
         return self.identity_method is not None
 
 
+@dataclass(frozen=True)
+class SealedNote:
+    """A review note on a recording as the catalog keeps it: sealed (author and text inside
+    ``sealed``, AES-256-GCM under a key derived from the recording's data key:
+    :mod:`sampledrec.vault.notes`), never in clear. ``created_at`` in µs since 1970."""
+
+    note_id: str
+    recording_id: str
+    created_at: int
+    sealed: bytes = field(repr=False)
+
+
 @runtime_checkable
 class Catalog(Protocol):
     """Where recordings are listed. Implementations: :class:`SqliteCatalog`,
@@ -180,6 +193,13 @@ class Catalog(Protocol):
     def update_request(self, request_id: str, **changes: Any) -> None: ...
 
     def requests(self, *, status: Sequence[str] | None = None) -> list[SubjectRequest]: ...
+
+    # review notes (sealed)
+    def add_note(self, note: SealedNote) -> None: ...
+
+    def notes_of(self, recording_id: str) -> list[SealedNote]: ...
+
+    def delete_notes(self, recording_ids: Sequence[str]) -> int: ...
 
 
 _COLUMNS = [f.name for f in fields(RecordingRow)]
@@ -250,6 +270,13 @@ CREATE TABLE IF NOT EXISTS requests (
     identity_verified_by TEXT,
     identity_verified_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS notes (
+    note_id TEXT PRIMARY KEY,
+    recording_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notes_recording ON notes(recording_id);
 """
 
 
@@ -447,6 +474,33 @@ class SqliteCatalog:
             params.extend(status)
         sql += " ORDER BY received_at, request_id"
         return [SubjectRequest(*r) for r in self._exec(sql, params).fetchall()]
+
+    # -- review notes -------------------------------------------------------------------------
+
+    def add_note(self, note: SealedNote) -> None:
+        self._exec(
+            "INSERT INTO notes (note_id, recording_id, created_at, sealed) VALUES (?, ?, ?, ?)",
+            [note.note_id, note.recording_id, note.created_at, bytes(note.sealed)],
+        )
+
+    def notes_of(self, recording_id: str) -> list[SealedNote]:
+        rows = self._exec(
+            "SELECT note_id, recording_id, created_at, sealed FROM notes WHERE recording_id = ? "
+            "ORDER BY created_at, note_id",
+            [recording_id],
+        ).fetchall()
+        return [SealedNote(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    def delete_notes(self, recording_ids: Sequence[str]) -> int:
+        removed = 0
+        ids = list(recording_ids)
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            cur = self._exec(
+                f"DELETE FROM notes WHERE recording_id IN ({','.join('?' * len(part))})", part
+            )
+            removed += max(cur.rowcount, 0)
+        return removed
 
 
 # Columns added after a store's catalog may have been created, by table, with their SQL

@@ -16,7 +16,7 @@ from dataclasses import fields
 from typing import Any, Final
 
 from .._hazmat.postgres import Migration, PgConnection
-from .catalog import REQUEST_UPDATABLE, Hold, RecordingRow, SubjectRequest
+from .catalog import REQUEST_UPDATABLE, Hold, RecordingRow, SealedNote, SubjectRequest
 
 __all__ = ["PostgresCatalog"]
 
@@ -96,6 +96,19 @@ CREATE TABLE requests (
     ),
     Migration(
         2,
+        "review notes, sealed",
+        """
+CREATE TABLE notes (
+    note_id TEXT COLLATE "C" PRIMARY KEY,
+    recording_id TEXT COLLATE "C" NOT NULL,
+    created_at BIGINT NOT NULL,
+    sealed BYTEA NOT NULL
+);
+CREATE INDEX notes_recording ON notes (recording_id);
+""",
+    ),
+    Migration(
+        3,
         "recordings name the node that opened them",
         'ALTER TABLE recordings ADD COLUMN node TEXT COLLATE "C"',
     ),
@@ -257,6 +270,31 @@ class PostgresCatalog:
             params.append(list(status))
         sql += " ORDER BY received_at, request_id"
         return [SubjectRequest(*r) for r in self._all(sql, params)]
+
+    # -- review notes -------------------------------------------------------------------------
+
+    def add_note(self, note: SealedNote) -> None:
+        self._do(
+            "INSERT INTO notes (note_id, recording_id, created_at, sealed) VALUES (%s, %s, %s, %s)",
+            [note.note_id, note.recording_id, note.created_at, bytes(note.sealed)],
+        )
+
+    def notes_of(self, recording_id: str) -> list[SealedNote]:
+        rows = self._all(
+            "SELECT note_id, recording_id, created_at, sealed FROM notes "
+            "WHERE recording_id = %s ORDER BY created_at, note_id",
+            [recording_id],
+        )
+        return [SealedNote(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    def delete_notes(self, recording_ids: Sequence[str]) -> int:
+        ids = list(recording_ids)
+        if not ids:
+            return 0
+        rows = self._all(
+            "DELETE FROM notes WHERE recording_id = ANY(%s::text[]) RETURNING note_id", [ids]
+        )
+        return len(rows)
 
 
 def _assignments(changes: dict[str, Any]) -> tuple[str, list[Any]]:

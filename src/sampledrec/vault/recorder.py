@@ -84,6 +84,7 @@ from .audio import (
 from .blobs import BlobStore, BlobWriter
 from .catalog import Catalog, RecordingRow, Recovery
 from .container import RecoveredPrefix, SealInfo, Source
+from .notes import ReviewNote, check_note_text, open_note, seal_note
 from .staging import StagedBlobs
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ if TYPE_CHECKING:
     from ..sampling.sampler import Decision
 
 __all__ = [
+    "NOTE_ACTION",
     "Principal",
     "Recorder",
     "Recording",
@@ -107,6 +109,8 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK: Final = 64 * 1024
+#: The action that logs review notes' writes and reads (:meth:`Vault.write_note`).
+NOTE_ACTION: Final = "review_note"
 _AAD_DOMAIN: Final = b"sampledrec/v1/data-key\x00"
 
 
@@ -551,9 +555,39 @@ class Vault:
         """The row and an authenticated reader of a recording ``who`` may ``action``; every
         refusal and failure is logged, including a chunk that fails to authenticate while the
         block reads. The blob stays open (ranged reads) until the block ends."""
+        row, data_key = self._readable(recording_id, who, action, at)
+        with contextlib.ExitStack() as stack:
+            reader = None
+            try:
+                source = stack.enter_context(self.blobs.open(row.file))
+                reader = self._container(row, source, data_key)
+            except (OSError, InvalidRecording):
+                pass
+            if reader is None:
+                self.log_access(action, "failed", who, recording_id, "damaged or missing")
+                _unreadable()
+            try:
+                yield row, reader
+            except InvalidRecording:
+                self.log_access(action, "failed", who, recording_id, "damaged")
+                raise
+
+    def _readable(
+        self,
+        recording_id: str,
+        who: Principal,
+        permission: str,
+        at: datetime | None,
+        *,
+        action: str | None = None,
+    ) -> tuple[RecordingRow, bytes]:
+        """The row and data key of a recording ``who`` may ``permission`` now: in scope,
+        sealed, not expired, its key not destroyed. Each refusal is logged (as ``action``,
+        default the permission) before it is raised."""
+        action = action or permission
         now = self.read_time(at)
-        allowed = self._grant(who, action, recording_id, self._acting_time(at))
-        row = self._row_in_scope(recording_id, who, action, allowed)
+        allowed = self._grant(who, permission, recording_id, self._acting_time(at), action=action)
+        row = self._row_in_scope(recording_id, who, permission, allowed, action=action)
         if row.status not in ("sealed", "truncated"):
             self.log_access(action, "denied", who, recording_id, f"status {row.status}")
             if row.status in ("expired", "erased", "aborted"):
@@ -586,21 +620,54 @@ class Vault:
         except InvalidRecording:
             self.log_access(action, "failed", who, recording_id, "wrapped key does not verify")
             raise
-        with contextlib.ExitStack() as stack:
-            reader = None
-            try:
-                source = stack.enter_context(self.blobs.open(row.file))
-                reader = self._container(row, source, data_key)
-            except (OSError, InvalidRecording):
-                pass
-            if reader is None:
-                self.log_access(action, "failed", who, recording_id, "damaged or missing")
-                _unreadable()
-            try:
-                yield row, reader
-            except InvalidRecording:
-                self.log_access(action, "failed", who, recording_id, "damaged")
-                raise
+        return row, data_key
+
+    # -- review notes ------------------------------------------------------------------------------
+
+    def write_note(
+        self,
+        recording_id: str,
+        text: str,
+        principal: Principal | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> ReviewNote:
+        """Keep a short review note on a recording, sealed under a key derived from its data
+        key (:mod:`sampledrec.vault.notes`): needs ``listen`` on the recording (in scope),
+        refused from its expiry on; logged as a ``review_note`` access (``write``), never
+        with the text."""
+        who = self.acting(principal, NOTE_ACTION, recording_id)
+        try:
+            clean = check_note_text(text)
+        except InvalidArgument:
+            self.log_access(NOTE_ACTION, "denied", who, recording_id, "write: not a valid note")
+            raise
+        row, data_key = self._readable(recording_id, who, "listen", at, action=NOTE_ACTION)
+        sealed = seal_note(data_key, row.recording_id, who.name, clean, to_micros(self.clock.now()))
+        self.catalog.add_note(sealed)
+        self.log_access(NOTE_ACTION, "granted", who, recording_id, f"write {sealed.note_id}")
+        return open_note(data_key, sealed)
+
+    def notes(
+        self,
+        recording_id: str,
+        principal: Principal | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> list[ReviewNote]:
+        """The review notes on a recording, oldest first: needs ``listen`` on it (in scope),
+        refused from its expiry on; logged as a ``review_note`` access (``read``, with how
+        many). A note that does not open is the one opaque :class:`InvalidRecording`
+        (logged as failed)."""
+        who = self.acting(principal, NOTE_ACTION, recording_id)
+        row, data_key = self._readable(recording_id, who, "listen", at, action=NOTE_ACTION)
+        try:
+            found = [open_note(data_key, n) for n in self.catalog.notes_of(row.recording_id)]
+        except InvalidRecording:
+            self.log_access(NOTE_ACTION, "failed", who, recording_id, "read: a note is damaged")
+            raise
+        self.log_access(NOTE_ACTION, "granted", who, recording_id, f"read {len(found)} notes")
+        return found
 
     @staticmethod
     def _container(
@@ -785,18 +852,25 @@ class Vault:
         return self.store.policy(now).roles
 
     def _grant(
-        self, who: Principal, permission: str, recording_id: str | None, at: datetime | None
+        self,
+        who: Principal,
+        permission: str,
+        recording_id: str | None,
+        at: datetime | None,
+        *,
+        action: str | None = None,
     ) -> Grant:
-        """The grant of ``permission`` to ``who``; logs a refusal and raises
-        :class:`AccessDenied` when no role of theirs grants it."""
+        """The grant of ``permission`` to ``who``; logs a refusal (as ``action``, default the
+        permission) and raises :class:`AccessDenied` when no role of theirs grants it."""
+        action = action or permission
         roles = self._roles(who, at or self.clock.now())
         try:
             allowed = grant(who, permission, roles)
         except InvalidArgument:
-            self.log_access(permission, "denied", who, recording_id, "unknown role")
+            self.log_access(action, "denied", who, recording_id, "unknown role")
             raise
         if not allowed:
-            self.log_access(permission, "denied", who, recording_id, f"no role grants {permission}")
+            self.log_access(action, "denied", who, recording_id, f"no role grants {permission}")
             on = f" on recording {recording_id}" if recording_id else ""
             holders = ", ".join(granting_roles(permission, roles)) or "owner"
             hint = (
@@ -810,15 +884,23 @@ class Vault:
         return allowed
 
     def _row_in_scope(
-        self, recording_id: str, who: Principal, permission: str, allowed: Grant
+        self,
+        recording_id: str,
+        who: Principal,
+        permission: str,
+        allowed: Grant,
+        *,
+        action: str | None = None,
     ) -> RecordingRow:
-        """The catalog row of a recording that ``allowed`` reaches; each refusal is logged."""
+        """The catalog row of a recording that ``allowed`` reaches; each refusal is logged (as
+        ``action``, default the permission)."""
+        action = action or permission
         row = self.catalog.get(recording_id)
         if row is None:
-            self.log_access(permission, "denied", who, recording_id, "no such recording")
+            self.log_access(action, "denied", who, recording_id, "no such recording")
             raise RecordingNotFound(f"no recording {recording_id!r} in {self.store}")
         if not self.in_scope(allowed, row):
-            self.log_access(permission, "denied", who, recording_id, "out of scope")
+            self.log_access(action, "denied", who, recording_id, "out of scope")
             raise AccessDenied(
                 f"principal {who.name!r} may not {permission} on recording {recording_id}: it "
                 f"is outside the scope of its roles ({allowed.describe()})"

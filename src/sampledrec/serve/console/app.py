@@ -41,6 +41,9 @@ Pages (all GET unless said):
     ``sampledrec audit verify`` stays with the CLI: the audit package is the CLI's.)
 ``/static/...``
     the stylesheet, from the package.
+
+The admin's users and policy pages, review notes, the access log and the audit report are in
+:mod:`.admin`, :mod:`.notes` and :mod:`.reports` (registered by :func:`.pages.more_routes`).
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ from ...retention.sweep import Retention
 from ...store import Store
 from ...vault.catalog import RecordingRow
 from ...vault.recorder import Vault
+from .pages import more_routes
 
 __all__ = ["CSP", "MAX_RANGE_BYTES", "Console", "safe_next"]
 
@@ -140,6 +144,10 @@ class Console:
         The accounts (default: the store's ``users.sqlite``).
     throttle:
         The sign-in throttle (default: 3 free failures, then 1 s doubling up to 15 min).
+    audit:
+        Runs the store's audit and returns its report as JSON (``sampledrec serve`` passes
+        one: the audit package is the CLI's to import, docs/decisions/0033); without it the
+        audit report page says how to get one.
     """
 
     def __init__(
@@ -151,8 +159,10 @@ class Console:
         clock: Clock = SYSTEM_CLOCK,
         users: UserDirectory | None = None,
         throttle: Throttle | None = None,
+        audit: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.log = log
         self.settings = settings
         self.clock = clock
@@ -215,6 +225,7 @@ class Console:
             Route("/requests/{request_id}/answer", page(self.answer_request), methods=["POST"]),
             Route("/usage", page(self.usage_page)),
             Route("/audit", page(self.audit_page)),
+            *more_routes(self),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(
