@@ -396,7 +396,7 @@ class Vault:
             node=getattr(self.store, "node_name", None),
         )
         self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
-        self.log.append(
+        opened = self.log.append(
             T_RECORDING_OPENED,
             {
                 "recording_id": recording_id,
@@ -408,7 +408,9 @@ class Vault:
             },
             at=started,
         )
-        return Recorder(self, row, data_key, audio_format, decision.log_ticket, chunk_size)
+        return Recorder(
+            self, row, data_key, audio_format, decision.log_ticket, chunk_size, opened=opened
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -1361,12 +1363,18 @@ class Recorder:
         fmt: AudioFormat,
         ticket: int,
         chunk_size: int,
+        *,
+        opened: int = 0,
     ) -> None:
         self._vault = vault
         self.row = row
         self._key = data_key
         self.format = fmt
         self._ticket = ticket
+        # The recording's own opened entry, logged after its decision: nothing reaches the
+        # disk before it is durable either, so a crash never leaves audio (which recovery
+        # would keep) of a recording that no log entry opened.
+        self._opened = opened
         self._chunk_size = chunk_size
         self._pending: list[bytes] = []
         self._writer: _container.ContainerWriter | None = None
@@ -1389,7 +1397,8 @@ class Recorder:
 
     @property
     def on_disk(self) -> bool:
-        """Whether anything has been written to disk yet (only once the decision is durable)."""
+        """Whether anything has been written to disk yet (only once the decision and the
+        recording's opened entry are durable)."""
         return self._writer is not None
 
     def _ms(self, nbytes: int) -> int:
@@ -1405,7 +1414,7 @@ class Recorder:
                 data = silence_like(self.format, len(data))
             self._position += len(data)
             if self._writer is None:
-                if not self._vault.log.is_durable(self._ticket):
+                if not self._vault.log.is_durable(max(self._ticket, self._opened)):
                     self._pending.append(data)
                     return
                 self._start()
@@ -1426,6 +1435,8 @@ class Recorder:
 
     def _start(self) -> None:
         index = self._vault.log.wait_durable(self._ticket)
+        if self._opened:
+            self._vault.log.wait_durable(self._opened)
         self._file = self._vault.blobs.create(self.row.file)
         self._writer = _container.ContainerWriter(
             cast(BinaryIO, self._file),
