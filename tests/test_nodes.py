@@ -8,8 +8,11 @@ tests/test_nodes_process.py.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -522,7 +525,9 @@ def test_a_node_lost_for_good_has_its_recordings_tombstoned_by_another(
         for f in doc["findings"]
         if "node node-a opened, whose log is not in the kit" in f["message"]
     ]
-    assert {f["recording_id"] for f in lost} == {uploaded, waiting, in_progress, partial}
+    assert {f["recording_id"] for f in lost} == {uploaded, partial}
+    # Those node b destroyed with a tombstone (never kept) are not: nothing of them is left.
+    assert doc["results"]["recordings"]["checked"]["aborted_before_opened"] == 2
     assert all("restore its log from its last backup" in f["message"] for f in lost)
     assert not [m for m in messages(doc) if "of the deployment is not in the kit" in m]
 
@@ -543,3 +548,49 @@ def test_a_kit_without_every_node_of_the_deployment_is_a_finding(
         f for f in doc["findings"] if f.get("recording_id") == hidden and "opened" in f["message"]
     ]
     assert "node node-b opened, but no node's log in the kit did" in row["message"]
+
+
+KILLED_AFTER_OPENING = """
+import os, sys
+from sampledrec import FixedClock, Store
+from sampledrec.vault import Vault
+from sampledrec.vault.audio import AudioFormat
+store = Store.open(sys.argv[1])
+clock = FixedClock(sys.argv[2])
+log = store.open_log(clock=clock, group_commit=3600)  # nothing written unless waited for
+vault = Vault(store, log, clock=clock)
+sampler = store.sampler(clock=clock, log=log)
+d = next(d for d in (sampler.decide(f"k-{i}", {"queue": "x"}) for i in range(200)) if d.record)
+log.wait_durable(d.log_ticket)
+rec = vault.record(d, audio_format=AudioFormat("pcm16", 8000, 1), chunk_size=512)
+rec.write(bytes(16000))  # waits in memory: the opened entry is not durable
+print(rec.recording_id, flush=True)
+os._exit(9)  # killed before the opened entry reached the log
+"""
+
+
+def test_a_node_killed_before_a_recordings_opened_entry_was_durable(
+    deployment: Deployment,
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
+    cli_json: Callable[..., tuple[int, Any]],
+) -> None:
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    record_calls(b, "b", 1)
+    script = tmp_path / "child.py"
+    script.write_text(KILLED_AFTER_OPENING)
+    env = {**os.environ, **seaweedfs.env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(a.path), AT], capture_output=True, env=env, check=False
+    )
+    assert done.returncode == 9, done.stderr.decode()
+    rid = done.stdout.decode().strip()
+    assert row_of(a, rid).status == "open"
+    assert list(a.staging_path.rglob("*.sdr")) == []  # no audio reached the disk
+    clock = FixedClock(AT)
+    with a.open_log(clock=clock) as log, Vault(a, log, clock=clock) as vault:
+        assert vault.recover() == [(rid, "destroyed")]
+    assert row_of(a, rid).status == "aborted"
+    code, doc = deployment_audit(cli_json, tmp_path, a, b)
+    assert code == 0, messages(doc)
+    assert doc["results"]["recordings"]["checked"]["aborted_before_opened"] == 1

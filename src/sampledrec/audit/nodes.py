@@ -24,7 +24,9 @@ node's selections; then it joins the nodes:
   each cap period the calls selected under a capped rule by all nodes together (each call
   once) never exceed the cap, and a ``cap_reached`` is justified by the period's selections of
   all nodes reaching the cap;
-- ``recordings``: a catalog row or file that no node's log opened is a finding.
+- ``recordings``: a catalog row or file that no node's log opened is a finding, except a row
+  aborted with a ``recording_aborted`` tombstone in some node's log (a recorder killed before
+  its opened entry was durable, or a lost node's recording: docs/decisions/0035).
 
 The report is one :class:`~sampledrec.audit.findings.AuditReport`: each node's findings with
 ``node`` in their evidence, its notes prefixed with the node's name, counts summed.
@@ -45,7 +47,7 @@ from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument, SampledrecError, StoreError
 from ..log.columns import call_firsts, concat_decisions, counted_once, read_log, ref_text
-from ..log.format import T_KEY_COMMIT, T_RECORDING_OPENED, from_micros
+from ..log.format import T_KEY_COMMIT, T_RECORDING_ABORTED, T_RECORDING_OPENED, from_micros
 from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.record import REASONS
 from .evidence import read_catalog
@@ -156,6 +158,7 @@ def write_deployment_kit(
                 for rid in unattributed
                 if getattr(cat.rows[rid], "node", None)
             },
+            "status": {rid: str(cat.rows[rid].status) for rid in unattributed},
             "files": sorted(set(store.blobs.list()) - files_named),
         },
     }
@@ -237,7 +240,20 @@ def audit_deployment_kit(
     states = {str(n.get("name")): n for n in manifest.get("node_states", [])}
     _check_node_states(rep, states, {name for name, _, _ in nodes})
     opened_by = unattributed.get("opened_by", {})
+    status = unattributed.get("status", {})
+    # A recorder killed before its opened entry was durable leaves a row that its node's
+    # recovery aborts, with a tombstone in its log (the single-log audit's rule, 0035).
+    aborted = {
+        str(e.fields.get("recording_id"))
+        for _, _, others in joined
+        for e in others
+        if e.type == T_RECORDING_ABORTED
+    }
     for rid in unattributed.get("recordings", []):
+        if status.get(rid) == "aborted" and rid in aborted:
+            counts = rep.checked.setdefault("recordings", {})
+            counts["aborted_before_opened"] = counts.get("aborted_before_opened", 0) + 1
+            continue
         node = opened_by.get(rid)
         state = states.get(str(node), {})
         if node is None:
