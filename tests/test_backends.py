@@ -80,13 +80,14 @@ from sampledrec.vault.catalog import (
     SubjectRequest,
 )
 from sampledrec.vault.postgres import PostgresCatalog
+from sampledrec.vault.staging import StagedBlobStore
 
 from .seaweedfs import SeaweedFS
 
 T = TypeVar("T")
 
 CATALOGS = ["sqlite", "memory", "postgres"]
-BLOB_STORES = ["local", "memory", "s3"]
+BLOB_STORES = ["local", "memory", "s3", "staged"]
 KEYRINGS = ["local", "memory", "node"]
 LOG_STORAGES = ["local", "memory"]
 DECIDED_INDEXES = ["sqlite", "memory", "postgres"]
@@ -95,7 +96,12 @@ CAP_LEDGERS = ["sqlite", "memory", "postgres"]
 # Every backend class the library ships, by protocol, with its name in the lists above.
 SHIPPED: dict[type, dict[str, str]] = {
     Catalog: {"SqliteCatalog": "sqlite", "MemoryCatalog": "memory", "PostgresCatalog": "postgres"},
-    BlobStore: {"LocalBlobStore": "local", "MemoryBlobStore": "memory", "S3BlobStore": "s3"},
+    BlobStore: {
+        "LocalBlobStore": "local",
+        "MemoryBlobStore": "memory",
+        "S3BlobStore": "s3",
+        "StagedBlobStore": "staged",
+    },
     Keyring: {"LocalKeyring": "local", "MemoryKeyring": "memory", "NodeKeyring": "node"},
     KeyStore: {
         "LocalKeyStore": "local",
@@ -150,6 +156,10 @@ def open_blob_store(
     if name == "s3":  # a real server (tests/seaweedfs.py); every test its own key prefix
         assert s3 is not None
         return functools.partial(s3.blob_store, s3.new_prefix("contract"))
+    if name == "staged":  # local staging in front of the real server, as an S3 node has
+        assert s3 is not None
+        prefix = s3.new_prefix("staged")
+        return lambda: StagedBlobStore(tmp_path / "staging", s3.blob_store(prefix))
     raise AssertionError(f"no factory for the blob store backend {name!r}")
 
 
@@ -233,7 +243,7 @@ def catalog(catalogs: Handles[Catalog]) -> Catalog:
 
 @pytest.fixture(params=BLOB_STORES)
 def blob_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Handles[BlobStore]:
-    s3 = request.getfixturevalue("seaweedfs") if request.param == "s3" else None
+    s3 = request.getfixturevalue("seaweedfs") if request.param in ("s3", "staged") else None
     return Handles(request.param, open_blob_store(request.param, tmp_path, s3))
 
 
@@ -436,6 +446,7 @@ FULL = row(
     recovery="truncated",
     recovery_sha256="cd" * 32,
     recovery_log_size=1_234,
+    node="node-b",
 )
 
 

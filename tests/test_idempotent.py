@@ -222,6 +222,29 @@ def test_a_stores_sampler_logs_one_entry_per_call(tmp_path: Path) -> None:
     assert report.ok, report.to_text()
 
 
+def test_closing_a_sampler_writes_the_log_and_marks_its_decisions_at_once(tmp_path: Path) -> None:
+    # The log waits a minute between group commits: only a flush writes it sooner. Closing the
+    # sampler must make its decisions durable and tell the index so, so that a repeat in
+    # another sampler (another node) logs no copy; it used to give up after a second.
+    store = store_at(tmp_path)
+    day = two_days_ago()
+    clock = FixedClock(day)
+    with store.open_log(clock=clock, group_commit=60.0) as log:
+        with store.sampler(clock=clock, log=log) as sampler:
+            first = sampler.decide("c1", {"queue": "regulated"})
+            ignored = sampler.decide("c2", {"queue": "internal"})
+            assert first.log_ticket and ignored.log_ticket
+            assert not log.is_durable(ignored.log_ticket)
+        assert log.is_durable(ignored.log_ticket)
+        # The flush left the entry's index to whoever records the call.
+        assert log.wait_durable(first.log_ticket) >= 0
+        with store.sampler(clock=clock, log=log) as other:
+            for ref, queue in (("c1", "internal"), ("c2", "regulated")):
+                again = other.decide(ref, {"queue": queue})
+                assert again.repeat and again.log_ticket == LOGGED_EARLIER
+    assert [e["call_ref"] for e in decision_entries(store)] == ["c1", "c2"]
+
+
 def test_a_recording_of_a_repeat_decided_elsewhere_passes_the_audit(tmp_path: Path) -> None:
     from sampledrec.vault.audio import synthetic_speech
     from sampledrec.vault.recorder import Vault

@@ -6,6 +6,7 @@ store on PostgreSQL from the CLI; a DSN's password never shown), against a real 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import textwrap
@@ -201,7 +202,7 @@ def test_nodes_starting_at_once_migrate_once(dsn: str, tmp_path: Path) -> None:
     assert run_together(MIGRATE_WORKER, [[dsn, str(go)]] * 4, go) == ["done\n"] * 4
     assert query(
         dsn, "SELECT component, version FROM schema_version ORDER BY component, version"
-    ) == [("caps", 1), ("catalog", 1), ("catalog", 2), ("decided", 1)]
+    ) == [("caps", 1), ("catalog", 1), ("catalog", 2), ("catalog", 3), ("decided", 1)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,8 +216,8 @@ def test_migrations_are_recorded_and_not_applied_again(dsn: str) -> None:
     before = query(
         dsn, "SELECT component, version, summary, applied_at FROM schema_version ORDER BY version"
     )
-    assert [(c, v) for c, v, _, _ in before] == [("catalog", 1), ("catalog", 2)]
-    assert "recordings" in before[0][2] and "notes" in before[1][2]
+    assert [(c, v) for c, v, _, _ in before] == [("catalog", 1), ("catalog", 2), ("catalog", 3)]
+    assert "recordings" in before[0][2] and "notes" in before[1][2] and "node" in before[2][2]
     again = PostgresCatalog(dsn)
     with closing_all(again):
         assert again.get("rec-1") == row("rec-1")
@@ -239,7 +240,35 @@ def test_a_catalog_of_version_1_gains_the_notes_table(dsn: str) -> None:
         catalog.add_note(note)
         assert catalog.notes_of("rec-1") == [note]
     versions = query(dsn, "SELECT version FROM schema_version WHERE component = 'catalog'")
-    assert sorted(v for (v,) in versions) == [1, 2]
+    assert sorted(v for (v,) in versions) == [1, 2, 3]
+
+
+def test_a_catalog_of_version_2_gains_the_node_column(dsn: str) -> None:
+    from sampledrec._hazmat.postgres import PgConnection
+    from sampledrec.vault.postgres import MIGRATIONS
+
+    # The catalog as the previous sampledrec left it (version 2: rows did not name a node).
+    PgConnection(dsn, what="the catalog", component="catalog", migrations=MIGRATIONS[:2]).close()
+    old = PgConnection(dsn, what="the catalog", component="catalog", migrations=MIGRATIONS[:2])
+    with closing_all(old):
+        old.run(
+            lambda conn: conn.execute(
+                "INSERT INTO recordings (recording_id, rule, purpose, policy_version, epoch_id, "
+                "decision_index, started_at, expires_at_sealed, expires_at, bucket, "
+                "audio_format, file, status) VALUES ('rec-old', 'r', 'quality', 'v', "
+                "'2027-05-22', 0, 1, 2, 2, 'bucket-2027-05-22', 'pcm16/8000/1', "
+                "'bucket-2027-05-22/rec-old.sdr', 'sealed')"
+            )
+        )
+    catalog = PostgresCatalog(dsn)
+    with closing_all(catalog):
+        before = catalog.get("rec-old")
+        assert before is not None and before.node is None
+        catalog.add(dataclasses.replace(row("rec-new"), node="node-a"))
+        after = catalog.get("rec-new")
+        assert after is not None and after.node == "node-a"
+    versions = query(dsn, "SELECT version FROM schema_version WHERE component = 'catalog'")
+    assert sorted(v for (v,) in versions) == [1, 2, 3]
 
 
 def test_a_schema_newer_than_this_version_is_refused(dsn: str) -> None:

@@ -6,7 +6,11 @@ plaintext), errors, credentials, and a store whose recordings live in a bucket."
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
 import json
+import logging
 import os
 import pickle
 import random
@@ -14,11 +18,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from sampledrec import FixedClock, Store
+from sampledrec.cli import main
 from sampledrec.errors import (
     InvalidArgument,
     StoreError,
@@ -30,6 +36,7 @@ from sampledrec.store import s3_blobs_backend
 from sampledrec.vault.audio import AudioFormat, frames
 from sampledrec.vault.recorder import Vault
 from sampledrec.vault.s3 import MIN_PART_SIZE, S3BlobStore, S3Credentials, parse_s3_url
+from sampledrec.vault.staging import StagedBlobStore
 
 from .conftest import CliRun
 from .seaweedfs import SeaweedFS, free_ports
@@ -213,8 +220,9 @@ def test_no_plaintext_audio_reaches_the_object_storage(
         audio, seaweedfs.objects(f"{prefix}/control")[f"{prefix}/control/plain.sdr"]
     )
     assert any(pattern_found(audio, stored) for stored in on_disk(seaweedfs.data_dir))
-    # And the store keeps no recording on local disk.
+    # And the store keeps no recording on local disk once it is uploaded.
     assert not (s3_store.path / "recordings").exists()
+    assert list(on_disk(s3_store.staging_path)) == []
 
 
 def test_a_store_on_s3_records_reads_back_and_sweeps(s3_store: Store, seaweedfs: SeaweedFS) -> None:
@@ -225,7 +233,9 @@ def test_a_store_on_s3_records_reads_back_and_sweeps(s3_store: Store, seaweedfs:
     [key] = seaweedfs.objects(prefix)
     assert key.startswith(f"{prefix}/bucket-2030-03-06/") and key.endswith(f"{rid}.sdr")
     with s3_store.open_log(clock=clock) as log, Vault(s3_store, log, clock=clock) as vault:
-        assert isinstance(vault.blobs, S3BlobStore)
+        assert isinstance(vault.blobs, StagedBlobStore)
+        assert isinstance(vault.blobs.remote, S3BlobStore)
+        assert vault.blobs.pending() == [] and vault.blobs.abandoned() == []
         assert vault.open(rid).audio == audio
         assert vault.read_range(rid, 1000, 1500) == audio[16_000:24_000]
         out = vault.export(rid, s3_store.path.parent / "call.wav")
@@ -258,7 +268,7 @@ def test_an_aborted_recording_leaves_nothing_in_the_bucket(
 
 
 CRASHING = """
-import os, sys
+import random, os, sys
 from sampledrec import FixedClock, Store
 from sampledrec.vault.audio import AudioFormat
 from sampledrec.vault.recorder import Vault
@@ -268,8 +278,8 @@ log = store.open_log(clock=clock)
 vault = Vault(store, log, clock=clock)
 d = store.sampler(clock=clock, log=log).decide("crash", {"agent": "a1"})
 rec = vault.record(d, audio_format=AudioFormat("pcm16", 8000, 1))
-log.wait_durable(d.log_ticket)
-noise = os.urandom(320 * 500)  # 10 s
+log.flush()  # the decision and the opened entry: the audio goes to disk as it comes
+noise = random.Random(sys.argv[3]).randbytes(320 * 500)  # 10 s
 for _ in range(int(sys.argv[2])):
     rec.write(noise)
 os._exit(9)  # the process dies mid-call
@@ -277,26 +287,112 @@ os._exit(9)  # the process dies mid-call
 
 
 @pytest.mark.parametrize("seconds", [30, 600], ids=["short", "past a part"])
-def test_a_call_cut_by_a_crash_leaves_nothing_once_recovered(
+def test_a_call_cut_by_a_crash_is_kept_truncated_and_uploaded_by_recovery(
     s3_store: Store, seaweedfs: SeaweedFS, tmp_path: Path, seconds: int
 ) -> None:
-    """On S3 what a writer wrote is not visible until it closes: a crash mid-call leaves the
-    empty object (and an upload, past a part), which recovery destroys, aborting the upload."""
+    """The container being written is on the node's disk (encrypted), not in memory: a crash
+    mid-call leaves it there; recovery re-seals its verified prefix as truncated, uploads it
+    and only then removes the local copy."""
     script = tmp_path / "child.py"
     script.write_text(CRASHING)
+    seed = f"crash {seconds}"
     env = {**os.environ, **seaweedfs.env, "PYTHONPATH": os.pathsep.join(sys.path)}
-    argv = [sys.executable, str(script), str(s3_store.path), str(seconds // 10)]
+    argv = [sys.executable, str(script), str(s3_store.path), str(seconds // 10), seed]
     done = subprocess.run(argv, capture_output=True, env=env, check=False)
     assert done.returncode == 9, done.stderr.decode()
+    noise = random.Random(seed).randbytes(320 * 500)
     prefix = s3_store.backends["blobs"]["prefix"]
-    assert list(seaweedfs.objects(prefix).values()) == [b""]
-    assert len(seaweedfs.uploads(f"{prefix}/")) == (1 if seconds > 300 else 0)
+    assert seaweedfs.objects(prefix) == {} and seaweedfs.uploads(f"{prefix}/") == []
+    staged = list(on_disk(s3_store.staging_path / "recording"))
+    assert len(staged) == 1 and len(staged[0]) > seconds * 16_000 // 2  # most of the call
+    assert not pattern_found(noise, staged[0])  # encrypted from the first byte
     clock = FixedClock(AT)
     with s3_store.open_log(clock=clock) as log, Vault(s3_store, log, clock=clock) as vault:
         (row,) = vault.catalog.find(status=["open"])
-        assert vault.recover() == [(row.recording_id, "destroyed")]
-    assert seaweedfs.objects(prefix) == {}
+        assert vault.recover() == [(row.recording_id, "truncated")]
+        kept = vault.open(row.recording_id)
+        assert kept.row.status == "truncated" and kept.row.truncated
+        assert len(kept.audio) > seconds * 16_000 // 2
+        assert (noise * (seconds // 10)).startswith(kept.audio)
+    (blob,) = seaweedfs.objects(prefix).values()
+    assert hashlib.sha256(blob).hexdigest() == kept.row.ciphertext_sha256
     assert seaweedfs.uploads(f"{prefix}/") == []
+    assert list(on_disk(s3_store.staging_path)) == []  # emptied once the bucket had it
+
+
+def unreachable(seaweedfs: SeaweedFS, prefix: str) -> S3BlobStore:
+    """A handle on the test bucket through an endpoint where nothing listens."""
+    (port,) = free_ports(1)
+    return S3BlobStore(
+        seaweedfs.bucket,
+        prefix=prefix,
+        endpoint=f"http://127.0.0.1:{port}",
+        credentials=seaweedfs.credentials,
+        check=False,
+        max_attempts=1,
+        connect_timeout=1.0,
+    )
+
+
+def test_an_upload_that_fails_at_seal_loses_nothing_and_is_retried(
+    s3_store: Store, seaweedfs: SeaweedFS, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FixedClock(AT)
+    prefix = s3_store.backends["blobs"]["prefix"]
+    audio = random.Random("bucket away").randbytes(16_000 * 3)
+    down = StagedBlobStore(s3_store.staging_path, unreachable(seaweedfs, prefix))
+    with (
+        s3_store.open_log(clock=clock) as log,
+        Vault(s3_store, log, clock=clock, blobs=down) as vault,
+        caplog.at_level(logging.WARNING, logger="sampledrec.vault.staging"),
+    ):
+        decision = s3_store.sampler(clock=clock, log=log).decide("away", {"agent": "a1"})
+        with vault.record(decision, audio_format=PCM, chunk_size=4096) as rec:
+            for frame in frames(audio, PCM, 20):
+                rec.write(frame)
+        # Sealed, logged and readable (from the node's disk), though not in the bucket yet.
+        assert rec.row.status == "sealed"
+        assert vault.open(rec.recording_id).audio == audio
+        assert down.upload_failures == 1 and down.pending() == [rec.row.file]
+        assert f"upload of recording {rec.row.file} failed" in caplog.text
+        assert "retried later" in caplog.text
+        assert vault.upload_pending() == (0, 1)  # still away: kept again
+        assert down.upload_failures == 2
+    assert seaweedfs.objects(prefix) == {}
+    (staged,) = on_disk(s3_store.staging_path / "outbox")
+    assert not pattern_found(audio, staged)
+    # The bucket is back (the server's next try, or 'sampledrec recordings recover').
+    with s3_store.open_log(clock=clock) as log, Vault(s3_store, log, clock=clock) as vault:
+        assert vault.upload_pending() == (1, 0)
+        assert vault.blobs.exists(rec.row.file) and vault.upload_pending() == (0, 0)
+        assert vault.open(rec.recording_id).audio == audio
+    (blob,) = seaweedfs.objects(prefix).values()
+    assert blob == staged
+    assert list(on_disk(s3_store.staging_path)) == []
+    out = io.StringIO()
+    assert main(["log", "verify", "--store", str(s3_store.path)], out=out) == 0, out.getvalue()
+
+
+def test_a_staged_file_of_a_recording_destroyed_meanwhile_is_not_uploaded(
+    s3_store: Store, seaweedfs: SeaweedFS
+) -> None:
+    clock = FixedClock(AT)
+    prefix = s3_store.backends["blobs"]["prefix"]
+    down = StagedBlobStore(s3_store.staging_path, unreachable(seaweedfs, prefix))
+    with s3_store.open_log(clock=clock) as log, Vault(s3_store, log, clock=clock, blobs=down) as v:
+        decision = s3_store.sampler(clock=clock, log=log).decide("gone", {"agent": "a1"})
+        with v.record(decision, audio_format=PCM) as rec:
+            rec.write(bytes(16_000))
+    assert down.pending() == [rec.row.file]
+    later = FixedClock("2030-03-07T00:00:01Z")  # expired, and swept once the bucket is back
+    with s3_store.open_log(clock=later) as log, Vault(s3_store, log, clock=later) as v:
+        assert Retention(v, clock=later).sweep().expired == [rec.recording_id]
+    assert down.pending() == []  # the sweep's delete removed the local copy too
+    # A copy left behind some other way (say a sweep that ran on another node) is dropped.
+    (s3_store.staging_path / "outbox" / rec.row.file).write_bytes(b"ciphertext")
+    with s3_store.open_log(clock=later) as log, Vault(s3_store, log, clock=later) as vault:
+        assert vault.upload_pending() == (0, 0)
+    assert seaweedfs.objects(prefix) == {} and list(on_disk(s3_store.staging_path)) == []
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -443,7 +539,8 @@ def test_init_puts_recordings_in_a_bucket_and_no_secret_in_the_store(
     secret = seaweedfs.credentials.secret_access_key.encode()
     assert not any(secret in data for data in on_disk(store))
     blobs = Store.open(store).blobs
-    assert isinstance(blobs, S3BlobStore) and blobs.prefix == prefix
+    assert isinstance(blobs, StagedBlobStore)
+    assert isinstance(blobs.remote, S3BlobStore) and blobs.remote.prefix == prefix
 
 
 def test_init_with_a_credentials_file(
@@ -463,7 +560,8 @@ def test_init_with_a_credentials_file(
     assert code == 0, out
     spec = Store.open(tmp_path / "s").backends["blobs"]
     assert spec["credentials_file"] == str(file) and spec["profile"] == "recorder"
-    assert isinstance(Store.open(tmp_path / "s").blobs, S3BlobStore)
+    blobs = Store.open(tmp_path / "s").blobs
+    assert isinstance(blobs, StagedBlobStore) and isinstance(blobs.remote, S3BlobStore)
 
 
 def test_init_refuses_what_it_cannot_use(
@@ -504,3 +602,41 @@ def test_a_store_json_with_credentials_in_it_is_refused(
     }
     with pytest.raises(StoreError, match="never written there"):
         Store.init(tmp_path / "s", backends={"blobs": backend})
+
+
+def test_the_server_retries_a_failed_upload_until_the_bucket_takes_it(
+    s3_store: Store, seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve's retry loop (sampledrec.serve.server): a recording sealed while the bucket was
+    away is uploaded by a later round, and the round is logged."""
+    from sampledrec.serve import server
+
+    clock = FixedClock(AT)
+    prefix = s3_store.backends["blobs"]["prefix"]
+    audio = random.Random("retried by the server").randbytes(16_000)
+    down = StagedBlobStore(s3_store.staging_path, unreachable(seaweedfs, prefix))
+    with s3_store.open_log(clock=clock) as log, Vault(s3_store, log, clock=clock, blobs=down) as v:
+        decision = s3_store.sampler(clock=clock, log=log).decide("later", {"agent": "a1"})
+        with v.record(decision, audio_format=PCM) as rec:
+            rec.write(audio)
+    assert down.pending() == [rec.row.file]
+    monkeypatch.setattr(server, "UPLOAD_RETRY_EVERY", 0.05)
+    rounds: list[dict[str, Any]] = []
+    monkeypatch.setattr(server, "event", lambda name, **fields: rounds.append(fields))
+
+    async def serve_a_while() -> None:
+        with s3_store.open_log(clock=clock) as log:
+            services = SimpleNamespace(store=s3_store, log=log, stopping=asyncio.Event())
+            task = asyncio.create_task(server._retry_uploads(cast(Any, services), clock))
+            for _ in range(1200):  # at most a minute: a limit, not a timing assertion
+                if not s3_store.blobs.pending():  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.05)
+            services.stopping.set()
+            await task
+
+    asyncio.run(serve_a_while())
+    assert rounds == [{"level": logging.INFO, "uploaded": 1, "failed": 0}]
+    (blob,) = seaweedfs.objects(prefix).values()
+    assert hashlib.sha256(blob).hexdigest() == rec.row.ciphertext_sha256
+    assert list(on_disk(s3_store.staging_path)) == []

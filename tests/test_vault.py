@@ -20,6 +20,7 @@ from sampledrec.errors import (
     RecordingExpired,
     RecordingNotFound,
 )
+from sampledrec.log.format import T_RECORDING_OPENED
 from sampledrec.log.verify import verify_log
 from sampledrec.log.writer import DecisionLog, iter_entries
 from sampledrec.sampling.sampler import Decision, Sampler
@@ -107,6 +108,25 @@ def test_nothing_on_disk_before_the_decision_is_durable(store: Store) -> None:
         rec.close()  # waits for the decision's entry, then writes
         assert on_disk(rec)
         assert log.is_durable(d.log_ticket or 0)
+
+
+def test_nothing_on_disk_before_the_recordings_opened_entry_is_durable(store: Store) -> None:
+    # The decision is durable, the recording_opened entry not yet (the log waits an hour
+    # between group commits): a crash now must not leave audio that recovery would keep for a
+    # recording no log entry opened.
+    clock = FixedClock(AT)
+    with store.open_log(clock=clock, group_commit=3600) as log, Vault(store, log) as vault:
+        d = selected(store.sampler(clock=clock, log=log))
+        log.wait_durable(d.log_ticket or 0)
+        rec = vault.record(d, audio_format=PCM, chunk_size=512)
+        for frame in frames(synthetic_speech(1.0), PCM, 20):
+            rec.write(frame)
+        assert not on_disk(rec)
+        assert not list((store.path / "recordings").rglob("*.sdr"))
+        rec.close()  # waits for the opened entry, then writes
+        assert on_disk(rec)
+    opened = [e for e in iter_entries(store.log_storage) if e.type == T_RECORDING_OPENED]
+    assert [e.fields["recording_id"] for e in opened] == [rec.recording_id]
 
 
 def on_disk(rec: Recorder) -> bool:

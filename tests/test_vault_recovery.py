@@ -107,6 +107,7 @@ def leave_open(store: Store, how: str) -> tuple[str, bytes]:
         assert decision.record and decision.log_ticket is not None
         log.wait_durable(decision.log_ticket)  # so that audio reaches the blob as it comes
         rec = vault.record(decision, audio_format=PCM, chunk_size=CHUNK)
+        log.flush()  # and the recording's opened entry
         rid = rec.recording_id
         if how == "empty":
             rec.write(AUDIO[:640])  # less than a chunk: nothing but an empty blob

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._hazmat.files import write_atomic
 from ._hazmat.postgres import (
@@ -69,6 +69,8 @@ __all__ = [
     "DEPLOYMENT_FORMAT",
     "Deployment",
     "DeploymentSettings",
+    "NodeRegistry",
+    "NodeState",
     "SharedPolicy",
     "check_node_name",
 ]
@@ -275,6 +277,10 @@ class Deployment:
         caller closes it."""
         return DeploymentSettings(self.catalog_dsn, self.deployment_id)
 
+    def registry(self) -> NodeRegistry:
+        """A new connection to the deployment's list of nodes; the caller closes it."""
+        return NodeRegistry(self.catalog_dsn, self.deployment_id)
+
     def shared_keys(self) -> SharedKeys:
         """A new connection to the deployment's shared keys; the caller closes it."""
         return SharedKeys(self.catalog_dsn, self.deployment_id, self.wrapping_key())
@@ -433,6 +439,28 @@ CREATE TABLE deployment_generation (
 )
 
 
+NodeStatus = Literal["active", "retired", "lost"]
+
+_REGISTRY_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "the nodes of each deployment and their state",
+        """
+CREATE TABLE deployment_nodes (
+    deployment TEXT COLLATE "C" NOT NULL,
+    name TEXT COLLATE "C" NOT NULL,
+    status TEXT NOT NULL,
+    added_at BIGINT NOT NULL,
+    changed_at BIGINT NOT NULL,
+    changed_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (deployment, name)
+);
+""",
+    ),
+)
+
+
 @dataclass(frozen=True)
 class SharedPolicy:
     """One version of the deployment's policy schedule."""
@@ -554,3 +582,120 @@ class DeploymentSettings:
             self._bump(conn)
 
         self._conn.run(work)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node of a deployment as its list says: ``active`` (decides and records),
+    ``retired`` (stopped on purpose, after sealing its recordings and a final checkpoint) or
+    ``lost`` (gone for good; another node dealt with its open recordings). Times are
+    microseconds since 1970; ``changed_by`` names the node that made the last change."""
+
+    name: str
+    status: NodeStatus
+    added_at: int
+    changed_at: int
+    changed_by: str
+    reason: str = ""
+
+
+class NodeRegistry:
+    """The deployment's list of nodes, in its PostgreSQL database (docs/decisions/0035).
+
+    A node is listed ``active`` by ``node init``; ``node retire`` and ``node lost`` change it,
+    once: a retired or lost node never decides again (its store refuses to open its log for
+    writing), and its name is not reused. Nodes made before the list existed are not listed
+    and count as active."""
+
+    def __init__(self, dsn: str, deployment_id: str) -> None:
+        self.deployment_id = deployment_id
+        self._db = PgConnection(
+            dsn,
+            what="the deployment's nodes",
+            component="deployment_nodes",
+            migrations=_REGISTRY_MIGRATIONS,
+        )
+
+    def __repr__(self) -> str:
+        return f"NodeRegistry({self._db.where!r})"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> NodeRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, name: str) -> NodeState | None:
+        rows = self._select("AND name = %s", [name])
+        return rows[0] if rows else None
+
+    def nodes(self) -> list[NodeState]:
+        """Every listed node, by name."""
+        return self._select("", [])
+
+    def _select(self, where: str, params: Sequence[Any]) -> list[NodeState]:
+        sql = (
+            "SELECT name, status, added_at, changed_at, changed_by, reason FROM "
+            f"deployment_nodes WHERE deployment = %s {where} ORDER BY name"
+        )
+        rows = self._db.run(
+            lambda conn: conn.execute(sql.encode(), [self.deployment_id, *params]).fetchall(),
+            atomic=False,
+        )
+        return [NodeState(*row) for row in rows]
+
+    def add(self, name: str, *, now_us: int) -> NodeState:
+        """List ``name`` as active; :class:`InvalidArgument` if the name was retired or lost
+        (a node's name names its log for ever: choose a new one)."""
+        check_node_name(name)
+        sql = (
+            "INSERT INTO deployment_nodes (deployment, name, status, added_at, changed_at, "
+            "changed_by) VALUES (%s, %s, 'active', %s, %s, %s) ON CONFLICT DO NOTHING"
+        )
+        self._db.run(
+            lambda conn: conn.execute(
+                sql.encode(), [self.deployment_id, name, now_us, now_us, name]
+            ),
+            atomic=False,
+        )
+        state = self.get(name)
+        assert state is not None
+        if state.status != "active":
+            raise InvalidArgument(
+                f"node {name!r} of this deployment is {state.status}; a node's name is never "
+                "reused (its log keeps it): give the new node another name"
+            )
+        return state
+
+    def change(
+        self, name: str, status: NodeStatus, *, now_us: int, by: str, reason: str = ""
+    ) -> NodeState:
+        """Mark ``name`` retired or lost (listing it first if it was not); a node already in
+        that state stays as it was (so a command interrupted midway can be run again).
+        :class:`InvalidArgument` for any other change: a retired or lost node stays so."""
+        if status == "active":
+            raise InvalidArgument("a node becomes active only when it is made (node init)")
+
+        def work(conn: Any) -> None:
+            conn.execute(
+                b"INSERT INTO deployment_nodes (deployment, name, status, added_at, changed_at, "
+                b"changed_by) VALUES (%s, %s, 'active', %s, %s, %s) ON CONFLICT DO NOTHING",
+                [self.deployment_id, name, now_us, now_us, by],
+            )
+            conn.execute(
+                b"UPDATE deployment_nodes SET status = %s, changed_at = %s, changed_by = %s, "
+                b"reason = %s WHERE deployment = %s AND name = %s AND status = 'active'",
+                [status, now_us, by, reason, self.deployment_id, name],
+            )
+
+        self._db.run(work)
+        state = self.get(name)
+        assert state is not None
+        if state.status != status:
+            raise InvalidArgument(
+                f"node {name!r} is already {state.status}; it cannot become {status}"
+            )
+        return state

@@ -23,6 +23,8 @@ recordings, with no server.
                         log.lock, log.repair and recovered/ are LocalLogStorage's)
       catalog.sqlite    the recordings catalog (backend "sqlite")
       recordings/       sealed recordings (backend "local" of the blob store)
+      staging/          recordings being recorded, and sealed ones waiting for their upload,
+                        when the blob store is "s3" (sampledrec.vault.staging; encrypted)
       caps.sqlite       the per-agent caps ledger
       decided.sqlite    the decided-calls index: each call's first decision in the recent
                         epochs, so that deciding again answers the same in every process
@@ -85,9 +87,15 @@ from typing import Any, Final, Protocol
 
 from ._hazmat.files import write_atomic
 from ._hazmat.locking import wait_for_flock
-from ._hazmat.postgres import advisory_lock, advisory_lock_id, dsn_has_password, redact_dsn
+from ._hazmat.postgres import (
+    PgConnection,
+    advisory_lock,
+    advisory_lock_id,
+    dsn_has_password,
+    redact_dsn,
+)
 from .clock import SYSTEM_CLOCK, Clock, FixedClock
-from .deployment import Deployment, DeploymentSettings
+from .deployment import Deployment, DeploymentSettings, NodeRegistry, NodeState, check_node_name
 from .errors import (
     InvalidArgument,
     InvalidPolicy,
@@ -106,6 +114,7 @@ from .log.format import (
     T_KEY_REVEAL,
     T_OBJECTION,
     T_POLICY,
+    from_micros,
     to_micros,
 )
 from .log.repair import RepairReport
@@ -130,6 +139,7 @@ from .sampling.sampler import Sampler, cap_call_name
 from .vault.blobs import BlobStore, LocalBlobStore
 from .vault.catalog import Catalog, SqliteCatalog
 from .vault.postgres import PostgresCatalog
+from .vault.staging import StagedBlobStore
 from .witness.client import COSIGNED_DIR, Witnessing, WitnessSettings
 
 __all__ = ["Store"]
@@ -221,6 +231,146 @@ class Store:
         node = self.deployment
         return None if node is None else node["node"]
 
+    def node_registry(self) -> NodeRegistry | None:
+        """For a node: a new connection to its deployment's list of nodes (the caller closes
+        it); None for a store of its own."""
+        node = self.deployment
+        if node is None or self.catalog_dsn is None:
+            return None
+        return NodeRegistry(self.catalog_dsn, node["deployment_id"])
+
+    def node_state(self) -> NodeState | None:
+        """For a node: its state in the deployment's list (None for a store of its own, or a
+        node made before the list existed, which counts as active)."""
+        registry = self.node_registry()
+        if registry is None:
+            return None
+        with registry:
+            return registry.get(str(self.node_name))
+
+    def _check_active(self) -> None:
+        state = self.node_state()
+        if state is not None and state.status != "active":
+            when = from_micros(state.changed_at).isoformat()
+            raise StoreError(
+                f"node {state.name!r} was {state.status} on {when} (by node "
+                f"{state.changed_by}{': ' + state.reason if state.reason else ''}); it no "
+                "longer decides or records. Its log is kept for audits ('sampledrec audit kit "
+                "--node'); to add capacity, make a new node with another name ('sampledrec "
+                "node init')"
+            )
+
+    def _running_lock_id(self, node: str) -> int:
+        dep = self.deployment
+        assert dep is not None
+        return advisory_lock_id(f"sampledrec/v1/node-running/{dep['deployment_id']}/{node}")
+
+    def _node_running(self) -> _NodeRunning:
+        """While this node's log is open, a shared advisory lock says that the node runs, so
+        that no other node declares it lost meanwhile (:meth:`declare_lost`)."""
+        assert self.catalog_dsn is not None and self.node_name is not None
+        return _NodeRunning(
+            self.catalog_dsn, self._running_lock_id(self.node_name), str(self.node_name)
+        )
+
+    def retire(self, *, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
+        """Retire this node of a deployment (docs/decisions/0035): recover and seal the
+        recordings its log left open, upload those still on its disk, mark it ``retired`` in
+        the deployment's list (it never decides again: :meth:`sampler` refuses), then log the
+        retirement and sign a final checkpoint. Run it once its server is stopped. Its log,
+        keys and folder stay: its kit still joins the deployment's audits.
+
+        Refused (:class:`StoreError`, nothing changed) while a recording waits for an upload
+        that fails: nobody would upload it once the node is retired. Running it again after
+        an interruption finishes the job."""
+        from .vault.recorder import Vault
+        from .vault.staging import StagedBlobs
+
+        name = self.node_name
+        if name is None:
+            raise InvalidArgument(f"{self.path} is not a node of a deployment: nothing to retire")
+        registry = self.node_registry()
+        assert registry is not None and self.catalog_dsn is not None
+        # No other process of this node may have its log open (a server still recording):
+        # the node's running lock, held exclusively for the whole retirement.
+        with (
+            registry,
+            _no_node_running(self.catalog_dsn, self._running_lock_id(name), name),
+            self.open_log(clock=clock, _running_lock=False) as log,
+            Vault(self, log, clock=clock) as vault,
+        ):
+            recovered = vault.recover()
+            _, failed = vault.upload_pending()
+            blobs = self.blobs
+            waiting = blobs.pending() if isinstance(blobs, StagedBlobs) else []
+            if failed or waiting:
+                raise StoreError(
+                    f"node {name!r} still has {len(waiting)} sealed recordings waiting for their "
+                    f"upload to the object storage ({self.staging_path / 'outbox'}); make the "
+                    "bucket reachable and run 'sampledrec node retire' again"
+                )
+            state = registry.change(
+                name, "retired", now_us=to_micros(clock.now()), by=name, reason="retired"
+            )
+            log.append(
+                T_ACCESS,
+                {
+                    "action": "node_retired",
+                    "outcome": "granted",
+                    "principal": getpass.getuser(),
+                    "detail": f"node {name} retired; {len(recovered)} recordings recovered",
+                },
+                at=clock.now(),
+            )
+            checkpoint = log.checkpoint()
+        return {
+            "node": name,
+            "status": state.status,
+            "retired_at": from_micros(state.changed_at).isoformat(),
+            "recovered": recovered,
+            "checkpoint": {"size": checkpoint.size, "root_hash": checkpoint.root.hex()},
+        }
+
+    def declare_lost(
+        self, node: str, *, reason: str, clock: Clock = SYSTEM_CLOCK
+    ) -> dict[str, Any]:
+        """From this node, declare ``node`` of the same deployment lost for good (its machine
+        and disk are gone; docs/decisions/0035): mark it ``lost`` in the deployment's list
+        first, so that it can never come back and go on recording, then deal with its
+        recordings (:meth:`Vault.recover_lost <sampledrec.vault.Vault.recover_lost>`), every
+        outcome logged in this node's log with the reason. Running it again after an
+        interruption finishes the job."""
+        from .vault.recorder import Vault
+
+        me = self.node_name
+        if me is None:
+            raise InvalidArgument(f"{self.path} is not a node of a deployment")
+        check_node_name(node)
+        if node == me:
+            raise InvalidArgument(
+                f"node {node!r} is this node; declare a node lost from another node"
+            )
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidArgument("say why the node is lost (reason), for the log and the audit")
+        self._check_active()
+        registry = self.node_registry()
+        assert registry is not None and self.catalog_dsn is not None
+        # While we mark it lost, no process of that node can open its log (and so decide or
+        # record); one that has it open now means the node is not lost.
+        with registry, _no_node_running(self.catalog_dsn, self._running_lock_id(node), node):
+            state = registry.change(
+                node, "lost", now_us=to_micros(clock.now()), by=me, reason=reason.strip()
+            )
+        with self.open_log(clock=clock) as log, Vault(self, log, clock=clock) as vault:
+            outcomes = vault.recover_lost(node, reason=reason.strip())
+        return {
+            "node": node,
+            "status": state.status,
+            "declared_by": me,
+            "declared_at": from_micros(state.changed_at).isoformat(),
+            "recordings": outcomes,
+        }
+
     @property
     def simulated(self) -> bool:
         return bool(self._meta.get("simulated"))
@@ -271,7 +421,11 @@ class Store:
         """Where sealed recordings are kept (built once, on first use)."""
         if self._blobs is None:
             if self.backends["blobs"]["kind"] == "s3":
-                self._blobs = _s3_blob_store(self.backends["blobs"], self.path)
+                # Recordings in progress stay on this node's disk, encrypted, until sealed:
+                # a crash mid-call leaves their prefix for recovery (0035).
+                self._blobs = StagedBlobStore(
+                    self.staging_path, _s3_blob_store(self.backends["blobs"], self.path)
+                )
                 return self._blobs
             path = self._inside(self.backends["blobs"]["path"])
             try:
@@ -279,6 +433,12 @@ class Store:
             except OSError as exc:  # store.json names a path that cannot be a folder here
                 raise StoreError(f"cannot open the recordings folder {path}: {exc}") from exc
         return self._blobs
+
+    @property
+    def staging_path(self) -> Path:
+        """Where a store whose recordings are on S3 keeps them while they are recorded, and
+        sealed ones until their upload succeeds (:mod:`sampledrec.vault.staging`)."""
+        return self.path / "staging"
 
     @property
     def catalog_dsn(self) -> str | None:
@@ -443,6 +603,8 @@ class Store:
                 "leave --policy out, and change the deployment's policy with 'sampledrec policy "
                 "apply' on any node"
             )
+        with dep.registry() as registry:  # a retired or lost node's name is never reused
+            registry.add(name, now_us=to_micros(clock.now()))
         store = cls.init(
             path,
             policy=policy if policy is not None else dep.policy,
@@ -631,7 +793,9 @@ class Store:
 
         return vkey(self.origin, self.public_key)
 
-    def open_log(self, *, clock: Clock = SYSTEM_CLOCK, **kw: Any) -> DecisionLog:
+    def open_log(
+        self, *, clock: Clock = SYSTEM_CLOCK, _running_lock: bool = True, **kw: Any
+    ) -> DecisionLog:
         """Open the decision log for appending (recovering from a crash if needed). When
         ``store.json`` names witnesses, the log asks them to cosign its checkpoints in the
         background (:class:`~sampledrec.witness.Witnessing`) until it is closed."""
@@ -643,6 +807,12 @@ class Store:
             clock=clock,
             **kw,
         )
+        if self.deployment is not None and _running_lock:
+            try:
+                log.add_listener(self._node_running())
+            except BaseException:
+                log.close()
+                raise
         settings = self.witnesses
         if settings is not None:
             log.add_listener(
@@ -1003,6 +1173,7 @@ class Store:
         again (``first_log_wait``: see :class:`Sampler`). Without a log, decisions are previews
         that nothing records: the sampler remembers them in its own memory only.
         """
+        self._check_active()
         real_now = min(clock.now(), SYSTEM_CLOCK.now())  # a simulation ahead prunes nothing
         decided = None
         policy_source: Callable[[datetime], Policy] = self.policy
@@ -1543,3 +1714,60 @@ def _s3_blob_store(spec: dict[str, str], root: Path) -> BlobStore:
         )
     except InvalidArgument as exc:
         raise StoreError(f"{where}: backends.blobs: {exc}") from None
+
+
+# -- a node's process running (docs/decisions/0035) ---------------------------------------------
+
+
+class _NodeRunning:
+    """A shared session-level advisory lock held while a node's log is open (a listener of the
+    log, released when it closes); a process that dies releases it with its session."""
+
+    def __init__(self, dsn: str, lock_id: int, node: str) -> None:
+        self._conn = PgConnection(
+            dsn, what=f"the running lock of node {node!r}", component="", migrations=()
+        )
+
+        def take(c: Any) -> None:
+            c.execute("SET lock_timeout = 30000")
+            c.execute("SELECT pg_advisory_lock_shared(%s)", [lock_id])
+
+        try:
+            self._conn.run(take, atomic=False)
+        except StoreError as exc:
+            self._conn.close()
+            if "lock timeout" in str(exc):
+                raise StoreError(
+                    f"node {node!r} is being retired or declared lost: its log cannot be "
+                    "opened meanwhile; wait, then see its state"
+                ) from None
+            raise
+
+    def checkpoint_written(self, checkpoint: Any) -> None:
+        pass
+
+    def log_closed(self) -> None:
+        self._conn.close()  # the session ends: the lock goes with it
+
+
+@contextlib.contextmanager
+def _no_node_running(dsn: str, lock_id: int, node: str) -> Iterator[None]:
+    """Hold node ``node``'s running lock exclusively for the block; :class:`StoreError` if a
+    process of that node has its log open."""
+    conn = PgConnection(dsn, what=f"the running lock of node {node!r}", component="", migrations=())
+    try:
+
+        def take(c: Any) -> bool:
+            row = c.execute("SELECT pg_try_advisory_lock(%s)", [lock_id]).fetchone()
+            return bool(row and row[0])
+
+        if not conn.run(take, atomic=False):
+            raise StoreError(
+                f"node {node!r} is running: a process of it has its log open (its server, or "
+                "a command). Stop it first. If its machine is really gone, PostgreSQL ends "
+                "its session once its TCP keepalives fail; or end the session with "
+                "pg_terminate_backend (application_name 'sampledrec'), then run this again"
+            )
+        yield
+    finally:
+        conn.close()

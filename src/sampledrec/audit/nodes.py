@@ -24,7 +24,9 @@ node's selections; then it joins the nodes:
   each cap period the calls selected under a capped rule by all nodes together (each call
   once) never exceed the cap, and a ``cap_reached`` is justified by the period's selections of
   all nodes reaching the cap;
-- ``recordings``: a catalog row or file that no node's log opened is a finding.
+- ``recordings``: a catalog row or file that no node's log opened is a finding, except a row
+  aborted with a ``recording_aborted`` tombstone in some node's log (a recorder killed before
+  its opened entry was durable, or a lost node's recording: docs/decisions/0035).
 
 The report is one :class:`~sampledrec.audit.findings.AuditReport`: each node's findings with
 ``node`` in their evidence, its notes prefixed with the node's name, counts summed.
@@ -51,13 +53,14 @@ import numpy as np
 from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument, SampledrecError, StoreError
-from ..log.columns import call_firsts, concat_decisions, counted_once, read_log
-from ..log.format import T_KEY_COMMIT, T_RECORDING_OPENED, from_micros
+from ..log.columns import call_firsts, concat_decisions, counted_once, read_log, ref_text
+from ..log.format import T_KEY_COMMIT, T_RECORDING_ABORTED, T_RECORDING_OPENED, from_micros
 from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.record import REASONS
 from .evidence import read_catalog
 from .findings import CHECKS, OPTIONAL_CHECKS, AuditReport
 from .kit import open_kit, write_kit
+from .recordings import JOINED_TYPES, OtherNodes
 
 __all__ = [
     "DEPLOYMENT_KIT_FORMAT",
@@ -146,6 +149,7 @@ def write_deployment_kit(
     files_named = {row.file for rid, row in cat.rows.items() if rid in attributed}
     first = nodes[0][0]
     assert first is not None
+    unattributed = sorted(set(cat.rows) - attributed)
     manifest = {
         "format": DEPLOYMENT_KIT_FORMAT,
         "version": DEPLOYMENT_KIT_VERSION,
@@ -153,8 +157,15 @@ def write_deployment_kit(
         "deployment_id": first["deployment_id"],
         "made_at": now.isoformat(),
         "nodes": listed,
+        "node_states": _node_states(store),
         "unattributed": {
-            "recordings": sorted(set(cat.rows) - attributed),
+            "recordings": unattributed,
+            "opened_by": {
+                rid: str(getattr(cat.rows[rid], "node", None))
+                for rid in unattributed
+                if getattr(cat.rows[rid], "node", None)
+            },
+            "status": {rid: str(cat.rows[rid].status) for rid in unattributed},
             "files": sorted(set(store.blobs.list()) - files_named),
         },
     }
@@ -211,11 +222,23 @@ def audit_deployment_kit(
     exported = _route_checkpoints(checkpoints, origins)
     rep = AuditReport(store=f"deployment {manifest.get('deployment')} ({root})", at=at)
     joined: list[tuple[str, Any, Any]] = []  # (node, decisions, others)
-    node_reports = []
+    kits = []
     for name, folder, digest in nodes:
         if hashlib.sha256((folder / "kit.json").read_bytes()).hexdigest() != digest:
             rep.add("log", f"node {name}: its kit.json is not the one the manifest lists")
         ev, revealed = open_kit(folder)
+        kits.append((name, ev, revealed))
+        contents = read_log(ev.log, ev.sealing)
+        joined.append((name, contents.decisions, contents.others))
+    # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
+    # recordings any node opened: each node's recordings are checked with every log's word.
+    opened = _opened_by(joined)
+    said = [(other, e) for other, _, others in joined for e in others if e.type in JOINED_TYPES]
+    node_reports = []
+    for name, ev, revealed in kits:
+        elsewhere = OtherNodes(
+            entries=[(other, e) for other, e in said if other != name], opened=opened
+        )
         node_reports.append(
             (
                 name,
@@ -230,15 +253,15 @@ def audit_deployment_kit(
                     quorum=quorum,
                     cosigned=[Path(c) for c in cosigned],
                     other_logs=frozenset(o for o, n in origins.items() if n != name),
+                    elsewhere=elsewhere,
                 ),
             )
         )
-        contents = read_log(ev.log, ev.sealing)
-        joined.append((name, contents.decisions, contents.others))
     _merge(rep, node_reports)
     policies = _policies(nodes)
     _join_commitments(rep, joined)
     _join_decisions(rep, joined, policies)
+    _join_recordings(rep, joined)
     # The statistics over the deployment: each call once, whichever node logged it first.
     every = concat_decisions([d for _, d, _ in joined])
     rep.skipped.pop("statistics", None)
@@ -252,8 +275,35 @@ def audit_deployment_kit(
         before = len(rep.findings)
         check_cdr(rep, every, cdr_rows, policies, counted_once(call_firsts(every)))
         _name_nodes(rep.findings[before:], joined)
+    states = {str(n.get("name")): n for n in manifest.get("node_states", [])}
+    _check_node_states(rep, states, {name for name, _, _ in nodes})
+    opened_by = unattributed.get("opened_by", {})
+    status = unattributed.get("status", {})
+    # A recorder killed before its opened entry was durable leaves a row that its node's
+    # recovery aborts, with a tombstone in its log (the single-log audit's rule, 0035).
+    aborted = {
+        str(e.fields.get("recording_id"))
+        for _, _, others in joined
+        for e in others
+        if e.type == T_RECORDING_ABORTED
+    }
     for rid in unattributed.get("recordings", []):
-        rep.add("recordings", "a catalog row that no node's log opened", recording_id=str(rid))
+        if status.get(rid) == "aborted" and rid in aborted:
+            counts = rep.checked.setdefault("recordings", {})
+            counts["aborted_before_opened"] = counts.get("aborted_before_opened", 0) + 1
+            continue
+        node = opened_by.get(rid)
+        state = states.get(str(node), {})
+        if node is None:
+            why = "a catalog row that no node's log opened"
+        elif state.get("status") == "lost":
+            why = (
+                f"a catalog row that node {node} opened, whose log is not in the kit (lost on "
+                f"{_when(state.get('changed_at'))}): restore its log from its last backup"
+            )
+        else:
+            why = f"a catalog row that node {node} opened, but no node's log in the kit did"
+        rep.add("recordings", why, recording_id=str(rid), evidence={"opened_by": node})
     for name in unattributed.get("files", []):
         rep.add(
             "recordings",
@@ -477,3 +527,108 @@ def _join_caps(
                 evidence={"node": node, "counts": {g[2]: counts.get(g, 0) for g, _ in groups}},
             )
     rep.counts["decisions_cap_reached_replayed"] += len(reached)
+
+
+def _opened_by(joined: Sequence[tuple[str, Any, Any]]) -> dict[str, str]:
+    """Every recording some node's log opened, with the first such node."""
+    opened: dict[str, str] = {}
+    for name, _, others in joined:
+        for e in others:
+            if e.type == T_RECORDING_OPENED:
+                opened.setdefault(str(e.fields.get("recording_id")), name)
+    return opened
+
+
+def _join_recordings(rep: AuditReport, joined: Sequence[tuple[str, Any, Any]]) -> None:
+    """At most one recording per decided call across nodes: each node's audit checks its own
+    log; here recordings of one call (epoch and reference) opened by several nodes are a
+    finding. A recording's call is the latest positive decision its node logged for the
+    reference before opening it (every node logs the decision of a call it records)."""
+    per_call: dict[tuple[str, str], list[tuple[str, str, int]]] = defaultdict(list)
+    for name, d, others in joined:
+        positive: dict[str, list[tuple[int, str]]] = defaultdict(list)  # ref -> (index, epoch)
+        if len(d):
+            for i in (d.reason == _SAMPLED).nonzero()[0].tolist():
+                ref = d.ref(i)
+                if ref is not None:
+                    positive[ref_text(ref)].append((int(d.index[i]), d.epochs[int(d.epoch[i])]))
+        for e in others:
+            if e.type != T_RECORDING_OPENED:
+                continue
+            ref = e.fields.get("call_ref")
+            if not isinstance(ref, str | bytes) or not ref:
+                continue  # sealed away, or missing: the node's own audit says which
+            text = ref_text(ref)
+            earlier = [epoch for index, epoch in positive.get(text, []) if index < e.index]
+            if not earlier:
+                continue  # the node's own audit reports a recording without a decision
+            rid = str(e.fields.get("recording_id"))
+            per_call[(earlier[-1], text)].append((name, rid, e.index))
+    several = 0
+    for (epoch, ref), found in sorted(per_call.items()):
+        if len({node for node, _, _ in found}) < 2:
+            continue  # one node's recordings: its own audit counts them
+        several += 1
+        node, rid, index = found[-1]
+        rep.add(
+            "recordings",
+            f"{len(found)} recordings of one decided call, opened by nodes "
+            f"{', '.join(sorted({n for n, _, _ in found}))} (at most one per call across the "
+            "nodes)",
+            index=index,
+            recording_id=rid,
+            call_ref=ref,
+            epoch_id=epoch,
+            evidence={"recordings": {r: n for n, r, _ in found}, "node": node},
+        )
+    rep.checked.setdefault("recordings", {})["calls_recorded_on_several_nodes"] = several
+
+
+def _node_states(store: Any) -> list[dict[str, Any]]:
+    """The deployment's list of nodes (docs/decisions/0035), as the kit's manifest keeps it."""
+    registry = store.node_registry()
+    if registry is None:
+        return []
+    with registry:
+        return [
+            {
+                "name": n.name,
+                "status": n.status,
+                "changed_at": n.changed_at,
+                "changed_by": n.changed_by,
+                "reason": n.reason,
+            }
+            for n in registry.nodes()
+        ]
+
+
+def _when(us: object) -> str:
+    try:
+        return from_micros(int(us)).isoformat()  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "an unknown date"
+
+
+def _check_node_states(
+    rep: AuditReport, states: dict[str, dict[str, Any]], in_kit: set[str]
+) -> None:
+    """Every node of the deployment's list is in the kit, except one lost for good whose log
+    is gone; retired and lost nodes are named in the notes."""
+    for name, state in sorted(states.items()):
+        status = str(state.get("status"))
+        if status in ("retired", "lost"):
+            rep.notes.append(
+                f"node {name} was {status} on {_when(state.get('changed_at'))} by node "
+                f"{state.get('changed_by')}"
+                + (f" ({state.get('reason')})" if state.get("reason") else "")
+                + ("" if name in in_kit else "; its log is not in the kit")
+            )
+        if name not in in_kit and status != "lost":
+            rep.add(
+                "log",
+                f"node {name} ({status}) of the deployment is not in the kit: its decisions and "
+                "recordings were not audited; make the kit with every node (--node), retired "
+                "ones too",
+                evidence={"node": name, "status": status},
+            )
+    rep.checked.setdefault("log", {})["nodes_listed"] = len(states)

@@ -36,8 +36,9 @@ its logged ``hold`` entry does not name, a hold with more members than the log c
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -66,7 +67,13 @@ from ..vault.recorder import blob_name, bucket_of
 from .evidence import CatalogView, Evidence, Files
 from .findings import AuditReport
 
-__all__ = ["check_recordings", "kept_until_month", "month_of_kid"]
+__all__ = [
+    "JOINED_TYPES",
+    "OtherNodes",
+    "check_recordings",
+    "kept_until_month",
+    "month_of_kid",
+]
 
 _SAMPLED: Final = REASONS.index("sampled")
 _OBJECTION: Final = REASONS.index("objection")
@@ -129,8 +136,54 @@ class _Logged:
     sha256: bytes | None = None
     sealed_at: int | None = None
     tomb: tuple[str, int] | None = None  # (aborted | expired | erased, entry index)
+    tomb_node: str | None = None  # the node whose log has the tombstone, if another's
     call: int = -1  # the decision row of its call's first decision, once matched
     file: str | None = None
+
+
+@dataclass(frozen=True)
+class OtherNodes:
+    """What the other nodes' logs of a deployment say about recordings, for one node's
+    ``recordings`` check (:mod:`sampledrec.audit.nodes`): a sweep, an erasure, a hold or a
+    recovery runs on one node and logs there, about recordings that other nodes opened.
+
+    ``entries``: the other nodes' tombstones (``recording_aborted``, ``expired``,
+    ``erasure``), ``recording_sealed`` and ``hold`` entries, each with its node's name, each
+    node's in log order. ``opened``: every recording that some node's log opened, by id, with
+    that node's name."""
+
+    entries: Sequence[tuple[str, Entry]] = ()
+    opened: Mapping[str, str] = field(default_factory=dict)
+
+
+#: The entry types of other nodes' logs that a node's ``recordings`` check joins.
+JOINED_TYPES: Final = frozenset(
+    {T_RECORDING_ABORTED, T_EXPIRED, T_ERASURE, T_RECORDING_SEALED, T_HOLD}
+)
+
+
+def _in_time_order(
+    own: Sequence[Entry], elsewhere: OtherNodes | None
+) -> Iterator[tuple[Entry, str | None]]:
+    """This log's entries (node None) in log order, the other nodes' merged in by time."""
+    if elsewhere is None or not elsewhere.entries:
+        yield from ((e, None) for e in own)
+        return
+    per_node: dict[str, list[tuple[Entry, str | None]]] = defaultdict(list)
+    for node, e in elsewhere.entries:
+        if e.type in JOINED_TYPES:
+            per_node[node].append((e, node))
+    streams: list[list[tuple[Entry, str | None]]] = [[(e, None) for e in own]]
+    streams.extend(per_node.values())
+    yield from heapq.merge(*streams, key=_entry_time)
+
+
+def _entry_time(pair: tuple[Entry, str | None]) -> int:
+    return pair[0].time_us
+
+
+def _ignored(*args: Any, **kwargs: Any) -> None:
+    """What another node's entry would report: its own node's audit does."""
 
 
 def _check_release(
@@ -184,15 +237,19 @@ class _LogFacts:
         ]
 
 
-def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
+def _read_facts(
+    rep: AuditReport, others: Sequence[Entry], elsewhere: OtherNodes | None = None
+) -> _LogFacts:
     facts = _LogFacts()
     opened = facts.opened
-    for e in others:
+    opened_elsewhere = {} if elsewhere is None else elsewhere.opened
+    for e, node in _in_time_order(others, elsewhere):
         fl = e.fields
+        add = rep.add if node is None else _ignored
         if e.type == T_RECORDING_OPENED:
             rid = str(fl.get("recording_id"))
             if rid in opened:
-                rep.add(
+                add(
                     "recordings",
                     f"the recording was opened twice in the log (first at entry "
                     f"{opened[rid].index})",
@@ -219,13 +276,16 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
             rid = str(fl.get("recording_id"))
             rec = opened.get(rid)
             if rec is None:
-                rep.add(
-                    "recordings",
-                    "a recording_sealed entry for a recording the log never opened",
-                    index=e.index,
-                    recording_id=rid,
-                )
+                if rid not in opened_elsewhere:  # else: a recovery by another node, its own
+                    add(
+                        "recordings",
+                        "a recording_sealed entry for a recording the log never opened",
+                        index=e.index,
+                        recording_id=rid,
+                    )
                 continue
+            if node is not None and rec.sealed_at is not None:
+                continue  # sealed here; this log's entry is the one to check
             digest = fl.get("ciphertext_sha256")
             rec.sha256 = digest if isinstance(digest, bytes) else b""
             rec.sealed_at = e.index
@@ -236,8 +296,10 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
             rid = str(fl.get("recording_id"))
             rec = opened.get(rid)
             if rec is None:
-                if e.type != T_RECORDING_ABORTED:  # aborted: a crash before the opened entry
-                    rep.add(
+                # aborted: a crash before the opened entry; opened elsewhere: a sweep, an
+                # erasure or a recovery that ran on this node, checked by the opener's audit.
+                if e.type != T_RECORDING_ABORTED and rid not in opened_elsewhere:
+                    add(
                         "recordings",
                         f"an {kind[e.type]} tombstone for a recording the log never opened",
                         index=e.index,
@@ -246,21 +308,25 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
                 continue
             if rec.tomb is None:
                 rec.tomb = (kind[e.type], e.index)
+                rec.tomb_node = node
                 if (
                     e.type == T_EXPIRED
                     and rec.expires_at is not None
                     and e.time_us < rec.expires_at
                 ):
+                    by = "" if node is None else f" (logged by node {node})"
                     rep.add(
                         "recordings",
-                        "an expired tombstone dated before the recording's logged expiry: it "
-                        "was destroyed early (an early destruction is an erasure, logged as one)",
+                        f"an expired tombstone{by} dated before the recording's logged expiry: "
+                        "it was destroyed early (an early destruction is an erasure, logged as "
+                        "one)",
                         index=e.index,
                         recording_id=rid,
                         evidence={
                             "expired_at": _iso(e.time_us),
                             "expires_at": _iso(rec.expires_at),
                             "opened_index": rec.index,
+                            **({} if node is None else {"tombstone_node": node}),
                         },
                     )
         elif e.type == T_KEY_DESTROYED:
@@ -277,7 +343,7 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
                 facts.hold_until[hold_id] = until if isinstance(until, int) else None
                 names = parse_hold_recording_ids(fl.get("recording_ids"))
                 if names is None and "recording_ids" in fl:
-                    rep.add(
+                    add(
                         "recordings",
                         "the hold entry's recording_ids is not a JSON list of strings: it "
                         "holds nothing",
@@ -290,7 +356,8 @@ def _read_facts(rep: AuditReport, others: Sequence[Entry]) -> _LogFacts:
                 if hold_id in facts.holds_released:
                     continue
                 facts.holds_released[hold_id] = e.index
-                _check_release(rep, facts, hold_id, e.index, fl.get("recording_ids"))
+                if node is None:
+                    _check_release(rep, facts, hold_id, e.index, fl.get("recording_ids"))
     return facts
 
 
@@ -302,9 +369,12 @@ def check_recordings(
     others: Sequence[Entry],
     policies: Mapping[bytes, Any],
     at: datetime,
+    *,
+    elsewhere: OtherNodes | None = None,
 ) -> None:
-    """Run the ``recordings`` check (module docstring)."""
-    facts = _read_facts(rep, others)
+    """Run the ``recordings`` check (module docstring). ``elsewhere``: for one node's log of a
+    deployment, what the other nodes' logs say (:class:`OtherNodes`)."""
+    facts = _read_facts(rep, others, elsewhere)
     cat = ev.catalog()
     blobs, keys = ev.files, ev.keys
     files = blobs.names()
@@ -580,7 +650,11 @@ def _check_state(
     if rec.tomb is not None:
         kind, tomb_index = rec.tomb
         checked["tombstones"] += 1
+        if rec.tomb_node is not None:
+            checked["tombstones_on_other_nodes"] += 1
         ev = {"tombstone": kind, "tombstone_index": tomb_index, "file": rec.file}
+        if rec.tomb_node is not None:
+            ev["tombstone_node"] = rec.tomb_node
         if present:
             rep.add(
                 "recordings",

@@ -83,7 +83,7 @@ from .partitions import (
     join_entries,
     partitions,
 )
-from .recordings import check_recordings, kept_until_month, month_of_kid
+from .recordings import OtherNodes, check_recordings, kept_until_month, month_of_kid
 from .revealed import read_revealed_keys
 from .rules import check_cap_reached, check_rules
 from .rules import compact as _compact
@@ -170,6 +170,7 @@ def audit_evidence(
     runner: PartRunner | None = None,
     caps_across_nodes: bool = False,
     other_logs: frozenset[str] = frozenset(),
+    elsewhere: OtherNodes | None = None,
 ) -> AuditReport:
     """The eight checks over what ``ev`` holds (a store, or an auditor's kit), with the
     ``revealed`` epoch keys (:func:`sampledrec.audit.revealed.read_revealed_keys`).
@@ -180,7 +181,9 @@ def audit_evidence(
     ``caps_across_nodes``: ``ev`` is one node's log of a deployment, whose caps count every
     node's selections: a ``cap_reached`` is then replayed, and the statistics counted, across
     the nodes' logs (:mod:`sampledrec.audit.nodes`), not from this log alone; ``other_logs``
-    are the other nodes' origins, whose checkpoints the ``cosigned`` files may hold too."""
+    are the other nodes' origins, whose checkpoints the ``cosigned`` files may hold too.
+    ``elsewhere``: for such a node, what the other nodes' logs say about recordings (their
+    tombstones, seals and holds), joined into its ``recordings`` check."""
     from ..sampling.policy import Policy
 
     at = now or SYSTEM_CLOCK.now()
@@ -299,7 +302,7 @@ def audit_evidence(
     check_time(rep, decisions, contents.others, logged_policies, simulated=logrep.simulated)
 
     # 5. recordings -----------------------------------------------------------------------------
-    check_recordings(rep, ev, decisions, firsts, contents.others, policies, at)
+    check_recordings(rep, ev, decisions, firsts, contents.others, policies, at, elsewhere=elsewhere)
     rep.counts["recordings"] = rep.checked["recordings"].get("opened", 0)
 
     # 5b. objections: the list replayed from the log (its recordings findings: recordings) ------

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from collections import Counter
 from typing import TextIO
 
 from ..deployment import Deployment
 from ..errors import InvalidArgument, InvalidPolicy
 from ..store import Store, s3_blobs_backend
-from ._common import EXIT_OK, CommandFailed, Commands, add_command, add_group, emit
+from ._common import (
+    EXIT_OK,
+    CommandFailed,
+    Commands,
+    add_command,
+    add_group,
+    emit,
+    open_store,
+)
 
 
 def register(commands: Commands) -> None:
@@ -94,6 +103,24 @@ def register(commands: Commands) -> None:
     p.add_argument("--name", required=True, help="the node's name in the deployment (node-a)")
     p.add_argument("--policy", help="policy TOML file (default: the deployment's)")
     p.add_argument("--simulated", action="store_true", help="mark the node as simulated")
+    p = add_command(
+        group,
+        "retire",
+        cmd_node_retire,
+        "retire this node (its server stopped): seal and upload its recordings, mark it "
+        "retired in the deployment so that it never decides again, sign a final checkpoint; "
+        "its log stays for audits",
+    )
+    p = add_command(
+        group,
+        "lost",
+        cmd_node_lost,
+        "from this node, declare another node of the deployment lost for good: mark it lost "
+        "(it can never come back), and tombstone in this node's log the recordings that were "
+        "only on its disk",
+    )
+    p.add_argument("node", help="the lost node's name in the deployment (node-c)")
+    p.add_argument("--reason", required=True, help="why it is lost, for the log and the audit")
 
 
 def cmd_deployment_init(args: argparse.Namespace, out: TextIO) -> int:
@@ -223,6 +250,40 @@ def cmd_node_init(args: argparse.Namespace, out: TextIO) -> int:
         f"Created node {node['node']} of deployment {node['name']} at {store.path}\n"
         f"  its own keys: {store.keys_path} (log signing and sealing keys; never back up)\n"
         f"  log verifier key (give it to your DPO and auditor):\n    {store.vkey}",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_node_retire(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_store(args.store)
+    done = store.retire()
+    outcomes = Counter(outcome for _, outcome in done["recovered"])
+    emit(
+        args,
+        {**done, "recovered": [list(pair) for pair in done["recovered"]]},
+        f"Retired node {done['node']} at {done['retired_at']}\n"
+        f"  recordings left open, recovered: {dict(outcomes) or 'none'}\n"
+        f"  final checkpoint: size {done['checkpoint']['size']}, root "
+        f"{done['checkpoint']['root_hash'][:16]}...\n"
+        "  it no longer decides or records; keep its folder (its log and keys) for audits:\n"
+        f"    sampledrec audit kit --store NODE ... --node {store.path}",
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_node_lost(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_store(args.store)
+    done = store.declare_lost(args.node, reason=args.reason)
+    outcomes = Counter(outcome for _, outcome in done["recordings"])
+    emit(
+        args,
+        {**done, "recordings": [list(pair) for pair in done["recordings"]]},
+        f"Node {done['node']} declared lost by node {done['declared_by']} at "
+        f"{done['declared_at']}\n"
+        f"  its recordings dealt with (logged in this node's log): {dict(outcomes) or 'none'}\n"
+        "  it can never decide again; give a new node another name",
         out,
     )
     return EXIT_OK

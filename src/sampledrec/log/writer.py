@@ -897,12 +897,31 @@ class DecisionLog:
         """Whether the entry of ``ticket`` is on disk (never blocks)."""
         return self._durable_ticket >= ticket
 
+    def flush_through(self, ticket: int, timeout: float | None = None) -> bool:
+        """Write the queue now (no group-commit wait) and block until the entry of ``ticket``
+        is durable, or ``timeout`` seconds passed; returns whether it is durable. Unlike
+        :meth:`wait_durable` it leaves the entry's index to whoever waits for it (a recorder
+        that records the decision's index), and it returns False, instead of raising, when
+        the log is closed or its writer failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._durable_ticket < ticket:
+                if self._error is not None or self._thread is None:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._flush_requested = True
+                self._cond.notify_all()
+                self._cond.wait(remaining)
+            return True
+
     def flush(self) -> None:
         """Block until everything queued so far is durable."""
         with self._qlock:
             last = self._next_ticket - 1
-        if last:
-            self.wait_durable(last)
+        if last and not self.flush_through(last):
+            self.wait_durable(last)  # raises: the log is closed or its writer failed
 
     def checkpoint(self) -> Checkpoint:
         """Flush, then sign and store a checkpoint of the current tree."""

@@ -59,6 +59,8 @@ class DecisionSink(Protocol):
         ticket ``0`` (:data:`~sampledrec.sampling.sampler.LOGGED_EARLIER`), for which waiting
         returns at once. A sink that can also say ``is_durable(ticket)`` without blocking (the
         log can) lets a store's sampler note in its decided-calls index which first decisions
-        are in the log, so that a repeat in another process logs nothing.
+        are in the log, so that a repeat in another process logs nothing; one that can also
+        ``flush_through(ticket, timeout)`` is asked to write its queue at once when the sampler
+        closes.
         """
         ...

@@ -377,6 +377,10 @@ class Sampler:
         self._is_durable: Callable[[int], bool] | None = (
             is_durable if callable(is_durable) else None
         )
+        flush_through = getattr(log, "flush_through", None) if decided is not None else None
+        self._flush_through: Callable[[int, float | None], bool] | None = (
+            flush_through if callable(flush_through) else None
+        )
         self._closed = False
 
     @property
@@ -390,7 +394,10 @@ class Sampler:
     def close(self) -> None:
         """Release the caps ledger and the decided-calls index (a store's sampler holds SQLite
         connections to them), after telling the index which of this sampler's selected first
-        decisions are durable in the log (waiting up to a second for the log's next write)."""
+        decisions are durable in the log. A log that can (``flush_through``, as
+        :class:`~sampledrec.log.writer.DecisionLog` does) is asked to write its queue at once,
+        so the index hears of every decision before the sampler is gone; another sink is
+        waited for up to a second."""
         if self._closed:
             return
         self._closed = True
@@ -400,9 +407,12 @@ class Sampler:
                 # group commit: then no repeat elsewhere has to wait for us, or log a copy.
                 with self._pending_lock:
                     last = max(self._pending.values(), default=0)
-                deadline = time.monotonic() + 1.0
-                while not self._is_durable(last) and time.monotonic() < deadline:
-                    time.sleep(0.002)
+                if self._flush_through is not None:
+                    self._flush_through(last, 10.0)
+                else:
+                    deadline = time.monotonic() + 1.0
+                    while not self._is_durable(last) and time.monotonic() < deadline:
+                        time.sleep(0.002)
                 self._mark_logged(force=True)
         finally:
             try:

@@ -28,6 +28,8 @@ from ..errors import InvalidArgument
 from ..log.writer import DecisionLog
 from ..sampling.sampler import Sampler
 from ..store import Store
+from ..vault.recorder import Vault
+from ..vault.staging import StagedBlobs
 from .decisions import Decider
 from .doors import Door, Services
 from .events import event
@@ -142,7 +144,13 @@ class Server:
         self._add_gauges(services)
         failure: BaseException | None = None
         tasks: dict[asyncio.Task[None], str] = {}
+        uploads: asyncio.Task[None] | None = None
         try:
+            if isinstance(self.store.blobs, StagedBlobs):
+                # Recordings that a crash left on this node's disk are sealed (truncated)
+                # and uploaded before the doors open; failed uploads are retried meanwhile.
+                await asyncio.to_thread(_recover_staged, services, self.store.blobs, clock)
+                uploads = loop.create_task(_retry_uploads(services, clock))
             for name, door in self._doors.items():
                 tasks[loop.create_task(door(services, self._ready_callback(name)))] = name
             stop_wait = loop.create_task(stopping.wait())
@@ -166,6 +174,9 @@ class Server:
         finally:
             stopping.set()
             ready.set()
+            if uploads is not None:
+                uploads.cancel()
+                await asyncio.gather(uploads, return_exceptions=True)
             for task in tasks:
                 if not task.done():
                     task.cancel()
@@ -219,6 +230,21 @@ class Server:
             "Recordings open now in a front door (the registry that pause and resume act on).",
             lambda: len(services.recordings),
         )
+        blobs = self.store.blobs
+        if isinstance(blobs, StagedBlobs):
+            staged = blobs
+            m.add_gauge(
+                "sampledrec_recordings_awaiting_upload",
+                "Sealed recordings kept on this node's disk because their upload to the object "
+                "storage has not succeeded yet (retried every 30 s).",
+                lambda: len(staged.pending()),
+            )
+            m.add_gauge(
+                "sampledrec_upload_failures",
+                "Uploads of sealed recordings to the object storage that failed since the "
+                "server started (each is kept on disk and retried).",
+                lambda: staged.upload_failures,
+            )
         m.add_gauge(
             "sampledrec_log_queue_depth",
             "Decision log entries queued and not yet durable (group commit).",
@@ -256,3 +282,53 @@ def _sd_notify(state: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.connect(address)
         sock.sendall(state.encode())
+
+
+#: Seconds between two tries of the uploads that failed (:func:`_retry_uploads`).
+UPLOAD_RETRY_EVERY: Final = 30.0
+
+
+def _recover_staged(services: Services, blobs: StagedBlobs, clock: Clock) -> None:
+    """At start-up: recover the recordings a crash left being written on this node's disk
+    (no recorder runs yet, and the log's lock keeps other writers of this store out), then
+    upload the sealed ones still waiting."""
+    with Vault(services.store, services.log, clock=clock) as vault:
+        if blobs.abandoned():
+            outcomes = vault.recover()
+            event("recovered", recordings=len(outcomes), outcomes=sorted(o for _, o in outcomes))
+        uploaded, failed = vault.upload_pending()
+    if uploaded or failed:
+        event(
+            "uploads_retried",
+            level=logging.WARNING if failed else logging.INFO,
+            uploaded=uploaded,
+            failed=failed,
+        )
+
+
+async def _retry_uploads(services: Services, clock: Clock) -> None:
+    """Every :data:`UPLOAD_RETRY_EVERY` seconds, upload the sealed recordings whose upload
+    failed (the object storage was unreachable); never stops the server."""
+    blobs = services.store.blobs
+    assert isinstance(blobs, StagedBlobs)
+    while not services.stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(services.stopping.wait(), UPLOAD_RETRY_EVERY)
+        if services.stopping.is_set() or not blobs.pending():
+            continue
+        try:
+            uploaded, failed = await asyncio.to_thread(_upload_pending, services, clock)
+        except Exception as exc:  # the catalog unreachable: tried again next time
+            event("uploads_retried", level=logging.WARNING, uploaded=0, failed=-1, exc=exc)
+            continue
+        event(
+            "uploads_retried",
+            level=logging.WARNING if failed else logging.INFO,
+            uploaded=uploaded,
+            failed=failed,
+        )
+
+
+def _upload_pending(services: Services, clock: Clock) -> tuple[int, int]:
+    with Vault(services.store, services.log, clock=clock) as vault:
+        return vault.upload_pending()

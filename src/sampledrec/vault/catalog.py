@@ -79,6 +79,10 @@ class RecordingRow:
     recovery: Recovery | None = None
     recovery_sha256: str | None = None
     recovery_log_size: int | None = None
+    # The node of a deployment whose log opened the recording (None for a store of its own,
+    # and for recordings opened before rows named it): whose recovery it is after a crash,
+    # and what another node marks lost when that node is lost for good (0035).
+    node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -231,7 +235,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     attrs TEXT NOT NULL DEFAULT '{}',
     recovery TEXT,
     recovery_sha256 TEXT,
-    recovery_log_size INTEGER
+    recovery_log_size INTEGER,
+    node TEXT
 );
 CREATE INDEX IF NOT EXISTS recordings_status ON recordings(status);
 CREATE INDEX IF NOT EXISTS recordings_expiry ON recordings(expires_at);
@@ -506,6 +511,7 @@ _ADDED_COLUMNS = {
         "recovery": "TEXT",
         "recovery_sha256": "TEXT",
         "recovery_log_size": "INTEGER",
+        "node": "TEXT",
     },
     "requests": {
         "identity_method": "TEXT",

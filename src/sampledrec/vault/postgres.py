@@ -107,6 +107,11 @@ CREATE TABLE notes (
 CREATE INDEX notes_recording ON notes (recording_id);
 """,
     ),
+    Migration(
+        3,
+        "recordings name the node that opened them",
+        'ALTER TABLE recordings ADD COLUMN node TEXT COLLATE "C"',
+    ),
 )
 
 

@@ -85,6 +85,7 @@ from .blobs import BlobStore, BlobWriter
 from .catalog import Catalog, RecordingRow, Recovery
 from .container import RecoveredPrefix, SealInfo, Source
 from .notes import ReviewNote, check_note_text, open_note, seal_note
+from .staging import StagedBlobs
 
 if TYPE_CHECKING:
     from ..log.writer import DecisionLog
@@ -392,9 +393,10 @@ class Vault:
             caller_pseudonym=decision.caller_pseudonym,
             agent=decision.agent,
             attrs=kept_attributes(call_attrs, policy),
+            node=getattr(self.store, "node_name", None),
         )
         self.catalog.add(row)  # the wrapped key is in the catalog before any audio exists
-        self.log.append(
+        opened = self.log.append(
             T_RECORDING_OPENED,
             {
                 "recording_id": recording_id,
@@ -406,7 +408,9 @@ class Vault:
             },
             at=started,
         )
-        return Recorder(self, row, data_key, audio_format, decision.log_ticket, chunk_size)
+        return Recorder(
+            self, row, data_key, audio_format, decision.log_ticket, chunk_size, opened=opened
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -976,12 +980,102 @@ class Vault:
         with lock() if callable(lock) else contextlib.nullcontext():
             self.log.flush()  # what this process queued is durable, where _logged can see it
             rows = self.catalog.find(status=["open"])
-            if rows and getattr(self.store, "node_name", None) is not None:
+            node = getattr(self.store, "node_name", None)
+            if rows and node is not None:
                 # A node of a deployment recovers only the recordings its own log opened: the
                 # others' are theirs (and may be in progress), their entries in their logs.
-                mine = self._opened_here()
-                rows = [row for row in rows if row.recording_id in mine]
-            return [(row.recording_id, self._recover_one(row)) for row in rows]
+                # Rows name their node; older ones are looked up in the log.
+                unnamed = [row for row in rows if row.node is None]
+                mine = self._opened_here() if unnamed else set()
+                rows = [
+                    row
+                    for row in rows
+                    if row.node == node or (row.node is None and row.recording_id in mine)
+                ]
+            done = [(row.recording_id, self._recover_one(row)) for row in rows]
+            self.upload_pending()  # what the crash left staged, now sealed, goes up
+            return done
+
+    def upload_pending(self) -> tuple[int, int]:
+        """Upload the sealed recordings still on this node's disk (a blob store that stages
+        them, :mod:`sampledrec.vault.staging`: an upload failed, or a crash came before it);
+        returns ``(uploaded, failed)``. A staged file whose recording is no longer kept
+        (aborted, expired or erased meanwhile) is removed instead of uploaded; one whose
+        recording is still open is left for :meth:`recover`. Failures are logged and counted
+        by the blob store, and the files kept for the next try. ``(0, 0)`` for a blob store
+        that does not stage."""
+        staged = self.blobs
+        if not isinstance(staged, StagedBlobs):
+            return 0, 0
+        uploaded = failed = 0
+        for name in sorted(set(staged.pending()) | set(staged.abandoned())):
+            recording_id = name.rpartition("/")[2].removesuffix(".sdr")
+            row = self.catalog.get(recording_id)
+            if row is None or row.file != name or row.status not in ("open", "sealed", "truncated"):
+                staged.discard(name)  # ciphertext of a recording destroyed meanwhile
+            elif row.status == "open":
+                continue  # in progress, or for recover() to seal first
+            elif staged.publish(name):
+                uploaded += 1
+            else:
+                failed += 1
+        return uploaded, failed
+
+    def recover_lost(
+        self, node: str, *, reason: str, principal: Principal | None = None
+    ) -> list[tuple[str, str]]:
+        """Deal with the recordings of ``node``, a node of this deployment lost for good (its
+        disk and so its recordings in progress, and its sealed ones not uploaded yet, are
+        gone); returns ``(recording_id, outcome)`` pairs. Only the store's owner does it, on
+        another node, once the lost node is marked lost (:meth:`Store.declare_lost
+        <sampledrec.Store.declare_lost>`, which calls this), so that it can never come back
+        and go on recording.
+
+        Each of its ``open`` recordings is recovered from what the bucket holds, as
+        :meth:`recover` does (nearly always nothing: it is then destroyed, ``"destroyed"``);
+        each ``sealed`` or ``truncated`` one whose container never reached the bucket is
+        destroyed too (``"lost"``: its key shredded, the row aborted). Every outcome is logged
+        in *this* node's log (``recording_sealed`` or ``recording_aborted``, the reason naming
+        the lost node), where the deployment's audit joins it with the lost node's log."""
+        who = self.acting(principal, "recover")
+        if not who.is_owner:
+            self.log_access("recover", "denied", who, None, f"recordings of lost node {node}")
+            raise AccessDenied(
+                f"principal {who.name!r} may not recover another node's recordings: only the "
+                "store's owner does (pass no principal, or Principal.owner(name))"
+            )
+        if node == getattr(self.store, "node_name", None):
+            raise InvalidArgument(
+                f"node {node!r} is this node: a node's own recordings are recovered with "
+                "recover(); a lost node's by another node"
+            )
+        why = f"node {node} was lost for good: {reason}"
+        lock = getattr(self.store, "lock", None)
+        done = []
+        with lock() if callable(lock) else contextlib.nullcontext():
+            self.log.flush()
+            for row in self.catalog.find(status=["open", "sealed", "truncated"]):
+                if row.node != node:
+                    continue
+                if row.status == "open":
+                    done.append((row.recording_id, self._recover_one(row, destroyed=why)))
+                elif not self.blobs.exists(row.file):
+                    self._lose(row, why)
+                    done.append((row.recording_id, "lost"))
+            self.log_access("recover", "granted", who, None, f"{why}: {len(done)} recordings")
+            self.log.flush()
+        return done
+
+    def _lose(self, row: RecordingRow, reason: str) -> None:
+        """A sealed recording whose container is gone with its node: tombstoned and shredded
+        (the log's entry durable before the row says so)."""
+        self.log.append(
+            T_RECORDING_ABORTED,
+            {"recording_id": row.recording_id, "reason": reason},
+            at=self.clock.now(),
+        )
+        self.log.flush()
+        self.catalog.update(row.recording_id, status="aborted", wrapped_key=None)
 
     def _opened_here(self) -> set[str]:
         """The recordings whose ``recording_opened`` entry is in this vault's log."""
@@ -992,10 +1086,13 @@ class Vault:
                 if entry.type == T_RECORDING_OPENED
             }
 
-    def _recover_one(self, row: RecordingRow) -> str:
-        """Recover one open recording, or finish its journaled recovery; returns the outcome."""
+    def _recover_one(
+        self, row: RecordingRow, *, destroyed: str = "crash: nothing verifiable was written"
+    ) -> str:
+        """Recover one open recording, or finish its journaled recovery; returns the outcome.
+        ``destroyed``: the reason logged if it is destroyed."""
         if row.recovery == "destroyed":
-            return self._finish_destroying(row, resumed=True)
+            return self._finish_destroying(row, resumed=True, reason=destroyed)
         data_key = self._recovery_key(row)
         blob = self._blob_or_none(row.file)
         if row.recovery is not None:
@@ -1025,7 +1122,7 @@ class Vault:
         )
         _reached("journaled")
         if outcome == "destroyed":
-            return self._finish_destroying(row, resumed=False)
+            return self._finish_destroying(row, resumed=False, reason=destroyed)
         assert keep is not None and info is not None
         if outcome == "truncated":
             self.blobs.put(row.file, keep)  # whole, or not at all
@@ -1121,17 +1218,20 @@ class Vault:
         _reached("catalog updated")
         return "truncated" if truncated else "sealed"
 
-    def _finish_destroying(self, row: RecordingRow, *, resumed: bool) -> str:
+    def _finish_destroying(
+        self,
+        row: RecordingRow,
+        *,
+        resumed: bool,
+        reason: str = "crash: nothing verifiable was written",
+    ) -> str:
         """Steps 2 to 4 of :meth:`recover` for a recording destroyed."""
         self.blobs.delete(row.file)
         _reached("blob deleted")
         if not resumed or self._logged(row, T_RECORDING_ABORTED) is None:
             self.log.append(
                 T_RECORDING_ABORTED,
-                {
-                    "recording_id": row.recording_id,
-                    "reason": "crash: nothing verifiable was written",
-                },
+                {"recording_id": row.recording_id, "reason": reason},
                 at=self.clock.now(),
             )
             _reached("log appended")
@@ -1263,12 +1363,18 @@ class Recorder:
         fmt: AudioFormat,
         ticket: int,
         chunk_size: int,
+        *,
+        opened: int = 0,
     ) -> None:
         self._vault = vault
         self.row = row
         self._key = data_key
         self.format = fmt
         self._ticket = ticket
+        # The recording's own opened entry, logged after its decision: nothing reaches the
+        # disk before it is durable either, so a crash never leaves audio (which recovery
+        # would keep) of a recording that no log entry opened.
+        self._opened = opened
         self._chunk_size = chunk_size
         self._pending: list[bytes] = []
         self._writer: _container.ContainerWriter | None = None
@@ -1291,7 +1397,8 @@ class Recorder:
 
     @property
     def on_disk(self) -> bool:
-        """Whether anything has been written to disk yet (only once the decision is durable)."""
+        """Whether anything has been written to disk yet (only once the decision and the
+        recording's opened entry are durable)."""
         return self._writer is not None
 
     def _ms(self, nbytes: int) -> int:
@@ -1307,7 +1414,7 @@ class Recorder:
                 data = silence_like(self.format, len(data))
             self._position += len(data)
             if self._writer is None:
-                if not self._vault.log.is_durable(self._ticket):
+                if not self._vault.log.is_durable(max(self._ticket, self._opened)):
                     self._pending.append(data)
                     return
                 self._start()
@@ -1328,6 +1435,8 @@ class Recorder:
 
     def _start(self) -> None:
         index = self._vault.log.wait_durable(self._ticket)
+        if self._opened:
+            self._vault.log.wait_durable(self._opened)
         self._file = self._vault.blobs.create(self.row.file)
         self._writer = _container.ContainerWriter(
             cast(BinaryIO, self._file),

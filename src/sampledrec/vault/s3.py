@@ -397,6 +397,76 @@ class S3BlobStore:
             "put", name, lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
         )
 
+    def upload(self, name: str, source: BinaryIO, size: int) -> None:
+        """Replace blob ``name`` whole with the ``size`` bytes read from ``source``: one
+        ``PutObject`` up to ``part_size``, else a multipart upload, part by part, aborted if
+        any request fails (no part left stored). The object changes once, when the upload
+        completes; on an error it keeps what it held. What a node's local staging uses to
+        send a sealed recording (:mod:`sampledrec.vault.staging`)."""
+        key = self._key(name)
+        if size <= self.part_size:
+            body = source.read(size)
+            self._check_read(name, body, size)
+            self._call(
+                "upload",
+                name,
+                lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=body),
+            )
+            return
+        started = self._call(
+            "upload",
+            name,
+            lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=key),
+        )
+        upload_id = started["UploadId"]
+        parts: list[CompletedPartTypeDef] = []
+        try:
+            left = size
+            while left:
+                body = source.read(min(self.part_size, left))
+                self._check_read(name, body, min(self.part_size, left))
+                left -= len(body)
+                number = len(parts) + 1
+                if number > _MAX_PARTS:
+                    raise StoreError(
+                        f"blob {name!r} would need more than {_MAX_PARTS} parts; raise part_size"
+                    )
+                parts.append(self._upload_one_part(name, key, upload_id, number, body))
+            self._call(
+                "upload",
+                name,
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except BaseException:
+            with contextlib.suppress(StoreError, OSError):
+                self._abort(name, key, upload_id)
+            raise
+
+    def _upload_one_part(
+        self, name: str, key: str, upload_id: str, number: int, body: bytes
+    ) -> CompletedPartTypeDef:
+        done = self._call(
+            "upload",
+            name,
+            lambda: self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            ),
+        )
+        return {"PartNumber": number, "ETag": done["ETag"]}
+
+    @staticmethod
+    def _check_read(name: str, body: bytes, wanted: int) -> None:
+        if len(body) != wanted:
+            raise StoreError(
+                f"blob {name!r} changed while it was being uploaded (read {len(body)} bytes "
+                f"of {wanted}); upload it again"
+            )
+
     def open(self, name: str) -> BinaryIO:
         return cast(BinaryIO, _S3Reader(self, name, self._key(name)))
 
