@@ -198,6 +198,7 @@ class JitterBuffer:
                         out += bytes([self.silence]) * gap
                     out += memoryview(data)[12:]
                     self.received += 1
+                    self._since_change += 1  # as push counts it (a straggler's window)
                     self._next_seq = (sequence + 1) & 0xFFFF
                     self._next_ts = (timestamp + len(data) - 12) & 0xFFFFFFFF
                     continue
