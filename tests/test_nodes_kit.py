@@ -147,13 +147,20 @@ def test_exported_checkpoints_are_checked_per_node(
     )
     assert code == 1 and doc["checks"]["log"] == "FAIL"
     assert all(f["evidence"]["node"] == "node-a" for f in doc["findings"] if f["check"] == "log")
+    # Each node's log checked on a local Dask cluster: the same report.
+    code, on_dask = verify(
+        cli_json, rolled, "--checkpoint", exported["node-a"], "--checkpoint", exported["node-b"],
+        "--workers", "2",
+    )  # fmt: skip
+    assert code == 1
+    assert (on_dask["checks"], on_dask["findings"]) == (doc["checks"], doc["findings"])
     # A checkpoint of no node of the kit, or two for one node: a usage error.
     code, doc = verify(
         cli_json, rolled, "--checkpoint", exported["node-a"], "--checkpoint", exported["node-a"]
     )
     assert code == 2 and "both of node node-a's log" in doc["error"]
-    code, doc = verify(cli_json, rolled, "--workers", "2")  # not silently ignored
-    assert code == 2 and "--workers is not supported yet with a deployment kit" in doc["error"]
+    code, doc = verify(cli_json, honest, "--workers", "2")
+    assert code == 0, doc["findings"]
 
 
 def _settings(w: ThreadedWitness) -> WitnessSettings:

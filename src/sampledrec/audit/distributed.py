@@ -186,6 +186,10 @@ class DaskRunner:
         self.kit = str(Path(kit).resolve())
         self.spool = spool
 
+    def for_kit(self, kit: str | Path) -> DaskRunner:
+        """A runner of another kit's log on the same cluster (a deployment kit's nodes)."""
+        return DaskRunner(self.client, kit, self.spool)
+
     def run(
         self,
         parts: Sequence[LogPartition],

@@ -60,6 +60,7 @@ from ..sampling.record import REASONS
 from .evidence import read_catalog
 from .findings import CHECKS, OPTIONAL_CHECKS, AuditReport
 from .kit import open_kit, write_kit
+from .partitions import PartRunner
 from .recordings import JOINED_TYPES, OtherNodes
 
 __all__ = [
@@ -187,9 +188,14 @@ def audit_deployment_kit(
     witnesses: Sequence[str] = (),
     quorum: int | None = None,
     cosigned: Sequence[str | os.PathLike[str]] = (),
+    runner_for: Callable[[Path], PartRunner] | None = None,
 ) -> AuditReport:
     """Audit a deployment kit: each node's kit, then the joins across nodes (module
     docstring).
+
+    ``runner_for``: the runner of a node's kit folder (such as one Dask cluster's
+    :meth:`~sampledrec.audit.distributed.DaskRunner.for_kit`), which checks that node's log
+    partitions; by default, in this process. The report is the same either way.
 
     ``checkpoints``: checkpoints exported from the nodes' logs (``sampledrec log checkpoint``),
     each checked against the node whose origin it names (at most one per node). ``witnesses``
@@ -227,7 +233,7 @@ def audit_deployment_kit(
         if hashlib.sha256((folder / "kit.json").read_bytes()).hexdigest() != digest:
             rep.add("log", f"node {name}: its kit.json is not the one the manifest lists")
         ev, revealed = open_kit(folder)
-        kits.append((name, ev, revealed))
+        kits.append((name, folder, ev, revealed))
         contents = read_log(ev.log, ev.sealing)
         joined.append((name, contents.decisions, contents.others))
     # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
@@ -235,7 +241,7 @@ def audit_deployment_kit(
     opened = _opened_by(joined)
     said = [(other, e) for other, _, others in joined for e in others if e.type in JOINED_TYPES]
     node_reports = []
-    for name, ev, revealed in kits:
+    for name, folder, ev, revealed in kits:
         elsewhere = OtherNodes(
             entries=[(other, e) for other, e in said if other != name], opened=opened
         )
@@ -254,6 +260,7 @@ def audit_deployment_kit(
                     cosigned=[Path(c) for c in cosigned],
                     other_logs=frozenset(o for o, n in origins.items() if n != name),
                     elsewhere=elsewhere,
+                    runner=None if runner_for is None else runner_for(folder),
                 ),
             )
         )

@@ -198,8 +198,6 @@ def _audit_deployment_kit(args: argparse.Namespace, **kw: Any) -> Any:
             ("--revealed-keys", args.revealed_keys),
             ("--recordings", args.recordings),
             ("--verifier-key", args.verifier_key),
-            ("--workers", args.workers),  # a Dask runner serves one log's kit (one node's)
-            ("--scheduler", args.scheduler),
         )
         if value is not None
     ]
@@ -209,7 +207,16 @@ def _audit_deployment_kit(args: argparse.Namespace, **kw: Any) -> Any:
             "audit each node's kit (DIR/nodes/NAME) with it"
         )
     size = sum(p.stat().st_size for p in Path(args.kit).glob("nodes/*/log/seg-*"))
-    with Progress(2 * size, "auditing") as bar:
+    with contextlib.ExitStack() as stack:
+        if args.workers is not None or args.scheduler is not None:
+            from ..audit.distributed import dask_runner
+
+            # One cluster for every node: each node's log is checked in partitions on it.
+            cluster = stack.enter_context(
+                dask_runner(args.kit, scheduler=args.scheduler, workers=args.workers)
+            )
+            kw["runner_for"] = cluster.for_kit
+        bar = stack.enter_context(Progress(2 * size, "auditing"))
         return audit_deployment_kit(args.kit, progress=bar.advance, now=at_time(args), **kw)
 
 
