@@ -26,9 +26,9 @@ from sampledrec.errors import InvalidArgument, KeyringError, StoreError
 from sampledrec.keys import keystore
 from sampledrec.keys.keystore import Pkcs11WrappingKey
 from sampledrec.keys.shared import DeploymentKey, SharedKeys
-from sampledrec.store import s3_blobs_backend
 from sampledrec.vault import Vault
 
+from .deployments import new_deployment, nodes
 from .postgres import PostgresServer
 from .recording import write_call
 from .seaweedfs import SeaweedFS
@@ -51,17 +51,9 @@ def _init(
     monkeypatch: pytest.MonkeyPatch,
     **kw: Any,
 ) -> Deployment:
-    for name, value in seaweedfs.env.items():
-        monkeypatch.setenv(name, value)
     (tmp_path / "policy.toml").write_text(POLICY)
-    url = f"s3://{seaweedfs.bucket}/{seaweedfs.new_prefix('dep')}"
-    return Deployment.init(
-        tmp_path / "deployment.json",
-        name="test-dep",
-        catalog_dsn=postgres.url(postgres.new_schema()),
-        blobs=s3_blobs_backend(url, endpoint=seaweedfs.endpoint),
-        policy=tmp_path / "policy.toml",
-        **kw,
+    return new_deployment(
+        tmp_path, postgres, seaweedfs, monkeypatch, policy=tmp_path / "policy.toml", **kw
     )
 
 
@@ -97,13 +89,6 @@ def in_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Deployment:
     return _init(tmp_path, postgres, seaweedfs, monkeypatch)
-
-
-def nodes(dep: Deployment, folder: Path, *names: str) -> list[Store]:
-    return [
-        Store.init_node(folder / n, dep, name=n, simulated=True, clock=FixedClock(AT))
-        for n in names
-    ]
 
 
 def rows(dep: Deployment) -> dict[str, bytes]:

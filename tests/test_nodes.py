@@ -27,12 +27,12 @@ from sampledrec.log.format import T_ACCESS, T_EXPIRED, T_RECORDING_ABORTED, T_RE
 from sampledrec.log.writer import iter_entries
 from sampledrec.retention.sweep import Retention
 from sampledrec.sampling import Sampler
-from sampledrec.store import s3_blobs_backend
 from sampledrec.vault import Vault
 from sampledrec.vault.audio import AudioFormat, frames
 from sampledrec.vault.catalog import RecordingRow
 from sampledrec.vault.staging import StagedBlobStore
 
+from .deployments import new_deployment, nodes
 from .postgres import PostgresServer
 from .recording import write_call
 from .seaweedfs import SeaweedFS
@@ -64,24 +64,10 @@ def deployment(
     seaweedfs: SeaweedFS,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Deployment:
-    for name, value in seaweedfs.env.items():
-        monkeypatch.setenv(name, value)
     (tmp_path / "policy.toml").write_text(POLICY)
-    url = f"s3://{seaweedfs.bucket}/{seaweedfs.new_prefix('dep')}"
-    return Deployment.init(
-        tmp_path / "deployment.json",
-        name="test-dep",
-        catalog_dsn=postgres.url(postgres.new_schema()),
-        blobs=s3_blobs_backend(url, endpoint=seaweedfs.endpoint),
-        policy=tmp_path / "policy.toml",
+    return new_deployment(
+        tmp_path, postgres, seaweedfs, monkeypatch, policy=tmp_path / "policy.toml"
     )
-
-
-def nodes(dep: Deployment, folder: Path, *names: str) -> list[Store]:
-    return [
-        Store.init_node(folder / n, dep, name=n, simulated=True, clock=FixedClock(AT))
-        for n in names
-    ]
 
 
 def test_nodes_share_epoch_keys_and_decide_alike(deployment: Deployment, tmp_path: Path) -> None:

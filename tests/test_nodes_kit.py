@@ -15,10 +15,10 @@ import pytest
 
 from sampledrec import FixedClock, Store
 from sampledrec.deployment import Deployment
-from sampledrec.store import s3_blobs_backend
 from sampledrec.witness import WitnessEndpoint, WitnessSettings
 from sampledrec.witness.note import VerifierKey
 
+from .deployments import new_deployment, nodes
 from .postgres import PostgresServer
 from .seaweedfs import SeaweedFS
 from .witnesses import ThreadedWitness
@@ -41,24 +41,10 @@ def deployment(
     seaweedfs: SeaweedFS,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Deployment:
-    for name, value in seaweedfs.env.items():
-        monkeypatch.setenv(name, value)
     (tmp_path / "policy.toml").write_text(POLICY)
-    url = f"s3://{seaweedfs.bucket}/{seaweedfs.new_prefix('dep')}"
-    return Deployment.init(
-        tmp_path / "deployment.json",
-        name="test-dep",
-        catalog_dsn=postgres.url(postgres.new_schema()),
-        blobs=s3_blobs_backend(url, endpoint=seaweedfs.endpoint),
-        policy=tmp_path / "policy.toml",
+    return new_deployment(
+        tmp_path, postgres, seaweedfs, monkeypatch, policy=tmp_path / "policy.toml"
     )
-
-
-def nodes(dep: Deployment, folder: Path, *names: str) -> list[Store]:
-    return [
-        Store.init_node(folder / n, dep, name=n, simulated=True, clock=FixedClock(AT))
-        for n in names
-    ]
 
 
 def decide(store: Store, refs: list[str]) -> None:

@@ -18,8 +18,8 @@ from sampledrec.deployment import Deployment
 from sampledrec.errors import InvalidArgument
 from sampledrec.log.format import T_OBJECTION, T_POLICY
 from sampledrec.log.writer import iter_entries
-from sampledrec.store import s3_blobs_backend
 
+from .deployments import new_deployment, nodes
 from .postgres import PostgresServer
 from .seaweedfs import SeaweedFS
 
@@ -47,25 +47,11 @@ def deployment(
     seaweedfs: SeaweedFS,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Deployment:
-    for name, value in seaweedfs.env.items():
-        monkeypatch.setenv(name, value)
     (tmp_path / "first.toml").write_text(FIRST)
     (tmp_path / "second.toml").write_text(SECOND)
-    url = f"s3://{seaweedfs.bucket}/{seaweedfs.new_prefix('dep')}"
-    return Deployment.init(
-        tmp_path / "deployment.json",
-        name="test-dep",
-        catalog_dsn=postgres.url(postgres.new_schema()),
-        blobs=s3_blobs_backend(url, endpoint=seaweedfs.endpoint),
-        policy=tmp_path / "first.toml",
+    return new_deployment(
+        tmp_path, postgres, seaweedfs, monkeypatch, policy=tmp_path / "first.toml"
     )
-
-
-def nodes(dep: Deployment, folder: Path, *names: str) -> list[Store]:
-    return [
-        Store.init_node(folder / n, dep, name=n, simulated=True, clock=FixedClock(AT))
-        for n in names
-    ]
 
 
 def logged(store: Store, kind: int) -> list[dict[str, Any]]:
