@@ -1,6 +1,6 @@
-"""What the console's page modules (:mod:`.admin`, :mod:`.notes`, :mod:`.reports`) use of the
-:class:`~sampledrec.serve.console.Console` that registers them: a protocol, so that they need
-not import :mod:`.app` (which imports them)."""
+"""What the console's page modules (:mod:`.admin`, :mod:`.notes`, :mod:`.reports`,
+:mod:`.security_keys`) use of the :class:`~sampledrec.serve.console.Console` that registers
+them: a protocol, so that they need not import :mod:`.app` (which imports them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from ...accounts import Session, SessionStore, User, UserDirectory
+from ...accounts import Authenticator, Session, SessionStore, User, UserDirectory
 from ...clock import Clock
 from ...log.writer import DecisionLog
 from ...store import Store
@@ -29,6 +29,8 @@ class ConsoleParts(Protocol):
     sessions: SessionStore
     clock: Clock
     audit: Callable[[], Mapping[str, Any]] | None
+    settings: Any
+    auth: Authenticator
 
     def _page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]: ...
 
@@ -57,3 +59,11 @@ class ConsoleParts(Protocol):
     ) -> HTMLResponse: ...
 
     def _see(self, url: str, session: Session | None = None) -> Response: ...
+
+    async def _step(self, request: Request, stage: str) -> Session | Response: ...
+
+    async def _session(self, request: Request) -> Session | None: ...
+
+    def _with_cookie(self, response: Response, session: Session) -> Response: ...
+
+    def _now(self) -> float: ...

@@ -25,8 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,16 +33,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ...accounts import (
-    Authenticator,
     Challenge,
     RelyingParty,
     Session,
-    SessionStore,
     Stage,
     User,
-    UserDirectory,
 )
 from ...errors import AuthenticationFailed, InvalidArgument, SignInThrottled
+from .parts import ConsoleParts
 from .redirects import quote_path, safe_next
 
 __all__ = ["SecurityKeyPages", "relying_party"]
@@ -91,50 +88,10 @@ def _unb64(text: str) -> bytes | None:
         return None
 
 
-Handler = Callable[[Request, Session, User], Awaitable[Response]]
-
-
-class _Console(Protocol):
-    """What these pages use of :class:`~sampledrec.serve.console.Console` (which registers
-    them: a protocol, so that this module does not import it back)."""
-
-    settings: Any
-    auth: Authenticator
-    users: UserDirectory
-    sessions: SessionStore
-
-    def _page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]: ...
-    async def _step(self, request: Request, stage: str) -> Session | Response: ...
-    async def _session(self, request: Request) -> Session | None: ...
-    async def _form(self, request: Request, session: Session | None) -> dict[str, str] | None: ...
-    def _stale_form(self, request: Request) -> Response: ...
-    def _error(
-        self,
-        request: Request,
-        status: int,
-        message: str,
-        session: Session | None = None,
-        user: User | None = None,
-    ) -> Response: ...
-    def _see(self, url: str, session: Session | None = None) -> Response: ...
-    def _with_cookie(self, response: Response, session: Session) -> Response: ...
-    def _now(self) -> float: ...
-    def render(
-        self,
-        request: Request,
-        name: str,
-        status: int = 200,
-        session: Session | None = None,
-        user: User | None = None,
-        headers: Any = None,
-        **context: Any,
-    ) -> Response: ...
-
-
 class SecurityKeyPages:
     """The routes above, for one :class:`~sampledrec.serve.console.Console` (``console``)."""
 
-    def __init__(self, console: _Console) -> None:
+    def __init__(self, console: ConsoleParts) -> None:
         self.c = console
 
     def routes(self) -> list[BaseRoute]:
