@@ -1457,6 +1457,26 @@ def test_truncate_cuts_a_segment(log_storages: Handles[LogStorage]) -> None:
     assert reader.read_segment(0) == SEGMENT + b"next batch"
 
 
+def test_tail_sizes_follow_every_writer(log_storages: Handles[LogStorage]) -> None:
+    """What the log's writer checks before each batch: another handle's appends, checkpoints
+    and truncations all show in the sizes."""
+    writer = log_storages.open()
+    writer.create()
+    with writer.lock():
+        writer.create_segment(0, SEGMENT)
+    other = log_storages.open()
+    assert writer.tail_sizes(0) == (len(SEGMENT), 0)
+    with other.lock():
+        other.write_segment(0, len(SEGMENT), b"by another writer")
+        other.write_checkpoints(0, b"a checkpoint")
+    assert writer.tail_sizes(0) == (len(SEGMENT) + 17, 12)
+    with other.lock():
+        other.truncate_segment(0, 5)
+    assert writer.tail_sizes(0) == (5, 12)
+    with pytest.raises(FileNotFoundError):
+        writer.tail_sizes(99)
+
+
 def test_segments_are_listed_by_first_index(log_storage: LogStorage) -> None:
     firsts = [1_048_576, 0, 999_999_999_999, 20_000, 3]
     with log_storage.lock():

@@ -414,6 +414,10 @@ class MemoryLogStorage:
     def map_segment(self, first: int) -> bytes:
         return self.read_segment(first)
 
+    def tail_sizes(self, first: int) -> tuple[int, int]:
+        with self._data:
+            return len(self._segment(first)), len(self._checkpoints_file())
+
     def create_segment(self, first: int, data: bytes) -> None:
         content = bytearray(data)
         with self._data:

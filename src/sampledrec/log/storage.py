@@ -119,6 +119,12 @@ class LogStorage(Protocol):
         is memory-mapped). Read-only; do not keep it across a truncation of the segment."""
         ...
 
+    def tail_sizes(self, first: int) -> tuple[int, int]:
+        """The sizes of segment ``first`` and of the checkpoints file, as cheaply as the
+        backend can: the writer asks before each batch whether another process wrote since
+        its last one (nothing to read back if both are what it wrote)."""
+        ...
+
     def create_segment(self, first: int, data: bytes) -> None:
         """Create a segment holding ``data``, atomically: it appears whole or not at all."""
         ...
@@ -216,6 +222,8 @@ class LocalLogStorage:
         self._lock_path = self._parent / f"{self.folder.name}.lock"
         self._repair_path = self._parent / f"{self.folder.name}.repair"
         self._aside = self._parent / "recovered"
+        self._checkpoints_path = str(self.folder / CHECKPOINTS)  # paths the writer stats
+        self._segment_paths: dict[int, str] = {}
 
     @classmethod
     def in_store(cls, store: str | os.PathLike[str]) -> LocalLogStorage:
@@ -300,6 +308,12 @@ class LocalLogStorage:
             if os.fstat(fh.fileno()).st_size == 0:
                 return b""
             return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def tail_sizes(self, first: int) -> tuple[int, int]:
+        path = self._segment_paths.get(first)
+        if path is None:
+            path = self._segment_paths[first] = str(self._segment(first))
+        return os.stat(path).st_size, os.stat(self._checkpoints_path).st_size
 
     def create_segment(self, first: int, data: bytes) -> None:
         seg = self._segment(first)

@@ -334,6 +334,7 @@ class DecisionLog:
         self.recovery = RecoveryReport()
         self._field_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
         self._c_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+        self._record_key: tuple[str, bytes, bytes] | None = None
         self._thread: threading.Thread | None = None
         self._listeners: list[CheckpointListener] = []
 
@@ -1072,7 +1073,11 @@ class DecisionLog:
         first = batch[0][1]
         if fast is not None and isinstance(first, DecisionRecord):
             kid = _kid(_micros(first.decided_at))
-            key = self._keyring.sealing_key(kid, create=True)
+            cached = self._record_key  # the month's sealing key, read once a month
+            if cached is None or cached[0] != kid:
+                key = self._keyring.sealing_key(kid, create=True)
+                cached = self._record_key = (kid, key, key_check_value(key))
+            key = cached[1]
             got = fast(
                 batch,
                 DecisionRecord,
@@ -1083,7 +1088,7 @@ class DecisionLog:
                 self._sealer.prefix,
                 self._sealer.counter,
                 kid.encode("ascii"),
-                key_check_value(key),
+                cached[2],
             )
             if got is not None:
                 records, self._sealer.counter = got
@@ -1123,6 +1128,15 @@ class DecisionLog:
 
     def _catch_up(self) -> None:
         """Under the lock: take in batches other processes appended since we last wrote."""
+        # Nobody wrote since our last batch if the segment and the checkpoints end where we
+        # left them, and the segment is not full (only then may a writer start a new one):
+        # two sizes instead of reading both back and listing the folder, before each batch.
+        if (
+            self._seg is not None
+            and self._seg_end < segments.SEGMENT_BYTES
+            and self.storage.tail_sizes(self._seg) == (self._seg_end, self._cp_end)
+        ):
+            return
         # Finish the segment we knew, then follow any segment another writer started.
         self._read_trailers()
         for seg in self.storage.segments():
