@@ -172,6 +172,15 @@ def _text(value: object, what: str) -> str:
     return value
 
 
+def _base64(payload: str) -> bytes:
+    try:
+        # strict: only the base64 alphabet and correct padding (b64decode's validate=True
+        # checks the same with a regular expression first)
+        return binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InvalidMediaStream("media.payload is not base64") from None
+
+
 def _number(value: object, what: str) -> int:
     """A whole number sent as text ("12", Twilio's way) or as a JSON number."""
     if type(value) is str and len(value) <= 15 and value.isascii() and value.isdigit():
@@ -232,13 +241,7 @@ class MediaStreamReader:
             if "sequence_number" in doc:  # checked, but Telnyx's order is not guaranteed
                 _number(doc["sequence_number"], "sequence_number")
         elif "sequenceNumber" in doc:
-            sequence = _number(doc["sequenceNumber"], "sequenceNumber")
-            if sequence <= self._sequence:
-                raise InvalidMediaStream(
-                    f"message {sequence} after message {self._sequence}: a message came again "
-                    "or out of order"
-                )
-            self._sequence = sequence
+            self._next_message(_number(doc["sequenceNumber"], "sequenceNumber"))
         if event == "start":
             if self.started is not None:
                 raise InvalidMediaStream("a second 'start' message; one stream, one start")
@@ -358,57 +361,51 @@ class MediaStreamReader:
         payload = _field(media, "payload", "media message")
         if not isinstance(payload, str):
             raise InvalidMediaStream("media.payload must be base64 text")
-        try:
-            # strict: only the base64 alphabet and correct padding (b64decode's validate=True
-            # checks the same with a regular expression first)
-            return binascii.a2b_base64(payload, strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise InvalidMediaStream("media.payload is not base64") from None
+        return _base64(payload)
 
-    def _media_spelled(
-        self, sequence: str, track: str, chunk: str, timestamp: str, payload: str
-    ) -> MediaChunk:
-        """:meth:`_media` of a message matched by ``_TWILIO_MEDIA`` (its checks, in order)."""
-        number = int(sequence)
-        if number <= self._sequence:
+    def _next_message(self, sequence: int) -> None:
+        """Twilio's ``sequenceNumber`` must grow: a message came again or out of order."""
+        if sequence <= self._sequence:
             raise InvalidMediaStream(
-                f"message {number} after message {self._sequence}: a message came again "
+                f"message {sequence} after message {self._sequence}: a message came again "
                 "or out of order"
             )
-        self._sequence = number
-        last = self._chunks.get(track)
-        if last is None:
-            raise InvalidMediaStream(
-                f"media of track {track!r}, which the start message did not announce"
-            )
-        n = int(chunk)
-        if n <= last:
-            raise InvalidMediaStream(
-                f"chunk {n} of the {track} track after chunk {last}: it came again or out of order"
-            )
-        self._chunks[track] = n
-        try:
-            audio = binascii.a2b_base64(payload, strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise InvalidMediaStream("media.payload is not base64") from None
-        return MediaChunk(track, n, int(timestamp), audio)
+        self._sequence = sequence
 
-    def _media(self, media: object) -> MediaChunk:
-        assert self.started is not None
-        if not isinstance(media, dict):
-            raise InvalidMediaStream("media must be an object")
-        track = media.get("track", self.started.tracks[0])
+    def _announced(self, track: object) -> None:
         if track not in self._chunks:
             raise InvalidMediaStream(
                 f"media of track {track!r}, which the start message did not announce"
             )
-        chunk = _number(media.get("chunk", self._chunks[track] + 1), "media.chunk")
+
+    def _next_chunk(self, track: str, chunk: int) -> None:
+        """A Twilio track's chunk numbers must grow, and its last one is kept."""
         if chunk <= self._chunks[track]:
             raise InvalidMediaStream(
                 f"chunk {chunk} of the {track} track after chunk {self._chunks[track]}: it came "
                 "again or out of order"
             )
         self._chunks[track] = chunk
+
+    def _media_spelled(
+        self, sequence: str, track: str, chunk: str, timestamp: str, payload: str
+    ) -> MediaChunk:
+        """:meth:`_media` of a message matched by ``_TWILIO_MEDIA`` (the same checks, in the
+        same order, after ``feed``'s check of the sequence number)."""
+        self._next_message(int(sequence))
+        self._announced(track)
+        n = int(chunk)
+        self._next_chunk(track, n)
+        return MediaChunk(track, n, int(timestamp), _base64(payload))
+
+    def _media(self, media: object) -> MediaChunk:
+        assert self.started is not None
+        if not isinstance(media, dict):
+            raise InvalidMediaStream("media must be an object")
+        track = media.get("track", self.started.tracks[0])
+        self._announced(track)
+        chunk = _number(media.get("chunk", self._chunks[track] + 1), "media.chunk")
+        self._next_chunk(track, chunk)
         timestamp = _number(_field(media, "timestamp", "media message"), "media.timestamp")
         return MediaChunk(track, chunk, timestamp, self._payload(media))
 
