@@ -827,9 +827,12 @@ class DecisionLog:
             self._cond.notify_all()
         return ticket
 
+    def _failure(self) -> StoreError:
+        return StoreError(f"the decision log writer failed: {self._error}")
+
     def _raise_closed(self) -> None:
         if self._error is not None:
-            raise StoreError(f"the decision log writer failed: {self._error}")
+            raise self._failure()
         raise StoreError("the decision log is closed")
 
     def wait_durable(self, ticket: int, timeout: float | None = None) -> int:
@@ -838,10 +841,8 @@ class DecisionLog:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._durable_ticket < ticket:
-                if self._error is not None:
-                    raise StoreError(f"the decision log writer failed: {self._error}")
-                if self._thread is None:
-                    raise StoreError("the decision log is closed")
+                if self._error is not None or self._thread is None:
+                    self._raise_closed()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"entry {ticket} not durable after {timeout} s")
@@ -864,26 +865,21 @@ class DecisionLog:
             raise InvalidArgument("when_durable needs at least one ticket")
         top = max(tickets)
         with self._cond:
-            if self._error is None and self._durable_ticket < top:
-                if self._thread is None:
-                    raise StoreError("the decision log is closed")
-                heapq.heappush(self._callbacks, (top, next(_CALLBACKS), callback, tuple(tickets)))
-                self._flush_requested = True
-                self._cond.notify_all()
-                return
-            error = self._error
-            indexes = {t: self._ticket_index.pop(t, -1) for t in tickets}
-        if error is not None:
-            callback(StoreError(f"the decision log writer failed: {error}"))
-        else:
-            callback(indexes)
+            if self._error is None and self._durable_ticket < top and self._thread is None:
+                raise StoreError("the decision log is closed")
+            heapq.heappush(self._callbacks, (top, next(_CALLBACKS), callback, tuple(tickets)))
+            due = self._due_callbacks()  # this one, if durable already (or the writer failed)
+            self._flush_requested = True
+            self._cond.notify_all()
+        for due_callback, result in due:
+            due_callback(result)
 
     def _due_callbacks(self) -> list[tuple[Callable[[Any], None], dict[int, int] | BaseException]]:
         """Under ``_cond``: the callbacks now due, each with what it is to be called with."""
         due: list[tuple[Callable[[Any], None], dict[int, int] | BaseException]] = []
         callbacks = self._callbacks
         if self._error is not None:
-            error = StoreError(f"the decision log writer failed: {self._error}")
+            error = self._failure()
             due = [(cb, error) for _, _, cb, _ in callbacks]
             callbacks.clear()
             return due
