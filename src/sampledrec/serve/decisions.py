@@ -383,8 +383,7 @@ class Decider:
                 except BaseException as exc:  # the log is closed or failed: every waiter hears
                     _fail(loop, outcomes, waiting, exc)
             elif outcomes:
-                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                    loop.call_soon_threadsafe(_settle, outcomes)
+                _send(loop, outcomes)
 
     async def aclose(self) -> None:
         """Take no new request; finish the decisions under way and wait for their entries."""
@@ -420,8 +419,7 @@ class _Answers:
         outcomes = self._outcomes
         for t, pending in self._waiting.items():
             outcomes += [(f, dataclasses.replace(a, log_index=indexes[t])) for f, a in pending]
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            self._loop.call_soon_threadsafe(_settle, outcomes)
+        _send(self._loop, outcomes)
 
 
 def _fail(
@@ -436,8 +434,15 @@ def _fail(
         if isinstance(exc, StoreError)
         else StoreError(f"the decision log cannot be written: {exc}")
     )
-    outcomes = outcomes + [(f, error) for pending in waiting.values() for f, _ in pending]
-    with contextlib.suppress(RuntimeError):
+    _send(loop, outcomes + [(f, error) for pending in waiting.values() for f, _ in pending])
+
+
+def _send(
+    loop: asyncio.AbstractEventLoop,
+    outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]],
+) -> None:
+    """Settle ``outcomes`` on the event loop (from another thread), in one call."""
+    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
         loop.call_soon_threadsafe(_settle, outcomes)
 
 
