@@ -30,6 +30,24 @@ retention = "6 months"
 """
 
 
+#: Every call of the "rec" queue recorded under the rule "recorded" (the servers' tests: the
+#: dialplan decides with {"queue": "rec"}), nothing else.
+RECORD_REC = """
+[[rules]]
+name = "recorded"
+match = { queue = "rec" }
+rate = "1"
+purpose = "legal_obligation"
+legal_basis = "Test: every call of this queue must be recorded"
+retention = "3 months"
+
+[default]
+rate = "0"
+purpose = "quality"
+retention = "6 months"
+"""
+
+
 def new_store(folder: Path, policy: str, **init: Any) -> Store:
     """A store at ``folder/s`` with ``policy`` (TOML text) in force."""
     folder.mkdir(parents=True, exist_ok=True)

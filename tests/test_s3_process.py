@@ -31,25 +31,13 @@ from sampledrec.cli import main
 from sampledrec.store import s3_blobs_backend
 from sampledrec.vault.recorder import Vault
 
+from .recording import RECORD_REC
 from .seaweedfs import SeaweedFS
 from .test_s3 import on_disk, pattern_found
 
 TOKEN = "s3-process-token-0123456789abcdef"
 SRC = str(Path(sampledrec.__file__).parents[1])
-POLICY = """
-[[rules]]
-name = "recorded"
-match = { queue = "rec" }
-rate = "1"
-purpose = "legal_obligation"
-legal_basis = "Test: every call of this queue must be recorded"
-retention = "3 months"
-
-[default]
-rate = "0"
-purpose = "quality"
-retention = "6 months"
-"""
+POLICY = RECORD_REC
 CALLS = 3
 SENT = 320 * 1024  # bytes of audio per call: five 64 KiB chunks of the container
 KEPT = 128 * 1024  # at least this much is on the node's disk when the server is killed

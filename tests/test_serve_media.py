@@ -47,21 +47,10 @@ from sampledrec.serve.audiosocket import AudioSocketConfig, audiosocket_door
 from sampledrec.serve.streams import StreamsConfig, streams_door
 from sampledrec.vault.recorder import Vault
 
-TOKEN = "media-token-0123456789abcdef"
-POLICY = """
-[[rules]]
-name = "recorded"
-match = { queue = "rec" }
-rate = "1"
-purpose = "legal_obligation"
-legal_basis = "Test: every call of this queue must be recorded"
-retention = "3 months"
+from .recording import RECORD_REC
 
-[default]
-rate = "0"
-purpose = "quality"
-retention = "6 months"
-"""
+TOKEN = "media-token-0123456789abcdef"
+POLICY = RECORD_REC
 
 
 @pytest.fixture

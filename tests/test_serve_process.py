@@ -33,6 +33,8 @@ from sampledrec.log.format import T_DECISION
 from sampledrec.log.writer import iter_entries
 from sampledrec.vault.recorder import Vault
 
+from .recording import RECORD_REC
+
 TOKEN = "process-token-0123456789abcdef"
 SRC = str(Path(sampledrec.__file__).parents[1])
 
@@ -136,20 +138,7 @@ def test_sigterm_loses_no_answered_decision(tmp_path: Path) -> None:
 
 # -- SIGTERM while media streams are open --------------------------------------------------------
 
-STREAM_POLICY = """
-[[rules]]
-name = "recorded"
-match = { queue = "rec" }
-rate = "1"
-purpose = "legal_obligation"
-legal_basis = "Test: every call of this queue must be recorded"
-retention = "3 months"
-
-[default]
-rate = "0"
-purpose = "quality"
-retention = "6 months"
-"""
+STREAM_POLICY = RECORD_REC
 
 
 def _start_media(store: Path, token: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
