@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from sampledrec.vault.recorder import Vault
 
 from .recording import RECORD_REC
 from .seaweedfs import SeaweedFS
+from .served import start_serve
 from .test_s3 import on_disk, pattern_found
 
 TOKEN = "s3-process-token-0123456789abcdef"
@@ -44,31 +44,11 @@ KEPT = 128 * 1024  # at least this much is on the node's disk when the server is
 
 
 def start(store: Path, token: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], Any]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
-         "serve", "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
-         "--streams", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc, addresses, events = start_serve(
+        "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
+        "--streams", "127.0.0.1:0", env=env,
     )  # fmt: skip
-    assert proc.stderr is not None
-    addresses: dict[str, str] = {}
-    events: list[dict[str, Any]] = []
-    try:
-        for line in proc.stderr:
-            event = json.loads(line)
-            events.append(event)
-            if event["event"] == "listening":
-                addresses[event["door"]] = event["address"]
-            if event["event"] == "ready":
-                return proc, (addresses, events)
-        raise AssertionError(f"the server exited with {proc.wait(10)} before it was ready")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    return proc, (addresses, events)
 
 
 def audio_of(i: int) -> bytes:

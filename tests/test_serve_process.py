@@ -18,7 +18,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,35 +33,21 @@ from sampledrec.log.writer import iter_entries
 from sampledrec.vault.recorder import Vault
 
 from .recording import RECORD_REC
+from .served import start_serve
 
 TOKEN = "process-token-0123456789abcdef"
 SRC = str(Path(sampledrec.__file__).parents[1])
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": SRC, "PYTHONWARNINGS": "error"}
+
+
 def _start(store: Path, token: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
-         "serve", "--store", str(store),
-         "--http", "127.0.0.1:0", "--token-file", str(token)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": SRC, "PYTHONWARNINGS": "error"},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    url = None
-    try:
-        for line in proc.stderr:  # the JSON log says where it listens, then that it is ready
-            event = json.loads(line)
-            if event["event"] == "listening":
-                url = event["address"]
-            if event["event"] == "ready" and url is not None:
-                return proc, url
-        raise AssertionError(f"the server exited with {proc.wait(10)} before it was ready")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    proc, addresses, _ = start_serve(
+        "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token), env=_env()
+    )
+    return proc, addresses["http"]
 
 
 async def _client(url: str, proc: subprocess.Popen[str]) -> dict[str, dict[str, Any]]:
@@ -142,29 +127,11 @@ STREAM_POLICY = RECORD_REC
 
 
 def _start_media(store: Path, token: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from sampledrec.cli.app import entry_point; entry_point()",
-         "serve", "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
-         "--audiosocket", "127.0.0.1:0", "--streams", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": SRC, "PYTHONWARNINGS": "error"},
+    proc, addresses, _ = start_serve(
+        "--store", str(store), "--http", "127.0.0.1:0", "--token-file", str(token),
+        "--audiosocket", "127.0.0.1:0", "--streams", "127.0.0.1:0", env=_env(),
     )  # fmt: skip
-    assert proc.stderr is not None
-    addresses: dict[str, str] = {}
-    try:
-        for line in proc.stderr:
-            event = json.loads(line)
-            if event["event"] == "listening":
-                addresses[event["door"]] = event["address"]
-            if event["event"] == "ready":
-                return proc, addresses
-        raise AssertionError(f"the server exited with {proc.wait(10)} before it was ready")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    return proc, addresses
 
 
 def _tone(n: int, seed: int) -> bytes:
