@@ -6,6 +6,11 @@ never wait for the one writer), on a local filesystem (WAL needs shared memory b
 processes of one host: a network share is refused), with ``secure_delete`` on (pruned rows do
 not linger in free pages). :func:`boot_id` tells whether the machine restarted since a file was
 last written, for files whose commits are not fsynced one by one (``synchronous=NORMAL``).
+
+The files on the decision path (the decided-calls index, the caps ledger) are checkpointed by a
+thread of their own (:class:`BackgroundCheckpoints`): left to SQLite, every thousandth page
+committed makes its commit also copy the journal into the file and fsync both, a stall of a few
+milliseconds for the call being decided and every request queued behind it.
 """
 
 from __future__ import annotations
@@ -13,18 +18,26 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Final, Literal
 
 from ..errors import StoreError
 
-__all__ = ["BOOT_ID_FILE", "boot_id", "open_ledger_db"]
+__all__ = ["BOOT_ID_FILE", "BackgroundCheckpoints", "boot_id", "open_ledger_db"]
 
 BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
+#: With :class:`BackgroundCheckpoints`, a commit still checkpoints inline once the journal holds
+#: this many pages (about 80 MB): a bound should the thread fall behind, never the usual case.
+INLINE_CHECKPOINT_PAGES: Final = 20_000
 
 
 def open_ledger_db(
-    path: Path, *, what: str, synchronous: Literal["FULL", "NORMAL"]
+    path: Path,
+    *,
+    what: str,
+    synchronous: Literal["FULL", "NORMAL"],
+    background_checkpoints: bool = False,
 ) -> sqlite3.Connection:
     """Open (creating it owner-only) the SQLite file at ``path`` for one of the store's shared
     files.
@@ -33,6 +46,9 @@ def open_ledger_db(
     autocommit mode (``isolation_level=None``: transactions are explicit) and may be shared by
     threads under the caller's lock. Raises :class:`StoreError` when the file cannot be opened
     or SQLite cannot use its WAL journal there.
+
+    With ``background_checkpoints`` the connection's commits leave checkpoints to a
+    :class:`BackgroundCheckpoints` the caller runs (up to :data:`INLINE_CHECKPOINT_PAGES`).
     """
     if sqlite3.sqlite_version_info < (3, 24):
         raise StoreError(
@@ -53,6 +69,8 @@ def open_ledger_db(
             )
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA secure_delete=ON")
+        if background_checkpoints:
+            db.execute(f"PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES}")
     except (OSError, sqlite3.Error) as exc:
         if db is not None:
             db.close()
@@ -65,6 +83,49 @@ def open_ledger_db(
             db.close()
         raise
     return db
+
+
+class BackgroundCheckpoints:
+    """Checkpoints the WAL journal of the SQLite file at ``path`` every ``every`` seconds, from
+    a daemon thread with a connection of its own, until :meth:`close`.
+
+    A passive checkpoint never blocks a writer (SQLite lets commits go on appending to the
+    journal meanwhile) and the thread holds no interpreter lock while SQLite works, so a commit
+    on a connection opened with ``background_checkpoints`` never copies pages nor waits for an
+    fsync but its own. A checkpoint that fails (the file is busy, or gone) is tried again at
+    the next tick; until one succeeds the connections' own bound applies
+    (:data:`INLINE_CHECKPOINT_PAGES`).
+    """
+
+    def __init__(self, path: Path, *, every: float = 0.2) -> None:
+        self.path = path
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sampledrec-checkpoint-{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        db: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    if db is None:  # mode=rw: never create the file (nor with other modes)
+                        uri = f"{self.path.resolve().as_uri()}?mode=rw"
+                        db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    continue  # busy, or the file is being replaced: the next tick tries again
+        finally:
+            if db is not None:
+                db.close()
+
+    def close(self) -> None:
+        """Stop the thread (the journal is checkpointed by whoever commits next)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 def boot_id() -> str | None:

@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from .._hazmat.sqlite import open_ledger_db
+from .._hazmat.sqlite import BackgroundCheckpoints, open_ledger_db
 from ..errors import StoreError
 
 __all__ = [
@@ -181,7 +181,9 @@ class SqliteCapLedger:
     ) -> None:
         self.path = Path(path)
         self._agent_key = agent_key
-        self._db = open_ledger_db(self.path, what="the caps ledger", synchronous="FULL")
+        self._db = open_ledger_db(
+            self.path, what="the caps ledger", synchronous="FULL", background_checkpoints=True
+        )
         try:
             self._db.executescript(_SCHEMA)
             if now is not None:
@@ -193,6 +195,7 @@ class SqliteCapLedger:
                 "folder is writable by this user"
             ) from None
         self._lock = threading.Lock()
+        self._checkpoints = BackgroundCheckpoints(self.path)
 
     def _agent(self, agent: str) -> str:
         return agent_pseudonym(self._agent_key, agent)
@@ -278,5 +281,6 @@ class SqliteCapLedger:
                     )
 
     def close(self) -> None:
+        self._checkpoints.close()
         with self._lock:
             self._db.close()

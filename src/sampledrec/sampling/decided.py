@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, runtime_checkable
 
-from .._hazmat.sqlite import boot_id, open_ledger_db
+from .._hazmat.sqlite import BackgroundCheckpoints, boot_id, open_ledger_db
 from ..errors import StoreError
 from .caps import KEEP_DAYS
 from .record import REASONS, Reason
@@ -237,6 +237,7 @@ class SqliteDecidedCalls:
             self.path,
             what="the decided-calls index",
             synchronous="NORMAL" if self._boot is not None else "FULL",
+            background_checkpoints=True,
         )
         self._lock = threading.Lock()
         self._rule_ids: dict[tuple[str, str], int] = {}
@@ -256,6 +257,7 @@ class SqliteDecidedCalls:
                 f"{self.path}: cannot open the decided-calls index ({exc}); check that the "
                 "store folder is writable by this user"
             ) from None
+        self._checkpoints = BackgroundCheckpoints(self.path)
 
     def _add_attributes_column(self) -> None:
         """An index from before decisions logged their attributes gets the column (another
@@ -436,5 +438,6 @@ class SqliteDecidedCalls:
         self.unclean = False
 
     def close(self) -> None:
+        self._checkpoints.close()
         with self._lock:
             self._db.close()

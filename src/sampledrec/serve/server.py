@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -209,6 +210,11 @@ class Server:
                 if self._ready.is_set() or (self._stopping and self._stopping.is_set()):
                     return
                 self._ready.set()
+                if self._handle_signals:  # the process is ours (the command line)
+                    # What start-up built lives as long as the server: out of the collector's
+                    # sight, its full collections take a few milliseconds instead of tens,
+                    # which a decision answered meanwhile would wait for (measured: 37 ms).
+                    gc.freeze()
                 event("ready", version=__version__, doors=sorted(self.addresses))
                 _sd_notify("READY=1")
 
