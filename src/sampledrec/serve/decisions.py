@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import json
 import math
+import queue
 import re
 import threading
 import urllib.parse
@@ -91,6 +92,10 @@ def _no_constant(name: str) -> Any:
     raise InvalidArgument(f"the body holds {name}, which is not JSON; send finite numbers only")
 
 
+# One decoder for every request (``json.loads`` with an option builds one per call).
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be text (a JSON string), got {_json_type(value)}")
@@ -152,7 +157,7 @@ def parse_decision_request(body: bytes, content_type: str = "application/json") 
 
 def _json_document(body: bytes) -> Any:
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        return _DECODER.decode(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidArgument(f"the body is not UTF-8 text; {_EXAMPLE}") from None
     except RecursionError:
@@ -308,8 +313,10 @@ class Decider:
         self._sampler = sampler
         self._log = log
         self._workers = workers
-        self._cond = threading.Condition()
-        self._queue: list[tuple[DecisionRequest, asyncio.Future[Answer]]] = []
+        # Requests, and one None per thread once closing (a queue in C: putting a request
+        # costs the event loop no lock in Python, and a waiting thread wakes without one).
+        self._queue: queue.SimpleQueue[tuple[DecisionRequest, asyncio.Future[Answer]] | None]
+        self._queue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._pending: set[asyncio.Future[Answer]] = set()  # answers not yet settled
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -338,9 +345,7 @@ class Decider:
         answer: asyncio.Future[Answer] = loop.create_future()
         self._pending.add(answer)
         answer.add_done_callback(self._pending.discard)
-        with self._cond:
-            self._queue.append((request, answer))
-            self._cond.notify()
+        self._queue.put((request, answer))
         return await answer
 
     def _decide_now(self, request: DecisionRequest) -> tuple[Decision, tuple[str, ...]]:
@@ -355,12 +360,21 @@ class Decider:
     def _run(self) -> None:
         log = self._log
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return  # closing, and nothing left to decide
-                batch, self._queue = self._queue, []
+            # Every request waiting now. Requests are put on the event loop, which puts the
+            # Nones only after the last (aclose), so none follows a None.
+            first = self._queue.get()
+            if first is None:
+                return  # closing, and nothing left to decide
+            batch, closing = [first], False
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
             outcomes: list[tuple[asyncio.Future[Answer], Answer | BaseException]] = []
             waiting: dict[int, list[tuple[asyncio.Future[Answer], Answer]]] = {}
             for request, future in batch:
@@ -384,12 +398,14 @@ class Decider:
                     _fail(loop, outcomes, waiting, exc)
             elif outcomes:
                 _send(loop, outcomes)
+            if closing:
+                return
 
     async def aclose(self) -> None:
         """Take no new request; finish the decisions under way and wait for their entries."""
         self._closing = True
-        with self._cond:
-            self._cond.notify_all()
+        for _ in self._threads:
+            self._queue.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         if self._pending:  # decided; their answers come once the log has them on disk
