@@ -249,6 +249,95 @@ def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> 
                 assert a == b, f.name
 
 
+def _spooled_segments(built: Path, tmp_path: Path, refs: str) -> tuple[Any, Any, Any, Path]:
+    """The built kit's segments read and spooled to ``tmp_path/spool``, and their columns
+    before. ``refs``: the call references "as built" (wider in later segments: d1-149), all
+    padded to one width ("equal"), or so but one segment's wider ("one wider")."""
+    import numpy as np
+
+    from sampledrec.audit.distributed import spool_columns
+    from sampledrec.audit.kit import open_kit
+    from sampledrec.audit.partitions import LogPartition, read_part
+
+    shutil.copytree(built / "store", tmp_path / "store")
+    kit = _kit(tmp_path)
+    ev, _ = open_kit(kit)
+    segments = LocalLogStorage(kit / "log").segments()
+    entries = read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
+    width = max(e.contents.decisions.refs.shape[1] for e in entries)
+    for i, e in enumerate(entries):
+        d = e.contents.decisions
+        to = {"as built": d.refs.shape[1], "equal": width}.get(refs, width + 9 * (i == 3))
+        padded = np.zeros((len(d), to), dtype=np.uint8)
+        padded[:, : d.refs.shape[1]] = d.refs
+        e.contents.decisions = dataclasses.replace(d, refs=padded)
+    before = [e.contents.decisions for e in entries]
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spooled = spool_columns(entries, str(spool))
+    return entries, spooled, before, spool
+
+
+@pytest.mark.parametrize("refs", ["as built", "equal", "one wider"])
+def test_spooled_segments_are_laid_out_in_place_and_joined_without_a_copy(
+    built: Path, tmp_path: Path, refs: str
+) -> None:
+    import numpy as np
+
+    from sampledrec.log.columns import _CODED, concat_decisions
+
+    entries, spooled, before, spool = _spooled_segments(built, tmp_path, refs)
+    laid = audit_dask._LaidOut(str(spool), sum(e.length for e in entries))
+    for i in (0, 1, 2):  # partitions of one segment, then of several
+        laid.add(entries[i : i + 1], spooled[i : i + 1])
+    laid.add(entries[3:], spooled[3:])
+    laid.close()
+    assert not list(spool.iterdir())  # every file read and deleted
+    assert laid.columns is not None
+    joined = concat_decisions([e.contents.decisions for e in entries])
+    expected = concat_decisions(before)
+    coded = dict(_CODED)
+    used = [d for d in before if len(d)]
+    for f in dataclasses.fields(expected):
+        a, b = getattr(expected, f.name), getattr(joined, f.name)
+        if not isinstance(a, np.ndarray):
+            assert a == b, f.name
+            continue
+        assert a.dtype == b.dtype and a.shape == b.shape, f.name
+        assert np.array_equal(a, b), f.name
+        # Laid out in place, the join is a view of the one array. The call references are
+        # copied where a segment's are wider than the first's; codes are renumbered (copied)
+        # where the segments list different values (the two days' epochs).
+        listed = coded.get(f.name)
+        copied = (
+            any(getattr(d, listed) != getattr(joined, listed) for d in used)
+            if listed is not None
+            else f.name == "refs" and any(d.refs.shape[1] > used[0].refs.shape[1] for d in used)
+        )
+        assert copied == (f.name == "epoch" or (f.name == "refs" and refs != "equal"))
+        assert np.shares_memory(b, laid.columns[f.name]) != copied, f.name
+        with pytest.raises(ValueError, match="read-only"):
+            laid.columns[f.name][:1] = laid.columns[f.name][:1]
+
+
+def test_consecutive_rows_of_a_writable_array_are_still_copied() -> None:
+    import numpy as np
+
+    from sampledrec.log.columns import _joined
+
+    base = np.arange(100, dtype=np.int64)
+    parts = [base[:30], base[30:70], base[70:]]
+    out = _joined(parts)
+    assert np.array_equal(out, base) and not np.shares_memory(out, base)
+    base.flags.writeable = False
+    assert np.shares_memory(_joined(parts), base)
+    gap = _joined([base[:30], base[31:70]])  # not consecutive: copied, in order
+    assert np.array_equal(gap, np.concatenate([base[:30], base[31:70]]))
+    assert not np.shares_memory(gap, base)
+    swapped = _joined([base[30:70], base[:30]])
+    assert np.array_equal(swapped, np.concatenate([base[30:70], base[:30]]))
+
+
 def _cli_report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     """What ``--json`` printed, without the audit's time (the real clock's, a moment apart)."""
     doc = json.loads(capsys.readouterr().out)

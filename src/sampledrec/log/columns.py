@@ -436,7 +436,7 @@ def concat_decisions(parts: Sequence[Decisions]) -> Decisions:
         values = sorted({v for p in full for v in getattr(p, listed)})
         lists[listed] = values
         code = {v: i for i, v in enumerate(values)}
-        cols[name] = np.concatenate(
+        cols[name] = _joined(
             [
                 # A stretch whose list is already the whole one (the usual case: every
                 # stretch met the same few epochs, rules, agents) keeps its codes as they are.
@@ -449,16 +449,50 @@ def concat_decisions(parts: Sequence[Decisions]) -> Decisions:
             ]
         )
     width = max(p.refs.shape[1] for p in full)
-    refs = np.zeros((sum(len(p) for p in full), width), dtype=np.uint8)
-    at = 0
-    for p in full:
-        refs[at : at + len(p), : p.refs.shape[1]] = p.refs
-        at += len(p)
+    refs = _joined([p.refs for p in full]) if all(p.refs.shape[1] == width for p in full) else None
+    if refs is None:
+        refs = np.zeros((sum(len(p) for p in full), width), dtype=np.uint8)
+        at = 0
+        for p in full:
+            refs[at : at + len(p), : p.refs.shape[1]] = p.refs
+            at += len(p)
     cols["refs"] = refs
     for f in dataclasses.fields(Decisions):
         if f.name not in cols and f.name not in lists:
-            cols[f.name] = np.concatenate([getattr(p, f.name) for p in full])
+            cols[f.name] = _joined([getattr(p, f.name) for p in full])
     return Decisions(**lists, **cols)
+
+
+def _joined(arrays: Sequence[Any]) -> Any:
+    """``arrays`` one after the other: without a copy when they are consecutive rows of one
+    read-only array (as the Dask audit's joining process lays a log's segments out), else
+    concatenated."""
+    first = arrays[0]
+    base = first.base
+    if (
+        len(arrays) > 1
+        and isinstance(base, np.ndarray)
+        and not base.flags.writeable
+        and base.flags.c_contiguous
+        and base.ndim == first.ndim
+        and base.shape[1:] == first.shape[1:]
+        and base.dtype == first.dtype
+    ):
+        start = first.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+        at = start
+        row = base.strides[0]
+        for a in arrays:
+            if (
+                a.base is not base
+                or not a.flags.c_contiguous
+                or a.__array_interface__["data"][0] - base.__array_interface__["data"][0] != at
+            ):
+                break
+            at += a.shape[0] * row
+        else:
+            if start % row == 0:
+                return base[start // row : at // row]
+    return np.concatenate(arrays)
 
 
 class _Reader:
