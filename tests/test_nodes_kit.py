@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sampledrec import FixedClock, Store
+from sampledrec.audit.nodes import audit_deployment_kit
+from sampledrec.audit.partitions import InProcess
 from sampledrec.deployment import Deployment
 from sampledrec.witness import WitnessEndpoint, WitnessSettings
 from sampledrec.witness.note import VerifierKey
@@ -147,6 +150,40 @@ def test_exported_checkpoints_are_checked_per_node(
     assert code == 2 and "both of node node-a's log" in doc["error"]
     code, doc = verify(cli_json, honest, "--workers", "2")
     assert code == 0, doc["findings"]
+
+
+class _Counting:
+    """A part runner that counts the log partitions it checks."""
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    def run(self, parts: Any, *args: Any) -> Any:
+        self.runs.append(len(parts))
+        return InProcess().run(parts, *args)
+
+
+def test_each_nodes_log_is_read_once(
+    deployment: Deployment, tmp_path: Path, cli_json: CliJson
+) -> None:
+    # The joins across nodes need every node's entries before each node's audit: the runner
+    # that reads them first hands its results to the node's audit, not a second reading.
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    decide(a, [f"a-{i}" for i in range(30)])
+    decide(b, [f"b-{i}" for i in range(30)] + ["a-3"])
+    folder = kit(cli_json, tmp_path, a, b)
+    counted: dict[str, _Counting] = {}
+
+    def runner_for(node: Path) -> _Counting:
+        return counted.setdefault(node.name, _Counting())
+
+    at = datetime.fromisoformat(LATER.replace("Z", "+00:00"))
+    once = audit_deployment_kit(folder, now=at, runner_for=runner_for)
+    assert sorted(counted) == ["node-a", "node-b"]
+    assert all(len(c.runs) == 1 and c.runs[0] >= 1 for c in counted.values()), counted
+    alone = audit_deployment_kit(folder, now=at)
+    assert once.to_json() == alone.to_json()
+    assert once.ok, once.to_text()
 
 
 def _settings(w: ThreadedWitness) -> WitnessSettings:

@@ -43,7 +43,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -53,14 +53,22 @@ import numpy as np
 from .._hazmat.files import write_atomic
 from ..clock import SYSTEM_CLOCK
 from ..errors import InvalidArgument, SampledrecError, StoreError
-from ..log.columns import call_firsts, concat_decisions, counted_once, read_log, ref_text
+from ..log.columns import (
+    LogContents,
+    call_firsts,
+    concat_decisions,
+    counted_once,
+    read_log,
+    ref_text,
+)
 from ..log.format import T_KEY_COMMIT, T_RECORDING_ABORTED, T_RECORDING_OPENED, from_micros
+from ..log.verify import SegmentCheck
 from ..sampling.caps import cap_agent, cap_periods
 from ..sampling.record import REASONS
 from .evidence import read_catalog
 from .findings import CHECKS, OPTIONAL_CHECKS, AuditReport
 from .kit import open_kit, write_kit
-from .partitions import PartRunner
+from .partitions import InProcess, LogPartition, PartRunner, SegmentEntries, join_entries
 from .recordings import JOINED_TYPES, OtherNodes
 
 __all__ = [
@@ -229,19 +237,24 @@ def audit_deployment_kit(
     rep = AuditReport(store=f"deployment {manifest.get('deployment')} ({root})", at=at)
     joined: list[tuple[str, Any, Any]] = []  # (node, decisions, others)
     kits = []
+    runners: list[_ReadFirst] = []
     for name, folder, digest in nodes:
         if hashlib.sha256((folder / "kit.json").read_bytes()).hexdigest() != digest:
             rep.add("log", f"node {name}: its kit.json is not the one the manifest lists")
         ev, revealed = open_kit(folder)
         kits.append((name, folder, ev, revealed))
-        contents = read_log(ev.log, ev.sealing)
+        # Each node's log is read once: here, by the runner its audit will use, which hands
+        # the audit what it read (the joins below need every node's entries first).
+        runner = _ReadFirst(InProcess() if runner_for is None else runner_for(folder))
+        runners.append(runner)
+        contents = runner.read(ev, revealed, exported.get(name), progress)
         joined.append((name, contents.decisions, contents.others))
     # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
     # recordings any node opened: each node's recordings are checked with every log's word.
     opened = _opened_by(joined)
     said = [(other, e) for other, _, others in joined for e in others if e.type in JOINED_TYPES]
     node_reports = []
-    for name, folder, ev, revealed in kits:
+    for (name, _folder, ev, revealed), runner in zip(kits, runners, strict=True):
         elsewhere = OtherNodes(
             entries=[(other, e) for other, e in said if other != name], opened=opened
         )
@@ -260,7 +273,7 @@ def audit_deployment_kit(
                     cosigned=[Path(c) for c in cosigned],
                     other_logs=frozenset(o for o, n in origins.items() if n != name),
                     elsewhere=elsewhere,
-                    runner=None if runner_for is None else runner_for(folder),
+                    runner=runner,
                 ),
             )
         )
@@ -319,6 +332,46 @@ def audit_deployment_kit(
         )
     rep.counts["nodes"] = len(nodes)
     return rep
+
+
+class _ReadFirst:
+    """A node's part runner that reads the node's log before its audit: :meth:`read` runs
+    the partitions that :func:`~.verify.audit_evidence` will ask for and returns the log's
+    contents as that audit joins them; the audit's :meth:`run` of the same partitions then
+    gets those results instead of reading the log again (other partitions are run)."""
+
+    def __init__(self, runner: PartRunner) -> None:
+        self.runner = runner
+        self._ran: tuple[Any, tuple[list[SegmentCheck], list[SegmentEntries]]] | None = None
+
+    def read(
+        self,
+        ev: Any,
+        revealed: Sequence[Any],
+        checkpoint: Path | None,
+        progress: Callable[[int], None] | None,
+    ) -> LogContents:
+        from .verify import log_partitions
+
+        plan, parts, keys = log_partitions(ev, revealed, checkpoint)
+        got = self.runner.run(parts, plan.wanted, ev.sealing, keys, progress)
+        self._ran = ((parts, plan.wanted, ev.sealing, keys), got)
+        return join_entries(got[1]).contents
+
+    def run(
+        self,
+        parts: Sequence[LogPartition],
+        wanted: frozenset[int],
+        sealing: Any,
+        keys: Mapping[str, Sequence[bytes]],
+        progress: Callable[[int], None] | None,
+    ) -> tuple[list[SegmentCheck], list[SegmentEntries]]:
+        ran, self._ran = self._ran, None
+        if ran is not None:
+            (p, w, s, k), got = ran
+            if list(parts) == list(p) and w == wanted and s is sealing and dict(keys) == k:
+                return got
+        return self.runner.run(parts, wanted, sealing, keys, progress)
 
 
 def _route_checkpoints(

@@ -78,6 +78,7 @@ from .partitions import (
     EMPTY_MISMATCHES,
     DrawMismatches,
     InProcess,
+    LogPartition,
     PartRunner,
     candidate_keys,
     join_entries,
@@ -105,6 +106,7 @@ __all__ = [
     "binom_test",
     "clopper_pearson",
     "holm",
+    "log_partitions",
 ]
 
 MIN_GROUP: Final = 20
@@ -156,6 +158,19 @@ def audit_verify(
     )
 
 
+def log_partitions(
+    ev: Evidence, revealed: Sequence[Any], checkpoint: str | Path | None = None
+) -> tuple[LogVerification, list[LogPartition], dict[str, list[bytes]]]:
+    """What :func:`audit_evidence` has its runner check of ``ev``'s log: the verification's
+    plan (with the exported ``checkpoint``), the log's partitions, and the revealed keys
+    that a partition may draw with."""
+    plan = LogVerification.start(
+        ev.log, checkpoint_file=Path(checkpoint) if checkpoint is not None else None
+    )
+    parts = [] if plan.done else partitions(ev.log, plan.segments)
+    return plan, parts, candidate_keys(revealed)
+
+
 def audit_evidence(
     ev: Evidence,
     revealed: list[Any],
@@ -197,11 +212,7 @@ def audit_evidence(
     # 1. log -----------------------------------------------------------------------------------
     # The log in partitions (its segments), each verified and read on its own, then joined
     # (sampledrec.audit.partitions): here on two threads, or on Dask with ``runner``.
-    plan = LogVerification.start(
-        ev.log, checkpoint_file=Path(checkpoint) if checkpoint is not None else None
-    )
-    candidates = candidate_keys(revealed)
-    parts = [] if plan.done else partitions(ev.log, plan.segments)
+    plan, parts, candidates = log_partitions(ev, revealed, checkpoint)
     checks, segment_entries = (runner or InProcess()).run(
         parts, plan.wanted, ev.sealing, candidates, progress
     )
