@@ -66,7 +66,7 @@ class _TmpFactory:
         return path
 
 
-def _servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
+def servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
     """PostgreSQL and SeaweedFS, started with the test suite's helpers, stopped after."""
     sys.path.insert(0, str(ROOT))  # the test helpers (tests/ is a package of the repository)
     from tests.postgres import start_postgres
@@ -177,7 +177,7 @@ def part_nodes(quick: bool) -> dict[str, Any]:
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         embedded = Store.init(tmp / "embedded" / "store", policy=tmp / "policy.toml")
         one = _measure([embedded.path], env, seconds, "e")
-        for gen in _servers(tmp):
+        for gen in servers(tmp):
             pg, weed = gen
             os.environ.update(weed.env)  # the nodes' (and this process's) S3 credentials
             env.update(weed.env)

@@ -7,13 +7,15 @@ Run ``python benchmarks/bench_scale.py [--quick]`` (the audit part needs ``sampl
     and media-stream doors); ``benchmarks/_scale_nodes.py`` (:func:`~_scale_nodes.part_nodes`)
     says how it is measured.
 
-(2) The audit of an auditor's kit whose log holds 1, 3 and 10 million decisions (``--quick``:
-    1 million), in one run, on a local Dask cluster of one worker process and of two (one
-    thread each), each keeping the best of its rounds (the cluster started beforehand), with
-    the primitives measured in the same run:
+(2) The audit of a deployment kit of three nodes whose logs hold 1, 3 and 10 million
+    decisions in all (``--quick``: 1 million), in one run, on a local Dask cluster of one
+    worker process and of two (one thread each), each keeping the best of its rounds (the
+    cluster started beforehand), with the primitives measured in the same run. The kit is made
+    once (with a PostgreSQL and a SeaweedFS started for it; ``--kits`` keeps it for the next
+    run): each node decides a third of the calls on one past day.
 
-    - ``log_sha256_s``: reading the kit's log files and SHA-256 of every byte once, the least
-      any verification of the Merkle tree does;
+    - ``log_sha256_s``: reading the nodes' log files and SHA-256 of every byte once, the least
+      any verification of the Merkle trees does;
     - ``draws_s``: ``draw_many`` alone over the same call references;
     - ``join_s``: the part of a two-worker audit after the workers are done (the join and every
       check that spans the log), which more workers do not shorten.
@@ -49,14 +51,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _auditlog import call_refs, decided_store
-from _scale_nodes import node_rows, part_nodes
+from _auditlog import call_refs, decided_deployment
+from _scale_nodes import node_rows, part_nodes, servers
 from _table import print_table
 
 from sampledrec import __version__, draw_many
-from sampledrec.audit.kit import audit_kit, write_kit
+from sampledrec.audit.nodes import audit_deployment_kit, write_deployment_kit
 
 ROUNDS = 2
+NODES = 3  # the audited deployment's nodes
 
 
 class _Timed:
@@ -65,6 +68,14 @@ class _Timed:
     def __init__(self, runner: Any) -> None:
         self.runner = runner
         self.done_at = 0.0
+        self.done: _Timed | None = None
+
+    def for_kit(self, folder: Path) -> _Timed:
+        """This timer over the runner of a node's kit (the last partitions to return end
+        the workers' part: the rest, the joins, is the join)."""
+        timed = _Timed(self.runner.for_kit(folder))
+        timed.done = self
+        return timed
 
     def run(
         self,
@@ -74,23 +85,41 @@ class _Timed:
         keys: Mapping[str, Sequence[bytes]],
         progress: Callable[[int], None] | None,
     ) -> Any:
-        got = self.runner.run(parts, wanted, sealing, keys, progress)
-        self.done_at = time.perf_counter()
-        return got
+        return self.submit(parts, wanted, sealing, keys, progress)()
+
+    def submit(
+        self,
+        parts: Sequence[Any],
+        wanted: frozenset[int],
+        sealing: Any,
+        keys: Mapping[str, Sequence[bytes]],
+        progress: Callable[[int], None] | None,
+    ) -> Callable[[], Any]:
+        pending = self.runner.submit(parts, wanted, sealing, keys, progress)
+
+        def wait() -> Any:
+            got = pending()
+            (self.done or self).done_at = time.perf_counter()
+            return got
+
+        return wait
 
 
 def _kit(folder: Path, n: int) -> tuple[Path, str, float]:
-    """The kit of a store of ``n`` decisions in ``folder/kit`` (made unless there already),
-    the day of its decisions, and how long making it took (0: it was there)."""
+    """The deployment kit of ``NODES`` nodes whose logs hold ``n`` decisions in all, in
+    ``folder/kit`` (made unless there already, with a PostgreSQL and a SeaweedFS started for
+    it), the day of its decisions, and how long making it took (0: it was there)."""
     kit, made = folder / "kit", folder / "made.json"
-    if made.is_file() and kit.is_dir():
+    if made.is_file() and kit.is_dir() and json.loads(made.read_text()).get("nodes") == NODES:
         return kit, json.loads(made.read_text())["day"], 0.0
+    shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
-    built = decided_store(folder, n)
-    write_kit(built.store, kit, now=built.day + timedelta(days=1))
-    shutil.rmtree(folder / "store")  # the kit holds everything the audit reads
+    for pg, weed in servers(folder.parent):
+        built = decided_deployment(folder / "deployment", n, pg, weed, NODES)
+        write_deployment_kit(built.nodes, kit, now=built.day + timedelta(days=1))
+    shutil.rmtree(folder / "deployment")  # the kit holds everything the audit reads
     day = built.day.date().isoformat()
-    made.write_text(json.dumps({"day": day, "decisions": n}))
+    made.write_text(json.dumps({"day": day, "decisions": n, "nodes": NODES}))
     return kit, day, time.perf_counter() - t0
 
 
@@ -106,10 +135,12 @@ def part_audit(
         refs = call_refs(n)
         key = next(
             bytes.fromhex(e["key"])
-            for e in json.loads((kit / "revealed-keys.json").read_bytes())["epochs"]
+            for e in json.loads((kit / "nodes" / "node-0" / "revealed-keys.json").read_bytes())[
+                "epochs"
+            ]
             if e["epoch_id"] == day
         )
-        segments = sorted((kit / "log").glob("seg-*"))
+        segments = sorted((kit / "nodes").glob("*/log/seg-*"))
         log_bytes = sum(p.stat().st_size for p in segments)
         best: dict[str, float] = {}
         walls: dict[str, list[float]] = {"audit_1_workers_s": [], "audit_2_workers_s": []}
@@ -126,7 +157,7 @@ def part_audit(
                 for _ in range(rounds):
                     before = runner.client.run(time.process_time)
                     c0, t0 = time.process_time(), time.perf_counter()
-                    rep = audit_kit(kit, runner=timed)
+                    rep = audit_deployment_kit(kit, runner_for=timed.for_kit)
                     end, c1 = time.perf_counter(), time.process_time()
                     after = runner.client.run(time.process_time)
                     keep(f"audit_{workers}_workers_s", end - t0)
@@ -141,7 +172,7 @@ def part_audit(
                     ok = ok and rep.ok
         for _ in range(rounds):
             c0, t0 = time.process_time(), time.perf_counter()
-            rep = audit_kit(kit)
+            rep = audit_deployment_kit(kit)
             keep("audit_in_process_s", time.perf_counter() - t0)
             keep("cpu_in_process_s", time.process_time() - c0)
             ok = ok and rep.ok

@@ -199,6 +199,20 @@ class DaskRunner:
         keys: Mapping[str, Sequence[bytes]],
         progress: Callable[[int], None] | None,
     ) -> tuple[list[SegmentCheck], list[SegmentEntries]]:
+        return self.submit(parts, wanted, sealing, keys, progress)()
+
+    def submit(
+        self,
+        parts: Sequence[LogPartition],
+        wanted: frozenset[int],
+        sealing: Any,
+        keys: Mapping[str, Sequence[bytes]],
+        progress: Callable[[int], None] | None,
+    ) -> Callable[[], tuple[list[SegmentCheck], list[SegmentEntries]]]:
+        """:meth:`run` in two steps: the partitions go to the cluster now, and the function
+        returned waits for their answers. Several logs' partitions (a deployment's nodes) are
+        submitted before the first is waited for: the workers go from one log to the next,
+        while this process takes in the answers."""
         as_completed: Any = importlib.import_module("distributed").as_completed  # untyped
 
         log = Path(self.kit) / "log"
@@ -214,8 +228,17 @@ class DaskRunner:
             spool=self.spool,
             pure=False,
         )
+        return functools.partial(self._collect, as_completed, futures, sizes, progress)
+
+    def _collect(
+        self,
+        as_completed: Any,
+        futures: list[Any],
+        sizes: list[int],
+        progress: Callable[[int], None] | None,
+    ) -> tuple[list[SegmentCheck], list[SegmentEntries]]:
         slot = {f.key: i for i, f in enumerate(futures)}
-        got: list[tuple[list[SegmentCheck], list[SegmentEntries]] | None] = [None] * len(remote)
+        got: list[tuple[list[SegmentCheck], list[SegmentEntries]] | None] = [None] * len(futures)
         laid = None if self.spool is None else _LaidOut(self.spool, sum(sizes))
         unread: dict[int, tuple[list[SegmentEntries], list[Spooled | None]]] = {}
         # Each answer is fetched as soon as it is ready, while the workers go on with the

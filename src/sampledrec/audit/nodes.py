@@ -39,6 +39,7 @@ are checked once, against every node's decisions together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -246,8 +247,10 @@ def audit_deployment_kit(
         # Each node's log is read once: here, by the runner its audit will use, which hands
         # the audit what it read (the joins below need every node's entries first).
         runner = _ReadFirst(InProcess() if runner_for is None else runner_for(folder))
+        runner.submit(ev, revealed, exported.get(name), progress)  # on a cluster: all at once
         runners.append(runner)
-        contents = runner.read(ev, revealed, exported.get(name), progress)
+    for (name, _, _), runner in zip(nodes, runners, strict=True):
+        contents = runner.read()
         joined.append((name, contents.decisions, contents.others))
     # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
     # recordings any node opened: each node's recordings are checked with every log's word.
@@ -335,28 +338,41 @@ def audit_deployment_kit(
 
 
 class _ReadFirst:
-    """A node's part runner that reads the node's log before its audit: :meth:`read` runs
-    the partitions that :func:`~.verify.audit_evidence` will ask for and returns the log's
-    contents as that audit joins them; the audit's :meth:`run` of the same partitions then
-    gets those results instead of reading the log again (other partitions are run)."""
+    """A node's part runner that reads the node's log before its audit: :meth:`submit` starts
+    the partitions that :func:`~.verify.audit_evidence` will ask for (on a cluster, every
+    node's are submitted before the first is waited for), :meth:`read` returns the log's
+    contents as that audit joins them, and the audit's :meth:`run` of the same partitions
+    then gets those results instead of reading the log again (other partitions are run)."""
 
     def __init__(self, runner: PartRunner) -> None:
         self.runner = runner
-        self._ran: tuple[Any, tuple[list[SegmentCheck], list[SegmentEntries]]] | None = None
+        self._args: tuple[Any, ...] | None = None
+        self._pending: Callable[[], tuple[list[SegmentCheck], list[SegmentEntries]]] | None
+        self._pending = None
+        self._ran: tuple[list[SegmentCheck], list[SegmentEntries]] | None = None
 
-    def read(
+    def submit(
         self,
         ev: Any,
         revealed: Sequence[Any],
         checkpoint: Path | None,
         progress: Callable[[int], None] | None,
-    ) -> LogContents:
+    ) -> None:
         from .verify import log_partitions
 
         plan, parts, keys = log_partitions(ev, revealed, checkpoint)
-        got = self.runner.run(parts, plan.wanted, ev.sealing, keys, progress)
-        self._ran = ((parts, plan.wanted, ev.sealing, keys), got)
-        return join_entries(got[1]).contents
+        self._args = (parts, plan.wanted, ev.sealing, keys)
+        submit = getattr(self.runner, "submit", None)
+        if submit is not None:
+            self._pending = submit(*self._args, progress)
+        else:
+            self._pending = functools.partial(self.runner.run, *self._args, progress)
+
+    def read(self) -> LogContents:
+        assert self._pending is not None, "submit first"
+        self._ran = self._pending()
+        self._pending = None
+        return join_entries(self._ran[1]).contents
 
     def run(
         self,
@@ -366,11 +382,12 @@ class _ReadFirst:
         keys: Mapping[str, Sequence[bytes]],
         progress: Callable[[int], None] | None,
     ) -> tuple[list[SegmentCheck], list[SegmentEntries]]:
-        ran, self._ran = self._ran, None
-        if ran is not None:
-            (p, w, s, k), got = ran
+        ran, args = self._ran, self._args
+        self._ran = self._args = None
+        if ran is not None and args is not None:
+            p, w, s, k = args
             if list(parts) == list(p) and w == wanted and s is sealing and dict(keys) == k:
-                return got
+                return ran
         return self.runner.run(parts, wanted, sealing, keys, progress)
 
 
