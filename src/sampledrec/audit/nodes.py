@@ -283,20 +283,21 @@ def audit_deployment_kit(
     _merge(rep, node_reports)
     policies = _policies(nodes)
     _join_commitments(rep, joined)
-    _join_decisions(rep, joined, policies)
+    every = concat_decisions([d for _, d, _ in joined])  # node after node
+    every_firsts = call_firsts(every)
+    _join_decisions(rep, joined, every, every_firsts, policies)
     _join_recordings(rep, joined)
     # The statistics over the deployment: each call once, whichever node logged it first.
-    every = concat_decisions([d for _, d, _ in joined])
     rep.skipped.pop("statistics", None)
     rep.ran.add("statistics")
-    check_statistics(rep, every, counted_once(call_firsts(every)))
+    check_statistics(rep, every, counted_once(every_firsts))
     if cdr_rows is not None:
         # Against every node's decisions at once: a carrier call decided on any node has its
         # decision, and one call decided under two references on two nodes is a re-roll.
         rep.skipped.pop("cdr", None)
         rep.ran.add("cdr")
         before = len(rep.findings)
-        check_cdr(rep, every, cdr_rows, policies, counted_once(call_firsts(every)))
+        check_cdr(rep, every, cdr_rows, policies, counted_once(every_firsts))
         _name_nodes(rep.findings[before:], joined)
     states = {str(n.get("name")): n for n in manifest.get("node_states", [])}
     _check_node_states(rep, states, {name for name, _, _ in nodes})
@@ -502,45 +503,74 @@ def _join_commitments(rep: AuditReport, joined: Sequence[tuple[str, Any, Any]]) 
 
 
 def _join_decisions(
-    rep: AuditReport, joined: Sequence[tuple[str, Any, Any]], policies: dict[bytes, Any]
+    rep: AuditReport,
+    joined: Sequence[tuple[str, Any, Any]],
+    every: Any,
+    every_firsts: Any,
+    policies: dict[bytes, Any],
 ) -> None:
-    """One outcome per call across nodes (first wins), and per-agent caps across nodes."""
-    calls: dict[tuple[str, bool, bytes], list[tuple[int, str, int, Any, int]]] = defaultdict(list)
-    for name, d, _ in joined:
-        if not len(d):
-            continue
-        firsts = counted_once(call_firsts(d))
-        for i in firsts.nonzero()[0].tolist():
-            ref = d.ref(i)
-            if ref is None:
-                continue
-            raw = ref.encode("utf-8") if isinstance(ref, str) else bytes(ref)
-            key = (d.epochs[int(d.epoch[i])], isinstance(ref, str), raw)
-            calls[key].append((int(d.time_us[i]), name, int(d.index[i]), d, i))
-    joined_calls = 0
-    winners = []
-    for (epoch, _, _), found in calls.items():
-        found.sort(key=lambda x: (x[0], x[1], x[2]))
-        _, node0, index0, d0, i0 = found[0]
-        winners.append(found[0])
-        if len({x[1] for x in found}) > 1:
-            joined_calls += 1
-        want = _outcome(d0, i0)
-        for _, node, index, d, i in found[1:]:
-            if node != node0 and _outcome(d, i) != want:
-                rep.add(
-                    "decisions",
-                    f"decided {REASONS[int(d.reason[i])]} under rule {d.rules[int(d.rule[i])]!r} "
-                    f"on node {node}, after node {node0} decided it "
-                    f"{REASONS[int(d0.reason[i0])]} under rule {d0.rules[int(d0.rule[i0])]!r}: "
-                    "a call decided on two nodes must get the first decision",
-                    index=index,
-                    call_ref=d.ref_text(i),
-                    epoch_id=epoch,
-                    evidence={"node": node, "first_node": node0, "first_index": index0},
-                )
-    rep.checked.setdefault("decisions", {})["calls_decided_on_several_nodes"] = joined_calls
-    _join_caps(rep, winners, policies)
+    """One outcome per call across nodes (first wins), and per-agent caps across nodes.
+
+    ``every``: the nodes' decisions one node after the other (:func:`concat_decisions` of
+    ``joined``'s), and ``every_firsts`` its :func:`call_firsts`. Each node's first decision of
+    each call (with a reference) takes part; a call's decisions on several nodes are ordered by
+    time, then node name, then index, and the first wins: another node's decision with another
+    outcome (reason, rule, policy version, threshold) is a finding. In columns: the work grows
+    with the decisions but the Python loops only with the findings and the capped winners."""
+    names = [name for name, _, _ in joined]
+    sizes = [len(d) for _, d, _ in joined]
+    node_of = np.repeat(np.arange(len(joined), dtype=np.int64), sizes)
+    # Each node's first decision of each call, as rows of ``every``.
+    rows = np.concatenate(
+        [
+            np.flatnonzero(counted_once(call_firsts(d)) & (d.ref_kind > 0)) + offset
+            for (_, d, _), offset in zip(joined, np.cumsum([0, *sizes])[:-1], strict=True)
+            if len(d)
+        ]
+        or [np.empty(0, dtype=np.int64)]
+    ).astype(np.int64)
+    call = every_firsts[rows]  # the call's first row in ``every``: one number per call
+    rank = np.argsort(np.argsort(np.asarray(names, dtype=object)))  # node names in order
+    order = np.lexsort((every.index[rows], rank[node_of[rows]], every.time_us[rows], call))
+    rows, call = rows[order], call[order]
+    first = np.ones(rows.size, dtype=bool)
+    first[1:] = call[1:] != call[:-1]
+    winner = rows[first][np.cumsum(first) - 1]  # each row's call's first decision
+    size = np.diff(np.flatnonzero(np.r_[first, True]))
+    differs = (
+        (every.reason[rows] != every.reason[winner])
+        | (every.rule[rows] != every.rule[winner])
+        | (every.version[rows] != every.version[winner])
+        | (every.threshold[rows] != every.threshold[winner])
+    ) & ~first
+    for i, w in zip(rows[differs].tolist(), winner[differs].tolist(), strict=True):
+        node, node0 = names[int(node_of[i])], names[int(node_of[w])]
+        rep.add(
+            "decisions",
+            f"decided {REASONS[int(every.reason[i])]} under rule "
+            f"{every.rules[int(every.rule[i])]!r} on node {node}, after node {node0} decided it "
+            f"{REASONS[int(every.reason[w])]} under rule {every.rules[int(every.rule[w])]!r}: "
+            "a call decided on two nodes must get the first decision",
+            index=int(every.index[i]),
+            call_ref=every.ref_text(i),
+            epoch_id=every.epochs[int(every.epoch[i])],
+            evidence={"node": node, "first_node": node0, "first_index": int(every.index[w])},
+        )
+    rep.checked.setdefault("decisions", {})["calls_decided_on_several_nodes"] = int(
+        np.count_nonzero(size > 1)
+    )
+    won = rows[first]
+    won = won[
+        ((every.reason[won] == _SAMPLED) | (every.reason[won] == _CAP)) & (every.agent[won] >= 0)
+    ]
+    _join_caps(
+        rep,
+        [
+            (int(every.time_us[i]), names[int(node_of[i])], int(every.index[i]), every, i)
+            for i in won.tolist()
+        ],
+        policies,
+    )
 
 
 def _outcome(d: Any, i: int) -> tuple[int, str, bytes, int]:
