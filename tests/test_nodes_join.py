@@ -116,7 +116,9 @@ def _node(rows: list[tuple[int, int, int, int, int, bytes, int]]) -> Any:
 def test_the_join_in_columns_says_what_the_call_by_call_join_said(
     nodes: list[list[Any]], names: list[str]
 ) -> None:
-    joined = [(names[k], _node(rows), []) for k, rows in enumerate(nodes)]
+    joined: list[tuple[str, Any, Any]] = [
+        (names[k], _node(rows), []) for k, rows in enumerate(nodes)
+    ]
     every = concat_decisions([d for _, d, _ in joined])
     expected, got = AuditReport(store="x", at=AT), AuditReport(store="x", at=AT)
     _reference(expected, joined)
@@ -130,7 +132,10 @@ def test_the_join_in_columns_says_what_the_call_by_call_join_said(
 def test_a_call_decided_otherwise_on_a_later_node_is_a_finding() -> None:
     early = (1, 0, 0, 1, 0, b"\x01", 10)  # c-1 not sampled under sales at t=1
     later = (2, 0, 0, 0, 0, b"\x01", 10)  # c-1 sampled at t=2, on another node
-    joined = [("node-b", _node([later]), []), ("node-a", _node([early]), [])]
+    joined: list[tuple[str, Any, Any]] = [
+        ("node-b", _node([later]), []),
+        ("node-a", _node([early]), []),
+    ]
     every = concat_decisions([d for _, d, _ in joined])
     rep = AuditReport(store="x", at=AT)
     _join_decisions(rep, joined, every, call_firsts(every), {})
