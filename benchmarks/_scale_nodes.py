@@ -72,7 +72,7 @@ def servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
     from tests.postgres import start_postgres
     from tests.seaweedfs import seaweedfs
 
-    pg = start_postgres(Path(tempfile.mkdtemp(prefix="sampledrec-pg-")))
+    pg = start_postgres(Path(tempfile.mkdtemp(prefix="pg-", dir=tmp)))  # removed with tmp
     weed = seaweedfs.__wrapped__(_TmpFactory(tmp))  # type: ignore[attr-defined]
     try:
         yield pg, next(weed)

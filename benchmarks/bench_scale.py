@@ -114,9 +114,13 @@ def _kit(folder: Path, n: int) -> tuple[Path, str, float]:
         return kit, json.loads(made.read_text())["day"], 0.0
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
-    for pg, weed in servers(folder.parent):
-        built = decided_deployment(folder / "deployment", n, pg, weed, NODES)
-        write_deployment_kit(built.nodes, kit, now=built.day + timedelta(days=1))
+    scratch = Path(tempfile.mkdtemp(prefix="sampledrec-bench-servers-"))
+    try:
+        for pg, weed in servers(scratch):
+            built = decided_deployment(folder / "deployment", n, pg, weed, NODES)
+            write_deployment_kit(built.nodes, kit, now=built.day + timedelta(days=1))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     shutil.rmtree(folder / "deployment")  # the kit holds everything the audit reads
     day = built.day.date().isoformat()
     made.write_text(json.dumps({"day": day, "decisions": n, "nodes": NODES}))
