@@ -41,6 +41,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import sys
@@ -115,11 +116,14 @@ def _kit(folder: Path, n: int) -> tuple[Path, str, float]:
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="sampledrec-bench-servers-"))
+    environ = dict(os.environ)  # the S3 credentials of these servers only while they run
     try:
         for pg, weed in servers(scratch):
             built = decided_deployment(folder / "deployment", n, pg, weed, NODES)
             write_deployment_kit(built.nodes, kit, now=built.day + timedelta(days=1))
     finally:
+        os.environ.clear()
+        os.environ.update(environ)
         shutil.rmtree(scratch, ignore_errors=True)
     shutil.rmtree(folder / "deployment")  # the kit holds everything the audit reads
     day = built.day.date().isoformat()
