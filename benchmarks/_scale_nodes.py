@@ -72,13 +72,16 @@ def servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
     from tests.postgres import start_postgres
     from tests.seaweedfs import seaweedfs
 
-    pg = start_postgres(Path(tempfile.mkdtemp(prefix="pg-", dir=tmp)))  # removed with tmp
+    # In /tmp itself: as root, the server runs as another user, who must reach its folder.
+    folder = Path(tempfile.mkdtemp(prefix="sampledrec-pg-"))
+    pg = start_postgres(folder)
     weed = seaweedfs.__wrapped__(_TmpFactory(tmp))  # type: ignore[attr-defined]
     try:
         yield pg, next(weed)
     finally:
         weed.close()
         pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve(store: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str, str]:

@@ -294,6 +294,9 @@ def test_spooled_segments_are_laid_out_in_place_and_joined_without_a_copy(
     laid.close()
     assert not list(spool.iterdir())  # every file read and deleted
     assert laid.columns is not None
+    segment = next(e.contents.decisions for e in entries if len(e.contents.decisions))
+    with pytest.raises(ValueError, match="read-only"):  # nor through a segment's columns
+        segment.time_us[:1] = 0
     joined = concat_decisions([e.contents.decisions for e in entries])
     expected = concat_decisions(before)
     coded = dict(_CODED)

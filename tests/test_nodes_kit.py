@@ -6,6 +6,7 @@ cheating case fails. Two nodes on the real PostgreSQL and SeaweedFS."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +19,7 @@ from sampledrec import FixedClock, Store
 from sampledrec.audit.nodes import audit_deployment_kit
 from sampledrec.audit.partitions import InProcess
 from sampledrec.deployment import Deployment
+from sampledrec.errors import StoreError
 from sampledrec.witness import WitnessEndpoint, WitnessSettings
 from sampledrec.witness.note import VerifierKey
 
@@ -184,6 +186,24 @@ def test_each_nodes_log_is_read_once(
     alone = audit_deployment_kit(folder, now=at)
     assert once.to_json() == alone.to_json()
     assert once.ok, once.to_text()
+
+
+def test_a_manifest_that_names_a_node_twice_is_refused(
+    deployment: Deployment, tmp_path: Path, cli_json: CliJson
+) -> None:
+    # Each node's log is audited and joined under its name: two entries of one name would
+    # let one node's decisions pass for another's.
+    a, b = nodes(deployment, tmp_path, "node-a", "node-b")
+    decide(a, ["c-1"])
+    decide(b, ["c-2"])
+    folder = kit(cli_json, tmp_path, a, b)
+    manifest = json.loads((folder / "deployment-kit.json").read_text())
+    manifest["nodes"][1]["name"] = manifest["nodes"][0]["name"]
+    (folder / "deployment-kit.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="names a node twice"):
+        audit_deployment_kit(folder)
+    code, doc = verify(cli_json, folder)
+    assert code == 3 and "names a node twice" in doc["error"]  # the kit is unusable
 
 
 def _settings(w: ThreadedWitness) -> WitnessSettings:

@@ -312,6 +312,8 @@ class _LaidOut:
                         here[:, : shape[1]] = column
                         here[:, shape[1] :] = 0
                         column = here
+                    if column is here:
+                        column.flags.writeable = False  # nothing writes through the join
                     cols[name] = column
             os.unlink(s.path)
             self.rows += s.columns[0][2][0]

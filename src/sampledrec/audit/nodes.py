@@ -231,6 +231,9 @@ def audit_deployment_kit(
             for n in manifest["nodes"]
         ]
         origins = {str(n["origin"]): str(n["name"]) for n in manifest["nodes"]}
+        named = [name for name, _, _ in nodes]
+        if len(set(named)) != len(named):
+            raise ValueError(f"it names a node twice ({sorted(named)})")
         unattributed = manifest.get("unattributed", {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"{root / MANIFEST}: {exc}; ask the operator for a new kit") from None
@@ -653,19 +656,23 @@ def _join_recordings(rep: AuditReport, joined: Sequence[tuple[str, Any, Any]]) -
     reference before opening it (every node logs the decision of a call it records)."""
     per_call: dict[tuple[str, str], list[tuple[str, str, int]]] = defaultdict(list)
     for name, d, others in joined:
+        opened = [
+            (e, ref_text(ref))
+            for e in others
+            if e.type == T_RECORDING_OPENED
+            and isinstance(ref := e.fields.get("call_ref"), str | bytes)
+            and ref  # else sealed away, or missing: the node's own audit says which
+        ]
+        if not opened:
+            continue  # no recording: none of its decisions is looked up
+        wanted = {text for _, text in opened}
         positive: dict[str, list[tuple[int, str]]] = defaultdict(list)  # ref -> (index, epoch)
         if len(d):
             for i in (d.reason == _SAMPLED).nonzero()[0].tolist():
                 ref = d.ref(i)
-                if ref is not None:
-                    positive[ref_text(ref)].append((int(d.index[i]), d.epochs[int(d.epoch[i])]))
-        for e in others:
-            if e.type != T_RECORDING_OPENED:
-                continue
-            ref = e.fields.get("call_ref")
-            if not isinstance(ref, str | bytes) or not ref:
-                continue  # sealed away, or missing: the node's own audit says which
-            text = ref_text(ref)
+                if ref is not None and (text := ref_text(ref)) in wanted:
+                    positive[text].append((int(d.index[i]), d.epochs[int(d.epoch[i])]))
+        for e, text in opened:
             earlier = [epoch for index, epoch in positive.get(text, []) if index < e.index]
             if not earlier:
                 continue  # the node's own audit reports a recording without a decision
