@@ -323,22 +323,27 @@ def test_spooled_segments_are_laid_out_in_place_and_joined_without_a_copy(
             laid.columns[f.name][:1] = laid.columns[f.name][:1]
 
 
-def test_consecutive_rows_of_a_writable_array_are_still_copied() -> None:
+def test_only_read_only_views_of_consecutive_rows_are_joined_without_a_copy() -> None:
     import numpy as np
 
     from sampledrec.log.columns import _joined
 
     base = np.arange(100, dtype=np.int64)
     parts = [base[:30], base[30:70], base[70:]]
-    out = _joined(parts)
+    out = _joined(parts)  # writable views: somebody may write to them, so copied
     assert np.array_equal(out, base) and not np.shares_memory(out, base)
-    base.flags.writeable = False
-    assert np.shares_memory(_joined(parts), base)
-    gap = _joined([base[:30], base[31:70]])  # not consecutive: copied, in order
-    assert np.array_equal(gap, np.concatenate([base[:30], base[31:70]]))
-    assert not np.shares_memory(gap, base)
-    swapped = _joined([base[30:70], base[:30]])
-    assert np.array_equal(swapped, np.concatenate([base[30:70], base[:30]]))
+    for part in parts:
+        part.flags.writeable = False
+    joined = _joined(parts)
+    assert np.shares_memory(joined, base) and np.array_equal(joined, base)
+    assert not joined.flags.writeable
+    gap = [base[:30], base[31:70]]
+    swapped = [base[30:70], base[:30]]
+    for case in (gap, swapped):  # not consecutive: copied, in order
+        for part in case:
+            part.flags.writeable = False
+        got = _joined(case)
+        assert np.array_equal(got, np.concatenate(case)) and not np.shares_memory(got, base)
 
 
 def _cli_report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

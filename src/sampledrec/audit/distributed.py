@@ -186,10 +186,25 @@ class DaskRunner:
         self.client = client
         self.kit = str(Path(kit).resolve())
         self.spool = spool
+        self._together: list[_LaidOut | None] = [None]  # shared with for_kit's runners
 
     def for_kit(self, kit: str | Path) -> DaskRunner:
         """A runner of another kit's log on the same cluster (a deployment kit's nodes)."""
-        return DaskRunner(self.client, kit, self.spool)
+        runner = DaskRunner(self.client, kit, self.spool)
+        runner._together = self._together
+        return runner
+
+    def lay_out_together(self, log_bytes: int | None) -> None:
+        """Until called again with None, the logs this runner and its :meth:`for_kit`
+        runners read (one after the other, as a deployment's audit reads its nodes) have their
+        columns laid out one after the other in the same arrays (:class:`_LaidOut`), so that
+        joining the nodes' decisions copies nothing either; ``log_bytes``: all those logs'."""
+        laid = self._together[0]
+        if laid is not None:
+            laid.close()
+        self._together[0] = (
+            None if log_bytes is None or self.spool is None else _LaidOut(self.spool, log_bytes)
+        )
 
     def run(
         self,
@@ -239,8 +254,10 @@ class DaskRunner:
     ) -> tuple[list[SegmentCheck], list[SegmentEntries]]:
         slot = {f.key: i for i, f in enumerate(futures)}
         got: list[tuple[list[SegmentCheck], list[SegmentEntries]] | None] = [None] * len(futures)
-        laid = None if self.spool is None else _LaidOut(self.spool, sum(sizes))
+        together = self._together[0]
+        laid = together or (None if self.spool is None else _LaidOut(self.spool, sum(sizes)))
         unread: dict[int, tuple[list[SegmentEntries], list[Spooled | None]]] = {}
+        next_part = 0
         # Each answer is fetched as soon as it is ready, while the workers go on with the
         # others (not all at the end), and released from its worker at once. Its spooled
         # columns are read once every partition before it was (into their place in the log).
@@ -251,14 +268,15 @@ class DaskRunner:
             future.release()
             if laid is not None:
                 unread[i] = (entries, spooled)
-                while laid.parts in unread:
-                    laid.add(*unread.pop(laid.parts))
+                while next_part in unread:
+                    laid.add(*unread.pop(next_part))
+                    next_part += 1
             if progress is not None:
                 progress(2 * sizes[i])  # both passes over its bytes
         done = [g for g in got if g is not None]
         if len(done) != len(got) or unread:  # as_completed yields every future, or raises
             raise RuntimeError("a partition's answer is missing")
-        if laid is not None:
+        if laid is not None and laid is not together:
             laid.close()
         return [c for g in done for c in g[0]], [e for g in done for e in g[1]]
 
@@ -280,7 +298,6 @@ class _LaidOut:
     def __init__(self, folder: str, log_bytes: int) -> None:
         self.folder = folder
         self.log_bytes = log_bytes
-        self.parts = 0  # partitions read so far (in log order)
         self.rows = 0  # rows written so far
         self.columns: dict[str, Any] | None = None
         self.capacity = 0
@@ -288,7 +305,6 @@ class _LaidOut:
     def add(self, entries: list[SegmentEntries], spooled: list[Spooled | None]) -> None:
         """The next partition in log order: its segments' columns read (and their files
         deleted), each into its place."""
-        self.parts += 1
         for e, s in zip(entries, spooled, strict=True):
             if s is None or not self._fits(e, s):
                 unspool_columns([e], [s], self.folder)

@@ -249,12 +249,21 @@ def audit_deployment_kit(
         kits.append((name, folder, ev, revealed))
         # Each node's log is read once: here, by the runner its audit will use, which hands
         # the audit what it read (the joins below need every node's entries first).
-        runner = _ReadFirst(InProcess() if runner_for is None else runner_for(folder))
-        runner.submit(ev, revealed, exported.get(name), progress)  # on a cluster: all at once
-        runners.append(runner)
-    for (name, _, _), runner in zip(nodes, runners, strict=True):
-        contents = runner.read()
-        joined.append((name, contents.decisions, contents.others))
+        runners.append(_ReadFirst(InProcess() if runner_for is None else runner_for(folder)))
+    # On a cluster, every node's partitions are submitted at once, and their columns laid
+    # out one node after the other (the nodes' decisions then join without a copy).
+    together = getattr(runners[0].runner, "lay_out_together", None) if runners else None
+    if together is not None:
+        together(sum(f.stat().st_size for _, folder, _ in nodes for f in _log_files(folder)))
+    try:
+        for (name, _, ev, revealed), runner in zip(kits, runners, strict=True):
+            runner.submit(ev, revealed, exported.get(name), progress)
+        for (name, _, _), runner in zip(nodes, runners, strict=True):
+            contents = runner.read()
+            joined.append((name, contents.decisions, contents.others))
+    finally:
+        if together is not None:
+            together(None)
     # A sweep, an erasure, a hold or a recovery runs on one node and logs there, about
     # recordings any node opened: each node's recordings are checked with every log's word.
     opened = _opened_by(joined)
@@ -339,6 +348,14 @@ def audit_deployment_kit(
         )
     rep.counts["nodes"] = len(nodes)
     return rep
+
+
+def _log_files(kit: Path) -> list[Path]:
+    """The files of a node's kit's log (none if it has no log folder)."""
+    try:
+        return [f for f in (kit / "log").iterdir() if f.is_file()]
+    except OSError:
+        return []
 
 
 class _ReadFirst:

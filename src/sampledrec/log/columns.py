@@ -464,15 +464,16 @@ def concat_decisions(parts: Sequence[Decisions]) -> Decisions:
 
 
 def _joined(arrays: Sequence[Any]) -> Any:
-    """``arrays`` one after the other: without a copy when they are consecutive rows of one
-    read-only array (as the Dask audit's joining process lays a log's segments out), else
+    """``arrays`` one after the other: without a copy (a read-only view) when they are
+    read-only views of consecutive rows of one array (as the Dask audit's joining process
+    lays a log's segments out: rows once written are never written again), else
     concatenated."""
     first = arrays[0]
     base = first.base
     if (
         len(arrays) > 1
         and isinstance(base, np.ndarray)
-        and not base.flags.writeable
+        and not any(a.flags.writeable for a in arrays)
         and base.flags.c_contiguous
         and base.ndim == first.ndim
         and base.shape[1:] == first.shape[1:]
@@ -491,7 +492,9 @@ def _joined(arrays: Sequence[Any]) -> Any:
             at += a.shape[0] * row
         else:
             if start % row == 0:
-                return base[start // row : at // row]
+                view = base[start // row : at // row]
+                view.flags.writeable = False
+                return view
     return np.concatenate(arrays)
 
 
