@@ -7,7 +7,6 @@ path), on a day two days back, so that its epoch has ended and its key can be re
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from _scale_nodes import new_deployment
 
 from sampledrec import FixedClock, Store
-from sampledrec.deployment import Deployment
-from sampledrec.store import s3_blobs_backend
 
 POLICY = """
 [[rules]]
@@ -84,16 +82,7 @@ def decided_deployment(
     all: node k decides the k-th share of ``call_refs(n)``, on one past day."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "policy.toml").write_text(POLICY, encoding="utf-8")
-    os.environ.update(weed.env)
-    dep = Deployment.init(
-        folder / "deployment.json",
-        name="bench-audit",
-        catalog_dsn=pg.url(pg.new_schema()),
-        blobs=s3_blobs_backend(
-            f"s3://{weed.bucket}/{weed.new_prefix('audit')}", endpoint=weed.endpoint
-        ),
-        policy=folder / "policy.toml",
-    )
+    dep = new_deployment(folder / "deployment.json", pg, weed, folder / "policy.toml", "audit")
     real_now = datetime.now(UTC)
     day = (real_now - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
     clock = FixedClock(day)

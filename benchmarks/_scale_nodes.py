@@ -30,9 +30,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from sampledrec.deployment import Deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-scale-nodes-token-0123456789"
@@ -67,13 +70,15 @@ class _TmpFactory:
 
 
 def servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
-    """PostgreSQL and SeaweedFS, started with the test suite's helpers, stopped after."""
+    """PostgreSQL and SeaweedFS, started with the test suite's helpers, stopped after (and
+    this process's environment as it was before)."""
     sys.path.insert(0, str(ROOT))  # the test helpers (tests/ is a package of the repository)
     from tests.postgres import start_postgres
     from tests.seaweedfs import seaweedfs
 
     # In /tmp itself: as root, the server runs as another user, who must reach its folder.
     folder = Path(tempfile.mkdtemp(prefix="sampledrec-pg-"))
+    environ = dict(os.environ)  # S3 credentials taken meanwhile are these servers' only
     pg = start_postgres(folder)
     weed = seaweedfs.__wrapped__(_TmpFactory(tmp))  # type: ignore[attr-defined]
     try:
@@ -82,6 +87,27 @@ def servers(tmp: Path) -> Iterator[tuple[Any, Any]]:
         weed.close()
         pg.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def new_deployment(path: Path, pg: Any, weed: Any, policy: Path, name: str) -> Deployment:
+    """A new deployment (its file at ``path``) on a fresh schema of ``pg`` and a fresh prefix of
+    ``weed``'s bucket, with ``policy``; this process takes ``weed``'s S3 credentials (the
+    nodes' too, which inherit its environment)."""
+    from sampledrec.deployment import Deployment
+    from sampledrec.store import s3_blobs_backend
+
+    os.environ.update(weed.env)
+    return Deployment.init(
+        path,
+        name=name,
+        catalog_dsn=pg.url(pg.new_schema()),
+        blobs=s3_blobs_backend(
+            f"s3://{weed.bucket}/{weed.new_prefix(name)}", endpoint=weed.endpoint
+        ),
+        policy=policy,
+    )
 
 
 def _serve(store: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -170,8 +196,6 @@ def _measure(stores: list[Path], env: dict[str, str], seconds: float, tag: str) 
 def part_nodes(quick: bool) -> dict[str, Any]:
     """Part (1): three nodes on PostgreSQL and SeaweedFS against one embedded store."""
     from sampledrec import Store
-    from sampledrec.deployment import Deployment
-    from sampledrec.store import s3_blobs_backend
 
     seconds = 4.0 if quick else 12.0
     tmp = Path(tempfile.mkdtemp(prefix="sampledrec-bench-nodes-"))
@@ -182,17 +206,8 @@ def part_nodes(quick: bool) -> dict[str, Any]:
         one = _measure([embedded.path], env, seconds, "e")
         for gen in servers(tmp):
             pg, weed = gen
-            os.environ.update(weed.env)  # the nodes' (and this process's) S3 credentials
             env.update(weed.env)
-            dep = Deployment.init(
-                tmp / "deployment.json",
-                name="bench",
-                catalog_dsn=pg.url(pg.new_schema()),
-                blobs=s3_blobs_backend(
-                    f"s3://{weed.bucket}/{weed.new_prefix('bench')}", endpoint=weed.endpoint
-                ),
-                policy=tmp / "policy.toml",
-            )
+            dep = new_deployment(tmp / "deployment.json", pg, weed, tmp / "policy.toml", "bench")
             nodes = [
                 Store.init_node(tmp / name / "store", dep, name=name).path
                 for name in ("node-a", "node-b", "node-c")
