@@ -127,16 +127,26 @@ def unspool_columns(
     for e, s in zip(entries, spooled, strict=True):
         if s is None:
             continue
-        if os.path.dirname(os.path.realpath(s.path)) != os.path.realpath(folder):
-            raise StoreError(f"a worker's columns are not in the spool folder {folder}: {s.path}")
         cols: dict[str, Any] = {}
-        with open(s.path, "rb", buffering=0) as fh:
+        with _open_spooled(s, folder) as fh:
             for name, dtype, shape, at in s.columns:
-                column = np.empty(shape, dtype=np.dtype(dtype))
-                _read_exactly(fh, at, column.reshape(-1).view(np.uint8).data)
-                cols[name] = column
+                cols[name] = _read_into(fh, at, np.empty(shape, dtype=np.dtype(dtype)))
         os.unlink(s.path)
         e.contents.decisions = dataclasses.replace(e.contents.decisions, **cols)
+
+
+def _open_spooled(s: Spooled, folder: str) -> Any:
+    """The spool file of ``s``, opened to read; :class:`StoreError` if it is not in
+    ``folder`` (the joining process deletes what it reads)."""
+    if os.path.dirname(os.path.realpath(s.path)) != os.path.realpath(folder):
+        raise StoreError(f"a worker's columns are not in the spool folder {folder}: {s.path}")
+    return open(s.path, "rb", buffering=0)
+
+
+def _read_into(fh: Any, at: int, column: Any) -> Any:
+    """``column`` filled with the bytes of ``fh`` from offset ``at``; returns it."""
+    _read_exactly(fh, at, column.reshape(-1).view(np.uint8).data)
+    return column
 
 
 def _read_exactly(fh: Any, at: int, into: memoryview) -> None:
@@ -310,20 +320,16 @@ class _LaidOut:
                 unspool_columns([e], [s], self.folder)
                 continue
             assert self.columns is not None
-            if os.path.dirname(os.path.realpath(s.path)) != os.path.realpath(self.folder):
-                raise StoreError(
-                    f"a worker's columns are not in the spool folder {self.folder}: {s.path}"
-                )
             at = self.rows
             cols: dict[str, Any] = {}
-            with open(s.path, "rb", buffering=0) as fh:
+            with _open_spooled(s, self.folder) as fh:
                 for name, dtype, shape, offset in s.columns:
                     here = self.columns[name][at : at + shape[0]]
                     if here.shape[1:] == tuple(shape[1:]):
                         column = here  # in its place
                     else:  # call references: wider ones stay apart, narrower ones padded
                         column = np.empty(shape, dtype=np.dtype(dtype))
-                    _read_exactly(fh, offset, column.reshape(-1).view(np.uint8).data)
+                    _read_into(fh, offset, column)
                     if column is not here and shape[1] < here.shape[1]:
                         here[:, : shape[1]] = column
                         here[:, shape[1] :] = 0
