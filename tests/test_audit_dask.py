@@ -206,12 +206,9 @@ def test_columns_that_cannot_be_spooled_go_back_with_the_answer(
     _same(alone, audit_kit(kit, now=AUDIT_AT, runner=DaskRunner(two_workers.client, kit, gone)))
 
 
-def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> None:
-    from dataclasses import fields
-
-    import numpy as np
-
-    from sampledrec.audit.distributed import spool_columns, unspool_columns
+def _read_segments(built: Path, tmp_path: Path) -> list[Any]:
+    """Every segment of a kit of the built store (copied to ``tmp_path``), read as a worker
+    reads them (:func:`~sampledrec.audit.partitions.read_part`)."""
     from sampledrec.audit.kit import open_kit
     from sampledrec.audit.partitions import LogPartition, read_part
 
@@ -219,7 +216,17 @@ def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> 
     kit = _kit(tmp_path)
     ev, _ = open_kit(kit)
     segments = LocalLogStorage(kit / "log").segments()
-    entries = read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
+    return read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
+
+
+def test_spooled_columns_come_back_as_they_were(built: Path, tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    import numpy as np
+
+    from sampledrec.audit.distributed import spool_columns, unspool_columns
+
+    entries = _read_segments(built, tmp_path)
     before = [e.contents.decisions for e in entries]
     assert sum(map(len, before)) > 200
     assert spool_columns(entries, str(tmp_path / "no-such-folder")) == [None] * len(entries)
@@ -256,14 +263,8 @@ def _spooled_segments(built: Path, tmp_path: Path, refs: str) -> tuple[Any, Any,
     import numpy as np
 
     from sampledrec.audit.distributed import spool_columns
-    from sampledrec.audit.kit import open_kit
-    from sampledrec.audit.partitions import LogPartition, read_part
 
-    shutil.copytree(built / "store", tmp_path / "store")
-    kit = _kit(tmp_path)
-    ev, _ = open_kit(kit)
-    segments = LocalLogStorage(kit / "log").segments()
-    entries = read_part(LogPartition(str(kit / "log"), tuple(segments)), ev.sealing, {})
+    entries = _read_segments(built, tmp_path)
     width = max(e.contents.decisions.refs.shape[1] for e in entries)
     for i, e in enumerate(entries):
         d = e.contents.decisions
