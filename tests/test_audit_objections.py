@@ -223,6 +223,9 @@ def test_an_honest_store_whose_list_changes_between_decisions_passes(tmp_path: P
         _record(vault, next(d for d in batch if d.record), 100)
         clock.set(DAY1 + timedelta(hours=3))
         store.objections(clock=clock, log=log).remove(A)  # A withdrew their objection
+        # A sampler re-reads the list at most once a second (REFRESH_SECONDS, on the monotonic
+        # clock); a new one reads it now, so A's next calls are drawn however fast this runs.
+        sampler = store.sampler(clock=clock, log=log)
         clock.set(DAY1 + timedelta(hours=3, minutes=5))
         of_a = []
         for i in range(20):
