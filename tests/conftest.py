@@ -24,6 +24,16 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# The in-process tests of the front doors run on asyncio's event loop; the test command runs them
+# a second time with SAMPLEDREC_TEST_EVENT_LOOP=uvloop, the loop `sampledrec serve` runs on by
+# default (docs/decisions/0041-uvloop.md).
+if os.environ.get("SAMPLEDREC_TEST_EVENT_LOOP") == "uvloop":
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
 CliRun = Callable[..., tuple[int, str]]
 
 

@@ -13,8 +13,10 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import re
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,10 @@ from sampledrec.serve import (
     OpenRecordings,
     Server,
     ServerConfig,
+    event_loop_factory,
     http_door,
     parse_decision_request,
+    run_server,
 )
 from sampledrec.serve.events import LOGGER_NAME, JsonFormatter
 
@@ -655,11 +659,14 @@ def test_a_request_in_flight_when_stopping_is_answered_and_durable(
 def test_the_config_file_and_its_mistakes(tmp_path: Path, token_file: Path) -> None:
     config = tmp_path / "serve.toml"
     config.write_text(
-        '[server]\nshutdown_grace = 3\ndecide_workers = 2\n\n[http]\nlisten = "127.0.0.1:0"\n'
-        'token_file = "token"\n'
+        '[server]\nshutdown_grace = 3\ndecide_workers = 2\nevent_loop = "asyncio"\n\n[http]\n'
+        'listen = "127.0.0.1:0"\ntoken_file = "token"\n'
     )
     loaded = ServerConfig.load(config)
     assert list(loaded.doors) == ["http"] and loaded.shutdown_grace == 3.0
+    assert loaded.event_loop == "asyncio"
+    over = ServerConfig.load(config, overrides={"server": {"event_loop": "uvloop"}})
+    assert over.event_loop == "uvloop"
     http = loaded.settings["http"]
     assert isinstance(http, HttpConfig) and http.token_file == token_file
     over = ServerConfig.load(config, overrides={"http": {"listen": "[::1]:9000"}})
@@ -672,6 +679,7 @@ def test_the_config_file_and_its_mistakes(tmp_path: Path, token_file: Path) -> N
         ("[server]\nshutdown_grace = -1\n", "shutdown_grace"),
         ("[server]\ndecide_workers = 0\n", "decide_workers"),
         ('[server]\nlog_level = "loud"\n', "log_level"),
+        ('[server]\nevent_loop = "trio"\n', "event_loop must be one of auto, uvloop, asyncio"),
         ("[server]\n", "no front door"),
         ("[http\n", "not TOML"),
     ]:
@@ -680,6 +688,45 @@ def test_the_config_file_and_its_mistakes(tmp_path: Path, token_file: Path) -> N
             ServerConfig.load(config)
     with pytest.raises(InvalidArgument, match="No such file"):
         ServerConfig.load(tmp_path / "none.toml")
+
+
+def test_the_event_loop_is_the_one_asked_for(store: Store, token_file: Path) -> None:
+    """``run_server`` runs on the loop named; the in-process tests run on the loop the test
+    command's pass asks for (SAMPLEDREC_TEST_EVENT_LOOP: asyncio's, then uvloop)."""
+    import uvloop
+
+    wanted = os.environ.get("SAMPLEDREC_TEST_EVENT_LOOP", "asyncio")
+
+    async def scenario(server: Server, url: str, session: aiohttp.ClientSession) -> None:
+        is_uv = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        assert is_uv == (wanted == "uvloop")
+        status, doc = await post(session, url, {"call_ref": "loop-1"})
+        assert status == 200 and doc["call_ref"] == "loop-1"
+
+    run(store, token_config(token_file), scenario)
+    seen: list[type] = []
+
+    async def which() -> None:
+        seen.append(type(asyncio.get_running_loop()))
+
+    for name, kind in [("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", None)]:
+        run_server(which(), name)
+        assert issubclass(seen[-1], kind) if kind else not issubclass(seen[-1], uvloop.Loop)
+    with pytest.raises(InvalidArgument, match="choose one of auto, uvloop, asyncio"):
+        event_loop_factory("trio")
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    loop = event_loop_factory("auto")()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    with pytest.raises(InvalidArgument, match=r"pip install 'sampledrec\[serve\]'"):
+        event_loop_factory("uvloop")
 
 
 def test_the_cli_refuses_mistakes_before_listening(

@@ -121,6 +121,36 @@ def test_sigterm_loses_no_answered_decision(tmp_path: Path) -> None:
     assert "AUDIT PASSED" in out.getvalue()
 
 
+def test_the_command_runs_on_uvloop_unless_told_otherwise(tmp_path: Path) -> None:
+    """``sampledrec serve`` runs on uvloop (the serve extra installs it) and on asyncio's own
+    loop with --event-loop asyncio; both answer, and both stop cleanly on SIGTERM."""
+    Store.init(tmp_path / "store")
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    store = str(tmp_path / "store")
+    serve = ["--store", store, "--http", "127.0.0.1:0", "--token-file", str(token)]
+    for extra, loop in [((), "uvloop"), (("--event-loop", "asyncio"), "asyncio")]:
+        proc, addresses, events = start_serve(*serve, *extra, env=_env())
+        try:
+            assert events[-1]["event"] == "ready" and events[-1]["event_loop"] == loop
+
+            async def ask(url: str = addresses["http"], ref: str = f"on-{loop}") -> Any:
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                async with aiohttp.ClientSession() as session:
+                    body = {"call_ref": ref}
+                    async with session.post(f"{url}/v1/decisions", json=body, headers=headers) as r:
+                        assert r.status == 200
+                        return await r.json()
+
+            assert asyncio.run(ask())["call_ref"] == f"on-{loop}"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+
+
 # -- SIGTERM while media streams are open --------------------------------------------------------
 
 STREAM_POLICY = RECORD_REC

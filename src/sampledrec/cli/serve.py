@@ -9,7 +9,6 @@ is wrong (a missing token, a port in use); 3 the store cannot be used.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +91,11 @@ def register(commands: Commands) -> None:
         help="no authentication (only on a loopback address; for tests)",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),  # serve.EVENT_LOOPS (imported only when run)
+        help="the event loop (default auto: uvloop when it is installed, else asyncio's)",
+    )
 
 
 def store_audit(store: Store, *, clock: Clock = SYSTEM_CLOCK) -> Callable[[], dict[str, Any]]:
@@ -127,7 +131,7 @@ def console_audit(config: ServerConfig, store: Store) -> None:
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        from ..serve import Server, ServerConfig
+        from ..serve import Server, ServerConfig, event_loop_factory, run_server
         from ..serve.events import configure_logging
     except ImportError as exc:  # the serve extra is not installed
         raise InvalidArgument(
@@ -149,7 +153,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "tls_cert": args.siprec_tls_cert,
             "tls_key": args.siprec_tls_key,
         },
-        "server": {"log_level": args.log_level},
+        "server": {"log_level": args.log_level, "event_loop": args.event_loop},
         "audiosocket": {"listen": args.audiosocket},
     }
     if args.streams:  # the token and TLS options serve the streams door too
@@ -167,6 +171,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "tls_key": args.tls_key,
         }
     config = ServerConfig.load(args.config, overrides=overrides)
+    event_loop_factory(config.event_loop)  # an event loop that is not installed: say so first
     store = open_store(args.store)
     console_audit(config, store)
     handler = configure_logging(level=config.log_level)
@@ -178,7 +183,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             decide_workers=config.decide_workers,
             handle_signals=True,
         )
-        asyncio.run(server.run())
+        run_server(server, config.event_loop)
     finally:
         logging.getLogger().removeHandler(handler)
     return EXIT_OK

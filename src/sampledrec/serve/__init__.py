@@ -16,13 +16,13 @@ Layout: ``server`` over ``config`` over the doors (``http``, ``siprec``, ``audio
 """
 
 from .audiosocket import AUDIOSOCKET, AudioSocketConfig, audiosocket_door
-from .config import DOOR_KINDS, ServerConfig
+from .config import DOOR_KINDS, EVENT_LOOPS, ServerConfig
 from .decisions import Answer, Decider, DecisionRequest, parse_decision_request
 from .doors import Door, DoorKind, Listen, Ready, Services
 from .http import HttpConfig, build_app, http_door
 from .metrics import Metrics
 from .recordings import OpenRecording, OpenRecordings, PauseState
-from .server import Server
+from .server import Server, event_loop_factory, run_server
 from .siprec import SIPREC, SiprecConfig, siprec_door
 from .streams import STREAMS, StreamsConfig, streams_door
 from .web import WEB, WebConfig, web_door
@@ -30,6 +30,7 @@ from .web import WEB, WebConfig, web_door
 __all__ = [
     "AUDIOSOCKET",
     "DOOR_KINDS",
+    "EVENT_LOOPS",
     "SIPREC",
     "STREAMS",
     "WEB",
@@ -54,8 +55,10 @@ __all__ = [
     "WebConfig",
     "audiosocket_door",
     "build_app",
+    "event_loop_factory",
     "http_door",
     "parse_decision_request",
+    "run_server",
     "siprec_door",
     "streams_door",
     "web_door",

@@ -6,6 +6,7 @@
     shutdown_grace = 10      # seconds the doors have to finish what is in flight
     decide_workers = 1       # threads that decide and wait for the log
     log_level = "info"       # debug adds one line per HTTP request
+    event_loop = "auto"      # uvloop when installed; "asyncio" for asyncio's own loop
 
     [http]                   # the HTTP door; one section per kind of door (DOOR_KINDS)
     listen = "127.0.0.1:8480"
@@ -33,13 +34,16 @@ from .siprec import SIPREC
 from .streams import STREAMS
 from .web import WEB
 
-__all__ = ["DOOR_KINDS", "LOG_LEVELS", "ServerConfig"]
+__all__ = ["DOOR_KINDS", "EVENT_LOOPS", "LOG_LEVELS", "ServerConfig"]
 
 #: Every kind of front door, in the order they start.
 DOOR_KINDS: Final[tuple[DoorKind[Any], ...]] = (HTTP, SIPREC, AUDIOSOCKET, STREAMS, WEB)
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-_SERVER_KEYS: Final = ("shutdown_grace", "decide_workers", "log_level")
+#: The event loops a server can run on: ``auto`` is uvloop when it is installed, else asyncio's
+#: (:func:`~sampledrec.serve.server.event_loop_factory`).
+EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
+_SERVER_KEYS: Final = ("shutdown_grace", "decide_workers", "log_level", "event_loop")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     decide_workers: int = 1
     log_level: str = "info"
+    event_loop: str = "auto"
 
     @classmethod
     def load(
@@ -141,4 +146,12 @@ def _server_settings(section: Mapping[str, Any]) -> dict[str, Any]:
         if level not in LOG_LEVELS:
             raise InvalidArgument(f"[server] log_level must be one of {', '.join(LOG_LEVELS)}")
         out["log_level"] = level
+    if "event_loop" in section:
+        loop = section["event_loop"]
+        if loop not in EVENT_LOOPS:
+            raise InvalidArgument(
+                f"[server] event_loop must be one of {', '.join(EVENT_LOOPS)} (auto: uvloop "
+                "when it is installed)"
+            )
+        out["event_loop"] = loop
     return out
