@@ -540,16 +540,19 @@ def _join_decisions(
     names = [name for name, _, _ in joined]
     sizes = [len(d) for _, d, _ in joined]
     node_of = np.repeat(np.arange(len(joined), dtype=np.int64), sizes)
-    # Each node's first decision of each call, as rows of ``every``.
-    rows = np.concatenate(
-        [
-            np.flatnonzero(counted_once(call_firsts(d)) & (d.ref_kind > 0)) + offset
-            for (_, d, _), offset in zip(joined, np.cumsum([0, *sizes])[:-1], strict=True)
-            if len(d)
-        ]
-        or [np.empty(0, dtype=np.int64)]
-    ).astype(np.int64)
-    call = every_firsts[rows]  # the call's first row in ``every``: one number per call
+    # Most calls have one decision in the whole deployment: it wins alone, and nothing is
+    # ordered for it. Only the others' rows (retries, and calls decided on several nodes) are
+    # sorted: each node's first decision of each call, then those by time, node name, index.
+    has = np.flatnonzero(every.ref_kind > 0)
+    call_all = every_firsts[has]  # the call's first row in ``every``: one number per call
+    alone = np.bincount(call_all, minlength=len(every))[call_all] == 1
+    single = has[alone]  # its call's first row, so also the call's number
+    rows, call = has[~alone], call_all[~alone]
+    by_node = np.lexsort((rows, node_of[rows], call))
+    rows, call = rows[by_node], call[by_node]
+    node_first = np.ones(rows.size, dtype=bool)  # each node's first decision of each call
+    node_first[1:] = (call[1:] != call[:-1]) | (node_of[rows[1:]] != node_of[rows[:-1]])
+    rows, call = rows[node_first], call[node_first]
     rank = np.argsort(np.argsort(np.asarray(names, dtype=object)))  # node names in order
     order = np.lexsort((every.index[rows], rank[node_of[rows]], every.time_us[rows], call))
     rows, call = rows[order], call[order]
@@ -579,10 +582,12 @@ def _join_decisions(
     rep.checked.setdefault("decisions", {})["calls_decided_on_several_nodes"] = int(
         np.count_nonzero(size > 1)
     )
-    won = rows[first]
-    won = won[
-        ((every.reason[won] == _SAMPLED) | (every.reason[won] == _CAP)) & (every.agent[won] >= 0)
-    ]
+    won = np.concatenate([single, rows[first]])
+    won_call = np.concatenate([single, call[first]])
+    capped = ((every.reason[won] == _SAMPLED) | (every.reason[won] == _CAP)) & (
+        every.agent[won] >= 0
+    )
+    won = won[capped][np.argsort(won_call[capped], kind="stable")]  # in the order of the calls
     _join_caps(
         rep,
         [
