@@ -11,11 +11,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from sampledrec._hazmat.sqlite import (
     INLINE_CHECKPOINT_PAGES,
     BackgroundCheckpoints,
+    open_checkpointed_db,
     open_ledger_db,
 )
+from sampledrec.errors import StoreError
 from sampledrec.sampling.caps import SqliteCapLedger
 from sampledrec.sampling.decided import SqliteDecidedCalls
 
@@ -34,7 +38,9 @@ def _checkpointers() -> list[threading.Thread]:
 
 def test_commits_leave_checkpoints_to_the_thread(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    db = open_ledger_db(path, what="a test file", synchronous="NORMAL", background_checkpoints=True)
+    # Its own thread, made with it, ticks only after an hour: here nothing checkpoints.
+    db, idle = open_checkpointed_db(path, what="a test file", synchronous="NORMAL", every=3600)
+    idle.close()
     try:
         assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == INLINE_CHECKPOINT_PAGES
         _fill(db, 3000)  # past SQLite's own 1,000-page checkpoint
@@ -96,3 +102,15 @@ def test_the_owner_only_mode_is_kept(tmp_path: Path) -> None:
                 assert name.stat().st_mode & 0o077 == 0, name
     finally:
         index.close()
+
+
+def test_an_index_that_cannot_be_opened_leaves_no_thread(tmp_path: Path) -> None:
+    path = tmp_path / "decided.sqlite"
+    other = sqlite3.connect(path)  # some other program's file of the same name
+    other.execute("CREATE TABLE meta (unrelated INTEGER)")
+    other.commit()
+    other.close()
+    before = len(_checkpointers())
+    with pytest.raises(StoreError, match="cannot open the decided-calls index"):
+        SqliteDecidedCalls(path, now=NOW)
+    assert len(_checkpointers()) == before

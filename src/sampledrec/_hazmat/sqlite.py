@@ -24,7 +24,13 @@ from typing import Final, Literal
 
 from ..errors import StoreError
 
-__all__ = ["BOOT_ID_FILE", "BackgroundCheckpoints", "boot_id", "open_ledger_db"]
+__all__ = [
+    "BOOT_ID_FILE",
+    "BackgroundCheckpoints",
+    "boot_id",
+    "open_checkpointed_db",
+    "open_ledger_db",
+]
 
 BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
 #: With :class:`BackgroundCheckpoints`, a commit still checkpoints inline once the journal holds
@@ -37,7 +43,6 @@ def open_ledger_db(
     *,
     what: str,
     synchronous: Literal["FULL", "NORMAL"],
-    background_checkpoints: bool = False,
 ) -> sqlite3.Connection:
     """Open (creating it owner-only) the SQLite file at ``path`` for one of the store's shared
     files.
@@ -45,10 +50,8 @@ def open_ledger_db(
     ``what`` names it in errors ("the caps ledger", "the accounts file"). The connection is in
     autocommit mode (``isolation_level=None``: transactions are explicit) and may be shared by
     threads under the caller's lock. Raises :class:`StoreError` when the file cannot be opened
-    or SQLite cannot use its WAL journal there.
-
-    With ``background_checkpoints`` the connection's commits leave checkpoints to a
-    :class:`BackgroundCheckpoints` the caller runs (up to :data:`INLINE_CHECKPOINT_PAGES`).
+    or SQLite cannot use its WAL journal there. Its commits checkpoint the journal themselves,
+    as SQLite does by default; :func:`open_checkpointed_db` leaves that to a thread.
     """
     if sqlite3.sqlite_version_info < (3, 24):
         raise StoreError(
@@ -69,8 +72,6 @@ def open_ledger_db(
             )
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA secure_delete=ON")
-        if background_checkpoints:
-            db.execute(f"PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES}")
     except (OSError, sqlite3.Error) as exc:
         if db is not None:
             db.close()
@@ -85,14 +86,34 @@ def open_ledger_db(
     return db
 
 
+def open_checkpointed_db(
+    path: Path,
+    *,
+    what: str,
+    synchronous: Literal["FULL", "NORMAL"],
+    every: float = 0.2,
+) -> tuple[sqlite3.Connection, BackgroundCheckpoints]:
+    """:func:`open_ledger_db` for a file on the decision path: its connection's commits leave
+    the journal's checkpoints to a :class:`BackgroundCheckpoints` (every ``every`` seconds)
+    started with it, and checkpoint inline only past :data:`INLINE_CHECKPOINT_PAGES`. Both are
+    made here, together, and returned; the caller closes both."""
+    db = open_ledger_db(path, what=what, synchronous=synchronous)
+    try:
+        db.execute(f"PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES}")
+    except sqlite3.Error as exc:
+        db.close()
+        raise StoreError(f"{path}: cannot open {what} ({exc})") from None
+    return db, BackgroundCheckpoints(path, every=every)
+
+
 class BackgroundCheckpoints:
     """Checkpoints the WAL journal of the SQLite file at ``path`` every ``every`` seconds, from
     a daemon thread with a connection of its own, until :meth:`close`.
 
     A passive checkpoint never blocks a writer (SQLite lets commits go on appending to the
     journal meanwhile) and the thread holds no interpreter lock while SQLite works, so a commit
-    on a connection opened with ``background_checkpoints`` never copies pages nor waits for an
-    fsync but its own. A checkpoint that fails (the file is busy, or gone) is tried again at
+    on a connection of :func:`open_checkpointed_db` never copies pages nor waits for an fsync
+    but its own. A checkpoint that fails (the file is busy, or gone) is tried again at
     the next tick; until one succeeds the connections' own bound applies
     (:data:`INLINE_CHECKPOINT_PAGES`).
     """

@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from .._hazmat.sqlite import BackgroundCheckpoints, open_ledger_db
+from .._hazmat.sqlite import open_checkpointed_db
 from ..errors import StoreError
 
 __all__ = [
@@ -181,8 +181,8 @@ class SqliteCapLedger:
     ) -> None:
         self.path = Path(path)
         self._agent_key = agent_key
-        self._db = open_ledger_db(
-            self.path, what="the caps ledger", synchronous="FULL", background_checkpoints=True
+        self._db, self._checkpoints = open_checkpointed_db(
+            self.path, what="the caps ledger", synchronous="FULL"
         )
         try:
             self._db.executescript(_SCHEMA)
@@ -190,12 +190,12 @@ class SqliteCapLedger:
                 self._prune(now)
         except sqlite3.Error as exc:
             self._db.close()
+            self._checkpoints.close()
             raise StoreError(
                 f"{self.path}: cannot open the caps ledger ({exc}); check that the store "
                 "folder is writable by this user"
             ) from None
         self._lock = threading.Lock()
-        self._checkpoints = BackgroundCheckpoints(self.path)
 
     def _agent(self, agent: str) -> str:
         return agent_pseudonym(self._agent_key, agent)

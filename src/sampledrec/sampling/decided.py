@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, runtime_checkable
 
-from .._hazmat.sqlite import BackgroundCheckpoints, boot_id, open_ledger_db
+from .._hazmat.sqlite import boot_id, open_checkpointed_db
 from ..errors import StoreError
 from .caps import KEEP_DAYS
 from .record import REASONS, Reason
@@ -233,11 +233,10 @@ class SqliteDecidedCalls:
     def __init__(self, path: str | Path, *, now: datetime | None = None) -> None:
         self.path = Path(path)
         self._boot = boot_id()
-        self._db = open_ledger_db(
+        self._db, self._checkpoints = open_checkpointed_db(
             self.path,
             what="the decided-calls index",
             synchronous="NORMAL" if self._boot is not None else "FULL",
-            background_checkpoints=True,
         )
         self._lock = threading.Lock()
         self._rule_ids: dict[tuple[str, str], int] = {}
@@ -253,11 +252,11 @@ class SqliteDecidedCalls:
                 self.prune(now)
         except (sqlite3.Error, StoreError) as exc:
             self._db.close()
+            self._checkpoints.close()
             raise StoreError(
                 f"{self.path}: cannot open the decided-calls index ({exc}); check that the "
                 "store folder is writable by this user"
             ) from None
-        self._checkpoints = BackgroundCheckpoints(self.path)
 
     def _add_attributes_column(self) -> None:
         """An index from before decisions logged their attributes gets the column (another
