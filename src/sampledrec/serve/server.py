@@ -64,13 +64,15 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
             if choice == "uvloop":
                 raise InvalidArgument(
                     "the uvloop event loop is not installed; install it with: pip install "
-                    "'sampledrec[serve]', or run on --event-loop asyncio"
+                    "'sampledrec[serve]', or run on asyncio's (--event-loop asyncio, or "
+                    'event_loop = "asyncio" in [server])'
                 ) from None
         else:
             factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
             return factory
-    # The platform's own loop, whatever event loop policy the process has set.
-    return asyncio.DefaultEventLoopPolicy().new_event_loop
+    # asyncio's own loop, whatever event loop policy the process has set (and without the
+    # policy classes, deprecated from Python 3.14).
+    return asyncio.SelectorEventLoop
 
 
 def run_server(server: Server | Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
