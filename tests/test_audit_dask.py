@@ -9,6 +9,7 @@ forged, a draw forged, a checkpoint's signature broken, a recording missing.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import shutil
 import socket
@@ -400,3 +401,38 @@ def test_an_unreachable_scheduler_is_a_clear_error(
     assert "cannot reach the Dask scheduler" in err and "Traceback" not in err
     assert main(["audit", "verify", "--store", str(tmp_path / "store"), "--workers", "2"]) == 2
     assert "go with --kit" in capsys.readouterr().err
+
+
+def _hugepage_advice() -> bool:
+    """numpy's switch: does it advise huge pages for large arrays now? (Reading it means
+    setting it; it is set back at once.)"""
+    multiarray: Any = importlib.import_module("numpy._core.multiarray")
+    now = bool(multiarray._set_madvise_hugepage(True))
+    multiarray._set_madvise_hugepage(now)
+    return now
+
+
+def test_the_audit_gives_its_arrays_small_pages_only_while_it_runs(
+    two_workers: DaskRunner,
+) -> None:
+    """``small_pages`` turns numpy's huge-page advice off in the block and sets back what was
+    there (on or off, also on an error); each worker's task leaves its worker as it found it."""
+    start = _hugepage_advice()
+    for before in (True, False):
+        importlib.import_module("numpy._core.multiarray")._set_madvise_hugepage(before)
+        with audit_dask.small_pages():
+            assert not _hugepage_advice()
+        assert _hugepage_advice() == before
+    with pytest.raises(RuntimeError), audit_dask.small_pages():
+        raise RuntimeError("the audit failed")
+    assert _hugepage_advice() is False  # as before the block: the last loop left it off
+    importlib.import_module("numpy._core.multiarray")._set_madvise_hugepage(start)
+
+    def around_a_task() -> tuple[bool, bool]:
+        seen = _hugepage_advice()
+        with audit_dask.small_pages():
+            inside = _hugepage_advice()
+        return seen == _hugepage_advice(), inside
+
+    for restored, inside in two_workers.client.run(around_a_task).values():
+        assert restored and not inside

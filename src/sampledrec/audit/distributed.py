@@ -47,6 +47,7 @@ __all__ = [
     "DaskRunner",
     "Spooled",
     "dask_runner",
+    "small_pages",
     "spool_columns",
     "unspool_columns",
 ]
@@ -159,6 +160,28 @@ def _read_exactly(fh: Any, at: int, into: memoryview) -> None:
         done += got
 
 
+@contextmanager
+def small_pages() -> Iterator[None]:
+    """Within the block, numpy does not advise the kernel to back this process's large arrays
+    with transparent huge pages (``madvise(MADV_HUGEPAGE)``, its default for arrays of 4 MiB and
+    more); the setting it had comes back after. Where the kernel compacts memory to find huge
+    pages on that advice (THP ``defrag`` set to ``madvise``, Debian's default), the audit's
+    gigabytes of fresh columns cost seconds of page faults: filling a new 4 GiB array took
+    4.7-11.7 s with the advice and 1.4 s without, on the test machine
+    (docs/decisions/0042-small-pages.md). Without numpy's switch (a private function of numpy
+    2), nothing changes."""
+    multiarray: Any = importlib.import_module("numpy._core.multiarray")
+    switch = getattr(multiarray, "_set_madvise_hugepage", None)
+    if switch is None:
+        yield
+        return
+    before = switch(False)
+    try:
+        yield
+    finally:
+        switch(before)
+
+
 @functools.lru_cache(maxsize=4)
 def _kit_sealing(kit: str, made: float) -> Any:
     """The kit's sealing keys, as :func:`~sampledrec.audit.kit.open_kit` reads them (once per
@@ -175,15 +198,17 @@ def check_kit_part(
 ) -> tuple[list[SegmentCheck], list[SegmentEntries], list[Spooled | None]]:
     """One partition's whole work on a worker, in one task: :func:`~.partitions.verify_part`
     then :func:`~.partitions.read_part` (the segments' pages read from disk once, still in
-    the page cache for the second pass), the kit's sealing keys read from the kit folder.
+    the page cache for the second pass), the kit's sealing keys read from the kit folder,
+    in :func:`small_pages`.
     With ``spool`` (a folder that the joining process reads too), the decision columns are
     written there (:func:`spool_columns`) instead of going back with the answer."""
     made = (Path(kit) / "kit.json").stat().st_mtime
-    checks = verify_part(part, wanted)
-    entries = read_part(part, _kit_sealing(kit, made), keys)
-    spooled: list[Spooled | None] = [None] * len(entries)
-    if spool is not None:
-        spooled = spool_columns(entries, spool)
+    with small_pages():
+        checks = verify_part(part, wanted)
+        entries = read_part(part, _kit_sealing(kit, made), keys)
+        spooled: list[Spooled | None] = [None] * len(entries)
+        if spool is not None:
+            spooled = spool_columns(entries, spool)
     return checks, entries, spooled
 
 
@@ -392,7 +417,8 @@ def dask_runner(
     ``scheduler``, or on a local cluster of ``workers`` processes started (and stopped) here.
     :class:`~sampledrec.errors.StoreError` when the scheduler cannot be reached in ``timeout``
     seconds (default :data:`CONNECT_TIMEOUT`), :class:`~sampledrec.errors.InvalidArgument`
-    when Dask is not installed."""
+    when Dask is not installed. Within the block this process's large arrays get small pages
+    (:func:`small_pages`): it lays out the columns of the whole log."""
     if (scheduler is None) == (workers is None):
         raise InvalidArgument("give either scheduler= (an address) or workers= (a number)")
     if workers is not None and workers < 1:
@@ -413,7 +439,7 @@ def dask_runner(
                 "('dask scheduler', and 'dask worker ADDRESS' on each machine) or audit on "
                 "this machine with --workers N"
             ) from None
-        with client:
+        with client, small_pages():
             yield DaskRunner(client, kit)
         return
     with (
@@ -429,7 +455,8 @@ def dask_runner(
     ):
         spool = _spool_folder()
         try:
-            yield DaskRunner(client, kit, spool)
+            with small_pages():  # this process lays out every worker's columns
+                yield DaskRunner(client, kit, spool)
         finally:
             if spool is not None:
                 shutil.rmtree(spool, ignore_errors=True)
