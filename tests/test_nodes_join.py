@@ -34,9 +34,12 @@ RULES = ["sales", "default"]
 AT = datetime(2026, 3, 9, tzinfo=UTC)
 
 
-def _reference(rep: AuditReport, joined: list[tuple[str, Any, Any]]) -> None:
-    """The call-by-call join (the audit's before it worked in columns)."""
-    calls: dict[tuple[str, bool, bytes], list[tuple[int, str, int, Any, int]]] = defaultdict(list)
+Call = tuple[int, str, int, Any, int]  # time, node, index, its node's decisions, row
+
+
+def _calls(joined: list[tuple[str, Any, Any]]) -> dict[tuple[str, bool, bytes], list[Call]]:
+    """Each call's first decision on each node, call by call, in the order calls first appear."""
+    calls: dict[tuple[str, bool, bytes], list[Call]] = defaultdict(list)
     for name, d, _ in joined:
         if not len(d):
             continue
@@ -47,6 +50,12 @@ def _reference(rep: AuditReport, joined: list[tuple[str, Any, Any]]) -> None:
             raw = ref.encode("utf-8") if isinstance(ref, str) else bytes(ref)
             key = (d.epochs[int(d.epoch[i])], isinstance(ref, str), raw)
             calls[key].append((int(d.time_us[i]), name, int(d.index[i]), d, i))
+    return calls
+
+
+def _reference(rep: AuditReport, joined: list[tuple[str, Any, Any]]) -> None:
+    """The call-by-call join (the audit's before it worked in columns)."""
+    calls = _calls(joined)
     several = 0
     for (epoch, _, _), found in calls.items():
         found.sort(key=lambda x: (x[0], x[1], x[2]))
@@ -204,20 +213,9 @@ def _capped_node(rows: list[tuple[int, int, int, int, str, bytes, int]]) -> Any:
     )
 
 
-def _reference_winners(joined: list[tuple[str, Any, Any]]) -> list[tuple[int, str, int, Any, int]]:
+def _reference_winners(joined: list[tuple[str, Any, Any]]) -> list[Call]:
     """Each call's winner, call by call, in the order the calls first appear."""
-    calls: dict[tuple[str, bool, bytes], list[tuple[int, str, int, Any, int]]] = defaultdict(list)
-    for name, d, _ in joined:
-        if not len(d):
-            continue
-        for i in counted_once(call_firsts(d)).nonzero()[0].tolist():
-            ref = d.ref(i)
-            if ref is None:
-                continue
-            raw = ref.encode("utf-8") if isinstance(ref, str) else bytes(ref)
-            key = (d.epochs[int(d.epoch[i])], isinstance(ref, str), raw)
-            calls[key].append((int(d.time_us[i]), name, int(d.index[i]), d, i))
-    return [min(found, key=lambda x: (x[0], x[1], x[2])) for found in calls.values()]
+    return [min(found, key=lambda x: (x[0], x[1], x[2])) for found in _calls(joined).values()]
 
 
 @settings(max_examples=150, deadline=None)
