@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .._version import __version__
@@ -75,12 +75,11 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
     return asyncio.SelectorEventLoop
 
 
-def run_server(server: Server | Coroutine[Any, Any, None], event_loop: str = "auto") -> None:
-    """Run ``server`` (or any coroutine) to its end on a new loop made by
-    :func:`event_loop_factory`; the loop is closed afterwards."""
-    main = server.run() if isinstance(server, Server) else server
+def run_server(server: Server, event_loop: str = "auto") -> None:
+    """Run ``server`` until it stops, on a new loop made by :func:`event_loop_factory`; the
+    loop is closed afterwards."""
     with asyncio.Runner(loop_factory=event_loop_factory(event_loop)) as runner:
-        runner.run(main)
+        runner.run(server.run())
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
