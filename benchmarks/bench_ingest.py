@@ -369,6 +369,8 @@ async def open_loop(url: str, rate: float, seconds: float, tag: str) -> dict[str
     for conn, request, ref in zip(connections, requests, refs, strict=False):
         conn.send(request, ref, time.perf_counter())
     await answered(32, time.perf_counter() + ANSWER_TIMEOUT)
+    if len(done) < 32:  # a late one would stand in for an answer of the run
+        raise SystemExit(f"the server answered {len(done)} of the first 32 requests")
     warm, done[:] = list(done), []
     late: list[float] = []
     start = time.perf_counter()
